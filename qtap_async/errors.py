@@ -1,0 +1,61 @@
+"""One exception hierarchy for the whole agent.
+
+Every error the agent raises on purpose derives from QtapError so callers (the CLI, tests) can tell
+our clear, named failures from bugs.
+"""
+
+from __future__ import annotations
+
+
+class QtapError(Exception):
+    """Base of every error the agent raises on purpose."""
+
+
+class BpfError(QtapError):
+    """A libbpf or kernel call failed.
+
+    ``what`` names the object, program or map involved, ``errno`` is the positive errno and ``log``
+    carries the verifier (or libbpf) log when there is one.
+    """
+
+    def __init__(self, what: str, errno: int, detail: str = "", log: str = "") -> None:
+        import os
+
+        self.what = what
+        self.errno = errno
+        self.log = log
+        reason = os.strerror(errno) if errno else "unknown error"
+        msg = f"{what}: {reason} (errno {errno})"
+        if detail:
+            msg += f": {detail}"
+        if log:
+            msg += "\n--- libbpf/verifier log ---\n" + log.rstrip()
+        super().__init__(msg)
+
+
+class LibbpfMissingError(QtapError):
+    """The system libbpf shared library could not be loaded."""
+
+
+class BpfLoadError(BpfError):
+    """Loading a BPF object into the kernel failed (verifier rejection, missing BTF, permissions)."""
+
+
+class AttachError(BpfError):
+    """Attaching a program to a hook failed."""
+
+
+class AbiMismatchError(QtapError):
+    """The Python mirror of qtap.h does not match the compiled objects."""
+
+
+class ConfigError(QtapError):
+    """A configuration file or option is invalid; the message names the field and the reason."""
+
+
+class ProtocolError(QtapError):
+    """Raised inside parsers only; parsers turn it into a parse_error record and never let it escape."""
+
+
+class SinkError(QtapError):
+    """A sink failed in a way that retrying will not fix (bad credentials, missing bucket...)."""
