@@ -1,0 +1,254 @@
+/* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
+/*
+ * Helpers shared by the socket and TLS programs: settings, counters, fd -> TCP socket resolution,
+ * the socket table and the chunked payload emitter.
+ */
+#ifndef __QTAP_COMMON_BPF_H
+#define __QTAP_COMMON_BPF_H
+
+#include "maps.bpf.h"
+
+#define AF_INET 2
+#define AF_INET6 10
+#define SOCK_STREAM 1
+#define IPPROTO_TCP 6
+#define S_IFMT 00170000
+#define S_IFSOCK 0140000
+#define EINPROGRESS 115
+
+/* Settings, written by the loader before load (BpfObject.set_rodata). */
+const volatile __u32 self_tgid = 0;      /* the agent itself: never traced (no feedback loop) */
+const volatile __u32 target_tgid = 0;    /* when non-zero, trace only this process */
+const volatile __u32 max_chunks = QTAP_MAX_CHUNKS;
+const volatile __u32 capture_payload = 1;
+const volatile __u32 tls_hello_bytes = QTAP_TLS_HELLO_BYTES;
+const volatile __u64 conn_id_base = 0;   /* random per agent run, so ids do not repeat across runs */
+
+static __always_inline void count(__u32 idx, __u64 n)
+{
+	__u64 *v = bpf_map_lookup_elem(&counters, &idx);
+	if (v)
+		*v += n; /* per-CPU slot: no atomics needed */
+}
+
+static __always_inline bool skip_task(__u32 tgid)
+{
+	if (tgid == self_tgid)
+		return true;
+	if (target_tgid && tgid != target_tgid)
+		return true;
+	return false;
+}
+
+static __always_inline void fill_hdr(struct qtap_hdr *h, __u16 type, __u64 conn_id)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	h->type = type;
+	h->abi = QTAP_ABI_VERSION;
+	h->cpu = bpf_get_smp_processor_id();
+	h->ts_ns = bpf_ktime_get_ns();
+	h->conn_id = conn_id;
+	h->pid = pid_tgid >> 32;
+	h->tid = (__u32)pid_tgid;
+}
+
+/* fd of the current task -> its struct sock, only for TCP over IPv4/IPv6; NULL otherwise.
+ * Walks task->files->fdt->fd[fd] so sockets opened before the agent started resolve too. */
+static __always_inline struct sock *fd_to_tcp_sock(int fd)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct fdtable *fdt;
+	struct file **fds;
+	struct file *f = NULL;
+	struct socket *sock;
+	struct sock *sk;
+	unsigned int max_fds;
+	umode_t mode;
+	__u16 family, type, proto;
+
+	if (fd < 0)
+		return NULL;
+	fdt = BPF_CORE_READ(task, files, fdt);
+	if (!fdt)
+		return NULL;
+	max_fds = BPF_CORE_READ(fdt, max_fds);
+	if ((unsigned int)fd >= max_fds)
+		return NULL;
+	fds = BPF_CORE_READ(fdt, fd);
+	if (bpf_core_read(&f, sizeof(f), &fds[fd]) || !f)
+		return NULL;
+	mode = BPF_CORE_READ(f, f_inode, i_mode);
+	if ((mode & S_IFMT) != S_IFSOCK)
+		return NULL;
+	sock = BPF_CORE_READ(f, private_data);
+	if (!sock)
+		return NULL;
+	sk = BPF_CORE_READ(sock, sk);
+	if (!sk)
+		return NULL;
+	family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	if (family != AF_INET && family != AF_INET6)
+		return NULL;
+	type = BPF_CORE_READ(sk, sk_type);
+	proto = BPF_CORE_READ(sk, sk_protocol);
+	if (type != SOCK_STREAM || proto != IPPROTO_TCP)
+		return NULL;
+	return sk;
+}
+
+static __u64 next_conn_id = 0;
+
+static __always_inline void emit_conn_open(struct sock *sk, __u64 conn_id, __u8 role, __u8 flags, int fd)
+{
+	struct qtap_conn_open ev = {};
+	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+
+	fill_hdr(&ev.h, QTAP_REC_CONN_OPEN, conn_id);
+	ev.cgroup_id = bpf_get_current_cgroup_id();
+	ev.family = family;
+	ev.role = role;
+	ev.flags = flags;
+	ev.fd = fd;
+	ev.lport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	ev.rport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	if (family == AF_INET) {
+		BPF_CORE_READ_INTO(&ev.laddr, sk, __sk_common.skc_rcv_saddr);
+		BPF_CORE_READ_INTO(&ev.raddr, sk, __sk_common.skc_daddr);
+	} else {
+		BPF_CORE_READ_INTO(&ev.laddr, sk, __sk_common.skc_v6_rcv_saddr);
+		BPF_CORE_READ_INTO(&ev.raddr, sk, __sk_common.skc_v6_daddr);
+	}
+	bpf_get_current_comm(&ev.comm, sizeof(ev.comm));
+	if (bpf_ringbuf_output(&events, &ev, sizeof(ev), 0))
+		count(QTAP_CNT_DROP_RINGBUF, 1);
+	else
+		count(QTAP_CNT_RECORDS, 1);
+}
+
+/* The socket's table entry, created (and announced with a conn_open record) on first sight. */
+static __always_inline struct qtap_sock_info *sock_get_or_open(struct sock *sk, __u8 role, int fd)
+{
+	__u64 key = (__u64)sk;
+	struct qtap_sock_info *si = bpf_map_lookup_elem(&socks, &key);
+	struct qtap_sock_info fresh = {};
+	__u8 flags = 0;
+
+	if (si)
+		return si;
+	fresh.conn_id = conn_id_base + __sync_fetch_and_add(&next_conn_id, 1) + 1;
+	fresh.open_ts_ns = bpf_ktime_get_ns();
+	fresh.pid = bpf_get_current_pid_tgid() >> 32;
+	if (bpf_map_update_elem(&socks, &key, &fresh, BPF_NOEXIST) && bpf_map_update_elem(&socks, &key, &fresh, BPF_ANY))
+		return NULL;
+	si = bpf_map_lookup_elem(&socks, &key);
+	if (!si)
+		return NULL;
+	if (role == QTAP_ROLE_UNKNOWN)
+		flags |= QTAP_CONN_MIDSTREAM;
+	emit_conn_open(sk, si->conn_id, role, flags, fd);
+	return si;
+}
+
+/* State of one chunked emission, shared with the bpf_loop callback. */
+struct emit_ctx {
+	struct qtap_data *ev;
+	__u64 iov;        /* user iovec array, 0 for a single buffer */
+	__u64 seg_ptr;    /* current segment */
+	__u64 seg_left;   /* bytes left in the current segment */
+	__u64 remaining;  /* bytes of the call not yet covered */
+	__u64 offset;     /* stream offset of the next byte */
+	__u32 iov_idx;
+	__u32 iovcnt;
+	__u32 chunks;
+};
+
+static long emit_step(__u32 i, struct emit_ctx *c)
+{
+	struct qtap_data *ev = c->ev;
+	__u64 n;
+
+	if (c->remaining == 0 || c->chunks >= max_chunks || c->chunks >= QTAP_MAX_CHUNKS)
+		return 1;
+	if (c->seg_left == 0) {
+		struct iovec iv = {};
+		if (!c->iov || c->iov_idx >= c->iovcnt || c->iov_idx >= QTAP_MAX_IOV)
+			return 1;
+		if (bpf_probe_read_user(&iv, sizeof(iv), (void *)(c->iov + c->iov_idx * sizeof(struct iovec))))
+			return 1;
+		c->iov_idx++;
+		c->seg_ptr = (__u64)iv.iov_base;
+		c->seg_left = iv.iov_len < c->remaining ? iv.iov_len : c->remaining;
+		return 0;
+	}
+	n = c->seg_left;
+	if (n > QTAP_CHUNK_SIZE)
+		n = QTAP_CHUNK_SIZE;
+	ev->offset = c->offset;
+	ev->skipped = 0;
+	ev->flags = 0;
+	if (bpf_probe_read_user(ev->payload, n, (void *)c->seg_ptr)) {
+		ev->flags = QTAP_DATA_READ_FAULT;
+		ev->len = 0;
+		ev->skipped = n;
+		n = 0;
+	} else {
+		ev->len = n;
+	}
+	if (bpf_ringbuf_output(&events, ev, offsetof(struct qtap_data, payload) + (n & (2 * QTAP_CHUNK_SIZE - 1)), 0)) {
+		count(QTAP_CNT_DROP_RINGBUF, 1);
+		count(QTAP_CNT_DROP_BYTES, n);
+	} else {
+		count(QTAP_CNT_RECORDS, 1);
+	}
+	n = ev->len + ev->skipped;
+	c->chunks++;
+	c->offset += n;
+	c->seg_ptr += n;
+	c->seg_left -= n;
+	c->remaining -= n;
+	return 0;
+}
+
+/* Emit `total` bytes moved by one call as data records: from `buf` (single buffer, iovcnt == 0) or from
+ * the iovec array at `buf`. Bytes that do not fit are announced as skipped in a final record. */
+static __always_inline void emit_data(__u64 conn_id, __u64 offset, __u8 dir, __u8 source, int fd, __u64 buf,
+				      __u32 iovcnt, __u64 total)
+{
+	__u32 zero = 0;
+	struct qtap_data *ev = bpf_map_lookup_elem(&scratch, &zero);
+	struct emit_ctx c = {};
+
+	if (!ev)
+		return;
+	fill_hdr(&ev->h, QTAP_REC_DATA, conn_id);
+	ev->dir = dir;
+	ev->source = source;
+	ev->fd = fd;
+	c.ev = ev;
+	c.offset = offset;
+	c.remaining = total;
+	if (iovcnt) {
+		c.iov = buf;
+		c.iovcnt = iovcnt;
+	} else {
+		c.seg_ptr = buf;
+		c.seg_left = total;
+	}
+	if (capture_payload)
+		bpf_loop(QTAP_MAX_STEPS, emit_step, &c, 0);
+	if (c.remaining) {
+		/* Truncated (or payload capture off): one header-only record keeps the stream offsets honest. */
+		ev->offset = c.offset;
+		ev->len = 0;
+		ev->skipped = c.remaining;
+		ev->flags = capture_payload ? QTAP_DATA_TRUNCATED : QTAP_DATA_NO_PAYLOAD;
+		if (capture_payload)
+			count(QTAP_CNT_TRUNCATED_BYTES, c.remaining);
+		if (bpf_ringbuf_output(&events, ev, offsetof(struct qtap_data, payload), 0))
+			count(QTAP_CNT_DROP_RINGBUF, 1);
+		else
+			count(QTAP_CNT_RECORDS, 1);
+	}
+}
+
+#endif /* __QTAP_COMMON_BPF_H */

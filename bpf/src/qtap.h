@@ -1,0 +1,190 @@
+/* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
+/*
+ * qtap.h - THE kernel/user ABI of qtap-async.
+ *
+ * Every record the BPF programs put on the `events` ring buffer starts with struct qtap_hdr. The Python
+ * mirror lives in qtap_async/bpf/abi.py; a test checks sizes and offsets against the BTF of the compiled
+ * objects, so change both together and bump QTAP_ABI_VERSION.
+ */
+#ifndef __QTAP_H
+#define __QTAP_H
+
+#define QTAP_ABI_VERSION 1
+
+/* Payload chunking: one record carries at most QTAP_CHUNK_SIZE bytes; one syscall (or TLS call) emits at
+ * most QTAP_MAX_CHUNKS data records; what is beyond is reported as skipped bytes (truncation). */
+#define QTAP_CHUNK_SIZE 16384
+#define QTAP_MAX_CHUNKS 8
+/* iovec entries walked per readv/writev/sendmsg/recvmsg call. */
+#define QTAP_MAX_IOV 64
+/* bpf_loop budget for one call: every step either emits a chunk or moves to the next iovec. */
+#define QTAP_MAX_STEPS (QTAP_MAX_CHUNKS + QTAP_MAX_IOV)
+#define QTAP_COMM_LEN 16
+#define QTAP_PATH_LEN 256
+/* Socket table size (LRU: the least recently used entries go first when it is full). */
+#define QTAP_MAX_SOCKS 65536
+/* Syscalls in flight at once (one entry per thread between sys_enter and sys_exit). */
+#define QTAP_MAX_INFLIGHT 16384
+/* Raw bytes of a TLS connection sent to user space before the stream is muted: enough for the
+ * ClientHello/ServerHello (SNI, ALPN), the rest is ciphertext nobody can read. */
+#define QTAP_TLS_HELLO_BYTES 8192
+
+enum qtap_rec_type {
+	QTAP_REC_CONN_OPEN = 1,
+	QTAP_REC_CONN_CLOSE = 2,
+	QTAP_REC_DATA = 3,
+	QTAP_REC_PROC_EXEC = 4,
+	QTAP_REC_PROC_EXIT = 5,
+};
+
+/* Direction of a data record, from the point of view of the process that made the call. */
+enum qtap_dir {
+	QTAP_DIR_SEND = 0,
+	QTAP_DIR_RECV = 1,
+};
+
+/* How the connection was seen first. */
+enum qtap_role {
+	QTAP_ROLE_UNKNOWN = 0, /* existed before the agent started: first seen on a data syscall */
+	QTAP_ROLE_CONNECT = 1, /* this host initiated it (egress) */
+	QTAP_ROLE_ACCEPT = 2,  /* this host accepted it (ingress) */
+};
+
+/* Where the bytes of a data record come from. Each source is its own byte stream. */
+enum qtap_source {
+	QTAP_SRC_SYSCALL = 0, /* bytes on the socket, as the kernel moved them */
+	QTAP_SRC_OPENSSL = 1, /* plaintext from SSL_read/SSL_write (OpenSSL, BoringSSL) */
+	QTAP_SRC_GNUTLS = 2,
+	QTAP_SRC_GOTLS = 3,
+};
+
+enum qtap_data_flags {
+	QTAP_DATA_TRUNCATED = 1 << 0, /* the call moved more bytes than were captured: see skipped */
+	QTAP_DATA_READ_FAULT = 1 << 1, /* the user buffer could not be read: payload absent, see skipped */
+	QTAP_DATA_NO_PAYLOAD = 1 << 2, /* the call moves no user buffer (sendfile): only the byte count */
+};
+
+enum qtap_conn_flags {
+	QTAP_CONN_MIDSTREAM = 1 << 0, /* first seen on data: stream offsets start where the agent came in */
+};
+
+/* Internal flags of struct qtap_sock_info. */
+enum qtap_sock_flags {
+	QTAP_SOCK_TLS_COVERED = 1 << 0, /* a TLS probe decrypts it: never send its ciphertext */
+	QTAP_SOCK_TLS_RAW = 1 << 1,     /* its first bytes are a TLS record */
+	QTAP_SOCK_DETECTED = 1 << 2,    /* first-bytes detection done */
+	QTAP_SOCK_MUTED = 1 << 3,       /* user space asked for no more payload */
+};
+
+/* Indexes of the per-CPU `counters` map. Every record that is not delivered is counted here. */
+enum qtap_counter {
+	QTAP_CNT_RECORDS = 0,          /* records delivered to the ring buffer */
+	QTAP_CNT_DROP_RINGBUF = 1,     /* records the ring buffer refused (full) */
+	QTAP_CNT_DROP_INFLIGHT = 2,    /* syscalls not tracked: inflight table full */
+	QTAP_CNT_TRUNCATED_BYTES = 3,  /* bytes beyond QTAP_MAX_CHUNKS x QTAP_CHUNK_SIZE or QTAP_MAX_IOV */
+	QTAP_CNT_TLS_MUTED_BYTES = 4,  /* ciphertext bytes not sent (covered by a probe or past the hello) */
+	QTAP_CNT_DROP_BYTES = 5,       /* payload bytes in records the ring buffer refused */
+	QTAP_CNT_MAX = 8,
+};
+
+struct qtap_hdr {
+	__u16 type;     /* enum qtap_rec_type */
+	__u16 abi;      /* QTAP_ABI_VERSION */
+	__u32 cpu;
+	__u64 ts_ns;    /* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
+	__u64 conn_id;  /* 0 for process records */
+	__u32 pid;      /* tgid */
+	__u32 tid;
+};
+
+struct qtap_conn_open {
+	struct qtap_hdr h;
+	__u64 cgroup_id;
+	__u16 family;   /* AF_INET or AF_INET6 */
+	__u8 role;      /* enum qtap_role */
+	__u8 flags;     /* enum qtap_conn_flags */
+	__u16 lport;    /* host byte order */
+	__u16 rport;    /* host byte order */
+	__u8 laddr[16]; /* IPv4 in the first 4 bytes */
+	__u8 raddr[16];
+	__s32 fd;
+	__u32 _pad;
+	char comm[QTAP_COMM_LEN];
+};
+
+struct qtap_conn_close {
+	struct qtap_hdr h;
+	__u64 bytes_sent;     /* bytes on the socket, not counting TLS overhead removal */
+	__u64 bytes_received;
+	__u64 open_ts_ns;
+};
+
+struct qtap_data {
+	struct qtap_hdr h;
+	__u64 offset;   /* offset of the first byte in this (conn, source, dir) stream */
+	__u32 len;      /* payload bytes present after this header */
+	__u32 skipped;  /* stream bytes right after the payload that were not captured */
+	__u8 dir;       /* enum qtap_dir */
+	__u8 source;    /* enum qtap_source */
+	__u16 flags;    /* enum qtap_data_flags */
+	__s32 fd;
+	__u8 payload[QTAP_CHUNK_SIZE];
+};
+
+struct qtap_proc_exec {
+	struct qtap_hdr h;
+	__u64 cgroup_id;
+	__u32 ppid;
+	__u32 uid;
+	char comm[QTAP_COMM_LEN];
+	char filename[QTAP_PATH_LEN];
+};
+
+struct qtap_proc_exit {
+	struct qtap_hdr h;
+	__s32 exit_code;
+	__u32 _pad;
+};
+
+/* Per-socket state, keyed by the struct sock address. Not sent to user space as such. */
+struct qtap_sock_info {
+	__u64 conn_id;
+	__u64 open_ts_ns;
+	__u64 off[2];       /* syscall stream offsets, indexed by enum qtap_dir */
+	__u64 tls_off[2];   /* plaintext stream offsets */
+	__u32 pid;
+	__u32 flags;        /* enum qtap_sock_flags */
+};
+
+/* A data syscall between enter and exit, keyed by thread id. */
+struct qtap_io_args {
+	__u64 sk;
+	__u64 buf;      /* user buffer, or user iovec array when iovcnt > 0 */
+	__u32 iovcnt;
+	__s32 fd;
+	__u8 dir;
+	__u8 kind;      /* enum qtap_io_kind */
+	__u8 _pad[6];
+};
+
+enum qtap_io_kind {
+	QTAP_IO_BUF = 0,
+	QTAP_IO_IOV = 1,
+	QTAP_IO_MSG = 2,
+	QTAP_IO_CONNECT = 3,
+	QTAP_IO_SENDFILE = 4,
+};
+
+/* A TLS library call between its entry probe and its return probe, keyed by thread id. The socket
+ * programs fill `sk` when the call makes a read/write syscall (the nested-syscall association). */
+struct qtap_tls_call {
+	__u64 ssl;      /* the library's connection object (SSL *, gnutls_session_t, *tls.Conn) */
+	__u64 buf;
+	__u64 len_ptr;  /* where the library stores the byte count (SSL_read_ex), or 0 */
+	__u64 sk;       /* filled by the nested syscall */
+	__u8 dir;
+	__u8 source;
+	__u8 _pad[6];
+};
+
+#endif /* __QTAP_H */

@@ -1,0 +1,72 @@
+"""The ring buffer reader: an epoll fd for the event loop and batched consumption.
+
+libbpf calls back once per record; the callback only copies the bytes into a list, and `consume()`
+hands the whole batch to the caller. Per-record work belongs in the decoder, not here.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+from qtap_async.bpf._libbpf import SAMPLE_FN, check_int, check_ptr, libbpf
+from qtap_async.bpf.object import BpfMap
+from qtap_async.errors import BpfError
+
+_string_at = ctypes.string_at
+
+
+class RingBuffer:
+    """Reader of one BPF_MAP_TYPE_RINGBUF map."""
+
+    def __init__(self, bpf_map: BpfMap) -> None:
+        self.name = bpf_map.name
+        self._batch: list[bytes] = []
+        append = self._batch.append
+
+        def on_sample(_ctx: int | None, data: int, size: int) -> int:
+            append(_string_at(data, size))
+            return 0
+
+        self._cb = SAMPLE_FN(on_sample)  # must outlive the ring_buffer
+        ptr = libbpf().ring_buffer__new(bpf_map.fd, self._cb, None, None)
+        self._ptr: int | None = check_ptr(ptr, f"ring buffer {bpf_map.name}", "ring_buffer__new")
+        self.records = 0
+
+    def fileno(self) -> int:
+        """An epoll fd that becomes readable when records are waiting (for loop.add_reader)."""
+        if self._ptr is None:
+            raise BpfError(f"ring buffer {self.name}", 9, "closed")
+        return int(libbpf().ring_buffer__epoll_fd(self._ptr))
+
+    def consume(self) -> list[bytes]:
+        """All records available now, oldest first (may be empty)."""
+        if self._ptr is None:
+            raise BpfError(f"ring buffer {self.name}", 9, "closed")
+        check_int(libbpf().ring_buffer__consume(self._ptr), f"ring buffer {self.name}", "consume")
+        batch = self._batch[:]
+        self._batch.clear()
+        self.records += len(batch)
+        return batch
+
+    def poll(self, timeout_ms: int) -> list[bytes]:
+        """Wait up to timeout_ms for records (for synchronous tools and tests)."""
+        if self._ptr is None:
+            raise BpfError(f"ring buffer {self.name}", 9, "closed")
+        ret = libbpf().ring_buffer__poll(self._ptr, timeout_ms)
+        if ret < 0 and -ret != 4:  # EINTR is not an error here
+            check_int(ret, f"ring buffer {self.name}", "poll")
+        batch = self._batch[:]
+        self._batch.clear()
+        self.records += len(batch)
+        return batch
+
+    def close(self) -> None:
+        ptr, self._ptr = self._ptr, None
+        if ptr:
+            libbpf().ring_buffer__free(ptr)
+
+    def __enter__(self) -> RingBuffer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
