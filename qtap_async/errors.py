@@ -59,3 +59,19 @@ class ProtocolError(QtapError):
 
 class SinkError(QtapError):
     """A sink failed in a way that retrying will not fix (bad credentials, missing bucket...)."""
+
+
+class PulseError(QtapError):
+    """Pulse (the ingestion + query service) failed: storage, token store or configuration."""
+
+
+class PulseAuthError(PulseError):
+    """A Pulse bearer token is missing, unknown, revoked or lacks the scope; ``status`` is 401 or 403."""
+
+    def __init__(self, message: str, status: int = 401) -> None:
+        self.status = status
+        super().__init__(message)
+
+
+class PulseClientError(PulseError):
+    """The Pulse server refused a batch in a way that retrying will not fix (4xx), or retries ran out."""
