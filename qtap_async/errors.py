@@ -75,3 +75,7 @@ class PulseAuthError(PulseError):
 
 class PulseClientError(PulseError):
     """The Pulse server refused a batch in a way that retrying will not fix (4xx), or retries ran out."""
+
+
+class SinkTransientError(QtapError):
+    """A sink call failed in a way that may pass on retry (store unreachable, timeout, throttled, 5xx)."""
