@@ -283,7 +283,8 @@ class BpfObject:
             err = -ret
             hint = ""
             if err == 1:
-                hint = "operation not permitted: run as root (CAP_BPF + CAP_PERFMON), check lockdown"
+                hint = ("operation not permitted: needs root (CAP_BPF + CAP_PERFMON); as root, the kernel refuses "
+                        "this program type (lockdown or a security policy)")
             raise BpfLoadError(f"object {self.name}", err, hint or "load failed", _tail("\n".join(log)))
         self.loaded = True
 

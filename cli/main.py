@@ -1,0 +1,83 @@
+"""`qtap`: the command line. Events go to stdout, logs to stderr."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import msgspec
+import typer
+
+app = typer.Typer(
+    name="qtap",
+    help="eBPF agent that sees HTTP, HTTPS, HTTP/2 and gRPC traffic in plaintext, per process.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _fail(msg: str, code: int = 1) -> None:
+    typer.echo(f"qtap: {msg}", err=True)
+    raise typer.Exit(code)
+
+
+@app.command()
+def run(
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML config (default: local-only)")] = None,
+    pid: Annotated[int, typer.Option(help="trace only this process (0: all)")] = 0,
+    no_payload: Annotated[bool, typer.Option("--no-payload", help="count bytes only, no payloads")] = False,
+    ring_buffer_mib: Annotated[int, typer.Option(help="ring buffer size in MiB (power of two)")] = 16,
+    metrics_interval: Annotated[float, typer.Option(help="log metrics to stderr every N s (0: off)")] = 0.0,
+    log_level: Annotated[str, typer.Option(help="stderr log level")] = "INFO",
+) -> None:
+    """Capture traffic: JSON lines on stdout, one object per line with a `type` field."""
+    from qtap_async.agent import AgentOptions, run_agent
+    from qtap_async.bpf.loader import CaptureSettings
+    from qtap_async.errors import QtapError
+    from qtap_async.telemetry import setup_logging
+
+    setup_logging(log_level)
+    if config is not None:
+        _fail("--config is not supported yet in this build: run without it for local-only mode", 2)
+    if os.geteuid() != 0:
+        _fail("must run as root (BPF needs CAP_BPF/CAP_PERFMON); see `qtap inspect`")
+    size = ring_buffer_mib << 20
+    if size & (size - 1):
+        _fail(f"--ring-buffer-mib must be a power of two, got {ring_buffer_mib}", 2)
+    opts = AgentOptions(
+        capture=CaptureSettings(
+            self_tgid=os.getpid(), target_tgid=pid, capture_payload=not no_payload, ring_buffer_bytes=size
+        ),
+        metrics_interval_s=metrics_interval,
+    )
+    try:
+        code = run_agent(opts)
+    except QtapError as exc:
+        _fail(str(exc))
+    raise typer.Exit(code)
+
+
+@app.command()
+def inspect(
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """Why capture would or would not work here: kernel, BTF, hooks, BPF objects, TLS libraries."""
+    from qtap_async.inspect import gather, render
+
+    report = gather()
+    if as_json:
+        sys.stdout.buffer.write(msgspec.json.format(msgspec.json.encode(report)) + b"\n")
+    else:
+        typer.echo(render(report))
+    raise typer.Exit(0 if report.capture_possible else 1)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,178 @@
+"""The agent: BPF capture -> ring-buffer source -> tracking stage -> sinks, on one uvloop event loop.
+
+SIGINT/SIGTERM stop the source; every stage drains its input and closes the next channel; the sinks
+flush; the BPF links are detached; `run()` returns the exit code (0).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+import msgspec
+
+from qtap_async.bpf.loader import Capture, CaptureSettings
+from qtap_async.buffers.channel import Channel, ChannelClosed
+from qtap_async.sources.ringbuf import RingBufferSource, batch_size
+from qtap_async.transforms.conntrack import Connection, Conntrack, Session
+from qtap_async.transforms.stage import TrackingStage
+
+log = logging.getLogger("qtap.agent")
+
+
+@dataclass
+class AgentOptions:
+    capture: CaptureSettings = field(default_factory=lambda: CaptureSettings(self_tgid=os.getpid()))
+    max_connections: int = 65536
+    idle_timeout_s: float = 300.0
+    raw_queue_events: int = 4096
+    raw_queue_bytes: int = 256 << 20
+    out_queue_events: int = 4096
+    out_queue_bytes: int = 64 << 20
+    emit_gaps: bool = True
+    metrics_interval_s: float = 0.0  # > 0: log a metrics line to stderr this often
+
+
+def default_session_factory(conn: Connection, layer: int) -> Session | None:
+    """A protocol session per connection and layer (0: socket bytes, 1: TLS plaintext)."""
+    from qtap_async.protocols import ProtocolSession
+
+    return ProtocolSession(local_port=conn.lport, remote_port=conn.rport)  # type: ignore[return-value]
+
+
+class StdoutWriter:
+    """Events as JSON lines on stdout (the local-only default event and object store)."""
+
+    def __init__(self, out: IO[bytes] | None = None) -> None:
+        self.out = out or sys.stdout.buffer
+        self._encode = msgspec.json.Encoder().encode
+        self.written = 0
+
+    def write(self, events: list[Any]) -> None:
+        enc = self._encode
+        self.out.write(b"".join(enc(e) + b"\n" for e in events))
+        self.out.flush()
+        self.written += len(events)
+
+    async def run(self, rx: Channel[list[Any]]) -> None:
+        while True:
+            try:
+                events = await rx.recv()
+            except ChannelClosed:
+                break
+            self.write(events)
+
+
+class Agent:
+    def __init__(
+        self,
+        options: AgentOptions | None = None,
+        *,
+        writer: StdoutWriter | None = None,
+        session_factory: Callable[[Connection, int], Session | None] | None = default_session_factory,
+        on_protocol_record: Callable[[Connection, Any, int], list[Any]] | None = None,
+    ) -> None:
+        self.options = options or AgentOptions()
+        self.writer = writer or StdoutWriter()
+        self.conntrack = Conntrack(
+            max_connections=self.options.max_connections,
+            idle_timeout_s=self.options.idle_timeout_s,
+            session_factory=session_factory,
+            emit_gaps=self.options.emit_gaps,
+        )
+        if on_protocol_record is not None:
+            self.conntrack.on_protocol_record = on_protocol_record
+        else:
+            from qtap_async.transforms.output import ProtocolOutput
+
+            self.conntrack.on_protocol_record = ProtocolOutput(self.conntrack).convert
+        self.stage = TrackingStage(self.conntrack)
+        self.stop_event: asyncio.Event | None = None
+        self.capture: Capture | None = None
+        self.raw: Channel[list[bytes]] | None = None
+        self.out: Channel[list[Any]] | None = None
+        self.source: RingBufferSource | None = None
+
+    def stop(self) -> None:
+        if self.stop_event is not None:
+            self.stop_event.set()
+
+    def snapshot(self) -> dict[str, int]:
+        """Every counter of every stage, with stable qtap_* names."""
+        m: dict[str, int] = {}
+        if self.capture is not None and self.capture.objects:
+            for k, v in self.capture.counters().items():
+                m[f"qtap_kernel_{k}_total"] = v
+        if self.source is not None:
+            m["qtap_source_records_total"] = self.source.records
+            m["qtap_source_dropped_records_total"] = self.source.dropped_records
+        for name, ch in (("raw", self.raw), ("out", self.out)):
+            if ch is not None:
+                s = ch.statistics()
+                m[f"qtap_channel_{name}_depth_events"] = s.depth_events
+                m[f"qtap_channel_{name}_dropped_events_total"] = s.dropped_events
+        st = self.conntrack.stats
+        m["qtap_decode_errors_total"] = self.stage.decode_errors
+        m["qtap_internal_errors_total"] = self.stage.internal_errors
+        m["qtap_connections_open"] = len(self.conntrack.conns)
+        m["qtap_connections_opened_total"] = st.connections_opened
+        m["qtap_connections_closed_total"] = st.connections_closed
+        m["qtap_connections_evicted_idle_total"] = st.connections_evicted_idle
+        m["qtap_connections_evicted_full_total"] = st.connections_evicted_full
+        m["qtap_orphan_data_records_total"] = st.orphan_data_records
+        m["qtap_stream_gaps_total"] = st.reassembly.gaps
+        m["qtap_stream_gap_bytes_total"] = st.reassembly.gap_bytes
+        m["qtap_events_written_total"] = self.writer.written
+        return m
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        self.stop_event = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.stop_event.set)
+        o = self.options
+        self.capture = Capture(o.capture)
+        try:
+            assert self.capture.ringbuf is not None
+            self.raw = Channel(o.raw_queue_events, o.raw_queue_bytes, "drop_newest", sizeof=batch_size)
+            self.out = Channel(o.out_queue_events, o.out_queue_bytes, "block", sizeof=len_sizeof)
+            self.source = RingBufferSource(self.capture.ringbuf)
+            log.info("capture attached: %d programs", sum(len(ob.links) for ob in self.capture.objects))
+            tasks = [
+                asyncio.create_task(self.source.run(self.raw, self.stop_event), name="source"),
+                asyncio.create_task(self.stage.run(self.raw, self.out), name="track"),
+                asyncio.create_task(self.writer.run(self.out), name="sink"),
+            ]
+            if o.metrics_interval_s > 0:
+                tasks.append(asyncio.create_task(self._metrics_loop(o.metrics_interval_s), name="metrics"))
+            await asyncio.gather(*tasks[:3])
+            for t in tasks[3:]:
+                t.cancel()
+            log.info("stopped: %s", msgspec.json.encode(self.snapshot()).decode())
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+            self.capture.close()
+        return 0
+
+    async def _metrics_loop(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            log.info("metrics %s", msgspec.json.encode(self.snapshot()).decode())
+
+
+def len_sizeof(batch: object) -> int:
+    return 512 * len(batch) if isinstance(batch, list) else 512
+
+
+def run_agent(options: AgentOptions | None = None) -> int:
+    """Run the agent on uvloop until SIGINT/SIGTERM."""
+    import uvloop
+
+    return uvloop.run(Agent(options).run())

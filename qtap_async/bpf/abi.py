@@ -1,0 +1,100 @@
+"""struct.Struct mirrors of bpf/src/qtap.h (THE kernel/user ABI).
+
+tests/bpf/test_abi.py compiles qtap.h with the system C compiler and checks every size and offset
+here against it, so a change on one side without the other fails the suite.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+
+ABI_VERSION = 1
+CHUNK_SIZE = 16384
+MAX_CHUNKS = 8
+MAX_IOV = 64
+COMM_LEN = 16
+PATH_LEN = 256
+TLS_HELLO_BYTES = 8192
+
+
+class RecType(enum.IntEnum):
+    CONN_OPEN = 1
+    CONN_CLOSE = 2
+    DATA = 3
+    PROC_EXEC = 4
+    PROC_EXIT = 5
+
+
+class Dir(enum.IntEnum):
+    SEND = 0
+    RECV = 1
+
+
+class Role(enum.IntEnum):
+    UNKNOWN = 0
+    CONNECT = 1
+    ACCEPT = 2
+
+
+class Source(enum.IntEnum):
+    SYSCALL = 0
+    OPENSSL = 1
+    GNUTLS = 2
+    GOTLS = 3
+
+
+class DataFlag(enum.IntFlag):
+    TRUNCATED = 1
+    READ_FAULT = 2
+    NO_PAYLOAD = 4
+
+
+CONN_MIDSTREAM = 1
+
+
+class Counter(enum.IntEnum):
+    RECORDS = 0
+    DROP_RINGBUF = 1
+    DROP_INFLIGHT = 2
+    TRUNCATED_BYTES = 3
+    TLS_MUTED_BYTES = 4
+    DROP_BYTES = 5
+
+
+COUNTER_SLOTS = 8
+
+# struct qtap_hdr: type, abi, cpu, ts_ns, conn_id, pid, tid
+HDR = struct.Struct("<HHIQQII")
+# struct qtap_conn_open after the header
+CONN_OPEN = struct.Struct("<32xQHBBHH16s16siI16s")
+# struct qtap_conn_close after the header
+CONN_CLOSE = struct.Struct("<32xQQQ")
+# struct qtap_data after the header, up to the payload
+DATA = struct.Struct("<32xQIIBBHi")
+DATA_PAYLOAD_OFFSET = DATA.size
+PROC_EXEC = struct.Struct(f"<32xQII{COMM_LEN}s{PATH_LEN}s")
+PROC_EXIT = struct.Struct("<32xiI")
+
+# Sizes and field offsets as C lays them out; checked against the compiler in tests.
+LAYOUT: dict[str, dict[str, int]] = {
+    "qtap_hdr": {"__size__": HDR.size, "type": 0, "abi": 2, "cpu": 4, "ts_ns": 8, "conn_id": 16, "pid": 24,
+                 "tid": 28},
+    "qtap_conn_open": {"__size__": CONN_OPEN.size, "cgroup_id": 32, "family": 40, "role": 42, "flags": 43,
+                       "lport": 44, "rport": 46, "laddr": 48, "raddr": 64, "fd": 80, "comm": 88},
+    "qtap_conn_close": {"__size__": CONN_CLOSE.size, "bytes_sent": 32, "bytes_received": 40, "open_ts_ns": 48},
+    "qtap_data": {"__size__": DATA.size + CHUNK_SIZE, "offset": 32, "len": 40, "skipped": 44, "dir": 48,
+                  "source": 49, "flags": 50, "fd": 52, "payload": 56},
+    "qtap_proc_exec": {"__size__": PROC_EXEC.size, "cgroup_id": 32, "ppid": 40, "uid": 44, "comm": 48,
+                       "filename": 64},
+    "qtap_proc_exit": {"__size__": PROC_EXIT.size, "exit_code": 32},
+}
+CONSTANTS = {
+    "QTAP_ABI_VERSION": ABI_VERSION,
+    "QTAP_CHUNK_SIZE": CHUNK_SIZE,
+    "QTAP_MAX_CHUNKS": MAX_CHUNKS,
+    "QTAP_MAX_IOV": MAX_IOV,
+    "QTAP_COMM_LEN": COMM_LEN,
+    "QTAP_PATH_LEN": PATH_LEN,
+    "QTAP_TLS_HELLO_BYTES": TLS_HELLO_BYTES,
+}

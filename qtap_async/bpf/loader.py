@@ -1,0 +1,113 @@
+"""Loads and attaches the agent's BPF objects as one unit.
+
+socket.bpf.o owns the shared maps (ring buffer, socket table, counters, TLS call state); the other
+objects reuse them by fd, so there is one ring buffer to drain and one socket table.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from qtap_async.bpf import abi
+from qtap_async.bpf.object import BpfObject
+from qtap_async.bpf.ringbuf import RingBuffer
+
+SHARED_MAPS = ("events", "counters", "socks", "inflight", "tls_calls", "tls_socks", "scratch")
+
+
+def objects_dir() -> Path:
+    """Where the compiled objects are: inside the installed package (bpf/build links here in a checkout)."""
+    override = os.environ.get("QTAP_BPF_DIR")
+    if override:
+        return Path(override)
+    return Path(str(resources.files("qtap_async.bpf") / "objects"))
+
+
+@dataclass(frozen=True)
+class CaptureSettings:
+    self_tgid: int = 0
+    target_tgid: int = 0
+    capture_payload: bool = True
+    max_chunks: int = abi.MAX_CHUNKS
+    ring_buffer_bytes: int = 16 << 20
+    tls_hello_bytes: int = abi.TLS_HELLO_BYTES
+
+
+class Capture:
+    """The loaded, attached programs and the ring buffer to drain."""
+
+    def __init__(self, settings: CaptureSettings | None = None, objects: Path | None = None) -> None:
+        self.settings = settings or CaptureSettings(self_tgid=os.getpid())
+        directory = objects or objects_dir()
+        self.objects: list[BpfObject] = []
+        self.ringbuf: RingBuffer | None = None
+        try:
+            self._load(directory)
+        except BaseException:
+            self.close()
+            raise
+
+    def _rodata(self, obj: BpfObject) -> None:
+        s = self.settings
+        wanted = {
+            "self_tgid": s.self_tgid,
+            "target_tgid": s.target_tgid,
+            "capture_payload": int(s.capture_payload),
+            "max_chunks": max(1, min(s.max_chunks, abi.MAX_CHUNKS)),
+            "tls_hello_bytes": s.tls_hello_bytes,
+            "conn_id_base": random.getrandbits(24) << 32,
+        }
+        known = obj.rodata_vars()
+        obj.set_rodata(**{k: v for k, v in wanted.items() if k in known})
+
+    def _load(self, directory: Path) -> None:
+        sock = BpfObject.open(directory / "socket.bpf.o")
+        self.objects.append(sock)
+        size = self.settings.ring_buffer_bytes
+        if size & (size - 1) or size < 4096:
+            raise ValueError(f"ring_buffer_bytes must be a power of two >= 4096, got {size}")
+        sock.map("events").set_max_entries(size)
+        self._rodata(sock)
+        sock.load()
+        proc = BpfObject.open(directory / "process.bpf.o")
+        self.objects.append(proc)
+        self.share_maps(proc)
+        self._rodata(proc)
+        proc.load()
+        for obj in self.objects:
+            obj.attach_all()
+        self.ringbuf = RingBuffer(sock.map("events"))
+
+    def share_maps(self, obj: BpfObject) -> None:
+        """Make `obj` use the socket object's shared maps (call before obj.load())."""
+        owner = self.objects[0]
+        for name in SHARED_MAPS:
+            if name in obj.maps:
+                obj.map(name).reuse_fd(owner.map(name).fd)
+
+    @property
+    def socket_object(self) -> BpfObject:
+        return self.objects[0]
+
+    def counters(self) -> dict[str, int]:
+        """Kernel-side counters summed over CPUs, by name (records, drops, truncation...)."""
+        m = self.socket_object.map("counters")
+        return {c.name.lower(): sum(m.percpu_u64(int(c))) for c in abi.Counter}
+
+    def close(self) -> None:
+        if self.ringbuf is not None:
+            self.ringbuf.close()
+            self.ringbuf = None
+        for obj in reversed(self.objects):
+            obj.close()
+        self.objects.clear()
+
+    def __enter__(self) -> Capture:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

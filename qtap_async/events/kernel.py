@@ -1,0 +1,64 @@
+"""Decoded kernel records (one per ring-buffer record), see bpf/src/qtap.h."""
+
+from __future__ import annotations
+
+import msgspec
+
+
+class ConnOpen(msgspec.Struct, frozen=True, gc=False, tag="conn_open"):
+    ts_ns: int
+    conn_id: int
+    pid: int
+    tid: int
+    cgroup_id: int
+    family: int
+    role: int  # abi.Role
+    midstream: bool
+    lport: int
+    rport: int
+    laddr: str
+    raddr: str
+    fd: int
+    comm: str
+
+
+class ConnClose(msgspec.Struct, frozen=True, gc=False, tag="conn_close"):
+    ts_ns: int
+    conn_id: int
+    pid: int
+    bytes_sent: int
+    bytes_received: int
+    open_ts_ns: int
+
+
+class Data(msgspec.Struct, frozen=True, gc=False, tag="data"):
+    ts_ns: int
+    conn_id: int
+    pid: int
+    tid: int
+    offset: int
+    dir: int  # abi.Dir
+    source: int  # abi.Source
+    flags: int  # abi.DataFlag
+    skipped: int
+    fd: int
+    payload: bytes
+
+
+class ProcExec(msgspec.Struct, frozen=True, gc=False, tag="proc_exec"):
+    ts_ns: int
+    pid: int
+    ppid: int
+    uid: int
+    cgroup_id: int
+    comm: str
+    filename: str
+
+
+class ProcExit(msgspec.Struct, frozen=True, gc=False, tag="proc_exit"):
+    ts_ns: int
+    pid: int
+    exit_code: int
+
+
+KernelRecord = ConnOpen | ConnClose | Data | ProcExec | ProcExit

@@ -1,0 +1,93 @@
+"""`qtap inspect`: everything a user needs to know, on one screen, about whether capture works here."""
+
+from __future__ import annotations
+
+import msgspec
+
+from qtap_async.bpf.features import KernelFeatures, detect, explain
+from qtap_async.bpf.loader import objects_dir
+from qtap_async.errors import QtapError
+
+
+class ObjectInfo(msgspec.Struct, frozen=True):
+    name: str
+    programs: list[str]
+    maps: list[str]
+    error: str = ""
+
+
+class InspectReport(msgspec.Struct, frozen=True):
+    features: KernelFeatures
+    objects: list[ObjectInfo]
+    tls: list[dict[str, object]]
+    capture_possible: bool
+    reasons: list[str]
+
+
+def _objects() -> list[ObjectInfo]:
+    from qtap_async.bpf.object import BpfObject
+
+    out = []
+    for path in sorted(objects_dir().glob("*.bpf.o")):
+        try:
+            with BpfObject.open(path) as obj:
+                progs = [f"{p.name} ({p.section})" for p in obj.programs.values()]
+                out.append(ObjectInfo(path.name, progs, sorted(obj.maps)))
+        except QtapError as exc:
+            out.append(ObjectInfo(path.name, [], [], str(exc).splitlines()[0]))
+    return out
+
+
+def _tls() -> list[dict[str, object]]:
+    try:
+        from qtap_async import tls
+    except ImportError:
+        return []
+    describe = getattr(tls, "describe", None)
+    if describe is None:
+        return []
+    try:
+        result = describe()
+    except Exception as exc:  # discovery must never break inspect
+        return [{"error": f"TLS discovery failed: {exc}"}]
+    return list(result) if isinstance(result, list) else [msgspec.to_builtins(result)]
+
+
+def gather() -> InspectReport:
+    f = detect()
+    reasons = explain(f)
+    return InspectReport(f, _objects(), _tls(), not reasons, reasons)
+
+
+def render(r: InspectReport) -> str:
+    f = r.features
+    lines = [
+        f"kernel {f.kernel} ({f.arch})  libbpf {f.libbpf}  root={'yes' if f.root else 'no'}",
+        f"BTF {'yes' if f.btf else 'NO'}  lockdown={f.lockdown}  tracefs={'yes' if f.tracefs else 'no'}"
+        f"  bpffs={'yes' if f.bpffs else 'no'}",
+        "hooks:",
+    ]
+    for h in f.hooks:
+        state = "ok" if h.loads and h.attaches is not False else "NO"
+        detail = "load ok" if h.loads else "load fails"
+        if h.attaches is not None:
+            detail += ", attach ok" if h.attaches else ", attach fails"
+        need = "required" if h.required else "optional"
+        err = f"  ({h.error})" if h.error and state != "ok" else ""
+        lines.append(f"  {h.hook:<15} {state:<3} {need:<9} {detail}{err}")
+    lines.append("objects:")
+    for o in r.objects:
+        if o.error:
+            lines.append(f"  {o.name}: ERROR {o.error}")
+        else:
+            lines.append(f"  {o.name}: {len(o.programs)} programs, maps: {', '.join(o.maps)}")
+    if r.tls:
+        lines.append("TLS libraries:")
+        for t in r.tls:
+            lines.append("  " + ", ".join(f"{k}={v}" for k, v in t.items()))
+    if r.capture_possible:
+        lines.append("capture: WILL WORK (tracepoints + ring buffer load and attach; uprobes load)")
+    else:
+        lines.append("capture: WILL NOT WORK:")
+        lines.extend(f"  - {why}" for why in r.reasons)
+    return "\n".join(lines)

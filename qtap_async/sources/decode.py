@@ -1,0 +1,67 @@
+"""Ring-buffer bytes -> kernel records, with precompiled struct.Struct layouts from abi.py."""
+
+from __future__ import annotations
+
+import socket
+
+from qtap_async.bpf import abi
+from qtap_async.events.kernel import ConnClose, ConnOpen, Data, KernelRecord, ProcExec, ProcExit
+
+_hdr = abi.HDR.unpack_from
+_open = abi.CONN_OPEN.unpack_from
+_close = abi.CONN_CLOSE.unpack_from
+_data = abi.DATA.unpack_from
+_exec = abi.PROC_EXEC.unpack_from
+_exit = abi.PROC_EXIT.unpack_from
+_ntop = socket.inet_ntop
+_PAYLOAD = abi.DATA_PAYLOAD_OFFSET
+_V4_MAPPED = b"\x00" * 10 + b"\xff\xff"
+AF_INET = socket.AF_INET
+
+
+def _cstr(raw: bytes) -> str:
+    return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
+
+
+def _addr(family: int, raw: bytes) -> str:
+    if family == AF_INET:
+        return _ntop(AF_INET, raw[:4])
+    if raw[:12] == _V4_MAPPED:  # an IPv6 socket talking IPv4: show the IPv4 address
+        return _ntop(AF_INET, raw[12:16])
+    return _ntop(socket.AF_INET6, raw)
+
+
+class DecodeError(ValueError):
+    """A record that does not match the ABI (counted by the caller, never fatal)."""
+
+
+def decode(raw: bytes) -> KernelRecord:
+    """One ring-buffer record -> its typed record. Raises DecodeError for a malformed record."""
+    try:
+        rtype, version, _cpu, ts, conn_id, pid, tid = _hdr(raw)
+        if version != abi.ABI_VERSION:
+            raise DecodeError(f"record ABI version {version}, expected {abi.ABI_VERSION}")
+        if rtype == 3:
+            offset, length, skipped, direction, source, flags, fd = _data(raw)
+            payload = raw[_PAYLOAD : _PAYLOAD + length]
+            if len(payload) != length:
+                raise DecodeError(f"data record says {length} payload bytes, has {len(payload)}")
+            return Data(ts, conn_id, pid, tid, offset, direction, source, flags, skipped, fd, payload)
+        if rtype == 1:
+            cg, family, role, flags, lport, rport, laddr, raddr, fd, _pad, comm = _open(raw)
+            return ConnOpen(ts, conn_id, pid, tid, cg, family, role, bool(flags & abi.CONN_MIDSTREAM), lport,
+                            rport, _addr(family, laddr), _addr(family, raddr), fd, _cstr(comm))
+        if rtype == 2:
+            sent, received, open_ts = _close(raw)
+            return ConnClose(ts, conn_id, pid, sent, received, open_ts)
+        if rtype == 4:
+            cg, ppid, uid, comm, filename = _exec(raw)
+            return ProcExec(ts, pid, ppid, uid, cg, _cstr(comm), _cstr(filename))
+        if rtype == 5:
+            code, _pad = _exit(raw)
+            return ProcExit(ts, pid, code)
+    except DecodeError:
+        raise
+    except Exception as exc:  # struct.error, OSError from inet_ntop...
+        raise DecodeError(f"malformed record ({len(raw)} bytes): {exc}") from exc
+    raise DecodeError(f"unknown record type {rtype}")

@@ -1,0 +1,352 @@
+"""Connection tracking: kernel records -> connections with process context and ordered streams.
+
+Synchronous and I/O-free except for /proc reads of process context, so tests drive it directly with
+decoded records. The asyncio stage around it is in transforms/stage.py.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from qtap_async.bpf import abi
+from qtap_async.events.connection import ConnectionEvent, GapEvent
+from qtap_async.events.kernel import ConnClose, ConnOpen, Data, KernelRecord, ProcExec, ProcExit
+from qtap_async.topology.listeners import ListeningPorts
+from qtap_async.topology.process import ProcessCache, ProcessInfo
+from qtap_async.transforms.reassembly import ReassemblyStats, StreamReassembler
+
+_SOURCE_NAMES = {int(s): s.name.lower() for s in abi.Source}
+_DIR_NAMES = {0: "send", 1: "recv"}
+
+
+class Session(Protocol):
+    """What conntrack needs of a protocol session (qtap_async.protocols.ProtocolSession)."""
+
+    def feed(self, direction: Any, data: bytes | memoryview, ts_ns: int) -> list[Any]: ...
+    def gap(self, direction: Any, nbytes: int, ts_ns: int) -> list[Any]: ...
+    def close(self, ts_ns: int) -> list[Any]: ...
+    @property
+    def protocol(self) -> str: ...
+
+
+SessionFactory = Callable[["Connection", int], Session | None]
+
+
+@dataclass
+class ConntrackStats:
+    connections_opened: int = 0
+    connections_closed: int = 0
+    connections_evicted_idle: int = 0
+    connections_evicted_full: int = 0
+    orphan_data_records: int = 0
+    data_records: int = 0
+    data_bytes: int = 0
+    process_records: int = 0
+    reassembly: ReassemblyStats = field(default_factory=ReassemblyStats)
+
+
+class Connection:
+    """One TCP connection as seen from one process (each end on this host is its own connection)."""
+
+    __slots__ = (
+        "bytes_received",
+        "bytes_sent",
+        "conn_id",
+        "direction",
+        "domain",
+        "family",
+        "fd",
+        "laddr",
+        "last_ns",
+        "lport",
+        "midstream",
+        "open_ts_ns",
+        "pid",
+        "process",
+        "raddr",
+        "role",
+        "rport",
+        "sessions",
+        "streams",
+        "tls",
+    )
+
+    def __init__(self, rec: ConnOpen, process: ProcessInfo, direction: str) -> None:
+        self.conn_id = rec.conn_id
+        self.pid = rec.pid
+        self.fd = rec.fd
+        self.family = "ipv6" if rec.family == 10 else "ipv4"
+        self.role = rec.role
+        self.direction = direction
+        self.laddr = rec.laddr
+        self.lport = rec.lport
+        self.raddr = rec.raddr
+        self.rport = rec.rport
+        self.open_ts_ns = rec.ts_ns
+        self.last_ns = rec.ts_ns
+        self.midstream = rec.midstream
+        self.process = process
+        self.bytes_sent = 0
+        self.bytes_received = 0
+        self.streams: dict[int, StreamReassembler] = {}  # key: source * 2 + dir
+        self.sessions: dict[int, Session | None] = {}  # key: 0 = socket bytes, 1 = TLS plaintext
+        self.domain = ""
+        self.tls = False
+
+    @property
+    def protocol(self) -> str:
+        for layer in (1, 0):
+            s = self.sessions.get(layer)
+            if s is not None and s.protocol not in ("unknown", "tls"):
+                return s.protocol
+        s = self.sessions.get(0)
+        return s.protocol if s is not None else "unknown"
+
+    def endpoints(self) -> tuple[str, int, str, int]:
+        """(src_ip, src_port, dst_ip, dst_port) with src = the initiator."""
+        if self.direction == "ingress":
+            return self.raddr, self.rport, self.laddr, self.lport
+        return self.laddr, self.lport, self.raddr, self.rport
+
+
+class Conntrack:
+    """Kernel records in, output events out."""
+
+    def __init__(
+        self,
+        *,
+        max_connections: int = 65536,
+        idle_timeout_s: float = 300.0,
+        session_factory: SessionFactory | None = None,
+        processes: ProcessCache | None = None,
+        listeners: ListeningPorts | None = None,
+        emit_gaps: bool = True,
+    ) -> None:
+        self.max_connections = max_connections
+        self.idle_timeout_ns = int(idle_timeout_s * 1e9)
+        self.session_factory = session_factory
+        self.processes = processes or ProcessCache()
+        self.listeners = listeners or ListeningPorts()
+        self.emit_gaps = emit_gaps
+        self.conns: OrderedDict[int, Connection] = OrderedDict()
+        self.stats = ConntrackStats()
+        # bpf_ktime_get_ns() is CLOCK_MONOTONIC; events carry wall-clock time.
+        self._wall_offset_ns = time.time_ns() - time.monotonic_ns()
+        self._ids = itertools.count(1)
+        self._id_prefix = os.urandom(4).hex()
+        self.on_protocol_record: Callable[[Connection, Any, int], list[Any]] | None = None
+
+    # -- helpers ---------------------------------------------------------------------------------
+    def _event_id(self) -> str:
+        return f"{self._id_prefix}-{next(self._ids)}"
+
+    def wall_ns(self, ts_ns: int) -> int:
+        return ts_ns + self._wall_offset_ns
+
+    def rfc3339(self, ts_ns: int) -> str:
+        wall = self.wall_ns(ts_ns)
+        dt = datetime.fromtimestamp(wall // 1_000_000_000, UTC)
+        return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{(wall % 1_000_000_000) // 1000:06d}Z"
+
+    def _direction(self, rec: ConnOpen) -> str:
+        if rec.role == abi.Role.CONNECT:
+            return "egress"
+        if rec.role == abi.Role.ACCEPT:
+            return "ingress"
+        # Joined mid-way: a connection on a port this process's network namespace listens on was accepted.
+        return "ingress" if self.listeners.is_listening(rec.pid, rec.lport) else "egress"
+
+    def _conn_event(self, c: Connection, event: str, ts_ns: int, reason: str = "") -> ConnectionEvent:
+        src_ip, src_port, dst_ip, dst_port = c.endpoints()
+        p = c.process
+        return ConnectionEvent(
+            id=self._event_id(),
+            ts=self.rfc3339(ts_ns),
+            ts_ns=self.wall_ns(ts_ns),
+            event=event,
+            conn_id=c.conn_id,
+            direction=c.direction,
+            family=c.family,
+            src_ip=src_ip,
+            src_port=src_port,
+            dst_ip=dst_ip,
+            dst_port=dst_port,
+            pid=c.pid,
+            exe=p.exe,
+            comm=p.comm,
+            user=p.user,
+            container_id=p.container_id,
+            cgroup=p.cgroup,
+            bytes_sent=c.bytes_sent,
+            bytes_received=c.bytes_received,
+            duration_ns=(ts_ns - c.open_ts_ns) if event == "close" else 0,
+            protocol=c.protocol if event == "close" else "",
+            domain=c.domain,
+            tls=c.tls,
+            midstream=c.midstream,
+            reason=reason,
+        )
+
+    # -- records ---------------------------------------------------------------------------------
+    def handle(self, rec: KernelRecord) -> list[Any]:
+        if type(rec) is Data:
+            return self._data(rec)
+        if type(rec) is ConnOpen:
+            return self._open(rec)
+        if type(rec) is ConnClose:
+            return self._close(rec)
+        if type(rec) is ProcExec:
+            self.stats.process_records += 1
+            self.processes.on_exec(rec.pid, rec.comm, rec.filename)
+            return []
+        if type(rec) is ProcExit:
+            self.stats.process_records += 1
+            self.processes.on_exit(rec.pid)
+            return []
+        return []
+
+    def _open(self, rec: ConnOpen) -> list[Any]:
+        out: list[Any] = []
+        old = self.conns.pop(rec.conn_id, None)
+        if old is not None:  # should not happen (ids are unique per run); close the old one honestly
+            out.extend(self._finish(old, rec.ts_ns, "replaced"))
+        if len(self.conns) >= self.max_connections:
+            _, victim = self.conns.popitem(last=False)
+            self.stats.connections_evicted_full += 1
+            out.extend(self._finish(victim, rec.ts_ns, "evicted"))
+        c = Connection(rec, self.processes.get(rec.pid, rec.comm), self._direction(rec))
+        self.conns[rec.conn_id] = c
+        self.stats.connections_opened += 1
+        out.append(self._conn_event(c, "open", rec.ts_ns))
+        return out
+
+    def _orphan(self, rec: Data) -> Connection:
+        # Data for a connection whose open record was lost (ring buffer full): keep what we know.
+        self.stats.orphan_data_records += 1
+        stub = ConnOpen(rec.ts_ns, rec.conn_id, rec.pid, rec.tid, 0, 2, 0, True, 0, 0, "", "", rec.fd, "")
+        c = Connection(stub, self.processes.get(rec.pid), "egress")
+        c.direction = "unknown"
+        self.conns[rec.conn_id] = c
+        return c
+
+    def _data(self, rec: Data) -> list[Any]:
+        c = self.conns.get(rec.conn_id)
+        if c is None:
+            c = self._orphan(rec)
+        else:
+            self.conns.move_to_end(rec.conn_id)
+        stats = self.stats
+        stats.data_records += 1
+        n = len(rec.payload)
+        stats.data_bytes += n
+        c.last_ns = rec.ts_ns
+        source = rec.source
+        layer = 1 if source else 0
+        if source == 0:
+            if rec.dir == 0:
+                c.bytes_sent = max(c.bytes_sent, rec.offset + n + rec.skipped)
+            else:
+                c.bytes_received = max(c.bytes_received, rec.offset + n + rec.skipped)
+        else:
+            c.tls = True
+        key = source * 2 + rec.dir
+        stream = c.streams.get(key)
+        if stream is None:
+            # A stream seen from its start begins at 0; one joined mid-way begins where we came in.
+            stream = StreamReassembler(None if c.midstream else 0, stats=stats.reassembly)
+            c.streams[key] = stream
+        segments = stream.push(rec.offset, rec.payload, rec.skipped)
+        if not segments:
+            return []
+        if layer not in c.sessions:
+            c.sessions[layer] = self.session_factory(c, layer) if self.session_factory else None
+        session = c.sessions[layer]
+        out: list[Any] = []
+        for seg in segments:
+            if type(seg) is int:
+                if self.emit_gaps:
+                    out.append(self._gap_event(c, rec, seg))
+                if session is not None:
+                    out.extend(self._protocol(c, session.gap(rec.dir, seg, rec.ts_ns), layer))
+            elif session is not None:
+                out.extend(self._protocol(c, session.feed(rec.dir, seg, rec.ts_ns), layer))
+        return out
+
+    def _gap_event(self, c: Connection, rec: Data, n: int) -> GapEvent:
+        return GapEvent(
+            id=self._event_id(),
+            ts=self.rfc3339(rec.ts_ns),
+            conn_id=c.conn_id,
+            direction=_DIR_NAMES.get(rec.dir, "?"),
+            source=_SOURCE_NAMES.get(rec.source, str(rec.source)),
+            bytes=n,
+            pid=c.pid,
+            exe=c.process.exe,
+        )
+
+    def _protocol(self, c: Connection, records: list[Any], layer: int) -> list[Any]:
+        if not records:
+            return []
+        if self.on_protocol_record is None:
+            return records
+        out: list[Any] = []
+        for r in records:
+            out.extend(self.on_protocol_record(c, r, layer))
+        return out
+
+    def _close(self, rec: ConnClose) -> list[Any]:
+        c = self.conns.pop(rec.conn_id, None)
+        if c is None:
+            return []
+        # The kernel's totals include bytes whose records were dropped or muted (TLS ciphertext).
+        c.bytes_sent = max(c.bytes_sent, rec.bytes_sent)
+        c.bytes_received = max(c.bytes_received, rec.bytes_received)
+        return self._finish(c, rec.ts_ns, "closed")
+
+    def _finish(self, c: Connection, ts_ns: int, reason: str) -> list[Any]:
+        out: list[Any] = []
+        for key, stream in c.streams.items():
+            layer = 1 if key >= 2 else 0
+            session = c.sessions.get(layer)
+            direction = key & 1
+            for seg in stream.flush():
+                if session is None:
+                    continue
+                if type(seg) is int:
+                    out.extend(self._protocol(c, session.gap(direction, seg, ts_ns), layer))
+                else:
+                    out.extend(self._protocol(c, session.feed(direction, seg, ts_ns), layer))
+        for layer, session in c.sessions.items():
+            if session is not None:
+                out.extend(self._protocol(c, session.close(ts_ns), layer))
+        self.stats.connections_closed += 1
+        out.append(self._conn_event(c, "close", ts_ns, reason))
+        return out
+
+    def sweep(self, now_ns: int) -> list[Any]:
+        """Evict connections idle longer than the idle timeout (their close was never seen)."""
+        out: list[Any] = []
+        limit = now_ns - self.idle_timeout_ns
+        while self.conns:
+            conn_id, c = next(iter(self.conns.items()))
+            if c.last_ns >= limit:
+                break
+            del self.conns[conn_id]
+            self.stats.connections_evicted_idle += 1
+            out.extend(self._finish(c, now_ns, "evicted"))
+        return out
+
+    def close_all(self, now_ns: int) -> list[Any]:
+        """Agent stopping: report every open connection as closed by the agent."""
+        out: list[Any] = []
+        while self.conns:
+            _, c = self.conns.popitem(last=False)
+            out.extend(self._finish(c, now_ns, "agent_stopped"))
+        return out

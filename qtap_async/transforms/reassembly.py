@@ -1,0 +1,149 @@
+"""Ordered byte streams from offset-tagged chunks.
+
+Each data record names the offset of its first byte in its (connection, source, direction) stream and how
+many bytes after its payload were not captured. Records of one stream can reach user space out of order
+(two threads writing one socket on two CPUs) or not at all (ring buffer full). A StreamReassembler puts
+chunks back in order, holds early chunks until the missing bytes arrive, and reports every hole as a gap
+with its size: bytes are never glued across a hole.
+
+Output segments are `bytes` (stream data, in order) or `int` (that many bytes are missing).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+Segment = bytes | int
+
+# Early chunks held per stream before the hole before them is declared a gap.
+DEFAULT_MAX_PENDING_BYTES = 1 << 20
+DEFAULT_MAX_PENDING_CHUNKS = 64
+
+
+@dataclass
+class ReassemblyStats:
+    gaps: int = 0
+    gap_bytes: int = 0
+    duplicate_bytes: int = 0
+    reordered_chunks: int = 0
+
+
+class StreamReassembler:
+    """One direction of one connection."""
+
+    __slots__ = ("_pending", "_pending_bytes", "max_pending_bytes", "max_pending_chunks", "next", "stats")
+
+    def __init__(
+        self,
+        start: int | None = 0,
+        *,
+        max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES,
+        max_pending_chunks: int = DEFAULT_MAX_PENDING_CHUNKS,
+        stats: ReassemblyStats | None = None,
+    ) -> None:
+        # start=None: the stream was joined mid-way, the first chunk seen defines the start.
+        self.next = start
+        self._pending: dict[int, tuple[bytes, int]] = {}
+        self._pending_bytes = 0
+        self.max_pending_bytes = max_pending_bytes
+        self.max_pending_chunks = max_pending_chunks
+        self.stats = stats if stats is not None else ReassemblyStats()
+
+    @property
+    def pending_bytes(self) -> int:
+        return self._pending_bytes
+
+    def push(self, offset: int, payload: bytes, skipped: int = 0) -> list[Segment]:
+        """Add a chunk: `payload` at `offset`, then `skipped` bytes that were not captured."""
+        if self.next is None:
+            self.next = offset
+        out: list[Segment] = []
+        if offset != self.next:
+            if offset > self.next:
+                self._hold(offset, payload, skipped)
+                if len(self._pending) > self.max_pending_chunks or self._pending_bytes > self.max_pending_bytes:
+                    self._skip_to_first_pending(out)
+                    self._drain(out)
+                return out
+            payload, skipped = self._trim(offset, payload, skipped)
+            if not payload and not skipped:
+                return out
+        self._emit(payload, skipped, out)
+        if self._pending:
+            self._drain(out)
+        return out
+
+    def flush(self) -> list[Segment]:
+        """The stream ended: deliver everything held, reporting the holes before it."""
+        out: list[Segment] = []
+        while self._pending:
+            self._skip_to_first_pending(out)
+            self._drain(out)
+        return out
+
+    def _trim(self, offset: int, payload: bytes, skipped: int) -> tuple[bytes, int]:
+        # Part of the chunk is before what was already delivered (duplicate or overlap).
+        assert self.next is not None
+        behind = self.next - offset
+        total = len(payload) + skipped
+        if behind >= total:
+            self.stats.duplicate_bytes += total
+            return b"", 0
+        self.stats.duplicate_bytes += behind
+        if behind < len(payload):
+            return payload[behind:], skipped
+        return b"", skipped - (behind - len(payload))
+
+    def _hold(self, offset: int, payload: bytes, skipped: int) -> None:
+        if offset in self._pending:
+            old, old_skipped = self._pending[offset]
+            if len(old) + old_skipped >= len(payload) + skipped:
+                self.stats.duplicate_bytes += len(payload) + skipped
+                return
+            self._pending_bytes -= len(old)
+        self._pending[offset] = (payload, skipped)
+        self._pending_bytes += len(payload)
+        self.stats.reordered_chunks += 1
+
+    def _emit(self, payload: bytes, skipped: int, out: list[Segment]) -> None:
+        assert self.next is not None
+        if payload:
+            out.append(payload)
+            self.next += len(payload)
+        if skipped:
+            self._gap(skipped, out)
+
+    def _gap(self, n: int, out: list[Segment]) -> None:
+        assert self.next is not None
+        if out and isinstance(out[-1], int):
+            out[-1] += n
+        else:
+            out.append(n)
+        self.next += n
+        self.stats.gaps += 1
+        self.stats.gap_bytes += n
+
+    def _skip_to_first_pending(self, out: list[Segment]) -> None:
+        assert self.next is not None
+        first = min(self._pending)
+        if first > self.next:
+            self._gap(first - self.next, out)
+
+    def _drain(self, out: list[Segment]) -> None:
+        # Deliver held chunks that are now in order (or overlap what was delivered).
+        pending = self._pending
+        while pending:
+            assert self.next is not None
+            nxt = self.next
+            if nxt in pending:
+                payload, skipped = pending.pop(nxt)
+                self._pending_bytes -= len(payload)
+                self._emit(payload, skipped, out)
+                continue
+            first = min(pending)
+            if first > nxt:
+                return
+            payload, skipped = pending.pop(first)
+            self._pending_bytes -= len(payload)
+            payload, skipped = self._trim(first, payload, skipped)
+            self._emit(payload, skipped, out)
