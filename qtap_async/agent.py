@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO, Any
@@ -94,14 +95,17 @@ class Agent:
             self.conntrack.on_protocol_record = ProtocolOutput(self.conntrack).convert
         self.stage = TrackingStage(self.conntrack)
         self.stop_event: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.attached = threading.Event()  # set once the BPF programs are attached
         self.capture: Capture | None = None
         self.raw: Channel[list[bytes]] | None = None
         self.out: Channel[list[Any]] | None = None
         self.source: RingBufferSource | None = None
 
     def stop(self) -> None:
-        if self.stop_event is not None:
-            self.stop_event.set()
+        """Ask the agent to stop; safe to call from any thread."""
+        if self.stop_event is not None and self._loop is not None:
+            self._loop.call_soon_threadsafe(self.stop_event.set)
 
     def snapshot(self) -> dict[str, int]:
         """Every counter of every stage, with stable qtap_* names."""
@@ -131,13 +135,21 @@ class Agent:
         m["qtap_events_written_total"] = self.writer.written
         return m
 
-    async def run(self) -> int:
+    async def run(self, install_signals: bool = True) -> int:
         loop = asyncio.get_running_loop()
+        self._loop = loop
         self.stop_event = asyncio.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        signals = (signal.SIGINT, signal.SIGTERM) if install_signals else ()
+        for sig in signals:
             loop.add_signal_handler(sig, self.stop_event.set)
         o = self.options
-        self.capture = Capture(o.capture)
+        try:
+            self.capture = Capture(o.capture)
+        except BaseException:
+            for sig in signals:
+                loop.remove_signal_handler(sig)
+            raise
+        self.attached.set()
         try:
             assert self.capture.ringbuf is not None
             self.raw = Channel(o.raw_queue_events, o.raw_queue_bytes, "drop_newest", sizeof=batch_size)
@@ -156,7 +168,7 @@ class Agent:
                 t.cancel()
             log.info("stopped: %s", msgspec.json.encode(self.snapshot()).decode())
         finally:
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in signals:
                 loop.remove_signal_handler(sig)
             self.capture.close()
         return 0
