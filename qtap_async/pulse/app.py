@@ -1,0 +1,224 @@
+"""The Pulse ASGI application (Starlette): ingestion, query API, health, metrics, OpenAPI."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import msgspec
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from qtap_async.errors import PulseAuthError, PulseError
+from qtap_async.pulse.config import PulseConfig
+from qtap_async.pulse.ingest import BatchWriter, BodyError, Sanitizer, decode_body
+from qtap_async.pulse.metrics import Metrics
+from qtap_async.pulse.openapi import build_openapi
+from qtap_async.pulse.queries import QUERIES, QueryError, QuerySpec
+from qtap_async.pulse.schema import ErrorBody, IngestResult
+from qtap_async.pulse.storage import Storage, open_storage
+from qtap_async.pulse.tokens import Principal, TokenStore
+
+log = logging.getLogger("qtap.pulse")
+_encode = msgspec.json.Encoder().encode
+
+
+def _json(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(_encode(obj), status, headers, media_type="application/json")
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    return _json(ErrorBody(message), status, headers)
+
+
+class Pulse:
+    """Everything the handlers share. ``storage``/``tokens`` may be handed in (tests share one engine)."""
+
+    def __init__(
+        self, config: PulseConfig, storage: Storage | None = None, tokens: TokenStore | None = None
+    ) -> None:
+        self.config = config
+        self.metrics = Metrics()
+        self.sanitizer = Sanitizer(config.limits, config.retention, self.metrics)
+        self._own_storage = storage is None
+        self._own_tokens = tokens is None
+        self.storage: Storage | None = storage
+        self.tokens = tokens if tokens is not None else TokenStore(config.tokens_path)
+        self.executor = ThreadPoolExecutor(config.query_threads, thread_name_prefix="pulse")
+        self.writer: BatchWriter | None = None
+        # Background tasks started with the app (the Kafka consumer), stopped before the writer.
+        self.background: list[Callable[[Pulse], Coroutine[Any, Any, None]]] = []
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def run_blocking(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self.executor, functools.partial(fn, *args))
+
+    async def start(self) -> None:
+        if self.storage is None:
+            self.storage = await self.run_blocking(open_storage, self.config)
+        assert self.storage is not None
+        self.writer = BatchWriter(self.storage, self.run_blocking, self.metrics)
+        self.writer.start()
+        self._tasks = [asyncio.create_task(job(self)) for job in self.background]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self.writer is not None:
+            await self.writer.close()
+        if self._own_storage and self.storage is not None:
+            await self.run_blocking(self.storage.close)
+        if self._own_tokens:
+            self.tokens.close()
+        self.executor.shutdown(wait=True)
+
+    def authenticate(self, request: Request, scope: str) -> Principal:
+        header = request.headers.get("authorization", "")
+        kind, _, token = header.partition(" ")
+        if not header:
+            raise PulseAuthError("missing bearer token", 401)
+        if kind.lower() != "bearer" or not token.strip():
+            raise PulseAuthError("authorization must be 'Bearer <token>'", 401)
+        return self.tokens.authenticate(token.strip(), scope)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BodyError(413, f"body is {declared} bytes; the limit is {limit}")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyError(413, f"body is over the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def create_app(
+    config: PulseConfig, storage: Storage | None = None, tokens: TokenStore | None = None
+) -> Starlette:
+    pulse = Pulse(config, storage, tokens)
+
+    def auth_response(e: PulseAuthError) -> Response:
+        pulse.metrics.inc("pulse_auth_failures_total", 1, status=str(e.status))
+        headers = {"WWW-Authenticate": 'Bearer realm="pulse"'} if e.status == 401 else None
+        return _error(e.status, str(e), headers)
+
+    async def ingest(request: Request) -> Response:
+        try:
+            principal = pulse.authenticate(request, "ingest")
+        except PulseAuthError as e:
+            return auth_response(e)
+        received_ns = time.time_ns()
+        try:
+            body = await _read_body(request, config.limits.max_body_bytes)
+
+            def work() -> Any:
+                fmt, items, sent_at = decode_body(
+                    body,
+                    request.headers.get("content-type", "application/json"),
+                    request.headers.get("content-encoding", ""),
+                    config.limits,
+                )
+                return pulse.sanitizer.prepare(
+                    fmt, items, principal.team, principal.agent, received_ns, sent_at
+                )
+
+            prepared = await pulse.run_blocking(work)
+        except BodyError as e:
+            return _error(e.status, str(e))
+        assert pulse.writer is not None
+        try:
+            await pulse.writer.write(prepared.rows)
+        except PulseError as e:
+            log.warning("insert failed: %s", e)
+            return _error(503, "storage unavailable; retry later", {"Retry-After": "1"})
+        result: IngestResult = prepared.result
+        status = 200 if result.rejected == 0 else (422 if result.accepted == 0 else 207)
+        return _json(result, status)
+
+    def query_endpoint(spec: QuerySpec) -> Callable[[Request], Awaitable[Response]]:
+        async def handler(request: Request) -> Response:
+            try:
+                principal = pulse.authenticate(request, "query")
+            except PulseAuthError as e:
+                return auth_response(e)
+            raw = {**request.query_params, **request.path_params}
+            try:
+                params = msgspec.convert(raw, spec.params, strict=False)
+            except msgspec.ValidationError as e:
+                return _error(422, str(e))
+            t0 = time.perf_counter()
+            try:
+                rows = await pulse.run_blocking(spec.run, pulse.storage, principal.team, params)
+            except QueryError as e:
+                return _error(422, str(e))
+            except PulseError as e:
+                log.warning("query %s failed: %s", spec.path, e)
+                return _error(503, "storage unavailable; retry later", {"Retry-After": "1"})
+            pulse.metrics.observe("pulse_query_seconds", time.perf_counter() - t0, route=spec.path)
+            return _json(rows)
+
+        return handler
+
+    async def healthz(request: Request) -> Response:
+        return Response("ok\n", media_type="text/plain")
+
+    async def readyz(request: Request) -> Response:
+        ok = pulse.storage is not None and await pulse.run_blocking(pulse.storage.ping)
+        return Response(
+            "ready\n" if ok else "storage unavailable\n", 200 if ok else 503, media_type="text/plain"
+        )
+
+    async def metrics(request: Request) -> Response:
+        return Response(pulse.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    spec_bytes = _encode(build_openapi())
+
+    async def openapi(request: Request) -> Response:
+        return Response(spec_bytes, media_type="application/json")
+
+    def counted(
+        path: str, handler: Callable[[Request], Awaitable[Response]]
+    ) -> Callable[[Request], Awaitable[Response]]:
+        async def wrapper(request: Request) -> Response:
+            response = await handler(request)
+            pulse.metrics.inc("pulse_http_requests_total", 1, route=path, status=str(response.status_code))
+            return response
+
+        return wrapper
+
+    endpoints: list[tuple[str, Callable[[Request], Awaitable[Response]], str]] = [
+        ("/v1/events", ingest, "POST"),
+        *((q.path, query_endpoint(q), "GET") for q in QUERIES),
+        ("/healthz", healthz, "GET"),
+        ("/readyz", readyz, "GET"),
+        ("/metrics", metrics, "GET"),
+        ("/openapi.json", openapi, "GET"),
+    ]
+    routes = [Route(path, counted(path, fn), methods=[method]) for path, fn, method in endpoints]
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await pulse.start()
+        try:
+            yield
+        finally:
+            await pulse.stop()
+
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.pulse = pulse
+    return app

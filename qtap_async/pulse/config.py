@@ -1,0 +1,95 @@
+"""Pulse configuration: a msgspec Struct read from YAML, overridden by command-line flags."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import msgspec
+import yaml
+
+from qtap_async.errors import ConfigError
+
+Days = Annotated[int, msgspec.Meta(ge=1, le=3650)]
+Positive = Annotated[int, msgspec.Meta(ge=1)]
+
+
+class Retention(msgspec.Struct, frozen=True, gc=False, forbid_unknown_fields=True):
+    """Days each table keeps its rows (ClickHouse TTL on the event time)."""
+
+    connections: Days = 30
+    requests: Days = 30
+    issues: Days = 90
+    object_refs: Days = 30
+
+
+class Limits(msgspec.Struct, frozen=True, gc=False, forbid_unknown_fields=True):
+    max_body_bytes: Positive = 16 * 1024 * 1024  # as sent (compressed)
+    max_decoded_bytes: Positive = 64 * 1024 * 1024  # after decompression
+    max_batch_events: Positive = 10_000
+    max_event_bytes: Positive = 64 * 1024
+    # An agent clock this far from ours (batch ``sent_at``) is corrected; event times further than
+    # this in the future are clamped to the receive time.
+    max_clock_skew_s: Positive = 300
+
+
+class KafkaConfig(msgspec.Struct, frozen=True, gc=False, forbid_unknown_fields=True):
+    enabled: bool = False
+    bootstrap: str = "127.0.0.1:9092"
+    topic: str = "qtap.events"
+    group_id: str = "qtap-pulse"
+    # Team for messages without an ``authorization: Bearer <token>`` header; empty: reject them.
+    team: str = ""
+    max_batch: Positive = 5000
+
+
+class PulseConfig(msgspec.Struct, frozen=True, gc=False, forbid_unknown_fields=True):
+    data_dir: str = "pulse-data"
+    listen: str = "127.0.0.1:8428"
+    # Empty: the embedded chDB engine in <data_dir>/chdb. Else a clickhouse-connect DSN
+    # (http://user:pass@host:8123, https://..., chdb:///path).
+    clickhouse_url: str = ""
+    database: str = "pulse"
+    # ClickHouse cluster name: tables become Replicated + Distributed, DDL runs ON CLUSTER.
+    cluster: str = ""
+    retention: Retention = msgspec.field(default_factory=Retention)
+    limits: Limits = msgspec.field(default_factory=Limits)
+    kafka: KafkaConfig = msgspec.field(default_factory=KafkaConfig)
+    query_threads: Positive = 4
+
+    @property
+    def chdb_path(self) -> Path:
+        return Path(self.data_dir) / "chdb"
+
+    @property
+    def tokens_path(self) -> Path:
+        return Path(self.data_dir) / "tokens.sqlite3"
+
+
+def load_config(path: str | os.PathLike[str] | None = None, **overrides: Any) -> PulseConfig:
+    """Read YAML (if given), apply non-None ``overrides`` (nested keys with ``__``), validate."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text())
+        except (OSError, yaml.YAMLError) as e:
+            raise ConfigError(f"{path}: {e}") from e
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: top level must be a mapping")
+        raw = dict(loaded or {})
+    env_bootstrap = os.environ.get("QTAP_KAFKA_BOOTSTRAP")
+    if env_bootstrap:
+        raw.setdefault("kafka", {})["bootstrap"] = env_bootstrap
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        node = raw
+        *parents, leaf = key.split("__")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    try:
+        return msgspec.convert(raw, PulseConfig)
+    except msgspec.ValidationError as e:
+        raise ConfigError(f"pulse config: {e}") from e

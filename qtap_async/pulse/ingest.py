@@ -1,0 +1,307 @@
+"""The ingestion path shared by HTTP and Kafka: body decoding, sanitation, encoding, batched writes.
+
+``decode_body`` turns a request body into raw items; ``Sanitizer.prepare`` validates each item with
+msgspec (a bad item becomes an ``ItemError``, the rest go on), fixes event times for clock skew and
+encodes accepted events as JSONEachRow rows stamped with the team and agent of the token; ``BatchWriter``
+coalesces concurrent batches into one INSERT per table (a group commit: a caller's ``write`` returns
+once its rows are in storage).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import re
+import time
+import zlib
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+import msgspec
+import zstandard
+
+from qtap_async.pulse.config import Limits, Retention
+from qtap_async.pulse.metrics import Metrics
+from qtap_async.pulse.schema import TABLE_OF, Batch, Event, IngestResult, ItemError
+from qtap_async.pulse.storage import Storage
+
+T = TypeVar("T")
+RunBlocking = Callable[..., Awaitable[Any]]
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_NS_PER_DAY = 86_400 * 10**9
+
+# Keys that carry header values or bodies. They are never stored in any case (the decoder drops every
+# field the schema does not name); spotting them only feeds the ``stripped`` count and a metric.
+_FORBIDDEN = (
+    "headers",
+    "request_headers",
+    "response_headers",
+    "req_headers",
+    "resp_headers",
+    "body",
+    "request_body",
+    "response_body",
+    "req_body",
+    "resp_body",
+    "cookie",
+    "cookies",
+    "authorization",
+    "set_cookie",
+    "payload",
+)
+_FORBIDDEN_JSON = re.compile(rb'"(?:' + b"|".join(k.encode() for k in _FORBIDDEN) + rb')"\s*:')
+_FORBIDDEN_MSGPACK = re.compile(b"|".join(re.escape(bytes([0xA0 | len(k)]) + k.encode()) for k in _FORBIDDEN))
+
+
+class BodyError(Exception):
+    """The body as a whole cannot be taken; ``status`` is the HTTP status to answer with."""
+
+    def __init__(self, status: int, message: str) -> None:
+        self.status = status
+        super().__init__(message)
+
+
+def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
+    enc = encoding.strip().lower()
+    if enc in ("", "identity"):
+        out = body
+    elif enc in ("gzip", "x-gzip"):
+        d = zlib.decompressobj(wbits=47)  # gzip or zlib header
+        try:
+            out = d.decompress(body, limit + 1)
+        except zlib.error as e:
+            raise BodyError(400, f"bad gzip body: {e}") from e
+    elif enc == "zstd":
+        try:
+            with zstandard.ZstdDecompressor().stream_reader(body) as reader:
+                out = reader.read(limit + 1)
+        except zstandard.ZstdError as e:
+            raise BodyError(400, f"bad zstd body: {e}") from e
+    else:
+        raise BodyError(415, f"unsupported Content-Encoding {encoding!r}; use gzip, zstd or none")
+    if len(out) > limit:
+        raise BodyError(413, f"body decodes to more than {limit} bytes")
+    return out
+
+
+def gzip_bytes(data: bytes) -> bytes:
+    return gzip.compress(data, compresslevel=5)
+
+
+class Format:
+    """JSON or msgpack: the envelope decoder and the per-item decoder."""
+
+    def __init__(self, name: str, module: Any) -> None:
+        self.name = name
+        self.envelope = module.Decoder(Batch | list[msgspec.Raw])
+        self.item = module.Decoder(Event)
+        self.forbidden = _FORBIDDEN_JSON if name == "json" else _FORBIDDEN_MSGPACK
+
+
+JSON = Format("json", msgspec.json)
+MSGPACK = Format("msgpack", msgspec.msgpack)
+
+
+def format_for(content_type: str) -> Format:
+    ct = content_type.split(";", 1)[0].strip().lower()
+    if ct in ("", "application/json", "text/json"):
+        return JSON
+    if ct in ("application/msgpack", "application/x-msgpack", "application/vnd.msgpack"):
+        return MSGPACK
+    raise BodyError(
+        415, f"unsupported Content-Type {content_type!r}; use application/json or application/msgpack"
+    )
+
+
+def decode_body(
+    body: bytes, content_type: str, content_encoding: str, limits: Limits
+) -> tuple[Format, list[msgspec.Raw], int | datetime | None]:
+    """Raw items and the batch ``sent_at`` of a POST /v1/events body; BodyError when unusable."""
+    fmt = format_for(content_type)
+    if len(body) > limits.max_body_bytes:
+        raise BodyError(413, f"body is {len(body)} bytes; the limit is {limits.max_body_bytes}")
+    data = _decompress(body, content_encoding, limits.max_decoded_bytes)
+    try:
+        env = fmt.envelope.decode(data)
+    except msgspec.ValidationError as e:
+        raise BodyError(400, f'body must be an array of events or {{"events": [...]}}: {e}') from e
+    except msgspec.DecodeError as e:
+        raise BodyError(400, f"malformed {fmt.name}: {e}") from e
+    items, sent_at = (env.events, env.sent_at) if isinstance(env, Batch) else (env, None)
+    if len(items) > limits.max_batch_events:
+        raise BodyError(413, f"batch has {len(items)} events; the limit is {limits.max_batch_events}")
+    return fmt, items, sent_at
+
+
+def to_ns(ts: int | datetime) -> int:
+    if isinstance(ts, int):
+        return ts
+    return (ts - _EPOCH) // timedelta(microseconds=1) * 1000
+
+
+class Prepared(msgspec.Struct, gc=False):
+    rows: dict[str, list[bytes]]
+    result: IngestResult
+
+
+class Sanitizer:
+    """Validates and encodes items. Pure CPU work, no I/O: safe to run in a worker thread."""
+
+    def __init__(self, limits: Limits, retention: Retention, metrics: Metrics | None = None) -> None:
+        self.limits = limits
+        self.retention_ns = {t: getattr(retention, t) * _NS_PER_DAY for t in TABLE_OF.values()}
+        self.metrics = metrics or Metrics()
+        self._encoder = msgspec.json.Encoder()
+
+    def prepare(
+        self,
+        fmt: Format,
+        items: Sequence[msgspec.Raw],
+        team: str,
+        agent: str = "",
+        reference_ns: int | None = None,
+        sent_at: int | datetime | None = None,
+    ) -> Prepared:
+        """Validate ``items``; rows per table for the valid ones, an error per invalid one.
+
+        ``reference_ns`` is "now" for skew decisions: the receive time for HTTP, the message
+        timestamp for Kafka (so a replayed message is judged the same way twice).
+        """
+        received_ms = time.time_ns() // 1_000_000
+        ref = time.time_ns() if reference_ns is None else reference_ns
+        tolerance = self.limits.max_clock_skew_s * 10**9
+        # The agent clock's offset from ours, applied to every event when beyond the tolerance.
+        offset = 0
+        if sent_at is not None:
+            skew = ref - to_ns(sent_at)
+            if abs(skew) > tolerance:
+                offset = skew
+        enc = self._encoder.encode
+        prefix = (
+            b'{"team":'
+            + enc(team)
+            + b',"agent":'
+            + enc(agent)
+            + b',"received_at":'
+            + str(received_ms).encode()
+            + b","
+        )
+        rows: dict[str, list[bytes]] = {t: [] for t in TABLE_OF.values()}
+        errors: list[ItemError] = []
+        stripped = corrected = 0
+        decode = fmt.item.decode
+        forbidden = fmt.forbidden.search
+        max_item = self.limits.max_event_bytes
+        for index, raw in enumerate(items):
+            if len(raw) > max_item:
+                errors.append(ItemError(index, f"event is {len(raw)} bytes; the limit is {max_item}"))
+                continue
+            try:
+                ev = decode(raw)
+            except (msgspec.ValidationError, msgspec.DecodeError) as e:
+                errors.append(ItemError(index, str(e)))
+                continue
+            table = TABLE_OF[type(ev)]
+            ts = ev.ts if type(ev.ts) is int else to_ns(ev.ts)
+            ts += offset
+            if ts > ref + tolerance:
+                ts = ref
+                corrected += 1
+            elif offset:
+                corrected += 1
+            if ts != ev.ts:
+                ev = msgspec.structs.replace(ev, ts=ts)
+            if ts < ref - self.retention_ns[table]:
+                errors.append(ItemError(index, f"ts is older than the {table} retention", ev.id))
+                continue
+            if forbidden(raw) is not None:
+                stripped += 1
+            rows[table].append(prefix + enc(ev)[1:])
+        accepted = len(items) - len(errors)
+        m = self.metrics
+        m.inc("pulse_events_accepted_total", accepted)
+        m.inc("pulse_events_rejected_total", len(errors))
+        m.inc("pulse_events_stripped_total", stripped)
+        m.inc("pulse_events_skew_corrected_total", corrected)
+        return Prepared(rows, IngestResult(accepted, len(errors), errors, stripped, corrected))
+
+
+class BatchWriter:
+    """Group commit: batches handed in while an INSERT runs go out together in the next one.
+
+    One INSERT per table per round, one round at a time; ``write`` returns when its rows are stored
+    and raises what the storage raised (the caller then answers 503 or does not commit its offsets).
+    """
+
+    def __init__(
+        self, storage: Storage, run_blocking: RunBlocking, metrics: Metrics, max_rows: int = 200_000
+    ) -> None:
+        self.storage = storage
+        self._run_blocking = run_blocking
+        self.metrics = metrics
+        self.max_rows = max_rows
+        self._pending: list[tuple[dict[str, list[bytes]], int, asyncio.Future[None]]] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="pulse-batch-writer")
+
+    async def write(self, rows: dict[str, list[bytes]]) -> None:
+        n = sum(len(v) for v in rows.values())
+        if n == 0:
+            return
+        if self._task is None or self._task.done():
+            raise RuntimeError("BatchWriter is not running")
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((rows, n, fut))
+        self._wake.set()
+        await fut
+
+    async def close(self) -> None:
+        self._closing = True
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+
+    def _insert(self, merged: dict[str, list[bytes]]) -> None:
+        for table, chunks in merged.items():
+            if chunks:
+                t0 = time.perf_counter()
+                self.storage.insert(table, b"\n".join(chunks))
+                self.metrics.observe("pulse_insert_seconds", time.perf_counter() - t0)
+                self.metrics.inc("pulse_insert_rows_total", len(chunks), table=table)
+                self.metrics.inc("pulse_insert_batches_total", 1, table=table)
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._pending:
+                take, total = 0, 0
+                while take < len(self._pending) and (
+                    take == 0 or total + self._pending[take][1] <= self.max_rows
+                ):
+                    total += self._pending[take][1]
+                    take += 1
+                round_, self._pending = self._pending[:take], self._pending[take:]
+                merged: dict[str, list[bytes]] = {}
+                for rows, _, _ in round_:
+                    for table, chunks in rows.items():
+                        merged.setdefault(table, []).extend(chunks)
+                try:
+                    await self._run_blocking(self._insert, merged)
+                except Exception as e:
+                    self.metrics.inc("pulse_insert_errors_total", 1)
+                    for _, _, fut in round_:
+                        if not fut.done():
+                            fut.set_exception(e)
+                else:
+                    for _, _, fut in round_:
+                        if not fut.done():
+                            fut.set_result(None)
+            if self._closing:
+                return

@@ -1,0 +1,402 @@
+"""The query API: parameter and result Structs, and the parameterized SQL behind each endpoint.
+
+Every statement is confined to the caller's team and takes its values as ClickHouse ``{name:Type}``
+parameters; only identifiers from the fixed filter tables below are ever written into SQL text.
+Statistics read the tables with FINAL so an event stored twice counts once.
+
+An error is a response with status >= 500 or a gRPC status other than OK; ``client_errors`` counts
+4xx. Latency percentiles are exact (quantilesExact over duration_ns).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from qtap_async.pulse.ingest import to_ns
+from qtap_async.pulse.storage import Storage
+
+Time = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)] | Annotated[datetime, msgspec.Meta(tz=True)]
+Limit = Annotated[int, msgspec.Meta(ge=1, le=1000)]
+Offset = Annotated[int, msgspec.Meta(ge=0, le=100_000)]
+Str = Annotated[str, msgspec.Meta(max_length=2048)]
+U32 = Annotated[int, msgspec.Meta(ge=0, le=2**32 - 1)]
+U64 = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+MAX_BUCKETS = 10_000
+DEFAULT_RANGE_NS = 24 * 3600 * 10**9
+
+
+class QueryError(Exception):
+    """Parameters that parse but make no sense (end before start, too many buckets): HTTP 422."""
+
+
+# ---- parameters -------------------------------------------------------------------------------------
+
+
+class _Range(msgspec.Struct, frozen=True, gc=False, kw_only=True):
+    # Epoch nanoseconds or RFC 3339 with offset; default: the 24 hours before ``end`` (default now).
+    start: Time | None = None
+    end: Time | None = None
+
+
+class TopParams(_Range, frozen=True, gc=False, kw_only=True):
+    limit: Limit = 20
+    domain: Str | None = None
+    direction: Literal["ingress", "egress"] | None = None
+
+
+class TimeseriesParams(_Range, frozen=True, gc=False, kw_only=True):
+    bucket: Annotated[int, msgspec.Meta(ge=1, le=86_400)] = 60
+    domain: Str | None = None
+    path: Str | None = None
+    method: Str | None = None
+    pid: U32 | None = None
+    exe: Str | None = None
+    container_id: Str | None = None
+
+
+class ProcessParams(_Range, frozen=True, gc=False, kw_only=True):
+    group_by: Literal["process", "container"] = "process"
+    limit: Limit = 20
+    domain: Str | None = None
+
+
+class ConnectionSearch(_Range, frozen=True, gc=False, kw_only=True):
+    limit: Limit = 100
+    offset: Offset = 0
+    conn_id: U64 | None = None
+    event: Literal["open", "close"] | None = None
+    direction: Literal["ingress", "egress"] | None = None
+    src_ip: Str | None = None
+    dst_ip: Str | None = None
+    dst_port: Port | None = None
+    domain: Str | None = None
+    pid: U32 | None = None
+    exe: Str | None = None
+    container_id: Str | None = None
+    protocol: Str | None = None
+
+
+class IssueSearch(_Range, frozen=True, gc=False, kw_only=True):
+    limit: Limit = 100
+    offset: Offset = 0
+    rule: Str | None = None
+    severity: Str | None = None
+    conn_id: U64 | None = None
+
+
+class ObjectParams(msgspec.Struct, frozen=True, gc=False, kw_only=True):
+    transaction_id: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+    limit: Limit = 1000
+
+
+# ClickHouse type of each column a filter may name.
+_FILTER_TYPES = {
+    "conn_id": "UInt64",
+    "event": "String",
+    "direction": "String",
+    "src_ip": "String",
+    "dst_ip": "String",
+    "dst_port": "UInt16",
+    "domain": "String",
+    "path": "String",
+    "method": "String",
+    "pid": "UInt32",
+    "exe": "String",
+    "container_id": "String",
+    "protocol": "String",
+    "rule": "String",
+    "severity": "String",
+}
+
+# ---- results ----------------------------------------------------------------------------------------
+
+
+class _Stats(msgspec.Struct, frozen=True, gc=False, kw_only=True):
+    requests: int
+    errors: int
+    client_errors: int
+    error_rate: float
+    p50_ns: int
+    p95_ns: int
+    p99_ns: int
+
+
+class DomainStats(_Stats, frozen=True, gc=False, kw_only=True):
+    domain: str
+
+
+class EndpointStats(_Stats, frozen=True, gc=False, kw_only=True):
+    domain: str
+    method: str
+    path: str
+
+
+class BucketStats(_Stats, frozen=True, gc=False, kw_only=True):
+    bucket_start: int  # epoch seconds
+
+
+class ProcessStats(_Stats, frozen=True, gc=False, kw_only=True):
+    pid: int
+    exe: str
+    container_id: str
+
+
+class ConnectionRow(msgspec.Struct, frozen=True, gc=False, kw_only=True):
+    id: str
+    ts: int
+    agent: str
+    conn_id: int
+    event: str
+    direction: str
+    src_ip: str
+    src_port: int
+    dst_ip: str
+    dst_port: int
+    family: str
+    pid: int
+    exe: str
+    comm: str
+    container_id: str
+    cgroup: str
+    bytes_sent: int
+    bytes_received: int
+    duration_ns: int
+    domain: str
+    protocol: str
+    tls: bool
+
+
+class IssueRow(msgspec.Struct, frozen=True, gc=False, kw_only=True):
+    id: str
+    ts: int
+    agent: str
+    conn_id: int
+    rule: str
+    severity: str
+    summary: str
+    status: str
+    duration_ns: int
+    object_digest: str
+
+
+class ObjectRefRow(msgspec.Struct, frozen=True, gc=False, kw_only=True):
+    id: str
+    ts: int
+    agent: str
+    conn_id: int
+    transaction_id: str
+    digest: str
+    url: str
+    size: int
+    content_type: str
+
+
+# ---- SQL --------------------------------------------------------------------------------------------
+
+_STATS = (
+    "count() AS requests, countIf(status >= 500 OR grpc_status > 0) AS errors,"
+    " countIf(status >= 400 AND status < 500) AS client_errors,"
+    " if(requests = 0, 0, errors / requests) AS error_rate,"
+    " quantilesExact(0.5, 0.95, 0.99)(duration_ns) AS q, q[1] AS p50_ns, q[2] AS p95_ns, q[3] AS p99_ns"
+)
+_RANGE = (
+    "team = {team:String} AND ts >= fromUnixTimestamp64Nano({start:Int64}, 'UTC')"
+    " AND ts < fromUnixTimestamp64Nano({end:Int64}, 'UTC')"
+)
+
+
+def _range(p: _Range) -> tuple[int, int]:
+    end = to_ns(p.end) if p.end is not None else time.time_ns()
+    start = to_ns(p.start) if p.start is not None else end - DEFAULT_RANGE_NS
+    if end <= start:
+        raise QueryError("end must be after start")
+    return start, end
+
+
+def _where(p: msgspec.Struct, team: str, names: tuple[str, ...]) -> tuple[str, dict[str, Any]]:
+    params: dict[str, Any] = {"team": team}
+    if isinstance(p, _Range):
+        params["start"], params["end"] = _range(p)
+        sql = _RANGE
+    else:
+        sql = "team = {team:String}"
+    for name in names:
+        value = getattr(p, name)
+        if value is not None:
+            sql += f" AND {name} = {{{name}:{_FILTER_TYPES[name]}}}"
+            params[name] = value
+    return sql, params
+
+
+def _select(storage: Storage, result: type[Any], sql: str, params: dict[str, Any]) -> list[Any]:
+    rows = storage.query(sql, params)
+    out: list[Any] = msgspec.convert(rows, list[result])  # type: ignore[valid-type]
+    return out
+
+
+def top_domains(storage: Storage, team: str, p: TopParams) -> list[DomainStats]:
+    where, params = _where(p, team, ("domain", "direction"))
+    params["limit"] = p.limit
+    return _select(
+        storage,
+        DomainStats,
+        f"SELECT domain, {_STATS} FROM {storage.database}.requests FINAL WHERE {where}"
+        " GROUP BY domain ORDER BY requests DESC, domain LIMIT {limit:UInt32}",
+        params,
+    )
+
+
+def top_endpoints(storage: Storage, team: str, p: TopParams) -> list[EndpointStats]:
+    where, params = _where(p, team, ("domain", "direction"))
+    params["limit"] = p.limit
+    return _select(
+        storage,
+        EndpointStats,
+        f"SELECT domain, method, path, {_STATS} FROM {storage.database}.requests FINAL WHERE {where}"
+        " GROUP BY domain, method, path ORDER BY requests DESC, domain, method, path LIMIT {limit:UInt32}",
+        params,
+    )
+
+
+def timeseries(storage: Storage, team: str, p: TimeseriesParams) -> list[BucketStats]:
+    where, params = _where(p, team, ("domain", "path", "method", "pid", "exe", "container_id"))
+    if (params["end"] - params["start"]) // (p.bucket * 10**9) > MAX_BUCKETS:
+        raise QueryError(f"more than {MAX_BUCKETS} buckets: widen bucket or narrow the range")
+    params["bucket"] = p.bucket
+    return _select(
+        storage,
+        BucketStats,
+        "SELECT toUnixTimestamp(toStartOfInterval(ts, toIntervalSecond({bucket:UInt32}))) AS bucket_start,"
+        f" {_STATS} FROM {storage.database}.requests FINAL WHERE {where}"
+        " GROUP BY bucket_start ORDER BY bucket_start",
+        params,
+    )
+
+
+def processes(storage: Storage, team: str, p: ProcessParams) -> list[ProcessStats]:
+    where, params = _where(p, team, ("domain",))
+    params["limit"] = p.limit
+    keys = "pid, exe, container_id" if p.group_by == "process" else "0 AS pid, '' AS exe, container_id"
+    group = "pid, exe, container_id" if p.group_by == "process" else "container_id"
+    return _select(
+        storage,
+        ProcessStats,
+        f"SELECT {keys}, {_STATS} FROM {storage.database}.requests FINAL WHERE {where}"
+        f" GROUP BY {group} ORDER BY requests DESC, {group} LIMIT {{limit:UInt32}}",
+        params,
+    )
+
+
+def _columns(row: type[msgspec.Struct]) -> str:
+    return ", ".join("toUnixTimestamp64Nano(ts) AS ts" if f == "ts" else f for f in row.__struct_fields__)
+
+
+def connections(storage: Storage, team: str, p: ConnectionSearch) -> list[ConnectionRow]:
+    names = (
+        "conn_id",
+        "event",
+        "direction",
+        "src_ip",
+        "dst_ip",
+        "dst_port",
+        "domain",
+        "pid",
+        "exe",
+        "container_id",
+        "protocol",
+    )
+    where, params = _where(p, team, names)
+    params["limit"], params["offset"] = p.limit, p.offset
+    return _select(
+        storage,
+        ConnectionRow,
+        f"SELECT {_columns(ConnectionRow)} FROM {storage.database}.connections FINAL WHERE {where}"
+        " ORDER BY ts DESC, id LIMIT {limit:UInt32} OFFSET {offset:UInt32}",
+        params,
+    )
+
+
+def issues(storage: Storage, team: str, p: IssueSearch) -> list[IssueRow]:
+    where, params = _where(p, team, ("rule", "severity", "conn_id"))
+    params["limit"], params["offset"] = p.limit, p.offset
+    return _select(
+        storage,
+        IssueRow,
+        f"SELECT {_columns(IssueRow)} FROM {storage.database}.issues FINAL WHERE {where}"
+        " ORDER BY ts DESC, id LIMIT {limit:UInt32} OFFSET {offset:UInt32}",
+        params,
+    )
+
+
+def objects(storage: Storage, team: str, p: ObjectParams) -> list[ObjectRefRow]:
+    params: dict[str, Any] = {"team": team, "tx": p.transaction_id, "limit": p.limit}
+    return _select(
+        storage,
+        ObjectRefRow,
+        f"SELECT {_columns(ObjectRefRow)} FROM {storage.database}.object_refs FINAL"
+        " WHERE team = {team:String} AND transaction_id = {tx:String} ORDER BY ts, id LIMIT {limit:UInt32}",
+        params,
+    )
+
+
+@dataclass(frozen=True)
+class QuerySpec:
+    path: str
+    params: type[msgspec.Struct]
+    result: type[msgspec.Struct]
+    run: Callable[[Storage, str, Any], list[Any]]
+    summary: str
+
+
+QUERIES: tuple[QuerySpec, ...] = (
+    QuerySpec(
+        "/v1/query/top/domains",
+        TopParams,
+        DomainStats,
+        top_domains,
+        "Top domains by requests, with error rate and latency percentiles",
+    ),
+    QuerySpec(
+        "/v1/query/top/endpoints",
+        TopParams,
+        EndpointStats,
+        top_endpoints,
+        "Top endpoints (domain, method, path template) by requests, with error rate and latency",
+    ),
+    QuerySpec(
+        "/v1/query/timeseries",
+        TimeseriesParams,
+        BucketStats,
+        timeseries,
+        "Requests, error rate and latency p50/p95/p99 per time bucket, optionally filtered",
+    ),
+    QuerySpec(
+        "/v1/query/processes",
+        ProcessParams,
+        ProcessStats,
+        processes,
+        "Requests, error rate and latency per process or per container",
+    ),
+    QuerySpec(
+        "/v1/query/connections",
+        ConnectionSearch,
+        ConnectionRow,
+        connections,
+        "Connection events in a time range matching the filters, newest first",
+    ),
+    QuerySpec("/v1/query/issues", IssueSearch, IssueRow, issues, "Issues in a time range, newest first"),
+    QuerySpec(
+        "/v1/query/transactions/{transaction_id}/objects",
+        ObjectParams,
+        ObjectRefRow,
+        objects,
+        "Object references (stored bodies) of one transaction",
+    ),
+)

@@ -1,0 +1,142 @@
+"""The event schema Pulse accepts, as msgspec Structs tagged by a ``type`` field.
+
+These types are the only way an event reaches storage: anything that is not a field here (headers,
+bodies, cookies, a ``team`` the payload tries to set...) is dropped by the decoder and never stored.
+Limits on every string keep one hostile item from bloating a batch.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+import msgspec
+
+# Bounded strings: a value over the limit is a per-item validation error, not a truncation, so the
+# agent learns about it.
+Id = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+Short = Annotated[str, msgspec.Meta(max_length=64)]
+Name = Annotated[str, msgspec.Meta(max_length=255)]
+Long = Annotated[str, msgspec.Meta(max_length=2048)]
+Text = Annotated[str, msgspec.Meta(max_length=4096)]
+Ip = Annotated[str, msgspec.Meta(max_length=45, pattern=r"^[0-9A-Fa-f:.]*$")]
+Sha256Hex = Annotated[str, msgspec.Meta(pattern=r"^([0-9a-f]{64})?$")]
+Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+U32 = Annotated[int, msgspec.Meta(ge=0, le=2**32 - 1)]
+U64 = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+# Event time: epoch nanoseconds, or an RFC 3339 string with an offset.
+Timestamp = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)] | Annotated[datetime, msgspec.Meta(tz=True)]
+
+Direction = Literal["ingress", "egress", ""]
+Protocol = Literal["http1", "http2", "grpc", "tls", "unknown", ""]
+
+
+class _Event(msgspec.Struct, frozen=True, gc=False, tag_field="type", kw_only=True):
+    id: Id
+    ts: Timestamp
+    conn_id: U64 = 0
+
+
+class ConnectionEvent(_Event, tag="connection", frozen=True, gc=False, kw_only=True):
+    event: Literal["open", "close"]
+    direction: Direction = ""
+    src_ip: Ip = ""
+    src_port: Port = 0
+    dst_ip: Ip = ""
+    dst_port: Port = 0
+    family: Short = ""
+    pid: U32 = 0
+    exe: Long = ""
+    comm: Short = ""
+    container_id: Name = ""
+    cgroup: Long = ""
+    bytes_sent: U64 = 0
+    bytes_received: U64 = 0
+    duration_ns: U64 = 0
+    domain: Name = ""
+    protocol: Protocol = ""
+    tls: bool = False
+
+
+class RequestEvent(_Event, tag="request", frozen=True, gc=False, kw_only=True):
+    """One HTTP/gRPC transaction (report_usage). ``host`` is an alias of ``domain``."""
+
+    direction: Direction = ""
+    method: Short = ""
+    domain: Name = ""
+    host: Name = ""
+    path: Long = ""
+    status: Annotated[int, msgspec.Meta(ge=0, le=999)] = 0
+    duration_ns: U64 = 0
+    req_bytes: U64 = 0
+    resp_bytes: U64 = 0
+    content_type: Name = ""
+    user_agent: Name = ""
+    pid: U32 = 0
+    exe: Long = ""
+    container_id: Name = ""
+    protocol: Protocol = ""
+    auth_token_hash: Sha256Hex = ""
+    grpc_service: Name = ""
+    grpc_method: Name = ""
+    # -1: not a gRPC call.
+    grpc_status: Annotated[int, msgspec.Meta(ge=-1, le=255)] = -1
+
+
+class IssueEvent(_Event, tag="issue", frozen=True, gc=False, kw_only=True):
+    rule: Name
+    severity: Short = ""
+    summary: Text = ""
+    status: Short = ""
+    duration_ns: U64 = 0
+    object_digest: Name = ""
+
+
+class ObjectRefEvent(_Event, tag="object_ref", frozen=True, gc=False, kw_only=True):
+    transaction_id: Id
+    digest: Name
+    url: Long = ""
+    size: U64 = 0
+    content_type: Name = ""
+
+
+Event = ConnectionEvent | RequestEvent | IssueEvent | ObjectRefEvent
+
+# Storage table of each event type.
+TABLE_OF: dict[type[_Event], str] = {
+    ConnectionEvent: "connections",
+    RequestEvent: "requests",
+    IssueEvent: "issues",
+    ObjectRefEvent: "object_refs",
+}
+
+
+class Batch(msgspec.Struct, frozen=True, gc=False, forbid_unknown_fields=False):
+    """The request body of POST /v1/events (a bare JSON array of events is accepted too).
+
+    ``sent_at`` is the agent's clock when it sent the batch: when it is far from the server's clock,
+    every event time is shifted by the difference.
+    """
+
+    events: list[msgspec.Raw]
+    sent_at: Timestamp | None = None
+
+
+class ItemError(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
+    index: int
+    error: str
+    id: str | None = None
+
+
+class IngestResult(msgspec.Struct, frozen=True, gc=False):
+    accepted: int
+    rejected: int
+    errors: list[ItemError]
+    # Items that carried fields Pulse never stores (headers, bodies...): those fields were dropped.
+    stripped: int = 0
+    # Items whose time was corrected for clock skew (batch offset or future time clamped).
+    skew_corrected: int = 0
+
+
+class ErrorBody(msgspec.Struct, frozen=True, gc=False):
+    error: str

@@ -1,0 +1,37 @@
+"""Running Pulse: uvicorn serving the Starlette app on uvloop, plus the optional Kafka consumer."""
+
+from __future__ import annotations
+
+import uvicorn
+import uvloop
+
+from qtap_async.errors import ConfigError
+from qtap_async.pulse.app import create_app
+from qtap_async.pulse.config import PulseConfig
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"listen {listen!r}: expected HOST:PORT")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+async def serve(config: PulseConfig, log_level: str = "info") -> None:
+    """Serve until SIGINT/SIGTERM; on the way out the Kafka consumer commits and the writer flushes."""
+    host, port = parse_listen(config.listen)
+    app = create_app(config)
+    if config.kafka.enabled:
+        from qtap_async.pulse.kafka import run_kafka
+
+        app.state.pulse.background.append(run_kafka)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app, host=host, port=port, loop="none", lifespan="on", log_level=log_level, access_log=False
+        )
+    )
+    await server.serve()
+
+
+def run(config: PulseConfig, log_level: str = "info") -> None:
+    uvloop.run(serve(config, log_level))
