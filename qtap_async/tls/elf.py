@@ -1,0 +1,237 @@
+"""Just enough ELF for probe analysis: symbols by name, PLT names, vaddr <-> file offset, code bytes.
+
+pyelftools parses headers and sections; symbol tables are scanned raw (struct.iter_unpack) because
+pyelftools builds a Python object per symbol and an executable like node has ~200k of them.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable
+from typing import BinaryIO
+
+from elftools.common.exceptions import ELFError
+from elftools.elf.elffile import ELFFile
+
+from qtap_async.errors import QtapError
+
+_SYM = struct.Struct("<IBBHQQ")  # Elf64_Sym: name, info, other, shndx, value, size
+_RELA = struct.Struct("<QQq")  # Elf64_Rela: offset, info, addend
+STT_FUNC = 2
+STT_GNU_IFUNC = 10
+
+
+class ElfFormatError(QtapError):
+    """The file is not an ELF we can analyse (not ELF, not x86-64, truncated)."""
+
+
+class Symbol:
+    __slots__ = ("name", "size", "value")
+
+    def __init__(self, name: str, value: int, size: int) -> None:
+        self.name = name
+        self.value = value
+        self.size = size
+
+    def __repr__(self) -> str:
+        return f"Symbol({self.name!r}, {self.value:#x}, {self.size})"
+
+
+class ElfImage:
+    """An opened ELF file. Keeps the file object open; use as a context manager or call close()."""
+
+    def __init__(self, fobj: BinaryIO, path: str = "") -> None:
+        self.path = path
+        self._f = fobj
+        try:
+            self.elf = ELFFile(fobj)
+        except (ELFError, OSError, ValueError) as e:
+            raise ElfFormatError(f"{path}: not an ELF file: {e}") from e
+        if self.elf.get_machine_arch() != "x64" or self.elf.elfclass != 64:
+            raise ElfFormatError(f"{path}: not an x86-64 ELF ({self.elf.get_machine_arch()})")
+        self._loads = [
+            (s["p_vaddr"], s["p_offset"], s["p_filesz"], bool(s["p_flags"] & 1))
+            for s in self.elf.iter_segments()
+            if s["p_type"] == "PT_LOAD"
+        ]
+        self._plt: dict[int, str] | None = None
+        self._funcs: dict[str, list[Symbol]] = {}
+
+    @classmethod
+    def open(cls, path: str) -> ElfImage:
+        try:
+            f = open(path, "rb")  # noqa: SIM115 - owned by the image, closed by close()
+        except OSError as e:
+            raise ElfFormatError(f"{path}: {e.strerror}") from e
+        try:
+            return cls(f, path)
+        except Exception:
+            f.close()
+            raise
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self) -> ElfImage:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- sections -------------------------------------------------------------------------------
+    def section_data(self, name: str) -> bytes | None:
+        sec = self.elf.get_section_by_name(name)
+        if sec is None or sec["sh_type"] == "SHT_NOBITS":
+            return None
+        data: bytes = sec.data()
+        return data
+
+    def section_addr(self, name: str) -> int | None:
+        sec = self.elf.get_section_by_name(name)
+        return None if sec is None else int(sec["sh_addr"])
+
+    def has_section(self, name: str) -> bool:
+        return self.elf.get_section_by_name(name) is not None
+
+    # -- addresses -------------------------------------------------------------------------------
+    def vaddr_to_offset(self, vaddr: int) -> int:
+        for pv, po, fsz, _x in self._loads:
+            if pv <= vaddr < pv + fsz:
+                return vaddr - pv + po
+        raise ElfFormatError(f"{self.path}: address {vaddr:#x} is in no loaded segment")
+
+    def offset_to_vaddr(self, offset: int) -> int:
+        for pv, po, fsz, _x in self._loads:
+            if po <= offset < po + fsz:
+                return offset - po + pv
+        raise ElfFormatError(f"{self.path}: file offset {offset:#x} is in no loaded segment")
+
+    def read_vaddr(self, vaddr: int, size: int) -> bytes:
+        off = self.vaddr_to_offset(vaddr)
+        self._f.seek(off)
+        return self._f.read(size)
+
+    def read_offset(self, offset: int, size: int) -> bytes:
+        self._f.seek(offset)
+        return self._f.read(size)
+
+    def loaded_data(self) -> Iterable[tuple[int, bytes]]:
+        """(vaddr, bytes) of each non-executable loaded segment (where Go keeps buildinfo and pclntab)."""
+        for pv, po, fsz, x in self._loads:
+            if not x:
+                yield pv, self.read_offset(po, fsz)
+
+    # -- symbols ---------------------------------------------------------------------------------
+    def find_functions(
+        self, names: Iterable[str], tables: tuple[str, ...] = (".dynsym", ".symtab")
+    ) -> dict[str, Symbol]:
+        """Defined function symbols among ``names`` (first table that defines a name wins).
+
+        Versioned dynsym names match without their version (the table holds the bare name)."""
+        wanted = {n for n in names}
+        found: dict[str, Symbol] = {}
+        for table in tables:
+            missing = wanted - found.keys()
+            if not missing:
+                break
+            for sym in self._scan_table(table, missing):
+                found.setdefault(sym.name, sym)
+        return found
+
+    def _scan_table(self, table: str, names: set[str]) -> list[Symbol]:
+        sec = self.elf.get_section_by_name(table)
+        if sec is None or sec["sh_type"] == "SHT_NOBITS" or sec["sh_entsize"] != _SYM.size:
+            return []
+        strtab = self.elf.get_section(sec["sh_link"]).data()
+        # Find the string-table offsets of the wanted names first: bytes.find is C speed, and the
+        # symbol scan then only compares integers.
+        offsets: dict[int, str] = {}
+        for name in names:
+            needle = name.encode() + b"\0"
+            start = 0
+            while True:
+                i = strtab.find(needle, start)
+                if i < 0:
+                    break
+                if i == 0 or strtab[i - 1] == 0:
+                    offsets[i] = name
+                start = i + 1
+        if not offsets:
+            return []
+        out: list[Symbol] = []
+        for st_name, info, _other, shndx, value, size in _SYM.iter_unpack(sec.data()):
+            if st_name in offsets and shndx != 0 and (info & 0xF) in (STT_FUNC, STT_GNU_IFUNC) and value:
+                out.append(Symbol(offsets[st_name], value, size))
+        return out
+
+    def has_symbol_prefix(self, prefix: str, table: str = ".dynsym") -> bool:
+        sec = self.elf.get_section_by_name(table)
+        if sec is None:
+            return False
+        strtab = self.elf.get_section(sec["sh_link"]).data()
+        return (b"\0" + prefix.encode()) in strtab
+
+    def symbol_at(self, vaddr: int) -> str | None:
+        """Name of the function symbol starting exactly at ``vaddr`` (dynsym, then symtab), or a PLT name."""
+        plt = self.plt_names()
+        if vaddr in plt:
+            return plt[vaddr] + "@plt"
+        for table in (".dynsym", ".symtab"):
+            name = self._addr_map(table).get(vaddr)
+            if name:
+                return name
+        return None
+
+    _addr_maps: dict[str, dict[int, str]]
+
+    def _addr_map(self, table: str) -> dict[int, str]:
+        if not hasattr(self, "_addr_maps"):
+            self._addr_maps = {}
+        m = self._addr_maps.get(table)
+        if m is not None:
+            return m
+        m = {}
+        sec = self.elf.get_section_by_name(table)
+        if sec is not None and sec["sh_type"] != "SHT_NOBITS" and sec["sh_entsize"] == _SYM.size:
+            strtab = self.elf.get_section(sec["sh_link"]).data()
+            for st_name, info, _o, shndx, value, _size in _SYM.iter_unpack(sec.data()):
+                if shndx != 0 and (info & 0xF) in (STT_FUNC, STT_GNU_IFUNC) and value and value not in m:
+                    end = strtab.find(b"\0", st_name)
+                    m[value] = strtab[st_name:end].decode("utf-8", "replace")
+        self._addr_maps[table] = m
+        return m
+
+    def plt_names(self) -> dict[int, str]:
+        """PLT stub address -> imported symbol name, from .rela.plt and the stubs' `jmp *GOT(%rip)`."""
+        if self._plt is not None:
+            return self._plt
+        self._plt = {}
+        rela = self.elf.get_section_by_name(".rela.plt")
+        dynsym = self.elf.get_section_by_name(".dynsym")
+        if rela is None or dynsym is None:
+            return self._plt
+        syms = dynsym.data()
+        strtab = self.elf.get_section(dynsym["sh_link"]).data()
+        got: dict[int, str] = {}
+        for r_off, r_info, _add in _RELA.iter_unpack(rela.data()):
+            idx = r_info >> 32
+            if not idx:
+                continue
+            st_name = _SYM.unpack_from(syms, idx * _SYM.size)[0]
+            end = strtab.find(b"\0", st_name)
+            got[r_off] = strtab[st_name:end].decode("utf-8", "replace")
+        from qtap_async.tls.x86 import plt_stub_targets
+
+        for secname in (".plt.sec", ".plt"):
+            sec = self.elf.get_section_by_name(secname)
+            if sec is None:
+                continue
+            for stub, slot in plt_stub_targets(sec.data(), int(sec["sh_addr"]), int(sec["sh_entsize"]) or 16):
+                if slot in got:
+                    self._plt.setdefault(stub, got[slot])
+        return self._plt
+
+    def rodata_contains(self, needle: bytes) -> int:
+        """Offset of ``needle`` in .rodata, or -1."""
+        data = self.section_data(".rodata")
+        return -1 if data is None else data.find(needle)

@@ -1,0 +1,234 @@
+"""Go binaries: build info (version), function table from .gopclntab (works on stripped binaries), and
+the struct offsets that lead from a *tls.Conn to its socket fd.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from dataclasses import dataclass
+
+from qtap_async.tls.elf import ElfImage
+from qtap_async.tls.model import GoConnOffsets
+
+BUILDINFO_MAGIC = b"\xff Go buildinf:"
+# pclntab header magics by layout (src/debug/gosym/pclntab.go).
+PCLN_GO12 = 0xFFFFFFFB
+PCLN_GO116 = 0xFFFFFFFA
+PCLN_GO118 = 0xFFFFFFF0
+PCLN_GO120 = 0xFFFFFFF1
+
+
+class GoBinaryError(Exception):
+    """Internal: a Go structure could not be parsed (turned into a report note by the caller)."""
+
+
+def _uvarint(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= len(data):
+            raise GoBinaryError("truncated varint")
+        b = data[pos]
+        pos += 1
+        value |= (b & 0x7F) << shift
+        if b < 0x80:
+            return value, pos
+        shift += 7
+        if shift > 63:
+            raise GoBinaryError("varint too long")
+
+
+def _find_buildinfo(img: ElfImage) -> tuple[int, bytes] | None:
+    """(vaddr, data from the header on) of the build info blob."""
+    data = img.section_data(".go.buildinfo")
+    addr = img.section_addr(".go.buildinfo")
+    if data is not None and addr is not None and data.startswith(BUILDINFO_MAGIC):
+        return addr, data
+    # Section headers stripped: the blob sits 16-byte aligned in a writable data segment.
+    for vaddr, seg in img.loaded_data():
+        i = seg.find(BUILDINFO_MAGIC)
+        while i >= 0:
+            if (vaddr + i) % 16 == 0:
+                return vaddr + i, seg[i : i + 64 * 1024]
+            i = seg.find(BUILDINFO_MAGIC, i + 1)
+    return None
+
+
+def go_version(img: ElfImage) -> str | None:
+    """The Go toolchain version ("go1.26.8") from the build info, or None when not a Go binary."""
+    found = _find_buildinfo(img)
+    if found is None:
+        return None
+    _addr, data = found
+    ptr_size, flags = data[14], data[15]
+    if flags & 0x2:  # Go 1.18+: inline varint-prefixed strings after the 32-byte header
+        n, pos = _uvarint(data, 32)
+        return data[pos : pos + n].decode("utf-8", "replace")
+    # Go < 1.18: pointers to Go string headers (ptr, len); little-endian x86-64 only here.
+    if ptr_size != 8:
+        raise GoBinaryError(f"unsupported pointer size {ptr_size}")
+    (vptr,) = struct.unpack_from("<Q", data, 16)
+    sptr, slen = struct.unpack("<QQ", img.read_vaddr(vptr, 16))
+    return img.read_vaddr(sptr, slen).decode("utf-8", "replace")
+
+
+def parse_version(v: str) -> tuple[int, int]:
+    m = re.match(r"go(\d+)\.(\d+)", v)
+    if not m:
+        return (0, 0)
+    return int(m.group(1)), int(m.group(2))
+
+
+@dataclass(frozen=True)
+class GoFunc:
+    name: str
+    entry: int
+    end: int
+
+
+class PcLnTab:
+    """The function table of a Go >= 1.18 binary (pclntab header magic 0xfffffff0 / 0xfffffff1).
+
+    Layout (runtime/symtab.go, pcHeader): magic u32, pad u8 u8, minLC u8, ptrSize u8, nfunc, nfiles,
+    textStart, funcnameOffset, cuOffset, filetabOffset, pctabOffset, pclnOffset (uintptr each). The
+    functab at pclnOffset holds nfunc+1 pairs (entryOff u32, funcOff u32), entryOff relative to textStart;
+    the _func at pclnOffset+funcOff starts with entryOff u32, nameOff i32 (into funcnametab).
+    """
+
+    def __init__(self, data: bytes, text_fallback: int | None) -> None:
+        if len(data) < 64:
+            raise GoBinaryError("pclntab too short")
+        magic = struct.unpack_from("<I", data)[0]
+        if magic not in (PCLN_GO118, PCLN_GO120):
+            raise GoBinaryError(f"pclntab magic {magic:#x} is not a Go 1.18+ layout")
+        if data[4] or data[5] or data[7] != 8:
+            raise GoBinaryError("unexpected pclntab header")
+        nfunc, _nfiles, text, nameoff, _cu, _file, _pct, pclnoff = struct.unpack_from("<8Q", data, 8)
+        if text == 0 and text_fallback is not None:
+            # PIE binaries keep textStart as a dynamic relocation: the .text address is the value.
+            text = text_fallback
+        self.text = text
+        self._data = data
+        self._names = memoryview(data)[nameoff:]
+        self._ftab = pclnoff
+        self.nfunc = nfunc
+        self._by_name: dict[str, GoFunc] | None = None
+
+    def _name(self, off: int) -> str:
+        end = bytes(self._names[off : off + 512]).find(b"\0")
+        return bytes(self._names[off : off + end]).decode("utf-8", "replace")
+
+    def functions(self) -> dict[str, GoFunc]:
+        if self._by_name is not None:
+            return self._by_name
+        d, base = self._data, self._ftab
+        out: dict[str, GoFunc] = {}
+        pairs = list(struct.iter_unpack("<II", d[base : base + 8 * (self.nfunc + 1)]))
+        for i in range(self.nfunc):
+            entry_off, func_off = pairs[i]
+            name_off = struct.unpack_from("<i", d, base + func_off + 4)[0]
+            name = self._name(name_off)
+            out.setdefault(name, GoFunc(name, self.text + entry_off, self.text + pairs[i + 1][0]))
+        self._by_name = out
+        return out
+
+    def name_at(self) -> dict[int, str]:
+        return {f.entry: f.name for f in self.functions().values()}
+
+
+def find_pclntab(img: ElfImage) -> PcLnTab:
+    text = img.section_addr(".text")
+    data = img.section_data(".gopclntab")
+    if data is not None:
+        return PcLnTab(data, text)
+    # Section headers stripped: search the read-only segments for the header.
+    for _vaddr, seg in img.loaded_data():
+        for magic in (PCLN_GO120, PCLN_GO118):
+            needle = struct.pack("<I", magic) + b"\x00\x00\x01\x08"
+            i = seg.find(needle)
+            if i >= 0:
+                return PcLnTab(seg[i:], text)
+    raise GoBinaryError("no .gopclntab found")
+
+
+# ---------------------------------------------------------------------------------------------------
+# *tls.Conn -> fd
+
+GO_OFFSETS_TABLE: list[tuple[tuple[int, int], tuple[int, int], GoConnOffsets]] = [
+    (
+        (1, 17),
+        (1, 26),
+        GoConnOffsets(tls_conn_conn=0, conn_iface_data=8, tcpconn_fd=0, netfd_pfd=0, pfd_sysfd=16, source="table"),
+    ),
+]
+"""Offsets by Go version range (inclusive), for binaries without DWARF.
+
+Covers go1.17 through go1.26 (the register-ABI releases qtap can probe): crypto/tls.Conn has had
+``conn net.Conn`` as its first field throughout, net.TCPConn embeds net.conn whose only field is
+``fd *netFD``, net.netFD starts with ``pfd poll.FD``, and poll.FD starts with ``fdmu fdMutex`` (uint64 +
+2 x uint32 = 16 bytes) followed by ``Sysfd int``. Checked against DWARF of a go1.26 build by the tests;
+other releases from the Go sources. Newer releases fall back to the newest entry with a note.
+"""
+
+_DWARF_WANT = {
+    "crypto/tls.Conn": "conn",
+    "net.TCPConn": "conn",
+    "net.conn": "fd",
+    "net.netFD": "pfd",
+    "internal/poll.FD": "Sysfd",
+}
+
+
+def offsets_from_dwarf(img: ElfImage) -> GoConnOffsets | None:
+    """Member offsets from .debug_info, or None without DWARF (or without all five types)."""
+    if not img.elf.has_dwarf_info() or not (img.has_section(".debug_info") or img.has_section(".zdebug_info")):
+        return None
+    dwarf = img.elf.get_dwarf_info()
+    found: dict[str, int] = {}
+    for cu in dwarf.iter_CUs():
+        # Go puts type DIEs in the "runtime" compile units; skip the others' (much larger) DIE trees.
+        top = cu.get_top_DIE()
+        name = top.attributes.get("DW_AT_name")
+        if name is None or name.value != b"runtime":
+            continue
+        for die in top.iter_children():
+            if die.tag != "DW_TAG_structure_type":
+                continue
+            tn = die.attributes.get("DW_AT_name")
+            if tn is None:
+                continue
+            tname = tn.value.decode("utf-8", "replace")
+            member = _DWARF_WANT.get(tname)
+            if member is None or tname in found:
+                continue
+            for child in die.iter_children():
+                cn = child.attributes.get("DW_AT_name")
+                if child.tag == "DW_TAG_member" and cn is not None and cn.value.decode() == member:
+                    loc = child.attributes.get("DW_AT_data_member_location")
+                    if loc is not None and isinstance(loc.value, int):
+                        found[tname] = loc.value
+            if len(found) == len(_DWARF_WANT):
+                break
+        if len(found) == len(_DWARF_WANT):
+            break
+    if len(found) != len(_DWARF_WANT):
+        return None
+    return GoConnOffsets(
+        tls_conn_conn=found["crypto/tls.Conn"],
+        conn_iface_data=found["crypto/tls.Conn"] + 8,
+        tcpconn_fd=found["net.TCPConn"] + found["net.conn"],
+        netfd_pfd=found["net.netFD"],
+        pfd_sysfd=found["internal/poll.FD"],
+        source="dwarf",
+    )
+
+
+def offsets_from_table(version: str) -> tuple[GoConnOffsets | None, str]:
+    v = parse_version(version)
+    for lo, hi, offs in GO_OFFSETS_TABLE:
+        if lo <= v <= hi:
+            return offs, ""
+    newest = GO_OFFSETS_TABLE[-1]
+    if v > newest[1]:
+        return newest[2], f"{version} is newer than the offsets table (go1.17-go1.26): using go1.26 offsets"
+    return None, f"{version} is older than go1.17 (stack ABI): no offsets"

@@ -1,0 +1,356 @@
+"""Recognise the TLS implementation inside one ELF file and plan its probes.
+
+`analyze_file` is what discovery calls once per (dev, ino, size, mtime); it never raises for a file that
+simply is not TLS (returns None) and raises ElfFormatError only for unreadable/non-ELF files.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Literal
+
+from elftools.elf.dynamic import DynamicSection
+
+from qtap_async.tls import golang
+from qtap_async.tls.elf import ElfImage, Symbol
+from qtap_async.tls.model import FileKey, GoConnOffsets, LibraryKind, ProbePlan, TlsFunction, TlsLibrary
+from qtap_async.tls.probe_points import (
+    CalleeContract,
+    Code,
+    EntryFinding,
+    FuncSpec,
+    fallback_plan,
+    find_entry,
+    plan_go,
+    plan_sysv,
+)
+from qtap_async.tls.x86 import ARG_REGS, decode
+
+OPENSSL_SPECS = (
+    FuncSpec("SSL_write", ("ssl", "buf", "num"), ("ssl", "buf", "num"), "write", "ret if ret > 0"),
+    FuncSpec("SSL_read", ("ssl", "buf", "num"), ("ssl", "buf", "num"), "read", "ret if ret > 0"),
+    FuncSpec(
+        "SSL_write_ex",
+        ("ssl", "buf", "num", "written"),
+        ("ssl", "buf", "num", "written"),
+        "write",
+        "*written if ret == 1",
+    ),
+    FuncSpec(
+        "SSL_read_ex",
+        ("ssl", "buf", "num", "readbytes"),
+        ("ssl", "buf", "num", "readbytes"),
+        "read",
+        "*readbytes if ret == 1",
+    ),
+)
+GNUTLS_SPECS = (
+    FuncSpec("gnutls_record_send", ("session", "data", "size"), ("session", "data", "size"), "write", "ret if ret > 0"),
+    FuncSpec("gnutls_record_recv", ("session", "data", "size"), ("session", "data", "size"), "read", "ret if ret > 0"),
+)
+GO_WRITE = "crypto/tls.(*Conn).Write"
+GO_READ = "crypto/tls.(*Conn).Read"
+GO_SPECS = (
+    FuncSpec(GO_WRITE, ("c", "buf", "len", "cap"), ("c", "buf", "len"), "write", "len", abi="go"),
+    FuncSpec(GO_READ, ("c", "buf", "len", "cap"), ("c", "buf", "len"), "read", "ret if ret > 0", abi="go"),
+)
+# Markers that a file exporting SSL_read is OpenSSL/BoringSSL itself (gnutls' libgnutls-openssl
+# compatibility layer exports SSL_read too, on top of gnutls_record_recv, which we probe anyway).
+_OPENSSL_MARKERS = ("OPENSSL_init_ssl", "SSL_library_init", "SSL_CTX_set_options", "SSL_get_rbio")
+_DEFAULT_FUNC_SIZE = 0x400
+_OPENSSL_VERSION_RE = re.compile(rb"OpenSSL (\d+\.\d+\.\d+[a-z]?)(?:-[\w.]+)? ")
+
+
+def _code_for(img: ElfImage, vaddr: int, size: int) -> Code:
+    size = size or _DEFAULT_FUNC_SIZE
+    return Code(vaddr, img.read_vaddr(vaddr, size), img.vaddr_to_offset(vaddr))
+
+
+def _callee_code_factory(img: ElfImage) -> Callable[[int], Code | None]:
+    def callee_code(addr: int) -> Code | None:
+        target = addr
+        plt = img.plt_names()
+        if addr in plt:
+            # A PLT call to a function this same file defines binds to that definition (barring
+            # LD_PRELOAD-style interposition of a TLS library's internal entry point).
+            sym = img.find_functions([plt[addr]], tables=(".dynsym",)).get(plt[addr])
+            if sym is None:
+                return None
+            target = sym.value
+        try:
+            return _code_for(img, target, 32)
+        except Exception:
+            return None
+
+    return callee_code
+
+
+def needed_libs(img: ElfImage) -> list[str]:
+    for sec in img.elf.iter_sections():
+        if isinstance(sec, DynamicSection):
+            return [str(getattr(t, "needed", "")) for t in sec.iter_tags() if t.entry.d_tag == "DT_NEEDED"]
+    return []
+
+
+def _openssl_version(img: ElfImage) -> str:
+    data = img.section_data(".rodata")
+    if data is not None:
+        i = data.find(b"OpenSSL ")
+        while i >= 0:
+            m = _OPENSSL_VERSION_RE.match(data, i)
+            if m:
+                return m.group(1).decode()
+            i = data.find(b"OpenSSL ", i + 1)
+    # Shared libssl keeps its version string in libcrypto; its symbol versions still give the series.
+    vers = _verdefs(img)
+    best = [v for v in vers if v.startswith("OPENSSL_")]
+    if best:
+        return best[-1].removeprefix("OPENSSL_").replace("_", ".") + " (symbol version)"
+    return ""
+
+
+def _verdefs(img: ElfImage) -> list[str]:
+    from elftools.elf.gnuversions import GNUVerDefSection
+
+    out: list[str] = []
+    for sec in img.elf.iter_sections():
+        if isinstance(sec, GNUVerDefSection):
+            for verdef, auxiter in sec.iter_versions():
+                for aux in auxiter:
+                    if verdef["vd_flags"] == 0:  # skip the file's own base version
+                        out.append(str(aux.name))
+                    break
+    return out
+
+
+def openssl_version_from_libcrypto(path: str) -> str:
+    try:
+        with ElfImage.open(path) as img:
+            data = img.section_data(".rodata")
+    except Exception:
+        return ""
+    if data is None:
+        return ""
+    m = _OPENSSL_VERSION_RE.search(data)
+    return m.group(1).decode() if m else ""
+
+
+def _gnutls_version(img: ElfImage) -> str:
+    """gnutls_check_version(NULL) returns the VERSION string: the first rip-relative lea in it."""
+    sym = img.find_functions(["gnutls_check_version"]).get("gnutls_check_version")
+    if sym is None:
+        return ""
+    for insn in decode(img.read_vaddr(sym.value, min(sym.size or 64, 128)), sym.value):
+        if insn.mnemonic == "lea" and "rip" in insn.op_str:
+            m = re.search(r"\[rip \+ (0x[0-9a-f]+)\]", insn.op_str)
+            if m:
+                try:
+                    s = img.read_vaddr(insn.next + int(m.group(1), 16), 32).split(b"\0", 1)[0]
+                except Exception:
+                    return ""
+                if re.fullmatch(rb"\d+\.\d+\.\d+", s):
+                    return s.decode()
+            return ""
+    return ""
+
+
+def _openssl_contract(
+    img: ElfImage, funcs: dict[str, Symbol], resolve: Callable[[int], str | None]
+) -> Callable[[str], Callable[[EntryFinding], CalleeContract | None]]:
+    """Contract proof for OpenSSL 1.1.1/3.x's ssl_{read,write}_internal(s, buf, num, size_t *processed).
+
+    SSL_read_ex(s, buf, num, readbytes) forwards its four arguments unchanged to that internal function
+    (checked here by the same straight-line walk); when SSL_read's forwarding call goes to the very same
+    address, that callee is ssl_read_internal and rcx at the call holds &readbytes. Its return is > 0 on
+    success with *processed set (documented SSL_read_ex semantics: 1 on success). Same for write.
+    """
+    targets: dict[str, int] = {}
+    for direction, ex in (("read", "SSL_read_ex"), ("write", "SSL_write_ex")):
+        sym = funcs.get(ex)
+        if sym is None:
+            continue
+        code = _code_for(img, sym.value, sym.size)
+        ent = find_entry(code, ARG_REGS[:4], resolve, goal="call")
+        if ent.site is not None and ent.kind == "call" and ent.callee is not None:
+            targets[direction] = ent.callee
+
+    def for_direction(direction: str) -> Callable[[EntryFinding], CalleeContract | None]:
+        def contract(ent: EntryFinding) -> CalleeContract | None:
+            if ent.callee is None or targets.get(direction) != ent.callee:
+                return None
+            what = "readbytes" if direction == "read" else "written"
+            ex = "SSL_read_ex" if direction == "read" else "SSL_write_ex"
+            return CalleeContract(
+                description=f"ssl_{direction}_internal(ssl, buf, num, size_t *{what}) -> int (> 0: success); "
+                f"proven: {ex} forwards its four arguments to the same address",
+                params=("ssl", "buf", "num", "processed_ptr"),
+                length="*processed_ptr if ret > 0 (pointer saved at the entry site)",
+            )
+
+        return contract
+
+    return for_direction
+
+
+def _unify_callee_uretprobes(plans: list[ProbePlan]) -> list[ProbePlan]:
+    """When one plan returns through a uretprobe on callee X, make every plan whose entry calls X use it.
+
+    Otherwise both that uretprobe and the other plan's in-function return site would fire for one call.
+    """
+    import msgspec
+
+    by_callee: dict[str, ProbePlan] = {}
+    for p in plans:
+        if p.ret_meaning == "callee" and p.sites[-1].role == "uretprobe":
+            by_callee[p.callee.split(":", 1)[0]] = p
+    out: list[ProbePlan] = []
+    for p in plans:
+        key = p.callee.split(":", 1)[0]
+        donor = by_callee.get(key)
+        if donor is not None and p is not donor and p.ret_meaning == "callee" and p.sites[-1].role == "return":
+            p = msgspec.structs.replace(
+                p,
+                sites=[*p.sites[:-1], donor.sites[-1]],
+                reason=p.reason + f"; return switched to the callee uretprobe shared with {donor.function}, "
+                "so one call fires one return probe",
+            )
+        out.append(p)
+    return out
+
+
+def _plan_c_library(
+    img: ElfImage, specs: tuple[FuncSpec, ...], funcs: dict[str, Symbol], kind: LibraryKind
+) -> tuple[list[TlsFunction], list[ProbePlan]]:
+    resolve = img.symbol_at
+    callee_code = _callee_code_factory(img)
+    contract = _openssl_contract(img, funcs, resolve) if kind == "openssl" else None
+    tfuncs: list[TlsFunction] = []
+    plans: list[ProbePlan] = []
+    for spec in specs:
+        sym = funcs.get(spec.name)
+        if sym is None:
+            continue
+        code = _code_for(img, sym.value, sym.size)
+        tfuncs.append(TlsFunction(spec.name, sym.value, code.file_offset, sym.size))
+        try:
+            plans.append(plan_sysv(spec, code, resolve, callee_code, contract(spec.direction) if contract else None))
+        except Exception as e:  # an analysis bug must not lose the library: fall back, say why
+            plans.append(fallback_plan(spec, code, f"analysis error: {type(e).__name__}: {e}"))
+    return tfuncs, _unify_callee_uretprobes(plans)
+
+
+def analyze_file(path: str, key: FileKey, display_path: str | None = None) -> TlsLibrary | None:
+    """Identify and plan one file. ``path`` is where to open it (e.g. /proc/PID/root/usr/lib/...)."""
+    with ElfImage.open(path) as img:
+        return analyze_image(img, key, display_path or path)
+
+
+def analyze_image(img: ElfImage, key: FileKey, display_path: str) -> TlsLibrary | None:
+    is_exec = (
+        img.elf.header["e_type"] == "ET_EXEC"
+        or not img.has_section(".dynsym")
+        or (img.elf.header["e_type"] == "ET_DYN" and img.has_section(".interp"))
+    )
+    linkage: str = "static" if is_exec else "shared"
+    try:
+        gover = golang.go_version(img)
+    except (golang.GoBinaryError, Exception):
+        gover = None
+    if gover is not None:
+        return _analyze_go(img, key, display_path, gover)
+
+    names = [s.name for s in OPENSSL_SPECS] + list(_OPENSSL_MARKERS) + [s.name for s in GNUTLS_SPECS]
+    funcs = img.find_functions(names)
+    notes: list[str] = []
+    if "SSL_read" in funcs and "SSL_write" in funcs:
+        if not any(m in funcs for m in _OPENSSL_MARKERS) or any("gnutls" in n for n in needed_libs(img)):
+            return None  # gnutls' OpenSSL compatibility layer: its I/O goes through gnutls_record_*
+        boring = img.has_symbol_prefix("BORINGSSL_") or img.has_symbol_prefix("BORINGSSL_", ".symtab")
+        kind: LibraryKind = "boringssl" if boring else "openssl"
+        version = "" if boring else _openssl_version(img)
+        tfuncs, plans = _plan_c_library(img, OPENSSL_SPECS, funcs, kind)
+        return TlsLibrary(
+            key=key,
+            path=display_path,
+            kind=kind,
+            version=version,
+            linkage="static" if linkage == "static" else "shared",
+            functions=tfuncs,
+            plans=plans,
+            stripped=not img.has_section(".symtab"),
+            notes=notes,
+        )
+    if "gnutls_record_send" in funcs and "gnutls_record_recv" in funcs:
+        tfuncs, plans = _plan_c_library(img, GNUTLS_SPECS, funcs, "gnutls")
+        return TlsLibrary(
+            key=key,
+            path=display_path,
+            kind="gnutls",
+            version=_gnutls_version(img),
+            linkage="static" if linkage == "static" else "shared",
+            functions=tfuncs,
+            plans=plans,
+            stripped=not img.has_section(".symtab"),
+            notes=notes,
+        )
+    return None
+
+
+def _analyze_go(img: ElfImage, key: FileKey, display_path: str, version: str) -> TlsLibrary | None:
+    notes: list[str] = []
+    stripped = not img.has_section(".symtab")
+    abi: Literal["register", "stack"] = "register" if golang.parse_version(version) >= (1, 17) else "stack"
+    try:
+        table = golang.find_pclntab(img)
+        gofuncs = table.functions()
+    except golang.GoBinaryError as e:
+        gofuncs = {}
+        notes.append(f"pclntab: {e}")
+        if not stripped:
+            for name, sym in img.find_functions([GO_READ, GO_WRITE], tables=(".symtab",)).items():
+                gofuncs[name] = golang.GoFunc(name, sym.value, sym.value + sym.size)
+    if GO_READ not in gofuncs and GO_WRITE not in gofuncs:
+        return None  # a Go program without crypto/tls
+    names = {f.entry: f.name for f in gofuncs.values()}
+
+    def resolve(addr: int) -> str | None:
+        return names.get(addr)
+
+    tfuncs: list[TlsFunction] = []
+    plans: list[ProbePlan] = []
+    for spec in GO_SPECS:
+        fn = gofuncs.get(spec.name)
+        if fn is None:
+            continue
+        code = _code_for(img, fn.entry, fn.end - fn.entry)
+        tfuncs.append(TlsFunction(spec.name, fn.entry, code.file_offset, fn.end - fn.entry))
+        if abi == "stack":
+            plans.append(fallback_plan(spec, code, f"{version} uses the stack ABI; register sites do not apply"))
+            continue
+        try:
+            plans.append(plan_go(spec, code, resolve))
+        except Exception as e:
+            plans.append(fallback_plan(spec, code, f"analysis error: {type(e).__name__}: {e}"))
+    offsets: GoConnOffsets | None = None
+    try:
+        offsets = golang.offsets_from_dwarf(img)
+    except Exception as e:
+        notes.append(f"DWARF: {type(e).__name__}: {e}")
+    if offsets is None:
+        offsets, note = golang.offsets_from_table(version)
+        if note:
+            notes.append(note)
+    return TlsLibrary(
+        key=key,
+        path=display_path,
+        kind="go",
+        version=version,
+        linkage="static",
+        functions=tfuncs,
+        plans=plans,
+        go_abi=abi,
+        go_offsets=offsets,
+        stripped=stripped,
+        notes=notes,
+    )

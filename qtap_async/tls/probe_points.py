@@ -1,0 +1,540 @@
+"""Cheap, provably safe uprobe points for TLS read/write functions (shared/PROBES.md, Recipe).
+
+A uprobe on an instruction the kernel emulates (push, 1-byte nop, call/jmp/jcc rel) costs ~0.45 us; on
+anything else it is single-stepped, ~14 us. The analysis here picks emulated sites where that can be
+proven correct from the machine code alone, and otherwise falls back to the classic entry uprobe plus
+uretprobe (``fast=False``), saying why in ``ProbePlan.reason``. It never guesses:
+
+1. First instruction emulated: probe the entry; a uretprobe hooks the same instruction, so it is cheap.
+2. Otherwise walk forward from the entry over straight-line code (following in-function jmps) until the
+   forwarding call (``call``/tail ``jmp``) that receives the arguments. Every instruction on the way must
+   leave the needed argument registers intact (a self-widening ``movslq %edx,%rdx`` keeps the value), and
+   every conditional branch must be proven not to leave: its taken side either returns without I/O
+   (calls only to known error-reporting/stack-check/no-return functions), rejoins the fall-through with the
+   arguments intact, or re-enters the function entry (Go's morestack).
+3. Return values: the first emulated instruction after the forwarding call, with rax unwritten in between
+   and no jump landing between the call and it; else a uretprobe on the callee when the callee's first
+   instruction is emulated (for a tail ``jmp`` the callee's return is the function's own); else fallback.
+
+Go functions use ABIInternal (arguments in rax, rbx, rcx...), get RET-site probes instead of uretprobes
+(uretprobes crash Go programs: the runtime moves stacks), and their entry site skips the stack-check
+``jbe``: that branch is hit twice when the stack grows (morestack jumps back to the entry).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from qtap_async.tls.model import ProbePlan, ProbeSite, ReturnMeaning
+from qtap_async.tls.x86 import ARG_REGS, GO_ARG_REGS, Insn, decode
+
+Resolver = Callable[[int], "str | None"]
+"""Name of the function at an address (PLT stubs as ``name@plt``), or None."""
+
+# Calls that may sit on an error path without doing TLS I/O. Anything else on a path that skips the
+# probe site makes the site unprovable.
+NON_IO_CALLS = frozenset(
+    {
+        "ERR_new",
+        "ERR_set_debug",
+        "ERR_set_error",
+        "ERR_put_error",
+        "ERR_raise",
+        "ERR_raise_data",
+        "_gnutls_log",
+        "_gnutls_audit_log",
+        "__stack_chk_fail",
+        "abort",
+        "__assert_fail",
+        "runtime.morestack",
+        "runtime.morestack_noctxt",
+        "runtime.morestack.abi0",
+        "runtime.morestack_noctxt.abi0",
+    }
+)
+NO_RETURN_CALLS = frozenset({"__stack_chk_fail", "abort", "__assert_fail"})
+_GO_NO_RETURN_PREFIXES = ("runtime.panic", "runtime.throw", "runtime.goPanic")
+SYSV_CLOBBERED = frozenset({"rax", "rcx", "rdx", "rsi", "rdi", "r8", "r9", "r10", "r11"})
+MAX_WALK = 256
+MAX_EXPLORE = 512
+
+
+def _base_name(name: str | None) -> str:
+    if not name:
+        return ""
+    return name.removesuffix("@plt").split("@", 1)[0]
+
+
+def _is_non_io(name: str | None) -> bool:
+    n = _base_name(name)
+    return n in NON_IO_CALLS or n.startswith(_GO_NO_RETURN_PREFIXES)
+
+
+def _is_no_return(name: str | None) -> bool:
+    n = _base_name(name)
+    return n in NO_RETURN_CALLS or n.startswith(_GO_NO_RETURN_PREFIXES)
+
+
+class Code:
+    """The decoded instructions of one function (linear sweep over [start, start+size))."""
+
+    def __init__(self, start: int, code: bytes, file_offset: int) -> None:
+        self.start = start
+        self.end = start + len(code)
+        self.file_offset = file_offset
+        self.insns = list(decode(code, start))
+        self.at = {i.addr: i for i in self.insns}
+        self.jump_targets = {i.target for i in self.insns if i.kind in ("jmp", "jcc") and i.target is not None}
+
+    def inside(self, addr: int) -> bool:
+        return self.start <= addr < self.end
+
+    def offset_of(self, vaddr: int) -> int:
+        return self.file_offset + (vaddr - self.start)
+
+    def rets(self) -> list[Insn]:
+        return [i for i in self.insns if i.kind == "ret"]
+
+
+@dataclass
+class EntryFinding:
+    """Result of the forward walk from a function's entry."""
+
+    site: Insn | None = None
+    kind: Literal["call", "tail", "first", ""] = ""
+    callee: int | None = None
+    intact: set[str] = field(default_factory=set)
+    why_not: str = ""
+    steps: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ReturnFinding:
+    site: Insn | None = None
+    callee_uretprobe: tuple[int, Insn] | None = None
+    """(callee vaddr, callee's first instruction) when the return is taken by a uretprobe on the callee."""
+    why_not: str = ""
+
+
+def _explore(
+    code: Code,
+    start: int,
+    fallthrough: int,
+    walked: set[int],
+    needs: set[str],
+    resolve: Resolver,
+    clobbered_by_call: frozenset[str],
+) -> tuple[str, str]:
+    """Classify a branch's taken side: ("ok"|"reentry"|"unknown", detail)."""
+    ends: set[str] = set()
+    stack: list[tuple[int, bool]] = [(start, False)]
+    seen: set[tuple[int, bool]] = set()
+    budget = MAX_EXPLORE
+    while stack:
+        pc, dirty = stack.pop()
+        while True:
+            if (pc, dirty) in seen:
+                break
+            seen.add((pc, dirty))
+            budget -= 1
+            if budget <= 0:
+                return "unknown", f"branch side from {start:#x} too long to prove"
+            if pc == fallthrough:
+                if dirty:
+                    return "unknown", f"path from {start:#x} rejoins at {pc:#x} with arguments overwritten"
+                ends.add("rejoin")
+                break
+            if pc == code.start:
+                ends.add("reentry")
+                break
+            if pc in walked:
+                return "unknown", f"path from {start:#x} loops back to {pc:#x} before the probe site"
+            if not code.inside(pc):
+                return "unknown", f"path from {start:#x} leaves the function at {pc:#x}"
+            insn = code.at.get(pc)
+            if insn is None:
+                return "unknown", f"path from {start:#x} reaches undecoded address {pc:#x}"
+            if insn.kind == "ret":
+                ends.add("return")
+                break
+            if insn.kind in ("icall", "ijmp"):
+                return "unknown", f"indirect {insn.mnemonic} at {pc:#x} on a path that skips the site"
+            if insn.kind == "call":
+                assert insn.target is not None
+                name = resolve(insn.target)
+                if not _is_non_io(name):
+                    return "unknown", f"call to {name or hex(insn.target)} at {pc:#x} on a path that skips the site"
+                if _is_no_return(name):
+                    ends.add("noreturn")
+                    break
+                dirty = dirty or bool(needs & clobbered_by_call)
+                pc = insn.next
+                continue
+            if insn.kind == "jmp":
+                assert insn.target is not None
+                if insn.target == code.start:
+                    ends.add("reentry")
+                    break
+                pc = insn.target
+                continue
+            if insn.kind == "jcc":
+                assert insn.target is not None
+                stack.append((insn.target, dirty))
+                pc = insn.next
+                continue
+            if needs & insn.writes:
+                dirty = True
+            pc = insn.next
+    return ("reentry" if "reentry" in ends else "ok"), ",".join(sorted(ends))
+
+
+def find_entry(
+    code: Code,
+    needs: Sequence[str],
+    resolve: Resolver,
+    goal: Literal["call", "first"],
+    clobbered_by_call: frozenset[str] = SYSV_CLOBBERED,
+) -> EntryFinding:
+    """Walk forward from the entry (Recipe step 2). ``needs`` are registers that must be intact."""
+    f = EntryFinding(intact=set(needs))
+    walked: set[int] = set()
+    pc = code.start
+    for _ in range(MAX_WALK):
+        insn = code.at.get(pc)
+        if insn is None or not code.inside(pc):
+            f.why_not = f"walk reached {pc:#x}, outside the decoded function"
+            return f
+        walked.add(pc)
+        if insn.kind == "call":
+            assert insn.target is not None
+            name = resolve(insn.target)
+            if _is_no_return(name):
+                f.why_not = f"no-return call at {pc:#x} on the straight line"
+                return f
+            if len(f.intact) != len(set(needs)):
+                missing = sorted(set(needs) - f.intact)
+                f.why_not = f"argument register(s) {', '.join(missing)} overwritten before the call at {pc:#x}"
+                return f
+            if goal == "first":
+                # An emulated call with everything intact is also a fine "first" site.
+                f.site, f.kind = insn, "first"
+                return f
+            f.site, f.kind, f.callee = insn, "call", insn.target
+            f.steps.append(f"forwarding call at {pc:#x} to {name or hex(insn.target)}")
+            return f
+        if insn.kind == "jmp":
+            assert insn.target is not None
+            if code.inside(insn.target) and insn.target != code.start:
+                if goal == "first" and insn.emulated and f.intact == set(needs):
+                    f.site, f.kind = insn, "first"
+                    return f
+                if insn.target in walked:
+                    f.why_not = f"loop at {pc:#x} before any usable site"
+                    return f
+                pc = insn.target
+                continue
+            if f.intact != set(needs):
+                missing = sorted(set(needs) - f.intact)
+                f.why_not = f"argument register(s) {', '.join(missing)} overwritten before the tail jump at {pc:#x}"
+                return f
+            f.site, f.kind, f.callee = insn, ("first" if goal == "first" else "tail"), insn.target
+            return f
+        if insn.kind == "jcc":
+            assert insn.target is not None
+            verdict, detail = _explore(code, insn.target, insn.next, walked, set(needs), resolve, clobbered_by_call)
+            if verdict == "unknown":
+                f.why_not = detail
+                return f
+            if verdict == "reentry":
+                # The branch re-enters the function from its first instruction (morestack): everything up
+                # to and including it can run twice for one call, so no site may sit there.
+                f.steps.append(f"{insn.mnemonic} at {pc:#x} re-enters the entry ({detail})")
+            else:
+                f.steps.append(f"{insn.mnemonic} at {pc:#x} leaves only without I/O ({detail})")
+                if goal == "first" and f.intact == set(needs):
+                    f.site, f.kind = insn, "first"
+                    return f
+            pc = insn.next
+            continue
+        if insn.kind in ("ret", "icall", "ijmp"):
+            f.why_not = f"{insn.mnemonic} at {pc:#x} before any usable site"
+            return f
+        if goal == "first" and insn.emulated and f.intact == set(needs):
+            f.site, f.kind = insn, "first"
+            return f
+        widened = insn.widens_self()
+        for r in insn.writes:
+            if r in f.intact and r != widened:
+                f.intact.discard(r)
+        if goal == "first" and f.intact != set(needs):
+            missing = sorted(set(needs) - f.intact)
+            f.why_not = f"argument register(s) {', '.join(missing)} overwritten at {pc:#x} before any emulated site"
+            return f
+        pc = insn.next
+    f.why_not = f"no usable site within {MAX_WALK} instructions"
+    return f
+
+
+def find_return(code: Code, call: Insn, resolve: Resolver, callee_code: Callable[[int], Code | None]) -> ReturnFinding:
+    """Recipe step 3 for a forwarding ``call`` (not a tail jump)."""
+    r = ReturnFinding()
+    pc = call.next
+    why = ""
+    for _ in range(64):
+        insn = code.at.get(pc)
+        if insn is None:
+            why = f"no decodable instruction at {pc:#x}"
+            break
+        if insn.emulated:
+            landing = [t for t in code.jump_targets if call.addr < t <= insn.addr]
+            if landing:
+                why = f"a jump lands at {landing[0]:#x} between the call and {insn.addr:#x}"
+                break
+            r.site = insn
+            return r
+        if "rax" in insn.writes:
+            why = f"{insn.mnemonic} at {pc:#x} overwrites rax before any emulated instruction"
+            break
+        if insn.kind in ("ret", "icall", "ijmp", "jmp", "jcc", "call"):
+            why = f"{insn.mnemonic} at {pc:#x} before any emulated instruction"
+            break
+        pc = insn.next
+    cu = _callee_uretprobe(call, resolve, callee_code)
+    if cu is not None:
+        r.callee_uretprobe = cu
+        return r
+    r.why_not = why + "; and the callee's first instruction is not emulated or the callee is unknown"
+    return r
+
+
+def _callee_uretprobe(
+    call: Insn, resolve: Resolver, callee_code: Callable[[int], Code | None]
+) -> tuple[int, Insn] | None:
+    assert call.target is not None
+    cc = callee_code(call.target)
+    if cc is None or not cc.insns:
+        return None
+    first = cc.insns[0]
+    if not first.emulated:
+        return None
+    return cc.start, first
+
+
+# ------------------------------------------------------------------------------------------------
+# Plans
+
+
+def _site(code: Code, insn: Insn, role: str, regs: dict[str, str], offset: int | None = None) -> ProbeSite:
+    return ProbeSite(
+        offset=code.offset_of(insn.addr) if offset is None else offset,
+        vaddr=insn.addr,
+        mnemonic=insn.mnemonic,
+        op_str=insn.op_str,
+        emulated=insn.emulated,
+        role=role,  # type: ignore[arg-type]
+        regs=regs,
+    )
+
+
+@dataclass(frozen=True)
+class FuncSpec:
+    """What a target function takes and returns."""
+
+    name: str
+    params: tuple[str, ...]
+    needs: tuple[str, ...]
+    """Parameter names the capture needs at the entry site."""
+    direction: Literal["read", "write"]
+    length: str
+    """Byte count in terms of the function's own parameters/``ret`` when ret_meaning is "function"."""
+    abi: Literal["sysv", "go"] = "sysv"
+
+    def reg(self, param: str) -> str:
+        regs = GO_ARG_REGS if self.abi == "go" else ARG_REGS
+        return regs[self.params.index(param)]
+
+    def regs(self) -> dict[str, str]:
+        regs = GO_ARG_REGS if self.abi == "go" else ARG_REGS
+        return {p: regs[i] for i, p in enumerate(self.params)}
+
+
+@dataclass(frozen=True)
+class CalleeContract:
+    """What is proven about a forwarding call's callee: its parameters and how it reports the count."""
+
+    description: str
+    params: tuple[str, ...]
+    length: str
+
+
+def fallback_plan(spec: FuncSpec, code: Code, reason: str) -> ProbePlan:
+    first = code.insns[0]
+    sites = [_site(code, first, "entry", spec.regs())]
+    if spec.abi == "go":
+        sites += [_site(code, r, "go_ret", {"ret": "rax"}) for r in code.rets()]
+        meaning: ReturnMeaning = "function"
+    else:
+        sites.append(_site(code, first, "uretprobe", {"ret": "rax"}))
+        meaning = "function"
+    return ProbePlan(
+        function=spec.name,
+        func_offset=code.file_offset,
+        sites=sites,
+        fast=all(s.emulated for s in sites),
+        reason="fallback to entry uprobe + " + ("RET probes" if spec.abi == "go" else "uretprobe") + ": " + reason,
+        ret_meaning=meaning,
+        length=spec.length,
+    )
+
+
+def plan_sysv(
+    spec: FuncSpec,
+    code: Code,
+    resolve: Resolver,
+    callee_code: Callable[[int], Code | None],
+    contract: Callable[[EntryFinding], CalleeContract | None] | None = None,
+) -> ProbePlan:
+    """Plan for a C-ABI function (OpenSSL, BoringSSL, GnuTLS)."""
+    if not code.insns:
+        return fallback_plan(spec, code, "function could not be decoded")
+    first = code.insns[0]
+    if first.emulated:
+        return ProbePlan(
+            function=spec.name,
+            func_offset=code.file_offset,
+            sites=[_site(code, first, "entry", spec.regs()), _site(code, first, "uretprobe", {"ret": "rax"})],
+            fast=True,
+            reason=f"first instruction `{first.mnemonic} {first.op_str}` is emulated: entry uprobe and uretprobe "
+            "both hook it (Recipe 1)",
+            ret_meaning="function",
+            length=spec.length,
+        )
+    needs = tuple(spec.reg(p) for p in spec.needs)
+    ent = find_entry(code, needs, resolve, goal="call")
+    if ent.site is None:
+        return fallback_plan(spec, code, f"first instruction `{first.mnemonic}` is single-stepped and {ent.why_not}")
+    site = ent.site
+    assert site.target is not None
+    callee_name = resolve(site.target) or hex(site.target)
+    if not site.emulated:  # direct call/jmp are always emulated; keep the check for safety
+        return fallback_plan(spec, code, f"forwarding {site.mnemonic} at {site.addr:#x} is not emulated")
+    proof = "; ".join(ent.steps)
+    if ent.kind == "tail":
+        cu = _callee_uretprobe(site, resolve, callee_code)
+        if cu is None:
+            return fallback_plan(
+                spec,
+                code,
+                f"tail jump at {site.addr:#x} to {callee_name}: no in-function return point and the callee's first "
+                "instruction is not emulated (or the callee is not in this file)",
+            )
+        cstart, cfirst = cu
+        cc = callee_code(cstart)
+        assert cc is not None
+        sites = [
+            _site(code, site, "entry", spec.regs()),
+            _site(cc, cfirst, "uretprobe", {"ret": "rax"}),
+        ]
+        return ProbePlan(
+            function=spec.name,
+            func_offset=code.file_offset,
+            sites=sites,
+            fast=True,
+            reason=f"tail jump at +{site.addr - code.start:#x} to {callee_name} with {', '.join(needs)} intact "
+            f"({proof or 'straight line'}); the callee returns straight to our caller, so a uretprobe on its "
+            f"emulated first instruction `{cfirst.mnemonic} {cfirst.op_str}` yields our return value"
+            + (
+                "; the PLT binds to this file's own definition unless another object interposes it"
+                if callee_name.endswith("@plt")
+                else ""
+            ),
+            ret_meaning="function",
+            callee=callee_name,
+            length=spec.length,
+        )
+    # A forwarding call: the return value seen after it is the callee's, so its contract must be known.
+    con = contract(ent) if contract is not None else None
+    if con is None:
+        return fallback_plan(
+            spec, code, f"forwarding call at {site.addr:#x} to {callee_name} has no proven contract for its result"
+        )
+    entry_regs = {p: ARG_REGS[i] for i, p in enumerate(con.params)}
+    ret = find_return(code, site, resolve, callee_code)
+    if ret.site is not None:
+        rsite = _site(code, ret.site, "return", {"ret": "rax"})
+        how = (
+            f"`{ret.site.mnemonic}` at +{ret.site.addr - code.start:#x} is the first emulated instruction after "
+            "the call, rax untouched and no jump lands in between"
+        )
+    elif ret.callee_uretprobe is not None:
+        cstart, cfirst = ret.callee_uretprobe
+        cc = callee_code(cstart)
+        assert cc is not None
+        rsite = _site(cc, cfirst, "uretprobe", {"ret": "rax"})
+        how = f"uretprobe on the callee, whose first instruction `{cfirst.mnemonic} {cfirst.op_str}` is emulated"
+    else:
+        return fallback_plan(spec, code, f"no provable return point after the call at {site.addr:#x}: {ret.why_not}")
+    return ProbePlan(
+        function=spec.name,
+        func_offset=code.file_offset,
+        sites=[_site(code, site, "entry", entry_regs), rsite],
+        fast=True,
+        reason=f"call at +{site.addr - code.start:#x} to {callee_name} receives {', '.join(needs)} intact "
+        f"({proof or 'straight line'}); return: {how}",
+        ret_meaning="callee",
+        callee=f"{callee_name}: {con.description}",
+        length=con.length,
+    )
+
+
+def plan_go(spec: FuncSpec, code: Code, resolve: Resolver) -> ProbePlan:
+    """Plan for a Go ABIInternal method (crypto/tls.(*Conn).Read/Write)."""
+    if not code.insns:
+        return fallback_plan(spec, code, "function could not be decoded")
+    needs = tuple(spec.reg(p) for p in spec.needs)
+    ent = find_entry(code, needs, resolve, goal="first", clobbered_by_call=frozenset(GO_ARG_REGS))
+    if ent.site is None:
+        return fallback_plan(spec, code, ent.why_not)
+    site = ent.site
+    proof = "; ".join(ent.steps) or "straight line"
+    entry = _site(code, site, "entry", spec.regs())
+    if spec.direction == "write":
+        return ProbePlan(
+            function=spec.name,
+            func_offset=code.file_offset,
+            sites=[entry],
+            fast=True,
+            reason=f"`{site.mnemonic} {site.op_str}` at +{site.addr - code.start:#x} is the first emulated "
+            f"instruction reached once per call with {', '.join(needs)} intact ({proof}); Write sends all of b "
+            "or fails the connection, so the entry carries the data",
+            ret_meaning="none",
+            length=spec.length,
+        )
+    rets = code.rets()
+    if not rets:
+        return fallback_plan(spec, code, "no RET instruction found")
+    sites = [entry] + [_site(code, r, "go_ret", {"ret": "rax"}) for r in rets]
+    # Unproven cheaper point: Read copies plaintext into b with one copy() (bytes.Reader.Read inlined),
+    # i.e. one call to runtime.memmove(dst=rax, src=rbx, n=rcx), an emulated call. Offered, not used.
+    copies = [
+        i
+        for i in code.insns
+        if i.kind == "call"
+        and i.target is not None
+        and resolve(i.target) in ("runtime.memmove", "runtime.memmove.abi0")
+    ]
+    candidates = [_site(code, copies[0], "entry", {"dst": "rax", "src": "rbx", "n": "rcx"})] if len(copies) == 1 else []
+    return ProbePlan(
+        function=spec.name,
+        func_offset=code.file_offset,
+        sites=sites,
+        fast=all(s.emulated for s in sites),
+        reason=f"entry `{site.mnemonic}` at +{site.addr - code.start:#x} is emulated ({proof}); "
+        f"{len(rets)} RET site(s) are single-stepped (no uretprobe: it crashes Go programs)"
+        + ("; candidate: the single runtime.memmove call (unproven)" if candidates else ""),
+        ret_meaning="function",
+        candidates=candidates,
+        length=spec.length,
+    )
