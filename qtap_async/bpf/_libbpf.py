@@ -8,8 +8,8 @@ NULL with errno set; `check_ptr`/`check_int` turn both into typed exceptions.
 from __future__ import annotations
 
 import ctypes
-import logging
 import ctypes.util
+import logging
 import os
 import threading
 from collections.abc import Iterator

@@ -85,7 +85,7 @@ class BpfMap:
         ret = libbpf().bpf_map_delete_elem(self.fd, key)
         if ret < 0 and -ret != 2:
             raise BpfError(f"map {self.name}", -ret, "delete")
-        return ret == 0
+        return bool(ret == 0)
 
     def keys(self) -> list[bytes]:
         out: list[bytes] = []

@@ -270,7 +270,7 @@ class Conntrack:
         session = c.sessions[layer]
         out: list[Any] = []
         for seg in segments:
-            if type(seg) is int:
+            if isinstance(seg, int):
                 if self.emit_gaps:
                     out.append(self._gap_event(c, rec, seg))
                 if session is not None:
@@ -319,7 +319,7 @@ class Conntrack:
             for seg in stream.flush():
                 if session is None:
                     continue
-                if type(seg) is int:
+                if isinstance(seg, int):
                     out.extend(self._protocol(c, session.gap(direction, seg, ts_ns), layer))
                 else:
                     out.extend(self._protocol(c, session.feed(direction, seg, ts_ns), layer))

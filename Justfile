@@ -1,0 +1,34 @@
+# qtap-async developer tasks. `pip install rust-just` provides `just`.
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+venv := ".venv/bin/"
+
+# Build the BPF objects from bpf/src (commit bpf/build afterwards)
+bpf:
+    {{venv}}python -m qtap_async.bpf.build
+
+# Fail if the committed BPF objects are stale
+bpf-check:
+    {{venv}}python -m qtap_async.bpf.build --check
+
+lint:
+    {{venv}}ruff check .
+
+typecheck:
+    {{venv}}mypy
+
+# The whole suite, as CI runs it (needs root; starts Kafka and MinIO)
+test *ARGS:
+    bash scripts/test {{ARGS}}
+
+# Only the tests that load real BPF programs
+test-bpf *ARGS:
+    {{venv}}python -m pytest -m bpf {{ARGS}}
+
+# All benchmarks; each prints JSON and writes benchmarks/results/<name>.json
+bench:
+    for b in benchmarks/bench_*.py; do {{venv}}python "$b"; done
+
+# Run the agent (local-only: events on stdout)
+run *ARGS:
+    {{venv}}qtap run {{ARGS}}
