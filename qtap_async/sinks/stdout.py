@@ -1,0 +1,107 @@
+"""Sinks that write to standard output (JSON lines), and the ones that discard everything."""
+
+from __future__ import annotations
+
+import base64
+import sys
+from typing import BinaryIO
+
+import msgspec
+
+from qtap_async.sinks.base import EventRecord, ObjectRef, StoredObject
+
+
+class _ObjectLine(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
+    kind: str
+    digest: str
+    size: int
+    content_type: str
+    connection_id: str
+    transaction_id: str
+    body: str | None = None
+    body_b64: str | None = None
+
+
+_encode_line = msgspec.json.Encoder().encode
+
+
+class StdoutEventSink:
+    """One JSON event per line."""
+
+    def __init__(self, name: str = "stdout", stream: BinaryIO | None = None) -> None:
+        self.name = name
+        self._stream = stream
+
+    def _out(self) -> BinaryIO:
+        return self._stream if self._stream is not None else sys.stdout.buffer
+
+    async def check(self) -> None:
+        return None
+
+    async def start(self) -> None:
+        return None
+
+    async def send(self, batch: list[EventRecord]) -> None:
+        out = self._out()
+        out.write(b"".join(r.value + b"\n" for r in batch))
+        out.flush()
+
+    async def close(self) -> None:
+        return None
+
+
+class StdoutObjectSink:
+    """One JSON line per object: its reference fields and its body (text when UTF-8, else base64)."""
+
+    def __init__(self, name: str = "stdout", stream: BinaryIO | None = None) -> None:
+        self.name = name
+        self._stream = stream
+
+    async def check(self) -> None:
+        return None
+
+    async def start(self) -> None:
+        return None
+
+    async def put(self, obj: StoredObject) -> ObjectRef:
+        try:
+            text: str | None = obj.data.decode()
+            b64 = None
+        except UnicodeDecodeError:
+            text, b64 = None, base64.b64encode(obj.data).decode()
+        line = _ObjectLine("object", obj.digest, len(obj.data), obj.content_type, obj.connection_id,
+                           obj.transaction_id, text, b64)
+        out = self._stream if self._stream is not None else sys.stdout.buffer
+        out.write(_encode_line(line) + b"\n")
+        out.flush()
+        return ObjectRef(digest=obj.digest, url=f"stdout:{obj.digest}", size=len(obj.data),
+                         content_type=obj.content_type, connection_id=obj.connection_id,
+                         transaction_id=obj.transaction_id, store=self.name)
+
+    async def close(self) -> None:
+        return None
+
+
+class DisabledEventSink:
+    """Accepts and discards (``type: disabled``); counted as delivered."""
+
+    def __init__(self, name: str = "disabled") -> None:
+        self.name = name
+
+    async def check(self) -> None:
+        return None
+
+    async def start(self) -> None:
+        return None
+
+    async def send(self, batch: list[EventRecord]) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+
+class DisabledObjectSink(DisabledEventSink):
+    async def put(self, obj: StoredObject) -> ObjectRef:
+        return ObjectRef(digest=obj.digest, url="", size=len(obj.data), content_type=obj.content_type,
+                         connection_id=obj.connection_id, transaction_id=obj.transaction_id, store=self.name)
