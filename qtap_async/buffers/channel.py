@@ -66,6 +66,7 @@ class Channel(Generic[T]):
         self._closed = False
         self._readable = asyncio.Event()
         self._room: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._waiting = 0  # blocked senders, woken or not, that have not put their item yet
         self.sent_events = 0
         self.sent_bytes = 0
         self.dropped_events = 0
@@ -95,7 +96,7 @@ class Channel(Generic[T]):
         if self._closed:
             raise ChannelClosed
         size = self._sizeof(item)
-        if self._room or not self._fits(size):
+        if self._waiting or not self._fits(size):
             # Waiting blocked senders go first: an item that jumped the queue would reorder their data.
             self._drop(size)
             return False
@@ -107,7 +108,7 @@ class Channel(Generic[T]):
         if self._closed:
             raise ChannelClosed
         size = self._sizeof(item)
-        if not self._room and self._fits(size):
+        if not self._waiting and self._fits(size):
             self._put(item, size)
             return True
         if self.when_full == "drop_newest":
@@ -116,6 +117,7 @@ class Channel(Generic[T]):
         self.blocked_sends += 1
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._room.append(fut)
+        self._waiting += 1
         try:
             while True:
                 await fut
@@ -126,10 +128,12 @@ class Channel(Generic[T]):
                 fut = asyncio.get_running_loop().create_future()
                 self._room.appendleft(fut)
         except BaseException:
+            self._waiting -= 1
             if fut in self._room:
                 self._room.remove(fut)
             self._wake_sender()
             raise
+        self._waiting -= 1
         self._put(item, size)
         self._wake_sender()  # there may be room for the next waiter too
         return True
