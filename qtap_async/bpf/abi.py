@@ -60,6 +60,7 @@ class Counter(enum.IntEnum):
     TRUNCATED_BYTES = 3
     TLS_MUTED_BYTES = 4
     DROP_BYTES = 5
+    TLS_UNASSOCIATED = 6
 
 
 COUNTER_SLOTS = 8

@@ -16,7 +16,7 @@ from qtap_async.bpf import abi
 from qtap_async.bpf.object import BpfObject
 from qtap_async.bpf.ringbuf import RingBuffer
 
-SHARED_MAPS = ("events", "counters", "socks", "inflight", "tls_calls", "tls_socks", "scratch")
+SHARED_MAPS = ("events", "counters", "socks", "inflight", "tls_calls", "tls_socks", "scratch", "conn_ids")
 
 
 def objects_dir() -> Path:
@@ -43,6 +43,9 @@ class Capture:
     def __init__(self, settings: CaptureSettings | None = None, objects: Path | None = None) -> None:
         self.settings = settings or CaptureSettings(self_tgid=os.getpid())
         directory = objects or objects_dir()
+        self.directory = directory
+        # One random base per run, shared by every object: ids do not repeat across agent restarts.
+        self._conn_id_base = random.getrandbits(24) << 32
         self.objects: list[BpfObject] = []
         self.ringbuf: RingBuffer | None = None
         try:
@@ -59,7 +62,7 @@ class Capture:
             "capture_payload": int(s.capture_payload),
             "max_chunks": max(1, min(s.max_chunks, abi.MAX_CHUNKS)),
             "tls_hello_bytes": s.tls_hello_bytes,
-            "conn_id_base": random.getrandbits(24) << 32,
+            "conn_id_base": self._conn_id_base,
         }
         known = obj.rodata_vars()
         obj.set_rodata(**{k: v for k, v in wanted.items() if k in known})

@@ -101,8 +101,9 @@ class KafkaEventSink:
             async with asyncio.timeout(self.request_timeout):
                 cluster = await producer.client.fetch_all_metadata()
         except SinkTransientError as exc:
-            raise SinkError(str(exc)) from exc
+            raise SinkError(await self._why_unreachable() or str(exc)) from exc
         except TimeoutError as exc:
+            await self._drop_producer()
             raise SinkError(f"{self._where}: no metadata from the brokers in {self.request_timeout}s") from exc
         if self.topic not in cluster.topics():
             await self._drop_producer()
@@ -111,6 +112,28 @@ class KafkaEventSink:
         if self.topic in getattr(cluster, "unauthorized_topics", ()):
             await self._drop_producer()
             raise SinkError(f"{self._where}: not authorized to write to topic {self.topic!r}")
+
+    async def _why_unreachable(self) -> str | None:
+        """aiokafka reports any bootstrap failure as 'Unable to bootstrap': connect to each broker directly
+        to name the real reason (refused, wrong credentials, TLS...)."""
+        from aiokafka.conn import create_conn  # type: ignore[import-untyped]
+
+        reasons = []
+        for broker in self.brokers:
+            host, _, port = broker.rpartition(":")
+            kw = {k: self._kwargs[k] for k in ("client_id", "ssl_context", "security_protocol")}
+            for k in ("sasl_mechanism", "sasl_plain_username", "sasl_plain_password"):
+                if k in self._kwargs:
+                    kw[k] = self._kwargs[k]
+            try:
+                async with asyncio.timeout(self.request_timeout):
+                    conn = await create_conn(host.strip("[]") or "localhost", int(port or 9092),
+                                             request_timeout_ms=int(self.request_timeout * 1000), **kw)
+                conn.close()
+            except Exception as exc:
+                reason = _classify(self._where, "connect", exc)
+                reasons.append(f"{broker}: {str(reason).removeprefix(self._where + ': ')}")
+        return f"{self._where}: {'; '.join(reasons)}" if reasons else None
 
     async def send(self, batch: list[EventRecord]) -> None:
         producer = await self._ensure_producer()
@@ -138,7 +161,9 @@ def _classify(where: str, what: str, exc: BaseException) -> SinkError | SinkTran
         return SinkError(msg)
     if name in ("SaslAuthenticationFailed", "AuthenticationFailedError", "UnsupportedSaslMechanismError",
                 "IllegalSaslStateError"):
-        return SinkTransientError(f"{where}: wrong credentials or SASL settings: {name}: {exc}")
+        return SinkTransientError(f"{where}: {what}: wrong credentials or SASL settings: {name}: {exc}")
+    if isinstance(exc, ssl.SSLError):
+        return SinkTransientError(f"{where}: {what}: TLS handshake failed: {exc}")
     if name == "KafkaConnectionError" or isinstance(exc, OSError | TimeoutError):
         return SinkTransientError(f"{where}: {what}: brokers unreachable: {name}: {exc}")
     return SinkTransientError(msg)

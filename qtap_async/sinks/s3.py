@@ -122,8 +122,10 @@ class S3ObjectSink:
                     async with asyncio.timeout(self.timeout):
                         await self._client.head_bucket(Bucket=self.bucket)
                     return
+            await self.close()
             raise SinkError(f"{self._where}: {_explain(code, message)}") from exc
         except Exception as exc:
+            await self.close()
             raise SinkError(f"{self._where}: {_unreachable(exc)}") from exc
 
     # --------------------------------------------------------------------------------------------- put

@@ -277,6 +277,24 @@ def find_entry(
     return f
 
 
+def find_unmoved_stack_site(code: Code, needs: Sequence[str], limit: int = 16) -> Insn | None:
+    """The first emulated instruction reached by straight-line code that leaves rsp and ``needs`` alone.
+
+    There the arguments are still in their registers and the return address is still at (%rsp), so a
+    uretprobe attached at that offset hijacks the right return address (the kernel reads it from sp
+    when the probe fires). This is the ``endbr64; push`` -> entry+4 case.
+    """
+    for insn in code.insns[:limit]:
+        if insn.emulated:
+            return insn
+        if insn.kind != "other" or "rsp" in insn.writes:
+            return None
+        widened = insn.widens_self()
+        if any(r in needs and r != widened for r in insn.writes):
+            return None
+    return None
+
+
 def find_return(code: Code, call: Insn, resolve: Resolver, callee_code: Callable[[int], Code | None]) -> ReturnFinding:
     """Recipe step 3 for a forwarding ``call`` (not a tail jump)."""
     r = ReturnFinding()
@@ -408,6 +426,22 @@ def plan_sysv(
             fast=True,
             reason=f"first instruction `{first.mnemonic} {first.op_str}` is emulated: entry uprobe and uretprobe "
             "both hook it (Recipe 1)",
+            ret_meaning="function",
+            length=spec.length,
+        )
+    needs = tuple(spec.reg(p) for p in spec.needs)
+    early = find_unmoved_stack_site(code, needs)
+    if early is not None:
+        skipped = code.insns[: code.insns.index(early)]
+        return ProbePlan(
+            function=spec.name,
+            func_offset=code.file_offset,
+            sites=[_site(code, early, "entry", spec.regs()), _site(code, early, "uretprobe", {"ret": "rax"})],
+            fast=True,
+            reason=f"`{early.mnemonic} {early.op_str}` at +{early.addr - code.start:#x} is the first emulated "
+            f"instruction; before it only {', '.join(i.mnemonic for i in skipped)}, which neither branch nor "
+            f"touch rsp or {', '.join(needs)}: the arguments are intact and the return address is still at "
+            "(%rsp), so entry uprobe and uretprobe both hook it (Recipe 2: endbr64; push -> entry+4)",
             ret_meaning="function",
             length=spec.length,
         )

@@ -1,0 +1,910 @@
+"""HTTP/1.0 and HTTP/1.1 (RFC 9112), sans-IO: the two byte streams of a connection in, transactions out.
+
+One ``Http1Connection`` per connection. Each direction has a reader (request side, response side)
+that consumes bytes with ``bytes.find`` and slicing only; complete heads are decoded in one go. A
+request is queued when its head is parsed; responses take the oldest queued request, so pipelining
+and early responses (server answers before the request body ends) pair correctly. An exchange is
+emitted when both its messages are complete.
+
+Message framing follows RFC 9112 section 6: Transfer-Encoding chunked (trailers kept), else
+Content-Length, else no body (requests) or body until close (responses); HEAD, 1xx, 204 and 304
+responses have no body; a 2xx answer to CONNECT starts a tunnel. A request carrying ``Upgrade`` (or a
+CONNECT) pauses the request reader until the final response: 101 switches protocols (``websocket``:
+stop parsing; ``h2c``: hand the rest of both streams to HTTP/2), anything else resumes HTTP/1.
+
+Gaps (bytes lost from a stream): inside a body whose length is known the bytes are counted as
+missing and parsing goes on; anywhere else the framing is lost, the message is reported incomplete
+and the reader waits for a chunk that starts with a request line (status line) to resynchronize.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+from typing import TYPE_CHECKING
+
+from qtap_async.events.http import HttpTransaction, ParseError
+from qtap_async.protocols.bodies import Body, decode_content
+from qtap_async.protocols.limits import Limits
+
+if TYPE_CHECKING:
+    from qtap_async.protocols.http2 import Http2Connection
+
+__all__ = ["KNOWN_METHODS", "Http1Connection", "looks_like_request", "looks_like_response"]
+
+KNOWN_METHODS = frozenset(
+    b"GET HEAD POST PUT DELETE CONNECT OPTIONS TRACE PATCH PROPFIND PROPPATCH MKCOL COPY MOVE LOCK UNLOCK "
+    b"REPORT SEARCH PURGE MKCALENDAR ACL BIND UNBIND REBIND LINK UNLINK MERGE CHECKOUT CHECKIN "
+    b"UNCHECKOUT MKACTIVITY MKWORKSPACE VERSION-CONTROL BASELINE-CONTROL LABEL UPDATE ORDERPATCH "
+    b"MSEARCH M-SEARCH NOTIFY SUBSCRIBE UNSUBSCRIBE QUERY".split()
+)
+_TOKEN_METHOD = re.compile(rb"[A-Z][A-Z0-9_-]{0,23} [^\s]+ HTTP/1\.[01]\r?\n")
+_HEX = re.compile(rb"[0-9A-Fa-f]{1,15}")
+
+(S_HEAD, S_LEN, S_CHUNK_SIZE, S_CHUNK_DATA, S_CHUNK_CRLF, S_TRAILERS, S_CLOSE, S_PAUSED, S_STOPPED,
+ S_RESYNC) = range(10)
+_MAX_LINE = 4096
+_BODY_STATES = frozenset((S_LEN, S_CHUNK_SIZE, S_CHUNK_DATA, S_CHUNK_CRLF, S_TRAILERS, S_CLOSE))
+
+
+def looks_like_request(data: bytes) -> bool | None:
+    """True if ``data`` starts with an HTTP/1 request line, None if too short to tell, else False."""
+    sp = data.find(b" ", 0, 25)
+    if sp > 0:
+        if data[:sp] in KNOWN_METHODS:
+            return True
+        nl = data.find(b"\n", 0, _MAX_LINE)
+        if nl < 0:
+            return None if len(data) < _MAX_LINE and data[:sp].isupper() else False
+        return _TOKEN_METHOD.match(data, 0, nl + 1) is not None
+    if len(data) >= 25:
+        return False
+    head = data.rstrip(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ-_")
+    return None if not head and data else False
+
+
+def looks_like_response(data: bytes) -> bool | None:
+    if len(data) < 12:
+        if b"HTTP/1."[: len(data)] == data[:7]:
+            return None
+        return False
+    return data.startswith(b"HTTP/1.") and data[8:9] == b" " and data[9:12].isdigit()
+
+
+def _decode_head(head: bytes) -> list[str]:
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        text = head.decode("latin-1")
+    return text.split("\n")
+
+
+def _header_list(lines: list[str]) -> list[tuple[str, str]] | None:
+    out: list[tuple[str, str]] = []
+    append = out.append
+    for i in range(1, len(lines)):
+        line = lines[i]
+        name, sep, value = line.partition(":")
+        if sep and name and name[0] not in " \t":
+            append((name, value.strip(" \t\r")))
+        elif line[:1] in (" ", "\t") and out:  # obsolete line folding
+            n0, v0 = out[-1]
+            out[-1] = (n0, (v0 + " " + line.strip(" \t\r")).strip())
+        elif not line.strip(" \t\r"):
+            continue
+        else:
+            return None
+    return out
+
+
+def _values(head: bytes, low: bytes, key: bytes) -> list[bytes]:
+    """Values of every header line ``key`` (``b"\\nname:"``, lowercase) in a head."""
+    out = []
+    i = low.find(key)
+    k = len(key)
+    while i >= 0:
+        j = low.find(b"\n", i + k)
+        if j < 0:
+            j = len(low)
+        out.append(head[i + k : j].strip(b" \t\r"))
+        i = low.find(key, j)
+    return out
+
+
+def _value(head: bytes, low: bytes, key: bytes) -> bytes | None:
+    i = low.find(key)
+    if i < 0:
+        return None
+    k = len(key)
+    j = low.find(b"\n", i + k)
+    if j < 0:
+        j = len(low)
+    return head[i + k : j].strip(b" \t\r")
+
+
+def _content_length(head: bytes, low: bytes) -> int | None:
+    """-1 when absent, None when invalid (differing or malformed values)."""
+    vals = _values(head, low, b"\ncontent-length:")
+    if not vals:
+        return -1
+    seen = None
+    for v in vals:
+        for part in v.split(b","):
+            part = part.strip()
+            if not part.isdigit() or len(part) > 18:
+                return None
+            x = int(part)
+            if seen is not None and x != seen:
+                return None
+            seen = x
+    return seen
+
+
+def _is_chunked(head: bytes, low: bytes) -> bool | None:
+    """None without Transfer-Encoding; else whether the final coding is chunked."""
+    vals = _values(low, low, b"\ntransfer-encoding:")
+    if not vals:
+        return None
+    last = b",".join(vals).split(b",")[-1].strip()
+    return last == b"chunked"
+
+
+class _Exchange:
+    __slots__ = (
+        "after_gap", "authority", "ce_req", "ce_resp", "emitted", "informational", "method", "path",
+        "reasons", "req_body", "req_done", "req_end", "req_headers", "req_start", "req_trailers",
+        "resp_body", "resp_done", "resp_end", "resp_headers", "resp_start", "resp_trailers",
+        "resp_version", "scheme", "status", "upgrade", "version", "wants_upgrade",
+    )
+
+    def __init__(self) -> None:
+        self.method: str | None = None
+        self.path: str | None = None
+        self.authority: str | None = None
+        self.scheme: str | None = None
+        self.version: str | None = None
+        self.req_headers: list[tuple[str, str]] = []
+        self.req_trailers: list[tuple[str, str]] = []
+        self.req_body: Body | None = None
+        self.req_start: int | None = None
+        self.req_end: int | None = None
+        self.req_done = False
+        self.status: int | None = None
+        self.resp_version: str | None = None
+        self.resp_headers: list[tuple[str, str]] = []
+        self.resp_trailers: list[tuple[str, str]] = []
+        self.resp_body: Body | None = None
+        self.resp_start: int | None = None
+        self.resp_end: int | None = None
+        self.resp_done = False
+        self.informational: list[int] = []
+        self.upgrade: str | None = None
+        self.wants_upgrade = False
+        self.reasons: list[str] = []
+        self.emitted = False
+        self.after_gap = False
+        self.ce_req: str | None = None
+        self.ce_resp: str | None = None
+
+
+class _Reader:
+    """Bytes of one direction -> message heads, bodies and ends (request or response side)."""
+
+    __slots__ = ("after_gap", "base", "body", "buf", "conn", "cur", "dir", "handoff", "is_req", "last_ts",
+                 "lead_ts", "pos", "remaining", "scan", "state")
+
+    def __init__(self, conn: Http1Connection, direction: int, is_req: bool) -> None:
+        self.conn = conn
+        self.dir = direction
+        self.is_req = is_req
+        self.buf = b""
+        self.pos = 0
+        self.base = 0  # stream offset of buf[0]
+        self.lead_ts = 0  # ts of the chunk that brought buf[pos]
+        self.last_ts = 0  # ts of the last chunk
+        self.state = S_HEAD
+        self.cur: _Exchange | None = None
+        self.body: Body | None = None
+        self.remaining = 0
+        self.scan = 0
+        self.handoff = False
+        self.after_gap = False
+
+    # -- input ------------------------------------------------------------------------------------
+    def feed(self, data: bytes, ts: int) -> None:
+        self.last_ts = ts
+        st = self.state
+        if st == S_STOPPED:
+            self.base += len(self.buf) + len(data)
+            self.buf = b""
+            self.pos = 0
+            return
+        if st == S_RESYNC:
+            self.base += len(self.buf)
+            self.buf = b""
+            self.pos = 0
+            ok = looks_like_request(data) if self.is_req else looks_like_response(data)
+            if not ok:
+                self.base += len(data)
+                return
+            self.state = S_HEAD
+            self.after_gap = True
+        pos = self.pos
+        old = self.buf
+        if pos < len(old):
+            self.base += pos
+            buf = old[pos:] + data
+            boundary = len(old) - pos
+            self.scan = self.scan - pos if self.scan > pos else 0
+        else:
+            self.base += len(old)
+            buf = data
+            boundary = 0
+            self.lead_ts = ts
+            self.scan = 0
+        self.buf = buf
+        self.pos = 0
+        if self.state == S_PAUSED:
+            if len(buf) > self.conn.limits.max_header_bytes * 4:
+                self.conn.give_up(self.dir, "too much data sent while waiting for an Upgrade answer", ts)
+            return
+        self._run(ts, boundary)
+
+    def _run(self, ts: int, boundary: int) -> None:
+        buf = self.buf
+        n = len(buf)
+        pos = self.pos
+        conn = self.conn
+        while pos < n:
+            st = self.state
+            if st == S_HEAD:
+                c = buf[pos]
+                if c == 13 or c == 10:  # stray CRLF between messages (RFC 9112 2.2)
+                    pos += 1
+                    continue
+                scan = self.scan if self.scan > pos else pos
+                end = buf.find(b"\r\n\r\n", scan)
+                if end >= 0:
+                    e2 = buf.find(b"\n\n", scan, end)
+                    if e2 >= 0:
+                        end, hlen = e2, 2
+                    else:
+                        hlen = 4
+                else:
+                    end = buf.find(b"\n\n", scan)
+                    hlen = 2
+                    if end < 0:
+                        if n - pos > conn.limits.max_header_bytes:
+                            self.pos = pos
+                            conn.give_up(self.dir, f"message head larger than {conn.limits.max_header_bytes}"
+                                         " bytes", ts)
+                            return
+                        self.scan = max(pos, n - 3)
+                        break
+                self.scan = 0
+                if end - pos > conn.limits.max_header_bytes:
+                    self.pos = pos
+                    conn.give_up(self.dir, f"message head larger than {conn.limits.max_header_bytes} bytes", ts)
+                    return
+                start_ts = self.lead_ts if pos < boundary else ts
+                head = buf[pos:end]
+                off = self.base + pos
+                pos = end + hlen
+                self.pos = pos
+                if self.is_req:
+                    conn.on_request_head(self, head, start_ts, ts, off)
+                else:
+                    conn.on_response_head(self, head, start_ts, ts, off)
+                if self.state == S_STOPPED and not self.handoff:
+                    pos = n
+                    break
+                continue
+            if st == S_LEN:
+                take = n - pos
+                rem = self.remaining
+                if take >= rem:
+                    if self.body is not None:
+                        self.body.add_view(buf, pos, pos + rem)
+                    pos += rem
+                    self.remaining = 0
+                    self.pos = pos
+                    self._message_end(ts)
+                    continue
+                if self.body is not None:
+                    self.body.add_view(buf, pos, n)
+                self.remaining = rem - take
+                pos = n
+                break
+            if st == S_CHUNK_SIZE:
+                nl = buf.find(b"\n", pos, pos + _MAX_LINE)
+                if nl < 0:
+                    if n - pos >= _MAX_LINE:
+                        self.pos = pos
+                        conn.give_up(self.dir, "chunk size line too long", ts)
+                        return
+                    break
+                line = buf[pos:nl]
+                semi = line.find(b";")
+                if semi >= 0:
+                    line = line[:semi]
+                line = line.strip(b" \t\r")
+                if _HEX.fullmatch(line) is None:
+                    self.pos = pos
+                    conn.give_up(self.dir, f"invalid chunk size {line[:32]!r}", ts)
+                    return
+                size = int(line, 16)
+                pos = nl + 1
+                if size == 0:
+                    self.state = S_TRAILERS
+                else:
+                    self.remaining = size
+                    self.state = S_CHUNK_DATA
+                continue
+            if st == S_CHUNK_DATA:
+                take = n - pos
+                rem = self.remaining
+                if take >= rem:
+                    if self.body is not None:
+                        self.body.add_view(buf, pos, pos + rem)
+                    pos += rem
+                    self.remaining = 0
+                    self.state = S_CHUNK_CRLF
+                    continue
+                if self.body is not None:
+                    self.body.add_view(buf, pos, n)
+                self.remaining = rem - take
+                pos = n
+                break
+            if st == S_CHUNK_CRLF:
+                c = buf[pos]
+                if c == 10:
+                    pos += 1
+                elif c == 13:
+                    if pos + 1 >= n:
+                        break
+                    if buf[pos + 1] != 10:
+                        self.pos = pos
+                        conn.give_up(self.dir, "missing CRLF after chunk data", ts)
+                        return
+                    pos += 2
+                else:
+                    self.pos = pos
+                    conn.give_up(self.dir, "missing CRLF after chunk data", ts)
+                    return
+                self.state = S_CHUNK_SIZE
+                continue
+            if st == S_TRAILERS:
+                c = buf[pos]
+                if c == 13 or c == 10:
+                    if c == 13:
+                        if pos + 1 >= n:
+                            break
+                        if buf[pos + 1] != 10:
+                            self.pos = pos
+                            conn.give_up(self.dir, "malformed trailer section", ts)
+                            return
+                        pos += 2
+                    else:
+                        pos += 1
+                    self.pos = pos
+                    self._message_end(ts)
+                    continue
+                end = buf.find(b"\r\n\r\n", pos)
+                hlen = 4
+                if end < 0:
+                    end = buf.find(b"\n\n", pos)
+                    hlen = 2
+                    if end < 0:
+                        if n - pos > conn.limits.max_header_bytes:
+                            self.pos = pos
+                            conn.give_up(self.dir, "trailer section too large", ts)
+                            return
+                        break
+                tr = _header_list(_decode_head(b"\n" + buf[pos:end]))
+                if tr is None:
+                    self.pos = pos
+                    conn.give_up(self.dir, "malformed trailer line", ts)
+                    return
+                if self.cur is not None:
+                    if self.is_req:
+                        self.cur.req_trailers = tr
+                    else:
+                        self.cur.resp_trailers = tr
+                pos = end + hlen
+                self.pos = pos
+                self._message_end(ts)
+                continue
+            if st == S_CLOSE:
+                if self.body is not None:
+                    self.body.add_view(buf, pos, n)
+                pos = n
+                break
+            if st == S_STOPPED:
+                if self.handoff:
+                    conn.handoff(self.dir, buf[pos:], ts)
+                    self.handoff = False
+                pos = n
+                break
+            # S_PAUSED: keep the bytes until the Upgrade answer; S_RESYNC: drop the rest of the chunk
+            if st == S_RESYNC:
+                pos = n
+            break
+        self.pos = pos
+
+    def _message_end(self, ts: int) -> None:
+        self.state = S_HEAD
+        body = self.body
+        self.body = None
+        cur = self.cur
+        self.cur = None
+        if self.is_req:
+            self.conn.on_request_end(self, cur, body, ts)
+        else:
+            self.conn.on_response_end(self, cur, body, ts)
+
+    # -- lifecycle --------------------------------------------------------------------------------
+    @property
+    def leftover(self) -> int:
+        return len(self.buf) - self.pos
+
+    def resync(self) -> None:
+        self.state = S_RESYNC
+        self.base += len(self.buf)
+        self.buf = b""
+        self.pos = 0
+        self.cur = None
+        self.body = None
+        self.scan = 0
+
+    def stop(self) -> None:
+        self.state = S_STOPPED
+        self.base += len(self.buf)
+        self.buf = b""
+        self.pos = 0
+
+
+class Http1Connection:
+    """Both directions of one HTTP/1 connection. ``client_dir`` is the direction carrying requests."""
+
+    protocol = "http1"
+
+    def __init__(self, limits: Limits, client_dir: int, *, scheme: str | None = None,
+                 resync: tuple[bool, bool] = (False, False)) -> None:
+        self.limits = limits
+        self.client_dir = client_dir
+        self.server_dir = 1 - client_dir
+        self.scheme = scheme
+        req = _Reader(self, client_dir, True)
+        resp = _Reader(self, 1 - client_dir, False)
+        self.readers = [req, resp] if client_dir == 0 else [resp, req]
+        for d in (0, 1):
+            if resync[d]:
+                self.readers[d].state = S_RESYNC
+        self.queue: deque[_Exchange] = deque()  # requests waiting for (the end of) their response
+        self.out: list[object] = []
+        self.switch_to: Http2Connection | None = None
+        self.paused: _Exchange | None = None
+        self.dead = False
+
+    # -- public ------------------------------------------------------------------------------------
+    def feed(self, direction: int, data: bytes, ts: int) -> list[object]:
+        self.readers[direction].feed(data, ts)
+        out = self.out
+        if out:
+            self.out = []
+        else:
+            out = []
+        return out
+
+    def gap(self, direction: int, nbytes: int, ts: int) -> list[object]:
+        r = self.readers[direction]
+        st = r.state
+        if st != S_STOPPED and not self.dead:
+            self._gap(r, nbytes, ts)
+        r.base += nbytes
+        out = self.out
+        self.out = []
+        return out
+
+    def close(self, ts: int) -> list[object]:
+        if not self.dead:
+            resp = self.readers[self.server_dir]
+            req = self.readers[self.client_dir]
+            if resp.state == S_CLOSE and resp.cur is not None:
+                resp._message_end(resp.last_ts)  # the close delimits this body
+            for r in (resp, req):
+                cur = r.cur
+                if cur is None or r.state not in _BODY_STATES:
+                    continue
+                side = "request" if r.is_req else "response"
+                cur.reasons.append(f"connection closed before the {side} body ended")
+                if r.is_req:
+                    cur.req_body = r.body
+                    cur.req_done = True
+                else:
+                    cur.resp_body = r.body
+                    cur.resp_done = True
+                r.cur = None
+                r.body = None
+            if resp.state == S_HEAD and resp.leftover and self.queue:
+                self.queue[0].reasons.append("connection closed inside the response head")
+            self._flush(None)
+            resp.stop()
+            req.stop()
+            self.dead = True
+        out = self.out
+        self.out = []
+        return out
+
+    # -- request side -------------------------------------------------------------------------------
+    def on_request_head(self, r: _Reader, head: bytes, start_ts: int, ts: int, off: int) -> None:
+        lines = _decode_head(head)
+        first = lines[0]
+        if first[-1:] == "\r":
+            first = first[:-1]
+        method, _, rest = first.partition(" ")
+        target, _, version = rest.rpartition(" ")
+        headers = _header_list(lines)
+        if not method or not target or version[:7] != "HTTP/1." or headers is None:
+            self._bad_message(r, "malformed request head" if headers is not None or not method
+                              else "malformed header line", off, ts)
+            return
+        if len(self.queue) >= self.limits.max_pending_requests:
+            self.give_up(r.dir, f"more than {self.limits.max_pending_requests} pipelined requests pending", ts)
+            return
+        ex = _Exchange()
+        ex.method = method
+        ex.version = version
+        ex.req_headers = headers
+        ex.req_start = start_ts
+        ex.scheme = self.scheme
+        if r.after_gap:
+            ex.after_gap = True
+            r.after_gap = False
+        low = head.lower()
+        if target[0] == "/":
+            ex.path = target
+            host = _value(head, low, b"\nhost:")
+            if host is not None:
+                ex.authority = host.decode("latin-1")
+        elif method == "CONNECT":
+            ex.authority = target
+        elif "://" in target:  # absolute-form (proxy requests)
+            sch, _, rest2 = target.partition("://")
+            ex.scheme = sch.lower()
+            slash = rest2.find("/")
+            if slash < 0:
+                ex.authority, ex.path = rest2, "/"
+            else:
+                ex.authority, ex.path = rest2[:slash], rest2[slash:]
+        else:
+            ex.path = target  # asterisk-form (OPTIONS *) and oddities
+        if self.limits.decode_bodies:
+            ce = _value(head, low, b"\ncontent-encoding:")
+            if ce:
+                ex.ce_req = ce.decode("latin-1")
+        chunked = _is_chunked(head, low)
+        if chunked is not None:
+            if not chunked:
+                self._bad_message(r, "request Transfer-Encoding without final chunked coding", off, ts)
+                return
+            r.state = S_CHUNK_SIZE
+            r.body = Body(self.limits.max_body_bytes)
+        else:
+            cl = _content_length(head, low)
+            if cl is None:
+                self._bad_message(r, "invalid Content-Length", off, ts)
+                return
+            if cl > 0:
+                r.state = S_LEN
+                r.remaining = cl
+                r.body = Body(self.limits.max_body_bytes)
+        if method == "CONNECT" or b"\nupgrade:" in low:
+            ex.wants_upgrade = True
+        r.cur = ex
+        self.queue.append(ex)
+        if r.state == S_HEAD:
+            r.cur = None
+            self.on_request_end(r, ex, None, ts)
+
+    def on_request_end(self, r: _Reader, ex: _Exchange | None, body: Body | None, ts: int) -> None:
+        if ex is None:
+            return
+        ex.req_body = body
+        ex.req_end = ts
+        ex.req_done = True
+        if ex.wants_upgrade and not ex.resp_done:
+            r.state = S_PAUSED
+            self.paused = ex
+        if ex.resp_done:
+            self._emit(ex)
+
+    # -- response side ------------------------------------------------------------------------------
+    def on_response_head(self, r: _Reader, head: bytes, start_ts: int, ts: int, off: int) -> None:
+        lines = _decode_head(head)
+        first = lines[0]
+        if first[-1:] == "\r":
+            first = first[:-1]
+        version, _, rest = first.partition(" ")
+        code, _, _reason = rest.partition(" ")
+        headers = _header_list(lines)
+        if version[:7] != "HTTP/1." or len(code) != 3 or not code.isdigit() or headers is None:
+            self._bad_message(r, "malformed status line" if headers is not None else "malformed header line",
+                              off, ts)
+            return
+        status = int(code)
+        queue = self.queue
+        ex: _Exchange | None = None
+        if queue:
+            if r.after_gap:
+                ex = self._pair_after_gap(start_ts)
+            elif queue[0].after_gap and queue[0].req_start is not None and start_ts < queue[0].req_start:
+                ex = None  # answer to a request lost in a gap
+            else:
+                ex = queue[0]
+        r.after_gap = False
+        if ex is None:
+            ex = _Exchange()
+            ex.req_done = True
+            ex.scheme = self.scheme
+            ex.reasons.append("request not seen (capture started mid-connection or request lost)")
+            queue.appendleft(ex)
+        if 100 <= status < 200 and status != 101:
+            ex.informational.append(status)
+            return
+        ex.status = status
+        ex.resp_version = version
+        ex.resp_headers = headers
+        ex.resp_start = start_ts
+        low = head.lower()
+        if self.limits.decode_bodies:
+            ce = _value(head, low, b"\ncontent-encoding:")
+            if ce:
+                ex.ce_resp = ce.decode("latin-1")
+        r.cur = ex
+        method = ex.method
+        if status == 101:
+            up = _value(head, low, b"\nupgrade:")
+            ex.upgrade = up.decode("latin-1").strip().lower() if up else "unknown"
+            self._response_done(r, ex, None, ts)
+            self._switch(r, ex, ts)
+            return
+        if method == "CONNECT" and 200 <= status < 300:
+            ex.upgrade = "tunnel"
+            self._response_done(r, ex, None, ts)
+            self._switch(r, ex, ts)
+            return
+        if method == "HEAD" or status == 204 or status == 304:
+            self._response_done(r, ex, None, ts)
+            return
+        chunked = _is_chunked(head, low)
+        if chunked is not None:
+            r.body = Body(self.limits.max_body_bytes)
+            r.state = S_CHUNK_SIZE if chunked else S_CLOSE
+            return
+        cl = _content_length(head, low)
+        if cl is None:
+            self._bad_message(r, "invalid Content-Length", off, ts)
+            return
+        if cl == 0:
+            self._response_done(r, ex, None, ts)
+            return
+        r.body = Body(self.limits.max_body_bytes)
+        if cl > 0:
+            r.state = S_LEN
+            r.remaining = cl
+        else:
+            r.state = S_CLOSE
+
+    def _pair_after_gap(self, start_ts: int) -> _Exchange | None:
+        """After a gap in the response stream: answer the newest request sent before this response."""
+        queue = self.queue
+        pick = None
+        for ex in queue:
+            if ex.req_start is not None and ex.req_start <= start_ts:
+                pick = ex
+        if pick is None:
+            return None
+        while queue[0] is not pick:
+            old = queue.popleft()
+            old.reasons.append("response lost in a gap")
+            old.resp_done = True
+            if old.req_done:
+                self._emit(old)
+        return pick
+
+    def _response_done(self, r: _Reader, ex: _Exchange, body: Body | None, ts: int) -> None:
+        r.cur = None
+        r.body = None
+        r.state = S_HEAD
+        self.on_response_end(r, ex, body, ts)
+
+    def on_response_end(self, r: _Reader, ex: _Exchange | None, body: Body | None, ts: int) -> None:
+        if ex is None:
+            return
+        ex.resp_body = body
+        ex.resp_end = ts
+        ex.resp_done = True
+        queue = self.queue
+        if queue and queue[0] is ex:
+            queue.popleft()
+        if self.paused is ex and ex.upgrade is None:
+            # Upgrade declined: the request side goes on as HTTP/1
+            self.paused = None
+            req = self.readers[self.client_dir]
+            if req.state == S_PAUSED:
+                req.state = S_HEAD
+                if req.leftover:
+                    req._run(ts, 0)
+        if ex.req_done:
+            self._emit(ex)
+
+    def _switch(self, r: _Reader, ex: _Exchange, ts: int) -> None:
+        req = self.readers[self.client_dir]
+        self.paused = None
+        if ex.upgrade == "h2c":
+            from qtap_async.protocols.http2 import Http2Connection
+
+            h2 = Http2Connection(self.limits, client_dir=self.client_dir, upgraded=True)
+            h2.seed_upgrade(ex.method or "GET", ex.path, ex.authority, ex.req_headers, ex.req_body,
+                            ex.req_start, ex.req_end)
+            self.switch_to = h2
+            held = req.buf[req.pos :] if req.state == S_PAUSED else b""
+            req.stop()
+            r.state = S_STOPPED
+            r.handoff = True
+            if held:
+                self.out.extend(h2.feed(self.client_dir, held, ts))
+        else:
+            req.stop()
+            r.state = S_STOPPED
+
+    def handoff(self, direction: int, data: bytes, ts: int) -> None:
+        if self.switch_to is not None and data:
+            self.out.extend(self.switch_to.feed(direction, data, ts))
+
+    # -- emission -----------------------------------------------------------------------------------
+    def _emit(self, ex: _Exchange) -> None:
+        if ex.emitted:
+            return
+        ex.emitted = True
+        self.out.append(self._build(ex))
+
+    def _build(self, ex: _Exchange) -> HttpTransaction:
+        rb = ex.req_body
+        sb = ex.resp_body
+        req_body = rb.data() if rb is not None else b""
+        resp_body = sb.data() if sb is not None else b""
+        reasons = ex.reasons
+        if rb is not None and rb.gap:
+            reasons.append(f"{rb.gap} request body bytes lost in a gap")
+        if sb is not None and sb.gap:
+            reasons.append(f"{sb.gap} response body bytes lost in a gap")
+        req_dec = resp_dec = None
+        dec_err = None
+        if ex.ce_req is not None and rb is not None:
+            req_dec, dec_err = decode_content(req_body, ex.ce_req, self.limits.max_decoded_body_bytes,
+                                              rb.truncated)
+        if ex.ce_resp is not None and sb is not None:
+            resp_dec, e2 = decode_content(resp_body, ex.ce_resp, self.limits.max_decoded_body_bytes,
+                                          sb.truncated)
+            dec_err = dec_err or e2
+        version = ex.version or ex.resp_version
+        return HttpTransaction(
+            protocol="http/1.0" if version == "HTTP/1.0" else "http/1.1",
+            client_direction=self.client_dir,
+            method=ex.method,
+            path=ex.path,
+            authority=ex.authority,
+            scheme=ex.scheme,
+            status=ex.status,
+            request_headers=ex.req_headers,
+            response_headers=ex.resp_headers,
+            request_trailers=ex.req_trailers,
+            response_trailers=ex.resp_trailers,
+            request_body=req_body,
+            request_body_size=rb.size if rb is not None else 0,
+            request_body_truncated=rb is not None and rb.kept < rb.size,
+            response_body=resp_body,
+            response_body_size=sb.size if sb is not None else 0,
+            response_body_truncated=sb is not None and sb.kept < sb.size,
+            request_body_decoded=req_dec,
+            response_body_decoded=resp_dec,
+            body_decode_error=dec_err,
+            request_start_ns=ex.req_start,
+            request_end_ns=ex.req_end,
+            response_start_ns=ex.resp_start,
+            response_end_ns=ex.resp_end,
+            informational=ex.informational,
+            upgrade=ex.upgrade,
+            incomplete=bool(reasons),
+            reason="; ".join(reasons) if reasons else None,
+        )
+
+    # -- failures -----------------------------------------------------------------------------------
+    def _error(self, direction: int, reason: str, off: int, ts: int) -> None:
+        self.out.append(ParseError(reason=reason, direction=direction, offset=off, ts_ns=ts, protocol="http1"))
+
+    def _bad_message(self, r: _Reader, reason: str, off: int, ts: int) -> None:
+        """A message head that cannot be parsed: report it and resynchronize that direction."""
+        self._error(r.dir, reason, off, ts)
+        cur = r.cur
+        if r.is_req:
+            if cur is not None and not cur.req_done:
+                cur.reasons.append(reason)
+                self.on_request_end(r, cur, r.body, ts)
+        elif self.queue:
+            ex = self.queue[0]
+            ex.reasons.append(f"response unreadable: {reason}")
+            self.on_response_end(r, ex, None, ts)
+        r.resync()
+        r.after_gap = True
+
+    def _gap(self, r: _Reader, n: int, ts: int) -> None:
+        st = r.state
+        off = r.base + len(r.buf)
+        body = r.body
+        if st == S_LEN or st == S_CHUNK_DATA:
+            if n < r.remaining or (st == S_LEN and n == r.remaining):
+                if body is not None:
+                    body.add_gap(n)
+                r.remaining -= n
+                if r.remaining == 0:
+                    r._message_end(ts)
+                return
+        elif st == S_CLOSE:
+            if body is not None:
+                body.add_gap(n)
+            return
+        elif st == S_RESYNC:
+            return
+        # the framing is lost
+        self._error(r.dir, f"gap of {n} bytes broke the message framing; resynchronizing", off, ts)
+        cur = r.cur
+        if cur is not None:
+            if body is not None:
+                body.add_gap(n)
+            if r.is_req:
+                cur.reasons.append("request cut by a gap")
+                self.on_request_end(r, cur, body, ts)
+            else:
+                cur.reasons.append("response cut by a gap")
+                self.on_response_end(r, cur, body, ts)
+        elif st == S_PAUSED and self.paused is not None:
+            self.paused.reasons.append("gap while waiting for the Upgrade answer")
+            self.paused = None
+        r.resync()
+
+    def give_up(self, direction: int, reason: str, ts: int) -> None:
+        """Stop parsing the connection: report the reason and every unfinished exchange."""
+        r = self.readers[direction]
+        self._error(direction, reason, r.base + r.pos, ts)
+        for rd in self.readers:
+            if rd.cur is not None and not rd.cur.emitted:
+                rd.cur.reasons.append(reason)
+        self._flush(reason)
+        for rd in self.readers:
+            rd.stop()
+        self.dead = True
+
+    def _flush(self, reason: str | None) -> None:
+        """Emit every exchange not emitted yet, with ``reason`` (or why it is unfinished)."""
+        pending: list[_Exchange] = list(self.queue)
+        req = self.readers[self.client_dir]
+        if req.cur is not None and req.cur not in pending:
+            pending.insert(0, req.cur)
+        self.queue.clear()
+        for ex in pending:
+            if ex.emitted:
+                continue
+            if reason is not None:
+                if reason not in ex.reasons:
+                    ex.reasons.append(reason)
+            elif not ex.reasons:
+                if not ex.req_done:
+                    ex.reasons.append("connection closed before the request ended")
+                elif ex.status is None:
+                    ex.reasons.append("connection closed before the response")
+                else:
+                    ex.reasons.append("connection closed before the response ended")
+            self._emit(ex)
