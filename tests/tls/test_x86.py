@@ -1,0 +1,50 @@
+"""The emulated/single-stepped classification must match the kernel's rules byte for byte."""
+
+from __future__ import annotations
+
+import pytest
+
+from qtap_async.tls.x86 import classify_emulated, decode
+
+
+@pytest.mark.parametrize(
+    ("hexbytes", "emulated", "what"),
+    [
+        ("55", True, "push rbp"),
+        ("4154", True, "push r12"),
+        ("4155", True, "push r13"),
+        ("90", True, "nop"),
+        ("e800000000", True, "call rel32"),
+        ("e900000000", True, "jmp rel32"),
+        ("eb00", True, "jmp rel8"),
+        ("7e03", True, "jle rel8"),
+        ("0f8e00000000", True, "jle rel32"),
+        ("f2e900000000", True, "bnd jmp"),
+        ("4883ec18", False, "sub rsp, 0x18"),
+        ("c3", False, "ret"),
+        ("5d", False, "pop rbp"),
+        ("f30f1efa", False, "endbr64"),
+        ("4889e5", False, "mov rbp, rsp"),
+        ("0f1f00", False, "nopl (multi-byte nop is not emulated)"),
+        ("6690", False, "xchg ax, ax (0x66 prefix)"),
+        ("66e800000000", False, "callw (0x66 prefix)"),
+        ("ff5038", False, "call *0x38(%rax)"),
+        ("ffe0", False, "jmp *%rax"),
+        ("4850", False, "push with REX.W"),
+        ("493b6610", False, "cmp rsp, [r14+0x10] (Go stack check)"),
+    ],
+)
+def test_classify(hexbytes: str, emulated: bool, what: str) -> None:
+    assert classify_emulated(bytes.fromhex(hexbytes)) is emulated, what
+
+
+def test_decode_kinds_writes_and_widening() -> None:
+    code = bytes.fromhex("4863d2" "4889e1" "e80b000000" "85c0" "7e03" "ff5038" "c3")
+    insns = list(decode(code, 0x1000))
+    assert [i.kind for i in insns] == ["other", "other", "call", "other", "jcc", "icall", "ret"]
+    assert insns[0].widens_self() == "rdx"  # movslq %edx,%rdx keeps the int argument's value
+    assert insns[1].writes == frozenset({"rcx"}) and insns[1].widens_self() is None
+    assert insns[2].addr == 0x1006 and insns[2].target == 0x1006 + 5 + 0xB
+    assert insns[4].target == insns[4].next + 3
+    assert "rax" not in insns[3].writes  # test writes flags only
+    assert [i.emulated for i in insns] == [False, False, True, False, True, False, False]
