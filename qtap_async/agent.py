@@ -21,6 +21,7 @@ import msgspec
 from qtap_async.bpf.loader import Capture, CaptureSettings
 from qtap_async.buffers.channel import Channel, ChannelClosed
 from qtap_async.sources.ringbuf import RingBufferSource, batch_size
+from qtap_async.sources.tls_manager import TlsManager
 from qtap_async.transforms.conntrack import Connection, Conntrack, Session
 from qtap_async.transforms.stage import TrackingStage
 
@@ -38,6 +39,7 @@ class AgentOptions:
     out_queue_bytes: int = 64 << 20
     emit_gaps: bool = True
     metrics_interval_s: float = 0.0  # > 0: log a metrics line to stderr this often
+    tls: bool = True  # attach uprobes to TLS libraries for plaintext
 
 
 def default_session_factory(conn: Connection, layer: int) -> Session | None:
@@ -98,6 +100,7 @@ class Agent:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.attached = threading.Event()  # set once the BPF programs are attached
         self.capture: Capture | None = None
+        self.tls: TlsManager | None = None
         self.raw: Channel[list[bytes]] | None = None
         self.out: Channel[list[Any]] | None = None
         self.source: RingBufferSource | None = None
@@ -145,9 +148,18 @@ class Agent:
         o = self.options
         try:
             self.capture = Capture(o.capture)
+            if o.tls:
+                self.tls = TlsManager(self.capture)
+                await self.tls.start()
+                self.conntrack.on_exec = self.tls.on_exec
+                self.conntrack.on_exit = self.tls.on_exit
         except BaseException:
             for sig in signals:
                 loop.remove_signal_handler(sig)
+            if self.tls is not None:
+                await self.tls.stop()
+            if self.capture is not None:
+                self.capture.close()
             raise
         self.attached.set()
         try:
@@ -170,6 +182,8 @@ class Agent:
         finally:
             for sig in signals:
                 loop.remove_signal_handler(sig)
+            if self.tls is not None:
+                await self.tls.stop()
             self.capture.close()
         return 0
 

@@ -96,8 +96,6 @@ static __always_inline struct sock *fd_to_tcp_sock(int fd)
 	return sk;
 }
 
-static __u64 next_conn_id = 0;
-
 static __always_inline void emit_conn_open(struct sock *sk, __u64 conn_id, __u8 role, __u8 flags, int fd)
 {
 	struct qtap_conn_open ev = {};
@@ -131,11 +129,16 @@ static __always_inline struct qtap_sock_info *sock_get_or_open(struct sock *sk, 
 	__u64 key = (__u64)sk;
 	struct qtap_sock_info *si = bpf_map_lookup_elem(&socks, &key);
 	struct qtap_sock_info fresh = {};
+	__u32 zero = 0;
+	__u64 *next_id;
 	__u8 flags = 0;
 
 	if (si)
 		return si;
-	fresh.conn_id = conn_id_base + __sync_fetch_and_add(&next_conn_id, 1) + 1;
+	next_id = bpf_map_lookup_elem(&conn_ids, &zero);
+	if (!next_id)
+		return NULL;
+	fresh.conn_id = conn_id_base + __sync_fetch_and_add(next_id, 1) + 1;
 	fresh.open_ts_ns = bpf_ktime_get_ns();
 	fresh.pid = bpf_get_current_pid_tgid() >> 32;
 	if (bpf_map_update_elem(&socks, &key, &fresh, BPF_NOEXIST) && bpf_map_update_elem(&socks, &key, &fresh, BPF_ANY))

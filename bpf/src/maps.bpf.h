@@ -51,6 +51,14 @@ struct {
 	__type(value, __u64);
 } tls_socks SEC(".maps");
 
+/* Connection id counter, shared by every object that can announce a connection. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} conn_ids SEC(".maps");
+
 /* Scratch space for building a data record (too large for the 512-byte BPF stack). */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);

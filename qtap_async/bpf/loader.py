@@ -54,7 +54,8 @@ class Capture:
             self.close()
             raise
 
-    def _rodata(self, obj: BpfObject) -> None:
+    def configure(self, obj: BpfObject) -> None:
+        """Write the agent's settings into an object's .rodata (before its load)."""
         s = self.settings
         wanted = {
             "self_tgid": s.self_tgid,
@@ -74,12 +75,12 @@ class Capture:
         if size & (size - 1) or size < 4096:
             raise ValueError(f"ring_buffer_bytes must be a power of two >= 4096, got {size}")
         sock.map("events").set_max_entries(size)
-        self._rodata(sock)
+        self.configure(sock)
         sock.load()
         proc = BpfObject.open(directory / "process.bpf.o")
         self.objects.append(proc)
         self.share_maps(proc)
-        self._rodata(proc)
+        self.configure(proc)
         proc.load()
         for obj in self.objects:
             obj.attach_all()

@@ -20,6 +20,7 @@ from typing import Self
 from qtap_async.bpf._libbpf import (
     BTF_KIND_DATASEC,
     BtfVarSecinfo,
+    UprobeOpts,
     check_int,
     check_ptr,
     libbpf,
@@ -139,11 +140,15 @@ class BpfProgram:
         self.obj._links.append(link)
         return link
 
-    def attach_uprobe(self, binary: str, offset: int, *, pid: int = -1, retprobe: bool = False) -> Link:
-        """Attach at a file offset of `binary` (all processes mapping it when pid == -1)."""
+    def attach_uprobe(
+        self, binary: str, offset: int, *, pid: int = -1, retprobe: bool = False, cookie: int = 0
+    ) -> Link:
+        """Attach at a file offset of `binary` (all processes mapping it when pid == -1); `cookie` is what
+        the program reads with bpf_get_attach_cookie()."""
         self.obj._require_loaded(f"program {self.name}")
+        opts = UprobeOpts(sz=ctypes.sizeof(UprobeOpts), bpf_cookie=cookie, retprobe=retprobe)
         with libbpf().capture_log() as log:
-            ptr = libbpf().bpf_program__attach_uprobe(self.ptr, retprobe, pid, binary.encode(), offset)
+            ptr = libbpf().bpf_program__attach_uprobe_opts(self.ptr, pid, binary.encode(), offset, ctypes.byref(opts))
         kind = "uretprobe" if retprobe else "uprobe"
         check_ptr(ptr, f"program {self.name}", f"{kind} {binary}+{offset:#x}", "\n".join(log), AttachError)
         link = Link(ptr, f"{self.name} -> {kind}:{binary}+{offset:#x}")

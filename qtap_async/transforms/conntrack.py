@@ -142,6 +142,9 @@ class Conntrack:
         self._ids = itertools.count(1)
         self._id_prefix = os.urandom(4).hex()
         self.on_protocol_record: Callable[[Connection, Any, int], list[Any]] | None = None
+        # Process lifecycle hooks (TLS discovery attaches to new processes' libraries).
+        self.on_exec: Callable[[int], None] | None = None
+        self.on_exit: Callable[[int], None] | None = None
 
     # -- helpers ---------------------------------------------------------------------------------
     def _event_id(self) -> str:
@@ -205,10 +208,14 @@ class Conntrack:
         if type(rec) is ProcExec:
             self.stats.process_records += 1
             self.processes.on_exec(rec.pid, rec.comm, rec.filename)
+            if self.on_exec is not None:
+                self.on_exec(rec.pid)
             return []
         if type(rec) is ProcExit:
             self.stats.process_records += 1
             self.processes.on_exit(rec.pid)
+            if self.on_exit is not None:
+                self.on_exit(rec.pid)
             return []
         return []
 

@@ -1,0 +1,215 @@
+// SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
+/*
+ * tls.bpf.c - plaintext of TLS libraries, from uprobes placed by user space where the kernel emulates the
+ * probed instruction (see shared/PROBES.md and qtap_async/tls/probe_points.py).
+ *
+ * C libraries (OpenSSL, BoringSSL, GnuTLS): the entry site sees (ssl, buf, num[, &processed]) in
+ * rdi/rsi/rdx/rcx, the return site sees the result in rax. The read/write syscall the library makes
+ * in between names the socket (socket.bpf.c fills tls_calls[tid].sk): no per-version struct offsets.
+ * Buffered SSL_read results without a syscall use the ssl -> socket cache (tls_socks).
+ *
+ * Go crypto/tls: goroutines move between threads while blocked, so state is keyed by the goroutine (g in
+ * r14), and the socket comes from walking *tls.Conn to its fd with offsets user space read from DWARF (or a
+ * per-version table); they arrive in the attach cookie. Never uretprobes on Go: RET sites are plain uprobes.
+ *
+ * Attach cookie of the C-library programs: bits 0-7 source (enum qtap_source), bit 8 direction,
+ * bit 9 "length is *processed (SSL_*_ex contract)" .
+ * Attach cookie of the Go programs: four 16-bit offsets (see go_conn_fd()).
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_endian.h>
+#include "common.bpf.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+#define COOKIE_DIR_SHIFT 8
+#define COOKIE_LEN_PTR (1 << 9)
+
+struct go_call {
+	__u64 buf;
+	__u64 sk;
+};
+
+/* Go Read calls in flight, keyed by (tgid << 32) ^ g pointer. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, QTAP_MAX_INFLIGHT);
+	__type(key, __u64);
+	__type(value, struct go_call);
+} go_calls SEC(".maps");
+
+static __always_inline void count_unassociated(void)
+{
+	count(QTAP_CNT_TLS_UNASSOCIATED, 1);
+}
+
+/* Plaintext of one call on socket `sk`: offsets continue the socket's plaintext stream. */
+static __always_inline void emit_plaintext(__u64 sk, __u8 dir, __u8 source, __u64 buf, __u64 len)
+{
+	struct qtap_sock_info *si = bpf_map_lookup_elem(&socks, &sk);
+	__u64 off;
+
+	if (!si) {
+		count_unassociated();
+		return;
+	}
+	si->flags |= QTAP_SOCK_TLS_COVERED;
+	off = __sync_fetch_and_add(&si->tls_off[dir & 1], len);
+	emit_data(si->conn_id, off, dir, source, -1, buf, 0, len);
+}
+
+SEC("uprobe")
+int BPF_KPROBE(uprobe_tls_entry)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u32 tid = (__u32)pid_tgid;
+	__u64 cookie = bpf_get_attach_cookie(ctx);
+	struct qtap_tls_call c = {};
+
+	if (skip_task(pid_tgid >> 32))
+		return 0;
+	c.ssl = PT_REGS_PARM1(ctx);
+	c.buf = PT_REGS_PARM2(ctx);
+	c.len_ptr = (cookie & COOKIE_LEN_PTR) ? PT_REGS_PARM4(ctx) : 0;
+	c.dir = (cookie >> COOKIE_DIR_SHIFT) & 1;
+	c.source = cookie & 0xff;
+	bpf_map_update_elem(&tls_calls, &tid, &c, BPF_ANY);
+	return 0;
+}
+
+SEC("uprobe")
+int BPF_KPROBE(uprobe_tls_return)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u32 tid = (__u32)pid_tgid;
+	struct qtap_tls_call *cp = bpf_map_lookup_elem(&tls_calls, &tid);
+	struct qtap_tls_call c;
+	long ret = PT_REGS_RC(ctx);
+	__u64 len = 0;
+	__u64 sk;
+
+	if (!cp)
+		return 0;
+	c = *cp;
+	bpf_map_delete_elem(&tls_calls, &tid);
+	if ((int)ret <= 0)
+		return 0;
+	if (c.len_ptr) {
+		if (bpf_probe_read_user(&len, sizeof(len), (void *)c.len_ptr))
+			return 0;
+	} else {
+		len = (__u32)ret;
+	}
+	if (!len)
+		return 0;
+	sk = c.sk;
+	if (sk) {
+		bpf_map_update_elem(&tls_socks, &c.ssl, &sk, BPF_ANY);
+	} else {
+		__u64 *cached = bpf_map_lookup_elem(&tls_socks, &c.ssl);
+		if (!cached) {
+			count_unassociated();
+			return 0;
+		}
+		sk = *cached;
+	}
+	emit_plaintext(sk, c.dir, c.source, c.buf, len);
+	return 0;
+}
+
+/* *tls.Conn -> fd: conn.conn (net.Conn interface) data word -> *net.TCPConn -> .fd (*netFD) -> .pfd.Sysfd.
+ * Cookie: bits 0-15 interface data offset in tls.Conn, 16-31 fd offset in TCPConn, 32-47 pfd offset in
+ * netFD, 48-63 Sysfd offset in poll.FD. */
+static __always_inline int go_conn_fd(__u64 conn, __u64 cookie)
+{
+	__u64 tcpconn = 0, netfd = 0;
+	__s64 fd = -1;
+
+	if (bpf_probe_read_user(&tcpconn, sizeof(tcpconn), (void *)(conn + (cookie & 0xffff))) || !tcpconn)
+		return -1;
+	if (bpf_probe_read_user(&netfd, sizeof(netfd), (void *)(tcpconn + ((cookie >> 16) & 0xffff))) || !netfd)
+		return -1;
+	if (bpf_probe_read_user(&fd, sizeof(fd), (void *)(netfd + ((cookie >> 32) & 0xffff) + (cookie >> 48))))
+		return -1;
+	return (int)fd;
+}
+
+static __always_inline __u64 go_sock(__u64 conn, __u64 cookie)
+{
+	int fd = go_conn_fd(conn, cookie);
+	struct sock *sk;
+	struct qtap_sock_info *si;
+
+	if (fd < 0)
+		return 0;
+	sk = fd_to_tcp_sock(fd);
+	if (!sk)
+		return 0;
+	si = sock_get_or_open(sk, QTAP_ROLE_UNKNOWN, fd);
+	if (!si)
+		return 0;
+	return (__u64)sk;
+}
+
+/* func (c *Conn) Write(b []byte) (int, error): rax = c, rbx = b.ptr, rcx = b.len. */
+SEC("uprobe")
+int BPF_KPROBE(uprobe_go_write_entry)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u64 sk;
+	__u64 len = ctx->cx;
+
+	if (skip_task(pid_tgid >> 32) || !len)
+		return 0;
+	sk = go_sock(ctx->ax, bpf_get_attach_cookie(ctx));
+	if (!sk) {
+		count_unassociated();
+		return 0;
+	}
+	emit_plaintext(sk, QTAP_DIR_SEND, QTAP_SRC_GOTLS, ctx->bx, len);
+	return 0;
+}
+
+/* func (c *Conn) Read(b []byte) (int, error): entry saves the buffer per goroutine (r14 = g). */
+SEC("uprobe")
+int BPF_KPROBE(uprobe_go_read_entry)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	struct go_call gc = {};
+	__u64 key;
+
+	if (skip_task(pid_tgid >> 32))
+		return 0;
+	gc.sk = go_sock(ctx->ax, bpf_get_attach_cookie(ctx));
+	if (!gc.sk) {
+		count_unassociated();
+		return 0;
+	}
+	gc.buf = ctx->bx;
+	key = (pid_tgid & 0xffffffff00000000ULL) ^ ctx->r14;
+	bpf_map_update_elem(&go_calls, &key, &gc, BPF_ANY);
+	return 0;
+}
+
+/* At each RET of Read: rax = n. */
+SEC("uprobe")
+int BPF_KPROBE(uprobe_go_read_ret)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u64 key = (pid_tgid & 0xffffffff00000000ULL) ^ ctx->r14;
+	struct go_call *gp = bpf_map_lookup_elem(&go_calls, &key);
+	struct go_call gc;
+	long n = ctx->ax;
+
+	if (!gp)
+		return 0;
+	gc = *gp;
+	bpf_map_delete_elem(&go_calls, &key);
+	if (n <= 0)
+		return 0;
+	emit_plaintext(gc.sk, QTAP_DIR_RECV, QTAP_SRC_GOTLS, gc.buf, n);
+	return 0;
+}

@@ -1,0 +1,84 @@
+"""TLS discovery driven by the agent: at start-up (ld.so cache + every process) and after each exec.
+
+ELF analysis runs in a worker thread (it reads files and disassembles); attaching happens on the
+event loop thread, where the BPF objects live.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+
+from qtap_async.bpf.loader import Capture
+from qtap_async.sources.tls_probes import AttachStatus, TlsProbes, system_tls_libraries
+from qtap_async.tls import FileKey, Scanner, TlsLibrary, analyze_file
+
+log = logging.getLogger("qtap.tls")
+
+# After an exec the dynamic loader maps the libraries a little later: look a few times.
+RESCAN_DELAYS_S = (0.02, 0.2, 0.8)
+
+
+def _system_libraries() -> list[TlsLibrary]:
+    out = []
+    for path in system_tls_libraries():
+        try:
+            st = os.stat(path)
+            lib = analyze_file(path, FileKey(st.st_dev, st.st_ino))
+        except Exception as exc:  # a broken file must not stop the agent
+            log.warning("TLS: cannot analyze %s: %s", path, exc)
+            continue
+        if lib is not None:
+            out.append(lib)
+    return out
+
+
+class TlsManager:
+    def __init__(self, capture: Capture) -> None:
+        self.probes = TlsProbes(capture)
+        self.scanner = Scanner()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.scans = 0
+
+    async def start(self) -> None:
+        libs = await asyncio.to_thread(_system_libraries)
+        for lib in libs:
+            self.probes.attach(lib, system=True)
+        found = await asyncio.to_thread(self.scanner.scan_all)
+        self._attach_found(found)
+
+    def _attach_found(self, found: dict[FileKey, TlsLibrary]) -> None:
+        for lib in found.values():
+            status = None
+            for pid in lib.pids or [None]:  # type: ignore[list-item]
+                status = self.probes.attach(lib, pid)
+            if status is not None and not status.attached:
+                log.debug("TLS: %s not attached: %s", lib.path, status.error)
+
+    def on_exec(self, pid: int) -> None:
+        task = asyncio.get_running_loop().create_task(self._scan_new(pid))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def on_exit(self, pid: int) -> None:
+        self.probes.process_exited(pid)
+
+    async def _scan_new(self, pid: int) -> None:
+        for delay in RESCAN_DELAYS_S:
+            await asyncio.sleep(delay)
+            found = await asyncio.to_thread(self.scanner.scan_pid, pid)
+            self.scans += 1
+            self.scanner.clear_problems()
+            if found:
+                self._attach_found(found)
+
+    def statuses(self) -> list[AttachStatus]:
+        return self.probes.statuses()
+
+    async def stop(self) -> None:
+        for t in list(self._tasks):
+            t.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.probes.close()
