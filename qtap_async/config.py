@@ -16,6 +16,7 @@ import importlib
 import ipaddress
 import os
 import re
+import typing
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -76,7 +77,7 @@ class _Base(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tru
 # -- secrets ------------------------------------------------------------------------------------
 
 
-class SecretValue(_Base):
+class SecretValue(_Base, frozen=True):
     """A value kept out of the file: ``{type: env, value: VAR}`` or, inline, ``{type: text, value: x}``."""
 
     type: Literal["env", "text"]
@@ -97,7 +98,7 @@ class SecretValue(_Base):
 StoreKind = Literal["event", "object"]
 
 
-class StoreConfig(_Base):
+class StoreConfig(_Base, frozen=True):
     """One event or object store: its ``type``, optional ``id`` and the remaining keys as ``settings``.
 
     ``options`` holds ``settings`` decoded into the Struct registered for the type (see
@@ -110,7 +111,7 @@ class StoreConfig(_Base):
     options: Any = None
 
 
-class Services(_Base):
+class Services(_Base, frozen=True):
     event_stores: list[StoreConfig] = msgspec.field(default_factory=list)
     object_stores: list[StoreConfig] = msgspec.field(default_factory=list)
 
@@ -142,16 +143,23 @@ def store_types(kind: StoreKind) -> dict[str, type[Any] | None]:
 
 
 def _load_sink_structs() -> None:
-    """Import qtap_async.sinks.config once, so the sinks can register their settings Structs."""
+    """Import qtap_async.sinks.config once and register its store Structs (tagged on ``type``) for
+    every type nobody registered explicitly."""
     global _SINKS_LOADED
     if _SINKS_LOADED:
         return
     _SINKS_LOADED = True
     try:
-        importlib.import_module("qtap_async.sinks.config")
+        sinks = importlib.import_module("qtap_async.sinks.config")
     except ModuleNotFoundError as exc:
         if exc.name not in ("qtap_async.sinks.config", "qtap_async.sinks"):
             raise
+        return
+    for kind, union_name in (("event", "EventStoreConfig"), ("object", "ObjectStoreConfig")):
+        for cls in typing.get_args(getattr(sinks, union_name, None)):
+            tag = getattr(getattr(cls, "__struct_config__", None), "tag", None)
+            if isinstance(tag, str) and _STORE_TYPES[kind].get(tag) is None:
+                _STORE_TYPES[kind][tag] = cls
 
 
 # -- plugins ------------------------------------------------------------------------------------
@@ -163,7 +171,7 @@ AccessLogFormat = Literal["json", "console"]
 Severity = Literal["info", "warning", "error", "critical"]
 
 
-class HttpCaptureRule(_Base):
+class HttpCaptureRule(_Base, frozen=True):
     """When ``expr`` matches a transaction, capture it at ``level`` (the first matching rule wins)."""
 
     name: str
@@ -172,13 +180,13 @@ class HttpCaptureRule(_Base):
     format: OutputFormat | None = None  # None: the plugin's format
 
 
-class HttpCaptureConfig(_Base):
+class HttpCaptureConfig(_Base, frozen=True):
     level: CaptureLevel = "summary"
     format: OutputFormat = "json"
     rules: list[HttpCaptureRule] = msgspec.field(default_factory=list)
 
 
-class AccessLogsRule(_Base):
+class AccessLogsRule(_Base, frozen=True):
     """When ``expr`` matches a transaction, log it in ``mode`` (the first matching rule wins)."""
 
     name: str
@@ -186,7 +194,7 @@ class AccessLogsRule(_Base):
     mode: AccessLogMode
 
 
-class AccessLogsConfig(_Base):
+class AccessLogsConfig(_Base, frozen=True):
     mode: AccessLogMode = "summary"
     format: AccessLogFormat = "console"
     rules: list[AccessLogsRule] = msgspec.field(default_factory=list)
@@ -201,7 +209,7 @@ DEFAULT_MASK_HEADERS: tuple[str, ...] = (
 )
 
 
-class ReportUsageConfig(_Base):
+class ReportUsageConfig(_Base, frozen=True):
     """Usage reports: header values named in ``mask_headers`` are masked, and query parameters other
     than ``safe_query_params`` have their values masked; ``tags`` are added to every report."""
 
@@ -210,7 +218,7 @@ class ReportUsageConfig(_Base):
     tags: list[str] = msgspec.field(default_factory=list)
 
 
-class DetectErrorsRule(_Base):
+class DetectErrorsRule(_Base, frozen=True):
     """A transaction matching ``expr`` is reported as an issue of ``severity`` (every matching rule)."""
 
     name: str
@@ -225,7 +233,7 @@ def _default_error_rules() -> list[DetectErrorsRule]:
     ]
 
 
-class DetectErrorsConfig(_Base):
+class DetectErrorsConfig(_Base, frozen=True):
     rules: list[DetectErrorsRule] = msgspec.field(default_factory=_default_error_rules)
 
 
@@ -237,19 +245,19 @@ class _Plugin(_Base, frozen=True, forbid_unknown_fields=True, kw_only=True, tag_
         return tag
 
 
-class HttpCapturePlugin(_Plugin, tag="http_capture"):
+class HttpCapturePlugin(_Plugin, frozen=True, tag="http_capture"):
     config: HttpCaptureConfig = msgspec.field(default_factory=HttpCaptureConfig)
 
 
-class AccessLogsPlugin(_Plugin, tag="access_logs"):
+class AccessLogsPlugin(_Plugin, frozen=True, tag="access_logs"):
     config: AccessLogsConfig = msgspec.field(default_factory=AccessLogsConfig)
 
 
-class ReportUsagePlugin(_Plugin, tag="report_usage"):
+class ReportUsagePlugin(_Plugin, frozen=True, tag="report_usage"):
     config: ReportUsageConfig = msgspec.field(default_factory=ReportUsageConfig)
 
 
-class DetectErrorsPlugin(_Plugin, tag="detect_errors"):
+class DetectErrorsPlugin(_Plugin, frozen=True, tag="detect_errors"):
     config: DetectErrorsConfig = msgspec.field(default_factory=DetectErrorsConfig)
 
 
@@ -259,14 +267,14 @@ PLUGIN_TYPES: tuple[str, ...] = ("http_capture", "access_logs", "report_usage", 
 RuleSpec: TypeAlias = HttpCaptureRule | AccessLogsRule | DetectErrorsRule
 
 
-class StackConfig(_Base):
+class StackConfig(_Base, frozen=True):
     plugins: list[PluginConfig] = msgspec.field(default_factory=list)
 
 
 # -- tap ----------------------------------------------------------------------------------------
 
 
-class ProtocolTap(_Base):
+class ProtocolTap(_Base, frozen=True):
     """``stack`` names the stack that processes this protocol; "" or "none" means no processing."""
 
     stack: str = ""
@@ -276,7 +284,7 @@ class ProtocolTap(_Base):
         return self.stack not in ("", "none")
 
 
-class ExeFilterConfig(_Base):
+class ExeFilterConfig(_Base, frozen=True):
     """Ignore processes whose executable path matches ``exe`` (``only`` narrows what is skipped)."""
 
     exe: str
@@ -284,19 +292,19 @@ class ExeFilterConfig(_Base):
     only: list[Literal["data", "dns", "tls", "http"]] = msgspec.field(default_factory=list)
 
 
-class FiltersConfig(_Base):
+class FiltersConfig(_Base, frozen=True):
     groups: list[ProcessGroup] = msgspec.field(default_factory=list)
     custom: list[ExeFilterConfig] = msgspec.field(default_factory=list)
 
 
-class EndpointConfig(_Base):
+class EndpointConfig(_Base, frozen=True):
     """Traffic to ``domain`` (``*.example.com`` for subdomains) uses this stack instead of tap.http."""
 
     domain: str
     http: ProtocolTap = msgspec.field(default_factory=ProtocolTap)
 
 
-class TapConfig(_Base):
+class TapConfig(_Base, frozen=True):
     direction: Direction = "all"
     ignore_loopback: bool = False
     audit_include_dns: bool = False
@@ -305,16 +313,16 @@ class TapConfig(_Base):
     endpoints: list[EndpointConfig] = msgspec.field(default_factory=list)
 
 
-class MacroConfig(_Base):
+class MacroConfig(_Base, frozen=True):
     name: str
     expr: str
 
 
-class RulekitConfig(_Base):
+class RulekitConfig(_Base, frozen=True):
     macros: list[MacroConfig] = msgspec.field(default_factory=list)
 
 
-class Config(_Base):
+class Config(_Base, frozen=True):
     version: Literal[2] = 2
     services: Services = msgspec.field(default_factory=Services)
     stacks: dict[str, StackConfig] = msgspec.field(default_factory=dict)
@@ -603,15 +611,15 @@ _FIELD_HINTS: dict[tuple[type[Any], str], str] = {
 }
 
 
-def _msgspec_issue(
-    doc: _Document, exc: msgspec.ValidationError, root: Any, data: Any, base: Path_
-) -> ConfigIssue:
+def _msgspec_issue(doc: _Document, exc: msgspec.ValidationError, root: Any, data: Any, base: Path_) -> ConfigIssue:
     text = str(exc)
     m = _MSGSPEC_ERROR.match(text)
-    if m is None:
-        return doc.issue(base, _lower_first(text))
-    message = m.group("msg")
-    raw_path = m.group("inpath") if m.group("inpath") is not None else m.group("path")
+    in_key = m is not None and m.group("inpath") is not None
+    if m is None:  # an error at the root carries no path
+        message, raw_path = text, "$"
+    else:
+        message = m.group("msg")
+        raw_path = m.group("inpath") if in_key else m.group("path")
     rel: list[str | int] = []
     for name, index in _PATH_PART.findall(raw_path[1:] if raw_path.startswith("$") else raw_path):
         if name:
@@ -621,7 +629,7 @@ def _msgspec_issue(
         else:
             rel.append(int(index))
     path: Path_ = (*base, *rel)
-    if m.group("inpath") is not None:
+    if in_key:
         return doc.issue(path, f"keys must be strings ({_lower_first(message)})")
     info = _type_at(msgspec.inspect.type_info(root), rel, data)
 
@@ -646,6 +654,10 @@ def _msgspec_issue(
         if isinstance(info, msgspec.inspect.LiteralType):
             words = f"expected one of {_choices(info.values)}, got {_TYPE_WORDS.get(got, got)}"
         return doc.issue(path, words)
+    constrained = re.match(r"Expected `(.*?)` (.*)$", message)
+    if constrained:
+        want, rest = constrained.groups()
+        return doc.issue(path, f"expected {_TYPE_WORDS.get(want, want)} {rest}")
     return doc.issue(path, _lower_first(message))
 
 
@@ -681,7 +693,9 @@ def _bad_value(got: str, info: Any, rel: list[str | int], data: Any, root: Any) 
     elif rel and rel[-1] == "type":
         parent = _type_at(msgspec.inspect.type_info(root), rel[:-1], data, pick_variant=False)
         if isinstance(parent, msgspec.inspect.UnionType):
-            choices = tuple(t.tag for t in parent.types if isinstance(t, msgspec.inspect.StructType))
+            choices = tuple(
+                t.tag for t in parent.types if isinstance(t, msgspec.inspect.StructType) and t.tag is not None
+            )
             what = "plugin type" if set(choices) <= set(PLUGIN_TYPES) else "type"
     if not choices:
         return f"invalid value {got}"
@@ -723,6 +737,8 @@ def _pick_variant(info: Any, data: Any) -> Any:
             for t in structs:
                 if t.tag_field is not None and data.get(t.tag_field) == t.tag:
                     return t
+            if len(structs) == 1:
+                return structs[0]
         others = [t for t in info.types if not isinstance(t, msgspec.inspect.NoneType)]
         if len(others) == 1:
             return others[0]
@@ -772,7 +788,7 @@ class _Decoder:
         rulekit = self.convert(data.get("rulekit", {}), RulekitConfig, ("rulekit",))
         if services is None or stacks is None or tap is None or rulekit is None or self.issues:
             return None
-        config = Config(version=CONFIG_VERSION, services=services, stacks=stacks, tap=tap, rulekit=rulekit)
+        config = Config(version=2, services=services, stacks=stacks, tap=tap, rulekit=rulekit)
         self.check(config)
         return None if self.issues else config
 
@@ -782,7 +798,9 @@ class _Decoder:
             return None
         for key in data:
             if key not in ("event_stores", "object_stores"):
-                self.add(("services", str(key)), _unknown_field(str(key), msgspec.inspect.type_info(Services)), at_key=True)
+                self.add(
+                    ("services", str(key)), _unknown_field(str(key), msgspec.inspect.type_info(Services)), at_key=True
+                )
         event = self.stores("event", data.get("event_stores", []))
         obj = self.stores("object", data.get("object_stores", []))
         if event is None or obj is None:
@@ -841,12 +859,15 @@ class _Decoder:
             cls = known[type_name]
             if cls is not None:
                 payload = dict(settings)
-                names = {f.encode_name for f in msgspec.inspect.type_info(cls).fields}
+                info = msgspec.inspect.type_info(cls)
+                names = {f.encode_name for f in info.fields} if isinstance(info, msgspec.inspect.StructType) else set()
                 tag_field = getattr(cls.__struct_config__, "tag_field", None)
                 if "type" in names or tag_field == "type":
                     payload["type"] = type_name
                 if "id" in names:
                     payload["id"] = store_id
+                elif "name" in names and store_id and "name" not in payload:
+                    payload["name"] = store_id  # Qtap's id names the store (metrics, spool directory)
                 before = len(self.issues)
                 options = self.convert(payload, cls, path)
                 if len(self.issues) > before:
@@ -995,7 +1016,10 @@ class _Decoder:
             path: Path_ = ("tap", "endpoints", index, "domain")
             domain = endpoint.domain.lower().rstrip(".")
             if not _valid_domain(endpoint.domain):
-                self.add(path, f"invalid domain {endpoint.domain!r}: expected a host name like api.example.com or *.example.com")
+                self.add(
+                    path,
+                    f"invalid domain {endpoint.domain!r}: expected a host name like api.example.com or *.example.com",
+                )
             elif domain in seen:
                 self.add(path, f"duplicate endpoint domain '{endpoint.domain}' (also endpoints[{seen[domain]}])")
             seen.setdefault(domain, index)
@@ -1143,7 +1167,10 @@ def _secrets(value: Any, path: Path_) -> Iterator[tuple[Path_, dict[str, Any]]]:
 
 def iter_secrets(config: Config) -> Iterator[tuple[str, SecretValue]]:
     """Every ``{type, value}`` secret in the stores' settings, with its dotted path."""
-    for key, stores in (("event_stores", config.services.event_stores), ("object_stores", config.services.object_stores)):
+    for key, stores in (
+        ("event_stores", config.services.event_stores),
+        ("object_stores", config.services.object_stores),
+    ):
         for index, store in enumerate(stores):
             for path, raw in _secrets(store.settings, ("services", key, index)):
                 yield format_path(path), SecretValue(type=raw["type"], value=str(raw["value"]))
@@ -1164,7 +1191,7 @@ def config_warnings(config: Config) -> list[str]:
     if not events:
         out.append("no event store is enabled: events are discarded")
     wants_objects = False
-    for _, _, plugin, rule in config.iter_rules():
+    for _, _, _, rule in config.iter_rules():
         if isinstance(rule, HttpCaptureRule) and rule.level in ("details", "full"):
             wants_objects = True
     for stack in config.stacks.values():

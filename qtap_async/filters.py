@@ -163,8 +163,7 @@ SKIP_ALL: frozenset[str] = frozenset({"data", "dns", "tls", "http"})
 # -- addresses and directions -------------------------------------------------------------------
 
 _INTERNAL_V4 = tuple(
-    ipaddress.IPv4Network(n)
-    for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "127.0.0.0/8", "169.254.0.0/16")
+    ipaddress.IPv4Network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "127.0.0.0/8", "169.254.0.0/16")
 )
 _INTERNAL_V6 = tuple(ipaddress.IPv6Network(n) for n in ("::1/128", "fe80::/10", "fc00::/7"))
 

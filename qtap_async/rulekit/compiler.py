@@ -153,9 +153,7 @@ class _Compiler:
             try:
                 node = parse(self.macros[name], self.names)
             except RuleSyntaxError as exc:
-                raise _MacroFailure(
-                    f"macro '{name}' has an error at its column {exc.column}: {exc.message}"
-                ) from None
+                raise _MacroFailure(f"macro '{name}' has an error at its column {exc.column}: {exc.message}") from None
             result = self.node(node, level)
         finally:
             self.stack.pop()
@@ -216,7 +214,7 @@ def _all(fns: tuple[Evaluator, ...]) -> Evaluator:
         return lambda ctx: a(ctx) and b(ctx)
 
     def all_of(ctx: RuleContext) -> bool:
-        for fn in fns:
+        for fn in fns:  # noqa: SIM110 - a plain loop is faster than all() over a generator
             if not fn(ctx):
                 return False
         return True
@@ -230,7 +228,7 @@ def _any(fns: tuple[Evaluator, ...]) -> Evaluator:
         return lambda ctx: a(ctx) or b(ctx)
 
     def any_of(ctx: RuleContext) -> bool:
-        for fn in fns:
+        for fn in fns:  # noqa: SIM110 - a plain loop is faster than any() over a generator
             if fn(ctx):
                 return True
         return False
@@ -308,7 +306,7 @@ def _compare_literal(name: str, op: str, lit: str | int | float, negated: bool) 
                 if v is None:
                     return False
                 if v.__class__ is str:
-                    x = to_number(v)  # type: ignore[arg-type]
+                    x = to_number(v)
                     return x is None or x != n
                 return v != n
 
@@ -319,7 +317,7 @@ def _compare_literal(name: str, op: str, lit: str | int | float, negated: bool) 
             if v is None:
                 return False
             if v.__class__ is str:
-                x = to_number(v)  # type: ignore[arg-type]
+                x = to_number(v)
                 return x is not None and x == n
             return v == n
 
@@ -421,7 +419,7 @@ def _in(node: ast.In) -> Evaluator:
             if v in strings:
                 return True
             if numbers:
-                x = to_number(v)  # type: ignore[arg-type]
+                x = to_number(v)
                 if x is not None and x in numbers:
                     return True
             for net in networks:
@@ -429,7 +427,7 @@ def _in(node: ast.In) -> Evaluator:
                     return True
         elif v in numbers_for_numbers:
             return True
-        for digit in digits:
+        for digit in digits:  # noqa: SIM110
             if in_status_class(v, digit):
                 return True
         return False

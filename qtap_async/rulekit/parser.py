@@ -236,9 +236,7 @@ class _Parser:
         if tok.kind == MACRO:
             raise self.error(f"macro '{tok.value}' is a condition, not a value", tok.pos)
         if tok.kind == KEYWORD and tok.value in ("true", "false"):
-            raise self.error(
-                f"'{tok.value}' is a condition, not a value; test a field alone or with 'not'", tok.pos
-            )
+            raise self.error(f"'{tok.value}' is a condition, not a value; test a field alone or with 'not'", tok.pos)
         raise self.error(f"expected {what}, found {tok.describe()}", tok.pos)
 
     def field(self, tok: Token) -> ast.Field:
@@ -283,9 +281,7 @@ class _Parser:
             raise self.error("both sides are values; compare a field with a value", pos)
         for side in (left, right):
             if isinstance(side, ast.StatusClass) and op != "==":
-                raise self.error(
-                    f"a status class like {side.digit}xx only works with ==, != and in", side.pos
-                )
+                raise self.error(f"a status class like {side.digit}xx only works with ==, != and in", side.pos)
         if op in _STRING_OPS:
             for side in (left, right):
                 if isinstance(side, ast.Literal) and not isinstance(side.value, str):
@@ -300,9 +296,7 @@ class _Parser:
     def pattern(self) -> ast.Pattern:
         tok = self.advance()
         if tok.kind not in (STRING, REGEX):
-            raise self.error(
-                f"expected a regex after 'matches' (\"...\" or /.../), found {tok.describe()}", tok.pos
-            )
+            raise self.error(f"expected a regex after 'matches' (\"...\" or /.../), found {tok.describe()}", tok.pos)
         source = str(tok.value)
         try:
             regex = re.compile(source)

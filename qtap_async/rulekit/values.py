@@ -51,12 +51,12 @@ def compare(a: Value, b: Value) -> int | None:
         return None
     if a.__class__ is str:
         if b.__class__ is str:
-            return (a > b) - (a < b)  # type: ignore[operator]
-        a = to_number(a)  # type: ignore[arg-type]
+            return (a > b) - (a < b)
+        a = to_number(a)
         if a is None:
             return None
     elif b.__class__ is str:
-        b = to_number(b)  # type: ignore[arg-type]
+        b = to_number(b)
         if b is None:
             return None
     if a != a or b != b:  # NaN
@@ -67,7 +67,7 @@ def compare(a: Value, b: Value) -> int | None:
 def as_text(value: Value) -> str | None:
     """The text a string operator sees: strings as is, numbers in decimal, null as None."""
     if value is None or value.__class__ is str:
-        return value  # type: ignore[return-value]
+        return value
     return str(value)
 
 
@@ -76,7 +76,7 @@ def in_status_class(value: Value, digit: int) -> bool:
     if value is None:
         return False
     if value.__class__ is str:
-        value = to_number(value)  # type: ignore[arg-type]
+        value = to_number(value)
         if value is None:
             return False
     low = digit * 100
@@ -98,7 +98,7 @@ def parse_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
 def in_network(value: Value, network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
     if value is None or value.__class__ is not str:
         return False
-    ip = parse_ip(value)  # type: ignore[arg-type]
+    ip = parse_ip(value)
     return ip is not None and ip.version == network.version and ip in network
 
 
