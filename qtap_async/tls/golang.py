@@ -136,19 +136,47 @@ class PcLnTab:
         return {f.entry: f.name for f in self.functions().values()}
 
 
-def find_pclntab(img: ElfImage) -> PcLnTab:
-    text = img.section_addr(".text")
-    data = img.section_data(".gopclntab")
-    if data is not None:
-        return PcLnTab(data, text)
-    # Section headers stripped: search the read-only segments for the header.
+def _moduledata_text(img: ElfImage, pcln_vaddr: int, funcname_off: int) -> int | None:
+    """runtime.text from the moduledata that points at this pclntab.
+
+    moduledata (runtime/symtab.go, Go 1.18+) starts with pcHeader *pcHeader, then the slices funcnametab,
+    cutab, filetab, pctab, pclntable, ftab (3 words each), findfunctab, minpc, maxpc, text: text is word
+    22. pcHeader.textStart is often 0 in the file (set by relocation), so this is the reliable source.
+    """
+    head = struct.pack("<QQ", pcln_vaddr, pcln_vaddr + funcname_off)
     for _vaddr, seg in img.loaded_data():
-        for magic in (PCLN_GO120, PCLN_GO118):
-            needle = struct.pack("<I", magic) + b"\x00\x00\x01\x08"
-            i = seg.find(needle)
-            if i >= 0:
-                return PcLnTab(seg[i:], text)
-    raise GoBinaryError("no .gopclntab found")
+        i = seg.find(head)
+        while i >= 0:
+            if i % 8 == 0 and i + 23 * 8 <= len(seg):
+                text: int = struct.unpack_from("<Q", seg, i + 22 * 8)[0]
+                minpc: int = struct.unpack_from("<Q", seg, i + 20 * 8)[0]
+                if text and minpc >= text:
+                    return text
+            i = seg.find(head, i + 1)
+    return None
+
+
+def find_pclntab(img: ElfImage) -> PcLnTab:
+    data = img.section_data(".gopclntab")
+    vaddr = img.section_addr(".gopclntab")
+    if data is None or vaddr is None:
+        # Section headers stripped: search the read-only segments for the header.
+        for seg_vaddr, seg in img.loaded_data():
+            for magic in (PCLN_GO120, PCLN_GO118):
+                i = seg.find(struct.pack("<I", magic) + b"\x00\x00\x01\x08")
+                if i >= 0:
+                    data, vaddr = seg[i:], seg_vaddr + i
+                    break
+            if data is not None:
+                break
+    if data is None or vaddr is None:
+        raise GoBinaryError("no .gopclntab found")
+    text = None
+    if len(data) >= 40 and struct.unpack_from("<Q", data, 24)[0] == 0:
+        text = _moduledata_text(img, vaddr, struct.unpack_from("<Q", data, 32)[0])
+        if text is None:
+            text = img.section_addr(".text")
+    return PcLnTab(data, text)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -58,8 +58,14 @@ def go_binaries(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     env.setdefault("HOME", str(d))
     out = {}
     for name, flags in (("plain", []), ("stripped", ["-ldflags=-s -w"])):
-        subprocess.run([_go(), "build", *flags, "-o", str(d / name), "main.go"], cwd=d, env=env, check=True,
-                       capture_output=True, timeout=300)
+        subprocess.run(
+            [_go(), "build", *flags, "-o", str(d / name), "main.go"],
+            cwd=d,
+            env=env,
+            check=True,
+            capture_output=True,
+            timeout=300,
+        )
         out[name] = d / name
     return out
 
@@ -81,8 +87,9 @@ def spawn() -> Iterator[object]:
     procs: list[Proc] = []
 
     def start(argv: list[str], ready: str | None = "ready", **kw: object) -> Proc:
-        p = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True, **kw)  # type: ignore[call-overload]
+        p = subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw
+        )  # type: ignore[call-overload]
         proc = Proc(p)
         procs.append(proc)
         if ready is not None:

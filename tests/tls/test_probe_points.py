@@ -30,11 +30,11 @@ def rel32(at: int, size: int, target: int) -> bytes:
 def ssl_read_like(second: bytes = bytes.fromhex("4889e1"), err_call: int = ERR_NEW, after: bytes = b"") -> bytes:
     """sub rsp,0x18; test edx,edx; js err; <second>; movsxd rdx,edx; call INTERNAL; <after> test eax,eax;
     jle out; mov eax,[rsp]; out: add rsp,0x18; ret; err: call ERR_new; mov eax,-1; jmp out"""
-    c = bytearray(bytes.fromhex("4883ec18" "85d2") + b"\x78\x00" + second + bytes.fromhex("4863d2"))
+    c = bytearray(bytes.fromhex("4883ec1885d2") + b"\x78\x00" + second + bytes.fromhex("4863d2"))
     c += b"\xe8" + rel32(BASE + len(c), 5, INTERNAL)
     c += after + bytes.fromhex("85c0") + b"\x7e\x03" + bytes.fromhex("8b0424")
     out = len(c)
-    c += bytes.fromhex("4883c418" "c3")
+    c += bytes.fromhex("4883c418c3")
     err = len(c)
     c[7] = err - 8
     c += b"\xe8" + rel32(BASE + len(c), 5, err_call) + bytes.fromhex("b8ffffffff")
@@ -50,7 +50,7 @@ def resolve(addr: int) -> str | None:
 
 
 def callee_code_push(addr: int) -> Code | None:
-    return Code(addr, bytes.fromhex("4155" "4154" "c3"), addr - 0x10000)
+    return Code(addr, bytes.fromhex("41554154c3"), addr - 0x10000)
 
 
 def no_callee(addr: int) -> Code | None:
@@ -114,14 +114,14 @@ def test_jump_landing_between_call_and_return_site_is_rejected() -> None:
     c += b"\xe8" + rel32(BASE + len(c), 5, INTERNAL)
     c += bytes.fromhex("b901000000")
     jle_at = len(c)
-    c += b"\x7e\x00" + bytes.fromhex("4883c418" "c3")
+    c += b"\x7e\x00" + bytes.fromhex("4883c418c3")
     c += b"\xeb" + (jle_at - (len(c) + 2)).to_bytes(1, "little", signed=True)
     p = plan(bytes(c))
     assert not p.fast and "lands" in p.reason
 
 
 def test_first_instruction_emulated_probes_entry_and_cheap_uretprobe() -> None:
-    p = plan(bytes.fromhex("55" "4889e5" "5d" "c3"))
+    p = plan(bytes.fromhex("554889e55dc3"))
     assert p.fast and [(s.role, s.vaddr, s.mnemonic) for s in p.sites] == [
         ("entry", BASE, "push"),
         ("uretprobe", BASE, "push"),
@@ -130,7 +130,7 @@ def test_first_instruction_emulated_probes_entry_and_cheap_uretprobe() -> None:
 
 
 def test_endbr64_then_push_is_entry_plus_4() -> None:
-    p = plan(bytes.fromhex("f30f1efa" "55" "4889e5" "5d" "c3"))
+    p = plan(bytes.fromhex("f30f1efa554889e55dc3"))
     assert p.fast
     assert [(s.role, s.vaddr - BASE, s.mnemonic) for s in p.sites] == [("entry", 4, "push"), ("uretprobe", 4, "push")]
 
@@ -138,7 +138,7 @@ def test_endbr64_then_push_is_entry_plus_4() -> None:
 def test_go_entry_skips_the_morestack_branch() -> None:
     # cmp rsp,[r14+0x10]; jbe more; push rbp; mov rbp,rsp; pop rbp; ret; int3 x4;
     # more: call runtime.morestack_noctxt; jmp entry
-    c = bytearray(bytes.fromhex("493b6610") + b"\x76\x00" + bytes.fromhex("55" "4889e5" "5d" "c3" "cccccccc"))
+    c = bytearray(bytes.fromhex("493b6610") + b"\x76\x00" + bytes.fromhex("554889e55dc3cccccccc"))
     more = len(c)
     c[5] = more - 6
     c += b"\xe8" + rel32(BASE + len(c), 5, 0x3000)
@@ -268,7 +268,7 @@ def test_independent_verifier_rejects_a_wrong_return_site() -> None:
     wrote = False
     bad = None
     for i in insns[1:]:
-        wrote = wrote or i.mnemonic == "mov" and i.op_str.startswith("eax")
+        wrote = wrote or (i.mnemonic == "mov" and i.op_str.startswith("eax"))
         if wrote and i.mnemonic.startswith("j"):
             bad = i
             break

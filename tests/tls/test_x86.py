@@ -39,7 +39,7 @@ def test_classify(hexbytes: str, emulated: bool, what: str) -> None:
 
 
 def test_decode_kinds_writes_and_widening() -> None:
-    code = bytes.fromhex("4863d2" "4889e1" "e80b000000" "85c0" "7e03" "ff5038" "c3")
+    code = bytes.fromhex("4863d24889e1e80b00000085c07e03ff5038c3")
     insns = list(decode(code, 0x1000))
     assert [i.kind for i in insns] == ["other", "other", "call", "other", "jcc", "icall", "ret"]
     assert insns[0].widens_self() == "rdx"  # movslq %edx,%rdx keeps the int argument's value

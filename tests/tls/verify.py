@@ -16,9 +16,15 @@ _MD.detail = True
 _FAMILY = {
     r: fam
     for fam, names in {
-        "rax": "rax eax ax al ah", "rbx": "rbx ebx bx bl bh", "rcx": "rcx ecx cx cl ch",
-        "rdx": "rdx edx dx dl dh", "rsi": "rsi esi si sil", "rdi": "rdi edi di dil",
-        "rsp": "rsp esp sp spl", "r8": "r8 r8d r8w r8b", "r9": "r9 r9d r9w r9b",
+        "rax": "rax eax ax al ah",
+        "rbx": "rbx ebx bx bl bh",
+        "rcx": "rcx ecx cx cl ch",
+        "rdx": "rdx edx dx dl dh",
+        "rsi": "rsi esi si sil",
+        "rdi": "rdi edi di dil",
+        "rsp": "rsp esp sp spl",
+        "r8": "r8 r8d r8w r8b",
+        "r9": "r9 r9d r9w r9b",
     }.items()
     for r in names.split()
 }
