@@ -52,6 +52,7 @@ def test_survives_restart_with_partial_ack(tmp_path: Path) -> None:
     sp = Spool(tmp_path, max_bytes=1 << 20, segment_bytes=800)
     sp.append(data)
     got, pos = sp.read(15, 1 << 20)
+    assert got == data[:15]
     sp.ack(pos)
     sp.close()
     sp2 = Spool(tmp_path, max_bytes=1 << 20, segment_bytes=800)
