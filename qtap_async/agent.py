@@ -101,6 +101,7 @@ class Agent:
         self.attached = threading.Event()  # set once the BPF programs are attached
         self.capture: Capture | None = None
         self.tls: TlsManager | None = None
+        self._kernel_counters: dict[str, int] = {}  # last read, kept after the capture is closed
         self.raw: Channel[list[bytes]] | None = None
         self.out: Channel[list[Any]] | None = None
         self.source: RingBufferSource | None = None
@@ -113,9 +114,11 @@ class Agent:
     def snapshot(self) -> dict[str, int]:
         """Every counter of every stage, with stable qtap_* names."""
         m: dict[str, int] = {}
+        kernel = self._kernel_counters
         if self.capture is not None and self.capture.objects:
-            for k, v in self.capture.counters().items():
-                m[f"qtap_kernel_{k}_total"] = v
+            kernel = self.capture.counters()
+        for k, v in kernel.items():
+            m[f"qtap_kernel_{k}_total"] = v
         if self.source is not None:
             m["qtap_source_records_total"] = self.source.records
             m["qtap_source_dropped_records_total"] = self.source.dropped_records
@@ -184,6 +187,7 @@ class Agent:
                 loop.remove_signal_handler(sig)
             if self.tls is not None:
                 await self.tls.stop()
+            self._kernel_counters = self.capture.counters()
             self.capture.close()
         return 0
 

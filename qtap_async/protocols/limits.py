@@ -23,8 +23,9 @@ bounds live in one ``Limits`` Struct (one instance is shared by all sessions):
 ``max_hpack_table_bytes`` (default 64 KiB)
     Largest HPACK dynamic table a peer may make the decoder keep (the protocol's own bound is the
     SETTINGS_HEADER_TABLE_SIZE the receiver advertised; this caps it for memory).
-``max_detect_bytes`` (default 8 KiB)
-    Bytes buffered per direction while the protocol is still being detected.
+``max_detect_bytes`` (default 20 KiB)
+    Bytes buffered per direction while the protocol is still being detected (enough for a
+    16 KiB HTTP/2 frame plus the next frame header when a capture starts mid-connection).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True):
     decode_bodies: bool = False
     max_decoded_body_bytes: int = 1024 * 1024
     max_hpack_table_bytes: int = 64 * 1024
-    max_detect_bytes: int = 8 * 1024
+    max_detect_bytes: int = 20 * 1024
 
 
 DEFAULT_LIMITS = Limits()

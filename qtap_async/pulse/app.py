@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +38,33 @@ def _json(obj: Any, status: int = 200, headers: dict[str, str] | None = None) ->
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
     return _json(ErrorBody(message), status, headers)
+
+
+_INT = re.compile(r"^-?[0-9]{1,20}$")
+
+
+@functools.cache
+def _integer_fields(params: type[msgspec.Struct]) -> frozenset[str]:
+    info = msgspec.inspect.type_info(params)
+    assert isinstance(info, msgspec.inspect.StructType)
+    out = set()
+    for f in info.fields:
+        types = f.type.types if isinstance(f.type, msgspec.inspect.UnionType) else (f.type,)
+        if any(isinstance(t, msgspec.inspect.IntType) for t in types):
+            out.add(f.name)
+    return frozenset(out)
+
+
+def parse_params(params: type[msgspec.Struct], raw: dict[str, str]) -> Any:
+    """Query-string values into ``params``, strictly: integers are plain decimal digits (no "1.0",
+    "1e3" or "null"), times are epoch ns digits or RFC 3339 with an offset, enums exact."""
+    typed: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key in _integer_fields(params) and _INT.match(value):
+            typed[key] = int(value)
+        else:
+            typed[key] = value
+    return msgspec.convert(typed, params)
 
 
 class Pulse:
@@ -156,9 +184,8 @@ def create_app(
                 principal = pulse.authenticate(request, "query")
             except PulseAuthError as e:
                 return auth_response(e)
-            raw = {**request.query_params, **request.path_params}
             try:
-                params = msgspec.convert(raw, spec.params, strict=False)
+                params = parse_params(spec.params, {**request.query_params, **request.path_params})
             except msgspec.ValidationError as e:
                 return _error(422, str(e))
             t0 = time.perf_counter()

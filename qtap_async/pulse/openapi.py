@@ -63,7 +63,7 @@ def build_openapi(version: str = "0.1.0") -> dict[str, Any]:
                                     "type": "object",
                                     "properties": {
                                         "events": {"type": "array", "items": event_schema},
-                                        "sent_at": ts_schema,
+                                        "sent_at": {"anyOf": [*ts_schema["anyOf"], {"type": "null"}]},
                                     },
                                     "required": ["events"],
                                 },
@@ -89,7 +89,8 @@ def build_openapi(version: str = "0.1.0") -> dict[str, Any]:
     for q in QUERIES:
         props: dict[str, Any] = param_schemas[q.params.__name__].get("properties", {})
         params = []
-        for name, schema in props.items():
+        for name, prop in props.items():
+            schema = _param_schema(prop)
             in_path = "{" + name + "}" in q.path
             params.append(
                 {"name": name, "in": "path" if in_path else "query", "required": in_path, "schema": schema}
@@ -156,6 +157,19 @@ def build_openapi(version: str = "0.1.0") -> dict[str, Any]:
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
     }
+
+
+def _param_schema(prop: dict[str, Any]) -> dict[str, Any]:
+    """A query parameter is absent rather than null: drop the null branch and the null default."""
+    schema = {k: v for k, v in prop.items() if not (k == "default" and v is None)}
+    if "anyOf" in schema:
+        branches = [b for b in schema["anyOf"] if b != {"type": "null"}]
+        schema.pop("anyOf")
+        if len(branches) == 1:
+            schema.update(branches[0])
+        else:
+            schema["anyOf"] = branches
+    return schema
 
 
 def _result(description: str) -> dict[str, Any]:

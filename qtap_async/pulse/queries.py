@@ -39,7 +39,7 @@ class QueryError(Exception):
 # ---- parameters -------------------------------------------------------------------------------------
 
 
-class _Range(msgspec.Struct, frozen=True, gc=False, kw_only=True):
+class _Range(msgspec.Struct, frozen=True, gc=False, kw_only=True, forbid_unknown_fields=True):
     # Epoch nanoseconds or RFC 3339 with offset; default: the 24 hours before ``end`` (default now).
     start: Time | None = None
     end: Time | None = None
@@ -91,7 +91,7 @@ class IssueSearch(_Range, frozen=True, gc=False, kw_only=True):
     conn_id: U64 | None = None
 
 
-class ObjectParams(msgspec.Struct, frozen=True, gc=False, kw_only=True):
+class ObjectParams(msgspec.Struct, frozen=True, gc=False, kw_only=True, forbid_unknown_fields=True):
     transaction_id: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
     limit: Limit = 1000
 

@@ -92,6 +92,15 @@ class Storage(ABC):
                 self.command(f"ALTER TABLE {self.database}.{table}{on_cluster} MODIFY {want}")
 
 
+def _escape(value: str) -> str:
+    """chDB reads a String parameter in ClickHouse's escaped (TSV) form, as the server's HTTP
+    interface does: without this a tab or newline fails to parse and ``\\n`` would turn into a newline.
+    (clickhouse-connect escapes on its side.)"""
+    return (
+        value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r").replace("\0", "\\0")
+    )
+
+
 class ChdbStorage(Storage):
     """Embedded chDB. chDB allows one engine path per process: open one ChdbStorage per data dir."""
 
@@ -120,7 +129,8 @@ class ChdbStorage(Storage):
 
     def query(self, sql: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         try:
-            res = self._session.query(sql, "JSON", params=params or {})  # type: ignore[no-untyped-call]
+            bound = {k: _escape(v) if isinstance(v, str) else v for k, v in (params or {}).items()}
+            res = self._session.query(sql, "JSON", params=bound)  # type: ignore[no-untyped-call]
         except Exception as e:
             raise PulseError(f"chDB: {e}") from e
         return _rows(res.bytes())

@@ -60,10 +60,11 @@ _SYMBOLS: Final[dict[str, str]] = {
     ",": ",",
 }
 
+_COMPARISONS: Final = frozenset({"==", "!=", "<", "<=", ">", ">="})
 _IDENT_RE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_-]+)*")
 _NAME_RE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _IPV4_RE: Final = re.compile(r"\d{1,3}(?:\.\d{1,3}){3}(?:/\d{1,3})?")
-_STATUS_RE: Final = re.compile(r"[0-9][xX][xX]")
+_STATUS_RE: Final = re.compile(r"[1-9][xX][xX]")
 _NUMBER_RE: Final = re.compile(r"-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?")
 _WORD_CHAR: Final = re.compile(r"[A-Za-z0-9_.]")
 _ESCAPES: Final[dict[str, str]] = {'"': '"', "'": "'", "\\": "\\", "n": "\n", "t": "\t", "r": "\r"}
@@ -130,7 +131,9 @@ def tokenize(text: str) -> list[Token]:
             assert m is not None
             word = m.group()
             if "." not in word and word.lower() in KEYWORDS:
-                tokens.append(Token(KEYWORD, KEYWORDS[word.lower()], i, m.end()))
+                value = KEYWORDS[word.lower()]
+                kind = OP if value in _COMPARISONS else KEYWORD
+                tokens.append(Token(kind, value, i, m.end()))
             else:
                 tokens.append(Token(IDENT, word, i, m.end()))
             i = m.end()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 
 from qtap_async.bpf.loader import Capture
 from qtap_async.sources.tls_probes import AttachStatus, TlsProbes, system_tls_libraries
@@ -16,8 +17,11 @@ from qtap_async.tls import FileKey, Scanner, TlsLibrary, analyze_file
 
 log = logging.getLogger("qtap.tls")
 
-# After an exec the dynamic loader maps the libraries a little later: look a few times.
-RESCAN_DELAYS_S = (0.02, 0.2, 0.8)
+# At exec the kernel has mapped the executable (static TLS: node, Go) but the dynamic loader maps shared
+# libraries a little later: look right away, then a few times more.
+RESCAN_DELAYS_S = (0.0, 0.1, 0.5)
+# A file whose last user exited keeps its probes this long (the same binary is often run again).
+DETACH_GRACE_S = 60.0
 
 
 def _system_libraries() -> list[TlsLibrary]:
@@ -62,7 +66,9 @@ class TlsManager:
         task.add_done_callback(self._tasks.discard)
 
     def on_exit(self, pid: int) -> None:
-        self.probes.process_exited(pid)
+        now = time.monotonic()
+        self.probes.process_exited(pid, now)
+        self.probes.detach_unused(now, DETACH_GRACE_S)
 
     async def _scan_new(self, pid: int) -> None:
         for delay in RESCAN_DELAYS_S:

@@ -51,6 +51,7 @@ class _Attached:
     pids: set[int] = field(default_factory=set)
     system: bool = False
     status: AttachStatus | None = None
+    idle_since: float | None = None
 
 
 def _direction(function: str) -> int:
@@ -86,6 +87,18 @@ def system_tls_libraries() -> list[str]:
             if os.path.exists(path) and os.path.realpath(path) not in {os.path.realpath(p) for p in paths}:
                 paths.append(path)
     return paths
+
+
+def _attach_path(lib: TlsLibrary) -> str:
+    """A path the kernel can open for this file now: the plain path when it is the same file (host mount
+    namespace), else the /proc/PID/root/... path discovery opened it through (containers)."""
+    try:
+        st = os.stat(lib.path)
+        if (st.st_dev, st.st_ino) == (lib.key.dev, lib.key.ino):
+            return lib.path
+    except OSError:
+        pass
+    return lib.open_path or lib.path
 
 
 class TlsProbes:
@@ -156,11 +169,12 @@ class TlsProbes:
         if have is not None:
             if pid is not None:
                 have.pids.add(pid)
+                have.idle_since = None
             assert have.status is not None
             return have.status
         if lib.key in self.failed:
             return self.failed[lib.key]
-        path = lib.open_path or lib.path
+        path = _attach_path(lib)
         links: list[Link] = []
         done: set[tuple[int, str]] = set()
         fast = [p.function for p in lib.plans if p.fast]
@@ -184,15 +198,25 @@ class TlsProbes:
                  lib.version, ",".join(fast) or "-", ",".join(slow) or "-")
         return status
 
-    def process_exited(self, pid: int) -> None:
-        for key, entry in list(self.files.items()):
+    def process_exited(self, pid: int, now: float) -> None:
+        for entry in self.files.values():
             if pid in entry.pids:
                 entry.pids.discard(pid)
-                if not entry.pids and not entry.system:
-                    for link in entry.links:
-                        link.close()
-                    del self.files[key]
-                    log.info("TLS: detached from %s (last process exited)", entry.lib.path)
+                if not entry.pids:
+                    entry.idle_since = now
+
+    def detach_unused(self, now: float, grace_s: float) -> int:
+        """Detach files no process has used for `grace_s` (a binary run again soon keeps its probes)."""
+        n = 0
+        for key, entry in list(self.files.items()):
+            if entry.system or entry.pids or entry.idle_since is None or now - entry.idle_since < grace_s:
+                continue
+            for link in entry.links:
+                link.close()
+            del self.files[key]
+            n += 1
+            log.info("TLS: detached from %s (no process used it for %.0f s)", entry.lib.path, grace_s)
+        return n
 
     def statuses(self) -> list[AttachStatus]:
         out = [e.status for e in self.files.values() if e.status is not None]

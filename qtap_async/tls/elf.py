@@ -231,6 +231,31 @@ class ElfImage:
                     self._plt.setdefault(stub, got[slot])
         return self._plt
 
+    def function_starts(self) -> list[int]:
+        """Sorted function start addresses from .eh_frame_hdr's binary-search table (empty if absent or
+        encoded other than the usual datarel|sdata4)."""
+        if hasattr(self, "_starts"):
+            return self._starts
+        self._starts: list[int] = []
+        hdr = self.section_data(".eh_frame_hdr")
+        base = self.section_addr(".eh_frame_hdr")
+        if hdr is None or base is None or len(hdr) < 12 or hdr[0] != 1 or hdr[2] != 0x03 or hdr[3] != 0x3B:
+            return self._starts
+        count = struct.unpack_from("<I", hdr, 8)[0]
+        table = hdr[12 : 12 + 8 * count]
+        self._starts = sorted(base + loc for loc, _fde in struct.iter_unpack("<ii", table))
+        return self._starts
+
+    def function_extent(self, addr: int) -> int | None:
+        """Size from ``addr`` to the next function start known to .eh_frame_hdr, if ``addr`` starts one."""
+        import bisect
+
+        starts = self.function_starts()
+        i = bisect.bisect_left(starts, addr)
+        if i >= len(starts) or starts[i] != addr or i + 1 >= len(starts):
+            return None
+        return starts[i + 1] - addr
+
     def rodata_contains(self, needle: bytes) -> int:
         """Offset of ``needle`` in .rodata, or -1."""
         data = self.section_data(".rodata")

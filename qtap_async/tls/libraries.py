@@ -79,7 +79,8 @@ def _callee_code_factory(img: ElfImage) -> Callable[[int], Code | None]:
                 return None
             target = sym.value
         try:
-            return _code_for(img, target, 32)
+            # The whole callee when .eh_frame_hdr bounds it (needed to hook past its first instruction).
+            return _code_for(img, target, min(img.function_extent(target) or 32, 0x4000))
         except Exception:
             return None
 

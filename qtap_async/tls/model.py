@@ -51,7 +51,12 @@ class ProbeSite(msgspec.Struct, frozen=True, gc=False):
     """True when the kernel emulates the instruction (cheap, ~0.45 us); False: single-stepped (~14 us)."""
     role: SiteRole
     regs: dict[str, str]
-    """Argument name -> register holding it at this site (e.g. {"buf": "rsi"}); ``ret`` for return values."""
+    """Argument name -> register holding it at this site (e.g. {"buf": "rsi"}); ``ret`` for return values
+    (``eax`` when only the low 32 bits carry it, e.g. an int the function then sign-extends)."""
+    sp_delta: int | None = None
+    """Return-side sites only: rsp when this site fires (for a uretprobe: after the return) minus rsp when
+    the paired entry site fired. Pair by it: a return whose rsp differs belongs to another activation
+    (recursion, another caller of a shared callee). None when it cannot be stated (Go moves stacks)."""
 
 
 class ProbePlan(msgspec.Struct, frozen=True, gc=False):

@@ -330,29 +330,152 @@ def find_return(code: Code, call: Insn, resolve: Resolver, callee_code: Callable
 def _callee_uretprobe(
     call: Insn, resolve: Resolver, callee_code: Callable[[int], Code | None]
 ) -> tuple[int, Insn] | None:
+    """Where a uretprobe on the callee can hook cheaply: its first instruction when emulated, else the first
+    emulated instruction reached straight-line with rsp untouched (the return address is still at (%rsp))
+    and that no jump in the callee can reach again (it would hijack the return twice). ``callee_code`` must
+    then cover the whole callee."""
     assert call.target is not None
     cc = callee_code(call.target)
     if cc is None or not cc.insns:
         return None
     first = cc.insns[0]
-    if not first.emulated:
+    if first.emulated:
+        return cc.start, first
+    site = find_unmoved_stack_site(cc, ())
+    if site is None or cc.end - cc.start <= 32:  # callee extent unknown: cannot rule out a jump back
         return None
-    return cc.start, first
+    if any(cc.start <= t <= site.addr for t in cc.jump_targets):
+        return None
+    return cc.start, site
+
+
+@dataclass(frozen=True)
+class IoExit:
+    """One I/O call (or tail jump) on some path of the function, probed right at that instruction."""
+
+    site: Insn
+    regs: tuple[tuple[str, str], ...]
+    """(parameter, register) at the site, after following register-to-register copies."""
+    callee: int
+    tail: bool
+    ret_reg: str
+
+
+def _reg_copy(insn: Insn) -> tuple[str, str] | None:
+    """(dst, src) for a full-width register-to-register ``mov``."""
+    if insn.mnemonic != "mov":
+        return None
+    parts = [p.strip() for p in insn.op_str.split(",")]
+    if len(parts) != 2 or not all(
+        p in (*ARG_REGS, "rax", "rbx", "rbp", "r10", "r11", "r12", "r13", "r14", "r15") for p in parts
+    ):
+        return None
+    return parts[0], parts[1]
+
+
+def find_io_exits(
+    code: Code, params: dict[str, str], needs: Sequence[str], resolve: Resolver
+) -> tuple[list[IoExit], str]:
+    """Every path from the entry: at most one I/O call or tail jump, after which the function returns that
+    callee's value (a ``cltq`` sign-extension allowed). Error paths without I/O may call only known
+    non-I/O functions. Parameter registers are tracked through register copies to each I/O site.
+
+    Returns (exits, "") or ([], why not)."""
+    exits: dict[int, IoExit] = {}
+    start = {reg: name for name, reg in params.items()}
+    # state: pc, reg->param map, pending exit (after an I/O call), ret widened
+    stack: list[tuple[int, dict[str, str], IoExit | None]] = [(code.start, start, None)]
+    seen: set[tuple[int, tuple[tuple[str, str], ...], int | None]] = set()
+    budget = MAX_EXPLORE * 2
+    while stack:
+        pc, regmap, pending = stack.pop()
+        while True:
+            key = (pc, tuple(sorted(regmap.items())), pending.site.addr if pending else None)
+            if key in seen:
+                break
+            seen.add(key)
+            budget -= 1
+            if budget <= 0:
+                return [], "too many paths to prove"
+            insn = code.at.get(pc)
+            if insn is None or not code.inside(pc):
+                return [], f"a path reaches {pc:#x}, outside the decoded function"
+            if insn.kind == "ret":
+                if pending is not None:
+                    exits[pending.site.addr] = pending
+                break
+            if insn.kind in ("icall", "ijmp"):
+                return [], f"indirect {insn.mnemonic} at {pc:#x}"
+            if (
+                insn.kind in ("call", "jmp")
+                and insn.target is not None
+                and not (insn.kind == "jmp" and code.inside(insn.target))
+            ):
+                name = resolve(insn.target)
+                if insn.kind == "call" and _is_non_io(name):
+                    if _is_no_return(name):
+                        break
+                    regmap = {r: n for r, n in regmap.items() if r not in SYSV_CLOBBERED}
+                    pc = insn.next
+                    continue
+                if pending is not None:
+                    return [], f"a second call ({name or hex(insn.target)}) at {pc:#x} after the I/O call"
+                held = {n: r for r, n in regmap.items()}
+                missing = [n for n in needs if n not in held]
+                if missing:
+                    return [], f"{', '.join(missing)} not in a register at the I/O {insn.mnemonic} at {pc:#x}"
+                ex = IoExit(insn, tuple((n, held[n]) for n in needs), insn.target, insn.kind == "jmp", "rax")
+                if insn.kind == "jmp":
+                    exits[insn.addr] = ex
+                    break
+                pending = ex
+                regmap = {r: n for r, n in regmap.items() if r not in SYSV_CLOBBERED}
+                pc = insn.next
+                continue
+            if insn.kind == "jmp":
+                assert insn.target is not None
+                pc = insn.target
+                continue
+            if insn.kind == "jcc":
+                assert insn.target is not None
+                stack.append((insn.target, dict(regmap), pending))
+                pc = insn.next
+                continue
+            if pending is not None and "rax" in insn.writes:
+                if insn.mnemonic in ("cdqe", "cltq") or insn.widens_self() == "rax":
+                    pending = IoExit(pending.site, pending.regs, pending.callee, False, "eax")
+                else:
+                    return [], f"{insn.mnemonic} at {pc:#x} changes rax between the I/O call and the return"
+            copy = _reg_copy(insn)
+            widened = insn.widens_self()
+            if copy is not None:
+                dst, src = copy
+                if src in regmap:
+                    regmap = {**regmap, dst: regmap[src]}
+                else:
+                    regmap = {r: n for r, n in regmap.items() if r != dst}
+            else:
+                regmap = {r: n for r, n in regmap.items() if r not in insn.writes or r == widened}
+            pc = insn.next
+    if not exits:
+        return [], "no I/O call found on any path"
+    return sorted(exits.values(), key=lambda e: e.site.addr), ""
 
 
 # ------------------------------------------------------------------------------------------------
 # Plans
 
 
-def _site(code: Code, insn: Insn, role: str, regs: dict[str, str], offset: int | None = None) -> ProbeSite:
+def _site(code: Code, insn: Insn, role: str, regs: dict[str, str], sp_delta: int | None = None) -> ProbeSite:
     return ProbeSite(
-        offset=code.offset_of(insn.addr) if offset is None else offset,
+        offset=code.offset_of(insn.addr),
         vaddr=insn.addr,
         mnemonic=insn.mnemonic,
         op_str=insn.op_str,
         emulated=insn.emulated,
         role=role,  # type: ignore[arg-type]
         regs=regs,
+        sp_delta=sp_delta,
     )
 
 
@@ -394,7 +517,7 @@ def fallback_plan(spec: FuncSpec, code: Code, reason: str) -> ProbePlan:
         sites += [_site(code, r, "go_ret", {"ret": "rax"}) for r in code.rets()]
         meaning: ReturnMeaning = "function"
     else:
-        sites.append(_site(code, first, "uretprobe", {"ret": "rax"}))
+        sites.append(_site(code, first, "uretprobe", {"ret": "rax"}, sp_delta=8))
         meaning = "function"
     return ProbePlan(
         function=spec.name,
@@ -422,7 +545,10 @@ def plan_sysv(
         return ProbePlan(
             function=spec.name,
             func_offset=code.file_offset,
-            sites=[_site(code, first, "entry", spec.regs()), _site(code, first, "uretprobe", {"ret": "rax"})],
+            sites=[
+                _site(code, first, "entry", spec.regs()),
+                _site(code, first, "uretprobe", {"ret": "rax"}, sp_delta=8),
+            ],
             fast=True,
             reason=f"first instruction `{first.mnemonic} {first.op_str}` is emulated: entry uprobe and uretprobe "
             "both hook it (Recipe 1)",
@@ -436,7 +562,10 @@ def plan_sysv(
         return ProbePlan(
             function=spec.name,
             func_offset=code.file_offset,
-            sites=[_site(code, early, "entry", spec.regs()), _site(code, early, "uretprobe", {"ret": "rax"})],
+            sites=[
+                _site(code, early, "entry", spec.regs()),
+                _site(code, early, "uretprobe", {"ret": "rax"}, sp_delta=8),
+            ],
             fast=True,
             reason=f"`{early.mnemonic} {early.op_str}` at +{early.addr - code.start:#x} is the first emulated "
             f"instruction; before it only {', '.join(i.mnemonic for i in skipped)}, which neither branch nor "
@@ -448,7 +577,12 @@ def plan_sysv(
     needs = tuple(spec.reg(p) for p in spec.needs)
     ent = find_entry(code, needs, resolve, goal="call")
     if ent.site is None:
-        return fallback_plan(spec, code, f"first instruction `{first.mnemonic}` is single-stepped and {ent.why_not}")
+        multi = plan_io_exits(spec, code, resolve, callee_code)
+        if isinstance(multi, ProbePlan):
+            return multi
+        return fallback_plan(
+            spec, code, f"first instruction `{first.mnemonic}` is single-stepped; {ent.why_not}; per-path: {multi}"
+        )
     site = ent.site
     assert site.target is not None
     callee_name = resolve(site.target) or hex(site.target)
@@ -469,7 +603,7 @@ def plan_sysv(
         assert cc is not None
         sites = [
             _site(code, site, "entry", spec.regs()),
-            _site(cc, cfirst, "uretprobe", {"ret": "rax"}),
+            _site(cc, cfirst, "uretprobe", {"ret": "rax"}, sp_delta=8),
         ]
         return ProbePlan(
             function=spec.name,
@@ -497,7 +631,7 @@ def plan_sysv(
     entry_regs = {p: ARG_REGS[i] for i, p in enumerate(con.params)}
     ret = find_return(code, site, resolve, callee_code)
     if ret.site is not None:
-        rsite = _site(code, ret.site, "return", {"ret": "rax"})
+        rsite = _site(code, ret.site, "return", {"ret": "rax"}, sp_delta=0)
         how = (
             f"`{ret.site.mnemonic}` at +{ret.site.addr - code.start:#x} is the first emulated instruction after "
             "the call, rax untouched and no jump lands in between"
@@ -506,7 +640,7 @@ def plan_sysv(
         cstart, cfirst = ret.callee_uretprobe
         cc = callee_code(cstart)
         assert cc is not None
-        rsite = _site(cc, cfirst, "uretprobe", {"ret": "rax"})
+        rsite = _site(cc, cfirst, "uretprobe", {"ret": "rax"}, sp_delta=0)
         how = f"uretprobe on the callee, whose first instruction `{cfirst.mnemonic} {cfirst.op_str}` is emulated"
     else:
         return fallback_plan(spec, code, f"no provable return point after the call at {site.addr:#x}: {ret.why_not}")
@@ -520,6 +654,46 @@ def plan_sysv(
         ret_meaning="callee",
         callee=f"{callee_name}: {con.description}",
         length=con.length,
+    )
+
+
+def plan_io_exits(
+    spec: FuncSpec, code: Code, resolve: Resolver, callee_code: Callable[[int], Code | None]
+) -> ProbePlan | str:
+    """Entry probes on every I/O call/tail jump, returns through uretprobes on their callees."""
+    exits, why = find_io_exits(code, spec.regs(), spec.needs, resolve)
+    if not exits:
+        return why
+    sites: list[ProbeSite] = []
+    rets: dict[int, ProbeSite] = {}
+    for ex in exits:
+        cu = _callee_uretprobe(ex.site, resolve, callee_code)
+        if cu is None:
+            name = resolve(ex.callee) or hex(ex.callee)
+            return f"the first instruction of {name} (called at {ex.site.addr:#x}) is not emulated"
+        cstart, cfirst = cu
+        cc = callee_code(cstart)
+        assert cc is not None
+        sites.append(_site(code, ex.site, "entry", dict(ex.regs)))
+        # sp after the callee returns: call -> back at the call's rsp; tail jmp -> our caller's, +8.
+        rsite = _site(cc, cfirst, "uretprobe", {"ret": ex.ret_reg}, sp_delta=8 if ex.tail else 0)
+        have = rets.get(rsite.offset)
+        if have is not None and have != rsite:
+            return f"callee at {cstart:#x} is reached both by call and by tail jump"
+        rets[rsite.offset] = rsite
+    names = ", ".join(
+        f"{e.site.mnemonic} at +{e.site.addr - code.start:#x} to {resolve(e.callee) or hex(e.callee)}" for e in exits
+    )
+    return ProbePlan(
+        function=spec.name,
+        func_offset=code.file_offset,
+        sites=[*sites, *rets.values()],
+        fast=all(x.emulated for x in sites) and all(x.emulated for x in rets.values()),
+        reason=f"every path does its I/O through exactly one of: {names}; each is probed as an entry site "
+        "(parameters followed through register copies) and returns the function's own value through a "
+        "uretprobe on the callee, whose first instruction is emulated; pair entry and return by sp_delta",
+        ret_meaning="function",
+        length=spec.length,
     )
 
 

@@ -142,8 +142,9 @@ class AgentHarness:
         return pred()
 
 
-def start_http_server() -> tuple[subprocess.Popen[str], int]:
-    proc = subprocess.Popen([sys.executable, str(PEERS / "http_server.py")], stdout=subprocess.PIPE, text=True)
+def start_http_server(*args: str) -> tuple[subprocess.Popen[str], int]:
+    proc = subprocess.Popen([sys.executable, str(PEERS / "http_server.py"), *args], stdout=subprocess.PIPE,
+                            text=True)
     assert proc.stdout is not None
     line = proc.stdout.readline()
     if not line.startswith("PORT "):

@@ -216,3 +216,24 @@ def test_retention_change_is_applied_to_the_tables(storage: Storage, config: Pul
         storage.config = config
         storage.setup()
     assert "toIntervalDay(90)" in ttl("issues")
+
+
+TRICKY = ["a\tb", "a\nb", "back\\slash", "lit\\nnot-newline", "nul\x00byte", "quote'\"", "{team:String}", "é✓\r"]
+
+
+def test_string_parameters_round_trip_exactly_on_both_backends(
+    storage: Storage, config: PulseConfig, team: str
+) -> None:
+    now = time.time_ns()
+    rows = b"\n".join(
+        msgspec.json.encode({"team": team, "id": f"s{i}", "ts": now, "domain": v, "status": 200}) for i, v in enumerate(TRICKY)
+    )
+    storage.insert("requests", rows)
+    cc = ClickHouseStorage(config, dsn=f"chdb://{config.chdb_path.resolve()}")
+    try:
+        for backend in (storage, cc):
+            for v in TRICKY:
+                got = q.top_domains(backend, team, q.TopParams(start=now - 10**9, end=now + 10**9, domain=v))
+                assert [(d.domain, d.requests) for d in got] == [(v, 1)], (backend, v)
+    finally:
+        cc.close()

@@ -53,7 +53,20 @@ class Server(ThreadingHTTPServer):
 
 
 def main() -> None:
-    srv = Server(("127.0.0.1", int(sys.argv[1]) if len(sys.argv) > 1 else 0), Handler)
+    # usage: http_server.py [PORT] [--tls CERT KEY]
+    args = sys.argv[1:]
+    tls = None
+    if "--tls" in args:
+        i = args.index("--tls")
+        tls = (args[i + 1], args[i + 2])
+        del args[i : i + 3]
+    srv = Server(("127.0.0.1", int(args[0]) if args else 0), Handler)
+    if tls is not None:
+        import ssl
+
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(*tls)
+        srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
     print(f"PORT {srv.server_address[1]}", flush=True)
     srv.serve_forever()
 

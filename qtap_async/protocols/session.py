@@ -1,0 +1,190 @@
+"""One ``ProtocolSession`` per connection: detection, then the protocol's parser, records out.
+
+The caller feeds the reassembled byte stream of each direction (as seen by the local process) in
+order, reports holes with ``gap()`` and the end with ``close()``. Each call returns the records it
+completed. No call raises: malformed input becomes a ``ParseError`` record, and an unexpected bug
+becomes one too (reason "internal error: ...") after which the session ignores the connection.
+
+Detection looks at the first bytes of each direction (see ``detect``): port 53 on either side means
+DNS over TCP; otherwise an HTTP/1 request or status line, the HTTP/2 client preface (or, mid-
+connection, plausible HTTP/2 frames or ALPN "h2"), or a TLS record. The direction that starts with a
+request / preface / ClientHello / DNS query is the client side; the local process may be either.
+When neither direction can be recognized the protocol stays "unknown" and feed() returns [] at once.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+from qtap_async.events.dns import DnsMessage
+from qtap_async.events.http import HttpTransaction, ParseError, TlsClientHello
+from qtap_async.protocols.detect import MATCH, NEED_MORE, ROLE_CLIENT, ROLE_SERVER, detect
+from qtap_async.protocols.dns import DnsTcpConnection
+from qtap_async.protocols.http1 import Http1Connection
+from qtap_async.protocols.http2 import R_RESYNC, Http2Connection
+from qtap_async.protocols.limits import DEFAULT_LIMITS, Limits
+from qtap_async.protocols.tls import TlsConnection
+
+__all__ = ["Direction", "ProtocolSession", "Record"]
+
+Record = HttpTransaction | ParseError | TlsClientHello | DnsMessage
+
+_PROTOCOL_NAMES = {"http1": "http1", "http2": "http2", "tls": "tls", "dns": "dns"}
+
+
+class Direction(enum.IntEnum):
+    """Direction of a byte stream from the local process's point of view."""
+
+    SEND = 0
+    RECV = 1
+
+
+class ProtocolSession:
+    """Parser state of one connection. See the module docstring."""
+
+    __slots__ = ("_alpn", "_closed", "_dead", "_det_buf", "_det_failed", "_det_ts", "_gapped", "_handler",
+                 "_limits", "_offsets", "local_port", "remote_port")
+
+    def __init__(self, *, local_port: int, remote_port: int, alpn: str | None = None,
+                 limits: Limits = DEFAULT_LIMITS) -> None:
+        self.local_port = local_port
+        self.remote_port = remote_port
+        self._alpn = alpn
+        self._limits = limits
+        self._handler: Any = None
+        self._dead = False
+        self._closed = False
+        self._det_buf = [b"", b""]
+        self._det_ts = [0, 0]
+        self._det_failed = [False, False]
+        self._gapped = [False, False]
+        self._offsets = [0, 0]
+        if local_port == 53 or remote_port == 53:
+            self._handler = DnsTcpConnection(limits)
+
+    @property
+    def protocol(self) -> str:
+        """"unknown" until detected, then "http1" | "http2" | "tls" | "dns"."""
+        h = self._handler
+        return h.protocol if h is not None else "unknown"
+
+    # -- public API ---------------------------------------------------------------------------------
+    def feed(self, direction: Direction | int, data: bytes | memoryview, ts_ns: int) -> list[Record]:
+        """Bytes of one direction, in stream order. Returns the records they completed."""
+        h = self._handler
+        if h is not None:
+            if type(data) is not bytes:
+                data = bytes(data)
+            d = 1 if direction else 0
+            try:
+                out: list[Record] = h.feed(d, data, ts_ns)
+                if h.switch_to is not None:
+                    self._handler = h.switch_to
+            except Exception as e:  # a bug must not take the agent down: report and stop
+                return self._internal(e, d, ts_ns)
+            return out
+        if self._dead or self._closed:
+            return []
+        d = 1 if direction else 0
+        if self._det_failed[d]:
+            self._offsets[d] += len(data)
+            return []
+        try:
+            return self._detect(d, bytes(data), ts_ns)
+        except Exception as e:
+            return self._internal(e, d, ts_ns)
+
+    def gap(self, direction: Direction | int, nbytes: int, ts_ns: int) -> list[Record]:
+        """``nbytes`` bytes of ``direction`` are missing (drops, truncation) after what was fed."""
+        d = 1 if direction else 0
+        h = self._handler
+        if h is not None:
+            try:
+                out: list[Record] = h.gap(d, nbytes, ts_ns)
+                if h.switch_to is not None:
+                    self._handler = h.switch_to
+            except Exception as e:
+                return self._internal(e, d, ts_ns)
+            return out
+        if not self._dead and not self._closed:
+            self._offsets[d] += len(self._det_buf[d]) + nbytes
+            self._det_buf[d] = b""
+            self._gapped[d] = True
+        return []
+
+    def close(self, ts_ns: int) -> list[Record]:
+        """The connection ended: flush bodies delimited by close, report unfinished exchanges."""
+        if self._closed:
+            return []
+        self._closed = True
+        h = self._handler
+        if h is None:
+            return []
+        try:
+            out: list[Record] = h.close(ts_ns)
+        except Exception as e:
+            return self._internal(e, None, ts_ns)
+        return out
+
+    # -- detection ----------------------------------------------------------------------------------
+    def _detect(self, d: int, data: bytes, ts: int) -> list[Record]:
+        old = self._det_buf[d]
+        if not old:
+            self._det_ts[d] = ts
+        buf = old + data
+        status, proto, role = detect(buf, alpn=self._alpn)
+        if status == NEED_MORE:
+            if len(buf) < self._limits.max_detect_bytes:
+                self._det_buf[d] = buf
+                return []
+        if status != MATCH:
+            self._det_buf[d] = b""
+            self._det_failed[d] = True
+            self._offsets[d] += len(buf)
+            if self._det_failed[1 - d]:
+                self._dead = True
+            return []
+        self._det_buf[d] = b""
+        o = 1 - d
+        client_dir = d if role == ROLE_CLIENT else o if role == ROLE_SERVER else None
+        lim = self._limits
+        scheme = "https" if self._alpn else None
+        h: Any
+        if proto == "http1":
+            assert client_dir is not None
+            h = Http1Connection(lim, client_dir, scheme=scheme,
+                                resync=(self._det_failed[0], self._det_failed[1]))
+        elif proto == "http2":
+            if client_dir is not None:  # a preface: the connection's start
+                known = [True, True]
+                known[o] = not (self._gapped[o] or self._det_failed[o])
+                h = Http2Connection(lim, client_dir=client_dir, known=(known[0], known[1]), alpn=self._alpn)
+            else:
+                h = Http2Connection(lim, known=(False, False), alpn=self._alpn, expect_preface=False)
+            if self._det_failed[o]:
+                h.readers[o].state = R_RESYNC
+        else:
+            h = TlsConnection(lim, client_dir)
+        self._handler = h
+        out: list[Record] = []
+        if self._det_failed[o] and proto != "tls":
+            out.append(ParseError(reason=f"{self._offsets[o]} bytes at the start of the stream not recognized "
+                                  "(capture started mid-connection?); skipped", direction=o, offset=0,
+                                  ts_ns=ts, protocol="session"))
+        for dd, ts_dd, chunk in ((d, self._det_ts[d], old), (d, ts, data)):
+            if chunk:
+                out.extend(h.feed(dd, chunk, ts_dd))
+        pending = self._det_buf[o]
+        if pending:
+            self._det_buf[o] = b""
+            out.extend(h.feed(o, pending, self._det_ts[o]))
+        if h.switch_to is not None:
+            self._handler = h.switch_to
+        return out
+
+    def _internal(self, e: Exception, d: int | None, ts: int) -> list[Record]:
+        self._handler = None
+        self._dead = True
+        return [ParseError(reason=f"internal error: {type(e).__name__}: {e}", direction=d, offset=0, ts_ns=ts,
+                           protocol=_PROTOCOL_NAMES.get(self.protocol, "session"))]

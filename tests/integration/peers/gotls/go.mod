@@ -1,0 +1,3 @@
+module qtap.test/gotls
+
+go 1.21
