@@ -13,7 +13,9 @@
  * per-version table); they arrive in the attach cookie. Never uretprobes on Go: RET sites are plain uprobes.
  *
  * Attach cookie of the C-library programs: bits 0-7 source (enum qtap_source), bit 8 direction,
- * bit 9 "length is *processed (SSL_*_ex contract)" .
+ * bit 9 "length is *processed (SSL_*_ex contract)", then 4-bit argument register indexes (0 rdi, 1 rsi,
+ * 2 rdx, 3 rcx, 4 r8, 5 r9) of the connection object (bits 12-15), the buffer (16-19) and the byte-count
+ * pointer (20-23): the probe site may be a call to an internal function with its own argument order.
  * Attach cookie of the Go programs: four 16-bit offsets (see go_conn_fd()).
  */
 #include "vmlinux.h"
@@ -40,6 +42,18 @@ struct {
 	__type(key, __u64);
 	__type(value, struct go_call);
 } go_calls SEC(".maps");
+
+static __always_inline __u64 arg_reg(struct pt_regs *ctx, __u32 idx)
+{
+	switch (idx & 0xf) {
+	case 0: return PT_REGS_PARM1(ctx);
+	case 1: return PT_REGS_PARM2(ctx);
+	case 2: return PT_REGS_PARM3(ctx);
+	case 3: return PT_REGS_PARM4(ctx);
+	case 4: return PT_REGS_PARM5(ctx);
+	default: return ctx->r9;
+	}
+}
 
 static __always_inline void count_unassociated(void)
 {
@@ -71,9 +85,9 @@ int BPF_KPROBE(uprobe_tls_entry)
 
 	if (skip_task(pid_tgid >> 32))
 		return 0;
-	c.ssl = PT_REGS_PARM1(ctx);
-	c.buf = PT_REGS_PARM2(ctx);
-	c.len_ptr = (cookie & COOKIE_LEN_PTR) ? PT_REGS_PARM4(ctx) : 0;
+	c.ssl = arg_reg(ctx, cookie >> 12);
+	c.buf = arg_reg(ctx, cookie >> 16);
+	c.len_ptr = (cookie & COOKIE_LEN_PTR) ? arg_reg(ctx, cookie >> 20) : 0;
 	c.dir = (cookie >> COOKIE_DIR_SHIFT) & 1;
 	c.source = cookie & 0xff;
 	bpf_map_update_elem(&tls_calls, &tid, &c, BPF_ANY);

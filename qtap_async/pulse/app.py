@@ -70,9 +70,7 @@ def parse_params(params: type[msgspec.Struct], raw: dict[str, str]) -> Any:
 class Pulse:
     """Everything the handlers share. ``storage``/``tokens`` may be handed in (tests share one engine)."""
 
-    def __init__(
-        self, config: PulseConfig, storage: Storage | None = None, tokens: TokenStore | None = None
-    ) -> None:
+    def __init__(self, config: PulseConfig, storage: Storage | None = None, tokens: TokenStore | None = None) -> None:
         self.config = config
         self.metrics = Metrics()
         self.sanitizer = Sanitizer(config.limits, config.retention, self.metrics)
@@ -135,9 +133,7 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def create_app(
-    config: PulseConfig, storage: Storage | None = None, tokens: TokenStore | None = None
-) -> Starlette:
+def create_app(config: PulseConfig, storage: Storage | None = None, tokens: TokenStore | None = None) -> Starlette:
     pulse = Pulse(config, storage, tokens)
 
     def auth_response(e: PulseAuthError) -> Response:
@@ -161,9 +157,7 @@ def create_app(
                     request.headers.get("content-encoding", ""),
                     config.limits,
                 )
-                return pulse.sanitizer.prepare(
-                    fmt, items, principal.team, principal.agent, received_ns, sent_at
-                )
+                return pulse.sanitizer.prepare(fmt, items, principal.team, principal.agent, received_ns, sent_at)
 
             prepared = await pulse.run_blocking(work)
         except BodyError as e:
@@ -206,9 +200,7 @@ def create_app(
 
     async def readyz(request: Request) -> Response:
         ok = pulse.storage is not None and await pulse.run_blocking(pulse.storage.ping)
-        return Response(
-            "ready\n" if ok else "storage unavailable\n", 200 if ok else 503, media_type="text/plain"
-        )
+        return Response("ready\n" if ok else "storage unavailable\n", 200 if ok else 503, media_type="text/plain")
 
     async def metrics(request: Request) -> Response:
         return Response(pulse.metrics.render(), media_type="text/plain; version=0.0.4")

@@ -110,9 +110,7 @@ def format_for(content_type: str) -> Format:
         return JSON
     if ct in ("application/msgpack", "application/x-msgpack", "application/vnd.msgpack"):
         return MSGPACK
-    raise BodyError(
-        415, f"unsupported Content-Type {content_type!r}; use application/json or application/msgpack"
-    )
+    raise BodyError(415, f"unsupported Content-Type {content_type!r}; use application/json or application/msgpack")
 
 
 def decode_body(
@@ -180,13 +178,7 @@ class Sanitizer:
                 offset = skew
         enc = self._encoder.encode
         prefix = (
-            b'{"team":'
-            + enc(team)
-            + b',"agent":'
-            + enc(agent)
-            + b',"received_at":'
-            + str(received_ms).encode()
-            + b","
+            b'{"team":' + enc(team) + b',"agent":' + enc(agent) + b',"received_at":' + str(received_ms).encode() + b","
         )
         rows: dict[str, list[bytes]] = {t: [] for t in TABLE_OF.values()}
         errors: list[ItemError] = []
@@ -235,9 +227,7 @@ class BatchWriter:
     and raises what the storage raised (the caller then answers 503 or does not commit its offsets).
     """
 
-    def __init__(
-        self, storage: Storage, run_blocking: RunBlocking, metrics: Metrics, max_rows: int = 200_000
-    ) -> None:
+    def __init__(self, storage: Storage, run_blocking: RunBlocking, metrics: Metrics, max_rows: int = 100_000) -> None:
         self.storage = storage
         self._run_blocking = run_blocking
         self.metrics = metrics
@@ -282,9 +272,7 @@ class BatchWriter:
             self._wake.clear()
             while self._pending:
                 take, total = 0, 0
-                while take < len(self._pending) and (
-                    take == 0 or total + self._pending[take][1] <= self.max_rows
-                ):
+                while take < len(self._pending) and (take == 0 or total + self._pending[take][1] <= self.max_rows):
                     total += self._pending[take][1]
                     take += 1
                 round_, self._pending = self._pending[:take], self._pending[take:]

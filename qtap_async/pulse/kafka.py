@@ -65,9 +65,7 @@ def prepare_messages(
         try:
             if is_msgpack:
                 items = (
-                    _msgpack_list.decode(value)
-                    if value[:1] and value[0] in _MSGPACK_ARRAY
-                    else [msgspec.Raw(value)]
+                    _msgpack_list.decode(value) if value[:1] and value[0] in _MSGPACK_ARRAY else [msgspec.Raw(value)]
                 )
             else:
                 items = _json_list.decode(value) if value.lstrip()[:1] == b"[" else [msgspec.Raw(value)]

@@ -92,9 +92,7 @@ def build_openapi(version: str = "0.1.0") -> dict[str, Any]:
         for name, prop in props.items():
             schema = _param_schema(prop)
             in_path = "{" + name + "}" in q.path
-            params.append(
-                {"name": name, "in": "path" if in_path else "query", "required": in_path, "schema": schema}
-            )
+            params.append({"name": name, "in": "path" if in_path else "query", "required": in_path, "schema": schema})
         paths[q.path] = {
             "get": {
                 "operationId": q.run.__name__,

@@ -26,9 +26,7 @@ async def serve(config: PulseConfig, log_level: str = "info") -> None:
 
         app.state.pulse.background.append(run_kafka)
     server = uvicorn.Server(
-        uvicorn.Config(
-            app, host=host, port=port, loop="none", lifespan="on", log_level=log_level, access_log=False
-        )
+        uvicorn.Config(app, host=host, port=port, loop="none", lifespan="on", log_level=log_level, access_log=False)
     )
     await server.serve()
 

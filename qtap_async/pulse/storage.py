@@ -116,21 +116,26 @@ class ChdbStorage(Storage):
             )
         except Exception as e:
             raise PulseError(f"cannot open chDB at {target}: {e}") from e
-        # chDB allows a single streaming insert at a time per connection; queries may run alongside.
-        self._insert_lock = threading.Lock()
+        # While a streaming insert is open chDB refuses every other statement on the connection
+        # ("Cannot run a query while a streaming insert is active"): one lock serializes them, so a
+        # query waits for the INSERT round in progress (inline-data INSERTs would interleave but run
+        # 3-4x slower, measured).
+        self._lock = threading.Lock()
         for key, value in QUERY_SETTINGS.items():
             self.command(f"SET {key} = {int(value)}")
 
     def command(self, sql: str) -> None:
         try:
-            self._session.query(sql, "CSV")  # type: ignore[no-untyped-call]
+            with self._lock:
+                self._session.query(sql, "CSV")  # type: ignore[no-untyped-call]
         except Exception as e:
             raise PulseError(f"chDB: {e}") from e
 
     def query(self, sql: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         try:
             bound = {k: _escape(v) if isinstance(v, str) else v for k, v in (params or {}).items()}
-            res = self._session.query(sql, "JSON", params=bound)  # type: ignore[no-untyped-call]
+            with self._lock:
+                res = self._session.query(sql, "JSON", params=bound)  # type: ignore[no-untyped-call]
         except Exception as e:
             raise PulseError(f"chDB: {e}") from e
         return _rows(res.bytes())
@@ -139,7 +144,7 @@ class ChdbStorage(Storage):
         if table not in TABLES:
             raise PulseError(f"unknown table {table!r}")
         sql = f"INSERT INTO {self.database}.{table}_in SETTINGS input_format_skip_unknown_fields = 1"
-        with self._insert_lock:
+        with self._lock:
             try:
                 with self._session.send_insert(sql, "JSONEachRow") as ins:
                     ins.append(rows)
@@ -159,9 +164,7 @@ class ClickHouseStorage(Storage):
         import clickhouse_connect
 
         try:
-            self._client = clickhouse_connect.get_client(
-                dsn=dsn or config.clickhouse_url, settings=QUERY_SETTINGS
-            )
+            self._client = clickhouse_connect.get_client(dsn=dsn or config.clickhouse_url, settings=QUERY_SETTINGS)
         except Exception as e:
             raise PulseError(f"cannot connect to ClickHouse: {e}") from e
 

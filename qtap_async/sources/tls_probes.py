@@ -89,6 +89,15 @@ def system_tls_libraries() -> list[str]:
     return paths
 
 
+_ARG_REGS = ("rdi", "rsi", "rdx", "rcx", "r8", "r9")
+
+
+def _reg_index(lib: TlsLibrary, plan: ProbePlan, reg: str) -> int:
+    if reg not in _ARG_REGS:
+        raise QtapError(f"{lib.path} {plan.function}: argument in {reg or 'no register'}, not an argument register")
+    return _ARG_REGS.index(reg)
+
+
 def _attach_path(lib: TlsLibrary) -> str:
     """A path the kernel can open for this file now: the plain path when it is the same file (host mount
     namespace), else the /proc/PID/root/... path discovery opened it through (containers)."""
@@ -141,20 +150,18 @@ class TlsProbes:
         for site in plan.sites:
             if site.role == "entry":
                 regs = site.regs
-                if regs.get("buf", regs.get("data")) != "rsi" or regs.get("ssl", regs.get("session")) != "rdi":
-                    raise QtapError(f"{lib.path} {plan.function}: entry registers {regs} are not (rdi, rsi)")
-                cookie = source | direction << 8
+                obj_reg = _reg_index(lib, plan, regs.get("ssl", regs.get("session", "")))
+                buf_reg = _reg_index(lib, plan, regs.get("buf", regs.get("data", "")))
+                cookie = source | direction << 8 | obj_reg << 12 | buf_reg << 16
                 if plan.length.startswith("*"):
-                    ptr_reg = next((r for name, r in regs.items() if name not in ("ssl", "buf", "num")), "")
-                    if ptr_reg != "rcx":
-                        raise QtapError(f"{lib.path} {plan.function}: byte count pointer in {ptr_reg!r}, not rcx")
-                    cookie |= COOKIE_LEN_PTR
+                    ptr_name = plan.length[1:].split()[0]
+                    cookie |= COOKIE_LEN_PTR | _reg_index(lib, plan, regs.get(ptr_name, "")) << 20
                 key = (site.offset, f"entry{cookie}")
                 if key not in done:
                     done.add(key)
                     links.append(self._attach_site("uprobe_tls_entry", path, site.offset, cookie))
             elif site.role in ("return", "uretprobe"):
-                if site.regs.get("ret", "rax") != "rax":
+                if site.regs.get("ret", "rax") not in ("rax", "eax"):
                     raise QtapError(f"{lib.path} {plan.function}: return value in {site.regs}, not rax")
                 retprobe = site.role == "uretprobe"
                 key = (site.offset, f"ret{retprobe}")

@@ -415,6 +415,8 @@ def find_io_exits(
                 if insn.kind == "call" and _is_non_io(name):
                     if _is_no_return(name):
                         break
+                    if pending is not None:
+                        return [], f"call to {name} at {pc:#x} clobbers rax after the I/O call"
                     regmap = {r: n for r, n in regmap.items() if r not in SYSV_CLOBBERED}
                     pc = insn.next
                     continue
@@ -612,7 +614,7 @@ def plan_sysv(
             fast=True,
             reason=f"tail jump at +{site.addr - code.start:#x} to {callee_name} with {', '.join(needs)} intact "
             f"({proof or 'straight line'}); the callee returns straight to our caller, so a uretprobe on its "
-            f"emulated first instruction `{cfirst.mnemonic} {cfirst.op_str}` yields our return value"
+            f"emulated `{cfirst.mnemonic} {cfirst.op_str}` (+{cfirst.addr - cstart:#x} into it) yields our return value"
             + (
                 "; the PLT binds to this file's own definition unless another object interposes it"
                 if callee_name.endswith("@plt")
@@ -641,7 +643,10 @@ def plan_sysv(
         cc = callee_code(cstart)
         assert cc is not None
         rsite = _site(cc, cfirst, "uretprobe", {"ret": "rax"}, sp_delta=0)
-        how = f"uretprobe on the callee, whose first instruction `{cfirst.mnemonic} {cfirst.op_str}` is emulated"
+        how = (
+            f"uretprobe on the callee, hooked on its emulated `{cfirst.mnemonic} {cfirst.op_str}` "
+            f"at +{cfirst.addr - cstart:#x}"
+        )
     else:
         return fallback_plan(spec, code, f"no provable return point after the call at {site.addr:#x}: {ret.why_not}")
     return ProbePlan(
@@ -691,7 +696,7 @@ def plan_io_exits(
         fast=all(x.emulated for x in sites) and all(x.emulated for x in rets.values()),
         reason=f"every path does its I/O through exactly one of: {names}; each is probed as an entry site "
         "(parameters followed through register copies) and returns the function's own value through a "
-        "uretprobe on the callee, whose first instruction is emulated; pair entry and return by sp_delta",
+        "uretprobe on the callee hooked on an emulated instruction; pair entry and return by sp_delta",
         ret_meaning="function",
         length=spec.length,
     )

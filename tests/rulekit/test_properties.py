@@ -120,12 +120,20 @@ class Bool:
 
 
 small_text = st.text(alphabet="abxyGET/.0123456789 -é\"\\", max_size=6)
+BOUNDARIES = [0, 1, 99, 100, 199, 200, 299, 300, 499, 500, 503, 599, 600, 999, 1000]
 numbers = st.one_of(
+    st.sampled_from(BOUNDARIES),
+    st.sampled_from(BOUNDARIES).map(float),
     st.integers(min_value=-(10**12), max_value=10**12),
     st.floats(allow_nan=False, allow_infinity=False, width=64).filter(lambda f: abs(f) < 1e300),
 )
+numeric_text = st.one_of(
+    st.sampled_from(BOUNDARIES).map(str),
+    st.sampled_from(BOUNDARIES).map(lambda n: f" {n}.0"),
+    st.sampled_from(["+5", "1e2", ".5", "5.", "abc", "", " ", "0x10", "1_0"]),
+)
 fields = st.sampled_from(FIELDS)
-literals = st.one_of(small_text.map(Lit), numbers.map(Lit))
+literals = st.one_of(small_text.map(Lit), numeric_text.map(Lit), numbers.map(Lit))
 
 
 @st.composite
@@ -146,6 +154,7 @@ def comparisons(draw: st.DrawFn) -> Cmp:
 
 in_items = st.one_of(
     small_text.map(Lit),
+    numeric_text.map(Lit),
     numbers.map(Lit),
     st.integers(1, 9).map(lambda d: Lit((STATUS, d))),
     st.sampled_from(NETWORKS).filter(lambda n: "/" in n).map(Net),
@@ -369,8 +378,8 @@ values = st.one_of(
     numbers,
     st.booleans(),
     numbers.map(lambda n: f" {n} "),
+    numeric_text,
     st.integers(100, 599),
-    st.integers(100, 599).map(str),
     st.sampled_from(["10.1.2.3", "192.168.7.7", "::ffff:10.0.0.1", "2001:db8::5", "127.0.0.1", "GET", "get"]),
 )
 contexts = st.dictionaries(st.sampled_from(FIELDS), values)
@@ -404,3 +413,16 @@ def test_evaluation_never_raises(data: st.DataObject, tree: Any, ctxs: list[dict
     rule = compile_rule(render(tree, data.draw), macro_texts(data.draw))
     for ctx in ctxs:
         assert rule.evaluate(_Ctx(ctx)) in (True, False)
+
+
+full_contexts = st.fixed_dictionaries({f: values for f in FIELDS})
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data(), leaves, st.lists(full_contexts, min_size=1, max_size=8))
+def test_single_conditions_agree_with_the_reference(data: st.DataObject, leaf: Any, ctxs: list[dict[str, Any]]) -> None:
+    # One comparison against contexts where every field is set: no and/or to hide a disagreement.
+    text = render(leaf, data.draw)
+    rule = compile_rule(text, macro_texts(data.draw))
+    for ctx in ctxs:
+        assert rule.evaluate(_Ctx(ctx)) is ref_eval(leaf, ctx), (text, ctx)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from qtap_async.tls.libraries import analyze_file
+from qtap_async.tls.libraries import GNUTLS_SPECS, GO_SPECS, OPENSSL_SPECS, analyze_file
 from qtap_async.tls.model import FileKey, ProbePlan, TlsLibrary
 from qtap_async.tls.probe_points import CalleeContract, Code, EntryFinding, FuncSpec, plan_go, plan_sysv
 
@@ -180,6 +180,14 @@ def _plans(lib: TlsLibrary) -> dict[str, ProbePlan]:
     return {p.function: p for p in lib.plans}
 
 
+SPECS = {s.name: s for s in (*OPENSSL_SPECS, *GNUTLS_SPECS, *GO_SPECS)}
+
+
+def verify(path: str, lib: TlsLibrary, plan: ProbePlan) -> None:
+    size = next(f.size for f in lib.functions if f.name == plan.function) or 0x400
+    check_plan(path, plan, SPECS[plan.function].regs(), size)
+
+
 def test_debian_libssl3_fast_call_site_plans() -> None:
     path = _ldconfig("libssl.so.3")
     lib = _analyze(path)
@@ -187,7 +195,7 @@ def test_debian_libssl3_fast_call_site_plans() -> None:
     plans = _plans(lib)
     assert set(plans) == {"SSL_read", "SSL_write", "SSL_read_ex", "SSL_write_ex"}
     for p in plans.values():
-        check_plan(path, p)
+        verify(path, lib, p)
     r = plans["SSL_read"]
     # Debian's SSL_read starts `sub $0x18,%rsp` (single-stepped): the probe must move to the call.
     assert r.fast and r.sites[0].mnemonic == "call" and r.sites[0].offset > r.func_offset
@@ -206,7 +214,7 @@ def test_node_static_openssl() -> None:
     plans = _plans(lib)
     assert {"SSL_read", "SSL_write"} <= set(plans)
     for p in plans.values():
-        check_plan("/usr/bin/node", p)
+        verify("/usr/bin/node", lib, p)
         assert p.fast, p.reason
         # node's SSL_* start with `push %rbp`: Recipe 1, entry and uretprobe on the same instruction
         assert p.sites[0].offset == p.func_offset and p.sites[0].mnemonic == "push"
@@ -221,10 +229,16 @@ def test_gnutls() -> None:
     plans = _plans(lib)
     assert set(plans) == {"gnutls_record_send", "gnutls_record_recv"}
     for p in plans.values():
-        check_plan(path, p)
-        if not p.fast:
-            # fallback: plain entry + uretprobe at the first instruction, and a reason
-            assert [s.offset for s in p.sites] == [p.func_offset, p.func_offset] and p.reason
+        verify(path, lib, p)
+        assert p.fast, p.reason
+    # send: `xor; xor; jmp send2` -> entry and uretprobe both on the jmp (rsp untouched before it)
+    send = plans["gnutls_record_send"]
+    assert [(s.role, s.mnemonic) for s in send.sites] == [("entry", "jmp"), ("uretprobe", "jmp")]
+    # recv: two I/O exits (kTLS call, tail jump to the record layer), parameters moved between registers
+    recv = plans["gnutls_record_recv"]
+    entries = [s for s in recv.sites if s.role == "entry"]
+    assert len(entries) == 2 and all(e.regs["data"] == "rdx" and e.regs["size"] == "rcx" for e in entries)
+    assert sum(s.role == "uretprobe" for s in recv.sites) == 2
 
 
 def test_gnutls_openssl_compat_layer_is_not_openssl() -> None:
@@ -243,7 +257,7 @@ def test_go_plans(go_binaries: dict[str, Path], variant: str) -> None:
     plans = _plans(lib)
     w, r = plans["crypto/tls.(*Conn).Write"], plans["crypto/tls.(*Conn).Read"]
     for p in (w, r):
-        check_plan(path, p)
+        verify(path, lib, p)
         check_site_emulated(path, p.sites[0])
         # The site is past the stack-check jbe (hit twice when the stack grows), never on it.
         assert p.sites[0].mnemonic == "push" and p.sites[0].regs["buf"] == "rbx"
@@ -276,7 +290,11 @@ def test_independent_verifier_rejects_a_wrong_return_site() -> None:
     site = msgspec.structs.replace(entry, offset=bad.address, mnemonic=bad.mnemonic, role="return", regs={"ret": "rax"})
     wrong = msgspec.structs.replace(r, sites=[entry, site])
     with pytest.raises(AssertionError, match="writes rax"):
-        check_plan(path, wrong)
+        check_plan(path, wrong, SPECS["SSL_read"].regs(), 0x80)
+    # ... and a claim that rsi holds buf at a site after rsi was overwritten must fail too
+    lying = msgspec.structs.replace(entry, regs={"buf": "rdx"})
+    with pytest.raises(AssertionError, match="does not hold buf"):
+        check_plan(path, msgspec.structs.replace(r, sites=[lying, r.sites[1]]), SPECS["SSL_read"].regs(), 0x80)
 
 
 def test_go_ret_sites_are_every_ret_of_read(go_binaries: dict[str, Path]) -> None:
@@ -291,3 +309,47 @@ def test_go_ret_sites_are_every_ret_of_read(go_binaries: dict[str, Path]) -> Non
     rets = {i.address for i in _MD.disasm(code, fn.offset) if i.mnemonic == "ret"}
     plan = _plans(lib)["crypto/tls.(*Conn).Read"]
     assert rets and {s.offset for s in plan.sites if s.role == "go_ret"} == rets
+
+
+RECV = FuncSpec("recv", ("session", "data", "size"), ("session", "data", "size"), "read", "ret if ret > 0")
+X1, X2 = 0x14000, 0x15000
+
+
+def gnutls_recv_like(after_call: bytes = bytes.fromhex("4898")) -> bytes:
+    """sub rsp,8; mov rcx,rdx; test edi,edi; je L2; mov rdx,rsi; call X1; <after_call>; add rsp,8; ret;
+    L2: mov rdx,rsi; add rsp,8; jmp X2"""
+    c = bytearray(bytes.fromhex("4883ec084889d185ff") + b"\x74\x00" + bytes.fromhex("4889f2"))
+    c += b"\xe8" + rel32(BASE + len(c), 5, X1)
+    c += after_call + bytes.fromhex("4883c408c3")
+    c[9] = len(c) - 10
+    c += bytes.fromhex("4889f24883c408")
+    c += b"\xe9" + rel32(BASE + len(c), 5, X2)
+    return bytes(c)
+
+
+def test_io_exits_with_register_moves() -> None:
+    code = gnutls_recv_like()
+    p = plan_sysv(RECV, Code(BASE, code, 0), lambda a: None, callee_code_push, None)
+    assert p.fast, p.reason
+    entries = [s for s in p.sites if s.role == "entry"]
+    rets = {s.vaddr: s for s in p.sites if s.role == "uretprobe"}
+    assert [(e.mnemonic, e.regs) for e in entries] == [
+        ("call", {"session": "rdi", "data": "rdx", "size": "rcx"}),
+        ("jmp", {"session": "rdi", "data": "rdx", "size": "rcx"}),
+    ]
+    # cdqe after the call: only eax carries the value; a tail jump returns to our caller (+8)
+    assert (rets[X1].regs, rets[X1].sp_delta) == ({"ret": "eax"}, 0)
+    assert (rets[X2].regs, rets[X2].sp_delta) == ({"ret": "rax"}, 8)
+    assert p.ret_meaning == "function"
+
+
+def test_io_exits_rejects_rax_change_after_the_call() -> None:
+    p = plan_sysv(
+        RECV, Code(BASE, gnutls_recv_like(bytes.fromhex("b801000000")), 0), lambda a: None, callee_code_push, None
+    )
+    assert not p.fast and "changes rax" in p.reason
+
+
+def test_io_exits_needs_emulated_callee_hook() -> None:
+    p = plan_sysv(RECV, Code(BASE, gnutls_recv_like(), 0), lambda a: None, no_callee, None)
+    assert not p.fast and "not emulated" in p.reason

@@ -94,26 +94,103 @@ def check_site_emulated(path: str, site: ProbeSite) -> None:
     assert allowed and emulated_by_kernel(bytes(insn.bytes)) == site.emulated, site
 
 
-def check_plan(path: str, plan: ProbePlan) -> None:
-    """Every claim of a fast plan, re-checked: sites emulated, argument registers untouched on the way
-    to the entry site, rax untouched between the call and the return site."""
+_CALLER_SAVED = {"rax", "rcx", "rdx", "rsi", "rdi", "r8", "r9", "r10", "r11"}
+_BRANCH = ("call", "jmp", "ret")
+
+
+def _target(insn: capstone.CsInsn) -> int | None:
+    try:
+        return int(insn.op_str, 16)
+    except ValueError:
+        return None
+
+
+def params_at(path: str, start: int, size: int, target: int, initial: dict[str, str]) -> list[dict[str, str]]:
+    """For every path from ``start`` to ``target`` inside [start, start+size): which register holds which
+    parameter on arrival (following reg-to-reg movs; any other write loses the register; calls clobber
+    the caller-saved ones). One dict per distinct arrival state."""
+    with open(path, "rb") as f:
+        f.seek(start)
+        code = f.read(size + 16)
+    by_addr = {i.address: i for i in _MD.disasm(code, start)}
+    arrivals: list[dict[str, str]] = []
+    stack = [(start, dict(initial))]
+    seen: set[tuple[int, tuple[tuple[str, str], ...]]] = set()
+    while stack:
+        pc, regs = stack.pop()
+        while start <= pc < start + size:
+            key = (pc, tuple(sorted(regs.items())))
+            if key in seen:
+                break
+            seen.add(key)
+            if pc == target:
+                arrivals.append(regs)
+                break
+            insn = by_addr[pc]
+            m = insn.mnemonic
+            if m == "ret" or m.startswith("ud") or m == "hlt":
+                break
+            tgt = _target(insn)
+            if m == "jmp":
+                if tgt is None or tgt == start:  # a jump back to the entry is a new activation (morestack)
+                    break
+                pc = tgt
+                continue
+            if m.startswith("j"):
+                if tgt is not None:
+                    stack.append((tgt, dict(regs)))
+                pc = insn.address + insn.size
+                continue
+            if m == "call":
+                regs = {r: n for r, n in regs.items() if r not in _CALLER_SAVED}
+                pc = insn.address + insn.size
+                continue
+            ops = [o.strip() for o in insn.op_str.split(",")]
+            if m == "mov" and len(ops) == 2 and ops[0] in _FAMILY and ops[1] in _FAMILY and ops[0] == _FAMILY[ops[0]]:
+                if ops[1] in regs:
+                    regs = {**regs, ops[0]: regs[ops[1]]}
+                else:
+                    regs = {r: n for r, n in regs.items() if r != ops[0]}
+            else:
+                keep = self_widening(insn)
+                regs = {r: n for r, n in regs.items() if r not in written(insn) or r == keep}
+            pc = insn.address + insn.size
+    return arrivals
+
+
+def check_plan(path: str, plan: ProbePlan, params: dict[str, str], func_size: int) -> None:
+    """Every claim of a fast plan, re-checked from the bytes: every site emulated as claimed; on every
+    path from the function's entry to each entry site the claimed registers hold the claimed parameters;
+    rax untouched between a call and its in-function return site; uretprobes hooked before rsp moves."""
+    initial = {reg: name for name, reg in params.items()}
     for s in plan.sites:
         insn = insn_at(path, s.offset)
         assert insn.mnemonic == s.mnemonic
         assert emulated_by_kernel(bytes(insn.bytes)) == s.emulated, s
     if not plan.fast:
         return
-    entry = next(s for s in plan.sites if s.role == "entry")
-    check_site_emulated(path, entry)
-    arg_regs = {r for name, r in entry.regs.items() if name != "processed_ptr"}
-    arg_regs &= set(_FAMILY.values())
-    for insn in path_to(path, plan.func_offset, entry.offset):
-        hit = written(insn) & arg_regs
-        hit.discard(self_widening(insn) or "")
-        assert not hit, f"{plan.function}: {insn.mnemonic} {insn.op_str} at {insn.address:#x} writes {hit}"
-        if plan.sites[-1].role == "uretprobe" and plan.sites[-1].offset == entry.offset:
-            assert "rsp" not in written(insn), "uretprobe past an rsp change would hijack the wrong slot"
+    entries = [s for s in plan.sites if s.role == "entry"]
+    assert entries
+    for entry in entries:
+        check_site_emulated(path, entry)
+        arrivals = params_at(path, plan.func_offset, func_size, entry.offset, initial)
+        assert arrivals, f"{plan.function}: entry site {entry.offset:#x} unreachable"
+        claimed = {n: r for n, r in entry.regs.items() if n in params}
+        for regs in arrivals:
+            held = {n: r for r, n in regs.items()}
+            for name, reg in claimed.items():
+                assert regs.get(reg) == name, (
+                    f"{plan.function}: {reg} does not hold {name} at {entry.offset:#x} ({held})"
+                )
     for s in plan.sites:
         if s.role == "return":
-            for insn in path_to(path, entry.offset, s.offset)[1:]:
+            for insn in path_to(path, entries[0].offset, s.offset)[1:]:
                 assert "rax" not in written(insn), f"{insn.mnemonic} {insn.op_str} writes rax before the site"
+        if s.role == "uretprobe":
+            check_site_emulated(path, s)
+            assert s.sp_delta in (0, 8)
+            if plan.func_offset <= s.offset < plan.func_offset + func_size:
+                # a uretprobe inside the function itself: the return address must still be at (%rsp)
+                assert s.sp_delta == 8
+                for insn in path_to(path, plan.func_offset, s.offset):
+                    assert "rsp" not in written(insn), f"{insn.mnemonic} moves rsp before the uretprobe"

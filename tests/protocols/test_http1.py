@@ -1,0 +1,314 @@
+"""HTTP/1.x: recorded real streams and hand-built edge cases."""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+
+import brotli
+import pytest
+import zstandard
+
+from qtap_async.protocols import Direction, Limits, ProtocolSession
+from tests.protocols.helpers import errors, no_internal_errors, run, txs
+from tests.protocols.record import load, replay
+
+C, S = Direction.SEND, Direction.RECV
+
+
+# -- recorded streams ----------------------------------------------------------------------------------
+
+def test_recorded_python_keepalive() -> None:
+    out = replay(load("http1_python_keepalive"))
+    t = txs(out)
+    assert [x.method for x in t] == ["GET", "HEAD", "POST", "GET", "GET", "GET"]
+    assert [x.status for x in t] == [200, 200, 201, 200, 304, 404]
+    assert all(not x.incomplete and x.protocol == "http/1.1" and x.client_direction == 0 for x in t)
+    get, head, post, chunked, notmod, missing = t
+    assert get.path == "/items?id=1" and get.response_body == b'{"path": "/items?id=1"}'
+    assert get.authority is not None and get.authority.startswith("127.0.0.1:")
+    # duplicates kept in order
+    assert [v for k, v in get.response_headers if k == "Set-Cookie"] == ["a=1", "b=2"]
+    assert head.response_body == b"" and ("Content-Length", "1234") in head.response_headers
+    assert post.request_body == b"x" * 3000 and post.request_body_size == 3000 and post.response_body_size == 3000
+    assert chunked.response_body == b"hello chunked world" and chunked.response_trailers == [("X-Checksum", "abc123")]
+    assert notmod.response_body == b""
+    for x in t:
+        assert x.request_start_ns <= x.request_end_ns <= x.response_start_ns <= x.response_end_ns
+    assert not errors(out)
+
+
+def test_recorded_expect_100_continue() -> None:
+    (t,) = txs(replay(load("http1_curl_expect100")))
+    assert t.informational == [100] and t.status == 201
+    assert ("Expect", "100-continue") in t.request_headers
+    assert t.request_body_size == 2048 and t.request_body == t.response_body
+    assert t.request_end_ns is not None and t.response_start_ns is not None
+    assert t.response_start_ns >= t.request_end_ns  # final response, not the interim one
+
+
+def test_recorded_nginx_gzip_chunked_decoded() -> None:
+    t = txs(replay(load("http1_nginx_gzip"), limits=Limits(decode_bodies=True)))
+    assert len(t) == 2
+    page = t[0]
+    assert ("Transfer-Encoding", "chunked") in page.response_headers
+    assert ("Content-Encoding", "gzip") in page.response_headers
+    assert page.response_body[:2] == b"\x1f\x8b"
+    assert page.response_body_decoded is not None and page.response_body_decoded.startswith(b"<html><body>hello")
+    assert page.body_decode_error is None
+    assert t[1].path == "/small.txt" and t[1].response_body == b"small\n" and t[1].response_body_decoded is None
+    # decoding is off by default
+    assert txs(replay(load("http1_nginx_gzip")))[0].response_body_decoded is None
+
+
+def test_recorded_nginx_pipelined() -> None:
+    rec = load("http1_nginx_pipelined")
+    assert len([e for e in rec.events if e[0] == 0 and e[2]]) == 1  # the three requests in one chunk
+    t = txs(replay(rec))
+    assert [(x.method, x.path, x.status) for x in t] == [("GET", "/small.txt", 200), ("GET", "/missing", 404),
+                                                         ("HEAD", "/small.txt", 200)]
+    assert t[0].response_body == b"small\n" and t[2].response_body == b""
+
+
+def test_recorded_body_delimited_by_close() -> None:
+    (t,) = txs(replay(load("http1_close_delimited")))
+    assert t.protocol == "http/1.0" and not t.incomplete
+    assert t.response_body_size == 880 and t.response_body.startswith(b"body delimited")
+
+
+def test_local_process_is_the_server() -> None:
+    t = txs(replay(load("http1_python_keepalive"), local_is_client=False))
+    assert len(t) == 6 and all(x.client_direction == Direction.RECV for x in t)
+
+
+# -- hand-built edge cases -----------------------------------------------------------------------------
+
+def test_chunked_request_with_trailers_and_extensions() -> None:
+    req = (b"POST /up HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
+           b"5;ext=1\r\nhello\r\n1\r\n!\r\n0\r\nX-A: 1\r\nX-B: 2\r\n\r\n")
+    resp = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    (t,) = txs(run([(C, req), (S, resp)]))
+    assert t.request_body == b"hello!" and t.request_trailers == [("X-A", "1"), ("X-B", "2")]
+    assert not t.incomplete
+
+
+def test_pipelining_across_odd_chunk_boundaries() -> None:
+    reqs = b"".join(b"GET /%d HTTP/1.1\r\nHost: h\r\n\r\n" % i for i in range(5))
+    resps = b"".join(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(b"r%d" % i), b"r%d" % i)
+                     for i in range(5))
+    chunks = [(C, reqs[i : i + 7]) for i in range(0, len(reqs), 7)]
+    chunks += [(S, resps[i : i + 11]) for i in range(0, len(resps), 11)]
+    t = txs(run(chunks))
+    assert [(x.path, x.response_body) for x in t] == [("/%d" % i, b"r%d" % i) for i in range(5)]
+
+
+def test_head_304_204_and_1xx_have_no_body() -> None:
+    out = run([
+        (C, b"HEAD /a HTTP/1.1\r\n\r\n"), (S, b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n"),
+        (C, b"GET /b HTTP/1.1\r\n\r\n"), (S, b"HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\n\r\n"),
+        (C, b"DELETE /c HTTP/1.1\r\n\r\n"), (S, b"HTTP/1.1 204 No Content\r\n\r\n"),
+        (C, b"GET /d HTTP/1.1\r\n\r\n"),
+        (S, b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nx"),
+    ])
+    t = txs(out)
+    assert [(x.status, x.response_body) for x in t] == [(200, b""), (304, b""), (204, b""), (200, b"x")]
+    assert t[3].informational == [103] and not any(x.incomplete for x in t)
+
+
+def test_websocket_upgrade_then_stop() -> None:
+    req = (b"GET /chat HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+           b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    resp = (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n\x81\x05hello")
+    s = ProtocolSession(local_port=40000, remote_port=80)
+    out = s.feed(C, req, 1) + s.feed(S, resp, 2)
+    (t,) = txs(out)
+    assert t.status == 101 and t.upgrade == "websocket" and not t.incomplete
+    # websocket frames afterwards are not parsed and produce nothing
+    assert s.feed(C, b"\x81\x85abcd" + b"\x00" * 5, 3) == [] and s.feed(S, b"\x81\x02hi", 4) == []
+    assert s.close(5) == []
+
+
+def test_upgrade_declined_resumes_http1() -> None:
+    out = run([
+        (C, b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nGET /next HTTP/1.1\r\n\r\n"),
+        (S, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nnoHTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nyes"),
+    ])
+    t = txs(out)
+    assert [(x.path, x.upgrade, x.response_body) for x in t] == [("/", None, b"no"), ("/next", None, b"yes")]
+
+
+def test_connect_tunnel() -> None:
+    s = ProtocolSession(local_port=40000, remote_port=3128)
+    out = s.feed(C, b"CONNECT example.test:443 HTTP/1.1\r\nHost: example.test:443\r\n\r\n", 1)
+    out += s.feed(S, b"HTTP/1.1 200 Connection established\r\n\r\n", 2)
+    out += s.feed(C, b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", 3)
+    (t,) = txs(out)
+    assert t.method == "CONNECT" and t.authority == "example.test:443" and t.upgrade == "tunnel"
+    assert s.close(4) == []
+
+
+def test_absolute_form_target_sets_scheme_and_authority() -> None:
+    (t,) = txs(run([(C, b"GET http://proxy.test:8080/x?y HTTP/1.1\r\nHost: other\r\n\r\n"),
+                    (S, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")]))
+    assert (t.scheme, t.authority, t.path) == ("http", "proxy.test:8080", "/x?y")
+
+
+def test_alpn_means_https() -> None:
+    (t,) = txs(run([(C, b"GET / HTTP/1.1\r\n\r\n"), (S, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")],
+                   alpn="http/1.1"))
+    assert t.scheme == "https"
+
+
+def test_bare_lf_and_obs_fold_tolerated() -> None:
+    (t,) = txs(run([(C, b"GET / HTTP/1.1\nHost: h\nX-Long: a\n  b\n\n"),
+                    (S, b"HTTP/1.1 200 OK\nContent-Length: 1\n\nz")]))
+    assert ("X-Long", "a b") in t.request_headers and t.response_body == b"z"
+
+
+def test_body_limit_truncates_and_counts() -> None:
+    body = bytes(range(256)) * 40
+    (t,) = txs(run([(C, b"GET / HTTP/1.1\r\n\r\n"),
+                    (S, b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)],
+                   limits=Limits(max_body_bytes=100)))
+    assert t.response_body == body[:100] and t.response_body_size == len(body) and t.response_body_truncated
+    assert not t.incomplete
+
+
+@pytest.mark.parametrize("coding,encode", [
+    ("gzip", gzip.compress),
+    ("deflate", zlib.compress),
+    ("deflate", lambda b: zlib.compress(b, wbits=-15) if False else zlib.compressobj(wbits=-15).compress(b)
+     + zlib.compressobj(wbits=-15).flush()),
+    ("br", brotli.compress),
+    ("zstd", lambda b: zstandard.ZstdCompressor().compress(b)),
+])
+def test_content_encodings_decoded(coding: str, encode: object) -> None:
+    plain = b"the quick brown fox " * 50
+    enc = encode(plain)  # type: ignore[operator]
+    if coding == "deflate" and enc[:1] != b"x":
+        c = zlib.compressobj(wbits=-15)
+        enc = c.compress(plain) + c.flush()
+    (t,) = txs(run([(C, b"GET / HTTP/1.1\r\n\r\n"),
+                    (S, b"HTTP/1.1 200 OK\r\nContent-Encoding: %s\r\nContent-Length: %d\r\n\r\n"
+                     % (coding.encode(), len(enc)) + enc)], limits=Limits(decode_bodies=True)))
+    assert t.response_body_decoded == plain and t.body_decode_error is None
+
+
+def test_decompression_bomb_is_bounded() -> None:
+    enc = gzip.compress(b"\0" * 5_000_000)
+    (t,) = txs(run([(C, b"GET / HTTP/1.1\r\n\r\n"),
+                    (S, b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n" % len(enc)
+                     + enc)], limits=Limits(decode_bodies=True, max_body_bytes=1 << 20,
+                                            max_decoded_body_bytes=1000)))
+    assert t.response_body_decoded == b"\0" * 1000 and "larger than 1000" in (t.body_decode_error or "")
+
+
+def test_unknown_content_encoding_reported() -> None:
+    (t,) = txs(run([(C, b"GET / HTTP/1.1\r\n\r\n"),
+                    (S, b"HTTP/1.1 200 OK\r\nContent-Encoding: compress\r\nContent-Length: 1\r\n\r\nx")],
+                   limits=Limits(decode_bodies=True)))
+    assert t.response_body_decoded is None and "unsupported" in (t.body_decode_error or "")
+
+
+def test_close_before_response_reports_incomplete() -> None:
+    out = run([(C, b"GET /a HTTP/1.1\r\n\r\nPOST /b HTTP/1.1\r\nContent-Length: 10\r\n\r\n12345")])
+    t = txs(out)
+    assert [x.path for x in t] == ["/a", "/b"] and all(x.incomplete for x in t)
+    assert t[1].request_body == b"12345" and t[1].request_body_size == 5
+    assert "request body" in (t[1].reason or "")
+
+
+def test_close_mid_response_body() -> None:
+    (t,) = txs(run([(C, b"GET / HTTP/1.1\r\n\r\n"), (S, b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")]))
+    assert t.incomplete and t.response_body == b"abc" and t.response_end_ns is None
+
+
+def test_response_without_request_mid_connection() -> None:
+    out = run([(S, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi"), (C, b"GET /x HTTP/1.1\r\n\r\n"),
+               (S, b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n!")])
+    t = txs(out)
+    assert t[0].method is None and t[0].incomplete and "request not seen" in (t[0].reason or "")
+    assert t[1].path == "/x" and t[1].response_body == b"!" and not t[1].incomplete
+
+
+def test_mid_connection_start_in_body_resyncs() -> None:
+    out = run([(S, b"...tail of an earlier body..."), (C, b"GET /x HTTP/1.1\r\n\r\n"),
+               (S, b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n!")])
+    (t,) = txs(out)
+    assert t.path == "/x" and t.response_body == b"!" and not t.incomplete
+    assert any("not recognized" in e.reason for e in errors(out))
+
+
+def test_gap_inside_known_length_body_keeps_sync() -> None:
+    out = run([(C, b"GET /a HTTP/1.1\r\n\r\n"), (S, b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nab"),
+               (S, 5), (S, b"cde"), (C, b"GET /b HTTP/1.1\r\n\r\n"),
+               (S, b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nz")])
+    a, b = txs(out)
+    assert a.incomplete and a.response_body == b"ab" and a.response_body_size == 10 and a.response_body_truncated
+    assert "gap" in (a.reason or "")
+    assert b.path == "/b" and not b.incomplete and b.response_body == b"z"
+
+
+def test_gap_in_headers_resyncs_on_next_message() -> None:
+    out = run([(C, b"GET /a HTTP/1.1\r\nHo"), (C, 40), (C, b"GET /b HTTP/1.1\r\n\r\n"),
+               (S, b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nb")])
+    assert any("gap" in e.reason for e in errors(out))
+    (t,) = txs(out)
+    assert t.path == "/b" and t.response_body == b"b"
+    assert not any(b"Ho" in (v.encode()) for _, v in t.request_headers)  # never glued across the gap
+
+
+def test_gap_drops_response_and_pairs_by_time() -> None:
+    # the answer to /a is lost in a gap; the answer seen next belongs to /b, not /a
+    out = run([(C, b"GET /a HTTP/1.1\r\n\r\n"), (S, b"HTTP/1.1 200 OK\r\nContent-Le"), (S, 100),
+               (C, b"GET /b HTTP/1.1\r\n\r\n"), (S, b"HTTP/1.1 201 Created\r\nContent-Length: 1\r\n\r\nb")])
+    t = {x.path: x for x in txs(out)}
+    assert t["/b"].status == 201 and not t["/b"].incomplete
+    assert t["/a"].incomplete and t["/a"].status != 201
+
+
+def test_malformed_input_is_a_parse_error() -> None:
+    out = run([(C, b"GET / HTTP/1.1\r\nContent-Length: abc\r\n\r\n"), (S, b"HTTP/1.1 400 Bad\r\n\r\n")])
+    assert any("Content-Length" in e.reason for e in errors(out))
+    out = run([(C, b"GET / HTTP/1.1\r\n\r\n"), (S, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nZZ\r\n")])
+    assert any("chunk size" in e.reason for e in errors(out))
+    assert txs(out)[0].incomplete
+    no_internal_errors(out)
+
+
+def test_conflicting_content_lengths_rejected() -> None:
+    out = run([(C, b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab")])
+    assert any("Content-Length" in e.reason for e in errors(out))
+
+
+def test_header_limit() -> None:
+    out = run([(C, b"GET / HTTP/1.1\r\nX: " + b"a" * 5000)], limits=Limits(max_header_bytes=1024))
+    assert any("larger than 1024" in e.reason for e in errors(out))
+
+
+def test_pipelining_limit_gives_up() -> None:
+    reqs = b"GET / HTTP/1.1\r\n\r\n" * 5
+    out = run([(C, reqs)], limits=Limits(max_pending_requests=3))
+    assert any("pipelined" in e.reason for e in errors(out))
+    assert len(txs(out)) == 3 and all(x.incomplete for x in txs(out))
+
+
+def test_h2c_upgrade_switches_to_http2() -> None:
+    from tests.protocols.h2build import PREFACE, Side, data, response, settings
+
+    srv = Side()
+    req = (b"GET /up HTTP/1.1\r\nHost: h2.test\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+           b"HTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n")
+    resp = b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"
+    s = ProtocolSession(local_port=40000, remote_port=80)
+    out = s.feed(C, req, 1)
+    out += s.feed(S, resp + settings(), 2)
+    assert s.protocol == "http2"
+    out += s.feed(C, PREFACE + settings() + settings(ack=True), 3)
+    out += s.feed(S, settings(ack=True) + response(srv, 1, 200, [("content-length", "2")]) + data(1, b"ok", end=True), 4)
+    t = txs(out)
+    assert t[0].protocol == "http/1.1" and t[0].status == 101 and t[0].upgrade == "h2c"
+    assert t[1].protocol == "h2c" and t[1].stream_id == 1 and t[1].path == "/up" and t[1].status == 200
+    assert t[1].authority == "h2.test" and t[1].response_body == b"ok" and not t[1].incomplete
+    assert s.close(5) == []
