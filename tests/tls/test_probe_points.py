@@ -321,7 +321,7 @@ def gnutls_recv_like(after_call: bytes = bytes.fromhex("4898")) -> bytes:
     c = bytearray(bytes.fromhex("4883ec084889d185ff") + b"\x74\x00" + bytes.fromhex("4889f2"))
     c += b"\xe8" + rel32(BASE + len(c), 5, X1)
     c += after_call + bytes.fromhex("4883c408c3")
-    c[9] = len(c) - 10
+    c[10] = len(c) - 11
     c += bytes.fromhex("4889f24883c408")
     c += b"\xe9" + rel32(BASE + len(c), 5, X2)
     return bytes(c)
