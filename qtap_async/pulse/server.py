@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+from types import FrameType
+
 import uvicorn
 import uvloop
 
 from qtap_async.errors import ConfigError
 from qtap_async.pulse.app import create_app
 from qtap_async.pulse.config import PulseConfig
+
+
+class _Server(uvicorn.Server):
+    """uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown (the process then dies of the
+    signal); Pulse exits 0 instead once it has committed and flushed, as the rest of qtap does."""
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        self._captured_signals.clear()
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -25,7 +36,7 @@ async def serve(config: PulseConfig, log_level: str = "info") -> None:
         from qtap_async.pulse.kafka import run_kafka
 
         app.state.pulse.background.append(run_kafka)
-    server = uvicorn.Server(
+    server = _Server(
         uvicorn.Config(app, host=host, port=port, loop="none", lifespan="on", log_level=log_level, access_log=False)
     )
     await server.serve()

@@ -38,8 +38,16 @@ def bearer(tokens: TokenStore, team: str, scopes: tuple[str, ...] = ("ingest", "
 
 
 def req(i: int, **kw: Any) -> dict[str, Any]:
-    ev = {"type": "request", "id": f"r{i}", "ts": NOW - i * 10**6, "domain": "api.example", "path": "/x",
-          "method": "GET", "status": 200, "duration_ns": 1000 + i}
+    ev = {
+        "type": "request",
+        "id": f"r{i}",
+        "ts": NOW - i * 10**6,
+        "domain": "api.example",
+        "path": "/x",
+        "method": "GET",
+        "status": 200,
+        "duration_ns": 1000 + i,
+    }
     ev.update(kw)
     return ev
 
@@ -127,7 +135,7 @@ def test_bad_input_gets_clear_errors_and_the_valid_rest_is_stored(
 
     sql = "x'); DROP TABLE pulse.requests; --"
     events = [
-        req(0, domain=sql, path="/a' OR '1'='1", user_agent="\"; SELECT * FROM system.users"),
+        req(0, domain=sql, path="/a' OR '1'='1", user_agent='"; SELECT * FROM system.users'),
         req(1, status="oops"),
         req(2, duration_ns=-5),
         {"type": "request", "id": "r3"},
@@ -231,7 +239,14 @@ def test_http_end_to_end_with_the_agent_client(
             series = h.get("/v1/query/timeseries", params={**window(), "bucket": 900}).json()
     got = {(r["domain"], r["method"], r["path"]): r for r in rows}
     assert_same(
-        {k: {f: v for f, v in r.items() if f in ("requests", "errors", "client_errors", "error_rate", "p50_ns", "p95_ns", "p99_ns")} for k, r in got.items()},
+        {
+            k: {
+                f: v
+                for f, v in r.items()
+                if f in ("requests", "errors", "client_errors", "error_rate", "p50_ns", "p95_ns", "p99_ns")
+            }
+            for k, r in got.items()
+        },
         reference(events, lambda e: (e.domain, e.method, e.path)),
     )
     want_b = reference(events, lambda e: int(e.ts) // 10**9 // 900 * 900)
@@ -258,7 +273,9 @@ def test_client_retries_transient_failures_and_stops_on_4xx() -> None:
         assert result.accepted == 2 and c.retries == 3
         await c.close()
         bad = PulseClient(
-            "http://pulse", "tok", backoff=0.001,
+            "http://pulse",
+            "tok",
+            backoff=0.001,
             transport=httpx.MockTransport(lambda r: httpx.Response(401, json={"error": "invalid token"})),
         )
         with pytest.raises(Exception, match="401"):

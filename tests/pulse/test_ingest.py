@@ -11,7 +11,7 @@ import pytest
 import zstandard
 
 from qtap_async.pulse.config import Limits, Retention
-from qtap_async.pulse.ingest import JSON, MSGPACK, BodyError, Sanitizer, decode_body, to_ns
+from qtap_async.pulse.ingest import JSON, MSGPACK, BodyError, Sanitizer, decode_body
 
 NOW = time.time_ns()
 LIMITS = Limits(max_body_bytes=1 << 20, max_decoded_bytes=2 << 20, max_batch_events=100, max_event_bytes=2048)
@@ -58,9 +58,7 @@ def test_valid_rest_is_accepted_with_per_item_errors() -> None:
 
 
 def test_team_and_agent_come_from_the_token_and_forbidden_fields_are_dropped() -> None:
-    p = prepare(
-        [req(0, team="evil", agent="evil", headers={"cookie": "x"}, body="secret", request_body="s", extra=1)]
-    )
+    p = prepare([req(0, team="evil", agent="evil", headers={"cookie": "x"}, body="secret", request_body="s", extra=1)])
     (row,) = rows_of(p)
     assert row["team"] == "team-x" and row["agent"] == "agent-y"
     assert not {"headers", "body", "request_body", "extra"} & set(row)

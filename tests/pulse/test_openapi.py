@@ -51,8 +51,15 @@ def control(server: tuple[str, str], tokens: TokenStore) -> Iterator[None]:
     url, _ = server
     h = {"authorization": f"Bearer {tokens.create('control', 'ctl')[1]}"}
     events = [
-        {"type": "request", "id": f"ctl-{i}", "ts": NOW - i * 10**9, "domain": "ctl.example", "path": "/p",
-         "status": 500 if i % 4 == 0 else 200, "duration_ns": 1000 * i}
+        {
+            "type": "request",
+            "id": f"ctl-{i}",
+            "ts": NOW - i * 10**9,
+            "domain": "ctl.example",
+            "path": "/p",
+            "status": 500 if i % 4 == 0 else 200,
+            "duration_ns": 1000 * i,
+        }
         for i in range(40)
     ] + [{"type": "connection", "id": "ctl-c", "ts": NOW, "event": "open", "dst_ip": "10.1.1.1"}]
     params = {"start": NOW - 3600 * 10**9, "end": NOW + 10**9}

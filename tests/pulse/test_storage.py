@@ -80,7 +80,9 @@ def reference(events: list[RequestEvent], key: Callable[[RequestEvent], Any]) ->
 
 
 def stats(row: Any) -> dict[str, Any]:
-    return {f: getattr(row, f) for f in ("requests", "errors", "client_errors", "error_rate", "p50_ns", "p95_ns", "p99_ns")}
+    return {
+        f: getattr(row, f) for f in ("requests", "errors", "client_errors", "error_rate", "p50_ns", "p95_ns", "p99_ns")
+    }
 
 
 def assert_same(got: dict[Any, dict[str, Any]], want: dict[Any, dict[str, Any]]) -> None:
@@ -149,7 +151,9 @@ async def test_one_million_events_then_p99_and_error_rates_match_python(
     assert_same({r.domain: stats(r) for r in domains}, {d: want_d[d] for d in top5})
 
     bucket = 600
-    series = q.timeseries(storage, team, q.TimeseriesParams(start=start, end=now, bucket=bucket, domain="svc3.example.com"))
+    series = q.timeseries(
+        storage, team, q.TimeseriesParams(start=start, end=now, bucket=bucket, domain="svc3.example.com")
+    )
     want_b = reference(
         [e for e in events if e.domain == "svc3.example.com"], lambda e: int(e.ts) // 10**9 // bucket * bucket
     )
@@ -195,7 +199,9 @@ def test_clickhouse_connect_backend_runs_the_same_schema_and_queries(
             (q.processes, q.ProcessParams(**window)),
         ]:
             assert fn(cc, team, params) == fn(storage, team, params)  # type: ignore[operator]
-        got = {(r.domain, r.method, r.path): stats(r) for r in q.top_endpoints(cc, team, q.TopParams(**window, limit=1000))}
+        got = {
+            (r.domain, r.method, r.path): stats(r) for r in q.top_endpoints(cc, team, q.TopParams(**window, limit=1000))
+        }
         assert_same(got, reference(events, lambda e: (e.domain, e.method, e.path)))
     finally:
         cc.close()
@@ -203,7 +209,9 @@ def test_clickhouse_connect_backend_runs_the_same_schema_and_queries(
 
 def test_retention_change_is_applied_to_the_tables(storage: Storage, config: PulseConfig) -> None:
     def ttl(table: str) -> str:
-        rows = storage.query("SELECT engine_full FROM system.tables WHERE database = 'pulse' AND name = {t:String}", {"t": table})
+        rows = storage.query(
+            "SELECT engine_full FROM system.tables WHERE database = 'pulse' AND name = {t:String}", {"t": table}
+        )
         return str(rows[0]["engine_full"])
 
     assert "toIntervalDay(90)" in ttl("issues")
@@ -226,7 +234,8 @@ def test_string_parameters_round_trip_exactly_on_both_backends(
 ) -> None:
     now = time.time_ns()
     rows = b"\n".join(
-        msgspec.json.encode({"team": team, "id": f"s{i}", "ts": now, "domain": v, "status": 200}) for i, v in enumerate(TRICKY)
+        msgspec.json.encode({"team": team, "id": f"s{i}", "ts": now, "domain": v, "status": 200})
+        for i, v in enumerate(TRICKY)
     )
     storage.insert("requests", rows)
     cc = ClickHouseStorage(config, dsn=f"chdb://{config.chdb_path.resolve()}")
