@@ -51,8 +51,9 @@ def describe(libraries: Mapping[FileKey, TlsLibrary] | Iterable[TlsLibrary] | No
             for s in plan.sites:
                 regs = ", ".join(f"{k}={v}" for k, v in s.regs.items())
                 cost = "emulated" if s.emulated else "single-step"
+                sp = f"  sp_delta={s.sp_delta:+d}" if s.sp_delta is not None else ""
                 lines.append(
-                    f"    {s.role:<9} off={s.offset:#x}  {s.mnemonic} {s.op_str}".rstrip() + f"  [{cost}]  {regs}"
+                    f"    {s.role:<9} off={s.offset:#x}  {s.mnemonic} {s.op_str}".rstrip() + f"  [{cost}]  {regs}{sp}"
                 )
             for s in plan.candidates:
                 lines.append(f"    candidate off={s.offset:#x}  {s.mnemonic} {s.op_str} (unproven, not used)")

@@ -179,7 +179,7 @@ class Scanner:
             except Exception as e:
                 self._problem(pid, m.path, f"{type(e).__name__}: {e}")
                 lib = None
-            if lib is not None and lib.kind == "openssl" and lib.linkage == "shared":
+            if lib is not None and lib.kind == "openssl" and (not lib.version or "symbol version" in lib.version):
                 lib = self._with_libcrypto_version(lib, base, maps)
             with self._lock:
                 self._cache[ck] = lib

@@ -166,26 +166,38 @@ def _openssl_contract(
     address, that callee is ssl_read_internal and rcx at the call holds &readbytes. Its return is > 0 on
     success with *processed set (documented SSL_read_ex semantics: 1 on success). Same for write.
     """
-    targets: dict[str, int] = {}
-    for direction, ex in (("read", "SSL_read_ex"), ("write", "SSL_write_ex")):
-        sym = funcs.get(ex)
-        if sym is None:
+    # direction -> (callee address, proving function, number of forwarded arguments). OpenSSL 3.3+ adds
+    # SSL_write_ex2(s, buf, num, flags, written): ssl_write_internal then takes the count pointer in r8.
+    targets: dict[str, tuple[int, str, int]] = {}
+    for direction, ex, nargs in (
+        ("read", "SSL_read_ex", 4),
+        ("write", "SSL_write_ex2", 5),
+        ("write", "SSL_write_ex", 4),
+    ):
+        sym = funcs.get(ex) or img.find_functions([ex]).get(ex)
+        if sym is None or direction in targets:
             continue
         code = _code_for(img, sym.value, sym.size)
-        ent = find_entry(code, ARG_REGS[:4], resolve, goal="call")
+        ent = find_entry(code, ARG_REGS[:nargs], resolve, goal="call")
         if ent.site is not None and ent.kind == "call" and ent.callee is not None:
-            targets[direction] = ent.callee
+            targets[direction] = (ent.callee, ex, nargs)
 
     def for_direction(direction: str) -> Callable[[EntryFinding], CalleeContract | None]:
         def contract(ent: EntryFinding) -> CalleeContract | None:
-            if ent.callee is None or targets.get(direction) != ent.callee:
+            proven = targets.get(direction)
+            if ent.callee is None or proven is None or proven[0] != ent.callee:
                 return None
+            _callee, ex, nargs = proven
             what = "readbytes" if direction == "read" else "written"
-            ex = "SSL_read_ex" if direction == "read" else "SSL_write_ex"
+            params = (
+                ("ssl", "buf", "num", "processed_ptr")
+                if nargs == 4
+                else ("ssl", "buf", "num", "flags", "processed_ptr")
+            )
             return CalleeContract(
-                description=f"ssl_{direction}_internal(ssl, buf, num, size_t *{what}) -> int (> 0: success); "
-                f"proven: {ex} forwards its four arguments to the same address",
-                params=("ssl", "buf", "num", "processed_ptr"),
+                description=f"ssl_{direction}_internal({', '.join(params[:-1])}, size_t *{what}) -> int "
+                f"(> 0: success); proven: {ex} forwards its {nargs} arguments to the same address",
+                params=params,
                 length="*processed_ptr if ret > 0 (pointer saved at the entry site)",
             )
 

@@ -295,6 +295,30 @@ def find_unmoved_stack_site(code: Code, needs: Sequence[str], limit: int = 16) -
     return None
 
 
+def find_early_site(
+    code: Code, params: dict[str, str], needs: Sequence[str], limit: int = 16
+) -> tuple[Insn, dict[str, str]] | None:
+    """Like find_unmoved_stack_site, but parameters may move between registers on the way (``mov %rcx,%r8``
+    before ``xor %ecx,%ecx``): returns the site and where each needed parameter is there."""
+    regmap = {reg: name for name, reg in params.items()}
+    for insn in code.insns[:limit]:
+        if insn.emulated:
+            held = {n: r for r, n in sorted(regmap.items())}
+            if all(n in held for n in needs):
+                return insn, {n: held[n] for n in params if n in held}
+            return None
+        if insn.kind != "other" or "rsp" in insn.writes:
+            return None
+        copy = _reg_copy(insn)
+        if copy is not None:
+            dst, src = copy
+            regmap = {**regmap, dst: regmap[src]} if src in regmap else {r: n for r, n in regmap.items() if r != dst}
+        else:
+            widened = insn.widens_self()
+            regmap = {r: n for r, n in regmap.items() if r not in insn.writes or r == widened}
+    return None
+
+
 def find_return(code: Code, call: Insn, resolve: Resolver, callee_code: Callable[[int], Code | None]) -> ReturnFinding:
     """Recipe step 3 for a forwarding ``call`` (not a tail jump)."""
     r = ReturnFinding()
@@ -558,21 +582,23 @@ def plan_sysv(
             length=spec.length,
         )
     needs = tuple(spec.reg(p) for p in spec.needs)
-    early = find_unmoved_stack_site(code, needs)
+    early = find_early_site(code, spec.regs(), spec.needs)
     if early is not None:
-        skipped = code.insns[: code.insns.index(early)]
+        einsn, eregs = early
+        skipped = code.insns[: code.insns.index(einsn)]
+        moved = "" if eregs == {n: spec.reg(n) for n in spec.needs} else " (followed through register copies)"
         return ProbePlan(
             function=spec.name,
             func_offset=code.file_offset,
             sites=[
-                _site(code, early, "entry", spec.regs()),
-                _site(code, early, "uretprobe", {"ret": "rax"}, sp_delta=8),
+                _site(code, einsn, "entry", eregs),
+                _site(code, einsn, "uretprobe", {"ret": "rax"}, sp_delta=8),
             ],
             fast=True,
-            reason=f"`{early.mnemonic} {early.op_str}` at +{early.addr - code.start:#x} is the first emulated "
+            reason=f"`{einsn.mnemonic} {einsn.op_str}` at +{einsn.addr - code.start:#x} is the first emulated "
             f"instruction; before it only {', '.join(i.mnemonic for i in skipped)}, which neither branch nor "
-            f"touch rsp or {', '.join(needs)}: the arguments are intact and the return address is still at "
-            "(%rsp), so entry uprobe and uretprobe both hook it (Recipe 2: endbr64; push -> entry+4)",
+            f"touch rsp: the arguments are in registers{moved} and the return address is still at (%rsp), so "
+            "entry uprobe and uretprobe both hook it (Recipe 2: endbr64; push -> entry+4)",
             ret_meaning="function",
             length=spec.length,
         )

@@ -186,7 +186,7 @@ def test_describe(spawn: Any, go_binaries: dict[str, Path]) -> None:
     text = describe(libs)
     assert "[openssl 3." in text and "[go go1." in text
     assert "SSL_read: FAST" in text and "crypto/tls.(*Conn).Read: SLOW" in text
-    assert "single-step" in text and "emulated" in text and "Sysfd +16" in text
+    assert "single-step" in text and "emulated" in text and "Sysfd +16" in text and "sp_delta=+0" in text
     data = describe_data(libs)
     assert {d["kind"] for d in data} == {"openssl", "go"}
     assert all(isinstance(d["plans"][0]["sites"][0]["offset"], int) for d in data)

@@ -3,6 +3,7 @@ each plan re-verified independently from the file bytes (tests/tls/verify.py).""
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -353,3 +354,24 @@ def test_io_exits_rejects_rax_change_after_the_call() -> None:
 def test_io_exits_needs_emulated_callee_hook() -> None:
     p = plan_sysv(RECV, Code(BASE, gnutls_recv_like(), 0), lambda a: None, no_callee, None)
     assert not p.fast and "not emulated" in p.reason
+
+
+def test_every_openssl_copy_on_this_machine() -> None:
+    """Debian's libssl, node's static copy, and any OpenSSL bundled in the venv's wheels (pyarrow ships
+    3.6 with SSL_write_ex2): every plan re-verified, and SSL_read/SSL_write fast on all of them."""
+    import glob
+    import sys
+
+    paths = [_ldconfig("libssl.so.3"), "/usr/bin/node"]
+    venv = os.path.dirname(os.path.dirname(sys.executable))
+    paths += sorted(glob.glob(os.path.join(venv, "lib", "python3*", "site-packages", "pyarrow", "libarrow.so.*")))
+    checked = 0
+    for path in paths:
+        lib = _analyze(path)
+        assert lib.kind == "openssl", path
+        plans = _plans(lib)
+        for p in plans.values():
+            verify(path, lib, p)
+            checked += 1
+        assert plans["SSL_read"].fast and plans["SSL_write"].fast, (path, plans["SSL_write"].reason)
+    assert checked >= 8
