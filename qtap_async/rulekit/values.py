@@ -80,7 +80,7 @@ def in_status_class(value: Value, digit: int) -> bool:
         if value is None:
             return False
     low = digit * 100
-    return low <= value <= low + 100  # type: ignore[operator]
+    return low <= value < low + 100  # type: ignore[operator]
 
 
 @lru_cache(maxsize=4096)
