@@ -18,6 +18,7 @@ Usage: .venv/bin/python benchmarks/bench_uprobe_points.py [--iterations N]
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -145,19 +146,13 @@ class Probes:
 
     def __exit__(self, *exc: object) -> None:
         for name in self.names:
-            try:
+            with contextlib.suppress(OSError):
                 (self.instance / "events" / GROUP / name / "enable").write_text("0\n")
-            except OSError:
-                pass
         for name in self.names:
-            try:
+            with contextlib.suppress(OSError):
                 self._define(f"-:{GROUP}/{name}")
-            except OSError:
-                pass
-        try:
+        with contextlib.suppress(OSError):
             self.instance.rmdir()
-        except OSError:
-            pass
 
 
 def _run(certdir: str, libdir: str, n: int) -> dict[str, Any]:
