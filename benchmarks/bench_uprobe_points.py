@@ -69,6 +69,57 @@ print(json.dumps({"ns_per_iter": dt / n, "libssl": lib}))
 """
 
 
+GO_WORKLOAD = r"""
+package main
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"fmt"
+	"io"
+	"math/big"
+	"net"
+	"os"
+	"strconv"
+	"time"
+)
+
+func main() {
+	n, _ := strconv.Atoi(os.Args[1])
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "x"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
+	der, _ := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	cert := tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+	a, b := net.Pipe()
+	srv := tls.Server(a, &tls.Config{Certificates: []tls.Certificate{cert}})
+	cli := tls.Client(b, &tls.Config{InsecureSkipVerify: true})
+	go func() {
+		buf := make([]byte, 64)
+		for {
+			if _, err := io.ReadFull(srv, buf); err != nil {
+				return
+			}
+			srv.Write(buf)
+		}
+	}()
+	msg, buf := make([]byte, 64), make([]byte, 64)
+	cli.Write(msg)
+	io.ReadFull(cli, buf)
+	t := time.Now()
+	for i := 0; i < n; i++ {
+		cli.Write(msg)
+		io.ReadFull(cli, buf)
+	}
+	fmt.Printf("{\"ns_per_iter\": %f}\n", float64(time.Since(t).Nanoseconds())/float64(n))
+}
+"""
+
+
 def _ldconfig(name: str) -> str:
     out = subprocess.run(["ldconfig", "-p"], capture_output=True, text=True, check=True).stdout
     for line in out.splitlines():
@@ -241,6 +292,48 @@ def bench_probes(n: int) -> dict[str, Any]:
     return out
 
 
+def bench_go(n: int) -> dict[str, Any]:
+    """Go crypto/tls over net.Pipe: Write entry + Read entry + every Read RET (the plan) versus Write entry +
+    Read's single runtime.memmove call (the unproven candidate the plan lists)."""
+    go = shutil.which("go") or "/usr/local/go/bin/go"
+    if not (TRACEFS / "uprobe_events").exists() or not os.path.exists(go):
+        return {"go_skipped_reason": "no tracefs or no go toolchain"}
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        Path(tmp, "main.go").write_text(GO_WORKLOAD)
+        env = dict(os.environ, GOFLAGS="-mod=mod", CGO_ENABLED="0", GOTOOLCHAIN="local")
+        subprocess.run([go, "build", "-o", "w", "main.go"], cwd=tmp, env=env, check=True, capture_output=True)
+        binary = os.path.join(tmp, "w")
+        info = _analyze(binary)
+        plans = {p.function: p for p in info.plans}
+        wr, rd = plans["crypto/tls.(*Conn).Write"], plans["crypto/tls.(*Conn).Read"]
+        configs: dict[str, list[tuple[str, int, bool]]] = {
+            "go_baseline": [],
+            "go_plan": [(f"g{i}", s.offset, False) for i, s in enumerate([*wr.sites, *rd.sites])],
+        }
+        if rd.candidates:
+            configs["go_candidate"] = [
+                ("gw", wr.sites[0].offset, False),
+                ("gr", rd.sites[0].offset, False),
+                ("gc", rd.candidates[0].offset, False),
+            ]
+        for name, probes in configs.items():
+            with Probes(binary) as pr:
+                for pname, off, ret in probes:
+                    pr.add(pname, off, ret)
+                res = json.loads(
+                    subprocess.run([binary, str(n)], capture_output=True, text=True, check=True, timeout=600).stdout
+                )
+                hits = pr.hits()
+            out[f"{name}_ns_per_iteration"] = round(res["ns_per_iter"], 1)
+            out[f"{name}_probe_hits"] = sum(hits.values())
+        base = out["go_baseline_ns_per_iteration"]
+        for name in configs:
+            if name != "go_baseline":
+                out[f"{name}_overhead_us_per_iteration"] = round((out[f"{name}_ns_per_iteration"] - base) / 1000, 2)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--iterations", type=int, default=20000)
@@ -248,6 +341,7 @@ def main() -> None:
     result: dict[str, Any] = {"benchmark": "uprobe_points"}
     result.update(bench_analysis())
     result.update(bench_probes(args.iterations))
+    result.update(bench_go(args.iterations))
     (ROOT / "benchmarks" / "results").mkdir(exist_ok=True)
     (ROOT / "benchmarks" / "results" / "uprobe_points.json").write_text(json.dumps(result, indent=2) + "\n")
     sys.stdout.write(json.dumps(result) + "\n")
@@ -256,7 +350,9 @@ def main() -> None:
         f"scan warm {result.get('scan_self_warm_ms')} ms; per iteration (SSL_write_ex + SSL_read_ex): "
         f"baseline {result.get('baseline_ns_per_iteration')} ns, classic probes "
         f"+{result.get('classic_overhead_us_per_iteration')} us, plan probes "
-        f"+{result.get('plan_overhead_us_per_iteration')} us\n"
+        f"+{result.get('plan_overhead_us_per_iteration')} us; Go Write+Read with RET probes "
+        f"+{result.get('go_plan_overhead_us_per_iteration')} us, with the memmove candidate "
+        f"+{result.get('go_candidate_overhead_us_per_iteration')} us\n"
     )
     sys.stdout.write(summary)
 
