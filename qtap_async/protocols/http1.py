@@ -628,7 +628,7 @@ class Http1Connection:
         version, _, rest = first.partition(" ")
         code, _, _reason = rest.partition(" ")
         headers = _header_list(lines)
-        if version[:7] != "HTTP/1." or len(code) != 3 or not code.isdigit() or headers is None:
+        if version[:7] != "HTTP/1." or len(code) != 3 or not (code.isascii() and code.isdigit()) or headers is None:
             self._bad_message(r, "malformed status line" if headers is not None else "malformed header line",
                               off, ts)
             return

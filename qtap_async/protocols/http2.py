@@ -568,7 +568,7 @@ class Http2Connection:
         if not h.started:
             status = pseudo.get(":status")
             if status is not None and len(status) == 3 and status[0] == "1" and status != "101":
-                h.informational.append(int(status) if status.isdigit() else 0)
+                h.informational.append(int(status) if status.isascii() and status.isdigit() else 0)
                 h.missing += missing
                 if flags & F_END_STREAM:
                     self._end_half(d, sid, ts)
@@ -723,7 +723,7 @@ class Http2Connection:
                     authority = v
                     break
         status_s = resp.pseudo.get(":status")
-        status = int(status_s) if status_s is not None and status_s.isdigit() else None
+        status = int(status_s) if status_s is not None and status_s.isascii() and status_s.isdigit() else None
         if self.alpn == "h2":
             protocol = "h2"
         elif self.upgraded or scheme == "http":
@@ -803,7 +803,7 @@ class Http2Connection:
         return GrpcInfo(
             service=service,
             method=method,
-            grpc_status=int(status) if status is not None and status.isdigit() else None,
+            grpc_status=int(status) if status is not None and status.isascii() and status.isdigit() else None,
             grpc_message=parse_grpc_message(message),
             grpc_encoding=encoding,
             request_messages=rq,

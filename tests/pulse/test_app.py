@@ -1,4 +1,4 @@
-"""The HTTP API in-process (Starlette TestClient) and end to end (uvicorn + PulseClient)."""
+"""The HTTP API, served by uvicorn in this process on the shared engine, and the agent-side client."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ import httpx
 import msgspec
 import pytest
 import uvicorn
-from starlette.testclient import TestClient
 
 from qtap_async.pulse.app import create_app
 from qtap_async.pulse.client import PulseClient
@@ -27,9 +26,9 @@ HOUR = 3600 * 10**9
 
 
 @pytest.fixture(scope="module")
-def client(config: PulseConfig, storage: Storage, tokens: TokenStore) -> Iterator[TestClient]:
+def client(config: PulseConfig, storage: Storage, tokens: TokenStore) -> Iterator[httpx.Client]:
     small = msgspec.structs.replace(config, limits=Limits(max_batch_events=500, max_body_bytes=1 << 20))
-    with TestClient(create_app(small, storage=storage, tokens=tokens)) as c:
+    with _Server(create_app(small, storage=storage, tokens=tokens)) as url, httpx.Client(base_url=url) as c:
         yield c
 
 
@@ -56,7 +55,7 @@ def window() -> dict[str, int]:
     return {"start": NOW - HOUR, "end": NOW + 10**9}
 
 
-def snapshot(client: TestClient, headers: dict[str, str]) -> list[Any]:
+def snapshot(client: httpx.Client, headers: dict[str, str]) -> list[Any]:
     return [
         client.get(path, params=window(), headers=headers).json()
         for path in ("/v1/query/top/endpoints", "/v1/query/connections", "/v1/query/issues")
@@ -67,7 +66,7 @@ def snapshot(client: TestClient, headers: dict[str, str]) -> list[Any]:
 
 
 def test_missing_invalid_revoked_and_underscoped_tokens_store_nothing(
-    client: TestClient, tokens: TokenStore, storage: Storage, team: str
+    client: httpx.Client, tokens: TokenStore, storage: Storage, team: str
 ) -> None:
     body = {"events": [req(0)]}
     r = client.post("/v1/events", json=body)
@@ -93,7 +92,7 @@ def test_missing_invalid_revoked_and_underscoped_tokens_store_nothing(
         assert count(storage, table, team) == 0
 
 
-def test_a_token_cannot_read_another_teams_data(client: TestClient, tokens: TokenStore, team: str) -> None:
+def test_a_token_cannot_read_another_teams_data(client: httpx.Client, tokens: TokenStore, team: str) -> None:
     a, b = bearer(tokens, team), bearer(tokens, team + "-b")
     events = [
         req(0),
@@ -118,7 +117,7 @@ def test_a_token_cannot_read_another_teams_data(client: TestClient, tokens: Toke
 
 
 def test_bad_input_gets_clear_errors_and_the_valid_rest_is_stored(
-    client: TestClient, tokens: TokenStore, storage: Storage, team: str
+    client: httpx.Client, tokens: TokenStore, storage: Storage, team: str
 ) -> None:
     h = bearer(tokens, team)
     control = bearer(tokens, team + "-control")
@@ -165,7 +164,7 @@ def test_bad_input_gets_clear_errors_and_the_valid_rest_is_stored(
     assert tables == [{"name": "requests"}]
 
 
-def test_query_parameters_are_validated(client: TestClient, tokens: TokenStore, team: str) -> None:
+def test_query_parameters_are_validated(client: httpx.Client, tokens: TokenStore, team: str) -> None:
     h = bearer(tokens, team)
     cases = {
         "/v1/query/timeseries?bucket=abc": "$.bucket",
@@ -181,7 +180,7 @@ def test_query_parameters_are_validated(client: TestClient, tokens: TokenStore, 
         assert text in r.json()["error"], url
 
 
-def test_health_metrics_and_openapi(client: TestClient, tokens: TokenStore, team: str) -> None:
+def test_health_metrics_and_openapi(client: httpx.Client, tokens: TokenStore, team: str) -> None:
     assert client.get("/healthz").text == "ok\n"
     assert client.get("/readyz").status_code == 200
     client.post("/v1/events", json=[req(0)], headers=bearer(tokens, team))

@@ -415,7 +415,13 @@ def test_evaluation_never_raises(data: st.DataObject, tree: Any, ctxs: list[dict
         assert rule.evaluate(_Ctx(ctx)) in (True, False)
 
 
-full_contexts = st.fixed_dictionaries({f: values for f in FIELDS})
+IPS = ["10.1.2.3", "192.168.7.7", "::ffff:10.0.0.1", "::ffff:192.168.0.1", "2001:db8::5", "127.0.0.1", "::1", "x"]
+FIELD_VALUES: dict[str, st.SearchStrategy[Any]] = {
+    "conn.remote_ip": st.one_of(st.sampled_from(IPS), values),
+    "http.res.status": st.one_of(st.sampled_from(BOUNDARIES), st.sampled_from(BOUNDARIES).map(str), values),
+    "process.pid": st.one_of(st.sampled_from(BOUNDARIES), values),
+}
+full_contexts = st.fixed_dictionaries({f: FIELD_VALUES.get(f, values) for f in FIELDS})
 
 
 @settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -1,0 +1,109 @@
+"""TLS ClientHello (plaintext) and DNS (UDP datagrams, TCP streams)."""
+
+from __future__ import annotations
+
+import struct
+
+from qtap_async.protocols import (
+    Direction,
+    DnsMessage,
+    ParseError,
+    ProtocolSession,
+    TlsClientHello,
+    parse_client_hello,
+    parse_dns_datagram,
+)
+from tests.protocols.helpers import errors, run
+from tests.protocols.record import load, replay
+
+C, S = Direction.SEND, Direction.RECV
+
+
+def test_recorded_curl_client_hello() -> None:
+    out = replay(load("tls_curl_clienthello"))
+    (h,) = [r for r in out if isinstance(r, TlsClientHello)]
+    assert h.sni == "api.example.test" and h.alpn == ["h2", "http/1.1"] and h.version == "TLS1.3"
+    assert h.direction == C and 0 in h.extensions and h.cipher_suites
+
+
+def test_client_hello_split_across_records_and_chunks() -> None:
+    rec = load("tls_curl_clienthello")
+    raw = rec.stream(0)
+    body = raw[5 : 5 + int.from_bytes(raw[3:5], "big")]
+    # re-frame the handshake message into 3 records, fed one byte at a time
+    recs = b"".join(b"\x16\x03\x01" + len(p).to_bytes(2, "big") + p for p in (body[:10], body[10:200], body[200:]))
+    s = ProtocolSession(local_port=40000, remote_port=443)
+    out = [r for i in range(len(recs)) for r in s.feed(C, recs[i : i + 1], i)]
+    (h,) = out
+    assert isinstance(h, TlsClientHello) and h.sni == "api.example.test" and h.ts_ns == 0
+    assert s.protocol == "tls" and s.feed(S, b"\x16\x03\x03\x00\x10" + b"\0" * 16, 9) == []
+
+
+def test_local_server_sees_client_hello_on_recv() -> None:
+    out = replay(load("tls_curl_clienthello"), local_is_client=False)
+    (h,) = [r for r in out if isinstance(r, TlsClientHello)]
+    assert h.direction == S
+
+
+def test_client_hello_without_extensions_and_garbage() -> None:
+    body = b"\x03\x03" + b"r" * 32 + b"\x00" + b"\x00\x02\x00\x2f" + b"\x01\x00"
+    h = parse_client_hello(body)
+    assert isinstance(h, TlsClientHello) and h.sni is None and h.version == "TLS1.2"
+    assert isinstance(parse_client_hello(b"\x03\x03\x00"), str)
+    out = run([(C, b"\x16\x03\x01\x00\x08\x01\x00\x00\x04\x03\x03\x00\x00")])  # truncated hello
+    assert errors(out)
+
+
+def test_recorded_dns_tcp() -> None:
+    out = replay(load("dns_tcp_dig"))
+    q, a = out
+    assert isinstance(q, DnsMessage) and isinstance(a, DnsMessage)
+    assert not q.is_response and q.qname == "www.example.test." and q.qtype == "A" and q.direction == C
+    assert a.is_response and a.id == q.id and a.rcode == "NOERROR" and a.transport == "tcp"
+    assert [(x.name, x.type, x.data) for x in a.answers] == [
+        ("www.example.test.", "CNAME", "edge.example.test."),
+        ("edge.example.test.", "CNAME", "cdn.net."),
+        ("cdn.net.", "A", "192.0.2.1"),
+        ("cdn.net.", "A", "192.0.2.2"),
+    ]
+    assert [x.ttl for x in a.answers] == [300, 60, 30, 30]
+
+
+def test_recorded_dns_udp() -> None:
+    rec = load("dns_udp_dig")
+    q = parse_dns_datagram(rec.events[0][2] or b"")
+    a = parse_dns_datagram(memoryview(rec.events[1][2] or b""))
+    assert isinstance(q, DnsMessage) and isinstance(a, DnsMessage)
+    assert q.transport == "udp" and a.answers[-1].data == "192.0.2.2"
+
+
+def _msg(answers: bytes, an: int, flags: int = 0x8180) -> bytes:
+    q = b"\x03www\x07example\x03com\x00\x00\x1c\x00\x01"
+    return struct.pack(">HHHHHH", 7, flags, 1, an, 0, 0) + q + answers
+
+
+def test_dns_aaaa_nxdomain_and_unknown_types() -> None:
+    aaaa = b"\xc0\x0c\x00\x1c\x00\x01\x00\x00\x00\x05\x00\x10" + bytes.fromhex("20010db8000000000000000000000001")
+    other = b"\xc0\x0c\x01\x01\x00\x01\x00\x00\x00\x05\x00\x02\xab\xcd"
+    m = parse_dns_datagram(_msg(aaaa + other, 2))
+    assert isinstance(m, DnsMessage) and m.qtype == "AAAA"
+    assert [(x.type, x.data) for x in m.answers] == [("AAAA", "2001:db8::1"), ("CAA", "abcd")]
+    nx = parse_dns_datagram(_msg(b"", 0, flags=0x8183))
+    assert isinstance(nx, DnsMessage) and nx.rcode == "NXDOMAIN"
+
+
+def test_dns_hostile_inputs() -> None:
+    loop = struct.pack(">HHHHHH", 1, 0, 1, 0, 0, 0) + b"\xc0\x0c"  # pointer to itself
+    fwd = struct.pack(">HHHHHH", 1, 0, 1, 0, 0, 0) + b"\xc0\x20" + b"\0" * 30  # forward pointer
+    for bad in (b"", b"\x00" * 11, loop, fwd, _msg(b"\xc0\x0c\x00\x01", 1), _msg(b"", 5)):
+        r = parse_dns_datagram(bad)
+        assert isinstance(r, ParseError) and r.protocol == "dns"
+
+
+def test_dns_tcp_split_and_gap() -> None:
+    m = _msg(b"", 0)
+    framed = len(m).to_bytes(2, "big") + m
+    out = run([(S, framed[:1]), (S, framed[1:7]), (S, framed[7:] + framed)], local_port=53, remote_port=5353)
+    assert [type(x) for x in out] == [DnsMessage, DnsMessage]
+    out = run([(C, framed[:5]), (C, 3), (C, framed)], remote_port=53)
+    assert any("framing lost" in e.reason for e in errors(out))

@@ -1,0 +1,90 @@
+"""`qtap pulse ...`: token management through the CLI, and `serve` as a real process."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import typer
+from typer.testing import CliRunner
+
+from cli.pulse import pulse_app
+from tests.pulse.test_kafka import ROOT, free_port
+
+runner = CliRunner()
+qtap = typer.Typer()
+qtap.add_typer(pulse_app, name="pulse")  # how cli/main.py mounts it
+
+
+def test_token_create_list_revoke(tmp_path: Path) -> None:
+    d = str(tmp_path)
+    r = runner.invoke(qtap, ["pulse", "token", "create", "--data-dir", d, "--team", "blue", "--agent", "node-1"])
+    assert r.exit_code == 0, r.output
+    token = r.stdout.strip().splitlines()[-1]
+    assert token.startswith("qtp_")
+    r = runner.invoke(qtap, ["pulse", "token", "create", "--data-dir", d, "--team", "blue", "--scope", "query"])
+    assert r.exit_code == 0
+    listing = runner.invoke(qtap, ["pulse", "token", "list", "--data-dir", d]).stdout
+    assert listing.count("blue") == 2 and "ingest,query" in listing and "node-1" in listing
+    assert token not in listing and token.split("_")[2] not in (tmp_path / "tokens.sqlite3").read_bytes().decode(
+        "latin-1"
+    )
+    token_id = token.split("_")[1]
+    assert runner.invoke(qtap, ["pulse", "token", "revoke", token_id, "--data-dir", d]).exit_code == 0
+    assert "revoked" in runner.invoke(qtap, ["pulse", "token", "list", "--data-dir", d, "--team", "blue"]).stdout
+    again = runner.invoke(qtap, ["pulse", "token", "revoke", token_id, "--data-dir", d])
+    assert again.exit_code == 1
+    bad = runner.invoke(qtap, ["pulse", "token", "create", "--data-dir", d, "--team", "no spaces"])
+    assert bad.exit_code == 2 and "team" in bad.output
+
+
+def test_serve_ingest_query_and_stop_cleanly(tmp_path: Path) -> None:
+    d = str(tmp_path)
+    token = runner.invoke(qtap, ["pulse", "token", "create", "--data-dir", d, "--team", "red"]).stdout.split()[-1]
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "from cli.pulse import pulse_app; pulse_app(prog_name='qtap pulse')",
+            "serve",
+            "--data-dir",
+            d,
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--log-level",
+            "warning",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(url + "/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, "pulse serve did not start"
+            time.sleep(0.1)
+        h = {"authorization": f"Bearer {token}"}
+        now = time.time_ns()
+        ev = {"type": "request", "id": "x1", "ts": now, "domain": "cli.example", "status": 503, "duration_ns": 9}
+        assert httpx.post(url + "/v1/events", json=[ev], headers=h).status_code == 200
+        got = httpx.get(url + "/v1/query/top/domains", headers=h).json()
+        assert [(g["domain"], g["requests"], g["errors"]) for g in got] == [("cli.example", 1, 1)]
+        # A revoked token is refused by the running server on its next request.
+        token_id = token.split("_")[1]
+        assert runner.invoke(qtap, ["pulse", "token", "revoke", token_id, "--data-dir", d]).exit_code == 0
+        assert httpx.get(url + "/v1/query/top/domains", headers=h).status_code == 403
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0, proc.stdout.read().decode() if proc.stdout else ""
+    assert (tmp_path / "chdb").is_dir()
