@@ -728,6 +728,48 @@ def plan_io_exits(
     )
 
 
+def _go_copy_candidate(code: Code, resolve: Resolver) -> tuple[list[ProbeSite], str]:
+    """The cheaper read point PROBES.md asks to look for: Read copies the plaintext into b with one copy()
+    (bytes.Reader.Read inlined), one emulated ``call runtime.memmove`` with dst=rax, src=rbx, n=rcx.
+
+    Checked from the code: exactly one memmove call; its rax loaded, on the straight line before the call,
+    from the stack slot where the entry spilled rbx (b.ptr), a slot written nowhere else. NOT proven: that
+    it is the only way bytes reach b (that is Go source knowledge), hence a candidate, never a site.
+    """
+    memmove = ("runtime.memmove", "runtime.memmove.abi0")
+    copies = [i for i in code.insns if i.kind == "call" and i.target is not None and resolve(i.target) in memmove]
+    if len(copies) != 1:
+        return [], ""
+    call = copies[0]
+    site = [_site(code, call, "entry", {"dst": "rax", "src": "rbx", "n": "rcx"})]
+    first_call = next((i for i in code.insns if i.kind == "call"), call)
+    spills = [
+        i.op_str.split(",")[0].strip()
+        for i in code.insns
+        if i.addr < first_call.addr and i.mnemonic == "mov" and i.op_str.endswith(", rbx") and "[rsp + " in i.op_str
+    ]
+    idx = code.insns.index(call)
+    load = None
+    for prev in reversed(code.insns[max(0, idx - 16) : idx]):
+        if prev.kind not in ("other", "jcc") or any(prev.addr < t <= call.addr for t in code.jump_targets):
+            break
+        if "rax" in prev.writes:
+            load = prev
+            break
+    dst_ok = (
+        load is not None
+        and load.mnemonic == "mov"
+        and len(spills) == 1
+        and load.op_str == f"rax, {spills[0]}"
+        and sum(1 for i in code.insns if i.op_str.startswith(spills[0] + ",")) == 1
+    )
+    what = "dst = b.ptr via its entry spill slot (checked)" if dst_ok else "dst = b.ptr NOT shown"
+    return site, (
+        f"candidate: the single runtime.memmove call at +{call.addr - code.start:#x} (src=rbx, n=rcx; {what}; "
+        "that it is the only copy into b is Go source knowledge, unproven)"
+    )
+
+
 def plan_go(spec: FuncSpec, code: Code, resolve: Resolver) -> ProbePlan:
     """Plan for a Go ABIInternal method (crypto/tls.(*Conn).Read/Write)."""
     if not code.insns:
@@ -755,16 +797,7 @@ def plan_go(spec: FuncSpec, code: Code, resolve: Resolver) -> ProbePlan:
     if not rets:
         return fallback_plan(spec, code, "no RET instruction found")
     sites = [entry] + [_site(code, r, "go_ret", {"ret": "rax"}) for r in rets]
-    # Unproven cheaper point: Read copies plaintext into b with one copy() (bytes.Reader.Read inlined),
-    # i.e. one call to runtime.memmove(dst=rax, src=rbx, n=rcx), an emulated call. Offered, not used.
-    copies = [
-        i
-        for i in code.insns
-        if i.kind == "call"
-        and i.target is not None
-        and resolve(i.target) in ("runtime.memmove", "runtime.memmove.abi0")
-    ]
-    candidates = [_site(code, copies[0], "entry", {"dst": "rax", "src": "rbx", "n": "rcx"})] if len(copies) == 1 else []
+    candidates, cand_note = _go_copy_candidate(code, resolve)
     return ProbePlan(
         function=spec.name,
         func_offset=code.file_offset,
@@ -772,7 +805,7 @@ def plan_go(spec: FuncSpec, code: Code, resolve: Resolver) -> ProbePlan:
         fast=all(s.emulated for s in sites),
         reason=f"entry `{site.mnemonic}` at +{site.addr - code.start:#x} is emulated ({proof}); "
         f"{len(rets)} RET site(s) are single-stepped (no uretprobe: it crashes Go programs)"
-        + ("; candidate: the single runtime.memmove call (unproven)" if candidates else ""),
+        + (f"; {cand_note}" if cand_note else ""),
         ret_meaning="function",
         candidates=candidates,
         length=spec.length,

@@ -375,3 +375,23 @@ def test_every_openssl_copy_on_this_machine() -> None:
             checked += 1
         assert plans["SSL_read"].fast and plans["SSL_write"].fast, (path, plans["SSL_write"].reason)
     assert checked >= 8
+
+
+def test_go_read_memmove_candidate(go_binaries: dict[str, Path]) -> None:
+    """The cheaper Read point is offered as a candidate only, never used as a site."""
+    from elftools.elf.elffile import ELFFile
+
+    path = str(go_binaries["plain"])
+    lib = _analyze(path)
+    r = _plans(lib)["crypto/tls.(*Conn).Read"]
+    assert len(r.candidates) == 1 and r.candidates[0] not in r.sites
+    cand = r.candidates[0]
+    check_site_emulated(path, cand)
+    assert cand.regs == {"dst": "rax", "src": "rbx", "n": "rcx"}
+    assert "dst = b.ptr via its entry spill slot (checked)" in r.reason
+    with open(path, "rb") as f:
+        symtab = ELFFile(f).get_section_by_name(".symtab")
+        memmove = next(s["st_value"] for s in symtab.iter_symbols() if s.name == "runtime.memmove")
+    from .verify import insn_at
+
+    assert int(insn_at(path, cand.offset).op_str, 16) - cand.offset == memmove - cand.vaddr
