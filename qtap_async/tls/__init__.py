@@ -1,5 +1,27 @@
 """User-space half of TLS plaintext capture: find TLS libraries in processes and derive cheap, provably
-safe uprobe sites for their read/write functions (see shared/PROBES.md and probe_points.py)."""
+safe uprobe sites for their read/write functions (see shared/PROBES.md and probe_points.py).
+
+Using it from the attach glue::
+
+    libs = scan_all()                      # {FileKey(dev, ino): TlsLibrary}; problems: default_scanner().problems
+    for lib in libs.values():              # lib.open_path reaches the file (containers: /proc/PID/root/...)
+        for plan in lib.plans:             # one ProbePlan per function found (SSL_read, gnutls_record_recv, ...)
+            for site in plan.sites:        # attach by FILE OFFSET: uprobe(lib.open_path, site.offset,
+                ...                        #   retprobe=site.role == "uretprobe"); dedupe by (key, offset, role):
+                                           #   plans of one file may share a return site (SSL_read/SSL_read_ex)
+
+Reading the sites of a plan (``site.regs`` says which register holds what at that site):
+
+- ``entry``: save ``regs`` per thread (with rsp), e.g. buf/num, or ``processed_ptr`` for OpenSSL's internal call;
+  a write plan without return sites (``ret_meaning == "none"``, Go Write) emits ``buf[:len]`` right here.
+- ``return`` / ``uretprobe``: consume the saved entry only when ``rsp_now - rsp_saved == site.sp_delta``; then
+  ``ret`` is in ``regs["ret"]`` (``eax``: read it as a 32-bit int) and ``plan.length`` says how many bytes of the
+  saved buffer hold plaintext (``ret if ret > 0``, ``*processed_ptr if ret > 0``, ``*written if ret == 1``).
+- ``go_ret``: Go RET sites of Read (rax = n); pair with the entry per goroutine, not by rsp (Go moves stacks).
+  ``lib.go_offsets`` leads from the *tls.Conn (rax at entry) to the socket fd.
+- ``plan.fast`` False means the classic entry + uretprobe (or Go RETs), each hit single-stepped (~14 us);
+  ``plan.reason`` says why; ``plan.candidates`` are cheaper unproven sites, to validate by byte-exact tests.
+"""
 
 from qtap_async.tls.describe import describe, describe_data
 from qtap_async.tls.discover import Mapping, Scanner, default_scanner, parse_maps, scan_all, scan_pid

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import msgspec
 
+from qtap_async.tls.elf import ElfFormatError
 from qtap_async.tls.libraries import analyze_file, openssl_version_from_libcrypto
 from qtap_async.tls.model import FileKey, ScanProblem, TlsLibrary
 
@@ -176,6 +177,11 @@ class Scanner:
         if not hit:
             try:
                 lib = analyze_file(path, FileKey(st.st_dev, st.st_ino), m.path)
+            except ElfFormatError as e:
+                # Executable mappings that are not x86-64 ELF (JIT images, other arches) are not TLS
+                # libraries: remembered as such, not reported.
+                log.debug("tls scan: %s: %s", m.path, e)
+                lib = None
             except Exception as e:
                 self._problem(pid, m.path, f"{type(e).__name__}: {e}")
                 lib = None

@@ -59,10 +59,8 @@ class ElfImage:
 
     @classmethod
     def open(cls, path: str) -> ElfImage:
-        try:
-            f = open(path, "rb")  # noqa: SIM115 - owned by the image, closed by close()
-        except OSError as e:
-            raise ElfFormatError(f"{path}: {e.strerror}") from e
+        # OSError (vanished, permission) propagates as is: that is a problem to report, not a non-ELF.
+        f = open(path, "rb")  # noqa: SIM115 - owned by the image, closed by close()
         try:
             return cls(f, path)
         except Exception:

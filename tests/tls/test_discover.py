@@ -190,3 +190,33 @@ def test_describe(spawn: Any, go_binaries: dict[str, Path]) -> None:
     data = describe_data(libs)
     assert {d["kind"] for d in data} == {"openssl", "go"}
     assert all(isinstance(d["plans"][0]["sites"][0]["offset"], int) for d in data)
+
+
+def test_fake_proc_root_resolution_and_non_elf(tmp_path: Path) -> None:
+    """Files are opened under /proc/PID/root; a non-ELF executable mapping is not a problem; the same
+    file seen by two pids is analysed once and reported with both pids."""
+    from .test_probe_points import _ldconfig
+
+    proc = tmp_path / "proc"
+    for pid in (200, 201):
+        (proc / str(pid)).mkdir(parents=True)
+    root = proc / "200" / "root"
+    (root / "lib").mkdir(parents=True)
+    shutil.copy(_ldconfig("libssl.so.3"), root / "lib" / "libssl.so.3")
+    (root / "lib" / "jit.bin").write_bytes(b"not an elf at all" * 10)
+    os.symlink(root, proc / "201" / "root")
+    lines = []
+    for i, name in enumerate(("libssl.so.3", "jit.bin")):
+        st = os.stat(root / "lib" / name)
+        dev = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}"
+        lines.append(f"7f000000{i}000-7f000000{i}fff r-xp 00000000 {dev} {st.st_ino} /lib/{name}")
+    for pid in (200, 201):
+        (proc / str(pid) / "maps").write_text("\n".join(lines) + "\n")
+    sc = Scanner(proc=str(proc))
+    libs = sc.scan_all()
+    assert sc.problems == []
+    assert len(libs) == 1
+    lib = next(iter(libs.values()))
+    assert lib.kind == "openssl" and lib.path == "/lib/libssl.so.3"
+    assert lib.open_path == f"{proc}/200/root/lib/libssl.so.3" and sorted(lib.pids) == [200, 201]
+    assert sc.analyses == 2  # libssl and the non-ELF, each once
