@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import time
 from typing import Any, Protocol, runtime_checkable
 
 import msgspec
@@ -29,7 +30,7 @@ class StoredObject(msgspec.Struct, gc=False, array_like=True):
 
     data: bytes
     content_type: str = "application/json"
-    connection_id: str = ""
+    conn_id: int = 0
     transaction_id: str = ""
     digest: str = ""
 
@@ -42,16 +43,29 @@ class StoredObject(msgspec.Struct, gc=False, array_like=True):
         return len(self.data)
 
 
-class ObjectRef(msgspec.Struct, frozen=True, gc=False, kw_only=True, tag="object_ref", tag_field="kind"):
-    """What the event store gets for each stored object (``kind: object_ref`` in its JSON)."""
+class ObjectRef(msgspec.Struct, frozen=True, gc=False, kw_only=True, tag="object_ref", tag_field="type"):
+    """The reference record the event store gets for each stored object (Pulse's ``object_ref`` event).
 
+    ``id`` is derived from the store, digest and transaction, so a re-sent reference has the same id
+    and collapses with the first copy wherever events are de-duplicated by id.
+    """
+
+    id: str
+    ts: int  # epoch nanoseconds when the store took the object
+    conn_id: int
+    transaction_id: str
     digest: str
     url: str
     size: int
     content_type: str
-    connection_id: str
-    transaction_id: str
     store: str
+
+    @classmethod
+    def of(cls, obj: StoredObject, url: str, store: str) -> ObjectRef:
+        ident = hashlib.sha256(f"{store}\0{obj.digest}\0{obj.transaction_id}\0{obj.conn_id}".encode())
+        return cls(id=ident.hexdigest()[:32], ts=time.time_ns(), conn_id=obj.conn_id,
+                   transaction_id=obj.transaction_id, digest=obj.digest, url=url, size=len(obj.data),
+                   content_type=obj.content_type, store=store)
 
 
 @runtime_checkable
@@ -85,15 +99,16 @@ class ObjectSink(Protocol):
 
 
 def event_key(event: object, key_field: str) -> bytes | None:
+    """The Kafka key of an event: its ``key_field`` (default ``conn_id``), as text."""
     value: Any = event.get(key_field) if isinstance(event, dict) else getattr(event, key_field, None)
-    if value is None or value == "":
-        return None
+    if value is None or value == "" or value == 0:
+        return None  # no connection: spread over partitions
     if isinstance(value, bytes):
         return value
     return str(value).encode()
 
 
-def to_record(event: object, key_field: str = "connection_id") -> EventRecord:
+def to_record(event: object, key_field: str = "conn_id") -> EventRecord:
     """Encode an event (an EventRecord, raw JSON bytes, a msgspec Struct or a dict) once, as JSON."""
     if isinstance(event, EventRecord):
         return event

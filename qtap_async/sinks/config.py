@@ -126,7 +126,7 @@ class KafkaEventStore(_Store, frozen=True, tag="kafka"):
     tls: KafkaTls | None = None
     sasl: KafkaSasl | None = None
     compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "zstd"
-    key_field: str = "connection_id"  # attribute of an event whose value keys its Kafka record
+    key_field: str = "conn_id"  # attribute of an event whose value keys its Kafka record
     linger_ms: Annotated[int, msgspec.Meta(ge=0)] = 5
     max_batch_bytes: PositiveInt = 1 << 20
     max_request_bytes: PositiveInt = 4 << 20

@@ -35,7 +35,7 @@ class DirObjectSink:
         await self.check()
 
     async def put(self, obj: StoredObject) -> ObjectRef:
-        fields = {"DIGEST": obj.digest, "SHARD": obj.digest[:2], "CONNECTION_ID": obj.connection_id,
+        fields = {"DIGEST": obj.digest, "SHARD": obj.digest[:2], "CONNECTION_ID": str(obj.conn_id),
                   "TRANSACTION_ID": obj.transaction_id}
         key = self._key.render(fields).lstrip("/")
         final = self.root / key
@@ -59,8 +59,7 @@ class DirObjectSink:
             raise SinkTransientError(f"object store {self.name}: writing {final}: {exc.strerror or exc}") from exc
         url = self._url.render({**fields, "KEY": key, "PATH": str(final), "BUCKET": "", "ENDPOINT": "",
                                 "REGION": ""})
-        return ObjectRef(digest=obj.digest, url=url, size=len(obj.data), content_type=obj.content_type,
-                         connection_id=obj.connection_id, transaction_id=obj.transaction_id, store=self.name)
+        return ObjectRef.of(obj, url, self.name)
 
     async def close(self) -> None:
         return None

@@ -93,7 +93,7 @@ def _runner_kw(cfg: EventStoreConfig | ObjectStoreConfig) -> dict[str, Any]:
 
 
 def build_event_runner(cfg: EventStoreConfig) -> EventSinkRunner:
-    key_field = cfg.key_field if isinstance(cfg, KafkaEventStore) else "connection_id"
+    key_field = cfg.key_field if isinstance(cfg, KafkaEventStore) else "conn_id"
     return EventSinkRunner(build_event_sink(cfg), key_field=key_field, **_runner_kw(cfg))
 
 

@@ -334,7 +334,7 @@ class EventSinkRunner(SinkRunner[EventRecord]):
     kind = "event"
     _item_type = EventRecord
 
-    def __init__(self, sink: EventSink, *, key_field: str = "connection_id", **kw: Any) -> None:
+    def __init__(self, sink: EventSink, *, key_field: str = "conn_id", **kw: Any) -> None:
         super().__init__(sink, **kw)
         self.key_field = key_field
 

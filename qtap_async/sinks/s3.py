@@ -132,7 +132,7 @@ class S3ObjectSink:
     async def put(self, obj: StoredObject) -> ObjectRef:
         from botocore.exceptions import ClientError
 
-        fields = {"DIGEST": obj.digest, "SHARD": obj.digest[:2], "CONNECTION_ID": obj.connection_id,
+        fields = {"DIGEST": obj.digest, "SHARD": obj.digest[:2], "CONNECTION_ID": str(obj.conn_id),
                   "TRANSACTION_ID": obj.transaction_id}
         key = self._key.render(fields)
         if key not in self._known:
@@ -156,8 +156,7 @@ class S3ObjectSink:
                 self._known.popitem(last=False)
         url = self._url.render({**fields, "KEY": key, "BUCKET": self.bucket, "ENDPOINT": self.endpoint or "",
                                 "REGION": self.region, "PATH": f"/{self.bucket}/{key}"})
-        return ObjectRef(digest=obj.digest, url=url, size=len(obj.data), content_type=obj.content_type,
-                         connection_id=obj.connection_id, transaction_id=obj.transaction_id, store=self.name)
+        return ObjectRef.of(obj, url, self.name)
 
 
 def _error_of(exc: Any) -> tuple[str, str, int]:

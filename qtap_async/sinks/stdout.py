@@ -16,7 +16,7 @@ class _ObjectLine(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
     digest: str
     size: int
     content_type: str
-    connection_id: str
+    conn_id: int
     transaction_id: str
     body: str | None = None
     body_b64: str | None = None
@@ -69,14 +69,12 @@ class StdoutObjectSink:
             b64 = None
         except UnicodeDecodeError:
             text, b64 = None, base64.b64encode(obj.data).decode()
-        line = _ObjectLine("object", obj.digest, len(obj.data), obj.content_type, obj.connection_id,
+        line = _ObjectLine("object", obj.digest, len(obj.data), obj.content_type, obj.conn_id,
                            obj.transaction_id, text, b64)
         out = self._stream if self._stream is not None else sys.stdout.buffer
         out.write(_encode_line(line) + b"\n")
         out.flush()
-        return ObjectRef(digest=obj.digest, url=f"stdout:{obj.digest}", size=len(obj.data),
-                         content_type=obj.content_type, connection_id=obj.connection_id,
-                         transaction_id=obj.transaction_id, store=self.name)
+        return ObjectRef.of(obj, f"stdout:{obj.digest}", self.name)
 
     async def close(self) -> None:
         return None
@@ -103,5 +101,4 @@ class DisabledEventSink:
 
 class DisabledObjectSink(DisabledEventSink):
     async def put(self, obj: StoredObject) -> ObjectRef:
-        return ObjectRef(digest=obj.digest, url="", size=len(obj.data), content_type=obj.content_type,
-                         connection_id=obj.connection_id, transaction_id=obj.transaction_id, store=self.name)
+        return ObjectRef.of(obj, "", self.name)

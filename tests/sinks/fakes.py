@@ -63,9 +63,7 @@ class FlakyObjectSink:
         if not self.up or obj.digest in self.fail_digests:
             raise SinkTransientError(f"object store {self.name}: down")
         self.stored[obj.digest] = obj.data
-        return ObjectRef(digest=obj.digest, url=f"mem://{obj.digest}", size=len(obj.data),
-                         content_type=obj.content_type, connection_id=obj.connection_id,
-                         transaction_id=obj.transaction_id, store=self.name)
+        return ObjectRef.of(obj, f"mem://{obj.digest}", self.name)
 
     async def close(self) -> None:
         return None

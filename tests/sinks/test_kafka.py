@@ -13,7 +13,7 @@ pytestmark = pytest.mark.services
 
 
 class Ev(msgspec.Struct):
-    connection_id: str
+    conn_id: int
     seq: int
     path: str
 
@@ -23,7 +23,7 @@ async def test_events_read_back_by_an_independent_consumer(services: Services, t
         brokers=[services.kafka_bootstrap], topic=topic, buffer=BufferConfig(batch_max_events=200)))
     await runner.start()
     task = asyncio.create_task(runner.run())
-    sent = [Ev(f"conn-{i % 13}", i, f"/api/{i}") for i in range(3000)]
+    sent = [Ev(1000 + i % 13, i, f"/api/{i}") for i in range(3000)]
     for ev in sent:
         assert runner.channel.send_nowait(ev)
     runner.channel.close()
@@ -35,12 +35,12 @@ async def test_events_read_back_by_an_independent_consumer(services: Services, t
     assert len(got) == 3000
     assert sorted(got, key=lambda e: e.seq) == sent
     # key = connection id, so one connection's events share a partition and keep their order
-    partitions: dict[str, set[int]] = collections.defaultdict(set)
-    per_conn: dict[str, list[int]] = collections.defaultdict(list)
+    partitions: dict[int, set[int]] = collections.defaultdict(set)
+    per_conn: dict[int, list[int]] = collections.defaultdict(list)
     for m, ev in zip(msgs, got, strict=True):
-        assert m.key == ev.connection_id.encode()
-        partitions[ev.connection_id].add(m.partition)
-        per_conn[ev.connection_id].append(ev.seq)
+        assert m.key == str(ev.conn_id).encode()
+        partitions[ev.conn_id].add(m.partition)
+        per_conn[ev.conn_id].append(ev.seq)
     assert all(len(p) == 1 for p in partitions.values())
     assert all(seqs == sorted(seqs) for seqs in per_conn.values())
     assert len({p for ps in partitions.values() for p in ps}) > 1  # keys spread over partitions
@@ -56,7 +56,7 @@ async def test_sasl_plain_with_value_sources(services: Services, topic: str,
     await runner.start()
     task = asyncio.create_task(runner.run())
     for i in range(50):
-        runner.channel.send_nowait({"connection_id": "c", "seq": i})
+        runner.channel.send_nowait({"conn_id": 7, "seq": i})
     runner.channel.close()
     await task
     msgs = await asyncio.to_thread(consume_all, services, topic, 50)

@@ -54,7 +54,7 @@ async def test_kafka_down_for_30s_loses_nothing(services: Services, topic: str, 
     await runner.start()
     task = asyncio.create_task(runner.run())
     stop = asyncio.Event()
-    sender = asyncio.create_task(flow(runner, lambda i: {"connection_id": f"c{i % 7}", "seq": i}, stop))
+    sender = asyncio.create_task(flow(runner, lambda i: {"conn_id": 1 + i % 7, "seq": i}, stop))
     try:
         await asyncio.sleep(2)
         delivered_before = runner.stats()["qtap_sink_delivered_events_total"]
@@ -158,7 +158,7 @@ async def test_new_runner_process_delivers_the_spool(services: Services, topic: 
     r1 = build_event_runner(down)
     task = asyncio.create_task(r1.run())
     for i in range(500):
-        r1.channel.send_nowait({"connection_id": f"c{i % 3}", "seq": i})
+        r1.channel.send_nowait({"conn_id": 1 + i % 3, "seq": i})
     await wait_until(lambda: r1.stats()["qtap_sink_spool_depth_events"] == 500, 30)
     r1.channel.close()
     await task

@@ -22,7 +22,7 @@ SMALL_BATCHES = BufferConfig(batch_max_events=10, linger=0.001)
 
 
 class Ev(msgspec.Struct):
-    connection_id: str
+    conn_id: int
     seq: int
 
 
@@ -41,11 +41,11 @@ async def test_delivers_in_order_with_connection_keys() -> None:
     runner = EventSinkRunner(sink, buffer=SMALL_BATCHES, retry=FAST_RETRY)
     task = asyncio.create_task(runner.run())
     for i in range(95):
-        assert runner.channel.send_nowait(Ev(f"c{i % 3}", i))
+        assert runner.channel.send_nowait(Ev(1 + i % 3, i))
     runner.channel.close()
     await task
     assert values(sink) == list(range(95))
-    assert sink.received[4].key == b"c1"
+    assert sink.received[4].key == b"2"
     st = runner.stats()
     assert st["qtap_sink_delivered_events_total"] == 95
     assert st["qtap_sink_delivered_bytes_total"] == sum(r.nbytes for r in sink.received)
@@ -71,7 +71,7 @@ async def test_transient_errors_are_retried_without_spool() -> None:
     runner = EventSinkRunner(sink, buffer=SMALL_BATCHES, retry=FAST_RETRY)
     task = asyncio.create_task(runner.run())
     for i in range(5):
-        runner.channel.send_nowait(Ev("c", i))
+        runner.channel.send_nowait(Ev(1, i))
     await wait_for(lambda: runner.stats()["qtap_sink_retried_total"] >= 3)
     assert runner.stats()["qtap_sink_up"] == 0
     sink.up = True
@@ -87,11 +87,11 @@ async def test_outage_goes_to_spool_and_comes_back_in_order(tmp_path: Path) -> N
     runner = EventSinkRunner(sink, buffer=SMALL_BATCHES, retry=FAST_RETRY, spool=SpoolConfig(dir=str(tmp_path)))
     task = asyncio.create_task(runner.run())
     for i in range(20):
-        runner.channel.send_nowait(Ev("c", i))
+        runner.channel.send_nowait(Ev(1, i))
     await wait_for(lambda: len(sink.received) == 20)
     sink.up = False
     for i in range(20, 220):
-        runner.channel.send_nowait(Ev("c", i))
+        runner.channel.send_nowait(Ev(1, i))
         if i % 10 == 0:
             await asyncio.sleep(0.002)
     await wait_for(lambda: runner.stats()["qtap_sink_spool_depth_events"] == 200)
@@ -100,7 +100,7 @@ async def test_outage_goes_to_spool_and_comes_back_in_order(tmp_path: Path) -> N
     assert st["qtap_sink_queue_depth_events"] == 0  # the outage does not back up the channel
     sink.up = True
     for i in range(220, 240):
-        runner.channel.send_nowait(Ev("c", i))
+        runner.channel.send_nowait(Ev(1, i))
     await wait_for(lambda: len(sink.received) >= 240)
     runner.channel.close()
     await task
@@ -119,7 +119,7 @@ async def test_spool_survives_a_new_runner(tmp_path: Path) -> None:
     r1 = EventSinkRunner(down, buffer=SMALL_BATCHES, retry=retry, spool=spool, shutdown_timeout=0.05)
     task = asyncio.create_task(r1.run())
     for i in range(50):
-        r1.channel.send_nowait(Ev("c", i))
+        r1.channel.send_nowait(Ev(1, i))
     r1.channel.close()
     await task
     assert r1.stats()["qtap_sink_spool_depth_events"] == 50
@@ -128,7 +128,7 @@ async def test_spool_survives_a_new_runner(tmp_path: Path) -> None:
     up = FlakyEventSink("same")
     r2 = EventSinkRunner(up, buffer=SMALL_BATCHES, retry=retry, spool=spool)
     task = asyncio.create_task(r2.run())
-    r2.channel.send_nowait(Ev("c", 50))
+    r2.channel.send_nowait(Ev(1, 50))
     r2.channel.close()
     await task
     assert values(up) == list(range(51))  # the spooled ones first, then the new one
@@ -136,11 +136,11 @@ async def test_spool_survives_a_new_runner(tmp_path: Path) -> None:
 
 async def test_rejected_batch_is_dropped_and_counted() -> None:
     sink = FlakyEventSink()
-    sink.poison = {msgspec.json.encode(Ev("c", 3))}
+    sink.poison = {msgspec.json.encode(Ev(1, 3))}
     runner = EventSinkRunner(sink, buffer=BufferConfig(batch_max_events=1, linger=0), retry=FAST_RETRY)
     task = asyncio.create_task(runner.run())
     for i in range(6):
-        runner.channel.send_nowait(Ev("c", i))
+        runner.channel.send_nowait(Ev(1, i))
     runner.channel.close()
     await task
     assert values(sink) == [0, 1, 2, 4, 5]
@@ -153,7 +153,7 @@ async def test_queue_full_drops_are_counted() -> None:
     sink = FlakyEventSink()
     runner = EventSinkRunner(sink, buffer=BufferConfig(max_events=5), retry=FAST_RETRY)
     for i in range(8):
-        runner.channel.send_nowait(Ev("c", i))
+        runner.channel.send_nowait(Ev(1, i))
     task = asyncio.create_task(runner.run())
     runner.channel.close()
     await task
@@ -168,7 +168,7 @@ async def test_shutdown_without_spool_counts_what_is_lost() -> None:
     runner = EventSinkRunner(sink, buffer=SMALL_BATCHES, retry=FAST_RETRY, shutdown_timeout=0.05)
     task = asyncio.create_task(runner.run())
     for i in range(7):
-        runner.channel.send_nowait(Ev("c", i))
+        runner.channel.send_nowait(Ev(1, i))
     runner.channel.close()
     await asyncio.wait_for(task, 5)
     assert runner.stats()["qtap_sink_dropped_shutdown_events_total"] == 7
@@ -181,7 +181,7 @@ async def test_spool_full_drops_are_counted(tmp_path: Path) -> None:
     runner = EventSinkRunner(sink, buffer=SMALL_BATCHES, retry=FAST_RETRY, spool=spool, shutdown_timeout=0.01)
     task = asyncio.create_task(runner.run())
     for i in range(300):
-        runner.channel.send_nowait(Ev("c", i))
+        runner.channel.send_nowait(Ev(1, i))
         if i % 20 == 0:
             await asyncio.sleep(0.01)
     runner.channel.close()
@@ -209,7 +209,7 @@ async def test_objects_are_stored_once_and_refs_emitted(tmp_path: Path) -> None:
     runner = ObjectSinkRunner(sink, on_ref=refs.append, buffer=SMALL_BATCHES, retry=FAST_RETRY,
                               spool=SpoolConfig(dir=str(tmp_path)), concurrency=4)
     task = asyncio.create_task(runner.run())
-    objs = [StoredObject(b"body %d" % i, connection_id="c1", transaction_id=f"t{i}") for i in range(30)]
+    objs = [StoredObject(b"body %d" % i, conn_id=11, transaction_id=f"t{i}") for i in range(30)]
     for o in objs[:10]:
         runner.channel.send_nowait(o)
     await wait_for(lambda: len(refs) == 10)

@@ -40,7 +40,7 @@ async def test_objects_read_back_with_boto3(services: Services, bucket: str) -> 
     await runner.start()
     task = asyncio.create_task(runner.run())
     sizes = [0, 1, 100, 4096, 65_536, 1 << 20] + [300] * 194
-    objs = [StoredObject(os.urandom(n), content_type="application/octet-stream", connection_id=f"c{i % 5}",
+    objs = [StoredObject(os.urandom(n), content_type="application/octet-stream", conn_id=i % 5,
                          transaction_id=f"t{i}") for i, n in enumerate(sizes)]
     for o in objs:
         runner.channel.send_nowait(o)
@@ -62,7 +62,7 @@ async def test_objects_read_back_with_boto3(services: Services, bucket: str) -> 
     assert len(by_tx) == len(objs)
     r = by_tx["t3"]
     assert r.url == f"{services.s3_endpoint}/{bucket}/tx/{objs[3].digest[:2]}/{objs[3].digest}"
-    assert (r.size, r.connection_id, r.digest) == (4096, "c3", objs[3].digest)
+    assert (r.size, r.conn_id, r.digest) == (4096, 3, objs[3].digest)
 
 
 async def test_same_content_is_one_object(services: Services, bucket: str) -> None:
@@ -83,7 +83,7 @@ async def test_reference_records_reach_the_event_store(services: Services, bucke
     await events.start()
     await objects.start()
     tasks = [asyncio.create_task(events.run()), asyncio.create_task(objects.run())]
-    objs = [StoredObject(b"payload %d" % i, connection_id=f"conn{i}", transaction_id=f"tx{i}") for i in range(10)]
+    objs = [StoredObject(b"payload %d" % i, conn_id=100 + i, transaction_id=f"tx{i}") for i in range(10)]
     for o in objs:
         objects.channel.send_nowait(o)
     objects.channel.close()
@@ -92,8 +92,8 @@ async def test_reference_records_reach_the_event_store(services: Services, bucke
     await tasks[0]
     msgs = await asyncio.to_thread(consume_all, services, topic, 10)
     refs = [msgspec.json.decode(m.value, type=ObjectRef) for m in msgs]
-    assert sorted((r.transaction_id, r.digest, r.connection_id) for r in refs) == sorted(
-        (o.transaction_id, o.digest, o.connection_id) for o in objs)
+    assert sorted((r.transaction_id, r.digest, r.conn_id) for r in refs) == sorted(
+        (o.transaction_id, o.digest, o.conn_id) for o in objs)
     assert all(r.url == f"s3://{bucket}/{r.digest}" for r in refs)
-    assert {m.key for m in msgs} == {f"conn{i}".encode() for i in range(10)}
-    assert all(b'"kind":"object_ref"' in m.value for m in msgs)
+    assert {m.key for m in msgs} == {str(100 + i).encode() for i in range(10)}
+    assert all(b'"type":"object_ref"' in m.value for m in msgs)

@@ -28,7 +28,7 @@ async def test_stdout_events_are_json_lines() -> None:
 async def test_stdout_objects_text_and_binary() -> None:
     out = io.BytesIO()
     sink = StdoutObjectSink(stream=out)
-    ref = await sink.put(StoredObject(b'{"x": 1}', connection_id="c", transaction_id="t"))
+    ref = await sink.put(StoredObject(b'{"x": 1}', conn_id=5, transaction_id="t"))
     await sink.put(StoredObject(b"\xff\x00"))
     lines = [json.loads(x) for x in out.getvalue().splitlines()]
     assert lines[0]["body"] == '{"x": 1}' and lines[0]["digest"] == ref.digest
@@ -39,7 +39,7 @@ async def test_stdout_objects_text_and_binary() -> None:
 async def test_dir_store_writes_atomically_by_digest(tmp_path: Path) -> None:
     sink = DirObjectSink(str(tmp_path / "objs"), key="{{SHARD}}/{{DIGEST}}.json")
     await sink.check()
-    obj = StoredObject(b'{"body": "x"}', connection_id="c1", transaction_id="t1")
+    obj = StoredObject(b'{"body": "x"}', conn_id=1, transaction_id="t1")
     ref = await sink.put(obj)
     path = tmp_path / "objs" / obj.digest[:2] / f"{obj.digest}.json"
     assert path.read_bytes() == obj.data
@@ -127,6 +127,19 @@ async def test_pulse_unreachable_is_transient() -> None:
 
 
 def test_stored_object_digest_survives_msgpack() -> None:
-    obj = StoredObject(os.urandom(64), content_type="text/plain", connection_id="c", transaction_id="t")
+    obj = StoredObject(os.urandom(64), content_type="text/plain", conn_id=9, transaction_id="t")
     back = msgspec.msgpack.decode(msgspec.msgpack.encode(obj), type=StoredObject)
     assert back == obj
+
+
+def test_object_ref_is_a_pulse_object_ref_event_with_a_stable_id() -> None:
+    from qtap_async.pulse.schema import Event, ObjectRefEvent
+    from qtap_async.sinks import ObjectRef
+
+    obj = StoredObject(b"body", conn_id=3, transaction_id="t1")
+    ref = ObjectRef.of(obj, "s3://b/k", "s3")
+    ev = msgspec.json.decode(msgspec.json.encode(ref), type=Event)
+    assert isinstance(ev, ObjectRefEvent)
+    assert (ev.digest, ev.conn_id, ev.transaction_id, ev.url, ev.size) == (obj.digest, 3, "t1", "s3://b/k", 4)
+    assert ObjectRef.of(obj, "s3://b/k", "s3").id == ref.id  # a re-sent reference de-duplicates by id
+    assert ObjectRef.of(StoredObject(b"body", conn_id=3, transaction_id="t2"), "s3://b/k", "s3").id != ref.id
