@@ -113,7 +113,7 @@ class EntryFinding:
 @dataclass
 class ReturnFinding:
     site: Insn | None = None
-    callee_uretprobe: tuple[int, Insn] | None = None
+    callee_uretprobe: tuple[Code, Insn] | None = None
     """(callee vaddr, callee's first instruction) when the return is taken by a uretprobe on the callee."""
     why_not: str = ""
 
@@ -353,7 +353,7 @@ def find_return(code: Code, call: Insn, resolve: Resolver, callee_code: Callable
 
 def _callee_uretprobe(
     call: Insn, resolve: Resolver, callee_code: Callable[[int], Code | None]
-) -> tuple[int, Insn] | None:
+) -> tuple[Code, Insn] | None:
     """Where a uretprobe on the callee can hook cheaply: its first instruction when emulated, else the first
     emulated instruction reached straight-line with rsp untouched (the return address is still at (%rsp))
     and that no jump in the callee can reach again (it would hijack the return twice). ``callee_code`` must
@@ -364,13 +364,13 @@ def _callee_uretprobe(
         return None
     first = cc.insns[0]
     if first.emulated:
-        return cc.start, first
+        return cc, first
     site = find_unmoved_stack_site(cc, ())
     if site is None or cc.end - cc.start <= 32:  # callee extent unknown: cannot rule out a jump back
         return None
     if any(cc.start <= t <= site.addr for t in cc.jump_targets):
         return None
-    return cc.start, site
+    return cc, site
 
 
 @dataclass(frozen=True)
@@ -626,9 +626,8 @@ def plan_sysv(
                 f"tail jump at {site.addr:#x} to {callee_name}: no in-function return point and the callee's first "
                 "instruction is not emulated (or the callee is not in this file)",
             )
-        cstart, cfirst = cu
-        cc = callee_code(cstart)
-        assert cc is not None
+        cc, cfirst = cu
+        cstart = cc.start
         sites = [
             _site(code, site, "entry", spec.regs()),
             _site(cc, cfirst, "uretprobe", {"ret": "rax"}, sp_delta=8),
@@ -665,9 +664,8 @@ def plan_sysv(
             "the call, rax untouched and no jump lands in between"
         )
     elif ret.callee_uretprobe is not None:
-        cstart, cfirst = ret.callee_uretprobe
-        cc = callee_code(cstart)
-        assert cc is not None
+        cc, cfirst = ret.callee_uretprobe
+        cstart = cc.start
         rsite = _site(cc, cfirst, "uretprobe", {"ret": "rax"}, sp_delta=0)
         how = (
             f"uretprobe on the callee, hooked on its emulated `{cfirst.mnemonic} {cfirst.op_str}` "
@@ -702,9 +700,8 @@ def plan_io_exits(
         if cu is None:
             name = resolve(ex.callee) or hex(ex.callee)
             return f"the first instruction of {name} (called at {ex.site.addr:#x}) is not emulated"
-        cstart, cfirst = cu
-        cc = callee_code(cstart)
-        assert cc is not None
+        cc, cfirst = cu
+        cstart = cc.start
         sites.append(_site(code, ex.site, "entry", dict(ex.regs)))
         # sp after the callee returns: call -> back at the call's rsp; tail jmp -> our caller's, +8.
         rsite = _site(cc, cfirst, "uretprobe", {"ret": ex.ret_reg}, sp_delta=8 if ex.tail else 0)

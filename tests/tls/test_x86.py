@@ -48,3 +48,46 @@ def test_decode_kinds_writes_and_widening() -> None:
     assert insns[4].target == insns[4].next + 3
     assert "rax" not in insns[3].writes  # test writes flags only
     assert [i.emulated for i in insns] == [False, False, True, False, True, False, False]
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from qtap_async.tls.model import ProbePlan  # noqa: E402
+from qtap_async.tls.probe_points import Code, FuncSpec, plan_go, plan_sysv  # noqa: E402
+
+ALLOWED = {"push", "call", "jmp", "nop", "pause", "bnd jmp"}
+
+
+@given(st.binary(min_size=1, max_size=15))
+@settings(max_examples=400, deadline=None)
+def test_emulated_only_for_allowed_mnemonics(raw: bytes) -> None:
+    insns = list(decode(raw, 0x1000))
+    if not insns:
+        return
+    i = insns[0]
+    if i.emulated:
+        m = i.mnemonic.removeprefix("bnd ")
+        assert m in ALLOWED or (m.startswith("j") and i.kind == "jcc"), (raw.hex(), i)
+
+
+SPEC = FuncSpec("f", ("a", "b", "c"), ("a", "b", "c"), "read", "ret if ret > 0")
+GSPEC = FuncSpec("g", ("c", "buf", "len", "cap"), ("c", "buf", "len"), "read", "ret if ret > 0", abi="go")
+
+
+def _check(plan: ProbePlan) -> None:
+    assert plan.sites
+    if plan.fast:
+        assert all(s.emulated for s in plan.sites)
+    else:
+        assert plan.reason
+
+
+@given(st.binary(min_size=1, max_size=96))
+@settings(max_examples=300, deadline=None)
+def test_analysis_never_raises_on_arbitrary_code(code: bytes) -> None:
+    c = Code(0x40000, code, 0x1000)
+    if not c.insns:
+        return
+    _check(plan_sysv(SPEC, c, lambda a: None, lambda a: None, None))
+    _check(plan_go(GSPEC, c, lambda a: None))
