@@ -32,3 +32,7 @@ bench:
 # Run the agent (local-only: events on stdout)
 run *ARGS:
     {{venv}}qtap run {{ARGS}}
+
+# Kafka + MinIO for the sink tests: up | down | status | reset | stop NAME | start NAME (NAME: kafka, minio)
+services *ARGS:
+    bash scripts/services {{ARGS}}
