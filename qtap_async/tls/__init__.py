@@ -8,7 +8,8 @@ Using it from the attach glue::
         for plan in lib.plans:             # one ProbePlan per function found (SSL_read, gnutls_record_recv, ...)
             for site in plan.sites:        # attach by FILE OFFSET: uprobe(lib.open_path, site.offset,
                 ...                        #   retprobe=site.role == "uretprobe"); dedupe by (key, offset, role):
-                                           #   plans of one file may share a return site (SSL_read/SSL_read_ex)
+                                           #   plans of one file may share a return site (SSL_read/SSL_read_ex);
+                                           #   attachments(lib) does that merge
 
 Reading the sites of a plan (``site.regs`` says which register holds what at that site):
 
@@ -17,17 +18,21 @@ Reading the sites of a plan (``site.regs`` says which register holds what at tha
 - ``return`` / ``uretprobe``: consume the saved entry only when ``rsp_now - rsp_saved == site.sp_delta``; then
   ``ret`` is in ``regs["ret"]`` (``eax``: read it as a 32-bit int) and ``plan.length`` says how many bytes of the
   saved buffer hold plaintext (``ret if ret > 0``, ``*processed_ptr if ret > 0``, ``*written if ret == 1``).
-- ``go_ret``: Go RET sites of Read (rax = n); pair with the entry per goroutine, not by rsp (Go moves stacks).
+- ``go_ret``: Go RET sites of Read (rax = n). Pair with the entry by goroutine: key on r14, which holds the
+  current g in Go's register ABI at every entry and RET; never by thread (a goroutine blocked in Read resumes
+  on another thread) or rsp (Go moves stacks).
   ``lib.go_offsets`` leads from the *tls.Conn (rax at entry) to the socket fd.
 - ``plan.fast`` False means the classic entry + uretprobe (or Go RETs), each hit single-stepped (~14 us);
   ``plan.reason`` says why; ``plan.candidates`` are cheaper unproven sites, to validate by byte-exact tests.
 """
 
+from qtap_async.tls.attach import attachments
 from qtap_async.tls.describe import describe, describe_data
 from qtap_async.tls.discover import Mapping, Scanner, default_scanner, parse_maps, scan_all, scan_pid
 from qtap_async.tls.elf import ElfFormatError, ElfImage
 from qtap_async.tls.libraries import analyze_file
 from qtap_async.tls.model import (
+    Attachment,
     FileKey,
     GoConnOffsets,
     ProbePlan,
@@ -39,6 +44,7 @@ from qtap_async.tls.model import (
 from qtap_async.tls.x86 import classify_emulated
 
 __all__ = [
+    "Attachment",
     "ElfFormatError",
     "ElfImage",
     "FileKey",
@@ -51,6 +57,7 @@ __all__ = [
     "TlsFunction",
     "TlsLibrary",
     "analyze_file",
+    "attachments",
     "classify_emulated",
     "default_scanner",
     "describe",

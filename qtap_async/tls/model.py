@@ -138,3 +138,14 @@ class ScanProblem(msgspec.Struct, frozen=True, gc=False):
     pid: int
     path: str
     error: str
+
+
+class Attachment(msgspec.Struct, frozen=True, gc=False):
+    """One probe to attach: sites of all plans of a file, deduplicated by (offset, kind)."""
+
+    offset: int
+    retprobe: bool
+    """True: attach as a uretprobe (kernel return probe) at ``offset``; False: a plain uprobe."""
+    roles: list[str]
+    """``function:role`` of every plan site that shares this probe, e.g. ["SSL_read:uretprobe", ...]."""
+    emulated: bool

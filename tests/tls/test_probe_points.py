@@ -395,3 +395,16 @@ def test_go_read_memmove_candidate(go_binaries: dict[str, Path]) -> None:
     from .verify import insn_at
 
     assert int(insn_at(path, cand.offset).op_str, 16) - cand.offset == memmove - cand.vaddr
+
+
+def test_attachments_merge_shared_return_probes() -> None:
+    from qtap_async.tls import attachments
+
+    lib = _analyze(_ldconfig("libssl.so.3"))
+    att = attachments(lib)
+    sites = {(s.offset, s.role == "uretprobe") for p in lib.plans for s in p.sites}
+    assert {(a.offset, a.retprobe) for a in att} == sites
+    assert len(att) < sum(len(p.sites) for p in lib.plans)  # SSL_read and SSL_read_ex share one
+    shared = [a for a in att if len(a.roles) > 1]
+    assert shared and all(a.retprobe for a in shared)
+    assert {"SSL_read:uretprobe", "SSL_read_ex:uretprobe"} in [set(a.roles) for a in shared]
