@@ -220,3 +220,15 @@ def test_fake_proc_root_resolution_and_non_elf(tmp_path: Path) -> None:
     assert lib.kind == "openssl" and lib.path == "/lib/libssl.so.3"
     assert lib.open_path == f"{proc}/200/root/lib/libssl.so.3" and sorted(lib.pids) == [200, 201]
     assert sc.analyses == 2  # libssl and the non-ELF, each once
+
+
+def test_deleted_executable_is_read_through_map_files(spawn: Any, go_binaries: dict[str, Path], tmp_path: Path) -> None:
+    """A binary replaced or removed after start (package upgrade) is still analysed, via map_files."""
+    exe = tmp_path / "server"
+    shutil.copy(go_binaries["stripped"], exe)
+    p = spawn([str(exe)])
+    exe.unlink()
+    libs = Scanner().scan_pid(p.pid)
+    go = _by_kind(libs, "go")
+    assert len(go) == 1, describe(libs)
+    assert go[0].path == str(exe) and "/map_files/" in go[0].open_path
