@@ -79,7 +79,29 @@ def _decode_head(head: bytes) -> list[str]:
     return text.split("\n")
 
 
+def _parse_head(head: bytes) -> tuple[str, list[tuple[str, str]] | None]:
+    """A message head -> (first line, [(name, value)] or None when a header line is malformed)."""
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        text = head.decode("latin-1")
+    lines = text.split("\n")
+    first = lines[0]
+    if first[-1:] == "\r":
+        first = first[:-1]
+    return first, _header_list(lines)
+
+
 def _header_list(lines: list[str]) -> list[tuple[str, str]] | None:
+    """Header lines (lines[1:]) -> [(name, value)]; None when a line is malformed."""
+    parts = [line.partition(":") for line in lines[1:]]
+    out = [(n, v.strip(" \t\r")) for n, c, v in parts if c and n and n[0] not in " \t"]
+    if len(out) == len(parts):
+        return out
+    return _header_list_slow(lines)
+
+
+def _header_list_slow(lines: list[str]) -> list[tuple[str, str]] | None:
     out: list[tuple[str, str]] = []
     append = out.append
     for i in range(1, len(lines)):
@@ -124,6 +146,18 @@ def _value(head: bytes, low: bytes, key: bytes) -> bytes | None:
 
 def _content_length(head: bytes, low: bytes) -> int | None:
     """-1 when absent, None when invalid (differing or malformed values)."""
+    i = low.find(b"\ncontent-length:")
+    if i < 0:
+        return -1
+    j = low.find(b"\n", i + 16)
+    if j < 0:
+        v = head[i + 16 :].strip(b" \t\r")
+        if v.isdigit() and len(v) <= 18:
+            return int(v)
+    elif low.find(b"\ncontent-length:", j) < 0:
+        v = head[i + 16 : j].strip(b" \t\r")
+        if v.isdigit() and len(v) <= 18:
+            return int(v)
     vals = _values(head, low, b"\ncontent-length:")
     if not vals:
         return -1
@@ -142,49 +176,46 @@ def _content_length(head: bytes, low: bytes) -> int | None:
 
 def _is_chunked(head: bytes, low: bytes) -> bool | None:
     """None without Transfer-Encoding; else whether the final coding is chunked."""
-    vals = _values(low, low, b"\ntransfer-encoding:")
-    if not vals:
+    if low.find(b"\ntransfer-encoding:") < 0:
         return None
+    vals = _values(low, low, b"\ntransfer-encoding:")
     last = b",".join(vals).split(b",")[-1].strip()
     return last == b"chunked"
 
 
 class _Exchange:
-    __slots__ = (
-        "after_gap", "authority", "ce_req", "ce_resp", "emitted", "informational", "method", "path",
-        "reasons", "req_body", "req_done", "req_end", "req_headers", "req_start", "req_trailers",
-        "resp_body", "resp_done", "resp_end", "resp_headers", "resp_start", "resp_trailers",
-        "resp_version", "scheme", "status", "upgrade", "version", "wants_upgrade",
-    )
+    """One request/response exchange being assembled. Class attributes are the defaults, so creating
+    one sets only what differs (this is on the hot path)."""
+
+    method: str | None = None
+    path: str | None = None
+    authority: str | None = None
+    scheme: str | None = None
+    version: str | None = None
+    req_headers: list[tuple[str, str]] = []  # noqa: RUF012 (replaced, never mutated)
+    req_trailers: list[tuple[str, str]] = []  # noqa: RUF012
+    req_body: Body | None = None
+    req_start: int | None = None
+    req_end: int | None = None
+    req_done = False
+    status: int | None = None
+    resp_version: str | None = None
+    resp_headers: list[tuple[str, str]] = []  # noqa: RUF012
+    resp_trailers: list[tuple[str, str]] = []  # noqa: RUF012
+    resp_body: Body | None = None
+    resp_start: int | None = None
+    resp_end: int | None = None
+    resp_done = False
+    upgrade: str | None = None
+    wants_upgrade = False
+    emitted = False
+    after_gap = False
+    ce_req: str | None = None
+    ce_resp: str | None = None
 
     def __init__(self) -> None:
-        self.method: str | None = None
-        self.path: str | None = None
-        self.authority: str | None = None
-        self.scheme: str | None = None
-        self.version: str | None = None
-        self.req_headers: list[tuple[str, str]] = []
-        self.req_trailers: list[tuple[str, str]] = []
-        self.req_body: Body | None = None
-        self.req_start: int | None = None
-        self.req_end: int | None = None
-        self.req_done = False
-        self.status: int | None = None
-        self.resp_version: str | None = None
-        self.resp_headers: list[tuple[str, str]] = []
-        self.resp_trailers: list[tuple[str, str]] = []
-        self.resp_body: Body | None = None
-        self.resp_start: int | None = None
-        self.resp_end: int | None = None
-        self.resp_done = False
         self.informational: list[int] = []
-        self.upgrade: str | None = None
-        self.wants_upgrade = False
         self.reasons: list[str] = []
-        self.emitted = False
-        self.after_gap = False
-        self.ce_req: str | None = None
-        self.ce_resp: str | None = None
 
 
 class _Reader:
@@ -538,13 +569,9 @@ class Http1Connection:
 
     # -- request side -------------------------------------------------------------------------------
     def on_request_head(self, r: _Reader, head: bytes, start_ts: int, ts: int, off: int) -> None:
-        lines = _decode_head(head)
-        first = lines[0]
-        if first[-1:] == "\r":
-            first = first[:-1]
+        first, headers = _parse_head(head)
         method, _, rest = first.partition(" ")
         target, _, version = rest.rpartition(" ")
-        headers = _header_list(lines)
         if not method or not target or version[:7] != "HTTP/1." or headers is None:
             self._bad_message(r, "malformed request head" if headers is not None or not method
                               else "malformed header line", off, ts)
@@ -583,14 +610,13 @@ class Http1Connection:
             ce = _value(head, low, b"\ncontent-encoding:")
             if ce:
                 ex.ce_req = ce.decode("latin-1")
-        chunked = _is_chunked(head, low)
-        if chunked is not None:
-            if not chunked:
+        if b"\ntransfer-encoding:" in low:
+            if not _is_chunked(head, low):
                 self._bad_message(r, "request Transfer-Encoding without final chunked coding", off, ts)
                 return
             r.state = S_CHUNK_SIZE
             r.body = Body(self.limits.max_body_bytes)
-        else:
+        elif b"\ncontent-length:" in low:
             cl = _content_length(head, low)
             if cl is None:
                 self._bad_message(r, "invalid Content-Length", off, ts)
@@ -601,11 +627,15 @@ class Http1Connection:
                 r.body = Body(self.limits.max_body_bytes)
         if method == "CONNECT" or b"\nupgrade:" in low:
             ex.wants_upgrade = True
-        r.cur = ex
         self.queue.append(ex)
-        if r.state == S_HEAD:
-            r.cur = None
-            self.on_request_end(r, ex, None, ts)
+        if r.state == S_HEAD:  # no body: the request ends with its head
+            ex.req_end = ts
+            ex.req_done = True
+            if ex.wants_upgrade:
+                r.state = S_PAUSED
+                self.paused = ex
+        else:
+            r.cur = ex
 
     def on_request_end(self, r: _Reader, ex: _Exchange | None, body: Body | None, ts: int) -> None:
         if ex is None:
@@ -621,13 +651,9 @@ class Http1Connection:
 
     # -- response side ------------------------------------------------------------------------------
     def on_response_head(self, r: _Reader, head: bytes, start_ts: int, ts: int, off: int) -> None:
-        lines = _decode_head(head)
-        first = lines[0]
-        if first[-1:] == "\r":
-            first = first[:-1]
+        first, headers = _parse_head(head)
         version, _, rest = first.partition(" ")
         code, _, _reason = rest.partition(" ")
-        headers = _header_list(lines)
         if version[:7] != "HTTP/1." or len(code) != 3 or not (code.isascii() and code.isdigit()) or headers is None:
             self._bad_message(r, "malformed status line" if headers is not None else "malformed header line",
                               off, ts)
@@ -677,10 +703,9 @@ class Http1Connection:
         if method == "HEAD" or status == 204 or status == 304:
             self._response_done(r, ex, None, ts)
             return
-        chunked = _is_chunked(head, low)
-        if chunked is not None:
+        if b"\ntransfer-encoding:" in low:
             r.body = Body(self.limits.max_body_bytes)
-            r.state = S_CHUNK_SIZE if chunked else S_CLOSE
+            r.state = S_CHUNK_SIZE if _is_chunked(head, low) else S_CLOSE
             return
         cl = _content_length(head, low)
         if cl is None:
@@ -790,35 +815,37 @@ class Http1Connection:
                                           sb.truncated)
             dec_err = dec_err or e2
         version = ex.version or ex.resp_version
-        return HttpTransaction(
-            protocol="http/1.0" if version == "HTTP/1.0" else "http/1.1",
-            client_direction=self.client_dir,
-            method=ex.method,
-            path=ex.path,
-            authority=ex.authority,
-            scheme=ex.scheme,
-            status=ex.status,
-            request_headers=ex.req_headers,
-            response_headers=ex.resp_headers,
-            request_trailers=ex.req_trailers,
-            response_trailers=ex.resp_trailers,
-            request_body=req_body,
-            request_body_size=rb.size if rb is not None else 0,
-            request_body_truncated=rb is not None and rb.kept < rb.size,
-            response_body=resp_body,
-            response_body_size=sb.size if sb is not None else 0,
-            response_body_truncated=sb is not None and sb.kept < sb.size,
-            request_body_decoded=req_dec,
-            response_body_decoded=resp_dec,
-            body_decode_error=dec_err,
-            request_start_ns=ex.req_start,
-            request_end_ns=ex.req_end,
-            response_start_ns=ex.resp_start,
-            response_end_ns=ex.resp_end,
-            informational=ex.informational,
-            upgrade=ex.upgrade,
-            incomplete=bool(reasons),
-            reason="; ".join(reasons) if reasons else None,
+        return HttpTransaction(  # positional: see the field order in events/http.py
+            "http/1.0" if version == "HTTP/1.0" else "http/1.1",  # protocol
+            self.client_dir,  # client_direction
+            ex.method,  # method
+            ex.path,  # path
+            ex.authority,  # authority
+            ex.scheme,  # scheme
+            ex.status,  # status
+            ex.req_headers or [],  # request_headers
+            ex.resp_headers or [],  # response_headers
+            ex.req_trailers or [],  # request_trailers
+            ex.resp_trailers or [],  # response_trailers
+            req_body,  # request_body
+            rb.size if rb is not None else 0,  # request_body_size
+            rb is not None and rb.kept < rb.size,  # request_body_truncated
+            resp_body,  # response_body
+            sb.size if sb is not None else 0,  # response_body_size
+            sb is not None and sb.kept < sb.size,  # response_body_truncated
+            req_dec,  # request_body_decoded
+            resp_dec,  # response_body_decoded
+            dec_err,  # body_decode_error
+            ex.req_start,  # request_start_ns
+            ex.req_end,  # request_end_ns
+            ex.resp_start,  # response_start_ns
+            ex.resp_end,  # response_end_ns
+            None,  # stream_id
+            ex.informational,  # informational
+            ex.upgrade,  # upgrade
+            None,  # grpc
+            bool(reasons),  # incomplete
+            "; ".join(reasons) if reasons else None,  # reason
         )
 
     # -- failures -----------------------------------------------------------------------------------

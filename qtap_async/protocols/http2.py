@@ -706,6 +706,8 @@ class Http2Connection:
         elif not reasons:
             if not resp.ended:
                 reasons.append("response not ended")
+            elif not resp.started and not resp.informational:
+                reasons.append("response ended without headers")
             elif not req.ended and not st.partial:
                 reasons.append("request not ended")
         missing = req.missing + resp.missing
@@ -748,36 +750,37 @@ class Http2Connection:
         if resp.ce is not None and sb is not None and grpc is None:
             resp_dec, e2 = decode_content(resp_body, resp.ce, self.limits.max_decoded_body_bytes, sb.truncated)
             dec_err = dec_err or e2
-        return HttpTransaction(
-            protocol=protocol,
-            client_direction=cd,
-            method=method,
-            path=path,
-            authority=authority,
-            scheme=scheme,
-            status=status,
-            request_headers=req.headers,
-            response_headers=resp.headers,
-            request_trailers=req.trailers,
-            response_trailers=resp.trailers,
-            request_body=req_body,
-            request_body_size=rb.size if rb is not None else 0,
-            request_body_truncated=rb is not None and rb.kept < rb.size,
-            response_body=resp_body,
-            response_body_size=sb.size if sb is not None else 0,
-            response_body_truncated=sb is not None and sb.kept < sb.size,
-            request_body_decoded=req_dec,
-            response_body_decoded=resp_dec,
-            body_decode_error=dec_err,
-            request_start_ns=req.start_ts,
-            request_end_ns=req.end_ts if req.ended else None,
-            response_start_ns=resp.start_ts,
-            response_end_ns=resp.end_ts if resp.ended else None,
-            stream_id=st.id,
-            informational=resp.informational,
-            grpc=grpc,
-            incomplete=bool(reasons),
-            reason="; ".join(reasons) if reasons else None,
+        return HttpTransaction(  # positional: see the field order in events/http.py
+            protocol,  # protocol
+            cd,  # client_direction
+            method,  # method
+            path,  # path
+            authority,  # authority
+            scheme,  # scheme
+            status,  # status
+            req.headers,  # request_headers
+            resp.headers,  # response_headers
+            req.trailers,  # request_trailers
+            resp.trailers,  # response_trailers
+            req_body,  # request_body
+            rb.size if rb is not None else 0,  # request_body_size
+            rb is not None and rb.kept < rb.size,  # request_body_truncated
+            resp_body,  # response_body
+            sb.size if sb is not None else 0,  # response_body_size
+            sb is not None and sb.kept < sb.size,  # response_body_truncated
+            req_dec,  # request_body_decoded
+            resp_dec,  # response_body_decoded
+            dec_err,  # body_decode_error
+            req.start_ts,  # request_start_ns
+            req.end_ts if req.ended else None,  # request_end_ns
+            resp.start_ts,  # response_start_ns
+            resp.end_ts if resp.ended else None,  # response_end_ns
+            st.id,  # stream_id
+            resp.informational,  # informational
+            None,  # upgrade
+            grpc,  # grpc
+            bool(reasons),  # incomplete
+            "; ".join(reasons) if reasons else None,  # reason
         )
 
     @staticmethod
