@@ -96,7 +96,7 @@ def _inflate(data: bytes, limit: int) -> tuple[bytes, str | None]:
 
 
 def _unbrotli(data: bytes, limit: int) -> tuple[bytes, str | None]:
-    import brotli
+    import brotli  # type: ignore[import-untyped]
 
     d = brotli.Decompressor()
     try:

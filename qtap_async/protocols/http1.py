@@ -192,16 +192,16 @@ class _Exchange:
     authority: str | None = None
     scheme: str | None = None
     version: str | None = None
-    req_headers: list[tuple[str, str]] = []  # noqa: RUF012 (replaced, never mutated)
-    req_trailers: list[tuple[str, str]] = []  # noqa: RUF012
+    req_headers: list[tuple[str, str]] = []
+    req_trailers: list[tuple[str, str]] = []
     req_body: Body | None = None
     req_start: int | None = None
     req_end: int | None = None
     req_done = False
     status: int | None = None
     resp_version: str | None = None
-    resp_headers: list[tuple[str, str]] = []  # noqa: RUF012
-    resp_trailers: list[tuple[str, str]] = []  # noqa: RUF012
+    resp_headers: list[tuple[str, str]] = []
+    resp_trailers: list[tuple[str, str]] = []
     resp_body: Body | None = None
     resp_start: int | None = None
     resp_end: int | None = None
@@ -871,7 +871,7 @@ class Http1Connection:
         st = r.state
         off = r.base + len(r.buf)
         body = r.body
-        if st == S_LEN or st == S_CHUNK_DATA:
+        if st in (S_LEN, S_CHUNK_DATA):
             if n < r.remaining or (st == S_LEN and n == r.remaining):
                 if body is not None:
                     body.add_gap(n)

@@ -659,9 +659,8 @@ class Http2Connection:
         h.ended = True
         h.end_ts = ts
         other = st.halves[1 - d]
-        if other.ended or st.promise is not None:
-            self._emit(st)
-        elif st.partial and self.client_dir is not None and d != self.client_dir:
+        partial_done = st.partial and self.client_dir is not None and d != self.client_dir
+        if other.ended or st.promise is not None or partial_done:
             self._emit(st)
 
     # -- emission -----------------------------------------------------------------------------------

@@ -134,10 +134,9 @@ class ProtocolSession:
             self._det_ts[d] = ts
         buf = old + data
         status, proto, role = detect(buf, alpn=self._alpn)
-        if status == NEED_MORE:
-            if len(buf) < self._limits.max_detect_bytes:
-                self._det_buf[d] = buf
-                return []
+        if status == NEED_MORE and len(buf) < self._limits.max_detect_bytes:
+            self._det_buf[d] = buf
+            return []
         if status != MATCH:
             self._det_buf[d] = b""
             self._det_failed[d] = True

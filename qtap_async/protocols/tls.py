@@ -51,7 +51,7 @@ def looks_like_tls(data: bytes) -> tuple[bool | None, int]:
 
 
 class _Cur:
-    __slots__ = ("pos", "data")
+    __slots__ = ("data", "pos")
 
     def __init__(self, data: bytes) -> None:
         self.data = data

@@ -207,7 +207,7 @@ def _python_http_server(port: int) -> Any:
         def log_message(self, *a: Any) -> None:
             pass
 
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             if self.path == "/notmodified":
                 self.send_response(304)
                 self.send_header("ETag", '"v1"')
@@ -232,13 +232,13 @@ def _python_http_server(port: int) -> Any:
             self.end_headers()
             self.wfile.write(body)
 
-        def do_HEAD(self) -> None:  # noqa: N802
+        def do_HEAD(self) -> None:
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", "1234")
             self.end_headers()
 
-        def do_POST(self) -> None:  # noqa: N802
+        def do_POST(self) -> None:
             n = int(self.headers.get("Content-Length", "0"))
             body = self.rfile.read(n)
             self.send_response(201)
@@ -344,7 +344,7 @@ def rec_http1_close_delimited(tmp: Path) -> None:
         def log_message(self, *a: Any) -> None:
             pass
 
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             self.send_response(200)
             self.send_header("Content-Type", "text/plain")
             self.end_headers()

@@ -24,7 +24,7 @@ def test_recorded_python_keepalive() -> None:
     assert [x.method for x in t] == ["GET", "HEAD", "POST", "GET", "GET", "GET"]
     assert [x.status for x in t] == [200, 200, 201, 200, 304, 404]
     assert all(not x.incomplete and x.protocol == "http/1.1" and x.client_direction == 0 for x in t)
-    get, head, post, chunked, notmod, missing = t
+    get, head, post, chunked, notmod, _missing = t
     assert get.path == "/items?id=1" and get.response_body == b'{"path": "/items?id=1"}'
     assert get.authority is not None and get.authority.startswith("127.0.0.1:")
     # duplicates kept in order
@@ -99,7 +99,7 @@ def test_pipelining_across_odd_chunk_boundaries() -> None:
     chunks = [(C, reqs[i : i + 7]) for i in range(0, len(reqs), 7)]
     chunks += [(S, resps[i : i + 11]) for i in range(0, len(resps), 11)]
     t = txs(run(chunks))
-    assert [(x.path, x.response_body) for x in t] == [("/%d" % i, b"r%d" % i) for i in range(5)]
+    assert [(x.path, x.response_body) for x in t] == [(f"/{i}", b"r%d" % i) for i in range(5)]
 
 
 def test_head_304_204_and_1xx_have_no_body() -> None:
@@ -306,7 +306,8 @@ def test_h2c_upgrade_switches_to_http2() -> None:
     out += s.feed(S, resp + settings(), 2)
     assert s.protocol == "http2"
     out += s.feed(C, PREFACE + settings() + settings(ack=True), 3)
-    out += s.feed(S, settings(ack=True) + response(srv, 1, 200, [("content-length", "2")]) + data(1, b"ok", end=True), 4)
+    out += s.feed(S, settings(ack=True) + response(srv, 1, 200, [("content-length", "2")])
+                  + data(1, b"ok", end=True), 4)
     t = txs(out)
     assert t[0].protocol == "http/1.1" and t[0].status == 101 and t[0].upgrade == "h2c"
     assert t[1].protocol == "h2c" and t[1].stream_id == 1 and t[1].path == "/up" and t[1].status == 200

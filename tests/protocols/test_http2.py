@@ -66,9 +66,9 @@ def test_recorded_local_process_is_server() -> None:
 
 def test_padding_priority_and_continuation() -> None:
     cl, sv = hb.Side(), hb.Side()
-    big = [("x-big-%d" % i, "v" * 50) for i in range(40)]
-    client = cl.headers(1, [(":method", "GET"), (":scheme", "https"), (":authority", "a.test"), (":path", "/p")]
-                        + big, end=True, pad=7, priority=True, split=100)
+    big = [(f"x-big-{i}", "v" * 50) for i in range(40)]
+    pseudo = [(":method", "GET"), (":scheme", "https"), (":authority", "a.test"), (":path", "/p")]
+    client = cl.headers(1, [*pseudo, *big], end=True, pad=7, priority=True, split=100)
     server = sv.headers(1, [(":status", "200")], pad=3, split=1) + hb.data(1, b"abc", pad=10) + hb.data(
         1, b"def", end=True, pad=0)
     (t,) = txs(run(_conn(client, server)))
@@ -91,7 +91,7 @@ def test_rst_stream_marks_incomplete() -> None:
     cl, sv = hb.Side(), hb.Side()
     client = hb.request(cl, 1, "/slow") + hb.request(cl, 3, "/fast")
     server = hb.response(sv, 3, 200, end=True) + hb.response(sv, 1, 200) + hb.data(1, b"part")
-    out = run(_conn(client, server) + [(C, hb.rst(1, 8))])
+    out = run([*_conn(client, server), (C, hb.rst(1, 8))])
     t = {x.stream_id: x for x in txs(out)}
     assert not t[3].incomplete
     assert t[1].incomplete and "reset by client: CANCEL" in (t[1].reason or "") and t[1].response_body == b"part"
@@ -136,7 +136,7 @@ def test_push_promise() -> None:
 def test_many_concurrent_streams_interleaved_and_limit() -> None:
     cl, sv = hb.Side(), hb.Side()
     sids = range(1, 2 * 150, 2)
-    client = b"".join(hb.request(cl, i, "/%d" % i) for i in sids)
+    client = b"".join(hb.request(cl, i, f"/{i}") for i in sids)
     server = b"".join(hb.response(sv, i, 200) for i in sids)
     server += b"".join(hb.data(i, b"%d" % i, end=True) for i in reversed(sids))
     t = txs(run(_conn(client, server)))
