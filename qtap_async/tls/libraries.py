@@ -27,15 +27,17 @@ from qtap_async.tls.probe_points import (
 )
 from qtap_async.tls.x86 import ARG_REGS, decode
 
+# OpenSSL's SSL_read/SSL_write/_ex return C int: read the return as eax.
 OPENSSL_SPECS = (
-    FuncSpec("SSL_write", ("ssl", "buf", "num"), ("ssl", "buf", "num"), "write", "ret if ret > 0"),
-    FuncSpec("SSL_read", ("ssl", "buf", "num"), ("ssl", "buf", "num"), "read", "ret if ret > 0"),
+    FuncSpec("SSL_write", ("ssl", "buf", "num"), ("ssl", "buf", "num"), "write", "ret if ret > 0", ret_reg="eax"),
+    FuncSpec("SSL_read", ("ssl", "buf", "num"), ("ssl", "buf", "num"), "read", "ret if ret > 0", ret_reg="eax"),
     FuncSpec(
         "SSL_write_ex",
         ("ssl", "buf", "num", "written"),
         ("ssl", "buf", "num", "written"),
         "write",
         "*written if ret == 1",
+        ret_reg="eax",
     ),
     FuncSpec(
         "SSL_read_ex",
@@ -43,8 +45,10 @@ OPENSSL_SPECS = (
         ("ssl", "buf", "num", "readbytes"),
         "read",
         "*readbytes if ret == 1",
+        ret_reg="eax",
     ),
 )
+# gnutls_record_send/recv return ssize_t: rax.
 GNUTLS_SPECS = (
     FuncSpec("gnutls_record_send", ("session", "data", "size"), ("session", "data", "size"), "write", "ret if ret > 0"),
     FuncSpec("gnutls_record_recv", ("session", "data", "size"), ("session", "data", "size"), "read", "ret if ret > 0"),

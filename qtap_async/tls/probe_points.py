@@ -398,7 +398,7 @@ def _reg_copy(insn: Insn) -> tuple[str, str] | None:
 
 
 def find_io_exits(
-    code: Code, params: dict[str, str], needs: Sequence[str], resolve: Resolver
+    code: Code, params: dict[str, str], needs: Sequence[str], resolve: Resolver, ret_reg: str = "rax"
 ) -> tuple[list[IoExit], str]:
     """Every path from the entry: at most one I/O call or tail jump, after which the function returns that
     callee's value (a ``cltq`` sign-extension allowed). Error paths without I/O may call only known
@@ -450,7 +450,7 @@ def find_io_exits(
                 missing = [n for n in needs if n not in held]
                 if missing:
                     return [], f"{', '.join(missing)} not in a register at the I/O {insn.mnemonic} at {pc:#x}"
-                ex = IoExit(insn, tuple((n, held[n]) for n in needs), insn.target, insn.kind == "jmp", "rax")
+                ex = IoExit(insn, tuple((n, held[n]) for n in needs), insn.target, insn.kind == "jmp", ret_reg)
                 if insn.kind == "jmp":
                     exits[insn.addr] = ex
                     break
@@ -517,6 +517,9 @@ class FuncSpec:
     length: str
     """Byte count in terms of the function's own parameters/``ret`` when ret_meaning is "function"."""
     abi: Literal["sysv", "go"] = "sysv"
+    ret_reg: str = "rax"
+    """Register holding the return value: ``eax`` for C ``int`` (its upper half is garbage), ``rax`` for
+    ``ssize_t``/Go ``int``."""
 
     def reg(self, param: str) -> str:
         regs = GO_ARG_REGS if self.abi == "go" else ARG_REGS
@@ -534,6 +537,7 @@ class CalleeContract:
     description: str
     params: tuple[str, ...]
     length: str
+    ret_reg: str = "eax"
 
 
 def fallback_plan(spec: FuncSpec, code: Code, reason: str) -> ProbePlan:
@@ -543,7 +547,7 @@ def fallback_plan(spec: FuncSpec, code: Code, reason: str) -> ProbePlan:
         sites += [_site(code, r, "go_ret", {"ret": "rax"}) for r in code.rets()]
         meaning: ReturnMeaning = "function"
     else:
-        sites.append(_site(code, first, "uretprobe", {"ret": "rax"}, sp_delta=8))
+        sites.append(_site(code, first, "uretprobe", {"ret": spec.ret_reg}, sp_delta=8))
         meaning = "function"
     return ProbePlan(
         function=spec.name,
@@ -573,7 +577,7 @@ def plan_sysv(
             func_offset=code.file_offset,
             sites=[
                 _site(code, first, "entry", spec.regs()),
-                _site(code, first, "uretprobe", {"ret": "rax"}, sp_delta=8),
+                _site(code, first, "uretprobe", {"ret": spec.ret_reg}, sp_delta=8),
             ],
             fast=True,
             reason=f"first instruction `{first.mnemonic} {first.op_str}` is emulated: entry uprobe and uretprobe "
@@ -592,7 +596,7 @@ def plan_sysv(
             func_offset=code.file_offset,
             sites=[
                 _site(code, einsn, "entry", eregs),
-                _site(code, einsn, "uretprobe", {"ret": "rax"}, sp_delta=8),
+                _site(code, einsn, "uretprobe", {"ret": spec.ret_reg}, sp_delta=8),
             ],
             fast=True,
             reason=f"`{einsn.mnemonic} {einsn.op_str}` at +{einsn.addr - code.start:#x} is the first emulated "
@@ -630,7 +634,7 @@ def plan_sysv(
         cstart = cc.start
         sites = [
             _site(code, site, "entry", spec.regs()),
-            _site(cc, cfirst, "uretprobe", {"ret": "rax"}, sp_delta=8),
+            _site(cc, cfirst, "uretprobe", {"ret": spec.ret_reg}, sp_delta=8),
         ]
         return ProbePlan(
             function=spec.name,
@@ -658,7 +662,7 @@ def plan_sysv(
     entry_regs = {p: ARG_REGS[i] for i, p in enumerate(con.params)}
     ret = find_return(code, site, resolve, callee_code)
     if ret.site is not None:
-        rsite = _site(code, ret.site, "return", {"ret": "rax"}, sp_delta=0)
+        rsite = _site(code, ret.site, "return", {"ret": con.ret_reg}, sp_delta=0)
         how = (
             f"`{ret.site.mnemonic}` at +{ret.site.addr - code.start:#x} is the first emulated instruction after "
             "the call, rax untouched and no jump lands in between"
@@ -666,7 +670,7 @@ def plan_sysv(
     elif ret.callee_uretprobe is not None:
         cc, cfirst = ret.callee_uretprobe
         cstart = cc.start
-        rsite = _site(cc, cfirst, "uretprobe", {"ret": "rax"}, sp_delta=0)
+        rsite = _site(cc, cfirst, "uretprobe", {"ret": con.ret_reg}, sp_delta=0)
         how = (
             f"uretprobe on the callee, hooked on its emulated `{cfirst.mnemonic} {cfirst.op_str}` "
             f"at +{cfirst.addr - cstart:#x}"
@@ -690,7 +694,7 @@ def plan_io_exits(
     spec: FuncSpec, code: Code, resolve: Resolver, callee_code: Callable[[int], Code | None]
 ) -> ProbePlan | str:
     """Entry probes on every I/O call/tail jump, returns through uretprobes on their callees."""
-    exits, why = find_io_exits(code, spec.regs(), spec.needs, resolve)
+    exits, why = find_io_exits(code, spec.regs(), spec.needs, resolve, spec.ret_reg)
     if not exits:
         return why
     sites: list[ProbeSite] = []

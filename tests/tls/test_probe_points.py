@@ -77,7 +77,7 @@ def test_call_site_and_jle_return_for_openssl3_shape() -> None:
     assert (entry.role, entry.mnemonic, entry.vaddr - BASE) == ("entry", "call", code.index(b"\xe8"))
     assert entry.regs == {"ssl": "rdi", "buf": "rsi", "num": "rdx", "processed_ptr": "rcx"}
     assert entry.offset == 0x400 + entry.vaddr - BASE  # file offsets, not addresses
-    assert (ret.role, ret.mnemonic, ret.regs) == ("return", "jle", {"ret": "rax"})
+    assert (ret.role, ret.mnemonic, ret.regs) == ("return", "jle", {"ret": "eax"})  # the callee returns int
     assert p.ret_meaning == "callee" and "processed_ptr" in p.length
 
 
@@ -408,3 +408,14 @@ def test_attachments_merge_shared_return_probes() -> None:
     shared = [a for a in att if len(a.roles) > 1]
     assert shared and all(a.retprobe for a in shared)
     assert {"SSL_read:uretprobe", "SSL_read_ex:uretprobe"} in [set(a.roles) for a in shared]
+
+
+def test_return_register_width_follows_the_c_type() -> None:
+    """OpenSSL returns int (read eax: rax's upper half is garbage), GnuTLS ssize_t (rax)."""
+    ssl = _analyze(_ldconfig("libssl.so.3"))
+    for p in ssl.plans:
+        assert all(s.regs == {"ret": "eax"} for s in p.sites if s.role != "entry"), p.function
+    gnutls = _plans(_analyze(_ldconfig("libgnutls.so.30")))
+    assert [s.regs["ret"] for s in gnutls["gnutls_record_send"].sites if s.role != "entry"] == ["rax"]
+    # the kTLS path sign-extends an int (cltq): only eax carries it there
+    assert sorted(s.regs["ret"] for s in gnutls["gnutls_record_recv"].sites if s.role != "entry") == ["eax", "rax"]
