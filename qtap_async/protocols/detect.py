@@ -17,6 +17,16 @@ __all__ = ["MATCH", "NEED_MORE", "NO_MATCH", "ROLE_CLIENT", "ROLE_SERVER", "ROLE
 MATCH, NEED_MORE, NO_MATCH = 0, 1, 2
 
 
+def _server_settings_first(data: bytes) -> bool:
+    """A non-ACK SETTINGS frame on stream 0 followed by a valid frame header (or nothing more)."""
+    if len(data) < 9 or data[3] != 4 or data[4] != 0 or data[5:9] != b"\0\0\0\0":
+        return False
+    length = int.from_bytes(data[:3], "big")
+    if length % 6 or length > 6 * 32:
+        return False
+    return bool(plausible_frames(data, need_two=False)) if len(data) >= 9 + length else False
+
+
 def detect(data: bytes, *, alpn: str | None = None) -> tuple[int, str, int]:
     if not data:
         return NEED_MORE, "unknown", ROLE_UNKNOWN
@@ -25,8 +35,12 @@ def detect(data: bytes, *, alpn: str | None = None) -> tuple[int, str, int]:
         if len(head) == 24:
             return MATCH, "http2", ROLE_CLIENT
         return NEED_MORE, "unknown", ROLE_UNKNOWN
+    if _server_settings_first(data):
+        # a server's connection preface: its SETTINGS frame, often written before the client's
+        # preface is read (TLS servers do this), so it may be the first thing we see
+        return MATCH, "http2", ROLE_SERVER
     if alpn == "h2":
-        return MATCH, "http2", ROLE_UNKNOWN
+        return (NEED_MORE if len(data) < 9 else MATCH), "http2", ROLE_UNKNOWN
     pending = False
     r = looks_like_request(data)
     if r:

@@ -53,7 +53,7 @@ ERROR_CODES = {
 }
 
 _MAX_CONTROL_FRAME = 65536
-(R_PREFACE, R_FRAME, R_DATA, R_SKIP, R_RESYNC, R_DEAD) = range(6)
+(R_PREFACE, R_FRAME, R_DATA, R_SKIP, R_RESYNC, R_DEAD, R_MAYBE_PREFACE) = range(7)
 
 
 def _err_name(code: int) -> str:
@@ -185,7 +185,9 @@ class Http2Connection:
         self.client_dir = client_dir
         self.upgraded = upgraded
         self.alpn = alpn
-        self.readers = (_Reader(0, R_FRAME), _Reader(1, R_FRAME))
+        # mid-connection (roles unknown): a direction may still turn out to start with the preface
+        first = R_FRAME if client_dir is not None else R_MAYBE_PREFACE
+        self.readers = (_Reader(0, first), _Reader(1, first))
         if client_dir is not None and expect_preface:
             self.readers[client_dir].state = R_PREFACE
         for d in (0, 1):
@@ -214,7 +216,7 @@ class Http2Connection:
             r = self.readers[direction]
             st = r.state
             if st == R_RESYNC:
-                r.base += len(r.buf) - 0
+                r.base += len(r.buf)
                 r.buf = b""
                 r.pos = 0
                 if plausible_frames(data, need_two=False):
@@ -387,9 +389,12 @@ class Http2Connection:
                 if r.skip_left == 0:
                     r.state = R_FRAME
                 continue
-            if state == R_PREFACE:
+            if state == R_PREFACE or state == R_MAYBE_PREFACE:
                 have = min(n - pos, 24)
                 if buf[pos : pos + have] != PREFACE[:have]:
+                    if state == R_MAYBE_PREFACE:
+                        r.state = R_FRAME
+                        continue
                     r.pos = pos
                     self._give_up(r, "missing HTTP/2 client preface", ts)
                     return

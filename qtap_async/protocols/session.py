@@ -155,10 +155,11 @@ class ProtocolSession:
             h = Http1Connection(lim, client_dir, scheme=scheme,
                                 resync=(self._det_failed[0], self._det_failed[1]))
         elif proto == "http2":
-            if client_dir is not None:  # a preface: the connection's start
-                known = [True, True]
-                known[o] = not (self._gapped[o] or self._det_failed[o])
-                h = Http2Connection(lim, client_dir=client_dir, known=(known[0], known[1]), alpn=self._alpn)
+            if client_dir is not None:  # a client or server preface: the connection's start
+                known = [not self._gapped[0], not self._gapped[1]]
+                known[o] = known[o] and not self._det_failed[o]
+                h = Http2Connection(lim, client_dir=client_dir, known=(known[0], known[1]), alpn=self._alpn,
+                                    expect_preface=not (self._gapped[client_dir] or self._det_failed[client_dir]))
             else:
                 h = Http2Connection(lim, known=(False, False), alpn=self._alpn, expect_preface=False)
             if self._det_failed[o]:

@@ -89,8 +89,8 @@ def parse_client_hello(body: bytes, *, direction: int = 0, ts_ns: int = 0) -> Tl
         versions: list[int] = []
         exts: list[int] = []
         if c.pos < len(body):
-            ext_end = c.pos + 2 + c.u16() - 0
-            ext_end = min(ext_end, len(body))
+            ext_len = c.u16()
+            ext_end = min(c.pos + ext_len, len(body))
             while c.pos + 4 <= ext_end:
                 et = c.u16()
                 ed = _Cur(c.take(c.u16()))
@@ -140,7 +140,7 @@ class TlsConnection:
         self.hs = b""
         self.first_ts: int | None = None
         self.done = client_dir is None
-        self.offset = 0
+        self.offset = 0  # stream offset of buf[0]
 
     def feed(self, direction: int, data: bytes, ts: int) -> list[object]:
         if self.done or direction != self.client_dir:
@@ -167,6 +167,8 @@ class TlsConnection:
                     return self._fail(f"ClientHello larger than {self.limits.max_header_bytes} bytes", pos, ts)
                 if len(self.hs) >= need:
                     r = parse_client_hello(self.hs[4:need], direction=direction, ts_ns=self.first_ts)
+                    self.offset += pos
+                    pos = 0
                     self.done = True
                     self.buf = self.hs = b""
                     if isinstance(r, str):
@@ -174,6 +176,8 @@ class TlsConnection:
                     out.append(r)
                     return out
         self.buf = buf[pos:]
+        self.offset += pos
+        pos = 0
         if len(self.buf) + len(self.hs) > self.limits.max_header_bytes + 5:
             return self._fail("ClientHello too large", pos, ts)
         return out
@@ -181,7 +185,8 @@ class TlsConnection:
     def _fail(self, reason: str, pos: int, ts: int) -> list[object]:
         self.done = True
         self.buf = self.hs = b""
-        return [ParseError(reason=reason, direction=self.client_dir, offset=pos, ts_ns=ts, protocol="tls")]
+        return [ParseError(reason=reason, direction=self.client_dir, offset=self.offset + pos, ts_ns=ts,
+                           protocol="tls")]
 
     def gap(self, direction: int, nbytes: int, ts: int) -> list[object]:
         if not self.done and direction == self.client_dir:

@@ -259,3 +259,26 @@ def test_session_protocol_property() -> None:
     assert s.protocol == "unknown"
     s.feed(C, hb.PREFACE[10:], 2)
     assert s.protocol == "http2"
+
+
+def test_server_settings_before_client_preface() -> None:
+    """TLS h2 servers write SETTINGS at once: it may be the first thing seen on the connection."""
+    cl, sv = hb.Side(), hb.Side()
+    for alpn in ("h2", None):
+        out = run([(S, hb.settings(max_concurrent_streams=100)),
+                   (C, hb.PREFACE + hb.settings() + hb.request(cl, 1, "/x", extra=[("x-a", "1")])),
+                   (S, hb.settings(ack=True) + hb.response(sv, 1, 200, end=True))], alpn=alpn)
+        (t,) = txs(out)
+        assert t.path == "/x" and t.status == 200 and not t.incomplete and ("x-a", "1") in t.request_headers
+        assert t.protocol == "h2" if alpn else t.protocol == "h2c"
+        assert t.client_direction == C
+        cl, sv = hb.Side(), hb.Side()
+
+
+def test_recorded_stream_with_server_chunks_first() -> None:
+    rec = load("h2c_nghttp_two")
+    server_first = sorted(rec.events, key=lambda e: -e[0])  # every server chunk before any client chunk
+    s = ProtocolSession(local_port=40000, remote_port=rec.server_port)
+    out = [r for d, ts, b in server_first if b for r in s.feed(d, b, ts)] + s.close(0)
+    no_internal_errors(out)
+    assert sorted((x.path, x.status) for x in txs(out)) == [("/index.html", 200), ("/missing", 404)]
