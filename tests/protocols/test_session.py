@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 
 import qtap_async.protocols as protocols
 from qtap_async.protocols import Direction, Limits, ProtocolSession
-from tests.protocols.helpers import no_internal_errors, normalized, run, txs
 from tests.protocols.handmade import all_handmade
+from tests.protocols.helpers import no_internal_errors, normalized, run, txs
 from tests.protocols.record import Recording, all_names
 from tests.protocols.record import load as load_file
 
