@@ -184,7 +184,15 @@ def test_cidr_values(value: str, expr: str, expected: bool) -> None:
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [(" 1200 ", True), ("1200.0", True), ("+1200", True), ("1_200", False), ("12e2", True), ("nan", False), ("", False)],
+    [
+        (" 1200 ", True),
+        ("1200.0", True),
+        ("+1200", True),
+        ("1_200", False),
+        ("12e2", True),
+        ("nan", False),
+        ("", False),
+    ],
 )
 def test_strings_read_as_numbers(value: str, expected: bool) -> None:
     ctx = MappingContext({"http.req.headers.content-length": value})

@@ -119,8 +119,8 @@ class Bool:
     args: tuple[Any, ...]
 
 
-small_text = st.text(alphabet="abxyGET/.0123456789 -é\"\\", max_size=6)
-BOUNDARIES = [0, 1, 99, 100, 199, 200, 299, 300, 499, 500, 503, 599, 600, 999, 1000]
+small_text = st.text(alphabet='abxyGET/.0123456789 -é"\\', max_size=6)
+BOUNDARIES = [0, 1, 199, 200, 500, 599, 600]
 numbers = st.one_of(
     st.sampled_from(BOUNDARIES),
     st.sampled_from(BOUNDARIES).map(float),
@@ -164,7 +164,8 @@ in_items = st.one_of(
 @st.composite
 def in_tests(draw: st.DrawFn) -> InList:
     if draw(st.booleans()):
-        return InList(draw(fields), (Net(draw(st.sampled_from(NETWORKS))),), True, draw(st.booleans()))
+        field = draw(st.one_of(st.just("conn.remote_ip"), fields))
+        return InList(field, (Net(draw(st.sampled_from(NETWORKS))),), True, draw(st.booleans()))
     items = tuple(draw(st.lists(in_items, max_size=4)))
     return InList(draw(fields), items, False, draw(st.booleans()))
 
@@ -424,8 +425,8 @@ FIELD_VALUES: dict[str, st.SearchStrategy[Any]] = {
 full_contexts = st.fixed_dictionaries({f: FIELD_VALUES.get(f, values) for f in FIELDS})
 
 
-@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.data(), leaves, st.lists(full_contexts, min_size=1, max_size=8))
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data(), st.one_of(leaves, in_tests(), comparisons()), st.lists(full_contexts, min_size=1, max_size=8))
 def test_single_conditions_agree_with_the_reference(data: st.DataObject, leaf: Any, ctxs: list[dict[str, Any]]) -> None:
     # One comparison against contexts where every field is set: no and/or to hide a disagreement.
     text = render(leaf, data.draw)
