@@ -210,3 +210,129 @@ def test_gnutls_plans_in_the_kernel(tmp_path: Path) -> None:
     assert any(int(e["data"]) == int.from_bytes(b"GET ", "little") for e, _r in sends)
     recv_rets = [int(r["ret"]) for fn, _e, r in pairs if fn == "gnutls_record_recv"]
     assert sum(x for x in recv_rets if x > 0) == len(response)
+
+
+GO_ECHO = """\
+package main
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"fmt"
+	"io"
+	"math/big"
+	"net"
+	"time"
+)
+
+func main() {
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "x"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
+	der, _ := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	cert := tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+	a, b := net.Pipe()
+	srv := tls.Server(a, &tls.Config{Certificates: []tls.Certificate{cert}})
+	cli := tls.Client(b, &tls.Config{InsecureSkipVerify: true})
+	done := make(chan bool)
+	go func() {
+		buf := make([]byte, 11)
+		for i := 0; i < 5; i++ {
+			io.ReadFull(srv, buf)
+		}
+		done <- true
+	}()
+	for i := 0; i < 5; i++ {
+		fmt.Fprintf(cli, "qtap-go-%03d", i)
+	}
+	<-done
+}
+"""
+
+
+def test_go_plans_in_the_kernel(tmp_path: Path) -> None:
+    """Write's entry sees b (rbx) and len (rcx); Read's entry and RET sites pair by goroutine (r14)."""
+    _need_kernel()
+    import shutil as _sh
+
+    go = _sh.which("go") or "/usr/local/go/bin/go"
+    (tmp_path / "main.go").write_text(GO_ECHO)
+    env = dict(os.environ, GOFLAGS="-mod=mod", CGO_ENABLED="0", GOTOOLCHAIN="local")
+    env.setdefault("HOME", str(tmp_path))
+    subprocess.run(
+        [go, "build", "-o", "echo", "main.go"], cwd=tmp_path, env=env, check=True, capture_output=True, timeout=300
+    )
+    binary = tmp_path / "echo"
+    plans = {p.function: p for p in _lib(binary).plans}
+    w, r = plans["crypto/tls.(*Conn).Write"], plans["crypto/tls.(*Conn).Read"]
+    with UprobeEvents(str(binary)) as ev:
+        ev.add("w", w.sites[0].offset, False, "head=+0(%bx):u64 len=%cx:u64 g=%r14:x64")
+        ev.add("re", r.sites[0].offset, False, "len=%cx:u64 g=%r14:x64")
+        for i, s in enumerate(r.sites[1:]):
+            ev.add(f"rr{i}", s.offset, False, "ret=%ax:s64 g=%r14:x64")
+        subprocess.run([str(binary)], check=True, timeout=60)
+        events = ev.events()
+    heads = [int(f["head"]).to_bytes(8, "little") for n, f in events if n == "w" and f["len"] == "11"]
+    assert heads == [f"qtap-go-{i:03d}".encode()[:8] for i in range(5)]
+    pending: dict[str, dict[str, str]] = {}
+    got = 0
+    for name, f in events:
+        if name == "re":
+            pending[f["g"]] = f
+        elif name.startswith("rr"):
+            entry = pending.pop(f["g"])  # every RET pairs with a Read entry of the same goroutine
+            assert int(f["ret"]) <= int(entry["len"])
+            got += max(int(f["ret"]), 0)
+    assert got == 5 * 11  # exactly the application bytes: the handshake does not go through Read
+
+
+NODE_TLS = r"""
+const tls = require('tls'), fs = require('fs');
+const d = process.argv[1];  // with -e there is no script path in argv
+const srv = tls.createServer({key: fs.readFileSync(d + '/k.pem'), cert: fs.readFileSync(d + '/c.pem')}, (s) => {
+  let got = '';
+  s.on('data', (b) => { got += b; if (got.length >= 55) { s.end(); srv.close(); } });
+});
+srv.listen(0, '127.0.0.1', () => {
+  const c = tls.connect({port: srv.address().port, host: '127.0.0.1', rejectUnauthorized: false}, () => {
+    for (let i = 0; i < 5; i++) c.write('qtap-nd-' + String(i).padStart(3, '0'));
+  });
+  c.on('data', () => {});
+  c.on('end', () => c.destroy());
+});
+"""
+
+
+def test_node_static_openssl_plans_in_the_kernel(tmp_path: Path) -> None:
+    """node's SSL_* start with push: entry and uretprobe on the same instruction, paired at sp + 8."""
+    _need_kernel()
+    _cert(tmp_path)
+    node = tmp_path / "node"
+    shutil.copy(os.path.realpath(shutil.which("node") or "/usr/bin/node"), node)
+    plans = {p.function: p for p in _lib(node).plans}
+    kinds: dict[str, tuple[str, int | None]] = {}
+    with UprobeEvents(str(node)) as ev:
+        for fn, p in plans.items():
+            for i, s in enumerate(p.sites):
+                name = f"{fn.removeprefix('SSL_')}_{i}"
+                fetch = "head=+0(%si):u64 num=%dx:u64 sp=%sp:x64" if s.role == "entry" else "ret=%ax:s32 sp=%sp:x64"
+                ev.add(name, s.offset, s.role == "uretprobe", fetch)
+                kinds[name] = (fn, None if s.role == "entry" else s.sp_delta)
+        subprocess.run([str(node), "-e", NODE_TLS, str(tmp_path)], check=True, timeout=60)
+        events = ev.events()
+    pairs = _pairs(events, kinds)
+    # node may coalesce the five writes into fewer SSL_write calls: check the bytes, not the call count
+    app = [
+        (fn, e, r)
+        for fn, e, r in pairs
+        if fn.startswith("SSL_write") and int(e["head"]).to_bytes(8, "little") == b"qtap-nd-"
+    ]
+    assert app and all(int(r["ret"]) == (int(e["num"]) if fn == "SSL_write" else 1) for fn, e, r in app)
+    assert sum(int(e["num"]) for _fn, e, _r in app) == 55
+    read_total = sum(int(r["ret"]) for fn, _e, r in pairs if fn == "SSL_read" and int(r["ret"]) > 0)
+    read_ex = [int(r["ret"]) for fn, _e, r in pairs if fn == "SSL_read_ex"]
+    assert read_total == 55 or (read_ex and read_total == 0), (read_total, read_ex)
