@@ -237,12 +237,17 @@ def bench_queries_and_baseline(rows: int, baseline_events: int, work: Path) -> d
     out["baseline_storage_insert_events_per_s"] = round(baseline_events / (time.perf_counter() - t0))
 
     now_s = time.time_ns() // 10**9
+    # Spread over the last ~24 hours, nanosecond parts varying.
+    ts_expr = (
+        f"fromUnixTimestamp64Nano(toInt64(({now_s} - 86000 + number % 86000) * 1000000000"
+        " + number % 1000000000), 'UTC')"
+    )
     t0 = time.perf_counter()
     s.command(
         f"INSERT INTO pulse.requests (team, agent, received_at, id, ts, conn_id, direction, method, domain, path,"
         f" status, duration_ns, pid, exe, container_id, protocol, grpc_status)"
         f" SELECT 'big', 'gen', now64(3), concat('g-', toString(number)),"
-        f" fromUnixTimestamp64Nano(toInt64(({now_s} - 86000 + number % 86000) * 1000000000 + number % 1000000000), 'UTC'),"
+        f" {ts_expr},"
         f" number % 100000, 'egress', ['GET','POST','PUT'][number % 3 + 1],"
         f" concat('svc', toString(cityHash64(number) % 200), '.example.com'),"
         f" concat('/api/v1/r', toString(cityHash64(number, 1) % 50), '/{{id}}'),"
@@ -256,7 +261,7 @@ def bench_queries_and_baseline(rows: int, baseline_events: int, work: Path) -> d
         f" dst_ip, dst_port, family, pid, exe, comm, container_id, bytes_sent, bytes_received, duration_ns, domain,"
         f" protocol, tls)"
         f" SELECT 'big', 'gen', now64(3), concat('c-', toString(number)),"
-        f" fromUnixTimestamp64Nano(toInt64(({now_s} - 86000 + number % 86000) * 1000000000 + number % 1000000000), 'UTC'),"
+        f" {ts_expr},"
         f" number, ['open','close'][number % 2 + 1], 'egress', '10.0.0.1', 40000 + number % 20000,"
         f" IPv4NumToString(toUInt32(167772160 + cityHash64(number) % 65536)), 443, 'ipv4', 1000 + number % 64,"
         f" concat('/usr/bin/app', toString(number % 64)), 'app', concat('c', toString(number % 32)),"
@@ -330,7 +335,8 @@ def main() -> None:
     (out / "pulse.json").write_text(json.dumps(result, indent=2) + "\n")
     print(
         f"pulse: HTTP {result['http_events_per_s']:,} ev/s (storage-only baseline "
-        f"{result['baseline_storage_insert_events_per_s']:,} ev/s), Kafka {result.get('kafka_events_per_s', 'n/a')} ev/s;"
+        f"{result['baseline_storage_insert_events_per_s']:,} ev/s), "
+        f"Kafka {result.get('kafka_events_per_s', 'n/a')} ev/s;"
         f" at {args.rows:,} rows top-endpoints {result['query_top_endpoints_median_ms']} ms"
         f" (no-FINAL baseline {result['baseline_top_endpoints_no_final_median_ms']} ms),"
         f" timeseries {result['query_timeseries_5min_24h_median_ms']} ms,"

@@ -151,13 +151,21 @@ def create_app(config: PulseConfig, storage: Storage | None = None, tokens: Toke
             body = await _read_body(request, config.limits.max_body_bytes)
 
             def work() -> Any:
-                fmt, items, sent_at = decode_body(
+                decoded = decode_body(
                     body,
                     request.headers.get("content-type", "application/json"),
                     request.headers.get("content-encoding", ""),
                     config.limits,
                 )
-                return pulse.sanitizer.prepare(fmt, items, principal.team, principal.agent, received_ns, sent_at)
+                return pulse.sanitizer.prepare(
+                    decoded.fmt,
+                    decoded.items,
+                    principal.team,
+                    principal.agent,
+                    received_ns,
+                    decoded.sent_at,
+                    decoded.data,
+                )
 
             prepared = await pulse.run_blocking(work)
         except BodyError as e:

@@ -72,7 +72,7 @@ def prepare_messages(
         except (msgspec.DecodeError, msgspec.ValidationError):
             metrics.inc("pulse_kafka_rejected_total", reason="decode")
             continue
-        prepared = sanitizer.prepare(fmt, items, team, agent, reference_ns=msg.timestamp * 1_000_000)
+        prepared = sanitizer.prepare(fmt, items, team, agent, reference_ns=msg.timestamp * 1_000_000, body=value)
         if prepared.result.errors:
             log.debug("kafka %s@%s: %s", msg.partition, msg.offset, prepared.result.errors[:3])
         for table, chunks in prepared.rows.items():

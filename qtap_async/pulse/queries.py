@@ -2,7 +2,9 @@
 
 Every statement is confined to the caller's team and takes its values as ClickHouse ``{name:Type}``
 parameters; only identifiers from the fixed filter tables below are ever written into SQL text.
-Statistics read the tables with FINAL so an event stored twice counts once.
+Statistics read the tables with FINAL so an event stored twice counts once. Row searches filter first
+and keep one row per id (``LIMIT 1 BY id``; copies of an event are identical), so skip indexes and
+PREWHERE apply, which FINAL would prevent for columns outside the sorting key.
 
 An error is a response with status >= 500 or a gRPC status other than OK; ``client_errors`` counts
 4xx. Latency percentiles are exact (quantilesExact over duration_ns).
@@ -317,8 +319,8 @@ def connections(storage: Storage, team: str, p: ConnectionSearch) -> list[Connec
     return _select(
         storage,
         ConnectionRow,
-        f"SELECT {_columns(ConnectionRow)} FROM {storage.database}.connections FINAL WHERE {where}"
-        " ORDER BY ts DESC, id LIMIT {limit:UInt32} OFFSET {offset:UInt32}",
+        f"SELECT {_columns(ConnectionRow)} FROM {storage.database}.connections WHERE {where}"
+        " ORDER BY ts DESC, id LIMIT 1 BY id LIMIT {limit:UInt32} OFFSET {offset:UInt32}",
         params,
     )
 
@@ -329,8 +331,8 @@ def issues(storage: Storage, team: str, p: IssueSearch) -> list[IssueRow]:
     return _select(
         storage,
         IssueRow,
-        f"SELECT {_columns(IssueRow)} FROM {storage.database}.issues FINAL WHERE {where}"
-        " ORDER BY ts DESC, id LIMIT {limit:UInt32} OFFSET {offset:UInt32}",
+        f"SELECT {_columns(IssueRow)} FROM {storage.database}.issues WHERE {where}"
+        " ORDER BY ts DESC, id LIMIT 1 BY id LIMIT {limit:UInt32} OFFSET {offset:UInt32}",
         params,
     )
 
@@ -340,8 +342,9 @@ def objects(storage: Storage, team: str, p: ObjectParams) -> list[ObjectRefRow]:
     return _select(
         storage,
         ObjectRefRow,
-        f"SELECT {_columns(ObjectRefRow)} FROM {storage.database}.object_refs FINAL"
-        " WHERE team = {team:String} AND transaction_id = {tx:String} ORDER BY ts, id LIMIT {limit:UInt32}",
+        f"SELECT {_columns(ObjectRefRow)} FROM {storage.database}.object_refs"
+        " WHERE team = {team:String} AND transaction_id = {tx:String} ORDER BY ts, id LIMIT 1 BY id"
+        " LIMIT {limit:UInt32}",
         params,
     )
 

@@ -86,5 +86,10 @@ def test_serve_ingest_query_and_stop_cleanly(tmp_path: Path) -> None:
         assert httpx.get(url + "/v1/query/top/domains", headers=h).status_code == 403
     finally:
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(60) == 0, proc.stdout.read().decode() if proc.stdout else ""
+        try:
+            code = proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    assert code == 0, proc.stdout.read().decode() if proc.stdout else ""
     assert (tmp_path / "chdb").is_dir()

@@ -28,8 +28,9 @@ def rows_of(prepared: object, table: str = "requests") -> list[dict[str, object]
 
 
 def prepare(items: list[object], **kw: object) -> object:
-    raws = msgspec.json.decode(msgspec.json.encode(items), type=list[msgspec.Raw])
-    return Sanitizer(LIMITS, Retention()).prepare(JSON, raws, "team-x", "agent-y", reference_ns=NOW, **kw)
+    data = msgspec.json.encode(items)
+    raws = msgspec.json.decode(data, type=list[msgspec.Raw])
+    return Sanitizer(LIMITS, Retention()).prepare(JSON, raws, "team-x", "agent-y", reference_ns=NOW, body=data, **kw)
 
 
 def test_valid_rest_is_accepted_with_per_item_errors() -> None:
@@ -64,6 +65,8 @@ def test_team_and_agent_come_from_the_token_and_forbidden_fields_are_dropped() -
     assert not {"headers", "body", "request_body", "extra"} & set(row)
     assert b"secret" not in b"".join(p.rows["requests"])  # type: ignore[attr-defined]
     assert p.result.stripped == 1  # type: ignore[attr-defined]
+    clean = prepare([req(0), req(1, path="/no/such/keys")])
+    assert clean.result.stripped == 0  # type: ignore[attr-defined]
 
 
 def test_rfc3339_time_is_converted_to_epoch_ns() -> None:
@@ -114,8 +117,8 @@ def test_decode_body_envelopes_encodings_and_formats() -> None:
     ]:
         if ctype == "application/msgpack":
             body = gzip.compress(body)
-        fmt, items, _ = decode_body(body, ctype, enc, LIMITS)
-        p = Sanitizer(LIMITS, Retention()).prepare(fmt, items, "t", reference_ns=NOW)
+        fmt, items, _, data = decode_body(body, ctype, enc, LIMITS)
+        p = Sanitizer(LIMITS, Retention()).prepare(fmt, items, "t", reference_ns=NOW, body=data)
         assert p.result.accepted == 2, (ctype, enc)
     assert decode_body(msgspec.msgpack.encode(events), "application/x-msgpack", "", LIMITS)[0] is MSGPACK
 

@@ -93,6 +93,12 @@ class PulseProcess:
             assert time.monotonic() < deadline, "pulse did not become ready"
             time.sleep(0.1)
 
+    def kill(self) -> None:
+        """Never leave a server behind, whatever failed."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(30)
+
     def stop(self, sig: int) -> int:
         assert self.proc is not None
         self.proc.send_signal(sig)
@@ -192,6 +198,13 @@ async def test_kill_mid_stream_restart_every_event_stored_exactly_once(tmp_path:
     req_reader = tokens.create("kafka-tokened", "reader", ("query",))[1]
     tokens.close()
     pulse = PulseProcess(tmp_path, free_port(), kafka, topic, default_team)
+    try:
+        await _run(pulse, kafka, topic, reader, req_token, req_reader)
+    finally:
+        pulse.kill()
+
+
+async def _run(pulse: PulseProcess, kafka: str, topic: str, reader: str, req_token: str, req_reader: str) -> None:
     pulse.start()
     halfway = asyncio.Event()
     producer = asyncio.create_task(produce(kafka, topic, req_token, halfway))

@@ -109,8 +109,8 @@ async def ingest_through_batch_path(storage: Storage, config: PulseConfig, team:
     async def one(chunk: list[Any]) -> None:
         nonlocal accepted
         body = msgspec.json.encode({"events": chunk})
-        fmt, items, sent_at = decode_body(body, "application/json", "", config.limits)
-        prepared = await run_blocking(sanitizer.prepare, fmt, items, team, "bench", None, sent_at)
+        d = decode_body(body, "application/json", "", config.limits)
+        prepared = await run_blocking(sanitizer.prepare, d.fmt, d.items, team, "bench", None, d.sent_at, d.data)
         assert prepared.result.rejected == 0, prepared.result.errors[:3]
         accepted += prepared.result.accepted
         await writer.write(prepared.rows)
@@ -179,6 +179,19 @@ def test_duplicates_collapse_and_teams_do_not_mix(storage: Storage, team: str) -
     assert count(storage, "requests", team) == 1
     (d,) = q.top_domains(storage, team, q.TopParams(start=now - 10**9, end=now + 10**9))
     assert (d.requests, d.errors, d.p99_ns) == (1, 1, 7)
+    # Searches collapse copies too.
+    for table, extra in (
+        ("connections", b',"event":"open"'),
+        ("issues", b',"rule":"r"'),
+        ("object_refs", b',"transaction_id":"tx"'),
+    ):
+        row = b'{"team":"%s","id":"dup-2","ts":%d%s}' % (team.encode(), now, extra)
+        storage.insert(table, row)
+        storage.insert(table, row)
+    window = {"start": now - 10**9, "end": now + 10**9}
+    assert [c.id for c in q.connections(storage, team, q.ConnectionSearch(**window))] == ["dup-2"]
+    assert [c.id for c in q.issues(storage, team, q.IssueSearch(**window))] == ["dup-2"]
+    assert [o.id for o in q.objects(storage, team, q.ObjectParams(transaction_id="tx"))] == ["dup-2"]
 
 
 def test_clickhouse_connect_backend_runs_the_same_schema_and_queries(
