@@ -96,7 +96,9 @@ def plausible_frames(data: bytes, *, need_two: bool = True) -> bool | None:
     frame header must be valid for its type and, with ``need_two``, so must the next one.
     """
     n = len(data)
-    if n < 9:
+    if n < 9:  # judge the part of the header we have
+        if (n and data[0] > 0x10) or (n > 3 and data[3] > CONTINUATION) or (n > 5 and data[5] & 0x80):
+            return False
         return None
     hi, lo, typ, flags, sid = _HDR.unpack_from(data, 0)
     length = (hi << 16) | lo
@@ -389,7 +391,7 @@ class Http2Connection:
                 if r.skip_left == 0:
                     r.state = R_FRAME
                 continue
-            if state == R_PREFACE or state == R_MAYBE_PREFACE:
+            if state in (R_PREFACE, R_MAYBE_PREFACE):
                 have = min(n - pos, 24)
                 if buf[pos : pos + have] != PREFACE[:have]:
                     if state == R_MAYBE_PREFACE:

@@ -69,6 +69,12 @@ class ProtocolSession:
         h = self._handler
         return h.protocol if h is not None else "unknown"
 
+    @property
+    def detection_failed(self) -> bool:
+        """True once neither direction could be recognized (``protocol`` then stays "unknown" for
+        good); False while detection is pending or after it succeeded."""
+        return self._handler is None and self._det_failed[0] and self._det_failed[1]
+
     # -- public API ---------------------------------------------------------------------------------
     def feed(self, direction: Direction | int, data: bytes | memoryview, ts_ns: int) -> list[Record]:
         """Bytes of one direction, in stream order. Returns the records they completed."""

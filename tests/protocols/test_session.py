@@ -60,14 +60,14 @@ def test_detection(first: bytes, proto: str) -> None:
     s = ProtocolSession(local_port=40000, remote_port=8080)
     for i in range(len(first)):  # one byte at a time: NEED_MORE until decided
         s.feed(C, first[i : i + 1], i)
-    assert s.protocol == proto
+    assert s.protocol == proto and not s.detection_failed
 
 
 def test_unknown_protocol_is_cheap_and_silent() -> None:
     s = ProtocolSession(local_port=40000, remote_port=6379)
     assert s.feed(C, b"*1\r\n$4\r\nPING\r\n", 1) == []
     assert s.feed(S, b"+PONG\r\n", 2) == []
-    assert s.protocol == "unknown"
+    assert s.protocol == "unknown" and s.detection_failed
     assert s.feed(C, b"GET / HTTP/1.1\r\n\r\n", 3) == []  # detection is over for this connection
     assert s.close(4) == [] and s.feed(C, b"x", 5) == []
 
