@@ -27,7 +27,7 @@ Reading the sites of a plan (``site.regs`` says which register holds what at tha
 """
 
 from qtap_async.tls.attach import attachments
-from qtap_async.tls.describe import describe, describe_data
+from qtap_async.tls.describe import describe, describe_data, describe_text
 from qtap_async.tls.discover import Mapping, Scanner, default_scanner, parse_maps, scan_all, scan_pid
 from qtap_async.tls.elf import ElfFormatError, ElfImage
 from qtap_async.tls.libraries import analyze_file
@@ -62,6 +62,7 @@ __all__ = [
     "default_scanner",
     "describe",
     "describe_data",
+    "describe_text",
     "parse_maps",
     "scan_all",
     "scan_pid",

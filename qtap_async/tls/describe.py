@@ -28,7 +28,38 @@ def describe_data(
     return out
 
 
-def describe(libraries: Mapping[FileKey, TlsLibrary] | Iterable[TlsLibrary] | None = None) -> str:
+def describe(
+    libraries: Mapping[FileKey, TlsLibrary] | Iterable[TlsLibrary] | None = None,
+) -> list[dict[str, Any]]:
+    """What `qtap inspect` shows, one dict per file: path, kind, version, functions found, which are on
+    the fast (emulated) path and which are not, every probe site and each plan's reason. Scans every
+    process when ``libraries`` is None."""
+    out: list[dict[str, Any]] = []
+    for lib in _libs(libraries):
+        out.append(
+            {
+                "path": lib.path,
+                "kind": lib.kind,
+                "version": lib.version,
+                "linkage": lib.linkage,
+                "pids": lib.pids,
+                "functions": [f.name for f in lib.functions],
+                "fast": [p.function for p in lib.plans if p.fast],
+                "slow": [p.function for p in lib.plans if not p.fast],
+                "sites": [
+                    f"{p.function} {s.role} off={s.offset:#x} {s.mnemonic} "
+                    f"{'emulated' if s.emulated else 'single-step'}"
+                    for p in lib.plans
+                    for s in p.sites
+                ],
+                "reasons": {p.function: p.reason for p in lib.plans},
+                **({"notes": lib.notes} if lib.notes else {}),
+            }
+        )
+    return out
+
+
+def describe_text(libraries: Mapping[FileKey, TlsLibrary] | Iterable[TlsLibrary] | None = None) -> str:
     """Text report: per file its path, kind and version, functions found, and each probe site with
     fast/slow and the reason. Scans every process when ``libraries`` is None."""
     lines: list[str] = []

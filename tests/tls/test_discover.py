@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from qtap_async.tls import Scanner, describe, describe_data, parse_maps
+from qtap_async.tls import Scanner, describe, describe_data, describe_text, parse_maps
 from qtap_async.tls.model import FileKey, TlsLibrary
 
 from .conftest import PYTHON
@@ -50,7 +50,7 @@ def test_python_libssl_and_cache(spawn: Any) -> None:
     sc = Scanner()
     libs = sc.scan_pid(p1.pid)
     ossl = _by_kind(libs, "openssl")
-    assert len(ossl) == 1, describe(libs)
+    assert len(ossl) == 1, describe_text(libs)
     lib = ossl[0]
     st = os.stat(f"/proc/{p1.pid}/root{lib.path}")
     assert lib.key == FileKey(st.st_dev, st.st_ino)
@@ -70,7 +70,7 @@ def test_node_static_openssl(spawn: Any) -> None:
     p = spawn(["node", "-e", "require('tls'); console.log('ready'); process.stdin.resume()"])
     libs = Scanner().scan_pid(p.pid)
     node = [lib for lib in libs.values() if lib.path == os.path.realpath(shutil.which("node") or "")]
-    assert len(node) == 1, describe(libs)
+    assert len(node) == 1, describe_text(libs)
     assert node[0].kind == "openssl" and node[0].linkage == "static"
     assert all(plan.fast for plan in node[0].plans)
 
@@ -80,7 +80,7 @@ def test_go_process(spawn: Any, go_binaries: dict[str, Path], variant: str) -> N
     p = spawn([str(go_binaries[variant])])
     libs = Scanner().scan_pid(p.pid)
     go = _by_kind(libs, "go")
-    assert len(go) == 1, describe(libs)
+    assert len(go) == 1, describe_text(libs)
     lib = go[0]
     assert lib.path == str(go_binaries[variant]) and lib.go_abi == "register"
     assert lib.stripped is (variant == "stripped")
@@ -118,7 +118,7 @@ def test_wget_gnutls(spawn: Any) -> None:
         finally:
             conn.close()
     gnutls = _by_kind(libs, "gnutls")
-    assert len(gnutls) == 1, describe(libs)
+    assert len(gnutls) == 1, describe_text(libs)
     assert {plan.function for plan in gnutls[0].plans} == {"gnutls_record_send", "gnutls_record_recv"}
     assert gnutls[0].version.count(".") == 2
 
@@ -137,7 +137,7 @@ def test_file_only_visible_in_another_mount_namespace(spawn: Any, go_binaries: d
     assert not (root / "app" / "server").exists()  # not visible from here
     libs = Scanner().scan_pid(p.pid)
     go = _by_kind(libs, "go")
-    assert len(go) == 1, describe(libs)
+    assert len(go) == 1, describe_text(libs)
     assert go[0].path == "/app/server"
     assert go[0].open_path == f"/proc/{p.pid}/root/app/server"
     assert any(plan.fast for plan in go[0].plans)
@@ -183,13 +183,21 @@ def test_describe(spawn: Any, go_binaries: dict[str, Path]) -> None:
     p1 = spawn([PYTHON, "-c", PY_SSL])
     p2 = spawn([str(go_binaries["plain"])])
     libs = Scanner().scan_all([p1.pid, p2.pid])
-    text = describe(libs)
+    text = describe_text(libs)
     assert "[openssl 3." in text and "[go go1." in text
     assert "SSL_read: FAST" in text and "crypto/tls.(*Conn).Read: SLOW" in text
     assert "single-step" in text and "emulated" in text and "Sysfd +16" in text and "sp_delta=+0" in text
     data = describe_data(libs)
     assert {d["kind"] for d in data} == {"openssl", "go"}
     assert all(isinstance(d["plans"][0]["sites"][0]["offset"], int) for d in data)
+    # what `qtap inspect` renders: one flat-ish dict per file, every value JSON-able
+    import msgspec
+
+    rows = {r["kind"]: r for r in describe(libs)}
+    assert set(rows) == {"openssl", "go"}
+    assert "SSL_read" in rows["openssl"]["fast"] and rows["go"]["slow"] == ["crypto/tls.(*Conn).Read"]
+    assert any("emulated" in s for s in rows["openssl"]["sites"]) and rows["go"]["reasons"]
+    assert msgspec.json.decode(msgspec.json.encode(list(rows.values())))
 
 
 def test_fake_proc_root_resolution_and_non_elf(tmp_path: Path) -> None:
@@ -230,5 +238,5 @@ def test_deleted_executable_is_read_through_map_files(spawn: Any, go_binaries: d
     exe.unlink()
     libs = Scanner().scan_pid(p.pid)
     go = _by_kind(libs, "go")
-    assert len(go) == 1, describe(libs)
+    assert len(go) == 1, describe_text(libs)
     assert go[0].path == str(exe) and "/map_files/" in go[0].open_path
