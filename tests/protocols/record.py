@@ -393,6 +393,78 @@ def rec_h2(tmp: Path) -> None:
         _record("h2c_nghttp_big", "nghttp POST 5000 B, 40 kB response over several DATA frames", port, big)
 
 
+def _h2c_upgrade_shim(port: int, h2_port: int) -> socket.socket:
+    """Answers an HTTP/1.1 ``Upgrade: h2c`` with 101 and splices the client onto a prior-knowledge
+    HTTP/2 server (nghttpd has no Upgrade support): the upgraded request goes to the server as stream
+    1, encoded without touching the HPACK table, so both peers' header contexts stay valid."""
+    ls = socket.socket()
+    ls.bind(("127.0.0.1", port))
+    ls.listen(4)
+
+    def lit(name: bytes, value: bytes) -> bytes:  # literal header field without indexing, new name
+        return b"\x00" + bytes([len(name)]) + name + bytes([len(value)]) + value
+
+    def handle(c: socket.socket) -> None:
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            buf += c.recv(65536)
+        head, _, rest = buf.partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        method, path, _ = lines[0].split(b" ")
+        host = next(v.strip() for k, _, v in (x.partition(b":") for x in lines[1:]) if k.lower() == b"host")
+        c.sendall(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n")
+        while len(rest) < 24 + 9 or len(rest) < 24 + 9 + int.from_bytes(rest[24:27], "big"):
+            rest += c.recv(65536)
+        first = 24 + 9 + int.from_bytes(rest[24:27], "big")  # client preface + its SETTINGS frame
+        block = (lit(b":method", method) + lit(b":scheme", b"http") + lit(b":authority", host)
+                 + lit(b":path", path))
+        hdr = len(block).to_bytes(3, "big") + b"\x01\x05" + (1).to_bytes(4, "big")  # END_STREAM|END_HEADERS
+        u = socket.create_connection(("127.0.0.1", h2_port))
+        u.sendall(rest[:first] + hdr + block + rest[first:])
+
+        def pump(a: socket.socket, b: socket.socket) -> None:
+            with contextlib.suppress(OSError):
+                while data := a.recv(65536):
+                    b.sendall(data)
+            with contextlib.suppress(OSError):
+                b.shutdown(socket.SHUT_WR)
+
+        t = threading.Thread(target=pump, args=(u, c), daemon=True)
+        t.start()
+        pump(c, u)
+        t.join(5)
+        c.close()
+        u.close()
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                c, _ = ls.accept()
+                threading.Thread(target=handle, args=(c,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    return ls
+
+
+def rec_h2c_upgrade(tmp: Path) -> None:
+    root = tmp / "up"
+    root.mkdir(exist_ok=True)
+    (root / "index.html").write_bytes(b"upgraded to h2c\n")
+    h2_port = _free_port()
+    port = _free_port()
+    with _proc(["nghttpd", "--no-tls", "-d", str(root), str(h2_port)], h2_port):
+        shim = _h2c_upgrade_shim(port, h2_port)
+        try:
+            def client(pport: int) -> None:
+                subprocess.run(["curl", "-s", "-o", "/dev/null", "--http2", f"http://127.0.0.1:{pport}/index.html"],
+                               check=True)
+
+            _record("h2c_curl_upgrade", "curl --http2 (Upgrade: h2c) -> 101 -> nghttpd answers stream 1 (via an "
+                    "upgrade shim)", port, client)
+        finally:
+            shim.close()
+
+
 def rec_grpc(tmp: Path) -> None:
     from concurrent import futures
 
@@ -534,7 +606,7 @@ def rec_dns(tmp: Path) -> None:
 
 
 SCENARIOS = [rec_http1_python, rec_http1_curl_expect, rec_http1_nginx, rec_http1_close_delimited, rec_h2,
-             rec_grpc, rec_tls, rec_dns]
+             rec_h2c_upgrade, rec_grpc, rec_tls, rec_dns]
 
 
 def main() -> None:

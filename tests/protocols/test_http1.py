@@ -313,3 +313,14 @@ def test_h2c_upgrade_switches_to_http2() -> None:
     assert t[1].protocol == "h2c" and t[1].stream_id == 1 and t[1].path == "/up" and t[1].status == 200
     assert t[1].authority == "h2.test" and t[1].response_body == b"ok" and not t[1].incomplete
     assert s.close(5) == []
+
+
+def test_recorded_curl_h2c_upgrade() -> None:
+    s_events = load("h2c_curl_upgrade")
+    up, h2 = txs(replay(s_events))
+    assert (up.protocol, up.status, up.upgrade, up.path) == ("http/1.1", 101, "h2c", "/index.html")
+    assert ("Upgrade", "h2c") in up.request_headers
+    assert (h2.protocol, h2.stream_id, h2.method, h2.path, h2.status) == ("h2c", 1, "GET", "/index.html", 200)
+    assert h2.response_body == b"upgraded to h2c\n" and not h2.incomplete
+    assert h2.request_start_ns == up.request_start_ns  # stream 1 is the upgraded request
+    assert not any(k.lower() in ("upgrade", "http2-settings", "connection") for k, _ in h2.request_headers)
