@@ -6,7 +6,7 @@ recording proxy received them: ``(direction, ts_ns, data)`` with direction 0 = c
 marks the end of the connection. Files live in ``tests/data/streams/<name>.msgpack``.
 
 Run ``python -m tests.protocols.record`` to re-record every scenario: it starts real servers and
-clients on 127.0.0.1 (python http.server, nginx, nghttpd, curl, nghttp, dig, grpcio) with a
+clients on 127.0.0.1 (python http.server, nginx, nghttpd, curl, nghttp, dig, grpcio, node) with a
 recording TCP proxy in between. Tests only read the files, they need none of those tools.
 """
 
@@ -465,6 +465,52 @@ def rec_h2c_upgrade(tmp: Path) -> None:
             shim.close()
 
 
+def rec_websocket(tmp: Path) -> None:
+    """node's WebSocket client (undici) -> a minimal RFC 6455 echo server."""
+    import base64
+    import hashlib
+
+    port = _free_port()
+    ls = socket.socket()
+    ls.bind(("127.0.0.1", port))
+    ls.listen(4)
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            c, _ = ls.accept()
+            buf = b""
+            while b"\r\n\r\n" not in buf:
+                buf += c.recv(65536)
+            key = next(v.strip() for k, _, v in (x.partition(b":") for x in buf.split(b"\r\n")[1:])
+                       if k.lower() == b"sec-websocket-key")
+            acc = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+            c.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                      b"Sec-WebSocket-Accept: " + acc + b"\r\n\r\n")
+            f = c.recv(65536)  # one small masked text frame
+            n = f[1] & 0x7F
+            mask, payload = f[2:6], f[6 : 6 + n]
+            text = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+            c.sendall(b"\x81" + bytes([len(text)]) + text)
+            with contextlib.suppress(OSError):
+                c.recv(65536)  # close frame
+                c.sendall(b"\x88\x02\x03\xe8")
+            c.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+
+    def client(pport: int) -> None:
+        js = (f"const ws = new WebSocket('ws://127.0.0.1:{pport}/chat');"
+              "ws.onopen = () => ws.send('hello');"
+              "ws.onmessage = () => ws.close(1000);"
+              "ws.onclose = () => process.exit(0);"
+              "setTimeout(() => process.exit(1), 3000);")
+        subprocess.run(["node", "--experimental-websocket", "-e", js], check=True, stderr=subprocess.DEVNULL)
+
+    _record("websocket_node", "node WebSocket client -> RFC 6455 echo server: upgrade, one message each way, "
+            "close", port, client)
+    ls.close()
+
+
 def rec_grpc(tmp: Path) -> None:
     from concurrent import futures
 
@@ -606,7 +652,7 @@ def rec_dns(tmp: Path) -> None:
 
 
 SCENARIOS = [rec_http1_python, rec_http1_curl_expect, rec_http1_nginx, rec_http1_close_delimited, rec_h2,
-             rec_h2c_upgrade, rec_grpc, rec_tls, rec_dns]
+             rec_h2c_upgrade, rec_websocket, rec_grpc, rec_tls, rec_dns]
 
 
 def main() -> None:

@@ -324,3 +324,10 @@ def test_recorded_curl_h2c_upgrade() -> None:
     assert h2.response_body == b"upgraded to h2c\n" and not h2.incomplete
     assert h2.request_start_ns == up.request_start_ns  # stream 1 is the upgraded request
     assert not any(k.lower() in ("upgrade", "http2-settings", "connection") for k, _ in h2.request_headers)
+
+
+def test_recorded_node_websocket() -> None:
+    out = replay(load("websocket_node"))
+    (t,) = out  # the frames after the 101 produce nothing
+    assert isinstance(t, type(txs(out)[0])) and t.upgrade == "websocket" and t.status == 101 and not t.incomplete
+    assert ("upgrade", "websocket") in t.request_headers
