@@ -51,6 +51,15 @@ struct {
 	__type(value, __u64);
 } tls_socks SEC(".maps");
 
+/* The last TCP socket each thread moved bytes on. TLS stacks that do their socket I/O outside the TLS
+ * call (Node.js: memory BIOs fed by libuv on the same thread) are associated through it. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, QTAP_MAX_INFLIGHT);
+	__type(key, __u32); /* tid */
+	__type(value, __u64);
+} thread_socks SEC(".maps");
+
 /* Connection id counter, shared by every object that can announce a connection. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);

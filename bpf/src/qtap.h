@@ -85,6 +85,7 @@ enum qtap_counter {
 	QTAP_CNT_TLS_MUTED_BYTES = 4,  /* ciphertext bytes not sent (covered by a probe or past the hello) */
 	QTAP_CNT_DROP_BYTES = 5,       /* payload bytes in records the ring buffer refused */
 	QTAP_CNT_TLS_UNASSOCIATED = 6, /* TLS calls whose socket could not be named (plaintext not sent) */
+	QTAP_CNT_TLS_BY_THREAD = 7,    /* TLS objects associated through the thread's last socket */
 	QTAP_CNT_MAX = 8,
 };
 

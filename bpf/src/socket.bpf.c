@@ -78,6 +78,7 @@ static __always_inline int exit_io(long ret)
 	if (!si)
 		return 0;
 	off = __sync_fetch_and_add(&si->off[a.dir & 1], ret);
+	bpf_map_update_elem(&thread_socks, &tid, &a.sk, BPF_ANY);
 
 	/* Inside a TLS library call: this syscall names the socket of that call's connection. */
 	tc = bpf_map_lookup_elem(&tls_calls, &tid);

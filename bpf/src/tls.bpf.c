@@ -45,14 +45,10 @@ struct {
 
 static __always_inline __u64 arg_reg(struct pt_regs *ctx, __u32 idx)
 {
-	switch (idx & 0xf) {
-	case 0: return PT_REGS_PARM1(ctx);
-	case 1: return PT_REGS_PARM2(ctx);
-	case 2: return PT_REGS_PARM3(ctx);
-	case 3: return PT_REGS_PARM4(ctx);
-	case 4: return PT_REGS_PARM5(ctx);
-	default: return ctx->r9;
-	}
+	/* Fixed-offset context reads into a stack array: the verifier refuses a computed context offset. */
+	__u64 regs[8] = {ctx->di, ctx->si, ctx->dx, ctx->cx, ctx->r8, ctx->r9, 0, 0};
+
+	return regs[idx & 7];
 }
 
 static __always_inline void count_unassociated(void)
@@ -125,8 +121,15 @@ int BPF_KPROBE(uprobe_tls_return)
 	} else {
 		__u64 *cached = bpf_map_lookup_elem(&tls_socks, &c.ssl);
 		if (!cached) {
-			count_unassociated();
-			return 0;
+			/* No syscall inside the call and never seen before: the socket this thread used last
+			 * (memory-BIO stacks such as Node.js read the socket right before SSL_read). */
+			cached = bpf_map_lookup_elem(&thread_socks, &tid);
+			if (!cached) {
+				count_unassociated();
+				return 0;
+			}
+			count(QTAP_CNT_TLS_BY_THREAD, 1);
+			bpf_map_update_elem(&tls_socks, &c.ssl, cached, BPF_ANY);
 		}
 		sk = *cached;
 	}

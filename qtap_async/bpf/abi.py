@@ -61,6 +61,7 @@ class Counter(enum.IntEnum):
     TLS_MUTED_BYTES = 4
     DROP_BYTES = 5
     TLS_UNASSOCIATED = 6
+    TLS_BY_THREAD = 7
 
 
 COUNTER_SLOTS = 8

@@ -16,7 +16,8 @@ from qtap_async.bpf import abi
 from qtap_async.bpf.object import BpfObject
 from qtap_async.bpf.ringbuf import RingBuffer
 
-SHARED_MAPS = ("events", "counters", "socks", "inflight", "tls_calls", "tls_socks", "scratch", "conn_ids")
+SHARED_MAPS = ("events", "counters", "socks", "inflight", "tls_calls", "tls_socks", "scratch", "conn_ids",
+               "thread_socks")
 
 
 def objects_dir() -> Path:

@@ -7,6 +7,7 @@ event loop thread, where the BPF objects live.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import os
 import time
@@ -43,13 +44,17 @@ class TlsManager:
         self.probes = TlsProbes(capture)
         self.scanner = Scanner()
         self._tasks: set[asyncio.Task[None]] = set()
+        # One worker: the scanner's caches are not thread-safe, and scans are cheap once files are cached.
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="tls-scan")
         self.scans = 0
+        self.scan_errors = 0
 
     async def start(self) -> None:
-        libs = await asyncio.to_thread(_system_libraries)
+        loop = asyncio.get_running_loop()
+        libs = await loop.run_in_executor(self._pool, _system_libraries)
         for lib in libs:
             self.probes.attach(lib, system=True)
-        found = await asyncio.to_thread(self.scanner.scan_all)
+        found = await loop.run_in_executor(self._pool, self.scanner.scan_all)
         self._attach_found(found)
 
     def _attach_found(self, found: dict[FileKey, TlsLibrary]) -> None:
@@ -71,13 +76,22 @@ class TlsManager:
         self.probes.detach_unused(now, DETACH_GRACE_S)
 
     async def _scan_new(self, pid: int) -> None:
+        loop = asyncio.get_running_loop()
         for delay in RESCAN_DELAYS_S:
             await asyncio.sleep(delay)
-            found = await asyncio.to_thread(self.scanner.scan_pid, pid)
-            self.scans += 1
-            self.scanner.clear_problems()
-            if found:
-                self._attach_found(found)
+            try:
+                found = await loop.run_in_executor(self._pool, self._scan_pid, pid)
+                self.scans += 1
+                if found:
+                    self._attach_found(found)
+            except Exception:
+                self.scan_errors += 1
+                log.exception("TLS: scanning pid %d failed", pid)
+
+    def _scan_pid(self, pid: int) -> dict[FileKey, TlsLibrary]:
+        found = self.scanner.scan_pid(pid)
+        self.scanner.clear_problems()  # vanished processes are normal here; keep memory bounded
+        return found
 
     def statuses(self) -> list[AttachStatus]:
         return self.probes.statuses()
@@ -87,4 +101,5 @@ class TlsManager:
             t.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._pool.shutdown(wait=False, cancel_futures=True)
         self.probes.close()
