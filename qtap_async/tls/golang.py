@@ -8,6 +8,9 @@ import re
 import struct
 from dataclasses import dataclass
 
+from elftools.dwarf.die import DIE
+from elftools.dwarf.dwarfinfo import DWARFInfo
+
 from qtap_async.tls.elf import ElfImage
 from qtap_async.tls.model import GoConnOffsets
 
@@ -207,11 +210,53 @@ _DWARF_WANT = {
 }
 
 
-def offsets_from_dwarf(img: ElfImage) -> GoConnOffsets | None:
-    """Member offsets from .debug_info, or None without DWARF (or without all five types)."""
-    if not img.elf.has_dwarf_info() or not (img.has_section(".debug_info") or img.has_section(".zdebug_info")):
+def _member_offset(die: DIE, member: str) -> int | None:
+    for child in die.iter_children():
+        cn = child.attributes.get("DW_AT_name")
+        if child.tag == "DW_TAG_member" and cn is not None and cn.value.decode("utf-8", "replace") == member:
+            loc = child.attributes.get("DW_AT_data_member_location")
+            if loc is not None and isinstance(loc.value, int):
+                return loc.value
+    return None
+
+
+def _struct_die_at(dwarf: DWARFInfo, offset: int, name: bytes) -> DIE | None:
+    try:
+        die = dwarf.get_DIE_from_refaddr(offset)
+    except Exception:  # not a DIE boundary: the caller tries the next candidate
         return None
-    dwarf = img.elf.get_dwarf_info()
+    tn = die.attributes.get("DW_AT_name")
+    if die.tag == "DW_TAG_structure_type" and tn is not None and tn.value == name:
+        return die
+    return None
+
+
+def _offsets_fast(dwarf: DWARFInfo) -> dict[str, int]:
+    """Go writes type names inline (DW_FORM_string) right after the DIE's abbreviation code: find each
+    name in .debug_info and parse just that DIE and its members (~10x faster than walking every DIE)."""
+    sec = dwarf.debug_info_sec
+    if sec is None:
+        return {}
+    stream = sec.stream
+    stream.seek(0)
+    data: bytes = stream.read()
+    found: dict[str, int] = {}
+    for tname, member in _DWARF_WANT.items():
+        needle = tname.encode() + b"\0"
+        i = data.find(needle)
+        while i >= 0 and tname not in found:
+            for back in (1, 2):  # ULEB128 abbreviation code of 1 or 2 bytes
+                die = _struct_die_at(dwarf, i - back, tname.encode())
+                if die is not None:
+                    off = _member_offset(die, member)
+                    if off is not None:
+                        found[tname] = off
+                    break
+            i = data.find(needle, i + 1)
+    return found
+
+
+def _offsets_slow(dwarf: DWARFInfo) -> dict[str, int]:
     found: dict[str, int] = {}
     for cu in dwarf.iter_CUs():
         # Go puts type DIEs in the "runtime" compile units; skip the others' (much larger) DIE trees.
@@ -220,25 +265,28 @@ def offsets_from_dwarf(img: ElfImage) -> GoConnOffsets | None:
         if name is None or name.value != b"runtime":
             continue
         for die in top.iter_children():
-            if die.tag != "DW_TAG_structure_type":
-                continue
             tn = die.attributes.get("DW_AT_name")
-            if tn is None:
+            if die.tag != "DW_TAG_structure_type" or tn is None:
                 continue
             tname = tn.value.decode("utf-8", "replace")
             member = _DWARF_WANT.get(tname)
-            if member is None or tname in found:
-                continue
-            for child in die.iter_children():
-                cn = child.attributes.get("DW_AT_name")
-                if child.tag == "DW_TAG_member" and cn is not None and cn.value.decode() == member:
-                    loc = child.attributes.get("DW_AT_data_member_location")
-                    if loc is not None and isinstance(loc.value, int):
-                        found[tname] = loc.value
+            if member is not None and tname not in found:
+                off = _member_offset(die, member)
+                if off is not None:
+                    found[tname] = off
             if len(found) == len(_DWARF_WANT):
-                break
-        if len(found) == len(_DWARF_WANT):
-            break
+                return found
+    return found
+
+
+def offsets_from_dwarf(img: ElfImage) -> GoConnOffsets | None:
+    """Member offsets from .debug_info, or None without DWARF (or without all five types)."""
+    if not img.elf.has_dwarf_info() or not (img.has_section(".debug_info") or img.has_section(".zdebug_info")):
+        return None
+    dwarf = img.elf.get_dwarf_info()
+    found = _offsets_fast(dwarf)
+    if len(found) != len(_DWARF_WANT):
+        found = _offsets_slow(dwarf)
     if len(found) != len(_DWARF_WANT):
         return None
     return GoConnOffsets(

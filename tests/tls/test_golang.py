@@ -92,3 +92,10 @@ def test_offsets_table_bounds() -> None:
     offs, note = golang.offsets_from_table("go1.99.0")
     assert offs is not None and "newer" in note
     assert golang.offsets_from_table("go1.21.3") == (golang.GO_OFFSETS_TABLE[0][2], "")
+
+
+def test_dwarf_fast_path_agrees_with_full_walk(go_binaries: dict[str, Path]) -> None:
+    with ElfImage.open(str(go_binaries["plain"])) as img:
+        dwarf = img.elf.get_dwarf_info()
+        fast = golang._offsets_fast(dwarf)
+        assert len(fast) == 5 and fast == golang._offsets_slow(dwarf)
