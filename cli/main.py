@@ -31,6 +31,8 @@ def run(
     no_payload: Annotated[bool, typer.Option("--no-payload", help="count bytes only, no payloads")] = False,
     ring_buffer_mib: Annotated[int, typer.Option(help="ring buffer size in MiB (power of two)")] = 16,
     metrics_interval: Annotated[float, typer.Option(help="log metrics to stderr every N s (0: off)")] = 0.0,
+    level: Annotated[str, typer.Option(help="HTTP detail: summary | details (+headers) | full (+bodies)")] = "details",
+    no_tls: Annotated[bool, typer.Option("--no-tls", help="do not attach uprobes to TLS libraries")] = False,
     log_level: Annotated[str, typer.Option(help="stderr log level")] = "INFO",
 ) -> None:
     """Capture traffic: JSON lines on stdout, one object per line with a `type` field."""
@@ -47,7 +49,11 @@ def run(
     size = ring_buffer_mib << 20
     if size & (size - 1):
         _fail(f"--ring-buffer-mib must be a power of two, got {ring_buffer_mib}", 2)
+    if level not in ("summary", "details", "full"):
+        _fail(f"--level must be summary, details or full, got {level!r}", 2)
     opts = AgentOptions(
+        tls=not no_tls,
+        http_level=level,  # type: ignore[arg-type]
         capture=CaptureSettings(
             self_tgid=os.getpid(), target_tgid=pid, capture_payload=not no_payload, ring_buffer_bytes=size
         ),

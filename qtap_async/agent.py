@@ -14,12 +14,13 @@ import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, Any, Literal
 
 import msgspec
 
 from qtap_async.bpf.loader import Capture, CaptureSettings
 from qtap_async.buffers.channel import Channel, ChannelClosed
+from qtap_async.protocols import ProtocolSession
 from qtap_async.sources.ringbuf import RingBufferSource, batch_size
 from qtap_async.sources.tls_manager import TlsManager
 from qtap_async.transforms.conntrack import Connection, Conntrack, Session
@@ -40,13 +41,12 @@ class AgentOptions:
     emit_gaps: bool = True
     metrics_interval_s: float = 0.0  # > 0: log a metrics line to stderr this often
     tls: bool = True  # attach uprobes to TLS libraries for plaintext
+    http_level: Literal["summary", "details", "full"] = "details"  # headers: details, bodies: full
 
 
 def default_session_factory(conn: Connection, layer: int) -> Session | None:
     """A protocol session per connection and layer (0: socket bytes, 1: TLS plaintext)."""
-    from qtap_async.protocols import ProtocolSession
-
-    return ProtocolSession(local_port=conn.lport, remote_port=conn.rport)  # type: ignore[return-value]
+    return ProtocolSession(local_port=conn.lport, remote_port=conn.rport)
 
 
 class StdoutWriter:
@@ -94,7 +94,7 @@ class Agent:
         else:
             from qtap_async.transforms.output import ProtocolOutput
 
-            self.conntrack.on_protocol_record = ProtocolOutput(self.conntrack).convert
+            self.conntrack.on_protocol_record = ProtocolOutput(self.conntrack, self.options.http_level).convert
         self.stage = TrackingStage(self.conntrack)
         self.stop_event: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None

@@ -1,19 +1,22 @@
 """Protocol records (transactions, DNS messages, TLS hellos, parse errors) -> output events.
 
-Each record is flattened into one JSON-ready mapping with its connection and process context, so a line
-of output stands on its own. The record's own `type` tag (or class name) becomes the event type.
+Each record becomes one JSON-ready mapping with its connection and process context, so a line of output
+stands on its own. HTTP transactions are shaped for people and rules: method, path, authority, status,
+timings in wall-clock time, and headers/bodies only as far as the capture level allows.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
+from qtap_async.events.http import HttpTransaction, TlsClientHello
 from qtap_async.transforms.conntrack import Connection, Conntrack
 
 _CAMEL = re.compile(r"(?<!^)(?=[A-Z])")
+Level = Literal["summary", "details", "full"]
 
 
 def _type_name(rec: Any) -> str:
@@ -24,27 +27,23 @@ def _type_name(rec: Any) -> str:
     return _CAMEL.sub("_", type(rec).__name__).lower()
 
 
-class ProtocolOutput:
-    def __init__(self, conntrack: Conntrack) -> None:
-        self.conntrack = conntrack
+def _host(authority: str | None) -> str:
+    if not authority:
+        return ""
+    if authority.startswith("["):
+        return authority[1 : authority.find("]")] if "]" in authority else authority
+    return authority.rsplit(":", 1)[0] if authority.count(":") == 1 else authority
 
-    def convert(self, conn: Connection, rec: Any, layer: int) -> list[Any]:
-        if isinstance(rec, msgspec.Struct):
-            body = msgspec.structs.asdict(rec)
-        elif isinstance(rec, dict):
-            body = dict(rec)
-        else:
-            return []
-        # What a TLS hello or Host header tells about the peer names the connection too.
-        name = body.get("sni") or body.get("authority") or body.get("host")
-        if isinstance(name, str) and name and not conn.domain:
-            conn.domain = name.rsplit(":", 1)[0] if name.count(":") == 1 else name
+
+class ProtocolOutput:
+    def __init__(self, conntrack: Conntrack, level: Level = "details") -> None:
+        self.conntrack = conntrack
+        self.level = level
+
+    def _context(self, conn: Connection, layer: int) -> dict[str, Any]:
         src_ip, src_port, dst_ip, dst_port = conn.endpoints()
         p = conn.process
-        ts_ns = body.get("request_start_ns") or body.get("ts_ns") or conn.last_ns
-        event: dict[str, Any] = {
-            "type": _type_name(rec),
-            "ts": self.conntrack.rfc3339(ts_ns if isinstance(ts_ns, int) else conn.last_ns),
+        return {
             "conn_id": conn.conn_id,
             "direction": conn.direction,
             "tls": layer == 1,
@@ -57,7 +56,70 @@ class ProtocolOutput:
             "comm": p.comm,
             "container_id": p.container_id,
         }
+
+    def convert(self, conn: Connection, rec: Any, layer: int) -> list[Any]:
+        if isinstance(rec, HttpTransaction):
+            return [self._http(conn, rec, layer)]
+        if isinstance(rec, TlsClientHello) and rec.sni and not conn.domain:
+            conn.domain = rec.sni
+        if isinstance(rec, msgspec.Struct):
+            body = msgspec.structs.asdict(rec)
+        else:
+            return []
+        ts = body.get("ts_ns")
+        event: dict[str, Any] = {"type": _type_name(rec), "ts": self.conntrack.rfc3339(ts if isinstance(ts, int)
+                                                                                       else conn.last_ns)}
+        event.update(self._context(conn, layer))
         for k, v in body.items():
-            if k not in event and k != "type":
+            if k not in event and k != "ts_ns":  # the record's ts_ns is monotonic; `ts` is wall-clock
                 event[k] = v
         return [event]
+
+    def _http(self, conn: Connection, tx: HttpTransaction, layer: int) -> dict[str, Any]:
+        host = _host(tx.authority)
+        if host and not conn.domain:
+            conn.domain = host
+        start = tx.request_start_ns or tx.response_start_ns or conn.last_ns
+        rt = self.conntrack.rfc3339
+        ev: dict[str, Any] = {"type": "http_transaction", "ts": rt(start)}
+        ev.update(self._context(conn, layer))
+        ev.update(
+            protocol=tx.protocol,
+            method=tx.method,
+            scheme=tx.scheme or ("https" if layer == 1 else "http"),
+            authority=tx.authority,
+            host=host or conn.domain,
+            path=tx.path,
+            status=tx.status,
+            request_body_size=tx.request_body_size,
+            response_body_size=tx.response_body_size,
+        )
+        if tx.response_end_ns and tx.request_start_ns:
+            ev["duration_ns"] = tx.response_end_ns - tx.request_start_ns
+        if tx.response_start_ns and tx.request_start_ns:
+            ev["ttfb_ns"] = tx.response_start_ns - tx.request_start_ns
+        if tx.stream_id is not None:
+            ev["stream_id"] = tx.stream_id
+        if tx.grpc is not None:
+            ev["grpc"] = msgspec.structs.asdict(tx.grpc)
+        if tx.upgrade:
+            ev["upgrade"] = tx.upgrade
+        if tx.informational:
+            ev["informational"] = tx.informational
+        if tx.incomplete:
+            ev["incomplete"] = True
+            ev["reason"] = tx.reason
+        if self.level in ("details", "full"):
+            ev["request_headers"] = tx.request_headers
+            ev["response_headers"] = tx.response_headers
+            if tx.request_trailers:
+                ev["request_trailers"] = tx.request_trailers
+            if tx.response_trailers:
+                ev["response_trailers"] = tx.response_trailers
+        if self.level == "full":
+            ev["request_body"] = tx.request_body_decoded if tx.request_body_decoded is not None else tx.request_body
+            ev["response_body"] = (tx.response_body_decoded if tx.response_body_decoded is not None
+                                   else tx.response_body)
+            ev["request_body_truncated"] = tx.request_body_truncated
+            ev["response_body_truncated"] = tx.response_body_truncated
+        return ev

@@ -73,7 +73,8 @@ def test_curl_openssl_client_and_python_ssl_server(https_server: tuple[subproces
     n = 300_000
     path = f"/bytes?n={n}&chunk=65536".encode()
     with AgentHarness() as h:
-        out = subprocess.run([CURL, "-sSk", f"https://127.0.0.1:{port}{path.decode()}"], capture_output=True, check=True)
+        url = f"https://127.0.0.1:{port}{path.decode()}"
+        out = subprocess.run([CURL, "-sSk", url], capture_output=True, check=True)
         assert out.stdout == body_for(n)
         client = _one(h, exe=CURL, dst_port=port)
         server = _one(h, pid=proc.pid, src_port=client.src_port)
@@ -120,7 +121,8 @@ def test_node_static_openssl_client(https_server: tuple[subprocess.Popen[str], i
     js = (
         "const https = require('https');"
         # The request goes out 1 s after exec: a process started after the agent is covered by then.
-        f"setTimeout(() => https.get({{host: '127.0.0.1', port: {port}, path: '/bytes?n=7777', rejectUnauthorized: false}}, r => {{"
+        f"setTimeout(() => https.get({{host: '127.0.0.1', port: {port}, path: '/bytes?n=7777', "
+        "rejectUnauthorized: false}, r => {"
         "const parts = []; r.on('data', d => parts.push(d));"
         "r.on('end', () => { process.stdout.write(Buffer.concat(parts)); });}), 1000);"
     )
