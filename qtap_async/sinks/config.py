@@ -134,7 +134,7 @@ class KafkaEventStore(_Store, frozen=True, tag="kafka"):
 
 
 class PulseEventStore(_Store, frozen=True, tag="pulse"):
-    url: str  # ingestion endpoint, e.g. https://pulse.example.com/v1/events
+    url: str  # the Pulse service, e.g. https://pulse.example.com (batches go to <url>/v1/events)
     token: Secret
     ca_file: str | None = None
     insecure: bool = False

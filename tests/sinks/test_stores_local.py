@@ -88,7 +88,7 @@ class PulseStub:
 
 async def test_pulse_posts_gzip_json_with_bearer_token() -> None:
     stub = PulseStub(result={"accepted": 1, "rejected": 1, "errors": [{"index": 1, "error": "bad"}]})
-    sink = PulseEventSink("https://pulse.test/v1/events", "tok", transport=httpx.MockTransport(stub))
+    sink = PulseEventSink("https://pulse.test", "tok", transport=httpx.MockTransport(stub))
     await sink.send([EventRecord(b"c", b'{"a":1}'), EventRecord(b"c", b'{"b":2}')])
     await sink.close()
     req = stub.requests[0]
@@ -96,21 +96,21 @@ async def test_pulse_posts_gzip_json_with_bearer_token() -> None:
     assert req.headers["authorization"] == "Bearer tok"
     assert req.headers["content-encoding"] == "gzip"
     body = json.loads(gzip.decompress(req.content))
-    assert body["events"] == [{"a": 1}, {"b": 2}] and body["sent_at"]
+    assert body["events"] == [{"a": 1}, {"b": 2}] and body["sent_at"] > 0
     assert sink.rejected_items == 1
 
 
 @pytest.mark.parametrize(("status", "error"), [(503, SinkTransientError), (429, SinkTransientError),
                                                (401, SinkTransientError), (400, SinkError)])
 async def test_pulse_status_classes(status: int, error: type[Exception]) -> None:
-    sink = PulseEventSink("https://pulse.test/v1/events", "tok", use_gzip=False,
+    sink = PulseEventSink("https://pulse.test", "tok", use_gzip=False,
                           transport=httpx.MockTransport(PulseStub(status)))
-    with pytest.raises(error, match=f"event store pulse .*HTTP {status}"):
+    with pytest.raises(error, match=f"^event store pulse .*{status}"):
         await sink.send([EventRecord(None, b"{}")])
 
 
 async def test_pulse_check_reports_a_refused_token() -> None:
-    sink = PulseEventSink("https://pulse.test/v1/events", "bad", transport=httpx.MockTransport(PulseStub(401)))
+    sink = PulseEventSink("https://pulse.test", "bad", transport=httpx.MockTransport(PulseStub(401)))
     with pytest.raises(SinkError, match="token was refused"):
         await sink.check()
 
@@ -119,10 +119,10 @@ async def test_pulse_unreachable_is_transient() -> None:
     def refuse(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("refused", request=request)
 
-    sink = PulseEventSink("https://pulse.test/v1/events", "t", transport=httpx.MockTransport(refuse))
-    with pytest.raises(SinkTransientError, match="cannot reach"):
+    sink = PulseEventSink("https://pulse.test", "t", transport=httpx.MockTransport(refuse))
+    with pytest.raises(SinkTransientError, match="ConnectError"):
         await sink.send([EventRecord(None, b"{}")])
-    with pytest.raises(SinkError, match="cannot reach"):
+    with pytest.raises(SinkError, match="ConnectError"):
         await sink.check()
 
 
