@@ -81,6 +81,28 @@ def inspect(
     raise typer.Exit(0 if report.capture_possible else 1)
 
 
+@app.command()
+def validate(
+    file: Annotated[Path, typer.Argument(help="YAML config to check")],
+    check_services: Annotated[
+        bool, typer.Option("--check-services", help="also check that the configured stores answer")
+    ] = False,
+) -> None:
+    """Check a config file without running: every problem with its field path and line."""
+    from cli.validate import validate_command
+
+    raise typer.Exit(validate_command(file, check_services))
+
+
+def _mount_pulse() -> None:
+    from cli.pulse import pulse_app
+
+    app.add_typer(pulse_app, name="pulse", help="Pulse: the self-hosted ingestion and query service.")
+
+
+_mount_pulse()
+
+
 def main() -> None:
     app()
 
