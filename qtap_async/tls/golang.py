@@ -4,6 +4,7 @@ the struct offsets that lead from a *tls.Conn to its socket fd.
 
 from __future__ import annotations
 
+import bisect
 import re
 import struct
 from dataclasses import dataclass
@@ -116,27 +117,61 @@ class PcLnTab:
         self._ftab = pclnoff
         self.nfunc = nfunc
         self._by_name: dict[str, GoFunc] | None = None
+        self._entries: list[int] | None = None
+        self._nameoffs: list[int] | None = None
+        self._names_bytes: bytes | None = None
 
     def _name(self, off: int) -> str:
         end = bytes(self._names[off : off + 512]).find(b"\0")
         return bytes(self._names[off : off + end]).decode("utf-8", "replace")
 
+    def _index(self) -> tuple[list[int], list[int]]:
+        """(entry addresses, name offsets) of every function, in address order; names decoded lazily."""
+        if self._entries is None:
+            d, base = self._data, self._ftab
+            pairs = list(struct.iter_unpack("<II", d[base : base + 8 * (self.nfunc + 1)]))
+            self._entries = [self.text + e for e, _f in pairs]
+            self._nameoffs = [struct.unpack_from("<i", d, base + f + 4)[0] for _e, f in pairs[: self.nfunc]]
+        assert self._nameoffs is not None
+        return self._entries, self._nameoffs
+
+    def lookup(self, name: str) -> GoFunc | None:
+        """The function named ``name`` without decoding every name: find it in funcnametab first."""
+        entries, nameoffs = self._index()
+        needle = name.encode() + b"\0"
+        names = self._names.tobytes() if self._names_bytes is None else self._names_bytes
+        self._names_bytes = names
+        i = names.find(needle)
+        while i >= 0:
+            if i == 0 or names[i - 1] == 0:
+                try:
+                    k = nameoffs.index(i)
+                except ValueError:
+                    k = -1
+                if k >= 0:
+                    return GoFunc(name, entries[k], entries[k + 1])
+            i = names.find(needle, i + 1)
+        return None
+
+    def name_at(self, addr: int) -> str | None:
+        """Name of the function whose entry is exactly ``addr``."""
+        entries, nameoffs = self._index()
+        k = bisect.bisect_left(entries, addr)
+        if k < self.nfunc and entries[k] == addr:
+            return self._name(nameoffs[k])
+        return None
+
     def functions(self) -> dict[str, GoFunc]:
+        """Every function by name (decodes all names: tests and tools, not the hot path)."""
         if self._by_name is not None:
             return self._by_name
-        d, base = self._data, self._ftab
+        entries, nameoffs = self._index()
         out: dict[str, GoFunc] = {}
-        pairs = list(struct.iter_unpack("<II", d[base : base + 8 * (self.nfunc + 1)]))
-        for i in range(self.nfunc):
-            entry_off, func_off = pairs[i]
-            name_off = struct.unpack_from("<i", d, base + func_off + 4)[0]
-            name = self._name(name_off)
-            out.setdefault(name, GoFunc(name, self.text + entry_off, self.text + pairs[i + 1][0]))
+        for k in range(self.nfunc):
+            name = self._name(nameoffs[k])
+            out.setdefault(name, GoFunc(name, entries[k], entries[k + 1]))
         self._by_name = out
         return out
-
-    def name_at(self) -> dict[int, str]:
-        return {f.entry: f.name for f in self.functions().values()}
 
 
 def _moduledata_text(img: ElfImage, pcln_vaddr: int, funcname_off: int) -> int | None:

@@ -318,21 +318,26 @@ def _analyze_go(img: ElfImage, key: FileKey, display_path: str, version: str) ->
     notes: list[str] = []
     stripped = not img.has_section(".symtab")
     abi: Literal["register", "stack"] = "register" if golang.parse_version(version) >= (1, 17) else "stack"
+    gofuncs: dict[str, golang.GoFunc] = {}
+    table: golang.PcLnTab | None = None
     try:
         table = golang.find_pclntab(img)
-        gofuncs = table.functions()
+        for name in (GO_READ, GO_WRITE):
+            fn = table.lookup(name)
+            if fn is not None:
+                gofuncs[name] = fn
     except golang.GoBinaryError as e:
-        gofuncs = {}
         notes.append(f"pclntab: {e}")
         if not stripped:
             for name, sym in img.find_functions([GO_READ, GO_WRITE], tables=(".symtab",)).items():
                 gofuncs[name] = golang.GoFunc(name, sym.value, sym.value + sym.size)
     if GO_READ not in gofuncs and GO_WRITE not in gofuncs:
         return None  # a Go program without crypto/tls
-    names = {f.entry: f.name for f in gofuncs.values()}
 
     def resolve(addr: int) -> str | None:
-        return names.get(addr)
+        if table is not None:
+            return table.name_at(addr)
+        return img.symbol_at(addr)
 
     tfuncs: list[TlsFunction] = []
     plans: list[ProbePlan] = []

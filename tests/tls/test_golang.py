@@ -99,3 +99,14 @@ def test_dwarf_fast_path_agrees_with_full_walk(go_binaries: dict[str, Path]) -> 
         dwarf = img.elf.get_dwarf_info()
         fast = golang._offsets_fast(dwarf)
         assert len(fast) == 5 and fast == golang._offsets_slow(dwarf)
+
+
+def test_pclntab_lazy_lookup_matches_full_table(go_binaries: dict[str, Path]) -> None:
+    with ElfImage.open(str(go_binaries["stripped"])) as img:
+        table = golang.find_pclntab(img)
+        full = table.functions()
+        for name in (*WANT, "runtime.memmove", "main.main"):
+            assert table.lookup(name) == full[name]
+            assert table.name_at(full[name].entry) == name
+        assert table.lookup("crypto/tls.(*Conn).NoSuchMethod") is None
+        assert table.name_at(full["main.main"].entry + 1) is None
