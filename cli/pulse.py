@@ -13,9 +13,7 @@ import typer
 from qtap_async.errors import QtapError
 from qtap_async.pulse.tokens import TokenStore
 
-pulse_app = typer.Typer(
-    help="Pulse: self-hosted ingestion and query service (ClickHouse/chDB).", no_args_is_help=True
-)
+pulse_app = typer.Typer(help="Pulse: self-hosted ingestion and query service (ClickHouse/chDB).", no_args_is_help=True)
 token_app = typer.Typer(help="Bearer tokens: create, list, revoke.", no_args_is_help=True)
 pulse_app.add_typer(token_app, name="token")
 
@@ -24,21 +22,19 @@ DataDir = Annotated[Path, typer.Option("--data-dir", help="Pulse data directory 
 
 @pulse_app.command("serve")
 def serve(
-    data_dir: DataDir = Path("pulse-data"),
-    listen: Annotated[str, typer.Option(help="HOST:PORT to listen on.")] = "127.0.0.1:8428",
-    config: Annotated[Path | None, typer.Option(help="YAML config file (flags override it).")] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option("--data-dir", help="Pulse data directory (tokens, embedded chDB) [pulse-data].")
+    ] = None,
+    listen: Annotated[str | None, typer.Option(help="HOST:PORT to listen on [127.0.0.1:8428].")] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML config file (flags given override it).")] = None,
     clickhouse_url: Annotated[
         str | None, typer.Option(help="ClickHouse DSN (http://user:pass@host:8123); default: embedded chDB.")
     ] = None,
-    kafka: Annotated[
-        bool | None, typer.Option("--kafka/--no-kafka", help="Consume the agents' Kafka topic.")
-    ] = None,
+    kafka: Annotated[bool | None, typer.Option("--kafka/--no-kafka", help="Consume the agents' Kafka topic.")] = None,
     kafka_bootstrap: Annotated[str | None, typer.Option(help="Kafka bootstrap servers.")] = None,
     kafka_topic: Annotated[str | None, typer.Option(help="Kafka topic.")] = None,
     kafka_group: Annotated[str | None, typer.Option(help="Kafka consumer group.")] = None,
-    kafka_team: Annotated[
-        str | None, typer.Option(help="Team of Kafka messages without a token header.")
-    ] = None,
+    kafka_team: Annotated[str | None, typer.Option(help="Team of Kafka messages without a token header.")] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
 ) -> None:
     """Serve the HTTP API (ingestion, queries, /healthz, /metrics, /openapi.json)."""
@@ -48,7 +44,7 @@ def serve(
     try:
         cfg = load_config(
             config,
-            data_dir=str(data_dir),
+            data_dir=str(data_dir) if data_dir is not None else None,
             listen=listen,
             clickhouse_url=clickhouse_url,
             kafka__enabled=kafka,
@@ -72,9 +68,7 @@ def token_create(
     team: Annotated[str, typer.Option(help="Team the token writes and reads as.")],
     data_dir: DataDir = Path("pulse-data"),
     agent: Annotated[str, typer.Option(help="Agent name stored with every event sent with the token.")] = "",
-    scope: Annotated[
-        list[str] | None, typer.Option(help="ingest and/or query (repeat); default both.")
-    ] = None,
+    scope: Annotated[list[str] | None, typer.Option(help="ingest and/or query (repeat); default both.")] = None,
 ) -> None:
     """Create a token and print it (shown once; only its hash is stored)."""
     store = _store(data_dir)
@@ -106,9 +100,7 @@ def token_list(
     for t in infos:
         created = dt.datetime.fromtimestamp(t.created_at, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
         state = "revoked" if t.revoked_at is not None else "active"
-        typer.echo(
-            f"{t.token_id:<14}{t.team:<20}{t.agent or '-':<20}{','.join(t.scopes):<14}{created:<22}{state}"
-        )
+        typer.echo(f"{t.token_id:<14}{t.team:<20}{t.agent or '-':<20}{','.join(t.scopes):<14}{created:<22}{state}")
 
 
 @token_app.command("revoke")

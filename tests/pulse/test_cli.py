@@ -7,8 +7,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
+import pytest
 import typer
 from typer.testing import CliRunner
 
@@ -93,3 +95,21 @@ def test_serve_ingest_query_and_stop_cleanly(tmp_path: Path) -> None:
             raise
     assert code == 0, proc.stdout.read().decode() if proc.stdout else ""
     assert (tmp_path / "chdb").is_dir()
+
+
+def test_config_file_values_hold_unless_a_flag_is_given(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from qtap_async.pulse import server
+
+    seen: dict[str, Any] = {}
+    cfg_file = tmp_path / "pulse.yaml"
+    cfg_file.write_text(f"data_dir: {tmp_path}/from-file\nlisten: 127.0.0.1:9999\nretention:\n  issues: 7\n")
+    monkeypatch.setattr(server, "run", lambda cfg, level: seen.setdefault("cfg", cfg))
+    assert runner.invoke(qtap, ["pulse", "serve", "--config", str(cfg_file)]).exit_code == 0
+    cfg = seen.pop("cfg")
+    assert (cfg.data_dir, cfg.listen, cfg.retention.issues) == (f"{tmp_path}/from-file", "127.0.0.1:9999", 7)
+    assert runner.invoke(qtap, ["pulse", "serve", "--config", str(cfg_file), "--listen", "0.0.0.0:1"]).exit_code == 0
+    assert seen["cfg"].listen == "0.0.0.0:1" and seen["cfg"].data_dir == f"{tmp_path}/from-file"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("retention: {issues: 0}\n")
+    r = runner.invoke(qtap, ["pulse", "serve", "--config", str(bad)])
+    assert r.exit_code == 2 and "retention.issues" in r.output
