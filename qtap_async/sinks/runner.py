@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
@@ -103,8 +104,6 @@ class SinkRunner(Generic[T]):
         if self._started:
             return
         if self.spool_config is not None:
-            import os
-
             cfg = self.spool_config
             self.spool = Spool(os.path.join(cfg.dir, f"{self.kind}-{self.name}"), cfg.max_bytes, cfg.when_full,
                                fsync=cfg.fsync)
