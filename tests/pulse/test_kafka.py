@@ -2,7 +2,8 @@
 
 Pulse runs as its own process (``qtap pulse serve --kafka``) and is killed with SIGKILL while the
 topic is still being written: offsets it had not committed are consumed again after the restart, and
-every event must still be stored exactly once.
+every event must still be stored exactly once. Then a new consumer group replays the whole topic into
+the same storage: still exactly once.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ def free_port() -> int:
 
 
 class PulseProcess:
-    def __init__(self, data_dir: Path, port: int, kafka: str, topic: str, team: str) -> None:
+    def __init__(self, data_dir: Path, port: int, kafka: str, topic: str, team: str, group: str = "") -> None:
         self.args = [
             sys.executable,
             "-c",
@@ -69,7 +70,7 @@ class PulseProcess:
             "--kafka-topic",
             topic,
             "--kafka-group",
-            f"g-{topic}",
+            group or f"g-{topic}",
             "--kafka-team",
             team,
             "--log-level",
@@ -239,3 +240,24 @@ async def _run(pulse: PulseProcess, kafka: str, topic: str, reader: str, req_tok
     metrics = httpx.get(pulse.url + "/metrics").text
     assert "pulse_kafka_commits_total" in metrics  # the restarted process consumed and committed
     assert pulse.stop(signal.SIGTERM) == 0
+
+    # The worst replay: a new consumer group reads the whole topic again into the same storage.
+    total_messages = N_CONN + N_CONN // 3 + 1
+    pulse.args[pulse.args.index("--kafka-group") + 1] = f"replay-{topic}"
+    pulse.start()
+    deadline = time.monotonic() + 120
+    while _messages_consumed(pulse.url) < total_messages:
+        assert time.monotonic() < deadline, "the replay did not finish"
+        await asyncio.sleep(0.5)
+    await asyncio.sleep(1)
+    ids = connection_ids(pulse.url, reader)
+    assert len(ids) == N_CONN and set(ids) == {f"c-{i}" for i in range(N_CONN)}
+    assert request_total(pulse.url, req_reader) == N_REQ
+    assert pulse.stop(signal.SIGTERM) == 0
+
+
+def _messages_consumed(url: str) -> int:
+    for line in httpx.get(url + "/metrics").text.splitlines():
+        if line.startswith("pulse_kafka_messages_total "):
+            return int(float(line.split()[1]))
+    return 0
