@@ -67,6 +67,7 @@ class PulseClient:
         self._lock = asyncio.Lock()
         self._timer: asyncio.TimerHandle | None = None
         self._flush_task: asyncio.Task[None] | None = None
+        self._error: BaseException | None = None
         self.sent_events = 0
         self.rejected_events = 0
         self.retries = 0
@@ -81,6 +82,7 @@ class PulseClient:
 
     async def add(self, event: Any) -> None:
         """Queue one event; sends a batch when ``max_batch`` are queued (waiting for that send)."""
+        self._raise_kept()
         self._buffer.append(event)
         if len(self._buffer) >= self.max_batch:
             await self.flush()
@@ -91,9 +93,21 @@ class PulseClient:
     def _flush_soon(self) -> None:
         self._timer = None
         self._flush_task = asyncio.ensure_future(self.flush())
+        self._flush_task.add_done_callback(self._keep_error)
+
+    def _keep_error(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            self._error = task.exception()
+
+    def _raise_kept(self) -> None:
+        """A batch the timer sent failed: say so at the caller's next call, not never."""
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
 
     async def flush(self) -> None:
         """Send everything queued, in batches of at most ``max_batch``."""
+        self._raise_kept()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -142,3 +156,4 @@ class PulseClient:
                 with contextlib.suppress(Exception):
                     await self._flush_task
             await self._http.aclose()
+        self._raise_kept()

@@ -283,3 +283,29 @@ def test_client_retries_transient_failures_and_stops_on_4xx() -> None:
 
     asyncio.run(run())
     assert calls["n"] == 4
+
+
+def test_client_sends_on_the_timer_and_reports_a_failed_background_send() -> None:
+    posted: list[int] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        n = len(msgspec.json.decode(__import__("gzip").decompress(request.content))["events"])
+        posted.append(n)
+        if len(posted) == 2:
+            return httpx.Response(400, json={"error": "bad batch"})
+        return httpx.Response(200, json={"accepted": n, "rejected": 0, "errors": []})
+
+    async def run() -> None:
+        c = PulseClient("http://pulse", "tok", max_batch=100, max_delay=0.05, transport=httpx.MockTransport(handler))
+        for i in range(3):
+            await c.add(req(i))
+        await asyncio.sleep(0.3)  # the timer sends the three
+        assert posted == [3] and c.sent_events == 3
+        await c.add(req(3))
+        await asyncio.sleep(0.3)  # this one is refused in the background...
+        with pytest.raises(Exception, match="400"):
+            await c.add(req(4))  # ...and the next call says so (without queueing its event)
+        await c.close()
+        assert posted == [3, 1]
+
+    asyncio.run(run())
