@@ -35,7 +35,11 @@ def https_server(cert: tuple[str, str]) -> Iterator[tuple[subprocess.Popen[str],
 
 
 def _one(h: AgentHarness, **match: object) -> ConnectionEvent:
-    assert h.wait_for(lambda: len(h.connections("close", **match)) >= 1), f"no closed connection {match}"
+    if not h.wait_for(lambda: len(h.connections("close", **match)) >= 1):
+        port = match.get("dst_port", match.get("src_port"))
+        seen = [(e.event, e.pid, e.exe, e.direction, e.src_port, e.dst_port) for e in h.connections("open")
+                + h.connections("close") if port in (e.src_port, e.dst_port)]
+        raise AssertionError(f"no closed connection {match}; seen on that port: {seen}")
     conns = h.connections("close", **match)
     assert len(conns) == 1, conns
     return conns[0]
