@@ -208,16 +208,16 @@ class Sanitizer:
             table = TABLE_OF[type(ev)]
             ts = ev.ts if type(ev.ts) is int else to_ns(ev.ts)
             ts += offset
-            if ts > ref + tolerance:
+            clamped = ts > ref + tolerance
+            if clamped:
                 ts = ref
-                corrected += 1
-            elif offset:
-                corrected += 1
-            if ts != ev.ts:
-                ev = msgspec.structs.replace(ev, ts=ts)
             if ts < ref - self.retention_ns[table]:
                 errors.append(ItemError(index, f"ts is older than the {table} retention", ev.id))
                 continue
+            if ts != ev.ts:
+                ev = msgspec.structs.replace(ev, ts=ts)
+            if clamped or offset:
+                corrected += 1
             if scan and forbidden(raw) is not None:
                 stripped += 1
             rows[table].append(prefix + enc(ev)[1:])
