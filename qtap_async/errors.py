@@ -74,7 +74,13 @@ class PulseAuthError(PulseError):
 
 
 class PulseClientError(PulseError):
-    """The Pulse server refused a batch in a way that retrying will not fix (4xx), or retries ran out."""
+    """The Pulse server refused a batch in a way that retrying will not fix (4xx), or retries ran out.
+
+    ``status`` is the HTTP status of the refusal, 0 when retries ran out."""
+
+    def __init__(self, message: str, status: int = 0) -> None:
+        self.status = status
+        super().__init__(message)
 
 
 class SinkTransientError(QtapError):

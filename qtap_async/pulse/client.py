@@ -140,7 +140,9 @@ class PulseClient:
                     self.rejected_events += result.rejected
                     return result
                 if resp.status_code not in _RETRY_STATUS:
-                    raise PulseClientError(f"pulse refused the batch: {resp.status_code} {resp.text[:300]}")
+                    raise PulseClientError(
+                        f"pulse refused the batch: {resp.status_code} {resp.text[:300]}", resp.status_code
+                    )
                 reason = f"HTTP {resp.status_code}"
             attempt += 1
             if attempt > self.max_retries:

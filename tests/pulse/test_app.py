@@ -13,6 +13,7 @@ import msgspec
 import pytest
 import uvicorn
 
+from qtap_async.errors import PulseClientError
 from qtap_async.pulse.app import create_app
 from qtap_async.pulse.client import PulseClient
 from qtap_async.pulse.config import Limits, PulseConfig
@@ -277,8 +278,9 @@ def test_client_retries_transient_failures_and_stops_on_4xx() -> None:
             backoff=0.001,
             transport=httpx.MockTransport(lambda r: httpx.Response(401, json={"error": "invalid token"})),
         )
-        with pytest.raises(Exception, match="401"):
+        with pytest.raises(PulseClientError, match="401") as info:
             await bad.send([req(0)])
+        assert info.value.status == 401
         await bad.close()
 
     asyncio.run(run())
