@@ -36,8 +36,10 @@ def build(out: Path, clang: str = "clang", strip: str = "llvm-strip") -> dict[st
     objects: dict[str, str] = {}
     for src in sorted(SRC.glob("*.bpf.c")):
         obj = out / (src.name[: -len(".c")] + ".o")
-        cmd = [clang, *CFLAGS, "-I", str(SRC), "-c", str(src), "-o", str(obj)]
-        subprocess.run(cmd, check=True)
+        # Relative source paths from inside bpf/src: BTF line info records file names, and the objects must
+        # be byte-identical wherever the checkout lives (CI rebuilds them in another directory to compare).
+        cmd = [clang, *CFLAGS, f"-fdebug-prefix-map={SRC}=.", "-I", ".", "-c", src.name, "-o", str(obj.resolve())]
+        subprocess.run(cmd, check=True, cwd=SRC)
         # DWARF is only for debugging; BTF (kept by -g stripping) is what CO-RE needs.
         subprocess.run([strip, "-g", str(obj)], check=True)
         objects[obj.name] = _sha256(obj)
