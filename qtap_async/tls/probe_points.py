@@ -6,6 +6,9 @@ proven correct from the machine code alone, and otherwise falls back to the clas
 uretprobe (``fast=False``), saying why in ``ProbePlan.reason``. It never guesses:
 
 1. First instruction emulated: probe the entry; a uretprobe hooks the same instruction, so it is cheap.
+   More generally (``endbr64; push`` -> entry+4, ``xor; xor; jmp`` -> entry+5): the first emulated
+   instruction reached by straight-line code that moves neither rsp nor the arguments (register copies are
+   followed): the return address is still at (%rsp), so a uretprobe attached there is right too.
 2. Otherwise walk forward from the entry over straight-line code (following in-function jmps) until the
    forwarding call (``call``/tail ``jmp``) that receives the arguments. Every instruction on the way must
    leave the needed argument registers intact (a self-widening ``movslq %edx,%rdx`` keeps the value), and
@@ -13,8 +16,14 @@ uretprobe (``fast=False``), saying why in ``ProbePlan.reason``. It never guesses
    (calls only to known error-reporting/stack-check/no-return functions), rejoins the fall-through with the
    arguments intact, or re-enters the function entry (Go's morestack).
 3. Return values: the first emulated instruction after the forwarding call, with rax unwritten in between
-   and no jump landing between the call and it; else a uretprobe on the callee when the callee's first
-   instruction is emulated (for a tail ``jmp`` the callee's return is the function's own); else fallback.
+   and no jump landing between the call and it; else a uretprobe on the callee hooked where the callee's
+   return address is still at (%rsp) on an emulated instruction. A forwarding ``call``'s result is the
+   callee's, so its contract must be proven (OpenSSL: the same callee as SSL_read_ex/SSL_write_ex(2),
+   whose arguments it receives unchanged); for a tail ``jmp`` the callee's return is the function's own.
+4. When no single forwarding point exists (several I/O paths, as in gnutls_record_recv): every path may
+   make at most one I/O call or tail jump, after which the function must return that callee's value
+   (``cltq`` allowed). Each such instruction becomes an entry site (parameters followed through register
+   copies) and each callee gets a uretprobe; ``sp_delta`` pairs them. Else fallback.
 
 Go functions use ABIInternal (arguments in rax, rbx, rcx...), get RET-site probes instead of uretprobes
 (uretprobes crash Go programs: the runtime moves stacks), and their entry site skips the stack-check
