@@ -39,18 +39,29 @@ def _objects() -> list[ObjectInfo]:
 
 
 def _tls() -> list[dict[str, object]]:
+    """Every TLS library in a running process (or in the ld.so cache), with its probe plan: fast or slow."""
+    from qtap_async.sources.tls_manager import _system_libraries
+    from qtap_async.tls import scan_all
+
     try:
-        from qtap_async import tls
-    except ImportError:
-        return []
-    describe = getattr(tls, "describe", None)
-    if describe is None:
-        return []
-    try:
-        result = describe()
+        found = dict(scan_all())
+        for lib in _system_libraries():
+            found.setdefault(lib.key, lib)
     except Exception as exc:  # discovery must never break inspect
         return [{"error": f"TLS discovery failed: {exc}"}]
-    return list(result) if isinstance(result, list) else [msgspec.to_builtins(result)]
+    out: list[dict[str, object]] = []
+    for lib in sorted(found.values(), key=lambda x: x.path):
+        out.append({
+            "path": lib.path,
+            "kind": lib.kind,
+            "version": lib.version,
+            "linkage": lib.linkage,
+            "pids": len(lib.pids),
+            "fast": [p.function for p in lib.plans if p.fast],
+            "slow": [p.function for p in lib.plans if not p.fast],
+            "attachable": bool(lib.plans) and (lib.kind != "go" or lib.go_offsets is not None),
+        })
+    return out
 
 
 def gather() -> InspectReport:
@@ -82,9 +93,16 @@ def render(r: InspectReport) -> str:
         else:
             lines.append(f"  {o.name}: {len(o.programs)} programs, maps: {', '.join(o.maps)}")
     if r.tls:
-        lines.append("TLS libraries:")
+        lines.append("TLS libraries (uprobes attach per file; fast = emulated probe points, slow = single-stepped):")
         for t in r.tls:
-            lines.append("  " + ", ".join(f"{k}={v}" for k, v in t.items()))
+            if "error" in t:
+                lines.append(f"  {t['error']}")
+                continue
+            fast = ",".join(t.get("fast") or []) or "-"  # type: ignore[arg-type]
+            slow = ",".join(t.get("slow") or []) or "-"  # type: ignore[arg-type]
+            state = "attachable" if t.get("attachable") else "NOT attachable"
+            lines.append(f"  {t['path']} [{t['kind']} {t['version']}, {t['linkage']}, {t['pids']} processes] "
+                         f"{state}; fast: {fast}; slow: {slow}")
     if r.capture_possible:
         lines.append("capture: WILL WORK (tracepoints + ring buffer load and attach; uprobes load)")
     else:
