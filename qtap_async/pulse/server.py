@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from types import FrameType
 
 import uvicorn
@@ -10,6 +11,7 @@ import uvloop
 from qtap_async.errors import ConfigError
 from qtap_async.pulse.app import create_app
 from qtap_async.pulse.config import PulseConfig
+from qtap_async.pulse.storage import open_storage
 
 
 class _Server(uvicorn.Server):
@@ -31,15 +33,21 @@ def parse_listen(listen: str) -> tuple[str, int]:
 async def serve(config: PulseConfig, log_level: str = "info") -> None:
     """Serve until SIGINT/SIGTERM; on the way out the Kafka consumer commits and the writer flushes."""
     host, port = parse_listen(config.listen)
-    app = create_app(config)
-    if config.kafka.enabled:
-        from qtap_async.pulse.kafka import run_kafka
+    # Storage first, so a bad URL or a data directory in use fails with one clear line, not inside
+    # uvicorn's lifespan.
+    storage = await asyncio.to_thread(open_storage, config)
+    try:
+        app = create_app(config, storage=storage)
+        if config.kafka.enabled:
+            from qtap_async.pulse.kafka import run_kafka
 
-        app.state.pulse.background.append(run_kafka)
-    server = _Server(
-        uvicorn.Config(app, host=host, port=port, loop="none", lifespan="on", log_level=log_level, access_log=False)
-    )
-    await server.serve()
+            app.state.pulse.background.append(run_kafka)
+        server = _Server(
+            uvicorn.Config(app, host=host, port=port, loop="none", lifespan="on", log_level=log_level, access_log=False)
+        )
+        await server.serve()
+    finally:
+        await asyncio.to_thread(storage.close)
 
 
 def run(config: PulseConfig, log_level: str = "info") -> None:

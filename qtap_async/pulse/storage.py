@@ -115,7 +115,7 @@ class ChdbStorage(Storage):
                 str(target.resolve())
             )
         except Exception as e:
-            raise PulseError(f"cannot open chDB at {target}: {e}") from e
+            raise PulseError(f"cannot open chDB at {target} (is another Pulse using this data directory?): {e}") from e
         # While a streaming insert is open chDB refuses every other statement on the connection
         # ("Cannot run a query while a streaming insert is active"): one lock serializes them, so a
         # query waits for the INSERT round in progress (inline-data INSERTs would interleave but run
