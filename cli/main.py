@@ -26,7 +26,9 @@ def _fail(msg: str, code: int = 1) -> None:
 
 @app.command()
 def run(
-    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML config (default: local-only)")] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="YAML config (default: local-only); reloaded on SIGHUP/change")
+    ] = None,
     pid: Annotated[int, typer.Option(help="trace only this process (0: all)")] = 0,
     no_payload: Annotated[bool, typer.Option("--no-payload", help="count bytes only, no payloads")] = False,
     ring_buffer_mib: Annotated[int, typer.Option(help="ring buffer size in MiB (power of two)")] = 16,
@@ -42,8 +44,14 @@ def run(
     from qtap_async.telemetry import setup_logging
 
     setup_logging(log_level)
+    cfg = None
     if config is not None:
-        _fail("--config is not supported yet in this build: run without it for local-only mode", 2)
+        from qtap_async.config import load_config
+
+        try:
+            cfg = load_config(config)  # before the root check: a bad file is reported to anyone
+        except QtapError as exc:
+            _fail(str(exc), 2)
     if os.geteuid() != 0:
         _fail("must run as root (BPF needs CAP_BPF/CAP_PERFMON); see `qtap inspect`")
     size = ring_buffer_mib << 20
@@ -60,7 +68,15 @@ def run(
         metrics_interval_s=metrics_interval,
     )
     try:
-        code = run_agent(opts)
+        if cfg is not None:
+            # With a config, --level does not apply: the stacks' plugins decide what is kept.
+            import uvloop
+
+            from qtap_async.pipeline_config import run_with_config
+
+            code = uvloop.run(run_with_config(cfg, opts, path=config))
+        else:
+            code = run_agent(opts)
     except QtapError as exc:
         _fail(str(exc))
     raise typer.Exit(code)
@@ -92,6 +108,17 @@ def validate(
     from cli.validate import validate_command
 
     raise typer.Exit(validate_command(file, check_services))
+
+
+def _mount_record() -> None:
+    # cli/record.py imports only typer and msgspec at module level: registering it costs nothing at startup.
+    from cli.record import record_command, replay_command
+
+    app.command(name="record")(record_command)
+    app.command(name="replay")(replay_command)
+
+
+_mount_record()
 
 
 def _mount_pulse() -> None:

@@ -1,0 +1,82 @@
+"""`qtap record` with the real agent and real peers, then replay: the same transactions come out."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvloop
+
+from qtap_async.agent import AgentOptions
+from qtap_async.bpf.loader import CaptureSettings
+from qtap_async.replay import RecordFile, Recording, comparable, is_transaction, replay
+from tests.integration.harness import start_http_server
+from tests.integration.peers.http_server import body_for
+
+pytestmark = pytest.mark.bpf
+
+CURL = shutil.which("curl") or "/usr/bin/curl"
+
+
+def _record(path: Path, level: str, target: int, workload: Any) -> Recording:
+    opts = AgentOptions(tls=False, http_level=level,  # type: ignore[arg-type]
+                        capture=CaptureSettings(self_tgid=os.getpid(), target_tgid=target))
+    f = path.open("wb")
+    rec = Recording(f, opts, embed_events=True)
+    errors: list[BaseException] = []
+
+    def main() -> None:
+        try:
+            uvloop.run(rec.agent.run(install_signals=False))
+        except BaseException as exc:
+            errors.append(exc)
+            rec.agent.attached.set()
+
+    t = threading.Thread(target=main, daemon=True)
+    t.start()
+    assert rec.agent.attached.wait(60) and not errors, errors
+    try:
+        workload()
+    finally:
+        rec.agent.stop()
+        t.join(60)
+    assert not errors, errors
+    rec.finish()
+    f.close()
+    return rec
+
+
+@pytest.mark.parametrize("level", ["summary", "full"])
+def test_replay_of_a_live_recording_yields_the_live_transactions(tmp_path: Path, level: str) -> None:
+    server, port = start_http_server()
+    path = tmp_path / "live.qrec"
+    urls = [f"http://127.0.0.1:{port}/bytes?n={n}&chunk=8192" for n in (10, 5000, 200_000)]
+
+    def workload() -> None:
+        # One curl, three requests on one keep-alive connection, plus a second connection.
+        out = subprocess.run([CURL, "-sS", *urls], capture_output=True, check=True).stdout
+        assert out == body_for(10) + body_for(5000) + body_for(200_000)
+        subprocess.run([CURL, "-sS", "-o", "/dev/null", urls[0]], check=True)
+
+    try:
+        rec = _record(path, level, server.pid, workload)
+    finally:
+        server.kill()
+        server.wait()
+    rf = RecordFile.load(path)
+    assert rf.meta["level"] == level and rf.trailer is not None
+    assert rf.trailer["records"] == len(rf.records) == rec.writer.records > 0
+    live = [comparable(e) for e in rec.events if is_transaction(e)]
+    assert [(e["path"], e["status"], e["response_body_size"]) for e in live] == [
+        (u.removeprefix(f"http://127.0.0.1:{port}"), 200, n) for u, n in zip([*urls, urls[0]], [10, 5000, 200_000, 10],
+                                                                            strict=True)]
+    r = replay(rf.records, level=level, keep_events=True)  # type: ignore[arg-type]
+    assert r.decode_errors == 0 and r.internal_errors == 0
+    assert [comparable(e) for e in r.captured if is_transaction(e)] == live
+    if level == "full":
+        assert live[2]["response_body_size"] == 200_000 and live[2]["response_body"]
