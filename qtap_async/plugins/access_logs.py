@@ -1,0 +1,110 @@
+"""access_logs: one line per transaction in the agent's log (stderr), for people watching it.
+
+``summary``: method, URL, status, duration, process; ``details`` adds the headers, ``full`` the bodies.
+The log stays on the host, so it shows the URL as sent; nothing here reaches the stores.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+from qtap_async.config import AccessLogMode, AccessLogsConfig
+from qtap_async.events.http import Headers
+from qtap_async.plugins.base import Compile, FirstMatch
+from qtap_async.plugins.events import Emission
+from qtap_async.plugins.exchange import HttpExchange
+
+__all__ = ["AccessLogs", "format_console", "format_json"]
+
+log = logging.getLogger("qtap.access")
+_encode = msgspec.json.Encoder().encode
+_MAX_LOGGED_BODY = 4096  # a log line is for reading: longer bodies are cut (the object store has them)
+
+
+def _body_text(data: bytes, decoded: bytes | None) -> str:
+    body = decoded if decoded is not None else data
+    cut = body[:_MAX_LOGGED_BODY]
+    text = cut.decode("utf-8", "replace") if cut.isascii() or _utf8(cut) else f"[{len(body)} bytes of binary data]"
+    return text + ("..." if len(body) > _MAX_LOGGED_BODY else "")
+
+
+def _utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _ms(ns: int) -> str:
+    return f"{ns / 1e6:.1f}ms"
+
+
+def format_console(ex: HttpExchange, mode: AccessLogMode) -> str:
+    tx, c = ex.tx, ex.conn
+    status = str(tx.status) if tx.status is not None else "---"
+    proc = f"{c.exe.rsplit('/', 1)[-1] or c.comm}[{c.pid}]"
+    line = (f"{tx.method or '-'} {ex.url} {status} {_ms(ex.duration_ns)} "
+            f"{tx.response_body_size}B {proc} {c.direction}")
+    if tx.incomplete:
+        line += f" incomplete({tx.reason})"
+    if mode == "summary":
+        return line
+    parts = [line]
+
+    def headers(prefix: str, hs: Headers) -> None:
+        parts.extend(f"  {prefix} {k}: {v}" for k, v in hs)
+
+    headers(">", tx.request_headers)
+    if mode == "full" and (tx.request_body or tx.request_body_decoded):
+        parts.append("  > " + _body_text(tx.request_body, tx.request_body_decoded))
+    headers("<", tx.response_headers)
+    if mode == "full" and (tx.response_body or tx.response_body_decoded):
+        parts.append("  < " + _body_text(tx.response_body, tx.response_body_decoded))
+    return "\n".join(parts)
+
+
+def format_json(ex: HttpExchange, mode: AccessLogMode) -> str:
+    tx, c = ex.tx, ex.conn
+    doc: dict[str, Any] = {
+        "ts": ex.ts,
+        "method": tx.method,
+        "url": ex.url,
+        "status": tx.status,
+        "duration_ms": round(ex.duration_ns / 1e6, 3),
+        "resp_bytes": tx.response_body_size,
+        "pid": c.pid,
+        "exe": c.exe,
+        "direction": c.direction,
+    }
+    if mode in ("details", "full"):
+        doc["request_headers"] = tx.request_headers
+        doc["response_headers"] = tx.response_headers
+    if mode == "full":
+        doc["request_body"] = _body_text(tx.request_body, tx.request_body_decoded)
+        doc["response_body"] = _body_text(tx.response_body, tx.response_body_decoded)
+    return _encode(doc).decode()
+
+
+class AccessLogs:
+    name = "access_logs"
+
+    def __init__(self, config: AccessLogsConfig, compile: Compile,
+                 write: Callable[[str], None] | None = None) -> None:
+        self.config = config
+        self._rules: FirstMatch[AccessLogMode] = FirstMatch(
+            [(r.name, compile(r.expr), r.mode) for r in config.rules], config.mode)
+        self._format = format_json if config.format == "json" else format_console
+        #: Where lines go: the ``qtap.access`` logger (stderr) unless a test or embedder says otherwise.
+        self.write = write or log.info
+        self.lines = 0
+
+    def on_http(self, ex: HttpExchange) -> list[Emission]:
+        _, mode = self._rules.decide(ex)
+        self.write(self._format(ex, mode))
+        self.lines += 1
+        return []

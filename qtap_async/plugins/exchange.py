@@ -1,0 +1,177 @@
+"""What a plugin sees of one HTTP transaction: the transaction, its connection and process context,
+and a rule context over both.
+
+An ``HttpExchange`` is built once per transaction and handed to every plugin of the selected stack, so
+the derived values (host, URL, joined headers, the rule context) are computed at most once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from qtap_async.events.http import Headers, HttpTransaction
+from qtap_async.filters import ConnDirection, classify_connection
+
+if TYPE_CHECKING:
+    from qtap_async.transforms.conntrack import Connection
+
+__all__ = ["ConnContext", "ExchangeContext", "HttpExchange", "host_of", "join_headers"]
+
+
+class ConnContext(msgspec.Struct, frozen=True, gc=False, kw_only=True):
+    """The connection and process a transaction travelled on (a snapshot: plugins may keep it).
+
+    ``direction`` is classified (ingress, egress-internal, egress-external); ``src`` is the side that
+    initiated the connection. ``domain`` is what the connection is known as so far (SNI or Host).
+    """
+
+    conn_id: int
+    pid: int
+    exe: str = ""
+    comm: str = ""
+    user: str = ""
+    container_id: str = ""
+    direction: ConnDirection = "egress-external"
+    src_ip: str = ""
+    src_port: int = 0
+    dst_ip: str = ""
+    dst_port: int = 0
+    remote_ip: str = ""
+    tls: bool = False
+    domain: str = ""
+
+    @classmethod
+    def of(cls, conn: Connection, layer: int) -> ConnContext:
+        src_ip, src_port, dst_ip, dst_port = conn.endpoints()
+        p = conn.process
+        return cls(
+            conn_id=conn.conn_id,
+            pid=conn.pid,
+            exe=p.exe,
+            comm=p.comm,
+            user=p.user,
+            container_id=p.container_id,
+            direction=classify_connection(conn.direction == "ingress", conn.raddr),
+            src_ip=src_ip,
+            src_port=src_port,
+            dst_ip=dst_ip,
+            dst_port=dst_port,
+            remote_ip=conn.raddr,
+            tls=layer == 1 or conn.tls,
+            domain=conn.domain,
+        )
+
+    @property
+    def coarse_direction(self) -> str:
+        """``ingress`` or ``egress`` (what Pulse's schema and connection events use)."""
+        return "ingress" if self.direction == "ingress" else "egress"
+
+
+def host_of(authority: str | None) -> str:
+    """The host of an authority, without the port; IPv6 literals lose their brackets."""
+    if not authority:
+        return ""
+    if authority.startswith("["):
+        end = authority.find("]")
+        return authority[1:end] if end > 0 else authority
+    if authority.count(":") == 1:
+        return authority.partition(":")[0]
+    return authority
+
+
+def join_headers(headers: Headers) -> dict[str, str]:
+    """Headers by lowercased name; a header sent more than once has its values joined with ", "."""
+    out: dict[str, str] = {}
+    for name, value in headers:
+        key = name.lower()
+        prev = out.get(key)
+        out[key] = value if prev is None else f"{prev}, {value}"
+    return out
+
+
+class HttpExchange:
+    """One transaction with its context. ``id`` names it in every event and object it produces."""
+
+    __slots__ = ("_ctx", "_req_headers", "_res_headers", "conn", "host", "id", "scheme", "ts", "ts_ns", "tx")
+
+    def __init__(self, tx: HttpTransaction, conn: ConnContext, *, id: str, ts: str, ts_ns: int) -> None:
+        self.tx = tx
+        self.conn = conn
+        self.id = id
+        #: Wall-clock start of the transaction: RFC 3339 text and epoch nanoseconds.
+        self.ts = ts
+        self.ts_ns = ts_ns
+        self.host = host_of(tx.authority) or host_of(conn.domain)
+        self.scheme = tx.scheme or ("https" if conn.tls else "http")
+        self._req_headers: dict[str, str] | None = None
+        self._res_headers: dict[str, str] | None = None
+        self._ctx: ExchangeContext | None = None
+
+    @property
+    def request_headers(self) -> dict[str, str]:
+        if self._req_headers is None:
+            self._req_headers = join_headers(self.tx.request_headers)
+        return self._req_headers
+
+    @property
+    def response_headers(self) -> dict[str, str]:
+        if self._res_headers is None:
+            self._res_headers = join_headers(self.tx.response_headers)
+        return self._res_headers
+
+    @property
+    def url(self) -> str:
+        authority = self.tx.authority or self.host
+        return f"{self.scheme}://{authority}{self.tx.path or ''}"
+
+    @property
+    def duration_ns(self) -> int:
+        tx = self.tx
+        if tx.response_end_ns and tx.request_start_ns:
+            return max(0, tx.response_end_ns - tx.request_start_ns)
+        return 0
+
+    @property
+    def context(self) -> ExchangeContext:
+        """The rule context of this exchange (see docs/config.md, "Fields")."""
+        if self._ctx is None:
+            self._ctx = ExchangeContext(self)
+        return self._ctx
+
+
+class ExchangeContext:
+    """``get(field)`` for rulekit: the documented fields of one exchange, None when missing."""
+
+    __slots__ = ("_ex",)
+
+    def __init__(self, ex: HttpExchange) -> None:
+        self._ex = ex
+
+    def get(self, field: str, /) -> str | int | float | None:
+        ex = self._ex
+        if field.startswith("http.req.headers."):
+            return ex.request_headers.get(field[17:])
+        if field.startswith("http.res.headers."):
+            return ex.response_headers.get(field[17:])
+        getter = _FIELDS.get(field)
+        return getter(ex) if getter is not None else None
+
+
+def _or_none(value: str) -> str | None:
+    return value or None
+
+
+_FIELDS: dict[str, Callable[[HttpExchange], str | int | float | None]] = {
+    "http.req.method": lambda ex: ex.tx.method,
+    "http.req.path": lambda ex: ex.tx.path,
+    "http.req.host": lambda ex: _or_none(ex.host),
+    "http.req.url": lambda ex: ex.url if ex.tx.path is not None else None,
+    "http.res.status": lambda ex: ex.tx.status,
+    "process.exe": lambda ex: _or_none(ex.conn.exe),
+    "process.pid": lambda ex: ex.conn.pid,
+    "conn.direction": lambda ex: ex.conn.direction,
+    "conn.remote_ip": lambda ex: _or_none(ex.conn.remote_ip),
+}

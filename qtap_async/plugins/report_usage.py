@@ -1,0 +1,75 @@
+"""report_usage: one anonymized ``request`` event per transaction (Pulse's ``request`` type).
+
+The path is a template (ids, UUIDs, numbers, hashes become placeholders), query values are masked
+except ``safe_query_params``, and the caller's credential (Authorization, X-API-Key and the other
+``mask_headers``) appears only as its SHA-256 hash. Content type and user agent are the only header
+values kept: they describe the client software, not the person.
+"""
+
+from __future__ import annotations
+
+from qtap_async.config import ReportUsageConfig
+from qtap_async.plugins.anonymize import auth_token, hash_token, masked_target
+from qtap_async.plugins.events import Emission, RequestEvent
+from qtap_async.plugins.exchange import HttpExchange
+
+__all__ = ["ReportUsage", "pulse_protocol"]
+
+_MAX_NAME = 255  # Pulse's limit for host, content type and user agent
+
+
+def pulse_protocol(protocol: str, grpc: bool) -> str:
+    """The protocol names of Pulse's schema: http1, http2, grpc (or unknown)."""
+    if grpc:
+        return "grpc"
+    if protocol.startswith("http/1"):
+        return "http1"
+    if protocol in ("h2", "h2c"):
+        return "http2"
+    return "unknown"
+
+
+class ReportUsage:
+    name = "report_usage"
+
+    def __init__(self, config: ReportUsageConfig) -> None:
+        self.config = config
+        self._safe = frozenset(config.safe_query_params)
+        self._mask = tuple(h.lower() for h in config.mask_headers)
+        self._tags = list(config.tags)
+
+    def on_http(self, ex: HttpExchange) -> list[Emission]:
+        tx, c = ex.tx, ex.conn
+        if tx.method is None and tx.status is None:
+            return []  # nothing was parsed: no request to report
+        req = ex.request_headers
+        token = auth_token(req, self._mask)
+        grpc = tx.grpc
+        content_type = ex.response_headers.get("content-type") or req.get("content-type") or ""
+        return [
+            RequestEvent(
+                id=f"{ex.id}-req",
+                ts=ex.ts,
+                conn_id=c.conn_id,
+                direction=c.coarse_direction,
+                method=(tx.method or "")[:64],
+                domain=ex.host[:_MAX_NAME],
+                host=ex.host[:_MAX_NAME],
+                path=masked_target(tx.path or "", self._safe, template=True)[:2048],
+                status=tx.status or 0,
+                duration_ns=ex.duration_ns,
+                req_bytes=tx.request_body_size,
+                resp_bytes=tx.response_body_size,
+                content_type=content_type[:_MAX_NAME],
+                user_agent=req.get("user-agent", "")[:_MAX_NAME],
+                pid=c.pid,
+                exe=c.exe[:2048],
+                container_id=c.container_id,
+                protocol=pulse_protocol(tx.protocol, grpc is not None),
+                auth_token_hash=hash_token(token) if token else "",
+                grpc_service=grpc.service[:_MAX_NAME] if grpc else "",
+                grpc_method=grpc.method[:_MAX_NAME] if grpc else "",
+                grpc_status=grpc.grpc_status if grpc and grpc.grpc_status is not None else -1,
+                tags=self._tags,
+            )
+        ]

@@ -1,0 +1,248 @@
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from qtap_async.buffers.channel import Channel
+from qtap_async.config import loads_config
+from qtap_async.errors import ConfigError
+from qtap_async.filters import SKIP_ALL
+from qtap_async.pipeline_config import ConfigReloader, ConfiguredRuntime, Pipeline, build_stores
+from qtap_async.plugins import HttpTransactionEvent
+from qtap_async.transforms.conntrack import Conntrack
+from tests.plugins.fakes import (
+    FixedProcesses,
+    conn_close,
+    conn_open,
+    data,
+    http_exchange_records,
+    memory_runners,
+)
+
+GET = b"GET /bytes?n=3 HTTP/1.1\r\nHost: %s\r\nUser-Agent: t\r\n\r\n"
+OK = b"HTTP/1.1 %d X\r\nContent-Length: 3\r\nContent-Type: text/plain\r\n\r\nabc"
+
+
+def config(level: str = "summary", extra_tap: str = "", services: str = "") -> str:
+    return f"""
+version: 2
+services:
+  event_stores: [{{type: stdout}}]
+  object_stores: [{{type: {services or 'stdout'}}}]
+stacks:
+  default:
+    plugins:
+      - type: http_capture
+        config:
+          level: {level}
+          rules:
+            - name: failures
+              expr: http.res.status >= 400
+              level: full
+  light:
+    plugins:
+      - type: report_usage
+tap:
+  direction: egress
+  http:
+    stack: default
+{extra_tap}
+"""
+
+
+async def drive(runtime: ConfiguredRuntime, records: list[Any], exes: dict[int, str]) -> Conntrack:
+    """Feed kernel records through a conntrack wired like the agent's, then run the writer to the end."""
+    ct = Conntrack(session_factory=runtime.session_factory, processes=FixedProcesses(exes))
+    ct.on_protocol_record = runtime.on_protocol_record
+    runtime.bind(ct)
+    rx: Channel[list[Any]] = Channel(1000, 1 << 30, "block")
+    for rec in records:
+        out = ct.handle(rec)
+        if out:
+            rx.send_nowait(out)
+    rx.close()
+    await runtime.writer.run(rx)
+    return ct
+
+
+def decoded(records: list[Any]) -> list[dict[str, Any]]:
+    return [msgspec.json.decode(r.value) for r in records]
+
+
+def one_request(conn_id: int, pid: int, host: bytes = b"api.example.com", status: int = 200,
+                **kw: Any) -> list[Any]:
+    return [conn_open(conn_id, pid, **kw), *http_exchange_records(conn_id, pid, GET % host, OK % status),
+            conn_close(conn_id, pid, 9_000_000)]
+
+
+def with_memory(runtime: ConfiguredRuntime) -> tuple[Any, Any]:
+    ev, ob, er, orr = memory_runners()
+    runtime.writer.events, runtime.writer.objects = [er], [orr]
+    return ev, ob
+
+
+# -- filters ------------------------------------------------------------------------------------
+
+def test_pipeline_skips_by_exe_group_direction_and_loopback() -> None:
+    p = Pipeline(loads_config(config(extra_tap="""  ignore_loopback: true
+  filters:
+    groups: [qpoint]
+    custom:
+      - {exe: /usr/bin/wget}
+      - {exe: /opt/java, strategy: prefix, only: [tls]}""")))
+    assert p.skipped(ingress=False, remote_ip="8.8.8.8", exe="/usr/bin/curl") == frozenset()
+    assert p.skipped(ingress=False, remote_ip="8.8.8.8", exe="/usr/bin/wget") is SKIP_ALL
+    assert p.skipped(ingress=False, remote_ip="8.8.8.8", exe="/usr/local/bin/qtap") is SKIP_ALL
+    assert p.skipped(ingress=True, remote_ip="8.8.8.8", exe="/usr/bin/curl") is SKIP_ALL
+    assert p.skipped(ingress=False, remote_ip="127.0.0.1", exe="/usr/bin/curl") is SKIP_ALL
+    assert p.skipped(ingress=False, remote_ip="8.8.8.8", exe="/opt/java/bin/java") == frozenset({"tls"})
+
+
+async def test_ignored_process_gets_no_parser_and_no_events() -> None:
+    runtime = ConfiguredRuntime(loads_config(config(extra_tap="""  filters:
+    custom: [{exe: /usr/bin/wget}]""")))
+    ev, _ = with_memory(runtime)
+    ct = await drive(runtime, [*one_request(1, 100), *one_request(2, 200)], {100: "/usr/bin/curl",
+                                                                           200: "/usr/bin/wget"})
+    events = decoded(ev.records)
+    assert {e.get("exe") for e in events} == {"/usr/bin/curl"}
+    assert [e["type"] for e in events] == ["connection", "http_transaction", "connection"]
+    assert runtime.ignored_connections == 1
+    assert ct.stats.connections_closed == 2  # both were tracked; only the captured one was parsed
+
+
+async def test_endpoint_stack_applies_only_to_its_domain_and_levels_follow_rules() -> None:
+    runtime = ConfiguredRuntime(loads_config(config(extra_tap="""  endpoints:
+    - domain: usage.example.com
+      http: {stack: light}
+    - domain: "*.quiet.example.com"
+      http: {stack: none}""")))
+    ev, ob = with_memory(runtime)
+    await drive(runtime, [*one_request(1, 100, b"usage.example.com:8080"),
+                          *one_request(2, 100, b"api.example.com", status=500),
+                          *one_request(3, 100, b"a.quiet.example.com"),
+                          *one_request(4, 100, b"api.example.com")], {100: "/usr/bin/curl"})
+    by_conn: dict[int, list[str]] = {}
+    for e in decoded(ev.records):
+        if e["type"] != "connection":
+            by_conn.setdefault(e["conn_id"], []).append(e["type"] + ":" + e.get("level", ""))
+    assert by_conn == {1: ["request:"], 2: ["http_transaction:full", "object_ref:"], 4: ["http_transaction:summary"]}
+    assert len(ob.objects) == 1 and ob.objects[0].conn_id == 2
+
+
+async def test_ingress_is_left_out_with_direction_egress() -> None:
+    runtime = ConfiguredRuntime(loads_config(config()))
+    ev, _ = with_memory(runtime)
+    await drive(runtime, one_request(1, 100, accept=True), {100: "/usr/bin/python3"})
+    assert ev.records == []
+
+
+# -- reloads ------------------------------------------------------------------------------------
+
+async def test_apply_switches_level_for_the_next_transactions_of_open_connections() -> None:
+    runtime = ConfiguredRuntime(loads_config(config("summary")))
+    ev, _ = with_memory(runtime)
+    ct = Conntrack(session_factory=runtime.session_factory, processes=FixedProcesses({100: "/usr/bin/curl"}))
+    ct.on_protocol_record = runtime.on_protocol_record
+    runtime.bind(ct)
+    out: list[Any] = []
+    out += ct.handle(conn_open(1, 100))
+    out += ct.handle(http_exchange_records(1, 100, GET % b"h", OK % 200)[0])
+    out += ct.handle(http_exchange_records(1, 100, GET % b"h", OK % 200)[1])
+    await runtime.apply(loads_config(config("details")))  # same services: the stores stay
+    req2 = GET % b"h"
+    resp2 = OK % 200
+    out += ct.handle(data(1, 100, 0, req2, len(req2), 5_000_000))
+    out += ct.handle(data(1, 100, 1, resp2, len(resp2), 6_000_000))
+    out += ct.handle(conn_close(1, 100, 9_000_000))
+    levels = [e.level for e in out if isinstance(e, HttpTransactionEvent)]
+    assert levels == ["summary", "details"]
+    assert runtime.reloads == 1 and ev.records == []  # (the writer did not run: nothing stored)
+
+
+async def test_bad_reload_keeps_the_running_config() -> None:
+    runtime = ConfiguredRuntime(loads_config(config("summary")))
+    before = runtime.pipeline
+
+    def bad() -> Any:
+        return loads_config("version: 2\ntap: {direction: sideways}\n")
+
+    assert not await runtime.reload(bad)
+    assert runtime.pipeline is before and runtime.failed_reloads == 1
+
+
+async def test_reload_with_new_stores_starts_them_before_switching(tmp_path: Path) -> None:
+    runtime = ConfiguredRuntime(loads_config(config("details")))
+    old_events = runtime.writer.events
+    rx: Channel[list[Any]] = Channel(100, 1 << 20, "block")
+    task = asyncio.create_task(runtime.writer.run(rx))
+    new = loads_config(config("details", services=f"dir, path: {tmp_path / 'objs'}"))
+    assert await runtime.reload(lambda: new)
+    assert runtime.writer.events is not old_events
+    assert [r.name for r in runtime.writer.objects] == ["dir"]
+    assert all(r.channel.closed for r in old_events)
+    rx.close()
+    await task
+
+
+async def test_reload_with_an_unusable_store_changes_nothing(tmp_path: Path) -> None:
+    runtime = ConfiguredRuntime(loads_config(config("details")))
+    before = (runtime.pipeline, runtime.writer.events, runtime.writer.objects)
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    new = loads_config(config("full", services=f"dir, path: {blocker / 'sub'}"))
+    assert not await runtime.reload(lambda: new)
+    assert (runtime.pipeline, runtime.writer.events, runtime.writer.objects) == before
+
+
+async def test_reloader_follows_file_changes_and_requests(tmp_path: Path) -> None:
+    path = tmp_path / "qpoint.yaml"
+    path.write_text(config("summary"))
+    runtime = ConfiguredRuntime(loads_config(path.read_text()))
+    reloader = ConfigReloader(path, runtime, interval=0.05)
+    task = asyncio.create_task(reloader.run())
+    try:
+        path.write_text(config("full") + "\n# changed\n")
+        while runtime.reloads < 1:
+            await asyncio.sleep(0.02)
+        plugin = runtime.pipeline.stacks["default"].plugins[0]
+        assert plugin.config.level == "full"  # type: ignore[attr-defined]
+        path.write_text("version: 2\nstacks: {broken\n")
+        while runtime.failed_reloads < 1:
+            await asyncio.sleep(0.02)
+        assert runtime.pipeline.stacks["default"].plugins[0].config.level == "full"  # type: ignore[attr-defined]
+        loop = asyncio.get_running_loop()
+        path.write_text(config("details"))
+        loop.add_signal_handler(signal.SIGHUP, reloader.request)
+        try:
+            reloader.request()
+            while runtime.reloads < 2:
+                await asyncio.sleep(0.02)
+        finally:
+            loop.remove_signal_handler(signal.SIGHUP)
+        assert runtime.pipeline.stacks["default"].plugins[0].config.level == "details"  # type: ignore[attr-defined]
+    finally:
+        task.cancel()
+
+
+def test_build_stores_leaves_disabled_out_and_reports_missing_secrets() -> None:
+    events, objects = build_stores(loads_config(config(services="disabled")).services)
+    assert [r.name for r in events] == ["stdout"] and objects == []
+    cfg = loads_config("""
+version: 2
+services:
+  event_stores:
+    - type: pulse
+      url: http://127.0.0.1:1
+      token: {type: env, value: QTAP_TEST_UNSET_TOKEN_VAR}
+""")
+    try:
+        build_stores(cfg.services)
+    except ConfigError as exc:
+        assert "QTAP_TEST_UNSET_TOKEN_VAR" in str(exc)
+    else:
+        raise AssertionError("a missing secret must fail before anything starts")
