@@ -19,6 +19,16 @@ def _error(description: str) -> dict[str, Any]:
     }
 
 
+_PARAM_DOCS = {
+    "start": "Range start (inclusive): epoch nanoseconds or RFC 3339 with offset. Default: 24 h before `end`.",
+    "end": "Range end (exclusive): epoch nanoseconds or RFC 3339 with offset. Default: now.",
+    "limit": "Maximum rows returned.",
+    "offset": "Rows skipped (paging).",
+    "bucket": "Bucket width in seconds (at most 10,000 buckets per range).",
+    "group_by": "`process` (pid, exe, container) or `container`.",
+    "transaction_id": "The transaction whose object references to list.",
+}
+
 _AUTH_ERRORS = {
     "401": _error("Missing or invalid bearer token"),
     "403": _error("Token revoked or lacking the scope"),
@@ -92,7 +102,16 @@ def build_openapi(version: str = "0.1.0") -> dict[str, Any]:
         for name, prop in props.items():
             schema = _param_schema(prop)
             in_path = "{" + name + "}" in q.path
-            params.append({"name": name, "in": "path" if in_path else "query", "required": in_path, "schema": schema})
+            doc = _PARAM_DOCS.get(name, f"Only rows whose `{name}` equals this value.")
+            params.append(
+                {
+                    "name": name,
+                    "in": "path" if in_path else "query",
+                    "required": in_path,
+                    "schema": schema,
+                    "description": doc,
+                }
+            )
         paths[q.path] = {
             "get": {
                 "operationId": q.run.__name__,
