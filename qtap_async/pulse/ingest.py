@@ -16,7 +16,7 @@ import time
 import zlib
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple
 
 import msgspec
 import zstandard
@@ -26,7 +26,6 @@ from qtap_async.pulse.metrics import Metrics
 from qtap_async.pulse.schema import TABLE_OF, Batch, Event, IngestResult, ItemError
 from qtap_async.pulse.storage import Storage
 
-T = TypeVar("T")
 RunBlocking = Callable[..., Awaitable[Any]]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

@@ -80,16 +80,15 @@ class Storage(ABC):
             self.command(stmt)
         for name in TABLES:
             table = stored_table(self.config, name)
-            want = ttl_clause(getattr(self.config.retention, name))
+            days = getattr(self.config.retention, name)
             rows = self.query(
                 "SELECT engine_full FROM system.tables WHERE database = {db:String} AND name = {t:String}",
                 {"db": self.database, "t": table},
             )
-            days = getattr(self.config.retention, name)
             m = _TTL_DAYS.search(rows[0]["engine_full"]) if rows else None
             if m is not None and int(m.group(1) or m.group(2)) != days:
                 on_cluster = f" ON CLUSTER {self.config.cluster}" if self.config.cluster else ""
-                self.command(f"ALTER TABLE {self.database}.{table}{on_cluster} MODIFY {want}")
+                self.command(f"ALTER TABLE {self.database}.{table}{on_cluster} MODIFY {ttl_clause(days)}")
 
 
 def _escape(value: str) -> str:
