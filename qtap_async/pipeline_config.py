@@ -329,13 +329,15 @@ class ConfiguredRuntime:
     def on_protocol_record(self, conn: Connection, rec: Any, layer: int) -> list[Any]:
         if isinstance(rec, HttpTransaction):
             return self._http(conn, rec, layer)
-        if isinstance(rec, DnsMessage) and not self.pipeline.include_dns:
-            return []
         if self._output is None:
             if isinstance(rec, TlsClientHello) and rec.sni and not conn.domain:
                 conn.domain = rec.sni
             return []
-        return self._output.convert(conn, rec, layer)
+        # Converted even when not stored: the output stage learns domains from SNI and DNS answers.
+        out = self._output.convert(conn, rec, layer)
+        if isinstance(rec, DnsMessage) and not self.pipeline.include_dns:
+            return []
+        return out
 
     def _http(self, conn: Connection, tx: HttpTransaction, layer: int) -> list[Any]:
         host = host_of(tx.authority)
