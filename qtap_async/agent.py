@@ -139,6 +139,10 @@ class Agent:
         m["qtap_stream_gaps_total"] = st.reassembly.gaps
         m["qtap_stream_gap_bytes_total"] = st.reassembly.gap_bytes
         m["qtap_events_written_total"] = self.writer.written
+        # A writer with stores (qtap_async.pipeline_config.StoreWriter) adds its sinks' and plugins' counters.
+        writer_stats = getattr(self.writer, "stats", None)
+        if writer_stats is not None:
+            m.update(writer_stats())
         return m
 
     async def run(self, install_signals: bool = True) -> int:

@@ -152,6 +152,7 @@ class StoreWriter(StdoutWriter):
         self.objects = objects
         self.keep = keep
         self.objects_discarded = 0  # objects made while no object store is enabled
+        self.extra_stats: Callable[[], dict[str, int]] | None = None
         self.filtered = 0
         self._tasks: dict[asyncio.Task[None], AnyRunner] = {}
         self._running = False
@@ -250,14 +251,19 @@ class StoreWriter(StdoutWriter):
             with contextlib.suppress(Exception):
                 await r.run()
 
-    def stats(self) -> dict[str, int | float]:
-        out: dict[str, int | float] = {
+    def stats(self) -> dict[str, int]:
+        """Counters with stable qtap_* names (the agent's snapshot includes them)."""
+        out: dict[str, int] = {
             "qtap_pipeline_objects_discarded_total": self.objects_discarded,
             "qtap_pipeline_filtered_events_total": self.filtered,
         }
+        if self.extra_stats is not None:
+            out.update(self.extra_stats())
         for r in _runners(self.events, self.objects):
             for k, v in r.stats().items():
-                out[f"{k}{{store=\"{r.kind}:{r.name}\"}}"] = v
+                if isinstance(v, float):  # latency in seconds: the agent's snapshot holds integers
+                    k, v = k.replace("_seconds", "_microseconds"), round(v * 1e6)
+                out[f'{k}{{store="{r.kind}:{r.name}"}}'] = v
         return out
 
 
@@ -273,6 +279,7 @@ class ConfiguredRuntime:
         self.pipeline = Pipeline(config, access_log=access_log)
         events, objects = build_stores(config.services)
         self.writer = StoreWriter(events, objects, keep=self._keep)
+        self.writer.extra_stats = self.stats
         self._skips: dict[int, frozenset[str]] = {}
         self._ids = itertools.count(1)
         self._id_prefix = os.urandom(4).hex()
@@ -285,6 +292,17 @@ class ConfiguredRuntime:
     @property
     def config(self) -> Config:
         return self.pipeline.config
+
+    def stats(self) -> dict[str, int]:
+        out = {
+            "qtap_pipeline_ignored_connections_total": self.ignored_connections,
+            "qtap_config_reloads_total": self.reloads,
+            "qtap_config_reload_failures_total": self.failed_reloads,
+        }
+        for name, stack in self.pipeline.stacks.items():
+            out[f'qtap_stack_transactions_total{{stack="{name}"}}'] = stack.transactions
+            out[f'qtap_stack_plugin_errors_total{{stack="{name}"}}'] = stack.errors
+        return out
 
     def bind(self, conntrack: Conntrack) -> None:
         """The agent's conntrack (for wall-clock times); set by ``attach``."""

@@ -113,6 +113,11 @@ async def test_ignored_process_gets_no_parser_and_no_events() -> None:
     assert [e["type"] for e in events] == ["connection", "http_transaction", "connection"]
     assert runtime.ignored_connections == 1
     assert ct.stats.connections_closed == 2  # both were tracked; only the captured one was parsed
+    stats = runtime.writer.stats()
+    assert stats["qtap_pipeline_ignored_connections_total"] == 1
+    assert stats['qtap_stack_transactions_total{stack="default"}'] == 1
+    assert stats["qtap_pipeline_filtered_events_total"] == 2  # wget's open and close
+    assert stats['qtap_sink_delivered_events_total{store="event:mem"}'] == 3
 
 
 async def test_endpoint_stack_applies_only_to_its_domain_and_levels_follow_rules() -> None:
