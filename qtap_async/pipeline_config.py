@@ -152,6 +152,7 @@ class StoreWriter(StdoutWriter):
         self.objects = objects
         self.keep = keep
         self.objects_discarded = 0  # objects made while no object store is enabled
+        self.events_discarded = 0  # events made while no event store is enabled
         self.extra_stats: Callable[[], dict[str, int]] | None = None
         self.filtered = 0
         self._tasks: dict[asyncio.Task[None], AnyRunner] = {}
@@ -216,6 +217,9 @@ class StoreWriter(StdoutWriter):
                 with contextlib.suppress(ChannelClosed):  # a store being replaced right now
                     await r.channel.send(item)
             return
+        if not self.events:
+            self.events_discarded += 1
+            return
         for e in self.events:
             with contextlib.suppress(ChannelClosed):
                 await e.channel.send(item)
@@ -255,6 +259,7 @@ class StoreWriter(StdoutWriter):
         """Counters with stable qtap_* names (the agent's snapshot includes them)."""
         out: dict[str, int] = {
             "qtap_pipeline_objects_discarded_total": self.objects_discarded,
+            "qtap_pipeline_events_discarded_total": self.events_discarded,
             "qtap_pipeline_filtered_events_total": self.filtered,
         }
         if self.extra_stats is not None:

@@ -28,16 +28,14 @@ _MAX_LOGGED_BODY = 4096  # a log line is for reading: longer bodies are cut (the
 def _body_text(data: bytes, decoded: bytes | None) -> str:
     body = decoded if decoded is not None else data
     cut = body[:_MAX_LOGGED_BODY]
-    text = cut.decode("utf-8", "replace") if cut.isascii() or _utf8(cut) else f"[{len(body)} bytes of binary data]"
-    return text + ("..." if len(body) > _MAX_LOGGED_BODY else "")
-
-
-def _utf8(data: bytes) -> bool:
     try:
-        data.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
+        text = cut.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        # A character split by the cut is not binary data; anything earlier is.
+        if len(body) <= _MAX_LOGGED_BODY or exc.start < len(cut) - 3:
+            return f"[{len(body)} bytes of binary data]"
+        text = cut[: exc.start].decode("utf-8")
+    return text + ("..." if len(body) > _MAX_LOGGED_BODY else "")
 
 
 def _ms(ns: int) -> str:

@@ -60,3 +60,11 @@ def test_default_writer_is_the_access_logger(caplog: pytest.LogCaptureFixture) -
         logger.propagate = propagate
     lines = [r.getMessage() for r in caplog.records if r.name == "qtap.access"]
     assert len(lines) == 6 and lines[0].startswith("GET https://127.0.0.1:42815/items?id=1 200")
+
+
+def test_long_bodies_are_cut_and_binary_is_summarized() -> None:
+    long = ("a" + "é" * 3000).encode()  # 6001 bytes: byte 4096 falls inside a character
+    (line,) = run(tx(response_body=long, response_body_size=len(long)), mode="full")
+    assert line.endswith("...") and "binary" not in line
+    (binary,) = run(tx(response_body=b"\xff\xfe\x00", response_body_size=3), mode="full")
+    assert "  < [3 bytes of binary data]" in binary
