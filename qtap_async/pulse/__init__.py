@@ -1,0 +1,32 @@
+"""Pulse: the self-hosted ingestion + query service (HTTP and Kafka in, ClickHouse/chDB out).
+
+The server side lives in ``qtap_async.pulse.app`` (``create_app``) and ``qtap_async.pulse.server``
+(``run``); importing this package does not load the web stack or a ClickHouse engine.
+"""
+
+from qtap_async.pulse.client import PulseClient
+from qtap_async.pulse.config import PulseConfig, load_config
+from qtap_async.pulse.schema import (
+    ConnectionEvent,
+    Event,
+    IngestResult,
+    IssueEvent,
+    ItemError,
+    ObjectRefEvent,
+    RequestEvent,
+)
+from qtap_async.pulse.tokens import TokenStore
+
+__all__ = [
+    "ConnectionEvent",
+    "Event",
+    "IngestResult",
+    "IssueEvent",
+    "ItemError",
+    "ObjectRefEvent",
+    "PulseClient",
+    "PulseConfig",
+    "RequestEvent",
+    "TokenStore",
+    "load_config",
+]
