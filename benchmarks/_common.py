@@ -46,7 +46,21 @@ def machine() -> dict[str, Any]:
         "load_1m": round(load1, 2),
         "load_5m": round(load5, 2),
         "load_15m": round(load15, 2),
+        "bpf_objects": _objects_id(),
     }
+
+
+def _objects_id() -> str:
+    """Which BPF objects were measured (QTAP_BPF_DIR can point a run at another build)."""
+    import hashlib
+
+    from qtap_async.bpf.loader import objects_dir as od
+
+    sock = od() / "socket.bpf.o"
+    try:
+        return f"{sock.parent} socket.bpf.o sha256:{hashlib.sha256(sock.read_bytes()).hexdigest()[:12]}"
+    except OSError:
+        return f"{sock.parent} (missing)"
 
 
 def write_result(name: str, result: dict[str, Any], summary: str) -> None:
@@ -248,3 +262,167 @@ def run_quiet(cmd: list[str], timeout: float = 120) -> str:
     if r.returncode != 0:
         raise RuntimeError(f"{cmd[0]} failed ({r.returncode}): {r.stderr[-2000:]}")
     return r.stdout
+
+
+REFERENCE_DIR = ROOT / "benchmarks" / "reference"
+VENV_BIN = ROOT / ".venv" / "bin"
+
+
+def build_reference() -> Path:
+    """Build the C reference consumer if it is missing or older than its source."""
+    src, exe = REFERENCE_DIR / "qtap_ref.c", REFERENCE_DIR / "qtap_ref"
+    if not exe.exists() or exe.stat().st_mtime < src.stat().st_mtime:
+        subprocess.run(["clang", "-O2", "-g", "-Wall", "-o", str(exe), str(src), "-lbpf", "-lelf", "-lz"], check=True)
+    return exe
+
+
+def objects_dir() -> Path:
+    from qtap_async.bpf.loader import objects_dir as od
+
+    return od()
+
+
+class Consumer:
+    """A ring-buffer consumer in its own process: none, the C reference, or `qtap run` at a level.
+
+    `cpu_seconds()` reads /proc, so a measurement window can exclude start-up (BPF load, TLS discovery).
+    """
+
+    def __init__(self, mode: str, target_tgid: int = 0, tls: bool = True, ring_mib: int = 16) -> None:
+        self.mode = mode
+        self.proc: subprocess.Popen[str] | None = None
+        self.stderr: list[str] = []
+        self.stdout = ""
+        if mode == "none":
+            return
+        if mode == "ref":
+            cmd = [str(build_reference()), str(objects_dir()), "--ring-mib", str(ring_mib)]
+            if target_tgid:
+                cmd += ["--target-tgid", str(target_tgid)]
+            ready = "ATTACHED"
+            out = subprocess.PIPE
+        else:
+            cmd = [str(VENV_BIN / "qtap"), "run", "--level", mode, "--ring-buffer-mib", str(ring_mib)]
+            if target_tgid:
+                cmd += ["--pid", str(target_tgid)]
+            if not tls:
+                cmd.append("--no-tls")
+            ready = "capture attached"
+            out = subprocess.DEVNULL  # events are encoded and written; the bench does not keep them
+        self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.PIPE, text=True)
+        attached = threading.Event()
+
+        def pump() -> None:
+            assert self.proc is not None and self.proc.stderr is not None
+            for line in self.proc.stderr:
+                self.stderr.append(line)
+                if ready in line:
+                    attached.set()
+            attached.set()
+
+        self._pump = threading.Thread(target=pump, daemon=True)
+        self._pump.start()
+        if not attached.wait(120) or self.proc.poll() is not None:
+            raise RuntimeError(f"consumer {mode} did not attach: {''.join(self.stderr)[-2000:]}")
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid if self.proc is not None else 0
+
+    def cpu_seconds(self) -> float:
+        return cpu_seconds(self.pid) if self.proc is not None else 0.0
+
+    def rss_kib(self) -> int:
+        if self.proc is None:
+            return 0
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        return 0
+
+    def stop(self) -> dict[str, Any]:
+        """Stop (SIGINT) and return its final counters: records consumed and drops."""
+        if self.proc is None:
+            return {}
+        import signal
+
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        # stderr belongs to the pump thread (reading it here too would steal lines); stdout is one line.
+        self._pump.join(10)
+        out = self.proc.stdout.read() if self.proc.stdout is not None else ""
+        if self.mode == "ref":
+            d = json.loads(out.strip().splitlines()[-1])
+            return {"records": d["records"], "kernel_records": d["kernel_records"],
+                    "kernel_drop_ringbuf": d["kernel_drop_ringbuf"], "queue_drops": 0}
+        for line in reversed(self.stderr):
+            if "stopped: " in line:
+                s = json.loads(line.split("stopped: ", 1)[1])
+                return {"records": s["qtap_source_records_total"] - s["qtap_source_dropped_records_total"],
+                        "kernel_records": s["qtap_kernel_records_total"],
+                        "kernel_drop_ringbuf": s["qtap_kernel_drop_ringbuf_total"],
+                        "queue_drops": s["qtap_source_dropped_records_total"],
+                        "events": s["qtap_events_written_total"]}
+        raise RuntimeError(f"no final counters from qtap run: {''.join(self.stderr)[-2000:]}")
+
+
+def _percentile(sorted_vals: list[float], q: float) -> float:
+    if not sorted_vals:
+        return 0.0
+    i = min(len(sorted_vals) - 1, max(0, round(q * (len(sorted_vals) - 1))))
+    return sorted_vals[i]
+
+
+def run_load(tool: str, url: str, duration_s: float, *, clients: int = 10, rps_per_client: int = 0,
+             h1: bool = True, streams: int = 1) -> dict[str, Any]:
+    """Drive `url` with h2load (fixed rate with --rps, latency from its per-request log) or wrk (saturation,
+    latency from --latency). Returns req/s, p50/p99 in ms, errors and the client's CPU seconds."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if tool == "h2load":
+        with tempfile.NamedTemporaryFile(prefix="qtap-h2load-", suffix=".log") as log:
+            cmd = ["h2load", "-c", str(clients), "-D", str(duration_s), "--log-file", log.name, "-m", str(streams)]
+            if h1:
+                cmd.append("--h1")
+            if rps_per_client:
+                cmd += ["--rps", str(rps_per_client)]
+            out = run_quiet([*cmd, url], timeout=duration_s + 60)
+            lat = sorted(int(x.split("\t")[2]) / 1000 for x in Path(log.name).read_text().splitlines() if x)
+            ok = sum(1 for x in Path(log.name).read_text().splitlines() if x and x.split("\t")[1].startswith("2"))
+        rate = 0.0
+        failed = 0
+        for line in out.splitlines():
+            if line.startswith("finished in"):
+                rate = float(line.split(",")[1].split()[0])
+            if line.startswith("requests:"):
+                failed = int(line.split("succeeded,")[1].split()[0])
+        res = {"req_per_s": round(rate, 1), "p50_ms": round(_percentile(lat, 0.5), 3),
+               "p99_ms": round(_percentile(lat, 0.99), 3), "requests_ok": ok, "failed": failed}
+    else:
+        out = run_quiet(["wrk", "-t1", f"-c{clients}", f"-d{duration_s}s", "--latency", url], timeout=duration_s + 60)
+        pct: dict[str, float] = {}
+        rate = 0.0
+        errors = 0
+        for line in out.splitlines():
+            parts = line.split()
+            if len(parts) == 2 and parts[0] in ("50%", "99%"):
+                v = parts[1]
+                scale = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
+                for suffix in ("us", "ms", "s"):
+                    if v.endswith(suffix):
+                        pct[parts[0]] = float(v[: -len(suffix)]) * scale[suffix]
+                        break
+            if line.startswith("Requests/sec:"):
+                rate = float(parts[1])
+            if "Non-2xx" in line or "Socket errors" in line:
+                errors += 1
+        res = {"req_per_s": round(rate, 1), "p50_ms": round(pct.get("50%", 0.0), 3),
+               "p99_ms": round(pct.get("99%", 0.0), 3), "failed": errors}
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    res["client_cpu_s"] = round((after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime), 3)
+    return res

@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import ROOT, Nginx, record_run, run_quiet  # noqa: E402
+from _common import ROOT, Nginx, record_run, run_quiet
 
 DATA = ROOT / "tests" / "data"
 

@@ -1,0 +1,208 @@
+// SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
+/*
+ * qtap_ref: the reference consumer of qtap-async's BPF objects, for the benchmarks.
+ *
+ * Loads the SAME socket.bpf.o + process.bpf.o as qtap_async/bpf/loader.py (process.bpf.o reuses the
+ * socket object's maps by fd, .rodata self_tgid/target_tgid/conn_id_base set before load), attaches every
+ * program, and drains the ring buffer doing nothing but counting records and bytes. What it costs is the
+ * physical limit of our hooks; the agent's cost is reported as a ratio to it.
+ *
+ * usage: qtap_ref OBJDIR [--duration S] [--ring-mib N] [--target-tgid PID]
+ * Runs until SIGINT/SIGTERM or the duration; prints one JSON line on stdout; "ATTACHED" on stderr when ready.
+ */
+#include <errno.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+#include <unistd.h>
+#include <bpf/bpf.h>
+#include <bpf/btf.h>
+#include <bpf/libbpf.h>
+
+static volatile sig_atomic_t stop;
+static uint64_t records, bytes;
+
+static const char *shared_maps[] = {"events", "counters", "socks", "inflight", "tls_calls", "tls_socks",
+				    "scratch", "conn_ids", "thread_socks"};
+
+static void on_signal(int sig) { (void)sig; stop = 1; }
+
+static int on_record(void *ctx, void *data, size_t size)
+{
+	(void)ctx; (void)data;
+	records++;
+	bytes += size;
+	return 0;
+}
+
+/* Write one `const volatile` global of .rodata by name (no-op when the object has no such variable). */
+static int set_rodata(struct bpf_object *obj, const char *name, uint64_t value)
+{
+	struct bpf_map *map = bpf_object__find_map_by_name(obj, ".rodata");
+	struct btf *btf = bpf_object__btf(obj);
+	size_t size;
+	char *data;
+	int sec_id;
+	const struct btf_type *sec;
+	const struct btf_var_secinfo *vi;
+
+	if (!map || !btf)
+		return 0;
+	data = (char *)bpf_map__initial_value(map, &size); /* writable before load despite the const of older libbpf */
+	sec_id = btf__find_by_name_kind(btf, ".rodata", BTF_KIND_DATASEC);
+	if (!data || sec_id < 0)
+		return 0;
+	sec = btf__type_by_id(btf, sec_id);
+	vi = btf_var_secinfos(sec);
+	for (int i = 0; i < btf_vlen(sec); i++, vi++) {
+		const struct btf_type *var = btf__type_by_id(btf, vi->type);
+		if (strcmp(btf__name_by_offset(btf, var->name_off), name))
+			continue;
+		if (vi->offset + vi->size > size)
+			return -EINVAL;
+		if (vi->size == 4)
+			*(uint32_t *)(data + vi->offset) = (uint32_t)value;
+		else if (vi->size == 8)
+			*(uint64_t *)(data + vi->offset) = value;
+		else
+			return -EINVAL;
+		return 0;
+	}
+	return 0;
+}
+
+static int configure(struct bpf_object *obj, uint32_t self, uint32_t target, uint64_t base)
+{
+	int err = set_rodata(obj, "self_tgid", self);
+	err = err ? err : set_rodata(obj, "target_tgid", target);
+	return err ? err : set_rodata(obj, "conn_id_base", base);
+}
+
+static int attach_all(struct bpf_object *obj)
+{
+	struct bpf_program *prog;
+	bpf_object__for_each_program(prog, obj) {
+		if (!bpf_program__autoload(prog))
+			continue;
+		if (!bpf_program__attach(prog)) {
+			fprintf(stderr, "qtap_ref: attach %s: %s\n", bpf_program__name(prog), strerror(errno));
+			return -1;
+		}
+	}
+	return 0;
+}
+
+static double cpu_s(void)
+{
+	struct rusage ru;
+	getrusage(RUSAGE_SELF, &ru);
+	return ru.ru_utime.tv_sec + ru.ru_stime.tv_sec + (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
+}
+
+int main(int argc, char **argv)
+{
+	char path[4096];
+	double duration = 0;
+	unsigned ring_mib = 16;
+	uint32_t target = 0;
+	struct bpf_object *sock, *proc;
+	struct ring_buffer *rb;
+	struct timespec t0, t1;
+	uint64_t base;
+	int ncpu, counters_fd;
+
+	if (argc < 2) {
+		fprintf(stderr, "usage: %s OBJDIR [--duration S] [--ring-mib N] [--target-tgid PID]\n", argv[0]);
+		return 2;
+	}
+	for (int i = 2; i + 1 < argc; i += 2) {
+		if (!strcmp(argv[i], "--duration"))
+			duration = atof(argv[i + 1]);
+		else if (!strcmp(argv[i], "--ring-mib"))
+			ring_mib = (unsigned)atoi(argv[i + 1]);
+		else if (!strcmp(argv[i], "--target-tgid"))
+			target = (uint32_t)atoi(argv[i + 1]);
+	}
+	srand((unsigned)time(NULL) ^ (unsigned)getpid());
+	base = ((uint64_t)(rand() & 0xffffff)) << 32;
+
+	snprintf(path, sizeof(path), "%s/socket.bpf.o", argv[1]);
+	sock = bpf_object__open_file(path, NULL);
+	if (!sock) {
+		fprintf(stderr, "qtap_ref: open %s: %s\n", path, strerror(errno));
+		return 1;
+	}
+	bpf_map__set_max_entries(bpf_object__find_map_by_name(sock, "events"), ring_mib << 20);
+	/* As loader.py: one scratch record per possible CPU (harmless for a per-CPU array of one entry). */
+	bpf_map__set_max_entries(bpf_object__find_map_by_name(sock, "scratch"), (__u32)libbpf_num_possible_cpus());
+	if (configure(sock, getpid(), target, base) || bpf_object__load(sock)) {
+		fprintf(stderr, "qtap_ref: load socket.bpf.o: %s\n", strerror(errno));
+		return 1;
+	}
+	snprintf(path, sizeof(path), "%s/process.bpf.o", argv[1]);
+	proc = bpf_object__open_file(path, NULL);
+	if (!proc) {
+		fprintf(stderr, "qtap_ref: open %s: %s\n", path, strerror(errno));
+		return 1;
+	}
+	for (size_t i = 0; i < sizeof(shared_maps) / sizeof(shared_maps[0]); i++) {
+		struct bpf_map *m = bpf_object__find_map_by_name(proc, shared_maps[i]);
+		if (m && bpf_map__reuse_fd(m, bpf_map__fd(bpf_object__find_map_by_name(sock, shared_maps[i])))) {
+			fprintf(stderr, "qtap_ref: reuse map %s: %s\n", shared_maps[i], strerror(errno));
+			return 1;
+		}
+	}
+	if (configure(proc, getpid(), target, base) || bpf_object__load(proc)) {
+		fprintf(stderr, "qtap_ref: load process.bpf.o: %s\n", strerror(errno));
+		return 1;
+	}
+	if (attach_all(sock) || attach_all(proc))
+		return 1;
+	rb = ring_buffer__new(bpf_map__fd(bpf_object__find_map_by_name(sock, "events")), on_record, NULL, NULL);
+	if (!rb) {
+		fprintf(stderr, "qtap_ref: ring_buffer__new: %s\n", strerror(errno));
+		return 1;
+	}
+	signal(SIGINT, on_signal);
+	signal(SIGTERM, on_signal);
+	fprintf(stderr, "ATTACHED\n");
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	double cpu0 = cpu_s();
+	while (!stop) {
+		int err = ring_buffer__poll(rb, 100);
+		if (err < 0 && err != -EINTR)
+			break;
+		if (duration > 0) {
+			clock_gettime(CLOCK_MONOTONIC, &t1);
+			if ((t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9 >= duration)
+				break;
+		}
+	}
+	ring_buffer__consume(rb);
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+
+	/* Kernel counters summed over CPUs, as Capture.counters() reads them. */
+	ncpu = libbpf_num_possible_cpus();
+	counters_fd = bpf_map__fd(bpf_object__find_map_by_name(sock, "counters"));
+	uint64_t kc[8] = {0};
+	uint64_t *vals = calloc((size_t)ncpu, sizeof(uint64_t));
+	for (uint32_t k = 0; k < 8 && vals; k++)
+		if (!bpf_map_lookup_elem(counters_fd, &k, vals))
+			for (int c = 0; c < ncpu; c++)
+				kc[k] += vals[c];
+	printf("{\"records\": %llu, \"bytes\": %llu, \"cpu_s\": %.6f, \"wall_s\": %.6f, \"kernel_records\": %llu, "
+	       "\"kernel_drop_ringbuf\": %llu}\n",
+	       (unsigned long long)records, (unsigned long long)bytes, cpu_s() - cpu0,
+	       (t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9, (unsigned long long)kc[0],
+	       (unsigned long long)kc[1]);
+	fflush(stdout);
+	ring_buffer__free(rb);
+	free(vals);
+	bpf_object__close(proc);
+	bpf_object__close(sock);
+	return 0;
+}
