@@ -152,63 +152,74 @@ static __always_inline struct qtap_sock_info *sock_get_or_open(struct sock *sk, 
 	return si;
 }
 
-/* State of one chunked emission, shared with the bpf_loop callback. */
+/* Bytes of consecutive iovec segments are packed into the same record until it holds QTAP_CHUNK_SIZE
+ * bytes: gRPC and friends write dozens of tiny slices per sendmsg, and one record per slice would burn the
+ * per-call record budget at once. State: struct qtap_emit_state in the scratch slot (see maps.bpf.h). */
 struct emit_ctx {
-	struct qtap_data *ev;
-	__u64 iov;        /* user iovec array, 0 for a single buffer */
-	__u64 seg_ptr;    /* current segment */
-	__u64 seg_left;   /* bytes left in the current segment */
-	__u64 remaining;  /* bytes of the call not yet covered */
-	__u64 offset;     /* stream offset of the next byte */
-	__u32 iov_idx;
-	__u32 iovcnt;
-	__u32 chunks;
+	struct qtap_data_scratch *s;
 };
 
-static long emit_step(__u32 i, struct emit_ctx *c)
+static __always_inline void flush_record(struct qtap_data_scratch *s)
 {
-	struct qtap_data *ev = c->ev;
-	__u64 n;
+	struct qtap_emit_state *st = &s->st;
+	struct qtap_data *ev = &s->d;
+	__u64 n = st->filled;
 
-	if (c->remaining == 0 || c->chunks >= max_chunks || c->chunks >= QTAP_MAX_CHUNKS)
-		return 1;
-	if (c->seg_left == 0) {
-		struct iovec iv = {};
-		if (!c->iov || c->iov_idx >= c->iovcnt || c->iov_idx >= QTAP_MAX_IOV)
-			return 1;
-		if (bpf_probe_read_user(&iv, sizeof(iv), (void *)(c->iov + c->iov_idx * sizeof(struct iovec))))
-			return 1;
-		c->iov_idx++;
-		c->seg_ptr = (__u64)iv.iov_base;
-		c->seg_left = iv.iov_len < c->remaining ? iv.iov_len : c->remaining;
-		return 0;
-	}
-	n = c->seg_left;
-	if (n > QTAP_CHUNK_SIZE)
-		n = QTAP_CHUNK_SIZE;
-	ev->offset = c->offset;
+	if (!n)
+		return;
+	ev->offset = st->rec_off;
+	ev->len = n;
 	ev->skipped = 0;
 	ev->flags = 0;
-	if (bpf_probe_read_user(ev->payload, n, (void *)c->seg_ptr)) {
-		ev->flags = QTAP_DATA_READ_FAULT;
-		ev->len = 0;
-		ev->skipped = n;
-		n = 0;
-	} else {
-		ev->len = n;
-	}
 	if (bpf_ringbuf_output(&events, ev, offsetof(struct qtap_data, payload) + (n & (2 * QTAP_CHUNK_SIZE - 1)), 0)) {
 		count(QTAP_CNT_DROP_RINGBUF, 1);
 		count(QTAP_CNT_DROP_BYTES, n);
 	} else {
 		count(QTAP_CNT_RECORDS, 1);
 	}
-	n = ev->len + ev->skipped;
-	c->chunks++;
-	c->offset += n;
-	c->seg_ptr += n;
-	c->seg_left -= n;
-	c->remaining -= n;
+	st->chunks++;
+	st->rec_off += n;
+	st->filled = 0;
+}
+
+static long emit_step(__u32 i, struct emit_ctx *c)
+{
+	struct qtap_data_scratch *s = c->s;
+	struct qtap_emit_state *st = &s->st;
+	__u64 n, room;
+	__u32 at;
+
+	if (st->remaining == 0 || st->chunks >= max_chunks || st->chunks >= QTAP_MAX_CHUNKS)
+		return 1;
+	if (st->seg_left == 0) {
+		struct iovec iv = {};
+		__u32 idx = st->iov_idx;
+
+		if (!st->iov || idx >= st->iovcnt || idx >= QTAP_MAX_IOV)
+			return 1;
+		if (bpf_probe_read_user(&iv, sizeof(iv), (void *)(st->iov + idx * sizeof(struct iovec))))
+			return 1;
+		st->iov_idx = idx + 1;
+		st->seg_ptr = (__u64)iv.iov_base;
+		st->seg_left = iv.iov_len < st->remaining ? iv.iov_len : st->remaining;
+		return 0;
+	}
+	at = st->filled & (QTAP_CHUNK_SIZE - 1); /* filled < QTAP_CHUNK_SIZE here */
+	room = QTAP_CHUNK_SIZE - at;
+	n = st->seg_left < room ? st->seg_left : room;
+	if (n > QTAP_CHUNK_SIZE)
+		n = QTAP_CHUNK_SIZE;
+	/* payload + slack is 2 x QTAP_CHUNK_SIZE long, so the verifier can prove at + n stays inside. */
+	if (bpf_probe_read_user(&s->d.payload[at], n, (void *)st->seg_ptr)) {
+		st->fault = 1;
+		return 1;
+	}
+	st->filled = at + n;
+	st->seg_ptr += n;
+	st->seg_left -= n;
+	st->remaining -= n;
+	if (st->filled >= QTAP_CHUNK_SIZE || st->remaining == 0)
+		flush_record(s);
 	return 0;
 }
 
@@ -217,36 +228,46 @@ static long emit_step(__u32 i, struct emit_ctx *c)
 static __always_inline void emit_data(__u64 conn_id, __u64 offset, __u8 dir, __u8 source, int fd, __u64 buf,
 				      __u32 iovcnt, __u64 total)
 {
-	__u32 zero = 0;
-	struct qtap_data *ev = bpf_map_lookup_elem(&scratch, &zero);
-	struct emit_ctx c = {};
+	struct qtap_data_scratch *s = scratch_slot();
+	struct qtap_emit_state *st;
+	struct qtap_data *ev;
+	struct emit_ctx c;
 
-	if (!ev)
+	if (!s)
 		return;
+	ev = &s->d;
+	st = &s->st;
 	fill_hdr(&ev->h, QTAP_REC_DATA, conn_id);
 	ev->dir = dir;
 	ev->source = source;
 	ev->fd = fd;
-	c.ev = ev;
-	c.offset = offset;
-	c.remaining = total;
+	__builtin_memset(st, 0, sizeof(*st));
+	st->rec_off = offset;
+	st->remaining = total;
 	if (iovcnt) {
-		c.iov = buf;
-		c.iovcnt = iovcnt;
+		st->iov = buf;
+		st->iovcnt = iovcnt;
 	} else {
-		c.seg_ptr = buf;
-		c.seg_left = total;
+		st->seg_ptr = buf;
+		st->seg_left = total;
 	}
-	if (capture_payload)
+	c.s = s;
+	if (capture_payload && buf)
 		bpf_loop(QTAP_MAX_STEPS, emit_step, &c, 0);
-	if (c.remaining) {
-		/* Truncated (or payload capture off): one header-only record keeps the stream offsets honest. */
-		ev->offset = c.offset;
+	flush_record(s); /* what was gathered before a fault, the iovec end or the record budget */
+	if (st->remaining) {
+		/* Truncated, unreadable, or payload capture off: one header-only record keeps offsets honest. */
+		ev->offset = st->rec_off;
 		ev->len = 0;
-		ev->skipped = c.remaining;
-		ev->flags = capture_payload ? QTAP_DATA_TRUNCATED : QTAP_DATA_NO_PAYLOAD;
-		if (capture_payload)
-			count(QTAP_CNT_TRUNCATED_BYTES, c.remaining);
+		ev->skipped = st->remaining;
+		if (!capture_payload || !buf)
+			ev->flags = QTAP_DATA_NO_PAYLOAD;
+		else if (st->fault)
+			ev->flags = QTAP_DATA_READ_FAULT;
+		else
+			ev->flags = QTAP_DATA_TRUNCATED;
+		if (ev->flags == QTAP_DATA_TRUNCATED)
+			count(QTAP_CNT_TRUNCATED_BYTES, st->remaining);
 		if (bpf_ringbuf_output(&events, ev, offsetof(struct qtap_data, payload), 0))
 			count(QTAP_CNT_DROP_RINGBUF, 1);
 		else

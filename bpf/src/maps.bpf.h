@@ -68,12 +68,45 @@ struct {
 	__type(value, __u64);
 } conn_ids SEC(".maps");
 
-/* Scratch space for building a data record (too large for the 512-byte BPF stack). */
+/* Scratch space for building a data record (too large for the 512-byte BPF stack), one slot per CPU.
+ * Twice the record size: the packing copy writes at a variable position and the verifier needs the worst
+ * case inside. That exceeds the 32 KiB per-CPU value limit, so this is a plain array indexed by CPU
+ * (tracepoint and uprobe programs cannot migrate while they run); the loader sizes it to the CPU count. */
+/* Loop-carried state of one chunked emission. It lives in map memory, not on the stack, on purpose: the
+ * verifier tracks stack scalars exactly, so the bpf_loop callback would never converge; map contents are
+ * unknown to it, so the callback is verified once. */
+struct qtap_emit_state {
+	__u64 iov;        /* user iovec array, 0 for a single buffer */
+	__u64 seg_ptr;    /* current segment */
+	__u64 seg_left;   /* bytes left in the current segment */
+	__u64 remaining;  /* bytes of the call not yet captured */
+	__u64 rec_off;    /* stream offset of the record being filled */
+	__u32 filled;     /* bytes in the record being filled */
+	__u32 iov_idx;
+	__u32 iovcnt;
+	__u32 chunks;
+	__u32 fault;
+	__u32 _pad;
+};
+
+struct qtap_data_scratch {
+	struct qtap_data d;
+	__u8 slack[QTAP_CHUNK_SIZE];
+	struct qtap_emit_state st;
+};
+
 struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 64);
 	__type(key, __u32);
-	__type(value, struct qtap_data);
+	__type(value, struct qtap_data_scratch);
 } scratch SEC(".maps");
+
+static __always_inline void *scratch_slot(void)
+{
+	__u32 cpu = bpf_get_smp_processor_id();
+
+	return bpf_map_lookup_elem(&scratch, &cpu);
+}
 
 #endif /* __QTAP_MAPS_BPF_H */

@@ -15,7 +15,6 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 SEC("tracepoint/sched/sched_process_exec")
 int tp_sched_process_exec(struct trace_event_raw_sched_process_exec *ctx)
 {
-	__u32 zero = 0;
 	struct qtap_proc_exec *ev;
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	__u32 loc = ctx->__data_loc_filename & 0xFFFF;
@@ -24,7 +23,7 @@ int tp_sched_process_exec(struct trace_event_raw_sched_process_exec *ctx)
 	if ((pid_tgid >> 32) == self_tgid)
 		return 0;
 	/* Reuse the data scratch buffer: the record (~330 bytes) is too large for the stack with the rest. */
-	ev = (void *)bpf_map_lookup_elem(&scratch, &zero);
+	ev = scratch_slot();
 	if (!ev)
 		return 0;
 	fill_hdr(&ev->h, QTAP_REC_PROC_EXEC, 0);

@@ -15,10 +15,11 @@
  * most QTAP_MAX_CHUNKS data records; what is beyond is reported as skipped bytes (truncation). */
 #define QTAP_CHUNK_SIZE 16384
 #define QTAP_MAX_CHUNKS 8
-/* iovec entries walked per readv/writev/sendmsg/recvmsg call. */
-#define QTAP_MAX_IOV 64
-/* bpf_loop budget for one call: every step either emits a chunk or moves to the next iovec. */
-#define QTAP_MAX_STEPS (QTAP_MAX_CHUNKS + QTAP_MAX_IOV)
+/* iovec entries walked per readv/writev/sendmsg/recvmsg call (more are reported as truncated). */
+#define QTAP_MAX_IOV 1024
+/* bpf_loop budget for one call: every step reads an iovec entry or copies (part of) a segment, and a
+ * segment is copied in at most (chunks it spans + 1) steps. */
+#define QTAP_MAX_STEPS (2 * QTAP_MAX_IOV + QTAP_MAX_CHUNKS + 1)
 #define QTAP_COMM_LEN 16
 #define QTAP_PATH_LEN 256
 /* Socket table size (LRU: the least recently used entries go first when it is full). */

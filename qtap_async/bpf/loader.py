@@ -13,7 +13,7 @@ from importlib import resources
 from pathlib import Path
 
 from qtap_async.bpf import abi
-from qtap_async.bpf.object import BpfObject
+from qtap_async.bpf.object import BpfObject, possible_cpus
 from qtap_async.bpf.ringbuf import RingBuffer
 
 SHARED_MAPS = ("events", "counters", "socks", "inflight", "tls_calls", "tls_socks", "scratch", "conn_ids",
@@ -76,6 +76,7 @@ class Capture:
         if size & (size - 1) or size < 4096:
             raise ValueError(f"ring_buffer_bytes must be a power of two >= 4096, got {size}")
         sock.map("events").set_max_entries(size)
+        sock.map("scratch").set_max_entries(possible_cpus())
         self.configure(sock)
         sock.load()
         proc = BpfObject.open(directory / "process.bpf.o")

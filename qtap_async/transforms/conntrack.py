@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from qtap_async.bpf import abi
 from qtap_async.events.connection import ConnectionEvent, GapEvent
 from qtap_async.events.kernel import ConnClose, ConnOpen, Data, KernelRecord, ProcExec, ProcExit
+from qtap_async.topology.dns_cache import DnsCache
 from qtap_async.topology.listeners import ListeningPorts
 from qtap_async.topology.process import ProcessCache, ProcessInfo
 from qtap_async.transforms.reassembly import ReassemblyStats, StreamReassembler
@@ -136,6 +137,7 @@ class Conntrack:
         self.listeners = listeners or ListeningPorts()
         self.emit_gaps = emit_gaps
         self.conns: OrderedDict[int, Connection] = OrderedDict()
+        self.dns = DnsCache()
         self.stats = ConntrackStats()
         # bpf_ktime_get_ns() is CLOCK_MONOTONIC; events carry wall-clock time.
         self._wall_offset_ns = time.time_ns() - time.monotonic_ns()
@@ -229,6 +231,7 @@ class Conntrack:
             self.stats.connections_evicted_full += 1
             out.extend(self._finish(victim, rec.ts_ns, "evicted"))
         c = Connection(rec, self.processes.get(rec.pid, rec.comm), self._direction(rec))
+        c.domain = self.dns.lookup(rec.pid, rec.raddr)
         self.conns[rec.conn_id] = c
         self.stats.connections_opened += 1
         out.append(self._conn_event(c, "open", rec.ts_ns))

@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 import msgspec
 
+from qtap_async.events.dns import DnsMessage
 from qtap_async.events.http import HttpTransaction, TlsClientHello
 from qtap_async.transforms.conntrack import Connection, Conntrack
 
@@ -60,12 +61,14 @@ class ProtocolOutput:
     def convert(self, conn: Connection, rec: Any, layer: int) -> list[Any]:
         if isinstance(rec, HttpTransaction):
             return [self._http(conn, rec, layer)]
-        if isinstance(rec, TlsClientHello) and rec.sni and not conn.domain:
+        if isinstance(rec, TlsClientHello) and rec.sni:  # what the client asked for beats DNS guesses
             conn.domain = rec.sni
-        if isinstance(rec, msgspec.Struct):
-            body = msgspec.structs.asdict(rec)
-        else:
+        elif isinstance(rec, DnsMessage):
+            self.conntrack.dns.learn(conn.pid, rec)
+        if not isinstance(rec, msgspec.Struct):
             return []
+        body = msgspec.to_builtins(rec)
+        body.pop("kind", None)  # the record's own tag; `type` says the same
         ts = body.get("ts_ns")
         event: dict[str, Any] = {"type": _type_name(rec), "ts": self.conntrack.rfc3339(ts if isinstance(ts, int)
                                                                                        else conn.last_ns)}
