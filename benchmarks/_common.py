@@ -288,7 +288,8 @@ class Consumer:
     `cpu_seconds()` reads /proc, so a measurement window can exclude start-up (BPF load, TLS discovery).
     """
 
-    def __init__(self, mode: str, target_tgid: int = 0, tls: bool = True, ring_mib: int = 16) -> None:
+    def __init__(self, mode: str, target_tgid: int = 0, tls: bool = True, ring_mib: int = 16,
+                 max_connections: int = 0) -> None:
         self.mode = mode
         self.proc: subprocess.Popen[str] | None = None
         self.stderr: list[str] = []
@@ -307,6 +308,11 @@ class Consumer:
                 cmd += ["--pid", str(target_tgid)]
             if not tls:
                 cmd.append("--no-tls")
+            if max_connections:  # an option `qtap run` does not expose: the same Agent via _agent_proc.py
+                cmd = [sys.executable, str(ROOT / "benchmarks" / "_agent_proc.py"), "--level", mode,
+                       "--max-connections", str(max_connections), "--pid", str(target_tgid)]
+                if not tls:
+                    cmd.append("--no-tls")
             ready = "capture attached"
             out = subprocess.DEVNULL  # events are encoded and written; the bench does not keep them
         self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.PIPE, text=True)
@@ -332,11 +338,12 @@ class Consumer:
     def cpu_seconds(self) -> float:
         return cpu_seconds(self.pid) if self.proc is not None else 0.0
 
-    def rss_kib(self) -> int:
+    def rss_kib(self, field: str = "VmRSS") -> int:
+        """Resident memory now (VmRSS) or its peak since start (VmHWM), in KiB."""
         if self.proc is None:
             return 0
         for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1])
         return 0
 
@@ -366,7 +373,10 @@ class Consumer:
                         "kernel_records": s["qtap_kernel_records_total"],
                         "kernel_drop_ringbuf": s["qtap_kernel_drop_ringbuf_total"],
                         "queue_drops": s["qtap_source_dropped_records_total"],
-                        "events": s["qtap_events_written_total"]}
+                        "events": s["qtap_events_written_total"],
+                        "connections_opened": s["qtap_connections_opened_total"],
+                        "connections_evicted_full": s["qtap_connections_evicted_full_total"],
+                        "stream_gaps": s["qtap_stream_gaps_total"]}
         raise RuntimeError(f"no final counters from qtap run: {''.join(self.stderr)[-2000:]}")
 
 
@@ -386,7 +396,7 @@ def run_load(tool: str, url: str, duration_s: float, *, clients: int = 10, rps_p
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     if tool == "h2load":
         with tempfile.NamedTemporaryFile(prefix="qtap-h2load-", suffix=".log") as log:
-            cmd = ["h2load", "-c", str(clients), "-D", str(duration_s), "--log-file", log.name, "-m", str(streams)]
+            cmd = ["h2load", "-c", str(clients), "-D", f"{duration_s:g}", "--log-file", log.name, "-m", str(streams)]
             if h1:
                 cmd.append("--h1")
             if rps_per_client:
@@ -404,7 +414,7 @@ def run_load(tool: str, url: str, duration_s: float, *, clients: int = 10, rps_p
         res = {"req_per_s": round(rate, 1), "p50_ms": round(_percentile(lat, 0.5), 3),
                "p99_ms": round(_percentile(lat, 0.99), 3), "requests_ok": ok, "failed": failed}
     else:
-        out = run_quiet(["wrk", "-t1", f"-c{clients}", f"-d{duration_s}s", "--latency", url], timeout=duration_s + 60)
+        out = run_quiet(["wrk", "-t1", f"-c{clients}", f"-d{duration_s:g}s", "--latency", url], timeout=duration_s + 60)
         pct: dict[str, float] = {}
         rate = 0.0
         errors = 0

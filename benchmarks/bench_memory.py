@@ -1,0 +1,97 @@
+"""Agent memory (RSS) with many connections, against its configured limits.
+
+- idle: 10k keep-alive connections to nginx, one small request each, then idle; the agent (`qtap run
+  --level details`, tracing the nginx worker) tracks them all (max_connections 65536 by default);
+- idle_capped: the same with max_connections=2000 (the same Agent through benchmarks/_agent_proc.py):
+  the table stays at its limit, the rest is evicted and counted, and RSS stays lower;
+- streaming: 1k concurrent connections downloading 256 KiB bodies at level full (h2load -c 1000): peak RSS
+  (VmHWM) while every connection is mid-body; bodies are bounded by the protocol limits, and what the agent
+  cannot keep up with is dropped and counted, not queued without bound.
+RSS values are of the agent process (VmRSS / VmHWM from /proc). TLS discovery is off (--no-tls) so its
+start-up ELF analysis (a transient ~70 MiB on this machine) does not blur the per-connection numbers.
+Writes benchmarks/results/memory.json.
+Usage: python benchmarks/bench_memory.py [--quick]
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import Consumer, Nginx, run_load, write_result
+
+IDLE = Path(__file__).with_name("_idle_clients.py")
+
+
+def idle(ng: Nginx, n: int, max_connections: int) -> dict[str, Any]:
+    c = Consumer("details", target_tgid=ng.pids()[-1], tls=False, max_connections=max_connections)
+    try:
+        time.sleep(2.0)  # past start-up allocations
+        base = c.rss_kib()
+        clients = subprocess.Popen([sys.executable, str(IDLE), str(ng.http_port), str(n)], stdin=subprocess.PIPE,
+                                   stdout=subprocess.PIPE, text=True)
+        assert clients.stdout is not None and clients.stdin is not None
+        ready = clients.stdout.readline()
+        if not ready.startswith("READY"):
+            raise RuntimeError(f"idle clients failed: {ready!r}")
+        time.sleep(2.0)  # the agent catches up with the opens and first requests
+        held = c.rss_kib()
+        clients.stdin.close()
+        clients.wait(60)
+        time.sleep(2.0)
+        after = c.rss_kib()
+    finally:
+        final = c.stop()
+    return {"rss_start_mib": round(base / 1024, 1), "rss_held_mib": round(held / 1024, 1),
+            "rss_after_close_mib": round(after / 1024, 1),
+            "kib_per_connection": round((held - base) / n, 2),
+            "connections_opened": final.get("connections_opened", 0),
+            "connections_evicted_full": final.get("connections_evicted_full", 0),
+            "max_connections": max_connections}
+
+
+def streaming(ng: Nginx, conns: int, duration: float) -> dict[str, Any]:
+    c = Consumer("full", target_tgid=ng.pids()[-1], tls=False)
+    try:
+        time.sleep(2.0)  # past start-up allocations
+        base = c.rss_kib()
+        res = run_load("h2load", f"http://127.0.0.1:{ng.http_port}/large", duration, clients=conns)
+        peak = c.rss_kib("VmHWM")
+        time.sleep(2.0)
+        after = c.rss_kib()
+    finally:
+        final = c.stop()
+    return {"connections": conns, "rss_start_mib": round(base / 1024, 1), "rss_peak_mib": round(peak / 1024, 1),
+            "rss_after_mib": round(after / 1024, 1), "req_per_s": res["req_per_s"],
+            "body_mib_per_s": round(res["req_per_s"] * 0.25, 1),
+            "kernel_drops": final.get("kernel_drop_ringbuf", 0), "queue_drops": final.get("queue_drops", 0),
+            "stream_gaps": final.get("stream_gaps", 0)}
+
+
+def main() -> None:
+    quick = "--quick" in sys.argv
+    n = 2000 if quick else 10000
+    t0 = time.monotonic()
+    result: dict[str, Any] = {}
+    with Nginx() as ng:
+        for k, v in idle(ng, n, 65536).items():
+            result[f"idle_{n}_{k}"] = v
+        for k, v in idle(ng, n, 2000).items():
+            result[f"idle_{n}_capped_{k}"] = v
+        for k, v in streaming(ng, 200 if quick else 1000, 3.0 if quick else 5.0).items():
+            result[f"streaming_{k}"] = v
+    result["bench_seconds"] = round(time.monotonic() - t0, 1)
+    r = result
+    write_result("memory", result,
+                 f"{n} idle conns: RSS {r[f'idle_{n}_rss_held_mib']} MiB ({r[f'idle_{n}_kib_per_connection']} "
+                 f"KiB/conn); capped at 2000: {r[f'idle_{n}_capped_rss_held_mib']} MiB; "
+                 f"{r['streaming_connections']} streaming conns: peak {r['streaming_rss_peak_mib']} MiB")
+
+
+if __name__ == "__main__":
+    main()
