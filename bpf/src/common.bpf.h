@@ -12,6 +12,9 @@
 #define AF_INET6 10
 #define SOCK_STREAM 1
 #define IPPROTO_TCP 6
+#define IPPROTO_UDP 17
+#define SOCK_DGRAM 2
+#define DNS_PORT 53
 #define S_IFMT 00170000
 #define S_IFSOCK 0140000
 #define EINPROGRESS 115
@@ -52,9 +55,10 @@ static __always_inline void fill_hdr(struct qtap_hdr *h, __u16 type, __u64 conn_
 	h->tid = (__u32)pid_tgid;
 }
 
-/* fd of the current task -> its struct sock, only for TCP over IPv4/IPv6; NULL otherwise.
- * Walks task->files->fdt->fd[fd] so sockets opened before the agent started resolve too. */
-static __always_inline struct sock *fd_to_tcp_sock(int fd)
+/* fd of the current task -> its struct sock, for TCP over IPv4/IPv6 and for UDP sockets on port 53 (DNS,
+ * either end); NULL otherwise. Walks task->files->fdt->fd[fd] so sockets opened before the agent started
+ * resolve too. */
+static __always_inline struct sock *fd_to_sock(int fd)
 {
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	struct fdtable *fdt;
@@ -91,9 +95,18 @@ static __always_inline struct sock *fd_to_tcp_sock(int fd)
 		return NULL;
 	type = BPF_CORE_READ(sk, sk_type);
 	proto = BPF_CORE_READ(sk, sk_protocol);
-	if (type != SOCK_STREAM || proto != IPPROTO_TCP)
-		return NULL;
-	return sk;
+	if (type == SOCK_STREAM && proto == IPPROTO_TCP)
+		return sk;
+	if (type == SOCK_DGRAM && proto == IPPROTO_UDP &&
+	    (BPF_CORE_READ(sk, __sk_common.skc_dport) == bpf_htons(DNS_PORT) ||
+	     BPF_CORE_READ(sk, __sk_common.skc_num) == DNS_PORT))
+		return sk;
+	return NULL;
+}
+
+static __always_inline bool sock_is_udp(struct sock *sk)
+{
+	return BPF_CORE_READ(sk, sk_protocol) == IPPROTO_UDP;
 }
 
 static __always_inline void emit_conn_open(struct sock *sk, __u64 conn_id, __u8 role, __u8 flags, int fd)
@@ -148,6 +161,10 @@ static __always_inline struct qtap_sock_info *sock_get_or_open(struct sock *sk, 
 		return NULL;
 	if (role == QTAP_ROLE_UNKNOWN)
 		flags |= QTAP_CONN_MIDSTREAM;
+	if (sock_is_udp(sk)) {
+		flags |= QTAP_CONN_UDP;
+		si->flags |= QTAP_SOCK_UDP;
+	}
 	emit_conn_open(sk, si->conn_id, role, flags, fd);
 	return si;
 }

@@ -67,6 +67,7 @@ enum qtap_data_flags {
 
 enum qtap_conn_flags {
 	QTAP_CONN_MIDSTREAM = 1 << 0, /* first seen on data: stream offsets start where the agent came in */
+	QTAP_CONN_UDP = 1 << 1,       /* a UDP socket talking DNS (port 53): each data record is a datagram */
 };
 
 /* Internal flags of struct qtap_sock_info. */
@@ -75,6 +76,7 @@ enum qtap_sock_flags {
 	QTAP_SOCK_TLS_RAW = 1 << 1,     /* its first bytes are a TLS record */
 	QTAP_SOCK_DETECTED = 1 << 2,    /* first-bytes detection done */
 	QTAP_SOCK_MUTED = 1 << 3,       /* user space asked for no more payload */
+	QTAP_SOCK_UDP = 1 << 4,         /* UDP (DNS): ended by close(2), there is no TCP_CLOSE */
 };
 
 /* Indexes of the per-CPU `counters` map. Every record that is not delivered is counted here. */

@@ -27,7 +27,7 @@ static __always_inline int enter_io(int fd, __u64 buf, __u32 iovcnt, __u8 dir, _
 
 	if (skip_task(pid_tgid >> 32))
 		return 0;
-	sk = fd_to_tcp_sock(fd);
+	sk = fd_to_sock(fd);
 	if (!sk)
 		return 0;
 	a.sk = (__u64)sk;
@@ -80,6 +80,10 @@ static __always_inline int exit_io(long ret)
 	off = __sync_fetch_and_add(&si->off[a.dir & 1], ret);
 	bpf_map_update_elem(&thread_socks, &tid, &a.sk, BPF_ANY);
 
+	if (si->flags & QTAP_SOCK_UDP) {
+		emit_data(si->conn_id, off, a.dir, QTAP_SRC_SYSCALL, a.fd, a.buf, a.iovcnt, ret);
+		return 0;
+	}
 	/* Inside a TLS library call: this syscall names the socket of that call's connection. */
 	tc = bpf_map_lookup_elem(&tls_calls, &tid);
 	if (tc) {
@@ -255,7 +259,7 @@ int tp_exit_connect(struct trace_event_raw_sys_exit *ctx)
 	bpf_map_delete_elem(&inflight, &tid);
 	if (ctx->ret != 0 && ctx->ret != -EINPROGRESS)
 		return 0;
-	sk = fd_to_tcp_sock(fd);
+	sk = fd_to_sock(fd);
 	if (sk)
 		sock_get_or_open(sk, QTAP_ROLE_CONNECT, fd);
 	return 0;
@@ -268,7 +272,7 @@ static __always_inline int exit_accept(long ret)
 
 	if (ret < 0 || skip_task(pid_tgid >> 32))
 		return 0;
-	sk = fd_to_tcp_sock(ret);
+	sk = fd_to_sock(ret);
 	if (sk)
 		sock_get_or_open(sk, QTAP_ROLE_ACCEPT, ret);
 	return 0;
@@ -286,18 +290,11 @@ int tp_exit_accept4(struct trace_event_raw_sys_exit *ctx)
 	return exit_accept(ctx->ret);
 }
 
-/* The connection ends when its socket reaches TCP_CLOSE. This is hooked instead of close(2): close of one
- * fd does not end a socket shared by fork/dup, and process exit closes sockets without any close call. */
-SEC("tracepoint/sock/inet_sock_set_state")
-int tp_inet_sock_set_state(struct trace_event_raw_inet_sock_set_state *ctx)
+static __always_inline int emit_close(__u64 key)
 {
-	__u64 key = (__u64)ctx->skaddr;
-	struct qtap_sock_info *si;
+	struct qtap_sock_info *si = bpf_map_lookup_elem(&socks, &key);
 	struct qtap_conn_close ev = {};
 
-	if (ctx->newstate != TCP_CLOSE || ctx->protocol != IPPROTO_TCP)
-		return 0;
-	si = bpf_map_lookup_elem(&socks, &key);
 	if (!si)
 		return 0;
 	fill_hdr(&ev.h, QTAP_REC_CONN_CLOSE, si->conn_id);
@@ -313,4 +310,32 @@ int tp_inet_sock_set_state(struct trace_event_raw_inet_sock_set_state *ctx)
 	else
 		count(QTAP_CNT_RECORDS, 1);
 	return 0;
+}
+
+/* UDP (DNS) sockets have no TCP_CLOSE: close(2) of a tracked one ends it (process exit without close is
+ * left to the LRU table and user space's idle eviction). */
+SEC("tracepoint/syscalls/sys_enter_close")
+int tp_enter_close(struct trace_event_raw_sys_enter *ctx)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	struct sock *sk;
+	__u64 key;
+
+	if (skip_task(pid_tgid >> 32))
+		return 0;
+	sk = fd_to_sock(ctx->args[0]);
+	if (!sk || !sock_is_udp(sk))
+		return 0;
+	key = (__u64)sk;
+	return emit_close(key);
+}
+
+/* The connection ends when its socket reaches TCP_CLOSE. This is hooked instead of close(2): close of one
+ * fd does not end a socket shared by fork/dup, and process exit closes sockets without any close call. */
+SEC("tracepoint/sock/inet_sock_set_state")
+int tp_inet_sock_set_state(struct trace_event_raw_inet_sock_set_state *ctx)
+{
+	if (ctx->newstate != TCP_CLOSE || ctx->protocol != IPPROTO_TCP)
+		return 0;
+	return emit_close((__u64)ctx->skaddr);
 }

@@ -162,7 +162,7 @@ static __always_inline __u64 go_sock(__u64 conn, __u64 cookie)
 
 	if (fd < 0)
 		return 0;
-	sk = fd_to_tcp_sock(fd);
+	sk = fd_to_sock(fd);
 	if (!sk)
 		return 0;
 	si = sock_get_or_open(sk, QTAP_ROLE_UNKNOWN, fd);

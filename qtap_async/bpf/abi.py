@@ -51,6 +51,7 @@ class DataFlag(enum.IntFlag):
 
 
 CONN_MIDSTREAM = 1
+CONN_UDP = 2
 
 
 class Counter(enum.IntEnum):

@@ -37,6 +37,7 @@ class ConnectionEvent(msgspec.Struct, frozen=True, gc=False, tag_field="type", t
     protocol: str = ""
     domain: str = ""
     tls: bool = False
+    transport: str = "tcp"  # "tcp" | "udp" (DNS)
     midstream: bool = False
     reason: str = ""  # close: "closed" | "evicted" | "agent_stopped"
 

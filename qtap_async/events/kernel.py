@@ -20,6 +20,7 @@ class ConnOpen(msgspec.Struct, frozen=True, gc=False, tag="conn_open"):
     raddr: str
     fd: int
     comm: str
+    udp: bool = False  # a DNS socket: each data record is one datagram
 
 
 class ConnClose(msgspec.Struct, frozen=True, gc=False, tag="conn_close"):

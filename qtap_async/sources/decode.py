@@ -50,7 +50,8 @@ def decode(raw: bytes) -> KernelRecord:
         if rtype == 1:
             cg, family, role, flags, lport, rport, laddr, raddr, fd, _pad, comm = _open(raw)
             return ConnOpen(ts, conn_id, pid, tid, cg, family, role, bool(flags & abi.CONN_MIDSTREAM), lport,
-                            rport, _addr(family, laddr), _addr(family, raddr), fd, _cstr(comm))
+                            rport, _addr(family, laddr), _addr(family, raddr), fd, _cstr(comm),
+                            bool(flags & abi.CONN_UDP))
         if rtype == 2:
             sent, received, open_ts = _close(raw)
             return ConnClose(ts, conn_id, pid, sent, received, open_ts)

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from qtap_async.bpf import abi
 from qtap_async.events.connection import ConnectionEvent, GapEvent
 from qtap_async.events.kernel import ConnClose, ConnOpen, Data, KernelRecord, ProcExec, ProcExit
+from qtap_async.protocols.dns import parse_dns_datagram
 from qtap_async.topology.dns_cache import DnsCache
 from qtap_async.topology.listeners import ListeningPorts
 from qtap_async.topology.process import ProcessCache, ProcessInfo
@@ -77,6 +78,7 @@ class Connection:
         "sessions",
         "streams",
         "tls",
+        "udp",
     )
 
     def __init__(self, rec: ConnOpen, process: ProcessInfo, direction: str) -> None:
@@ -100,9 +102,12 @@ class Connection:
         self.sessions: dict[int, Session | None] = {}  # key: 0 = socket bytes, 1 = TLS plaintext
         self.domain = ""
         self.tls = False
+        self.udp = rec.udp
 
     @property
     def protocol(self) -> str:
+        if self.udp:
+            return "dns"
         for layer in (1, 0):
             s = self.sessions.get(layer)
             if s is not None and s.protocol not in ("unknown", "tls"):
@@ -195,6 +200,7 @@ class Conntrack:
             protocol=c.protocol if event == "close" else "",
             domain=c.domain,
             tls=c.tls,
+            transport="udp" if c.udp else "tcp",
             midstream=c.midstream,
             reason=reason,
         )
@@ -266,6 +272,12 @@ class Conntrack:
                 c.bytes_received = max(c.bytes_received, rec.offset + n + rec.skipped)
         else:
             c.tls = True
+        if c.udp:
+            # DNS over UDP: every record is one whole datagram, nothing to reassemble.
+            if not rec.payload:
+                return []
+            msg = parse_dns_datagram(rec.payload, direction=rec.dir, ts_ns=rec.ts_ns)
+            return self._protocol(c, [msg], 0)
         key = source * 2 + rec.dir
         stream = c.streams.get(key)
         if stream is None:

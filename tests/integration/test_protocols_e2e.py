@@ -170,3 +170,38 @@ def _busy(addr: str) -> bool:
         except OSError:
             return True
     return False
+
+
+def test_dns_over_udp_dig_and_getent(tmp_path: Path) -> None:
+    addr = "127.0.0.53" if not _busy("127.0.0.53") else "127.0.0.54"
+    dns = subprocess.Popen([sys.executable, str(PEERS / "dns_server.py"), addr, "53"], stdout=subprocess.PIPE,
+                           text=True)
+    resolv = Path("/etc/resolv.conf")
+    saved = resolv.read_bytes() if resolv.exists() else None
+    try:
+        assert dns.stdout is not None and dns.stdout.readline().strip() == "READY"
+        with AgentHarness(record=False) as h:
+            out = subprocess.run([DIG, "+short", f"@{addr}", "alias.test", "A"], capture_output=True, text=True,
+                                 check=True, timeout=30)
+            assert out.stdout.split() == ["target.test.", "127.0.0.1"]
+            # getent goes through glibc's resolver (connected UDP socket to the nameserver).
+            resolv.write_text(f"nameserver {addr}\noptions attempts:1 timeout:2\n")
+            got = subprocess.run(["getent", "ahostsv4", "plain.test"], capture_output=True, text=True, timeout=30)
+            assert "127.0.0.1" in got.stdout
+            assert h.wait_for(lambda: {"dig", "getent"} <= {e.get("comm") for e in _dns(h)})
+    finally:
+        if saved is not None:
+            resolv.write_bytes(saved)
+        dns.kill()
+        dns.wait()
+    dig = [e for e in _dns(h) if e["comm"] == "dig"]
+    assert all(e["transport"] == "udp" for e in dig)
+    assert [(a["type"], a["data"]) for a in dig[0]["answers"]] == [("CNAME", "target.test."), ("A", "127.0.0.1")]
+    ge = [e for e in _dns(h) if e["comm"] == "getent"]
+    assert {e["qname"] for e in ge} == {"plain.test."}
+    conns = [e for e in h.connections("close") if e.comm == "getent"]
+    assert conns and all(e.transport == "udp" and e.protocol == "dns" for e in conns)
+
+
+def _dns(h: AgentHarness) -> list[dict[str, Any]]:
+    return [e for e in h.events() if isinstance(e, dict) and e.get("type") == "dns_message" and e.get("is_response")]
