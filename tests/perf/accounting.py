@@ -17,6 +17,7 @@ else. To measure them exactly this module wraps the agent's Capture.close(): det
 from __future__ import annotations
 
 import asyncio
+import struct
 import subprocess
 import sys
 import threading
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from qtap_async.agent import Agent, AgentOptions, StdoutWriter
+from qtap_async.bpf import abi
 from qtap_async.bpf.loader import Capture
 from qtap_async.buffers.channel import Channel, ChannelClosed
 from qtap_async.replay import NullSink
@@ -62,6 +64,7 @@ class Accounting:
     stage_records: int = 0
     decode_errors: int = 0
     left_in_ring_at_close: int = 0
+    left_in_ring_by_type: dict[str, int] = field(default_factory=dict)  # record type name -> count
     snapshot: dict[str, int] = field(default_factory=dict)  # what the agent itself reports at the end
     workload: str = ""
 
@@ -85,10 +88,19 @@ class Accounting:
         return s.get("qtap_kernel_records_total", 0) - s.get("qtap_source_records_total", 0)
 
     def as_dict(self) -> dict[str, Any]:
-        d = {k: v for k, v in self.__dict__.items() if k != "snapshot"}
+        d = {k: v for k, v in self.__dict__.items() if k not in ("snapshot", "left_in_ring_by_type")}
+        for name, n in self.left_in_ring_by_type.items():
+            d[f"left_in_ring_{name}"] = n
         d.update(seen_by_kernel=self.seen_by_kernel, accounted=self.accounted, unaccounted=self.unaccounted,
                  agent_view_unaccounted=self.agent_view_unaccounted)
         return d
+
+
+def _type_name(raw: bytes) -> str:
+    try:
+        return abi.RecType(abi.HDR.unpack_from(raw)[0]).name.lower()
+    except (ValueError, struct.error):
+        return "malformed"
 
 
 def _hook_close(cap: Capture, acc: Accounting) -> None:
@@ -101,6 +113,9 @@ def _hook_close(cap: Capture, acc: Accounting) -> None:
         if cap.ringbuf is not None:
             while batch := cap.ringbuf.consume():
                 acc.left_in_ring_at_close += len(batch)
+                for raw in batch:
+                    name = _type_name(raw)
+                    acc.left_in_ring_by_type[name] = acc.left_in_ring_by_type.get(name, 0) + 1
         k = cap.counters()
         acc.kernel_records = k["records"]
         acc.kernel_drop_ringbuf = k["drop_ringbuf"]
