@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import math
 import re
 import time
 import zlib
@@ -134,6 +135,10 @@ def decode_body(body: bytes, content_type: str, content_encoding: str, limits: L
     except msgspec.DecodeError as e:
         raise BodyError(400, f"malformed {fmt.name}: {e}") from e
     items, sent_at = (env.events, env.sent_at) if isinstance(env, Batch) else (env, None)
+    if isinstance(sent_at, float):
+        if not (math.isfinite(sent_at) and sent_at.is_integer() and 0 <= sent_at < 2**63):
+            raise BodyError(400, f"sent_at {sent_at!r} is not an epoch-nanosecond time")
+        sent_at = int(sent_at)
     if len(items) > limits.max_batch_events:
         raise BodyError(413, f"batch has {len(items)} events; the limit is {limits.max_batch_events}")
     return DecodedBody(fmt, items, sent_at, data)

@@ -48,7 +48,7 @@ def build_openapi(version: str = "0.1.0") -> dict[str, Any]:
     paths: dict[str, Any] = {}
     ts_schema = {
         "anyOf": [
-            {"type": "integer", "minimum": 0, "description": "epoch nanoseconds"},
+            {"type": "integer", "minimum": 0, "maximum": 2**63 - 1, "description": "epoch nanoseconds"},
             {"type": "string", "format": "date-time", "description": "RFC 3339 with offset"},
         ]
     }

@@ -119,7 +119,8 @@ class Batch(msgspec.Struct, frozen=True, gc=False, forbid_unknown_fields=False):
     """
 
     events: list[msgspec.Raw]
-    sent_at: Timestamp | None = None
+    # A float is taken when integral-looking JSON numbers (310.0) arrive: JSON Schema calls them integers.
+    sent_at: Timestamp | float | None = None
 
 
 class ItemError(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
