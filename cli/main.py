@@ -35,6 +35,8 @@ def run(
     metrics_interval: Annotated[float, typer.Option(help="log metrics to stderr every N s (0: off)")] = 0.0,
     level: Annotated[str, typer.Option(help="HTTP detail: summary | details (+headers) | full (+bodies)")] = "details",
     no_tls: Annotated[bool, typer.Option("--no-tls", help="do not attach uprobes to TLS libraries")] = False,
+    max_connections: Annotated[int, typer.Option(help="connections tracked at once (oldest evicted, counted)")] = 65536,
+    idle_timeout: Annotated[float, typer.Option(help="seconds without traffic before a connection is evicted")] = 300.0,
     log_level: Annotated[str, typer.Option(help="stderr log level")] = "INFO",
 ) -> None:
     """Capture traffic: JSON lines on stdout, one object per line with a `type` field."""
@@ -66,7 +68,11 @@ def run(
             self_tgid=os.getpid(), target_tgid=pid, capture_payload=not no_payload, ring_buffer_bytes=size
         ),
         metrics_interval_s=metrics_interval,
+        max_connections=max_connections,
+        idle_timeout_s=idle_timeout,
     )
+    if max_connections < 1 or idle_timeout <= 0:
+        _fail("--max-connections must be >= 1 and --idle-timeout > 0", 2)
     try:
         if cfg is not None:
             # With a config, --level does not apply: the stacks' plugins decide what is kept.

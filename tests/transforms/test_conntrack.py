@@ -1,0 +1,145 @@
+"""Conntrack driven directly with decoded records (no kernel): lifecycle, bounds, evictions, sessions."""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+from qtap_async.events.connection import ConnectionEvent, GapEvent
+from qtap_async.events.kernel import ConnClose, ConnOpen, Data, ProcExec
+from qtap_async.topology.process import ProcessCache
+from qtap_async.transforms.conntrack import Connection, Conntrack
+
+
+class FakeListeners:
+    def __init__(self, ports: set[int]) -> None:
+        self.p = ports
+
+    def is_listening(self, pid: int, port: int) -> bool:
+        return port in self.p
+
+
+class Rec:
+    def __init__(self) -> None:
+        self.fed: dict[int, bytes] = {0: b"", 1: b""}
+        self.gaps = 0
+        self.closed = False
+
+    protocol = "test"
+
+    def feed(self, direction: Any, data: bytes | memoryview, ts_ns: int) -> list[Any]:
+        self.fed[int(direction)] += bytes(data)
+        return []
+
+    def gap(self, direction: Any, nbytes: int, ts_ns: int) -> list[Any]:
+        self.gaps += nbytes
+        return []
+
+    def close(self, ts_ns: int) -> list[Any]:
+        self.closed = True
+        return []
+
+
+def _open(conn_id: int, role: int = 1, lport: int = 40000, rport: int = 80, midstream: bool = False,
+          pid: int = 1, udp: bool = False) -> ConnOpen:
+    return ConnOpen(10, conn_id, pid, pid, 0, 2, role, midstream, lport, rport, "127.0.0.1", "10.0.0.1", 3, "x",
+                    udp)
+
+
+def _data(conn_id: int, off: int, payload: bytes, direction: int = 0, skipped: int = 0, ts: int = 20) -> Data:
+    return Data(ts, conn_id, 1, 1, off, direction, 0, 0, skipped, 3, payload)
+
+
+def _ct(**kw: Any) -> tuple[Conntrack, dict[int, Rec]]:
+    sessions: dict[int, Rec] = {}
+
+    def factory(c: Connection, layer: int) -> Rec:
+        sessions[c.conn_id] = Rec()
+        return sessions[c.conn_id]
+
+    ct = Conntrack(session_factory=factory, processes=ProcessCache(), listeners=FakeListeners({8080}),  # type: ignore[arg-type]
+                   **kw)
+    return ct, sessions
+
+
+def test_lifecycle_bytes_and_duration() -> None:
+    ct, sessions = _ct()
+    (ev,) = ct.handle(_open(1))
+    assert isinstance(ev, ConnectionEvent) and ev.event == "open" and ev.direction == "egress"
+    assert (ev.src_port, ev.dst_port) == (40000, 80)
+    ct.handle(_data(1, 3, b"def"))
+    ct.handle(_data(1, 0, b"abc"))
+    ct.handle(_data(1, 0, b"HTTP", direction=1))
+    (close,) = ct.handle(ConnClose(1000, 1, 1, 6, 4, 10))
+    assert close.event == "close" and close.bytes_sent == 6 and close.bytes_received == 4
+    assert close.duration_ns == 990 and close.reason == "closed"
+    assert sessions[1].fed == {0: b"abcdef", 1: b"HTTP"} and sessions[1].closed
+    assert not ct.conns
+
+
+def test_ingress_by_role_and_by_listening_port_when_joined_midway() -> None:
+    ct, _ = _ct()
+    (a,) = ct.handle(_open(1, role=2, lport=8080, rport=5555))
+    assert a.direction == "ingress" and (a.src_port, a.dst_port) == (5555, 8080)
+    (b,) = ct.handle(_open(2, role=0, lport=8080, rport=6666, midstream=True))
+    assert b.direction == "ingress" and b.midstream
+    (c,) = ct.handle(_open(3, role=0, lport=50000, rport=443, midstream=True))
+    assert c.direction == "egress"
+
+
+def test_gaps_are_reported_with_their_size() -> None:
+    ct, sessions = _ct()
+    ct.handle(_open(1))
+    out = ct.handle(_data(1, 0, b"abc", skipped=100))
+    assert [type(e) for e in out] == [GapEvent] and out[0].bytes == 100
+    assert sessions[1].gaps == 100
+    # A record after a hole that never fills: reported at close.
+    ct.handle(_data(1, 500, b"zzz"))
+    ct.handle(ConnClose(99, 1, 1, 503, 0, 10))
+    assert sessions[1].gaps == 100 + (500 - 103)
+    assert sessions[1].fed[0] == b"abczzz"
+
+
+def test_table_is_bounded_and_evictions_counted() -> None:
+    ct, sessions = _ct(max_connections=3)
+    for i in range(1, 6):
+        ct.handle(_open(i))
+    assert len(ct.conns) == 3 and ct.stats.connections_evicted_full == 2
+    assert set(ct.conns) == {3, 4, 5}
+    assert sessions == {}  # no data: no session was ever created
+
+
+def test_idle_sweep() -> None:
+    ct, _ = _ct(idle_timeout_s=1.0)
+    ct.handle(_open(1))
+    ct.handle(_open(2))
+    ct.handle(_data(2, 0, b"x", ts=2_000_000_000))
+    out = ct.sweep(2_500_000_000)
+    assert [e.conn_id for e in out if isinstance(e, ConnectionEvent)] == [1]
+    assert out[0].reason == "evicted" and ct.stats.connections_evicted_idle == 1
+    assert set(ct.conns) == {2}
+
+
+def test_orphan_data_is_kept_and_counted() -> None:
+    ct, sessions = _ct()
+    assert ct.handle(_data(9, 1000, b"late")) == []
+    assert ct.stats.orphan_data_records == 1 and sessions[9].fed[0] == b"late"
+
+
+def test_exec_hint_names_a_vanished_process() -> None:
+    ct, _ = _ct()
+    ct.handle(ProcExec(1, 999_999_999, 1, 0, 0, "ghost", "/opt/ghost"))
+    (ev,) = ct.handle(_open(1, pid=999_999_999))
+    assert ev.exe == "/opt/ghost" and ev.comm == "ghost"
+
+
+def test_udp_dns_datagrams_are_parsed_one_by_one() -> None:
+    ct, _ = _ct()
+    got: list[Any] = []
+    ct.on_protocol_record = lambda c, r, layer: got.append(r) or []
+    ct.handle(_open(1, rport=53, udp=True))
+    query = struct.pack("!HHHHHH", 7, 0x0100, 1, 0, 0, 0) + b"\x03www\x04test\x00" + struct.pack("!HH", 1, 1)
+    ct.handle(_data(1, 0, query))
+    assert len(got) == 1 and got[0].qname == "www.test." and not got[0].is_response
+    (close,) = ct.handle(ConnClose(5, 1, 1, len(query), 0, 1))
+    assert close.transport == "udp" and close.protocol == "dns"
