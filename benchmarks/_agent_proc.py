@@ -31,7 +31,50 @@ def main() -> int:
     opts = AgentOptions(tls=not a.no_tls, http_level=a.level, max_connections=a.max_connections,
                         capture=CaptureSettings(self_tgid=os.getpid(), target_tgid=a.pid))
     with open(os.devnull, "wb") as null:
-        return uvloop.run(Agent(opts, writer=StdoutWriter(out=null)).run())
+        agent = Agent(opts, writer=StdoutWriter(out=null))
+        return uvloop.run(_run_with_memory_probe(agent))
+
+
+async def _run_with_memory_probe(agent: Agent) -> int:
+    """Run the agent and, every 0.2 s on its own loop, note where its buffered bytes are; print the
+    peaks as one "MEMORY {json}" line on stderr at the end (the memory benchmark attributes RSS with it)."""
+    import asyncio
+    import json
+    import resource
+
+    peak: dict[str, int] = {}
+
+    def sample() -> None:
+        pending = sum(st.pending_bytes for c in agent.conntrack.conns.values() for st in c.streams.values())
+        cur = {"reassembly_pending_bytes": pending, "connections": len(agent.conntrack.conns)}
+        for name, ch in (("raw", agent.raw), ("out", agent.out)):
+            if ch is not None:
+                st = ch.statistics()
+                cur[f"{name}_queue_bytes_accounted"] = st.depth_bytes
+                cur[f"{name}_queue_batches"] = st.depth_events
+        if agent.out is not None:
+            # The out queue accounts 512 B per event whatever it holds; count the payloads it really holds.
+            real = 0
+            for batch, _size in list(agent.out._items):
+                for ev in batch:
+                    if isinstance(ev, dict):
+                        real += sum(len(v) for k, v in ev.items() if k.endswith("_body") and isinstance(v, bytes))
+            cur["out_queue_body_bytes"] = real
+        for k, v in cur.items():
+            peak[k] = max(peak.get(k, 0), v)
+
+    async def probe() -> None:
+        while True:
+            await asyncio.sleep(0.2)
+            sample()
+
+    task = asyncio.create_task(probe())
+    try:
+        return await agent.run()
+    finally:
+        task.cancel()
+        peak["max_rss_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        print("MEMORY " + json.dumps(peak), file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

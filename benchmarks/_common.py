@@ -366,6 +366,10 @@ class Consumer:
             d = json.loads(out.strip().splitlines()[-1])
             return {"records": d["records"], "kernel_records": d["kernel_records"],
                     "kernel_drop_ringbuf": d["kernel_drop_ringbuf"], "queue_drops": 0}
+        memory: dict[str, Any] = {}
+        for line in self.stderr:
+            if line.startswith("MEMORY "):  # benchmarks/_agent_proc.py: peaks of the buffered bytes
+                memory = {f"peak_{k}": v for k, v in json.loads(line[7:]).items()}
         for line in reversed(self.stderr):
             if "stopped: " in line:
                 s = json.loads(line.split("stopped: ", 1)[1])
@@ -376,7 +380,7 @@ class Consumer:
                         "events": s["qtap_events_written_total"],
                         "connections_opened": s["qtap_connections_opened_total"],
                         "connections_evicted_full": s["qtap_connections_evicted_full_total"],
-                        "stream_gaps": s["qtap_stream_gaps_total"]}
+                        "stream_gaps": s["qtap_stream_gaps_total"], **memory}
         raise RuntimeError(f"no final counters from qtap run: {''.join(self.stderr)[-2000:]}")
 
 
