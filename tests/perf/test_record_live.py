@@ -80,3 +80,38 @@ def test_replay_of_a_live_recording_yields_the_live_transactions(tmp_path: Path,
     assert [comparable(e) for e in r.captured if is_transaction(e)] == live
     if level == "full":
         assert live[2]["response_body_size"] == 200_000 and live[2]["response_body"]
+
+
+def test_cli_record_then_replay(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    server, port = start_http_server()
+    out = tmp_path / "cli.qrec"
+
+    done = threading.Event()
+
+    def load() -> None:
+        # A request every 0.3 s for as long as the recorder runs: some land after it attached, whenever
+        # that is on a busy machine.
+        while not done.wait(0.3):
+            subprocess.run([CURL, "-sS", "-o", "/dev/null", f"http://127.0.0.1:{port}/bytes?n=321"], check=True)
+
+    t = threading.Thread(target=load)
+    t.start()
+    try:
+        res = CliRunner().invoke(app, ["record", "--out", str(out), "--duration", "3", "--no-tls", "--pid",
+                                       str(server.pid), "--embed-events", "--log-level", "WARNING"])
+    finally:
+        done.set()
+        t.join()
+        server.kill()
+        server.wait()
+    assert res.exit_code == 0, res.output
+    rf = RecordFile.load(out)
+    assert rf.trailer is not None and rf.meta["level"] == "details"
+    live = [comparable(e) for e in rf.trailer["events"] if isinstance(e, dict) and is_transaction(e)]
+    assert live and {(e["path"], e["status"], e["response_body_size"]) for e in live} == {("/bytes?n=321", 200, 321)}
+    r = replay(rf.records, keep_events=True)
+    assert [comparable(e) for e in r.captured if is_transaction(e)] == live
