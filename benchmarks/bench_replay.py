@@ -73,6 +73,42 @@ def best_replay(rf: RecordFile, level: str, repeat: int = 3) -> dict[str, Any]:
     return best
 
 
+def replay_via_channels(rf: RecordFile, level: str, batch_records: int = 256) -> dict[str, Any]:
+    """The same replay through the agent's asyncio plumbing: a feeder task, the raw channel, the stage's and
+    the writer's `run` tasks and the output channel, on uvloop (what the synchronous replay leaves out)."""
+    import asyncio
+
+    import uvloop
+
+    from qtap_async.agent import len_sizeof
+    from qtap_async.buffers.channel import Channel
+    from qtap_async.replay import Replayer
+    from qtap_async.sources.ringbuf import batch_size
+
+    rp = Replayer(level)  # type: ignore[arg-type]
+    o = rp.agent.options
+
+    async def run() -> None:
+        # The raw channel blocks instead of dropping: this measures the plumbing, not the drop policy.
+        raw: Channel[list[bytes]] = Channel(o.raw_queue_events, o.raw_queue_bytes, "block", sizeof=batch_size)
+        out: Channel[list[Any]] = Channel(o.out_queue_events, o.out_queue_bytes, "block", sizeof=len_sizeof)
+
+        async def feed() -> None:
+            recs = rf.records
+            for i in range(0, len(recs), batch_records):
+                await raw.send(recs[i : i + batch_records])
+                await asyncio.sleep(0)  # as the source yields between batches
+            raw.close()
+
+        await asyncio.gather(feed(), rp.stage.run(raw, out), rp.writer.run(out))
+
+    t = time.process_time()
+    uvloop.run(run())
+    cpu = time.process_time() - t
+    tx = rp.writer.written
+    return {"cpu_s": cpu, "events": tx}
+
+
 def profile(rf: RecordFile, top: int = 15) -> list[tuple[str, float]]:
     """Self time per function (file:function), largest first, as a share of the whole replay."""
     from pyinstrument import Profiler
@@ -128,6 +164,15 @@ def main() -> None:
                 result[f"{key}_records_per_s_per_core"] = round(r["records"] / r["cpu_s"]) if r["cpu_s"] else 0
                 result[f"{key}_output_mib"] = round(r["output_bytes"] / 2**20, 2)
                 result[f"{key}_errors"] = r["decode_errors"] + r["internal_errors"]
+        for name in ("http1_small", "h2_streams"):
+            if name in inputs:
+                sync_cpu = result[f"{name}_details_transactions"] / max(1, result[f"{name}_details_tx_per_s_per_core"])
+                best = min((replay_via_channels(inputs[name][0], "details") for _ in range(3)),
+                           key=lambda r: r["cpu_s"])
+                n_tx = result[f"{name}_details_transactions"]
+                rate = round(n_tx / best["cpu_s"]) if best["cpu_s"] else 0
+                result[f"{name}_details_channels_tx_per_s_per_core"] = rate
+                result[f"{name}_details_channels_overhead_pct"] = round(100 * (best["cpu_s"] / sync_cpu - 1), 1)
         lines = []
         for name in ("http1_small", "h2_streams"):
             if name in inputs:
