@@ -136,6 +136,22 @@ static __always_inline void emit_conn_open(struct sock *sk, __u64 conn_id, __u8 
 		count(QTAP_CNT_RECORDS, 1);
 }
 
+/* Is `sk` the far end of one of the agent's own connections (same host)? */
+static __always_inline bool peer_is_agent(struct sock *sk)
+{
+	__u16 rport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	__u32 daddr, saddr;
+
+	if (!bpf_map_lookup_elem(&self_ports, &rport))
+		return false;
+	if (BPF_CORE_READ(sk, __sk_common.skc_family) != AF_INET)
+		return true; /* IPv6: the port match alone (loopback ::1 or a local address) */
+	daddr = BPF_CORE_READ(sk, __sk_common.skc_daddr);
+	saddr = BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr);
+	/* Same host: loopback (127/8, network order first byte) or talking to its own address. */
+	return (daddr & 0xff) == 127 || daddr == saddr;
+}
+
 /* The socket's table entry, created (and announced with a conn_open record) on first sight. */
 static __always_inline struct qtap_sock_info *sock_get_or_open(struct sock *sk, __u8 role, int fd)
 {
@@ -148,6 +164,8 @@ static __always_inline struct qtap_sock_info *sock_get_or_open(struct sock *sk, 
 
 	if (si)
 		return si;
+	if (peer_is_agent(sk))
+		return NULL;
 	next_id = bpf_map_lookup_elem(&conn_ids, &zero);
 	if (!next_id)
 		return NULL;

@@ -60,6 +60,24 @@ struct {
 	__type(value, __u64);
 } thread_socks SEC(".maps");
 
+/* Local ports of the agent's own TCP connections (key: port, value: unused), and the sockets that hold them
+ * (so the port is forgotten when the socket closes). The far end of such a connection, when it is on this
+ * host (a local Kafka broker, MinIO, Pulse), is not traced: capturing it would feed the agent's own output
+ * back into itself. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u16);
+	__type(value, __u8);
+} self_ports SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u64);
+	__type(value, __u16);
+} self_socks SEC(".maps");
+
 /* Connection id counter, shared by every object that can announce a connection. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);

@@ -178,6 +178,7 @@ enum qtap_io_kind {
 	QTAP_IO_MSG = 2,
 	QTAP_IO_CONNECT = 3,
 	QTAP_IO_SENDFILE = 4,
+	QTAP_IO_CONNECT_SELF = 5, /* a connect() of the agent itself: remembered, never traced */
 };
 
 /* A TLS library call between its entry probe and its return probe, keyed by thread id. The socket

@@ -233,12 +233,14 @@ int tp_enter_connect(struct trace_event_raw_sys_enter *ctx)
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	__u32 tid = (__u32)pid_tgid;
 	struct qtap_io_args a = {};
+	__u32 tgid = pid_tgid >> 32;
 
-	if (skip_task(pid_tgid >> 32))
+	/* The agent's own connections are remembered (not traced) so their far ends can be left out. */
+	if (tgid != self_tgid && skip_task(tgid))
 		return 0;
 	/* The fd may not be a TCP socket yet in a useful sense (unbound); resolve it at exit. */
 	a.fd = ctx->args[0];
-	a.kind = QTAP_IO_CONNECT;
+	a.kind = tgid == self_tgid ? QTAP_IO_CONNECT_SELF : QTAP_IO_CONNECT;
 	if (bpf_map_update_elem(&inflight, &tid, &a, BPF_ANY))
 		count(QTAP_CNT_DROP_INFLIGHT, 1);
 	return 0;
@@ -251,17 +253,29 @@ int tp_exit_connect(struct trace_event_raw_sys_exit *ctx)
 	__u32 tid = (__u32)pid_tgid;
 	struct qtap_io_args *ap = bpf_map_lookup_elem(&inflight, &tid);
 	struct sock *sk;
+	__u8 kind, one = 1;
+	__u16 lport;
+	__u64 key;
 	int fd;
 
 	if (!ap)
 		return 0;
 	fd = ap->fd;
+	kind = ap->kind;
 	bpf_map_delete_elem(&inflight, &tid);
 	if (ctx->ret != 0 && ctx->ret != -EINPROGRESS)
 		return 0;
 	sk = fd_to_sock(fd);
-	if (sk)
-		sock_get_or_open(sk, QTAP_ROLE_CONNECT, fd);
+	if (!sk)
+		return 0;
+	if (kind == QTAP_IO_CONNECT_SELF) {
+		lport = BPF_CORE_READ(sk, __sk_common.skc_num);
+		key = (__u64)sk;
+		bpf_map_update_elem(&self_ports, &lport, &one, BPF_ANY);
+		bpf_map_update_elem(&self_socks, &key, &lport, BPF_ANY);
+		return 0;
+	}
+	sock_get_or_open(sk, QTAP_ROLE_CONNECT, fd);
 	return 0;
 }
 
@@ -335,7 +349,17 @@ int tp_enter_close(struct trace_event_raw_sys_enter *ctx)
 SEC("tracepoint/sock/inet_sock_set_state")
 int tp_inet_sock_set_state(struct trace_event_raw_inet_sock_set_state *ctx)
 {
+	__u64 key = (__u64)ctx->skaddr;
+	__u16 *self_port;
+
 	if (ctx->newstate != TCP_CLOSE || ctx->protocol != IPPROTO_TCP)
 		return 0;
-	return emit_close((__u64)ctx->skaddr);
+	self_port = bpf_map_lookup_elem(&self_socks, &key);
+	if (self_port) {
+		__u16 port = *self_port;
+		bpf_map_delete_elem(&self_ports, &port);
+		bpf_map_delete_elem(&self_socks, &key);
+		return 0;
+	}
+	return emit_close(key);
 }

@@ -17,7 +17,7 @@ from qtap_async.bpf.object import BpfObject, possible_cpus
 from qtap_async.bpf.ringbuf import RingBuffer
 
 SHARED_MAPS = ("events", "counters", "socks", "inflight", "tls_calls", "tls_socks", "scratch", "conn_ids",
-               "thread_socks")
+               "thread_socks", "self_ports", "self_socks")
 
 
 def objects_dir() -> Path:

@@ -159,13 +159,22 @@ def test_connection_opened_before_agent_started(server: tuple[subprocess.Popen[s
         client.kill()
 
 
-def test_agent_ignores_its_own_traffic(server: tuple[subprocess.Popen[str], int]) -> None:
-    _, port = server
+def test_agent_ignores_its_own_traffic_and_its_far_end(server: tuple[subprocess.Popen[str], int]) -> None:
+    proc, port = server
     with AgentHarness() as h:
+        # This test process is the agent's process: its connection is the agent's own (like a sink's).
         with socket.create_connection(("127.0.0.1", port)) as s:
+            own_port = s.getsockname()[1]
             s.sendall(b"GET /bytes?n=10 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
             while s.recv(65536):
                 pass
-        time.sleep(0.5)
+        # A connection by another process to the same server is seen, from both ends.
+        subprocess.run([CURL, "-s", "-o", "/dev/null", f"http://127.0.0.1:{port}/bytes?n=5"], check=True)
+        assert h.wait_for(lambda: len(h.connections("close", dst_port=port)) >= 2)
     own = [e for e in h.events() if getattr(e, "pid", None) == os.getpid()]
     assert own == []
+    # The server's end of the agent's own connection is not traced either (no feedback loop through a
+    # local Kafka/MinIO/Pulse).
+    far = [e for e in h.connections("open", pid=proc.pid) if e.src_port == own_port]
+    assert far == []
+    assert len(h.connections("close", pid=proc.pid, dst_port=port)) == 1
