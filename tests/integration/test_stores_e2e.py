@@ -12,10 +12,9 @@ import pytest
 
 from tests.integration.harness import start_http_server
 from tests.plugins.test_run_config import QtapRun, curl
-from tests.sinks.conftest import Services, consume_all, s3_client
 
 # The fixtures of the sink tests (services, topic, bucket) are reused from there.
-from tests.sinks.conftest import bucket, services, topic  # noqa: F401
+from tests.sinks.conftest import Services, bucket, consume_all, s3_client, services, topic  # noqa: F401
 
 pytestmark = [pytest.mark.bpf, pytest.mark.services]
 
@@ -63,8 +62,13 @@ tap:
 """
 
 
-def test_agent_events_to_kafka_and_objects_to_minio(server: int, services: Services, topic: str, bucket: str,
-                                                     tmp_path: Path) -> None:
+def test_agent_events_to_kafka_and_objects_to_minio(  # the sink tests' fixtures, imported above
+    server: int,
+    services: Services,  # noqa: F811
+    topic: str,  # noqa: F811
+    bucket: str,  # noqa: F811
+    tmp_path: Path,
+) -> None:
     q = QtapRun(tmp_path, _config(services, topic, bucket))
     try:
         for n in (11, 22, 33):
