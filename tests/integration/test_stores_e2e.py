@@ -29,7 +29,7 @@ def server() -> Iterator[int]:
         proc.wait()
 
 
-def _config(svc: Services, topic: str, bucket: str) -> str:
+def _config(svc: Services, topic_name: str, bucket_name: str) -> str:
     return f"""
 version: 2
 services:
@@ -37,12 +37,12 @@ services:
     - id: kafka-events
       type: kafka
       brokers: ["{svc.kafka_bootstrap}"]
-      topic: {topic}
+      topic: {topic_name}
   object_stores:
     - id: minio
       type: s3
       endpoint: {svc.s3_endpoint}
-      bucket: {bucket}
+      bucket: {bucket_name}
       region: {svc.s3_region}
       access_key: {{type: text, value: {svc.s3_access_key}}}
       secret_key: {{type: text, value: {svc.s3_secret_key}}}
