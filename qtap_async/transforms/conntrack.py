@@ -146,6 +146,8 @@ class Conntrack:
         self.stats = ConntrackStats()
         # bpf_ktime_get_ns() is CLOCK_MONOTONIC; events carry wall-clock time.
         self._wall_offset_ns = time.time_ns() - time.monotonic_ns()
+        self._fmt_sec = -1
+        self._fmt_prefix = ""
         self._ids = itertools.count(1)
         self._id_prefix = os.urandom(4).hex()
         self.on_protocol_record: Callable[[Connection, Any, int], list[Any]] | None = None
@@ -162,8 +164,11 @@ class Conntrack:
 
     def rfc3339(self, ts_ns: int) -> str:
         wall = self.wall_ns(ts_ns)
-        dt = datetime.fromtimestamp(wall // 1_000_000_000, UTC)
-        return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{(wall % 1_000_000_000) // 1000:06d}Z"
+        sec, frac = divmod(wall, 1_000_000_000)
+        if sec != self._fmt_sec:  # formatting the date part once per second: this runs per event
+            self._fmt_sec = sec
+            self._fmt_prefix = datetime.fromtimestamp(sec, UTC).strftime("%Y-%m-%dT%H:%M:%S.")
+        return f"{self._fmt_prefix}{frac // 1000:06d}Z"
 
     def _direction(self, rec: ConnOpen) -> str:
         if rec.role == abi.Role.CONNECT:

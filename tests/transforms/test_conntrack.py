@@ -143,3 +143,14 @@ def test_udp_dns_datagrams_are_parsed_one_by_one() -> None:
     assert len(got) == 1 and got[0].qname == "www.test." and not got[0].is_response
     (close,) = ct.handle(ConnClose(5, 1, 1, len(query), 0, 1))
     assert close.transport == "udp" and close.protocol == "dns"
+
+
+def test_timestamps_are_rfc3339_wall_clock() -> None:
+    from datetime import UTC, datetime
+
+    ct, _ = _ct()
+    for mono in (0, 999_999_999, 1_000_000_000, 61_234_567_891):
+        wall = ct.wall_ns(mono)
+        want = datetime.fromtimestamp(wall // 10**9, UTC).strftime("%Y-%m-%dT%H:%M:%S.") + \
+            f"{(wall % 10**9) // 1000:06d}Z"
+        assert ct.rfc3339(mono) == want
