@@ -35,7 +35,7 @@ class AgentOptions:
     max_connections: int = 65536
     idle_timeout_s: float = 300.0
     raw_queue_events: int = 4096
-    raw_queue_bytes: int = 256 << 20
+    raw_queue_bytes: int = 64 << 20
     out_queue_events: int = 4096
     out_queue_bytes: int = 64 << 20
     emit_gaps: bool = True
@@ -202,7 +202,17 @@ class Agent:
 
 
 def len_sizeof(batch: object) -> int:
-    return 512 * len(batch) if isinstance(batch, list) else 512
+    """Bytes an output batch holds, roughly: ~512 per event plus the bodies it carries (level full)."""
+    if not isinstance(batch, list):
+        return 512
+    n = 512 * len(batch)
+    for e in batch:
+        if isinstance(e, dict):
+            for k in ("request_body", "response_body"):
+                b = e.get(k)
+                if isinstance(b, bytes | str):
+                    n += len(b)
+    return n
 
 
 def run_agent(options: AgentOptions | None = None) -> int:

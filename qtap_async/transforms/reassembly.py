@@ -15,9 +15,11 @@ from dataclasses import dataclass
 
 Segment = bytes | int
 
-# Early chunks held per stream before the hole before them is declared a gap.
-DEFAULT_MAX_PENDING_BYTES = 1 << 20
-DEFAULT_MAX_PENDING_CHUNKS = 64
+# Early chunks held per stream before the hole before them is declared a gap. Reordering in the ring
+# buffer spans a few records (two threads writing one socket from two CPUs); a longer hole is a drop that
+# will never fill, and holding more only costs memory (x every stream under overload).
+DEFAULT_MAX_PENDING_BYTES = 256 << 10
+DEFAULT_MAX_PENDING_CHUNKS = 8
 
 
 @dataclass
