@@ -4,7 +4,6 @@ import logging
 from typing import Any
 
 import msgspec
-import pytest
 
 from qtap_async.config import AccessLogsConfig, AccessLogsRule
 from qtap_async.plugins import AccessLogs
@@ -48,17 +47,28 @@ def test_rules_pick_the_mode() -> None:
     assert "  < {}" in run(tx(status=500), rules=rules)[0]
 
 
-def test_default_writer_is_the_access_logger(caplog: pytest.LogCaptureFixture) -> None:
-    logger = logging.getLogger("qtap")
-    propagate = logger.propagate
-    logger.propagate = True  # setup_logging may have cut qtap.* off the root logger
+def test_default_writer_is_the_access_logger() -> None:
+    # Our own handler on qtap.access, cut off from its parents for the test: other tests (and the CLI's
+    # setup_logging) leave handlers and propagation settings behind that must not change what we count.
+    logger = logging.getLogger("qtap.access")
+    records: list[logging.LogRecord] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    handler = Collect(logging.INFO)
+    saved = (logger.propagate, logger.level)
+    logger.addHandler(handler)
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
     try:
-        with caplog.at_level(logging.INFO, logger="qtap.access"):
-            for t in recorded("http1_python_keepalive"):
-                AccessLogs(AccessLogsConfig(), compile_rule).on_http(exchange(t))
+        for t in recorded("http1_python_keepalive"):
+            AccessLogs(AccessLogsConfig(), compile_rule).on_http(exchange(t))
     finally:
-        logger.propagate = propagate
-    lines = [r.getMessage() for r in caplog.records if r.name == "qtap.access"]
+        logger.removeHandler(handler)
+        logger.propagate, logger.level = saved
+    lines = [r.getMessage() for r in records]
     assert len(lines) == 6 and lines[0].startswith("GET https://127.0.0.1:42815/items?id=1 200")
 
 
