@@ -298,23 +298,28 @@ def objects_dir() -> Path:
 
 
 class Consumer:
-    """A ring-buffer consumer in its own process: none, the C reference, or `qtap run` at a level.
+    """A ring-buffer consumer in its own process: none, the C reference (woken by the kernel: ref, or
+    draining every 1 ms: ref_poll), or `qtap run` at a level.
 
     `cpu_seconds()` reads /proc, so a measurement window can exclude start-up (BPF load, TLS discovery).
     """
 
     def __init__(self, mode: str, target_tgid: int = 0, tls: bool = True, ring_mib: int = 16,
-                 max_connections: int = 0) -> None:
+                 max_connections: int = 0, poll_sleep_us: int = 0) -> None:
         self.mode = mode
         self.proc: subprocess.Popen[str] | None = None
         self.stderr: list[str] = []
         self.stdout = ""
         if mode == "none":
             return
-        if mode == "ref":
+        if mode == "ref_poll":  # the reference draining every 1 ms instead of being woken per record
+            poll_sleep_us = poll_sleep_us or 1000
+        if mode in ("ref", "ref_poll"):
             cmd = [str(build_reference()), str(objects_dir()), "--ring-mib", str(ring_mib)]
             if target_tgid:
                 cmd += ["--target-tgid", str(target_tgid)]
+            if poll_sleep_us:
+                cmd += ["--poll-sleep-us", str(poll_sleep_us)]
             ready = "ATTACHED"
             out = subprocess.PIPE
         else:
@@ -377,7 +382,7 @@ class Consumer:
         # stderr belongs to the pump thread (reading it here too would steal lines); stdout is one line.
         self._pump.join(10)
         out = self.proc.stdout.read() if self.proc.stdout is not None else ""
-        if self.mode == "ref":
+        if self.mode in ("ref", "ref_poll"):
             d = json.loads(out.strip().splitlines()[-1])
             return {"records": d["records"], "kernel_records": d["kernel_records"],
                     "kernel_drop_ringbuf": d["kernel_drop_ringbuf"], "queue_drops": 0}

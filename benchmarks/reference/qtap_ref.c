@@ -7,7 +7,9 @@
  * program, and drains the ring buffer doing nothing but counting records and bytes. What it costs is the
  * physical limit of our hooks; the agent's cost is reported as a ratio to it.
  *
- * usage: qtap_ref OBJDIR [--duration S] [--ring-mib N] [--target-tgid PID]
+ * usage: qtap_ref OBJDIR [--duration S] [--ring-mib N] [--target-tgid PID] [--poll-sleep-us N]
+ * --poll-sleep-us: instead of sleeping in epoll until the kernel wakes it, drain every N µs. A drained
+ * consumer makes the kernel queue a wakeup (irq_work) for the next record; polling measures that cost.
  * Runs until SIGINT/SIGTERM or the duration; prints one JSON line on stdout; "ATTACHED" on stderr when ready.
  */
 #include <errno.h>
@@ -109,6 +111,7 @@ int main(int argc, char **argv)
 	double duration = 0;
 	unsigned ring_mib = 16;
 	uint32_t target = 0;
+	long poll_sleep_us = 0;
 	struct bpf_object *sock, *proc;
 	struct ring_buffer *rb;
 	struct timespec t0, t1;
@@ -116,7 +119,8 @@ int main(int argc, char **argv)
 	int ncpu, counters_fd;
 
 	if (argc < 2) {
-		fprintf(stderr, "usage: %s OBJDIR [--duration S] [--ring-mib N] [--target-tgid PID]\n", argv[0]);
+		fprintf(stderr, "usage: %s OBJDIR [--duration S] [--ring-mib N] [--target-tgid PID] [--poll-sleep-us N]\n",
+			argv[0]);
 		return 2;
 	}
 	for (int i = 2; i + 1 < argc; i += 2) {
@@ -126,6 +130,8 @@ int main(int argc, char **argv)
 			ring_mib = (unsigned)atoi(argv[i + 1]);
 		else if (!strcmp(argv[i], "--target-tgid"))
 			target = (uint32_t)atoi(argv[i + 1]);
+		else if (!strcmp(argv[i], "--poll-sleep-us"))
+			poll_sleep_us = atol(argv[i + 1]);
 	}
 	srand((unsigned)time(NULL) ^ (unsigned)getpid());
 	base = ((uint64_t)(rand() & 0xffffff)) << 32;
@@ -173,7 +179,13 @@ int main(int argc, char **argv)
 	clock_gettime(CLOCK_MONOTONIC, &t0);
 	double cpu0 = cpu_s();
 	while (!stop) {
-		int err = ring_buffer__poll(rb, 100);
+		int err;
+		if (poll_sleep_us > 0) {
+			usleep((useconds_t)poll_sleep_us);
+			err = ring_buffer__consume(rb);
+		} else {
+			err = ring_buffer__poll(rb, 100);
+		}
 		if (err < 0 && err != -EINTR)
 			break;
 		if (duration > 0) {
