@@ -169,21 +169,41 @@ def findings(rp: dict[str, Any], dr: dict[str, Any], mem: dict[str, Any], ov: di
                   "reference consumer on the same workload; the drain itself is cheap, the per-record Python work "
                   "(decode, conntrack, parsers, output) is the cost (profile above).")
     if mem:
-        pend = mem.get("streaming_reassembly_pending_bytes_peak", 0) / 2**20
-        body = mem.get("streaming_out_queue_body_bytes_peak", 0) / 2**20
-        acct = mem.get("streaming_out_queue_bytes_accounted_peak", 0) / 2**20
-        raw = mem.get("streaming_raw_queue_bytes_accounted_peak", 0) / 2**20
-        md.append(f"- Memory under 1k streaming connections peaks at {mem.get('streaming_rss_peak_mib')} MiB, "
-                  f"within the configured bound ({mem.get('streaming_configured_bound_mib')} MiB) but large. "
-                  f"Largest holder: reassembly hold-back, {pend:.0f} MiB at peak: a stream whose record the "
-                  "kernel dropped waits for bytes that will never come, up to 1 MiB / 64 chunks per direction, "
-                  "before declaring the gap. The kernel knows the bytes are gone (DROP_RINGBUF); telling user space "
-                  "per socket (e.g. a skipped count in the next record) would release them at once.")
-        md.append(f"- The output queue accounts 512 B per event (agent.len_sizeof) but at level full an event "
-                  f"carries up to 64 KiB of body: {body:.0f} MiB of bodies were queued while {acct:.1f} MiB were "
-                  "accounted, so out_queue_bytes does not bound memory. One raw batch (everything one drain "
-                  f"consumes) reached {raw:.0f} MiB: the raw queue lets any batch into an empty queue, so a "
-                  "single drain can exceed raw_queue_bytes.")
+        mib = 2**20
+        pend = mem.get("streaming_reassembly_pending_bytes_peak", 0) / mib
+        body = mem.get("streaming_out_queue_body_bytes_peak", 0) / mib
+        acct = mem.get("streaming_out_queue_bytes_accounted_peak", 0) / mib
+        raw = mem.get("streaming_raw_queue_bytes_accounted_peak", 0) / mib
+        holders = {
+            f"the raw queue, {raw:.0f} MiB in {mem.get('streaming_raw_queue_batches_peak')} batch(es): one drain "
+            "(RingBuffer.consume) takes everything the ring holds and keeps taking while the producers refill "
+            "it, so a batch has no size bound, and the raw channel admits any batch into an empty queue; bound "
+            "the drain (records/bytes per consume) so raw_queue_bytes means something": raw,
+            f"reassembly hold-back, {pend:.0f} MiB: a stream whose record the kernel dropped waits for bytes "
+            "that will never come (up to 1 MiB / 64 chunks per direction) before declaring the gap; the kernel "
+            "knows they are gone (DROP_RINGBUF), and saying so per socket (a skipped count in the next record) "
+            "would release them at once": pend,
+            f"bodies in the output queue, {body:.0f} MiB (accounted {acct:.1f} MiB at 512 B per event by "
+            "agent.len_sizeof, while a full-level event carries up to 64 KiB)": body,
+        }
+        ranked = sorted(holders.items(), key=lambda kv: -kv[1])
+        md.append(f"- Memory under {mem.get('streaming_connections')} streaming connections (level full) peaks at "
+                  f"{mem.get('streaming_rss_peak_mib')} MiB RSS (configured bound "
+                  f"{mem.get('streaming_configured_bound_mib')} MiB: queues + per-direction hold-back, body and "
+                  f"header limits). Largest holders at peak: 1) {ranked[0][0]}; 2) {ranked[1][0]}.")
+        if body > 1.5 * acct:
+            md.append(f"- out_queue_bytes does not bound memory at level full: {body:.0f} MiB of bodies were "
+                      f"queued while {acct:.1f} MiB were accounted.")
+        idle_keys = [k for k in mem if k.startswith("idle_") and k.endswith("_kib_per_connection")
+                     and "capped" not in k]
+        if idle_keys:
+            k = idle_keys[0]
+            n = k.split("_")[1]
+            md.append(f"- {n} idle connections cost {mem[k]} KiB each ({mem.get(f'idle_{n}_rss_held_mib')} MiB "
+                      f"RSS); with max_connections=2000 the table holds 2000, evicts and counts "
+                      f"{mem.get(f'idle_{n}_capped_connections_evicted_full')}, RSS "
+                      f"{mem.get(f'idle_{n}_capped_rss_held_mib')} MiB. RSS is not returned to the system after "
+                      "the connections close (not investigated further).")
     if ov:
         md.append(f"- Overload accounting balances exactly once the records left in the ring after the source's "
                   f"last drain are counted ({ov.get('notls_left_in_ring_at_close')} without TLS, "
