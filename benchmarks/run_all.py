@@ -98,7 +98,9 @@ def report(run_meta: dict[str, Any]) -> str:
                       "saturation: req/s", "records per CPU s", "drops ring/queue", "nginx µs/req"], rows)
         s_ratio = dr.get("agent_summary_vs_ref_cpu_per_record_ratio")
         f_ratio = dr.get("agent_full_vs_ref_cpu_per_record_ratio")
-        md += [f"Agent cost per record vs reference: summary **{s_ratio}x**, full **{f_ratio}x** (fixed rate).", ""]
+        md += [f"Agent cost per record vs reference: summary **{s_ratio}x**, full **{f_ratio}x** (fixed rate); "
+               f"vs the polling reference: summary {dr.get('agent_summary_vs_ref_poll_cpu_per_record_ratio')}x, "
+               f"full {dr.get('agent_full_vs_ref_poll_cpu_per_record_ratio')}x.", ""]
     if lv:
         md += ["## 3. Live overhead on nginx", "", f"{lv.get('workload')}. Median of {lv.get('repetitions')} "
                "interleaved repetitions (none, ref, ref_poll, summary, full, then reversed). CPU in % of one core;",
