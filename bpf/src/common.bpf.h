@@ -26,6 +26,17 @@ const volatile __u32 max_chunks = QTAP_MAX_CHUNKS;
 const volatile __u32 capture_payload = 1;
 const volatile __u32 tls_hello_bytes = QTAP_TLS_HELLO_BYTES;
 const volatile __u64 conn_id_base = 0;   /* random per agent run, so ids do not repeat across runs */
+/* Wake the consumer only once this many bytes wait in the ring buffer: a wakeup per record costs more
+ * than the rest of the hook on these machines. User space also drains on a short timer, which bounds
+ * the delay of a trickle of records. 0: wake on every record. */
+const volatile __u64 wakeup_bytes = 64 * 1024;
+
+static __always_inline __u64 rb_flags(void)
+{
+	if (!wakeup_bytes || bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes)
+		return BPF_RB_FORCE_WAKEUP;
+	return BPF_RB_NO_WAKEUP;
+}
 
 static __always_inline void count(__u32 idx, __u64 n)
 {
@@ -130,7 +141,7 @@ static __always_inline void emit_conn_open(struct sock *sk, __u64 conn_id, __u8 
 		BPF_CORE_READ_INTO(&ev.raddr, sk, __sk_common.skc_v6_daddr);
 	}
 	bpf_get_current_comm(&ev.comm, sizeof(ev.comm));
-	if (bpf_ringbuf_output(&events, &ev, sizeof(ev), 0))
+	if (bpf_ringbuf_output(&events, &ev, sizeof(ev), rb_flags()))
 		count(QTAP_CNT_DROP_RINGBUF, 1);
 	else
 		count(QTAP_CNT_RECORDS, 1);
@@ -206,7 +217,7 @@ static __always_inline void flush_record(struct qtap_data_scratch *s)
 	ev->len = n;
 	ev->skipped = 0;
 	ev->flags = 0;
-	if (bpf_ringbuf_output(&events, ev, offsetof(struct qtap_data, payload) + (n & (2 * QTAP_CHUNK_SIZE - 1)), 0)) {
+	if (bpf_ringbuf_output(&events, ev, offsetof(struct qtap_data, payload) + (n & (2 * QTAP_CHUNK_SIZE - 1)), rb_flags())) {
 		count(QTAP_CNT_DROP_RINGBUF, 1);
 		count(QTAP_CNT_DROP_BYTES, n);
 	} else {
@@ -303,7 +314,7 @@ static __always_inline void emit_data(__u64 conn_id, __u64 offset, __u8 dir, __u
 			ev->flags = QTAP_DATA_TRUNCATED;
 		if (ev->flags == QTAP_DATA_TRUNCATED)
 			count(QTAP_CNT_TRUNCATED_BYTES, st->remaining);
-		if (bpf_ringbuf_output(&events, ev, offsetof(struct qtap_data, payload), 0))
+		if (bpf_ringbuf_output(&events, ev, offsetof(struct qtap_data, payload), rb_flags()))
 			count(QTAP_CNT_DROP_RINGBUF, 1);
 		else
 			count(QTAP_CNT_RECORDS, 1);

@@ -32,7 +32,7 @@ int tp_sched_process_exec(struct trace_event_raw_sched_process_exec *ctx)
 	ev->uid = (__u32)bpf_get_current_uid_gid();
 	bpf_get_current_comm(&ev->comm, sizeof(ev->comm));
 	bpf_probe_read_kernel_str(&ev->filename, sizeof(ev->filename), (void *)ctx + loc);
-	if (bpf_ringbuf_output(&events, ev, sizeof(*ev), 0))
+	if (bpf_ringbuf_output(&events, ev, sizeof(*ev), rb_flags()))
 		count(QTAP_CNT_DROP_RINGBUF, 1);
 	else
 		count(QTAP_CNT_RECORDS, 1);
@@ -51,7 +51,7 @@ int tp_sched_process_exit(struct trace_event_raw_sched_process_template *ctx)
 		return 0;
 	fill_hdr(&ev.h, QTAP_REC_PROC_EXIT, 0);
 	ev.exit_code = BPF_CORE_READ(task, exit_code);
-	if (bpf_ringbuf_output(&events, &ev, sizeof(ev), 0))
+	if (bpf_ringbuf_output(&events, &ev, sizeof(ev), rb_flags()))
 		count(QTAP_CNT_DROP_RINGBUF, 1);
 	else
 		count(QTAP_CNT_RECORDS, 1);

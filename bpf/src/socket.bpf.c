@@ -319,7 +319,7 @@ static __always_inline int emit_close(__u64 key)
 	ev.bytes_received = si->off[QTAP_DIR_RECV];
 	ev.open_ts_ns = si->open_ts_ns;
 	bpf_map_delete_elem(&socks, &key);
-	if (bpf_ringbuf_output(&events, &ev, sizeof(ev), 0))
+	if (bpf_ringbuf_output(&events, &ev, sizeof(ev), rb_flags()))
 		count(QTAP_CNT_DROP_RINGBUF, 1);
 	else
 		count(QTAP_CNT_RECORDS, 1);

@@ -36,6 +36,9 @@ class CaptureSettings:
     max_chunks: int = abi.MAX_CHUNKS
     ring_buffer_bytes: int = 16 << 20
     tls_hello_bytes: int = abi.TLS_HELLO_BYTES
+    # The kernel wakes the drain only once this much is waiting (0: every record); see wakeup_bytes in
+    # bpf/src/common.bpf.h. The drain's timer (RingBufferSource.poll_interval_s) bounds the delay.
+    wakeup_bytes: int = 64 * 1024
 
 
 class Capture:
@@ -64,6 +67,7 @@ class Capture:
             "capture_payload": int(s.capture_payload),
             "max_chunks": max(1, min(s.max_chunks, abi.MAX_CHUNKS)),
             "tls_hello_bytes": s.tls_hello_bytes,
+            "wakeup_bytes": s.wakeup_bytes,
             "conn_id_base": self._conn_id_base,
         }
         known = obj.rodata_vars()

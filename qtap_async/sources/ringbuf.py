@@ -26,8 +26,10 @@ def batch_size(batch: object) -> int:
 
 
 class RingBufferSource:
-    def __init__(self, ringbuf: RingBuffer) -> None:
+    def __init__(self, ringbuf: RingBuffer, poll_interval_s: float = 0.02) -> None:
         self.ringbuf = ringbuf
+        # The kernel wakes us only for a batch (wakeup_bytes); a trickle is drained on this timer.
+        self.poll_interval_s = poll_interval_s
         self.records = 0
         self.batches = 0
         self.dropped_records = 0
@@ -50,9 +52,9 @@ class RingBufferSource:
         loop.add_reader(fd, wake.set)
         try:
             while not stop.is_set():
-                # The timeout bounds how long records can sit if an epoll edge is missed.
+                # The timer drains what the kernel did not wake us for (less than wakeup_bytes waiting).
                 try:
-                    async with asyncio.timeout(0.2):
+                    async with asyncio.timeout(self.poll_interval_s):
                         await wake.wait()
                 except TimeoutError:
                     pass
