@@ -298,8 +298,9 @@ def objects_dir() -> Path:
 
 
 class Consumer:
-    """A ring-buffer consumer in its own process: none, the C reference (woken by the kernel: ref, or
-    draining every 1 ms: ref_poll), or `qtap run` at a level.
+    """A ring-buffer consumer in its own process: none, the C reference (ref: as the agent, woken once
+    64 KiB wait or on a 20 ms timer; ref_wake_each: woken for every record; ref_poll: draining every 1 ms),
+    or `qtap run` at a level.
 
     `cpu_seconds()` reads /proc, so a measurement window can exclude start-up (BPF load, TLS discovery).
     """
@@ -312,10 +313,12 @@ class Consumer:
         self.stdout = ""
         if mode == "none":
             return
-        if mode == "ref_poll":  # the reference draining every 1 ms instead of being woken per record
+        if mode == "ref_poll":  # the reference draining every 1 ms instead of sleeping in epoll
             poll_sleep_us = poll_sleep_us or 1000
-        if mode in ("ref", "ref_poll"):
+        if mode.startswith("ref"):
             cmd = [str(build_reference()), str(objects_dir()), "--ring-mib", str(ring_mib)]
+            if mode == "ref_wake_each":  # the kernel wakes the consumer for every record (wakeup_bytes 0)
+                cmd += ["--wakeup-bytes", "0"]
             if target_tgid:
                 cmd += ["--target-tgid", str(target_tgid)]
             if poll_sleep_us:
@@ -382,7 +385,7 @@ class Consumer:
         # stderr belongs to the pump thread (reading it here too would steal lines); stdout is one line.
         self._pump.join(10)
         out = self.proc.stdout.read() if self.proc.stdout is not None else ""
-        if self.mode in ("ref", "ref_poll"):
+        if self.mode.startswith("ref"):
             d = json.loads(out.strip().splitlines()[-1])
             return {"records": d["records"], "kernel_records": d["kernel_records"],
                     "kernel_drop_ringbuf": d["kernel_drop_ringbuf"], "queue_drops": 0}

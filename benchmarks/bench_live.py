@@ -7,7 +7,8 @@ Workloads (HTTP/1.1, small responses, nginx with one worker), each 3 s:
 
 Consumers, all tracing the nginx worker (--pid / --target-tgid; the hooks still fire for every process):
 none, ref (benchmarks/reference/qtap_ref: socket + process objects, counts records, no TLS probes),
-ref_poll (the same, draining every 1 ms instead of being woken by the kernel when it has caught up),
+ref_wake_each (the same with .rodata wakeup_bytes=0: a kernel wakeup for every record; ref is woken as
+the agent is, once 64 KiB wait, else on a 20 ms timer),
 `qtap run --level summary` and `qtap run --level full` (TLS discovery on: HTTPS is seen in plaintext).
 Interleaved in one run: the modes in order, then the reverse order; the median of the repetitions
 is reported. CPU: nginx worker, load client and consumer, in % of one core over the load's duration.
@@ -27,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import Consumer, Nginx, run_load, write_result
 
-MODES = ("none", "ref", "ref_poll", "summary", "full")
+MODES = ("none", "ref", "ref_wake_each", "summary", "full")
 
 
 def loads(ng: Nginx, duration: float) -> list[tuple[str, str, str, dict[str, Any]]]:

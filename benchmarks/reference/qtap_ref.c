@@ -7,7 +7,9 @@
  * program, and drains the ring buffer doing nothing but counting records and bytes. What it costs is the
  * physical limit of our hooks; the agent's cost is reported as a ratio to it.
  *
- * usage: qtap_ref OBJDIR [--duration S] [--ring-mib N] [--target-tgid PID] [--poll-sleep-us N]
+ * usage: qtap_ref OBJDIR [--duration S] [--ring-mib N] [--target-tgid PID] [--poll-sleep-us N] [--wakeup-bytes N]
+ * --wakeup-bytes: .rodata wakeup_bytes (the kernel wakes the consumer once that much waits; 0: every record);
+ * default: the object's own value, as loader.py's default.
  * --poll-sleep-us: instead of sleeping in epoll until the kernel wakes it, drain every N µs. A drained
  * consumer makes the kernel queue a wakeup (irq_work) for the next record; polling measures that cost.
  * Runs until SIGINT/SIGTERM or the duration; prints one JSON line on stdout; "ATTACHED" on stderr when ready.
@@ -77,10 +79,14 @@ static int set_rodata(struct bpf_object *obj, const char *name, uint64_t value)
 	return 0;
 }
 
+static long long wakeup_bytes_opt = -1;
+
 static int configure(struct bpf_object *obj, uint32_t self, uint32_t target, uint64_t base)
 {
 	int err = set_rodata(obj, "self_tgid", self);
 	err = err ? err : set_rodata(obj, "target_tgid", target);
+	if (!err && wakeup_bytes_opt >= 0)
+		err = set_rodata(obj, "wakeup_bytes", (uint64_t)wakeup_bytes_opt);
 	return err ? err : set_rodata(obj, "conn_id_base", base);
 }
 
@@ -112,6 +118,7 @@ int main(int argc, char **argv)
 	unsigned ring_mib = 16;
 	uint32_t target = 0;
 	long poll_sleep_us = 0;
+	long long wakeup_bytes = -1;
 	struct bpf_object *sock, *proc;
 	struct ring_buffer *rb;
 	struct timespec t0, t1;
@@ -119,8 +126,8 @@ int main(int argc, char **argv)
 	int ncpu, counters_fd;
 
 	if (argc < 2) {
-		fprintf(stderr, "usage: %s OBJDIR [--duration S] [--ring-mib N] [--target-tgid PID] [--poll-sleep-us N]\n",
-			argv[0]);
+		fprintf(stderr, "usage: %s OBJDIR [--duration S] [--ring-mib N] [--target-tgid PID] [--poll-sleep-us N] "
+			"[--wakeup-bytes N]\n", argv[0]);
 		return 2;
 	}
 	for (int i = 2; i + 1 < argc; i += 2) {
@@ -132,7 +139,10 @@ int main(int argc, char **argv)
 			target = (uint32_t)atoi(argv[i + 1]);
 		else if (!strcmp(argv[i], "--poll-sleep-us"))
 			poll_sleep_us = atol(argv[i + 1]);
+		else if (!strcmp(argv[i], "--wakeup-bytes"))
+			wakeup_bytes = atoll(argv[i + 1]);
 	}
+	wakeup_bytes_opt = wakeup_bytes;
 	srand((unsigned)time(NULL) ^ (unsigned)getpid());
 	base = ((uint64_t)(rand() & 0xffffff)) << 32;
 
@@ -184,7 +194,7 @@ int main(int argc, char **argv)
 			usleep((useconds_t)poll_sleep_us);
 			err = ring_buffer__consume(rb);
 		} else {
-			err = ring_buffer__poll(rb, 100);
+			err = ring_buffer__poll(rb, 20); /* as the agent's drain timer (RingBufferSource) */
 		}
 		if (err < 0 && err != -EINTR)
 			break;
