@@ -40,6 +40,7 @@ class AgentOptions:
     out_queue_bytes: int = 64 << 20
     emit_gaps: bool = True
     metrics_interval_s: float = 0.0  # > 0: log a metrics line to stderr this often
+    stop_drain_s: float = 10.0  # at stop, process the queued backlog this long; the rest is dropped, counted
     tls: bool = True  # attach uprobes to TLS libraries for plaintext
     http_level: Literal["summary", "details", "full"] = "details"  # headers: details, bodies: full
 
@@ -130,6 +131,7 @@ class Agent:
         st = self.conntrack.stats
         m["qtap_decode_errors_total"] = self.stage.decode_errors
         m["qtap_internal_errors_total"] = self.stage.internal_errors
+        m["qtap_stage_dropped_at_stop_records_total"] = self.stage.dropped_at_stop
         m["qtap_connections_open"] = len(self.conntrack.conns)
         m["qtap_connections_opened_total"] = st.connections_opened
         m["qtap_connections_closed_total"] = st.connections_closed
@@ -182,6 +184,10 @@ class Agent:
             ]
             if o.metrics_interval_s > 0:
                 tasks.append(asyncio.create_task(self._metrics_loop(o.metrics_interval_s), name="metrics"))
+            stopped = asyncio.create_task(self.stop_event.wait(), name="stop")
+            await asyncio.wait([stopped, *tasks[:3]], return_when=asyncio.FIRST_COMPLETED)
+            stopped.cancel()
+            self.stage.drain_deadline = loop.time() + o.stop_drain_s
             await asyncio.gather(*tasks[:3])
             for t in tasks[3:]:
                 t.cancel()

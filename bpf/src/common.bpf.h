@@ -31,6 +31,17 @@ const volatile __u64 conn_id_base = 0;   /* random per agent run, so ids do not 
  * the delay of a trickle of records. 0: wake on every record. */
 const volatile __u64 wakeup_bytes = 64 * 1024;
 
+/* Hash map updates cost several times a lookup: write only when the value changes (these run on every
+ * socket syscall and every TLS call). */
+static __always_inline void set_u64(void *map, const void *key, __u64 value)
+{
+	__u64 *cur = bpf_map_lookup_elem(map, key);
+
+	if (cur && *cur == value)
+		return;
+	bpf_map_update_elem(map, key, &value, BPF_ANY);
+}
+
 static __always_inline __u64 rb_flags(void)
 {
 	if (!wakeup_bytes || bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes)
@@ -161,6 +172,19 @@ static __always_inline bool peer_is_agent(struct sock *sk)
 	saddr = BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr);
 	/* Same host: loopback (127/8, network order first byte) or talking to its own address. */
 	return (daddr & 0xff) == 127 || daddr == saddr;
+}
+
+/* A server can accept the agent's connection before the agent's connect() has returned (loopback does the
+ * handshake inside the call), so the check at open can miss; by the time data flows connect() has
+ * returned, so it is made once more then. The far end of an agent connection is muted for good. */
+static __always_inline bool sock_muted(struct qtap_sock_info *si, struct sock *sk)
+{
+	if (!(si->flags & QTAP_SOCK_PEER_CHECKED)) {
+		if (peer_is_agent(sk))
+			si->flags |= QTAP_SOCK_MUTED;
+		si->flags |= QTAP_SOCK_PEER_CHECKED;
+	}
+	return si->flags & QTAP_SOCK_MUTED;
 }
 
 /* The socket's table entry, created (and announced with a conn_open record) on first sight. */

@@ -77,6 +77,7 @@ enum qtap_sock_flags {
 	QTAP_SOCK_DETECTED = 1 << 2,    /* first-bytes detection done */
 	QTAP_SOCK_MUTED = 1 << 3,       /* user space asked for no more payload */
 	QTAP_SOCK_UDP = 1 << 4,         /* UDP (DNS): ended by close(2), there is no TCP_CLOSE */
+	QTAP_SOCK_PEER_CHECKED = 1 << 5, /* checked once data flowed: is the far end the agent itself? */
 };
 
 /* Indexes of the per-CPU `counters` map. Every record that is not delivered is counted here. */

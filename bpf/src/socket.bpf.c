@@ -78,7 +78,9 @@ static __always_inline int exit_io(long ret)
 	if (!si)
 		return 0;
 	off = __sync_fetch_and_add(&si->off[a.dir & 1], ret);
-	bpf_map_update_elem(&thread_socks, &tid, &a.sk, BPF_ANY);
+	if (sock_muted(si, (struct sock *)a.sk))
+		return 0;
+	set_u64(&thread_socks, &tid, a.sk);
 
 	if (si->flags & QTAP_SOCK_UDP) {
 		emit_data(si->conn_id, off, a.dir, QTAP_SRC_SYSCALL, a.fd, a.buf, a.iovcnt, ret);
@@ -88,8 +90,9 @@ static __always_inline int exit_io(long ret)
 	tc = bpf_map_lookup_elem(&tls_calls, &tid);
 	if (tc) {
 		tc->sk = a.sk;
-		__sync_fetch_and_or(&si->flags, QTAP_SOCK_TLS_COVERED);
-		bpf_map_update_elem(&tls_socks, &tc->ssl, &a.sk, BPF_ANY);
+		if (!(si->flags & QTAP_SOCK_TLS_COVERED))
+			__sync_fetch_and_or(&si->flags, QTAP_SOCK_TLS_COVERED);
+		set_u64(&tls_socks, &tc->ssl, a.sk);
 		count(QTAP_CNT_TLS_MUTED_BYTES, ret);
 		return 0;
 	}

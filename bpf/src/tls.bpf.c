@@ -66,7 +66,10 @@ static __always_inline void emit_plaintext(__u64 sk, __u8 dir, __u8 source, __u6
 		count_unassociated();
 		return;
 	}
-	si->flags |= QTAP_SOCK_TLS_COVERED;
+	if (sock_muted(si, (struct sock *)sk))
+		return;
+	if (!(si->flags & QTAP_SOCK_TLS_COVERED))
+		si->flags |= QTAP_SOCK_TLS_COVERED;
 	off = __sync_fetch_and_add(&si->tls_off[dir & 1], len);
 	emit_data(si->conn_id, off, dir, source, -1, buf, 0, len);
 }
@@ -117,7 +120,7 @@ int BPF_KPROBE(uprobe_tls_return)
 		return 0;
 	sk = c.sk;
 	if (sk) {
-		bpf_map_update_elem(&tls_socks, &c.ssl, &sk, BPF_ANY);
+		set_u64(&tls_socks, &c.ssl, sk);
 	} else {
 		__u64 *cached = bpf_map_lookup_elem(&tls_socks, &c.ssl);
 		if (!cached) {

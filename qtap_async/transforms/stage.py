@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -20,6 +21,10 @@ class TrackingStage:
         self.conntrack = conntrack
         self.decode_errors = 0
         self.internal_errors = 0
+        # Set (loop time) when the agent stops: backlog still queued past it is dropped and counted, so
+        # a stop under overload takes bounded time.
+        self.drain_deadline: float | None = None
+        self.dropped_at_stop = 0
         self.records = 0
         self._last_sweep = time.monotonic()
 
@@ -51,12 +56,16 @@ class TrackingStage:
         return out
 
     async def run(self, rx: Channel[list[bytes]], tx: Channel[list[Any]]) -> None:
+        loop = asyncio.get_running_loop()
         try:
             while True:
                 try:
                     batch = await rx.recv()
                 except ChannelClosed:
                     break
+                if self.drain_deadline is not None and loop.time() > self.drain_deadline:
+                    self.dropped_at_stop += len(batch)
+                    continue
                 events = self.process(batch)
                 if events:
                     await tx.send(events)

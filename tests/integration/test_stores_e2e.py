@@ -14,7 +14,7 @@ from tests.integration.harness import start_http_server
 from tests.plugins.test_run_config import QtapRun, curl
 
 # The fixtures of the sink tests (services, topic, bucket) are reused from there.
-from tests.sinks.conftest import Services, bucket, consume_all, s3_client, services, topic  # noqa: F401
+from tests.sinks.conftest import Services, bucket, s3_client, services, topic  # noqa: F401
 
 pytestmark = [pytest.mark.bpf, pytest.mark.services]
 
@@ -27,6 +27,35 @@ def server() -> Iterator[int]:
     finally:
         proc.kill()
         proc.wait()
+
+
+def _consume(bootstrap: str, topic_name: str, expect: int, timeout_s: float) -> list[Any]:
+    """Every record of the topic, read by a consumer of its own (aiokafka, explicit poll timeouts)."""
+    import asyncio
+
+    from aiokafka import AIOKafkaConsumer
+
+    async def run() -> list[Any]:
+        consumer = AIOKafkaConsumer(topic_name, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                                    enable_auto_commit=False, group_id=None)
+        await consumer.start()
+        out: list[Any] = []
+        try:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + timeout_s
+            quiet = 0
+            while loop.time() < deadline:
+                batch = await consumer.getmany(timeout_ms=1000)
+                got = [r for recs in batch.values() for r in recs]
+                out.extend(got)
+                quiet = 0 if got else quiet + 1
+                if len(out) >= expect and quiet >= 2:  # and nothing more came for 2 s (duplicates show up)
+                    break
+        finally:
+            await consumer.stop()
+        return out
+
+    return asyncio.run(run())
 
 
 def _config(svc: Services, topic_name: str, bucket_name: str) -> str:
@@ -74,7 +103,7 @@ def test_agent_events_to_kafka_and_objects_to_minio(  # the sink tests' fixtures
         for n in (11, 22, 33):
             curl(f"http://127.0.0.1:{server}/bytes?n={n}&status=200")
         # Both ends (curl egress, server ingress) are captured: 3 requests x 2 sides.
-        records = consume_all(services, topic, expect=12, timeout_s=60)
+        records = _consume(services.kafka_bootstrap, topic, expect=12, timeout_s=60)
     finally:
         assert q.stop() == 0
     events = [msgspec.json.decode(r.value) for r in records]
