@@ -178,7 +178,7 @@ class Agent:
             self.source = RingBufferSource(self.capture.ringbuf)
             log.info("capture attached: %d programs", sum(len(ob.links) for ob in self.capture.objects))
             tasks = [
-                asyncio.create_task(self.source.run(self.raw, self.stop_event), name="source"),
+                asyncio.create_task(self.source.run(self.raw, self.stop_event, self._detach), name="source"),
                 asyncio.create_task(self.stage.run(self.raw, self.out), name="track"),
                 asyncio.create_task(self.writer.run(self.out), name="sink"),
             ]
@@ -200,6 +200,14 @@ class Agent:
             self._kernel_counters = self.capture.counters()
             self.capture.close()
         return 0
+
+    def _detach(self) -> None:
+        """Stop every hook (tracepoints and TLS uprobes) before the final drain."""
+        if self.tls is not None:
+            self.tls.probes.detach_links()
+        if self.capture is not None:
+            for obj in self.capture.objects:
+                obj.detach_all()
 
     async def _metrics_loop(self, interval: float) -> None:
         while True:

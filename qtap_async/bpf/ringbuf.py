@@ -15,17 +15,24 @@ from qtap_async.errors import BpfError
 _string_at = ctypes.string_at
 
 
-class RingBuffer:
-    """Reader of one BPF_MAP_TYPE_RINGBUF map."""
+# Returned by the sample callback to stop a consume() once the batch is full; libbpf commits the record
+# and hands the value back from ring_buffer__consume (libbpf 1.1 has no ring_buffer__consume_n).
+_BATCH_FULL = -11  # -EAGAIN
 
-    def __init__(self, bpf_map: BpfMap) -> None:
+
+class RingBuffer:
+    """Reader of one BPF_MAP_TYPE_RINGBUF map. One consume() returns at most `max_batch` records: against a
+    producer as fast as the consumer, libbpf would otherwise keep consuming into one unbounded batch."""
+
+    def __init__(self, bpf_map: BpfMap, max_batch: int = 4096) -> None:
         self.name = bpf_map.name
         self._batch: list[bytes] = []
-        append = self._batch.append
+        batch = self._batch
+        append = batch.append
 
         def on_sample(_ctx: int | None, data: int, size: int) -> int:
             append(_string_at(data, size))
-            return 0
+            return _BATCH_FULL if len(batch) >= max_batch else 0
 
         self._cb = SAMPLE_FN(on_sample)  # must outlive the ring_buffer
         ptr = libbpf().ring_buffer__new(bpf_map.fd, self._cb, None, None)
@@ -42,7 +49,9 @@ class RingBuffer:
         """All records available now, oldest first (may be empty)."""
         if self._ptr is None:
             raise BpfError(f"ring buffer {self.name}", 9, "closed")
-        check_int(libbpf().ring_buffer__consume(self._ptr), f"ring buffer {self.name}", "consume")
+        ret = libbpf().ring_buffer__consume(self._ptr)
+        if ret < 0 and ret != _BATCH_FULL:
+            check_int(ret, f"ring buffer {self.name}", "consume")
         batch = self._batch[:]
         self._batch.clear()
         self.records += len(batch)
@@ -53,7 +62,7 @@ class RingBuffer:
         if self._ptr is None:
             raise BpfError(f"ring buffer {self.name}", 9, "closed")
         ret = libbpf().ring_buffer__poll(self._ptr, timeout_ms)
-        if ret < 0 and -ret != 4:  # EINTR is not an error here
+        if ret < 0 and -ret != 4 and ret != _BATCH_FULL:  # EINTR is not an error here
             check_int(ret, f"ring buffer {self.name}", "poll")
         batch = self._batch[:]
         self._batch.clear()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from qtap_async.bpf.ringbuf import RingBuffer
 from qtap_async.buffers.channel import Channel
@@ -44,8 +45,10 @@ class RingBufferSource:
             self.dropped_records += len(batch)
         return len(batch)
 
-    async def run(self, tx: Channel[RawBatch], stop: asyncio.Event) -> None:
-        """Drain until `stop` is set, then drain what is left and close `tx`."""
+    async def run(self, tx: Channel[RawBatch], stop: asyncio.Event,
+                  before_final_drain: Callable[[], None] | None = None) -> None:
+        """Drain until `stop` is set, then drain what is left and close `tx`. `before_final_drain` detaches
+        the programs, so the last drain sees every record the kernel will ever deliver (exact accounting)."""
         loop = asyncio.get_running_loop()
         fd = self.ringbuf.fileno()
         wake = asyncio.Event()
@@ -63,5 +66,8 @@ class RingBufferSource:
                     await asyncio.sleep(0)  # let the pipeline run between big batches
         finally:
             loop.remove_reader(fd)
-            self.drain_once(tx)
+            if before_final_drain is not None:
+                before_final_drain()
+            while self.drain_once(tx):
+                pass
             tx.close()

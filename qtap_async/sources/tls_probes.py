@@ -229,6 +229,10 @@ class TlsProbes:
         out = [e.status for e in self.files.values() if e.status is not None]
         return out + list(self.failed.values())
 
+    def detach_links(self) -> None:
+        """Detach every uprobe (the object stays loaded; close() frees it)."""
+        self.obj.detach_all()
+
     def close(self) -> None:
         for entry in self.files.values():
             for link in entry.links:
