@@ -40,12 +40,12 @@ def _objects() -> list[ObjectInfo]:
 
 def _tls() -> list[dict[str, object]]:
     """Every TLS library in a running process (or in the ld.so cache), with its probe plan: fast or slow."""
-    from qtap_async.sources.tls_manager import _system_libraries
+    from qtap_async.sources.tls_manager import system_libraries
     from qtap_async.tls import scan_all
 
     try:
         found = dict(scan_all())
-        for lib in _system_libraries():
+        for lib in system_libraries():
             found.setdefault(lib.key, lib)
     except Exception as exc:  # discovery must never break inspect
         return [{"error": f"TLS discovery failed: {exc}"}]

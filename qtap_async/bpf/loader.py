@@ -16,9 +16,6 @@ from qtap_async.bpf import abi
 from qtap_async.bpf.object import BpfObject, possible_cpus
 from qtap_async.bpf.ringbuf import RingBuffer
 
-SHARED_MAPS = ("events", "counters", "socks", "inflight", "tls_calls", "tls_socks", "scratch", "conn_ids",
-               "thread_socks", "self_ports", "self_socks")
-
 
 def objects_dir() -> Path:
     """Where the compiled objects are: inside the installed package (bpf/build links here in a checkout)."""
@@ -93,11 +90,12 @@ class Capture:
         self.ringbuf = RingBuffer(sock.map("events"))
 
     def share_maps(self, obj: BpfObject) -> None:
-        """Make `obj` use the socket object's shared maps (call before obj.load())."""
+        """Make `obj` use the socket object's maps of the same name (call before obj.load()): every map
+        declared in maps.bpf.h is shared; a map only `obj` has (go_calls) and its own settings stay its own."""
         owner = self.objects[0]
-        for name in SHARED_MAPS:
-            if name in obj.maps:
-                obj.map(name).reuse_fd(owner.map(name).fd)
+        for name, m in obj.maps.items():
+            if name in owner.maps and "." not in name:  # ".rodata"/".bss" are per object
+                m.reuse_fd(owner.map(name).fd)
 
     @property
     def socket_object(self) -> BpfObject:

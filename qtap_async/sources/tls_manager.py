@@ -25,7 +25,7 @@ RESCAN_DELAYS_S = (0.0, 0.1, 0.5)
 DETACH_GRACE_S = 60.0
 
 
-def _system_libraries() -> list[TlsLibrary]:
+def system_libraries() -> list[TlsLibrary]:
     out = []
     for path in system_tls_libraries():
         try:
@@ -51,7 +51,7 @@ class TlsManager:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        libs = await loop.run_in_executor(self._pool, _system_libraries)
+        libs = await loop.run_in_executor(self._pool, system_libraries)
         for lib in libs:
             self.probes.attach(lib, system=True)
         found = await loop.run_in_executor(self._pool, self.scanner.scan_all)

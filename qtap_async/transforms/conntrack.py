@@ -22,7 +22,7 @@ from qtap_async.protocols.dns import parse_dns_datagram
 from qtap_async.topology.dns_cache import DnsCache
 from qtap_async.topology.listeners import ListeningPorts
 from qtap_async.topology.process import ProcessCache, ProcessInfo
-from qtap_async.transforms.reassembly import ReassemblyStats, StreamReassembler
+from qtap_async.transforms.reassembly import ReassemblyStats, Segment, StreamReassembler
 
 _SOURCE_NAMES = {int(s): s.name.lower() for s in abi.Source}
 _DIR_NAMES = {0: "send", 1: "recv"}
@@ -294,25 +294,31 @@ class Conntrack:
             return []
         if layer not in c.sessions:
             c.sessions[layer] = self.session_factory(c, layer) if self.session_factory else None
-        session = c.sessions[layer]
+        return self._deliver(c, source, rec.dir, segments, rec.ts_ns)
+
+    def _deliver(self, c: Connection, source: int, direction: int, segments: list[Segment],
+                 ts_ns: int) -> list[Any]:
+        """Ordered segments of one stream to its protocol session: bytes are fed, holes reported."""
+        layer = 1 if source else 0
+        session = c.sessions.get(layer)
         out: list[Any] = []
         for seg in segments:
             if isinstance(seg, int):
                 if self.emit_gaps:
-                    out.append(self._gap_event(c, rec, seg))
+                    out.append(self._gap_event(c, source, direction, seg, ts_ns))
                 if session is not None:
-                    out.extend(self._protocol(c, session.gap(rec.dir, seg, rec.ts_ns), layer))
+                    out.extend(self._protocol(c, session.gap(direction, seg, ts_ns), layer))
             elif session is not None:
-                out.extend(self._protocol(c, session.feed(rec.dir, seg, rec.ts_ns), layer))
+                out.extend(self._protocol(c, session.feed(direction, seg, ts_ns), layer))
         return out
 
-    def _gap_event(self, c: Connection, rec: Data, n: int) -> GapEvent:
+    def _gap_event(self, c: Connection, source: int, direction: int, n: int, ts_ns: int) -> GapEvent:
         return GapEvent(
             id=self._event_id(),
-            ts=self.rfc3339(rec.ts_ns),
+            ts=self.rfc3339(ts_ns),
             conn_id=c.conn_id,
-            direction=_DIR_NAMES.get(rec.dir, "?"),
-            source=_SOURCE_NAMES.get(rec.source, str(rec.source)),
+            direction=_DIR_NAMES.get(direction, "?"),
+            source=_SOURCE_NAMES.get(source, str(source)),
             bytes=n,
             pid=c.pid,
             exe=c.process.exe,
@@ -340,16 +346,7 @@ class Conntrack:
     def _finish(self, c: Connection, ts_ns: int, reason: str) -> list[Any]:
         out: list[Any] = []
         for key, stream in c.streams.items():
-            layer = 1 if key >= 2 else 0
-            session = c.sessions.get(layer)
-            direction = key & 1
-            for seg in stream.flush():
-                if session is None:
-                    continue
-                if isinstance(seg, int):
-                    out.extend(self._protocol(c, session.gap(direction, seg, ts_ns), layer))
-                else:
-                    out.extend(self._protocol(c, session.feed(direction, seg, ts_ns), layer))
+            out.extend(self._deliver(c, key >> 1, key & 1, stream.flush(), ts_ns))
         for layer, session in c.sessions.items():
             if session is not None:
                 out.extend(self._protocol(c, session.close(ts_ns), layer))

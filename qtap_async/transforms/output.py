@@ -14,6 +14,7 @@ import msgspec
 
 from qtap_async.events.dns import DnsMessage
 from qtap_async.events.http import HttpTransaction, TlsClientHello
+from qtap_async.plugins.exchange import host_of
 from qtap_async.transforms.conntrack import Connection, Conntrack
 
 _CAMEL = re.compile(r"(?<!^)(?=[A-Z])")
@@ -26,14 +27,6 @@ def _type_name(rec: Any) -> str:
     if isinstance(tag, str):
         return tag
     return _CAMEL.sub("_", type(rec).__name__).lower()
-
-
-def _host(authority: str | None) -> str:
-    if not authority:
-        return ""
-    if authority.startswith("["):
-        return authority[1 : authority.find("]")] if "]" in authority else authority
-    return authority.rsplit(":", 1)[0] if authority.count(":") == 1 else authority
 
 
 class ProtocolOutput:
@@ -79,7 +72,7 @@ class ProtocolOutput:
         return [event]
 
     def _http(self, conn: Connection, tx: HttpTransaction, layer: int) -> dict[str, Any]:
-        host = _host(tx.authority)
+        host = host_of(tx.authority)
         if host and not conn.domain:
             conn.domain = host
         start = tx.request_start_ns or tx.response_start_ns or conn.last_ns

@@ -6,7 +6,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,30 +13,13 @@ from typing import Any
 import pytest
 
 from qtap_async.agent import AgentOptions
-from tests.integration.harness import PEERS, AgentHarness
+from tests.integration.harness import PEERS, AgentHarness, free_port, wait_port
 
 pytestmark = pytest.mark.bpf
 
 CURL = shutil.which("curl") or "/usr/bin/curl"
 NGHTTPD = shutil.which("nghttpd") or "/usr/bin/nghttpd"
 DIG = shutil.which("dig") or "/usr/bin/dig"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_port(port: int) -> None:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {port}")
 
 
 def _http(h: AgentHarness, **match: Any) -> list[dict[str, Any]]:
@@ -55,11 +37,11 @@ def docroot(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def nghttpd_tls(docroot: Path, cert: tuple[str, str]) -> Iterator[int]:
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([NGHTTPD, "-d", str(docroot), str(port), cert[1], cert[0]],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        _wait_port(port)
+        wait_port(port)
         yield port
     finally:
         proc.kill()
@@ -68,11 +50,11 @@ def nghttpd_tls(docroot: Path, cert: tuple[str, str]) -> Iterator[int]:
 
 @pytest.fixture
 def nghttpd_h2c(docroot: Path) -> Iterator[int]:
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([NGHTTPD, "--no-tls", "-d", str(docroot), str(port)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:
-        _wait_port(port)
+        wait_port(port)
         yield port
     finally:
         proc.kill()

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import time
@@ -14,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.integration.harness import start_http_server
+from tests.integration.harness import free_port, start_http_server
 from tests.plugins.test_run_config import QtapRun, curl
 
 pytestmark = pytest.mark.bpf
@@ -22,10 +21,6 @@ pytestmark = pytest.mark.bpf
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
@@ -34,7 +29,7 @@ def pulse(tmp_path: Path) -> Iterator[tuple[str, str]]:
     qtap = [sys.executable, "-m", "cli.main"]
     token = subprocess.run([*qtap, "pulse", "token", "create", "--data-dir", str(data), "--team", "e2e"],
                            cwd=ROOT, capture_output=True, text=True, check=True, timeout=120).stdout.strip().split()[-1]
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([*qtap, "pulse", "serve", "--data-dir", str(data), "--listen", f"127.0.0.1:{port}"],
                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=(tmp_path / "pulse.log").open("wb"))
     url = f"http://127.0.0.1:{port}"
