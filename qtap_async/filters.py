@@ -295,3 +295,67 @@ class StackSelector:
 
 def _stack_or_none(name: str) -> str | None:
     return None if name in ("", "none") else name
+
+
+# -- focus: what a person chasing one service asked for on the command line ---------------------
+
+
+class DomainMatcher:
+    """Host names as endpoints are written: ``api.example.com`` exactly, ``*.example.com`` any
+    subdomain (not the bare domain), case-insensitive, trailing dot and ``:port`` ignored."""
+
+    __slots__ = ("_exact", "_suffixes")
+
+    def __init__(self, domains: Iterable[str]) -> None:
+        exact: set[str] = set()
+        suffixes: list[str] = []
+        for d in domains:
+            d = d.lower().rstrip(".")
+            if d.startswith("*."):
+                suffixes.append(d[1:])
+            else:
+                exact.add(d)
+        self._exact = frozenset(exact)
+        self._suffixes = tuple(suffixes)
+
+    def matches(self, host: str) -> bool:
+        if host.count(":") == 1:
+            host = host.partition(":")[0]
+        h = host.lower().rstrip(".")
+        return h in self._exact or (bool(self._suffixes) and h.endswith(self._suffixes))
+
+
+@dataclass(frozen=True, slots=True)
+class Focus:
+    """Inclusion filters (the config's exe filters exclude; these keep only what matches).
+
+    Each kind given must match; within a kind any value may. Ports match either end of the
+    connection, ``exe`` filters use the config's match strategies, containers match an id prefix
+    (as `docker ps` shows 12 characters) and domains match SNI / Host / DNS names.
+    """
+
+    direction: Direction = "all"
+    ports: frozenset[int] = frozenset()
+    exes: tuple[ExeFilter, ...] = ()
+    containers: tuple[str, ...] = ()
+    domains: DomainMatcher | None = None
+
+    @property
+    def empty(self) -> bool:
+        return (self.direction == "all" and not self.ports and not self.exes and not self.containers
+                and self.domains is None)
+
+    def connection(self, *, ingress: bool, remote_ip: IpLike, lport: int, rport: int, exe: str,
+                   container_id: str) -> bool:
+        """Whether a connection can be in focus from what is known when it opens (domain aside)."""
+        if not direction_allowed(self.direction, classify_connection(ingress, remote_ip)):
+            return False
+        if self.ports and lport not in self.ports and rport not in self.ports:
+            return False
+        if self.exes and not any(f.match(exe) for f in self.exes):
+            return False
+        return not (self.containers and not (container_id and container_id.startswith(self.containers)))
+
+    def domain(self, host: str) -> bool:
+        """Whether a connection or transaction for ``host`` ("" when unknown) is in focus."""
+        return self.domains is None or (bool(host) and self.domains.matches(host))

@@ -27,7 +27,7 @@ import os
 import signal
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -48,6 +48,9 @@ from qtap_async.sinks.factory import build_event_runner, build_object_runner
 from qtap_async.sinks.runner import EventSinkRunner, ObjectSinkRunner
 from qtap_async.transforms.conntrack import Connection, Conntrack, Session
 from qtap_async.transforms.output import ProtocolOutput
+
+if TYPE_CHECKING:
+    from qtap_async.agent import Agent
 
 __all__ = [
     "ConfigReloader",
@@ -444,8 +447,10 @@ class ConfigReloader:
 
 async def run_with_config(config: Config, options: AgentOptions, *, path: Path | None = None,
                           reload_interval: float = 2.0,
-                          on_ready: Callable[[ConfiguredRuntime], Awaitable[None] | None] | None = None) -> int:
-    """Run the agent with ``config`` until SIGINT/SIGTERM; with ``path``, reload on SIGHUP and on change."""
+                          on_ready: Callable[[ConfiguredRuntime], Awaitable[None] | None] | None = None,
+                          on_agent: Callable[[Agent], None] | None = None) -> int:
+    """Run the agent with ``config`` until SIGINT/SIGTERM; with ``path``, reload on SIGHUP and on change.
+    ``on_agent`` sees the agent before it starts (the CLI wraps its hooks and announces the start)."""
     from qtap_async.agent import Agent
 
     runtime = ConfiguredRuntime(config)
@@ -455,6 +460,8 @@ async def run_with_config(config: Config, options: AgentOptions, *, path: Path |
     agent = Agent(options, writer=runtime.writer, session_factory=runtime.session_factory,
                   on_protocol_record=runtime.on_protocol_record)
     runtime.bind(agent.conntrack)
+    if on_agent is not None:
+        on_agent(agent)
     loop = asyncio.get_running_loop()
     reloader: asyncio.Task[None] | None = None
     hup = False
