@@ -13,7 +13,6 @@ file, or when the agent runs in a container (where stdout is collected by a log 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import IO, Any, Literal
 
 import msgspec
@@ -28,10 +27,11 @@ FORMATS: tuple[str, ...] = ("auto", "json", "text", "console")
 
 
 def in_container() -> bool:
-    """Whether this process runs in a container (docker, podman, Kubernetes)."""
-    if Path("/.dockerenv").exists() or Path("/run/.containerenv").exists():
-        return True
-    # podman and systemd-nspawn set a lowercase `container` variable.
+    """Whether this process runs where stdout is collected as logs: in a Kubernetes pod, or in a
+    container whose runtime or image says so (podman, systemd-nspawn and the qtap image set
+    ``container``). /.dockerenv alone is not taken as such: development boxes are docker containers
+    too, and a person with a terminal there wants console lines."""
+    # The variable is lowercase by convention (podman, systemd-nspawn).
     in_env = os.environ.get("container") or os.environ.get("KUBERNETES_SERVICE_HOST")  # noqa: SIM112
     return bool(in_env)
 

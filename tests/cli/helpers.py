@@ -41,7 +41,7 @@ class PtyRun:
         return self.err_path.read_text(errors="replace")
 
     def read(self) -> str:
-        while True:
+        while self.master >= 0:
             ready, _, _ = select.select([self.master], [], [], 0.05)
             if not ready:
                 break
@@ -75,4 +75,49 @@ class PtyRun:
                 self.proc.wait()
         self.read()
         os.close(self.master)
+        self.master = -1
         return self.proc.returncode
+
+
+class AgentRun:
+    """`qtap ARGS` with stdout to a file (a user's `qtap run > out.jsonl`); waits for the start message."""
+
+    def __init__(self, args: Sequence[str], workdir: Path, *, wait: bool = True) -> None:
+        self.out_path = workdir / "stdout.txt"
+        self.err_path = workdir / "stderr.log"
+        with self.out_path.open("wb") as out, self.err_path.open("wb") as err:
+            self.proc = subprocess.Popen([*QTAP, *args], cwd=ROOT, stdout=out, stderr=err)
+        if wait and not wait_until(lambda: "Ctrl-C to stop" in self.log(), 90, self.proc):
+            self.stop()
+            raise AssertionError(f"qtap did not start:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.err_path.read_text(errors="replace")
+
+    def out(self) -> str:
+        return self.out_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGINT) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+def wait_until(pred: Callable[[], bool], timeout: float, proc: subprocess.Popen[bytes] | None = None) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        if proc is not None and proc.poll() is not None:
+            return pred()
+        time.sleep(0.1)
+    return pred()
+
+
+def curl(url: str, *extra: str) -> None:
+    subprocess.run(["/usr/bin/curl", "-sS", "-o", "/dev/null", *extra, url], check=True, timeout=30)

@@ -60,7 +60,7 @@ def test_version() -> None:
 
 
 def test_shell_completion_script() -> None:
-    r = qtap("--show-completion", "bash", env={"PATH": "/usr/bin:/bin", "_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION": "1"})
+    r = qtap("--show-completion", "bash", env={"PATH": "/usr/bin:/bin"})
     assert r.returncode == 0, r.stderr
     assert "complete" in r.stdout and "qtap" in r.stdout
 
