@@ -17,6 +17,15 @@ pulse_app = typer.Typer(help="Pulse: self-hosted ingestion and query service (Cl
 token_app = typer.Typer(help="Bearer tokens: create, list, revoke.", no_args_is_help=True)
 pulse_app.add_typer(token_app, name="token")
 
+
+def _mount_query() -> None:
+    from cli.pulse_query import query_app
+
+    pulse_app.add_typer(query_app, name="query")
+
+
+_mount_query()
+
 DataDir = Annotated[Path, typer.Option("--data-dir", help="Pulse data directory (tokens, embedded chDB).")]
 
 

@@ -359,3 +359,59 @@ class Focus:
     def domain(self, host: str) -> bool:
         """Whether a connection or transaction for ``host`` ("" when unknown) is in focus."""
         return self.domains is None or (bool(host) and self.domains.matches(host))
+
+
+# -- our own services ---------------------------------------------------------------------------
+
+
+class OwnServices:
+    """The endpoints of the services the agent reports to (Pulse, the control plane), by address.
+
+    Recognised by what they are, not by an executable name: any connection to one of these
+    endpoints (egress) or accepted on one (ingress, e.g. Pulse's own side on this host) is the
+    agent's reporting traffic, or another agent's, and capturing it would feed Pulse its own
+    ingestion. Host names are resolved once, when the config is compiled.
+    """
+
+    __slots__ = ("endpoints",)
+
+    def __init__(self, endpoints: Iterable[tuple[str, int]] = ()) -> None:
+        self.endpoints: frozenset[tuple[str, int]] = frozenset(
+            (str(parse_ip(ip)), port) for ip, port in endpoints)
+
+    @classmethod
+    def from_urls(cls, urls: Iterable[str]) -> OwnServices:
+        import socket
+        from urllib.parse import urlsplit
+
+        out: list[tuple[str, int]] = []
+        for url in urls:
+            parts = urlsplit(url if "://" in url else f"http://{url}")
+            host = parts.hostname
+            try:
+                port = parts.port or (443 if parts.scheme == "https" else 80)
+            except ValueError:
+                continue
+            if not host:
+                continue
+            try:
+                infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            except OSError:  # not resolvable now: the store reports that when it starts
+                continue
+            out.extend((str(info[4][0]), port) for info in infos)
+        return cls(out)
+
+    def __bool__(self) -> bool:
+        return bool(self.endpoints)
+
+    def involves(self, *, ingress: bool, local: tuple[IpLike, int], remote: tuple[IpLike, int]) -> bool:
+        """Whether a connection goes to one of our services (egress) or is accepted by one (ingress)."""
+        ip, port = local if ingress else remote
+        try:
+            key = (str(parse_ip(ip)), port)
+        except ValueError:
+            return False
+        if key in self.endpoints:
+            return True
+        # A service bound to 0.0.0.0 / :: is reached on any local address: match loopback both ways.
+        return ingress and is_loopback(ip) and any(p == port and is_loopback(a) for a, p in self.endpoints)

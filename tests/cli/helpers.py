@@ -82,11 +82,13 @@ class PtyRun:
 class AgentRun:
     """`qtap ARGS` with stdout to a file (a user's `qtap run > out.jsonl`); waits for the start message."""
 
-    def __init__(self, args: Sequence[str], workdir: Path, *, wait: bool = True) -> None:
+    def __init__(self, args: Sequence[str], workdir: Path, *, wait: bool = True,
+                 env: dict[str, str] | None = None) -> None:
         self.out_path = workdir / "stdout.txt"
         self.err_path = workdir / "stderr.log"
         with self.out_path.open("wb") as out, self.err_path.open("wb") as err:
-            self.proc = subprocess.Popen([*QTAP, *args], cwd=ROOT, stdout=out, stderr=err)
+            self.proc = subprocess.Popen([*QTAP, *args], cwd=ROOT, stdout=out, stderr=err,
+                                         env=None if env is None else {**os.environ, **env})
         if wait and not wait_until(lambda: "Ctrl-C to stop" in self.log(), 90, self.proc):
             self.stop()
             raise AssertionError(f"qtap did not start:\n{self.log()}")
@@ -121,3 +123,28 @@ def wait_until(pred: Callable[[], bool], timeout: float, proc: subprocess.Popen[
 
 def curl(url: str, *extra: str) -> None:
     subprocess.run(["/usr/bin/curl", "-sS", "-o", "/dev/null", *extra, url], check=True, timeout=30)
+
+
+def pty_output(args: Sequence[str], timeout: float = 120) -> tuple[int, str]:
+    """Run `qtap ARGS` with stdout on a pseudo-terminal; its exit code and what it printed there."""
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([*QTAP, *args], cwd=ROOT, stdin=subprocess.DEVNULL, stdout=slave,
+                            stderr=subprocess.PIPE, close_fds=True)
+    os.close(slave)
+    buf = bytearray()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], 0.1)
+        if ready:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            buf += chunk
+        elif proc.poll() is not None:
+            break
+    os.close(master)
+    code = proc.wait(timeout=30)
+    return code, buf.decode(errors="replace").replace("\r\n", "\n")

@@ -201,5 +201,5 @@ tap:
     finally:
         assert run.stop() == 0
     text = run.out()
-    assert text.startswith("# ") and f"GET /bytes?n=4 HTTP/1.1" in text
+    assert text.startswith("# ") and "GET /bytes?n=4 HTTP/1.1" in text
     assert '"body"' not in text and "\\n" not in text
