@@ -1,7 +1,7 @@
 """The agent's configuration: a Qtap-style YAML file (``version: 2``) decoded into msgspec Structs.
 
     config = load_config(Path("qpoint.yaml"))      # or loads_config(text, "qpoint.yaml")
-    config = default_config()                       # what `qtap run` uses without a file
+    config = default_config()                       # a first config (docs/config.md)
 
 Loading is all-or-nothing: it returns a complete, validated ``Config`` or raises ``ConfigValidationError``
 (a ``ConfigError``) listing every problem found, each with the field path, what was expected and the
