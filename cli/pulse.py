@@ -50,6 +50,10 @@ def serve(
     from qtap_async.pulse.config import load_config
     from qtap_async.pulse.server import run
 
+    if log_level.lower() not in ("critical", "error", "warning", "info", "debug", "trace"):
+        typer.echo(f"error: --log-level {log_level}: expected critical, error, warning, info, debug or trace", err=True)
+        raise typer.Exit(2)
+    log_level = log_level.lower()
     try:
         cfg = load_config(
             config,

@@ -376,8 +376,13 @@ class OwnServices:
     __slots__ = ("endpoints",)
 
     def __init__(self, endpoints: Iterable[tuple[str, int]] = ()) -> None:
-        self.endpoints: frozenset[tuple[str, int]] = frozenset(
-            (str(parse_ip(ip)), port) for ip, port in endpoints)
+        keys: set[tuple[str, int]] = set()
+        for ip, port in endpoints:
+            try:
+                keys.add((str(parse_ip(ip)), port))
+            except ValueError:  # e.g. a scoped link-local address (fe80::1%eth0): never a socket address here
+                continue
+        self.endpoints: frozenset[tuple[str, int]] = frozenset(keys)
 
     @classmethod
     def from_urls(cls, urls: Iterable[str]) -> OwnServices:
@@ -413,5 +418,5 @@ class OwnServices:
             return False
         if key in self.endpoints:
             return True
-        # A service bound to 0.0.0.0 / :: is reached on any local address: match loopback both ways.
-        return ingress and is_loopback(ip) and any(p == port and is_loopback(a) for a, p in self.endpoints)
+        # Loopback is this host whichever family or address (127.0.0.2, ::1) the name resolved to.
+        return is_loopback(ip) and any(p == port and is_loopback(a) for a, p in self.endpoints)

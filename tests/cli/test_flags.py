@@ -28,6 +28,12 @@ BAD = [
     (["run", "--config", str(ROOT / "examples" / "local.yaml"), "--format", "console"],
      "--format does not apply with --config"),
     (["nope"], "No such command"),
+    (["record", "--out", "/tmp/never-written.rec", "--ring-buffer-mib", "0"], "--ring-buffer-mib 0"),
+    (["record", "--out", "/tmp/never-written.rec", "--log-level", "LOUD"], "--log-level LOUD"),
+    (["record", "--out", "/tmp/never-written.rec", "--pid", "999999"], "--pid 999999: no such process"),
+    (["replay", str(ROOT / "tests" / "data" / "http1_small.qrec"), "--batch", "0"], "--batch 0"),
+    (["pulse", "serve", "--log-level", "LOUD"], "--log-level LOUD"),
+    (["pulse", "query", "top-domains", "--limit", "x"], "--limit"),
 ]
 
 
