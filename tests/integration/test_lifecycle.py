@@ -8,7 +8,6 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ import pytest
 
 from qtap_async.agent import default_session_factory
 from qtap_async.events.connection import ConnectionEvent, GapEvent
-from tests.integration.harness import PEERS, AgentHarness, start_http_server
+from tests.integration.harness import PEERS, AgentHarness, dns_server
 
 pytestmark = pytest.mark.bpf
 
@@ -68,16 +67,6 @@ def _conns(h: AgentHarness, event: str = "close") -> list[ConnectionEvent]:
 
 def _txs(h: AgentHarness) -> list[dict[str, Any]]:
     return [e for e in h.events() if isinstance(e, dict) and e.get("type") == "http_transaction"]
-
-
-@pytest.fixture
-def http_server() -> Iterator[int]:
-    proc, port = start_http_server()
-    try:
-        yield port
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 def test_calls_after_tcp_close_make_no_phantom_and_later_connections_stay_their_own(http_server: int) -> None:
@@ -209,24 +198,12 @@ def test_short_lived_processes_keep_user_cgroup_and_exe(http_server: int) -> Non
 
 
 def test_glibc_resolver_queries_sent_with_sendmmsg_are_seen(tmp_path: Path) -> None:
-    addr = "127.0.0.55"
-    dns = subprocess.Popen([sys.executable, str(PEERS / "dns_server.py"), addr, "53"], stdout=subprocess.PIPE,
-                           text=True)
-    resolv = Path("/etc/resolv.conf")
-    saved = resolv.read_bytes() if resolv.exists() else None
-    try:
-        assert dns.stdout is not None and dns.stdout.readline().strip() == "READY"
-        with AgentHarness(record=False, session_factory=default_session_factory) as h:
-            resolv.write_text(f"nameserver {addr}\noptions attempts:1 timeout:2\n")
-            # ahosts asks for A and AAAA at once: glibc sends both queries with one sendmmsg.
-            got = subprocess.run(["getent", "ahosts", "mmsg.test"], capture_output=True, text=True, timeout=30)
-            assert "127.0.0.1" in got.stdout
-            assert h.wait_for(lambda: len(_dns_queries(h, "getent")) >= 2)
-    finally:
-        if saved is not None:
-            resolv.write_bytes(saved)
-        dns.kill()
-        dns.wait()
+    with dns_server("127.0.0.55", system_resolver=True), \
+            AgentHarness(record=False, session_factory=default_session_factory) as h:
+        # ahosts asks for A and AAAA at once: glibc sends both queries with one sendmmsg.
+        got = subprocess.run(["getent", "ahosts", "mmsg.test"], capture_output=True, text=True, timeout=30)
+        assert "127.0.0.1" in got.stdout
+        assert h.wait_for(lambda: len(_dns_queries(h, "getent")) >= 2)
     queries = _dns_queries(h, "getent")
     assert {(q["qname"], q["qtype"]) for q in queries} >= {("mmsg.test.", "A"), ("mmsg.test.", "AAAA")}
 
