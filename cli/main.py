@@ -180,10 +180,23 @@ def _click_exceptions() -> Any:
     return exceptions
 
 
+def _plain_metavars(command: Any) -> None:
+    """Option values shown as NAME (``--data-dir DATA_DIR``) instead of typer's ``<path>``/``<str>``."""
+    for param in getattr(command, "params", []):
+        if getattr(param, "param_type_name", "") == "argument":
+            if hasattr(param, "display_type_rich"):  # its NAME says enough, no "<path>" beside it
+                param.display_type_rich = lambda ctx: None
+        elif not (getattr(param, "is_flag", False) or getattr(param, "metavar", None) or not param.name):
+            param.metavar = param.name.upper()
+    for sub in getattr(command, "commands", {}).values():
+        _plain_metavars(sub)
+
+
 def main() -> None:
     """The console script: usage errors are one line (exit 2), never a usage block or a traceback."""
     cx = _click_exceptions()
     command = typer.main.get_command(app)
+    _plain_metavars(command)
     try:
         code = command.main(prog_name="qtap", standalone_mode=False)
     except cx.NoArgsIsHelpError as exc:

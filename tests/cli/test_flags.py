@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -57,6 +58,15 @@ def test_help_reads_like_a_cli_and_says_what_applies_with_config() -> None:
         assert "refused with --config" in text and "also with --config" in text
 
 
+@pytest.mark.parametrize("command", ["", "inspect", "validate", "record", "replay", "pulse serve", "pulse token create",
+                                     "pulse query top-endpoints", "pulse query timeseries"])
+def test_every_help_is_plain(command: str) -> None:
+    r = qtap(*command.split(), "-h")
+    assert r.returncode == 0 and "Usage: qtap" in r.stdout
+    assert not re.search(r"<[a-z_\[\]]+>", r.stdout), r.stdout  # no <bool>, <path>, <int>
+    assert "╭" not in r.stdout
+
+
 def test_version() -> None:
     from qtap_async import __version__
 
@@ -65,10 +75,21 @@ def test_version() -> None:
         assert r.returncode == 0 and r.stdout.strip() == f"qtap {__version__}"
 
 
-def test_shell_completion_script() -> None:
-    r = qtap("--show-completion", "bash", env={"PATH": "/usr/bin:/bin"})
-    assert r.returncode == 0, r.stderr
-    assert "complete" in r.stdout and "qtap" in r.stdout
+def test_shell_completion_script_and_completions() -> None:
+    import os
+    import subprocess
+    import sys
+
+    # From a shell, as a person types it (the shell is detected from the parent process).
+    script = subprocess.run(["bash", "-c", f"{sys.executable} -m cli.main --show-completion"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert script.returncode == 0, script.stderr
+    assert "_qtap_completion" in script.stdout and "complete " in script.stdout
+    # What the installed script asks for when TAB is pressed after `qtap run --for`.
+    env = {**os.environ, "_QTAP_COMPLETE": "complete_bash", "COMP_WORDS": "qtap run --for", "COMP_CWORD": "2"}
+    words = subprocess.run([sys.executable, "-m", "cli.main"], cwd=ROOT, env=env, capture_output=True, text=True,
+                           timeout=60)
+    assert words.stdout.split() == ["--format"], words
 
 
 def test_validator_reports_every_problem_of_a_file(tmp_path: Path) -> None:
