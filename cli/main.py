@@ -102,8 +102,9 @@ def run(
     metrics_interval: Annotated[float, typer.Option(metavar="SECONDS",
         help=f"log counters to stderr every N s, 0: off ({_CFG})")] = 0.0,
     stats: Annotated[bool, typer.Option("--stats", help="at stop, also print every counter as JSON on stderr")] = False,
-    log_level: Annotated[str, typer.Option(metavar="LEVEL",
-        help="stderr log level: debug | info | warning | error")] = "INFO",
+    log_level: Annotated[str | None, typer.Option(
+        metavar="LEVEL", help="stderr log level: debug | info | warning | error "
+        "(default: warning on a terminal, where the start and stop lines say what matters; info otherwise)")] = None,
 ) -> None:
     """Capture traffic until Ctrl-C: access lines on a terminal, JSON lines otherwise."""
     from cli.run_cmd import RunFlags, run_command
@@ -111,7 +112,7 @@ def run(
 
     flags = RunFlags(config=config, pid=pid, no_payload=no_payload, ring_buffer_mib=ring_buffer_mib,
                      metrics_interval=metrics_interval, level=level, no_tls=no_tls, max_connections=max_connections,
-                     idle_timeout=idle_timeout, log_level=log_level, format=fmt, output=output, stats=stats,
+                     idle_timeout=idle_timeout, log_level=log_level or "auto", format=fmt, output=output, stats=stats,
                      ports=port or [], domains=domain or [], exes=exe or [], direction=direction,
                      containers=container or [])
     try:

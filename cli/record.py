@@ -51,7 +51,7 @@ def record_command(
         _fail(str(exc), 2)
     if duration is not None and not duration > 0:
         _fail(f"--duration {duration}: expected seconds > 0", 2)
-    setup_logging("WARNING" if log_level.upper() == "WARN" else log_level.upper())
+    setup_logging("WARNING" if log_level.upper() == "WARN" else log_level.upper())  # record: INFO by default
     caps = report()
     if not caps.bpf:
         _fail(f"{caps.problems[0]}; see `qtap inspect`")

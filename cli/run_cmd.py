@@ -47,7 +47,7 @@ class RunFlags:
     no_tls: bool = False
     max_connections: int = 65536
     idle_timeout: float = 300.0
-    log_level: str = "INFO"
+    log_level: str = "auto"  # warning when stderr is a terminal, info otherwise
     format: str | None = None  # None: not given (auto)
     output: Path | None = None
     stats: bool = False
@@ -60,7 +60,7 @@ class RunFlags:
 
 def check_flags(f: RunFlags) -> None:
     """Raise ConfigError naming the first bad flag and why; nothing is started before this passes."""
-    if f.log_level.upper() not in LOG_LEVELS:
+    if f.log_level != "auto" and f.log_level.upper() not in LOG_LEVELS:
         raise ConfigError(f"--log-level {f.log_level}: expected one of debug, info, warning, error, critical")
     if f.ring_buffer_mib < 1 or f.ring_buffer_mib & (f.ring_buffer_mib - 1):
         raise ConfigError(f"--ring-buffer-mib {f.ring_buffer_mib}: expected a power of two >= 1 (1, 2, 4, ... 16)")
@@ -94,6 +94,12 @@ def check_flags(f: RunFlags) -> None:
             if given[flag]:
                 raise ConfigError(f"{flag} does not apply with --config: {why}")
     build_focus(ports=f.ports, domains=f.domains, exes=f.exes, direction=f.direction, containers=f.containers)
+
+
+def _log_level(requested: str) -> str:
+    if requested == "auto":
+        return "WARNING" if sys.stderr.isatty() else "INFO"
+    return "WARNING" if requested.upper() == "WARN" else requested.upper()
 
 
 def _dropped(snapshot: dict[str, int]) -> int:
@@ -159,7 +165,12 @@ def run_command(f: RunFlags) -> int:
     from qtap_async.telemetry import setup_logging
 
     check_flags(f)
-    setup_logging("WARNING" if f.log_level.upper() == "WARN" else f.log_level.upper())
+    setup_logging(_log_level(f.log_level))
+    if f.log_level == "auto" and sys.stderr.isatty():
+        # Access lines (access_logs plugin, format: console) are what a person watches: keep them.
+        logging.getLogger("qtap.access").setLevel(logging.INFO)
+        if f.metrics_interval > 0:  # asked for: the periodic counter lines are INFO records
+            logging.getLogger("qtap.agent").setLevel(logging.INFO)
     cfg = None
     if f.config is not None:
         from qtap_async.config import load_config
