@@ -1300,4 +1300,15 @@ def config_warnings(config: Config) -> list[str]:
     for path, secret in iter_secrets(config):
         if secret.type == "text":
             out.append(f"{path} is a plain-text secret; prefer {{type: env, value: VAR}}")
+    for index, store in enumerate(config.services.event_stores):
+        url = str(store.settings.get("url") or "")
+        if store.type == "pulse" and url.rstrip("/").endswith("/v1/events"):
+            out.append(f"services.event_stores[{index}].url ends with /v1/events, which the agent adds itself: "
+                       f"use {url.rstrip('/')[: -len('/v1/events')]}")
+    local_pulse = any(s.type == "pulse" and any(h in str(s.settings.get("url", "")) for h in ("127.0.0.1", "localhost"))
+                      for s in events)
+    if tap.ignore_loopback and local_pulse:
+        # The single-host setup of docs/pulse.md: with loopback ignored, it captures nothing to show.
+        out.append("Pulse runs on this host but tap.ignore_loopback is true: traffic between processes of this "
+                   "host (curl localhost) is not captured")
     return out

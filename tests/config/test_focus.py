@@ -76,3 +76,25 @@ def test_own_services_by_address() -> None:
     assert not own.involves(ingress=False, local=("127.0.0.1", 50000), remote=("127.0.0.1", 8429))
     assert not own.involves(ingress=True, local=("127.0.0.1", 50000), remote=("127.0.0.1", 8428))
     assert not OwnServices.from_urls([])
+
+
+def test_validate_warns_about_the_old_pulse_example() -> None:
+    from qtap_async.config import config_warnings, loads_config
+
+    cfg = loads_config("""version: 2
+services:
+  event_stores:
+    - type: pulse
+      url: http://127.0.0.1:8000/v1/events
+      token: {type: env, value: PULSE_TOKEN}
+stacks:
+  r:
+    plugins: [{type: report_usage}]
+tap:
+  direction: egress-external
+  ignore_loopback: true
+  http: {stack: r}
+""")
+    warnings = " ".join(config_warnings(cfg))
+    assert "ends with /v1/events" in warnings and "use http://127.0.0.1:8000" in warnings
+    assert "ignore_loopback is true" in warnings
