@@ -6,12 +6,14 @@ Mounted by cli/main.py as ``app.add_typer(pulse_app, name="pulse")``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from qtap_async.errors import QtapError
-from qtap_async.pulse.tokens import TokenStore
+
+if TYPE_CHECKING:  # imported when used: every `qtap` command loads this module, few need httpx
+    from qtap_async.pulse.tokens import TokenStore
 
 pulse_app = typer.Typer(help="Pulse: self-hosted ingestion and query service (ClickHouse/chDB).", no_args_is_help=True)
 token_app = typer.Typer(help="Bearer tokens: create, list, revoke.", no_args_is_help=True)
@@ -73,6 +75,8 @@ def serve(
 
 
 def _store(data_dir: Path) -> TokenStore:
+    from qtap_async.pulse.tokens import TokenStore
+
     return TokenStore(data_dir / "tokens.sqlite3")
 
 
