@@ -20,6 +20,7 @@ from qtap_async.events.connection import ConnectionEvent, GapEvent
 from qtap_async.events.kernel import ConnClose, ConnOpen, Data, KernelRecord, ProcExec, ProcExit
 from qtap_async.protocols.dns import parse_dns_datagram
 from qtap_async.topology.dns_cache import DnsCache
+from qtap_async.topology.domains import Domains
 from qtap_async.topology.listeners import ListeningPorts
 from qtap_async.topology.process import ProcessCache, ProcessInfo
 from qtap_async.transforms.reassembly import ReassemblyStats, Segment, StreamReassembler
@@ -63,6 +64,7 @@ class Connection:
         "conn_id",
         "direction",
         "domain",
+        "domain_source",
         "family",
         "fd",
         "laddr",
@@ -101,6 +103,7 @@ class Connection:
         self.streams: dict[int, StreamReassembler] = {}  # key: source * 2 + dir
         self.sessions: dict[int, Session | None] = {}  # key: 0 = socket bytes, 1 = TLS plaintext
         self.domain = ""
+        self.domain_source = ""  # see topology/domains.py
         self.tls = False
         self.udp = rec.udp
 
@@ -143,6 +146,7 @@ class Conntrack:
         self.emit_gaps = emit_gaps
         self.conns: OrderedDict[int, Connection] = OrderedDict()
         self.dns = DnsCache()
+        self.domains = Domains(self.dns)
         self.stats = ConntrackStats()
         # bpf_ktime_get_ns() is CLOCK_MONOTONIC; events carry wall-clock time.
         self._wall_offset_ns = time.time_ns() - time.monotonic_ns()
@@ -204,6 +208,7 @@ class Conntrack:
             duration_ns=(ts_ns - c.open_ts_ns) if event == "close" else 0,
             protocol=c.protocol if event == "close" else "",
             domain=c.domain,
+            domain_source=c.domain_source,
             tls=c.tls,
             transport="udp" if c.udp else "tcp",
             midstream=c.midstream,
@@ -242,7 +247,7 @@ class Conntrack:
             self.stats.connections_evicted_full += 1
             out.extend(self._finish(victim, rec.ts_ns, "evicted"))
         c = Connection(rec, self.processes.get(rec.pid, rec.comm), self._direction(rec))
-        c.domain = self.dns.lookup(rec.pid, rec.raddr)
+        self.domains.at_open(c)
         self.conns[rec.conn_id] = c
         self.stats.connections_opened += 1
         out.append(self._conn_event(c, "open", rec.ts_ns))
