@@ -123,6 +123,7 @@ class ObjectRefEvent(_Event, tag="object_ref", frozen=True, gc=False, kw_only=Tr
     url: Long = ""
     size: U64 = 0
     content_type: Name = ""
+    store: Name = ""  # the agent's object store that holds it
 
 
 class _Context(_Event, frozen=True, gc=False, kw_only=True):

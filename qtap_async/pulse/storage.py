@@ -76,9 +76,13 @@ class Storage(ABC):
 
     def setup(self) -> None:
         """Create the schema (idempotent) and bring each table's TTL in line with the config."""
-        for stmt in ddl(self.config):
-            self.command(stmt)
+        stmts = ddl(self.config)
+        self.command(stmts[0])  # the database
+        # Before the CREATE ... IF NOT EXISTS statements: ClickHouse checks a view's SELECT even when the
+        # view exists, and the current one names columns an older landing table lacks.
         self._add_new_columns()
+        for stmt in stmts:
+            self.command(stmt)
         for name in TABLES:
             table = stored_table(self.config, name)
             days = getattr(self.config.retention, name)
@@ -104,7 +108,7 @@ class Storage(ABC):
                 {"db": db, "t": f"{t.name}_in"},
             )
             have = {r["name"] for r in rows}
-            if all(c.name in have for c in (*t.columns, *t.landing_only)):
+            if not have or all(c.name in have for c in (*t.columns, *t.landing_only)):
                 continue
             targets = [stored_table(self.config, t.name)] + ([t.name] if self.config.cluster else [])
             for target in targets:

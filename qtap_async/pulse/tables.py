@@ -159,6 +159,7 @@ TABLES: dict[str, Table] = {
                 ),
                 Column("size", "UInt64"),
                 Column("content_type", _LC, landing=_STR),
+                Column("store", _LC, landing=_STR),
             ),
             order_by="team, transaction_id, id",
         ),

@@ -53,7 +53,6 @@ def server(config: PulseConfig, storage: Storage, tokens: TokenStore) -> Iterato
         metrics.get("pulse_http_requests_total", route="/v1/events", status=s) for s in ("200", "207", "422")
     )
     ok_queries = sum(metrics.get("pulse_http_requests_total", route=q.path, status="200") for q in QUERIES)
-    print("DEBUGST", {k: v for k, v in metrics._counters.items() if "events" in str(k)}) if hasattr(metrics, "_counters") else None
     assert ok_ingest > 10 and ok_queries > 50, (ok_ingest, ok_queries)
 
 
