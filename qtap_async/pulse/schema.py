@@ -197,7 +197,8 @@ class HttpTransactionEvent(_Event, tag="http_transaction", frozen=True, gc=False
     method: Short = ""
     scheme: Short = ""
     host: Name = ""
-    path: Long = ""
+    # http_capture keeps the whole target (query values masked): bounded by the event size limit only.
+    path: Annotated[str, msgspec.Meta(max_length=65536)] = ""
     status: Annotated[int, msgspec.Meta(ge=0, le=999)] = 0
     duration_ns: U64 = 0
     ttfb_ns: U64 = 0
