@@ -71,7 +71,7 @@ class ConnectionEvent(_Event, tag="connection", frozen=True, gc=False, kw_only=T
     tls: bool = False
     ts_ns: U64 = 0
     user: Name = ""
-    uid: U32 = 0
+    uid: Annotated[int, msgspec.Meta(ge=-1, le=2**32 - 1)] = -1  # -1: not known
     transport: Short = ""
     midstream: bool = False
     reason: Short = ""

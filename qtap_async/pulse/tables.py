@@ -85,7 +85,7 @@ TABLES: dict[str, Table] = {
                 Column("tls", "Bool"),
                 Column("ts_ns", "UInt64"),
                 Column("user", _STR),
-                Column("uid", "UInt32"),
+                Column("uid", "Int64 DEFAULT -1"),  # -1: not known (the agent omits it then)
                 Column("transport", _LC, landing=_STR),
                 Column("midstream", "Bool"),
                 Column("reason", _LC, landing=_STR),
