@@ -105,6 +105,9 @@ class ProtocolOutput:
             ev["ttfb_ns"] = tx.response_start_ns - tx.request_start_ns
         if tx.stream_id is not None:
             ev["stream_id"] = tx.stream_id
+        if tx.pushed:  # a server push: the server promised this exchange, no client asked for it
+            ev["pushed"] = True
+            ev["promised_by"] = tx.promised_by
         if tx.grpc is not None:
             ev["grpc"] = msgspec.structs.asdict(tx.grpc)
         if tx.upgrade:
