@@ -683,7 +683,7 @@ class Http1Connection:
                     cur.resp_done = True
                 r.cur = None
                 r.body = None
-            if (resp.state == S_HEAD and resp.leftover or resp.state == S_HEAD_CUT) and self.queue:
+            if ((resp.state == S_HEAD and resp.leftover) or resp.state == S_HEAD_CUT) and self.queue:
                 self.queue[0].reasons.append("connection closed inside the response head")
             self._flush(None)
             resp.stop()
