@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 from qtap_async.events.http import HttpTransaction, ParseError
 from qtap_async.protocols.bodies import Body, decode_content
 from qtap_async.protocols.limits import Limits
+from qtap_async.protocols.text import target_text
 
 if TYPE_CHECKING:
     from qtap_async.protocols.http2 import Http2Connection
@@ -98,17 +99,10 @@ def _parse_head(head: bytes) -> tuple[str, list[tuple[str, str]] | None]:
 
 
 def _target_text(head: bytes) -> str:
-    """The request target of a head whose start line is not ASCII, from its raw bytes: UTF-8 text when it
-    is UTF-8, else every byte of 0x80 and above percent-encoded (never latin-1 mojibake), so the bytes
-    the client sent stay recoverable (percent-decoding gives them back)."""
+    """The request target of a head whose start line is not ASCII, from its raw bytes (see target_text)."""
     nl = head.find(b"\n")
     line = (head[:nl] if nl >= 0 else head).rstrip(b"\r")
-    rest = line.partition(b" ")[2]
-    raw = rest.rpartition(b" ")[0]
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return "".join(chr(b) if b < 0x80 else f"%{b:02X}" for b in raw)
+    return target_text(line.partition(b" ")[2].rpartition(b" ")[0])
 
 
 def _header_list(lines: list[str]) -> list[tuple[str, str]] | None:
