@@ -80,8 +80,9 @@ def test_shell_completion_script_and_completions() -> None:
     import subprocess
     import sys
 
-    # From a shell, as a person types it (the shell is detected from the parent process).
-    script = subprocess.run(["bash", "-c", f"{sys.executable} -m cli.main --show-completion"], cwd=ROOT,
+    # From a shell, as a person types it (the shell is detected from the parent process; "; exit" keeps
+    # bash from replacing itself with the command).
+    script = subprocess.run(["bash", "-c", f"{sys.executable} -m cli.main --show-completion; exit $?"], cwd=ROOT,
                             capture_output=True, text=True, timeout=60)
     assert script.returncode == 0, script.stderr
     assert "_qtap_completion" in script.stdout and "complete " in script.stdout
