@@ -1,0 +1,39 @@
+"""Running the control plane: uvicorn serving the Starlette app on uvloop (the same server as Pulse)."""
+
+from __future__ import annotations
+
+import uvicorn
+import uvloop
+
+from qtap_async.control.app import create_app
+from qtap_async.control.settings import ControlSettings
+from qtap_async.control.store import Store
+from qtap_async.errors import ConfigError
+
+# Pulse's server subclass exits 0 after a graceful SIGTERM; reused rather than copied.
+from qtap_async.pulse.server import _Server as ExitCleanServer
+from qtap_async.pulse.server import parse_listen
+
+
+def open_store(settings: ControlSettings) -> Store:
+    url = settings.database_url
+    if url and not url.startswith("sqlite:///"):
+        raise ConfigError(f"database_url {url!r}: this build ships the SQLite store only (sqlite:///PATH); "
+                          "docs/control.md describes the PostgreSQL path")
+    return Store(url[len("sqlite://"):] if url else settings.sqlite_path)
+
+
+async def serve(settings: ControlSettings, log_level: str = "info") -> None:
+    host, port = parse_listen(settings.listen)
+    store = open_store(settings)  # first, so a bad data directory fails with one clear line
+    try:
+        app = create_app(settings, store)
+        server = ExitCleanServer(uvicorn.Config(app, host=host, port=port, loop="none", lifespan="on",
+                                                log_level=log_level, access_log=False))
+        await server.serve()
+    finally:
+        store.close()
+
+
+def run(settings: ControlSettings, log_level: str = "info") -> None:
+    uvloop.run(serve(settings, log_level))
