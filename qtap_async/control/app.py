@@ -85,7 +85,23 @@ def create_app(settings: ControlSettings, store: Store | None = None) -> Starlet
     async def openapi(request: Request) -> Response:
         return Response(spec, media_type="application/json")
 
-    routes = [Route(op.path, _wrap(control, op), methods=[op.method]) for op in OPS]
+    # One Route per path, so a 405 lists every method the path has in its Allow header.
+    by_path: dict[str, dict[str, Callable[[Request], Awaitable[Response]]]] = {}
+    for op in OPS:
+        by_path.setdefault(op.path, {})[op.method] = _wrap(control, op)
+
+    Handler = Callable[[Request], Awaitable[Response]]
+
+    def dispatch(handlers: dict[str, Handler]) -> Handler:
+        async def endpoint(request: Request) -> Response:
+            method = "GET" if request.method == "HEAD" else request.method
+            return await handlers[method](request)
+
+        return endpoint
+
+    # Fixed paths first: /configs/rollback must not be taken for /configs/{version}.
+    paths = sorted(by_path, key=lambda p: p.count("{"))
+    routes = [Route(path, dispatch(by_path[path]), methods=list(by_path[path])) for path in paths]
     routes += [Route("/healthz", healthz), Route("/readyz", readyz), Route("/metrics", metrics),
                Route("/openapi.json", openapi)]
 
