@@ -10,11 +10,14 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from qtap_async.errors import QtapError
+
+if TYPE_CHECKING:
+    from qtap_async.control.store import Store
 
 control_app = typer.Typer(help="Control plane: users, SSO, agent registration, versioned configs, audit.",
                           no_args_is_help=True)
@@ -57,13 +60,14 @@ def serve(
         _fail(str(e))
 
 
-def _store(data_dir: Path):  # type: ignore[no-untyped-def]
+def _store(data_dir: Path) -> Store:
     from qtap_async.control.store import Store
 
     try:
         return Store(data_dir / "control.sqlite3")
     except QtapError as e:
         _fail(str(e))
+        raise
 
 
 @user_app.command("create")
@@ -100,7 +104,7 @@ def user_create(
                 store.set_password(uid, hash_password(password))
             store.set_disabled(uid, False)
         store.set_membership(uid, team, role)
-        store.audit("cli", "", team, "user.create", name, role=role, password=bool(password))
+        store.audit("cli", "", team, "user.create", name, {"role": role, "password": bool(password)})
     except QtapError as e:
         _fail(str(e))
     finally:
@@ -133,7 +137,7 @@ def token_create(
         store.create_api_token(token_id, hash_secret(token), name, row[0], scopes,
                                time.time() + expires_in if expires_in > 0 else None)
         for team in sorted(store.memberships(row[0])) or [""]:
-            store.audit("cli", "", team, "token.create", token_id, user=user, scopes=scopes)
+            store.audit("cli", "", team, "token.create", token_id, {"user": user, "scopes": scopes})
     finally:
         store.close()
     typer.echo(f"token id {token_id} (user {user}, scopes {','.join(scopes)})", err=True)
@@ -164,7 +168,7 @@ def registration_token_create(
         token_id, token = make_token("qcr")
         store.create_registration_token(token_id, hash_secret(token), team, group, "cli",
                                         time.time() + expires_in if expires_in > 0 else None, max_uses or None)
-        store.audit("cli", "", team, "registration_token.create", token_id, group=group)
+        store.audit("cli", "", team, "registration_token.create", token_id, {"group": group})
     finally:
         store.close()
     typer.echo(f"registration token id {token_id} (team {team}, group {group or '-'})", err=True)

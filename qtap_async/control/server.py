@@ -28,8 +28,9 @@ async def serve(settings: ControlSettings, log_level: str = "info") -> None:
     store = open_store(settings)  # first, so a bad data directory fails with one clear line
     try:
         app = create_app(settings, store)
+        # Agents hold their event streams open forever: give them a few seconds on SIGTERM, then close.
         server = ExitCleanServer(uvicorn.Config(app, host=host, port=port, loop="none", lifespan="on",
-                                                log_level=log_level, access_log=False))
+                                                log_level=log_level, access_log=False, timeout_graceful_shutdown=3))
         await server.serve()
     finally:
         store.close()
