@@ -21,8 +21,8 @@ from qtap_async.control.store import Store
 
 
 class ServerThread:
-    def __init__(self, app: Any) -> None:
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
+    def __init__(self, app: Any, port: int = 0) -> None:
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
                                                     loop="uvloop"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
