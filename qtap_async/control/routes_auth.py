@@ -31,6 +31,8 @@ def _audit_teams(control: Control, user_id: str | None) -> list[str]:
 
 async def login(control: Control, request: Request, _: Principal | None) -> Response:
     body = await json_body(request, control.settings.limits, LoginIn)
+    if len(body.password.encode()) > control.settings.limits.max_password_bytes:
+        raise ApiError(422, f"password longer than {control.settings.limits.max_password_bytes} bytes")
     address = client_address(request)
     wait = control.limiter.retry_after(body.username, address)
     if wait > 0:
