@@ -49,3 +49,26 @@ def test_cli_refuses_bad_input_with_a_clear_error(tmp_path: Path) -> None:
     assert role.returncode == 2 and "role" in role.stderr and "Traceback" not in role.stderr
     nouser = qtap("token", "create", "--user", "ghost", "--data-dir", d)
     assert nouser.returncode == 2 and "no user 'ghost'" in nouser.stderr
+
+
+def run_agent(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "cli.main", "run", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_run_control_argument_errors(tmp_path: Path) -> None:
+    import os
+
+    cfg = tmp_path / "q.yaml"
+    cfg.write_text("version: 2\n")
+    if os.geteuid() == 0:  # the root check comes first, as for every `qtap run`
+        both = run_agent("--control", "http://127.0.0.1:1", "--config", str(cfg))
+        assert both.returncode == 2 and "exclude each other" in both.stderr
+        scheme = run_agent("--control", "ftp://example", "--control-state", str(tmp_path / "s"))
+        assert scheme.returncode == 1 and "http:// or https://" in scheme.stderr
+        nojoin = run_agent("--control", "http://127.0.0.1:1", "--control-state", str(tmp_path / "s"))
+        assert nojoin.returncode == 1 and "no --registration-token" in nojoin.stderr
+        assert "Traceback" not in both.stderr + scheme.stderr + nojoin.stderr
+    else:
+        r = run_agent("--control", "http://127.0.0.1:1")
+        assert r.returncode == 1 and "root" in r.stderr
