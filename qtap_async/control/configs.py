@@ -120,7 +120,8 @@ def check_config(text: str, max_depth: int) -> Checked:
     """Validate a posted config; raises InvalidConfig naming every problem."""
     if not text.strip():
         raise InvalidConfig([Issue(path="", message="the body is empty; send the config's YAML")])
-    if _flow_depth(text) > max_depth or _indent_depth(text) > max_depth:
+    brackets = text.count("[") + text.count("{")
+    if (brackets > max_depth and _flow_depth(text) > max_depth) or _indent_depth(text) > max_depth:
         raise InvalidConfig([Issue(path="", message=f"nested deeper than {max_depth} levels")])
     try:
         config = loads_config(text, "config")
