@@ -29,6 +29,9 @@ control_app.add_typer(token_app, name="token")
 control_app.add_typer(reg_app, name="registration-token")
 
 DataDir = Annotated[Path, typer.Option("--data-dir", help="Control plane data directory (the SQLite store).")]
+# With PostgreSQL the bootstrap commands write to that database instead of the data directory's SQLite file.
+DatabaseUrl = Annotated[str, typer.Option("--database-url", envvar="QTAP_CONTROL_DATABASE_URL",
+                                          help="postgresql://... instead of the SQLite file in --data-dir.")]
 _DEFAULT_DIR = Path("control-data")
 
 
@@ -43,6 +46,9 @@ def serve(
     listen: Annotated[str | None, typer.Option(help="HOST:PORT to listen on [127.0.0.1:8429].")] = None,
     pulse_url: Annotated[str | None, typer.Option(help="Pulse URL, shown to API clients.")] = None,
     config: Annotated[Path | None, typer.Option(help="YAML settings file (flags given override it).")] = None,
+    database_url: Annotated[str | None, typer.Option(
+        "--database-url", envvar="QTAP_CONTROL_DATABASE_URL", help="postgresql://... (default: SQLite in --data-dir).")
+    ] = None,
     insecure_cookies: Annotated[
         bool, typer.Option("--insecure-cookies", help="Session cookies without Secure (plain-HTTP development).")
     ] = False,
@@ -54,17 +60,18 @@ def serve(
 
     try:
         settings = load_settings(config, data_dir=str(data_dir) if data_dir is not None else None, listen=listen,
-                                 pulse_url=pulse_url, cookie_secure=False if insecure_cookies else None)
+                                 pulse_url=pulse_url, cookie_secure=False if insecure_cookies else None,
+                                 database_url=database_url)
         run(settings, log_level)
     except QtapError as e:
         _fail(str(e))
 
 
-def _store(data_dir: Path) -> Store:
+def _store(data_dir: Path, database_url: str = "") -> Store:
     from qtap_async.control.store import Store
 
     try:
-        return Store(data_dir / "control.sqlite3")
+        return Store(database_url or data_dir / "control.sqlite3")
     except QtapError as e:
         _fail(str(e))
         raise
@@ -79,6 +86,7 @@ def user_create(
         bool, typer.Option("--password-stdin", help="Read the password from standard input (first line).")
     ] = False,
     data_dir: DataDir = _DEFAULT_DIR,
+    database_url: DatabaseUrl = "",
 ) -> None:
     """Create a user (or give an existing one a role in another team)."""
     import msgspec
@@ -93,7 +101,7 @@ def user_create(
         msgspec.convert({"name": name, "role": role, "team": team, "password": password}, UserIn)
     except msgspec.ValidationError as e:
         _fail(f"{e} (passwords need at least 12 characters)")
-    store = _store(data_dir)
+    store = _store(data_dir, database_url)
     try:
         row = store.user_row(name)
         if row is None:
@@ -119,6 +127,7 @@ def token_create(
     name: Annotated[str, typer.Option(help="A name to recognise the token by.")] = "cli",
     expires_in: Annotated[float, typer.Option(help="Seconds until it expires (0: never).")] = 0,
     data_dir: DataDir = _DEFAULT_DIR,
+    database_url: DatabaseUrl = "",
 ) -> None:
     """Create an API token and print it (shown once; only its hash is stored)."""
     from qtap_async.control.auth import hash_secret, make_token
@@ -127,7 +136,7 @@ def token_create(
     bad = [s for s in scopes if s not in ("read", "write", "admin")]
     if bad:
         _fail(f"--scope {bad[0]!r}: choose read, write or admin")
-    store = _store(data_dir)
+    store = _store(data_dir, database_url)
     try:
         row = store.user_row(user)
         if row is None or row[3]:
@@ -151,6 +160,7 @@ def registration_token_create(
     expires_in: Annotated[float, typer.Option(help="Seconds until it expires (0: never).")] = 0,
     max_uses: Annotated[int, typer.Option(help="Agents that may join with it (0: no limit).")] = 0,
     data_dir: DataDir = _DEFAULT_DIR,
+    database_url: DatabaseUrl = "",
 ) -> None:
     """Create a registration token and print it: `qtap run --control URL --registration-token T`."""
     import msgspec
@@ -163,7 +173,7 @@ def registration_token_create(
         msgspec.convert({"name": team, "role": "viewer"}, UserIn)  # the same rule for team names
     except msgspec.ValidationError as e:
         _fail(f"team or group: {e}")
-    store = _store(data_dir)
+    store = _store(data_dir, database_url)
     try:
         token_id, token = make_token("qcr")
         store.create_registration_token(token_id, hash_secret(token), team, group, "cli",

@@ -23,7 +23,7 @@ from qtap_async.control.http import ApiError, error_response
 from qtap_async.control.openapi import build_openapi
 from qtap_async.control.service import Control, Op
 from qtap_async.control.settings import ControlSettings
-from qtap_async.control.store import Store
+from qtap_async.control.store import Store, open_store
 from qtap_async.errors import ControlAuthError, ControlError
 
 log = logging.getLogger("qtap.control")
@@ -67,7 +67,7 @@ def _wrap(control: Control, op: Op) -> Callable[[Request], Awaitable[Response]]:
 
 def create_app(settings: ControlSettings, store: Store | None = None) -> Starlette:
     own_store = store is None
-    the_store = store if store is not None else Store(settings.sqlite_path)
+    the_store = store if store is not None else open_store(settings)
     control = Control(settings, the_store)
 
     async def healthz(request: Request) -> Response:

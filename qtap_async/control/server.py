@@ -7,20 +7,11 @@ import uvloop
 
 from qtap_async.control.app import create_app
 from qtap_async.control.settings import ControlSettings
-from qtap_async.control.store import Store
-from qtap_async.errors import ConfigError
+from qtap_async.control.store import open_store
 
 # Pulse's server subclass exits 0 after a graceful SIGTERM; reused rather than copied.
 from qtap_async.pulse.server import _Server as ExitCleanServer
 from qtap_async.pulse.server import parse_listen
-
-
-def open_store(settings: ControlSettings) -> Store:
-    url = settings.database_url
-    if url and not url.startswith("sqlite:///"):
-        raise ConfigError(f"database_url {url!r}: this build ships the SQLite store only (sqlite:///PATH); "
-                          "docs/control.md describes the PostgreSQL path")
-    return Store(url[len("sqlite://"):] if url else settings.sqlite_path)
 
 
 async def serve(settings: ControlSettings, log_level: str = "info") -> None:

@@ -70,7 +70,8 @@ class OidcSettings(msgspec.Struct, frozen=True, gc=False, forbid_unknown_fields=
 class ControlSettings(msgspec.Struct, frozen=True, gc=False, forbid_unknown_fields=True):
     data_dir: str = "control-data"
     listen: str = "127.0.0.1:8429"
-    # Empty: SQLite in <data_dir>/control.sqlite3. The store's SQL is portable (see store.py).
+    # Empty: SQLite in <data_dir>/control.sqlite3. Else sqlite:///PATH or postgresql://USER:PASS@HOST/DB
+    # (several instances on one database); the same SQL runs on both (store.py, db.py).
     database_url: str = ""
     # Pulse's URL, shown to clients so the UI can link agents to their traffic; the control plane never
     # calls it and holds no payloads.

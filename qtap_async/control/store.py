@@ -1,29 +1,26 @@
 """The control plane's state: users, teams, tokens, sessions, agents, config versions, activations, audit.
 
-SQLite (one file in the data directory) by default. The SQL is kept to what PostgreSQL runs unchanged
-apart from the placeholder (``?`` here, ``%s`` for psycopg): no ``INSERT OR REPLACE``, no
-``AUTOINCREMENT``, no SQLite date functions; ids are made in Python, times are epoch seconds (DOUBLE
-PRECISION), JSON is stored as text. Every statement goes through ``_q``, the one place an adapter for
-another database would translate. Secrets are stored as hashes only (SHA-256 for random tokens,
-argon2 for passwords, in auth.py).
+SQLite (one file in the data directory) by default, PostgreSQL for several instances: the same SQL runs
+on both (db.py only turns ``?`` into ``%s``): no ``INSERT OR REPLACE``, no ``AUTOINCREMENT``, no date
+functions; ids are made in Python, times are epoch seconds (DOUBLE PRECISION), JSON is stored as text,
+sequence numbers are MAX + 1 inside a serialized write transaction. Secrets are stored as hashes only
+(SHA-256 for random tokens, argon2 for passwords, in auth.py).
 
-One connection shared by the server's threads behind a lock; the CLI opens the same file while the
-server runs (WAL mode), and the server sees its changes on its next read.
+One connection shared by the server's threads behind a lock; the CLI opens the same database while the
+server runs, and the server sees its changes on its next read.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import secrets
-import sqlite3
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
+from qtap_async.control.db import Database, open_database
 from qtap_async.control.models import (
     Activation,
     AgentOut,
@@ -34,6 +31,7 @@ from qtap_async.control.models import (
     TokenOut,
     UserOut,
 )
+from qtap_async.control.settings import ControlSettings
 from qtap_async.errors import ControlError
 
 SCHEMA_VERSION = 1
@@ -88,63 +86,41 @@ def _json(value: Any) -> str:
 
 
 class Store:
-    def __init__(self, path: str | Path) -> None:
-        p = Path(path)
+    def __init__(self, target: str | Path) -> None:
+        """``target``: a SQLite file path, ``sqlite:///PATH`` or ``postgresql://...`` (see db.py)."""
+        self._db: Database = open_database(target)
         try:
-            p.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(str(p), check_same_thread=False, isolation_level=None, timeout=10)
-        except (OSError, sqlite3.Error) as e:
-            raise ControlError(f"{p}: cannot open the control plane store: {e}") from e
-        self._lock = threading.RLock()
-        try:
-            with self._lock:
-                self._db.execute("PRAGMA journal_mode=WAL")
-                self._db.execute("PRAGMA busy_timeout=10000")
-                for stmt in SCHEMA:
-                    self._db.execute(stmt)
-                row = self._db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
-                if row is None:
-                    self._db.execute("INSERT INTO meta (key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
-                elif int(row[0]) > SCHEMA_VERSION:
-                    raise ControlError(f"{p}: store schema {row[0]} is newer than this qtap ({SCHEMA_VERSION})")
-        except sqlite3.Error as e:
-            raise ControlError(f"{p}: cannot initialise the control plane store: {e}") from e
-        with contextlib.suppress(OSError):
-            p.chmod(0o600)  # password hashes and token hashes: owner only
+            for stmt in SCHEMA:
+                self._db.execute(stmt)
+            rows = self._q("SELECT value FROM meta WHERE key = 'schema'")
+            if not rows:
+                self._x("INSERT INTO meta (key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+            elif int(rows[0][0]) > SCHEMA_VERSION:
+                raise ControlError(f"{target}: store schema {rows[0][0]} is newer than this qtap ({SCHEMA_VERSION})")
+        except ControlError:
+            self._db.close()
+            raise
+
+    @property
+    def dialect(self) -> str:
+        return self._db.dialect
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self._db.close()
 
     # -- plumbing ----------------------------------------------------------------------------------
     def _q(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        with self._lock:
-            try:
-                return self._db.execute(sql, tuple(args)).fetchall()
-            except sqlite3.Error as e:
-                raise ControlError(f"store: {e}") from e
+        return self._db.execute(sql, args)[0]
 
     def _x(self, sql: str, args: Sequence[Any] = ()) -> int:
         """Run a write; the number of rows it changed."""
-        with self._lock:
-            try:
-                return self._db.execute(sql, tuple(args)).rowcount
-            except sqlite3.IntegrityError as e:
-                raise ControlError(f"conflict: {e}") from e
-            except sqlite3.Error as e:
-                raise ControlError(f"store: {e}") from e
+        return self._db.execute(sql, args)[1]
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        """All statements inside commit together or not at all (the lock is held throughout)."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        """All statements inside commit together or not at all (serialized with other writers)."""
+        with self._db.transaction():
+            yield
 
     def ping(self) -> bool:
         try:
@@ -490,3 +466,8 @@ class Store:
         args += [limit, offset]
         return [AuditRecord(id=r[0], ts=r[1], actor=r[2], address=r[3], team=r[4], action=r[5], target=r[6],
                             detail=json.loads(r[7])) for r in self._q(sql, args)]
+
+
+def open_store(settings: ControlSettings) -> Store:
+    """The store the settings name: ``database_url`` when set, else SQLite in the data directory."""
+    return Store(settings.database_url or settings.sqlite_path)

@@ -264,3 +264,44 @@ def test_healthz_metrics_openapi(plane: Plane) -> None:
     assert httpx.get(f"{plane.url}/api/v1/configs").status_code == 401
     assert 'control_http_requests_total{route="/api/v1/configs",status="401"} 1' in httpx.get(
         f"{plane.url}/metrics").text
+
+
+def test_two_instances_on_one_postgres_database(postgres: object, tmp_path: object) -> None:
+    """The highly available setup: a session made on one instance works on the other, and a version
+    activated through one reaches an agent stream held by the other."""
+    from qtap_async.control.app import create_app
+    from qtap_async.control.settings import ControlSettings
+    from qtap_async.control.store import open_store
+    from tests.control.conftest import Postgres, ServerThread
+
+    assert isinstance(postgres, Postgres)
+    settings = ControlSettings(data_dir=str(tmp_path), cookie_secure=False, push_poll_s=0.5,
+                               database_url=postgres.new_database())
+    store_a, store_b = open_store(settings), open_store(settings)
+    try:
+        with ServerThread(create_app(settings, store_a)) as a, ServerThread(create_app(settings, store_b)) as b:
+            plane = Plane(a, store_a, settings, None)
+            admin = plane.client(plane.user("root", "admin", password="a long password 1"))
+            with httpx.Client(base_url=a) as browser:
+                assert browser.post("/api/v1/login", json={"username": "root", "password": "a long password 1"}
+                                    ).status_code == 200
+                cookie = browser.cookies["qtap_session"]
+            assert httpx.get(f"{b}/api/v1/me", headers={"Cookie": f"qtap_session={cookie}"}).json()["user"] == "root"
+            reg = admin.post("/api/v1/registration-tokens", json={}).json()["token"]
+            agent = httpx.post(f"{a}/api/v1/agents/register", json={"registration_token": reg, "hostname": "h"}).json()
+            post_config(admin, config_yaml())
+            seen = []
+            with httpx.stream("GET", f"{a}/api/v1/agent/events", timeout=30,
+                              headers={"Authorization": f"Bearer {agent['token']}"}) as r:
+                for line in r.iter_lines():
+                    if line.startswith("data:"):
+                        seen.append(line)
+                        if len(seen) == 1:  # activated through the other instance
+                            assert httpx.post(f"{b}/api/v1/configs/1/activate", json={},
+                                              headers=admin.headers).status_code == 200
+                        else:
+                            break
+            assert seen == ['data: {"version":null}', 'data: {"version":1}']
+    finally:
+        store_a.close()
+        store_b.close()

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ import pytest
 
 from qtap_async.control.store import Store
 from tests.control.conftest import config_yaml
-from tests.integration.harness import free_port, start_http_server
+from tests.integration.harness import free_port
 from tests.integration.peers.http_server import body_for
 
 pytestmark = pytest.mark.bpf
@@ -135,16 +135,6 @@ def running_on_agent_direct(data: Path) -> int | None:
     finally:
         store.close()
     return agents[0].running_version if agents else None
-
-
-@pytest.fixture
-def http_server() -> Iterator[int]:
-    proc, port = start_http_server()
-    try:
-        yield port
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 def test_agent_joins_switches_level_live_and_survives_a_control_plane_outage(tmp_path: Path, http_server: int) -> None:
