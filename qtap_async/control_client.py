@@ -144,6 +144,7 @@ class ControlLink:
         self.runtime: ConfiguredRuntime | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._applying = asyncio.Lock()
+        self._last_drops: int | None = None
 
     @property
     def _auth(self) -> dict[str, str]:
@@ -307,12 +308,20 @@ class ControlLink:
         picked = {k: int(v) for k, v in out.items() if isinstance(v, int) and v >= 0 and len(k) <= 200}
         return dict(sorted(picked.items())[:500])
 
+    def health(self, counters: dict[str, int]) -> str:
+        """degraded: the last version was refused, or something was dropped since the last report."""
+        drops = sum(v for k, v in counters.items() if "drop" in k and k.endswith("_total"))
+        grew = self._last_drops is not None and drops > self._last_drops
+        self._last_drops = drops
+        return "degraded" if self.refused_version is not None or grew else "ok"
+
     async def report(self) -> None:
         if self.identity is None:
             return
+        counters = self.counters()
         body = {"running_version": self.running_version, "refused_version": self.refused_version,
-                "refused_reason": self.refused_reason[:8000], "health": "degraded" if self.refused_version else "ok",
-                "agent_version": __version__, "kernel": os.uname().release, "counters": self.counters()}
+                "refused_reason": self.refused_reason[:8000], "health": self.health(counters),
+                "agent_version": __version__, "kernel": os.uname().release, "counters": counters}
         try:
             r = await self.http.post("/api/v1/agent/status", json=body, headers=self._auth)
             if r.status_code >= 400:

@@ -62,3 +62,13 @@ async def test_sse_parser() -> None:
 
     assert [e async for e in sse_events(lines())] == [("config", '{"version": 3}'), ("message", "a\nb")]
     assert httpx  # the link's HTTP client
+
+
+def test_health_turns_degraded_on_new_drops_or_a_refusal(tmp_path: Path) -> None:
+    link = ControlLink("http://127.0.0.1:1", StateDir(tmp_path), None)
+    assert link.health({"qtap_kernel_drop_ringbuf_total": 5}) == "ok"  # the first report sets the baseline
+    assert link.health({"qtap_kernel_drop_ringbuf_total": 5}) == "ok"
+    assert link.health({"qtap_kernel_drop_ringbuf_total": 7, "qtap_x": 1}) == "degraded"
+    assert link.health({"qtap_kernel_drop_ringbuf_total": 7}) == "ok"
+    link.refused_version = 3
+    assert link.health({"qtap_kernel_drop_ringbuf_total": 7}) == "degraded"
