@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -22,8 +24,6 @@ _GROUP_RE = r"^([A-Za-z0-9][A-Za-z0-9._-]{0,63})?$"
 
 
 def _group(q: Query) -> str:
-    import re
-
     group = q.text("group", "", max_length=64)
     if not re.match(_GROUP_RE, group):
         raise ApiError(422, "query parameter 'group': letters, digits, '.', '_' or '-'")

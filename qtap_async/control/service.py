@@ -40,8 +40,9 @@ HELP = {
 
 @dataclass
 class Op:
-    """One API operation. ``auth``: none | user | agent. ``role``: the least role a user needs in the
-    team (None: any authenticated user). ``body``: a Struct type, "yaml", or None."""
+    """One API operation. ``auth``: none | user | agent (checked by the app's wrapper). ``role``: the least
+    role a user needs in the team (None: any authenticated user), enforced by the handler through
+    ``Control.team_for`` since some handlers take the team from the body. ``body``: a Struct, "yaml" or None."""
 
     method: str
     path: str
