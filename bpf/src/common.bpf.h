@@ -18,6 +18,8 @@
 #define S_IFMT 00170000
 #define S_IFSOCK 0140000
 #define EINPROGRESS 115
+#define MSG_PEEK 0x2
+#define MSG_TRUNC 0x20
 
 /* Settings, written by the loader before load (BpfObject.set_rodata). */
 const volatile __u32 self_tgid = 0;      /* the agent itself: never traced (no feedback loop) */

@@ -74,6 +74,7 @@ enum qtap_data_flags {
 	QTAP_DATA_SPLICE = 1 << 4,
 	QTAP_DATA_IO_URING = 1 << 5,   /* an io_uring request on the socket completed */
 	QTAP_DATA_MMSG_REST = 1 << 6,  /* sendmmsg/recvmmsg messages beyond QTAP_MAX_MMSG */
+	QTAP_DATA_DISCARDED = 1 << 7,  /* recv(MSG_TRUNC) on TCP: consumed, never copied to the process */
 };
 
 enum qtap_conn_flags {
@@ -207,6 +208,7 @@ struct qtap_io_args {
 	__u8 was_closed; /* the socket was in TCP_CLOSE at sys_enter (unconnected: TCP Fast Open sendto) */
 	__u8 _pad;
 	__u32 nr;       /* syscall number, for entries written by user space (sk == 0): checked at sys_exit */
+	__u64 cap;      /* single buffer: its length (recv(MSG_TRUNC) on UDP returns more than it copied) */
 };
 
 enum qtap_io_kind {
@@ -221,6 +223,7 @@ enum qtap_io_kind {
 	/* Calls already blocked when the agent attached, found by user space in /proc/TID/syscall: the socket
 	 * is resolved at sys_exit (sk = 0), and for these two the msghdr is read then. */
 	QTAP_IO_PRE_MSG = 8,
+	QTAP_IO_DISCARD = 9,      /* recv(MSG_TRUNC) on TCP: the bytes are consumed without being copied */
 };
 
 /* A TLS library call between its entry probe and its return probe, keyed by thread id. The socket

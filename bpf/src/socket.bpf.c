@@ -20,7 +20,11 @@
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
 
-static __always_inline int enter_io(int fd, __u64 buf, __u32 iovcnt, __u8 dir, __u8 kind)
+/* Park a data call's arguments until its sys_exit. `rflags` are a receive's flags: a MSG_PEEK receive is not
+ * parked at all (the bytes stay queued and come again on the real read: counting them would put them in the
+ * stream twice), and MSG_TRUNC on TCP discards bytes without copying them (counted as a gap). */
+static __always_inline int enter_io_flags(int fd, __u64 buf, __u32 iovcnt, __u8 dir, __u8 kind, __u32 rflags,
+					  __u64 cap)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	__u32 tid = (__u32)pid_tgid;
@@ -29,19 +33,29 @@ static __always_inline int enter_io(int fd, __u64 buf, __u32 iovcnt, __u8 dir, _
 
 	if (skip_task(pid_tgid >> 32))
 		return 0;
+	if (rflags & MSG_PEEK)
+		return 0;
 	sk = fd_to_sock(fd);
 	if (!sk)
 		return 0;
+	if ((rflags & MSG_TRUNC) && !sock_is_udp(sk))
+		kind = QTAP_IO_DISCARD;
 	a.sk = (__u64)sk;
 	a.buf = buf;
 	a.iovcnt = iovcnt;
 	a.fd = fd;
 	a.dir = dir;
 	a.kind = kind;
+	a.cap = cap;
 	a.was_closed = !sock_is_udp(sk) && sock_state(sk) == QTAP_TCP_CLOSE;
 	if (bpf_map_update_elem(&inflight, &tid, &a, BPF_ANY))
 		count(QTAP_CNT_DROP_INFLIGHT, 1);
 	return 0;
+}
+
+static __always_inline int enter_io(int fd, __u64 buf, __u32 iovcnt, __u8 dir, __u8 kind)
+{
+	return enter_io_flags(fd, buf, iovcnt, dir, kind, 0, 0);
 }
 
 /* Bytes of a TLS connection's socket: the first ones (handshake) go up for SNI/ALPN; ciphertext after
@@ -144,7 +158,9 @@ static __always_inline int exit_io(long nr, long ret)
 	set_u64(&thread_socks, &tid, a.sk);
 
 	if (si->flags & QTAP_SOCK_UDP) {
-		emit_data(si->conn_id, off, a.dir, QTAP_SRC_SYSCALL, a.fd, a.buf, a.iovcnt, ret);
+		/* recv(MSG_TRUNC) returns the datagram's length, which can be more than the buffer holds. */
+		emit_data(si->conn_id, off, a.dir, QTAP_SRC_SYSCALL, a.fd, a.buf, a.iovcnt,
+			  a.cap && a.cap < (__u64)ret ? a.cap : (__u64)ret);
 		return 0;
 	}
 	/* Inside a TLS library call: this syscall names the socket of that call's connection. */
@@ -157,9 +173,10 @@ static __always_inline int exit_io(long nr, long ret)
 		count(QTAP_CNT_TLS_MUTED_BYTES, ret);
 		return 0;
 	}
-	if (a.kind == QTAP_IO_SENDFILE || a.kind == QTAP_IO_SPLICE) {
+	if (a.kind == QTAP_IO_SENDFILE || a.kind == QTAP_IO_SPLICE || a.kind == QTAP_IO_DISCARD) {
 		emit_unseen(si->conn_id, off, a.dir, a.fd, ret,
-			    a.kind == QTAP_IO_SENDFILE ? QTAP_DATA_SENDFILE : QTAP_DATA_SPLICE);
+			    a.kind == QTAP_IO_SENDFILE ? QTAP_DATA_SENDFILE :
+			    a.kind == QTAP_IO_SPLICE ? QTAP_DATA_SPLICE : QTAP_DATA_DISCARDED);
 		return 0;
 	}
 	if (mute_ciphertext(si, a.dir, off, a.buf, a.iovcnt)) {
@@ -173,7 +190,7 @@ static __always_inline int exit_io(long nr, long ret)
 SEC("tracepoint/syscalls/sys_enter_read")
 int tp_enter_read(struct trace_event_raw_sys_enter *ctx)
 {
-	return enter_io(ctx->args[0], ctx->args[1], 0, QTAP_DIR_RECV, QTAP_IO_BUF);
+	return enter_io_flags(ctx->args[0], ctx->args[1], 0, QTAP_DIR_RECV, QTAP_IO_BUF, 0, ctx->args[2]);
 }
 
 SEC("tracepoint/syscalls/sys_exit_read")
@@ -185,7 +202,7 @@ int tp_exit_read(struct trace_event_raw_sys_exit *ctx)
 SEC("tracepoint/syscalls/sys_enter_recvfrom")
 int tp_enter_recvfrom(struct trace_event_raw_sys_enter *ctx)
 {
-	return enter_io(ctx->args[0], ctx->args[1], 0, QTAP_DIR_RECV, QTAP_IO_BUF);
+	return enter_io_flags(ctx->args[0], ctx->args[1], 0, QTAP_DIR_RECV, QTAP_IO_BUF, ctx->args[3], ctx->args[2]);
 }
 
 SEC("tracepoint/syscalls/sys_exit_recvfrom")
@@ -207,21 +224,23 @@ int tp_exit_readv(struct trace_event_raw_sys_exit *ctx)
 }
 
 /* sendmsg/recvmsg: the iovec array and its length live in the user's msghdr. */
-static __always_inline int enter_msg(int fd, __u64 umsg, __u8 dir)
+static __always_inline int enter_msg(int fd, __u64 umsg, __u8 dir, __u32 rflags)
 {
 	struct user_msghdr msg = {};
 
+	if (rflags & MSG_PEEK)
+		return 0;
 	if (bpf_probe_read_user(&msg, sizeof(msg), (void *)umsg))
 		return 0;
 	if (!msg.msg_iovlen)
 		return 0;
-	return enter_io(fd, (__u64)msg.msg_iov, msg.msg_iovlen, dir, QTAP_IO_MSG);
+	return enter_io_flags(fd, (__u64)msg.msg_iov, msg.msg_iovlen, dir, QTAP_IO_MSG, rflags, 0);
 }
 
 SEC("tracepoint/syscalls/sys_enter_recvmsg")
 int tp_enter_recvmsg(struct trace_event_raw_sys_enter *ctx)
 {
-	return enter_msg(ctx->args[0], ctx->args[1], QTAP_DIR_RECV);
+	return enter_msg(ctx->args[0], ctx->args[1], QTAP_DIR_RECV, ctx->args[2]);
 }
 
 SEC("tracepoint/syscalls/sys_exit_recvmsg")
@@ -269,7 +288,7 @@ int tp_exit_writev(struct trace_event_raw_sys_exit *ctx)
 SEC("tracepoint/syscalls/sys_enter_sendmsg")
 int tp_enter_sendmsg(struct trace_event_raw_sys_enter *ctx)
 {
-	return enter_msg(ctx->args[0], ctx->args[1], QTAP_DIR_SEND);
+	return enter_msg(ctx->args[0], ctx->args[1], QTAP_DIR_SEND, 0);
 }
 
 SEC("tracepoint/syscalls/sys_exit_sendmsg")
@@ -326,7 +345,9 @@ int tp_exit_sendmmsg(struct trace_event_raw_sys_exit *ctx)
 SEC("tracepoint/syscalls/sys_enter_recvmmsg")
 int tp_enter_recvmmsg(struct trace_event_raw_sys_enter *ctx)
 {
-	return enter_io(ctx->args[0], ctx->args[1], ctx->args[2], QTAP_DIR_RECV, QTAP_IO_MMSG);
+	/* MSG_PEEK only: MSG_TRUNC on a TCP recvmmsg is not worth a path of its own (counted as data). */
+	return enter_io_flags(ctx->args[0], ctx->args[1], ctx->args[2], QTAP_DIR_RECV, QTAP_IO_MMSG,
+			      ctx->args[3] & MSG_PEEK, 0);
 }
 
 SEC("tracepoint/syscalls/sys_exit_recvmmsg")

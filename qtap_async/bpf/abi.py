@@ -57,6 +57,7 @@ class DataFlag(enum.IntFlag):
     SPLICE = 16
     IO_URING = 32
     MMSG_REST = 64
+    DISCARDED = 128
 
 
 CONN_MIDSTREAM = 1
@@ -103,7 +104,7 @@ PROC_EXEC = struct.Struct(f"<32xQII{COMM_LEN}s{PATH_LEN}sQII")
 PROC_EXEC_V1 = struct.Struct(f"<32xQII{COMM_LEN}s{PATH_LEN}s")
 PROC_FORK = struct.Struct("<32xQII")
 # struct qtap_io_args: the value of the `inflight` map (user space writes it for calls blocked at attach)
-IO_ARGS = struct.Struct("<QQIiBBBxI")
+IO_ARGS = struct.Struct("<QQIiBBBxIQ")
 PROC_EXIT = struct.Struct("<32xiI")
 
 # Sizes and field offsets as C lays them out; checked against the compiler in tests.
@@ -119,7 +120,7 @@ LAYOUT: dict[str, dict[str, int]] = {
                        "filename": 64, "exe_ino": 320, "exe_dev": 328},
     "qtap_proc_fork": {"__size__": PROC_FORK.size, "cgroup_id": 32, "ppid": 40, "uid": 44},
     "qtap_io_args": {"__size__": IO_ARGS.size, "sk": 0, "buf": 8, "iovcnt": 16, "fd": 20, "dir": 24, "kind": 25,
-                     "was_closed": 26, "nr": 28},
+                     "was_closed": 26, "nr": 28, "cap": 32},
     "qtap_proc_exit": {"__size__": PROC_EXIT.size, "exit_code": 32},
 }
 CONSTANTS = {

@@ -66,6 +66,15 @@ def _blocked_call(tid_dir: str) -> tuple[int, list[int]] | None:
     return nr, args
 
 
+_MSG_PEEK = 0x2
+
+
+def _peeks(nr: int, args: list[int]) -> bool:
+    """A receive with MSG_PEEK: its bytes come again on the real read (see enter_io_flags in socket.bpf.c)."""
+    flags = {45: args[3], 47: args[2], 299: args[3]}.get(nr, 0)
+    return bool(flags & _MSG_PEEK)
+
+
 def _is_socket(pid: str, fd: int) -> bool:
     try:
         return os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
@@ -97,12 +106,15 @@ def park_blocked_calls(inflight: BpfMap, self_pid: int, target_pid: int = 0) -> 
             if call is None or call[0] not in _CALLS:
                 continue
             nr, args = call
+            if _peeks(nr, args):
+                continue
             fd = args[0]
             if fd >= 1 << 31 or not _is_socket(pid, fd):
                 continue
             direction, kind = _CALLS[nr]
             iovcnt = args[2] & 0xFFFFFFFF if nr in _WITH_COUNT else 0
-            value = abi.IO_ARGS.pack(0, args[1], iovcnt, fd, direction, kind, 0, nr)
+            cap = args[2] if kind == abi.IoKind.BUF else 0
+            value = abi.IO_ARGS.pack(0, args[1], iovcnt, fd, direction, kind, 0, nr, cap)
             key = int(tid).to_bytes(4, "little")
             try:
                 inflight.update(key, value, _BPF_NOEXIST)

@@ -32,6 +32,7 @@ _SKIP_REASONS = (
     (abi.DataFlag.SENDFILE, "sendfile"),
     (abi.DataFlag.SPLICE, "splice"),
     (abi.DataFlag.IO_URING, "io_uring"),
+    (abi.DataFlag.DISCARDED, "discarded"),
     (abi.DataFlag.READ_FAULT, "read_fault"),
     (abi.DataFlag.NO_PAYLOAD, PAYLOAD_OFF),
 )

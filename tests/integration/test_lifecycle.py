@@ -164,6 +164,27 @@ def test_sendfile_and_splice_count_bytes_and_report_a_gap_with_the_reason(mode: 
     assert {g.direction for g in gaps} == {"send"}
 
 
+def test_peeked_bytes_do_not_advance_the_stream_and_discarded_ones_are_a_gap() -> None:
+    with AgentHarness(record=False, session_factory=default_session_factory) as h:
+        srv = Peer("peek-server")
+        port = srv.line()["port"]
+        for path in ("/peek-one", "/discard"):
+            out = subprocess.run([CURL, "-s", f"http://127.0.0.1:{port}{path}"], capture_output=True, check=True)
+            assert out.stdout == b"hello"
+        truth = srv.line()
+        srv.finish()
+        assert h.wait_for(lambda: len([c for c in _conns(h) if c.pid == srv.proc.pid]) == 2)
+    first, second = sorted((c for c in _conns(h) if c.pid == srv.proc.pid), key=lambda c: c.conn_id)
+    assert truth["peeked"] == 16 and first.bytes_received == truth["received"]
+    (tx,) = [t for t in _txs(h) if t["pid"] == srv.proc.pid and t["conn_id"] == first.conn_id]
+    assert (tx["path"], tx["status"]) == ("/peek-one", 200)
+    assert not [e for e in h.events() if isinstance(e, dict) and e.get("type") == "parse_error"
+                and e.get("conn_id") == first.conn_id]
+    assert second.bytes_received == truth["discarded"] + truth["rest"]
+    gaps = [g for g in h.events() if isinstance(g, GapEvent) and g.conn_id == second.conn_id]
+    assert [(g.reason, g.bytes, g.direction) for g in gaps] == [("discarded", 5, "recv")]
+
+
 def test_read_blocked_before_the_agent_attached_is_captured() -> None:
     srv = Peer("blocked-server")
     try:

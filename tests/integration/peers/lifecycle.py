@@ -12,6 +12,8 @@ and received) so the test compares the agent's report against the process's own 
   sendfile-server FILE        listen; print {"port"}; accept one; read the request; answer with sendfile
   splice-server FILE          the same with splice(file -> pipe -> socket)
   blocked-server              listen; print {"port"}; accept; print {"accepted"}; recv (blocks); answer
+  peek-server                 listen; print {"port"}; accept one; recv(16, MSG_PEEK) (twice); read the
+                              request; answer; then a second connection: recv(5, MSG_TRUNC), read the rest
 """
 
 from __future__ import annotations
@@ -151,6 +153,23 @@ def blocked_server() -> None:
     _say(received=len(got), sent=len(_ANSWER))
 
 
+def peek_server() -> None:
+    s = _listen()
+    _say(port=s.getsockname()[1])
+    c, _ = s.accept()
+    peeked = c.recv(16, socket.MSG_PEEK)
+    c.recv(16, socket.MSG_PEEK)  # sniffers peek more than once
+    n = _read_request(c)
+    c.sendall(_ANSWER)
+    c.close()
+    d, _ = s.accept()
+    discarded = d.recv(5, socket.MSG_TRUNC)
+    rest = _read_request(d)
+    d.sendall(_ANSWER)
+    d.close()
+    _say(peeked=len(peeked), received=n, discarded=len(discarded), rest=rest)
+
+
 def main() -> None:
     mode, args = sys.argv[1], sys.argv[2:]
     if mode == "halfclose-server":
@@ -167,6 +186,8 @@ def main() -> None:
         sendfile_server(args[0], mode == "splice-server")
     elif mode == "blocked-server":
         blocked_server()
+    elif mode == "peek-server":
+        peek_server()
     else:
         raise SystemExit(f"unknown mode {mode}")
 
