@@ -76,23 +76,23 @@ async def agent_events(control: Control, request: Request, p: Principal | None) 
 
     async def stream() -> AsyncIterator[bytes]:
         sent: int | None = -1
-        idle = 0.0
         control.metrics.inc("control_push_streams")
+        woken = True
         while True:
             wake = control.hub.waiter(a.team)
-            version = control.store.desired_version(a.team, a.group)
-            if version != sent:
-                sent = version
-                idle = 0.0
-                yield b"event: config\ndata: " + msgspec.json.encode({"version": version}) + b"\n\n"
-            elif idle >= settings.push_keepalive_s:
-                idle = 0.0
+            if woken:  # the store is read only when something may have changed for the team
+                version = control.store.desired_version(a.team, a.group)
+                if version != sent:
+                    sent = version
+                    yield b"event: config\ndata: " + msgspec.json.encode({"version": version}) + b"\n\n"
+            woken = False
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(settings.push_keepalive_s):
+                    await wake.wait()
+                    woken = True
+            if not woken:
                 yield b": keepalive\n\n"
                 control.store.touch_agent(a.name, client_address(request))
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(settings.push_poll_s):
-                    await wake.wait()
-            idle += settings.push_poll_s
 
     return StreamingResponse(stream(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})

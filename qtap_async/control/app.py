@@ -7,6 +7,7 @@ only ever means a bug or an unavailable store.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -107,9 +108,14 @@ def create_app(settings: ControlSettings, store: Store | None = None) -> Starlet
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        watcher = asyncio.create_task(control.hub.watch(control.store.activation_stamps, settings.push_poll_s),
+                                      name="control-push-watch")
         try:
             yield
         finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
             await control.close()
             if own_store:
                 the_store.close()

@@ -1,17 +1,26 @@
-"""The push channel's wake-ups: an activation in this process wakes the agents' event streams at once.
+"""The push channel's wake-ups.
 
-Streams also re-read the store every ``push_poll_s`` seconds, so an activation made through another
-instance or the CLI reaches agents too, only a little later.
+An activation made in this process wakes the event streams of the team at once (``notify``). One watcher
+task per process also reads the activations table every ``push_poll_s`` seconds and wakes the teams whose
+activations changed, so an activation made through another instance or the CLI reaches agents too; each
+stream only re-reads its own desired version when woken. The store's load from idle streams is one query
+per process per poll, whatever the number of agents.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+log = logging.getLogger("qtap.control")
 
 
 class PushHub:
     def __init__(self) -> None:
         self._events: dict[str, asyncio.Event] = {}
+        self._seen: dict[tuple[str, str], tuple[int, float]] | None = None
 
     def waiter(self, team: str) -> asyncio.Event:
         """The event the next ``notify(team)`` sets (take it before reading the store, then wait on it)."""
@@ -24,3 +33,20 @@ class PushHub:
         ev = self._events.pop(team, None)
         if ev is not None:
             ev.set()
+
+    def changed(self, rows: list[tuple[Any, ...]]) -> set[str]:
+        """Teams whose (team, group, version, activated_at) rows differ from the previous call's."""
+        now = {(r[0], r[1]): (r[2], r[3]) for r in rows}
+        before, self._seen = self._seen, now
+        if before is None:  # the first look: wake everyone once, a change may predate the watcher
+            return {key[0] for key in now}
+        return {key[0] for key in before.keys() | now.keys() if before.get(key) != now.get(key)}
+
+    async def watch(self, read: Callable[[], list[tuple[Any, ...]]], interval: float) -> None:
+        while True:
+            try:
+                for team in self.changed(read()):
+                    self.notify(team)
+            except Exception as e:  # a store hiccup must not end the watcher; streams keep their keepalives
+                log.warning("push watcher: %s", e)
+            await asyncio.sleep(interval)

@@ -82,8 +82,8 @@ class ControlSettings(msgspec.Struct, frozen=True, gc=False, forbid_unknown_fiel
     # Agents: how often they heartbeat, and how long without one before an agent is "stale".
     heartbeat_interval_s: PositiveFloat = 15.0
     stale_after_s: PositiveFloat = 60.0
-    # The push channel re-reads the store this often even without a local change, so a version activated
-    # through another instance (or the CLI) reaches agents too.
+    # One watcher per process re-reads the activations this often, so a version activated through another
+    # instance (or the CLI) reaches the agents streaming from this one too.
     push_poll_s: PositiveFloat = 2.0
     push_keepalive_s: PositiveFloat = 15.0
     limits: Limits = msgspec.field(default_factory=Limits)

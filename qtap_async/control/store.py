@@ -432,6 +432,10 @@ class Store:
                        " WHERE team = ? ORDER BY agent_group", (team,))
         return [Activation(team=r[0], group=r[1], version=r[2], activated_by=r[3], activated_at=r[4]) for r in rows]
 
+    def activation_stamps(self) -> list[tuple[Any, ...]]:
+        """(team, group, version, activated_at) of every activation: what the push watcher compares."""
+        return self._q("SELECT team, agent_group, version, activated_at FROM activations")
+
     def desired_version(self, team: str, group: str) -> int | None:
         """What an agent of (team, group) should run: its group's activation, else the team default."""
         rows = self._q("SELECT agent_group, version FROM activations WHERE team = ? AND agent_group IN (?, '')",

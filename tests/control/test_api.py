@@ -305,3 +305,14 @@ def test_two_instances_on_one_postgres_database(postgres: object, tmp_path: obje
     finally:
         store_a.close()
         store_b.close()
+
+
+def test_push_hub_wakes_teams_whose_activations_changed() -> None:
+    from qtap_async.control.push import PushHub
+
+    hub = PushHub()
+    assert hub.changed([("a", "", 1, 1.0), ("b", "", 1, 1.0)]) == {"a", "b"}  # first look wakes all
+    assert hub.changed([("a", "", 1, 1.0), ("b", "", 1, 1.0)]) == set()
+    assert hub.changed([("a", "", 2, 2.0), ("b", "", 1, 1.0)]) == {"a"}
+    assert hub.changed([("a", "", 2, 2.0), ("b", "", 1, 1.0), ("b", "edge", 1, 3.0)]) == {"b"}
+    assert hub.changed([("b", "", 1, 1.0), ("b", "edge", 1, 3.0)]) == {"a"}
