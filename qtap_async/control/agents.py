@@ -81,7 +81,7 @@ async def agent_events(control: Control, request: Request, p: Principal | None) 
         while True:
             wake = control.hub.waiter(a.team)
             if woken:  # the store is read only when something may have changed for the team
-                version = control.store.desired_version(a.team, a.group)
+                version = control.hub.desired(a.team, a.group, control.store.desired_version)
                 if version != sent:
                     sent = version
                     yield b"event: config\ndata: " + msgspec.json.encode({"version": version}) + b"\n\n"

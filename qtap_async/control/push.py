@@ -21,6 +21,19 @@ class PushHub:
     def __init__(self) -> None:
         self._events: dict[str, asyncio.Event] = {}
         self._seen: dict[tuple[str, str], tuple[int, float]] | None = None
+        self._generation: dict[str, int] = {}
+        self._desired: dict[tuple[str, str], tuple[int, int | None]] = {}
+
+    def desired(self, team: str, group: str, read: Callable[[str, str], int | None]) -> int | None:
+        """The version (team, group) should run, read from the store once per wake-up of the team: the
+        hundreds of streams a notify wakes share one query (benchmarks/bench_control.py)."""
+        gen = self._generation.get(team, 0)
+        cached = self._desired.get((team, group))
+        if cached is not None and cached[0] == gen:
+            return cached[1]
+        version = read(team, group)
+        self._desired[(team, group)] = (gen, version)
+        return version
 
     def waiter(self, team: str) -> asyncio.Event:
         """The event the next ``notify(team)`` sets (take it before reading the store, then wait on it)."""
@@ -30,6 +43,7 @@ class PushHub:
         return ev
 
     def notify(self, team: str) -> None:
+        self._generation[team] = self._generation.get(team, 0) + 1
         ev = self._events.pop(team, None)
         if ev is not None:
             ev.set()
