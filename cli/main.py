@@ -105,6 +105,19 @@ def run(
     log_level: Annotated[str | None, typer.Option(
         metavar="LEVEL", help="stderr log level: debug | info | warning | error "
         "(default: warning on a terminal, where the start and stop lines say what matters; info otherwise)")] = None,
+    control: Annotated[
+        str | None, typer.Option("--control", metavar="URL",
+            help="control plane URL: the config comes from there (excludes --config; --level and --format refused)")
+    ] = None,
+    registration_token: Annotated[
+        str | None,
+        typer.Option("--registration-token", metavar="TOKEN", envvar="QTAP_REGISTRATION_TOKEN",
+                     help="joins the control plane once"),
+    ] = None,
+    control_state: Annotated[
+        Path, typer.Option("--control-state", metavar="DIR",
+                           help="identity + last good config from the control plane (0600)")
+    ] = Path("/var/lib/qtap/control"),
 ) -> None:
     """Capture traffic until Ctrl-C: access lines on a terminal, JSON lines otherwise."""
     from cli.run_cmd import RunFlags, run_command
@@ -114,7 +127,8 @@ def run(
                      metrics_interval=metrics_interval, level=level, no_tls=no_tls, max_connections=max_connections,
                      idle_timeout=idle_timeout, log_level=log_level or "auto", format=fmt, output=output, stats=stats,
                      ports=port or [], domains=domain or [], exes=exe or [], direction=direction,
-                     containers=container or [])
+                     containers=container or [], control=control, registration_token=registration_token,
+                     control_state=control_state)
     try:
         code = run_command(flags)
     except ConfigError as exc:
@@ -170,6 +184,15 @@ def _mount_pulse() -> None:
 
 
 _mount_pulse()
+
+
+def _mount_control() -> None:
+    from cli.control import control_app
+
+    app.add_typer(control_app, name="control", help="Control plane: users, SSO, agents, versioned configs, audit.")
+
+
+_mount_control()
 
 
 def _click_exceptions() -> Any:

@@ -56,6 +56,9 @@ class RunFlags:
     exes: list[str] = field(default_factory=list)
     direction: str | None = None
     containers: list[str] = field(default_factory=list)
+    control: str | None = None  # control plane URL: the config comes from there
+    registration_token: str | None = None
+    control_state: Path = Path("/var/lib/qtap/control")
 
 
 def check_flags(f: RunFlags) -> None:
@@ -88,11 +91,17 @@ def check_flags(f: RunFlags) -> None:
             raise ConfigError(f"--output {f.output}: directory {target} does not exist")
         if not os.access(target, os.W_OK):
             raise ConfigError(f"--output {f.output}: not writable")
-    if f.config is not None:
+    if f.control is not None and f.config is not None:
+        raise ConfigError("--control and --config exclude each other: with --control the config comes from there")
+    if f.config is not None or f.control is not None:
+        source = "--config" if f.config is not None else "--control"
         given = {"--level": f.level is not None, "--format": f.format not in (None, "auto", "json")}
         for flag, why in CONFIG_REFUSED.items():
             if given[flag]:
-                raise ConfigError(f"{flag} does not apply with --config: {why}")
+                raise ConfigError(f"{flag} does not apply with {source}: {why}")
+    if f.control is not None and (f.ports or f.domains or f.exes or f.direction or f.containers or f.output):
+        raise ConfigError("--port/--domain/--exe/--direction/--container/--output do not apply with --control: "
+                          "the control plane's config decides what is captured and where it goes")
     build_focus(ports=f.ports, domains=f.domains, exes=f.exes, direction=f.direction, containers=f.containers)
 
 
@@ -195,6 +204,10 @@ def run_command(f: RunFlags) -> int:
         max_connections=f.max_connections,
         idle_timeout_s=f.idle_timeout,
     )
+    if f.control is not None:
+        from qtap_async.control_client import run_with_control
+
+        return run_with_control(f.control, f.registration_token, f.control_state, opts)
     started = time.monotonic()
     holder: dict[str, Any] = {}
 

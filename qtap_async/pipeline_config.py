@@ -299,6 +299,8 @@ class ConfiguredRuntime:
         self._output: ProtocolOutput | None = None
         self.reloads = 0
         self.failed_reloads = 0
+        self.last_reload_error = ""  # why the last failed reload failed (the control link reports it)
+        self.snapshot: Callable[[], dict[str, int]] | None = None  # the agent's counters, once it exists
         self.ignored_connections = 0
         self.own_service_connections = 0  # connections to or of our own Pulse, never captured
 
@@ -424,6 +426,7 @@ class ConfiguredRuntime:
             await self.apply(config)
         except (QtapError, OSError) as exc:
             self.failed_reloads += 1
+            self.last_reload_error = str(exc)
             log.error("config reload failed, keeping the current config: %s", exc)
             return False
         log.info("config reloaded: %s", "; ".join(summarize(config)))
@@ -480,6 +483,7 @@ async def run_with_config(config: Config, options: AgentOptions, *, path: Path |
     agent = Agent(options, writer=runtime.writer, session_factory=runtime.session_factory,
                   on_protocol_record=runtime.on_protocol_record)
     runtime.bind(agent.conntrack)
+    runtime.snapshot = agent.snapshot
     if on_agent is not None:
         on_agent(agent)
     loop = asyncio.get_running_loop()
