@@ -63,3 +63,12 @@ def test_readme_transcript_matches_the_cli() -> None:
     assert any(re.sub(r"\d+(\.\d+)?", "N", ln) == shape for ln in access), (shape, access)
     stop = next(ln for ln in block.splitlines() if "qtap: stopped after" in ln).removeprefix("^C")
     assert re.sub(r"[\d,]+", "N", stop) == re.sub(r"[\d,]+", "N", summary_line(4, 4, 0, 6.0))
+
+
+def test_readme_starts_with_the_two_commands() -> None:
+    # The project's contract with a newcomer: the first block is exactly "set up and run the agent" and
+    # "set up and run the whole suite", and .ci/run calls the second.
+    text = (ROOT / "README.md").read_text()
+    first = text.split("```bash\n", 1)[1].split("```", 1)[0].strip().splitlines()
+    assert first == ["bash scripts/bootstrap && .venv/bin/qtap run", "bash scripts/test"]
+    assert "bash scripts/test" in (ROOT / ".ci" / "run").read_text()
