@@ -38,6 +38,9 @@ def run(
     max_connections: Annotated[int, typer.Option(help="connections tracked at once (oldest evicted, counted)")] = 65536,
     idle_timeout: Annotated[float, typer.Option(help="seconds without traffic before a connection is evicted")] = 300.0,
     log_level: Annotated[str, typer.Option(help="stderr log level")] = "INFO",
+    status_listen: Annotated[
+        str | None, typer.Option(help="HOST:PORT for /healthz /readyz /metrics, or `off` [127.0.0.1:10001]")
+    ] = None,
 ) -> None:
     """Capture traffic: JSON lines on stdout, one object per line with a `type` field."""
     from qtap_async.agent import AgentOptions, run_agent
@@ -54,8 +57,24 @@ def run(
             cfg = load_config(config)  # before the root check: a bad file is reported to anyone
         except QtapError as exc:
             _fail(str(exc), 2)
+    from qtap_async.bpf.kernelfs import ensure, states
+
     if os.geteuid() != 0:
-        _fail("must run as root (BPF needs CAP_BPF/CAP_PERFMON); see `qtap inspect`")
+        missing = "".join(f"; {fs.error}" for fs in states(mount=True) if not fs.mounted)
+        _fail(f"must run as root (BPF needs CAP_BPF/CAP_PERFMON); see `qtap inspect`{missing}")
+
+    try:
+        for fs in ensure():  # tracefs/bpffs: mounted here when missing, else a message naming the fix
+            if fs.action:
+                typer.echo(f"qtap: {fs.name} was not mounted; {fs.action} it at {fs.path}", err=True)
+    except QtapError as exc:
+        _fail(str(exc))
+    from qtap_async.telemetry.server import DEFAULT_LISTEN, parse_listen
+
+    try:
+        parse_listen(status_listen or DEFAULT_LISTEN)
+    except QtapError as exc:
+        _fail(str(exc), 2)
     size = ring_buffer_mib << 20
     if size & (size - 1):
         _fail(f"--ring-buffer-mib must be a power of two, got {ring_buffer_mib}", 2)
@@ -70,6 +89,9 @@ def run(
         metrics_interval_s=metrics_interval,
         max_connections=max_connections,
         idle_timeout_s=idle_timeout,
+        status_listen=status_listen or DEFAULT_LISTEN,
+        # The default port may be taken (another agent on the host): then run without; an explicit one must bind.
+        status_required=status_listen is not None,
     )
     if max_connections < 1 or idle_timeout <= 0:
         _fail("--max-connections must be >= 1 and --idle-timeout > 0", 2)

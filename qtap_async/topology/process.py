@@ -87,6 +87,7 @@ class ProcessCache:
     def __init__(self, max_entries: int = 16384) -> None:
         self._cache: OrderedDict[int, ProcessInfo] = OrderedDict()
         self._hints: dict[int, tuple[str, str]] = {}
+        self._parents: dict[int, int] = {}  # pid -> ppid from the exec record (for processes gone too soon)
         self.max_entries = max_entries
 
     def get(self, pid: int, comm_hint: str = "") -> ProcessInfo:
@@ -96,18 +97,30 @@ class ProcessCache:
             return info
         comm, exe = self._hints.get(pid, (comm_hint, ""))
         info = read_process(pid, comm or comm_hint, exe)
+        ppid = self._parents.get(pid, 0)
+        if not info.cgroup and ppid > 0:
+            # Gone before we looked (a `wget` in a shell loop lives a millisecond): its parent, still there,
+            # is in the same cgroup, so the same container.
+            parent = read_process(ppid)
+            if parent.cgroup:
+                info = msgspec.structs.replace(info, container_id=parent.container_id, cgroup=parent.cgroup)
         self._cache[pid] = info
         if len(self._cache) > self.max_entries:
             old, _ = self._cache.popitem(last=False)
             self._hints.pop(old, None)
+            self._parents.pop(old, None)
         return info
 
-    def on_exec(self, pid: int, comm: str, filename: str) -> None:
+    def on_exec(self, pid: int, comm: str, filename: str, ppid: int = 0) -> None:
         # Same pid, new program: forget the old one; keep what the kernel said in case it exits fast.
         self._cache.pop(pid, None)
         self._hints[pid] = (comm, filename)
+        if ppid:
+            self._parents[pid] = ppid
         if len(self._hints) > self.max_entries:
-            self._hints.pop(next(iter(self._hints)))
+            old = next(iter(self._hints))
+            self._hints.pop(old)
+            self._parents.pop(old, None)
 
     def on_exit(self, pid: int) -> None:
         # Connections of this pid may still close after it; the entry ages out of the LRU.

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from qtap_async.bpf import abi
+from qtap_async.context.containers import container_fields
 from qtap_async.events.connection import ConnectionEvent, GapEvent
 from qtap_async.events.kernel import ConnClose, ConnOpen, Data, KernelRecord, ProcExec, ProcExit
 from qtap_async.protocols.dns import parse_dns_datagram
@@ -199,6 +200,7 @@ class Conntrack:
             user=p.user,
             container_id=p.container_id,
             cgroup=p.cgroup,
+            **container_fields(p.container_id),  # type: ignore[arg-type]
             bytes_sent=c.bytes_sent,
             bytes_received=c.bytes_received,
             duration_ns=(ts_ns - c.open_ts_ns) if event == "close" else 0,
@@ -220,7 +222,7 @@ class Conntrack:
             return self._close(rec)
         if type(rec) is ProcExec:
             self.stats.process_records += 1
-            self.processes.on_exec(rec.pid, rec.comm, rec.filename)
+            self.processes.on_exec(rec.pid, rec.comm, rec.filename, rec.ppid)
             if self.on_exec is not None:
                 self.on_exec(rec.pid)
             return []
