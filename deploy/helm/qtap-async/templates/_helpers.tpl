@@ -66,6 +66,9 @@ services:
 {{- end }}
       bucket: {{ .Values.stores.s3.bucket | quote }}
       region: {{ .Values.stores.s3.region | quote }}
+{{- with .Values.stores.s3.retention }}
+      retention: {{ . | quote }}
+{{- end }}
       access_key: {type: env, value: QTAP_S3_ACCESS_KEY}
       secret_key: {type: env, value: QTAP_S3_SECRET_KEY}
 {{- else }}
