@@ -26,5 +26,5 @@ def test_durations_become_days_in_the_table_ttl(tmp_path: Path) -> None:
 def test_bad_duration_names_the_table(tmp_path: Path, value: str) -> None:
     f = tmp_path / "pulse.yaml"
     f.write_text(f"retention: {{requests: '{value}'}}\n")
-    with pytest.raises(ConfigError, match="retention.requests"):
+    with pytest.raises(ConfigError, match=r"retention\.requests"):
         load_config(f)
