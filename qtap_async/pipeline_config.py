@@ -34,6 +34,8 @@ import msgspec
 from qtap_async.agent import AgentOptions, StdoutWriter
 from qtap_async.buffers.channel import Channel, ChannelClosed
 from qtap_async.config import Config, Services, StoreConfig, load_config, summarize
+from qtap_async.context.containers import installed as installed_containers
+from qtap_async.context.filters import ContainerFilter
 from qtap_async.errors import ConfigError, QtapError
 from qtap_async.events.connection import ConnectionEvent, GapEvent
 from qtap_async.events.dns import DnsMessage
@@ -67,11 +69,12 @@ log = logging.getLogger("qtap.pipeline")
 class Pipeline:
     """The parts of a config that decide per connection and per transaction, compiled once."""
 
-    __slots__ = ("config", "include_dns", "selector", "stacks", "traffic")
+    __slots__ = ("config", "containers", "include_dns", "selector", "stacks", "traffic")
 
     def __init__(self, config: Config, *, access_log: Callable[[str], None] | None = None) -> None:
         self.config = config
         self.traffic = TrafficFilter.from_config(config.tap)
+        self.containers = ContainerFilter(config.tap.filters.containers)
         self.selector = StackSelector.from_config(config.tap)
         self.stacks: dict[str, Stack] = build_stacks(config, access_log=access_log)
         self.include_dns = config.tap.audit_include_dns
@@ -318,17 +321,22 @@ class ConfiguredRuntime:
         await self.writer.start()
 
     # -- connections ----------------------------------------------------------------------------
-    def _decide(self, conn_id: int, ingress: bool, remote_ip: str, exe: str) -> frozenset[str]:
+    def _decide(self, conn_id: int, ingress: bool, remote_ip: str, exe: str, container_id: str = "") -> frozenset[str]:
         skip = self._skips.get(conn_id)
         if skip is None:
             skip = self.pipeline.skipped(ingress=ingress, remote_ip=remote_ip, exe=exe)
+            cache = installed_containers()
+            if skip is not SKIP_ALL and container_id and self.pipeline.containers and cache is not None \
+                    and self.pipeline.containers.ignores(cache.get(container_id)):
+                skip = SKIP_ALL
             self._skips[conn_id] = skip
             if skip is SKIP_ALL:
                 self.ignored_connections += 1
         return skip
 
     def skip_for(self, conn: Connection) -> frozenset[str]:
-        return self._decide(conn.conn_id, conn.direction == "ingress", conn.raddr, conn.process.exe)
+        return self._decide(conn.conn_id, conn.direction == "ingress", conn.raddr, conn.process.exe,
+                            conn.process.container_id)
 
     def session_factory(self, conn: Connection, layer: int) -> Session | None:
         skip = self.skip_for(conn)
@@ -340,7 +348,8 @@ class ConfiguredRuntime:
         """The writer's filter for the conntrack's own events (connections, gaps)."""
         if isinstance(item, ConnectionEvent):
             ingress = item.direction == "ingress"
-            skip = self._decide(item.conn_id, ingress, item.src_ip if ingress else item.dst_ip, item.exe)
+            skip = self._decide(item.conn_id, ingress, item.src_ip if ingress else item.dst_ip, item.exe,
+                                getattr(item, "container_id", ""))
             if item.event == "close":
                 self._skips.pop(item.conn_id, None)
             return skip is not SKIP_ALL
