@@ -38,11 +38,9 @@ def run(
     max_connections: Annotated[int, typer.Option(help="connections tracked at once (oldest evicted, counted)")] = 65536,
     idle_timeout: Annotated[float, typer.Option(help="seconds without traffic before a connection is evicted")] = 300.0,
     log_level: Annotated[str, typer.Option(help="stderr log level")] = "INFO",
-<<<<<<< HEAD
     status_listen: Annotated[
         str | None, typer.Option(help="HOST:PORT for /healthz /readyz /metrics, or `off` [127.0.0.1:10001]")
     ] = None,
-=======
     control: Annotated[
         str | None, typer.Option("--control", help="control plane URL: the config comes from there (not --config)")
     ] = None,
@@ -53,7 +51,6 @@ def run(
     control_state: Annotated[
         Path, typer.Option("--control-state", help="identity + last good config from the control plane (0600)")
     ] = Path("/var/lib/qtap/control"),
->>>>>>> main
 ) -> None:
     """Capture traffic: JSON lines on stdout, one object per line with a `type` field."""
     from qtap_async.agent import AgentOptions, run_agent

@@ -87,7 +87,6 @@ class SinkTransientError(QtapError):
     """A sink call failed in a way that may pass on retry (store unreachable, timeout, throttled, 5xx)."""
 
 
-<<<<<<< HEAD
 class KernelFsError(QtapError):
     """A kernel filesystem capture needs (tracefs, bpffs) is missing and could not be mounted; the message
     names it and the command that fixes it."""
@@ -99,7 +98,8 @@ class StatusServerError(QtapError):
 
 class ContainerRuntimeError(QtapError):
     """A container runtime API (podman/Docker socket, CRI) answered with an error or could not be reached."""
-=======
+
+
 class ControlError(QtapError):
     """The control plane (users, configs, agents, audit) failed: store, settings or a refused request."""
 
@@ -120,4 +120,3 @@ class ControlClientError(ControlError):
     def __init__(self, message: str, status: int = 0) -> None:
         self.status = status
         super().__init__(message)
->>>>>>> main
