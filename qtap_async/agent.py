@@ -193,7 +193,7 @@ class Agent:
             runtimes = context.default_runtimes()
             self.containers = context.ContainerCache(runtimes)
             context.install(self.containers)
-            log.info("container metadata from: %s", ", ".join(getattr(r, "socket_path", r.name) for r in runtimes)
+            log.info("container metadata from: %s", ", ".join(str(getattr(r, "socket_path", r.name)) for r in runtimes)
                      or "no runtime socket found (events carry container_id only)")
         try:
             return await self._run(install_signals)

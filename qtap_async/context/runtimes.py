@@ -1,6 +1,6 @@
 """Container runtime APIs the metadata cache asks: the Docker Engine API on a unix socket, which podman's
-service speaks too (``podman system service``). The CRI (containerd, CRI-O: ``ListContainers`` over gRPC) is
-not asked yet; on such nodes the cache reports every container as unknown (counted) and events keep their id.
+service speaks too (``podman system service``), and containerd's own API (qtap_async.context.containerd), which
+on a Kubernetes node carries the kubelet's pod labels. CRI-O is not asked yet.
 
 Each call is blocking with a short timeout: they run on the cache's worker thread, never on the event loop.
 """
@@ -90,14 +90,21 @@ class DockerApi:
                          {str(k): str(v) for k, v in labels.items()})
 
 
+CONTAINERD_SOCKETS = ("/run/containerd/containerd.sock", "/var/run/containerd/containerd.sock")
+
+
 def default_runtimes(sockets: Sequence[str] | None = None) -> list[Runtime]:
-    """The runtimes whose sockets exist here (``QTAP_CONTAINER_SOCKETS``, colon-separated, overrides)."""
+    """The runtimes whose sockets exist here (``QTAP_CONTAINER_SOCKETS``, colon-separated, overrides): the Docker
+    API for docker/podman sockets, containerd's API for a socket named ``containerd*``."""
+    from qtap_async.context.containerd import ContainerdApi
+
     env = os.environ.get("QTAP_CONTAINER_SOCKETS")
     if sockets is None and env is not None:
         sockets = [s for s in env.split(":") if s]
+    paths = list(DOCKER_SOCKETS + CONTAINERD_SOCKETS) if sockets is None else list(sockets)
     out: list[Runtime] = []
-    for path in DOCKER_SOCKETS if sockets is None else sockets:
-        rt = DockerApi(path)
+    for path in paths:
+        rt: Runtime = ContainerdApi(path) if "containerd" in os.path.basename(path) else DockerApi(path)
         if rt.available():
             out.append(rt)
     return out
