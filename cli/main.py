@@ -38,6 +38,11 @@ def run(
     max_connections: Annotated[int, typer.Option(help="connections tracked at once (oldest evicted, counted)")] = 65536,
     idle_timeout: Annotated[float, typer.Option(help="seconds without traffic before a connection is evicted")] = 300.0,
     log_level: Annotated[str, typer.Option(help="stderr log level")] = "INFO",
+    state_dir: Annotated[str, typer.Option(help="TLS analysis cache kept across restarts ('' : memory only)")] = (
+        "/var/lib/qtap-async"),
+    hold_exec: Annotated[bool, typer.Option("--hold-exec", help="stop never-analysed executables at exec until "
+                                            "their TLS probes are attached")] = False,
+    no_preattach: Annotated[bool, typer.Option("--no-preattach", help="do not pre-attach executables in PATH")] = False,
 ) -> None:
     """Capture traffic: JSON lines on stdout, one object per line with a `type` field."""
     from qtap_async.agent import AgentOptions, run_agent
@@ -71,6 +76,15 @@ def run(
         max_connections=max_connections,
         idle_timeout_s=idle_timeout,
     )
+    from qtap_async.sources.tls_manager import TlsOptions
+
+    if cfg is not None:
+        t = cfg.tap.tls
+        opts.tls_options = TlsOptions(state_dir=t.state_dir or None, preattach_path=t.preattach_path,
+                                      hold_exec=t.hold_exec, max_hold_s=t.max_hold_s)
+    else:
+        opts.tls_options = TlsOptions(state_dir=state_dir or None, preattach_path=not no_preattach,
+                                      hold_exec=hold_exec)
     if max_connections < 1 or idle_timeout <= 0:
         _fail("--max-connections must be >= 1 and --idle-timeout > 0", 2)
     try:

@@ -22,7 +22,7 @@ from qtap_async.bpf.loader import Capture, CaptureSettings
 from qtap_async.buffers.channel import Channel, ChannelClosed
 from qtap_async.protocols import ProtocolSession
 from qtap_async.sources.ringbuf import RingBufferSource, batch_size
-from qtap_async.sources.tls_manager import TlsManager
+from qtap_async.sources.tls_manager import TlsManager, TlsOptions
 from qtap_async.transforms.conntrack import Connection, Conntrack, Session
 from qtap_async.transforms.stage import TrackingStage
 
@@ -42,6 +42,7 @@ class AgentOptions:
     metrics_interval_s: float = 0.0  # > 0: log a metrics line to stderr this often
     stop_drain_s: float = 10.0  # at stop, process the queued backlog this long; the rest is dropped, counted
     tls: bool = True  # attach uprobes to TLS libraries for plaintext
+    tls_options: TlsOptions = field(default_factory=TlsOptions)  # analysis cache, PATH pre-attach, held exec
     http_level: Literal["summary", "details", "full"] = "details"  # headers: details, bodies: full
 
 
@@ -158,7 +159,7 @@ class Agent:
         try:
             self.capture = Capture(o.capture)
             if o.tls:
-                self.tls = TlsManager(self.capture)
+                self.tls = TlsManager(self.capture, o.tls_options)
                 await self.tls.start()
                 self.conntrack.on_exec = self.tls.on_exec
                 self.conntrack.on_exit = self.tls.on_exit

@@ -233,3 +233,71 @@ int BPF_KPROBE(uprobe_go_read_ret)
 	emit_plaintext(gc.sk, QTAP_DIR_RECV, QTAP_SRC_GOTLS, gc.buf, n);
 	return 0;
 }
+
+/* -- held exec (opt-in) ------------------------------------------------------------------------------
+ * A uprobe placed after a process started misses what it did before: a short-lived Go or static OpenSSL
+ * client speaks within milliseconds of exec. For a file user space has never analysed, stop the process
+ * right here, before its first user instruction (the signal is taken on the way back to user mode), and
+ * let user space attach, then SIGCONT it. Files already analysed (every TLS and non-TLS executable seen,
+ * kept across restarts in the analysis cache) are in known_files and run untouched. The tracepoint link
+ * belongs to the agent's process, so an agent that dies holds nothing new; its watchdog continues those
+ * already held. */
+#define SIGSTOP_NR 19
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, QTAP_MAX_KNOWN_FILES);
+	__type(key, struct qtap_file_key);
+	__type(value, __u8);
+} known_files SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 64 * 1024);
+} held_execs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct qtap_hold_ctl);
+} hold_ctl SEC(".maps");
+
+SEC("tp_btf/sched_process_exec")
+int BPF_PROG(tp_btf_hold_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	struct qtap_file_key key = {};
+	struct qtap_hold_ctl *ctl;
+	struct qtap_exec_hold *rec;
+	__u32 zero = 0;
+	__u64 now;
+	dev_t dev;
+
+	if (skip_task(pid_tgid >> 32))
+		return 0;
+	ctl = bpf_map_lookup_elem(&hold_ctl, &zero);
+	now = bpf_ktime_get_ns();
+	/* No heartbeat (never enabled, or the agent stopped refreshing it): hold nothing. */
+	if (!ctl || !ctl->heartbeat_ns || now - ctl->heartbeat_ns > ctl->max_age_ns)
+		return 0;
+	dev = BPF_CORE_READ(bprm, file, f_inode, i_sb, s_dev);
+	key.dev = dev;
+	key.ino = BPF_CORE_READ(bprm, file, f_inode, i_ino);
+	if (bpf_map_lookup_elem(&known_files, &key))
+		return 0;
+	rec = bpf_ringbuf_reserve(&held_execs, sizeof(*rec), 0);
+	if (!rec)
+		return 0; /* user space cannot hear of it: better not stop it */
+	rec->ts_ns = now;
+	rec->dev = key.dev;
+	rec->ino = key.ino;
+	rec->pid = pid_tgid >> 32;
+	rec->_pad = 0;
+	if (bpf_send_signal(SIGSTOP_NR)) {
+		bpf_ringbuf_discard(rec, 0);
+		return 0;
+	}
+	bpf_ringbuf_submit(rec, BPF_RB_FORCE_WAKEUP);
+	return 0;
+}

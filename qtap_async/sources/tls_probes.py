@@ -212,17 +212,23 @@ class TlsProbes:
                 if not entry.pids:
                     entry.idle_since = now
 
-    def detach_unused(self, now: float, grace_s: float) -> int:
-        """Detach files no process has used for `grace_s` (a binary run again soon keeps its probes)."""
+    def detach_unused(self, now: float, grace_s: float, keep: int = 0) -> int:
+        """Detach files no process has used for `grace_s`, longest idle first, until at most `keep` files stay
+        attached (keep=0: every such file). A probe on a file nobody runs costs nothing, and it covers the next
+        process from its first instruction, so the manager keeps up to MAX_ATTACHED_FILES."""
+        idle = sorted(
+            (e.idle_since, key) for key, e in self.files.items()
+            if not e.system and not e.pids and e.idle_since is not None and now - e.idle_since >= grace_s
+        )
         n = 0
-        for key, entry in list(self.files.items()):
-            if entry.system or entry.pids or entry.idle_since is None or now - entry.idle_since < grace_s:
-                continue
+        for _since, key in idle:
+            if keep and len(self.files) <= keep:
+                break
+            entry = self.files.pop(key)
             for link in entry.links:
                 link.close()
-            del self.files[key]
             n += 1
-            log.info("TLS: detached from %s (no process used it for %.0f s)", entry.lib.path, grace_s)
+            log.info("TLS: detached from %s (idle, %d files attached)", entry.lib.path, len(self.files))
         return n
 
     def statuses(self) -> list[AttachStatus]:
