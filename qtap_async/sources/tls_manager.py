@@ -52,7 +52,8 @@ DEFAULT_PATH_DIRS = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin
 class TlsOptions:
     state_dir: str | None = None
     """Where the analysis cache lives (kept across restarts); None: in memory only."""
-    preattach_path: bool = True
+    preattach_path: bool = False
+    """Off for embedded agents (tests); `qtap run` and the config (tap.tls.preattach_path) turn it on."""
     path_dirs: tuple[str, ...] | None = None
     """Directories to pre-scan; None: $PATH plus the standard system directories."""
     hold_exec: bool = False

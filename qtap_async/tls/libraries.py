@@ -7,10 +7,9 @@ simply is not TLS (returns None) and raises ElfFormatError only for unreadable/n
 from __future__ import annotations
 
 import re
+import struct
 from collections.abc import Callable
 from typing import Literal
-
-from elftools.elf.dynamic import DynamicSection
 
 from qtap_async.tls import golang
 from qtap_async.tls.elf import ElfImage, Symbol
@@ -92,10 +91,19 @@ def _callee_code_factory(img: ElfImage) -> Callable[[int], Code | None]:
 
 
 def needed_libs(img: ElfImage) -> list[str]:
-    for sec in img.elf.iter_sections():
-        if isinstance(sec, DynamicSection):
-            return [str(getattr(t, "needed", "")) for t in sec.iter_tags() if t.entry.d_tag == "DT_NEEDED"]
-    return []
+    """DT_NEEDED names, from the raw .dynamic entries (d_tag, d_val) and the string table it links to."""
+    dyn = img.section(".dynamic")
+    if dyn is None or dyn.type == 8:
+        return []
+    strtab = img.section_at(dyn.link).data()
+    out: list[str] = []
+    for tag, val in struct.iter_unpack("<qQ", dyn.data()[: dyn.size // 16 * 16]):
+        if tag == 0:
+            break
+        if tag == 1 and val < len(strtab):
+            end = strtab.find(b"\0", val)
+            out.append(strtab[val:end].decode("utf-8", "replace"))
+    return out
 
 
 def _openssl_version(img: ElfImage) -> str:
@@ -119,7 +127,10 @@ def _verdefs(img: ElfImage) -> list[str]:
     from elftools.elf.gnuversions import GNUVerDefSection
 
     out: list[str] = []
-    for sec in img.elf.iter_sections():
+    raw = img.section(".gnu.version_d")
+    if raw is None:
+        return out
+    for sec in (img.elf.get_section(img.sections_index(raw)),):
         if isinstance(sec, GNUVerDefSection):
             for verdef, auxiter in sec.iter_versions():
                 for aux in auxiter:

@@ -133,15 +133,22 @@ class PlaintextByPid:
 
     def __init__(self, h: AgentHarness) -> None:
         self.sent: dict[int, bytearray] = {}
+        self.conn_ids: dict[int, set[int]] = {}
         ct = h.agent.conntrack
         inner = ct.handle
 
         def handle(rec: Any) -> list[Any]:
             if isinstance(rec, Data) and rec.source != 0 and rec.dir == 0:
                 self.sent.setdefault(rec.pid, bytearray()).extend(rec.payload)
+                self.conn_ids.setdefault(rec.pid, set()).add(rec.conn_id)
             return inner(rec)
 
         ct.handle = handle  # type: ignore[method-assign]
+
+
+def _events_of(h: AgentHarness, tap: PlaintextByPid, pid: int) -> list[Any]:
+    ids = tap.conn_ids.get(pid, set())
+    return [e for e in h.events() if (e.get("conn_id") if isinstance(e, dict) else getattr(e, "conn_id", None)) in ids]
 
 
 def _check_all_captured(h: AgentHarness, port: int, runs: list[tuple[int, int]], tap: PlaintextByPid) -> None:
@@ -160,8 +167,15 @@ def _check_all_captured(h: AgentHarness, port: int, runs: list[tuple[int, int]],
             pos += 9 + length
         assert 1 in kinds, (pid, kinds)  # a HEADERS frame
     # 2. The agent's output: one h2 transaction per pid, headers complete (HPACK decoded from the start).
-    assert h.wait_for(lambda: {e["pid"] for e in _http(h, dst_port=port, direction="egress")} >= pids), (
-        f"missing pids: {sorted(pids - {e['pid'] for e in _http(h, dst_port=port, direction='egress')})}")
+    def reported() -> set[int]:
+        return {e["pid"] for e in _http(h, dst_port=port, direction="egress")}
+
+    # A connection filed under another's conn_id (kernel socket memory reused: issue 19) shows here.
+    assert h.wait_for(lambda: reported() >= pids), (
+        f"missing pids: {sorted(pids - reported())}; their conn ids: "
+        f"{ {p: sorted(tap.conn_ids.get(p, ())) for p in sorted(pids - reported())} }; "
+        f"conn ids reported: {sorted({e['conn_id'] for e in _http(h, dst_port=port, direction='egress')})}; "
+        f"events of the first missing: {_events_of(h, tap, min(pids - reported(), default=0))}")
     by_pid = {e["pid"]: e for e in _http(h, dst_port=port, direction="egress") if e["pid"] in pids}
     for i, (pid, _delay) in enumerate(runs):
         tx = by_pid[pid]
