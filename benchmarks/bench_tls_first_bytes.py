@@ -112,7 +112,7 @@ def _client_argv(kind: str, exe: str, port: int, tmp: Path) -> list[str]:
 
 def exec_to_attached(bins: dict[str, str], tmp: Path, hold: bool) -> dict[str, Any]:
     hole = BlackHole()
-    agent = Agent(AgentOptions(tls_options=TlsOptions(hold_exec=hold)), writer=NullWriter(), session_factory=None)
+    agent = Agent(AgentOptions(tls_options=TlsOptions(hold_exec=hold, hold_children_of=os.getpid())), writer=NullWriter(), session_factory=None)
     th = AgentThread(agent).start()
     out: dict[str, Any] = {}
     try:
@@ -161,7 +161,7 @@ def exec_overhead() -> dict[str, Any]:
     res: dict[str, list[float]] = {"off": [], "on": []}
     for _ in range(2):  # interleaved, same run
         res["off"].append(spawn_loop(n))
-        agent = Agent(AgentOptions(tls_options=TlsOptions(hold_exec=True)), writer=NullWriter(), session_factory=None)
+        agent = Agent(AgentOptions(tls_options=TlsOptions(hold_exec=True, hold_children_of=os.getpid())), writer=NullWriter(), session_factory=None)
         th = AgentThread(agent).start()
         try:
             subprocess.run(["/bin/true"], check=True)  # seen once: known from now on
@@ -194,7 +194,7 @@ def spawn_to_request(bins: dict[str, str], tmp: Path) -> dict[str, Any]:
     srv = subprocess.Popen(["nghttpd", "-d", str(www), str(port), str(key), str(cert)], stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)
     time.sleep(0.5)
-    agent = Agent(AO(tls_options=TlsOptions(hold_exec=True)), writer=NullWriter(), session_factory=None)
+    agent = Agent(AO(tls_options=TlsOptions(hold_exec=True, hold_children_of=os.getpid())), writer=NullWriter(), session_factory=None)
     th = AgentThread(agent).start()
     vals: list[float] = []
     first = 0.0

@@ -244,6 +244,9 @@ int BPF_KPROBE(uprobe_go_read_ret)
  * already held. */
 #define SIGSTOP_NR 19
 
+/* Hold only processes whose parent is this tgid (0: any). Lets tests use the mode on a shared machine. */
+const volatile __u32 hold_parent_tgid = 0;
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, QTAP_MAX_KNOWN_FILES);
@@ -275,6 +278,8 @@ int BPF_PROG(tp_btf_hold_exec, struct task_struct *p, pid_t old_pid, struct linu
 	dev_t dev;
 
 	if (skip_task(pid_tgid >> 32))
+		return 0;
+	if (hold_parent_tgid && BPF_CORE_READ(p, real_parent, tgid) != hold_parent_tgid)
 		return 0;
 	ctl = bpf_map_lookup_elem(&hold_ctl, &zero);
 	now = bpf_ktime_get_ns();

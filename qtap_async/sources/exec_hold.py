@@ -74,6 +74,7 @@ class ExecHold:
         self._link: Link | None = None
         self._watchdog: subprocess.Popen[bytes] | None = None
         self._held: dict[int, tuple[int, int]] = {}  # pid -> (starttime, kernel ts of the hold)
+        self._noticed: dict[int, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -125,6 +126,7 @@ class ExecHold:
                 continue
             self.stats.held += 1
             self._held[pid] = (start, ts)
+            self._noticed[pid] = time.monotonic_ns()
             self._tell_watchdog(f"hold {pid} {start}")
             task = self._loop.create_task(self._handle(pid, kdev, ino))
             self._tasks.add(task)
@@ -150,9 +152,13 @@ class ExecHold:
         start, ts = got
         if continue_process(pid, start):
             held_ns = time.monotonic_ns() - ts
+            if held_ns > 1e9:
+                log.info("TLS: pid %d was held %.0f ms (noticed after %.0f ms)", pid, held_ns / 1e6,
+                         (self._noticed.pop(pid, ts) - ts) / 1e6)
             self.stats.released += 1
             self.stats.hold_ns_total += held_ns
             self.stats.hold_ns_max = max(self.stats.hold_ns_max, held_ns)
+        self._noticed.pop(pid, None)
         self._tell_watchdog(f"release {pid}")
 
     async def stop(self) -> None:

@@ -58,6 +58,8 @@ class TlsOptions:
     """Directories to pre-scan; None: $PATH plus the standard system directories."""
     hold_exec: bool = False
     max_hold_s: float = 5.0
+    hold_children_of: int = 0
+    """Hold only children of this pid (0: every process); tests use it on machines shared with others."""
 
 
 @dataclass
@@ -128,7 +130,7 @@ def path_candidates(dirs: tuple[str, ...] | None = None, max_files: int = PATH_M
 class TlsManager:
     def __init__(self, capture: Capture, options: TlsOptions | None = None) -> None:
         self.options = options or TlsOptions()
-        self.probes = TlsProbes(capture)
+        self.probes = TlsProbes(capture, self.options.hold_children_of)
         self.cache = AnalysisCache(self.options.state_dir)
         self.scanner = Scanner(cache=self.cache)
         self.stats = ManagerStats()

@@ -113,12 +113,14 @@ def _attach_path(lib: TlsLibrary) -> str:
 class TlsProbes:
     """Owns tls.bpf.o (loaded against the capture's shared maps) and the links of every attached file."""
 
-    def __init__(self, capture: Capture) -> None:
+    def __init__(self, capture: Capture, hold_parent_tgid: int = 0) -> None:
         self.capture = capture
         self.obj = BpfObject.open(capture.directory / "tls.bpf.o")
         try:
             capture.share_maps(self.obj)
             capture.configure(self.obj)
+            if hold_parent_tgid:
+                self.obj.set_rodata(hold_parent_tgid=hold_parent_tgid)
             self.obj.load()
         except BaseException:
             self.obj.close()

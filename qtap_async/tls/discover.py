@@ -211,7 +211,9 @@ class Scanner:
                 lib = analyze_file(path, FileKey(st.st_dev, st.st_ino), display_path)
         except ElfFormatError:
             lib = None
-        self.cache.put(ck, path, lib)
+        # The name to re-open it by after a restart: /proc/PID/exe dies with the process; the display path
+        # (its target) is checked against the key before any use.
+        self.cache.put(ck, display_path if display_path and display_path.startswith("/") else path, lib)
         with self._lock:
             self.analyses += 1
         return ck, lib, False

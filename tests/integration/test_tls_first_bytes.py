@@ -207,7 +207,8 @@ def test_held_exec_captures_first_request_of_fresh_processes(
 ) -> None:
     kind, exe = client_exe
     opts = AgentOptions(http_level="details", tls_options=TlsOptions(
-        state_dir=str(tmp_path / "state"), preattach_path=False, hold_exec=True))
+        state_dir=str(tmp_path / "state"), preattach_path=False, hold_exec=True,
+        hold_children_of=os.getpid()))
     with AgentHarness(opts, record=False) as h:
         tap = PlaintextByPid(h)
         runs = [_run_client(kind, exe, h2_server, i, tmp_path) for i in range(RUNS)]
@@ -239,8 +240,10 @@ def test_path_preattach_covers_first_run(goh2: str, h2_server: int, tmp_path: Pa
 def test_restarted_agent_attaches_from_the_disk_cache(goh2: str, h2_server: int, tmp_path: Path) -> None:
     exe = _fresh_copy(goh2, tmp_path)
     state = str(tmp_path / "state")
-    # First agent: sees the binary once (a slow, late run is fine) and keeps its analysis on disk.
-    first = AgentOptions(tls_options=TlsOptions(state_dir=state, preattach_path=False))
+    # First agent: sees the binary once (held at exec, so a process that exits at once is still analysed)
+    # and keeps its analysis on disk.
+    first = AgentOptions(tls_options=TlsOptions(state_dir=state, preattach_path=False, hold_exec=True,
+                                                hold_children_of=os.getpid()))
     with AgentHarness(first, record=False) as h:
         p = subprocess.Popen([exe, f"https://127.0.0.1:{h2_server}/hello.txt", "x"], stdout=subprocess.PIPE)
         assert h.agent.tls is not None
