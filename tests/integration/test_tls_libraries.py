@@ -17,8 +17,9 @@ from qtap_async.agent import AgentOptions
 from qtap_async.sources.tls_manager import TlsOptions
 from qtap_async.tls import analyze_file
 from qtap_async.tls.model import FileKey
-from tests.integration.harness import PEERS, AgentHarness, start_http_server
+from tests.integration.harness import PEERS, AgentHarness, free_port, start_http_server, wait_port
 from tests.integration.peers.http_server import body_for
+from tests.integration.test_tls_first_bytes import _h2_request, _http
 
 pytestmark = pytest.mark.bpf
 
@@ -92,3 +93,61 @@ def test_openssl_11_client_plaintext(libssl11: str, https_server: tuple[subproce
                                       "Connection: close\r\n\r\n").encode()
         assert bytes(rec.data[1]) == response  # byte-exact, headers and body
         assert rec.gaps == {0: 0, 1: 0}
+
+
+PODMAN = "podman"
+
+
+@pytest.fixture(scope="module")
+def container_image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A scratch image holding only a static OpenSSL HTTP/2 client, built offline (no registry)."""
+    root = tmp_path_factory.mktemp("rootfs")
+    subprocess.run(["gcc", "-O1", "-static", "-o", str(root / "tls_h2_client"),
+                    str(PEERS / "tlsh2c" / "tls_h2_client.c"), "-lssl", "-lcrypto", "-lpthread"],
+                   check=True, capture_output=True, timeout=300)
+    tar = tmp_path_factory.mktemp("img") / "rootfs.tar"
+    subprocess.run(["tar", "-C", str(root), "-cf", str(tar), "."], check=True)
+    name = f"localhost/qtap-tls-client:{os.getpid()}"
+    subprocess.run([PODMAN, "import", str(tar), name], check=True, capture_output=True, timeout=120)
+    try:
+        yield name
+    finally:
+        subprocess.run([PODMAN, "rmi", "-f", name], capture_output=True, timeout=120)
+
+
+def test_tls_client_in_a_container(container_image: str, cert: tuple[str, str], tmp_path: Path) -> None:
+    h2root = tmp_path / "www"
+    h2root.mkdir()
+    (h2root / "hello.txt").write_bytes(b"from the host\n")
+    port = free_port()
+    srv = subprocess.Popen(["nghttpd", "-d", str(h2root), str(port), cert[1], cert[0]],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    reqs = tmp_path / "req"
+    reqs.mkdir()
+    for i in range(3):
+        (reqs / f"{i}.bin").write_bytes(_h2_request(port, i))
+    try:
+        wait_port(port)
+        opts = AgentOptions(http_level="details", tls_options=TlsOptions(state_dir=str(tmp_path / "state")))
+        with AgentHarness(opts, record=False) as h:
+            for i, delay in enumerate(("1500", "0", "0")):
+                # The first run waits before it speaks (the agent finds the file through /proc/PID/root after
+                # the exec); later containers of the image map the same file, whose probes stayed attached.
+                subprocess.run([PODMAN, "run", "--runtime", "runc", "--rm", "--network", "host", "-v",
+                                f"{reqs}:/req:ro", container_image, "/tls_h2_client", "127.0.0.1", str(port),
+                                f"/req/{i}.bin", delay], check=True, capture_output=True, timeout=120)
+            assert h.wait_for(lambda: len(_http(h, dst_port=port, direction="egress")) >= 3)
+            assert h.agent.tls is not None
+            st = [s for s in h.agent.tls.statuses() if s.path == "/tls_h2_client"]
+            assert st and st[0].attached and not st[0].slow_functions, h.agent.tls.statuses()
+            lib = next(e.lib for e in h.agent.tls.probes.files.values() if e.lib.path == "/tls_h2_client")
+            assert lib.open_path.startswith("/proc/") and "/root/" in lib.open_path, lib.open_path
+        txs = sorted(_http(h, dst_port=port, direction="egress"), key=lambda e: e["ts"])
+        for i, tx in enumerate(txs):
+            assert tx["container_id"], tx  # the process context says it ran in a container
+            assert (tx["method"], tx["path"], tx["status"]) == ("GET", "/hello.txt", 200), tx
+            assert ("x-qtap-run", str(i)) in [tuple(x) for x in tx["request_headers"]], tx
+            assert not tx.get("incomplete"), tx
+    finally:
+        srv.kill()
+        srv.wait()

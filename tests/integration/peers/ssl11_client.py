@@ -1,7 +1,8 @@
 """HTTPS client on an arbitrary libssl through ctypes (no Python ssl module: the process maps only that libssl).
 
-Usage: python -S ssl11_client.py LIBSSL PORT PATH DELAY_S. Loads LIBSSL (after the libcrypto beside it), waits DELAY_S, sends one HTTP/1.1 GET over TLS to 127.0.0.1:PORT and writes the whole response
-(headers and body) to stdout.
+Usage: python -S ssl11_client.py LIBSSL PORT PATH DELAY_S. Loads LIBSSL (after the libcrypto beside it),
+waits DELAY_S, sends one HTTP/1.1 GET over TLS to 127.0.0.1:PORT and writes the whole response (headers and
+body) to stdout.
 """
 
 import ctypes

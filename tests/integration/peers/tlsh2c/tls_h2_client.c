@@ -1,7 +1,7 @@
 /* Test peer for first-bytes capture: an OpenSSL HTTP/2 client linked statically (gcc -static ... -lssl
  * -lcrypto), making its one request as soon as it starts. The HTTP/2 bytes (preface, SETTINGS, HEADERS)
  * come ready-made in a file so no HPACK encoder is needed here.
- * Usage: tls_h2_client IP PORT REQUEST-FILE. Prints "STATUS-FRAMES BYTES T_REQ_NS" (T_REQ_NS: CLOCK_MONOTONIC
+ * Usage: tls_h2_client IP PORT REQUEST-FILE [DELAY-MS]. Prints "STATUS-FRAMES BYTES T_REQ_NS" (T_REQ_NS: CLOCK_MONOTONIC
  * when the request was written). Exits 0 once stream 1 has ended. */
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -46,13 +46,15 @@ int main(int argc, char **argv)
 	SSL_CTX *ctx;
 	SSL *ssl;
 
-	if (argc != 4)
+	if (argc != 4 && argc != 5)
 		return 2;
 	f = fopen(argv[3], "rb");
 	if (!f)
 		return 2;
 	n = fread(req, 1, sizeof(req), f);
 	fclose(f);
+	if (argc == 5)
+		usleep(atoi(argv[4]) * 1000);
 	sa.sin_family = AF_INET;
 	sa.sin_port = htons(atoi(argv[2]));
 	inet_pton(AF_INET, argv[1], &sa.sin_addr);
