@@ -105,11 +105,12 @@ def run(
 @app.command()
 def inspect(
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+    state_dir: Annotated[str, typer.Option(help="the agent's state dir (TLS analysis cache)")] = "/var/lib/qtap-async",
 ) -> None:
     """Why capture would or would not work here: kernel, BTF, hooks, BPF objects, TLS libraries."""
     from qtap_async.inspect import gather, render
 
-    report = gather()
+    report = gather(state_dir)
     if as_json:
         sys.stdout.buffer.write(msgspec.json.format(msgspec.json.encode(report)) + b"\n")
     else:
