@@ -63,6 +63,7 @@ enum qtap_source {
 	QTAP_SRC_OPENSSL = 1, /* plaintext from SSL_read/SSL_write (OpenSSL, BoringSSL) */
 	QTAP_SRC_GNUTLS = 2,
 	QTAP_SRC_GOTLS = 3,
+	QTAP_SRC_RUSTLS = 4, /* plaintext from rustls' Reader::read / PlaintextSink::write (Rust programs) */
 };
 
 enum qtap_data_flags {

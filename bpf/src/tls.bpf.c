@@ -29,6 +29,9 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
 #define COOKIE_DIR_SHIFT 8
 #define COOKIE_LEN_PTR (1 << 9)
+/* The connection object is the word the object register points to (rustls' Reader holds a pointer into its
+ * connection; the Reader itself is a temporary on the stack, no identity). */
+#define COOKIE_OBJ_DEREF (1 << 10)
 
 struct go_call {
 	__u64 buf;
@@ -89,32 +92,30 @@ int BPF_KPROBE(uprobe_tls_entry)
 	c.len_ptr = (cookie & COOKIE_LEN_PTR) ? arg_reg(ctx, cookie >> 20) : 0;
 	c.dir = (cookie >> COOKIE_DIR_SHIFT) & 1;
 	c.source = cookie & 0xff;
+	/* After every register read: the verifier refuses context pointers the compiler keeps across a call. */
+	if ((cookie & COOKIE_OBJ_DEREF) && bpf_probe_read_user(&c.ssl, sizeof(c.ssl), (void *)c.ssl))
+		return 0;
 	bpf_map_update_elem(&tls_calls, &tid, &c, BPF_ANY);
 	return 0;
 }
 
-SEC("uprobe")
-int BPF_KPROBE(uprobe_tls_return)
+/* The return half of a C-library or rustls call: `ok` says the call succeeded, `len` is its byte count
+ * unless the entry saved a pointer to it. */
+static __always_inline int finish_tls_call(__u32 tid, bool ok, __u64 len)
 {
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	__u32 tid = (__u32)pid_tgid;
 	struct qtap_tls_call *cp = bpf_map_lookup_elem(&tls_calls, &tid);
 	struct qtap_tls_call c;
-	long ret = PT_REGS_RC(ctx);
-	__u64 len = 0;
 	__u64 sk;
 
 	if (!cp)
 		return 0;
 	c = *cp;
 	bpf_map_delete_elem(&tls_calls, &tid);
-	if ((int)ret <= 0)
+	if (!ok)
 		return 0;
 	if (c.len_ptr) {
 		if (bpf_probe_read_user(&len, sizeof(len), (void *)c.len_ptr))
 			return 0;
-	} else {
-		len = (__u32)ret;
 	}
 	if (!len)
 		return 0;
@@ -125,7 +126,8 @@ int BPF_KPROBE(uprobe_tls_return)
 		__u64 *cached = bpf_map_lookup_elem(&tls_socks, &c.ssl);
 		if (!cached) {
 			/* No syscall inside the call and never seen before: the socket this thread used last
-			 * (memory-BIO stacks such as Node.js read the socket right before SSL_read). */
+			 * (memory-BIO stacks such as Node.js read the socket right before SSL_read; rustls does all
+			 * socket I/O outside its plaintext calls). */
 			cached = bpf_map_lookup_elem(&thread_socks, &tid);
 			if (!cached) {
 				count_unassociated();
@@ -138,6 +140,21 @@ int BPF_KPROBE(uprobe_tls_return)
 	}
 	emit_plaintext(sk, c.dir, c.source, c.buf, len);
 	return 0;
+}
+
+SEC("uprobe")
+int BPF_KPROBE(uprobe_tls_return)
+{
+	long ret = PT_REGS_RC(ctx);
+
+	return finish_tls_call((__u32)bpf_get_current_pid_tgid(), (int)ret > 0, (__u32)ret);
+}
+
+/* rustls returns io::Result<usize> in rax:rdx: rax 0 = Ok, rdx the byte count. */
+SEC("uprobe")
+int BPF_KPROBE(uprobe_rust_return)
+{
+	return finish_tls_call((__u32)bpf_get_current_pid_tgid(), ctx->ax == 0, ctx->dx);
 }
 
 /* *tls.Conn -> fd: conn.conn (net.Conn interface) data word -> *net.TCPConn -> .fd (*netFD) -> .pfd.Sysfd.

@@ -27,7 +27,9 @@ from qtap_async.tls.model import FileKey, ProbePlan, TlsLibrary
 log = logging.getLogger("qtap.tls")
 
 COOKIE_LEN_PTR = 1 << 9
-_SOURCES = {"openssl": abi.Source.OPENSSL, "boringssl": abi.Source.OPENSSL, "gnutls": abi.Source.GNUTLS}
+COOKIE_OBJ_DEREF = 1 << 10
+_SOURCES = {"openssl": abi.Source.OPENSSL, "boringssl": abi.Source.OPENSSL, "gnutls": abi.Source.GNUTLS,
+            "rustls": abi.Source.RUSTLS}
 _SYSTEM_LIB_PREFIXES = ("libssl.so", "libgnutls.so")
 
 
@@ -152,9 +154,10 @@ class TlsProbes:
         for site in plan.sites:
             if site.role == "entry":
                 regs = site.regs
-                obj_reg = _reg_index(lib, plan, regs.get("ssl", regs.get("session", "")))
+                deref = "ssl_ptr" in regs  # the object is *reg (rustls' Reader)
+                obj_reg = _reg_index(lib, plan, regs.get("ssl", regs.get("session", regs.get("ssl_ptr", ""))))
                 buf_reg = _reg_index(lib, plan, regs.get("buf", regs.get("data", "")))
-                cookie = source | direction << 8 | obj_reg << 12 | buf_reg << 16
+                cookie = source | direction << 8 | obj_reg << 12 | buf_reg << 16 | (COOKIE_OBJ_DEREF if deref else 0)
                 if plan.length.startswith("*"):
                     ptr_name = plan.length[1:].split()[0]
                     cookie |= COOKIE_LEN_PTR | _reg_index(lib, plan, regs.get(ptr_name, "")) << 20
@@ -166,10 +169,12 @@ class TlsProbes:
                 if site.regs.get("ret", "rax") not in ("rax", "eax"):
                     raise QtapError(f"{lib.path} {plan.function}: return value in {site.regs}, not rax")
                 retprobe = site.role == "uretprobe"
-                key = (site.offset, f"ret{retprobe}")
+                # rustls: io::Result<usize> in rax (0 = Ok) and rdx (bytes); C libraries: a count in rax.
+                prog = "uprobe_rust_return" if lib.kind == "rustls" else "uprobe_tls_return"
+                key = (site.offset, f"ret{retprobe}{prog}")
                 if key not in done:
                     done.add(key)
-                    links.append(self._attach_site("uprobe_tls_return", path, site.offset, 0, retprobe))
+                    links.append(self._attach_site(prog, path, site.offset, 0, retprobe))
         return links
 
     def attach(self, lib: TlsLibrary, pid: int | None = None, system: bool = False) -> AttachStatus:

@@ -29,7 +29,7 @@ from qtap_async.tls.model import TlsLibrary
 
 log = logging.getLogger(__name__)
 
-ANALYZER_VERSION = 1
+ANALYZER_VERSION = 2
 """Bump when an analysis change makes earlier results wrong: older entries are then analysed again."""
 
 CacheKey = tuple[int, int, int, int]

@@ -151,3 +151,49 @@ def test_tls_client_in_a_container(container_image: str, cert: tuple[str, str], 
     finally:
         srv.kill()
         srv.wait()
+
+
+@pytest.fixture(scope="module")
+def rustls_client() -> str:
+    """The rustls peer, built by the test with cargo from crates.io (target dir cached beside the other peers)."""
+    import shutil
+    import time
+
+    cargo = shutil.which("cargo") or os.path.expanduser("~/.cargo/bin/cargo")
+    target = CACHE / "rustls-target"
+    t = time.monotonic()
+    subprocess.run([cargo, "build", "--release", "-q", "--manifest-path", str(PEERS / "rustls_client" / "Cargo.toml")],
+                   env=dict(os.environ, CARGO_TARGET_DIR=str(target)), check=True, timeout=1200)
+    print(f"rustls peer build: {time.monotonic() - t:.1f} s")
+    return str(target / "release" / "rustls_client")
+
+
+def test_rustls_client_plaintext(rustls_client: str, https_server: tuple[subprocess.Popen[str], int],
+                                 tmp_path: Path) -> None:
+    _, port = https_server
+    exe = tmp_path / "rustls_client"
+    exe.write_bytes(Path(rustls_client).read_bytes())  # a file no agent has seen
+    exe.chmod(0o755)
+    # Held exec: the fresh binary is analysed and probed before its first instruction, no delay needed.
+    opts = AgentOptions(tls_options=TlsOptions(state_dir=str(tmp_path / "state"), hold_exec=True,
+                                               hold_children_of=os.getpid()))
+    sizes = (5, 70_000, 1234)
+    with AgentHarness(opts) as h:
+        outs = []
+        for n in sizes:
+            p = subprocess.run([str(exe), str(port), f"/bytes?n={n}", "0"], capture_output=True, check=True,
+                               timeout=60)
+            assert p.stdout.endswith(body_for(n)), p.stdout[:200]
+            outs.append(p.stdout)
+        assert h.wait_for(lambda: len(h.connections("close", exe=str(exe), dst_port=port)) >= len(sizes))
+        assert h.agent.tls is not None
+        st = [s for s in h.agent.tls.statuses() if s.path == str(exe)]
+        assert st and st[0].kind == "rustls" and st[0].attached and not st[0].slow_functions, st
+    conns = sorted(h.connections("close", exe=str(exe), dst_port=port), key=lambda c: c.ts_ns)
+    for n, out, c in zip(sizes, outs, conns, strict=True):
+        rec = h.recorded.get((c.conn_id, 1))
+        assert rec is not None, f"no plaintext for the rustls connection of /bytes?n={n}"
+        assert bytes(rec.data[0]) == (f"GET /bytes?n={n} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                                      "Connection: close\r\n\r\n").encode()
+        assert bytes(rec.data[1]) == out
+        assert rec.gaps == {0: 0, 1: 0}
