@@ -32,7 +32,7 @@ from qtap_async.bpf.loader import Capture
 from qtap_async.sources.exec_hold import ExecHold, HoldStats
 from qtap_async.sources.tls_probes import AttachStatus, TlsProbes, system_tls_libraries
 from qtap_async.tls import FileKey, Scanner, TlsLibrary, analyze_file
-from qtap_async.tls.cache import AnalysisCache, CacheEntry, kernel_dev
+from qtap_async.tls.cache import AnalysisCache, CacheEntry, StateDirError, kernel_dev
 
 log = logging.getLogger("qtap.tls")
 
@@ -131,7 +131,12 @@ class TlsManager:
     def __init__(self, capture: Capture, options: TlsOptions | None = None) -> None:
         self.options = options or TlsOptions()
         self.probes = TlsProbes(capture, self.options.hold_children_of)
-        self.cache = AnalysisCache(self.options.state_dir)
+        try:
+            self.cache = AnalysisCache(self.options.state_dir)
+        except StateDirError as exc:
+            # Capture still works without it; only restarts and holds get slower (everything is analysed again).
+            log.warning("TLS: analysis cache kept in memory only: %s", exc)
+            self.cache = AnalysisCache()
         self.scanner = Scanner(cache=self.cache)
         self.stats = ManagerStats()
         self.hold: ExecHold | None = None
