@@ -10,7 +10,8 @@ Measured, each on fresh copies (new inodes: nothing cached, nothing attached):
 - ``exec_overhead_us``: spawn + exit of /bin/true with the hold program attached (file known: not held) vs
   without it - the price every exec pays for the mode;
 - ``spawn_to_request_ms``: a covered Go client's first HTTP/2 request after its spawn (the issue's "within
-  5 ms of exec").
+  5 ms of exec");
+- ``path_prescan``: the start-up pre-scan of the executables in PATH, cold and with the on-disk cache.
 
 Prints one JSON object and a summary line; writes benchmarks/results/tls_first_bytes.json. Run as root:
 .venv/bin/python benchmarks/bench_tls_first_bytes.py   (QTAP_BENCH_N sets the samples per case, default 8)
@@ -220,6 +221,29 @@ def spawn_to_request(bins: dict[str, str], tmp: Path) -> dict[str, Any]:
     return {"go_first_run_held": round(first, 2), "go_later_runs": _stats(vals)}
 
 
+def path_prescan(tmp: Path) -> dict[str, Any]:
+    """The start-up PATH pre-scan: every executable in $PATH + system dirs, cold (empty cache) then warm (the
+    on-disk cache a restarted agent finds)."""
+    from qtap_async.sources.tls_manager import path_candidates
+
+    state = tmp / "path-state"
+    out: dict[str, Any] = {}
+    for label in ("cold", "warm"):
+        t, c = time.perf_counter(), time.process_time()
+        paths, truncated = path_candidates()
+        sc = Scanner(cache=AnalysisCache(str(state)))
+        tls = errors = 0
+        for p in paths:
+            try:
+                tls += sc.scan_file(p)[1] is not None
+            except Exception:
+                errors += 1
+        out[label] = {"files": len(paths), "analysed": sc.analyses, "tls": tls, "errors": errors,
+                      "wall_s": round(time.perf_counter() - t, 2), "cpu_s": round(time.process_time() - c, 2),
+                      "truncated": truncated}
+    return out
+
+
 def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
@@ -230,6 +254,7 @@ def main() -> None:
             "held_exec": exec_to_attached(bins, tmp, hold=True),
             "exec_overhead_us": exec_overhead(),
             "spawn_to_request_ms": spawn_to_request(bins, tmp),
+            "path_prescan": path_prescan(tmp),
         }
     a, e, h = result["analysis_ms"], result["exec_to_attached_ms"], result["held_exec"]["hold"]
     ov = result["exec_overhead_us"]
@@ -239,7 +264,9 @@ def main() -> None:
                f"(a client speaking sooner loses its first bytes); held exec mean {h['mean_ms']} ms max "
                f"{h['max_ms']} ms ({h['held']} holds, {h['by_timeout']} by timeout); exec cost for known files "
                f"{ov['on']} us vs {ov['off']} us without agent, {ov['agent_no_hold']} us agent without hold; "
-               f"covered Go client spawn->request p50 {sr['go_later_runs']['p50']} ms")
+               f"covered Go client spawn->request p50 {sr['go_later_runs']['p50']} ms; PATH pre-scan "
+               f"{result['path_prescan']['cold']['files']} files cold {result['path_prescan']['cold']['wall_s']} s, "
+               f"warm {result['path_prescan']['warm']['wall_s']} s")
     write_result("tls_first_bytes", result, summary)
 
 

@@ -39,10 +39,20 @@ def run(
     idle_timeout: Annotated[float, typer.Option(help="seconds without traffic before a connection is evicted")] = 300.0,
     log_level: Annotated[str, typer.Option(help="stderr log level")] = "INFO",
     state_dir: Annotated[str, typer.Option(help="TLS analysis cache kept across restarts ('' : memory only)")] = (
-        "/var/lib/qtap-async"),
+        "/var/lib/qtap"),
     hold_exec: Annotated[bool, typer.Option("--hold-exec", help="stop never-analysed executables at exec until "
                                             "their TLS probes are attached")] = False,
     no_preattach: Annotated[bool, typer.Option("--no-preattach", help="do not pre-attach executables in PATH")] = False,
+    control: Annotated[
+        str | None, typer.Option("--control", help="control plane URL: the config comes from there (not --config)")
+    ] = None,
+    registration_token: Annotated[
+        str | None,
+        typer.Option("--registration-token", envvar="QTAP_REGISTRATION_TOKEN", help="joins the control plane once"),
+    ] = None,
+    control_state: Annotated[
+        Path, typer.Option("--control-state", help="identity + last good config from the control plane (0600)")
+    ] = Path("/var/lib/qtap/control"),
 ) -> None:
     """Capture traffic: JSON lines on stdout, one object per line with a `type` field."""
     from qtap_async.agent import AgentOptions, run_agent
@@ -87,6 +97,15 @@ def run(
                                       hold_exec=hold_exec)
     if max_connections < 1 or idle_timeout <= 0:
         _fail("--max-connections must be >= 1 and --idle-timeout > 0", 2)
+    if control is not None:
+        if config is not None:
+            _fail("--control and --config exclude each other: with --control the config comes from there", 2)
+        from qtap_async.control_client import run_with_control
+
+        try:
+            raise typer.Exit(run_with_control(control, registration_token, control_state, opts))
+        except QtapError as exc:
+            _fail(str(exc))
     try:
         if cfg is not None:
             # With a config, --level does not apply: the stacks' plugins decide what is kept.
@@ -105,7 +124,7 @@ def run(
 @app.command()
 def inspect(
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
-    state_dir: Annotated[str, typer.Option(help="the agent's state dir (TLS analysis cache)")] = "/var/lib/qtap-async",
+    state_dir: Annotated[str, typer.Option(help="the agent's state dir (TLS analysis cache)")] = "/var/lib/qtap",
 ) -> None:
     """Why capture would or would not work here: kernel, BTF, hooks, BPF objects, TLS libraries."""
     from qtap_async.inspect import gather, render
@@ -149,6 +168,15 @@ def _mount_pulse() -> None:
 
 
 _mount_pulse()
+
+
+def _mount_control() -> None:
+    from cli.control import control_app
+
+    app.add_typer(control_app, name="control", help="Control plane: users, SSO, agents, versioned configs, audit.")
+
+
+_mount_control()
 
 
 def main() -> None:

@@ -307,7 +307,7 @@ class EndpointConfig(_Base, frozen=True):
 class TlsTapConfig(_Base, frozen=True):
     """TLS probe settings (see qtap_async/sources/tls_manager.py)."""
 
-    state_dir: str = "/var/lib/qtap-async"
+    state_dir: str = "/var/lib/qtap"
     """Analysis cache kept across restarts (created 0700); "" keeps it in memory only."""
     preattach_path: bool = True
     """At start-up, analyse and attach the executables in PATH (cached after the first time)."""

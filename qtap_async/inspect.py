@@ -41,7 +41,7 @@ def _objects() -> list[ObjectInfo]:
     return out
 
 
-DEFAULT_STATE_DIR = "/var/lib/qtap-async"
+DEFAULT_STATE_DIR = "/var/lib/qtap"
 
 
 def _cached_libraries(state_dir: str) -> tuple[list[TlsLibrary], dict[str, object]]:

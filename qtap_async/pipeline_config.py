@@ -46,6 +46,7 @@ from qtap_async.sinks.base import ObjectRef, StoredObject
 from qtap_async.sinks.config import EventStoreConfig, ObjectStoreConfig
 from qtap_async.sinks.factory import build_event_runner, build_object_runner
 from qtap_async.sinks.runner import EventSinkRunner, ObjectSinkRunner
+from qtap_async.topology.domains import offer
 from qtap_async.transforms.conntrack import Connection, Conntrack, Session
 from qtap_async.transforms.output import ProtocolOutput
 
@@ -292,6 +293,8 @@ class ConfiguredRuntime:
         self._output: ProtocolOutput | None = None
         self.reloads = 0
         self.failed_reloads = 0
+        self.last_reload_error = ""  # why the last failed reload failed (the control link reports it)
+        self.snapshot: Callable[[], dict[str, int]] | None = None  # the agent's counters, once it exists
         self.ignored_connections = 0
 
     @property
@@ -353,8 +356,8 @@ class ConfiguredRuntime:
         if isinstance(rec, HttpTransaction):
             return self._http(conn, rec, layer)
         if self._output is None:
-            if isinstance(rec, TlsClientHello) and rec.sni and not conn.domain:
-                conn.domain = rec.sni
+            if isinstance(rec, TlsClientHello) and rec.sni:
+                offer(conn, rec.sni, "sni")
             return []
         # Converted even when not stored: the output stage learns domains from SNI and DNS answers.
         out = self._output.convert(conn, rec, layer)
@@ -364,8 +367,7 @@ class ConfiguredRuntime:
 
     def _http(self, conn: Connection, tx: HttpTransaction, layer: int) -> list[Any]:
         host = host_of(tx.authority)
-        if host and not conn.domain:
-            conn.domain = host
+        offer(conn, host, "host")
         pipeline = self.pipeline  # one config for the whole transaction, even across a reload
         stack = pipeline.stack_for(host or conn.domain)
         if stack is None:
@@ -401,6 +403,7 @@ class ConfiguredRuntime:
             await self.apply(config)
         except (QtapError, OSError) as exc:
             self.failed_reloads += 1
+            self.last_reload_error = str(exc)
             log.error("config reload failed, keeping the current config: %s", exc)
             return False
         log.info("config reloaded: %s", "; ".join(summarize(config)))
@@ -455,6 +458,7 @@ async def run_with_config(config: Config, options: AgentOptions, *, path: Path |
     agent = Agent(options, writer=runtime.writer, session_factory=runtime.session_factory,
                   on_protocol_record=runtime.on_protocol_record)
     runtime.bind(agent.conntrack)
+    runtime.snapshot = agent.snapshot
     loop = asyncio.get_running_loop()
     reloader: asyncio.Task[None] | None = None
     hup = False
