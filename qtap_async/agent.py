@@ -147,6 +147,8 @@ class Agent:
         m["qtap_stream_gaps_total"] = st.reassembly.gaps
         m["qtap_stream_gap_bytes_total"] = st.reassembly.gap_bytes
         m["qtap_events_written_total"] = self.writer.written
+        if self.tls is not None:
+            m.update(self.tls.metrics())
         # A writer with stores (qtap_async.pipeline_config.StoreWriter) adds its sinks' and plugins' counters.
         writer_stats = getattr(self.writer, "stats", None)
         if writer_stats is not None:

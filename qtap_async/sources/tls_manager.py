@@ -280,6 +280,33 @@ class TlsManager:
     def statuses(self) -> list[AttachStatus]:
         return self.probes.statuses()
 
+    def metrics(self) -> dict[str, int]:
+        """Counters for Agent.snapshot(): the analysis cache, the PATH pre-scan, the held-exec mode."""
+        p = self.stats.path
+        m = {
+            "qtap_tls_files_attached": len(self.probes.files),
+            "qtap_tls_files_failed": len(self.probes.failed),
+            "qtap_tls_analyses_total": self.scanner.analyses,
+            "qtap_tls_cache_entries": len(self.cache),
+            "qtap_tls_cache_write_errors_total": self.cache.write_errors,
+            "qtap_tls_restored_files_total": self.stats.restored,
+            "qtap_tls_path_files_total": p.files,
+            "qtap_tls_path_errors_total": p.errors,
+            "qtap_tls_scan_errors_total": self.scan_errors,
+        }
+        h = self.hold_stats()
+        if h is not None:
+            m.update({
+                "qtap_tls_exec_held_total": h.held,
+                "qtap_tls_exec_released_total": h.released,
+                "qtap_tls_exec_released_by_timeout_total": h.released_by_timeout,
+                "qtap_tls_exec_hold_vanished_total": h.vanished,
+                "qtap_tls_exec_hold_ns_total": h.hold_ns_total,
+                "qtap_tls_exec_hold_ns_max": h.hold_ns_max,
+                "qtap_tls_known_files_full_total": h.known_files_full,
+            })
+        return m
+
     def hold_stats(self) -> HoldStats | None:
         return None if self.hold is None else self.hold.stats
 

@@ -216,6 +216,8 @@ def test_held_exec_captures_first_request_of_fresh_processes(
         assert h.agent.tls is not None and h.agent.tls.hold is not None
         stats = h.agent.tls.hold.stats
         assert h.agent.tls.hold.held_pids() == []
+        snap = h.agent.snapshot()
+        assert snap["qtap_tls_exec_held_total"] == stats.held and snap["qtap_tls_exec_released_by_timeout_total"] == 0
     print(f"{kind}: spawn-to-request ms: first {runs[0][1] / 1e6:.1f}, others max "
           f"{max(d for _, d in runs[1:]) / 1e6:.1f}; holds {stats.held}, max hold {stats.hold_ns_max / 1e6:.1f} ms")
     if kind != "node":  # node may be known already (analysed through another test's state): fresh copies not
