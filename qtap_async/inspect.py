@@ -6,6 +6,8 @@ import msgspec
 
 from qtap_async.bpf.features import KernelFeatures, detect, explain
 from qtap_async.bpf.loader import objects_dir
+from qtap_async.capabilities import CapabilityReport
+from qtap_async.capabilities import report as capability_report
 from qtap_async.errors import QtapError
 from qtap_async.tls.model import TlsLibrary
 
@@ -23,6 +25,7 @@ class InspectReport(msgspec.Struct, frozen=True):
     tls: list[dict[str, object]]
     capture_possible: bool
     reasons: list[str]
+    capabilities: CapabilityReport | None = None
     tls_cache: dict[str, object] = {}
     """The agent's on-disk TLS analysis cache: its files stay probed even while no process runs them."""
 
@@ -100,15 +103,23 @@ def _tls(state_dir: str = DEFAULT_STATE_DIR) -> tuple[list[dict[str, object]], d
 
 def gather(state_dir: str = DEFAULT_STATE_DIR) -> InspectReport:
     f = detect()
-    reasons = explain(f)
+    caps = capability_report()
+    # The uid says little (root in a container may lack CAP_BPF): the capabilities decide.
+    reasons = [*caps.problems, *(r for r in explain(f) if not r.startswith("not running as root"))]
     tls, cache_info = _tls(state_dir)
-    return InspectReport(f, _objects(), tls, not reasons, reasons, cache_info)
+    return InspectReport(f, _objects(), tls, not reasons, reasons, caps, cache_info)
 
 
 def render(r: InspectReport) -> str:
     f = r.features
     lines = [
-        f"kernel {f.kernel} ({f.arch})  libbpf {f.libbpf}  root={'yes' if f.root else 'no'}",
+        f"kernel {f.kernel} ({f.arch})  libbpf {f.libbpf}",
+    ]
+    if r.capabilities is not None:
+        held = r.capabilities.held
+        lines.append("capabilities: " + "  ".join(f"{name}={'yes' if ok else 'NO'}" for name, ok in held.items()))
+        lines.extend(f"  warning: {w}" for w in r.capabilities.warnings)
+    lines += [
         f"BTF {'yes' if f.btf else 'NO'}  lockdown={f.lockdown}  tracefs={'yes' if f.tracefs else 'no'}"
         f"  bpffs={'yes' if f.bpffs else 'no'}",
         "hooks:",
