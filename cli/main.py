@@ -110,6 +110,12 @@ def run(
             help="serve /healthz /readyz /metrics there, or `off` (default 127.0.0.1:10001; a taken default port "
                  f"is logged and skipped, an explicit one must bind; {_CFG})")
     ] = None,
+    state_dir: Annotated[str, typer.Option(metavar="DIR",
+        help="TLS analysis cache kept across restarts, '' keeps it in memory (tap.tls.state_dir)")] = "/var/lib/qtap",
+    hold_exec: Annotated[bool, typer.Option("--hold-exec", help="stop never-analysed executables at exec until "
+                                            "their TLS probes are attached (tap.tls.hold_exec)")] = False,
+    no_preattach: Annotated[bool, typer.Option("--no-preattach", help="do not pre-attach the executables in PATH "
+                                               "at start-up (tap.tls.preattach_path)")] = False,
     control: Annotated[
         str | None, typer.Option("--control", metavar="URL",
             help="control plane URL: the config comes from there (excludes --config; --level and --format refused)")
@@ -133,7 +139,8 @@ def run(
                      idle_timeout=idle_timeout, log_level=log_level or "auto", format=fmt, output=output, stats=stats,
                      ports=port or [], domains=domain or [], exes=exe or [], direction=direction,
                      containers=container or [], control=control, registration_token=registration_token,
-                     control_state=control_state, status_listen=status_listen)
+                     control_state=control_state, status_listen=status_listen, state_dir=state_dir,
+                     hold_exec=hold_exec, no_preattach=no_preattach)
     try:
         code = run_command(flags)
     except ConfigError as exc:
@@ -146,11 +153,12 @@ def run(
 @app.command()
 def inspect(
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+    state_dir: Annotated[str, typer.Option(help="the agent's state dir (TLS analysis cache)")] = "/var/lib/qtap",
 ) -> None:
     """Why capture would or would not work here: kernel, BTF, hooks, BPF objects, TLS libraries."""
     from qtap_async.inspect import gather, render
 
-    report = gather()
+    report = gather(state_dir)
     if as_json:
         sys.stdout.buffer.write(msgspec.json.format(msgspec.json.encode(report)) + b"\n")
     else:

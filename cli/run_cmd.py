@@ -60,6 +60,9 @@ class RunFlags:
     registration_token: str | None = None
     control_state: Path = Path("/var/lib/qtap/control")
     status_listen: str | None = None  # None: the default address, and a taken default port is not fatal
+    state_dir: str = "/var/lib/qtap"  # TLS analysis cache ("" : memory only)
+    hold_exec: bool = False
+    no_preattach: bool = False
 
 
 def check_flags(f: RunFlags) -> None:
@@ -221,6 +224,15 @@ def run_command(f: RunFlags) -> int:
         # The default port may be taken (another agent on the host): then run without; an explicit one must bind.
         status_required=f.status_listen is not None,
     )
+    from qtap_async.sources.tls_manager import TlsOptions
+
+    if cfg is not None:
+        t = cfg.tap.tls
+        opts.tls_options = TlsOptions(state_dir=t.state_dir or None, preattach_path=t.preattach_path,
+                                      hold_exec=t.hold_exec, max_hold_s=t.max_hold_s)
+    else:
+        opts.tls_options = TlsOptions(state_dir=f.state_dir or None, preattach_path=not f.no_preattach,
+                                      hold_exec=f.hold_exec)
     if f.control is not None:
         from qtap_async.control_client import run_with_control
 

@@ -23,7 +23,7 @@ from qtap_async.buffers.channel import Channel, ChannelClosed
 from qtap_async.protocols import ProtocolSession
 from qtap_async.sources.inflight import InflightScan, park_blocked_calls
 from qtap_async.sources.ringbuf import RingBufferSource, batch_size
-from qtap_async.sources.tls_manager import TlsManager
+from qtap_async.sources.tls_manager import TlsManager, TlsOptions
 from qtap_async.transforms.conntrack import Connection, Conntrack, Session
 from qtap_async.transforms.stage import TrackingStage
 
@@ -43,6 +43,7 @@ class AgentOptions:
     metrics_interval_s: float = 0.0  # > 0: log a metrics line to stderr this often
     stop_drain_s: float = 10.0  # at stop, process the queued backlog this long; the rest is dropped, counted
     tls: bool = True  # attach uprobes to TLS libraries for plaintext
+    tls_options: TlsOptions = field(default_factory=TlsOptions)  # analysis cache, PATH pre-attach, held exec
     http_level: Literal["summary", "details", "full"] = "details"  # headers: details, bodies: full
     status_listen: str = ""  # HOST:PORT of /healthz /readyz /metrics ("" or "off": none)
     status_check_interval_s: float = 10.0  # how often /readyz checks each store
@@ -164,6 +165,7 @@ class Agent:
             from qtap_async.telemetry.counters import tls_snapshot
 
             m.update(tls_snapshot(self.tls.statuses()))
+            m.update(self.tls.metrics())
         # A writer with stores (qtap_async.pipeline_config.StoreWriter) adds its sinks' and plugins' counters.
         writer_stats = getattr(self.writer, "stats", None)
         if writer_stats is not None:
@@ -216,7 +218,7 @@ class Agent:
         try:
             self.capture = Capture(o.capture)
             if o.tls:
-                self.tls = TlsManager(self.capture)
+                self.tls = TlsManager(self.capture, o.tls_options)
                 await self.tls.start()
                 self.conntrack.on_exec = self.tls.on_exec
                 self.conntrack.on_exit = self.tls.on_exit

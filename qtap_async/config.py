@@ -22,7 +22,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal, TypeAlias
+from typing import Annotated, Any, Literal, TypeAlias
 
 import msgspec
 import yaml
@@ -307,6 +307,19 @@ class EndpointConfig(_Base, frozen=True):
     http: ProtocolTap = msgspec.field(default_factory=ProtocolTap)
 
 
+class TlsTapConfig(_Base, frozen=True):
+    """TLS probe settings (see qtap_async/sources/tls_manager.py)."""
+
+    state_dir: str = "/var/lib/qtap"
+    """Analysis cache kept across restarts (created 0700); "" keeps it in memory only."""
+    preattach_path: bool = True
+    """At start-up, analyse and attach the executables in PATH (cached after the first time)."""
+    hold_exec: bool = False
+    """Stop a never-analysed executable at exec until its probes are attached (SIGSTOP/SIGCONT)."""
+    max_hold_s: Annotated[float, msgspec.Meta(gt=0, le=60)] = 5.0
+    """Longest a held process waits; it is continued then, attached or not."""
+
+
 class TapConfig(_Base, frozen=True):
     direction: Direction = "all"
     ignore_loopback: bool = False
@@ -314,6 +327,7 @@ class TapConfig(_Base, frozen=True):
     http: ProtocolTap = msgspec.field(default_factory=ProtocolTap)
     filters: FiltersConfig = msgspec.field(default_factory=FiltersConfig)
     endpoints: list[EndpointConfig] = msgspec.field(default_factory=list)
+    tls: TlsTapConfig = msgspec.field(default_factory=TlsTapConfig)
 
 
 class MacroConfig(_Base, frozen=True):

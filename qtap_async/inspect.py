@@ -9,6 +9,7 @@ from qtap_async.bpf.loader import objects_dir
 from qtap_async.capabilities import CapabilityReport
 from qtap_async.capabilities import report as capability_report
 from qtap_async.errors import QtapError
+from qtap_async.tls.model import TlsLibrary
 
 
 class ObjectInfo(msgspec.Struct, frozen=True):
@@ -25,6 +26,8 @@ class InspectReport(msgspec.Struct, frozen=True):
     capture_possible: bool
     reasons: list[str]
     capabilities: CapabilityReport | None = None
+    tls_cache: dict[str, object] = {}
+    """The agent's on-disk TLS analysis cache: its files stay probed even while no process runs them."""
 
 
 def _objects() -> list[ObjectInfo]:
@@ -41,17 +44,47 @@ def _objects() -> list[ObjectInfo]:
     return out
 
 
-def _tls() -> list[dict[str, object]]:
-    """Every TLS library in a running process (or in the ld.so cache), with its probe plan: fast or slow."""
+DEFAULT_STATE_DIR = "/var/lib/qtap"
+
+
+def _cached_libraries(state_dir: str) -> tuple[list[TlsLibrary], dict[str, object]]:
+    """TLS files in the agent's analysis cache that still exist unchanged (read only: nothing is created)."""
+    import os
+
+    from qtap_async.tls.cache import AnalysisCache
+
+    if not os.path.isdir(os.path.join(state_dir, "tls-analysis")):
+        return [], {"state_dir": state_dir, "entries": 0, "note": "no cache yet (the agent creates it)"}
+    cache = AnalysisCache(state_dir)
+    libs = []
+    for e in cache.entries():
+        if e.lib is None:
+            continue
+        try:
+            st = os.stat(e.path)
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) == e.key:
+            libs.append(e.lib)
+    return libs, {"state_dir": state_dir, "entries": len(cache), "tls_files": len(libs)}
+
+
+def _tls(state_dir: str = DEFAULT_STATE_DIR) -> tuple[list[dict[str, object]], dict[str, object]]:
+    """Every TLS library in a running process, in the ld.so cache or in the agent's analysis cache, with its
+    probe plan: fast (emulated probe points) or slow (single-stepped) per function."""
     from qtap_async.sources.tls_manager import system_libraries
     from qtap_async.tls import scan_all
 
+    cache_info: dict[str, object] = {}
     try:
         found = dict(scan_all())
         for lib in system_libraries():
             found.setdefault(lib.key, lib)
+        cached, cache_info = _cached_libraries(state_dir)
+        for lib in cached:
+            found.setdefault(lib.key, lib)
     except Exception as exc:  # discovery must never break inspect
-        return [{"error": f"TLS discovery failed: {exc}"}]
+        return [{"error": f"TLS discovery failed: {exc}"}], cache_info
     out: list[dict[str, object]] = []
     for lib in sorted(found.values(), key=lambda x: x.path):
         out.append({
@@ -63,16 +96,18 @@ def _tls() -> list[dict[str, object]]:
             "fast": [p.function for p in lib.plans if p.fast],
             "slow": [p.function for p in lib.plans if not p.fast],
             "attachable": bool(lib.plans) and (lib.kind != "go" or lib.go_offsets is not None),
+            "stripped": lib.stripped,
         })
-    return out
+    return out, cache_info
 
 
-def gather() -> InspectReport:
+def gather(state_dir: str = DEFAULT_STATE_DIR) -> InspectReport:
     f = detect()
     caps = capability_report()
     # The uid says little (root in a container may lack CAP_BPF): the capabilities decide.
     reasons = [*caps.problems, *(r for r in explain(f) if not r.startswith("not running as root"))]
-    return InspectReport(f, _objects(), _tls(), not reasons, reasons, caps)
+    tls, cache_info = _tls(state_dir)
+    return InspectReport(f, _objects(), tls, not reasons, reasons, caps, cache_info)
 
 
 def render(r: InspectReport) -> str:
@@ -119,6 +154,11 @@ def render(r: InspectReport) -> str:
             state = "attachable" if t.get("attachable") else "NOT attachable"
             lines.append(f"  {t['path']} [{t['kind']} {t['version']}, {t['linkage']}, {t['pids']} processes] "
                          f"{state}; fast: {fast}; slow: {slow}")
+    if r.tls_cache:
+        c = r.tls_cache
+        note = f"; {c['note']}" if "note" in c else ""
+        lines.append(f"TLS analysis cache: {c.get('state_dir')}: {c.get('entries', 0)} files analysed, "
+                     f"{c.get('tls_files', 0)} with TLS (kept probed by a running agent){note}")
     if r.capture_possible:
         lines.append("capture: WILL WORK (tracepoints + ring buffer load and attach; uprobes load)")
     else:

@@ -63,6 +63,7 @@ enum qtap_source {
 	QTAP_SRC_OPENSSL = 1, /* plaintext from SSL_read/SSL_write (OpenSSL, BoringSSL) */
 	QTAP_SRC_GNUTLS = 2,
 	QTAP_SRC_GOTLS = 3,
+	QTAP_SRC_RUSTLS = 4, /* plaintext from rustls' Reader::read / PlaintextSink::write (Rust programs) */
 };
 
 enum qtap_data_flags {
@@ -236,6 +237,33 @@ struct qtap_tls_call {
 	__u8 dir;
 	__u8 source;
 	__u8 _pad[6];
+};
+
+/* Held exec (opt-in, tls.bpf.c): a process that exec'd a file user space has not analysed yet is stopped
+ * with SIGSTOP before its first instruction and reported on `held_execs`; user space attaches the file's
+ * TLS probes, then sends SIGCONT. Files already analysed are in `known_files` and never held. */
+#define QTAP_MAX_KNOWN_FILES 65536
+
+/* A file as the kernel names it: s_dev in the kernel's encoding (major << 20 | minor), inode number. */
+struct qtap_file_key {
+	__u64 dev;
+	__u64 ino;
+};
+
+/* One record on `held_execs`. */
+struct qtap_exec_hold {
+	__u64 ts_ns;
+	__u64 dev;
+	__u64 ino;
+	__u32 pid;
+	__u32 _pad;
+};
+
+/* The single entry of `hold_ctl`, written by user space: holding is on only while heartbeat_ns (CLOCK_MONOTONIC)
+ * is less than max_age_ns old, so a stuck or dead agent holds nothing new. */
+struct qtap_hold_ctl {
+	__u64 heartbeat_ns;
+	__u64 max_age_ns;
 };
 
 #endif /* __QTAP_H */

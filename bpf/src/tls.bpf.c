@@ -29,6 +29,9 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
 #define COOKIE_DIR_SHIFT 8
 #define COOKIE_LEN_PTR (1 << 9)
+/* The connection object is the word the object register points to (rustls' Reader holds a pointer into its
+ * connection; the Reader itself is a temporary on the stack, no identity). */
+#define COOKIE_OBJ_DEREF (1 << 10)
 
 struct go_call {
 	__u64 buf;
@@ -89,32 +92,30 @@ int BPF_KPROBE(uprobe_tls_entry)
 	c.len_ptr = (cookie & COOKIE_LEN_PTR) ? arg_reg(ctx, cookie >> 20) : 0;
 	c.dir = (cookie >> COOKIE_DIR_SHIFT) & 1;
 	c.source = cookie & 0xff;
+	/* After every register read: the verifier refuses context pointers the compiler keeps across a call. */
+	if ((cookie & COOKIE_OBJ_DEREF) && bpf_probe_read_user(&c.ssl, sizeof(c.ssl), (void *)c.ssl))
+		return 0;
 	bpf_map_update_elem(&tls_calls, &tid, &c, BPF_ANY);
 	return 0;
 }
 
-SEC("uprobe")
-int BPF_KPROBE(uprobe_tls_return)
+/* The return half of a C-library or rustls call: `ok` says the call succeeded, `len` is its byte count
+ * unless the entry saved a pointer to it. */
+static __always_inline int finish_tls_call(__u32 tid, bool ok, __u64 len)
 {
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	__u32 tid = (__u32)pid_tgid;
 	struct qtap_tls_call *cp = bpf_map_lookup_elem(&tls_calls, &tid);
 	struct qtap_tls_call c;
-	long ret = PT_REGS_RC(ctx);
-	__u64 len = 0;
 	__u64 sk;
 
 	if (!cp)
 		return 0;
 	c = *cp;
 	bpf_map_delete_elem(&tls_calls, &tid);
-	if ((int)ret <= 0)
+	if (!ok)
 		return 0;
 	if (c.len_ptr) {
 		if (bpf_probe_read_user(&len, sizeof(len), (void *)c.len_ptr))
 			return 0;
-	} else {
-		len = (__u32)ret;
 	}
 	if (!len)
 		return 0;
@@ -125,7 +126,8 @@ int BPF_KPROBE(uprobe_tls_return)
 		__u64 *cached = bpf_map_lookup_elem(&tls_socks, &c.ssl);
 		if (!cached) {
 			/* No syscall inside the call and never seen before: the socket this thread used last
-			 * (memory-BIO stacks such as Node.js read the socket right before SSL_read). */
+			 * (memory-BIO stacks such as Node.js read the socket right before SSL_read; rustls does all
+			 * socket I/O outside its plaintext calls). */
 			cached = bpf_map_lookup_elem(&thread_socks, &tid);
 			if (!cached) {
 				count_unassociated();
@@ -138,6 +140,21 @@ int BPF_KPROBE(uprobe_tls_return)
 	}
 	emit_plaintext(sk, c.dir, c.source, c.buf, len);
 	return 0;
+}
+
+SEC("uprobe")
+int BPF_KPROBE(uprobe_tls_return)
+{
+	long ret = PT_REGS_RC(ctx);
+
+	return finish_tls_call((__u32)bpf_get_current_pid_tgid(), (int)ret > 0, (__u32)ret);
+}
+
+/* rustls returns io::Result<usize> in rax:rdx: rax 0 = Ok, rdx the byte count. */
+SEC("uprobe")
+int BPF_KPROBE(uprobe_rust_return)
+{
+	return finish_tls_call((__u32)bpf_get_current_pid_tgid(), ctx->ax == 0, ctx->dx);
 }
 
 /* *tls.Conn -> fd: conn.conn (net.Conn interface) data word -> *net.TCPConn -> .fd (*netFD) -> .pfd.Sysfd.
@@ -231,5 +248,78 @@ int BPF_KPROBE(uprobe_go_read_ret)
 	if (n <= 0)
 		return 0;
 	emit_plaintext(gc.sk, QTAP_DIR_RECV, QTAP_SRC_GOTLS, gc.buf, n);
+	return 0;
+}
+
+/* -- held exec (opt-in) ------------------------------------------------------------------------------
+ * A uprobe placed after a process started misses what it did before: a short-lived Go or static OpenSSL
+ * client speaks within milliseconds of exec. For a file user space has never analysed, stop the process
+ * right here, before its first user instruction (the signal is taken on the way back to user mode), and
+ * let user space attach, then SIGCONT it. Files already analysed (every TLS and non-TLS executable seen,
+ * kept across restarts in the analysis cache) are in known_files and run untouched. The tracepoint link
+ * belongs to the agent's process, so an agent that dies holds nothing new; its watchdog continues those
+ * already held. */
+#define SIGSTOP_NR 19
+
+/* Hold only processes whose parent is this tgid (0: any). Lets tests use the mode on a shared machine. */
+const volatile __u32 hold_parent_tgid = 0;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, QTAP_MAX_KNOWN_FILES);
+	__type(key, struct qtap_file_key);
+	__type(value, __u8);
+} known_files SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 64 * 1024);
+} held_execs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct qtap_hold_ctl);
+} hold_ctl SEC(".maps");
+
+SEC("tp_btf/sched_process_exec")
+int BPF_PROG(tp_btf_hold_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	struct qtap_file_key key = {};
+	struct qtap_hold_ctl *ctl;
+	struct qtap_exec_hold *rec;
+	__u32 zero = 0;
+	__u64 now;
+	dev_t dev;
+
+	if (skip_task(pid_tgid >> 32))
+		return 0;
+	if (hold_parent_tgid && BPF_CORE_READ(p, real_parent, tgid) != hold_parent_tgid)
+		return 0;
+	ctl = bpf_map_lookup_elem(&hold_ctl, &zero);
+	now = bpf_ktime_get_ns();
+	/* No heartbeat (never enabled, or the agent stopped refreshing it): hold nothing. */
+	if (!ctl || !ctl->heartbeat_ns || now - ctl->heartbeat_ns > ctl->max_age_ns)
+		return 0;
+	dev = BPF_CORE_READ(bprm, file, f_inode, i_sb, s_dev);
+	key.dev = dev;
+	key.ino = BPF_CORE_READ(bprm, file, f_inode, i_ino);
+	if (bpf_map_lookup_elem(&known_files, &key))
+		return 0;
+	rec = bpf_ringbuf_reserve(&held_execs, sizeof(*rec), 0);
+	if (!rec)
+		return 0; /* user space cannot hear of it: better not stop it */
+	rec->ts_ns = now;
+	rec->dev = key.dev;
+	rec->ino = key.ino;
+	rec->pid = pid_tgid >> 32;
+	rec->_pad = 0;
+	if (bpf_send_signal(SIGSTOP_NR)) {
+		bpf_ringbuf_discard(rec, 0);
+		return 0;
+	}
+	bpf_ringbuf_submit(rec, BPF_RB_FORCE_WAKEUP);
 	return 0;
 }

@@ -47,6 +47,7 @@ class Source(enum.IntEnum):
     OPENSSL = 1
     GNUTLS = 2
     GOTLS = 3
+    RUSTLS = 4
 
 
 class DataFlag(enum.IntFlag):

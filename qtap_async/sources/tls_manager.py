@@ -1,7 +1,20 @@
-"""TLS discovery driven by the agent: at start-up (ld.so cache + every process) and after each exec.
+"""TLS discovery driven by the agent: at start-up and after each exec, so that a process started after the
+agent has its TLS bytes captured from its first write.
 
-ELF analysis runs in a worker thread (it reads files and disassembles); attaching happens on the
-event loop thread, where the BPF objects live.
+How the first bytes are not lost (issue 16):
+1. An analysis is done once per file (dev, ino, size, mtime) and kept on disk under ``state_dir``
+   (tls/cache.py); a restarted agent re-attaches every known TLS file at start-up without analysing it.
+2. Probes stay attached on analysed files: a uprobe costs nothing while no process runs the file, and it
+   covers every later process from its first instruction. Only past MAX_ATTACHED_FILES are the longest-idle
+   files detached.
+3. At start-up, the executables found in PATH are analysed (bounded by PATH_MAX_FILES and PATH_BUDGET_S,
+   in the background, cached) and attached: a Go or node program from PATH is covered before it first runs.
+4. For a file never seen before, the opt-in held-exec mode (sources/exec_hold.py) stops the process at exec
+   until the probes are attached.
+
+ELF analysis runs in worker threads (it reads files and disassembles): one for execs and holds, one for the
+PATH pre-scan, which pauses while a held process waits; attaching happens on the event loop thread, where
+the BPF objects live.
 """
 
 from __future__ import annotations
@@ -11,26 +24,72 @@ import concurrent.futures
 import logging
 import os
 import time
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any
 
 from qtap_async.bpf.loader import Capture
+from qtap_async.sources.exec_hold import ExecHold, HoldStats
 from qtap_async.sources.tls_probes import AttachStatus, TlsProbes, system_tls_libraries
 from qtap_async.tls import FileKey, Scanner, TlsLibrary, analyze_file
+from qtap_async.tls.cache import AnalysisCache, CacheEntry, StateDirError, kernel_dev
 
 log = logging.getLogger("qtap.tls")
 
 # At exec the kernel has mapped the executable (static TLS: node, Go) but the dynamic loader maps shared
 # libraries a little later: look right away, then a few times more.
 RESCAN_DELAYS_S = (0.0, 0.1, 0.5)
-# A file whose last user exited keeps its probes this long (the same binary is often run again).
-DETACH_GRACE_S = 60.0
+# Attached files kept at most; beyond, the longest-idle ones (no process using them) are detached.
+MAX_ATTACHED_FILES = 512
+# PATH pre-scan bounds (files and wall time; cached files cost one stat each on later start-ups).
+PATH_MAX_FILES = 6000
+PATH_BUDGET_S = 120.0
+PATH_MAX_FILE_BYTES = 1 << 30
+DEFAULT_PATH_DIRS = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
 
 
-def system_libraries() -> list[TlsLibrary]:
+@dataclass(frozen=True)
+class TlsOptions:
+    state_dir: str | None = None
+    """Where the analysis cache lives (kept across restarts); None: in memory only."""
+    preattach_path: bool = False
+    """Off for embedded agents (tests); `qtap run` and the config (tap.tls.preattach_path) turn it on."""
+    path_dirs: tuple[str, ...] | None = None
+    """Directories to pre-scan; None: $PATH plus the standard system directories."""
+    hold_exec: bool = False
+    max_hold_s: float = 5.0
+    hold_children_of: int = 0
+    """Hold only children of this pid (0: every process); tests use it on machines shared with others."""
+
+
+@dataclass
+class PathScanStats:
+    files: int = 0
+    analysed: int = 0
+    cached: int = 0
+    tls: int = 0
+    errors: int = 0
+    seconds: float = 0.0
+    done: bool = False
+    truncated: str = ""
+
+
+@dataclass
+class ManagerStats:
+    restored: int = 0
+    """TLS files attached at start-up straight from the on-disk cache."""
+    path: PathScanStats = field(default_factory=PathScanStats)
+
+
+def system_libraries(scanner: Scanner | None = None) -> list[TlsLibrary]:
     out = []
     for path in system_tls_libraries():
         try:
-            st = os.stat(path)
-            lib = analyze_file(path, FileKey(st.st_dev, st.st_ino))
+            if scanner is not None:
+                _ck, lib, _hit = scanner.scan_file(path)
+            else:
+                st = os.stat(path)
+                lib = analyze_file(path, FileKey(st.st_dev, st.st_ino))
         except Exception as exc:  # a broken file must not stop the agent
             log.warning("TLS: cannot analyze %s: %s", path, exc)
             continue
@@ -39,23 +98,150 @@ def system_libraries() -> list[TlsLibrary]:
     return out
 
 
+def path_candidates(dirs: tuple[str, ...] | None = None, max_files: int = PATH_MAX_FILES) -> tuple[list[str], str]:
+    """Executable regular files in ``dirs`` ($PATH + system dirs by default), one path per (dev, ino)."""
+    if dirs is None:
+        env = [d for d in os.environ.get("PATH", "").split(":") if d.startswith("/")]
+        dirs = tuple(dict.fromkeys([*env, *DEFAULT_PATH_DIRS]))
+    seen: set[tuple[int, int]] = set()
+    out: list[str] = []
+    for d in dirs:
+        try:
+            it = os.scandir(d)
+        except OSError:
+            continue
+        with it:
+            for e in it:
+                try:
+                    st = e.stat()  # follows symlinks: /usr/bin/node -> the real file
+                except OSError:
+                    continue
+                if not (st.st_mode & 0o111) or not e.is_file() or st.st_size > PATH_MAX_FILE_BYTES:
+                    continue
+                if (st.st_dev, st.st_ino) in seen:
+                    continue
+                seen.add((st.st_dev, st.st_ino))
+                out.append(e.path)
+                if len(out) >= max_files:
+                    return out, f"stopped at {max_files} files"
+    return out, ""
+
+
 class TlsManager:
-    def __init__(self, capture: Capture) -> None:
-        self.probes = TlsProbes(capture)
-        self.scanner = Scanner()
+    def __init__(self, capture: Capture, options: TlsOptions | None = None) -> None:
+        self.options = options or TlsOptions()
+        self.probes = TlsProbes(capture, self.options.hold_children_of)
+        try:
+            self.cache = AnalysisCache(self.options.state_dir)
+        except StateDirError as exc:
+            # Capture still works without it; only restarts and holds get slower (everything is analysed again).
+            log.warning("TLS: analysis cache kept in memory only: %s", exc)
+            self.cache = AnalysisCache()
+        self.scanner = Scanner(cache=self.cache)
+        self.stats = ManagerStats()
+        self.hold: ExecHold | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        # One worker: the scanner's caches are not thread-safe, and scans are cheap once files are cached.
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="tls-scan")
+        self._path_pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="tls-path")
+        self._urgent = 0  # held processes waiting: the PATH pre-scan pauses meanwhile
         self.scans = 0
         self.scan_errors = 0
+        self.path_scan_done = asyncio.Event()
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        libs = await loop.run_in_executor(self._pool, system_libraries)
+        self._restore()
+        libs = await loop.run_in_executor(self._pool, system_libraries, self.scanner)
         for lib in libs:
             self.probes.attach(lib, system=True)
         found = await loop.run_in_executor(self._pool, self.scanner.scan_all)
         self._attach_found(found)
+        if self.options.hold_exec:
+            self.hold = ExecHold(self.probes.obj, self._on_held, self.options.max_hold_s)
+            for entry in self.cache.entries():
+                self.hold.mark_known(kernel_dev(entry.key[0]), entry.key[1])
+            self.cache.on_put = self._cache_put
+            self.hold.start()
+        if self.options.preattach_path:
+            self._spawn(self._path_scan())
+        else:
+            self.path_scan_done.set()
+
+    # -- start-up --------------------------------------------------------------------------------
+    def _restore(self) -> None:
+        """Attach every TLS file the on-disk cache knows whose path still names the same, unchanged file."""
+        for entry in self.cache.entries():
+            if entry.lib is None or not entry.path or entry.path.startswith("/proc/"):
+                continue
+            try:
+                st = os.stat(entry.path)
+            except OSError:
+                continue
+            if (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) != entry.key:
+                continue
+            status = self.probes.attach(entry.lib, system=True)
+            if status.attached:
+                self.stats.restored += 1
+
+    def _cache_put(self, entry: CacheEntry) -> None:
+        if self.hold is not None:
+            self.hold.mark_known(kernel_dev(entry.key[0]), entry.key[1])
+
+    async def _path_scan(self) -> None:
+        loop = asyncio.get_running_loop()
+        st = self.stats.path
+        t0 = time.monotonic()
+        try:
+            paths, st.truncated = await loop.run_in_executor(self._path_pool, path_candidates, self.options.path_dirs)
+            for path in paths:
+                while self._urgent:
+                    await asyncio.sleep(0.01)
+                if time.monotonic() - t0 > PATH_BUDGET_S:
+                    st.truncated = f"time budget of {PATH_BUDGET_S:.0f} s spent after {st.files} files"
+                    break
+                st.files += 1
+                try:
+                    _ck, lib, hit = await loop.run_in_executor(self._path_pool, self.scanner.scan_file, path)
+                except Exception as exc:
+                    st.errors += 1
+                    log.debug("TLS: PATH pre-scan of %s: %s", path, exc)
+                    continue
+                st.cached += hit
+                st.analysed += not hit
+                if lib is not None:
+                    st.tls += 1
+                    self.probes.attach(lib, system=True)
+        finally:
+            st.seconds = time.monotonic() - t0
+            st.done = True
+            self.path_scan_done.set()
+            log.info("TLS: PATH pre-scan: %d files (%d analysed, %d cached), %d TLS, %.1f s%s", st.files,
+                     st.analysed, st.cached, st.tls, st.seconds, f" ({st.truncated})" if st.truncated else "")
+
+    # -- held exec ---------------------------------------------------------------------------------
+    async def _on_held(self, pid: int, kdev: int, ino: int) -> None:
+        loop = asyncio.get_running_loop()
+        self._urgent += 1
+        try:
+            exe = f"/proc/{pid}/exe"
+            try:
+                display = os.readlink(exe)
+            except OSError:
+                return  # gone
+            _ck, lib, _hit = await loop.run_in_executor(self._pool, self.scanner.scan_file, exe, display)
+            if lib is not None:
+                import msgspec
+
+                lib = msgspec.structs.replace(lib, path=display, open_path=exe, pids=[pid])
+                self.probes.attach(lib, pid)
+        finally:
+            self._urgent -= 1
+
+    # -- runtime ---------------------------------------------------------------------------------
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _attach_found(self, found: dict[FileKey, TlsLibrary]) -> None:
         for lib in found.values():
@@ -66,14 +252,12 @@ class TlsManager:
                 log.debug("TLS: %s not attached: %s", lib.path, status.error)
 
     def on_exec(self, pid: int) -> None:
-        task = asyncio.get_running_loop().create_task(self._scan_new(pid))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._spawn(self._scan_new(pid))
 
     def on_exit(self, pid: int) -> None:
         now = time.monotonic()
         self.probes.process_exited(pid, now)
-        self.probes.detach_unused(now, DETACH_GRACE_S)
+        self.probes.detach_unused(now, 0.0, keep=MAX_ATTACHED_FILES)
 
     async def _scan_new(self, pid: int) -> None:
         loop = asyncio.get_running_loop()
@@ -96,10 +280,43 @@ class TlsManager:
     def statuses(self) -> list[AttachStatus]:
         return self.probes.statuses()
 
+    def metrics(self) -> dict[str, int]:
+        """Counters for Agent.snapshot(): the analysis cache, the PATH pre-scan, the held-exec mode."""
+        p = self.stats.path
+        m = {
+            "qtap_tls_files_attached": len(self.probes.files),
+            "qtap_tls_files_failed": len(self.probes.failed),
+            "qtap_tls_analyses_total": self.scanner.analyses,
+            "qtap_tls_cache_entries": len(self.cache),
+            "qtap_tls_cache_write_errors_total": self.cache.write_errors,
+            "qtap_tls_restored_files_total": self.stats.restored,
+            "qtap_tls_path_files_total": p.files,
+            "qtap_tls_path_errors_total": p.errors,
+            "qtap_tls_scan_errors_total": self.scan_errors,
+        }
+        h = self.hold_stats()
+        if h is not None:
+            m.update({
+                "qtap_tls_exec_held_total": h.held,
+                "qtap_tls_exec_released_total": h.released,
+                "qtap_tls_exec_released_by_timeout_total": h.released_by_timeout,
+                "qtap_tls_exec_hold_vanished_total": h.vanished,
+                "qtap_tls_exec_hold_ns_total": h.hold_ns_total,
+                "qtap_tls_exec_hold_ns_max": h.hold_ns_max,
+                "qtap_tls_known_files_full_total": h.known_files_full,
+            })
+        return m
+
+    def hold_stats(self) -> HoldStats | None:
+        return None if self.hold is None else self.hold.stats
+
     async def stop(self) -> None:
         for t in list(self._tasks):
             t.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.hold is not None:
+            await self.hold.stop()
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._path_pool.shutdown(wait=False, cancel_futures=True)
         self.probes.close()

@@ -27,7 +27,9 @@ from qtap_async.tls.model import FileKey, ProbePlan, TlsLibrary
 log = logging.getLogger("qtap.tls")
 
 COOKIE_LEN_PTR = 1 << 9
-_SOURCES = {"openssl": abi.Source.OPENSSL, "boringssl": abi.Source.OPENSSL, "gnutls": abi.Source.GNUTLS}
+COOKIE_OBJ_DEREF = 1 << 10
+_SOURCES = {"openssl": abi.Source.OPENSSL, "boringssl": abi.Source.OPENSSL, "gnutls": abi.Source.GNUTLS,
+            "rustls": abi.Source.RUSTLS}
 _SYSTEM_LIB_PREFIXES = ("libssl.so", "libgnutls.so")
 
 
@@ -113,12 +115,14 @@ def _attach_path(lib: TlsLibrary) -> str:
 class TlsProbes:
     """Owns tls.bpf.o (loaded against the capture's shared maps) and the links of every attached file."""
 
-    def __init__(self, capture: Capture) -> None:
+    def __init__(self, capture: Capture, hold_parent_tgid: int = 0) -> None:
         self.capture = capture
         self.obj = BpfObject.open(capture.directory / "tls.bpf.o")
         try:
             capture.share_maps(self.obj)
             capture.configure(self.obj)
+            if hold_parent_tgid:
+                self.obj.set_rodata(hold_parent_tgid=hold_parent_tgid)
             self.obj.load()
         except BaseException:
             self.obj.close()
@@ -150,9 +154,10 @@ class TlsProbes:
         for site in plan.sites:
             if site.role == "entry":
                 regs = site.regs
-                obj_reg = _reg_index(lib, plan, regs.get("ssl", regs.get("session", "")))
+                deref = "ssl_ptr" in regs  # the object is *reg (rustls' Reader)
+                obj_reg = _reg_index(lib, plan, regs.get("ssl", regs.get("session", regs.get("ssl_ptr", ""))))
                 buf_reg = _reg_index(lib, plan, regs.get("buf", regs.get("data", "")))
-                cookie = source | direction << 8 | obj_reg << 12 | buf_reg << 16
+                cookie = source | direction << 8 | obj_reg << 12 | buf_reg << 16 | (COOKIE_OBJ_DEREF if deref else 0)
                 if plan.length.startswith("*"):
                     ptr_name = plan.length[1:].split()[0]
                     cookie |= COOKIE_LEN_PTR | _reg_index(lib, plan, regs.get(ptr_name, "")) << 20
@@ -164,10 +169,12 @@ class TlsProbes:
                 if site.regs.get("ret", "rax") not in ("rax", "eax"):
                     raise QtapError(f"{lib.path} {plan.function}: return value in {site.regs}, not rax")
                 retprobe = site.role == "uretprobe"
-                key = (site.offset, f"ret{retprobe}")
+                # rustls: io::Result<usize> in rax (0 = Ok) and rdx (bytes); C libraries: a count in rax.
+                prog = "uprobe_rust_return" if lib.kind == "rustls" else "uprobe_tls_return"
+                key = (site.offset, f"ret{retprobe}{prog}")
                 if key not in done:
                     done.add(key)
-                    links.append(self._attach_site("uprobe_tls_return", path, site.offset, 0, retprobe))
+                    links.append(self._attach_site(prog, path, site.offset, 0, retprobe))
         return links
 
     def attach(self, lib: TlsLibrary, pid: int | None = None, system: bool = False) -> AttachStatus:
@@ -212,17 +219,23 @@ class TlsProbes:
                 if not entry.pids:
                     entry.idle_since = now
 
-    def detach_unused(self, now: float, grace_s: float) -> int:
-        """Detach files no process has used for `grace_s` (a binary run again soon keeps its probes)."""
+    def detach_unused(self, now: float, grace_s: float, keep: int = 0) -> int:
+        """Detach files no process has used for `grace_s`, longest idle first, until at most `keep` files stay
+        attached (keep=0: every such file). A probe on a file nobody runs costs nothing, and it covers the next
+        process from its first instruction, so the manager keeps up to MAX_ATTACHED_FILES."""
+        idle = sorted(
+            (e.idle_since, key) for key, e in self.files.items()
+            if not e.system and not e.pids and e.idle_since is not None and now - e.idle_since >= grace_s
+        )
         n = 0
-        for key, entry in list(self.files.items()):
-            if entry.system or entry.pids or entry.idle_since is None or now - entry.idle_since < grace_s:
-                continue
+        for _since, key in idle:
+            if keep and len(self.files) <= keep:
+                break
+            entry = self.files.pop(key)
             for link in entry.links:
                 link.close()
-            del self.files[key]
             n += 1
-            log.info("TLS: detached from %s (no process used it for %.0f s)", entry.lib.path, grace_s)
+            log.info("TLS: detached from %s (idle, %d files attached)", entry.lib.path, len(self.files))
         return n
 
     def statuses(self) -> list[AttachStatus]:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import msgspec
 
+from qtap_async.tls.cache import AnalysisCache
 from qtap_async.tls.elf import ElfFormatError
 from qtap_async.tls.libraries import analyze_file, openssl_version_from_libcrypto
 from qtap_async.tls.model import FileKey, ScanProblem, TlsLibrary
@@ -64,9 +65,10 @@ def parse_maps(text: str) -> list[Mapping]:
 class Scanner:
     """Scans processes; keeps the per-file analysis cache. Thread-safe for concurrent scans."""
 
-    def __init__(self, proc: str = "/proc") -> None:
+    def __init__(self, proc: str = "/proc", cache: AnalysisCache | None = None) -> None:
         self.proc = proc
-        self._cache: dict[CacheKey, TlsLibrary | None] = {}
+        # In memory only unless the agent gives one with a state dir (kept across restarts).
+        self.cache = cache if cache is not None else AnalysisCache()
         self._crypto_versions: dict[CacheKey, str] = {}
         self._lock = threading.Lock()
         self.problems: list[ScanProblem] = []
@@ -171,10 +173,9 @@ class Scanner:
             return None
         path, st = found
         ck: CacheKey = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-        with self._lock:
-            hit = ck in self._cache
-            lib = self._cache.get(ck)
-        if not hit:
+        entry = self.cache.get(ck)
+        lib = entry.lib if entry is not None else None
+        if entry is None:
             try:
                 lib = analyze_file(path, FileKey(st.st_dev, st.st_ino), m.path)
             except ElfFormatError as e:
@@ -187,12 +188,35 @@ class Scanner:
                 lib = None
             if lib is not None and lib.kind == "openssl" and (not lib.version or "symbol version" in lib.version):
                 lib = self._with_libcrypto_version(lib, base, maps)
+            self.cache.put(ck, path, lib)
             with self._lock:
-                self._cache[ck] = lib
                 self.analyses += 1
         if lib is None:
             return None
         return msgspec.structs.replace(lib, pids=[pid], open_path=path, path=m.path)
+
+    def scan_file(self, path: str, display_path: str | None = None) -> tuple[CacheKey, TlsLibrary | None, bool]:
+        """Analyse one executable by path (PATH pre-scan, held exec): (cache key, library or None, cache hit).
+
+        Files without any TLS marker (``might_be_tls``) are recorded as non-TLS without being parsed.
+        Raises OSError when the file cannot be opened; a non-ELF file is a cached None."""
+        st = os.stat(path)
+        ck: CacheKey = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        entry = self.cache.get(ck)
+        if entry is not None:
+            return ck, entry.lib, True
+        lib = None
+        try:
+            if might_be_tls(path):
+                lib = analyze_file(path, FileKey(st.st_dev, st.st_ino), display_path)
+        except ElfFormatError:
+            lib = None
+        # The name to re-open it by after a restart: /proc/PID/exe dies with the process; the display path
+        # (its target) is checked against the key before any use.
+        self.cache.put(ck, display_path if display_path and display_path.startswith("/") else path, lib)
+        with self._lock:
+            self.analyses += 1
+        return ck, lib, False
 
     def _with_libcrypto_version(self, lib: TlsLibrary, base: str, maps: list[Mapping]) -> TlsLibrary:
         """A shared libssl has no version string; the libcrypto the same process maps does."""
@@ -212,6 +236,28 @@ class Scanner:
             if v:
                 return msgspec.structs.replace(lib, version=v, notes=[*lib.notes, f"version read from {m.path}"])
         return lib
+
+
+# Byte strings every executable that analyze_file can recognise carries: OpenSSL/BoringSSL symbol or
+# version strings, GnuTLS' record functions, Go's build info magic, rustls' mangled symbol names. One
+# C-speed search each over the mapped file is far cheaper than parsing ELF tables of the many executables
+# that have none of them.
+TLS_MARKERS = (b"SSL_read", b"gnutls_record_recv", b"\xff Go buildinf:", b"OpenSSL ", b"BoringSSL", b"rustls..conn")
+
+
+def might_be_tls(path: str) -> bool:
+    """False only when no TLS marker occurs in the file (then analysis would find nothing either)."""
+    import mmap
+
+    with open(path, "rb") as f:
+        if f.read(4) != b"\x7fELF":
+            return False
+        try:
+            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        except (ValueError, OSError):
+            return True
+        with mm:
+            return any(mm.find(m) >= 0 for m in TLS_MARKERS)
 
 
 _default = Scanner()

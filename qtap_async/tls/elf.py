@@ -21,6 +21,28 @@ STT_FUNC = 2
 STT_GNU_IFUNC = 10
 
 
+_SHDR = struct.Struct("<IIQQQQIIQQ")  # Elf64_Shdr: name, type, flags, addr, offset, size, link, info, align, entsize
+_PHDR = struct.Struct("<IIQQQQQQ")  # Elf64_Phdr: type, flags, offset, vaddr, paddr, filesz, memsz, align
+
+
+class RawSection:
+    """One section header, read with struct: pyelftools builds (and for GNU hash tables fully parses) every
+    section of the file to find one by name, which costs over a second on node."""
+
+    __slots__ = ("_f", "addr", "entsize", "link", "name", "offset", "size", "type")
+
+    def __init__(self, f: BinaryIO, name: str, fields: tuple[int, ...]) -> None:
+        _n, self.type, _flags, self.addr, self.offset, self.size, self.link, _info, _align, self.entsize = fields
+        self.name = name
+        self._f = f
+
+    def data(self) -> bytes:
+        if self.type == 8:
+            return b""
+        self._f.seek(self.offset)
+        return self._f.read(self.size)
+
+
 class ElfFormatError(QtapError):
     """The file is not an ELF we can analyse (not ELF, not x86-64, truncated)."""
 
@@ -49,13 +71,62 @@ class ElfImage:
             raise ElfFormatError(f"{path}: not an ELF file: {e}") from e
         if self.elf.get_machine_arch() != "x64" or self.elf.elfclass != 64:
             raise ElfFormatError(f"{path}: not an x86-64 ELF ({self.elf.get_machine_arch()})")
-        self._loads = [
-            (s["p_vaddr"], s["p_offset"], s["p_filesz"], bool(s["p_flags"] & 1))
-            for s in self.elf.iter_segments()
-            if s["p_type"] == "PT_LOAD"
-        ]
+        self._loads = self._read_loads()
         self._plt: dict[int, str] | None = None
         self._funcs: dict[str, list[Symbol]] = {}
+        self._sections, self._by_name = self._read_sections()
+
+    def _read_loads(self) -> list[tuple[int, int, int, bool]]:
+        """(vaddr, offset, filesz, executable) of each PT_LOAD, read raw (pyelftools' segment iterator builds
+        the dynamic segment, which parses sections)."""
+        h = self.elf.header
+        off, num, entsize = h["e_phoff"], h["e_phnum"], h["e_phentsize"]
+        if not num:
+            return []
+        if entsize != _PHDR.size:
+            raise ElfFormatError(f"{self.path}: unexpected program header size {entsize}")
+        self._f.seek(off)
+        raw = self._f.read(num * entsize)
+        if len(raw) < num * entsize:
+            raise ElfFormatError(f"{self.path}: truncated program header table")
+        return [(vaddr, offset, filesz, bool(flags & 1))
+                for ptype, flags, offset, vaddr, _pa, filesz, _mem, _al in _PHDR.iter_unpack(raw) if ptype == 1]
+
+    def _read_sections(self) -> tuple[list[RawSection], dict[str, RawSection]]:
+        h = self.elf.header
+        off, num, entsize, stridx = h["e_shoff"], h["e_shnum"], h["e_shentsize"], h["e_shstrndx"]
+        if not off or not num or entsize != _SHDR.size:
+            return [], {}
+        self._f.seek(off)
+        raw = self._f.read(num * entsize)
+        if len(raw) < num * entsize:
+            raise ElfFormatError(f"{self.path}: truncated section header table")
+        fields = list(_SHDR.iter_unpack(raw))
+        names = b""
+        if stridx < num:
+            st = fields[stridx]
+            self._f.seek(st[4])
+            names = self._f.read(st[5])
+        secs: list[RawSection] = []
+        by_name: dict[str, RawSection] = {}
+        for fl in fields:
+            end = names.find(b"\0", fl[0])
+            name = names[fl[0] : end if end >= 0 else len(names)].decode("utf-8", "replace")
+            sec = RawSection(self._f, name, fl)
+            secs.append(sec)
+            by_name.setdefault(name, sec)
+        return secs, by_name
+
+    def section(self, name: str) -> RawSection | None:
+        return self._by_name.get(name)
+
+    def sections_index(self, sec: RawSection) -> int:
+        return self._sections.index(sec)
+
+    def section_at(self, index: int) -> RawSection:
+        if not 0 <= index < len(self._sections):
+            raise ElfFormatError(f"{self.path}: section index {index} out of range")
+        return self._sections[index]
 
     @classmethod
     def open(cls, path: str) -> ElfImage:
@@ -78,18 +149,18 @@ class ElfImage:
 
     # -- sections -------------------------------------------------------------------------------
     def section_data(self, name: str) -> bytes | None:
-        sec = self.elf.get_section_by_name(name)
-        if sec is None or sec["sh_type"] == "SHT_NOBITS":
+        sec = self.section(name)
+        if sec is None or sec.type == 8:
             return None
         data: bytes = sec.data()
         return data
 
     def section_addr(self, name: str) -> int | None:
-        sec = self.elf.get_section_by_name(name)
-        return None if sec is None else int(sec["sh_addr"])
+        sec = self.section(name)
+        return None if sec is None else sec.addr
 
     def has_section(self, name: str) -> bool:
-        return self.elf.get_section_by_name(name) is not None
+        return self.section(name) is not None
 
     # -- addresses -------------------------------------------------------------------------------
     def vaddr_to_offset(self, vaddr: int) -> int:
@@ -137,10 +208,10 @@ class ElfImage:
         return found
 
     def _scan_table(self, table: str, names: set[str]) -> list[Symbol]:
-        sec = self.elf.get_section_by_name(table)
-        if sec is None or sec["sh_type"] == "SHT_NOBITS" or sec["sh_entsize"] != _SYM.size:
+        sec = self.section(table)
+        if sec is None or sec.type == 8 or sec.entsize != _SYM.size:
             return []
-        strtab = self.elf.get_section(sec["sh_link"]).data()
+        strtab = self.section_at(sec.link).data()
         # Find the string-table offsets of the wanted names first: bytes.find is C speed, and the
         # symbol scan then only compares integers.
         offsets: dict[int, str] = {}
@@ -163,10 +234,10 @@ class ElfImage:
         return out
 
     def has_symbol_prefix(self, prefix: str, table: str = ".dynsym") -> bool:
-        sec = self.elf.get_section_by_name(table)
+        sec = self.section(table)
         if sec is None:
             return False
-        strtab = self.elf.get_section(sec["sh_link"]).data()
+        strtab = self.section_at(sec.link).data()
         return (b"\0" + prefix.encode()) in strtab
 
     def symbol_at(self, vaddr: int) -> str | None:
@@ -175,41 +246,54 @@ class ElfImage:
         if vaddr in plt:
             return plt[vaddr] + "@plt"
         for table in (".dynsym", ".symtab"):
-            name = self._addr_map(table).get(vaddr)
+            name = self._addr_lookup(table, vaddr)
             if name:
                 return name
         return None
 
-    _addr_maps: dict[str, dict[int, str]]
+    _tables: dict[str, tuple[bytes, bytes]]
 
-    def _addr_map(self, table: str) -> dict[int, str]:
-        if not hasattr(self, "_addr_maps"):
-            self._addr_maps = {}
-        m = self._addr_maps.get(table)
-        if m is not None:
-            return m
-        m = {}
-        sec = self.elf.get_section_by_name(table)
-        if sec is not None and sec["sh_type"] != "SHT_NOBITS" and sec["sh_entsize"] == _SYM.size:
-            strtab = self.elf.get_section(sec["sh_link"]).data()
-            for st_name, info, _o, shndx, value, _size in _SYM.iter_unpack(sec.data()):
-                if shndx != 0 and (info & 0xF) in (STT_FUNC, STT_GNU_IFUNC) and value and value not in m:
+    def _table(self, table: str) -> tuple[bytes, bytes]:
+        """(symbol table bytes, its string table) or two empty strings."""
+        if not hasattr(self, "_tables"):
+            self._tables = {}
+        got = self._tables.get(table)
+        if got is None:
+            sec = self.section(table)
+            got = (b"", b"")
+            if sec is not None and sec.type != 8 and sec.entsize == _SYM.size:
+                got = (sec.data(), self.section_at(sec.link).data())
+            self._tables[table] = got
+        return got
+
+    def _addr_lookup(self, table: str, vaddr: int) -> str | None:
+        """The first function symbol of ``table`` whose value is ``vaddr``. Found by searching the packed
+        value in the raw table (C speed) instead of decoding every symbol: node has ~200k of them."""
+        syms, strtab = self._table(table)
+        if not syms or vaddr <= 0:
+            return None
+        needle = struct.pack("<Q", vaddr)
+        pos = syms.find(needle)
+        while pos >= 0:
+            if pos % _SYM.size == 8:  # st_value sits at offset 8 of each 24-byte entry
+                st_name, info, _o, shndx, _v, _sz = _SYM.unpack_from(syms, pos - 8)
+                if shndx != 0 and (info & 0xF) in (STT_FUNC, STT_GNU_IFUNC):
                     end = strtab.find(b"\0", st_name)
-                    m[value] = strtab[st_name:end].decode("utf-8", "replace")
-        self._addr_maps[table] = m
-        return m
+                    return strtab[st_name:end].decode("utf-8", "replace")
+            pos = syms.find(needle, pos + 1)
+        return None
 
     def plt_names(self) -> dict[int, str]:
         """PLT stub address -> imported symbol name, from .rela.plt and the stubs' `jmp *GOT(%rip)`."""
         if self._plt is not None:
             return self._plt
         self._plt = {}
-        rela = self.elf.get_section_by_name(".rela.plt")
-        dynsym = self.elf.get_section_by_name(".dynsym")
+        rela = self.section(".rela.plt")
+        dynsym = self.section(".dynsym")
         if rela is None or dynsym is None:
             return self._plt
         syms = dynsym.data()
-        strtab = self.elf.get_section(dynsym["sh_link"]).data()
+        strtab = self.section_at(dynsym.link).data()
         got: dict[int, str] = {}
         for r_off, r_info, _add in _RELA.iter_unpack(rela.data()):
             idx = r_info >> 32
@@ -221,10 +305,10 @@ class ElfImage:
         from qtap_async.tls.x86 import plt_stub_targets
 
         for secname in (".plt.sec", ".plt"):
-            sec = self.elf.get_section_by_name(secname)
+            sec = self.section(secname)
             if sec is None:
                 continue
-            for stub, slot in plt_stub_targets(sec.data(), int(sec["sh_addr"]), int(sec["sh_entsize"]) or 16):
+            for stub, slot in plt_stub_targets(sec.data(), sec.addr, sec.entsize or 16):
                 if slot in got:
                     self._plt.setdefault(stub, got[slot])
         return self._plt

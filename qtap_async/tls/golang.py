@@ -48,6 +48,10 @@ def _find_buildinfo(img: ElfImage) -> tuple[int, bytes] | None:
     addr = img.section_addr(".go.buildinfo")
     if data is not None and addr is not None and data.startswith(BUILDINFO_MAGIC):
         return addr, data
+    if img.has_section(".text"):
+        # Section headers present: Go's linker always names the blob's section (even with -s -w), so a
+        # file with sections but without .go.buildinfo is not Go; do not read its data segments.
+        return None
     # Section headers stripped: the blob sits 16-byte aligned in a writable data segment.
     for vaddr, seg in img.loaded_data():
         i = seg.find(BUILDINFO_MAGIC)

@@ -7,10 +7,9 @@ simply is not TLS (returns None) and raises ElfFormatError only for unreadable/n
 from __future__ import annotations
 
 import re
+import struct
 from collections.abc import Callable
 from typing import Literal
-
-from elftools.elf.dynamic import DynamicSection
 
 from qtap_async.tls import golang
 from qtap_async.tls.elf import ElfImage, Symbol
@@ -92,10 +91,19 @@ def _callee_code_factory(img: ElfImage) -> Callable[[int], Code | None]:
 
 
 def needed_libs(img: ElfImage) -> list[str]:
-    for sec in img.elf.iter_sections():
-        if isinstance(sec, DynamicSection):
-            return [str(getattr(t, "needed", "")) for t in sec.iter_tags() if t.entry.d_tag == "DT_NEEDED"]
-    return []
+    """DT_NEEDED names, from the raw .dynamic entries (d_tag, d_val) and the string table it links to."""
+    dyn = img.section(".dynamic")
+    if dyn is None or dyn.type == 8:
+        return []
+    strtab = img.section_at(dyn.link).data()
+    out: list[str] = []
+    for tag, val in struct.iter_unpack("<qQ", dyn.data()[: dyn.size // 16 * 16]):
+        if tag == 0:
+            break
+        if tag == 1 and val < len(strtab):
+            end = strtab.find(b"\0", val)
+            out.append(strtab[val:end].decode("utf-8", "replace"))
+    return out
 
 
 def _openssl_version(img: ElfImage) -> str:
@@ -119,7 +127,10 @@ def _verdefs(img: ElfImage) -> list[str]:
     from elftools.elf.gnuversions import GNUVerDefSection
 
     out: list[str] = []
-    for sec in img.elf.iter_sections():
+    raw = img.section(".gnu.version_d")
+    if raw is None:
+        return out
+    for sec in (img.elf.get_section(img.sections_index(raw)),):
         if isinstance(sec, GNUVerDefSection):
             for verdef, auxiter in sec.iter_versions():
                 for aux in auxiter:
@@ -298,6 +309,10 @@ def analyze_image(img: ElfImage, key: FileKey, display_path: str) -> TlsLibrary 
             stripped=not img.has_section(".symtab"),
             notes=notes,
         )
+    if img.has_section(".symtab"):
+        rust = _analyze_rustls(img, key, display_path, linkage)
+        if rust is not None:
+            return rust
     if "gnutls_record_send" in funcs and "gnutls_record_recv" in funcs:
         tfuncs, plans = _plan_c_library(img, GNUTLS_SPECS, funcs, "gnutls")
         return TlsLibrary(
@@ -312,6 +327,79 @@ def analyze_image(img: ElfImage, key: FileKey, display_path: str) -> TlsLibrary 
             notes=notes,
         )
     return None
+
+
+# rustls 0.22/0.23 (legacy symbol mangling, what stable rustc emits): the plaintext enters through
+# <ConnectionCommon<T> as PlaintextSink>::write (one copy per T: client and server) behind Writer::write's
+# dyn call, and leaves through <Reader as io::Read>::read. Both return io::Result<usize> in rax:rdx
+# (rax 0 = Ok, rdx = bytes). Stripped binaries (no .symtab) are not recognised.
+_RUSTLS_WRITE_RE = re.compile(
+    rb"_ZN\d+_\$LT\$rustls\.\.conn\.\.ConnectionCommon\$LT\$T\$GT\$\$u20\$as\$u20\$rustls\.\.conn\.\."
+    rb"connection\.\.PlaintextSink\$GT\$5write17h[0-9a-f]{16}E")
+_RUSTLS_READ_RE = re.compile(
+    rb"_ZN\d+_\$LT\$rustls\.\.conn\.\.connection\.\.Reader\$u20\$as\$u20\$std\.\.io\.\.Read\$GT\$4read17h"
+    rb"[0-9a-f]{16}E")
+RUSTLS_WRITE = "<rustls::conn::ConnectionCommon<T> as PlaintextSink>::write"
+RUSTLS_READ = "<rustls::conn::connection::Reader as std::io::Read>::read"
+
+
+def _rust_plan(function: str, code: Code, regs: dict[str, str]) -> ProbePlan:
+    """Entry + uretprobe on one site (Recipes 1 and 2); fallback to the single-stepped entry otherwise."""
+    from qtap_async.tls.probe_points import _site, find_early_site
+
+    first = code.insns[0]
+    if first.emulated:
+        site, how = first, f"first instruction `{first.mnemonic} {first.op_str}` is emulated (Recipe 1)"
+    else:
+        want = {"ssl": "rdi", "buf": "rsi", "len": "rdx"}
+        early = find_early_site(code, want, ("ssl", "buf", "len"))
+        if early is not None and early[1] == want:
+            site, how = early[0], f"first emulated instruction at +{early[0].addr - code.start:#x} (Recipe 2)"
+        else:
+            site, how = first, f"first instruction `{first.mnemonic}` is single-stepped: classic entry + uretprobe"
+    sites = [_site(code, site, "entry", regs), _site(code, site, "uretprobe", {"ret": "rax", "len": "rdx"}, sp_delta=8)]
+    return ProbePlan(
+        function=function,
+        func_offset=code.file_offset,
+        sites=sites,
+        fast=site.emulated,
+        reason=how + "; returns io::Result<usize> in rax:rdx (rax 0 = Ok, rdx = bytes)",
+        ret_meaning="function",
+        length="rdx if rax == 0",
+    )
+
+
+def _analyze_rustls(img: ElfImage, key: FileKey, display_path: str, linkage: str) -> TlsLibrary | None:
+    sec = img.section(".symtab")
+    if sec is None:
+        return None
+    strtab = img.section_at(sec.link).data()
+    if b"rustls..conn.." not in strtab:
+        return None
+    writes = sorted({m.group().decode() for m in _RUSTLS_WRITE_RE.finditer(strtab)})
+    reads = sorted({m.group().decode() for m in _RUSTLS_READ_RE.finditer(strtab)})
+    if not writes or not reads:
+        return None
+    syms = img.find_functions([*writes, *reads], tables=(".symtab",))
+    tfuncs: list[TlsFunction] = []
+    plans: list[ProbePlan] = []
+    notes: list[str] = []
+    for mangled in [*writes, *reads]:
+        sym = syms.get(mangled)
+        if sym is None:
+            continue
+        is_read = mangled in reads
+        name = RUSTLS_READ if is_read else RUSTLS_WRITE
+        code = _code_for(img, sym.value, sym.size)
+        tfuncs.append(TlsFunction(name, sym.value, code.file_offset, sym.size))
+        # Reader is a temporary: its first word (&ChunkVecBuffer inside the connection) names the connection.
+        regs = {"ssl_ptr": "rdi", "buf": "rsi", "len": "rdx"} if is_read else {"ssl": "rdi", "buf": "rsi", "len": "rdx"}
+        plans.append(_rust_plan(name, code, regs))
+        notes.append(f"{name}: {mangled}")
+    if not plans:
+        return None
+    return TlsLibrary(key=key, path=display_path, kind="rustls", version="0.22+", linkage="static"
+                      if linkage == "static" else "shared", functions=tfuncs, plans=plans, stripped=False, notes=notes)
 
 
 def _analyze_go(img: ElfImage, key: FileKey, display_path: str, version: str) -> TlsLibrary | None:

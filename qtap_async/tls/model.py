@@ -10,7 +10,7 @@ from typing import Literal
 
 import msgspec
 
-LibraryKind = Literal["openssl", "boringssl", "gnutls", "go"]
+LibraryKind = Literal["openssl", "boringssl", "gnutls", "go", "rustls"]
 """`openssl` covers shared libssl (1.1, 3.x) and OpenSSL linked statically into an executable."""
 
 SiteRole = Literal["entry", "return", "uretprobe", "go_ret"]

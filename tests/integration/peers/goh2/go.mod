@@ -1,0 +1,3 @@
+module qtap.invalid/goh2
+
+go 1.22
