@@ -198,10 +198,13 @@ def run_command(f: RunFlags) -> int:
         cfg = load_config(f.config)  # before the capability check: a bad file is reported to anyone
     from qtap_async.capabilities import report
 
+    from qtap_async.bpf.kernelfs import ensure, states
+
     caps = report()
     if not caps.bpf:
-        raise PermissionError(f"{caps.problems[0]}; see `qtap inspect`")
-    from qtap_async.bpf.kernelfs import ensure
+        # Say everything that is missing at once: the capabilities and the kernel filesystems nobody mounted.
+        missing = "".join(f"; {fs.error}" for fs in states(mount=True) if not fs.mounted)
+        raise PermissionError(f"{caps.problems[0]}; see `qtap inspect`{missing}")
     from qtap_async.telemetry.server import DEFAULT_LISTEN
 
     for fs in ensure():  # tracefs/bpffs: mounted here when missing, else an error naming the fix

@@ -102,7 +102,8 @@ kill -INT $agent; wait $agent; echo "rc=$?"
 AS_NOBODY = """
 "$QTAP_PY" - COMMAND <<'PY'
 import contextlib, ctypes, io, os, sys
-import cli.main, qtap_async.agent, qtap_async.bpf.kernelfs, qtap_async.telemetry.server
+import concurrent.futures.thread, uvloop
+import cli.main, cli.run_cmd, qtap_async.agent, qtap_async.bpf.kernelfs, qtap_async.telemetry.server
 with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
     cli.main.app(["inspect"])
 libc = ctypes.CDLL("libc.so.6", use_errno=True)
