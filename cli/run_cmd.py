@@ -196,9 +196,8 @@ def run_command(f: RunFlags) -> int:
         from qtap_async.config import load_config
 
         cfg = load_config(f.config)  # before the capability check: a bad file is reported to anyone
-    from qtap_async.capabilities import report
-
     from qtap_async.bpf.kernelfs import ensure, states
+    from qtap_async.capabilities import report
 
     caps = report()
     if not caps.bpf:
