@@ -29,19 +29,31 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import ROOT, write_result  # noqa: E402
+from _common import ROOT, write_result
 
 sys.path.insert(0, str(ROOT))
 
-from qtap_async.agent import default_session_factory  # noqa: E402
-from tests.integration.ground_truth import scenarios as S  # noqa: E402
-from tests.integration.ground_truth.env import CURL, GT, PYTHON  # noqa: E402
-from tests.integration.ground_truth.truth import ExpConn, ExpTx, Proc, compare, Captured, Pred  # noqa: E402
-from tests.integration.harness import AgentHarness, free_port, wait_port  # noqa: E402
+from qtap_async.agent import default_session_factory
+from tests.integration.ground_truth import scenarios as S
+from tests.integration.ground_truth.env import CURL, GT, PYTHON
+from tests.integration.ground_truth.truth import ExpConn, ExpTx, Mismatch, Pred, Proc, exe_of
+from tests.integration.harness import AgentHarness, free_port, wait_port
 
+# Fields that say which process and which connection a record belongs to.
 IDENTITY = {"pid", "exe", "user", "uid", "src_ip", "src_port", "dst_ip", "dst_port", "direction", "family",
             "connection", "transaction", "owners", "open.pid", "open.src_port", "open.dst_port",
             "open.direction"}
+EMPTY = ("<absent>", "", None)
+
+
+def misattributed(m: Mismatch) -> bool:
+    """A record tied to the wrong process/connection, or missing/unexpected; an identity field the agent left
+    empty (lost context, or a contract field not implemented yet) is counted apart, as context_missing."""
+    return m.field in IDENTITY and (m.field in ("connection", "transaction") or m.captured not in EMPTY)
+
+
+def context_missing(m: Mismatch) -> bool:
+    return m.field in IDENTITY and not misattributed(m)
 
 
 def cert(tmp: Path) -> tuple[str, str]:
@@ -68,7 +80,7 @@ class Soak:
         docs.mkdir()
         (docs / "index.html").write_bytes(b"<html>soak</html>\n")
         self.h2_port = free_port()
-        self.h2 = subprocess.Popen([S.exe_of("nghttpd"), "--no-tls", "-d", str(docs), "-a", "127.0.0.1",
+        self.h2 = subprocess.Popen([exe_of("nghttpd"), "--no-tls", "-d", str(docs), "-a", "127.0.0.1",
                                     str(self.h2_port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_port(self.h2_port)
         self.lock = threading.Lock()
@@ -92,20 +104,19 @@ class Soak:
             rec = self.tls.take(port)
             exp = gt.pair(name, rec, Proc(pid, CURL, uid or 0), Proc(self.tls.pid, PYTHON), tls=True,
                           domain="localhost", domain_source="sni", host="localhost")
-            lo = rec["rx"]
-            exp[0].bytes_sent = Pred(f"{lo}..{lo + 64}", lambda v, lo=lo: lo <= v <= lo + 64)  # type: ignore[assignment]
+            exp[0].bytes_sent = S.within(rec["rx"], rec["rx"] + 64)
             return S.Scenario(name, exp, {pid}, {self.tls.port})
         if name == "http2":
             pid, port = gt.curl(f"http://127.0.0.1:{self.h2_port}/index.html", "--http2-prior-knowledge", uid=uid)
             p = Proc(pid, CURL, uid or 0)
-            srv = Proc(self.h2.pid, S.exe_of("nghttpd"))
+            srv = Proc(self.h2.pid, exe_of("nghttpd"))
             anyb = Pred("> 0", lambda v: isinstance(v, int) and v > 0)
             sc = S.Scenario(name, pids={pid})
             for d, who in (("egress", p), ("ingress", srv)):
                 tx = ExpTx(who.pid, who.exe, "GET", "/index.html", 200, host="127.0.0.1", protocol="h2",
                            response_body_size=18, extra={"stream_id": 1})
-                sc.expected.append(ExpConn(name, d, who, ("127.0.0.1", port), ("127.0.0.1", self.h2_port), anyb,  # type: ignore[arg-type]
-                                           anyb, protocol="http2", domain="127.0.0.1", domain_source="host",  # type: ignore[arg-type]
+                sc.expected.append(ExpConn(name, d, who, ("127.0.0.1", port), ("127.0.0.1", self.h2_port), anyb,
+                                           anyb, protocol="http2", domain="127.0.0.1", domain_source="host",
                                            txs=[tx]))
             return sc
         if name == "halfclose":
@@ -150,6 +161,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--duration", type=float, default=300.0)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--no-write", action="store_true", help="print only; keep benchmarks/results untouched (CI)")
     args = ap.parse_args()
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory() as d:
@@ -166,24 +178,25 @@ def main() -> None:
             for t in threads:
                 t.join()
             sc = soak.total
-            rep = gt.check(sc.expected, pids=sc.pids, ports=sc.ports, timeout=60, settle=1.0, assert_ok=False)
+            rep = gt.check(sc.expected, pids=sc.pids, ports=sc.ports, timeout=30, settle=1.0, assert_ok=False)
         finally:
             soak.stop()
             h.stop()
         snap = h.agent.snapshot()
     fields = Counter(m.field for m in rep.mismatches)
-    bad_items = {m.item for m in rep.mismatches if m.field in IDENTITY}
-    misattributed = len(bad_items)
+    bad = {m.item for m in rep.mismatches if misattributed(m)}
+    lost = {m.item for m in rep.mismatches if context_missing(m)} - bad
     result: dict[str, Any] = {
         "duration_s": args.duration,
         "workers": args.workers,
         "operations": dict(soak.ops),
         "peer_errors": dict(soak.errors),
         **rep.counts(),
-        "misattributed_records": misattributed,
+        "misattributed_records": len(bad),
+        "context_missing_records": len(lost),
         "mismatches_by_field": dict(fields.most_common()),
         "examples": [f"{m.item} | {m.field} | {m.expected!r} | {m.captured!r}"[:300]
-                     for m in sorted(rep.mismatches, key=lambda m: m.field not in IDENTITY)[:25]],
+                     for m in sorted(rep.mismatches, key=lambda m: not misattributed(m))[:25]],
         "agent_opened": snap["qtap_connections_opened_total"],
         "agent_closed": snap["qtap_connections_closed_total"],
         "agent_open_at_stop": snap["qtap_connections_open"],
@@ -192,12 +205,18 @@ def main() -> None:
         "kernel_drop_ringbuf": snap.get("qtap_kernel_drop_ringbuf_total", 0),
         "bench_seconds": round(time.monotonic() - t0, 1),
     }
-    write_result("ground_truth_soak", result,
-                 f"{sum(soak.ops.values())} operations in {args.duration:.0f} s: {rep.expected_conns} connections "
-                 f"and {rep.expected_txs} transactions expected; misattributed {misattributed} (missing conns "
-                 f"{rep.missing_conns}, unexpected {rep.unexpected_conns}, missing txs {rep.missing_txs}, wrong "
-                 f"txs {rep.wrong_txs}); records with any wrong field {rep.wrong_conns}; stop counters "
-                 f"{'consistent' if result['stop_counters_consistent'] else 'INCONSISTENT'}")
+    summary = (f"{sum(soak.ops.values())} operations in {args.duration:.0f} s: {rep.expected_conns} connections "
+               f"and {rep.expected_txs} transactions expected; misattributed {len(bad)} (missing conns "
+               f"{rep.missing_conns}, unexpected {rep.unexpected_conns}, missing txs {rep.missing_txs}, wrong "
+               f"txs {rep.wrong_txs}); context missing {len(lost)}; records with any wrong field {rep.wrong_conns}; "
+               f"stop counters {'consistent' if result['stop_counters_consistent'] else 'INCONSISTENT'}")
+    if args.no_write:
+        import json
+
+        print(json.dumps({"benchmark": "ground_truth_soak", **result}))
+        print(f"ground_truth_soak: {summary}")
+    else:
+        write_result("ground_truth_soak", result, summary)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,10 @@ from tests.integration.harness import free_port
 NOBODY = 65534
 
 
+def within(lo: int, hi: int) -> Pred:
+    return Pred(f"{lo}..{hi}", lambda v: isinstance(v, int) and lo <= v <= hi)
+
+
 @dataclass
 class Scenario:
     name: str
@@ -118,7 +122,7 @@ def phantom_tls_alternating(gt: GT, rounds: int = 12) -> Scenario:
         # curl's close_notify may reach the server's socket after its close (it is answered with RST):
         # the client sent the server's count plus at most that alert.
         srv_rx = rec["rx"]
-        exp[0].bytes_sent = Pred(f"{srv_rx}..{srv_rx + 64}", lambda v, lo=srv_rx: lo <= v <= lo + 64)  # type: ignore[assignment]
+        exp[0].bytes_sent = within(srv_rx, srv_rx + 64)
         sc.expected += exp
         sc.pids.add(pid)
         sc.add(curl_plain(gt, "phantom_plain", plain, f"/y{i}?n={10 + i}", uid=NOBODY if i % 2 else None))
@@ -188,11 +192,12 @@ def bash_exec_head(gt: GT) -> Scenario:
     s = gt.server("--close")
     bash, head = exe_of("bash"), exe_of("head")
     req = f"GET /bash?n=64 HTTP/1.1\\r\\nHost: 127.0.0.1:{s.port}\\r\\n\\r\\n"
-    pid, _ = gt.sh(f"{bash} -c 'exec 3<>/dev/tcp/127.0.0.1/{s.port}; printf \"{req}\" >&3; exec {head} -c 100000 <&3 >/dev/null'")
+    script = f"exec 3<>/dev/tcp/127.0.0.1/{s.port}; printf \"{req}\" >&3; exec {head} -c 100000 <&3 >/dev/null"
+    pid, _ = gt.sh(f"{bash} -c '{script}'")
     rec = s.records(1)[0]
     exp = gt.pair("bash_exec_head", rec, Proc(pid, bash), Proc(s.pid, PYTHON), domain="127.0.0.1")
     exp[0].txs[0].exe = head  # the response was read by head, after the exec
-    exp[0].owners = Pred(f"absent or [({pid}, bash), ({pid}, head)]",  # type: ignore[assignment]
+    exp[0].owners = Pred(f"absent or [({pid}, bash), ({pid}, head)]",
                          lambda v: v == "<absent>" or [tuple(x) for x in v] == [(pid, bash), (pid, head)])
     return Scenario("bash_exec_head", exp, {pid, s.pid}, {s.port})
 
@@ -455,7 +460,7 @@ def non_utf8_path(gt: GT) -> Scenario:
     sc = python_client(gt, "non_utf8_path", "raw", head.hex(), server=s)
     for e in sc.expected:
         for t in e.txs:
-            t.path = Pred("/caf%E9/%FF?n=3 (percent-encoded, any hex case)",  # type: ignore[assignment]
+            t.path = Pred("/caf%E9/%FF?n=3 (percent-encoded, any hex case)",
                           lambda v: isinstance(v, str) and v.upper() == "/CAF%E9/%FF?N=3")
     return sc
 
@@ -484,9 +489,9 @@ def h2_push(gt: GT, tmp: Path) -> Scenario:
         # other and with what nghttp received (bytes are checked end against end after the capture).
         sizes = [int(x) for x in re.findall(r"recv DATA frame <length=(\d+)", out)]
         assert sum(sizes) == 26 + 88, sizes
-        from tests.integration.ground_truth.truth import Captured
-
         import time
+
+        from tests.integration.ground_truth.truth import Captured
 
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
@@ -574,7 +579,7 @@ def domain_host_over_other_dns(gt: GT, dns_addr: str, mmsg: str) -> Scenario:
     import uuid
 
     other = f"gt-other-{uuid.uuid4().hex[:8]}.test"
-    qpid, lines = gt.sh(f"{mmsg} {dns_addr} 53 {other}")
+    _, lines = gt.sh(f"{mmsg} {dns_addr} 53 {other}")
     assert json.loads(lines[-1])["answers"] == 2
     s = gt.server()
     pid, port = gt.curl(f"http://127.0.0.1:{s.port}/hosthdr?n=8", "-H", "Host: own-host.test")

@@ -105,7 +105,7 @@ def test_in_flight_read_at_attach(tmp_path: Path, cert: tuple[str, str]) -> None
 
         rec_c = json.loads(client.stdout.readline())
         client.wait(30)
-        dig_pid, _ = gt.sh(f"dig +short +tries=1 +time=3 @{dns.addr} inflight-dns.test A")
+        gt.sh(f"dig +short +tries=1 +time=3 @{dns.addr} inflight-dns.test A")
         exp = gt.pair("in_flight", s.records(1)[0], Proc(client.pid, PYTHON), Proc(s.pid, PYTHON), client_rec=rec_c,
                       domain="127.0.0.1")
         for e in exp:

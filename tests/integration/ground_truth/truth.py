@@ -81,8 +81,8 @@ class ExpTx:
     pid: int
     exe: str
     method: str
-    path: str
-    status: int
+    path: str | Pred
+    status: int | Pred
     host: str = ""
     protocol: str = "http/1.1"
     tls: bool = False
@@ -110,15 +110,15 @@ class ExpConn:
     proc: Proc
     src: tuple[str, int]  # the initiator
     dst: tuple[str, int]  # the acceptor
-    bytes_sent: int
-    bytes_received: int
+    bytes_sent: int | Pred
+    bytes_received: int | Pred
     transport: str = "tcp"
     tls: bool = False
     protocol: str | None = "http1"
     domain: str = ""
     domain_source: str | None = None
     midstream: bool = False
-    owners: list[tuple[int, str]] | None = None  # (pid, exe) in order of first I/O, opener first
+    owners: list[tuple[int, str]] | Pred | None = None  # (pid, exe) in order of first I/O, opener first
     cgroup: str | None = None
     txs: list[ExpTx] = field(default_factory=list)
     segments: list[tuple[int, int]] | None = None  # resumed connection: (sent, received) per open..close
@@ -373,8 +373,8 @@ def compare(expected: list[ExpConn], cap: Captured, *, pids: Iterable[int] = (),
             rep.wrong_txs += tbad
         for extra_tx in c.txs[len(exp.txs):]:
             rep.unexpected_txs += 1
-            rep.mismatches.append(Mismatch(item, "transaction", "absent",
-                                           f"{extra_tx.get('method')} {extra_tx.get('path')} pid={extra_tx.get('pid')}"))
+            got_tx = f"{extra_tx.get('method')} {extra_tx.get('path')} pid={extra_tx.get('pid')}"
+            rep.mismatches.append(Mismatch(item, "transaction", "absent", got_tx))
     for c in cap.touching(set(pids), set(ports)):
         if c.conn_id in claimed or (allow_unexpected is not None and allow_unexpected(c)):
             continue

@@ -23,6 +23,7 @@ usage: gt_client.py HOST PORT MODE [ARGS...]
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import select
@@ -174,10 +175,8 @@ def main() -> None:
             second = exc.errno
         else:
             second = 0
-        try:
+        with contextlib.suppress(OSError):
             s.recv(10)
-        except OSError:
-            pass
         s.close()
         emit({"refused": True, "connect_rc": rc, "so_error": err, "send_errno": second})
     elif mode == "tfo":
@@ -254,13 +253,13 @@ def main() -> None:
         c.send(req(args[1], hp))
         c.paths.append(args[1])
         c.response()
-        first = (c.tx, c.rx)
+        part1 = (c.tx, c.rx)
         time.sleep(float(args[0]))
         c.send(req(args[2], hp))
         c.paths.append(args[2])
         c.response()
         c.sock.close()
-        emit(c.record(segments=[first, (c.tx - first[0], c.rx - first[1])]))
+        emit(c.record(segments=[part1, (c.tx - part1[0], c.rx - part1[1])]))
     elif mode == "wait":
         c = Conn(connect(host, p))
         print("CONNECTED", flush=True)
@@ -287,8 +286,8 @@ async def many(host: str, port: int, hp: str, mode: str, args: list[str]) -> Non
     async def one(paths: list[str], close: bool, start_at: list[float] | None) -> None:
         r, w = await asyncio.open_connection(host, port, limit=1 << 20)
         sock = w.get_extra_info("socket")
-        rec = {"local": list(sock.getsockname()[:2]), "peer": list(sock.getpeername()[:2]), "tx": 0, "rx": 0,
-               "paths": []}
+        rec: dict[str, Any] = {"local": list(sock.getsockname()[:2]), "peer": list(sock.getpeername()[:2]),
+                               "tx": 0, "rx": 0, "paths": []}
         for i, path in enumerate(paths):
             if start_at is not None:
                 delay = start_at[i] - time.monotonic()

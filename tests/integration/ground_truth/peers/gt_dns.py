@@ -13,7 +13,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "peers"))
 
-from dns_server import _name, answer  # noqa: E402
+from dns_server import _name, answer  # type: ignore[import-not-found]
 
 
 def main() -> None:

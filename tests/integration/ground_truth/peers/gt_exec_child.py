@@ -8,7 +8,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from gt_server import serve  # noqa: E402
+from gt_server import serve  # type: ignore[import-not-found]
 
 if __name__ == "__main__":
     serve(socket.socket(fileno=int(sys.argv[1])), sys.argv[2], None, sys.argv[3] == "1", "")

@@ -23,6 +23,7 @@ reqs [[method, path, status, request_body, response_body]]. Prints "PORT <n>" on
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -117,10 +118,8 @@ class Stream:
 
     def close_notify(self) -> None:
         if self.tls is not None:
-            try:
+            with contextlib.suppress(ssl.SSLError):
                 self.tls.unwrap()
-            except ssl.SSLError:
-                pass
             self._flush()
 
 
@@ -196,17 +195,17 @@ def serve(sock: socket.socket, log: str, tls: ssl.SSLContext | None, close_first
                         st.tx += sent
             elif body_mode == "splice" and st.tls is None:
                 st.sendall(head_out)
-                r, w = os.pipe()
+                pr, pw = os.pipe()
                 off = 0
                 while off < n:
-                    k = os.write(w, body[off: off + 65536])
-                    while k:
-                        m = os.splice(r, sock.fileno(), k)
-                        k -= m
+                    left = os.write(pw, body[off: off + 65536])
+                    while left:
+                        m = os.splice(pr, sock.fileno(), left)
+                        left -= m
                         off += m
                         st.tx += m
-                os.close(r)
-                os.close(w)
+                os.close(pr)
+                os.close(pw)
             else:
                 st.sendall(head_out + body)
             reqs.append([method.decode(), path, status, len(body_in), n])
