@@ -59,8 +59,17 @@ def plain_ip(ip: str) -> str:
     return ip[7:] if ip.startswith("::ffff:") and "." in ip else ip
 
 
+def is_loopback(ip: str) -> bool:
+    ip = plain_ip(ip)
+    return ip.startswith("127.") or ip == "::1" or ip == ""  # "" : a phantom's missing address
+
+
 def family_of(ip: str) -> str:
     return "ipv4" if "." in plain_ip(ip) else "ipv6"
+
+
+NO_OWN_NAME = Pred("'' or a host-wide name", lambda v: isinstance(v, str))
+NO_OWN_SOURCE = Pred("'', dns_host or hosts", lambda v: v in ("", "dns_host", "hosts"))
 
 
 @dataclass
@@ -144,6 +153,11 @@ class ExpConn:
             f["protocol"] = self.protocol
         if self.domain_source is not None:
             f["domain_source"] = self.domain_source
+        if self.domain == "":
+            # Nothing of its own names this connection (no SNI, Host or DNS of its process): the contract's
+            # lowest sources may still name it from the host-wide DNS or the hosts file.
+            f["domain"] = NO_OWN_NAME
+            f["domain_source"] = NO_OWN_SOURCE
         if self.segments is not None:
             f["segments"] = self.segments
         f.update(self.extra)
@@ -237,10 +251,14 @@ class Captured:
         return "; none of its transactions anywhere"
 
     def touching(self, pids: set[int], ports: set[int]) -> list[CapConn]:
+        """Records of the scenario's processes, or on a loopback address at one of its server ports (the same
+        port number on another host's or namespace's address is someone else's)."""
         out = []
         for c in self.conns.values():
             evs = c.opens + c.closes + c.txs
-            if any(e.get("pid") in pids or e.get("dst_port") in ports or e.get("src_port") in ports
+            if any(e.get("pid") in pids
+                   or (e.get("dst_port") in ports and is_loopback(str(e.get("dst_ip", ""))))
+                   or (e.get("src_port") in ports and is_loopback(str(e.get("src_ip", ""))))
                    for e in evs):
                 out.append(c)
         return out
