@@ -20,6 +20,7 @@ from qtap_async.events.connection import ConnectionEvent, GapEvent, Owner
 from qtap_async.events.kernel import ConnClose, ConnOpen, Data, KernelRecord, ProcExec, ProcExit, ProcFork
 from qtap_async.protocols.dns import parse_dns_datagram
 from qtap_async.topology.dns_cache import DnsCache
+from qtap_async.topology.domains import Domains
 from qtap_async.topology.listeners import ListeningPorts
 from qtap_async.topology.process import ProcessCache, ProcessInfo, user_name
 from qtap_async.transforms.reassembly import Gap, ReassemblyStats, Segment, StreamReassembler
@@ -148,7 +149,7 @@ class Connection:
         self.streams: dict[int, StreamReassembler] = {}  # key: source * 2 + dir
         self.sessions: dict[int, Session | None] = {}  # key: 0 = socket bytes, 1 = TLS plaintext
         self.domain = ""
-        self.domain_source = ""
+        self.domain_source = ""  # see topology/domains.py
         self.tls = False
         self.udp = rec.udp
 
@@ -194,6 +195,7 @@ class Conntrack:
         # close), and they then resume as the same connection instead of a context-less orphan.
         self._evicted: OrderedDict[int, Connection] = OrderedDict()
         self.dns = DnsCache()
+        self.domains = Domains(self.dns)
         self.stats = ConntrackStats()
         # bpf_ktime_get_ns() is CLOCK_MONOTONIC; events carry wall-clock time.
         self._wall_offset_ns = time.time_ns() - time.monotonic_ns()
@@ -310,9 +312,7 @@ class Conntrack:
         process = self.processes.get(rec.pid, rec.comm, uid=rec.uid, cgroup_id=rec.cgroup_id, now_ns=rec.ts_ns)
         c = Connection(rec, process, self._direction(rec))
         c.exec_gen = self.processes.exec_gen.get(rec.pid, 0)
-        c.domain = self.dns.lookup(rec.pid, rec.raddr)
-        if c.domain:
-            c.domain_source = "dns"
+        self.domains.at_open(c)
         self.conns[rec.conn_id] = c
         self.stats.connections_opened += 1
         out.append(self._conn_event(c, "open", rec.ts_ns))
