@@ -113,7 +113,7 @@ class Soak:
             anyb = Pred("> 0", lambda v: isinstance(v, int) and v > 0)
             sc = S.Scenario(name, pids={pid})
             for d, who in (("egress", p), ("ingress", srv)):
-                tx = ExpTx(who.pid, who.exe, "GET", "/index.html", 200, host="127.0.0.1", protocol="h2",
+                tx = ExpTx(who.pid, who.exe, "GET", "/index.html", 200, host="127.0.0.1", protocol="h2c",
                            response_body_size=18, extra={"stream_id": 1})
                 sc.expected.append(ExpConn(name, d, who, ("127.0.0.1", port), ("127.0.0.1", self.h2_port), anyb,
                                            anyb, protocol="http2", domain="127.0.0.1", domain_source="host",

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.integration.ground_truth.truth import Captured, ExpConn, ExpTx, Proc, Report, compare, exe_of
+from tests.integration.ground_truth.truth import Captured, ExpConn, ExpTx, Proc, Report, compare, exe_of, is_ip
 from tests.integration.harness import AgentHarness
 
 PEERS = Path(__file__).parent / "peers"
@@ -88,6 +88,9 @@ class GT:
         self.servers: list[Server] = []
         self._n = 0
         self._seen: list[dict[str, Any]] = []
+        # When each process the scenario started lived (wall-clock ns): pids are reused (pid_max is 32768 on
+        # small machines), so a pid is the scenario's only while its process ran.
+        self.windows: dict[int, tuple[int, int | None]] = {}
 
     def events(self) -> list[dict[str, Any]]:
         """The agent's events so far as plain dicts (converted once: the shared agent's list only grows)."""
@@ -101,8 +104,11 @@ class GT:
     # -- peers -----------------------------------------------------------------------------------
     def server(self, *opts: str) -> Server:
         self._n += 1
+        t0 = time.time_ns()
         s = Server(self.tmp / f"server{self._n}.log", *opts)
         self.servers.append(s)
+        for pid in (s.pid, *s.workers):
+            self.windows[pid] = (t0, None)
         return s
 
     def close(self) -> None:
@@ -114,10 +120,13 @@ class GT:
         kw: dict[str, Any] = {}
         if uid is not None:
             kw = {"user": uid, "group": uid, "extra_groups": []}
+        t0 = time.time_ns()
         out = subprocess.run([python_for(uid), str(PEERS / "gt_client.py"), host, str(port), mode, *args],
                              capture_output=True, text=True, timeout=120, **kw)
         assert out.returncode == 0, f"gt_client {mode} failed: {out.stderr[-2000:]}"
         recs = [json.loads(x) for x in out.stdout.splitlines() if x.startswith("{")]
+        if recs:
+            self.windows[recs[0]["pid"]] = (t0, time.time_ns())
         return recs[0]["pid"] if recs else 0, recs
 
     def sh(self, cmd: str, uid: int | None = None, check: bool = True) -> tuple[int, list[str]]:
@@ -125,8 +134,11 @@ class GT:
         kw: dict[str, Any] = {}
         if uid is not None:
             kw = {"user": uid, "group": uid, "extra_groups": []}
+        t0 = time.time_ns()
         out = subprocess.run(["sh", "-c", f"echo $$; exec {cmd}"], capture_output=True, text=True, timeout=120,
                              **kw)
+        if out.stdout.strip():
+            self.windows[int(out.stdout.split()[0])] = (t0, time.time_ns())
         if check:
             assert out.returncode == 0, f"{cmd!r} failed ({out.returncode}): {out.stderr[-2000:]}"
         lines = out.stdout.splitlines()
@@ -153,6 +165,8 @@ class GT:
         c_rx = client_rec["rx"] if client_rec else srv["tx"]
         if host is None:
             host = domain
+        if is_ip(domain):
+            domain = ""  # an address in Host names nothing: the connection has no name of its own
         ds = domain_source if domain else None
         tx_proc = tx_server or server
 
@@ -188,7 +202,7 @@ class GT:
                 break
             # Records that went elsewhere (a phantom) never arrive: stop once nothing touching the scenario
             # has changed for `quiet` seconds instead of always waiting for the whole timeout.
-            mine = cap.touching(pids, ports)
+            mine = cap.touching(pids, ports, self.windows)
             sig = (sum(len(c.closes) for c in mine), sum(len(c.txs) for c in mine))
             if sig != last:
                 last, still_since = sig, time.monotonic()
@@ -196,7 +210,7 @@ class GT:
                 break
             time.sleep(0.1)
         time.sleep(settle)  # stragglers (phantom opens, late duplicates) arrive too
-        rep = compare(expected, Captured(self.events()), pids=pids, ports=ports)
+        rep = compare(expected, Captured(self.events()), pids=pids, ports=ports, windows=self.windows)
         if assert_ok:
             assert rep.ok, "ground truth differs from the capture:\n" + rep.table()
         return rep

@@ -39,15 +39,11 @@ class Scenario:
         self.after += other.after
 
 
-def _srv(gt: GT, opts: tuple[str, ...]) -> Server:
-    return gt.server(*opts)
-
-
 def python_client(gt: GT, name: str, mode: str, *args: str, server_opts: tuple[str, ...] = (),
                   server: Server | None = None, host: str = "127.0.0.1", uid: int | None = None,
                   domain: str | None = None, **pair_kw: Any) -> Scenario:
     """gt_client.py MODE against a gt_server.py: both ends counted by the peers themselves."""
-    s = server or _srv(gt, server_opts)
+    s = server or gt.server(*server_opts)
     pid, recs = gt.client(host, s.port, mode, *args, uid=uid)
     sc = Scenario(name, pids={pid, s.pid, *s.workers}, ports={s.port})
     for r in recs:
@@ -222,10 +218,6 @@ def tcp_fast_open(gt: GT) -> Scenario:
     return python_client(gt, "tfo", "tfo", "/tfo?n=33")
 
 
-def run_curl_nghttp(cmd: list[str]) -> None:
-    subprocess.run(cmd, check=True, capture_output=True, timeout=60)
-
-
 QUICK: dict[str, Callable[[GT], Scenario]] = {
     "keepalive": keepalive, "pipelining": pipelining, "rst": rst, "dup2": dup2, "writev500": writev500,
     "ipv6": ipv6, "websocket": websocket, "prefork": prefork, "halfclose": halfclose_then_reuse,
@@ -234,9 +226,6 @@ QUICK: dict[str, Callable[[GT], Scenario]] = {
     "tfo": tcp_fast_open, "phantom_tls": lambda gt: phantom_tls_alternating(gt, 4),
 }
 
-
-def unused(_: Path) -> None:  # keeps Path imported for type checkers of drivers added later
-    return None
 
 
 # -- item 3: syscalls that move bytes -----------------------------------------------------------------
@@ -515,9 +504,9 @@ def h2_push(gt: GT, tmp: Path) -> Scenario:
     client, server = Proc(pid, exe_of("nghttp")), Proc(srv.pid, exe_of("nghttpd"))
     sc = Scenario("h2_push", pids={pid, srv.pid}, ports={port})
     for d, p in (("egress", client), ("ingress", server)):
-        txs = [ExpTx(p.pid, p.exe, "GET", "/index.html", 200, host="127.0.0.1", protocol="h2",
+        txs = [ExpTx(p.pid, p.exe, "GET", "/index.html", 200, host="127.0.0.1", protocol="h2c",
                      response_body_size=26, extra={"stream_id": 1}),
-               ExpTx(p.pid, p.exe, "GET", "/style.css", 200, host="127.0.0.1", protocol="h2",
+               ExpTx(p.pid, p.exe, "GET", "/style.css", 200, host="127.0.0.1", protocol="h2c",
                      response_body_size=88, extra={"pushed": True, "promised_by": 1, "stream_id": 2})]
         sent, recv = nb if d == "egress" else (nb[1], nb[0])
         sc.expected.append(ExpConn("h2_push", d, p, src, ("127.0.0.1", port), sent, recv, protocol="http2",

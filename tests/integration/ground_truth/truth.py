@@ -59,6 +59,16 @@ def plain_ip(ip: str) -> str:
     return ip[7:] if ip.startswith("::ffff:") and "." in ip else ip
 
 
+def is_ip(text: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(text.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
 def is_loopback(ip: str) -> bool:
     ip = plain_ip(ip)
     return ip.startswith("127.") or ip == "::1" or ip == ""  # "" : a phantom's missing address
@@ -153,9 +163,10 @@ class ExpConn:
             f["protocol"] = self.protocol
         if self.domain_source is not None:
             f["domain_source"] = self.domain_source
-        if self.domain == "":
-            # Nothing of its own names this connection (no SNI, Host or DNS of its process): the contract's
-            # lowest sources may still name it from the host-wide DNS or the hosts file.
+        if self.domain == "" or is_ip(self.domain):
+            # An address (Host: 127.0.0.1:port) names nothing. Nothing of its own names this connection (no
+            # SNI, Host name or DNS of its process): the contract's lowest sources (host-wide DNS, the hosts
+            # file) may still name it.
             f["domain"] = NO_OWN_NAME
             f["domain_source"] = NO_OWN_SOURCE
         if self.segments is not None:
@@ -250,13 +261,23 @@ class Captured:
                         f"midstream={c.first().get('midstream', False)} opens={len(c.opens)} closes={len(c.closes)}")
         return "; none of its transactions anywhere"
 
-    def touching(self, pids: set[int], ports: set[int]) -> list[CapConn]:
-        """Records of the scenario's processes, or on a loopback address at one of its server ports (the same
-        port number on another host's or namespace's address is someone else's)."""
+    def touching(self, pids: set[int], ports: set[int],
+                 windows: dict[int, tuple[int, int | None]] | None = None) -> list[CapConn]:
+        """Records of the scenario's processes (while they lived, when `windows` says), or on a loopback address
+        at one of its server ports (the same port number on another address is someone else's)."""
         out = []
         for c in self.conns.values():
             evs = c.opens + c.closes + c.txs
-            if any(e.get("pid") in pids
+            start = next((e.get("ts_ns") for e in c.opens + c.closes if isinstance(e.get("ts_ns"), int)), None)
+
+            def alive(pid: Any, start: int | None = start) -> bool:
+                w = (windows or {}).get(pid)
+                if w is None or start is None:
+                    return True
+                slack = 2_000_000_000  # clocks of the agent's events and of the test differ a little
+                return w[0] - slack <= start <= (w[1] if w[1] is not None else start) + slack
+
+            if any((e.get("pid") in pids and alive(e.get("pid")))
                    or (e.get("dst_port") in ports and is_loopback(str(e.get("dst_ip", ""))))
                    or (e.get("src_port") in ports and is_loopback(str(e.get("src_ip", ""))))
                    for e in evs):
@@ -334,7 +355,8 @@ def _short(v: Any) -> str:
 
 
 def compare(expected: list[ExpConn], cap: Captured, *, pids: Iterable[int] = (), ports: Iterable[int] = (),
-            allow_unexpected: Callable[[CapConn], bool] | None = None) -> Report:
+            allow_unexpected: Callable[[CapConn], bool] | None = None,
+            windows: dict[int, tuple[int, int | None]] | None = None) -> Report:
     """Diff every field of every expected connection and transaction against what was captured.
 
     `pids`/`ports`: the scenario's own processes and server ports; every captured connection touching
@@ -393,7 +415,7 @@ def compare(expected: list[ExpConn], cap: Captured, *, pids: Iterable[int] = (),
             rep.unexpected_txs += 1
             got_tx = f"{extra_tx.get('method')} {extra_tx.get('path')} pid={extra_tx.get('pid')}"
             rep.mismatches.append(Mismatch(item, "transaction", "absent", got_tx))
-    for c in cap.touching(set(pids), set(ports)):
+    for c in cap.touching(set(pids), set(ports), windows):
         if c.conn_id in claimed or (allow_unexpected is not None and allow_unexpected(c)):
             continue
         e = c.last()
