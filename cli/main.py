@@ -38,6 +38,16 @@ def run(
     max_connections: Annotated[int, typer.Option(help="connections tracked at once (oldest evicted, counted)")] = 65536,
     idle_timeout: Annotated[float, typer.Option(help="seconds without traffic before a connection is evicted")] = 300.0,
     log_level: Annotated[str, typer.Option(help="stderr log level")] = "INFO",
+    control: Annotated[
+        str | None, typer.Option("--control", help="control plane URL: the config comes from there (not --config)")
+    ] = None,
+    registration_token: Annotated[
+        str | None,
+        typer.Option("--registration-token", envvar="QTAP_REGISTRATION_TOKEN", help="joins the control plane once"),
+    ] = None,
+    control_state: Annotated[
+        Path, typer.Option("--control-state", help="identity + last good config from the control plane (0600)")
+    ] = Path("/var/lib/qtap/control"),
 ) -> None:
     """Capture traffic: JSON lines on stdout, one object per line with a `type` field."""
     from qtap_async.agent import AgentOptions, run_agent
@@ -73,6 +83,15 @@ def run(
     )
     if max_connections < 1 or idle_timeout <= 0:
         _fail("--max-connections must be >= 1 and --idle-timeout > 0", 2)
+    if control is not None:
+        if config is not None:
+            _fail("--control and --config exclude each other: with --control the config comes from there", 2)
+        from qtap_async.control_client import run_with_control
+
+        try:
+            raise typer.Exit(run_with_control(control, registration_token, control_state, opts))
+        except QtapError as exc:
+            _fail(str(exc))
     try:
         if cfg is not None:
             # With a config, --level does not apply: the stacks' plugins decide what is kept.
@@ -134,6 +153,15 @@ def _mount_pulse() -> None:
 
 
 _mount_pulse()
+
+
+def _mount_control() -> None:
+    from cli.control import control_app
+
+    app.add_typer(control_app, name="control", help="Control plane: users, SSO, agents, versioned configs, audit.")
+
+
+_mount_control()
 
 
 def main() -> None:

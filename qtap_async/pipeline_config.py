@@ -293,6 +293,8 @@ class ConfiguredRuntime:
         self._output: ProtocolOutput | None = None
         self.reloads = 0
         self.failed_reloads = 0
+        self.last_reload_error = ""  # why the last failed reload failed (the control link reports it)
+        self.snapshot: Callable[[], dict[str, int]] | None = None  # the agent's counters, once it exists
         self.ignored_connections = 0
 
     @property
@@ -401,6 +403,7 @@ class ConfiguredRuntime:
             await self.apply(config)
         except (QtapError, OSError) as exc:
             self.failed_reloads += 1
+            self.last_reload_error = str(exc)
             log.error("config reload failed, keeping the current config: %s", exc)
             return False
         log.info("config reloaded: %s", "; ".join(summarize(config)))
@@ -455,6 +458,7 @@ async def run_with_config(config: Config, options: AgentOptions, *, path: Path |
     agent = Agent(options, writer=runtime.writer, session_factory=runtime.session_factory,
                   on_protocol_record=runtime.on_protocol_record)
     runtime.bind(agent.conntrack)
+    runtime.snapshot = agent.snapshot
     loop = asyncio.get_running_loop()
     reloader: asyncio.Task[None] | None = None
     hup = False

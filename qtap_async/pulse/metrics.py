@@ -26,7 +26,10 @@ Labels = tuple[tuple[str, str], ...]
 
 
 class Metrics:
-    def __init__(self) -> None:
+    """``help`` replaces the HELP texts (the control plane reuses this class with its own names)."""
+
+    def __init__(self, help: dict[str, str] | None = None) -> None:
+        self._help = _HELP if help is None else help
         self._lock = threading.Lock()
         self._counters: defaultdict[tuple[str, Labels], float] = defaultdict(float)
         self._summaries: defaultdict[tuple[str, Labels], list[float]] = defaultdict(lambda: [0.0, 0.0])
@@ -58,7 +61,7 @@ class Metrics:
         def head(name: str, kind: str) -> None:
             if name not in seen:
                 seen.add(name)
-                lines.append(f"# HELP {name} {_HELP.get(name, name)}")
+                lines.append(f"# HELP {name} {self._help.get(name, name)}")
                 lines.append(f"# TYPE {name} {kind}")
 
         def fmt(labels: Labels) -> str:
