@@ -35,9 +35,9 @@ sys.path.insert(0, str(ROOT))
 
 from qtap_async.agent import default_session_factory
 from tests.integration.ground_truth import scenarios as S
-from tests.integration.ground_truth.env import CURL, GT, PYTHON
+from tests.integration.ground_truth.env import CURL, GT, PYTHON, wait_listen
 from tests.integration.ground_truth.truth import ExpConn, ExpTx, Mismatch, Pred, Proc, exe_of
-from tests.integration.harness import AgentHarness, free_port, wait_port
+from tests.integration.harness import AgentHarness, free_port
 
 # Fields that say which process and which connection a record belongs to.
 IDENTITY = {"pid", "exe", "user", "uid", "src_ip", "src_port", "dst_ip", "dst_port", "direction", "family",
@@ -82,7 +82,7 @@ class Soak:
         self.h2_port = free_port()
         self.h2 = subprocess.Popen([exe_of("nghttpd"), "--no-tls", "-d", str(docs), "-a", "127.0.0.1",
                                     str(self.h2_port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_port(self.h2_port)
+        wait_listen(self.h2_port)
         self.lock = threading.Lock()
         self.total = S.Scenario("soak", pids={self.h2.pid}, ports={self.h2_port})
         self.ops: Counter[str] = Counter()

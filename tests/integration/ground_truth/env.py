@@ -91,6 +91,8 @@ class GT:
         # When each process the scenario started lived (wall-clock ns): pids are reused (pid_max is 32768 on
         # small machines), so a pid is the scenario's only while its process ran.
         self.windows: dict[int, tuple[int, int | None]] = {}
+        self.port_windows: dict[int, tuple[int, int | None]] = {}
+        self.since = time.time_ns()  # records older than the scenario are someone else's
 
     def events(self) -> list[dict[str, Any]]:
         """The agent's events so far as plain dicts (converted once: the shared agent's list only grows)."""
@@ -109,6 +111,7 @@ class GT:
         self.servers.append(s)
         for pid in (s.pid, *s.workers):
             self.windows[pid] = (t0, None)
+        self.port_windows[s.port] = (t0, None)
         return s
 
     def close(self) -> None:
@@ -202,7 +205,7 @@ class GT:
                 break
             # Records that went elsewhere (a phantom) never arrive: stop once nothing touching the scenario
             # has changed for `quiet` seconds instead of always waiting for the whole timeout.
-            mine = cap.touching(pids, ports, self.windows)
+            mine = cap.touching(pids, ports, self.windows, self.port_windows, self.since)
             sig = (sum(len(c.closes) for c in mine), sum(len(c.txs) for c in mine))
             if sig != last:
                 last, still_since = sig, time.monotonic()
@@ -210,10 +213,25 @@ class GT:
                 break
             time.sleep(0.1)
         time.sleep(settle)  # stragglers (phantom opens, late duplicates) arrive too
-        rep = compare(expected, Captured(self.events()), pids=pids, ports=ports, windows=self.windows)
+        rep = compare(expected, Captured(self.events()), pids=pids, ports=ports, windows=self.windows,
+                      port_windows=self.port_windows, since=self.since)
         if assert_ok:
             assert rep.ok, "ground truth differs from the capture:\n" + rep.table()
         return rep
+
+
+def wait_listen(port: int, timeout: float = 20.0) -> None:
+    """Wait until something listens on TCP `port`, without connecting (a probe connection of the test's own
+    would be one more connection for the servers to log and for the agent to see)."""
+    deadline = time.monotonic() + timeout
+    want = f":{port:04X} "
+    while time.monotonic() < deadline:
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            with open(table) as f:
+                if any(want in line and line.split()[3] == "0A" for line in f):  # 0A: TCP_LISTEN
+                    return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port}")
 
 
 def which(name: str) -> str:

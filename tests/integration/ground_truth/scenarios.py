@@ -31,12 +31,14 @@ class Scenario:
     pids: set[int] = field(default_factory=set)
     ports: set[int] = field(default_factory=set)
     after: list[Callable[[GT], None]] = field(default_factory=list)  # extra checks (gaps, DNS, ...)
+    cleanup: list[Callable[[], None]] = field(default_factory=list)  # after the checks, pass or fail
 
     def add(self, other: Scenario) -> None:
         self.expected += other.expected
         self.pids |= other.pids
         self.ports |= other.ports
         self.after += other.after
+        self.cleanup += other.cleanup
 
 
 def python_client(gt: GT, name: str, mode: str, *args: str, server_opts: tuple[str, ...] = (),
@@ -230,15 +232,12 @@ QUICK: dict[str, Callable[[GT], Scenario]] = {
 
 # -- item 3: syscalls that move bytes -----------------------------------------------------------------
 def _gaps(gt: GT, direction: str, ports: tuple[int, int], reason: str) -> int:
-    """Bytes of gap events with `reason` on the connection (direction, src_port, dst_port) of the capture."""
+    """Bytes of gap events with `reason` on the latest connection (direction, src_port, dst_port) captured."""
     from tests.integration.ground_truth.truth import Captured
 
     cap = Captured(gt.events())
-    total = 0
-    for c in cap.conns.values():
-        if c.closes and c.key()[0] == direction and (c.key()[2], c.key()[4]) == ports:
-            total += sum(g.get("bytes", 0) for g in c.gaps if g.get("reason") == reason)
-    return total
+    mine = [c for c in cap.conns.values() if c.closes and c.key()[0] == direction and (c.key()[2], c.key()[4]) == ports]
+    return sum(g.get("bytes", 0) for g in mine[-1].gaps if g.get("reason") == reason) if mine else 0
 
 
 def sendfile_body(gt: GT) -> Scenario:
@@ -297,8 +296,9 @@ def io_uring_client(gt: GT, binary: str) -> Scenario:
         from tests.integration.ground_truth.truth import Captured
 
         cap = Captured(g.events())
-        mine = [x for x in cap.conns.values() if x.closes and x.key()[0] == "egress" and x.key()[2] == c.src[1]]
-        assert len(mine) == 1, mine
+        mine = [x for x in cap.conns.values() if x.closes and x.key()[0] == "egress"
+                and (x.key()[2], x.key()[4]) == (c.src[1], c.dst[1])][-1:]
+        assert len(mine) == 1, "no record of the io_uring client's connection"
         io = mine[0].last().get("io_uring")
         gap = sum(x.get("bytes", 0) for x in mine[0].gaps if x.get("reason") == "io_uring")
         assert io is True and gap == me["sent"] + me["received"], (
@@ -344,9 +344,9 @@ http {{
         (d / "nginx.conf").write_text(conf)
         self.proc = subprocess.Popen([NGINX, "-c", str(d / "nginx.conf"), "-p", str(d), "-g", "daemon off;"],
                                      stderr=subprocess.PIPE)
-        from tests.integration.harness import wait_port
+        from tests.integration.ground_truth.env import wait_listen
 
-        wait_port(self.port)  # the test process's own connection: the agent ignores it and its far end
+        wait_listen(self.port)
         self.pid = self.proc.pid
 
     def log(self) -> list[list[str]]:
@@ -365,7 +365,7 @@ def nginx_truth(gt: GT, name: str, ng: Nginx, pid: int, recs: list[dict[str, Any
     bytes_sent/request_length sums for nginx's end; one transaction per logged request on each end."""
     from tests.integration.ground_truth.truth import ExpTx
 
-    want = sum(len(r["paths"]) for r in recs) + 1  # + the readiness probe
+    want = sum(len(r["paths"]) for r in recs)
     import time
 
     deadline = time.monotonic() + 30
@@ -468,9 +468,9 @@ def h2_push(gt: GT, tmp: Path) -> Scenario:
     srv = subprocess.Popen([exe_of("nghttpd"), "--no-tls", "-d", str(docs), "-p/index.html=/style.css",
                             "-a", "127.0.0.1", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        from tests.integration.harness import wait_port
+        from tests.integration.ground_truth.env import wait_listen
 
-        wait_port(port)
+        wait_listen(port)
         pid, lines = gt.sh(f"{exe_of('nghttp')} -n -v http://127.0.0.1:{port}/index.html")
         out = "\n".join(lines)
         assert "PUSH_PROMISE" in out, out[-2000:]
@@ -494,7 +494,7 @@ def h2_push(gt: GT, tmp: Path) -> Scenario:
         eg = [c for c in mine if c.key()[0] == "egress"]
         assert eg, "no egress record of nghttp's connection"
         src = (eg[0].key()[1], eg[0].key()[2])
-        ing = [c for c in mine if c.key()[0] == "ingress"]
+        ing = [c for c in mine if c.key()[0] == "ingress" and c.key()[2] == src[1]]
         nb = (eg[0].last().get("bytes_sent", -1), eg[0].last().get("bytes_received", -1))
         ib = (ing[0].last().get("bytes_received", -2), ing[0].last().get("bytes_sent", -2)) if ing else (-2, -2)
         assert nb == ib, f"the two ends disagree on bytes: nghttp end {nb}, nghttpd end {ib}"
@@ -542,10 +542,13 @@ def domain_from_hosts(gt: GT) -> Scenario:
     entry = HostsEntry(ip)
     try:
         pid, port = gt.curl(f"http://{entry.name}:{s.port}/hosts?n=4", "-H", "Host:")
-    finally:
+    except BaseException:
         entry.remove()
+        raise
     rec = s.take(port)
-    sc = Scenario("domain_hosts", pids={pid, s.pid}, ports={s.port})
+    # The entry stays until the checks are done: a hosts file is read when the agent needs it, and real
+    # entries do not vanish a millisecond after use.
+    sc = Scenario("domain_hosts", pids={pid, s.pid}, ports={s.port}, cleanup=[entry.remove])
     sc.expected += gt.pair("domain_hosts", rec, Proc(pid, CURL), Proc(s.pid, PYTHON), domain=entry.name,
                            domain_source="hosts", host=entry.name)
     return sc

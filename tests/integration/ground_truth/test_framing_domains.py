@@ -15,9 +15,13 @@ pytestmark = pytest.mark.bpf
 
 
 def _run(gt: GT, sc: S.Scenario) -> None:
-    gt.check(sc.expected, pids=sc.pids, ports=sc.ports)
-    for extra in sc.after:
-        extra(gt)
+    try:
+        gt.check(sc.expected, pids=sc.pids, ports=sc.ports)
+        for extra in sc.after:
+            extra(gt)
+    finally:
+        for done in sc.cleanup:
+            done()
 
 
 def test_head_over_64k_then_resync(gt: GT) -> None:

@@ -13,15 +13,15 @@ import pytest
 
 from tests.integration.ground_truth import scenarios as S
 from tests.integration.ground_truth.env import CURL, PEERS, Server
-from tests.integration.test_pulse_e2e import pulse  # noqa: F401  (the real Pulse server fixture)
+from tests.integration.test_pulse_e2e import pulse, pulse_yaml  # noqa: F401  (the real Pulse server fixture)
 from tests.plugins.test_run_config import QtapRun
 
 pytestmark = pytest.mark.bpf
 
 
-def test_pulse_accepts_every_event_the_agent_produces(pulse: tuple[str, str], tmp_path: Path,  # noqa: F811
+def test_pulse_accepts_every_event_the_agent_produces(pulse: tuple[str, str, object], tmp_path: Path,  # noqa: F811
                                                       cert: tuple[str, str]) -> None:
-    url, token = pulse
+    url, token, _proc = pulse
     config = f"""
 version: 2
 services:

@@ -261,8 +261,8 @@ class Captured:
                         f"midstream={c.first().get('midstream', False)} opens={len(c.opens)} closes={len(c.closes)}")
         return "; none of its transactions anywhere"
 
-    def touching(self, pids: set[int], ports: set[int],
-                 windows: dict[int, tuple[int, int | None]] | None = None) -> list[CapConn]:
+    def touching(self, pids: set[int], ports: set[int], windows: dict[int, tuple[int, int | None]] | None = None,
+                 port_windows: dict[int, tuple[int, int | None]] | None = None, since: int = 0) -> list[CapConn]:
         """Records of the scenario's processes (while they lived, when `windows` says), or on a loopback address
         at one of its server ports (the same port number on another address is someone else's)."""
         out = []
@@ -270,16 +270,20 @@ class Captured:
             evs = c.opens + c.closes + c.txs
             start = next((e.get("ts_ns") for e in c.opens + c.closes if isinstance(e.get("ts_ns"), int)), None)
 
-            def alive(pid: Any, start: int | None = start) -> bool:
-                w = (windows or {}).get(pid)
-                if w is None or start is None:
+            def alive(key: Any, table: dict[int, tuple[int, int | None]] | None, start: int | None = start) -> bool:
+                # Pids and ports are reused: one is the scenario's only while its process or server lived.
+                w = (table or {}).get(key) or (since, None)
+                if start is None:
                     return True
                 slack = 2_000_000_000  # clocks of the agent's events and of the test differ a little
                 return w[0] - slack <= start <= (w[1] if w[1] is not None else start) + slack
 
-            if any((e.get("pid") in pids and alive(e.get("pid")))
-                   or (e.get("dst_port") in ports and is_loopback(str(e.get("dst_ip", ""))))
-                   or (e.get("src_port") in ports and is_loopback(str(e.get("src_ip", ""))))
+            def on_port(e: dict[str, Any], side: str) -> bool:
+                port = e.get(f"{side}_port")
+                return (port in ports and is_loopback(str(e.get(f"{side}_ip", "")))
+                        and alive(port, port_windows))
+
+            if any((e.get("pid") in pids and alive(e.get("pid"), windows)) or on_port(e, "dst") or on_port(e, "src")
                    for e in evs):
                 out.append(c)
         return out
@@ -356,7 +360,8 @@ def _short(v: Any) -> str:
 
 def compare(expected: list[ExpConn], cap: Captured, *, pids: Iterable[int] = (), ports: Iterable[int] = (),
             allow_unexpected: Callable[[CapConn], bool] | None = None,
-            windows: dict[int, tuple[int, int | None]] | None = None) -> Report:
+            windows: dict[int, tuple[int, int | None]] | None = None,
+            port_windows: dict[int, tuple[int, int | None]] | None = None, since: int = 0) -> Report:
     """Diff every field of every expected connection and transaction against what was captured.
 
     `pids`/`ports`: the scenario's own processes and server ports; every captured connection touching
@@ -415,7 +420,7 @@ def compare(expected: list[ExpConn], cap: Captured, *, pids: Iterable[int] = (),
             rep.unexpected_txs += 1
             got_tx = f"{extra_tx.get('method')} {extra_tx.get('path')} pid={extra_tx.get('pid')}"
             rep.mismatches.append(Mismatch(item, "transaction", "absent", got_tx))
-    for c in cap.touching(set(pids), set(ports), windows):
+    for c in cap.touching(set(pids), set(ports), windows, port_windows, since):
         if c.conn_id in claimed or (allow_unexpected is not None and allow_unexpected(c)):
             continue
         e = c.last()
