@@ -215,8 +215,11 @@ class GT:
         time.sleep(settle)  # stragglers (phantom opens, late duplicates) arrive too
         rep = compare(expected, Captured(self.events()), pids=pids, ports=ports, windows=self.windows,
                       port_windows=self.port_windows, since=self.since)
-        if assert_ok:
-            assert rep.ok, "ground truth differs from the capture:\n" + rep.table()
+        if assert_ok and not rep.ok:
+            snap = self.h.agent.snapshot()
+            drops = {k: v for k, v in snap.items() if ("drop" in k or "lost" in k or "orphan" in k) and v}
+            raise AssertionError("ground truth differs from the capture:\n" + rep.table()
+                                 + f"\nagent drop counters: {drops or 'all 0'}")
         return rep
 
 

@@ -480,6 +480,9 @@ def h2_push(gt: GT, tmp: Path) -> Scenario:
         # other and with what nghttp received (bytes are checked end against end after the capture).
         sizes = [int(x) for x in re.findall(r"recv DATA frame <length=(\d+)", out)]
         assert sum(sizes) == 26 + 88, sizes
+        # nghttp opens idle priority streams first: the request's stream id is in its own frame log.
+        req_stream = int(re.findall(r"send HEADERS frame <[^>]*stream_id=(\d+)>", out)[0])
+        pushed_stream = int(re.findall(r"promised_stream_id=(\d+)", out)[0])
         import time
 
         from tests.integration.ground_truth.truth import Captured
@@ -505,9 +508,10 @@ def h2_push(gt: GT, tmp: Path) -> Scenario:
     sc = Scenario("h2_push", pids={pid, srv.pid}, ports={port})
     for d, p in (("egress", client), ("ingress", server)):
         txs = [ExpTx(p.pid, p.exe, "GET", "/index.html", 200, host="127.0.0.1", protocol="h2c",
-                     response_body_size=26, extra={"stream_id": 1}),
+                     response_body_size=26, extra={"stream_id": req_stream}),
                ExpTx(p.pid, p.exe, "GET", "/style.css", 200, host="127.0.0.1", protocol="h2c",
-                     response_body_size=88, extra={"pushed": True, "promised_by": 1, "stream_id": 2})]
+                     response_body_size=88,
+                     extra={"pushed": True, "promised_by": req_stream, "stream_id": pushed_stream})]
         sent, recv = nb if d == "egress" else (nb[1], nb[0])
         sc.expected.append(ExpConn("h2_push", d, p, src, ("127.0.0.1", port), sent, recv, protocol="http2",
                                    domain="127.0.0.1", domain_source="host", txs=txs))
