@@ -202,7 +202,8 @@ class Agent:
             await asyncio.gather(*tasks[:3])
             for t in tasks[3:]:
                 t.cancel()
-            log.info("stopped: %s", msgspec.json.encode(self.snapshot()).decode())
+            # For programs (benchmarks, `--log-level debug`); people get the CLI's one-line summary.
+            log.debug("stopped: %s", msgspec.json.encode(self.snapshot()).decode())
         finally:
             for sig in signals:
                 loop.remove_signal_handler(sig)

@@ -27,7 +27,7 @@ import os
 import signal
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -38,7 +38,7 @@ from qtap_async.errors import ConfigError, QtapError
 from qtap_async.events.connection import ConnectionEvent, GapEvent
 from qtap_async.events.dns import DnsMessage
 from qtap_async.events.http import HttpTransaction, TlsClientHello
-from qtap_async.filters import SKIP_ALL, StackSelector, TrafficFilter
+from qtap_async.filters import SKIP_ALL, OwnServices, StackSelector, TrafficFilter
 from qtap_async.plugins.exchange import ConnContext, HttpExchange, host_of
 from qtap_async.plugins.stack import Stack, build_stacks
 from qtap_async.protocols import ProtocolSession
@@ -49,6 +49,9 @@ from qtap_async.sinks.runner import EventSinkRunner, ObjectSinkRunner
 from qtap_async.topology.domains import offer
 from qtap_async.transforms.conntrack import Connection, Conntrack, Session
 from qtap_async.transforms.output import ProtocolOutput
+
+if TYPE_CHECKING:
+    from qtap_async.agent import Agent
 
 __all__ = [
     "ConfigReloader",
@@ -68,11 +71,14 @@ log = logging.getLogger("qtap.pipeline")
 class Pipeline:
     """The parts of a config that decide per connection and per transaction, compiled once."""
 
-    __slots__ = ("config", "include_dns", "selector", "stacks", "traffic")
+    __slots__ = ("config", "include_dns", "own", "selector", "stacks", "traffic")
 
     def __init__(self, config: Config, *, access_log: Callable[[str], None] | None = None) -> None:
         self.config = config
         self.traffic = TrafficFilter.from_config(config.tap)
+        #: Pulse endpoints of the config: their traffic is never captured (it would feed Pulse itself).
+        self.own = OwnServices.from_urls(
+            str(s.settings.get("url") or "") for s in config.services.event_stores if s.type == "pulse")
         self.selector = StackSelector.from_config(config.tap)
         self.stacks: dict[str, Stack] = build_stacks(config, access_log=access_log)
         self.include_dns = config.tap.audit_include_dns
@@ -296,6 +302,7 @@ class ConfiguredRuntime:
         self.last_reload_error = ""  # why the last failed reload failed (the control link reports it)
         self.snapshot: Callable[[], dict[str, int]] | None = None  # the agent's counters, once it exists
         self.ignored_connections = 0
+        self.own_service_connections = 0  # connections to or of our own Pulse, never captured
 
     @property
     def config(self) -> Config:
@@ -304,6 +311,7 @@ class ConfiguredRuntime:
     def stats(self) -> dict[str, int]:
         out = {
             "qtap_pipeline_ignored_connections_total": self.ignored_connections,
+            "qtap_pipeline_own_service_connections_total": self.own_service_connections,
             "qtap_config_reloads_total": self.reloads,
             "qtap_config_reload_failures_total": self.failed_reloads,
         }
@@ -331,7 +339,14 @@ class ConfiguredRuntime:
         return skip
 
     def skip_for(self, conn: Connection) -> frozenset[str]:
-        return self._decide(conn.conn_id, conn.direction == "ingress", conn.raddr, conn.process.exe)
+        ingress = conn.direction == "ingress"
+        own = self.pipeline.own
+        if own and conn.conn_id not in self._skips and own.involves(
+                ingress=ingress, local=(conn.laddr, conn.lport), remote=(conn.raddr, conn.rport)):
+            self._skips[conn.conn_id] = SKIP_ALL
+            self.ignored_connections += 1
+            self.own_service_connections += 1
+        return self._decide(conn.conn_id, ingress, conn.raddr, conn.process.exe)
 
     def session_factory(self, conn: Connection, layer: int) -> Session | None:
         skip = self.skip_for(conn)
@@ -343,6 +358,14 @@ class ConfiguredRuntime:
         """The writer's filter for the conntrack's own events (connections, gaps)."""
         if isinstance(item, ConnectionEvent):
             ingress = item.direction == "ingress"
+            own = self.pipeline.own
+            if own and item.conn_id not in self._skips:
+                local = (item.dst_ip, item.dst_port) if ingress else (item.src_ip, item.src_port)
+                remote = (item.src_ip, item.src_port) if ingress else (item.dst_ip, item.dst_port)
+                if own.involves(ingress=ingress, local=local, remote=remote):
+                    self._skips[item.conn_id] = SKIP_ALL
+                    self.ignored_connections += 1
+                    self.own_service_connections += 1
             skip = self._decide(item.conn_id, ingress, item.src_ip if ingress else item.dst_ip, item.exe)
             if item.event == "close":
                 self._skips.pop(item.conn_id, None)
@@ -447,8 +470,10 @@ class ConfigReloader:
 
 async def run_with_config(config: Config, options: AgentOptions, *, path: Path | None = None,
                           reload_interval: float = 2.0,
-                          on_ready: Callable[[ConfiguredRuntime], Awaitable[None] | None] | None = None) -> int:
-    """Run the agent with ``config`` until SIGINT/SIGTERM; with ``path``, reload on SIGHUP and on change."""
+                          on_ready: Callable[[ConfiguredRuntime], Awaitable[None] | None] | None = None,
+                          on_agent: Callable[[Agent], None] | None = None) -> int:
+    """Run the agent with ``config`` until SIGINT/SIGTERM; with ``path``, reload on SIGHUP and on change.
+    ``on_agent`` sees the agent before it starts (the CLI wraps its hooks and announces the start)."""
     from qtap_async.agent import Agent
 
     runtime = ConfiguredRuntime(config)
@@ -459,6 +484,8 @@ async def run_with_config(config: Config, options: AgentOptions, *, path: Path |
                   on_protocol_record=runtime.on_protocol_record)
     runtime.bind(agent.conntrack)
     runtime.snapshot = agent.snapshot
+    if on_agent is not None:
+        on_agent(agent)
     loop = asyncio.get_running_loop()
     reloader: asyncio.Task[None] | None = None
     hup = False

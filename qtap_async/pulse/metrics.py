@@ -55,7 +55,11 @@ class Metrics:
         with self._lock:
             counters = sorted(self._counters.items())
             summaries = sorted(self._summaries.items())
-        lines: list[str] = []
+        from qtap_async import __version__
+
+        # Which build answers: the same version `qtap --version` prints.
+        lines: list[str] = ["# HELP pulse_build_info the running version", "# TYPE pulse_build_info gauge",
+                            f'pulse_build_info{{version="{__version__}"}} 1']
         seen: set[str] = set()
 
         def head(name: str, kind: str) -> None:
