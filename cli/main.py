@@ -105,6 +105,11 @@ def run(
     log_level: Annotated[str | None, typer.Option(
         metavar="LEVEL", help="stderr log level: debug | info | warning | error "
         "(default: warning on a terminal, where the start and stop lines say what matters; info otherwise)")] = None,
+    status_listen: Annotated[
+        str | None, typer.Option("--status-listen", metavar="HOST:PORT",
+            help="serve /healthz /readyz /metrics there, or `off` (default 127.0.0.1:10001; a taken default port "
+                 f"is logged and skipped, an explicit one must bind; {_CFG})")
+    ] = None,
     control: Annotated[
         str | None, typer.Option("--control", metavar="URL",
             help="control plane URL: the config comes from there (excludes --config; --level and --format refused)")
@@ -128,7 +133,7 @@ def run(
                      idle_timeout=idle_timeout, log_level=log_level or "auto", format=fmt, output=output, stats=stats,
                      ports=port or [], domains=domain or [], exes=exe or [], direction=direction,
                      containers=container or [], control=control, registration_token=registration_token,
-                     control_state=control_state)
+                     control_state=control_state, status_listen=status_listen)
     try:
         code = run_command(flags)
     except ConfigError as exc:

@@ -59,6 +59,7 @@ class RunFlags:
     control: str | None = None  # control plane URL: the config comes from there
     registration_token: str | None = None
     control_state: Path = Path("/var/lib/qtap/control")
+    status_listen: str | None = None  # None: the default address, and a taken default port is not fatal
 
 
 def check_flags(f: RunFlags) -> None:
@@ -83,6 +84,13 @@ def check_flags(f: RunFlags) -> None:
         raise ConfigError(f"--idle-timeout {f.idle_timeout}: expected a number of seconds > 0")
     if f.metrics_interval < 0:
         raise ConfigError(f"--metrics-interval {f.metrics_interval}: expected seconds >= 0 (0: off)")
+    from qtap_async.errors import QtapError
+    from qtap_async.telemetry.server import DEFAULT_LISTEN, parse_listen
+
+    try:
+        parse_listen(f.status_listen or DEFAULT_LISTEN)
+    except QtapError as exc:
+        raise ConfigError(f"--status-listen {f.status_listen}: {exc}") from exc
     if f.output is not None:
         target = f.output if f.output.exists() else f.output.parent
         if f.output.is_dir():
@@ -190,6 +198,12 @@ def run_command(f: RunFlags) -> int:
     caps = report()
     if not caps.bpf:
         raise PermissionError(f"{caps.problems[0]}; see `qtap inspect`")
+    from qtap_async.bpf.kernelfs import ensure
+    from qtap_async.telemetry.server import DEFAULT_LISTEN
+
+    for fs in ensure():  # tracefs/bpffs: mounted here when missing, else an error naming the fix
+        if fs.action:
+            print(f"qtap: {fs.name} was not mounted; {fs.action} it at {fs.path}", file=sys.stderr)
     focus = build_focus(ports=f.ports, domains=f.domains, exes=f.exes, direction=f.direction,
                         containers=f.containers)
     gate = FocusGate(focus) if not focus.empty else None
@@ -203,6 +217,9 @@ def run_command(f: RunFlags) -> int:
         metrics_interval_s=f.metrics_interval,
         max_connections=f.max_connections,
         idle_timeout_s=f.idle_timeout,
+        status_listen=f.status_listen or DEFAULT_LISTEN,
+        # The default port may be taken (another agent on the host): then run without; an explicit one must bind.
+        status_required=f.status_listen is not None,
     )
     if f.control is not None:
         from qtap_async.control_client import run_with_control

@@ -27,6 +27,7 @@ from typing import Any, Literal, TypeAlias
 import msgspec
 import yaml
 
+from qtap_async.context.filters import ContainerFilterConfig
 from qtap_async.errors import ConfigError
 from qtap_async.filters import Direction, MatchStrategy, ProcessGroup
 from qtap_async.rulekit import Rule, RuleSyntaxError, compile_rule, is_macro_name, validate_macros
@@ -296,6 +297,7 @@ class ExeFilterConfig(_Base, frozen=True):
 class FiltersConfig(_Base, frozen=True):
     groups: list[ProcessGroup] = msgspec.field(default_factory=list)
     custom: list[ExeFilterConfig] = msgspec.field(default_factory=list)
+    containers: list[ContainerFilterConfig] = msgspec.field(default_factory=list)  # qtap_async.context.filters
 
 
 class EndpointConfig(_Base, frozen=True):

@@ -87,6 +87,19 @@ class SinkTransientError(QtapError):
     """A sink call failed in a way that may pass on retry (store unreachable, timeout, throttled, 5xx)."""
 
 
+class KernelFsError(QtapError):
+    """A kernel filesystem capture needs (tracefs, bpffs) is missing and could not be mounted; the message
+    names it and the command that fixes it."""
+
+
+class StatusServerError(QtapError):
+    """The status server (/healthz, /readyz, /metrics) could not start: bad --status-listen or port in use."""
+
+
+class ContainerRuntimeError(QtapError):
+    """A container runtime API (podman/Docker socket, CRI) answered with an error or could not be reached."""
+
+
 class ControlError(QtapError):
     """The control plane (users, configs, agents, audit) failed: store, settings or a refused request."""
 

@@ -87,8 +87,13 @@ def render(r: InspectReport) -> str:
     lines += [
         f"BTF {'yes' if f.btf else 'NO'}  lockdown={f.lockdown}  tracefs={'yes' if f.tracefs else 'no'}"
         f"  bpffs={'yes' if f.bpffs else 'no'}",
-        "hooks:",
     ]
+    for fs in f.filesystems:
+        if fs.action:
+            lines.append(f"  {fs.name}: was missing, {fs.action} at {fs.path}")
+        elif not fs.mounted:
+            lines.append(f"  {fs.name}: MISSING: {fs.error}")
+    lines.append("hooks:")
     for h in f.hooks:
         state = "ok" if h.loads and h.attaches is not False else "NO"
         detail = "load ok" if h.loads else "load fails"

@@ -34,6 +34,8 @@ import msgspec
 from qtap_async.agent import AgentOptions, StdoutWriter
 from qtap_async.buffers.channel import Channel, ChannelClosed
 from qtap_async.config import Config, Services, StoreConfig, load_config, summarize
+from qtap_async.context.containers import installed as installed_containers
+from qtap_async.context.filters import ContainerFilter
 from qtap_async.errors import ConfigError, QtapError
 from qtap_async.events.connection import ConnectionEvent, GapEvent
 from qtap_async.events.dns import DnsMessage
@@ -71,7 +73,7 @@ log = logging.getLogger("qtap.pipeline")
 class Pipeline:
     """The parts of a config that decide per connection and per transaction, compiled once."""
 
-    __slots__ = ("config", "include_dns", "own", "selector", "stacks", "traffic")
+    __slots__ = ("config", "containers", "include_dns", "own", "selector", "stacks", "traffic")
 
     def __init__(self, config: Config, *, access_log: Callable[[str], None] | None = None) -> None:
         self.config = config
@@ -79,6 +81,7 @@ class Pipeline:
         #: Pulse endpoints of the config: their traffic is never captured (it would feed Pulse itself).
         self.own = OwnServices.from_urls(
             str(s.settings.get("url") or "") for s in config.services.event_stores if s.type == "pulse")
+        self.containers = ContainerFilter(config.tap.filters.containers)
         self.selector = StackSelector.from_config(config.tap)
         self.stacks: dict[str, Stack] = build_stacks(config, access_log=access_log)
         self.include_dns = config.tap.audit_include_dns
@@ -329,10 +332,14 @@ class ConfiguredRuntime:
         await self.writer.start()
 
     # -- connections ----------------------------------------------------------------------------
-    def _decide(self, conn_id: int, ingress: bool, remote_ip: str, exe: str) -> frozenset[str]:
+    def _decide(self, conn_id: int, ingress: bool, remote_ip: str, exe: str, container_id: str = "") -> frozenset[str]:
         skip = self._skips.get(conn_id)
         if skip is None:
             skip = self.pipeline.skipped(ingress=ingress, remote_ip=remote_ip, exe=exe)
+            cache = installed_containers()
+            if skip is not SKIP_ALL and container_id and self.pipeline.containers and cache is not None \
+                    and self.pipeline.containers.ignores(cache.get(container_id)):
+                skip = SKIP_ALL
             self._skips[conn_id] = skip
             if skip is SKIP_ALL:
                 self.ignored_connections += 1
@@ -346,7 +353,7 @@ class ConfiguredRuntime:
             self._skips[conn.conn_id] = SKIP_ALL
             self.ignored_connections += 1
             self.own_service_connections += 1
-        return self._decide(conn.conn_id, ingress, conn.raddr, conn.process.exe)
+        return self._decide(conn.conn_id, ingress, conn.raddr, conn.process.exe, conn.process.container_id)
 
     def session_factory(self, conn: Connection, layer: int) -> Session | None:
         skip = self.skip_for(conn)
@@ -366,7 +373,8 @@ class ConfiguredRuntime:
                     self._skips[item.conn_id] = SKIP_ALL
                     self.ignored_connections += 1
                     self.own_service_connections += 1
-            skip = self._decide(item.conn_id, ingress, item.src_ip if ingress else item.dst_ip, item.exe)
+            skip = self._decide(item.conn_id, ingress, item.src_ip if ingress else item.dst_ip, item.exe,
+                                getattr(item, "container_id", ""))
             if item.event == "close":
                 self._skips.pop(item.conn_id, None)
             return skip is not SKIP_ALL
