@@ -26,9 +26,9 @@ def nginx(tmp_path: Path) -> Iterator[S.Nginx]:
 def test_access_log_at_fixed_rate(gt: GT, nginx: S.Nginx) -> None:
     """2000 requests at 400 req/s over 20 keep-alive connections."""
     sc = S.nginx_rate(gt, nginx)
-    gt.check(sc.expected, pids=sc.pids, ports=sc.ports, timeout=60)
+    gt.check(sc.expected, pids=sc.pids, ports=sc.ports, timeout=90, quiet=15)
 
 
 def test_burst_of_1000_connections(gt: GT, nginx: S.Nginx) -> None:
     sc = S.nginx_burst(gt, nginx, 1000)
-    gt.check(sc.expected, pids=sc.pids, ports=sc.ports, timeout=60)
+    gt.check(sc.expected, pids=sc.pids, ports=sc.ports, timeout=90, quiet=15)
