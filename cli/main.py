@@ -38,6 +38,9 @@ def run(
     max_connections: Annotated[int, typer.Option(help="connections tracked at once (oldest evicted, counted)")] = 65536,
     idle_timeout: Annotated[float, typer.Option(help="seconds without traffic before a connection is evicted")] = 300.0,
     log_level: Annotated[str, typer.Option(help="stderr log level")] = "INFO",
+    show_secrets: Annotated[
+        bool, typer.Option("--show-secrets", help="print credentials (Authorization, cookies, tokens) in clear")
+    ] = False,
 ) -> None:
     """Capture traffic: JSON lines on stdout, one object per line with a `type` field."""
     from qtap_async.agent import AgentOptions, run_agent
@@ -70,6 +73,7 @@ def run(
         metrics_interval_s=metrics_interval,
         max_connections=max_connections,
         idle_timeout_s=idle_timeout,
+        show_secrets=show_secrets,
     )
     if max_connections < 1 or idle_timeout <= 0:
         _fail("--max-connections must be >= 1 and --idle-timeout > 0", 2)

@@ -43,6 +43,7 @@ class AgentOptions:
     stop_drain_s: float = 10.0  # at stop, process the queued backlog this long; the rest is dropped, counted
     tls: bool = True  # attach uprobes to TLS libraries for plaintext
     http_level: Literal["summary", "details", "full"] = "details"  # headers: details, bodies: full
+    show_secrets: bool = False  # credentials in clear in the output (qtap run --show-secrets)
 
 
 def default_session_factory(conn: Connection, layer: int) -> Session | None:
@@ -93,9 +94,13 @@ class Agent:
         if on_protocol_record is not None:
             self.conntrack.on_protocol_record = on_protocol_record
         else:
+            from qtap_async.plugins.redact import Redactor, warn_if_clear
             from qtap_async.transforms.output import ProtocolOutput
 
-            self.conntrack.on_protocol_record = ProtocolOutput(self.conntrack, self.options.http_level).convert
+            redactor = Redactor(enabled=not self.options.show_secrets)
+            warn_if_clear(redactor)
+            self.conntrack.on_protocol_record = ProtocolOutput(self.conntrack, self.options.http_level,
+                                                               redactor).convert
         self.stage = TrackingStage(self.conntrack)
         self.stop_event: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None

@@ -50,6 +50,7 @@ __all__ = [
     "MacroConfig",
     "PluginConfig",
     "ProtocolTap",
+    "RedactionConfig",
     "ReportUsageConfig",
     "ReportUsagePlugin",
     "RulekitConfig",
@@ -209,6 +210,21 @@ DEFAULT_MASK_HEADERS: tuple[str, ...] = (
 )
 
 
+#: Headers whose values are credentials (lowercase): ``tap.redaction.headers``.
+DEFAULT_SECRET_HEADERS: tuple[str, ...] = (
+    "authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key", "api-key", "apikey",
+    "x-auth-token", "x-access-token", "x-amz-security-token", "x-csrf-token", "x-xsrf-token",
+    "x-goog-api-key", "private-token",
+)
+#: Query parameters whose values are credentials (lowercase): ``tap.redaction.query_params``. Values
+#: that look like tokens (long, letters and digits mixed, or JWTs) are redacted whatever their name.
+DEFAULT_SECRET_QUERY_PARAMS: tuple[str, ...] = (
+    "token", "access_token", "refresh_token", "id_token", "auth", "api_key", "apikey", "key", "secret",
+    "client_secret", "password", "passwd", "pwd", "sig", "signature", "x-amz-signature",
+    "x-amz-security-token", "session", "sessionid", "jwt", "code",
+)
+
+
 class ReportUsageConfig(_Base, frozen=True):
     """Usage reports: header values named in ``mask_headers`` are masked, and query parameters other
     than ``safe_query_params`` have their values masked; ``tags`` are added to every report."""
@@ -304,6 +320,17 @@ class EndpointConfig(_Base, frozen=True):
     http: ProtocolTap = msgspec.field(default_factory=ProtocolTap)
 
 
+class RedactionConfig(_Base, frozen=True):
+    """Credentials in stdout, logs and stored objects are replaced by ``[redacted:<keyed hash>]``.
+    ``show_secrets: true`` (or ``qtap run --show-secrets``) shows them in clear, with a warning at start;
+    ``key`` fixes the HMAC key (random per process otherwise) so hashes compare across agents."""
+
+    show_secrets: bool = False
+    headers: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_SECRET_HEADERS))
+    query_params: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_SECRET_QUERY_PARAMS))
+    key: SecretValue | None = None
+
+
 class TapConfig(_Base, frozen=True):
     direction: Direction = "all"
     ignore_loopback: bool = False
@@ -311,6 +338,7 @@ class TapConfig(_Base, frozen=True):
     http: ProtocolTap = msgspec.field(default_factory=ProtocolTap)
     filters: FiltersConfig = msgspec.field(default_factory=FiltersConfig)
     endpoints: list[EndpointConfig] = msgspec.field(default_factory=list)
+    redaction: RedactionConfig = msgspec.field(default_factory=RedactionConfig)
 
 
 class MacroConfig(_Base, frozen=True):

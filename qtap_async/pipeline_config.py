@@ -40,6 +40,7 @@ from qtap_async.events.dns import DnsMessage
 from qtap_async.events.http import HttpTransaction, TlsClientHello
 from qtap_async.filters import SKIP_ALL, StackSelector, TrafficFilter
 from qtap_async.plugins.exchange import ConnContext, HttpExchange, host_of
+from qtap_async.plugins.redact import redactor_from, warn_if_clear
 from qtap_async.plugins.stack import Stack, build_stacks
 from qtap_async.protocols import ProtocolSession
 from qtap_async.sinks.base import ObjectRef, StoredObject
@@ -67,10 +68,12 @@ log = logging.getLogger("qtap.pipeline")
 class Pipeline:
     """The parts of a config that decide per connection and per transaction, compiled once."""
 
-    __slots__ = ("config", "include_dns", "selector", "stacks", "traffic")
+    __slots__ = ("config", "include_dns", "redactor", "selector", "stacks", "traffic")
 
-    def __init__(self, config: Config, *, access_log: Callable[[str], None] | None = None) -> None:
+    def __init__(self, config: Config, *, access_log: Callable[[str], None] | None = None,
+                 show_secrets: bool = False) -> None:
         self.config = config
+        self.redactor = redactor_from(config.tap.redaction, show_secrets)
         self.traffic = TrafficFilter.from_config(config.tap)
         self.selector = StackSelector.from_config(config.tap)
         self.stacks: dict[str, Stack] = build_stacks(config, access_log=access_log)
@@ -279,9 +282,10 @@ class ConfiguredRuntime:
     """The agent hooks for one (reloadable) config: session factory, protocol record handler, writer."""
 
     def __init__(self, config: Config, *, access_log: Callable[[str], None] | None = None,
-                 conntrack: Conntrack | None = None) -> None:
+                 conntrack: Conntrack | None = None, show_secrets: bool = False) -> None:
         self.access_log = access_log
-        self.pipeline = Pipeline(config, access_log=access_log)
+        self.show_secrets = show_secrets
+        self.pipeline = Pipeline(config, access_log=access_log, show_secrets=show_secrets)
         events, objects = build_stores(config.services)
         self.writer = StoreWriter(events, objects, keep=self._keep)
         self.writer.extra_stats = self.stats
@@ -377,14 +381,16 @@ class ConfiguredRuntime:
         else:
             ts, ts_ns = "", start
         ex = HttpExchange(tx, ConnContext.of(conn, layer), id=f"{self._id_prefix}-t{next(self._ids)}", ts=ts,
-                          ts_ns=ts_ns)
+                          ts_ns=ts_ns, redactor=pipeline.redactor)
         return list(stack.on_http(ex))
 
     # -- reloads --------------------------------------------------------------------------------
     async def apply(self, config: Config) -> None:
         """Switch to ``config``: everything is built (and new stores started) before anything changes,
         so a failure leaves the running config untouched. Raises QtapError on failure."""
-        pipeline = Pipeline(config, access_log=self.access_log)
+        pipeline = Pipeline(config, access_log=self.access_log, show_secrets=self.show_secrets)
+        if pipeline.redactor.enabled != self.pipeline.redactor.enabled:
+            warn_if_clear(pipeline.redactor)
         if config.services != self.config.services:
             events, objects = build_stores(config.services)
             await StoreWriter.start_runners(_runners(events, objects))
@@ -448,9 +454,10 @@ async def run_with_config(config: Config, options: AgentOptions, *, path: Path |
     """Run the agent with ``config`` until SIGINT/SIGTERM; with ``path``, reload on SIGHUP and on change."""
     from qtap_async.agent import Agent
 
-    runtime = ConfiguredRuntime(config)
+    runtime = ConfiguredRuntime(config, show_secrets=options.show_secrets)
     for line in summarize(config):
         log.info("config: %s", line)
+    warn_if_clear(runtime.pipeline.redactor)
     await runtime.start()
     agent = Agent(options, writer=runtime.writer, session_factory=runtime.session_factory,
                   on_protocol_record=runtime.on_protocol_record)

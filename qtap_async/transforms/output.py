@@ -15,6 +15,7 @@ import msgspec
 from qtap_async.events.dns import DnsMessage
 from qtap_async.events.http import HttpTransaction, TlsClientHello
 from qtap_async.plugins.exchange import host_of
+from qtap_async.plugins.redact import DEFAULT_REDACTOR, Redactor
 from qtap_async.transforms.conntrack import Connection, Conntrack
 
 _CAMEL = re.compile(r"(?<!^)(?=[A-Z])")
@@ -30,9 +31,10 @@ def _type_name(rec: Any) -> str:
 
 
 class ProtocolOutput:
-    def __init__(self, conntrack: Conntrack, level: Level = "details") -> None:
+    def __init__(self, conntrack: Conntrack, level: Level = "details", redactor: Redactor | None = None) -> None:
         self.conntrack = conntrack
         self.level = level
+        self.redactor = redactor or DEFAULT_REDACTOR
 
     def _context(self, conn: Connection, layer: int) -> dict[str, Any]:
         src_ip, src_port, dst_ip, dst_port = conn.endpoints()
@@ -85,7 +87,7 @@ class ProtocolOutput:
             scheme=tx.scheme or ("https" if layer == 1 else "http"),
             authority=tx.authority,
             host=host or conn.domain,
-            path=tx.path,
+            path=self.redactor.target(tx.path),
             status=tx.status,
             request_body_size=tx.request_body_size,
             response_body_size=tx.response_body_size,
@@ -106,12 +108,13 @@ class ProtocolOutput:
             ev["incomplete"] = True
             ev["reason"] = tx.reason
         if self.level in ("details", "full"):
-            ev["request_headers"] = tx.request_headers
-            ev["response_headers"] = tx.response_headers
+            r = self.redactor
+            ev["request_headers"] = r.headers(tx.request_headers)
+            ev["response_headers"] = r.headers(tx.response_headers)
             if tx.request_trailers:
-                ev["request_trailers"] = tx.request_trailers
+                ev["request_trailers"] = r.headers(tx.request_trailers)
             if tx.response_trailers:
-                ev["response_trailers"] = tx.response_trailers
+                ev["response_trailers"] = r.headers(tx.response_trailers)
         if self.level == "full":
             ev["request_body"] = tx.request_body_decoded if tx.request_body_decoded is not None else tx.request_body
             ev["response_body"] = (tx.response_body_decoded if tx.response_body_decoded is not None
