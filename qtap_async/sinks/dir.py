@@ -32,7 +32,9 @@ class DirObjectSink:
                             f"{exc.strerror or exc}") from exc
 
     async def start(self) -> None:
-        await self.check()
+        # Nothing to open: ``check`` (run when check_on_start) tells whether the directory is usable, and
+        # with check_on_start off a directory that is not usable yet only makes puts fail (and spool).
+        return None
 
     async def put(self, obj: StoredObject) -> ObjectRef:
         fields = {"DIGEST": obj.digest, "SHARD": obj.digest[:2], "CONNECTION_ID": str(obj.conn_id),

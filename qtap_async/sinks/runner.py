@@ -299,8 +299,10 @@ class SinkRunner(Generic[T]):
         dropped["queue_full"] = [ch.dropped_events, ch.dropped_bytes]
         sp = self.spool.stats() if self.spool is not None else None
         # (bytes lost to a corrupt spool file are few and rare; they are counted with spool_full)
-        dropped["spool_full"] = [sp.dropped_events - sp.corrupt_events, sp.dropped_bytes] if sp else [0, 0]
+        dropped["spool_full"] = ([sp.dropped_events - sp.corrupt_events - sp.disk_full_events,
+                                  sp.dropped_bytes - sp.disk_full_bytes] if sp else [0, 0])
         dropped["spool_corrupt"] = [sp.corrupt_events, 0] if sp else [0, 0]
+        dropped["spool_disk_full"] = [sp.disk_full_events, sp.disk_full_bytes] if sp else [0, 0]
         out: dict[str, int | float] = {
             "qtap_sink_delivered_events_total": c.delivered_events,
             "qtap_sink_delivered_bytes_total": c.delivered_bytes,
