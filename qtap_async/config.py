@@ -1091,12 +1091,28 @@ def loads_config(text: str, source_name: str = "<config>") -> Config:
     return config
 
 
+def check_config_permissions(path: Path) -> None:
+    """Refuse a config file anyone on the host may change: it decides what is captured and where it goes
+    (a store URL is enough to exfiltrate every request). Raises ConfigError naming the file and the fix."""
+    try:
+        st = path.stat()
+    except OSError:
+        return  # reading it reports the problem
+    import stat as stat_
+
+    if st.st_mode & stat_.S_IWOTH and stat_.S_ISREG(st.st_mode):
+        mode = stat_.S_IMODE(st.st_mode)
+        raise ConfigError(f"{path}: refusing a world-writable config file (mode {mode:04o}): any user could "
+                          f"change what is captured and where it is sent; run `chmod o-w {path}`")
+
+
 def load_config(path: Path | str) -> Config:
     """Read, decode and validate the config file at ``path``; never returns a partial config.
 
     Raises ConfigError when the file cannot be read and ConfigValidationError when it is invalid.
     """
     p = Path(path)
+    check_config_permissions(p)
     try:
         raw = p.read_bytes()
     except FileNotFoundError:

@@ -85,6 +85,9 @@ def load_config(path: str | os.PathLike[str] | None = None, **overrides: Any) ->
     """Read YAML (if given), apply non-None ``overrides`` (nested keys with ``__``), validate."""
     raw: dict[str, Any] = {}
     if path is not None:
+        from qtap_async.config import check_config_permissions
+
+        check_config_permissions(Path(path))
         try:
             loaded = yaml.safe_load(Path(path).read_text())
         except (OSError, yaml.YAMLError) as e:

@@ -130,7 +130,8 @@ class SinkRunner(Generic[T]):
             await self._intake_loop()
         finally:
             self._intake_done = True
-            self._stop_at = asyncio.get_running_loop().time() + self.shutdown_timeout
+            if self._stop_at is None:  # the deliverer may have started the clock when the channel closed
+                self._stop_at = asyncio.get_running_loop().time() + self.shutdown_timeout
             self._stopping.set()
             self._wake_deliverer.set()
             try:
@@ -234,6 +235,10 @@ class SinkRunner(Generic[T]):
         r = self.retry
         backoff = Backoff(r.initial, max(r.maximum, r.initial), r.multiplier, r.jitter)
         while batch:
+            if self._stop_at is None and self._rx.closed:
+                # Shutdown began while intake is blocked behind this delivery (store down, no spool):
+                # start the stop deadline here, or a down store would hold the process for ever.
+                self._stop_at = loop.time() + self.shutdown_timeout
             if self._stop_at is not None and loop.time() >= self._stop_at:
                 return batch
             t0 = time.perf_counter()
