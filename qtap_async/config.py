@@ -486,7 +486,10 @@ class _YamlProblem(Exception):
 
 
 def _parse_yaml(text: str, source: str) -> _Document:
-    loader = yaml.SafeLoader(text)
+    try:
+        loader = yaml.SafeLoader(text)  # its reader refuses control characters right here
+    except yaml.YAMLError as exc:
+        raise _YamlProblem(f"invalid YAML: {' '.join(str(exc).split())}", None, None) from None
     try:
         try:
             node = loader.get_single_node()
