@@ -31,6 +31,8 @@ _OPAQUE = re.compile(r"[A-Za-z0-9_\-.~+/=%]{20,}")
 _JWT = re.compile(r"eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.?[A-Za-z0-9_-]*")
 _DIGIT = re.compile(r"\d")
 _ALPHA = re.compile(r"[A-Za-z]")
+_UPPER = re.compile(r"[A-Z]")
+_LOWER = re.compile(r"[a-z]")
 _SCHEMES = {"authorization", "proxy-authorization"}
 # One key per process unless configured: reloads keep it, so hashes stay comparable within a run.
 _PROCESS_KEY = secrets.token_bytes(32)
@@ -38,9 +40,15 @@ log = logging.getLogger("qtap.redact")
 
 
 def looks_secret(value: str) -> bool:
+    """A JWT, or 20+ opaque characters with digits and letters that are not lower-case words: mixed case,
+    upper case only (AKIA...), or 32+ long. Random tokens are; ``after-h2_garbage_frames`` is not."""
     if _JWT.fullmatch(value):
         return True
-    return bool(_OPAQUE.fullmatch(value) and _DIGIT.search(value) and _ALPHA.search(value))
+    if not (_OPAQUE.fullmatch(value) and _DIGIT.search(value) and _ALPHA.search(value)):
+        return False
+    if len(value) >= 32 or not _LOWER.search(value):  # long, or upper case and digits (AKIA...)
+        return True
+    return bool(_UPPER.search(value))
 
 
 class Redactor:

@@ -255,6 +255,16 @@ class Http2Connection:
             for r in self.readers:
                 if r.state == R_PREFACE and r.buf:
                     self._error(r.dir, "connection closed inside the client preface", r.base, ts)
+                # A stream cut inside a frame (a truncated or lying frame length) is reported, not
+                # left unaccounted: the bytes after the last whole frame were never parsed.
+                elif r.state == R_SKIP and r.skip_left:
+                    self._error(r.dir, f"connection closed {r.skip_left} bytes short of a frame's end",
+                                r.base + r.pos, ts)
+                elif r.state == R_FRAME and len(r.buf) > r.pos:
+                    self._error(r.dir, f"connection closed inside a frame ({len(r.buf) - r.pos} bytes of it)",
+                                r.base + r.pos, ts)
+                elif r.cont is not None:
+                    self._error(r.dir, "connection closed inside a header block", r.base + r.pos, ts)
             if self.refused > 1:
                 self._error(None, f"{self.refused} streams were not tracked (max_concurrent_streams)", 0, ts)
             self.dead = True

@@ -32,13 +32,15 @@ def test_equal_secrets_give_equal_tags_and_the_key_matters() -> None:
 
 def test_secret_query_values_by_name_and_by_look() -> None:
     r = Redactor()
-    out = r.target("/p?token=abc&page=2&x=AKIAIOSFODNN7EXAMPLE123&flag&name=bob#frag")
+    out = r.target("/p?token=zq-value-zq&page=2&x=AKIAIOSFODNN7EXAMPLE123&flag&name=bob#frag")
     assert out is not None
-    assert "abc" not in out and "AKIAIOSFODNN7EXAMPLE123" not in out
+    assert "zq-value-zq" not in out and "AKIAIOSFODNN7EXAMPLE123" not in out
     assert "page=2" in out and "name=bob" in out and "&flag&" in out and out.endswith("#frag")
     assert r.target("/plain") == "/plain" and r.target(None) is None
     assert looks_secret("eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.sig")
     assert not looks_secret("hello-world")
+    assert not looks_secret("after-h2_garbage_frames")  # words and a digit are not a token
+    assert looks_secret("sk_live_4eC39HqLyjWDarjtT1zdp7dc") and looks_secret("9f86d081884c7d659a2feaa0c55ad015a3bf4f1b")
 
 
 def test_configured_names_and_disabled() -> None:
