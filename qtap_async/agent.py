@@ -21,6 +21,7 @@ import msgspec
 from qtap_async.bpf.loader import Capture, CaptureSettings
 from qtap_async.buffers.channel import Channel, ChannelClosed
 from qtap_async.protocols import ProtocolSession
+from qtap_async.sources.inflight import InflightScan, park_blocked_calls
 from qtap_async.sources.ringbuf import RingBufferSource, batch_size
 from qtap_async.sources.tls_manager import TlsManager
 from qtap_async.transforms.conntrack import Connection, Conntrack, Session
@@ -111,6 +112,7 @@ class Agent:
         self.raw: Channel[list[bytes]] | None = None
         self.out: Channel[list[Any]] | None = None
         self.source: RingBufferSource | None = None
+        self.inflight_scan = InflightScan()
 
     def stop(self) -> None:
         """Ask the agent to stop; safe to call from any thread."""
@@ -143,6 +145,9 @@ class Agent:
         m["qtap_connections_evicted_idle_total"] = st.connections_evicted_idle
         m["qtap_connections_evicted_full_total"] = st.connections_evicted_full
         m["qtap_orphan_data_records_total"] = st.orphan_data_records
+        m["qtap_connections_resumed_total"] = st.connections_resumed
+        m["qtap_connection_owner_changes_total"] = st.owner_changes
+        m["qtap_inflight_at_attach_parked_total"] = self.inflight_scan.parked
         m["qtap_stream_gaps_total"] = st.reassembly.gaps
         m["qtap_stream_gap_bytes_total"] = st.reassembly.gap_bytes
         m["qtap_events_written_total"] = self.writer.written
@@ -175,6 +180,12 @@ class Agent:
             if self.capture is not None:
                 self.capture.close()
             raise
+        # Calls blocked on sockets since before the attach: parked so their bytes are not lost.
+        self.inflight_scan = park_blocked_calls(self.capture.socket_object.map("inflight"), o.capture.self_tgid,
+                                                o.capture.target_tgid)
+        if self.inflight_scan.parked:
+            log.info("calls blocked on sockets at attach: %d (of %d threads)", self.inflight_scan.parked,
+                     self.inflight_scan.threads)
         self.attached.set()
         try:
             assert self.capture.ringbuf is not None

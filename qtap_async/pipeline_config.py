@@ -47,6 +47,7 @@ from qtap_async.sinks.base import ObjectRef, StoredObject
 from qtap_async.sinks.config import EventStoreConfig, ObjectStoreConfig
 from qtap_async.sinks.factory import build_event_runner, build_object_runner
 from qtap_async.sinks.runner import EventSinkRunner, ObjectSinkRunner
+from qtap_async.topology.domains import offer
 from qtap_async.transforms.conntrack import Connection, Conntrack, Session
 from qtap_async.transforms.output import ProtocolOutput
 
@@ -357,8 +358,8 @@ class ConfiguredRuntime:
         if isinstance(rec, HttpTransaction):
             return self._http(conn, rec, layer)
         if self._output is None:
-            if isinstance(rec, TlsClientHello) and rec.sni and not conn.domain:
-                conn.domain = rec.sni
+            if isinstance(rec, TlsClientHello) and rec.sni:
+                offer(conn, rec.sni, "sni")
             return []
         # Converted even when not stored: the output stage learns domains from SNI and DNS answers.
         out = self._output.convert(conn, rec, layer)
@@ -368,8 +369,7 @@ class ConfiguredRuntime:
 
     def _http(self, conn: Connection, tx: HttpTransaction, layer: int) -> list[Any]:
         host = host_of(tx.authority)
-        if host and not conn.domain:
-            conn.domain = host
+        offer(conn, host, "host")
         pipeline = self.pipeline  # one config for the whole transaction, even across a reload
         stack = pipeline.stack_for(host or conn.domain)
         if stack is None:

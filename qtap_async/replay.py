@@ -95,9 +95,9 @@ class RecordFile:
         pos += _HEADER.size
         if version != FORMAT_VERSION:
             raise RecordFileError(f"{name}: record file format {version}, this build reads {FORMAT_VERSION}")
-        if abi_version != abi.ABI_VERSION:
+        if abi_version not in abi.READABLE_ABI_VERSIONS:
             raise RecordFileError(f"{name}: recorded with kernel ABI {abi_version}, this build decodes "
-                                  f"ABI {abi.ABI_VERSION}")
+                                  f"ABI {', '.join(map(str, abi.READABLE_ABI_VERSIONS))}")
         try:
             meta = msgspec.json.decode(data[pos : pos + meta_len])
         except msgspec.DecodeError as exc:

@@ -18,6 +18,8 @@
 #define S_IFMT 00170000
 #define S_IFSOCK 0140000
 #define EINPROGRESS 115
+#define MSG_PEEK 0x2
+#define MSG_TRUNC 0x20
 
 /* Settings, written by the loader before load (BpfObject.set_rodata). */
 const volatile __u32 self_tgid = 0;      /* the agent itself: never traced (no feedback loop) */
@@ -77,31 +79,16 @@ static __always_inline void fill_hdr(struct qtap_hdr *h, __u16 type, __u64 conn_
 	h->tid = (__u32)pid_tgid;
 }
 
-/* fd of the current task -> its struct sock, for TCP over IPv4/IPv6 and for UDP sockets on port 53 (DNS,
- * either end); NULL otherwise. Walks task->files->fdt->fd[fd] so sockets opened before the agent started
- * resolve too. */
-static __always_inline struct sock *fd_to_sock(int fd)
+/* An open file -> its struct sock, for TCP over IPv4/IPv6 and for UDP sockets on port 53 (DNS, either end);
+ * NULL otherwise. */
+static __always_inline struct sock *file_to_sock(struct file *f)
 {
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-	struct fdtable *fdt;
-	struct file **fds;
-	struct file *f = NULL;
 	struct socket *sock;
 	struct sock *sk;
-	unsigned int max_fds;
 	umode_t mode;
 	__u16 family, type, proto;
 
-	if (fd < 0)
-		return NULL;
-	fdt = BPF_CORE_READ(task, files, fdt);
-	if (!fdt)
-		return NULL;
-	max_fds = BPF_CORE_READ(fdt, max_fds);
-	if ((unsigned int)fd >= max_fds)
-		return NULL;
-	fds = BPF_CORE_READ(fdt, fd);
-	if (bpf_core_read(&f, sizeof(f), &fds[fd]) || !f)
+	if (!f)
 		return NULL;
 	mode = BPF_CORE_READ(f, f_inode, i_mode);
 	if ((mode & S_IFMT) != S_IFSOCK)
@@ -126,6 +113,35 @@ static __always_inline struct sock *fd_to_sock(int fd)
 	return NULL;
 }
 
+/* fd of the current task -> its struct sock (see file_to_sock). Walks task->files->fdt->fd[fd] so sockets
+ * opened before the agent started resolve too. */
+static __always_inline struct sock *fd_to_sock(int fd)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct fdtable *fdt;
+	struct file **fds;
+	struct file *f = NULL;
+	unsigned int max_fds;
+
+	if (fd < 0)
+		return NULL;
+	fdt = BPF_CORE_READ(task, files, fdt);
+	if (!fdt)
+		return NULL;
+	max_fds = BPF_CORE_READ(fdt, max_fds);
+	if ((unsigned int)fd >= max_fds)
+		return NULL;
+	fds = BPF_CORE_READ(fdt, fd);
+	if (bpf_core_read(&f, sizeof(f), &fds[fd]) || !f)
+		return NULL;
+	return file_to_sock(f);
+}
+
+static __always_inline __u8 sock_state(struct sock *sk)
+{
+	return BPF_CORE_READ(sk, __sk_common.skc_state);
+}
+
 static __always_inline bool sock_is_udp(struct sock *sk)
 {
 	return BPF_CORE_READ(sk, sk_protocol) == IPPROTO_UDP;
@@ -142,6 +158,7 @@ static __always_inline void emit_conn_open(struct sock *sk, __u64 conn_id, __u8 
 	ev.role = role;
 	ev.flags = flags;
 	ev.fd = fd;
+	ev.uid = (__u32)bpf_get_current_uid_gid();
 	ev.lport = BPF_CORE_READ(sk, __sk_common.skc_num);
 	ev.rport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
 	if (family == AF_INET) {
@@ -187,7 +204,15 @@ static __always_inline bool sock_muted(struct qtap_sock_info *si, struct sock *s
 	return si->flags & QTAP_SOCK_MUTED;
 }
 
-/* The socket's table entry, created (and announced with a conn_open record) on first sight. */
+/* The socket's table entry, created (and announced with a conn_open record) on first sight.
+ *
+ * Identity: the table is keyed by the struct sock address, which the kernel reuses once a socket is freed.
+ * An entry lives from the socket's birth (connect/accept, or first sight) to tcp_destroy_sock, the one
+ * point after which no syscall can reach that socket any more; a birth (SYN_SENT, or SYN_RECV of an
+ * accepted child) that finds an entry retires it (see socket.bpf.c). A socket already in TCP_CLOSE never
+ * gets an entry: a call on it (a close_notify write meeting the peer's RST, a refused connect) belongs to
+ * a connection that is over, and an entry made from it would be merged into whatever connection reuses
+ * that memory next. */
 static __always_inline struct qtap_sock_info *sock_get_or_open(struct sock *sk, __u8 role, int fd)
 {
 	__u64 key = (__u64)sk;
@@ -199,6 +224,10 @@ static __always_inline struct qtap_sock_info *sock_get_or_open(struct sock *sk, 
 
 	if (si)
 		return si;
+	if (!sock_is_udp(sk) && sock_state(sk) == QTAP_TCP_CLOSE) {
+		count(QTAP_CNT_CLOSED_SOCK_IO, 1);
+		return NULL;
+	}
 	if (peer_is_agent(sk))
 		return NULL;
 	next_id = bpf_map_lookup_elem(&conn_ids, &zero);
@@ -343,6 +372,30 @@ static __always_inline void emit_data(__u64 conn_id, __u64 offset, __u8 dir, __u
 		else
 			count(QTAP_CNT_RECORDS, 1);
 	}
+}
+
+/* A header-only data record: `total` stream bytes at `offset` went by without a payload (sendfile, splice,
+ * io_uring, messages past the mmsg budget); `flags` says why, so user space reports a gap with the reason. */
+static __always_inline void emit_unseen(__u64 conn_id, __u64 offset, __u8 dir, int fd, __u64 total, __u16 flags)
+{
+	struct qtap_data_scratch *s = scratch_slot();
+	struct qtap_data *ev;
+
+	if (!s || !total)
+		return;
+	ev = &s->d;
+	fill_hdr(&ev->h, QTAP_REC_DATA, conn_id);
+	ev->dir = dir;
+	ev->source = QTAP_SRC_SYSCALL;
+	ev->fd = fd;
+	ev->offset = offset;
+	ev->len = 0;
+	ev->skipped = total > 0xffffffff ? 0xffffffff : total;
+	ev->flags = flags;
+	if (bpf_ringbuf_output(&events, ev, offsetof(struct qtap_data, payload), rb_flags()))
+		count(QTAP_CNT_DROP_RINGBUF, 1);
+	else
+		count(QTAP_CNT_RECORDS, 1);
 }
 
 #endif /* __QTAP_COMMON_BPF_H */

@@ -32,7 +32,33 @@ int tp_sched_process_exec(struct trace_event_raw_sched_process_exec *ctx)
 	ev->uid = (__u32)bpf_get_current_uid_gid();
 	bpf_get_current_comm(&ev->comm, sizeof(ev->comm));
 	bpf_probe_read_kernel_str(&ev->filename, sizeof(ev->filename), (void *)ctx + loc);
+	ev->exe_ino = BPF_CORE_READ(task, mm, exe_file, f_inode, i_ino);
+	ev->exe_dev = BPF_CORE_READ(task, mm, exe_file, f_inode, i_sb, s_dev);
+	ev->_pad = 0;
 	if (bpf_ringbuf_output(&events, ev, sizeof(*ev), rb_flags()))
+		count(QTAP_CNT_DROP_RINGBUF, 1);
+	else
+		count(QTAP_CNT_RECORDS, 1);
+	return 0;
+}
+
+/* A new process (threads are left out): until it execs it is its parent's program, which is how a child
+ * forked after accept() and gone before user space looks is still named. */
+SEC("tp_btf/sched_process_fork")
+int BPF_PROG(tp_sched_process_fork, struct task_struct *parent, struct task_struct *child)
+{
+	struct qtap_proc_fork ev = {};
+	__u32 ptgid = parent->tgid, ctgid = child->tgid;
+
+	if (ptgid == ctgid || ptgid == self_tgid)
+		return 0;
+	fill_hdr(&ev.h, QTAP_REC_PROC_FORK, 0);
+	ev.h.pid = ctgid;
+	ev.h.tid = child->pid;
+	ev.ppid = ptgid;
+	ev.cgroup_id = bpf_get_current_cgroup_id();
+	ev.uid = (__u32)bpf_get_current_uid_gid();
+	if (bpf_ringbuf_output(&events, &ev, sizeof(ev), rb_flags()))
 		count(QTAP_CNT_DROP_RINGBUF, 1);
 	else
 		count(QTAP_CNT_RECORDS, 1);

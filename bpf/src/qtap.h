@@ -9,7 +9,8 @@
 #ifndef __QTAP_H
 #define __QTAP_H
 
-#define QTAP_ABI_VERSION 1
+/* 2: conn_open carries the uid, proc_exec the executable's inode, proc_fork is new. */
+#define QTAP_ABI_VERSION 2
 
 /* Payload chunking: one record carries at most QTAP_CHUNK_SIZE bytes; one syscall (or TLS call) emits at
  * most QTAP_MAX_CHUNKS data records; what is beyond is reported as skipped bytes (truncation). */
@@ -29,6 +30,10 @@
 /* Raw bytes of a TLS connection sent to user space before the stream is muted: enough for the
  * ClientHello/ServerHello (SNI, ALPN), the rest is ciphertext nobody can read. */
 #define QTAP_TLS_HELLO_BYTES 8192
+/* sendmmsg/recvmmsg: messages captured per call; the byte counts of up to QTAP_MAX_MMSG_COUNTED more are
+ * reported as truncation, anything beyond that is counted in QTAP_CNT_MMSG_UNCOUNTED. */
+#define QTAP_MAX_MMSG 4
+#define QTAP_MAX_MMSG_COUNTED 64
 
 enum qtap_rec_type {
 	QTAP_REC_CONN_OPEN = 1,
@@ -36,6 +41,7 @@ enum qtap_rec_type {
 	QTAP_REC_DATA = 3,
 	QTAP_REC_PROC_EXEC = 4,
 	QTAP_REC_PROC_EXIT = 5,
+	QTAP_REC_PROC_FORK = 6,
 };
 
 /* Direction of a data record, from the point of view of the process that made the call. */
@@ -62,7 +68,13 @@ enum qtap_source {
 enum qtap_data_flags {
 	QTAP_DATA_TRUNCATED = 1 << 0, /* the call moved more bytes than were captured: see skipped */
 	QTAP_DATA_READ_FAULT = 1 << 1, /* the user buffer could not be read: payload absent, see skipped */
-	QTAP_DATA_NO_PAYLOAD = 1 << 2, /* the call moves no user buffer (sendfile): only the byte count */
+	QTAP_DATA_NO_PAYLOAD = 1 << 2, /* payload capture is off (capture_payload = 0): only the byte count */
+	/* The bytes moved without passing through a user buffer the probe can read: only the byte count. */
+	QTAP_DATA_SENDFILE = 1 << 3,
+	QTAP_DATA_SPLICE = 1 << 4,
+	QTAP_DATA_IO_URING = 1 << 5,   /* an io_uring request on the socket completed */
+	QTAP_DATA_MMSG_REST = 1 << 6,  /* sendmmsg/recvmmsg messages beyond QTAP_MAX_MMSG */
+	QTAP_DATA_DISCARDED = 1 << 7,  /* recv(MSG_TRUNC) on TCP: consumed, never copied to the process */
 };
 
 enum qtap_conn_flags {
@@ -80,6 +92,14 @@ enum qtap_sock_flags {
 	QTAP_SOCK_PEER_CHECKED = 1 << 5, /* checked once data flowed: is the far end the agent itself? */
 };
 
+/* TCP states (include/net/tcp_states.h) the socket programs look at. */
+enum qtap_tcp_state {
+	QTAP_TCP_SYN_SENT = 2,
+	QTAP_TCP_SYN_RECV = 3,
+	QTAP_TCP_CLOSE = 7,
+	QTAP_TCP_LISTEN = 10,
+};
+
 /* Indexes of the per-CPU `counters` map. Every record that is not delivered is counted here. */
 enum qtap_counter {
 	QTAP_CNT_RECORDS = 0,          /* records delivered to the ring buffer */
@@ -90,7 +110,11 @@ enum qtap_counter {
 	QTAP_CNT_DROP_BYTES = 5,       /* payload bytes in records the ring buffer refused */
 	QTAP_CNT_TLS_UNASSOCIATED = 6, /* TLS calls whose socket could not be named (plaintext not sent) */
 	QTAP_CNT_TLS_BY_THREAD = 7,    /* TLS objects associated through the thread's last socket */
-	QTAP_CNT_MAX = 8,
+	QTAP_CNT_STALE_SOCKS = 8,      /* socket entries still present when the socket was born again (closed) */
+	QTAP_CNT_CLOSED_SOCK_IO = 9,   /* data calls on a closed socket nobody tracked (ignored: no phantom) */
+	QTAP_CNT_MMSG_UNCOUNTED = 10,  /* sendmmsg/recvmmsg messages beyond QTAP_MAX_MMSG_COUNTED */
+	QTAP_CNT_IO_URING_BYTES = 11,  /* socket bytes moved by io_uring (counted, payload not captured) */
+	QTAP_CNT_MAX = 12,
 };
 
 struct qtap_hdr {
@@ -114,7 +138,7 @@ struct qtap_conn_open {
 	__u8 laddr[16]; /* IPv4 in the first 4 bytes */
 	__u8 raddr[16];
 	__s32 fd;
-	__u32 _pad;
+	__u32 uid;      /* of the task that connected/accepted (or first moved bytes) */
 	char comm[QTAP_COMM_LEN];
 };
 
@@ -144,6 +168,17 @@ struct qtap_proc_exec {
 	__u32 uid;
 	char comm[QTAP_COMM_LEN];
 	char filename[QTAP_PATH_LEN];
+	__u64 exe_ino;  /* the executable's inode and device: names the file after the process is gone */
+	__u32 exe_dev;
+	__u32 _pad;
+};
+
+/* A new process (not a thread): it runs its parent's program until it execs. */
+struct qtap_proc_fork {
+	struct qtap_hdr h; /* pid: the child */
+	__u64 cgroup_id;
+	__u32 ppid;
+	__u32 uid;
 };
 
 struct qtap_proc_exit {
@@ -170,7 +205,10 @@ struct qtap_io_args {
 	__s32 fd;
 	__u8 dir;
 	__u8 kind;      /* enum qtap_io_kind */
-	__u8 _pad[6];
+	__u8 was_closed; /* the socket was in TCP_CLOSE at sys_enter (unconnected: TCP Fast Open sendto) */
+	__u8 _pad;
+	__u32 nr;       /* syscall number, for entries written by user space (sk == 0): checked at sys_exit */
+	__u64 cap;      /* single buffer: its length (recv(MSG_TRUNC) on UDP returns more than it copied) */
 };
 
 enum qtap_io_kind {
@@ -180,6 +218,12 @@ enum qtap_io_kind {
 	QTAP_IO_CONNECT = 3,
 	QTAP_IO_SENDFILE = 4,
 	QTAP_IO_CONNECT_SELF = 5, /* a connect() of the agent itself: remembered, never traced */
+	QTAP_IO_MMSG = 6,         /* sendmmsg/recvmmsg: buf = struct mmsghdr array, iovcnt = its length */
+	QTAP_IO_SPLICE = 7,       /* splice to or from the socket: only the byte count */
+	/* Calls already blocked when the agent attached, found by user space in /proc/TID/syscall: the socket
+	 * is resolved at sys_exit (sk = 0), and for these two the msghdr is read then. */
+	QTAP_IO_PRE_MSG = 8,
+	QTAP_IO_DISCARD = 9,      /* recv(MSG_TRUNC) on TCP: the bytes are consumed without being copied */
 };
 
 /* A TLS library call between its entry probe and its return probe, keyed by thread id. The socket

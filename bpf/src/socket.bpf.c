@@ -4,8 +4,11 @@
  * neither loads on the kernels we target).
  *
  * sys_enter_* resolves the fd to a TCP socket (anything else is ignored right there) and parks the call's
- * arguments per thread; sys_exit_* emits the bytes the call really moved. Connection close comes from the
- * sock:inet_sock_set_state tracepoint (TCP_CLOSE), which also catches sockets closed by process exit.
+ * arguments per thread; sys_exit_* emits the bytes the call really moved. A connection ends at
+ * tcp:tcp_destroy_sock: the socket is closed on the TCP side and released by every process that held it
+ * (close(2) of a dup/forked fd does not end it; process exit does), so no syscall can reach it after that.
+ * sock:inet_sock_set_state marks births (SYN_SENT, accepted SYN_RECV), which retire any entry left for the
+ * same socket memory: see sock_get_or_open.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -16,9 +19,12 @@
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
-#define TCP_CLOSE 7
 
-static __always_inline int enter_io(int fd, __u64 buf, __u32 iovcnt, __u8 dir, __u8 kind)
+/* Park a data call's arguments until its sys_exit. `rflags` are a receive's flags: a MSG_PEEK receive is not
+ * parked at all (the bytes stay queued and come again on the real read: counting them would put them in the
+ * stream twice), and MSG_TRUNC on TCP discards bytes without copying them (counted as a gap). */
+static __always_inline int enter_io_flags(int fd, __u64 buf, __u32 iovcnt, __u8 dir, __u8 kind, __u32 rflags,
+					  __u64 cap)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	__u32 tid = (__u32)pid_tgid;
@@ -27,18 +33,29 @@ static __always_inline int enter_io(int fd, __u64 buf, __u32 iovcnt, __u8 dir, _
 
 	if (skip_task(pid_tgid >> 32))
 		return 0;
+	if (rflags & MSG_PEEK)
+		return 0;
 	sk = fd_to_sock(fd);
 	if (!sk)
 		return 0;
+	if ((rflags & MSG_TRUNC) && !sock_is_udp(sk))
+		kind = QTAP_IO_DISCARD;
 	a.sk = (__u64)sk;
 	a.buf = buf;
 	a.iovcnt = iovcnt;
 	a.fd = fd;
 	a.dir = dir;
 	a.kind = kind;
+	a.cap = cap;
+	a.was_closed = !sock_is_udp(sk) && sock_state(sk) == QTAP_TCP_CLOSE;
 	if (bpf_map_update_elem(&inflight, &tid, &a, BPF_ANY))
 		count(QTAP_CNT_DROP_INFLIGHT, 1);
 	return 0;
+}
+
+static __always_inline int enter_io(int fd, __u64 buf, __u32 iovcnt, __u8 dir, __u8 kind)
+{
+	return enter_io_flags(fd, buf, iovcnt, dir, kind, 0, 0);
 }
 
 /* Bytes of a TLS connection's socket: the first ones (handshake) go up for SNI/ALPN; ciphertext after
@@ -58,7 +75,41 @@ static __always_inline bool mute_ciphertext(struct qtap_sock_info *si, __u8 dir,
 	return false;
 }
 
-static __always_inline int exit_io(long ret)
+/* sendmmsg/recvmmsg: each message is its own record (a datagram for UDP); see QTAP_MAX_MMSG. */
+static __always_inline int exit_mmsg(struct qtap_io_args *a, struct qtap_sock_info *si, long nmsgs)
+{
+	struct mmsghdr mh;
+	__u64 rest = 0, off;
+	__u32 i, n = nmsgs;
+	bool muted = sock_muted(si, (struct sock *)a->sk);
+
+	for (i = 0; i < QTAP_MAX_MMSG && i < n; i++) {
+		if (bpf_probe_read_user(&mh, sizeof(mh), (void *)(a->buf + i * sizeof(mh))))
+			return 0;
+		off = __sync_fetch_and_add(&si->off[a->dir & 1], mh.msg_len);
+		if (!muted)
+			emit_data(si->conn_id, off, a->dir, QTAP_SRC_SYSCALL, a->fd, (__u64)mh.msg_hdr.msg_iov,
+				  mh.msg_hdr.msg_iovlen ? (__u32)mh.msg_hdr.msg_iovlen : 1, mh.msg_len);
+	}
+	for (; i < QTAP_MAX_MMSG_COUNTED && i < n; i++) {
+		__u32 len = 0;
+
+		if (bpf_probe_read_user(&len, sizeof(len), (void *)(a->buf + i * sizeof(mh) + offsetof(struct mmsghdr, msg_len))))
+			break;
+		rest += len;
+	}
+	if (n > QTAP_MAX_MMSG_COUNTED)
+		count(QTAP_CNT_MMSG_UNCOUNTED, n - QTAP_MAX_MMSG_COUNTED);
+	if (rest) {
+		off = __sync_fetch_and_add(&si->off[a->dir & 1], rest);
+		count(QTAP_CNT_TRUNCATED_BYTES, rest);
+		if (!muted)
+			emit_unseen(si->conn_id, off, a->dir, a->fd, rest, QTAP_DATA_MMSG_REST);
+	}
+	return 0;
+}
+
+static __always_inline int exit_io(long nr, long ret)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	__u32 tid = (__u32)pid_tgid;
@@ -66,24 +117,50 @@ static __always_inline int exit_io(long ret)
 	struct qtap_io_args a;
 	struct qtap_sock_info *si;
 	struct qtap_tls_call *tc;
+	__u8 role = QTAP_ROLE_UNKNOWN;
 	__u64 off;
 
 	if (!ap)
 		return 0;
 	a = *ap;
 	bpf_map_delete_elem(&inflight, &tid);
+	if (!a.sk) {
+		/* Written by user space for a call already blocked when the agent attached: only valid for the
+		 * syscall it was written for; the socket is resolved now (same thread, same files). */
+		struct user_msghdr msg = {};
+
+		if (a.nr != nr || skip_task(pid_tgid >> 32))
+			return 0;
+		a.sk = (__u64)fd_to_sock(a.fd);
+		if (!a.sk)
+			return 0;
+		if (a.kind == QTAP_IO_PRE_MSG) {
+			if (bpf_probe_read_user(&msg, sizeof(msg), (void *)a.buf) || !msg.msg_iovlen)
+				return 0;
+			a.buf = (__u64)msg.msg_iov;
+			a.iovcnt = msg.msg_iovlen;
+			a.kind = QTAP_IO_MSG;
+		}
+	}
 	if (ret <= 0)
 		return 0;
-	si = sock_get_or_open((struct sock *)a.sk, QTAP_ROLE_UNKNOWN, a.fd);
+	/* TCP Fast Open: sendto(MSG_FASTOPEN) on an unconnected socket connects and sends in one call. */
+	if (a.was_closed && a.dir == QTAP_DIR_SEND)
+		role = QTAP_ROLE_CONNECT;
+	si = sock_get_or_open((struct sock *)a.sk, role, a.fd);
 	if (!si)
 		return 0;
+	if (a.kind == QTAP_IO_MMSG)
+		return exit_mmsg(&a, si, ret);
 	off = __sync_fetch_and_add(&si->off[a.dir & 1], ret);
 	if (sock_muted(si, (struct sock *)a.sk))
 		return 0;
 	set_u64(&thread_socks, &tid, a.sk);
 
 	if (si->flags & QTAP_SOCK_UDP) {
-		emit_data(si->conn_id, off, a.dir, QTAP_SRC_SYSCALL, a.fd, a.buf, a.iovcnt, ret);
+		/* recv(MSG_TRUNC) returns the datagram's length, which can be more than the buffer holds. */
+		emit_data(si->conn_id, off, a.dir, QTAP_SRC_SYSCALL, a.fd, a.buf, a.iovcnt,
+			  a.cap && a.cap < (__u64)ret ? a.cap : (__u64)ret);
 		return 0;
 	}
 	/* Inside a TLS library call: this syscall names the socket of that call's connection. */
@@ -96,8 +173,10 @@ static __always_inline int exit_io(long ret)
 		count(QTAP_CNT_TLS_MUTED_BYTES, ret);
 		return 0;
 	}
-	if (a.kind == QTAP_IO_SENDFILE) {
-		emit_data(si->conn_id, off, a.dir, QTAP_SRC_SYSCALL, a.fd, 0, 0, 0);
+	if (a.kind == QTAP_IO_SENDFILE || a.kind == QTAP_IO_SPLICE || a.kind == QTAP_IO_DISCARD) {
+		emit_unseen(si->conn_id, off, a.dir, a.fd, ret,
+			    a.kind == QTAP_IO_SENDFILE ? QTAP_DATA_SENDFILE :
+			    a.kind == QTAP_IO_SPLICE ? QTAP_DATA_SPLICE : QTAP_DATA_DISCARDED);
 		return 0;
 	}
 	if (mute_ciphertext(si, a.dir, off, a.buf, a.iovcnt)) {
@@ -111,25 +190,25 @@ static __always_inline int exit_io(long ret)
 SEC("tracepoint/syscalls/sys_enter_read")
 int tp_enter_read(struct trace_event_raw_sys_enter *ctx)
 {
-	return enter_io(ctx->args[0], ctx->args[1], 0, QTAP_DIR_RECV, QTAP_IO_BUF);
+	return enter_io_flags(ctx->args[0], ctx->args[1], 0, QTAP_DIR_RECV, QTAP_IO_BUF, 0, ctx->args[2]);
 }
 
 SEC("tracepoint/syscalls/sys_exit_read")
 int tp_exit_read(struct trace_event_raw_sys_exit *ctx)
 {
-	return exit_io(ctx->ret);
+	return exit_io(ctx->id, ctx->ret);
 }
 
 SEC("tracepoint/syscalls/sys_enter_recvfrom")
 int tp_enter_recvfrom(struct trace_event_raw_sys_enter *ctx)
 {
-	return enter_io(ctx->args[0], ctx->args[1], 0, QTAP_DIR_RECV, QTAP_IO_BUF);
+	return enter_io_flags(ctx->args[0], ctx->args[1], 0, QTAP_DIR_RECV, QTAP_IO_BUF, ctx->args[3], ctx->args[2]);
 }
 
 SEC("tracepoint/syscalls/sys_exit_recvfrom")
 int tp_exit_recvfrom(struct trace_event_raw_sys_exit *ctx)
 {
-	return exit_io(ctx->ret);
+	return exit_io(ctx->id, ctx->ret);
 }
 
 SEC("tracepoint/syscalls/sys_enter_readv")
@@ -141,31 +220,33 @@ int tp_enter_readv(struct trace_event_raw_sys_enter *ctx)
 SEC("tracepoint/syscalls/sys_exit_readv")
 int tp_exit_readv(struct trace_event_raw_sys_exit *ctx)
 {
-	return exit_io(ctx->ret);
+	return exit_io(ctx->id, ctx->ret);
 }
 
 /* sendmsg/recvmsg: the iovec array and its length live in the user's msghdr. */
-static __always_inline int enter_msg(int fd, __u64 umsg, __u8 dir)
+static __always_inline int enter_msg(int fd, __u64 umsg, __u8 dir, __u32 rflags)
 {
 	struct user_msghdr msg = {};
 
+	if (rflags & MSG_PEEK)
+		return 0;
 	if (bpf_probe_read_user(&msg, sizeof(msg), (void *)umsg))
 		return 0;
 	if (!msg.msg_iovlen)
 		return 0;
-	return enter_io(fd, (__u64)msg.msg_iov, msg.msg_iovlen, dir, QTAP_IO_MSG);
+	return enter_io_flags(fd, (__u64)msg.msg_iov, msg.msg_iovlen, dir, QTAP_IO_MSG, rflags, 0);
 }
 
 SEC("tracepoint/syscalls/sys_enter_recvmsg")
 int tp_enter_recvmsg(struct trace_event_raw_sys_enter *ctx)
 {
-	return enter_msg(ctx->args[0], ctx->args[1], QTAP_DIR_RECV);
+	return enter_msg(ctx->args[0], ctx->args[1], QTAP_DIR_RECV, ctx->args[2]);
 }
 
 SEC("tracepoint/syscalls/sys_exit_recvmsg")
 int tp_exit_recvmsg(struct trace_event_raw_sys_exit *ctx)
 {
-	return exit_io(ctx->ret);
+	return exit_io(ctx->id, ctx->ret);
 }
 
 SEC("tracepoint/syscalls/sys_enter_write")
@@ -177,7 +258,7 @@ int tp_enter_write(struct trace_event_raw_sys_enter *ctx)
 SEC("tracepoint/syscalls/sys_exit_write")
 int tp_exit_write(struct trace_event_raw_sys_exit *ctx)
 {
-	return exit_io(ctx->ret);
+	return exit_io(ctx->id, ctx->ret);
 }
 
 SEC("tracepoint/syscalls/sys_enter_sendto")
@@ -189,7 +270,7 @@ int tp_enter_sendto(struct trace_event_raw_sys_enter *ctx)
 SEC("tracepoint/syscalls/sys_exit_sendto")
 int tp_exit_sendto(struct trace_event_raw_sys_exit *ctx)
 {
-	return exit_io(ctx->ret);
+	return exit_io(ctx->id, ctx->ret);
 }
 
 SEC("tracepoint/syscalls/sys_enter_writev")
@@ -201,23 +282,23 @@ int tp_enter_writev(struct trace_event_raw_sys_enter *ctx)
 SEC("tracepoint/syscalls/sys_exit_writev")
 int tp_exit_writev(struct trace_event_raw_sys_exit *ctx)
 {
-	return exit_io(ctx->ret);
+	return exit_io(ctx->id, ctx->ret);
 }
 
 SEC("tracepoint/syscalls/sys_enter_sendmsg")
 int tp_enter_sendmsg(struct trace_event_raw_sys_enter *ctx)
 {
-	return enter_msg(ctx->args[0], ctx->args[1], QTAP_DIR_SEND);
+	return enter_msg(ctx->args[0], ctx->args[1], QTAP_DIR_SEND, 0);
 }
 
 SEC("tracepoint/syscalls/sys_exit_sendmsg")
 int tp_exit_sendmsg(struct trace_event_raw_sys_exit *ctx)
 {
-	return exit_io(ctx->ret);
+	return exit_io(ctx->id, ctx->ret);
 }
 
-/* sendfile moves page-cache bytes the process never touches: only the count is reported (a gap in the
- * stream), so offsets stay right and user space knows a body went by unseen. */
+/* sendfile and splice move bytes the process never touches: only the count is reported (a gap in the
+ * stream, with its reason), so offsets stay right and user space knows a body went by unseen. */
 SEC("tracepoint/syscalls/sys_enter_sendfile64")
 int tp_enter_sendfile(struct trace_event_raw_sys_enter *ctx)
 {
@@ -227,7 +308,52 @@ int tp_enter_sendfile(struct trace_event_raw_sys_enter *ctx)
 SEC("tracepoint/syscalls/sys_exit_sendfile64")
 int tp_exit_sendfile(struct trace_event_raw_sys_exit *ctx)
 {
-	return exit_io(ctx->ret);
+	return exit_io(ctx->id, ctx->ret);
+}
+
+/* splice(fd_in, off_in, fd_out, off_out, len, flags): a socket on either side (sending wins if both). */
+SEC("tracepoint/syscalls/sys_enter_splice")
+int tp_enter_splice(struct trace_event_raw_sys_enter *ctx)
+{
+	int fd_in = ctx->args[0], fd_out = ctx->args[2];
+
+	if (fd_to_sock(fd_out))
+		return enter_io(fd_out, 0, 0, QTAP_DIR_SEND, QTAP_IO_SPLICE);
+	return enter_io(fd_in, 0, 0, QTAP_DIR_RECV, QTAP_IO_SPLICE);
+}
+
+SEC("tracepoint/syscalls/sys_exit_splice")
+int tp_exit_splice(struct trace_event_raw_sys_exit *ctx)
+{
+	return exit_io(ctx->id, ctx->ret);
+}
+
+/* sendmmsg/recvmmsg(fd, struct mmsghdr *vec, vlen, flags): glibc's resolver sends its A and AAAA queries
+ * with one sendmmsg. The return value is the number of messages; each msg_len says its bytes. */
+SEC("tracepoint/syscalls/sys_enter_sendmmsg")
+int tp_enter_sendmmsg(struct trace_event_raw_sys_enter *ctx)
+{
+	return enter_io(ctx->args[0], ctx->args[1], ctx->args[2], QTAP_DIR_SEND, QTAP_IO_MMSG);
+}
+
+SEC("tracepoint/syscalls/sys_exit_sendmmsg")
+int tp_exit_sendmmsg(struct trace_event_raw_sys_exit *ctx)
+{
+	return exit_io(ctx->id, ctx->ret);
+}
+
+SEC("tracepoint/syscalls/sys_enter_recvmmsg")
+int tp_enter_recvmmsg(struct trace_event_raw_sys_enter *ctx)
+{
+	/* MSG_PEEK only: MSG_TRUNC on a TCP recvmmsg is not worth a path of its own (counted as data). */
+	return enter_io_flags(ctx->args[0], ctx->args[1], ctx->args[2], QTAP_DIR_RECV, QTAP_IO_MMSG,
+			      ctx->args[3] & MSG_PEEK, 0);
+}
+
+SEC("tracepoint/syscalls/sys_exit_recvmmsg")
+int tp_exit_recvmmsg(struct trace_event_raw_sys_exit *ctx)
+{
+	return exit_io(ctx->id, ctx->ret);
 }
 
 SEC("tracepoint/syscalls/sys_enter_connect")
@@ -347,22 +473,146 @@ int tp_enter_close(struct trace_event_raw_sys_enter *ctx)
 	return emit_close(key);
 }
 
-/* The connection ends when its socket reaches TCP_CLOSE. This is hooked instead of close(2): close of one
- * fd does not end a socket shared by fork/dup, and process exit closes sockets without any close call. */
+/* A new socket: whatever entry is left under its address belongs to a socket that was freed (a UDP socket
+ * of a process that exited without close(2), or a destroy the agent did not see). */
+SEC("tracepoint/syscalls/sys_exit_socket")
+int tp_exit_socket(struct trace_event_raw_sys_exit *ctx)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct file **fds;
+	struct file *f = NULL;
+	struct socket *sock;
+	__u64 key;
+	int fd = ctx->ret;
+
+	if (fd < 0)
+		return 0;
+	fds = BPF_CORE_READ(task, files, fdt, fd);
+	if (!fds || bpf_core_read(&f, sizeof(f), &fds[fd]) || !f)
+		return 0;
+	sock = BPF_CORE_READ(f, private_data);
+	if (!sock)
+		return 0;
+	key = (__u64)BPF_CORE_READ(sock, sk);
+	if (!key || !bpf_map_lookup_elem(&socks, &key))
+		return 0;
+	count(QTAP_CNT_STALE_SOCKS, 1);
+	return emit_close(key);
+}
+
+/* Births and the release of the agent's own ports. A TCP socket is born when it starts connecting
+ * (SYN_SENT) or, for an accepted connection, when the child socket is created (LISTEN -> SYN_RECV): an entry
+ * found then is a previous connection's on the same memory, which is retired first. */
 SEC("tracepoint/sock/inet_sock_set_state")
 int tp_inet_sock_set_state(struct trace_event_raw_inet_sock_set_state *ctx)
 {
 	__u64 key = (__u64)ctx->skaddr;
 	__u16 *self_port;
 
-	if (ctx->newstate != TCP_CLOSE || ctx->protocol != IPPROTO_TCP)
+	if (ctx->protocol != IPPROTO_TCP)
+		return 0;
+	if (ctx->newstate == QTAP_TCP_SYN_SENT ||
+	    (ctx->newstate == QTAP_TCP_SYN_RECV && ctx->oldstate == QTAP_TCP_LISTEN)) {
+		if (bpf_map_lookup_elem(&socks, &key)) {
+			count(QTAP_CNT_STALE_SOCKS, 1);
+			emit_close(key);
+		}
+		return 0;
+	}
+	if (ctx->newstate != QTAP_TCP_CLOSE)
 		return 0;
 	self_port = bpf_map_lookup_elem(&self_socks, &key);
 	if (self_port) {
 		__u16 port = *self_port;
 		bpf_map_delete_elem(&self_ports, &port);
 		bpf_map_delete_elem(&self_socks, &key);
+	}
+	return 0;
+}
+
+/* The end of a TCP connection: closed on the wire and released by every holder of the socket. A socket that
+ * reached TCP_CLOSE while a process still held it (the peer's RST, a half-closed connection the peer
+ * finished) ends here, at the last close(2) or the process's exit, so the bytes read after TCP_CLOSE are
+ * still counted on it. */
+SEC("tracepoint/tcp/tcp_destroy_sock")
+int tp_tcp_destroy_sock(struct trace_event_raw_tcp_event_sk *ctx)
+{
+	return emit_close((__u64)ctx->skaddr);
+}
+
+/* io_uring requests on sockets: the bytes are counted and reported (payload not captured), and connections
+ * accepted or made through io_uring are announced. Completions run in the submitting task or its io-wq
+ * workers (same process). Opcodes from include/uapi/linux/io_uring.h. */
+#define IORING_OP_READV 1
+#define IORING_OP_WRITEV 2
+#define IORING_OP_READ_FIXED 4
+#define IORING_OP_WRITE_FIXED 5
+#define IORING_OP_SENDMSG 9
+#define IORING_OP_RECVMSG 10
+#define IORING_OP_ACCEPT 13
+#define IORING_OP_CONNECT 16
+#define IORING_OP_READ 22
+#define IORING_OP_WRITE 23
+#define IORING_OP_SEND 26
+#define IORING_OP_RECV 27
+#define IORING_OP_SEND_ZC 47
+#define IORING_OP_SENDMSG_ZC 48
+
+SEC("tracepoint/io_uring/io_uring_complete")
+int tp_io_uring_complete(struct trace_event_raw_io_uring_complete *ctx)
+{
+	struct io_kiocb *req = ctx->req;
+	struct qtap_sock_info *si;
+	struct sock *sk;
+	__u8 op, dir;
+	__u64 off;
+	int res = ctx->res;
+
+	if (res < 0 || skip_task(bpf_get_current_pid_tgid() >> 32))
+		return 0;
+	op = BPF_CORE_READ(req, opcode);
+	switch (op) {
+	case IORING_OP_ACCEPT:
+		sk = fd_to_sock(res);
+		if (sk)
+			sock_get_or_open(sk, QTAP_ROLE_ACCEPT, res);
+		return 0;
+	case IORING_OP_CONNECT:
+		sk = file_to_sock(BPF_CORE_READ(req, file));
+		if (sk && res == 0)
+			sock_get_or_open(sk, QTAP_ROLE_CONNECT, -1);
+		return 0;
+	case IORING_OP_WRITEV:
+	case IORING_OP_WRITE_FIXED:
+	case IORING_OP_SENDMSG:
+	case IORING_OP_WRITE:
+	case IORING_OP_SEND:
+	case IORING_OP_SEND_ZC:
+	case IORING_OP_SENDMSG_ZC:
+		dir = QTAP_DIR_SEND;
+		break;
+	case IORING_OP_READV:
+	case IORING_OP_READ_FIXED:
+	case IORING_OP_RECVMSG:
+	case IORING_OP_READ:
+	case IORING_OP_RECV:
+		dir = QTAP_DIR_RECV;
+		break;
+	default:
 		return 0;
 	}
-	return emit_close(key);
+	if (res == 0)
+		return 0;
+	sk = file_to_sock(BPF_CORE_READ(req, file));
+	if (!sk)
+		return 0;
+	si = sock_get_or_open(sk, QTAP_ROLE_UNKNOWN, -1);
+	if (!si)
+		return 0;
+	off = __sync_fetch_and_add(&si->off[dir], res);
+	count(QTAP_CNT_IO_URING_BYTES, res);
+	if (sock_muted(si, sk))
+		return 0;
+	emit_unseen(si->conn_id, off, dir, -1, res, QTAP_DATA_IO_URING);
+	return 0;
 }

@@ -9,13 +9,17 @@ from __future__ import annotations
 import enum
 import struct
 
-ABI_VERSION = 1
+ABI_VERSION = 2
+# Record files written by ABI 1 agents still replay: conn_open had no uid, proc_exec no inode.
+READABLE_ABI_VERSIONS = (1, 2)
 CHUNK_SIZE = 16384
 MAX_CHUNKS = 8
 MAX_IOV = 1024
 COMM_LEN = 16
 PATH_LEN = 256
 TLS_HELLO_BYTES = 8192
+MAX_MMSG = 4
+MAX_MMSG_COUNTED = 64
 
 
 class RecType(enum.IntEnum):
@@ -24,6 +28,7 @@ class RecType(enum.IntEnum):
     DATA = 3
     PROC_EXEC = 4
     PROC_EXIT = 5
+    PROC_FORK = 6
 
 
 class Dir(enum.IntEnum):
@@ -48,6 +53,11 @@ class DataFlag(enum.IntFlag):
     TRUNCATED = 1
     READ_FAULT = 2
     NO_PAYLOAD = 4
+    SENDFILE = 8
+    SPLICE = 16
+    IO_URING = 32
+    MMSG_REST = 64
+    DISCARDED = 128
 
 
 CONN_MIDSTREAM = 1
@@ -63,20 +73,38 @@ class Counter(enum.IntEnum):
     DROP_BYTES = 5
     TLS_UNASSOCIATED = 6
     TLS_BY_THREAD = 7
+    STALE_SOCKS = 8
+    CLOSED_SOCK_IO = 9
+    MMSG_UNCOUNTED = 10
+    IO_URING_BYTES = 11
 
 
-COUNTER_SLOTS = 8
+COUNTER_SLOTS = 12
+
+
+class IoKind(enum.IntEnum):
+    """struct qtap_io_args.kind (only the ones user space writes are used here)."""
+
+    BUF = 0
+    IOV = 1
+    MSG = 2
+    CONNECT = 3
+    PRE_MSG = 8
 
 # struct qtap_hdr: type, abi, cpu, ts_ns, conn_id, pid, tid
 HDR = struct.Struct("<HHIQQII")
 # struct qtap_conn_open after the header
-CONN_OPEN = struct.Struct("<32xQHBBHH16s16siI16s")
+CONN_OPEN = struct.Struct("<32xQHBBHH16s16siI16s")  # ..., fd, uid (ABI 1: padding), comm
 # struct qtap_conn_close after the header
 CONN_CLOSE = struct.Struct("<32xQQQ")
 # struct qtap_data after the header, up to the payload
 DATA = struct.Struct("<32xQIIBBHi")
 DATA_PAYLOAD_OFFSET = DATA.size
-PROC_EXEC = struct.Struct(f"<32xQII{COMM_LEN}s{PATH_LEN}s")
+PROC_EXEC = struct.Struct(f"<32xQII{COMM_LEN}s{PATH_LEN}sQII")
+PROC_EXEC_V1 = struct.Struct(f"<32xQII{COMM_LEN}s{PATH_LEN}s")
+PROC_FORK = struct.Struct("<32xQII")
+# struct qtap_io_args: the value of the `inflight` map (user space writes it for calls blocked at attach)
+IO_ARGS = struct.Struct("<QQIiBBBxIQ")
 PROC_EXIT = struct.Struct("<32xiI")
 
 # Sizes and field offsets as C lays them out; checked against the compiler in tests.
@@ -84,12 +112,15 @@ LAYOUT: dict[str, dict[str, int]] = {
     "qtap_hdr": {"__size__": HDR.size, "type": 0, "abi": 2, "cpu": 4, "ts_ns": 8, "conn_id": 16, "pid": 24,
                  "tid": 28},
     "qtap_conn_open": {"__size__": CONN_OPEN.size, "cgroup_id": 32, "family": 40, "role": 42, "flags": 43,
-                       "lport": 44, "rport": 46, "laddr": 48, "raddr": 64, "fd": 80, "comm": 88},
+                       "lport": 44, "rport": 46, "laddr": 48, "raddr": 64, "fd": 80, "uid": 84, "comm": 88},
     "qtap_conn_close": {"__size__": CONN_CLOSE.size, "bytes_sent": 32, "bytes_received": 40, "open_ts_ns": 48},
     "qtap_data": {"__size__": DATA.size + CHUNK_SIZE, "offset": 32, "len": 40, "skipped": 44, "dir": 48,
                   "source": 49, "flags": 50, "fd": 52, "payload": 56},
     "qtap_proc_exec": {"__size__": PROC_EXEC.size, "cgroup_id": 32, "ppid": 40, "uid": 44, "comm": 48,
-                       "filename": 64},
+                       "filename": 64, "exe_ino": 320, "exe_dev": 328},
+    "qtap_proc_fork": {"__size__": PROC_FORK.size, "cgroup_id": 32, "ppid": 40, "uid": 44},
+    "qtap_io_args": {"__size__": IO_ARGS.size, "sk": 0, "buf": 8, "iovcnt": 16, "fd": 20, "dir": 24, "kind": 25,
+                     "was_closed": 26, "nr": 28, "cap": 32},
     "qtap_proc_exit": {"__size__": PROC_EXIT.size, "exit_code": 32},
 }
 CONSTANTS = {
@@ -100,4 +131,6 @@ CONSTANTS = {
     "QTAP_COMM_LEN": COMM_LEN,
     "QTAP_PATH_LEN": PATH_LEN,
     "QTAP_TLS_HELLO_BYTES": TLS_HELLO_BYTES,
+    "QTAP_MAX_MMSG": MAX_MMSG,
+    "QTAP_MAX_MMSG_COUNTED": MAX_MMSG_COUNTED,
 }

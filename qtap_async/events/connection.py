@@ -5,6 +5,17 @@ from __future__ import annotations
 import msgspec
 
 
+class Owner(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
+    """A process that moved bytes on a connection (the opener, then each one that took over: a child
+    forked after accept(), the receiver of the fd over SCM_RIGHTS, the program an exec started)."""
+
+    pid: int
+    exe: str
+    comm: str = ""
+    user: str = ""
+    first_ns: int = 0  # wall clock of its first I/O on the connection
+
+
 class ConnectionEvent(msgspec.Struct, frozen=True, gc=False, tag_field="type", tag="connection",
                       omit_defaults=True):
     """A connection opened or closed.
@@ -29,6 +40,7 @@ class ConnectionEvent(msgspec.Struct, frozen=True, gc=False, tag_field="type", t
     exe: str
     comm: str
     user: str = ""
+    uid: int = -1
     container_id: str = ""
     cgroup: str = ""
     bytes_sent: int = 0
@@ -36,14 +48,23 @@ class ConnectionEvent(msgspec.Struct, frozen=True, gc=False, tag_field="type", t
     duration_ns: int = 0
     protocol: str = ""
     domain: str = ""
+    domain_source: str = ""  # "sni" | "host" | "dns" | "dns_host" | "hosts" (topology/domains.py)
     tls: bool = False
     transport: str = "tcp"  # "tcp" | "udp" (DNS)
     midstream: bool = False
+    resumed: bool = False
+    io_uring: bool = False  # some bytes moved through io_uring (counted; their payload is not captured)
+    owners: list[Owner] | None = None
     reason: str = ""  # close: "closed" | "evicted" | "agent_stopped"
 
 
 class GapEvent(msgspec.Struct, frozen=True, gc=False, tag_field="type", tag="gap", omit_defaults=True):
-    """Bytes of a stream that were not captured (ring buffer drop, truncation, sendfile)."""
+    """Bytes of a stream that were not captured, and why.
+
+    `reason`: "truncated" (a call larger than the capture limit), "read_fault" (the user buffer could not be
+    read), "sendfile" / "splice" / "io_uring" (bytes that never passed through a user buffer the agent
+    reads), "lost" (records dropped on the way: ring buffer full, tracking tables full).
+    """
 
     id: str
     ts: str
@@ -53,3 +74,4 @@ class GapEvent(msgspec.Struct, frozen=True, gc=False, tag_field="type", tag="gap
     bytes: int
     pid: int
     exe: str
+    reason: str = ""

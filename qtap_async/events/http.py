@@ -90,6 +90,10 @@ class HttpTransaction(msgspec.Struct, frozen=True, gc=False, tag="http_transacti
     grpc: GrpcInfo | None = None
     incomplete: bool = False
     reason: str | None = None
+    # HTTP/2 server push: the exchange was promised by the server (PUSH_PROMISE on stream ``promised_by``),
+    # not requested by the client; its request half is the promised request.
+    pushed: bool = False
+    promised_by: int | None = None
 
 
 class ParseError(msgspec.Struct, frozen=True, gc=False, kw_only=True, tag="parse_error", tag_field="kind"):

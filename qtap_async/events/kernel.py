@@ -21,6 +21,7 @@ class ConnOpen(msgspec.Struct, frozen=True, gc=False, tag="conn_open"):
     fd: int
     comm: str
     udp: bool = False  # a DNS socket: each data record is one datagram
+    uid: int = -1  # of the task that connected/accepted; -1: unknown (ABI 1 record files)
 
 
 class ConnClose(msgspec.Struct, frozen=True, gc=False, tag="conn_close"):
@@ -54,6 +55,18 @@ class ProcExec(msgspec.Struct, frozen=True, gc=False, tag="proc_exec"):
     cgroup_id: int
     comm: str
     filename: str
+    exe_ino: int = 0  # 0: unknown (ABI 1 record files)
+    exe_dev: int = 0
+
+
+class ProcFork(msgspec.Struct, frozen=True, gc=False, tag="proc_fork"):
+    """A new process (not a thread), running its parent's program until it execs."""
+
+    ts_ns: int
+    pid: int
+    ppid: int
+    uid: int
+    cgroup_id: int
 
 
 class ProcExit(msgspec.Struct, frozen=True, gc=False, tag="proc_exit"):
@@ -62,4 +75,4 @@ class ProcExit(msgspec.Struct, frozen=True, gc=False, tag="proc_exit"):
     exit_code: int
 
 
-KernelRecord = ConnOpen | ConnClose | Data | ProcExec | ProcExit
+KernelRecord = ConnOpen | ConnClose | Data | ProcExec | ProcExit | ProcFork

@@ -52,6 +52,8 @@ class HttpTransactionEvent(msgspec.Struct, frozen=True, gc=False, kw_only=True, 
     grpc_status: int = -1
     incomplete: bool = False
     reason: str = ""
+    pushed: bool = False  # HTTP/2 server push: promised by the server on stream promised_by
+    promised_by: int = 0
 
 
 class RequestEvent(msgspec.Struct, frozen=True, gc=False, kw_only=True, tag="request", tag_field="type",

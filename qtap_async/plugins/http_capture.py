@@ -57,6 +57,8 @@ def transaction_event(ex: HttpExchange, level: str = "summary", rule: str = "",
         grpc_status=grpc.grpc_status if grpc and grpc.grpc_status is not None else -1,
         incomplete=tx.incomplete,
         reason=tx.reason or "",
+        pushed=tx.pushed,
+        promised_by=tx.promised_by or 0,
     )
 
 

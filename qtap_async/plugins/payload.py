@@ -58,6 +58,9 @@ def _as_json(ex: HttpExchange, level: str, rule: str) -> bytes:
     }
     if tx.grpc is not None:
         doc["grpc"] = msgspec.structs.asdict(tx.grpc)
+    if tx.pushed:
+        doc["pushed"] = True
+        doc["promised_by"] = tx.promised_by
     if tx.incomplete:
         doc["incomplete"] = True
         doc["reason"] = tx.reason

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from qtap_async.errors import ProtocolError
 from qtap_async.protocols._hpack_tables import HUFFMAN_CODES, STATIC_TABLE
+from qtap_async.protocols.text import target_text
 
 __all__ = ["HpackDecoder", "huffman_decode"]
 
@@ -256,7 +257,11 @@ class HpackDecoder:
                         nlen = -1
                     else:
                         raise ProtocolError(f"hpack: name index {idx} past the dynamic table")
+                vpos = pos
                 value, vlen, pos = _read_str(data, pos, n)
+                if name == ":path" and not value.isascii():
+                    # Text decoding fell back to latin-1 for a non-UTF-8 target: keep its bytes instead.
+                    value = target_text(_read_octets(data, vpos))
                 if name is None:
                     missing += 1
                     if indexing:
@@ -290,6 +295,17 @@ def _read_int(data: bytes, pos: int, prefix_max: int) -> tuple[int, int]:
         shift += 7
         if shift > 28:
             raise ProtocolError("hpack: integer too large")
+
+
+def _read_octets(data: bytes, pos: int) -> bytes:
+    """The octets of the (valid, already read once) string literal at ``pos``, Huffman-decoded."""
+    b = data[pos]
+    length = b & 0x7F
+    start = pos + 1
+    if length == 0x7F:
+        length, start = _read_int(data, start, 0x7F)
+    raw = data[start:start + length]
+    return huffman_decode(raw) if b & 0x80 else raw
 
 
 def _read_str(data: bytes, pos: int, n: int) -> tuple[str, int, int]:

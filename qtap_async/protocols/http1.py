@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 from qtap_async.events.http import HttpTransaction, ParseError
 from qtap_async.protocols.bodies import Body, decode_content
 from qtap_async.protocols.limits import Limits
+from qtap_async.protocols.text import target_text
 
 if TYPE_CHECKING:
     from qtap_async.protocols.http2 import Http2Connection
@@ -42,8 +43,13 @@ _TOKEN_METHOD = re.compile(rb"[A-Z][A-Z0-9_-]{0,23} [^\s]+ HTTP/1\.[01]\r?\n")
 _HEX = re.compile(rb"[0-9A-Fa-f]{1,15}")
 
 (S_HEAD, S_LEN, S_CHUNK_SIZE, S_CHUNK_DATA, S_CHUNK_CRLF, S_TRAILERS, S_CLOSE, S_PAUSED, S_STOPPED,
- S_RESYNC) = range(10)
+ S_RESYNC, S_HEAD_CUT, S_EXPECT) = range(12)
 _MAX_LINE = 4096
+# A head over the limit is read on line by line (see _CutHead): header lines longer than this are dropped
+# whole; the ones that frame or name the message are kept wherever they are.
+_MAX_CUT_LINE = 8192
+_KEEP_WHEN_CUT = (b"content-length:", b"transfer-encoding:", b"host:", b"upgrade:", b"expect:",
+                  b"content-encoding:", b"connection:")
 _BODY_STATES = frozenset((S_LEN, S_CHUNK_SIZE, S_CHUNK_DATA, S_CHUNK_CRLF, S_TRAILERS, S_CLOSE))
 
 
@@ -90,6 +96,13 @@ def _parse_head(head: bytes) -> tuple[str, list[tuple[str, str]] | None]:
     if first[-1:] == "\r":
         first = first[:-1]
     return first, _header_list(lines)
+
+
+def _target_text(head: bytes) -> str:
+    """The request target of a head whose start line is not ASCII, from its raw bytes (see target_text)."""
+    nl = head.find(b"\n")
+    line = (head[:nl] if nl >= 0 else head).rstrip(b"\r")
+    return target_text(line.partition(b" ")[2].rpartition(b" ")[0])
 
 
 def _header_list(lines: list[str]) -> list[tuple[str, str]] | None:
@@ -208,6 +221,7 @@ class _Exchange:
     resp_done = False
     upgrade: str | None = None
     wants_upgrade = False
+    expect_continue = False  # the request asked for 100-continue before its body
     emitted = False
     after_gap = False
     ce_req: str | None = None
@@ -218,11 +232,68 @@ class _Exchange:
         self.reasons: list[str] = []
 
 
+class _CutHead:
+    """A message head larger than ``max_header_bytes``, read on line by line instead of kept whole: its
+    start line (cut to the limit, the version kept), the header lines within the limit, and the lines
+    that frame or name the message wherever they are. From them the message is still reported (cut) and
+    its body framed, so the connection stays in sync. Memory stays bounded by the limit."""
+
+    __slots__ = ("carry", "first", "kept", "kept_bytes", "long", "off", "start_ts", "tail")
+
+    def __init__(self, off: int, start_ts: int) -> None:
+        self.off = off
+        self.start_ts = start_ts
+        self.first: bytes | None = None
+        self.kept: list[bytes] = []
+        self.kept_bytes = 0
+        self.carry = b""
+        self.long = False  # the current line is over its bound: its prefix is kept (start line) or nothing
+        self.tail = b""  # the last bytes of a long start line (its HTTP version)
+
+    def take(self, buf: bytes, a: int, b: int, limit: int) -> None:
+        """Bytes ``buf[a:b]`` of the current line."""
+        if self.long:
+            if self.first is None:
+                self.tail = (self.tail + buf[max(a, b - 16):b])[-16:]
+            return
+        bound = limit if self.first is None else _MAX_CUT_LINE
+        if len(self.carry) + (b - a) <= bound:
+            self.carry += buf[a:b]
+            return
+        self.long = True
+        if self.first is None:
+            self.carry = (self.carry + buf[a:min(b, a + bound)])[:bound]
+            self.tail = buf[max(a, b - 16):b]
+        else:
+            self.carry = b""
+
+    def end_line(self, limit: int) -> bytes | None:
+        """The line just ended: True-ish bytes to look at, None when it was dropped."""
+        line, long = self.carry, self.long
+        self.carry, self.long = b"", False
+        if self.first is None:
+            if long:  # cut start line: what fits, then its version
+                line = line + b" " + self.tail.rstrip(b"\r").rpartition(b" ")[2]
+            self.first = line
+            return line
+        if long:
+            return None
+        if line in (b"", b"\r"):
+            return line
+        if line[:20].lower().startswith(_KEEP_WHEN_CUT) or self.kept_bytes + len(line) < limit:
+            self.kept.append(line)
+            self.kept_bytes += len(line) + 1
+        return line
+
+    def head(self) -> bytes:
+        return b"\n".join([self.first or b"", *self.kept])
+
+
 class _Reader:
     """Bytes of one direction -> message heads, bodies and ends (request or response side)."""
 
-    __slots__ = ("after_gap", "base", "body", "buf", "conn", "cur", "dir", "handoff", "is_req", "last_ts",
-                 "lead_ts", "pos", "remaining", "scan", "state")
+    __slots__ = ("after_gap", "base", "body", "buf", "conn", "cur", "cut", "cut_reason", "dir", "expect_state",
+                 "handoff", "is_req", "last_ts", "lead_ts", "pos", "remaining", "scan", "state")
 
     def __init__(self, conn: Http1Connection, direction: int, is_req: bool) -> None:
         self.conn = conn
@@ -240,6 +311,9 @@ class _Reader:
         self.scan = 0
         self.handoff = False
         self.after_gap = False
+        self.cut: _CutHead | None = None
+        self.cut_reason: str | None = None  # set while the head being dispatched was cut
+        self.expect_state = S_HEAD  # S_EXPECT: the body framing to resume if the refused body comes anyway
 
     # -- input ------------------------------------------------------------------------------------
     def feed(self, data: bytes, ts: int) -> None:
@@ -306,17 +380,14 @@ class _Reader:
                     hlen = 2
                     if end < 0:
                         if n - pos > conn.limits.max_header_bytes:
-                            self.pos = pos
-                            conn.give_up(self.dir, f"message head larger than {conn.limits.max_header_bytes}"
-                                         " bytes", ts)
-                            return
+                            self._cut_head(pos, self.lead_ts if pos < boundary else ts, ts)
+                            continue
                         self.scan = max(pos, n - 3)
                         break
                 self.scan = 0
                 if end - pos > conn.limits.max_header_bytes:
-                    self.pos = pos
-                    conn.give_up(self.dir, f"message head larger than {conn.limits.max_header_bytes} bytes", ts)
-                    return
+                    self._cut_head(pos, self.lead_ts if pos < boundary else ts, ts)
+                    continue
                 start_ts = self.lead_ts if pos < boundary else ts
                 head = buf[pos:end]
                 off = self.base + pos
@@ -329,6 +400,16 @@ class _Reader:
                 if self.state == S_STOPPED and not self.handoff:
                     pos = n
                     break
+                continue
+            if st == S_HEAD_CUT:
+                pos = self._read_cut_head(buf, pos, n, ts)
+                continue
+            if st == S_EXPECT:
+                # After a final answer to a 100-continue request: its body, or the next request?
+                ok = looks_like_request(buf[pos:pos + _MAX_LINE])
+                if ok is None:
+                    break
+                self.state = S_HEAD if ok else self.expect_state
                 continue
             if st == S_LEN:
                 take = n - pos
@@ -462,6 +543,43 @@ class _Reader:
             break
         self.pos = pos
 
+    def _cut_head(self, pos: int, start_ts: int, ts: int) -> None:
+        """The head starting at ``pos`` is over the limit: report it, then read it on line by line."""
+        limit = self.conn.limits.max_header_bytes
+        off = self.base + pos
+        self.conn._error(self.dir, f"message head larger than {limit} bytes (limit max_header_bytes): header "
+                         "lines past the limit are not reported", off, ts)
+        self.cut = _CutHead(off, start_ts)
+        self.state = S_HEAD_CUT
+        self.scan = 0
+
+    def _read_cut_head(self, buf: bytes, pos: int, n: int, ts: int) -> int:
+        cut = self.cut
+        assert cut is not None
+        limit = self.conn.limits.max_header_bytes
+        while pos < n:
+            nl = buf.find(b"\n", pos)
+            if nl < 0:
+                cut.take(buf, pos, n, limit)
+                return n
+            cut.take(buf, pos, nl, limit)
+            pos = nl + 1
+            line = cut.end_line(limit)
+            if line in (b"", b"\r") and cut.first is not None and line is not cut.first:
+                # End of the head: the message goes on as if its head had been whole, marked cut.
+                self.cut = None
+                self.state = S_HEAD
+                self.cut_reason = (f"message head larger than {limit} bytes (limit max_header_bytes): header "
+                                   "lines past the limit were dropped")
+                self.pos = pos
+                if self.is_req:
+                    self.conn.on_request_head(self, cut.head(), cut.start_ts, ts, cut.off)
+                else:
+                    self.conn.on_response_head(self, cut.head(), cut.start_ts, ts, cut.off)
+                self.cut_reason = None
+                return pos
+        return pos
+
     def _message_end(self, ts: int) -> None:
         self.state = S_HEAD
         body = self.body
@@ -480,6 +598,7 @@ class _Reader:
 
     def resync(self) -> None:
         self.state = S_RESYNC
+        self.cut = None
         self.base += len(self.buf)
         self.buf = b""
         self.pos = 0
@@ -489,6 +608,7 @@ class _Reader:
 
     def stop(self) -> None:
         self.state = S_STOPPED
+        self.cut = None
         self.base += len(self.buf)
         self.buf = b""
         self.pos = 0
@@ -557,7 +677,7 @@ class Http1Connection:
                     cur.resp_done = True
                 r.cur = None
                 r.body = None
-            if resp.state == S_HEAD and resp.leftover and self.queue:
+            if ((resp.state == S_HEAD and resp.leftover) or resp.state == S_HEAD_CUT) and self.queue:
                 self.queue[0].reasons.append("connection closed inside the response head")
             self._flush(None)
             resp.stop()
@@ -585,10 +705,14 @@ class Http1Connection:
         ex.req_headers = headers
         ex.req_start = start_ts
         ex.scheme = self.scheme
+        if r.cut_reason:
+            ex.reasons.append(r.cut_reason)
         if r.after_gap:
             ex.after_gap = True
             r.after_gap = False
         low = head.lower()
+        if not target.isascii():
+            target = _target_text(head)
         if target[0] == "/":
             ex.path = target
             host = _value(head, low, b"\nhost:")
@@ -627,6 +751,9 @@ class Http1Connection:
                 r.body = Body(self.limits.max_body_bytes)
         if method == "CONNECT" or b"\nupgrade:" in low:
             ex.wants_upgrade = True
+        if r.state != S_HEAD and b"\nexpect:" in low:
+            exp = _value(head, low, b"\nexpect:")
+            ex.expect_continue = exp is not None and exp.strip().lower() == b"100-continue"
         self.queue.append(ex)
         if r.state == S_HEAD:  # no body: the request ends with its head
             ex.req_end = ts
@@ -675,6 +802,8 @@ class Http1Connection:
             ex.scheme = self.scheme
             ex.reasons.append("request not seen (capture started mid-connection or request lost)")
             queue.appendleft(ex)
+        if r.cut_reason:
+            ex.reasons.append(r.cut_reason)
         if 100 <= status < 200 and status != 101:
             ex.informational.append(status)
             return
@@ -750,6 +879,8 @@ class Http1Connection:
         ex.resp_body = body
         ex.resp_end = ts
         ex.resp_done = True
+        if ex.expect_continue and not ex.req_done and ex.status is not None and ex.status >= 200:
+            self._refused_before_body(ex, ts)
         queue = self.queue
         if queue and queue[0] is ex:
             queue.popleft()
@@ -763,6 +894,22 @@ class Http1Connection:
                     req._run(ts, 0)
         if ex.req_done:
             self._emit(ex)
+
+    def _refused_before_body(self, ex: _Exchange, ts: int) -> None:
+        """A final answer to an ``Expect: 100-continue`` request whose body has not begun (RFC 9110
+        10.1.1): the request ends without its body and the exchange is reported. The client may still
+        send the body or close; the request reader decides on the next bytes (S_EXPECT)."""
+        req = self.readers[self.client_dir]
+        body = req.body
+        if req.cur is not ex or (body is not None and body.size > 0):
+            return  # the body has begun: it goes on to its end as framed
+        ex.req_body = None
+        ex.req_end = ex.req_start if ex.req_start is not None else ts
+        ex.req_done = True
+        req.cur = None
+        req.body = None
+        req.expect_state = req.state
+        req.state = S_EXPECT
 
     def _switch(self, r: _Reader, ex: _Exchange, ts: int) -> None:
         req = self.readers[self.client_dir]

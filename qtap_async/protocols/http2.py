@@ -135,7 +135,7 @@ class _Half:
 
 
 class _Stream:
-    __slots__ = ("first_dir", "halves", "id", "partial", "promise", "promiser", "reasons", "reset")
+    __slots__ = ("first_dir", "halves", "id", "partial", "promise", "promised_by", "promiser", "reasons", "reset")
 
     def __init__(self, sid: int) -> None:
         self.id = sid
@@ -145,6 +145,7 @@ class _Stream:
         self.partial = False
         self.promise: _Half | None = None
         self.promiser: int | None = None
+        self.promised_by: int | None = None  # the stream whose PUSH_PROMISE announced this one
         self.reset: tuple[int, int] | None = None
 
 
@@ -569,6 +570,7 @@ class Http2Connection:
             h.start_ts = h.end_ts = start_ts
             st.promise = h
             st.promiser = d
+            st.promised_by = sid
             st.first_dir = 1 - d
             if parent is None:
                 st.partial = True
@@ -803,6 +805,8 @@ class Http2Connection:
             grpc,  # grpc
             bool(reasons),  # incomplete
             "; ".join(reasons) if reasons else None,  # reason
+            st.promise is not None,  # pushed
+            st.promised_by,  # promised_by
         )
 
     @staticmethod

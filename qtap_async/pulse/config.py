@@ -23,6 +23,7 @@ class Retention(msgspec.Struct, frozen=True, gc=False, forbid_unknown_fields=Tru
     requests: Days = 30
     issues: Days = 90
     object_refs: Days = 30
+    records: Days = 30  # gap, parse_error, tls_client_hello, dns_message, http_transaction
 
 
 class Limits(msgspec.Struct, frozen=True, gc=False, forbid_unknown_fields=True):

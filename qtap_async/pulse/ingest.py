@@ -24,7 +24,7 @@ import zstandard
 
 from qtap_async.pulse.config import Limits, Retention
 from qtap_async.pulse.metrics import Metrics
-from qtap_async.pulse.schema import TABLE_OF, Batch, Event, IngestResult, ItemError
+from qtap_async.pulse.schema import TABLE_OF, Batch, ConnectionEvent, Event, IngestResult, ItemError
 from qtap_async.pulse.storage import Storage
 
 RunBlocking = Callable[..., Awaitable[Any]]
@@ -232,7 +232,7 @@ class Sanitizer:
                 corrected += 1
             if scan and forbidden(raw) is not None:
                 stripped += 1
-            rows[table].append(prefix + enc(ev)[1:])
+            rows[table].append(prefix + self._row(table, ev)[1:])
         accepted = len(items) - len(errors)
         m = self.metrics
         m.inc("pulse_events_accepted_total", accepted)
@@ -240,6 +240,20 @@ class Sanitizer:
         m.inc("pulse_events_stripped_total", stripped)
         m.inc("pulse_events_skew_corrected_total", corrected)
         return Prepared(rows, IngestResult(accepted, len(errors), errors, stripped, corrected))
+
+
+    def _row(self, table: str, ev: Any) -> bytes:
+        """The JSON object one event is stored as (the table's landing shape)."""
+        enc = self._encoder.encode
+        if table == "records":
+            # The event whole in `data` (only the schema's fields: the decoder dropped the rest).
+            return enc({"type": type(ev).__struct_config__.tag, "id": ev.id, "ts": ev.ts, "conn_id": ev.conn_id,
+                        "pid": getattr(ev, "pid", 0), "data": enc(ev).decode()})
+        if type(ev) is ConnectionEvent and ev.owners:
+            row = msgspec.structs.asdict(ev)
+            row["owners"] = enc(ev.owners).decode()
+            return enc(row)
+        return enc(ev)
 
 
 class BatchWriter:

@@ -21,7 +21,7 @@ import msgspec
 
 from qtap_async.errors import PulseError
 from qtap_async.pulse.config import PulseConfig
-from qtap_async.pulse.tables import TABLES, ddl, stored_table, ttl_clause
+from qtap_async.pulse.tables import TABLES, ddl, landing_ddl, stored_table, ttl_clause
 
 # Settings every query runs with: 64-bit integers as JSON numbers, and FINAL that does not merge
 # across partitions (an event and its copies always share a partition: its day).
@@ -76,7 +76,12 @@ class Storage(ABC):
 
     def setup(self) -> None:
         """Create the schema (idempotent) and bring each table's TTL in line with the config."""
-        for stmt in ddl(self.config):
+        stmts = ddl(self.config)
+        self.command(stmts[0])  # the database
+        # Before the CREATE ... IF NOT EXISTS statements: ClickHouse checks a view's SELECT even when the
+        # view exists, and the current one names columns an older landing table lacks.
+        self._add_new_columns()
+        for stmt in stmts:
             self.command(stmt)
         for name in TABLES:
             table = stored_table(self.config, name)
@@ -89,6 +94,30 @@ class Storage(ABC):
             if m is not None and int(m.group(1) or m.group(2)) != days:
                 on_cluster = f" ON CLUSTER {self.config.cluster}" if self.config.cluster else ""
                 self.command(f"ALTER TABLE {self.database}.{table}{on_cluster} MODIFY {ttl_clause(days)}")
+
+
+    def _add_new_columns(self) -> None:
+        """A data directory made by an older Pulse lacks columns added since: add them to the stored
+        table (existing rows read the column's default), and remake the landing table and view, which
+        hold no rows, in the current shape."""
+        db = self.database
+        on_cluster = f" ON CLUSTER {self.config.cluster}" if self.config.cluster else ""
+        for t in TABLES.values():
+            rows = self.query(
+                "SELECT name FROM system.columns WHERE database = {db:String} AND table = {t:String}",
+                {"db": db, "t": f"{t.name}_in"},
+            )
+            have = {r["name"] for r in rows}
+            if not have or all(c.name in have for c in (*t.columns, *t.landing_only)):
+                continue
+            targets = [stored_table(self.config, t.name)] + ([t.name] if self.config.cluster else [])
+            for target in targets:
+                for c in t.columns:
+                    self.command(f"ALTER TABLE {db}.{target}{on_cluster} ADD COLUMN IF NOT EXISTS {c.name} {c.type}")
+            self.command(f"DROP VIEW IF EXISTS {db}.{t.name}_mv{on_cluster}")
+            self.command(f"DROP TABLE IF EXISTS {db}.{t.name}_in{on_cluster}")
+            for stmt in landing_ddl(self.config, t):
+                self.command(stmt)
 
 
 def _escape(value: str) -> str:

@@ -83,6 +83,16 @@ TABLES: dict[str, Table] = {
                 Column("domain", _STR),
                 Column("protocol", _LC, landing=_STR),
                 Column("tls", "Bool"),
+                Column("ts_ns", "UInt64"),
+                Column("user", _STR),
+                Column("uid", "Int64 DEFAULT -1"),  # -1: not known (the agent omits it then)
+                Column("transport", _LC, landing=_STR),
+                Column("midstream", "Bool"),
+                Column("reason", _LC, landing=_STR),
+                Column("domain_source", _LC, landing=_STR),
+                Column("resumed", "Bool"),
+                Column("io_uring", "Bool"),
+                Column("owners", _STR),  # JSON array of {pid, exe, comm, user, first_ns}
             ),
             order_by="team, ts, id",
             indexes=(
@@ -113,6 +123,7 @@ TABLES: dict[str, Table] = {
                 Column("grpc_service", _STR),
                 Column("grpc_method", _STR),
                 Column("grpc_status", "Int16"),
+                Column("tags", "Array(String)"),
             ),
             # Top-N by domain/endpoint reads a contiguous range per domain; time ranges prune by day.
             order_by="team, domain, path, ts, id",
@@ -148,8 +159,21 @@ TABLES: dict[str, Table] = {
                 ),
                 Column("size", "UInt64"),
                 Column("content_type", _LC, landing=_STR),
+                Column("store", _LC, landing=_STR),
             ),
             order_by="team, transaction_id, id",
+        ),
+        # Event types with no table of their own (gap, parse_error, tls_client_hello, dns_message,
+        # http_transaction): the validated event, whole, as JSON in ``data``.
+        Table(
+            "records",
+            (
+                *_COMMON,
+                Column("type", _LC, landing=_STR),
+                Column("pid", "UInt32"),
+                Column("data", _STR),
+            ),
+            order_by="team, type, ts, id",
         ),
     )
 }
@@ -185,14 +209,21 @@ def ddl(config: PulseConfig) -> list[str]:
                 f"CREATE TABLE IF NOT EXISTS {db}.{t.name}{on_cluster} AS {db}.{local}"
                 f" ENGINE = Distributed({cluster}, {db}, {local}, cityHash64(id))"
             )
-        landing = ", ".join(f"{c.name} {c.landing or c.type}" for c in (*t.columns, *t.landing_only))
-        out.append(f"CREATE TABLE IF NOT EXISTS {db}.{t.name}_in{on_cluster} ({landing}) ENGINE = Null")
-        select = ", ".join(f"{c.expr} AS {c.name}" if c.expr else c.name for c in t.columns)
-        out.append(
-            f"CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.{t.name}_mv{on_cluster} TO {db}.{t.name}"
-            f" AS SELECT {select} FROM {db}.{t.name}_in"
-        )
+        out.extend(landing_ddl(config, t))
     return out
+
+
+def landing_ddl(config: PulseConfig, t: Table) -> list[str]:
+    """The landing table and the view of ``t`` (they hold no rows: safe to drop and make again)."""
+    db = _check_ident(config.database)
+    on_cluster = f" ON CLUSTER {_check_ident(config.cluster)}" if config.cluster else ""
+    landing = ", ".join(f"{c.name} {c.landing or c.type}" for c in (*t.columns, *t.landing_only))
+    select = ", ".join(f"{c.expr} AS {c.name}" if c.expr else c.name for c in t.columns)
+    return [
+        f"CREATE TABLE IF NOT EXISTS {db}.{t.name}_in{on_cluster} ({landing}) ENGINE = Null",
+        f"CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.{t.name}_mv{on_cluster} TO {db}.{t.name}"
+        f" AS SELECT {select} FROM {db}.{t.name}_in",
+    ]
 
 
 def ttl_clause(days: int) -> str:

@@ -68,6 +68,14 @@ class ObjectRef(msgspec.Struct, frozen=True, gc=False, kw_only=True, tag="object
                    content_type=obj.content_type, store=store)
 
 
+class PartialRejection(msgspec.Struct, frozen=True, gc=False):
+    """What a store refused of a batch it otherwise took (Pulse's 207): the refused records' indexes in
+    the batch and the store's reason for each. The runner counts them as dropped ("rejected") and logs why."""
+
+    indexes: list[int]
+    reasons: list[str]
+
+
 @runtime_checkable
 class EventSink(Protocol):
     name: str
@@ -78,8 +86,10 @@ class EventSink(Protocol):
     async def start(self) -> None:
         """Connect; raises SinkError (unusable) or SinkTransientError (unreachable right now)."""
 
-    async def send(self, batch: list[EventRecord]) -> None:
-        """Deliver all records or raise: SinkTransientError to retry the batch, SinkError to drop it."""
+    async def send(self, batch: list[EventRecord]) -> PartialRejection | None:
+        """Deliver all records or raise: SinkTransientError to retry the batch, SinkError to drop it.
+        A store that took the batch but refused some of its records says which (never retried: they
+        would be refused again)."""
 
     async def close(self) -> None: ...
 

@@ -1,8 +1,9 @@
 """Event store that POSTs batches to a Pulse ingestion service, through Pulse's own client
 (``qtap_async.pulse.client.PulseClient``: ``POST <url>/v1/events``, bearer token, gzip JSON).
 
-The client's own retries are off: the runner retries (with the spool behind it). 2xx and 422 are delivered
-(items Pulse rejects one by one are counted, not retried: they would be rejected again); 408, 429, 5xx and
+The client's own retries are off: the runner retries (with the spool behind it). 2xx and 422 are delivered,
+except the items Pulse rejects one by one (207/422): those are returned to the runner, which counts them as
+dropped ("rejected") and logs Pulse's reason; they are not retried (they would be rejected again); 408, 429, 5xx and
 network errors are retried; 401/403 are retried too (a rotated token can be fixed without losing data,
 which waits in the spool) but ``check`` reports them; other 4xx drop the batch.
 """
@@ -17,7 +18,7 @@ import msgspec
 
 from qtap_async.errors import PulseClientError, SinkError, SinkTransientError
 from qtap_async.pulse.client import PulseClient
-from qtap_async.sinks.base import EventRecord
+from qtap_async.sinks.base import EventRecord, PartialRejection
 
 _REFUSED = re.compile(r"refused the batch: (\d{3})")
 
@@ -50,7 +51,7 @@ class PulseEventSink:
         if client is not None:
             await client.close()
 
-    async def _send(self, values: list[bytes]) -> None:
+    async def _send(self, values: list[bytes]) -> PartialRejection | None:
         await self.start()
         assert self._client is not None
         try:
@@ -64,6 +65,13 @@ class PulseEventSink:
                 raise SinkError(f"{self._where}: {exc}") from exc
             raise SinkTransientError(f"{self._where}: {exc}") from exc
         self.rejected_items += result.rejected
+        if not result.rejected:
+            return None
+        errors = [e for e in result.errors if 0 <= e.index < len(values)]
+        if len(errors) != result.rejected:  # an answer we cannot map to records: say so, count them all
+            return PartialRejection(list(range(len(values)))[: result.rejected],
+                                    [f"pulse rejected {result.rejected} events: {result.errors[:3]}"] * result.rejected)
+        return PartialRejection([e.index for e in errors], [e.error for e in errors])
 
     async def check(self) -> None:
         """An empty batch proves the service answers and takes the token."""
@@ -72,5 +80,5 @@ class PulseEventSink:
         except SinkTransientError as exc:
             raise SinkError(str(exc)) from exc
 
-    async def send(self, batch: list[EventRecord]) -> None:
-        await self._send([r.value for r in batch])
+    async def send(self, batch: list[EventRecord]) -> PartialRejection | None:
+        return await self._send([r.value for r in batch])

@@ -33,7 +33,15 @@ from qtap_async.buffers.backoff import Backoff
 from qtap_async.buffers.channel import Channel
 from qtap_async.buffers.spool import Spool
 from qtap_async.errors import SinkError, SinkTransientError
-from qtap_async.sinks.base import EventRecord, EventSink, ObjectRef, ObjectSink, StoredObject, to_record
+from qtap_async.sinks.base import (
+    EventRecord,
+    EventSink,
+    ObjectRef,
+    ObjectSink,
+    PartialRejection,
+    StoredObject,
+    to_record,
+)
 from qtap_async.sinks.config import BufferConfig, RetryConfig, SpoolConfig
 
 log = logging.getLogger("qtap.sinks")
@@ -349,13 +357,21 @@ class EventSinkRunner(SinkRunner[EventRecord]):
 
     async def _attempt(self, batch: list[EventRecord]) -> tuple[list[EventRecord], BaseException | None]:
         try:
-            await self.sink.send(batch)
+            partial = await self.sink.send(batch)
         except SinkError as exc:
             log.error("sink %s: batch of %d events rejected, dropped: %s", self.name, len(batch), exc)
             self._drop("rejected", batch)
             return [], None
         except (SinkTransientError, OSError, TimeoutError) as exc:
             return batch, exc
+        if isinstance(partial, PartialRejection) and partial.indexes:
+            refused = set(partial.indexes)
+            dropped = [r for i, r in enumerate(batch) if i in refused]
+            self._drop("rejected", dropped)
+            first = partial.reasons[0] if partial.reasons else "no reason given"
+            log.warning("sink %s: %d of %d events rejected by the store, dropped (first: %s)", self.name,
+                        len(dropped), len(batch), first)
+            batch = [r for i, r in enumerate(batch) if i not in refused]
         self.c.delivered_events += len(batch)
         self.c.delivered_bytes += sum(r.nbytes for r in batch)
         return [], None

@@ -5,14 +5,17 @@ from __future__ import annotations
 import socket
 
 from qtap_async.bpf import abi
-from qtap_async.events.kernel import ConnClose, ConnOpen, Data, KernelRecord, ProcExec, ProcExit
+from qtap_async.events.kernel import ConnClose, ConnOpen, Data, KernelRecord, ProcExec, ProcExit, ProcFork
 
 _hdr = abi.HDR.unpack_from
 _open = abi.CONN_OPEN.unpack_from
 _close = abi.CONN_CLOSE.unpack_from
 _data = abi.DATA.unpack_from
 _exec = abi.PROC_EXEC.unpack_from
+_exec_v1 = abi.PROC_EXEC_V1.unpack_from
 _exit = abi.PROC_EXIT.unpack_from
+_fork = abi.PROC_FORK.unpack_from
+_READABLE = frozenset(abi.READABLE_ABI_VERSIONS)
 _ntop = socket.inet_ntop
 _PAYLOAD = abi.DATA_PAYLOAD_OFFSET
 _V4_MAPPED = b"\x00" * 10 + b"\xff\xff"
@@ -39,7 +42,7 @@ def decode(raw: bytes) -> KernelRecord:
     """One ring-buffer record -> its typed record. Raises DecodeError for a malformed record."""
     try:
         rtype, version, _cpu, ts, conn_id, pid, tid = _hdr(raw)
-        if version != abi.ABI_VERSION:
+        if version != abi.ABI_VERSION and version not in _READABLE:
             raise DecodeError(f"record ABI version {version}, expected {abi.ABI_VERSION}")
         if rtype == 3:
             offset, length, skipped, direction, source, flags, fd = _data(raw)
@@ -48,16 +51,26 @@ def decode(raw: bytes) -> KernelRecord:
                 raise DecodeError(f"data record says {length} payload bytes, has {len(payload)}")
             return Data(ts, conn_id, pid, tid, offset, direction, source, flags, skipped, fd, payload)
         if rtype == 1:
-            cg, family, role, flags, lport, rport, laddr, raddr, fd, _pad, comm = _open(raw)
+            cg, family, role, flags, lport, rport, laddr, raddr, fd, uid, comm = _open(raw)
+            if family != AF_INET and raddr[:12] == _V4_MAPPED and laddr[:12] == _V4_MAPPED:
+                # A dual-stack socket talking IPv4 is an IPv4 connection, as the other end reports it.
+                family = AF_INET
+                laddr, raddr = laddr[12:], raddr[12:]
             return ConnOpen(ts, conn_id, pid, tid, cg, family, role, bool(flags & abi.CONN_MIDSTREAM), lport,
                             rport, _addr(family, laddr), _addr(family, raddr), fd, _cstr(comm),
-                            bool(flags & abi.CONN_UDP))
+                            bool(flags & abi.CONN_UDP), uid if version >= 2 else -1)
         if rtype == 2:
             sent, received, open_ts = _close(raw)
             return ConnClose(ts, conn_id, pid, sent, received, open_ts)
         if rtype == 4:
-            cg, ppid, uid, comm, filename = _exec(raw)
-            return ProcExec(ts, pid, ppid, uid, cg, _cstr(comm), _cstr(filename))
+            if version < 2:
+                cg, ppid, uid, comm, filename = _exec_v1(raw)
+                return ProcExec(ts, pid, ppid, uid, cg, _cstr(comm), _cstr(filename))
+            cg, ppid, uid, comm, filename, ino, dev, _pad = _exec(raw)
+            return ProcExec(ts, pid, ppid, uid, cg, _cstr(comm), _cstr(filename), ino, dev)
+        if rtype == 6:
+            cg, ppid, uid = _fork(raw)
+            return ProcFork(ts, pid, ppid, uid, cg)
         if rtype == 5:
             code, _pad = _exit(raw)
             return ProcExit(ts, pid, code)

@@ -41,8 +41,12 @@ class DnsCache:
             d.popitem(last=False)
 
     def lookup(self, pid: int, ip: str, now: float | None = None) -> str:
+        return self.lookup_source(pid, ip, now)[0]
+
+    def lookup_source(self, pid: int, ip: str, now: float | None = None) -> tuple[str, str]:
+        """(name, "pid") from this process's answers, else (name, "host") from anyone's, else ("", "")."""
         t = time.monotonic() if now is None else now
-        for hit in (self._by_pid.get((pid, ip)), self._host.get(ip)):
+        for hit, source in ((self._by_pid.get((pid, ip)), "pid"), (self._host.get(ip), "host")):
             if hit is not None and hit[1] >= t:
-                return hit[0]
-        return ""
+                return hit[0], source
+        return "", ""

@@ -1,7 +1,11 @@
-"""Process context from /proc: exe, cmdline, user, container id.
+"""Process context from /proc, completed by what the kernel said: exe, cmdline, user, cgroup, container id.
 
 Read once per pid and cached; the exec record of the kernel invalidates the entry (same pid, new
-program). A process that is already gone keeps what the kernel told us (comm, exec filename).
+program). A process can be gone before user space looks (a short-lived curl, a child forked after
+accept() that exits at once), so the kernel's own records carry what naming it needs: the exec record has
+the uid, the cgroup id and the executable's inode; the fork record names the parent whose program the
+child runs; the connection open record has the uid and cgroup id of the task that opened it. /proc, when
+it is still there, wins; the kernel's hints fill in what it cannot tell any more.
 """
 
 from __future__ import annotations
@@ -29,6 +33,17 @@ class ProcessInfo(msgspec.Struct, frozen=True, gc=False):
     cgroup: str
 
 
+class _Hint(msgspec.Struct, gc=False):
+    """What the kernel told about a pid (exec or fork record), for when /proc no longer can."""
+
+    comm: str = ""
+    filename: str = ""
+    uid: int = -1
+    cgroup_id: int = 0
+    exe_key: tuple[int, int] | None = None  # (dev, inode) of the executable
+    parent: ProcessInfo | None = None  # forked, not exec'd since: the parent's program
+
+
 def container_id_from_cgroup(text: str) -> str:
     """The container id in /proc/PID/cgroup content, or '' for a host process."""
     for line in text.splitlines():
@@ -39,6 +54,17 @@ def container_id_from_cgroup(text: str) -> str:
     return ""
 
 
+def cgroup_path(text: str) -> str:
+    """The cgroup v2 path in /proc/PID/cgroup content (the `0::` line); on a v1-only host, the first line's."""
+    first = ""
+    for line in text.splitlines():
+        if line.startswith("0::"):
+            return line[3:]
+        if not first:
+            first = line.rsplit(":", 1)[-1]
+    return first
+
+
 def _read(path: str) -> str:
     try:
         with open(path, "rb") as f:
@@ -47,7 +73,8 @@ def _read(path: str) -> str:
         return ""
 
 
-def _user(uid: int) -> str:
+def user_name(uid: int) -> str:
+    """The user name of a uid, or the number as text when it has none."""
     try:
         return pwd.getpwuid(uid).pw_name
     except (KeyError, OverflowError):
@@ -68,47 +95,166 @@ def read_process(pid: int, comm_hint: str = "", exe_hint: str = "") -> ProcessIn
             uid = int(line.split()[1])
             break
     cgroup_text = _read(f"{base}/cgroup")
-    cgroup = cgroup_text.splitlines()[0].rsplit(":", 1)[-1] if cgroup_text else ""
     return ProcessInfo(
         pid=pid,
         exe=exe,
         comm=comm,
         cmdline=cmdline,
         uid=uid,
-        user=_user(uid) if uid >= 0 else "",
+        user=user_name(uid) if uid >= 0 else "",
         container_id=container_id_from_cgroup(cgroup_text),
-        cgroup=cgroup,
+        cgroup=cgroup_path(cgroup_text),
     )
 
 
-class ProcessCache:
-    """pid -> ProcessInfo, bounded (LRU)."""
+def _cgroup2_root() -> str:
+    """Where the cgroup v2 hierarchy is mounted (/sys/fs/cgroup, or .../unified on a hybrid host)."""
+    for line in _read("/proc/self/mountinfo").splitlines():
+        left, _, right = line.partition(" - ")
+        if right.startswith("cgroup2 "):
+            return left.split()[4]
+    return ""
 
-    def __init__(self, max_entries: int = 16384) -> None:
-        self._cache: OrderedDict[int, ProcessInfo] = OrderedDict()
-        self._hints: dict[int, tuple[str, str]] = {}
+
+class CgroupPaths:
+    """cgroup v2 id (what bpf_get_current_cgroup_id() returns: the inode of the cgroup's directory) -> path.
+
+    Filled by walking the hierarchy, again on a miss but at most once per `rescan_ns`, so a burst of
+    unknown ids costs one walk. Bounded by the number of cgroups on the host.
+    """
+
+    def __init__(self, root: str | None = None, rescan_ns: int = 1_000_000_000, max_entries: int = 65536) -> None:
+        self.root = _cgroup2_root() if root is None else root
+        self.rescan_ns = rescan_ns
         self.max_entries = max_entries
+        self._paths: dict[int, str] = {}
+        self._last_scan_ns = -rescan_ns
 
-    def get(self, pid: int, comm_hint: str = "") -> ProcessInfo:
+    def _scan(self, now_ns: int) -> None:
+        self._last_scan_ns = now_ns
+        if not self.root:
+            return
+        paths: dict[int, str] = {}
+        cut = len(self.root.rstrip("/"))
+        for dirpath, _dirs, _files in os.walk(self.root):
+            try:
+                ino = os.stat(dirpath).st_ino
+            except OSError:
+                continue
+            paths[ino] = dirpath[cut:] or "/"
+            if len(paths) >= self.max_entries:
+                break
+        self._paths = paths
+
+    def path(self, cgroup_id: int, now_ns: int) -> str:
+        if not cgroup_id:
+            return ""
+        p = self._paths.get(cgroup_id)
+        if p is None and now_ns - self._last_scan_ns >= self.rescan_ns:
+            self._scan(now_ns)
+            p = self._paths.get(cgroup_id)
+        return p or ""
+
+
+class ProcessCache:
+    """pid -> ProcessInfo, bounded (LRU), with the kernel's hints for processes /proc no longer shows."""
+
+    def __init__(self, max_entries: int = 16384, cgroups: CgroupPaths | None = None) -> None:
+        self._cache: OrderedDict[int, ProcessInfo] = OrderedDict()
+        self._hints: OrderedDict[int, _Hint] = OrderedDict()
+        # Executables by (dev, inode): the path /proc gave for a live process, reused for a gone one, so
+        # the same binary is always named the same (/usr/bin/python3 vs python3.11).
+        self._exe_paths: dict[tuple[int, int], str] = {}
+        self.cgroups = cgroups if cgroups is not None else CgroupPaths()
+        self.max_entries = max_entries
+        #: Bumped for a pid each time it execs: a connection compares it to notice a new program.
+        self.exec_gen: dict[int, int] = {}
+
+    def _hint(self, pid: int) -> _Hint:
+        h = self._hints.get(pid)
+        if h is None:
+            h = self._hints[pid] = _Hint()
+            if len(self._hints) > self.max_entries:
+                self._hints.popitem(last=False)
+        return h
+
+    def get(self, pid: int, comm_hint: str = "", *, uid: int = -1, cgroup_id: int = 0, now_ns: int = 0) -> ProcessInfo:
+        """The process; `uid`/`cgroup_id` are what a kernel record said about it (used when /proc is gone)."""
         info = self._cache.get(pid)
         if info is not None:
             self._cache.move_to_end(pid)
             return info
-        comm, exe = self._hints.get(pid, (comm_hint, ""))
-        info = read_process(pid, comm or comm_hint, exe)
+        hint = self._hints.get(pid)
+        info = read_process(pid, (hint.comm if hint else "") or comm_hint)
+        if hint is not None or uid >= 0 or cgroup_id:
+            info = self._complete(info, hint, uid, cgroup_id, now_ns)
         self._cache[pid] = info
         if len(self._cache) > self.max_entries:
-            old, _ = self._cache.popitem(last=False)
-            self._hints.pop(old, None)
+            self._cache.popitem(last=False)
         return info
 
-    def on_exec(self, pid: int, comm: str, filename: str) -> None:
+    def _complete(self, info: ProcessInfo, hint: _Hint | None, uid: int, cgroup_id: int, now_ns: int) -> ProcessInfo:
+        changes: dict[str, object] = {}
+        exe_key = hint.exe_key if hint else None
+        if info.exe:
+            if exe_key is not None:
+                self._exe_paths[exe_key] = info.exe
+        else:  # gone: name it from what the kernel said
+            parent = hint.parent if hint else None
+            if parent is not None:
+                changes.update(exe=parent.exe, cmdline=info.cmdline or parent.cmdline,
+                               comm=info.comm or parent.comm, container_id=parent.container_id)
+            elif hint is not None:
+                known = self._exe_paths.get(exe_key) if exe_key is not None else None
+                changes["exe"] = known or _normalize(hint.filename)
+        if info.uid < 0:
+            u = uid if uid >= 0 else (hint.uid if hint else -1)
+            if u < 0 and hint is not None and hint.parent is not None:
+                u = hint.parent.uid
+            if u >= 0:
+                changes.update(uid=u, user=user_name(u))
+        if not info.cgroup:
+            cg = self.cgroups.path(cgroup_id or (hint.cgroup_id if hint else 0), now_ns)
+            if not cg and hint is not None and hint.parent is not None:
+                cg = hint.parent.cgroup
+            if cg:
+                changes["cgroup"] = cg
+                if not info.container_id and "container_id" not in changes:
+                    changes["container_id"] = container_id_from_cgroup(cg)
+        return msgspec.structs.replace(info, **changes) if changes else info
+
+    def on_exec(self, pid: int, comm: str, filename: str, uid: int = -1, cgroup_id: int = 0,
+                exe_ino: int = 0, exe_dev: int = 0) -> None:
         # Same pid, new program: forget the old one; keep what the kernel said in case it exits fast.
         self._cache.pop(pid, None)
-        self._hints[pid] = (comm, filename)
-        if len(self._hints) > self.max_entries:
-            self._hints.pop(next(iter(self._hints)))
+        self.exec_gen[pid] = self.exec_gen.get(pid, 0) + 1
+        if len(self.exec_gen) > self.max_entries:
+            self.exec_gen.pop(next(iter(self.exec_gen)))
+        h = self._hint(pid)
+        h.comm, h.filename, h.uid, h.cgroup_id = comm, filename, uid, cgroup_id
+        h.exe_key = (exe_dev, exe_ino) if exe_ino else None
+        h.parent = None
+
+    def on_fork(self, pid: int, ppid: int, uid: int = -1, cgroup_id: int = 0, now_ns: int = 0) -> None:
+        """A new process running its parent's program (until it execs)."""
+        self._cache.pop(pid, None)
+        parent = self._cache.get(ppid)
+        if parent is None:
+            parent = self.get(ppid, now_ns=now_ns)
+        h = self._hint(pid)
+        h.comm, h.uid, h.cgroup_id = parent.comm, uid, cgroup_id
+        h.filename, h.exe_key, h.parent = parent.exe, None, parent
 
     def on_exit(self, pid: int) -> None:
         # Connections of this pid may still close after it; the entry ages out of the LRU.
         pass
+
+
+def _normalize(filename: str) -> str:
+    """An exec filename as /proc/PID/exe would name it: absolute, symlinks resolved (host paths only)."""
+    if not filename.startswith("/"):
+        return filename
+    try:
+        return os.path.realpath(filename)
+    except OSError:
+        return filename

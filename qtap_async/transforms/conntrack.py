@@ -16,16 +16,39 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from qtap_async.bpf import abi
-from qtap_async.events.connection import ConnectionEvent, GapEvent
-from qtap_async.events.kernel import ConnClose, ConnOpen, Data, KernelRecord, ProcExec, ProcExit
+from qtap_async.events.connection import ConnectionEvent, GapEvent, Owner
+from qtap_async.events.kernel import ConnClose, ConnOpen, Data, KernelRecord, ProcExec, ProcExit, ProcFork
 from qtap_async.protocols.dns import parse_dns_datagram
 from qtap_async.topology.dns_cache import DnsCache
+from qtap_async.topology.domains import Domains
 from qtap_async.topology.listeners import ListeningPorts
-from qtap_async.topology.process import ProcessCache, ProcessInfo
-from qtap_async.transforms.reassembly import ReassemblyStats, Segment, StreamReassembler
+from qtap_async.topology.process import ProcessCache, ProcessInfo, user_name
+from qtap_async.transforms.reassembly import Gap, ReassemblyStats, Segment, StreamReassembler
 
 _SOURCE_NAMES = {int(s): s.name.lower() for s in abi.Source}
 _DIR_NAMES = {0: "send", 1: "recv"}
+PAYLOAD_OFF = "payload_off"
+# Why a data record's `skipped` bytes were not captured, from its flags (first match wins).
+_SKIP_REASONS = (
+    (abi.DataFlag.SENDFILE, "sendfile"),
+    (abi.DataFlag.SPLICE, "splice"),
+    (abi.DataFlag.IO_URING, "io_uring"),
+    (abi.DataFlag.DISCARDED, "discarded"),
+    (abi.DataFlag.READ_FAULT, "read_fault"),
+    (abi.DataFlag.NO_PAYLOAD, PAYLOAD_OFF),
+)
+_URING = int(abi.DataFlag.IO_URING)
+# Connections evicted (idle or table full) that are remembered so later activity resumes them honestly.
+MAX_EVICTED_REMEMBERED = 16384
+# Distinct processes kept in a connection's owner history (a socket shared by many workers stays bounded).
+MAX_OWNERS = 16
+
+
+def _skip_reason(flags: int) -> str:
+    for flag, reason in _SKIP_REASONS:
+        if flags & flag:
+            return reason
+    return "truncated"
 
 
 class Session(Protocol):
@@ -48,6 +71,8 @@ class ConntrackStats:
     connections_evicted_idle: int = 0
     connections_evicted_full: int = 0
     orphan_data_records: int = 0
+    connections_resumed: int = 0
+    owner_changes: int = 0
     data_records: int = 0
     data_bytes: int = 0
     process_records: int = 0
@@ -58,32 +83,55 @@ class Connection:
     """One TCP connection as seen from one process (each end on this host is its own connection)."""
 
     __slots__ = (
+        "base_received",
+        "base_sent",
         "bytes_received",
         "bytes_sent",
         "conn_id",
         "direction",
         "domain",
+        "domain_source",
+        "exec_gen",
         "family",
         "fd",
+        "io_uring",
         "laddr",
         "last_ns",
         "lport",
         "midstream",
+        "open_pid",
+        "open_process",
         "open_ts_ns",
+        "owners",
         "pid",
         "process",
         "raddr",
+        "resumed",
         "role",
         "rport",
         "sessions",
         "streams",
         "tls",
         "udp",
+        "uid",
     )
 
     def __init__(self, rec: ConnOpen, process: ProcessInfo, direction: str) -> None:
         self.conn_id = rec.conn_id
+        #: The process doing the I/O now (what protocol records are attributed to); the opener is kept
+        #: apart for the connection events.
         self.pid = rec.pid
+        self.open_pid = rec.pid
+        self.open_process = process
+        self.uid = rec.uid if rec.uid >= 0 else process.uid
+        self.exec_gen = 0
+        #: (pid, process, wall-clock-less monotonic ts of first I/O) of every process that moved bytes, once
+        #: a second one did; None while the opener is the only one.
+        self.owners: list[tuple[int, ProcessInfo, int]] | None = None
+        self.resumed = False
+        self.io_uring = False
+        self.base_sent = 0
+        self.base_received = 0
         self.fd = rec.fd
         self.family = "ipv6" if rec.family == 10 else "ipv4"
         self.role = rec.role
@@ -101,6 +149,7 @@ class Connection:
         self.streams: dict[int, StreamReassembler] = {}  # key: source * 2 + dir
         self.sessions: dict[int, Session | None] = {}  # key: 0 = socket bytes, 1 = TLS plaintext
         self.domain = ""
+        self.domain_source = ""  # see topology/domains.py
         self.tls = False
         self.udp = rec.udp
 
@@ -142,7 +191,11 @@ class Conntrack:
         self.listeners = listeners or ListeningPorts()
         self.emit_gaps = emit_gaps
         self.conns: OrderedDict[int, Connection] = OrderedDict()
+        # Evicted connections by id: the kernel may still report them (data after an idle spell, or their
+        # close), and they then resume as the same connection instead of a context-less orphan.
+        self._evicted: OrderedDict[int, Connection] = OrderedDict()
         self.dns = DnsCache()
+        self.domains = Domains(self.dns)
         self.stats = ConntrackStats()
         # bpf_ktime_get_ns() is CLOCK_MONOTONIC; events carry wall-clock time.
         self._wall_offset_ns = time.time_ns() - time.monotonic_ns()
@@ -178,9 +231,16 @@ class Conntrack:
         # Joined mid-way: a connection on a port this process's network namespace listens on was accepted.
         return "ingress" if self.listeners.is_listening(rec.pid, rec.lport) else "egress"
 
+    def _owners(self, c: Connection) -> list[Owner] | None:
+        if c.owners is None:
+            return None
+        return [Owner(pid=pid, exe=p.exe, comm=p.comm, user=p.user, first_ns=self.wall_ns(ts))
+                for pid, p, ts in c.owners]
+
     def _conn_event(self, c: Connection, event: str, ts_ns: int, reason: str = "") -> ConnectionEvent:
         src_ip, src_port, dst_ip, dst_port = c.endpoints()
-        p = c.process
+        p = c.open_process
+        closing = event == "close"
         return ConnectionEvent(
             id=self._event_id(),
             ts=self.rfc3339(ts_ns),
@@ -193,20 +253,25 @@ class Conntrack:
             src_port=src_port,
             dst_ip=dst_ip,
             dst_port=dst_port,
-            pid=c.pid,
+            pid=c.open_pid,
             exe=p.exe,
             comm=p.comm,
-            user=p.user,
+            user=user_name(c.uid) if c.uid >= 0 and c.uid != p.uid else p.user,
+            uid=c.uid,
             container_id=p.container_id,
             cgroup=p.cgroup,
-            bytes_sent=c.bytes_sent,
-            bytes_received=c.bytes_received,
-            duration_ns=(ts_ns - c.open_ts_ns) if event == "close" else 0,
-            protocol=c.protocol if event == "close" else "",
+            bytes_sent=c.bytes_sent - c.base_sent,
+            bytes_received=c.bytes_received - c.base_received,
+            duration_ns=(ts_ns - c.open_ts_ns) if closing else 0,
+            protocol=c.protocol if closing else "",
             domain=c.domain,
+            domain_source=c.domain_source,
             tls=c.tls,
             transport="udp" if c.udp else "tcp",
             midstream=c.midstream,
+            resumed=c.resumed,
+            io_uring=c.io_uring,
+            owners=self._owners(c) if closing else None,
             reason=reason,
         )
 
@@ -220,9 +285,14 @@ class Conntrack:
             return self._close(rec)
         if type(rec) is ProcExec:
             self.stats.process_records += 1
-            self.processes.on_exec(rec.pid, rec.comm, rec.filename)
+            self.processes.on_exec(rec.pid, rec.comm, rec.filename, rec.uid, rec.cgroup_id, rec.exe_ino,
+                                   rec.exe_dev)
             if self.on_exec is not None:
                 self.on_exec(rec.pid)
+            return []
+        if type(rec) is ProcFork:
+            self.stats.process_records += 1
+            self.processes.on_fork(rec.pid, rec.ppid, rec.uid, rec.cgroup_id, rec.ts_ns)
             return []
         if type(rec) is ProcExit:
             self.stats.process_records += 1
@@ -237,32 +307,89 @@ class Conntrack:
         old = self.conns.pop(rec.conn_id, None)
         if old is not None:  # should not happen (ids are unique per run); close the old one honestly
             out.extend(self._finish(old, rec.ts_ns, "replaced"))
-        if len(self.conns) >= self.max_connections:
-            _, victim = self.conns.popitem(last=False)
-            self.stats.connections_evicted_full += 1
-            out.extend(self._finish(victim, rec.ts_ns, "evicted"))
-        c = Connection(rec, self.processes.get(rec.pid, rec.comm), self._direction(rec))
-        c.domain = self.dns.lookup(rec.pid, rec.raddr)
+        self._evicted.pop(rec.conn_id, None)
+        out.extend(self._make_room(rec.ts_ns))
+        process = self.processes.get(rec.pid, rec.comm, uid=rec.uid, cgroup_id=rec.cgroup_id, now_ns=rec.ts_ns)
+        c = Connection(rec, process, self._direction(rec))
+        c.exec_gen = self.processes.exec_gen.get(rec.pid, 0)
+        self.domains.at_open(c)
         self.conns[rec.conn_id] = c
         self.stats.connections_opened += 1
         out.append(self._conn_event(c, "open", rec.ts_ns))
         return out
 
-    def _orphan(self, rec: Data) -> Connection:
-        # Data for a connection whose open record was lost (ring buffer full): keep what we know.
-        self.stats.orphan_data_records += 1
-        stub = ConnOpen(rec.ts_ns, rec.conn_id, rec.pid, rec.tid, 0, 2, 0, True, 0, 0, "", "", rec.fd, "")
-        c = Connection(stub, self.processes.get(rec.pid), "egress")
-        c.direction = "unknown"
-        self.conns[rec.conn_id] = c
+    def _make_room(self, ts_ns: int) -> list[Any]:
+        if len(self.conns) < self.max_connections:
+            return []
+        _, victim = self.conns.popitem(last=False)
+        self.stats.connections_evicted_full += 1
+        return self._evict(victim, ts_ns)
+
+    def _evict(self, c: Connection, ts_ns: int) -> list[Any]:
+        out = self._finish(c, ts_ns, "evicted")
+        # Keep the identity and the byte counts reported so far; the streams and sessions are gone.
+        c.streams = {}
+        c.sessions = {}
+        c.owners = None
+        self._evicted[c.conn_id] = c
+        if len(self._evicted) > MAX_EVICTED_REMEMBERED:
+            self._evicted.popitem(last=False)
+        return out
+
+    def _revive(self, conn_id: int, ts_ns: int, out: list[Any]) -> Connection | None:
+        """An evicted connection shows activity again: the same connection, opened again as `resumed`,
+        counting its bytes from where the eviction's close left them."""
+        c = self._evicted.pop(conn_id, None)
+        if c is None:
+            return None
+        out.extend(self._make_room(ts_ns))
+        c.resumed = True  # its streams start again wherever the next bytes are
+        c.base_sent, c.base_received = c.bytes_sent, c.bytes_received
+        c.open_ts_ns = c.last_ns = ts_ns
+        c.open_pid, c.open_process = c.pid, c.process
+        self.conns[conn_id] = c
+        self.stats.connections_opened += 1
+        self.stats.connections_resumed += 1
+        out.append(self._conn_event(c, "open", ts_ns))
         return c
 
+    def _orphan(self, rec: Data, out: list[Any]) -> Connection:
+        # Data for a connection whose open record was lost (ring buffer full): keep what we know, and
+        # announce it like any other connection so opens and closes still pair up.
+        self.stats.orphan_data_records += 1
+        out.extend(self._make_room(rec.ts_ns))
+        stub = ConnOpen(rec.ts_ns, rec.conn_id, rec.pid, rec.tid, 0, 2, 0, True, 0, 0, "", "", rec.fd, "")
+        c = Connection(stub, self.processes.get(rec.pid, now_ns=rec.ts_ns), "unknown")
+        c.exec_gen = self.processes.exec_gen.get(rec.pid, 0)
+        self.conns[rec.conn_id] = c
+        self.stats.connections_opened += 1
+        out.append(self._conn_event(c, "open", rec.ts_ns))
+        return c
+
+    def _switch_owner(self, c: Connection, pid: int, ts_ns: int) -> None:
+        """Another process (or a new program in the same one) moves bytes on `c` from now on."""
+        if c.owners is None:
+            c.owners = [(c.pid, c.process, c.open_ts_ns)]
+        c.pid = pid
+        c.process = self.processes.get(pid, now_ns=ts_ns)
+        c.exec_gen = self.processes.exec_gen.get(pid, 0)
+        self.stats.owner_changes += 1
+        for opid, p, _ in c.owners:
+            if opid == pid and p is c.process:
+                return  # back to a process seen before (workers sharing a socket take turns)
+        if len(c.owners) < MAX_OWNERS:
+            c.owners.append((pid, c.process, ts_ns))
+
     def _data(self, rec: Data) -> list[Any]:
+        out: list[Any] = []
         c = self.conns.get(rec.conn_id)
         if c is None:
-            c = self._orphan(rec)
+            c = self._revive(rec.conn_id, rec.ts_ns, out) or self._orphan(rec, out)
         else:
             self.conns.move_to_end(rec.conn_id)
+        pid = rec.pid
+        if pid != c.pid or self.processes.exec_gen.get(pid, 0) != c.exec_gen:
+            self._switch_owner(c, pid, rec.ts_ns)
         stats = self.stats
         stats.data_records += 1
         n = len(rec.payload)
@@ -277,24 +404,32 @@ class Conntrack:
                 c.bytes_received = max(c.bytes_received, rec.offset + n + rec.skipped)
         else:
             c.tls = True
+        flags = rec.flags
+        if flags & _URING:
+            c.io_uring = True
         if c.udp:
             # DNS over UDP: every record is one whole datagram, nothing to reassemble.
             if not rec.payload:
-                return []
+                return out
             msg = parse_dns_datagram(rec.payload, direction=rec.dir, ts_ns=rec.ts_ns)
-            return self._protocol(c, [msg], 0)
+            out.extend(self._protocol(c, [msg], 0))
+            return out
         key = source * 2 + rec.dir
         stream = c.streams.get(key)
         if stream is None:
             # A stream seen from its start begins at 0; one joined mid-way begins where we came in.
-            stream = StreamReassembler(None if c.midstream else 0, stats=stats.reassembly)
+            stream = StreamReassembler(None if c.midstream or c.resumed else 0, stats=stats.reassembly)
             c.streams[key] = stream
-        segments = stream.push(rec.offset, rec.payload, rec.skipped)
+        if rec.skipped:
+            segments = stream.push(rec.offset, rec.payload, rec.skipped, _skip_reason(flags))
+        else:
+            segments = stream.push(rec.offset, rec.payload)
         if not segments:
-            return []
+            return out
         if layer not in c.sessions:
             c.sessions[layer] = self.session_factory(c, layer) if self.session_factory else None
-        return self._deliver(c, source, rec.dir, segments, rec.ts_ns)
+        out.extend(self._deliver(c, source, rec.dir, segments, rec.ts_ns))
+        return out
 
     def _deliver(self, c: Connection, source: int, direction: int, segments: list[Segment],
                  ts_ns: int) -> list[Any]:
@@ -304,24 +439,27 @@ class Conntrack:
         out: list[Any] = []
         for seg in segments:
             if isinstance(seg, int):
-                if self.emit_gaps:
-                    out.append(self._gap_event(c, source, direction, seg, ts_ns))
+                reason = seg.reason if isinstance(seg, Gap) else "lost"
+                # With payload capture off every call is "skipped" by design: no gap worth an event.
+                if self.emit_gaps and reason != PAYLOAD_OFF:
+                    out.append(self._gap_event(c, source, direction, seg, ts_ns, reason))
                 if session is not None:
                     out.extend(self._protocol(c, session.gap(direction, seg, ts_ns), layer))
             elif session is not None:
                 out.extend(self._protocol(c, session.feed(direction, seg, ts_ns), layer))
         return out
 
-    def _gap_event(self, c: Connection, source: int, direction: int, n: int, ts_ns: int) -> GapEvent:
+    def _gap_event(self, c: Connection, source: int, direction: int, n: int, ts_ns: int, reason: str) -> GapEvent:
         return GapEvent(
             id=self._event_id(),
             ts=self.rfc3339(ts_ns),
             conn_id=c.conn_id,
             direction=_DIR_NAMES.get(direction, "?"),
             source=_SOURCE_NAMES.get(source, str(source)),
-            bytes=n,
+            bytes=int(n),
             pid=c.pid,
             exe=c.process.exe,
+            reason=reason,
         )
 
     def _protocol(self, c: Connection, records: list[Any], layer: int) -> list[Any]:
@@ -335,13 +473,19 @@ class Conntrack:
         return out
 
     def _close(self, rec: ConnClose) -> list[Any]:
+        out: list[Any] = []
         c = self.conns.pop(rec.conn_id, None)
         if c is None:
-            return []
+            # Evicted earlier: its real end is news, told as a resumed segment with the bytes since.
+            c = self._revive(rec.conn_id, rec.ts_ns, out)
+            if c is None:
+                return out
+            del self.conns[rec.conn_id]
         # The kernel's totals include bytes whose records were dropped or muted (TLS ciphertext).
         c.bytes_sent = max(c.bytes_sent, rec.bytes_sent)
         c.bytes_received = max(c.bytes_received, rec.bytes_received)
-        return self._finish(c, rec.ts_ns, "closed")
+        out.extend(self._finish(c, rec.ts_ns, "closed"))
+        return out
 
     def _finish(self, c: Connection, ts_ns: int, reason: str) -> list[Any]:
         out: list[Any] = []
@@ -364,7 +508,7 @@ class Conntrack:
                 break
             del self.conns[conn_id]
             self.stats.connections_evicted_idle += 1
-            out.extend(self._finish(c, now_ns, "evicted"))
+            out.extend(self._evict(c, now_ns))
         return out
 
     def close_all(self, now_ns: int) -> list[Any]:

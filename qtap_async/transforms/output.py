@@ -7,6 +7,8 @@ timings in wall-clock time, and headers/bodies only as far as the capture level 
 
 from __future__ import annotations
 
+import itertools
+import os
 import re
 from typing import Any, Literal
 
@@ -16,6 +18,7 @@ from qtap_async.events.dns import DnsMessage
 from qtap_async.events.http import HttpTransaction, TlsClientHello
 from qtap_async.plugins.exchange import host_of
 from qtap_async.plugins.redact import DEFAULT_REDACTOR, Redactor
+from qtap_async.topology.domains import offer
 from qtap_async.transforms.conntrack import Connection, Conntrack
 
 _CAMEL = re.compile(r"(?<!^)(?=[A-Z])")
@@ -35,6 +38,11 @@ class ProtocolOutput:
         self.conntrack = conntrack
         self.level = level
         self.redactor = redactor or DEFAULT_REDACTOR
+        self._ids = itertools.count(1)
+        self._id_prefix = os.urandom(4).hex()
+
+    def _event_id(self) -> str:
+        return f"{self._id_prefix}-p{next(self._ids)}"
 
     def _context(self, conn: Connection, layer: int) -> dict[str, Any]:
         src_ip, src_port, dst_ip, dst_port = conn.endpoints()
@@ -57,16 +65,18 @@ class ProtocolOutput:
         if isinstance(rec, HttpTransaction):
             return [self._http(conn, rec, layer)]
         if isinstance(rec, TlsClientHello) and rec.sni:  # what the client asked for beats DNS guesses
-            conn.domain = rec.sni
+            offer(conn, rec.sni, "sni")
         elif isinstance(rec, DnsMessage):
             self.conntrack.dns.learn(conn.pid, rec)
         if not isinstance(rec, msgspec.Struct):
             return []
         body = msgspec.to_builtins(rec)
         body.pop("kind", None)  # the record's own tag; `type` says the same
+        if "id" in body:  # a DNS message's own id; `id` names the event (stores de-duplicate by it)
+            body["dns_id"] = body.pop("id")
         ts = body.get("ts_ns")
-        event: dict[str, Any] = {"type": _type_name(rec), "ts": self.conntrack.rfc3339(ts if isinstance(ts, int)
-                                                                                       else conn.last_ns)}
+        event: dict[str, Any] = {"type": _type_name(rec), "id": self._event_id(),
+                                 "ts": self.conntrack.rfc3339(ts if isinstance(ts, int) else conn.last_ns)}
         event.update(self._context(conn, layer))
         for k, v in body.items():
             if k not in event and k != "ts_ns":  # the record's ts_ns is monotonic; `ts` is wall-clock
@@ -75,11 +85,10 @@ class ProtocolOutput:
 
     def _http(self, conn: Connection, tx: HttpTransaction, layer: int) -> dict[str, Any]:
         host = host_of(tx.authority)
-        if host and not conn.domain:
-            conn.domain = host
+        offer(conn, host, "host")
         start = tx.request_start_ns or tx.response_start_ns or conn.last_ns
         rt = self.conntrack.rfc3339
-        ev: dict[str, Any] = {"type": "http_transaction", "ts": rt(start)}
+        ev: dict[str, Any] = {"type": "http_transaction", "id": self._event_id(), "ts": rt(start)}
         ev.update(self._context(conn, layer))
         ev.update(
             protocol=tx.protocol,
@@ -98,6 +107,9 @@ class ProtocolOutput:
             ev["ttfb_ns"] = tx.response_start_ns - tx.request_start_ns
         if tx.stream_id is not None:
             ev["stream_id"] = tx.stream_id
+        if tx.pushed:  # a server push: the server promised this exchange, no client asked for it
+            ev["pushed"] = True
+            ev["promised_by"] = tx.promised_by
         if tx.grpc is not None:
             ev["grpc"] = msgspec.structs.asdict(tx.grpc)
         if tx.upgrade:

@@ -6,14 +6,31 @@ many bytes after its payload were not captured. Records of one stream can reach 
 chunks back in order, holds early chunks until the missing bytes arrive, and reports every hole as a gap
 with its size: bytes are never glued across a hole.
 
-Output segments are `bytes` (stream data, in order) or `int` (that many bytes are missing).
+Output segments are `bytes` (stream data, in order) or `Gap` (an int: that many bytes are missing, with
+the reason: what the record said about its skipped bytes, or "lost" for a hole between records).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+
+class Gap(int):
+    """A hole in a stream: `int(gap)` bytes are missing, for `gap.reason`."""
+
+    reason: str
+
+    def __new__(cls, n: int, reason: str) -> Gap:
+        g = super().__new__(cls, n)
+        g.reason = reason
+        return g
+
+    def __repr__(self) -> str:
+        return f"Gap({int(self)}, {self.reason!r})"
+
+
 Segment = bytes | int
+LOST = "lost"
 
 # Early chunks held per stream before the hole before them is declared a gap. Reordering in the ring
 # buffer spans a few records (two threads writing one socket from two CPUs); a longer hole is a drop that
@@ -45,7 +62,7 @@ class StreamReassembler:
     ) -> None:
         # start=None: the stream was joined mid-way, the first chunk seen defines the start.
         self.next = start
-        self._pending: dict[int, tuple[bytes, int]] = {}
+        self._pending: dict[int, tuple[bytes, int, str]] = {}
         self._pending_bytes = 0
         self.max_pending_bytes = max_pending_bytes
         self.max_pending_chunks = max_pending_chunks
@@ -55,14 +72,14 @@ class StreamReassembler:
     def pending_bytes(self) -> int:
         return self._pending_bytes
 
-    def push(self, offset: int, payload: bytes, skipped: int = 0) -> list[Segment]:
-        """Add a chunk: `payload` at `offset`, then `skipped` bytes that were not captured."""
+    def push(self, offset: int, payload: bytes, skipped: int = 0, reason: str = "truncated") -> list[Segment]:
+        """Add a chunk: `payload` at `offset`, then `skipped` bytes that were not captured (for `reason`)."""
         if self.next is None:
             self.next = offset
         out: list[Segment] = []
         if offset != self.next:
             if offset > self.next:
-                self._hold(offset, payload, skipped)
+                self._hold(offset, payload, skipped, reason)
                 if len(self._pending) > self.max_pending_chunks or self._pending_bytes > self.max_pending_bytes:
                     self._skip_to_first_pending(out)
                     self._drain(out)
@@ -70,7 +87,7 @@ class StreamReassembler:
             payload, skipped = self._trim(offset, payload, skipped)
             if not payload and not skipped:
                 return out
-        self._emit(payload, skipped, out)
+        self._emit(payload, skipped, reason, out)
         if self._pending:
             self._drain(out)
         return out
@@ -96,31 +113,32 @@ class StreamReassembler:
             return payload[behind:], skipped
         return b"", skipped - (behind - len(payload))
 
-    def _hold(self, offset: int, payload: bytes, skipped: int) -> None:
+    def _hold(self, offset: int, payload: bytes, skipped: int, reason: str) -> None:
         if offset in self._pending:
-            old, old_skipped = self._pending[offset]
+            old, old_skipped, _ = self._pending[offset]
             if len(old) + old_skipped >= len(payload) + skipped:
                 self.stats.duplicate_bytes += len(payload) + skipped
                 return
             self._pending_bytes -= len(old)
-        self._pending[offset] = (payload, skipped)
+        self._pending[offset] = (payload, skipped, reason)
         self._pending_bytes += len(payload)
         self.stats.reordered_chunks += 1
 
-    def _emit(self, payload: bytes, skipped: int, out: list[Segment]) -> None:
+    def _emit(self, payload: bytes, skipped: int, reason: str, out: list[Segment]) -> None:
         assert self.next is not None
         if payload:
             out.append(payload)
             self.next += len(payload)
         if skipped:
-            self._gap(skipped, out)
+            self._gap(skipped, reason, out)
 
-    def _gap(self, n: int, out: list[Segment]) -> None:
+    def _gap(self, n: int, reason: str, out: list[Segment]) -> None:
         assert self.next is not None
-        if out and isinstance(out[-1], int):
-            out[-1] += n
+        last = out[-1] if out else None
+        if isinstance(last, Gap) and last.reason == reason:
+            out[-1] = Gap(last + n, reason)
         else:
-            out.append(n)
+            out.append(Gap(n, reason))
         self.next += n
         self.stats.gaps += 1
         self.stats.gap_bytes += n
@@ -129,7 +147,7 @@ class StreamReassembler:
         assert self.next is not None
         first = min(self._pending)
         if first > self.next:
-            self._gap(first - self.next, out)
+            self._gap(first - self.next, LOST, out)
 
     def _drain(self, out: list[Segment]) -> None:
         # Deliver held chunks that are now in order (or overlap what was delivered).
@@ -138,14 +156,14 @@ class StreamReassembler:
             assert self.next is not None
             nxt = self.next
             if nxt in pending:
-                payload, skipped = pending.pop(nxt)
+                payload, skipped, reason = pending.pop(nxt)
                 self._pending_bytes -= len(payload)
-                self._emit(payload, skipped, out)
+                self._emit(payload, skipped, reason, out)
                 continue
             first = min(pending)
             if first > nxt:
                 return
-            payload, skipped = pending.pop(first)
+            payload, skipped, reason = pending.pop(first)
             self._pending_bytes -= len(payload)
             payload, skipped = self._trim(first, payload, skipped)
-            self._emit(payload, skipped, out)
+            self._emit(payload, skipped, reason, out)

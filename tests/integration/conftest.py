@@ -1,13 +1,17 @@
-"""Fixtures for the real-peer tests: a self-signed certificate, the Go TLS peer built with `go`."""
+"""Fixtures for the real-peer tests: a self-signed certificate, the Go TLS peer built with `go`, the test HTTP
+server."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.integration.harness import start_http_server
 
 PEERS = Path(__file__).parent / "peers"
 
@@ -32,3 +36,14 @@ def gotls(tmp_path_factory: pytest.TempPathFactory) -> str:
     env = dict(os.environ, GOFLAGS="-mod=mod", CGO_ENABLED="0")
     subprocess.run([go, "build", "-o", str(out), "."], cwd=PEERS / "gotls", env=env, check=True, timeout=300)
     return str(out)
+
+
+@pytest.fixture
+def http_server() -> Iterator[int]:
+    """The test HTTP server (peers/http_server.py) in its own process: its port."""
+    proc, port = start_http_server()
+    try:
+        yield port
+    finally:
+        proc.kill()
+        proc.wait()

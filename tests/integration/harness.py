@@ -6,11 +6,12 @@ connection, so tests can compare streams byte for byte with what the peers reall
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -151,6 +152,26 @@ def start_http_server(*args: str) -> tuple[subprocess.Popen[str], int]:
         proc.kill()
         raise RuntimeError(f"test server did not start: {line!r}")
     return proc, int(line.split()[1])
+
+
+@contextlib.contextmanager
+def dns_server(addr: str, *, system_resolver: bool = False) -> Iterator[subprocess.Popen[str]]:
+    """The test DNS server (peers/dns_server.py) on addr:53; with system_resolver, /etc/resolv.conf points
+    glibc at it until the block ends (then it is put back as it was)."""
+    proc = subprocess.Popen([sys.executable, str(PEERS / "dns_server.py"), addr, "53"], stdout=subprocess.PIPE,
+                            text=True)
+    resolv = Path("/etc/resolv.conf")
+    saved = resolv.read_bytes() if resolv.exists() else None
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "READY"
+        if system_resolver:
+            resolv.write_text(f"nameserver {addr}\noptions attempts:1 timeout:2\n")
+        yield proc
+    finally:
+        if system_resolver and saved is not None:
+            resolv.write_bytes(saved)
+        proc.kill()
+        proc.wait()
 
 
 def free_port() -> int:

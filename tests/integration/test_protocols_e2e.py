@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from qtap_async.agent import AgentOptions
-from tests.integration.harness import PEERS, AgentHarness, free_port, wait_port
+from tests.integration.harness import PEERS, AgentHarness, dns_server, free_port, wait_port
 
 pytestmark = pytest.mark.bpf
 
@@ -124,19 +124,12 @@ def test_grpc_unary_streaming_and_error() -> None:
 def test_dns_over_tcp_names_later_connections() -> None:
     # Port 53 on a loopback address of its own, so nothing on the host is disturbed.
     addr = "127.0.0.53" if not _busy("127.0.0.53") else "127.0.0.54"
-    dns = subprocess.Popen([sys.executable, str(PEERS / "dns_server.py"), addr, "53"], stdout=subprocess.PIPE,
-                           text=True)
-    try:
-        assert dns.stdout is not None and dns.stdout.readline().strip() == "READY"
-        with AgentHarness(record=False) as h:
-            out = subprocess.run([DIG, "+tcp", "+short", f"@{addr}", "alias.test", "A"], capture_output=True,
-                                 text=True, check=True, timeout=30)
-            assert out.stdout.split() == ["target.test.", "127.0.0.1"]
-            assert h.wait_for(lambda: any(e.get("type") == "dns_message" and e.get("is_response")
-                                          for e in h.events() if isinstance(e, dict) and e.get("comm") == "dig"))
-    finally:
-        dns.kill()
-        dns.wait()
+    with dns_server(addr), AgentHarness(record=False) as h:
+        out = subprocess.run([DIG, "+tcp", "+short", f"@{addr}", "alias.test", "A"], capture_output=True,
+                             text=True, check=True, timeout=30)
+        assert out.stdout.split() == ["target.test.", "127.0.0.1"]
+        assert h.wait_for(lambda: any(e.get("type") == "dns_message" and e.get("is_response")
+                                      for e in h.events() if isinstance(e, dict) and e.get("comm") == "dig"))
     (resp,) = [e for e in h.events() if isinstance(e, dict) and e.get("type") == "dns_message"
                and e.get("is_response") and e.get("comm") == "dig"]
     assert resp["qname"] == "alias.test." and resp["transport"] == "tcp"
@@ -156,26 +149,14 @@ def _busy(addr: str) -> bool:
 
 def test_dns_over_udp_dig_and_getent(tmp_path: Path) -> None:
     addr = "127.0.0.53" if not _busy("127.0.0.53") else "127.0.0.54"
-    dns = subprocess.Popen([sys.executable, str(PEERS / "dns_server.py"), addr, "53"], stdout=subprocess.PIPE,
-                           text=True)
-    resolv = Path("/etc/resolv.conf")
-    saved = resolv.read_bytes() if resolv.exists() else None
-    try:
-        assert dns.stdout is not None and dns.stdout.readline().strip() == "READY"
-        with AgentHarness(record=False) as h:
-            out = subprocess.run([DIG, "+short", f"@{addr}", "alias.test", "A"], capture_output=True, text=True,
-                                 check=True, timeout=30)
-            assert out.stdout.split() == ["target.test.", "127.0.0.1"]
-            # getent goes through glibc's resolver (connected UDP socket to the nameserver).
-            resolv.write_text(f"nameserver {addr}\noptions attempts:1 timeout:2\n")
-            got = subprocess.run(["getent", "ahostsv4", "plain.test"], capture_output=True, text=True, timeout=30)
-            assert "127.0.0.1" in got.stdout
-            assert h.wait_for(lambda: {"dig", "getent"} <= {e.get("comm") for e in _dns(h)})
-    finally:
-        if saved is not None:
-            resolv.write_bytes(saved)
-        dns.kill()
-        dns.wait()
+    with dns_server(addr, system_resolver=True), AgentHarness(record=False) as h:
+        out = subprocess.run([DIG, "+short", f"@{addr}", "alias.test", "A"], capture_output=True, text=True,
+                             check=True, timeout=30)
+        assert out.stdout.split() == ["target.test.", "127.0.0.1"]
+        # getent goes through glibc's resolver (connected UDP socket to the nameserver).
+        got = subprocess.run(["getent", "ahostsv4", "plain.test"], capture_output=True, text=True, timeout=30)
+        assert "127.0.0.1" in got.stdout
+        assert h.wait_for(lambda: {"dig", "getent"} <= {e.get("comm") for e in _dns(h)})
     dig = [e for e in _dns(h) if e["comm"] == "dig"]
     assert all(e["transport"] == "udp" for e in dig)
     assert [(a["type"], a["data"]) for a in dig[0]["answers"]] == [("CNAME", "target.test."), ("A", "127.0.0.1")]

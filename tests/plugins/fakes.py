@@ -61,7 +61,7 @@ class FixedProcesses(ProcessCache):
         super().__init__()
         self.exes = exes
 
-    def get(self, pid: int, comm_hint: str = "") -> ProcessInfo:
+    def get(self, pid: int, comm_hint: str = "", **_kernel_hints: int) -> ProcessInfo:
         exe = self.exes.get(pid, "")
         return ProcessInfo(pid=pid, exe=exe, comm=exe.rsplit("/", 1)[-1], cmdline=exe, uid=0, user="root",
                            container_id="", cgroup="")

@@ -12,6 +12,7 @@ HTTP_TRANSACTION_FIELDS = (
     "request_body_truncated", "response_body", "response_body_size", "response_body_truncated",
     "request_body_decoded", "response_body_decoded", "body_decode_error", "request_start_ns", "request_end_ns",
     "response_start_ns", "response_end_ns", "stream_id", "informational", "upgrade", "grpc", "incomplete", "reason",
+    "pushed", "promised_by",
 )
 
 

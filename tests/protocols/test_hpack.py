@@ -105,3 +105,21 @@ def test_cross_check_with_independent_encoder(blocks: list[tuple[list[tuple[str,
         got, missing = dec.decode(enc.encode(headers, huffman=huff))
         assert missing == 0
         assert got == headers
+
+
+@pytest.mark.parametrize("huffman", [True, False])
+def test_non_utf8_path_is_percent_encoded_other_values_unchanged(huffman: bool) -> None:
+    enc = hpack.Encoder()
+    block = enc.encode([(b":method", b"GET"), (b":path", b"/caf\xe9/\xff?x=1"), (b"x-l1", b"caf\xe9"),
+                        (b":authority", "é.test".encode())], huffman=huffman)
+    dec = HpackDecoder()
+    fields, _ = dec.decode(block)
+    assert dict(fields)[":path"] == "/caf%E9/%FF?x=1"
+    assert dict(fields)["x-l1"] == "caf\xe9"  # header values keep their latin-1 reading
+    assert dict(fields)[":authority"] == "é.test"
+    # The same field again from the dynamic table: the same text.
+    fields, _ = dec.decode(enc.encode([(b":path", b"/caf\xe9/\xff?x=1")], huffman=huffman))
+    assert fields == [(":path", "/caf%E9/%FF?x=1")]
+    # UTF-8 stays text.
+    fields, _ = HpackDecoder().decode(hpack.Encoder().encode([(":path", "/café")], huffman=huffman))
+    assert fields == [(":path", "/café")]

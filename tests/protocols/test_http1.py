@@ -331,3 +331,80 @@ def test_recorded_node_websocket() -> None:
     (t,) = out  # the frames after the 101 produce nothing
     assert isinstance(t, type(txs(out)[0])) and t.upgrade == "websocket" and t.status == 101 and not t.incomplete
     assert ("upgrade", "websocket") in t.request_headers
+
+
+# -- issue 19: heads over the limit, 100-continue answered by a final status, non-UTF-8 targets ---------
+
+def _big_get(path: str, filler: int, extra: bytes = b"") -> bytes:
+    return (f"GET {path} HTTP/1.1\r\nHost: big.test\r\n".encode() + b"X-Big: " + b"b" * filler + b"\r\n"
+            + extra + b"Accept: */*\r\n\r\n")
+
+
+@pytest.mark.parametrize("chunk", [None, 1000, 7])
+def test_head_over_limit_is_reported_cut_and_keepalive_goes_on(chunk: int | None) -> None:
+    limits = Limits(max_header_bytes=4096)
+    req = (_big_get("/big", 10_000) + b"GET /next HTTP/1.1\r\nHost: big.test\r\n\r\n"
+           + b"POST /body HTTP/1.1\r\nX-Pad: " + b"p" * 9000 + b"\r\nContent-Length: 5\r\nHost: big.test\r\n\r\nhello"
+           + b"GET /last HTTP/1.1\r\n\r\n")
+    resp = (b"HTTP/1.1 431 Too Large\r\nContent-Length: 2\r\n\r\nno"
+            + b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nyes"
+            + b"HTTP/1.1 200 OK\r\nSet-Cookie: " + b"c" * 9000 + b"\r\nContent-Length: 4\r\n\r\nbody"
+            + b"HTTP/1.1 204 No Content\r\n\r\n")
+    steps: list[tuple[Direction, bytes]] = []
+    for d, data in ((C, req), (S, resp)):
+        size = chunk or len(data)
+        steps += [(d, data[i:i + size]) for i in range(0, len(data), size)]
+    out = run(steps, limits=limits)
+    t = txs(out)
+    assert [(x.method, x.path, x.status) for x in t] == [("GET", "/big", 431), ("GET", "/next", 200),
+                                                         ("POST", "/body", 200), ("GET", "/last", 204)]
+    big, nxt, post, last = t
+    assert big.incomplete and "larger than 4096 bytes (limit max_header_bytes)" in (big.reason or "")
+    assert big.authority == "big.test" and ("Accept", "*/*") in big.request_headers
+    assert not any(k == "X-Big" for k, _ in big.request_headers)  # the line past the limit is dropped
+    assert not nxt.incomplete and nxt.response_body == b"yes"
+    # framing headers are kept wherever they are: the body after the cut head is framed right
+    assert post.request_body == b"hello" and post.response_body == b"body" and post.incomplete
+    assert not last.incomplete
+    cut = [e for e in errors(out) if "max_header_bytes" in e.reason]
+    assert len(cut) == 3 and {e.direction for e in cut} == {C, S}
+    no_internal_errors(out)
+
+
+def test_start_line_over_limit_keeps_method_and_version() -> None:
+    out = run([(C, b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n"),
+               (S, b"HTTP/1.1 414 URI Too Long\r\nContent-Length: 0\r\n\r\n")], limits=Limits(max_header_bytes=4096))
+    (t,) = txs(out)
+    assert t.method == "GET" and t.status == 414 and t.incomplete and t.authority == "x"
+    assert t.path is not None and t.path.startswith("/aaaa") and len(t.path) < 4200
+
+
+def test_expect_100_answered_by_final_status_without_the_body() -> None:
+    head = b"PUT /up HTTP/1.1\r\nHost: x\r\nContent-Length: 1048576\r\nExpect: 100-continue\r\n\r\n"
+    # The server refuses before the body; the client does not send it and goes on with another request.
+    out = run([(C, head), (S, b"HTTP/1.1 417 Expectation Failed\r\nContent-Length: 0\r\n\r\n"),
+               (C, b"GET /after HTTP/1.1\r\nHost: x\r\n\r\n"), (S, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")])
+    t = txs(out)
+    assert [(x.method, x.path, x.status) for x in t] == [("PUT", "/up", 417), ("GET", "/after", 200)]
+    assert t[0].request_body_size == 0 and not t[0].incomplete and t[0].request_end_ns is not None
+    assert t[1].response_body == b"ok" and not t[1].incomplete
+    no_internal_errors(out)
+    # A client that sends the body anyway after the final answer: the body is consumed, sync is kept.
+    out = run([(C, head.replace(b"1048576", b"4")), (S, b"HTTP/1.1 413 Too Large\r\nContent-Length: 0\r\n\r\n"),
+               (C, b"abcd" + b"GET /after HTTP/1.1\r\n\r\n"), (S, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")])
+    assert [(x.path, x.status) for x in txs(out)] == [("/up", 413), ("/after", 200)]
+    # The server side of the same exchange (the local process is the server) reports it the same way.
+    out = run([(S, head), (C, b"HTTP/1.1 417 Expectation Failed\r\nContent-Length: 0\r\n\r\n")],
+              local_port=8080, remote_port=40000)
+    (srv,) = txs(out)
+    assert srv.client_direction == S
+    assert (srv.method, srv.status, srv.request_body_size, srv.incomplete) == ("PUT", 417, 0, False)
+
+
+def test_non_utf8_target_is_percent_encoded_utf8_kept() -> None:
+    out = run([(C, b"GET /caf\xe9/\xff?q=\xe9 HTTP/1.1\r\nHost: x\r\n\r\n"
+                   + b"GET /caf\xc3\xa9 HTTP/1.1\r\nHost: x\r\nX-L1: \xe9\r\n\r\n"),
+               (S, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n" * 2)])
+    a, b = txs(out)
+    assert a.path == "/caf%E9/%FF?q=%E9"
+    assert b.path == "/café"  # valid UTF-8 stays text, even when a header is not UTF-8

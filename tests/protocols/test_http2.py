@@ -131,6 +131,9 @@ def test_push_promise() -> None:
     t = {x.stream_id: x for x in txs(run(_conn(client, server)))}
     assert t[2].path == "/style.css" and t[2].response_body == b"css" and t[2].client_direction == C
     assert t[1].response_body == b"<html>"
+    # The pushed exchange says so, with the stream that promised it; the client's own request does not.
+    assert t[2].pushed and t[2].promised_by == 1 and not t[2].incomplete
+    assert not t[1].pushed and t[1].promised_by is None
 
 
 def test_many_concurrent_streams_interleaved_and_limit() -> None:

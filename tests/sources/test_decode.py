@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from qtap_async.bpf import abi
-from qtap_async.events.kernel import ConnClose, ConnOpen, Data, ProcExec, ProcExit
+from qtap_async.events.kernel import ConnClose, ConnOpen, Data, ProcExec, ProcExit, ProcFork
 from qtap_async.sources.decode import DecodeError, decode
 
 
@@ -43,13 +43,24 @@ def test_conn_open_v4_and_v6_mapped() -> None:
     rec6 = decode(raw6)
     assert isinstance(rec6, ConnOpen)
     assert rec6.laddr == "127.0.0.1" and rec6.raddr == "2001:db8::1" and rec6.midstream
+    assert rec6.family == 10  # one side mapped, the other real IPv6: an IPv6 connection
+    # A dual-stack server's socket talking IPv4: both addresses mapped, reported as the IPv4 connection it is.
+    both = hdr(1) + struct.pack("<QHBBHH16s16siI16s", 9, 10, 2, 0, 80, 5000, mapped, mapped, 5, 1000, b"x")
+    dual = decode(both)
+    assert isinstance(dual, ConnOpen) and (dual.family, dual.laddr, dual.raddr, dual.uid) == (
+        2, "127.0.0.1", "127.0.0.1", 1000)
 
 
 def test_close_exec_exit() -> None:
     c = decode(hdr(2) + struct.pack("<QQQ", 10, 20, 3))
     assert isinstance(c, ConnClose) and (c.bytes_sent, c.bytes_received, c.open_ts_ns) == (10, 20, 3)
-    e = decode(hdr(4, conn=0) + struct.pack("<QII16s256s", 1, 2, 0, b"sh", b"/bin/sh"))
-    assert isinstance(e, ProcExec) and e.filename == "/bin/sh" and e.ppid == 2
+    e = decode(hdr(4, conn=0) + struct.pack("<QII16s256sQII", 1, 2, 0, b"sh", b"/bin/sh", 77, 5, 0))
+    assert isinstance(e, ProcExec) and e.filename == "/bin/sh" and e.ppid == 2 and (e.exe_ino, e.exe_dev) == (77, 5)
+    # Record files of ABI 1 agents: no inode in exec records.
+    old = decode(abi.HDR.pack(4, 1, 0, 1, 0, 42, 42) + struct.pack("<QII16s256s", 1, 2, 0, b"sh", b"/bin/sh"))
+    assert isinstance(old, ProcExec) and old.filename == "/bin/sh" and old.exe_ino == 0
+    f = decode(hdr(6, conn=0) + struct.pack("<QII", 9, 2, 1000))
+    assert isinstance(f, ProcFork) and (f.ppid, f.uid, f.cgroup_id) == (2, 1000, 9)
     x = decode(hdr(5, conn=0) + struct.pack("<iI", 256, 0))
     assert isinstance(x, ProcExit) and x.exit_code == 256
 

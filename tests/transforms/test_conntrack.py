@@ -120,10 +120,94 @@ def test_idle_sweep() -> None:
     assert set(ct.conns) == {2}
 
 
-def test_orphan_data_is_kept_and_counted() -> None:
+def test_orphan_data_is_kept_counted_and_announced() -> None:
     ct, sessions = _ct()
-    assert ct.handle(_data(9, 1000, b"late")) == []
+    (ev,) = ct.handle(_data(9, 1000, b"late"))
+    # Its open record was lost: it is announced with what is known, so opens and closes still pair up.
+    assert isinstance(ev, ConnectionEvent) and (ev.event, ev.conn_id, ev.direction) == ("open", 9, "unknown")
     assert ct.stats.orphan_data_records == 1 and sessions[9].fed[0] == b"late"
+    assert ct.stats.connections_opened == 1
+
+
+def _data_from(conn_id: int, off: int, payload: bytes, pid: int, direction: int = 0, ts: int = 20) -> Data:
+    return Data(ts, conn_id, pid, pid, off, direction, 0, 0, 0, 3, payload)
+
+
+def test_evicted_connection_resumes_with_bytes_counted_once() -> None:
+    ct, _ = _ct(idle_timeout_s=1.0)
+    ct.handle(_open(1))
+    ct.handle(_data(1, 0, b"x" * 10, ts=100))
+    (evicted,) = [e for e in ct.sweep(2_000_000_000) if isinstance(e, ConnectionEvent)]
+    assert (evicted.reason, evicted.bytes_sent) == ("evicted", 10)
+    out = ct.handle(_data(1, 10, b"y" * 5, ts=3_000_000_000))
+    (resumed,) = [e for e in out if isinstance(e, ConnectionEvent)]
+    assert (resumed.event, resumed.resumed, resumed.conn_id) == ("open", True, 1)
+    assert (resumed.direction, resumed.src_port, resumed.dst_ip) == (evicted.direction, 40000, "10.0.0.1")
+    (close,) = ct.handle(ConnClose(4_000_000_000, 1, 1, 15, 0, 10))
+    assert (close.event, close.reason, close.bytes_sent, close.resumed) == ("close", "closed", 5, True)
+    assert close.duration_ns == 1_000_000_000
+    # The kernel's close of a connection evicted without later data: a resumed segment with no new bytes.
+    ct.handle(_open(2))
+    ct.sweep(10_000_000_000)
+    tail = ct.handle(ConnClose(11_000_000_000, 2, 1, 0, 0, 10))
+    assert [(e.event, e.resumed, e.bytes_sent) for e in tail] == [("open", True, 0), ("close", True, 0)]
+    st = ct.stats
+    assert st.connections_opened == st.connections_closed + len(ct.conns) and st.connections_resumed == 2
+
+
+def test_io_by_another_process_moves_transactions_and_is_kept_in_owners() -> None:
+    ct, _ = _ct()
+    seen: list[int] = []
+    ct.on_protocol_record = lambda c, r, layer: seen.append(c.pid) or []  # type: ignore[func-returns-value]
+    ct.handle(_open(1, role=2, lport=8080, pid=100))
+    ct.handle(_data_from(1, 0, b"GET / HTTP/1.1\r\n\r\n", pid=200, direction=1))
+    conn = ct.conns[1]
+    assert (conn.pid, conn.open_pid) == (200, 100)
+    ct.handle(_data_from(1, 0, b"ok", pid=100))
+    ct.handle(_data_from(1, 2, b"ok", pid=200))
+    (close,) = ct.handle(ConnClose(50, 1, 100, 4, 18, 10))
+    assert close.pid == 100
+    assert close.owners is not None and [o.pid for o in close.owners] == [100, 200]  # bounded: no repeats
+    assert ct.stats.owner_changes == 3
+
+
+def test_exec_in_the_same_pid_is_a_new_owner() -> None:
+    ct, _ = _ct()
+    ct.handle(ProcExec(1, 999_999_990, 1, 0, 0, "bash", "/opt/bash"))
+    ct.handle(_open(1, pid=999_999_990))
+    ct.handle(_data_from(1, 0, b"a", pid=999_999_990))
+    ct.handle(ProcExec(30, 999_999_990, 1, 0, 0, "head", "/opt/head"))
+    ct.handle(_data_from(1, 1, b"b", pid=999_999_990))
+    (close,) = ct.handle(ConnClose(50, 1, 999_999_990, 2, 0, 10))
+    assert close.exe == "/opt/bash"
+    assert close.owners is not None and [o.exe for o in close.owners] == ["/opt/bash", "/opt/head"]
+
+
+def test_gap_reasons_come_from_the_record_flags_and_payload_off_makes_no_gap_events() -> None:
+    from qtap_async.bpf import abi
+
+    ct, _ = _ct()
+    ct.handle(_open(1))
+    sendfile = Data(20, 1, 1, 1, 0, 0, 0, int(abi.DataFlag.SENDFILE), 500, 3, b"")
+    (gap,) = ct.handle(sendfile)
+    assert isinstance(gap, GapEvent) and (gap.reason, gap.bytes, gap.direction) == ("sendfile", 500, "send")
+    assert ct.handle(Data(21, 1, 1, 1, 600, 0, 0, 0, 0, 3, b"x")) == []  # held: 100 bytes are missing
+    off = Data(22, 1, 1, 1, 601, 0, 0, int(abi.DataFlag.NO_PAYLOAD), 40, 3, b"")
+    assert ct.handle(off) == []
+    lost, close = ct.handle(ConnClose(50, 1, 1, 641, 0, 10))  # the hole never filled: "lost"
+    assert isinstance(lost, GapEvent) and (lost.reason, lost.bytes) == ("lost", 100)
+    assert isinstance(close, ConnectionEvent) and close.bytes_sent == 641
+
+
+def test_fork_hint_names_a_child_gone_before_user_space_looked() -> None:
+    from qtap_async.events.kernel import ProcFork
+
+    ct, _ = _ct()
+    ct.handle(ProcExec(1, 999_999_980, 1, 0, 0, "srv", "/opt/srv"))
+    ct.handle(ProcFork(2, 999_999_981, 999_999_980, 0, 0))
+    ct.handle(_open(1, role=2, lport=8080, pid=999_999_980))
+    ct.handle(_data_from(1, 0, b"x", pid=999_999_981, direction=1))
+    assert ct.conns[1].process.exe == "/opt/srv" and ct.conns[1].process.pid == 999_999_981
 
 
 def test_exec_hint_names_a_vanished_process() -> None:
