@@ -7,6 +7,7 @@ Usage: python benchmarks/_agent_proc.py --level L [--pid N] [--max-connections N
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from pathlib import Path
@@ -28,6 +29,7 @@ def main() -> int:
     import uvloop
 
     setup_logging("INFO")
+    logging.getLogger("qtap.agent").setLevel(logging.DEBUG)  # the final "stopped: {counters}" line
     opts = AgentOptions(tls=not a.no_tls, http_level=a.level, max_connections=a.max_connections,
                         capture=CaptureSettings(self_tgid=os.getpid(), target_tgid=a.pid))
     with open(os.devnull, "wb") as null:

@@ -6,16 +6,27 @@ Mounted by cli/main.py as ``app.add_typer(pulse_app, name="pulse")``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from qtap_async.errors import QtapError
-from qtap_async.pulse.tokens import TokenStore
+
+if TYPE_CHECKING:  # imported when used: every `qtap` command loads this module, few need httpx
+    from qtap_async.pulse.tokens import TokenStore
 
 pulse_app = typer.Typer(help="Pulse: self-hosted ingestion and query service (ClickHouse/chDB).", no_args_is_help=True)
 token_app = typer.Typer(help="Bearer tokens: create, list, revoke.", no_args_is_help=True)
 pulse_app.add_typer(token_app, name="token")
+
+
+def _mount_query() -> None:
+    from cli.pulse_query import query_app
+
+    pulse_app.add_typer(query_app, name="query")
+
+
+_mount_query()
 
 DataDir = Annotated[Path, typer.Option("--data-dir", help="Pulse data directory (tokens, embedded chDB).")]
 
@@ -41,6 +52,10 @@ def serve(
     from qtap_async.pulse.config import load_config
     from qtap_async.pulse.server import run
 
+    if log_level.lower() not in ("critical", "error", "warning", "info", "debug", "trace"):
+        typer.echo(f"error: --log-level {log_level}: expected critical, error, warning, info, debug or trace", err=True)
+        raise typer.Exit(2)
+    log_level = log_level.lower()
     try:
         cfg = load_config(
             config,
@@ -60,6 +75,8 @@ def serve(
 
 
 def _store(data_dir: Path) -> TokenStore:
+    from qtap_async.pulse.tokens import TokenStore
+
     return TokenStore(data_dir / "tokens.sqlite3")
 
 

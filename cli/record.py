@@ -37,19 +37,25 @@ def record_command(
     """Record the raw kernel records (with the ABI version) to a file while the pipeline runs live."""
     import uvloop
 
+    from cli.run_cmd import RunFlags, check_flags
     from qtap_async.agent import AgentOptions
     from qtap_async.bpf.loader import CaptureSettings
+    from qtap_async.capabilities import report
     from qtap_async.errors import QtapError
     from qtap_async.replay import Recording, record_for
     from qtap_async.telemetry import setup_logging
 
-    setup_logging(log_level)
-    _check_level(level)
-    if os.geteuid() != 0:
-        _fail("must run as root (BPF needs CAP_BPF/CAP_PERFMON); see `qtap inspect`")
+    try:  # the same checks as `qtap run`: one line and exit 2 for a bad value
+        check_flags(RunFlags(pid=pid, ring_buffer_mib=ring_buffer_mib, level=level, log_level=log_level))
+    except QtapError as exc:
+        _fail(str(exc), 2)
+    if duration is not None and not duration > 0:
+        _fail(f"--duration {duration}: expected seconds > 0", 2)
+    setup_logging("WARNING" if log_level.upper() == "WARN" else log_level.upper())  # record: INFO by default
+    caps = report()
+    if not caps.bpf:
+        _fail(f"{caps.problems[0]}; see `qtap inspect`")
     size = ring_buffer_mib << 20
-    if size & (size - 1):
-        _fail(f"--ring-buffer-mib must be a power of two, got {ring_buffer_mib}", 2)
     opts = AgentOptions(
         tls=not no_tls,
         http_level=level,  # type: ignore[arg-type]
@@ -77,6 +83,8 @@ def replay_command(
     from qtap_async.replay import RecordFile, RecordFileError, replay
 
     _check_level(level)
+    if batch < 1:
+        _fail(f"--batch {batch}: expected at least 1", 2)
     if sink not in ("stdout", "null"):
         _fail(f"--sink must be stdout or null, got {sink!r}", 2)
     try:

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import msgspec
+
 from qtap_async.config import (
     Config,
     StoreConfig,
@@ -102,7 +104,7 @@ def _builtin_check(store: StoreConfig) -> Iterable[CheckResult]:
         if not url:
             yield False, "no url configured"
         else:
-            yield _check_url(str(url))
+            yield from _check_pulse(str(url), settings.get("token"))
     elif store.type == "s3":
         endpoint = settings.get("endpoint")
         if endpoint:
@@ -153,3 +155,47 @@ def _connect(host: str, port: int, label: str) -> CheckResult:
             return True, f"{label} is reachable"
     except OSError as exc:
         return False, f"{label} is not reachable ({exc.strerror or exc})"
+
+
+def _check_pulse(url: str, token: Any) -> Iterable[CheckResult]:
+    """Pulse answers as Pulse: /healthz at the configured base URL (the agent adds /v1/events itself),
+    and, when the token can be read here, an empty batch is accepted with it. A port that merely
+    accepts TCP connections, or a server answering 404, is not "reachable" Pulse."""
+    import httpx
+
+    from qtap_async.config import SecretValue
+
+    base = url.rstrip("/")
+    if base.endswith("/v1/events"):
+        yield False, (f"{url}: the url is the Pulse server's base address; the agent adds /v1/events itself "
+                      f"(use {base[: -len('/v1/events')] or base})")
+        return
+    try:
+        r = httpx.get(f"{base}/healthz", timeout=CONNECT_TIMEOUT)
+    except httpx.HTTPError as exc:
+        yield False, f"{url} is not reachable ({exc})"
+        return
+    if r.status_code != 200:
+        yield False, f"{url} answers {r.status_code} on /healthz: not a Pulse server at this address"
+        return
+    yield True, f"{url} is a Pulse server (/healthz 200)"
+    secret: str | None = None
+    if isinstance(token, dict):
+        try:
+            secret = msgspec.convert(token, SecretValue).resolve()
+        except (msgspec.ValidationError, ConfigError):  # reported by the secrets check above
+            secret = None
+    if secret is None:
+        return
+    try:
+        r = httpx.post(f"{base}/v1/events", json={"events": []}, timeout=CONNECT_TIMEOUT,
+                       headers={"Authorization": f"Bearer {secret}"})
+    except httpx.HTTPError as exc:
+        yield False, f"{url}: ingestion not reachable ({exc})"
+        return
+    if r.status_code in (401, 403):
+        yield False, f"{url}: the token is refused ({r.status_code}); create one with `qtap pulse token create`"
+    elif r.status_code >= 400 and r.status_code != 422:
+        yield False, f"{url}: POST /v1/events answers {r.status_code}"
+    else:
+        yield True, f"{url}: the token is accepted for ingestion"

@@ -45,6 +45,10 @@ class AgentOptions:
     tls: bool = True  # attach uprobes to TLS libraries for plaintext
     http_level: Literal["summary", "details", "full"] = "details"  # headers: details, bodies: full
     show_secrets: bool = False  # credentials in clear in the output (qtap run --show-secrets)
+    status_listen: str = ""  # HOST:PORT of /healthz /readyz /metrics ("" or "off": none)
+    status_check_interval_s: float = 10.0  # how often /readyz checks each store
+    status_required: bool = True  # False: a status address that cannot be bound is logged, not fatal
+    container_metadata: bool = True  # ask the container runtimes' sockets for names, images, labels, pods
 
 
 def default_session_factory(conn: Connection, layer: int) -> Session | None:
@@ -102,7 +106,14 @@ class Agent:
             warn_if_clear(redactor)
             self.conntrack.on_protocol_record = ProtocolOutput(self.conntrack, self.options.http_level,
                                                                redactor).convert
+        from qtap_async.telemetry.counters import TransactionCounter
+
+        self.transactions = TransactionCounter()  # by protocol, for /metrics
+        if self.conntrack.on_protocol_record is not None:
+            self.conntrack.on_protocol_record = self.transactions.wrap(self.conntrack.on_protocol_record)
         self.stage = TrackingStage(self.conntrack)
+        self.status: Any = None  # qtap_async.telemetry.status.AgentStatus while running with status_listen
+        self.containers: Any = None  # qtap_async.context.ContainerCache while running
         self.stop_event: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.attached = threading.Event()  # set once the BPF programs are attached
@@ -151,6 +162,13 @@ class Agent:
         m["qtap_stream_gaps_total"] = st.reassembly.gaps
         m["qtap_stream_gap_bytes_total"] = st.reassembly.gap_bytes
         m["qtap_events_written_total"] = self.writer.written
+        m.update(self.transactions.snapshot())
+        if self.containers is not None:
+            m.update(self.containers.snapshot())
+        if self.tls is not None:
+            from qtap_async.telemetry.counters import tls_snapshot
+
+            m.update(tls_snapshot(self.tls.statuses()))
         # A writer with stores (qtap_async.pipeline_config.StoreWriter) adds its sinks' and plugins' counters.
         writer_stats = getattr(self.writer, "stats", None)
         if writer_stats is not None:
@@ -158,6 +176,41 @@ class Agent:
         return m
 
     async def run(self, install_signals: bool = True) -> int:
+        # The status server comes up first: /healthz answers (and /readyz says why not) while probes attach.
+        from qtap_async.errors import StatusServerError
+        from qtap_async.telemetry.server import parse_listen
+
+        if self.options.status_listen and parse_listen(self.options.status_listen) is not None:
+            from qtap_async.telemetry.status import AgentStatus
+
+            status = AgentStatus(self, self.options.status_listen,
+                                 check_interval_s=self.options.status_check_interval_s)
+            try:
+                await status.start()
+                self.status = status
+            except StatusServerError as exc:
+                if self.options.status_required:
+                    raise
+                log.warning("%s; running without it", exc)
+        from qtap_async import context
+
+        if self.options.container_metadata:
+            runtimes = context.default_runtimes()
+            self.containers = context.ContainerCache(runtimes)
+            context.install(self.containers)
+            log.info("container metadata from: %s", ", ".join(str(getattr(r, "socket_path", r.name)) for r in runtimes)
+                     or "no runtime socket found (events carry container_id only)")
+        try:
+            return await self._run(install_signals)
+        finally:
+            if self.containers is not None:
+                if context.installed() is self.containers:
+                    context.install(None)
+                self.containers.close()
+            if self.status is not None:
+                await self.status.close()
+
+    async def _run(self, install_signals: bool) -> int:
         loop = asyncio.get_running_loop()
         self._loop = loop
         self.stop_event = asyncio.Event()
@@ -207,7 +260,8 @@ class Agent:
             await asyncio.gather(*tasks[:3])
             for t in tasks[3:]:
                 t.cancel()
-            log.info("stopped: %s", msgspec.json.encode(self.snapshot()).decode())
+            # For programs (benchmarks, `--log-level debug`); people get the CLI's one-line summary.
+            log.debug("stopped: %s", msgspec.json.encode(self.snapshot()).decode())
         finally:
             for sig in signals:
                 loop.remove_signal_handler(sig)

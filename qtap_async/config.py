@@ -1,7 +1,7 @@
 """The agent's configuration: a Qtap-style YAML file (``version: 2``) decoded into msgspec Structs.
 
     config = load_config(Path("qpoint.yaml"))      # or loads_config(text, "qpoint.yaml")
-    config = default_config()                       # what `qtap run` uses without a file
+    config = default_config()                       # a first config (docs/config.md)
 
 Loading is all-or-nothing: it returns a complete, validated ``Config`` or raises ``ConfigValidationError``
 (a ``ConfigError``) listing every problem found, each with the field path, what was expected and the
@@ -11,6 +11,7 @@ never fails later on a rule. docs/config.md documents every field.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import importlib
 import ipaddress
@@ -26,6 +27,7 @@ from typing import Any, Literal, TypeAlias
 import msgspec
 import yaml
 
+from qtap_async.context.filters import ContainerFilterConfig
 from qtap_async.errors import ConfigError
 from qtap_async.filters import Direction, MatchStrategy, ProcessGroup
 from qtap_async.rulekit import Rule, RuleSyntaxError, compile_rule, is_macro_name, validate_macros
@@ -311,6 +313,7 @@ class ExeFilterConfig(_Base, frozen=True):
 class FiltersConfig(_Base, frozen=True):
     groups: list[ProcessGroup] = msgspec.field(default_factory=list)
     custom: list[ExeFilterConfig] = msgspec.field(default_factory=list)
+    containers: list[ContainerFilterConfig] = msgspec.field(default_factory=list)  # qtap_async.context.filters
 
 
 class EndpointConfig(_Base, frozen=True):
@@ -478,11 +481,42 @@ _MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
 class _YamlProblem(Exception):
-    def __init__(self, message: str, line: int | None, column: int | None) -> None:
+    def __init__(self, message: str, line: int | None, column: int | None, detail: str = "") -> None:
         super().__init__(message)
         self.message = message
         self.line = line
         self.column = column
+        self.detail = detail
+
+
+#: PyYAML's parser words -> what a person should check (most are indentation mistakes).
+_YAML_SENTENCES = (
+    ("expected <block end>", "the indentation of this line does not match the lines above it: keys of one "
+                             "mapping must start in the same column (YAML nests by indentation)"),
+    ("mapping values are not allowed", "unexpected ':' here: this line is probably indented deeper than the "
+                                       "key above it, or a value contains ': ' and needs quotes"),
+    ("cannot start any token", "a tab character: YAML indentation must use spaces"),
+    ("did not find expected key", "a key was expected here: check the indentation, or a '-' list item "
+                                  "mixed into a mapping"),
+    ("could not find expected ':'", "a key without ':' (or an unclosed quote) on this or the previous line"),
+    ("did not find expected '-' indicator", "a list item that does not line up with the items above it"),
+    ("found undefined alias", "an alias (*name) without a matching anchor (&name)"),
+)
+
+
+def _yaml_sentence(problem: str) -> str:
+    for words, sentence in _YAML_SENTENCES:
+        if words in problem:
+            return f"invalid YAML: {sentence}"
+    return f"invalid YAML: {problem}"
+
+
+def _source_line(text: str, line: int | None) -> str:
+    """The file's line, to show under the message."""
+    lines = text.splitlines()
+    if line is None or not 0 < line <= len(lines):
+        return ""
+    return f"    {line} | {lines[line - 1].rstrip()}"
 
 
 def _parse_yaml(text: str, source: str) -> _Document:
@@ -499,7 +533,8 @@ def _parse_yaml(text: str, source: str) -> _Document:
             if exc.context and exc.problem:
                 problem = f"{exc.problem} ({exc.context})"
             raise _YamlProblem(
-                f"invalid YAML: {problem}", mark.line + 1 if mark else None, mark.column + 1 if mark else None
+                _yaml_sentence(problem), mark.line + 1 if mark else None, mark.column + 1 if mark else None,
+                _source_line(text, mark.line + 1 if mark else None),
             ) from None
         except yaml.YAMLError as exc:
             raise _YamlProblem(f"invalid YAML: {exc}", None, None) from None
@@ -784,20 +819,81 @@ _HOSTNAME = re.compile(
 )
 
 
+_MAX_REPAIRS = 200  # problems reported per section before giving up on it
+
+
+def _original_path(rel: Sequence[str | int], removed: Mapping[Path_, list[int]]) -> Path_:
+    """A path in the repaired data (list items removed) as a path in the file's data."""
+    out: list[str | int] = []
+    for part in rel:
+        gone = removed.get(tuple(out))
+        if isinstance(part, int) and gone:
+            for r in sorted(gone):
+                if r <= part:
+                    part += 1
+        out.append(part)
+    return tuple(out)
+
+
 class _Decoder:
     def __init__(self, doc: _Document) -> None:
         self.doc = doc
         self.issues: list[ConfigIssue] = []
+        #: A list item or mapping entry was dropped to keep validating: cross-field checks would see
+        #: shifted indices or missing names, so they wait until the structure is right.
+        self.lossy = False
 
     def add(self, path: Path_, message: str, *, at_key: bool = False, detail: str = "") -> None:
         self.issues.append(self.doc.issue(path, message, at_key=at_key, detail=detail))
 
     def convert(self, data: Any, tp: Any, base: Path_) -> Any:
-        try:
-            return msgspec.convert(data, tp, strict=True)
-        except msgspec.ValidationError as exc:
-            self.issues.append(_msgspec_issue(self.doc, exc, tp, data, base))
-            return None
+        """Decode ``data`` as ``tp``, reporting every problem, not just the first.
+
+        msgspec stops at the first error; each error is recorded, the offending key (or, when a
+        required value is bad, the item holding it) is taken out of a copy, and decoding runs again.
+        Returns the repaired value (issues were added) or None when nothing could be decoded."""
+        work = copy.deepcopy(data)
+        removed: dict[Path_, list[int]] = {}
+        dropped_keys: set[Path_] = set()
+        for _ in range(_MAX_REPAIRS):
+            try:
+                return msgspec.convert(work, tp, strict=True)
+            except msgspec.ValidationError as exc:
+                issue = _msgspec_issue(self.doc, exc, tp, work, base)
+            rel = issue.path[len(base):]
+            missing = re.match(r"missing required field '(.*)'$", issue.message)
+            if missing is None or (*rel, missing.group(1)) not in dropped_keys:  # else: we removed it
+                orig = _original_path(rel, removed)
+                if orig != rel:
+                    at_key = issue.message.startswith(("unknown field", "'"))
+                    issue = self.doc.issue((*base, *orig), issue.message, at_key=at_key, detail=issue.detail)
+                self.issues.append(issue)
+            # A bad key is dropped (its default applies); a mapping that lacks a required field is
+            # dropped itself (rel is then the mapping's path).
+            if missing is None:
+                dropped_keys.add(tuple(rel))
+            if not rel or not self._drop(work, rel, removed):
+                return None
+        return None
+
+    def _drop(self, work: Any, rel: Sequence[str | int], removed: dict[Path_, list[int]]) -> bool:
+        parent = work
+        for part in rel[:-1]:
+            try:
+                parent = parent[part]
+            except (KeyError, IndexError, TypeError):
+                return False
+        last = rel[-1]
+        if isinstance(parent, dict) and last in parent:
+            del parent[last]
+            return True
+        if isinstance(parent, list) and isinstance(last, int) and 0 <= last < len(parent):
+            del parent[last]
+            orig = _original_path(rel, removed)
+            removed.setdefault(orig[:-1], []).append(int(orig[-1]))
+            self.lossy = True
+            return True
+        return False
 
     def decode(self) -> Config | None:
         raw = self.doc.data
@@ -817,8 +913,10 @@ class _Decoder:
         stacks = self.stacks(data.get("stacks", {}))
         tap = self.convert(data.get("tap", {}), TapConfig, ("tap",))
         rulekit = self.convert(data.get("rulekit", {}), RulekitConfig, ("rulekit",))
-        if services is None or stacks is None or tap is None or rulekit is None or self.issues:
+        if services is None or stacks is None or tap is None or rulekit is None or self.lossy:
             return None
+        # Structural problems were repaired without losing items: the cross-field checks (rules,
+        # stack references, filters) still see every index and name, so they report in the same run.
         config = Config(version=2, services=services, stacks=stacks, tap=tap, rulekit=rulekit)
         self.check(config)
         return None if self.issues else config
@@ -1086,7 +1184,8 @@ def loads_config(text: str, source_name: str = "<config>") -> Config:
     try:
         doc = _parse_yaml(text, source_name)
     except _YamlProblem as exc:
-        raise ConfigValidationError(source_name, [ConfigIssue((), exc.message, exc.line, exc.column)]) from None
+        raise ConfigValidationError(source_name, [ConfigIssue((), exc.message, exc.line, exc.column,
+                                                              exc.detail)]) from None
     decoder = _Decoder(doc)
     config = decoder.decode()
     if config is None:
@@ -1250,4 +1349,15 @@ def config_warnings(config: Config) -> list[str]:
     for path, secret in iter_secrets(config):
         if secret.type == "text":
             out.append(f"{path} is a plain-text secret; prefer {{type: env, value: VAR}}")
+    for index, store in enumerate(config.services.event_stores):
+        url = str(store.settings.get("url") or "")
+        if store.type == "pulse" and url.rstrip("/").endswith("/v1/events"):
+            out.append(f"services.event_stores[{index}].url ends with /v1/events, which the agent adds itself: "
+                       f"use {url.rstrip('/')[: -len('/v1/events')]}")
+    local_pulse = any(s.type == "pulse" and any(h in str(s.settings.get("url", "")) for h in ("127.0.0.1", "localhost"))
+                      for s in events)
+    if tap.ignore_loopback and local_pulse:
+        # The single-host setup of docs/pulse.md: with loopback ignored, it captures nothing to show.
+        out.append("Pulse runs on this host but tap.ignore_loopback is true: traffic between processes of this "
+                   "host (curl localhost) is not captured")
     return out

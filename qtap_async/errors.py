@@ -85,3 +85,38 @@ class PulseClientError(PulseError):
 
 class SinkTransientError(QtapError):
     """A sink call failed in a way that may pass on retry (store unreachable, timeout, throttled, 5xx)."""
+
+
+class KernelFsError(QtapError):
+    """A kernel filesystem capture needs (tracefs, bpffs) is missing and could not be mounted; the message
+    names it and the command that fixes it."""
+
+
+class StatusServerError(QtapError):
+    """The status server (/healthz, /readyz, /metrics) could not start: bad --status-listen or port in use."""
+
+
+class ContainerRuntimeError(QtapError):
+    """A container runtime API (podman/Docker socket, CRI) answered with an error or could not be reached."""
+
+
+class ControlError(QtapError):
+    """The control plane (users, configs, agents, audit) failed: store, settings or a refused request."""
+
+
+class ControlAuthError(ControlError):
+    """A control plane request is not authenticated (``status`` 401) or not allowed (403, 429 for too
+    many failed logins)."""
+
+    def __init__(self, message: str, status: int = 401) -> None:
+        self.status = status
+        super().__init__(message)
+
+
+class ControlClientError(ControlError):
+    """The agent's link to the control plane was refused in a way that retrying will not fix (a bad or
+    revoked registration token or agent identity); ``status`` is the HTTP status."""
+
+    def __init__(self, message: str, status: int = 0) -> None:
+        self.status = status
+        super().__init__(message)

@@ -295,3 +295,128 @@ class StackSelector:
 
 def _stack_or_none(name: str) -> str | None:
     return None if name in ("", "none") else name
+
+
+# -- focus: what a person chasing one service asked for on the command line ---------------------
+
+
+class DomainMatcher:
+    """Host names as endpoints are written: ``api.example.com`` exactly, ``*.example.com`` any
+    subdomain (not the bare domain), case-insensitive, trailing dot and ``:port`` ignored."""
+
+    __slots__ = ("_exact", "_suffixes")
+
+    def __init__(self, domains: Iterable[str]) -> None:
+        exact: set[str] = set()
+        suffixes: list[str] = []
+        for d in domains:
+            d = d.lower().rstrip(".")
+            if d.startswith("*."):
+                suffixes.append(d[1:])
+            else:
+                exact.add(d)
+        self._exact = frozenset(exact)
+        self._suffixes = tuple(suffixes)
+
+    def matches(self, host: str) -> bool:
+        if host.count(":") == 1:
+            host = host.partition(":")[0]
+        h = host.lower().rstrip(".")
+        return h in self._exact or (bool(self._suffixes) and h.endswith(self._suffixes))
+
+
+@dataclass(frozen=True, slots=True)
+class Focus:
+    """Inclusion filters (the config's exe filters exclude; these keep only what matches).
+
+    Each kind given must match; within a kind any value may. Ports match either end of the
+    connection, ``exe`` filters use the config's match strategies, containers match an id prefix
+    (as `docker ps` shows 12 characters) and domains match SNI / Host / DNS names.
+    """
+
+    direction: Direction = "all"
+    ports: frozenset[int] = frozenset()
+    exes: tuple[ExeFilter, ...] = ()
+    containers: tuple[str, ...] = ()
+    domains: DomainMatcher | None = None
+
+    @property
+    def empty(self) -> bool:
+        return (self.direction == "all" and not self.ports and not self.exes and not self.containers
+                and self.domains is None)
+
+    def connection(self, *, ingress: bool, remote_ip: IpLike, lport: int, rport: int, exe: str,
+                   container_id: str) -> bool:
+        """Whether a connection can be in focus from what is known when it opens (domain aside)."""
+        if not direction_allowed(self.direction, classify_connection(ingress, remote_ip)):
+            return False
+        if self.ports and lport not in self.ports and rport not in self.ports:
+            return False
+        if self.exes and not any(f.match(exe) for f in self.exes):
+            return False
+        return not (self.containers and not (container_id and container_id.startswith(self.containers)))
+
+    def domain(self, host: str) -> bool:
+        """Whether a connection or transaction for ``host`` ("" when unknown) is in focus."""
+        return self.domains is None or (bool(host) and self.domains.matches(host))
+
+
+# -- our own services ---------------------------------------------------------------------------
+
+
+class OwnServices:
+    """The endpoints of the services the agent reports to (Pulse, the control plane), by address.
+
+    Recognised by what they are, not by an executable name: any connection to one of these
+    endpoints (egress) or accepted on one (ingress, e.g. Pulse's own side on this host) is the
+    agent's reporting traffic, or another agent's, and capturing it would feed Pulse its own
+    ingestion. Host names are resolved once, when the config is compiled.
+    """
+
+    __slots__ = ("endpoints",)
+
+    def __init__(self, endpoints: Iterable[tuple[str, int]] = ()) -> None:
+        keys: set[tuple[str, int]] = set()
+        for ip, port in endpoints:
+            try:
+                keys.add((str(parse_ip(ip)), port))
+            except ValueError:  # e.g. a scoped link-local address (fe80::1%eth0): never a socket address here
+                continue
+        self.endpoints: frozenset[tuple[str, int]] = frozenset(keys)
+
+    @classmethod
+    def from_urls(cls, urls: Iterable[str]) -> OwnServices:
+        import socket
+        from urllib.parse import urlsplit
+
+        out: list[tuple[str, int]] = []
+        for url in urls:
+            parts = urlsplit(url if "://" in url else f"http://{url}")
+            host = parts.hostname
+            try:
+                port = parts.port or (443 if parts.scheme == "https" else 80)
+            except ValueError:
+                continue
+            if not host:
+                continue
+            try:
+                infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            except OSError:  # not resolvable now: the store reports that when it starts
+                continue
+            out.extend((str(info[4][0]), port) for info in infos)
+        return cls(out)
+
+    def __bool__(self) -> bool:
+        return bool(self.endpoints)
+
+    def involves(self, *, ingress: bool, local: tuple[IpLike, int], remote: tuple[IpLike, int]) -> bool:
+        """Whether a connection goes to one of our services (egress) or is accepted by one (ingress)."""
+        ip, port = local if ingress else remote
+        try:
+            key = (str(parse_ip(ip)), port)
+        except ValueError:
+            return False
+        if key in self.endpoints:
+            return True
+        # Loopback is this host whichever family or address (127.0.0.2, ::1) the name resolved to.
+        return is_loopback(ip) and any(p == port and is_loopback(a) for a, p in self.endpoints)

@@ -6,6 +6,8 @@ import msgspec
 
 from qtap_async.bpf.features import KernelFeatures, detect, explain
 from qtap_async.bpf.loader import objects_dir
+from qtap_async.capabilities import CapabilityReport
+from qtap_async.capabilities import report as capability_report
 from qtap_async.errors import QtapError
 
 
@@ -22,6 +24,7 @@ class InspectReport(msgspec.Struct, frozen=True):
     tls: list[dict[str, object]]
     capture_possible: bool
     reasons: list[str]
+    capabilities: CapabilityReport | None = None
 
 
 def _objects() -> list[ObjectInfo]:
@@ -66,18 +69,31 @@ def _tls() -> list[dict[str, object]]:
 
 def gather() -> InspectReport:
     f = detect()
-    reasons = explain(f)
-    return InspectReport(f, _objects(), _tls(), not reasons, reasons)
+    caps = capability_report()
+    # The uid says little (root in a container may lack CAP_BPF): the capabilities decide.
+    reasons = [*caps.problems, *(r for r in explain(f) if not r.startswith("not running as root"))]
+    return InspectReport(f, _objects(), _tls(), not reasons, reasons, caps)
 
 
 def render(r: InspectReport) -> str:
     f = r.features
     lines = [
-        f"kernel {f.kernel} ({f.arch})  libbpf {f.libbpf}  root={'yes' if f.root else 'no'}",
+        f"kernel {f.kernel} ({f.arch})  libbpf {f.libbpf}",
+    ]
+    if r.capabilities is not None:
+        held = r.capabilities.held
+        lines.append("capabilities: " + "  ".join(f"{name}={'yes' if ok else 'NO'}" for name, ok in held.items()))
+        lines.extend(f"  warning: {w}" for w in r.capabilities.warnings)
+    lines += [
         f"BTF {'yes' if f.btf else 'NO'}  lockdown={f.lockdown}  tracefs={'yes' if f.tracefs else 'no'}"
         f"  bpffs={'yes' if f.bpffs else 'no'}",
-        "hooks:",
     ]
+    for fs in f.filesystems:
+        if fs.action:
+            lines.append(f"  {fs.name}: was missing, {fs.action} at {fs.path}")
+        elif not fs.mounted:
+            lines.append(f"  {fs.name}: MISSING: {fs.error}")
+    lines.append("hooks:")
     for h in f.hooks:
         state = "ok" if h.loads and h.attaches is not False else "NO"
         detail = "load ok" if h.loads else "load fails"

@@ -27,18 +27,20 @@ import os
 import signal
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from qtap_async.agent import AgentOptions, StdoutWriter
 from qtap_async.buffers.channel import Channel, ChannelClosed
 from qtap_async.config import Config, Services, StoreConfig, load_config, summarize
+from qtap_async.context.containers import installed as installed_containers
+from qtap_async.context.filters import ContainerFilter
 from qtap_async.errors import ConfigError, QtapError
 from qtap_async.events.connection import ConnectionEvent, GapEvent
 from qtap_async.events.dns import DnsMessage
 from qtap_async.events.http import HttpTransaction, TlsClientHello
-from qtap_async.filters import SKIP_ALL, StackSelector, TrafficFilter
+from qtap_async.filters import SKIP_ALL, OwnServices, StackSelector, TrafficFilter
 from qtap_async.plugins.exchange import ConnContext, HttpExchange, host_of
 from qtap_async.plugins.redact import redactor_from, warn_if_clear
 from qtap_async.plugins.stack import Stack, build_stacks
@@ -50,6 +52,9 @@ from qtap_async.sinks.runner import EventSinkRunner, ObjectSinkRunner
 from qtap_async.topology.domains import offer
 from qtap_async.transforms.conntrack import Connection, Conntrack, Session
 from qtap_async.transforms.output import ProtocolOutput
+
+if TYPE_CHECKING:
+    from qtap_async.agent import Agent
 
 __all__ = [
     "ConfigReloader",
@@ -69,13 +74,17 @@ log = logging.getLogger("qtap.pipeline")
 class Pipeline:
     """The parts of a config that decide per connection and per transaction, compiled once."""
 
-    __slots__ = ("config", "include_dns", "redactor", "selector", "stacks", "traffic")
+    __slots__ = ("config", "containers", "include_dns", "own", "redactor", "selector", "stacks", "traffic")
 
     def __init__(self, config: Config, *, access_log: Callable[[str], None] | None = None,
                  show_secrets: bool = False) -> None:
         self.config = config
         self.redactor = redactor_from(config.tap.redaction, show_secrets)
         self.traffic = TrafficFilter.from_config(config.tap)
+        #: Pulse endpoints of the config: their traffic is never captured (it would feed Pulse itself).
+        self.own = OwnServices.from_urls(
+            str(s.settings.get("url") or "") for s in config.services.event_stores if s.type == "pulse")
+        self.containers = ContainerFilter(config.tap.filters.containers)
         self.selector = StackSelector.from_config(config.tap)
         self.stacks: dict[str, Stack] = build_stacks(config, access_log=access_log)
         self.include_dns = config.tap.audit_include_dns
@@ -297,7 +306,10 @@ class ConfiguredRuntime:
         self._output: ProtocolOutput | None = None
         self.reloads = 0
         self.failed_reloads = 0
+        self.last_reload_error = ""  # why the last failed reload failed (the control link reports it)
+        self.snapshot: Callable[[], dict[str, int]] | None = None  # the agent's counters, once it exists
         self.ignored_connections = 0
+        self.own_service_connections = 0  # connections to or of our own Pulse, never captured
 
     @property
     def config(self) -> Config:
@@ -306,6 +318,7 @@ class ConfiguredRuntime:
     def stats(self) -> dict[str, int]:
         out = {
             "qtap_pipeline_ignored_connections_total": self.ignored_connections,
+            "qtap_pipeline_own_service_connections_total": self.own_service_connections,
             "qtap_config_reloads_total": self.reloads,
             "qtap_config_reload_failures_total": self.failed_reloads,
         }
@@ -323,17 +336,28 @@ class ConfiguredRuntime:
         await self.writer.start()
 
     # -- connections ----------------------------------------------------------------------------
-    def _decide(self, conn_id: int, ingress: bool, remote_ip: str, exe: str) -> frozenset[str]:
+    def _decide(self, conn_id: int, ingress: bool, remote_ip: str, exe: str, container_id: str = "") -> frozenset[str]:
         skip = self._skips.get(conn_id)
         if skip is None:
             skip = self.pipeline.skipped(ingress=ingress, remote_ip=remote_ip, exe=exe)
+            cache = installed_containers()
+            if skip is not SKIP_ALL and container_id and self.pipeline.containers and cache is not None \
+                    and self.pipeline.containers.ignores(cache.get(container_id)):
+                skip = SKIP_ALL
             self._skips[conn_id] = skip
             if skip is SKIP_ALL:
                 self.ignored_connections += 1
         return skip
 
     def skip_for(self, conn: Connection) -> frozenset[str]:
-        return self._decide(conn.conn_id, conn.direction == "ingress", conn.raddr, conn.process.exe)
+        ingress = conn.direction == "ingress"
+        own = self.pipeline.own
+        if own and conn.conn_id not in self._skips and own.involves(
+                ingress=ingress, local=(conn.laddr, conn.lport), remote=(conn.raddr, conn.rport)):
+            self._skips[conn.conn_id] = SKIP_ALL
+            self.ignored_connections += 1
+            self.own_service_connections += 1
+        return self._decide(conn.conn_id, ingress, conn.raddr, conn.process.exe, conn.process.container_id)
 
     def session_factory(self, conn: Connection, layer: int) -> Session | None:
         skip = self.skip_for(conn)
@@ -345,7 +369,16 @@ class ConfiguredRuntime:
         """The writer's filter for the conntrack's own events (connections, gaps)."""
         if isinstance(item, ConnectionEvent):
             ingress = item.direction == "ingress"
-            skip = self._decide(item.conn_id, ingress, item.src_ip if ingress else item.dst_ip, item.exe)
+            own = self.pipeline.own
+            if own and item.conn_id not in self._skips:
+                local = (item.dst_ip, item.dst_port) if ingress else (item.src_ip, item.src_port)
+                remote = (item.src_ip, item.src_port) if ingress else (item.dst_ip, item.dst_port)
+                if own.involves(ingress=ingress, local=local, remote=remote):
+                    self._skips[item.conn_id] = SKIP_ALL
+                    self.ignored_connections += 1
+                    self.own_service_connections += 1
+            skip = self._decide(item.conn_id, ingress, item.src_ip if ingress else item.dst_ip, item.exe,
+                                getattr(item, "container_id", ""))
             if item.event == "close":
                 self._skips.pop(item.conn_id, None)
             return skip is not SKIP_ALL
@@ -407,6 +440,7 @@ class ConfiguredRuntime:
             await self.apply(config)
         except (QtapError, OSError) as exc:
             self.failed_reloads += 1
+            self.last_reload_error = str(exc)
             log.error("config reload failed, keeping the current config: %s", exc)
             return False
         log.info("config reloaded: %s", "; ".join(summarize(config)))
@@ -450,8 +484,10 @@ class ConfigReloader:
 
 async def run_with_config(config: Config, options: AgentOptions, *, path: Path | None = None,
                           reload_interval: float = 2.0,
-                          on_ready: Callable[[ConfiguredRuntime], Awaitable[None] | None] | None = None) -> int:
-    """Run the agent with ``config`` until SIGINT/SIGTERM; with ``path``, reload on SIGHUP and on change."""
+                          on_ready: Callable[[ConfiguredRuntime], Awaitable[None] | None] | None = None,
+                          on_agent: Callable[[Agent], None] | None = None) -> int:
+    """Run the agent with ``config`` until SIGINT/SIGTERM; with ``path``, reload on SIGHUP and on change.
+    ``on_agent`` sees the agent before it starts (the CLI wraps its hooks and announces the start)."""
     from qtap_async.agent import Agent
 
     runtime = ConfiguredRuntime(config, show_secrets=options.show_secrets)
@@ -462,6 +498,9 @@ async def run_with_config(config: Config, options: AgentOptions, *, path: Path |
     agent = Agent(options, writer=runtime.writer, session_factory=runtime.session_factory,
                   on_protocol_record=runtime.on_protocol_record)
     runtime.bind(agent.conntrack)
+    runtime.snapshot = agent.snapshot
+    if on_agent is not None:
+        on_agent(agent)
     loop = asyncio.get_running_loop()
     reloader: asyncio.Task[None] | None = None
     hup = False

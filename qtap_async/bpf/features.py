@@ -8,6 +8,7 @@ from pathlib import Path
 
 import msgspec
 
+from qtap_async.bpf.kernelfs import FsState, states
 from qtap_async.bpf.loader import objects_dir
 from qtap_async.bpf.object import BpfObject
 from qtap_async.errors import BpfError, QtapError
@@ -42,6 +43,7 @@ class KernelFeatures(msgspec.Struct, frozen=True):
     root: bool
     libbpf: str
     hooks: list[HookSupport]
+    filesystems: list[FsState] = msgspec.field(default_factory=list)  # tracefs, bpffs: found, mounted or missing
 
     @property
     def capture_possible(self) -> bool:
@@ -57,13 +59,6 @@ def _lockdown() -> str:
         if word.startswith("["):
             return word.strip("[]")
     return text.strip()
-
-
-def _mounted(fstype: str) -> bool:
-    try:
-        return any(line.split()[2] == fstype for line in Path("/proc/mounts").read_text().splitlines())
-    except (OSError, IndexError):
-        return False
 
 
 def _probe(path: Path, prog: str, attach: bool) -> tuple[bool, bool | None, str]:
@@ -94,6 +89,8 @@ def detect() -> KernelFeatures:
     hooks: list[HookSupport] = []
     path = objects_dir() / "features.bpf.o"
     root = os.geteuid() == 0
+    # Before the hooks are tried: attaching a tracepoint needs tracefs, which root mounts when it is missing.
+    filesystems = states(mount=True)  # only root mounts; others get the command that fixes it
     for prog, (hook, required) in _PROBES.items():
         if libbpf_version.startswith("missing"):
             hooks.append(HookSupport(hook, False, False, required, "libbpf missing"))
@@ -105,11 +102,12 @@ def detect() -> KernelFeatures:
         arch=platform.machine(),
         btf=Path("/sys/kernel/btf/vmlinux").exists(),
         lockdown=_lockdown(),
-        tracefs=Path("/sys/kernel/tracing/events").is_dir() or Path("/sys/kernel/debug/tracing/events").is_dir(),
-        bpffs=_mounted("bpf"),
+        tracefs=filesystems[0].mounted,
+        bpffs=filesystems[1].mounted,
         root=root,
         libbpf=libbpf_version,
         hooks=hooks,
+        filesystems=filesystems,
     )
 
 
@@ -120,7 +118,10 @@ def explain(f: KernelFeatures) -> list[str]:
         why.append("not running as root: BPF needs CAP_BPF, CAP_PERFMON and CAP_SYS_RESOURCE")
     if not f.btf:
         why.append("no kernel BTF at /sys/kernel/btf/vmlinux: CO-RE programs cannot be relocated")
-    if not f.tracefs:
+    for fs in f.filesystems:
+        if fs.name == "tracefs" and not fs.mounted:
+            why.append(fs.error)
+    if not f.tracefs and not f.filesystems:
         why.append("tracefs is not mounted: mount -t tracefs nodev /sys/kernel/tracing")
     if f.libbpf.startswith("missing"):
         why.append(f"libbpf {f.libbpf}")

@@ -43,6 +43,12 @@ class ConnectionEvent(msgspec.Struct, frozen=True, gc=False, tag_field="type", t
     uid: int = -1
     container_id: str = ""
     cgroup: str = ""
+    container_name: str = ""  # the rest from the runtime's API (qtap_async.context), once looked up
+    container_image: str = ""
+    container_labels: dict[str, str] = {}
+    pod_name: str = ""
+    pod_namespace: str = ""
+    pod_uid: str = ""
     bytes_sent: int = 0
     bytes_received: int = 0
     duration_ns: int = 0

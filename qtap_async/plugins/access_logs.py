@@ -48,6 +48,8 @@ def format_console(ex: HttpExchange, mode: AccessLogMode) -> str:
     proc = f"{c.exe.rsplit('/', 1)[-1] or c.comm}[{c.pid}]"
     line = (f"{tx.method or '-'} {ex.shown_url} {status} {_ms(ex.duration_ns)} "
             f"{tx.response_body_size}B {proc} {c.direction}")
+    if tx.pushed:  # the server pushed it: no client sent this request
+        line += f" pushed(promised by stream {tx.promised_by})"
     if tx.incomplete:
         line += f" incomplete({tx.reason})"
     if mode == "summary":

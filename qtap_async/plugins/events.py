@@ -39,6 +39,12 @@ class HttpTransactionEvent(msgspec.Struct, frozen=True, gc=False, kw_only=True, 
     exe: str = ""
     comm: str = ""
     container_id: str = ""
+    container_name: str = ""  # the rest from the runtime's API (qtap_async.context), once looked up
+    container_image: str = ""
+    container_labels: dict[str, str] = {}
+    pod_name: str = ""
+    pod_namespace: str = ""
+    pod_uid: str = ""
     src_ip: str = ""
     src_port: int = 0
     dst_ip: str = ""

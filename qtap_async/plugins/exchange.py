@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
+from qtap_async.context.containers import container_fields
 from qtap_async.events.http import Headers, HttpTransaction
 from qtap_async.filters import ConnDirection, classify_connection
 from qtap_async.plugins.redact import DEFAULT_REDACTOR, Redactor
@@ -35,6 +36,12 @@ class ConnContext(msgspec.Struct, frozen=True, gc=False, kw_only=True):
     comm: str = ""
     user: str = ""
     container_id: str = ""
+    container_name: str = ""  # the rest from the runtime's API (qtap_async.context), once looked up
+    container_image: str = ""
+    container_labels: dict[str, str] = {}
+    pod_name: str = ""
+    pod_namespace: str = ""
+    pod_uid: str = ""
     direction: ConnDirection = "egress-external"
     src_ip: str = ""
     src_port: int = 0
@@ -55,6 +62,7 @@ class ConnContext(msgspec.Struct, frozen=True, gc=False, kw_only=True):
             comm=p.comm,
             user=p.user,
             container_id=p.container_id,
+            **container_fields(p.container_id),  # type: ignore[arg-type]
             direction=classify_connection(conn.direction == "ingress", conn.raddr),
             src_ip=src_ip,
             src_port=src_port,

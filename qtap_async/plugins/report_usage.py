@@ -70,6 +70,7 @@ class ReportUsage:
                 grpc_service=grpc.service[:_MAX_NAME] if grpc else "",
                 grpc_method=grpc.method[:_MAX_NAME] if grpc else "",
                 grpc_status=grpc.grpc_status if grpc and grpc.grpc_status is not None else -1,
-                tags=self._tags,
+                # A server push is no client request: tagged so usage counts can leave it out.
+                tags=[*self._tags, "pushed"] if tx.pushed else self._tags,
             )
         ]

@@ -107,7 +107,28 @@ def load_config(path: str | os.PathLike[str] | None = None, **overrides: Any) ->
         for p in parents:
             node = node.setdefault(p, {})
         node[leaf] = value
+    raw = _retention_units(raw)
     try:
         return msgspec.convert(raw, PulseConfig)
     except msgspec.ValidationError as e:
         raise ConfigError(f"pulse config: {e}") from e
+
+
+def _retention_units(raw: dict[str, Any]) -> dict[str, Any]:
+    """``retention`` values may be days (30) or a duration in the agents' object-store units (30d, 36h, 90m);
+    ClickHouse's TTL is in whole days, so a duration is rounded up to days, as S3 lifecycle rules are."""
+    import re
+
+    from qtap_async.sinks.retention import DURATION_PATTERN, days_ceil
+
+    retention = raw.get("retention")
+    if not isinstance(retention, dict):
+        return raw
+    out = dict(retention)
+    for table, value in retention.items():
+        if isinstance(value, str):
+            if not re.match(DURATION_PATTERN, value):
+                raise ConfigError(f"pulse config: retention.{table}: expected days (30) or a duration such as 30d, "
+                                  f"12h, 90m; got {value!r}")
+            out[table] = days_ceil(value)
+    return {**raw, "retention": out}

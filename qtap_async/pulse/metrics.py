@@ -26,7 +26,10 @@ Labels = tuple[tuple[str, str], ...]
 
 
 class Metrics:
-    def __init__(self) -> None:
+    """``help`` replaces the HELP texts (the control plane reuses this class with its own names)."""
+
+    def __init__(self, help: dict[str, str] | None = None) -> None:
+        self._help = _HELP if help is None else help
         self._lock = threading.Lock()
         self._counters: defaultdict[tuple[str, Labels], float] = defaultdict(float)
         self._summaries: defaultdict[tuple[str, Labels], list[float]] = defaultdict(lambda: [0.0, 0.0])
@@ -52,13 +55,17 @@ class Metrics:
         with self._lock:
             counters = sorted(self._counters.items())
             summaries = sorted(self._summaries.items())
-        lines: list[str] = []
+        from qtap_async import __version__
+
+        # Which build answers: the same version `qtap --version` prints.
+        lines: list[str] = ["# HELP pulse_build_info the running version", "# TYPE pulse_build_info gauge",
+                            f'pulse_build_info{{version="{__version__}"}} 1']
         seen: set[str] = set()
 
         def head(name: str, kind: str) -> None:
             if name not in seen:
                 seen.add(name)
-                lines.append(f"# HELP {name} {_HELP.get(name, name)}")
+                lines.append(f"# HELP {name} {self._help.get(name, name)}")
                 lines.append(f"# TYPE {name} {kind}")
 
         def fmt(labels: Labels) -> str:

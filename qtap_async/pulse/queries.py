@@ -173,6 +173,15 @@ class ConnectionRow(msgspec.Struct, frozen=True, gc=False, kw_only=True):
     domain: str
     protocol: str
     tls: bool
+    domain_source: str
+    user: str
+    uid: int  # -1: not known
+    transport: str
+    midstream: bool
+    resumed: bool
+    io_uring: bool
+    reason: str
+    owners: str  # JSON array of {pid, exe, comm, user, first_ns}; "" when one process did all the I/O
 
 
 class IssueRow(msgspec.Struct, frozen=True, gc=False, kw_only=True):

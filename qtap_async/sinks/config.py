@@ -29,6 +29,7 @@ from typing import Annotated, Literal
 import msgspec
 
 from qtap_async.errors import ConfigError
+from qtap_async.sinks.retention import Duration
 
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
 NonNegFloat = Annotated[float, msgspec.Meta(ge=0)]
@@ -159,10 +160,15 @@ class DirObjectStore(_Store, frozen=True, tag="dir"):
     key: str = "{{DIGEST}}"  # key template, see templates.py
     fsync: bool = False
     access_url: str = "file://{{PATH}}"
+    retention: Duration | None = None  # objects older than this are deleted (30d, 12h...)
+    max_bytes: Annotated[int, msgspec.Meta(ge=1)] | None = None  # past this total, the oldest are deleted
+    prune_interval: Annotated[float, msgspec.Meta(gt=0)] = 60.0  # seconds between pruning passes
 
 
 class S3ObjectStore(_Store, frozen=True, tag="s3"):
     bucket: str
+    retention: Duration | None = None  # a lifecycle rule expires objects after this long (whole days, rounded up)
+    retention_prefix: str = ""  # only objects under this prefix ("" = the whole bucket)
     endpoint: str | None = None  # None = AWS S3 for the region
     region: str = "us-east-1"
     access_key: Secret | None = None  # None = the default AWS credential chain

@@ -3,23 +3,32 @@ so a reader never sees a partial object and a crash leaves at most a stray ``.tm
 
 from __future__ import annotations
 
+import asyncio
 import os
 import tempfile
+import time
 from pathlib import Path
 
 from qtap_async.errors import SinkError, SinkTransientError
 from qtap_async.sinks.base import ObjectRef, StoredObject
+from qtap_async.sinks.retention import DirPruner, seconds
 from qtap_async.sinks.templates import KEY_FIELDS, URL_FIELDS, Template
 
 
 class DirObjectSink:
     def __init__(self, path: str, key: str = "{{DIGEST}}", access_url: str = "file://{{PATH}}",
-                 fsync: bool = False, name: str = "dir") -> None:
+                 fsync: bool = False, name: str = "dir", *, retention: str | None = None,
+                 max_bytes: int | None = None, prune_interval: float = 60.0) -> None:
         self.name = name
         self.root = Path(path).absolute()
         self._key = Template(key, KEY_FIELDS, f"object store {name}: key")
         self._url = Template(access_url, URL_FIELDS, f"object store {name}: access_url")
         self.fsync = fsync
+        self.pruner: DirPruner | None = None
+        if retention is not None or max_bytes is not None:
+            self.pruner = DirPruner(self.root, seconds(retention) if retention else None, max_bytes)
+        self.prune_interval = prune_interval
+        self._last_prune = 0.0
 
     async def check(self) -> None:
         try:
@@ -32,9 +41,26 @@ class DirObjectSink:
                             f"{exc.strerror or exc}") from exc
 
     async def start(self) -> None:
-        # Nothing to open: ``check`` (run when check_on_start) tells whether the directory is usable, and
-        # with check_on_start off a directory that is not usable yet only makes puts fail (and spool).
-        return None
+        try:
+            await self.check()
+        except SinkError:
+            # Not usable yet: the runner's check_on_start decides whether that is fatal; with it off, puts
+            # fail (and spool) until the directory can be written.
+            return
+        await self._prune(force=True)
+
+    async def _prune(self, force: bool = False) -> None:
+        if self.pruner is None:
+            return
+        now = time.monotonic()
+        if not force and now - self._last_prune < self.prune_interval:
+            return
+        self._last_prune = now
+        # A walk of a large directory blocks: off the event loop, so the drain goes on meanwhile.
+        await asyncio.to_thread(self.pruner.prune)
+
+    def stats(self) -> dict[str, int]:
+        return self.pruner.stats() if self.pruner is not None else {}
 
     async def put(self, obj: StoredObject) -> ObjectRef:
         fields = {"DIGEST": obj.digest, "SHARD": obj.digest[:2], "CONNECTION_ID": str(obj.conn_id),
@@ -61,6 +87,7 @@ class DirObjectSink:
             raise SinkTransientError(f"object store {self.name}: writing {final}: {exc.strerror or exc}") from exc
         url = self._url.render({**fields, "KEY": key, "PATH": str(final), "BUCKET": "", "ENDPOINT": "",
                                 "REGION": ""})
+        await self._prune()
         return ObjectRef.of(obj, url, self.name)
 
     async def close(self) -> None:

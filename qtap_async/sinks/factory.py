@@ -71,7 +71,8 @@ def build_object_sink(cfg: ObjectStoreConfig) -> ObjectSink:
     if isinstance(cfg, DisabledObjectStore):
         return DisabledObjectSink(name)
     if isinstance(cfg, DirObjectStore):
-        return DirObjectSink(cfg.path, key=cfg.key, access_url=cfg.access_url, fsync=cfg.fsync, name=name)
+        return DirObjectSink(cfg.path, key=cfg.key, access_url=cfg.access_url, fsync=cfg.fsync, name=name,
+                             retention=cfg.retention, max_bytes=cfg.max_bytes, prune_interval=cfg.prune_interval)
     if isinstance(cfg, S3ObjectStore):
         if (cfg.access_key is None) != (cfg.secret_key is None):
             raise ConfigError(f"object store {name}: set both access_key and secret_key, or neither")
@@ -83,6 +84,7 @@ def build_object_sink(cfg: ObjectStoreConfig) -> ObjectSink:
             insecure=cfg.insecure, addressing_style=cfg.addressing_style, sse=cfg.sse,
             sse_kms_key_id=cfg.sse_kms_key_id, key=cfg.key, access_url=cfg.access_url, checksums=cfg.checksums,
             concurrency=cfg.concurrency, timeout=cfg.timeout, name=name,
+            retention=cfg.retention, retention_prefix=cfg.retention_prefix,
         )
     raise ConfigError(f"unknown object store type {type(cfg).__name__}")
 

@@ -341,6 +341,9 @@ class SinkRunner(Generic[T]):
         for reason, (events, nbytes) in sorted(dropped.items()):
             out[f"qtap_sink_dropped_{reason}_events_total"] = events
             out[f"qtap_sink_dropped_{reason}_bytes_total"] = nbytes
+        sink_stats = getattr(self.sink, "stats", None)  # a store's own counters (dir pruning, ...)
+        if callable(sink_stats):
+            out.update(sink_stats())
         return out
 
 

@@ -41,8 +41,13 @@ class S3ObjectSink:
         concurrency: int = 8,
         timeout: float = 30.0,
         name: str = "s3",
+        retention: str | None = None,
+        retention_prefix: str = "",
     ) -> None:
         self.name = name
+        self.retention = retention
+        self.retention_prefix = retention_prefix
+        self.retention_state = ""  # "present" | "applied" once the lifecycle rule was checked
         self.bucket = bucket
         self.endpoint = endpoint
         self.region = region
@@ -97,6 +102,19 @@ class S3ObjectSink:
             )
         )
         self._stack = stack
+        if self.retention is not None and not self.retention_state:
+            from qtap_async.sinks.retention import apply_s3_retention, days_ceil
+
+            days = days_ceil(self.retention)
+            try:
+                self.retention_state = await apply_s3_retention(self._client, self.bucket, self.retention_prefix,
+                                                                days, self._where)
+            except SinkError:
+                await self.close()
+                raise
+            except Exception as exc:  # endpoint down: like check(), a SinkError naming the store
+                await self.close()
+                raise SinkError(f"{self._where}: {_unreachable(exc)}") from exc
 
     async def close(self) -> None:
         if self._stack is not None:

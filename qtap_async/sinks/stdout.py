@@ -51,7 +51,8 @@ class StdoutEventSink:
 
 
 class StdoutObjectSink:
-    """One JSON line per object: its reference fields and its body (text when UTF-8, else base64)."""
+    """One JSON line per object: its reference fields and its body (text when UTF-8, else base64); text
+    objects (``format: text``) as the text itself."""
 
     def __init__(self, name: str = "stdout", stream: BinaryIO | None = None) -> None:
         self.name = name
@@ -64,6 +65,13 @@ class StdoutObjectSink:
         return None
 
     async def put(self, obj: StoredObject) -> ObjectRef:
+        out = self._stream if self._stream is not None else sys.stdout.buffer
+        if obj.content_type.startswith("text/plain"):
+            # http_capture `format: text` asked for something to read: the text itself, not JSON around it
+            # (its first line, "# <time> <process> ...", starts each transaction).
+            out.write(obj.data if obj.data.endswith(b"\n") else obj.data + b"\n")
+            out.flush()
+            return ObjectRef.of(obj, f"stdout:{obj.digest}", self.name)
         try:
             text: str | None = obj.data.decode()
             b64 = None
@@ -71,7 +79,6 @@ class StdoutObjectSink:
             text, b64 = None, base64.b64encode(obj.data).decode()
         line = _ObjectLine("object", obj.digest, len(obj.data), obj.content_type, obj.conn_id,
                            obj.transaction_id, text, b64)
-        out = self._stream if self._stream is not None else sys.stdout.buffer
         out.write(_encode_line(line) + b"\n")
         out.flush()
         return ObjectRef.of(obj, f"stdout:{obj.digest}", self.name)

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from qtap_async.bpf import abi
+from qtap_async.context.containers import container_fields
 from qtap_async.events.connection import ConnectionEvent, GapEvent, Owner
 from qtap_async.events.kernel import ConnClose, ConnOpen, Data, KernelRecord, ProcExec, ProcExit, ProcFork
 from qtap_async.protocols.dns import parse_dns_datagram
@@ -260,6 +261,7 @@ class Conntrack:
             uid=c.uid,
             container_id=p.container_id,
             cgroup=p.cgroup,
+            **container_fields(p.container_id),  # type: ignore[arg-type]
             bytes_sent=c.bytes_sent - c.base_sent,
             bytes_received=c.bytes_received - c.base_received,
             duration_ns=(ts_ns - c.open_ts_ns) if closing else 0,

@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 import msgspec
 
+from qtap_async.context.containers import container_fields
 from qtap_async.events.dns import DnsMessage
 from qtap_async.events.http import HttpTransaction, TlsClientHello
 from qtap_async.plugins.exchange import host_of
@@ -59,6 +60,7 @@ class ProtocolOutput:
             "exe": p.exe,
             "comm": p.comm,
             "container_id": p.container_id,
+            **container_fields(p.container_id),
         }
 
     def convert(self, conn: Connection, rec: Any, layer: int) -> list[Any]:

@@ -123,13 +123,13 @@ def test_check_services_unreachable(tmp_path: Path, capsys: pytest.CaptureFixtur
         services:
           event_stores:
             - type: pulse
-              url: http://127.0.0.1:{port}/v1/events
+              url: http://127.0.0.1:{port}
               token: {{type: text, value: t}}
         """,
     )
     assert validate_command(path, check_services=True) == 1
     out = capsys.readouterr().out
-    assert f"  FAIL  services.event_stores[0] (pulse): http://127.0.0.1:{port}/v1/events is not reachable" in out
+    assert f"  FAIL  services.event_stores[0] (pulse): http://127.0.0.1:{port} is not reachable" in out
 
 
 def test_registered_service_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

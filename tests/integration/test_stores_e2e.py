@@ -122,7 +122,9 @@ def test_agent_events_to_kafka_and_objects_to_minio(  # the sink tests' fixtures
     refs = by_type.get("object_ref", [])
     assert len(refs) >= 6
     s3 = s3_client(services)
-    listed = s3.list_objects_v2(Bucket=bucket).get("Contents", [])
+    # Every page: on a busy host the agent stores far more than the 1000 keys of one listing.
+    listed = [o for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+              for o in page.get("Contents", [])]
     assert len(listed) >= 1
     bodies = []
     for obj in listed:

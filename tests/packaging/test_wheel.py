@@ -30,7 +30,7 @@ def test_wheel_carries_the_bpf_objects_and_manifest(wheel: Path) -> None:
     assert "qtap_async/bpf/objects/manifest.json" in names
     assert "cli/main.py" in names
     entry = next(n for n in names if n.endswith("entry_points.txt"))
-    assert "qtap = cli.main:app" in zipfile.ZipFile(wheel).read(entry).decode()
+    assert "qtap = cli.main:main" in zipfile.ZipFile(wheel).read(entry).decode()
 
 
 def _installed_env(wheel: Path, tmp_path: Path) -> tuple[dict[str, str], Path]:
@@ -57,7 +57,7 @@ def test_installed_agent_finds_its_objects(wheel: Path, tmp_path: Path) -> None:
 @pytest.mark.bpf
 def test_installed_inspect_runs(wheel: Path, tmp_path: Path) -> None:
     env, _ = _installed_env(wheel, tmp_path)
-    out = subprocess.run([sys.executable, "-c", "from cli.main import app; app()", "inspect", "--json"], env=env,
+    out = subprocess.run([sys.executable, "-c", "from cli.main import main; main()", "inspect", "--json"], env=env,
                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
@@ -67,7 +67,7 @@ def test_installed_inspect_runs(wheel: Path, tmp_path: Path) -> None:
 
 def test_missing_libbpf_is_a_clear_error(tmp_path: Path) -> None:
     env = dict(os.environ, QTAP_LIBBPF="libbpf-does-not-exist.so.1")
-    out = subprocess.run([sys.executable, "-c", "from cli.main import app; app()", "run"], env=env, cwd=ROOT,
+    out = subprocess.run([sys.executable, "-c", "from cli.main import main; main()", "run"], env=env, cwd=ROOT,
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 1
     assert "libbpf" in out.stderr and "apt-get install libbpf1" in out.stderr

@@ -78,3 +78,10 @@ def test_long_bodies_are_cut_and_binary_is_summarized() -> None:
     assert line.endswith("...") and "binary" not in line
     (binary,) = run(tx(response_body=b"\xff\xfe\x00", response_body_size=3), mode="full")
     assert "  < [3 bytes of binary data]" in binary
+
+
+def test_server_push_is_marked_in_the_line() -> None:
+    (line,) = run(tx(path="/style.css", stream_id=2, pushed=True, promised_by=1))
+    assert line.startswith("GET https://api.example.com/style.css 200") and "pushed(promised by stream 1)" in line
+    (plain,) = run(tx(path="/index.html"))
+    assert "pushed" not in plain

@@ -66,3 +66,10 @@ def test_http2_recorded_and_nothing_for_an_empty_transaction() -> None:
     p = [as_pulse(report(t)) for t in recorded("h2c_nghttp_two")]
     assert [(e.protocol, e.status, e.path) for e in p] == [("http2", 200, "/index.html"), ("http2", 404, "/missing")]
     assert ReportUsage(ReportUsageConfig()).on_http(exchange(tx(method=None, status=None))) == []
+
+
+def test_server_push_is_tagged_not_a_client_request() -> None:
+    ev = report(tx(path="/style.css", stream_id=2, pushed=True, promised_by=1))
+    assert ev.tags == ["pushed"] and ev.path == "/style.css"
+    assert report(tx(path="/index.html")).tags == []
+    as_pulse(ev)  # Pulse takes it

@@ -141,6 +141,13 @@ def test_agent_events_are_stored_and_read_back(config: PulseConfig, storage: Sto
                             " WHERE team = {t:String} AND id = 'c-open'", {"t": team})
     assert conn["domain_source"] == "dns_host" and conn["uid"] == 65534 and conn["reason"] == "evicted"
     assert conn["user"] == "nobody" and len(msgspec.json.decode(conn["owners"])) == 2
+    # The query API shows them too.
+    from qtap_async.pulse.queries import ConnectionSearch, connections
+
+    rows = {r.id: r for r in connections(storage, team, ConnectionSearch(limit=100))}
+    opened = rows["c-open"]
+    assert (opened.domain_source, opened.reason, opened.uid, opened.transport) == ("dns_host", "evicted", 65534, "udp")
+    assert opened.midstream and opened.resumed and opened.io_uring and "first_ns" in opened.owners
 
 
 class _OtherDatabase(Storage):

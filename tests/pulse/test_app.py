@@ -188,6 +188,9 @@ def test_health_metrics_and_openapi(client: httpx.Client, tokens: TokenStore, te
     text = client.get("/metrics").text
     assert 'pulse_http_requests_total{route="/v1/events",status="200"}' in text
     assert "pulse_insert_rows_total" in text and "pulse_events_accepted_total" in text
+    from qtap_async import __version__
+
+    assert f'pulse_build_info{{version="{__version__}"}} 1' in text
     spec = client.get("/openapi.json").json()
     assert spec["openapi"].startswith("3.1")
     assert {"/v1/events", "/v1/query/top/endpoints", "/v1/query/transactions/{transaction_id}/objects"} <= set(

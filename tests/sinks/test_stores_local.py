@@ -36,6 +36,13 @@ async def test_stdout_objects_text_and_binary() -> None:
     assert ref.transaction_id == "t"
 
 
+async def test_stdout_text_objects_are_written_as_text() -> None:
+    out = io.BytesIO()
+    sink = StdoutObjectSink(stream=out)
+    await sink.put(StoredObject(b"GET / HTTP/1.1\nhost: x\n", "text/plain; charset=utf-8"))
+    assert out.getvalue() == b"GET / HTTP/1.1\nhost: x\n"
+
+
 async def test_dir_store_writes_atomically_by_digest(tmp_path: Path) -> None:
     sink = DirObjectSink(str(tmp_path / "objs"), key="{{SHARD}}/{{DIGEST}}.json")
     await sink.check()

@@ -56,14 +56,19 @@ class Server(ThreadingHTTPServer):
 
 
 def main() -> None:
-    # usage: http_server.py [PORT] [--tls CERT KEY]
+    # usage: http_server.py [PORT] [--tls CERT KEY] [--host ADDR]
     args = sys.argv[1:]
+    host = "127.0.0.1"
+    if "--host" in args:
+        i = args.index("--host")
+        host = args[i + 1]
+        del args[i : i + 2]
     tls = None
     if "--tls" in args:
         i = args.index("--tls")
         tls = (args[i + 1], args[i + 2])
         del args[i : i + 3]
-    srv = Server(("127.0.0.1", int(args[0]) if args else 0), Handler)
+    srv = Server((host, int(args[0]) if args else 0), Handler)
     if tls is not None:
         import ssl
 

@@ -1,0 +1,312 @@
+"""`qtap run`: check every flag, start the agent (with or without a config), tell the person what it
+does, and summarize what it saw when it stops.
+
+Every bad value ends in one line on stderr and exit code 2 before anything is loaded. Which flags
+apply with ``--config`` is decided here (``CONFIG_REFUSED``): the others act as overrides.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import msgspec
+
+from cli.filters_cli import FocusGate, build_focus
+from cli.formats import FORMATS, FormatWriter, choose_format
+from qtap_async.errors import ConfigError
+
+__all__ = ["CONFIG_REFUSED", "LOG_LEVELS", "RunFlags", "check_flags", "run_command", "summary_line"]
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "WARN", "ERROR", "CRITICAL")
+LEVELS = ("summary", "details", "full")
+
+#: Flags that make no sense with a config, and why (the config's plugins and stores decide).
+CONFIG_REFUSED = {
+    "--level": "the http_capture plugin's `level` (and its rules) in the config decide what is kept",
+    "--format": "the config's stores write JSON; console lines come from the access_logs plugin (format: console)",
+}
+
+log = logging.getLogger("qtap.run")
+
+
+@dataclass
+class RunFlags:
+    config: Path | None = None
+    pid: int = 0
+    no_payload: bool = False
+    ring_buffer_mib: int = 16
+    metrics_interval: float = 0.0
+    level: str | None = None  # None: not given (details without a config)
+    no_tls: bool = False
+    max_connections: int = 65536
+    idle_timeout: float = 300.0
+    log_level: str = "auto"  # warning when stderr is a terminal, info otherwise
+    format: str | None = None  # None: not given (auto)
+    output: Path | None = None
+    stats: bool = False
+    ports: list[int] = field(default_factory=list)
+    domains: list[str] = field(default_factory=list)
+    exes: list[str] = field(default_factory=list)
+    direction: str | None = None
+    containers: list[str] = field(default_factory=list)
+    control: str | None = None  # control plane URL: the config comes from there
+    registration_token: str | None = None
+    control_state: Path = Path("/var/lib/qtap/control")
+    status_listen: str | None = None  # None: the default address, and a taken default port is not fatal
+    show_secrets: bool = False  # credentials in clear in every output (a warning is logged at start)
+
+
+def check_flags(f: RunFlags) -> None:
+    """Raise ConfigError naming the first bad flag and why; nothing is started before this passes."""
+    if f.log_level != "auto" and f.log_level.upper() not in LOG_LEVELS:
+        raise ConfigError(f"--log-level {f.log_level}: expected one of debug, info, warning, error, critical")
+    if f.ring_buffer_mib < 1 or f.ring_buffer_mib & (f.ring_buffer_mib - 1):
+        raise ConfigError(f"--ring-buffer-mib {f.ring_buffer_mib}: expected a power of two >= 1 (1, 2, 4, ... 16)")
+    if f.ring_buffer_mib > 1024:
+        raise ConfigError(f"--ring-buffer-mib {f.ring_buffer_mib}: at most 1024 (1 GiB of locked kernel memory)")
+    if f.level is not None and f.level not in LEVELS:
+        raise ConfigError(f"--level {f.level}: expected summary, details or full")
+    if f.format is not None and f.format not in FORMATS:
+        raise ConfigError(f"--format {f.format}: expected {', '.join(FORMATS)}")
+    if f.pid < 0:
+        raise ConfigError(f"--pid {f.pid}: expected a process id (0: every process)")
+    if f.pid > 0 and not Path(f"/proc/{f.pid}").is_dir():
+        raise ConfigError(f"--pid {f.pid}: no such process")
+    if f.max_connections < 1:
+        raise ConfigError(f"--max-connections {f.max_connections}: expected at least 1")
+    if not f.idle_timeout > 0:
+        raise ConfigError(f"--idle-timeout {f.idle_timeout}: expected a number of seconds > 0")
+    if f.metrics_interval < 0:
+        raise ConfigError(f"--metrics-interval {f.metrics_interval}: expected seconds >= 0 (0: off)")
+    from qtap_async.errors import QtapError
+    from qtap_async.telemetry.server import DEFAULT_LISTEN, parse_listen
+
+    try:
+        parse_listen(f.status_listen or DEFAULT_LISTEN)
+    except QtapError as exc:
+        raise ConfigError(f"--status-listen {f.status_listen}: {exc}") from exc
+    if f.output is not None:
+        target = f.output if f.output.exists() else f.output.parent
+        if f.output.is_dir():
+            raise ConfigError(f"--output {f.output}: is a directory, expected a file")
+        if not target.exists():
+            raise ConfigError(f"--output {f.output}: directory {target} does not exist")
+        if not os.access(target, os.W_OK):
+            raise ConfigError(f"--output {f.output}: not writable")
+    if f.control is not None and f.config is not None:
+        raise ConfigError("--control and --config exclude each other: with --control the config comes from there")
+    if f.config is not None or f.control is not None:
+        source = "--config" if f.config is not None else "--control"
+        given = {"--level": f.level is not None, "--format": f.format not in (None, "auto", "json")}
+        for flag, why in CONFIG_REFUSED.items():
+            if given[flag]:
+                raise ConfigError(f"{flag} does not apply with {source}: {why}")
+    if f.control is not None and (f.ports or f.domains or f.exes or f.direction or f.containers or f.output):
+        raise ConfigError("--port/--domain/--exe/--direction/--container/--output do not apply with --control: "
+                          "the control plane's config decides what is captured and where it goes")
+    build_focus(ports=f.ports, domains=f.domains, exes=f.exes, direction=f.direction, containers=f.containers)
+
+
+def _log_level(requested: str) -> str:
+    if requested == "auto":
+        return "WARNING" if sys.stderr.isatty() else "INFO"
+    return "WARNING" if requested.upper() == "WARN" else requested.upper()
+
+
+def _dropped(snapshot: dict[str, int]) -> int:
+    """Records and events lost anywhere (kernel ring buffer, channels, stores), not bytes."""
+    return sum(v for k, v in snapshot.items() if "drop" in k and "bytes" not in k and "depth" not in k)
+
+
+def summary_line(requests: int, connections: int, dropped: int, seconds: float) -> str:
+    def plural(n: int, word: str) -> str:
+        return f"{n:,} {word}{'' if n == 1 else 's'}"
+
+    return (f"qtap: stopped after {seconds:.0f}s: {plural(requests, 'request')} on "
+            f"{plural(connections, 'connection')}, {dropped:,} dropped")
+
+
+def _where(fmt: str, output: Path | None) -> str:
+    target = str(output) if output is not None else "stdout"
+    return {"console": f"an access line per request on {target}",
+            "text": f"readable lines on {target}",
+            "json": f"JSON lines on {target}"}.get(fmt, target)
+
+
+def _what(f: RunFlags) -> str:
+    parts = []
+    if f.pid:
+        parts.append(f"process {f.pid}")
+    if f.exes:
+        parts.append("exe " + ",".join(f.exes))
+    if f.ports:
+        parts.append("port " + ",".join(map(str, f.ports)))
+    if f.domains:
+        parts.append("domain " + ",".join(f.domains))
+    if f.direction and f.direction != "all":
+        parts.append(f"direction {f.direction}")
+    if f.containers:
+        parts.append("container " + ",".join(f.containers))
+    return " and ".join(parts) if parts else "every process on this host"
+
+
+async def _announce(agent: Any, f: RunFlags, where: str, out: IO[str]) -> None:
+    """The start message, once the BPF programs are attached (stderr: stdout stays data)."""
+    while not agent.attached.is_set():
+        await asyncio.sleep(0.05)
+    capture = agent.capture
+    hooks = sum(len(o.links) for o in capture.objects) if capture is not None else 0
+    tls = ""
+    if agent.tls is not None:
+        tls = f", TLS plaintext from {len(agent.tls.probes.files)} libraries"
+    elif f.no_tls:
+        tls = ", TLS probes off"
+    print(f"qtap: capturing TCP traffic of {_what(f)} ({hooks} hooks attached{tls}); {where}. Ctrl-C to stop.",
+          file=out, flush=True)
+
+
+def run_command(f: RunFlags) -> int:
+    """Run the agent until SIGINT/SIGTERM; returns the exit code. Raises ConfigError for bad flags."""
+    import time
+
+    import uvloop
+
+    from qtap_async.agent import Agent, AgentOptions
+    from qtap_async.bpf.loader import CaptureSettings
+    from qtap_async.telemetry import setup_logging
+
+    check_flags(f)
+    setup_logging(_log_level(f.log_level))
+    if f.log_level == "auto" and sys.stderr.isatty():
+        # Access lines (access_logs plugin, format: console) are what a person watches: keep them.
+        logging.getLogger("qtap.access").setLevel(logging.INFO)
+        if f.metrics_interval > 0:  # asked for: the periodic counter lines are INFO records
+            logging.getLogger("qtap.agent").setLevel(logging.INFO)
+    cfg = None
+    if f.config is not None:
+        from qtap_async.config import load_config
+
+        cfg = load_config(f.config)  # before the capability check: a bad file is reported to anyone
+    from qtap_async.capabilities import report
+
+    caps = report()
+    if not caps.bpf:
+        raise PermissionError(f"{caps.problems[0]}; see `qtap inspect`")
+    from qtap_async.bpf.kernelfs import ensure
+    from qtap_async.telemetry.server import DEFAULT_LISTEN
+
+    for fs in ensure():  # tracefs/bpffs: mounted here when missing, else an error naming the fix
+        if fs.action:
+            print(f"qtap: {fs.name} was not mounted; {fs.action} it at {fs.path}", file=sys.stderr)
+    focus = build_focus(ports=f.ports, domains=f.domains, exes=f.exes, direction=f.direction,
+                        containers=f.containers)
+    gate = FocusGate(focus) if not focus.empty else None
+    out_file = f.output.open("ab") if f.output is not None else None
+    out = out_file if out_file is not None else sys.stdout.buffer
+    opts = AgentOptions(
+        tls=not f.no_tls,
+        http_level=(f.level or "details"),  # type: ignore[arg-type]
+        capture=CaptureSettings(self_tgid=os.getpid(), target_tgid=f.pid, capture_payload=not f.no_payload,
+                                ring_buffer_bytes=f.ring_buffer_mib << 20),
+        metrics_interval_s=f.metrics_interval,
+        max_connections=f.max_connections,
+        idle_timeout_s=f.idle_timeout,
+        status_listen=f.status_listen or DEFAULT_LISTEN,
+        # The default port may be taken (another agent on the host): then run without; an explicit one must bind.
+        status_required=f.status_listen is not None,
+        show_secrets=f.show_secrets,
+    )
+    if f.control is not None:
+        from qtap_async.control_client import run_with_control
+
+        return run_with_control(f.control, f.registration_token, f.control_state, opts)
+    started = time.monotonic()
+    holder: dict[str, Any] = {}
+
+    if cfg is None:
+        fmt = choose_format(f.format or "auto", out)
+        writer = FormatWriter(fmt, out, keep=gate.keep(None) if gate is not None else None)
+        agent = Agent(opts, writer=writer)
+        if gate is not None:
+            agent.conntrack.session_factory = gate.session_factory(agent.conntrack.session_factory)
+            inner = agent.conntrack.on_protocol_record
+            assert inner is not None
+            agent.conntrack.on_protocol_record = gate.on_protocol_record(inner)
+        holder["agent"] = agent
+
+        async def main() -> int:
+            announce = asyncio.create_task(_announce(agent, f, _where(fmt, f.output), sys.stderr))
+            try:
+                return await agent.run()
+            finally:
+                announce.cancel()
+
+        try:
+            code = uvloop.run(main())
+        finally:
+            if out_file is not None:
+                out_file.close()
+        requests, connections = writer.counter.requests, writer.counter.connections
+    else:
+        from qtap_async.pipeline_config import run_with_config
+
+        counted = {"connections": 0}
+
+        def on_agent(agent: Any) -> None:
+            holder["agent"] = agent
+            runtime_writer = agent.writer
+            inner_keep = runtime_writer.keep
+            keep = gate.keep(inner_keep) if gate is not None else inner_keep
+
+            def counting_keep(item: Any) -> bool:
+                ok = keep(item) if keep is not None else True
+                if ok and getattr(item, "event", None) == "open" and type(item).__name__ == "ConnectionEvent":
+                    counted["connections"] += 1
+                return ok
+
+            runtime_writer.keep = counting_keep
+            if gate is not None:
+                agent.conntrack.session_factory = gate.session_factory(agent.conntrack.session_factory)
+                inner = agent.conntrack.on_protocol_record
+                agent.conntrack.on_protocol_record = gate.on_protocol_record(inner)
+            holder["announce"] = asyncio.get_running_loop().create_task(
+                _announce(agent, f, f"output to the config's stores ({_stores(cfg)})", sys.stderr))
+
+        saved_stdout = None
+        if out_file is not None:  # the config's stdout stores write to sys.stdout: point it at the file
+            saved_stdout = os.dup(1)
+            os.dup2(out_file.fileno(), 1)
+        try:
+            code = uvloop.run(run_with_config(cfg, opts, path=f.config, on_agent=on_agent))
+        finally:
+            if saved_stdout is not None:
+                sys.stdout.flush()
+                os.dup2(saved_stdout, 1)
+                os.close(saved_stdout)
+            if out_file is not None:
+                out_file.close()
+        snap = holder["agent"].snapshot() if "agent" in holder else {}
+        requests = sum(v for k, v in snap.items() if k.startswith("qtap_stack_transactions_total"))
+        connections = counted["connections"]
+    last = holder.get("agent")
+    snapshot = last.snapshot() if last is not None else {}
+    print(summary_line(requests, connections, _dropped(snapshot), time.monotonic() - started), file=sys.stderr)
+    if f.stats:
+        print(msgspec.json.encode(snapshot).decode(), file=sys.stderr)
+    return code
+
+
+def _stores(cfg: Any) -> str:
+    names = [s.type for s in cfg.services.event_stores if s.type != "disabled"]
+    names += [f"{s.type} (objects)" for s in cfg.services.object_stores if s.type != "disabled"]
+    return ", ".join(names) or "none"
+
+
+OnAgent = Callable[[Any], None]

@@ -1,0 +1,91 @@
+{{/* Names and labels shared by every object of the chart. */}}
+{{- define "qtap.name" -}}
+{{- .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "qtap.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "qtap.labels" -}}
+app.kubernetes.io/name: {{ include "qtap.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{- define "qtap.image" -}}
+{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- end -}}
+
+{{- define "qtap.s3Secret" -}}
+{{- .Values.stores.s3.existingSecret | default (printf "%s-s3" (include "qtap.fullname" .)) -}}
+{{- end -}}
+
+{{- define "qtap.pulseTokenSecret" -}}
+{{- .Values.pulse.existingTokenSecret | default (printf "%s-pulse-token" (include "qtap.fullname" .)) -}}
+{{- end -}}
+
+{{- define "qtap.clickhouseSecret" -}}
+{{- .Values.stores.clickhouse.existingSecret | default (printf "%s-clickhouse" (include "qtap.fullname" .)) -}}
+{{- end -}}
+
+{{- define "qtap.sendsToPulse" -}}
+{{- if and .Values.pulse.enabled (or .Values.pulse.agentToken .Values.pulse.existingTokenSecret) -}}true{{- end -}}
+{{- end -}}
+
+{{/* The agent's qtap.yaml when values do not give one: stores from `stores`, metadata to Kafka or Pulse. */}}
+{{- define "qtap.agentConfig" -}}
+version: 2
+services:
+  event_stores:
+{{- if .Values.stores.kafka.enabled }}
+    - type: kafka
+      id: events
+      brokers: {{ toJson .Values.stores.kafka.brokers }}
+      topic: {{ .Values.stores.kafka.topic | quote }}
+{{- else if include "qtap.sendsToPulse" . }}
+    - type: pulse
+      id: pulse
+      url: {{ printf "http://%s-pulse:%d" (include "qtap.fullname" .) (int .Values.pulse.port) | quote }}
+      token: {type: env, value: QTAP_PULSE_TOKEN}
+{{- else }}
+    - type: stdout
+{{- end }}
+  object_stores:
+{{- if .Values.stores.s3.enabled }}
+    - type: s3
+      id: payloads
+{{- with .Values.stores.s3.endpoint }}
+      endpoint: {{ . | quote }}
+{{- end }}
+      bucket: {{ .Values.stores.s3.bucket | quote }}
+      region: {{ .Values.stores.s3.region | quote }}
+{{- with .Values.stores.s3.retention }}
+      retention: {{ . | quote }}
+{{- end }}
+      access_key: {type: env, value: QTAP_S3_ACCESS_KEY}
+      secret_key: {type: env, value: QTAP_S3_SECRET_KEY}
+{{- else }}
+    - type: disabled
+{{- end }}
+stacks:
+  default:
+    plugins:
+      - type: http_capture
+        config:
+          level: summary
+          format: json
+{{- if include "qtap.sendsToPulse" . }}
+      - type: report_usage
+{{- end }}
+tap:
+  direction: all
+  http:
+    stack: default
+{{- end -}}
