@@ -25,6 +25,11 @@ test *ARGS:
 test-bpf *ARGS:
     {{venv}}python -m pytest -m bpf {{ARGS}}
 
+# Long property fuzzing of the parsers, rule language, config loader and Pulse decoder (CI runs a short
+# profile of the same tests), then Schemathesis over Pulse's API
+fuzz *ARGS:
+    HYPOTHESIS_PROFILE=fuzz {{venv}}python -m pytest tests/fuzz tests/pulse/test_openapi.py -q -p no:randomly {{ARGS}}
+
 # All benchmarks; each prints JSON and writes benchmarks/results/<name>.json
 bench:
     for b in benchmarks/bench_*.py; do {{venv}}python "$b"; done

@@ -129,6 +129,10 @@ def run(
         Path, typer.Option("--control-state", metavar="DIR",
                            help="identity + last good config from the control plane (0600)")
     ] = Path("/var/lib/qtap/control"),
+    show_secrets: Annotated[
+        bool, typer.Option("--show-secrets", help="print credentials (Authorization, cookies, tokens) in clear; "
+                           "logs a warning at start")
+    ] = False,
 ) -> None:
     """Capture traffic until Ctrl-C: access lines on a terminal, JSON lines otherwise."""
     from cli.run_cmd import RunFlags, run_command
@@ -140,7 +144,7 @@ def run(
                      ports=port or [], domains=domain or [], exes=exe or [], direction=direction,
                      containers=container or [], control=control, registration_token=registration_token,
                      control_state=control_state, status_listen=status_listen, state_dir=state_dir,
-                     hold_exec=hold_exec, no_preattach=no_preattach)
+                     hold_exec=hold_exec, no_preattach=no_preattach, show_secrets=show_secrets)
     try:
         code = run_command(flags)
     except ConfigError as exc:

@@ -63,6 +63,7 @@ class RunFlags:
     state_dir: str = "/var/lib/qtap"  # TLS analysis cache ("" : memory only)
     hold_exec: bool = False
     no_preattach: bool = False
+    show_secrets: bool = False  # credentials in clear in every output (a warning is logged at start)
 
 
 def check_flags(f: RunFlags) -> None:
@@ -225,6 +226,7 @@ def run_command(f: RunFlags) -> int:
         status_listen=f.status_listen or DEFAULT_LISTEN,
         # The default port may be taken (another agent on the host): then run without; an explicit one must bind.
         status_required=f.status_listen is not None,
+        show_secrets=f.show_secrets,
     )
     from qtap_async.sources.tls_manager import TlsOptions
 

@@ -45,6 +45,7 @@ class AgentOptions:
     tls: bool = True  # attach uprobes to TLS libraries for plaintext
     tls_options: TlsOptions = field(default_factory=TlsOptions)  # analysis cache, PATH pre-attach, held exec
     http_level: Literal["summary", "details", "full"] = "details"  # headers: details, bodies: full
+    show_secrets: bool = False  # credentials in clear in the output (qtap run --show-secrets)
     status_listen: str = ""  # HOST:PORT of /healthz /readyz /metrics ("" or "off": none)
     status_check_interval_s: float = 10.0  # how often /readyz checks each store
     status_required: bool = True  # False: a status address that cannot be bound is logged, not fatal
@@ -99,9 +100,13 @@ class Agent:
         if on_protocol_record is not None:
             self.conntrack.on_protocol_record = on_protocol_record
         else:
+            from qtap_async.plugins.redact import Redactor, warn_if_clear
             from qtap_async.transforms.output import ProtocolOutput
 
-            self.conntrack.on_protocol_record = ProtocolOutput(self.conntrack, self.options.http_level).convert
+            redactor = Redactor(enabled=not self.options.show_secrets)
+            warn_if_clear(redactor)
+            self.conntrack.on_protocol_record = ProtocolOutput(self.conntrack, self.options.http_level,
+                                                               redactor).convert
         from qtap_async.telemetry.counters import TransactionCounter
 
         self.transactions = TransactionCounter()  # by protocol, for /metrics

@@ -52,6 +52,7 @@ __all__ = [
     "MacroConfig",
     "PluginConfig",
     "ProtocolTap",
+    "RedactionConfig",
     "ReportUsageConfig",
     "ReportUsagePlugin",
     "RulekitConfig",
@@ -211,6 +212,21 @@ DEFAULT_MASK_HEADERS: tuple[str, ...] = (
 )
 
 
+#: Headers whose values are credentials (lowercase): ``tap.redaction.headers``.
+DEFAULT_SECRET_HEADERS: tuple[str, ...] = (
+    "authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key", "api-key", "apikey",
+    "x-auth-token", "x-access-token", "x-amz-security-token", "x-csrf-token", "x-xsrf-token",
+    "x-goog-api-key", "private-token",
+)
+#: Query parameters whose values are credentials (lowercase): ``tap.redaction.query_params``. Values
+#: that look like tokens (long, letters and digits mixed, or JWTs) are redacted whatever their name.
+DEFAULT_SECRET_QUERY_PARAMS: tuple[str, ...] = (
+    "token", "access_token", "refresh_token", "id_token", "auth", "api_key", "apikey", "key", "secret",
+    "client_secret", "password", "passwd", "pwd", "sig", "signature", "x-amz-signature",
+    "x-amz-security-token", "session", "sessionid", "jwt", "code",
+)
+
+
 class ReportUsageConfig(_Base, frozen=True):
     """Usage reports: header values named in ``mask_headers`` are masked, and query parameters other
     than ``safe_query_params`` have their values masked; ``tags`` are added to every report."""
@@ -320,6 +336,17 @@ class TlsTapConfig(_Base, frozen=True):
     """Longest a held process waits; it is continued then, attached or not."""
 
 
+class RedactionConfig(_Base, frozen=True):
+    """Credentials in stdout, logs and stored objects are replaced by ``[redacted:<keyed hash>]``.
+    ``show_secrets: true`` (or ``qtap run --show-secrets``) shows them in clear, with a warning at start;
+    ``key`` fixes the HMAC key (random per process otherwise) so hashes compare across agents."""
+
+    show_secrets: bool = False
+    headers: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_SECRET_HEADERS))
+    query_params: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_SECRET_QUERY_PARAMS))
+    key: SecretValue | None = None
+
+
 class TapConfig(_Base, frozen=True):
     direction: Direction = "all"
     ignore_loopback: bool = False
@@ -328,6 +355,7 @@ class TapConfig(_Base, frozen=True):
     filters: FiltersConfig = msgspec.field(default_factory=FiltersConfig)
     endpoints: list[EndpointConfig] = msgspec.field(default_factory=list)
     tls: TlsTapConfig = msgspec.field(default_factory=TlsTapConfig)
+    redaction: RedactionConfig = msgspec.field(default_factory=RedactionConfig)
 
 
 class MacroConfig(_Base, frozen=True):
@@ -506,7 +534,10 @@ def _source_line(text: str, line: int | None) -> str:
 
 
 def _parse_yaml(text: str, source: str) -> _Document:
-    loader = yaml.SafeLoader(text)
+    try:
+        loader = yaml.SafeLoader(text)  # its reader refuses control characters right here
+    except yaml.YAMLError as exc:
+        raise _YamlProblem(f"invalid YAML: {' '.join(str(exc).split())}", None, None) from None
     try:
         try:
             node = loader.get_single_node()
@@ -1176,12 +1207,28 @@ def loads_config(text: str, source_name: str = "<config>") -> Config:
     return config
 
 
+def check_config_permissions(path: Path) -> None:
+    """Refuse a config file anyone on the host may change: it decides what is captured and where it goes
+    (a store URL is enough to exfiltrate every request). Raises ConfigError naming the file and the fix."""
+    try:
+        st = path.stat()
+    except OSError:
+        return  # reading it reports the problem
+    import stat as stat_
+
+    if st.st_mode & stat_.S_IWOTH and stat_.S_ISREG(st.st_mode):
+        mode = stat_.S_IMODE(st.st_mode)
+        raise ConfigError(f"{path}: refusing a world-writable config file (mode {mode:04o}): any user could "
+                          f"change what is captured and where it is sent; run `chmod o-w {path}`")
+
+
 def load_config(path: Path | str) -> Config:
     """Read, decode and validate the config file at ``path``; never returns a partial config.
 
     Raises ConfigError when the file cannot be read and ConfigValidationError when it is invalid.
     """
     p = Path(path)
+    check_config_permissions(p)
     try:
         raw = p.read_bytes()
     except FileNotFoundError:

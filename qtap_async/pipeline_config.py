@@ -42,6 +42,7 @@ from qtap_async.events.dns import DnsMessage
 from qtap_async.events.http import HttpTransaction, TlsClientHello
 from qtap_async.filters import SKIP_ALL, OwnServices, StackSelector, TrafficFilter
 from qtap_async.plugins.exchange import ConnContext, HttpExchange, host_of
+from qtap_async.plugins.redact import redactor_from, warn_if_clear
 from qtap_async.plugins.stack import Stack, build_stacks
 from qtap_async.protocols import ProtocolSession
 from qtap_async.sinks.base import ObjectRef, StoredObject
@@ -73,10 +74,12 @@ log = logging.getLogger("qtap.pipeline")
 class Pipeline:
     """The parts of a config that decide per connection and per transaction, compiled once."""
 
-    __slots__ = ("config", "containers", "include_dns", "own", "selector", "stacks", "traffic")
+    __slots__ = ("config", "containers", "include_dns", "own", "redactor", "selector", "stacks", "traffic")
 
-    def __init__(self, config: Config, *, access_log: Callable[[str], None] | None = None) -> None:
+    def __init__(self, config: Config, *, access_log: Callable[[str], None] | None = None,
+                 show_secrets: bool = False) -> None:
         self.config = config
+        self.redactor = redactor_from(config.tap.redaction, show_secrets)
         self.traffic = TrafficFilter.from_config(config.tap)
         #: Pulse endpoints of the config: their traffic is never captured (it would feed Pulse itself).
         self.own = OwnServices.from_urls(
@@ -289,9 +292,10 @@ class ConfiguredRuntime:
     """The agent hooks for one (reloadable) config: session factory, protocol record handler, writer."""
 
     def __init__(self, config: Config, *, access_log: Callable[[str], None] | None = None,
-                 conntrack: Conntrack | None = None) -> None:
+                 conntrack: Conntrack | None = None, show_secrets: bool = False) -> None:
         self.access_log = access_log
-        self.pipeline = Pipeline(config, access_log=access_log)
+        self.show_secrets = show_secrets
+        self.pipeline = Pipeline(config, access_log=access_log, show_secrets=show_secrets)
         events, objects = build_stores(config.services)
         self.writer = StoreWriter(events, objects, keep=self._keep)
         self.writer.extra_stats = self.stats
@@ -410,14 +414,16 @@ class ConfiguredRuntime:
         else:
             ts, ts_ns = "", start
         ex = HttpExchange(tx, ConnContext.of(conn, layer), id=f"{self._id_prefix}-t{next(self._ids)}", ts=ts,
-                          ts_ns=ts_ns)
+                          ts_ns=ts_ns, redactor=pipeline.redactor)
         return list(stack.on_http(ex))
 
     # -- reloads --------------------------------------------------------------------------------
     async def apply(self, config: Config) -> None:
         """Switch to ``config``: everything is built (and new stores started) before anything changes,
         so a failure leaves the running config untouched. Raises QtapError on failure."""
-        pipeline = Pipeline(config, access_log=self.access_log)
+        pipeline = Pipeline(config, access_log=self.access_log, show_secrets=self.show_secrets)
+        if pipeline.redactor.enabled != self.pipeline.redactor.enabled:
+            warn_if_clear(pipeline.redactor)
         if config.services != self.config.services:
             events, objects = build_stores(config.services)
             await StoreWriter.start_runners(_runners(events, objects))
@@ -484,9 +490,10 @@ async def run_with_config(config: Config, options: AgentOptions, *, path: Path |
     ``on_agent`` sees the agent before it starts (the CLI wraps its hooks and announces the start)."""
     from qtap_async.agent import Agent
 
-    runtime = ConfiguredRuntime(config)
+    runtime = ConfiguredRuntime(config, show_secrets=options.show_secrets)
     for line in summarize(config):
         log.info("config: %s", line)
+    warn_if_clear(runtime.pipeline.redactor)
     await runtime.start()
     agent = Agent(options, writer=runtime.writer, session_factory=runtime.session_factory,
                   on_protocol_record=runtime.on_protocol_record)

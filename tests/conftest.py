@@ -7,6 +7,15 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# Hypothesis profiles: `ci` (default) keeps the suite within CI's budget; `fuzz` (`just fuzz`,
+# HYPOTHESIS_PROFILE=fuzz) runs the same properties a hundred times longer. Tests that set their own
+# max_examples keep it; tests/fuzz/ takes the profile's.
+settings.register_profile("ci", max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("fuzz", max_examples=15_000, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture(autouse=True)

@@ -10,6 +10,10 @@ Records are read in the order they were appended; ``read`` does not consume, ``a
 took them), so a crash between the two re-delivers (at-least-once). Writes are flushed to the kernel after
 every ``append`` (they survive an agent crash or restart); ``fsync=True`` also survives a power loss.
 
+The directory is created 0700 and its files 0600 (they hold captured events and objects). When the disk
+under the spool is full (ENOSPC, quota), the record being written and the rest of its batch are dropped and
+counted as ``disk_full`` (the partial frame is cut off again), and the next append tries again.
+
 When the spool is full, ``drop_oldest`` deletes the oldest whole segment not being delivered (segments are
 at most 1/16 of the size limit), ``drop_newest`` refuses the incoming record; either way every dropped record
 and byte is counted. A torn frame at the tail (a crash mid-write) is cut off at start-up; a frame whose crc
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import struct
 import zlib
@@ -34,6 +39,7 @@ from qtap_async.errors import QtapError
 
 SpoolWhenFull = Literal["drop_oldest", "drop_newest"]
 
+log = logging.getLogger("qtap.spool")
 _HDR = struct.Struct("<II")
 _SUFFIX = ".seg"
 
@@ -80,6 +86,8 @@ class SpoolStats(msgspec.Struct, frozen=True, gc=False):
     dropped_events: int
     dropped_bytes: int
     corrupt_events: int
+    disk_full_events: int = 0
+    disk_full_bytes: int = 0
 
 
 class Spool:
@@ -99,7 +107,8 @@ class Spool:
         self.segment_bytes = segment_bytes or min(16 << 20, max(64 << 10, max_bytes // 16))
         self.fsync = fsync
         try:
-            self.directory.mkdir(parents=True, exist_ok=True)
+            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(self.directory, 0o700)  # an existing directory too: the records are captured traffic
             self._lock_fd = os.open(self.directory / "lock", os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as exc:
             raise SpoolError(f"spool {self.directory}: {exc.strerror or exc}") from exc
@@ -109,7 +118,7 @@ class Spool:
             os.close(self._lock_fd)
             raise SpoolError(f"spool {self.directory} is in use by another process") from exc
         self._segments: deque[_Segment] = deque()
-        self._writer: BinaryIO | None = None  # open on self._segments[-1] when not None
+        self._writer: BinaryIO | None = None  # unbuffered, open on self._segments[-1] when not None
         self._head = _Cursor()  # consumed part of self._segments[0]
         self._inflight: SpoolPosition | None = None
         self._disk = 0
@@ -122,6 +131,9 @@ class Spool:
         self.dropped_events = 0
         self.dropped_bytes = 0
         self.corrupt_events = 0
+        self.disk_full_events = 0
+        self.disk_full_bytes = 0
+        self._disk_full = False  # in a disk-full episode (logged once per episode)
         self._load()
 
     # -------------------------------------------------------------------------------------------- start-up
@@ -178,9 +190,11 @@ class Spool:
     def _open_segment(self) -> _Segment:
         if self._writer is not None:
             self._writer.close()
+            self._writer = None
         seq = self._segments[-1].seq + 1 if self._segments else max(self._head.seq, 0) + 1
         seg = _Segment(seq, self._path(seq))
-        self._writer = open(seg.path, "ab")  # noqa: SIM115 - kept open across calls
+        fd = os.open(seg.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self._writer = open(fd, "ab", buffering=0)  # noqa: SIM115 - kept open across calls
         if not self._segments:
             self._head = _Cursor(seq, 0, 0, 0)
         self._segments.append(seg)
@@ -189,18 +203,20 @@ class Spool:
     def append(self, payloads: Sequence[bytes]) -> int:
         """Append records in order; returns how many were kept (the others were dropped and counted)."""
         kept = 0
-        for payload in payloads:
+        for index, payload in enumerate(payloads):
             need = _HDR.size + len(payload)
             if need > self.max_bytes or not self._make_room(need):
                 self.dropped_events += 1
                 self.dropped_bytes += len(payload)
                 continue
-            seg = self._segments[-1] if self._writer is not None else None
-            if seg is None or seg.size >= self.segment_bytes:
-                seg = self._open_segment()
-            assert self._writer is not None
-            self._writer.write(_HDR.pack(len(payload), zlib.crc32(payload)))
-            self._writer.write(payload)
+            try:
+                seg = self._segments[-1] if self._writer is not None else None
+                if seg is None or seg.size >= self.segment_bytes:
+                    seg = self._open_segment()
+                self._write_frame(seg, _HDR.pack(len(payload), zlib.crc32(payload)) + payload)
+            except OSError as exc:
+                self._on_disk_full(payloads[index:], exc)
+                break
             seg.records += 1
             seg.payload += len(payload)
             seg.size += need
@@ -211,10 +227,35 @@ class Spool:
             self.appended_bytes += len(payload)
             kept += 1
         if kept and self._writer is not None:
-            self._writer.flush()
+            if self._disk_full:
+                log.info("spool %s: writing again after a full disk", self.directory)
+                self._disk_full = False
             if self.fsync:
-                os.fsync(self._writer.fileno())
+                with contextlib.suppress(OSError):
+                    os.fsync(self._writer.fileno())
         return kept
+
+    def _write_frame(self, seg: _Segment, frame: bytes) -> None:
+        """One whole frame or none: a short or failed write is cut off again (OSError raised)."""
+        assert self._writer is not None
+        try:
+            written = self._writer.write(frame)
+            if written != len(frame):
+                raise OSError(28, "short write (disk full?)")
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._writer.fileno(), seg.size)
+            raise
+
+    def _on_disk_full(self, rest: Sequence[bytes], exc: OSError) -> None:
+        self.disk_full_events += len(rest)
+        self.disk_full_bytes += sum(len(p) for p in rest)
+        self.dropped_events += len(rest)
+        self.dropped_bytes += sum(len(p) for p in rest)
+        if not self._disk_full:
+            log.warning("spool %s: cannot write (%s); newer records are dropped and counted until it can",
+                        self.directory, exc.strerror or exc)
+            self._disk_full = True
 
     def _make_room(self, need: int) -> bool:
         while self._disk + need > self.max_bytes:
@@ -352,8 +393,14 @@ class Spool:
 
     def _save_cursor(self) -> None:
         tmp = self.directory / "cursor.tmp"
-        tmp.write_bytes(msgspec.json.encode(self._head))
-        os.replace(tmp, self.directory / "cursor")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with open(fd, "wb") as f:
+                f.write(msgspec.json.encode(self._head))
+            os.replace(tmp, self.directory / "cursor")
+        except OSError as exc:
+            # A full disk: the cursor on disk stays behind, so a crash now re-delivers (at least once).
+            log.warning("spool %s: cannot save the cursor (%s)", self.directory, exc.strerror or exc)
 
     # ---------------------------------------------------------------------------------------------- misc
     def __len__(self) -> int:
@@ -375,6 +422,8 @@ class Spool:
             dropped_events=self.dropped_events,
             dropped_bytes=self.dropped_bytes,
             corrupt_events=self.corrupt_events,
+            disk_full_events=self.disk_full_events,
+            disk_full_bytes=self.disk_full_bytes,
         )
 
     def close(self) -> None:

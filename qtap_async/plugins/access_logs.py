@@ -46,7 +46,7 @@ def format_console(ex: HttpExchange, mode: AccessLogMode) -> str:
     tx, c = ex.tx, ex.conn
     status = str(tx.status) if tx.status is not None else "---"
     proc = f"{c.exe.rsplit('/', 1)[-1] or c.comm}[{c.pid}]"
-    line = (f"{tx.method or '-'} {ex.url} {status} {_ms(ex.duration_ns)} "
+    line = (f"{tx.method or '-'} {ex.shown_url} {status} {_ms(ex.duration_ns)} "
             f"{tx.response_body_size}B {proc} {c.direction}")
     if tx.pushed:  # the server pushed it: no client sent this request
         line += f" pushed(promised by stream {tx.promised_by})"
@@ -57,7 +57,7 @@ def format_console(ex: HttpExchange, mode: AccessLogMode) -> str:
     parts = [line]
 
     def headers(prefix: str, hs: Headers) -> None:
-        parts.extend(f"  {prefix} {k}: {v}" for k, v in hs)
+        parts.extend(f"  {prefix} {k}: {v}" for k, v in ex.redactor.headers(hs))
 
     headers(">", tx.request_headers)
     if mode == "full" and (tx.request_body or tx.request_body_decoded):
@@ -73,7 +73,7 @@ def format_json(ex: HttpExchange, mode: AccessLogMode) -> str:
     doc: dict[str, Any] = {
         "ts": ex.ts,
         "method": tx.method,
-        "url": ex.url,
+        "url": ex.shown_url,
         "status": tx.status,
         "duration_ms": round(ex.duration_ns / 1e6, 3),
         "resp_bytes": tx.response_body_size,
@@ -82,8 +82,8 @@ def format_json(ex: HttpExchange, mode: AccessLogMode) -> str:
         "direction": c.direction,
     }
     if mode in ("details", "full"):
-        doc["request_headers"] = tx.request_headers
-        doc["response_headers"] = tx.response_headers
+        doc["request_headers"] = ex.redactor.headers(tx.request_headers)
+        doc["response_headers"] = ex.redactor.headers(tx.response_headers)
     if mode == "full":
         doc["request_body"] = _body_text(tx.request_body, tx.request_body_decoded)
         doc["response_body"] = _body_text(tx.response_body, tx.response_body_decoded)

@@ -15,6 +15,7 @@ import msgspec
 from qtap_async.context.containers import container_fields
 from qtap_async.events.http import Headers, HttpTransaction
 from qtap_async.filters import ConnDirection, classify_connection
+from qtap_async.plugins.redact import DEFAULT_REDACTOR, Redactor
 
 if TYPE_CHECKING:
     from qtap_async.transforms.conntrack import Connection
@@ -103,10 +104,14 @@ def join_headers(headers: Headers) -> dict[str, str]:
 class HttpExchange:
     """One transaction with its context. ``id`` names it in every event and object it produces."""
 
-    __slots__ = ("_ctx", "_req_headers", "_res_headers", "conn", "host", "id", "scheme", "ts", "ts_ns", "tx")
+    __slots__ = ("_ctx", "_req_headers", "_res_headers", "conn", "host", "id", "redactor", "scheme", "ts", "ts_ns",
+                 "tx")
 
-    def __init__(self, tx: HttpTransaction, conn: ConnContext, *, id: str, ts: str, ts_ns: int) -> None:
+    def __init__(self, tx: HttpTransaction, conn: ConnContext, *, id: str, ts: str, ts_ns: int,
+                 redactor: Redactor | None = None) -> None:
         self.tx = tx
+        #: What outputs (objects, access logs) pass headers and targets through; rules see ``tx`` as is.
+        self.redactor = redactor or DEFAULT_REDACTOR
         self.conn = conn
         self.id = id
         #: Wall-clock start of the transaction: RFC 3339 text and epoch nanoseconds.
@@ -134,6 +139,12 @@ class HttpExchange:
     def url(self) -> str:
         authority = self.tx.authority or self.host
         return f"{self.scheme}://{authority}{self.tx.path or ''}"
+
+    @property
+    def shown_url(self) -> str:
+        """``url`` with secret query values redacted (what an output may print)."""
+        authority = self.tx.authority or self.host
+        return f"{self.scheme}://{authority}{self.redactor.target(self.tx.path) or ''}"
 
     @property
     def duration_ns(self) -> int:

@@ -32,13 +32,14 @@ def _json_body(data: bytes) -> dict[str, Any]:
 
 
 def _as_json(ex: HttpExchange, level: str, rule: str) -> bytes:
-    tx, c = ex.tx, ex.conn
-    req: dict[str, Any] = {"method": tx.method, "url": ex.url, "path": tx.path, "headers": tx.request_headers}
-    res: dict[str, Any] = {"status": tx.status, "headers": tx.response_headers}
+    tx, c, r = ex.tx, ex.conn, ex.redactor
+    req: dict[str, Any] = {"method": tx.method, "url": ex.shown_url, "path": r.target(tx.path),
+                           "headers": r.headers(tx.request_headers)}
+    res: dict[str, Any] = {"status": tx.status, "headers": r.headers(tx.response_headers)}
     if tx.request_trailers:
-        req["trailers"] = tx.request_trailers
+        req["trailers"] = r.headers(tx.request_trailers)
     if tx.response_trailers:
-        res["trailers"] = tx.response_trailers
+        res["trailers"] = r.headers(tx.response_trailers)
     if level == "full":
         req["body"] = _json_body(_body(tx.request_body, tx.request_body_decoded))
         req["body_truncated"] = tx.request_body_truncated
@@ -83,21 +84,21 @@ def _text_body(lines: list[str], data: bytes, truncated: bool) -> None:
 
 
 def _as_text(ex: HttpExchange, level: str, rule: str) -> bytes:
-    tx, c = ex.tx, ex.conn
+    tx, c, r = ex.tx, ex.conn, ex.redactor
     version = "HTTP/2" if tx.protocol in ("h2", "h2c") else tx.protocol.upper()
     lines = [
         f"# {ex.ts} {c.exe or c.comm}[{c.pid}] {c.direction} {c.src_ip}:{c.src_port} -> {c.dst_ip}:{c.dst_port}"
         f" level={level}" + (f" rule={rule!r}" if rule else ""),
-        f"{tx.method or '-'} {tx.path or '-'} {version}",
+        f"{tx.method or '-'} {r.target(tx.path) or '-'} {version}",
     ]
     if tx.authority and not any(k.lower() == "host" for k, _ in tx.request_headers):
         lines.append(f"host: {tx.authority}")
-    _text_headers(lines, tx.request_headers)
+    _text_headers(lines, r.headers(tx.request_headers))
     if level == "full":
         _text_body(lines, _body(tx.request_body, tx.request_body_decoded), tx.request_body_truncated)
     lines.append("")
     lines.append(f"{version} {tx.status if tx.status is not None else '-'}")
-    _text_headers(lines, tx.response_headers)
+    _text_headers(lines, r.headers(tx.response_headers))
     if level == "full":
         _text_body(lines, _body(tx.response_body, tx.response_body_decoded), tx.response_body_truncated)
     if tx.incomplete:

@@ -150,8 +150,8 @@ class _Stream:
 
 
 class _Reader:
-    __slots__ = ("base", "buf", "cont", "d_end_stream", "d_left", "d_pad", "d_sid", "dir", "expect_settings",
-                 "lead_ts", "pos", "skip_left", "state")
+    __slots__ = ("base", "buf", "cont", "cont_size", "d_end_stream", "d_left", "d_pad", "d_sid", "dir",
+                 "expect_settings", "lead_ts", "pos", "skip_left", "state")
 
     def __init__(self, direction: int, state: int) -> None:
         self.dir = direction
@@ -162,6 +162,7 @@ class _Reader:
         self.state = state
         # pending header block: (kind HEADERS|PUSH_PROMISE, sid, fragments, flags, start_ts, promised sid)
         self.cont: tuple[int, int, list[bytes], int, int, int] | None = None
+        self.cont_size = 0  # bytes in cont's fragments, kept as they arrive (see CONTINUATION)
         self.d_sid = 0
         self.d_left = 0  # DATA payload bytes still to come (body + padding)
         self.d_pad = 0  # padding at the end of the current DATA frame
@@ -255,6 +256,16 @@ class Http2Connection:
             for r in self.readers:
                 if r.state == R_PREFACE and r.buf:
                     self._error(r.dir, "connection closed inside the client preface", r.base, ts)
+                # A stream cut inside a frame (a truncated or lying frame length) is reported, not
+                # left unaccounted: the bytes after the last whole frame were never parsed.
+                elif r.state == R_SKIP and r.skip_left:
+                    self._error(r.dir, f"connection closed {r.skip_left} bytes short of a frame's end",
+                                r.base + r.pos, ts)
+                elif r.state == R_FRAME and len(r.buf) > r.pos:
+                    self._error(r.dir, f"connection closed inside a frame ({len(r.buf) - r.pos} bytes of it)",
+                                r.base + r.pos, ts)
+                elif r.cont is not None:
+                    self._error(r.dir, "connection closed inside a header block", r.base + r.pos, ts)
             if self.refused > 1:
                 self._error(None, f"{self.refused} streams were not tracked (max_concurrent_streams)", 0, ts)
             self.dead = True
@@ -443,7 +454,12 @@ class Http2Connection:
                 self._give_up(r, "CONTINUATION without a header block in progress", ts)
                 return
             cont[2].append(buf[start:end])
-            size = sum(len(f) for f in cont[2])
+            # A running total: summing every fragment again per frame made a flood of tiny CONTINUATION
+            # frames quadratic (20k frames held the agent's loop for seconds). The first CONTINUATION of a
+            # block starts the total from the HEADERS/PUSH_PROMISE fragment.
+            first = len(cont[2]) == 2
+            r.cont_size = (len(cont[2][0]) if first else r.cont_size) + (end - start)
+            size = r.cont_size
             if size > self.limits.max_header_bytes:
                 self._give_up(r, f"header block larger than {self.limits.max_header_bytes} bytes", ts)
                 return

@@ -17,6 +17,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from qtap_async.errors import PulseAuthError, PulseError
 from qtap_async.pulse.config import PulseConfig
@@ -78,6 +79,8 @@ class Pulse:
         self._own_tokens = tokens is None
         self.storage: Storage | None = storage
         self.tokens = tokens if tokens is not None else TokenStore(config.tokens_path)
+        # Bounds the memory ingestion can hold: each slot is one body being read, decoded and validated.
+        self.ingest_slots = asyncio.Semaphore(config.limits.max_concurrent_ingest)
         self.executor = ThreadPoolExecutor(config.query_threads, thread_name_prefix="pulse")
         self.writer: BatchWriter | None = None
         # Background tasks started with the app (the Kafka consumer), stopped before the writer.
@@ -114,22 +117,29 @@ class Pulse:
         kind, _, token = header.partition(" ")
         if not header:
             raise PulseAuthError("missing bearer token", 401)
+        limit = self.config.limits.max_auth_header_bytes
+        if len(header) > limit:
+            raise PulseAuthError(f"authorization header is {len(header)} bytes; the limit is {limit}", 401)
         if kind.lower() != "bearer" or not token.strip():
             raise PulseAuthError("authorization must be 'Bearer <token>'", 401)
         return self.tokens.authenticate(token.strip(), scope)
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+async def _read_body(request: Request, limit: int, timeout_s: float) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise BodyError(413, f"body is {declared} bytes; the limit is {limit}")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BodyError(413, f"body is over the limit of {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise BodyError(413, f"body is over the limit of {limit} bytes")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise BodyError(408, f"body not received within {timeout_s:g} s ({size} bytes so far)") from None
     return b"".join(chunks)
 
 
@@ -147,8 +157,22 @@ def create_app(config: PulseConfig, storage: Storage | None = None, tokens: Toke
         except PulseAuthError as e:
             return auth_response(e)
         received_ns = time.time_ns()
+        limits = config.limits
         try:
-            body = await _read_body(request, config.limits.max_body_bytes)
+            async with asyncio.timeout(limits.ingest_queue_timeout_s):
+                await pulse.ingest_slots.acquire()
+        except TimeoutError:
+            pulse.metrics.inc("pulse_ingest_busy_total", 1)
+            return _error(429, f"{limits.max_concurrent_ingest} batches are being decoded; retry later",
+                          {"Retry-After": "1"})
+        try:
+            return await ingest_one(request, principal, received_ns)
+        finally:
+            pulse.ingest_slots.release()
+
+    async def ingest_one(request: Request, principal: Principal, received_ns: int) -> Response:
+        try:
+            body = await _read_body(request, config.limits.max_body_bytes, config.limits.body_timeout_s)
 
             def work() -> Any:
                 decoded = decode_body(
@@ -248,4 +272,27 @@ def create_app(config: PulseConfig, storage: Storage | None = None, tokens: Toke
 
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.pulse = pulse
+    app.add_middleware(HeaderLimit, limit=config.limits.max_header_bytes, metrics=pulse.metrics)
     return app
+
+
+class HeaderLimit:
+    """431 for a request whose header fields are over ``limit`` bytes. The h11 parser only bounds a head
+    that arrives in pieces; one that arrives in a single read is parsed whole, so the size is checked
+    here. The request target is not counted: query values have their own length limits (422)."""
+
+    def __init__(self, app: ASGIApp, limit: int, metrics: Metrics) -> None:
+        self.app = app
+        self.limit = limit
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            size = sum(len(k) + len(v) + 4 for k, v in scope["headers"])
+            if size > self.limit:
+                self.metrics.inc("pulse_http_requests_total", 1, route="*", status="431")
+                response = _error(431, f"request headers are {size} bytes; the limit is {self.limit}",
+                                  {"Connection": "close"})
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

@@ -13,6 +13,7 @@ from qtap_async.errors import ConfigError
 
 Days = Annotated[int, msgspec.Meta(ge=1, le=3650)]
 Positive = Annotated[int, msgspec.Meta(ge=1)]
+PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
 
 
 class Retention(msgspec.Struct, frozen=True, gc=False, forbid_unknown_fields=True):
@@ -33,6 +34,19 @@ class Limits(msgspec.Struct, frozen=True, gc=False, forbid_unknown_fields=True):
     # An agent clock this far from ours (batch ``sent_at``) is corrected; event times further than
     # this in the future are clamped to the receive time.
     max_clock_skew_s: Positive = 300
+    # Hostile clients (docs/security.md). A connection over ``max_connections`` is answered 429 and
+    # closed; a request head (request line + headers) must arrive within ``header_timeout_s`` and fit in
+    # ``max_header_bytes`` (else 408 / 400); a body must arrive within ``body_timeout_s`` (else 408).
+    max_connections: Positive = 256
+    header_timeout_s: PositiveFloat = 10.0
+    max_header_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 16 * 1024
+    body_timeout_s: PositiveFloat = 30.0
+    # Ingest requests decoded at once (each may hold max_body_bytes + max_decoded_bytes): the memory
+    # bound. Others wait up to ``ingest_queue_timeout_s``, then get 429 with Retry-After.
+    max_concurrent_ingest: Positive = 8
+    ingest_queue_timeout_s: PositiveFloat = 5.0
+    # An Authorization header longer than this is refused (401) before any lookup.
+    max_auth_header_bytes: Positive = 512
 
 
 class KafkaConfig(msgspec.Struct, frozen=True, gc=False, forbid_unknown_fields=True):
@@ -72,6 +86,9 @@ def load_config(path: str | os.PathLike[str] | None = None, **overrides: Any) ->
     """Read YAML (if given), apply non-None ``overrides`` (nested keys with ``__``), validate."""
     raw: dict[str, Any] = {}
     if path is not None:
+        from qtap_async.config import check_config_permissions
+
+        check_config_permissions(Path(path))
         try:
             loaded = yaml.safe_load(Path(path).read_text())
         except (OSError, yaml.YAMLError) as e:

@@ -75,6 +75,8 @@ def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
             out = d.decompress(body, limit + 1)
         except zlib.error as e:
             raise BodyError(400, f"bad gzip body: {e}") from e
+        if not d.eof and len(out) <= limit:
+            raise BodyError(400, "bad gzip body: truncated (no end of stream)")
     elif enc == "zstd":
         try:
             with zstandard.ZstdDecompressor().stream_reader(body) as reader:
@@ -134,6 +136,9 @@ def decode_body(body: bytes, content_type: str, content_encoding: str, limits: L
         raise BodyError(400, f'body must be an array of events or {{"events": [...]}}: {e}') from e
     except msgspec.DecodeError as e:
         raise BodyError(400, f"malformed {fmt.name}: {e}") from e
+    except RecursionError:
+        # msgspec bounds nesting by the interpreter's recursion limit; no event nests more than 3 deep.
+        raise BodyError(400, f"malformed {fmt.name}: nested too deeply") from None
     items, sent_at = (env.events, env.sent_at) if isinstance(env, Batch) else (env, None)
     if isinstance(sent_at, float):
         if not (math.isfinite(sent_at) and sent_at.is_integer() and 0 <= sent_at < 2**63):
@@ -208,6 +213,9 @@ class Sanitizer:
                 ev = decode(raw)
             except (msgspec.ValidationError, msgspec.DecodeError) as e:
                 errors.append(ItemError(index, str(e)))
+                continue
+            except RecursionError:
+                errors.append(ItemError(index, "nested too deeply"))
                 continue
             table = TABLE_OF[type(ev)]
             ts = ev.ts if type(ev.ts) is int else to_ns(ev.ts)

@@ -69,7 +69,7 @@ def prepare_messages(
                 )
             else:
                 items = _json_list.decode(value) if value.lstrip()[:1] == b"[" else [msgspec.Raw(value)]
-        except (msgspec.DecodeError, msgspec.ValidationError):
+        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
             metrics.inc("pulse_kafka_rejected_total", reason="decode")
             continue
         prepared = sanitizer.prepare(fmt, items, team, agent, reference_ns=msg.timestamp * 1_000_000, body=value)

@@ -33,6 +33,12 @@ _AUTH_ERRORS = {
     "401": _error("Missing or invalid bearer token"),
     "403": _error("Token revoked or lacking the scope"),
 }
+# Answers of the connection and head limits (docs/security.md), possible on every operation.
+_LIMIT_ERRORS = {
+    "408": _error("Request head or body not received in time"),
+    "429": _error("Too many connections or concurrent batches: retry after Retry-After seconds"),
+    "431": _error("Request headers larger than limits.max_header_bytes"),
+}
 
 
 def build_openapi(version: str = "0.1.0") -> dict[str, Any]:
@@ -93,6 +99,7 @@ def build_openapi(version: str = "0.1.0") -> dict[str, Any]:
                 "415": _error("Unsupported Content-Type or Content-Encoding"),
                 "503": _error("Storage unavailable: retry later"),
                 **_AUTH_ERRORS,
+                **_LIMIT_ERRORS,
             },
         }
     }
@@ -133,6 +140,7 @@ def build_openapi(version: str = "0.1.0") -> dict[str, Any]:
                     "422": _error("Invalid parameters"),
                     "503": _error("Storage unavailable"),
                     **_AUTH_ERRORS,
+                    **_LIMIT_ERRORS,
                 },
             }
         }
@@ -141,7 +149,7 @@ def build_openapi(version: str = "0.1.0") -> dict[str, Any]:
         "get": {
             "operationId": "healthz",
             "summary": "Liveness",
-            "responses": {"200": {"description": "alive", **plain}},
+            "responses": {"200": {"description": "alive", **plain}, **_LIMIT_ERRORS},
         }
     }
     paths["/readyz"] = {
@@ -151,6 +159,7 @@ def build_openapi(version: str = "0.1.0") -> dict[str, Any]:
             "responses": {
                 "200": {"description": "ready", **plain},
                 "503": {"description": "not ready", **plain},
+                **_LIMIT_ERRORS,
             },
         }
     }
@@ -158,7 +167,7 @@ def build_openapi(version: str = "0.1.0") -> dict[str, Any]:
         "get": {
             "operationId": "metrics",
             "summary": "Prometheus metrics",
-            "responses": {"200": {"description": "text exposition format", **plain}},
+            "responses": {"200": {"description": "text exposition format", **plain}, **_LIMIT_ERRORS},
         }
     }
     return {

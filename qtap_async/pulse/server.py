@@ -11,6 +11,7 @@ import uvloop
 from qtap_async.errors import ConfigError
 from qtap_async.pulse.app import create_app
 from qtap_async.pulse.config import PulseConfig
+from qtap_async.pulse.guard import guarded_protocol
 from qtap_async.pulse.storage import open_storage
 
 
@@ -42,8 +43,20 @@ async def serve(config: PulseConfig, log_level: str = "info") -> None:
             from qtap_async.pulse.kafka import run_kafka
 
             app.state.pulse.background.append(run_kafka)
+        limits = config.limits
+        protocol = guarded_protocol(limits.max_connections, limits.header_timeout_s, app.state.pulse.metrics)
         server = _Server(
-            uvicorn.Config(app, host=host, port=port, loop="none", lifespan="on", log_level=log_level, access_log=False)
+            uvicorn.Config(
+                app,
+                host=host,
+                port=port,
+                loop="none",
+                http=protocol,
+                h11_max_incomplete_event_size=limits.max_header_bytes,
+                lifespan="on",
+                log_level=log_level,
+                access_log=False,
+            )
         )
         await server.serve()
     finally:

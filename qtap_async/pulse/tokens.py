@@ -8,7 +8,9 @@ revocation on the next request because it reads the row on every request.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
 import re
 import secrets
 import sqlite3
@@ -49,17 +51,23 @@ def hash_token(token: str) -> str:
 
 class TokenStore:
     def __init__(self, path: str | Path) -> None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        # One connection shared by the server's threads, guarded by a lock.
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=10)
-        self._lock = threading.Lock()
-        with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute(
-                "CREATE TABLE IF NOT EXISTS tokens (token_id TEXT PRIMARY KEY, hash TEXT UNIQUE NOT NULL,"
-                " team TEXT NOT NULL, agent TEXT NOT NULL, scopes TEXT NOT NULL,"
-                " created_at REAL NOT NULL, revoked_at REAL)"
-            )
+        Path(path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # The token hashes and teams are private to the service user (the file and its WAL/SHM files).
+        old_umask = os.umask(0o077)
+        try:
+            self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=10)
+            self._lock = threading.Lock()
+            with self._lock:
+                self._db.execute("PRAGMA journal_mode=WAL")  # creates the -wal/-shm files: inside the umask
+                self._db.execute(
+                    "CREATE TABLE IF NOT EXISTS tokens (token_id TEXT PRIMARY KEY, hash TEXT UNIQUE NOT NULL,"
+                    " team TEXT NOT NULL, agent TEXT NOT NULL, scopes TEXT NOT NULL,"
+                    " created_at REAL NOT NULL, revoked_at REAL)"
+                )
+        finally:
+            os.umask(old_umask)
+        with contextlib.suppress(OSError):
+            os.chmod(path, 0o600)  # a file made by an older version
 
     def close(self) -> None:
         with self._lock:

@@ -41,7 +41,12 @@ class DirObjectSink:
                             f"{exc.strerror or exc}") from exc
 
     async def start(self) -> None:
-        await self.check()
+        try:
+            await self.check()
+        except SinkError:
+            # Not usable yet: the runner's check_on_start decides whether that is fatal; with it off, puts
+            # fail (and spool) until the directory can be written.
+            return
         await self._prune(force=True)
 
     async def _prune(self, force: bool = False) -> None:

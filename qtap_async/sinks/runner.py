@@ -138,7 +138,8 @@ class SinkRunner(Generic[T]):
             await self._intake_loop()
         finally:
             self._intake_done = True
-            self._stop_at = asyncio.get_running_loop().time() + self.shutdown_timeout
+            if self._stop_at is None:  # the deliverer may have started the clock when the channel closed
+                self._stop_at = asyncio.get_running_loop().time() + self.shutdown_timeout
             self._stopping.set()
             self._wake_deliverer.set()
             try:
@@ -242,6 +243,10 @@ class SinkRunner(Generic[T]):
         r = self.retry
         backoff = Backoff(r.initial, max(r.maximum, r.initial), r.multiplier, r.jitter)
         while batch:
+            if self._stop_at is None and self._rx.closed:
+                # Shutdown began while intake is blocked behind this delivery (store down, no spool):
+                # start the stop deadline here, or a down store would hold the process for ever.
+                self._stop_at = loop.time() + self.shutdown_timeout
             if self._stop_at is not None and loop.time() >= self._stop_at:
                 return batch
             t0 = time.perf_counter()
@@ -307,8 +312,10 @@ class SinkRunner(Generic[T]):
         dropped["queue_full"] = [ch.dropped_events, ch.dropped_bytes]
         sp = self.spool.stats() if self.spool is not None else None
         # (bytes lost to a corrupt spool file are few and rare; they are counted with spool_full)
-        dropped["spool_full"] = [sp.dropped_events - sp.corrupt_events, sp.dropped_bytes] if sp else [0, 0]
+        dropped["spool_full"] = ([sp.dropped_events - sp.corrupt_events - sp.disk_full_events,
+                                  sp.dropped_bytes - sp.disk_full_bytes] if sp else [0, 0])
         dropped["spool_corrupt"] = [sp.corrupt_events, 0] if sp else [0, 0]
+        dropped["spool_disk_full"] = [sp.disk_full_events, sp.disk_full_bytes] if sp else [0, 0]
         out: dict[str, int | float] = {
             "qtap_sink_delivered_events_total": c.delivered_events,
             "qtap_sink_delivered_bytes_total": c.delivered_bytes,

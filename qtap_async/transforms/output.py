@@ -18,6 +18,7 @@ from qtap_async.context.containers import container_fields
 from qtap_async.events.dns import DnsMessage
 from qtap_async.events.http import HttpTransaction, TlsClientHello
 from qtap_async.plugins.exchange import host_of
+from qtap_async.plugins.redact import DEFAULT_REDACTOR, Redactor
 from qtap_async.topology.domains import offer
 from qtap_async.transforms.conntrack import Connection, Conntrack
 
@@ -34,9 +35,10 @@ def _type_name(rec: Any) -> str:
 
 
 class ProtocolOutput:
-    def __init__(self, conntrack: Conntrack, level: Level = "details") -> None:
+    def __init__(self, conntrack: Conntrack, level: Level = "details", redactor: Redactor | None = None) -> None:
         self.conntrack = conntrack
         self.level = level
+        self.redactor = redactor or DEFAULT_REDACTOR
         self._ids = itertools.count(1)
         self._id_prefix = os.urandom(4).hex()
 
@@ -96,7 +98,7 @@ class ProtocolOutput:
             scheme=tx.scheme or ("https" if layer == 1 else "http"),
             authority=tx.authority,
             host=host or conn.domain,
-            path=tx.path,
+            path=self.redactor.target(tx.path),
             status=tx.status,
             request_body_size=tx.request_body_size,
             response_body_size=tx.response_body_size,
@@ -120,12 +122,13 @@ class ProtocolOutput:
             ev["incomplete"] = True
             ev["reason"] = tx.reason
         if self.level in ("details", "full"):
-            ev["request_headers"] = tx.request_headers
-            ev["response_headers"] = tx.response_headers
+            r = self.redactor
+            ev["request_headers"] = r.headers(tx.request_headers)
+            ev["response_headers"] = r.headers(tx.response_headers)
             if tx.request_trailers:
-                ev["request_trailers"] = tx.request_trailers
+                ev["request_trailers"] = r.headers(tx.request_trailers)
             if tx.response_trailers:
-                ev["response_trailers"] = tx.response_trailers
+                ev["response_trailers"] = r.headers(tx.response_trailers)
         if self.level == "full":
             ev["request_body"] = tx.request_body_decoded if tx.request_body_decoded is not None else tx.request_body
             ev["response_body"] = (tx.response_body_decoded if tx.response_body_decoded is not None

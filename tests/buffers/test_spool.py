@@ -1,3 +1,5 @@
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -144,3 +146,37 @@ def test_record_larger_than_the_spool_is_dropped(tmp_path: Path) -> None:
 def test_one_process_at_a_time(tmp_path: Path) -> None:
     with Spool(tmp_path, max_bytes=1 << 20), pytest.raises(SpoolError, match="in use"):
         Spool(tmp_path, max_bytes=1 << 20)
+
+
+def test_directory_and_files_are_private(tmp_path: Path) -> None:
+    d = tmp_path / "spool"
+    d.mkdir(mode=0o777)
+    os.chmod(d, 0o777)  # an existing, too-open directory is tightened
+    with Spool(d, max_bytes=1 << 20) as sp:
+        sp.append(recs(3))
+        sp.ack(sp.read(1, 1 << 20)[1])
+    assert stat.S_IMODE(d.stat().st_mode) == 0o700
+    for f in d.iterdir():
+        assert stat.S_IMODE(f.stat().st_mode) == 0o600, f.name
+
+
+def test_write_error_drops_the_rest_of_the_batch_and_recovers(tmp_path: Path) -> None:
+    """What a full disk does (the real full disk is in tests/integration/test_crash_safety.py)."""
+    with Spool(tmp_path, max_bytes=1 << 20) as sp:
+        sp.append(recs(2))
+        real = sp._write_frame
+        calls = {"n": 0}
+
+        def failing(seg, frame):  # type: ignore[no-untyped-def]
+            calls["n"] += 1
+            if calls["n"] == 2:
+                raise OSError(28, "No space left on device")
+            real(seg, frame)
+
+        sp._write_frame = failing  # type: ignore[method-assign]
+        assert sp.append(recs(5)[2:]) == 1
+        st = sp.stats()
+        assert st.disk_full_events == 2 and st.dropped_events == 2 and st.depth_events == 3
+        sp._write_frame = real  # type: ignore[method-assign]
+        assert sp.append([b"after"]) == 1
+        assert drain(sp) == [*recs(3), b"after"]

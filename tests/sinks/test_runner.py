@@ -240,3 +240,19 @@ async def test_objects_partial_failure_retries_only_the_failed(tmp_path: Path) -
     await task
     assert len(sink.stored) == 5
     assert runner.stats()["qtap_sink_delivered_events_total"] == 5
+
+
+async def test_shutdown_with_a_down_store_and_many_batches_ends_in_time() -> None:
+    """Store down, no spool, more batches than the hand-off holds: closing the channel must start the stop
+    deadline even though intake is blocked behind the deliverer (it used to retry for ever)."""
+    sink = FlakyEventSink()
+    sink.up = False
+    runner = EventSinkRunner(sink, buffer=SMALL_BATCHES, retry=FAST_RETRY, shutdown_timeout=0.1)
+    task = asyncio.create_task(runner.run())
+    for i in range(200):
+        runner.channel.send_nowait(Ev(1, i))
+    await wait_for(lambda: runner.stats()["qtap_sink_errors_total"] > 3)
+    runner.channel.close()
+    await asyncio.wait_for(task, 10)
+    st = runner.stats()
+    assert st["qtap_sink_dropped_shutdown_events_total"] == 200 and st["qtap_sink_delivered_events_total"] == 0

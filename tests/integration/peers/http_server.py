@@ -1,6 +1,7 @@
 """Test HTTP/1.1 server (a real peer, run as its own process).
 
-GET /bytes?n=N&chunk=C -> N deterministic bytes, written C bytes per write() call (one sendall each)
+GET /bytes?n=N&chunk=C -> N deterministic bytes, written C bytes per write() call (one sendall each);
+                          &cookie=V adds "Set-Cookie: sid=V" to the response
 POST /echo             -> the request body back
 Prints "PORT <n>" on stdout once listening.
 """
@@ -33,6 +34,8 @@ class Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", "application/octet-stream")
         self.send_header("Content-Length", str(n))
+        if "cookie" in q:  # a response credential, for the redaction tests
+            self.send_header("Set-Cookie", f"sid={q['cookie'][0]}; Path=/; HttpOnly")
         self.end_headers()
         for i in range(0, n, chunk):
             self.wfile.write(body[i : i + chunk])

@@ -1,0 +1,364 @@
+"""Soak: the agent (`qtap run --config`, real BPF) under mixed traffic for a long run, with real stores.
+
+Traffic, all on loopback and bounded in rate and time: HTTP/1.1 keep-alive and new-connection requests to
+nginx, HTTP/2 (h2c prior knowledge) and HTTPS (TLS, ALPN h2) requests to nginx through curl, DNS queries
+to the test DNS server, and a churn of short TCP connections. Stores: Kafka (events) and MinIO (objects)
+from scripts/services; when they do not answer, Pulse (a local subprocess) and a dir store stand in and
+the result says so. The stacks record every transaction (http_capture details: an event and an object
+each) and report usage.
+
+Every ``--sample`` seconds: the agent's RSS and CPU (from /proc) and its metrics line. Reported:
+- ``rss_slope_kib_per_min``: least-squares slope of RSS after the warm-up (the first 20% of the run);
+- ``drops``: every drop counter the agent exports, summed (kernel, channels, sinks);
+- ``sink_retries``: retried deliveries of every store;
+- ``unaccounted``: events handed to the event stores (object references included) - delivered - dropped
+  - still queued or spooled at the end (0 when nothing was lost silently);
+- a PNG of RSS and CPU over time (benchmarks/results/soak.png).
+
+Usage: python benchmarks/bench_soak.py [--minutes 10] [--sample 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import RESULTS, Nginx, cpu_seconds, write_result
+
+ROOT = Path(__file__).resolve().parents[1]
+PEERS = ROOT / "tests" / "integration" / "peers"
+ENV_FILE = ROOT / ".services" / "env"
+CURL = "/usr/bin/curl"
+
+
+def _reachable(hostport: str) -> bool:
+    host, _, port = hostport.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=2):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+def services() -> dict[str, str] | None:
+    if not ENV_FILE.exists():
+        return None
+    env = dict(line.split("=", 1) for line in ENV_FILE.read_text().splitlines() if "=" in line)
+    endpoint = env.get("QTAP_S3_ENDPOINT", "")
+    if not (_reachable(env.get("QTAP_KAFKA_BOOTSTRAP", "")) and _reachable(endpoint.split("//")[-1])):
+        return None
+    return env
+
+
+def stores_yaml(env: dict[str, str] | None, work: Path) -> tuple[str, str, Any]:
+    """(event stores YAML, object stores YAML, a Pulse process to stop or None)."""
+    common = f"spool: {{dir: {work / 'spool'}, max_bytes: 268435456}}"
+    if env is not None:
+        topic = f"qtap-soak-{os.getpid()}"
+        events = (f"[{{type: kafka, name: kafka, brokers: [\"{env['QTAP_KAFKA_BOOTSTRAP']}\"], topic: {topic}, "
+                  f"{common}}}]")
+        objects = (f"[{{type: s3, name: minio, endpoint: \"{env['QTAP_S3_ENDPOINT']}\", bucket: "
+                   f"{env.get('QTAP_S3_BUCKET', 'qtap-test')}, region: {env.get('QTAP_S3_REGION', 'us-east-1')}, "
+                   f"access_key: {{type: text, value: {env['QTAP_S3_ACCESS_KEY']}}}, "
+                   f"secret_key: {{type: text, value: {env['QTAP_S3_SECRET_KEY']}}}, insecure: true, {common}}}]")
+        return events, objects, None
+    data = work / "pulse"
+    qtap = [sys.executable, "-m", "cli.main"]
+    token = subprocess.run([*qtap, "pulse", "token", "create", "--data-dir", str(data), "--team", "soak"], cwd=ROOT,
+                           capture_output=True, text=True, check=True, timeout=120).stdout.strip().split()[-1]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    pulse = subprocess.Popen([*qtap, "pulse", "serve", "--data-dir", str(data), "--listen", f"127.0.0.1:{port}",
+                              "--log-level", "warning"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                             stderr=(work / "pulse.log").open("wb"))
+    deadline = time.monotonic() + 120
+    while not _reachable(f"127.0.0.1:{port}"):
+        if time.monotonic() > deadline or pulse.poll() is not None:
+            raise SystemExit(f"pulse did not start: {(work / 'pulse.log').read_text()[-2000:]}")
+        time.sleep(0.3)
+    events = (f"[{{type: pulse, name: pulse, url: \"http://127.0.0.1:{port}\", token: {{type: text, value: {token}}},"
+              f" {common}}}]")
+    objects = f"[{{type: dir, name: dir, path: {work / 'objects'}, {common}}}]"
+    return events, objects, pulse
+
+
+# ---- traffic ----------------------------------------------------------------------------------------
+
+
+class Traffic:
+    def __init__(self, nginx: Nginx, dns_port: int, raw_port: int, stop: threading.Event) -> None:
+        self.nginx, self.dns_port, self.raw_port, self.stop = nginx, dns_port, raw_port, stop
+        self.counts: dict[str, int] = {"http1": 0, "http2": 0, "tls": 0, "dns": 0, "churn": 0, "errors": 0}
+        self._lock = threading.Lock()
+
+    def _count(self, kind: str, n: int = 1) -> None:
+        with self._lock:
+            self.counts[kind] += n
+
+    def _paced(self, kind: str, per_s: float, fn: Any) -> None:
+        period = 1.0 / per_s
+        nxt = time.monotonic()
+        while not self.stop.is_set():
+            try:
+                fn()
+                self._count(kind)
+            except Exception:
+                self._count("errors")
+            nxt += period
+            self.stop.wait(max(0.0, nxt - time.monotonic()))
+
+    def http1(self) -> None:
+        import http.client
+
+        conn = http.client.HTTPConnection("127.0.0.1", self.nginx.http_port, timeout=10)
+
+        def one() -> None:
+            nonlocal conn
+            try:
+                conn.request("GET", "/small?soak=1")
+                conn.getresponse().read()
+            except (OSError, http.client.HTTPException):
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", self.nginx.http_port, timeout=10)
+                raise
+
+        self._paced("http1", 40, one)
+
+    def curl(self, kind: str, args: list[str], per_s: float) -> None:
+        self._paced(kind, per_s, lambda: subprocess.run([CURL, "-sS", "-o", "/dev/null", *args], check=True,
+                                                         timeout=20, capture_output=True))
+
+    def dns(self) -> None:
+        query = struct.pack(">HHHHHH", 0x1234, 0x0100, 1, 0, 0, 0) + b"\x04soak\x04test\x00\x00\x01\x00\x01"
+
+        def one() -> None:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.settimeout(2)
+                s.sendto(query, ("127.0.0.1", self.dns_port))
+                s.recv(512)
+
+        self._paced("dns", 20, one)
+
+    def churn(self) -> None:
+        def burst() -> None:
+            for _ in range(50):
+                s = socket.socket()
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                try:
+                    s.connect(("127.0.0.1", self.raw_port))
+                finally:
+                    s.close()
+            self._count("churn", 49)
+
+        self._paced("churn", 4, burst)
+
+    def start(self) -> list[threading.Thread]:
+        n = self.nginx
+        jobs = [self.http1, self.dns, self.churn,
+                lambda: self.curl("http2", ["--http2-prior-knowledge", f"http://127.0.0.1:{n.h2c_port}/small"], 5),
+                lambda: self.curl("tls", ["-k", "--http2", f"https://127.0.0.1:{n.https_port}/small"], 5)]
+        threads = [threading.Thread(target=j, daemon=True) for j in jobs]
+        for t in threads:
+            t.start()
+        return threads
+
+
+def raw_server() -> tuple[socket.socket, int]:
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1024)
+
+    def accept() -> None:
+        while True:
+            try:
+                c, _ = srv.accept()
+            except OSError:
+                return
+            c.close()
+
+    threading.Thread(target=accept, daemon=True).start()
+    return srv, srv.getsockname()[1]
+
+
+# ---- analysis -----------------------------------------------------------------------------------------
+
+
+def slope(xs: list[float], ys: list[float]) -> float:
+    n = len(xs)
+    if n < 2:
+        return 0.0
+    mx, my = sum(xs) / n, sum(ys) / n
+    den = sum((x - mx) ** 2 for x in xs)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / den if den else 0.0
+
+
+def last_metrics(log: Path) -> dict[str, int]:
+    for line in reversed(log.read_text(errors="replace").splitlines()):
+        for tag in (" stopped: {", " metrics {"):
+            if tag in line:
+                try:
+                    out: dict[str, int] = json.loads(line[line.index(tag) + len(tag) - 1:])
+                    return out
+                except json.JSONDecodeError:
+                    continue
+    return {}
+
+
+def plot(samples: list[dict[str, float]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = [s["t_min"] for s in samples]
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    ax.plot(t, [s["rss_mib"] for s in samples], color="tab:blue", label="RSS (MiB)")
+    ax.set_xlabel("minutes")
+    ax.set_ylabel("RSS (MiB)", color="tab:blue")
+    ax2 = ax.twinx()
+    ax2.plot(t, [s["cpu_pct"] for s in samples], color="tab:red", alpha=0.6, label="CPU (%)")
+    ax2.set_ylabel("CPU (% of one core)", color="tab:red")
+    ax.set_title("qtap agent soak: RSS and CPU")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# ---- main ---------------------------------------------------------------------------------------------
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--minutes", type=float, default=10.0)
+    ap.add_argument("--sample", type=float, default=5.0)
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        raise SystemExit("bench_soak needs root (the agent loads BPF programs)")
+    work = Path(tempfile.mkdtemp(prefix="qtap-soak-"))
+    env = services()
+    events, objects, pulse = stores_yaml(env, work)
+    cfg = work / "qpoint.yaml"
+    cfg.write_text(f"""version: 2
+services:
+  event_stores: {events}
+  object_stores: {objects}
+stacks:
+  default:
+    plugins:
+      - type: http_capture
+        config: {{level: details}}
+      - type: report_usage
+tap:
+  direction: egress
+  audit_include_dns: true
+  http:
+    stack: default
+""")
+    os.chmod(cfg, 0o600)
+    nginx = Nginx().start()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        dns_port = probe.getsockname()[1]
+    dns = subprocess.Popen([sys.executable, str(PEERS / "dns_server.py"), "127.0.0.1", str(dns_port)],
+                           stdout=subprocess.PIPE, text=True)
+    assert dns.stdout is not None and dns.stdout.readline().strip() == "READY"
+    srv, raw_port = raw_server()
+    log = work / "agent.log"
+    agent = subprocess.Popen([sys.executable, "-m", "cli.main", "run", "--config", str(cfg), "--metrics-interval",
+                              str(args.sample)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log.open("wb"))
+    stop = threading.Event()
+    samples: list[dict[str, float]] = []
+    traffic = Traffic(nginx, dns_port, raw_port, stop)
+    try:
+        deadline = time.monotonic() + 90
+        while "capture attached" not in log.read_text(errors="replace"):
+            if agent.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"agent did not start: {log.read_text()[-2000:]}")
+            time.sleep(0.2)
+        traffic.start()
+        t0 = time.monotonic()
+        cpu0, tprev = cpu_seconds(agent.pid), t0
+        while time.monotonic() - t0 < args.minutes * 60:
+            time.sleep(args.sample)
+            now = time.monotonic()
+            cpu = cpu_seconds(agent.pid)
+            rss = 0
+            for line in Path(f"/proc/{agent.pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    rss = int(line.split()[1])
+            samples.append({"t_min": (now - t0) / 60, "rss_mib": rss / 1024, "cpu_pct": 100 * (cpu - cpu0) /
+                            (now - tprev)})
+            cpu0, tprev = cpu, now
+    finally:
+        stop.set()
+        time.sleep(1)
+        agent.send_signal(signal.SIGTERM)
+        code = agent.wait(180)
+        nginx.stop()
+        dns.kill()
+        srv.close()
+        if pulse is not None:
+            pulse.terminate()
+            pulse.wait(60)
+    final = last_metrics(log)
+    warm = [s for s in samples if s["t_min"] >= 0.2 * args.minutes]
+    rss_slope = slope([s["t_min"] for s in warm], [s["rss_mib"] * 1024 for s in warm])
+    # Every drop counter in records/events (not bytes); the sinks' per-reason counters, not their sum.
+    drop_counts = {k: v for k, v in final.items() if "drop" in k and k.split("{")[0].endswith("_total")
+                   and "bytes" not in k and not k.startswith("qtap_sink_dropped_events_total") and v}
+    drops = sum(drop_counts.values())
+    retries = sum(v for k, v in final.items() if k.startswith("qtap_sink_retried_events_total"))
+
+    def per_store(name: str, kind: str) -> int:
+        return sum(v for k, v in final.items() if k.startswith(name) and f'store="{kind}:' in k)
+
+    # qtap_events_written_total counts every event handed to the event stores (object references too).
+    handed = final.get("qtap_events_written_total", 0)
+    unaccounted = (handed - per_store("qtap_sink_delivered_events_total", "event")
+                   - per_store("qtap_sink_dropped_events_total", "event")
+                   - per_store("qtap_sink_queue_depth_events", "event")
+                   - per_store("qtap_sink_spool_depth_events", "event"))
+    png = RESULTS / "soak.png"
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    plot(samples, png)
+    result = {
+        "minutes": args.minutes,
+        "stores": "kafka+minio" if env is not None else "pulse+dir (Kafka/MinIO did not answer)",
+        "traffic": traffic.counts,
+        "rss_start_mib": round(samples[0]["rss_mib"], 1) if samples else 0,
+        "rss_end_mib": round(samples[-1]["rss_mib"], 1) if samples else 0,
+        "rss_slope_kib_per_min": round(rss_slope, 1),
+        "cpu_mean_pct": round(sum(s["cpu_pct"] for s in samples) / max(1, len(samples)), 1),
+        "drops": drops,
+        "drops_by_counter": drop_counts,
+        "sink_retries": retries,
+        "events_handed_to_stores": handed,
+        "objects_stored": per_store("qtap_sink_delivered_events_total", "object"),
+        "events_delivered": per_store("qtap_sink_delivered_events_total", "event"),
+        "events_spooled_at_end": per_store("qtap_sink_spool_depth_events", "event"),
+        "unaccounted": unaccounted,
+        "agent_exit": code,
+        "png": str(png.relative_to(ROOT)),
+        "samples": samples,
+    }
+    write_result("soak", result, f"{args.minutes:g} min, RSS slope {rss_slope:.1f} KiB/min after warm-up, "
+                 f"drops {drops}, retries {retries}, unaccounted {unaccounted}, stores {result['stores']}")
+    return 0 if code == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
