@@ -7,7 +7,7 @@
  * arguments per thread; sys_exit_* emits the bytes the call really moved. A connection ends at
  * tcp:tcp_destroy_sock: the socket is closed on the TCP side and released by every process that held it
  * (close(2) of a dup/forked fd does not end it; process exit does), so no syscall can reach it after that.
- * sock:inet_sock_set_state marks births (SYN_SENT, accepted SYN_RECV), which retire any entry left for the
+ * sock:inet_sock_set_state (tp_btf, like tcp_destroy_sock: see below) marks births (SYN_SENT, accepted SYN_RECV), which retire any entry left for the
  * same socket memory: see sock_get_or_open.
  */
 #include "vmlinux.h"
@@ -502,24 +502,29 @@ int tp_exit_socket(struct trace_event_raw_sys_exit *ctx)
 
 /* Births and the release of the agent's own ports. A TCP socket is born when it starts connecting
  * (SYN_SENT) or, for an accepted connection, when the child socket is created (LISTEN -> SYN_RECV): an entry
- * found then is a previous connection's on the same memory, which is retired first. */
-SEC("tracepoint/sock/inet_sock_set_state")
-int tp_inet_sock_set_state(struct trace_event_raw_inet_sock_set_state *ctx)
+ * found then is a previous connection's on the same memory, which is retired first.
+ *
+ * This and tcp_destroy_sock are tp_btf programs, not classic tracepoints, on purpose: both fire in softirq
+ * (the peer's final ACK or FIN), which can interrupt one of the syscall programs on the same CPU. The kernel
+ * skips a classic tracepoint or kprobe program while any such program runs on that CPU (one per-CPU guard
+ * for all of them), so under load closes were lost without a trace; a tp_btf program is only skipped while
+ * that same program runs there. */
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(tp_inet_sock_set_state, const struct sock *sk, const int oldstate, const int newstate)
 {
-	__u64 key = (__u64)ctx->skaddr;
+	__u64 key = (__u64)sk;
 	__u16 *self_port;
 
-	if (ctx->protocol != IPPROTO_TCP)
+	if (sk->sk_protocol != IPPROTO_TCP)
 		return 0;
-	if (ctx->newstate == QTAP_TCP_SYN_SENT ||
-	    (ctx->newstate == QTAP_TCP_SYN_RECV && ctx->oldstate == QTAP_TCP_LISTEN)) {
+	if (newstate == QTAP_TCP_SYN_SENT || (newstate == QTAP_TCP_SYN_RECV && oldstate == QTAP_TCP_LISTEN)) {
 		if (bpf_map_lookup_elem(&socks, &key)) {
 			count(QTAP_CNT_STALE_SOCKS, 1);
 			emit_close(key);
 		}
 		return 0;
 	}
-	if (ctx->newstate != QTAP_TCP_CLOSE)
+	if (newstate != QTAP_TCP_CLOSE)
 		return 0;
 	self_port = bpf_map_lookup_elem(&self_socks, &key);
 	if (self_port) {
@@ -534,10 +539,10 @@ int tp_inet_sock_set_state(struct trace_event_raw_inet_sock_set_state *ctx)
  * reached TCP_CLOSE while a process still held it (the peer's RST, a half-closed connection the peer
  * finished) ends here, at the last close(2) or the process's exit, so the bytes read after TCP_CLOSE are
  * still counted on it. */
-SEC("tracepoint/tcp/tcp_destroy_sock")
-int tp_tcp_destroy_sock(struct trace_event_raw_tcp_event_sk *ctx)
+SEC("tp_btf/tcp_destroy_sock")
+int BPF_PROG(tp_tcp_destroy_sock, struct sock *sk)
 {
-	return emit_close((__u64)ctx->skaddr);
+	return emit_close((__u64)sk);
 }
 
 /* io_uring requests on sockets: the bytes are counted and reported (payload not captured), and connections

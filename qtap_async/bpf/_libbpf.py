@@ -101,6 +101,7 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "bpf_map_update_elem": (c_int, [c_int, c_void_p, c_void_p, ctypes.c_uint64]),
     "bpf_map_delete_elem": (c_int, [c_int, c_void_p]),
     "bpf_map_get_next_key": (c_int, [c_int, c_void_p, c_void_p]),
+    "bpf_obj_get_info_by_fd": (c_int, [c_int, c_void_p, POINTER(ctypes.c_uint32)]),
 }
 
 

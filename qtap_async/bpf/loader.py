@@ -102,9 +102,13 @@ class Capture:
         return self.objects[0]
 
     def counters(self) -> dict[str, int]:
-        """Kernel-side counters summed over CPUs, by name (records, drops, truncation...)."""
+        """Kernel-side counters summed over CPUs, by name (records, drops, truncation...), and the events the
+        kernel never ran a program for (recursion_misses: the program was busy on that CPU)."""
         m = self.socket_object.map("counters")
-        return {c.name.lower(): sum(m.percpu_u64(int(c))) for c in abi.Counter}
+        out = {c.name.lower(): sum(m.percpu_u64(int(c))) for c in abi.Counter}
+        out["program_misses"] = sum(p.recursion_misses() for obj in self.objects for p in obj.programs.values()
+                                    if p.autoload)
+        return out
 
     def close(self) -> None:
         if self.ringbuf is not None:

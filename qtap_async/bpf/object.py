@@ -115,12 +115,30 @@ class BpfMap:
         return list(struct.unpack(f"<{len(raw) // 8}Q", raw))
 
 
+# struct bpf_prog_info (uapi linux/bpf.h): its size and where recursion_misses is (checked against the C
+# compiler in tests/bpf/test_abi.py).
+_PROG_INFO_SIZE = 232
+_PROG_INFO_RECURSION_MISSES = 208
+
+
 @dataclass
 class BpfProgram:
     obj: BpfObject
     ptr: int
     name: str
     section: str
+
+    def recursion_misses(self) -> int:
+        """Times the kernel skipped this program because it (or, for classic tracepoints and kprobes, any
+        such program) was already running on that CPU: events the program never saw."""
+        self.obj._require_loaded(f"program {self.name}")
+        info = ctypes.create_string_buffer(_PROG_INFO_SIZE)
+        size = ctypes.c_uint32(_PROG_INFO_SIZE)
+        fd = libbpf().bpf_program__fd(self.ptr)
+        check_int(libbpf().bpf_obj_get_info_by_fd(fd, info, ctypes.byref(size)), f"program {self.name}", "info")
+        if size.value < _PROG_INFO_RECURSION_MISSES + 8:  # a kernel older than the field
+            return 0
+        return int.from_bytes(info.raw[_PROG_INFO_RECURSION_MISSES : _PROG_INFO_RECURSION_MISSES + 8], "little")
 
     def set_autoload(self, enabled: bool) -> None:
         self.obj._require_opened(f"program {self.name}")

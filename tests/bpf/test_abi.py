@@ -52,3 +52,17 @@ def test_enums_match_header() -> None:
         for member in enum_cls:
             needle = f"{prefix}{member.name} = {int(member)}"
             assert needle in text, needle
+
+
+def test_prog_info_layout_matches_linux_bpf_h(tmp_path: Path) -> None:
+    from qtap_async.bpf import object as bpf_object
+
+    src = tmp_path / "info.c"
+    src.write_text('#include <stdio.h>\n#include <stddef.h>\n#include <linux/bpf.h>\nint main(void) {'
+                   'printf("%zu %zu", offsetof(struct bpf_prog_info, recursion_misses), sizeof(struct bpf_prog_info));'
+                   "return 0; }\n")
+    cc = shutil.which("cc") or shutil.which("gcc") or "cc"
+    subprocess.run([cc, str(src), "-o", str(tmp_path / "info")], check=True)
+    off, size = map(int, subprocess.run([str(tmp_path / "info")], check=True, capture_output=True,
+                                        text=True).stdout.split())
+    assert (off, size) == (bpf_object._PROG_INFO_RECURSION_MISSES, bpf_object._PROG_INFO_SIZE)
