@@ -235,6 +235,10 @@ class Agent:
             if self.capture is not None:
                 self.capture.close()
             raise
+        # Processes and listeners as they are at attach: what existed before the agent may be gone by the time
+        # its first record is looked at (a short exchange ends within one drain interval).
+        self.conntrack.processes.snapshot_at_start()
+        self.conntrack.listeners.snapshot_at_start()
         # Calls blocked on sockets since before the attach: parked so their bytes are not lost.
         self.inflight_scan = park_blocked_calls(self.capture.socket_object.map("inflight"), o.capture.self_tgid,
                                                 o.capture.target_tgid)

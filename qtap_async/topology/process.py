@@ -223,6 +223,23 @@ class ProcessCache:
                     changes["container_id"] = container_id_from_cgroup(cg)
         return msgspec.structs.replace(info, **changes) if changes else info
 
+    def snapshot_at_start(self) -> int:
+        """Read every process now: one that was running before the agent attached and exits before its first
+        record is looked at is still named. Bounded by max_entries; returns how many were read."""
+        try:
+            pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
+        except OSError:
+            return 0
+        n = 0
+        for pid in pids[: self.max_entries]:
+            if pid in self._cache:
+                continue
+            info = read_process(pid)
+            if info.exe or info.cmdline:  # a kernel thread or an already gone process says nothing
+                self._cache[pid] = info
+                n += 1
+        return n
+
     def on_exec(self, pid: int, comm: str, filename: str, uid: int = -1, cgroup_id: int = 0,
                 exe_ino: int = 0, exe_dev: int = 0) -> None:
         # Same pid, new program: forget the old one; keep what the kernel said in case it exits fast.

@@ -201,6 +201,7 @@ def test_read_blocked_before_the_agent_attached_is_captured() -> None:
             srv.finish()
             assert h.wait_for(lambda: any(c.pid == srv.proc.pid for c in _conns(h)))
         c = next(c for c in _conns(h) if c.pid == srv.proc.pid)
+        assert (c.direction, c.dst_port, c.exe) == ("ingress", port, os.path.realpath(sys.executable)), c
         assert c.bytes_received == truth["received"] > 0
         assert bytes(h.recorded[(c.conn_id, 0)].data[1]) == b"GET /blocked HTTP/1.0\r\n\r\n"
         assert h.agent.snapshot()["qtap_inflight_at_attach_parked_total"] >= 1
