@@ -193,6 +193,22 @@ class ProcessCache:
             self._cache.popitem(last=False)
         return info
 
+    def as_seen(self, pid: int, comm: str, *, uid: int = -1, cgroup_id: int = 0, now_ns: int = 0) -> ProcessInfo:
+        """The process as a kernel record that says `comm` saw it. User space reads /proc later than the
+        kernel wrote the record; if the process exec'd meanwhile (bash -c '...; exec head'), /proc already
+        names the new program while the exec record is still queued behind this one. Then the kernel's own
+        exec or fork hint, whose comm matches, names the program that made the call."""
+        info = self.get(pid, comm, uid=uid, cgroup_id=cgroup_id, now_ns=now_ns)
+        if not comm or not info.comm or info.comm[:15] == comm[:15]:
+            return info
+        hint = self._hints.get(pid)
+        if hint is None or hint.comm[:15] != comm[:15]:
+            return info  # a renamed thread, or nothing better known
+        if hint.parent is not None:
+            return msgspec.structs.replace(hint.parent, pid=pid)
+        known = self._exe_paths.get(hint.exe_key) if hint.exe_key is not None else None
+        return msgspec.structs.replace(info, exe=known or _normalize(hint.filename), comm=hint.comm, cmdline="")
+
     def _complete(self, info: ProcessInfo, hint: _Hint | None, uid: int, cgroup_id: int, now_ns: int) -> ProcessInfo:
         changes: dict[str, object] = {}
         exe_key = hint.exe_key if hint else None
@@ -260,7 +276,7 @@ class ProcessCache:
             parent = self.get(ppid, now_ns=now_ns)
         h = self._hint(pid)
         h.comm, h.uid, h.cgroup_id = parent.comm, uid, cgroup_id
-        h.filename, h.exe_key, h.parent = parent.exe, None, parent
+        h.filename, h.exe_key, h.parent = parent.exe, None, msgspec.structs.replace(parent, pid=pid)
 
     def on_exit(self, pid: int) -> None:
         # Connections of this pid may still close after it; the entry ages out of the LRU.

@@ -311,7 +311,7 @@ class Conntrack:
             out.extend(self._finish(old, rec.ts_ns, "replaced"))
         self._evicted.pop(rec.conn_id, None)
         out.extend(self._make_room(rec.ts_ns))
-        process = self.processes.get(rec.pid, rec.comm, uid=rec.uid, cgroup_id=rec.cgroup_id, now_ns=rec.ts_ns)
+        process = self.processes.as_seen(rec.pid, rec.comm, uid=rec.uid, cgroup_id=rec.cgroup_id, now_ns=rec.ts_ns)
         c = Connection(rec, process, self._direction(rec))
         c.exec_gen = self.processes.exec_gen.get(rec.pid, 0)
         self.domains.at_open(c)

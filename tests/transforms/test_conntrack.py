@@ -238,3 +238,17 @@ def test_timestamps_are_rfc3339_wall_clock() -> None:
         want = datetime.fromtimestamp(wall // 10**9, UTC).strftime("%Y-%m-%dT%H:%M:%S.") + \
             f"{(wall % 10**9) // 1000:06d}Z"
         assert ct.rfc3339(mono) == want
+
+
+def test_open_is_named_as_the_kernel_saw_it_when_the_process_execd_before_user_space_looked() -> None:
+    # bash opens the socket, then execs head; user space reads the open record only after the exec, while
+    # the exec record is still queued behind it: the open must still say bash (the kernel's comm says so).
+    import os
+
+    me = os.getpid()  # a live pid: /proc names it as the program running now (not "bash")
+    ct, _ = _ct()
+    ct.handle(ProcExec(1, me, 1, 0, 0, "bash", "/opt/bash"))
+    ct.processes._cache.pop(me, None)
+    rec = ConnOpen(10, 1, me, me, 0, 2, 1, False, 40000, 80, "127.0.0.1", "10.0.0.1", 3, "bash")
+    (ev,) = ct.handle(rec)
+    assert (ev.exe, ev.comm) == ("/opt/bash", "bash")
