@@ -529,6 +529,13 @@ class HostsEntry:
         self.line = f"{ip} {self.name}  # qtap ground-truth test\n"
         with open("/etc/hosts", "a") as f:
             f.write(self.line)
+        # The agent looks at a hosts file again at most once per HOSTS_CHECK_INTERVAL_S: a name added this
+        # instant may not be seen for a process already gone (its own /proc/PID/root view is no longer there).
+        import time
+
+        from qtap_async.topology.domains import HOSTS_CHECK_INTERVAL_S
+
+        time.sleep(HOSTS_CHECK_INTERVAL_S + 0.2)
 
     def remove(self) -> None:
         with open("/etc/hosts") as f:
