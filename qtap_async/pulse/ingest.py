@@ -249,9 +249,13 @@ class Sanitizer:
             # The event whole in `data` (only the schema's fields: the decoder dropped the rest).
             return enc({"type": type(ev).__struct_config__.tag, "id": ev.id, "ts": ev.ts, "conn_id": ev.conn_id,
                         "pid": getattr(ev, "pid", 0), "data": enc(ev).decode()})
-        if type(ev) is ConnectionEvent and ev.owners:
+        if type(ev) is ConnectionEvent and (ev.owners or ev.container_labels):
             row = msgspec.structs.asdict(ev)
-            row["owners"] = enc(ev.owners).decode()
+            for k in ("owners", "container_labels"):  # String columns holding JSON
+                if row[k]:
+                    row[k] = enc(row[k]).decode()
+                else:
+                    del row[k]
             return enc(row)
         return enc(ev)
 

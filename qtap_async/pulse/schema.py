@@ -18,6 +18,8 @@ Id = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 Short = Annotated[str, msgspec.Meta(max_length=64)]
 Name = Annotated[str, msgspec.Meta(max_length=255)]
 Long = Annotated[str, msgspec.Meta(max_length=2048)]
+# The agent keeps at most 32 labels of 256 characters (qtap_async.context).
+Labels = Annotated[dict[Name, Long], msgspec.Meta(max_length=32)]
 Text = Annotated[str, msgspec.Meta(max_length=4096)]
 Ip = Annotated[str, msgspec.Meta(max_length=45, pattern=r"^[0-9A-Fa-f:.]*$")]
 Sha256Hex = Annotated[str, msgspec.Meta(pattern=r"^([0-9a-f]{64})?$")]
@@ -80,6 +82,13 @@ class ConnectionEvent(_Event, tag="connection", frozen=True, gc=False, kw_only=T
     io_uring: bool = False
     # Every process that did I/O on the connection, in order (stored as JSON text).
     owners: Annotated[list[Owner], msgspec.Meta(max_length=64)] = []
+    # Container and pod metadata from the runtime's API (labels stored as JSON text).
+    container_name: Name = ""
+    container_image: Long = ""
+    container_labels: Labels = {}
+    pod_name: Name = ""
+    pod_namespace: Name = ""
+    pod_uid: Name = ""
 
 
 class RequestEvent(_Event, tag="request", frozen=True, gc=False, kw_only=True):
@@ -139,6 +148,12 @@ class _Context(_Event, frozen=True, gc=False, kw_only=True):
     exe: Long = ""
     comm: Short = ""
     container_id: Name = ""
+    container_name: Name = ""
+    container_image: Long = ""
+    container_labels: Labels = {}
+    pod_name: Name = ""
+    pod_namespace: Name = ""
+    pod_uid: Name = ""
 
 
 class GapEvent(_Event, tag="gap", frozen=True, gc=False, kw_only=True):
@@ -208,6 +223,12 @@ class HttpTransactionEvent(_Event, tag="http_transaction", frozen=True, gc=False
     exe: Long = ""
     comm: Short = ""
     container_id: Name = ""
+    container_name: Name = ""
+    container_image: Long = ""
+    container_labels: Labels = {}
+    pod_name: Name = ""
+    pod_namespace: Name = ""
+    pod_uid: Name = ""
     src_ip: Ip = ""
     src_port: Port = 0
     dst_ip: Ip = ""

@@ -93,6 +93,12 @@ TABLES: dict[str, Table] = {
                 Column("resumed", "Bool"),
                 Column("io_uring", "Bool"),
                 Column("owners", _STR),  # JSON array of {pid, exe, comm, user, first_ns}
+                Column("container_name", _STR),
+                Column("container_image", _STR),
+                Column("container_labels", _STR),  # JSON object
+                Column("pod_name", _STR),
+                Column("pod_namespace", _STR),
+                Column("pod_uid", _STR),
             ),
             order_by="team, ts, id",
             indexes=(
