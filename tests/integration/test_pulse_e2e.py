@@ -207,7 +207,7 @@ tap:
     q = None
     try:
         assert dns.stdout is not None and dns.stdout.readline().strip() == "READY"
-        q = QtapRun(tmp_path, config)
+        q = QtapRun(tmp_path, config, "--log-level", "debug")  # the final counters are a debug line
         curl(f"http://127.0.0.1:{server}/mixed?n=100")
         # TLS with SNI: curl's ClientHello to a plain-HTTP port (the handshake fails; the hello is seen).
         subprocess.run([CURL_BIN, "-sk", "-o", "/dev/null", "--resolve", f"sni.e2e.test:{server}:127.0.0.1",

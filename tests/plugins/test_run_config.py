@@ -54,14 +54,14 @@ tap:
 class QtapRun:
     """`qtap run --config FILE` in a subprocess; stdout and stderr go to files (no pipe can fill up)."""
 
-    def __init__(self, workdir: Path, config_text: str) -> None:
+    def __init__(self, workdir: Path, config_text: str, *args: str) -> None:
         self.config = workdir / "qpoint.yaml"
         self.config.write_text(config_text)
         self.out_path = workdir / "stdout.jsonl"
         self.err_path = workdir / "stderr.log"
         with self.out_path.open("wb") as out, self.err_path.open("wb") as err:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "cli.main", "run", "--config", str(self.config), "--no-tls"],
+                [sys.executable, "-m", "cli.main", "run", "--config", str(self.config), "--no-tls", *args],
                 cwd=ROOT, stdout=out, stderr=err,
             )
         if not self.wait_for(lambda: "capture attached" in self.log(), 60):
