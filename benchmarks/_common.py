@@ -57,10 +57,15 @@ def _objects_id() -> str:
     from qtap_async.bpf.loader import objects_dir as od
 
     sock = od() / "socket.bpf.o"
+    # Named relative to the checkout when it is inside it: results are committed, machine paths are not.
     try:
-        return f"{sock.parent} socket.bpf.o sha256:{hashlib.sha256(sock.read_bytes()).hexdigest()[:12]}"
+        where = str(sock.parent.resolve().relative_to(ROOT))
+    except ValueError:
+        where = str(sock.parent)
+    try:
+        return f"{where} socket.bpf.o sha256:{hashlib.sha256(sock.read_bytes()).hexdigest()[:12]}"
     except OSError:
-        return f"{sock.parent} (missing)"
+        return f"{where} (missing)"
 
 
 def write_result(name: str, result: dict[str, Any], summary: str) -> None:

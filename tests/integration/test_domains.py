@@ -94,7 +94,7 @@ def _dns_addr() -> str:
             except OSError:
                 continue
         return addr
-    pytest.skip("no free loopback address for a DNS server on port 53")
+    pytest.fail("no free loopback address for a DNS server on port 53: every candidate is taken")
 
 
 @pytest.fixture
