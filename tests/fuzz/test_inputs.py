@@ -92,6 +92,13 @@ _yaml_value = st.recursive(
                                                              "http", "stack", "plugins", "config", "x"]),
                                             inner, max_size=4)),
     max_leaves=20)
+# msgpack has no integers outside int64/uint64: the same shapes with integers msgpack can carry.
+_msgpack_value = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(min_value=-(2**63), max_value=2**64 - 1),
+              st.floats(allow_nan=False), st.text(max_size=20)),
+    lambda inner: st.one_of(st.lists(inner, max_size=4),
+                            st.dictionaries(st.sampled_from(["type", "id", "level", "ts", "x"]), inner, max_size=4)),
+    max_leaves=20)
 _top = st.fixed_dictionaries({"version": st.sampled_from([2, 2, 1, "2"])},
                              optional={"services": _yaml_value, "stacks": _yaml_value, "tap": _yaml_value,
                                        "rulekit": _yaml_value})
@@ -119,7 +126,7 @@ _small = Limits(max_body_bytes=1 << 16, max_decoded_bytes=1 << 18, max_batch_eve
 
 @given(body=st.one_of(st.binary(max_size=400),
                       _yaml_value.map(lambda v: msgspec.json.encode(v)),
-                      _yaml_value.map(lambda v: msgspec.msgpack.encode(v))),
+                      _msgpack_value.map(lambda v: msgspec.msgpack.encode(v))),
        ctype=st.sampled_from(["application/json", "application/msgpack", "text/plain", ""]),
        enc=st.sampled_from(["", "gzip", "zstd", "br"]))
 def test_pulse_body_decoder(body: bytes, ctype: str, enc: str) -> None:
