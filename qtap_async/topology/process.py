@@ -119,11 +119,12 @@ def _cgroup2_root() -> str:
 class CgroupPaths:
     """cgroup v2 id (what bpf_get_current_cgroup_id() returns: the inode of the cgroup's directory) -> path.
 
-    Filled by walking the hierarchy, again on a miss but at most once per `rescan_ns`, so a burst of
-    unknown ids costs one walk. Bounded by the number of cgroups on the host.
+    Filled by walking the hierarchy, again on a miss but at most once per `rescan_ns` (100 ms: a container's
+    cgroup is often younger than its first connection), so a burst of unknown ids costs one walk. Bounded by
+    the number of cgroups on the host.
     """
 
-    def __init__(self, root: str | None = None, rescan_ns: int = 1_000_000_000, max_entries: int = 65536) -> None:
+    def __init__(self, root: str | None = None, rescan_ns: int = 100_000_000, max_entries: int = 65536) -> None:
         self.root = _cgroup2_root() if root is None else root
         self.rescan_ns = rescan_ns
         self.max_entries = max_entries
