@@ -207,8 +207,12 @@ class ProcessCache:
             return info  # a renamed thread, or nothing better known
         if hint.parent is not None:
             return msgspec.structs.replace(hint.parent, pid=pid)
+        return msgspec.structs.replace(info, exe=self._hint_exe(hint), comm=hint.comm, cmdline="")
+
+    def _hint_exe(self, hint: _Hint) -> str:
+        """The executable an exec hint names: the path /proc gave for the same file, else the exec filename."""
         known = self._exe_paths.get(hint.exe_key) if hint.exe_key is not None else None
-        return msgspec.structs.replace(info, exe=known or _normalize(hint.filename), comm=hint.comm, cmdline="")
+        return known or _normalize(hint.filename)
 
     def _complete(self, info: ProcessInfo, hint: _Hint | None, uid: int, cgroup_id: int, now_ns: int) -> ProcessInfo:
         changes: dict[str, object] = {}
@@ -222,8 +226,7 @@ class ProcessCache:
                 changes.update(exe=parent.exe, cmdline=info.cmdline or parent.cmdline,
                                comm=info.comm or parent.comm, container_id=parent.container_id)
             elif hint is not None:
-                known = self._exe_paths.get(exe_key) if exe_key is not None else None
-                changes["exe"] = known or _normalize(hint.filename)
+                changes["exe"] = self._hint_exe(hint)
         if info.uid < 0:
             u = uid if uid >= 0 else (hint.uid if hint else -1)
             if u < 0 and hint is not None and hint.parent is not None:
