@@ -12,12 +12,14 @@
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
-SEC("tracepoint/sched/sched_process_exec")
-int tp_sched_process_exec(struct trace_event_raw_sched_process_exec *ctx)
+/* tp_btf, not a classic tracepoint: a classic one is skipped whenever another tracepoint program holds the
+ * per-CPU guard (a syscall program preempted on this CPU), and a lost exec names a connection after the
+ * program the process exec'd next (bash -c '...; exec head'). tp_btf programs only guard against
+ * themselves. */
+SEC("tp_btf/sched_process_exec")
+int BPF_PROG(tp_sched_process_exec, struct task_struct *task, pid_t old_pid, struct linux_binprm *bprm)
 {
 	struct qtap_proc_exec *ev;
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-	__u32 loc = ctx->__data_loc_filename & 0xFFFF;
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 
 	if ((pid_tgid >> 32) == self_tgid)
@@ -31,7 +33,7 @@ int tp_sched_process_exec(struct trace_event_raw_sched_process_exec *ctx)
 	ev->ppid = BPF_CORE_READ(task, real_parent, tgid);
 	ev->uid = (__u32)bpf_get_current_uid_gid();
 	bpf_get_current_comm(&ev->comm, sizeof(ev->comm));
-	bpf_probe_read_kernel_str(&ev->filename, sizeof(ev->filename), (void *)ctx + loc);
+	bpf_probe_read_kernel_str(&ev->filename, sizeof(ev->filename), BPF_CORE_READ(bprm, filename));
 	ev->exe_ino = BPF_CORE_READ(task, mm, exe_file, f_inode, i_ino);
 	ev->exe_dev = BPF_CORE_READ(task, mm, exe_file, f_inode, i_sb, s_dev);
 	ev->_pad = 0;
@@ -65,10 +67,10 @@ int BPF_PROG(tp_sched_process_fork, struct task_struct *parent, struct task_stru
 	return 0;
 }
 
-SEC("tracepoint/sched/sched_process_exit")
-int tp_sched_process_exit(struct trace_event_raw_sched_process_template *ctx)
+/* tp_btf for the same reason as exec. */
+SEC("tp_btf/sched_process_exit")
+int BPF_PROG(tp_sched_process_exit, struct task_struct *task)
 {
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	struct qtap_proc_exit ev = {};
 
