@@ -35,6 +35,7 @@ from qtap_async.agent import AgentOptions, StdoutWriter
 from qtap_async.buffers.channel import Channel, ChannelClosed
 from qtap_async.config import Config, Services, StoreConfig, load_config, summarize
 from qtap_async.context.containers import installed as installed_containers
+from qtap_async.context.domains import offer
 from qtap_async.context.filters import ContainerFilter
 from qtap_async.errors import ConfigError, QtapError
 from qtap_async.events.connection import ConnectionEvent, GapEvent
@@ -49,7 +50,6 @@ from qtap_async.sinks.base import ObjectRef, StoredObject
 from qtap_async.sinks.config import EventStoreConfig, ObjectStoreConfig
 from qtap_async.sinks.factory import build_event_runner, build_object_runner
 from qtap_async.sinks.runner import EventSinkRunner, ObjectSinkRunner
-from qtap_async.topology.domains import offer
 from qtap_async.transforms.conntrack import Connection, Conntrack, Session
 from qtap_async.transforms.output import ProtocolOutput
 

@@ -54,7 +54,7 @@ class ConnectionEvent(msgspec.Struct, frozen=True, gc=False, tag_field="type", t
     duration_ns: int = 0
     protocol: str = ""
     domain: str = ""
-    domain_source: str = ""  # "sni" | "host" | "dns" | "dns_host" | "hosts" (topology/domains.py)
+    domain_source: str = ""  # "sni" | "host" | "dns" | "dns_host" | "hosts" (context/domains.py)
     tls: bool = False
     transport: str = "tcp"  # "tcp" | "udp" (DNS)
     midstream: bool = False

@@ -17,13 +17,13 @@ from typing import Any, Protocol
 
 from qtap_async.bpf import abi
 from qtap_async.context.containers import container_fields
+from qtap_async.context.dns_cache import DnsCache
+from qtap_async.context.domains import Domains
+from qtap_async.context.listeners import ListeningPorts
+from qtap_async.context.process import ProcessCache, ProcessInfo, user_name
 from qtap_async.events.connection import ConnectionEvent, GapEvent, Owner
 from qtap_async.events.kernel import ConnClose, ConnOpen, Data, KernelRecord, ProcExec, ProcExit, ProcFork
 from qtap_async.protocols.dns import parse_dns_datagram
-from qtap_async.topology.dns_cache import DnsCache
-from qtap_async.topology.domains import Domains
-from qtap_async.topology.listeners import ListeningPorts
-from qtap_async.topology.process import ProcessCache, ProcessInfo, user_name
 from qtap_async.transforms.reassembly import Gap, ReassemblyStats, Segment, StreamReassembler
 
 _SOURCE_NAMES = {int(s): s.name.lower() for s in abi.Source}
@@ -150,7 +150,7 @@ class Connection:
         self.streams: dict[int, StreamReassembler] = {}  # key: source * 2 + dir
         self.sessions: dict[int, Session | None] = {}  # key: 0 = socket bytes, 1 = TLS plaintext
         self.domain = ""
-        self.domain_source = ""  # see topology/domains.py
+        self.domain_source = ""  # see context/domains.py
         self.tls = False
         self.udp = rec.udp
 

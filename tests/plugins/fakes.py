@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from qtap_async.bpf import abi
+from qtap_async.context.process import ProcessCache, ProcessInfo
 from qtap_async.events.kernel import ConnClose, ConnOpen, Data
 from qtap_async.sinks.base import EventRecord, ObjectRef, StoredObject
 from qtap_async.sinks.runner import EventSinkRunner, ObjectSinkRunner
-from qtap_async.topology.process import ProcessCache, ProcessInfo
 
 
 class MemoryEvents:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import struct
 from typing import Any
 
+from qtap_async.context.process import ProcessCache
 from qtap_async.events.connection import ConnectionEvent, GapEvent
 from qtap_async.events.kernel import ConnClose, ConnOpen, Data, ProcExec
-from qtap_async.topology.process import ProcessCache
 from qtap_async.transforms.conntrack import Connection, Conntrack
 
 

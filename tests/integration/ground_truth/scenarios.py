@@ -533,7 +533,7 @@ class HostsEntry:
         # instant may not be seen for a process already gone (its own /proc/PID/root view is no longer there).
         import time
 
-        from qtap_async.topology.domains import HOSTS_CHECK_INTERVAL_S
+        from qtap_async.context.domains import HOSTS_CHECK_INTERVAL_S
 
         time.sleep(HOSTS_CHECK_INTERVAL_S + 0.2)
 

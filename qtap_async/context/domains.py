@@ -22,7 +22,7 @@ import time
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Literal
 
-from qtap_async.topology.dns_cache import DnsCache
+from qtap_async.context.dns_cache import DnsCache
 
 if TYPE_CHECKING:
     from qtap_async.transforms.conntrack import Connection
