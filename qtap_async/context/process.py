@@ -218,7 +218,9 @@ class ProcessCache:
         changes: dict[str, object] = {}
         exe_key = hint.exe_key if hint else None
         if info.exe:
-            if exe_key is not None:
+            # /proc names the file the hint's inode is only if the process has not exec'd again since the
+            # hint (bash -c '...; exec head'): else the path of the new program would name the old file.
+            if exe_key is not None and _exe_key_of(info.pid) == exe_key:
                 self._exe_paths[exe_key] = info.exe
         else:  # gone: name it from what the kernel said
             parent = hint.parent if hint else None
@@ -285,6 +287,16 @@ class ProcessCache:
     def on_exit(self, pid: int) -> None:
         # Connections of this pid may still close after it; the entry ages out of the LRU.
         pass
+
+
+def _exe_key_of(pid: int) -> tuple[int, int] | None:
+    """(dev, inode) of the file /proc/PID/exe refers to, dev encoded as the kernel's s_dev (MAJOR << 20 |
+    MINOR, what the exec record carries), not as stat's st_dev."""
+    try:
+        st = os.stat(f"/proc/{pid}/exe")
+    except OSError:
+        return None
+    return (os.major(st.st_dev) << 20) | os.minor(st.st_dev), st.st_ino
 
 
 def _normalize(filename: str) -> str:
