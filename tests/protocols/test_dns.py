@@ -1,4 +1,4 @@
-"""TLS ClientHello (plaintext) and DNS (UDP datagrams, TCP streams)."""
+"""DNS messages: UDP datagrams and TCP streams (recorded from dig, hand-made, hostile)."""
 
 from __future__ import annotations
 
@@ -8,50 +8,12 @@ from qtap_async.protocols import (
     Direction,
     DnsMessage,
     ParseError,
-    ProtocolSession,
-    TlsClientHello,
-    parse_client_hello,
     parse_dns_datagram,
 )
 from tests.protocols.helpers import errors, run
 from tests.protocols.record import load, replay
 
 C, S = Direction.SEND, Direction.RECV
-
-
-def test_recorded_curl_client_hello() -> None:
-    out = replay(load("tls_curl_clienthello"))
-    (h,) = [r for r in out if isinstance(r, TlsClientHello)]
-    assert h.sni == "api.example.test" and h.alpn == ["h2", "http/1.1"] and h.version == "TLS1.3"
-    assert h.direction == C and 0 in h.extensions and h.cipher_suites
-
-
-def test_client_hello_split_across_records_and_chunks() -> None:
-    rec = load("tls_curl_clienthello")
-    raw = rec.stream(0)
-    body = raw[5 : 5 + int.from_bytes(raw[3:5], "big")]
-    # re-frame the handshake message into 3 records, fed one byte at a time
-    recs = b"".join(b"\x16\x03\x01" + len(p).to_bytes(2, "big") + p for p in (body[:10], body[10:200], body[200:]))
-    s = ProtocolSession(local_port=40000, remote_port=443)
-    out = [r for i in range(len(recs)) for r in s.feed(C, recs[i : i + 1], i)]
-    (h,) = out
-    assert isinstance(h, TlsClientHello) and h.sni == "api.example.test" and h.ts_ns == 0
-    assert s.protocol == "tls" and s.feed(S, b"\x16\x03\x03\x00\x10" + b"\0" * 16, 9) == []
-
-
-def test_local_server_sees_client_hello_on_recv() -> None:
-    out = replay(load("tls_curl_clienthello"), local_is_client=False)
-    (h,) = [r for r in out if isinstance(r, TlsClientHello)]
-    assert h.direction == S
-
-
-def test_client_hello_without_extensions_and_garbage() -> None:
-    body = b"\x03\x03" + b"r" * 32 + b"\x00" + b"\x00\x02\x00\x2f" + b"\x01\x00"
-    h = parse_client_hello(body)
-    assert isinstance(h, TlsClientHello) and h.sni is None and h.version == "TLS1.2"
-    assert isinstance(parse_client_hello(b"\x03\x03\x00"), str)
-    out = run([(C, b"\x16\x03\x01\x00\x08\x01\x00\x00\x04\x03\x03\x00\x00")])  # truncated hello
-    assert errors(out)
 
 
 def test_recorded_dns_tcp() -> None:
