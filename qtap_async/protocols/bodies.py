@@ -139,7 +139,26 @@ def _unzstd(data: bytes, limit: int) -> tuple[bytes, str | None]:
     out = b"".join(parts)
     if len(out) > limit:
         return out[:limit], f"decoded body larger than {limit} bytes"
+    if err is None and not _zstd_frames_complete(data):
+        err = "zstd stream incomplete"
     return out, err
+
+
+def _zstd_frames_complete(data: bytes) -> bool:
+    """Whether every frame ends: the stream reader returns a cut frame's prefix as if it were whole. Only
+    called once the reader decoded everything within the limit, so this second pass is bounded too."""
+    import zstandard
+
+    while data:
+        d = zstandard.ZstdDecompressor().decompressobj()
+        try:
+            d.decompress(data)
+        except zstandard.ZstdError:
+            return False
+        if not d.eof:
+            return False
+        data = d.unused_data
+    return True
 
 
 _DECODERS = {
