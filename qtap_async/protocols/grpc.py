@@ -56,9 +56,11 @@ class MessageCounter:
                 continue
             hdr = self.hdr
             if hdr:
-                want = 5 - len(hdr)
-                hdr += buf[start : start + want]
-                start += want
+                # Never past `end`: a header may arrive a byte at a time, and what follows `end` in
+                # the buffer is not this body's (the next HTTP/2 frame, padding).
+                piece = buf[start : min(start + 5 - len(hdr), end)]
+                hdr += piece
+                start += len(piece)
                 if len(hdr) < 5:
                     self.hdr = hdr
                     return
