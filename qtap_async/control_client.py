@@ -23,7 +23,6 @@ import hashlib
 import json
 import logging
 import os
-import random
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -34,6 +33,7 @@ import uvloop
 
 from qtap_async import __version__
 from qtap_async.agent import AgentOptions
+from qtap_async.buffers.backoff import Backoff
 from qtap_async.config import Config, default_config, loads_config
 from qtap_async.errors import ConfigError, ControlClientError
 from qtap_async.pipeline_config import ConfiguredRuntime, run_with_config
@@ -96,18 +96,6 @@ class StateDir:
         _write_private(self.path / "config.yaml", text.encode())
         _write_private(self.path / "config.json",
                        json.dumps({"version": version, "sha256": hashlib.sha256(text.encode()).hexdigest()}).encode())
-
-
-class Backoff:
-    def __init__(self) -> None:
-        self.delay = BACKOFF_START_S
-
-    def reset(self) -> None:
-        self.delay = BACKOFF_START_S
-
-    async def wait(self) -> None:
-        await asyncio.sleep(self.delay * random.uniform(0.8, 1.2))
-        self.delay = min(self.delay * 2, BACKOFF_MAX_S)
 
 
 async def sse_events(lines: AsyncIterator[str]) -> AsyncIterator[tuple[str, str]]:
@@ -202,7 +190,7 @@ class ControlLink:
     async def initial_config(self) -> Config:
         """The config to start with: the active version, else the cached one when the control plane cannot
         be reached, else (nothing cached) keep trying. With no active version: the built-in default."""
-        backoff = Backoff()
+        backoff = Backoff(initial=BACKOFF_START_S, maximum=BACKOFF_MAX_S)
         attempts = 0
         while True:
             attempts += 1
@@ -216,8 +204,9 @@ class ControlLink:
                                 e, cached[0])
                     self.running_version = cached[0]
                     return loads_config(cached[1], f"cached config v{cached[0]}")
-                log.warning("control plane %s unreachable (%s); retrying in %.0f s", self.url, e, backoff.delay)
-                await backoff.wait()
+                delay = backoff.next_delay()
+                log.warning("control plane %s unreachable (%s); retrying in %.0f s", self.url, e, delay)
+                await asyncio.sleep(delay)
                 continue
             if got is None:
                 cached = self.state.cached()
@@ -271,7 +260,7 @@ class ControlLink:
         await self.report()
 
     async def follow(self) -> None:
-        backoff = Backoff()
+        backoff = Backoff(initial=BACKOFF_START_S, maximum=BACKOFF_MAX_S)
         while True:
             try:
                 if self.identity is None:
@@ -294,9 +283,9 @@ class ControlLink:
             except asyncio.CancelledError:
                 raise
             except (httpx.HTTPError, OSError, ValueError, ControlClientError) as e:
-                log.warning("control plane %s: %s; keeping config v%s, retrying in %.0f s", self.url,
-                            e or type(e).__name__, self.running_version, backoff.delay)
-            await backoff.wait()
+                log.warning("control plane %s: %s; keeping config v%s, retrying", self.url,
+                            e or type(e).__name__, self.running_version)
+            await asyncio.sleep(backoff.next_delay())
 
     def counters(self) -> dict[str, int]:
         out: dict[str, int] = {}

@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from qtap_async.control.models import ErrorBody, Issue
-from qtap_async.control.settings import Limits
+from qtap_async.control.settings import ApiLimits
 
 T = TypeVar("T")
 _encode = msgspec.json.Encoder().encode
@@ -38,7 +38,7 @@ def error_response(e: ApiError) -> Response:
     return json_response(ErrorBody(error=e.message, issues=e.issues), e.status, e.headers)
 
 
-async def read_body(request: Request, limits: Limits) -> bytes:
+async def read_body(request: Request, limits: ApiLimits) -> bytes:
     limit = limits.max_body_bytes
     declared = request.headers.get("content-length")
     if declared is not None:
@@ -85,7 +85,7 @@ def _check_media(request: Request, allowed: tuple[str, ...]) -> None:
         raise ApiError(415, f"Content-Type must be {' or '.join(allowed)}, got {ctype!r}")
 
 
-async def json_body(request: Request, limits: Limits, tp: type[T], *, optional: bool = False) -> T:
+async def json_body(request: Request, limits: ApiLimits, tp: type[T], *, optional: bool = False) -> T:
     """The body decoded strictly into ``tp``; 400 malformed, 413 too large/deep, 415 wrong type, 422 invalid."""
     _check_media(request, ("application/json",))
     body = await read_body(request, limits)
@@ -104,7 +104,7 @@ async def json_body(request: Request, limits: Limits, tp: type[T], *, optional: 
         raise ApiError(400, f"malformed JSON: {e}") from None
 
 
-async def yaml_body(request: Request, limits: Limits) -> str:
+async def yaml_body(request: Request, limits: ApiLimits) -> str:
     _check_media(request, ("application/yaml", "application/x-yaml", "text/yaml", "text/plain"))
     body = await read_body(request, limits)
     try:

@@ -19,7 +19,7 @@ PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
 Role = Literal["viewer", "editor", "admin"]
 
 
-class Limits(msgspec.Struct, frozen=True, gc=False, forbid_unknown_fields=True):
+class ApiLimits(msgspec.Struct, frozen=True, gc=False, forbid_unknown_fields=True):
     """What a request may carry before it is refused with a 4xx (never read further)."""
 
     max_body_bytes: Positive = 1024 * 1024  # JSON or YAML request body, as sent
@@ -86,7 +86,7 @@ class ControlSettings(msgspec.Struct, frozen=True, gc=False, forbid_unknown_fiel
     # instance (or the CLI) reaches the agents streaming from this one too.
     push_poll_s: PositiveFloat = 2.0
     push_keepalive_s: PositiveFloat = 15.0
-    limits: Limits = msgspec.field(default_factory=Limits)
+    limits: ApiLimits = msgspec.field(default_factory=ApiLimits)
     login: LoginLimits = msgspec.field(default_factory=LoginLimits)
     oidc: OidcSettings = msgspec.field(default_factory=OidcSettings)
 

@@ -27,7 +27,7 @@ from qtap_async.pulse.openapi import build_openapi
 from qtap_async.pulse.queries import QUERIES, QueryError, QuerySpec
 from qtap_async.pulse.schema import ErrorBody, IngestResult
 from qtap_async.pulse.storage import Storage, open_storage
-from qtap_async.pulse.tokens import Principal, TokenStore
+from qtap_async.pulse.tokens import Caller, TokenStore
 
 log = logging.getLogger("qtap.pulse")
 _encode = msgspec.json.Encoder().encode
@@ -112,7 +112,7 @@ class Pulse:
             self.tokens.close()
         self.executor.shutdown(wait=True)
 
-    def authenticate(self, request: Request, scope: str) -> Principal:
+    def authenticate(self, request: Request, scope: str) -> Caller:
         header = request.headers.get("authorization", "")
         kind, _, token = header.partition(" ")
         if not header:
@@ -170,7 +170,7 @@ def create_app(config: PulseConfig, storage: Storage | None = None, tokens: Toke
         finally:
             pulse.ingest_slots.release()
 
-    async def ingest_one(request: Request, principal: Principal, received_ns: int) -> Response:
+    async def ingest_one(request: Request, principal: Caller, received_ns: int) -> Response:
         try:
             body = await _read_body(request, config.limits.max_body_bytes, config.limits.body_timeout_s)
 

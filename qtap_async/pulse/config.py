@@ -26,7 +26,7 @@ class Retention(msgspec.Struct, frozen=True, gc=False, forbid_unknown_fields=Tru
     records: Days = 30  # gap, parse_error, tls_client_hello, dns_message, http_transaction
 
 
-class Limits(msgspec.Struct, frozen=True, gc=False, forbid_unknown_fields=True):
+class IngestLimits(msgspec.Struct, frozen=True, gc=False, forbid_unknown_fields=True):
     max_body_bytes: Positive = 16 * 1024 * 1024  # as sent (compressed)
     max_decoded_bytes: Positive = 64 * 1024 * 1024  # after decompression
     max_batch_events: Positive = 10_000
@@ -69,7 +69,7 @@ class PulseConfig(msgspec.Struct, frozen=True, gc=False, forbid_unknown_fields=T
     # ClickHouse cluster name: tables become Replicated + Distributed, DDL runs ON CLUSTER.
     cluster: str = ""
     retention: Retention = msgspec.field(default_factory=Retention)
-    limits: Limits = msgspec.field(default_factory=Limits)
+    limits: IngestLimits = msgspec.field(default_factory=IngestLimits)
     kafka: KafkaConfig = msgspec.field(default_factory=KafkaConfig)
     query_threads: Positive = 4
 

@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 import msgspec
 import zstandard
 
-from qtap_async.pulse.config import Limits, Retention
+from qtap_async.pulse.config import IngestLimits, Retention
 from qtap_async.pulse.metrics import Metrics
 from qtap_async.pulse.schema import TABLE_OF, Batch, ConnectionEvent, Event, IngestResult, ItemError
 from qtap_async.pulse.storage import Storage
@@ -124,7 +124,7 @@ class DecodedBody(NamedTuple):
     data: bytes  # the decompressed body the items point into
 
 
-def decode_body(body: bytes, content_type: str, content_encoding: str, limits: Limits) -> DecodedBody:
+def decode_body(body: bytes, content_type: str, content_encoding: str, limits: IngestLimits) -> DecodedBody:
     """Raw items and the batch ``sent_at`` of a POST /v1/events body; BodyError when unusable."""
     fmt = format_for(content_type)
     if len(body) > limits.max_body_bytes:
@@ -163,7 +163,7 @@ class Prepared(msgspec.Struct, gc=False):
 class Sanitizer:
     """Validates and encodes items. Pure CPU work, no I/O: safe to run in a worker thread."""
 
-    def __init__(self, limits: Limits, retention: Retention, metrics: Metrics | None = None) -> None:
+    def __init__(self, limits: IngestLimits, retention: Retention, metrics: Metrics | None = None) -> None:
         self.limits = limits
         self.retention_ns = {t: getattr(retention, t) * _NS_PER_DAY for t in TABLE_OF.values()}
         self.metrics = metrics or Metrics()

@@ -27,7 +27,7 @@ _TEAM_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _TOKEN_RE = re.compile(r"^qtp_([0-9a-f]{12})_[A-Za-z0-9_-]{43}$")
 
 
-class Principal(msgspec.Struct, frozen=True, gc=False):
+class Caller(msgspec.Struct, frozen=True, gc=False):
     """Who a request acts as: every row it writes and every query it runs is confined to ``team``."""
 
     token_id: str
@@ -110,7 +110,7 @@ class TokenStore:
             )
         return cur.rowcount > 0
 
-    def authenticate(self, token: str, scope: str) -> Principal:
+    def authenticate(self, token: str, scope: str) -> Caller:
         """The principal of ``token``; PulseAuthError 401 (unknown) or 403 (revoked, wrong scope)."""
         if not _TOKEN_RE.match(token):
             raise PulseAuthError("invalid token", 401)
@@ -126,4 +126,4 @@ class TokenStore:
         scopes = tuple(row[3].split(","))
         if scope not in scopes:
             raise PulseAuthError(f"token lacks the {scope!r} scope", 403)
-        return Principal(row[0], row[1], row[2], scopes)
+        return Caller(row[0], row[1], row[2], scopes)

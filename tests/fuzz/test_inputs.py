@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from qtap_async.config import ConfigError, loads_config
 from qtap_async.events.http import HttpTransaction, ParseError, TlsClientHello
 from qtap_async.protocols import ProtocolSession
-from qtap_async.pulse.config import Limits
+from qtap_async.pulse.config import IngestLimits
 from qtap_async.pulse.ingest import BodyError, decode_body
 from qtap_async.rulekit import RuleSyntaxError, compile_rule
 from tests.protocols.helpers import no_internal_errors
@@ -121,7 +121,7 @@ def test_config_loader_text(text: str) -> None:
         assert str(exc)
 
 
-_small = Limits(max_body_bytes=1 << 16, max_decoded_bytes=1 << 18, max_batch_events=50)
+_small = IngestLimits(max_body_bytes=1 << 16, max_decoded_bytes=1 << 18, max_batch_events=50)
 
 
 @given(body=st.one_of(st.binary(max_size=400),

@@ -16,7 +16,7 @@ import uvicorn
 from qtap_async.errors import PulseClientError
 from qtap_async.pulse.app import create_app
 from qtap_async.pulse.client import PulseClient
-from qtap_async.pulse.config import Limits, PulseConfig
+from qtap_async.pulse.config import IngestLimits, PulseConfig
 from qtap_async.pulse.storage import Storage
 from qtap_async.pulse.tokens import TokenStore
 from tests.pulse.conftest import count
@@ -28,7 +28,7 @@ HOUR = 3600 * 10**9
 
 @pytest.fixture(scope="module")
 def client(config: PulseConfig, storage: Storage, tokens: TokenStore) -> Iterator[httpx.Client]:
-    small = msgspec.structs.replace(config, limits=Limits(max_batch_events=500, max_body_bytes=1 << 20))
+    small = msgspec.structs.replace(config, limits=IngestLimits(max_batch_events=500, max_body_bytes=1 << 20))
     with _Server(create_app(small, storage=storage, tokens=tokens)) as url, httpx.Client(base_url=url) as c:
         yield c
 

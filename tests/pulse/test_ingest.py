@@ -10,11 +10,11 @@ import msgspec
 import pytest
 import zstandard
 
-from qtap_async.pulse.config import Limits, Retention
+from qtap_async.pulse.config import IngestLimits, Retention
 from qtap_async.pulse.ingest import JSON, MSGPACK, BodyError, Sanitizer, decode_body
 
 NOW = time.time_ns()
-LIMITS = Limits(max_body_bytes=1 << 20, max_decoded_bytes=2 << 20, max_batch_events=100, max_event_bytes=2048)
+LIMITS = IngestLimits(max_body_bytes=1 << 20, max_decoded_bytes=2 << 20, max_batch_events=100, max_event_bytes=2048)
 
 
 def req(i: int = 0, **kw: object) -> dict[str, object]:

@@ -8,7 +8,7 @@ from typing import Any
 
 import msgspec
 
-from qtap_async.pulse.config import Limits, Retention
+from qtap_async.pulse.config import IngestLimits, Retention
 from qtap_async.pulse.ingest import Sanitizer
 from qtap_async.pulse.kafka import prepare_messages
 from qtap_async.pulse.metrics import Metrics
@@ -46,7 +46,7 @@ def test_messages_decode_to_rows_with_the_right_team(tmp_path: Path) -> None:
         Msg(msgspec.json.encode(ev(5)), headers=[("authorization", f"Bearer {revoked}".encode())]),
         Msg(msgspec.json.encode(ev(6, ts=NOW + 3600 * 10**9))),  # future: clamped to the message time
     ]
-    rows = prepare_messages(messages, Sanitizer(Limits(), Retention(), metrics), tokens, "team-default", metrics)
+    rows = prepare_messages(messages, Sanitizer(IngestLimits(), Retention(), metrics), tokens, "team-default", metrics)
     got = [msgspec.json.decode(r) for r in rows["issues"]]
     assert [(r["id"], r["team"], r["agent"]) for r in got] == [
         ("i0", "team-default", ""),
@@ -61,6 +61,6 @@ def test_messages_decode_to_rows_with_the_right_team(tmp_path: Path) -> None:
     assert metrics.get("pulse_kafka_rejected_total", reason="auth") == 1
     assert metrics.get("pulse_events_rejected_total") == 2
     # Without a default team, messages without a token are dropped.
-    rows = prepare_messages(messages[:1], Sanitizer(Limits(), Retention(), metrics), tokens, "", metrics)
+    rows = prepare_messages(messages[:1], Sanitizer(IngestLimits(), Retention(), metrics), tokens, "", metrics)
     assert rows == {} and metrics.get("pulse_kafka_rejected_total", reason="no_team") == 1
     tokens.close()
