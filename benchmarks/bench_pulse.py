@@ -37,10 +37,10 @@ import msgspec
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from qtap_async.events import RequestEvent  # noqa: E402
 from qtap_async.pulse import queries as q  # noqa: E402
 from qtap_async.pulse.config import PulseConfig  # noqa: E402
 from qtap_async.pulse.ingest import gzip_bytes  # noqa: E402
-from qtap_async.pulse.schema import RequestEvent  # noqa: E402
 from qtap_async.pulse.storage import ChdbStorage  # noqa: E402
 from qtap_async.pulse.tokens import TokenStore  # noqa: E402
 

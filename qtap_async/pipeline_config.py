@@ -40,13 +40,15 @@ from qtap_async.context.filters import ContainerFilter
 from qtap_async.errors import ConfigError, QtapError
 from qtap_async.events.connection import ConnectionEvent, GapEvent
 from qtap_async.events.dns import DnsMessage
-from qtap_async.events.http import HttpTransaction, TlsClientHello
+from qtap_async.events.http import HttpTransaction
+from qtap_async.events.objects import ObjectRef
+from qtap_async.events.tls import TlsClientHello
 from qtap_async.filters import SKIP_ALL, OwnServices, StackSelector, TrafficFilter
-from qtap_async.plugins.exchange import ConnContext, HttpExchange, host_of
+from qtap_async.plugins.exchange import HttpExchange, conn_context, host_of
 from qtap_async.plugins.redact import redactor_from, warn_if_clear
 from qtap_async.plugins.stack import Stack, build_stacks
 from qtap_async.protocols import ProtocolSession
-from qtap_async.sinks.base import ObjectRef, StoredObject
+from qtap_async.sinks.base import StoredObject
 from qtap_async.sinks.config import EventStoreConfig, ObjectStoreConfig
 from qtap_async.sinks.factory import build_event_runner, build_object_runner
 from qtap_async.sinks.runner import EventSinkRunner, ObjectSinkRunner
@@ -413,7 +415,7 @@ class ConfiguredRuntime:
             ts, ts_ns = ct.rfc3339(start), ct.wall_ns(start)
         else:
             ts, ts_ns = "", start
-        ex = HttpExchange(tx, ConnContext.of(conn, layer), id=f"{self._id_prefix}-t{next(self._ids)}", ts=ts,
+        ex = HttpExchange(tx, conn_context(conn, layer), id=f"{self._id_prefix}-t{next(self._ids)}", ts=ts,
                           ts_ns=ts_ns, redactor=pipeline.redactor)
         return list(stack.on_http(ex))
 

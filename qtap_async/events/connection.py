@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import msgspec
 
+from qtap_async.events.context import ConnContext, Stream, Timestamp
+
+__all__ = ["ConnectionEvent", "GapEvent", "Owner"]
+
 
 class Owner(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
     """A process that moved bytes on a connection (the opener, then each one that took over: a child
@@ -16,46 +20,22 @@ class Owner(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
     first_ns: int = 0  # wall clock of its first I/O on the connection
 
 
-class ConnectionEvent(msgspec.Struct, frozen=True, gc=False, tag_field="type", tag="connection",
+class ConnectionEvent(ConnContext, frozen=True, gc=False, kw_only=True, tag_field="type", tag="connection",
                       omit_defaults=True):
-    """A connection opened or closed.
-
-    src is the side that initiated the connection and dst the side that accepted it, whatever side of
-    the connection the reporting process is on; `direction` says which: `egress` (this host's process
-    connected out) or `ingress` (it accepted the connection).
-    """
+    """A connection opened or closed, with its context (``ConnContext``: the opener's process)."""
 
     id: str
-    ts: str
+    ts: Timestamp
     ts_ns: int
     event: str  # "open" | "close"
-    conn_id: int
-    direction: str
     family: str  # "ipv4" | "ipv6"
-    src_ip: str
-    src_port: int
-    dst_ip: str
-    dst_port: int
-    pid: int
-    exe: str
-    comm: str
-    user: str = ""
     uid: int = -1
-    container_id: str = ""
     cgroup: str = ""
-    container_name: str = ""  # the rest from the runtime's API (qtap_async.context), once looked up
-    container_image: str = ""
-    container_labels: dict[str, str] = {}
-    pod_name: str = ""
-    pod_namespace: str = ""
-    pod_uid: str = ""
     bytes_sent: int = 0
     bytes_received: int = 0
     duration_ns: int = 0
-    protocol: str = ""
-    domain: str = ""
+    protocol: str = ""  # at close: the parser family that read it ("http1", "http2", "tls", "dns")
     domain_source: str = ""  # "sni" | "host" | "dns" | "dns_host" | "hosts" (context/domains.py)
-    tls: bool = False
     transport: str = "tcp"  # "tcp" | "udp" (DNS)
     midstream: bool = False
     resumed: bool = False
@@ -64,8 +44,9 @@ class ConnectionEvent(msgspec.Struct, frozen=True, gc=False, tag_field="type", t
     reason: str = ""  # close: "closed" | "evicted" | "agent_stopped"
 
 
-class GapEvent(msgspec.Struct, frozen=True, gc=False, tag_field="type", tag="gap", omit_defaults=True):
-    """Bytes of a stream that were not captured, and why.
+class GapEvent(msgspec.Struct, frozen=True, gc=False, kw_only=True, tag_field="type", tag="gap",
+               omit_defaults=True):
+    """Bytes of a stream that were not captured, and why (the connection is the one ``conn_id`` names).
 
     `reason`: "truncated" (a call larger than the capture limit), "read_fault" (the user buffer could not be
     read), "sendfile" / "splice" / "io_uring" (bytes that never passed through a user buffer the agent
@@ -73,9 +54,9 @@ class GapEvent(msgspec.Struct, frozen=True, gc=False, tag_field="type", tag="gap
     """
 
     id: str
-    ts: str
+    ts: Timestamp
     conn_id: int
-    direction: str  # "send" | "recv": from the reporting process's point of view
+    stream: Stream | str  # "send" | "recv"; "?" for a direction the kernel record did not name
     source: str
     bytes: int
     pid: int

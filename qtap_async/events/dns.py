@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import msgspec
 
+from qtap_async.events.context import ConnContext, Timestamp
+
+__all__ = ["DnsAnswer", "DnsMessage", "DnsMessageEvent"]
+
 
 class DnsAnswer(msgspec.Struct, frozen=True, gc=False, kw_only=True):
     """One resource record of the answer section.
@@ -37,3 +41,22 @@ class DnsMessage(msgspec.Struct, frozen=True, gc=False, kw_only=True, tag="dns_m
     transport: str = "udp"
     direction: int | None = None
     ts_ns: int = 0
+
+
+class DnsMessageEvent(ConnContext, frozen=True, gc=False, kw_only=True, tag="dns_message", tag_field="type",
+                      omit_defaults=True):
+    """A ``DnsMessage`` with its connection context; the message's own id is ``dns_id`` (``id`` names the
+    event)."""
+
+    id: str
+    ts: Timestamp
+    dns_id: int
+    is_response: bool
+    opcode: int
+    rcode: str
+    truncated: bool
+    qname: str | None
+    qtype: str | None
+    qdcount: int
+    answers: list[DnsAnswer]
+    transport: str

@@ -1,4 +1,5 @@
-"""Records produced by the protocol layer (``qtap_async.protocols``) for HTTP/1.x, HTTP/2, gRPC and TLS.
+"""HTTP: the transaction record the protocol layer (``qtap_async.protocols``) produces for HTTP/1.x,
+HTTP/2 and gRPC, and the ``http_transaction`` event made of it.
 
 All records are frozen msgspec Structs, tagged (field ``kind``) so a stream of mixed records encodes
 and decodes as one union. Directions are plain ints with the values of
@@ -9,6 +10,10 @@ Timestamps are the ``ts_ns`` values the caller passed to ``ProtocolSession.feed`
 from __future__ import annotations
 
 import msgspec
+
+from qtap_async.events.context import ConnContext, Timestamp
+
+__all__ = ["GrpcInfo", "Headers", "HttpTransaction", "HttpTransactionEvent"]
 
 Headers = list[tuple[str, str]]
 
@@ -96,35 +101,50 @@ class HttpTransaction(msgspec.Struct, frozen=True, gc=False, tag="http_transacti
     promised_by: int | None = None
 
 
-class ParseError(msgspec.Struct, frozen=True, gc=False, kw_only=True, tag="parse_error", tag_field="kind"):
-    """Input a parser could not make sense of, or had to give up on.
+class HttpTransactionEvent(ConnContext, frozen=True, gc=False, kw_only=True, tag="http_transaction",
+                           tag_field="type", omit_defaults=True):
+    """One HTTP transaction with its connection context: what ``qtap run`` prints and what the
+    ``http_capture`` plugin sends to the event stores.
 
-    ``offset`` is the byte offset in ``direction``'s stream (gaps counted) where the problem was
-    found; ``protocol`` names the parser ("http1", "http2", "tls", "dns", "session").
+    The fields from ``method`` to ``response_body_size`` are always written (``null`` when the wire did not
+    show them); the rest only when set. ``duration_ns`` runs from the first request byte to the last
+    response byte, ``ttfb_ns`` to the first response byte. Headers, trailers and bodies are set only at
+    the capture levels that allow them (``details``: headers, ``full``: bodies too), already redacted;
+    Pulse never stores them. ``transaction_id``, ``level``, ``rule`` and ``object_digest`` are
+    http_capture's: the transaction's id across its events and object, the level a rule chose, and the
+    object that holds the headers and bodies.
     """
 
-    reason: str
-    direction: int | None = None
-    offset: int = 0
-    ts_ns: int = 0
-    protocol: str = "unknown"
-
-
-class TlsClientHello(msgspec.Struct, frozen=True, gc=False, kw_only=True, tag="tls_client_hello",
-                     tag_field="kind"):
-    """A TLS ClientHello seen in plaintext (a connection no probe decrypts).
-
-    ``version`` is the highest version offered ("TLS1.3" when supported_versions lists it, else the
-    legacy version); ``cipher_suites`` and ``extensions`` keep wire order (GREASE values included)
-    so fingerprints (JA3/JA4) can be computed downstream.
-    """
-
-    direction: int
-    ts_ns: int
-    sni: str | None = None
-    alpn: list[str] = []
-    version: str = ""
-    legacy_version: str = ""
-    supported_versions: list[str] = []
-    cipher_suites: list[int] = []
-    extensions: list[int] = []
+    id: str
+    ts: Timestamp
+    protocol: str
+    method: str | None
+    scheme: str
+    authority: str | None
+    host: str
+    path: str | None  # query values redacted (qtap run) or masked (http_capture)
+    status: int | None
+    request_body_size: int
+    response_body_size: int
+    duration_ns: int = 0
+    ttfb_ns: int = 0
+    stream_id: int | None = None
+    pushed: bool = False  # HTTP/2 server push: promised by the server on stream promised_by
+    promised_by: int | None = None
+    grpc: GrpcInfo | None = None
+    upgrade: str | None = None
+    informational: list[int] = []
+    incomplete: bool = False
+    reason: str | None = None
+    request_headers: Headers | None = None
+    response_headers: Headers | None = None
+    request_trailers: Headers | None = None
+    response_trailers: Headers | None = None
+    request_body: bytes | None = None
+    response_body: bytes | None = None
+    request_body_truncated: bool | None = None
+    response_body_truncated: bool | None = None
+    transaction_id: str = ""
+    level: str = ""  # http_capture: "summary", "details" or "full"
+    rule: str = ""  # http_capture: the rule that chose the level ("" = the plugin's level)
+    object_digest: str = ""  # sha256 of the object holding headers/bodies, when one was made

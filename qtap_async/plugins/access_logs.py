@@ -14,8 +14,7 @@ import msgspec
 
 from qtap_async.config import AccessLogMode, AccessLogsConfig
 from qtap_async.events.http import Headers
-from qtap_async.plugins.base import Compile, FirstMatch
-from qtap_async.plugins.events import Emission
+from qtap_async.plugins.base import Compile, Emission, FirstMatch
 from qtap_async.plugins.exchange import HttpExchange
 
 __all__ = ["AccessLogs", "format_console", "format_json"]
@@ -47,7 +46,7 @@ def format_console(ex: HttpExchange, mode: AccessLogMode) -> str:
     status = str(tx.status) if tx.status is not None else "---"
     proc = f"{c.exe.rsplit('/', 1)[-1] or c.comm}[{c.pid}]"
     line = (f"{tx.method or '-'} {ex.shown_url} {status} {_ms(ex.duration_ns)} "
-            f"{tx.response_body_size}B {proc} {c.direction}")
+            f"{tx.response_body_size}B {proc} {c.traffic}")
     if tx.pushed:  # the server pushed it: no client sent this request
         line += f" pushed(promised by stream {tx.promised_by})"
     if tx.incomplete:
@@ -79,7 +78,7 @@ def format_json(ex: HttpExchange, mode: AccessLogMode) -> str:
         "resp_bytes": tx.response_body_size,
         "pid": c.pid,
         "exe": c.exe,
-        "direction": c.direction,
+        "direction": c.traffic,
     }
     if mode in ("details", "full"):
         doc["request_headers"] = ex.redactor.headers(tx.request_headers)

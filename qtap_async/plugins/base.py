@@ -1,15 +1,26 @@
-"""The plugin interface and the first-match rule list the plugins share."""
+"""The plugin interface, what a plugin returns, and the first-match rule list the plugins share."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Generic, Protocol, TypeVar
+from typing import Generic, Protocol, TypeAlias, TypeVar
 
-from qtap_async.plugins.events import Emission
+from qtap_async.events import HttpTransactionEvent, IssueEvent, RequestEvent
 from qtap_async.plugins.exchange import HttpExchange
 from qtap_async.rulekit import Rule
+from qtap_async.sinks.base import StoredObject
 
-__all__ = ["Compile", "FirstMatch", "Plugin"]
+__all__ = ["Compile", "Emission", "FirstMatch", "Plugin", "is_object"]
+
+#: What plugins return: events (for the event stores) and objects (for the object stores; each stored
+#: object's reference event, ``qtap_async.events.ObjectRef``, is sent to the event stores by the object
+#: store's runner once the store has it). None of the events carries a header value, a body or a
+#: query-string value that was not configured as safe.
+Emission: TypeAlias = HttpTransactionEvent | RequestEvent | IssueEvent | StoredObject
+
+
+def is_object(item: object) -> bool:
+    return isinstance(item, StoredObject)
 
 #: Compiles a rule expression with the config's macros (``Config.compile``).
 Compile = Callable[[str], Rule]

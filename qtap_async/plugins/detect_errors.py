@@ -9,8 +9,8 @@ embedding code may ask for two checks rulekit has no field for: responses slower
 from __future__ import annotations
 
 from qtap_async.config import DetectErrorsConfig
-from qtap_async.plugins.base import Compile
-from qtap_async.plugins.events import Emission, IssueEvent
+from qtap_async.events.issue import IssueEvent
+from qtap_async.plugins.base import Compile, Emission
 from qtap_async.plugins.exchange import HttpExchange
 from qtap_async.plugins.payload import render_object
 

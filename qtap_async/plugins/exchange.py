@@ -1,5 +1,5 @@
-"""What a plugin sees of one HTTP transaction: the transaction, its connection and process context,
-and a rule context over both.
+"""What a plugin sees of one HTTP transaction: the transaction, its connection and process context
+(``qtap_async.events.ConnContext``), and a rule context over both.
 
 An ``HttpExchange`` is built once per transaction and handed to every plugin of the selected stack, so
 the derived values (host, URL, joined headers, the rule context) are computed at most once.
@@ -10,73 +10,38 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-import msgspec
-
 from qtap_async.context.containers import container_fields
+from qtap_async.events.context import ConnContext
 from qtap_async.events.http import Headers, HttpTransaction
-from qtap_async.filters import ConnDirection, classify_connection
 from qtap_async.plugins.redact import DEFAULT_REDACTOR, Redactor
 
 if TYPE_CHECKING:
     from qtap_async.transforms.conntrack import Connection
 
-__all__ = ["ConnContext", "ExchangeContext", "HttpExchange", "host_of", "join_headers"]
+__all__ = ["ExchangeContext", "HttpExchange", "conn_context", "host_of", "join_headers"]
 
 
-class ConnContext(msgspec.Struct, frozen=True, gc=False, kw_only=True):
-    """The connection and process a transaction travelled on (a snapshot: plugins may keep it).
-
-    ``direction`` is classified (ingress, egress-internal, egress-external); ``src`` is the side that
-    initiated the connection. ``domain`` is what the connection is known as so far (SNI or Host).
-    """
-
-    conn_id: int
-    pid: int
-    exe: str = ""
-    comm: str = ""
-    user: str = ""
-    container_id: str = ""
-    container_name: str = ""  # the rest from the runtime's API (qtap_async.context), once looked up
-    container_image: str = ""
-    container_labels: dict[str, str] = {}
-    pod_name: str = ""
-    pod_namespace: str = ""
-    pod_uid: str = ""
-    direction: ConnDirection = "egress-external"
-    src_ip: str = ""
-    src_port: int = 0
-    dst_ip: str = ""
-    dst_port: int = 0
-    remote_ip: str = ""
-    tls: bool = False
-    domain: str = ""
-
-    @classmethod
-    def of(cls, conn: Connection, layer: int) -> ConnContext:
-        src_ip, src_port, dst_ip, dst_port = conn.endpoints()
-        p = conn.process
-        return cls(
-            conn_id=conn.conn_id,
-            pid=conn.pid,
-            exe=p.exe,
-            comm=p.comm,
-            user=p.user,
-            container_id=p.container_id,
-            **container_fields(p.container_id),  # type: ignore[arg-type]
-            direction=classify_connection(conn.direction == "ingress", conn.raddr),
-            src_ip=src_ip,
-            src_port=src_port,
-            dst_ip=dst_ip,
-            dst_port=dst_port,
-            remote_ip=conn.raddr,
-            tls=layer == 1 or conn.tls,
-            domain=conn.domain,
-        )
-
-    @property
-    def coarse_direction(self) -> str:
-        """``ingress`` or ``egress`` (what Pulse's schema and connection events use)."""
-        return "ingress" if self.direction == "ingress" else "egress"
+def conn_context(conn: Connection, layer: int) -> ConnContext:
+    """The context of a transaction on ``conn``: a snapshot of the connection and its process (layer 1:
+    the bytes came through a TLS probe)."""
+    src_ip, src_port, dst_ip, dst_port = conn.endpoints()
+    p = conn.process
+    return ConnContext(
+        conn_id=conn.conn_id,
+        direction=conn.direction,
+        tls=layer == 1 or conn.tls,
+        src_ip=src_ip,
+        src_port=src_port,
+        dst_ip=dst_ip,
+        dst_port=dst_port,
+        pid=conn.pid,
+        exe=p.exe,
+        comm=p.comm,
+        container_id=p.container_id,
+        **container_fields(p.container_id),  # type: ignore[arg-type]
+        user=p.user,
+        domain=conn.domain,
+    )
 
 
 def host_of(authority: str | None) -> str:
@@ -191,6 +156,6 @@ _FIELDS: dict[str, Callable[[HttpExchange], str | int | float | None]] = {
     "http.res.status": lambda ex: ex.tx.status,
     "process.exe": lambda ex: _or_none(ex.conn.exe),
     "process.pid": lambda ex: ex.conn.pid,
-    "conn.direction": lambda ex: ex.conn.direction,
+    "conn.direction": lambda ex: ex.conn.traffic,  # the rules' name for the classified direction
     "conn.remote_ip": lambda ex: _or_none(ex.conn.remote_ip),
 }

@@ -7,10 +7,12 @@ digest the event names. ``none`` records nothing.
 
 from __future__ import annotations
 
+import msgspec
+
 from qtap_async.config import CaptureLevel, HttpCaptureConfig, OutputFormat
+from qtap_async.events.http import HttpTransactionEvent
 from qtap_async.plugins.anonymize import masked_target
-from qtap_async.plugins.base import Compile, FirstMatch
-from qtap_async.plugins.events import Emission, HttpTransactionEvent
+from qtap_async.plugins.base import Compile, Emission, FirstMatch
 from qtap_async.plugins.exchange import HttpExchange
 from qtap_async.plugins.payload import render_object
 
@@ -23,48 +25,33 @@ def transaction_event(ex: HttpExchange, level: str = "summary", rule: str = "",
     ttfb = 0
     if tx.response_start_ns and tx.request_start_ns:
         ttfb = max(0, tx.response_start_ns - tx.request_start_ns)
-    grpc = tx.grpc
     return HttpTransactionEvent(
         id=f"{ex.id}-tx",
         ts=ex.ts,
-        conn_id=c.conn_id,
-        transaction_id=ex.id,
-        direction=c.direction,
+        **msgspec.structs.asdict(c),
         protocol=tx.protocol,
-        method=tx.method or "",
+        method=tx.method,
         scheme=ex.scheme,
+        authority=tx.authority,
         host=ex.host,
-        path=masked_target(tx.path or ""),
-        status=tx.status or 0,
+        path=masked_target(tx.path) if tx.path is not None else None,
+        status=tx.status,
+        request_body_size=tx.request_body_size,
+        response_body_size=tx.response_body_size,
         duration_ns=ex.duration_ns,
         ttfb_ns=ttfb,
-        req_bytes=tx.request_body_size,
-        resp_bytes=tx.response_body_size,
-        pid=c.pid,
-        exe=c.exe,
-        comm=c.comm,
-        container_id=c.container_id,
-        container_name=c.container_name,
-        container_image=c.container_image,
-        container_labels=c.container_labels,
-        pod_name=c.pod_name,
-        pod_namespace=c.pod_namespace,
-        pod_uid=c.pod_uid,
-        src_ip=c.src_ip,
-        src_port=c.src_port,
-        dst_ip=c.dst_ip,
-        dst_port=c.dst_port,
-        tls=c.tls,
+        stream_id=tx.stream_id,
+        pushed=tx.pushed,
+        promised_by=tx.promised_by,
+        grpc=tx.grpc,
+        upgrade=tx.upgrade,
+        informational=tx.informational,
+        incomplete=tx.incomplete,
+        reason=tx.reason,
+        transaction_id=ex.id,
         level=level,
         rule=rule,
         object_digest=object_digest,
-        grpc_service=grpc.service if grpc else "",
-        grpc_method=grpc.method if grpc else "",
-        grpc_status=grpc.grpc_status if grpc and grpc.grpc_status is not None else -1,
-        incomplete=tx.incomplete,
-        reason=tx.reason or "",
-        pushed=tx.pushed,
-        promised_by=tx.promised_by or 0,
     )
 
 

@@ -87,7 +87,7 @@ def _as_text(ex: HttpExchange, level: str, rule: str) -> bytes:
     tx, c, r = ex.tx, ex.conn, ex.redactor
     version = "HTTP/2" if tx.protocol in ("h2", "h2c") else tx.protocol.upper()
     lines = [
-        f"# {ex.ts} {c.exe or c.comm}[{c.pid}] {c.direction} {c.src_ip}:{c.src_port} -> {c.dst_ip}:{c.dst_port}"
+        f"# {ex.ts} {c.exe or c.comm}[{c.pid}] {c.traffic} {c.src_ip}:{c.src_port} -> {c.dst_ip}:{c.dst_port}"
         f" level={level}" + (f" rule={rule!r}" if rule else ""),
         f"{tx.method or '-'} {r.target(tx.path) or '-'} {version}",
     ]

@@ -9,24 +9,22 @@ values kept: they describe the client software, not the person.
 from __future__ import annotations
 
 from qtap_async.config import ReportUsageConfig
+from qtap_async.events.request import RequestEvent
 from qtap_async.plugins.anonymize import auth_token, hash_token, masked_target
-from qtap_async.plugins.events import Emission, RequestEvent
+from qtap_async.plugins.base import Emission
 from qtap_async.plugins.exchange import HttpExchange
 
-__all__ = ["ReportUsage", "pulse_protocol"]
+__all__ = ["ReportUsage", "request_protocol"]
 
 _MAX_NAME = 255  # Pulse's limit for host, content type and user agent
 
 
-def pulse_protocol(protocol: str, grpc: bool) -> str:
-    """The protocol names of Pulse's schema: http1, http2, grpc (or unknown)."""
+def request_protocol(protocol: str, grpc: bool) -> str:
+    """The ``protocol`` of a request event: ``grpc`` for a gRPC call, else the transaction's own (an ALPN
+    identifier: ``http/1.1``, ``h2``...; see qtap_async.events.context), ``unknown`` when not known."""
     if grpc:
         return "grpc"
-    if protocol.startswith("http/1"):
-        return "http1"
-    if protocol in ("h2", "h2c"):
-        return "http2"
-    return "unknown"
+    return protocol or "unknown"
 
 
 class ReportUsage:
@@ -51,7 +49,7 @@ class ReportUsage:
                 id=f"{ex.id}-req",
                 ts=ex.ts,
                 conn_id=c.conn_id,
-                direction=c.coarse_direction,
+                direction=c.direction,
                 method=(tx.method or "")[:64],
                 domain=ex.host[:_MAX_NAME],
                 host=ex.host[:_MAX_NAME],
@@ -65,7 +63,7 @@ class ReportUsage:
                 pid=c.pid,
                 exe=c.exe[:2048],
                 container_id=c.container_id,
-                protocol=pulse_protocol(tx.protocol, grpc is not None),
+                protocol=request_protocol(tx.protocol, grpc is not None),
                 auth_token_hash=hash_token(token) if token else "",
                 grpc_service=grpc.service[:_MAX_NAME] if grpc else "",
                 grpc_method=grpc.method[:_MAX_NAME] if grpc else "",

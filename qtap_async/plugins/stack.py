@@ -16,9 +16,8 @@ from qtap_async.config import (
     StackConfig,
 )
 from qtap_async.plugins.access_logs import AccessLogs
-from qtap_async.plugins.base import Compile, Plugin
+from qtap_async.plugins.base import Compile, Emission, Plugin
 from qtap_async.plugins.detect_errors import DetectErrors
-from qtap_async.plugins.events import Emission
 from qtap_async.plugins.exchange import HttpExchange
 from qtap_async.plugins.http_capture import HttpCapture
 from qtap_async.plugins.report_usage import ReportUsage

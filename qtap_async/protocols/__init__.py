@@ -11,7 +11,9 @@ TCP), ``bodies`` (bounded bodies, content-encoding decoding).
 """
 
 from qtap_async.events.dns import DnsAnswer, DnsMessage
-from qtap_async.events.http import GrpcInfo, HttpTransaction, ParseError, TlsClientHello
+from qtap_async.events.http import GrpcInfo, HttpTransaction
+from qtap_async.events.parse_error import ParseError
+from qtap_async.events.tls import TlsClientHello
 from qtap_async.protocols.dns import parse_dns_datagram
 from qtap_async.protocols.hpack import HpackDecoder, huffman_decode
 from qtap_async.protocols.limits import DEFAULT_LIMITS, Limits

@@ -11,7 +11,7 @@ import ipaddress
 import struct
 
 from qtap_async.events.dns import DnsAnswer, DnsMessage
-from qtap_async.events.http import ParseError
+from qtap_async.events.parse_error import ParseError
 from qtap_async.protocols.limits import Limits
 
 __all__ = ["DnsTcpConnection", "parse_dns_datagram", "parse_dns_message"]

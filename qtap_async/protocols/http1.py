@@ -23,7 +23,8 @@ import re
 from collections import deque
 from typing import TYPE_CHECKING
 
-from qtap_async.events.http import HttpTransaction, ParseError
+from qtap_async.events.http import HttpTransaction
+from qtap_async.events.parse_error import ParseError
 from qtap_async.protocols.bodies import Body, decode_content
 from qtap_async.protocols.limits import Limits
 from qtap_async.protocols.text import target_text

@@ -24,7 +24,8 @@ import struct
 from collections import deque
 
 from qtap_async.errors import ProtocolError
-from qtap_async.events.http import GrpcInfo, HttpTransaction, ParseError
+from qtap_async.events.http import GrpcInfo, HttpTransaction
+from qtap_async.events.parse_error import ParseError
 from qtap_async.protocols.bodies import Body, decode_content
 from qtap_async.protocols.grpc import MessageCounter, is_grpc, parse_grpc_message, split_path
 from qtap_async.protocols.hpack import HpackDecoder

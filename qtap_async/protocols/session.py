@@ -18,7 +18,9 @@ import enum
 from typing import Any
 
 from qtap_async.events.dns import DnsMessage
-from qtap_async.events.http import HttpTransaction, ParseError, TlsClientHello
+from qtap_async.events.http import HttpTransaction
+from qtap_async.events.parse_error import ParseError
+from qtap_async.events.tls import TlsClientHello
 from qtap_async.protocols.detect import MATCH, NEED_MORE, ROLE_CLIENT, ROLE_SERVER, detect
 from qtap_async.protocols.dns import DnsTcpConnection
 from qtap_async.protocols.http1 import Http1Connection

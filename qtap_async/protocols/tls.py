@@ -6,7 +6,8 @@ The ClientHello may span several records and chunks; it is reassembled up to
 
 from __future__ import annotations
 
-from qtap_async.events.http import ParseError, TlsClientHello
+from qtap_async.events.parse_error import ParseError
+from qtap_async.events.tls import TlsClientHello
 from qtap_async.protocols.limits import Limits
 
 __all__ = ["TlsConnection", "looks_like_tls", "parse_client_hello"]

@@ -1,20 +1,15 @@
 """Pulse: the self-hosted ingestion + query service (HTTP and Kafka in, ClickHouse/chDB out).
 
 The server side lives in ``qtap_async.pulse.app`` (``create_app``) and ``qtap_async.pulse.server``
-(``run``); importing this package does not load the web stack or a ClickHouse engine.
+(``run``); importing this package does not load the web stack or a ClickHouse engine. The events are
+the agent's own types (``qtap_async.events``, re-exported here); Pulse's limits on them are
+``qtap_async.pulse.bounds``.
 """
 
+from qtap_async.events import ConnectionEvent, Event, IssueEvent, ObjectRef, RequestEvent
 from qtap_async.pulse.client import PulseClient
 from qtap_async.pulse.config import PulseConfig, load_config
-from qtap_async.pulse.schema import (
-    ConnectionEvent,
-    Event,
-    IngestResult,
-    IssueEvent,
-    ItemError,
-    ObjectRefEvent,
-    RequestEvent,
-)
+from qtap_async.pulse.schema import IngestResult, ItemError
 from qtap_async.pulse.tokens import TokenStore
 
 __all__ = [
@@ -23,7 +18,7 @@ __all__ = [
     "IngestResult",
     "IssueEvent",
     "ItemError",
-    "ObjectRefEvent",
+    "ObjectRef",
     "PulseClient",
     "PulseConfig",
     "RequestEvent",

@@ -25,7 +25,7 @@ from qtap_async.pulse.ingest import BatchWriter, BodyError, Sanitizer, decode_bo
 from qtap_async.pulse.metrics import Metrics
 from qtap_async.pulse.openapi import build_openapi
 from qtap_async.pulse.queries import QUERIES, QueryError, QuerySpec
-from qtap_async.pulse.schema import ErrorBody, IngestResult
+from qtap_async.pulse.schema import IngestResult, PulseErrorBody
 from qtap_async.pulse.storage import Storage, open_storage
 from qtap_async.pulse.tokens import Caller, TokenStore
 
@@ -38,7 +38,7 @@ def _json(obj: Any, status: int = 200, headers: dict[str, str] | None = None) ->
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
-    return _json(ErrorBody(message), status, headers)
+    return _json(PulseErrorBody(message), status, headers)
 
 
 _INT = re.compile(r"^-?[0-9]{1,20}$")

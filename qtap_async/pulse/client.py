@@ -8,7 +8,7 @@
 ``send(events)`` posts one batch and returns the server's IngestResult. Connection errors, timeouts,
 429 and 5xx are retried with exponential backoff and jitter (the server de-duplicates by event id, so a
 retry of a batch that was in fact stored is harmless); any other 4xx raises PulseClientError at once.
-Events are msgspec Structs from qtap_async.pulse.schema or plain dicts in the same shape.
+Events are msgspec Structs from qtap_async.events or plain dicts in the same shape.
 """
 
 from __future__ import annotations

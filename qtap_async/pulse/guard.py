@@ -17,13 +17,13 @@ import msgspec
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from qtap_async.pulse.metrics import Metrics
-from qtap_async.pulse.schema import ErrorBody
+from qtap_async.pulse.schema import PulseErrorBody
 
 __all__ = ["guarded_protocol"]
 
 
 def _canned(status: int, reason: str, message: str, retry_after: bool = False) -> bytes:
-    body = msgspec.json.encode(ErrorBody(message))
+    body = msgspec.json.encode(PulseErrorBody(message))
     head = [
         f"HTTP/1.1 {status} {reason}",
         "content-type: application/json",

@@ -22,14 +22,17 @@ from typing import Any, NamedTuple
 import msgspec
 import zstandard
 
+from qtap_async.events import ConnectionEvent
+from qtap_async.pulse.bounds import TABLE_OF, Event, bounded
 from qtap_async.pulse.config import IngestLimits, Retention
 from qtap_async.pulse.metrics import Metrics
-from qtap_async.pulse.schema import TABLE_OF, Batch, ConnectionEvent, Event, IngestResult, ItemError
+from qtap_async.pulse.schema import Batch, IngestResult, ItemError
 from qtap_async.pulse.storage import Storage
 
 RunBlocking = Callable[..., Awaitable[Any]]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_CONNECTION = bounded(ConnectionEvent)
 _NS_PER_DAY = 86_400 * 10**9
 
 # Keys that carry header values or bodies. They are never stored in any case (the decoder drops every
@@ -249,7 +252,7 @@ class Sanitizer:
             # The event whole in `data` (only the schema's fields: the decoder dropped the rest).
             return enc({"type": type(ev).__struct_config__.tag, "id": ev.id, "ts": ev.ts, "conn_id": ev.conn_id,
                         "pid": getattr(ev, "pid", 0), "data": enc(ev).decode()})
-        if type(ev) is ConnectionEvent and (ev.owners or ev.container_labels):
+        if type(ev) is _CONNECTION and (getattr(ev, "owners", None) or getattr(ev, "container_labels", None)):
             row = msgspec.structs.asdict(ev)
             for k in ("owners", "container_labels"):  # String columns holding JSON
                 if row[k]:

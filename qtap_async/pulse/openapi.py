@@ -6,8 +6,9 @@ from typing import Any
 
 import msgspec
 
+from qtap_async.pulse.bounds import Event
 from qtap_async.pulse.queries import QUERIES
-from qtap_async.pulse.schema import ErrorBody, Event, IngestResult
+from qtap_async.pulse.schema import IngestResult, PulseErrorBody
 
 _REF = "#/components/schemas/{name}"
 
@@ -15,7 +16,7 @@ _REF = "#/components/schemas/{name}"
 def _error(description: str) -> dict[str, Any]:
     return {
         "description": description,
-        "content": {"application/json": {"schema": {"$ref": _REF.format(name="ErrorBody")}}},
+        "content": {"application/json": {"schema": {"$ref": _REF.format(name="PulseErrorBody")}}},
     }
 
 
@@ -42,7 +43,7 @@ _LIMIT_ERRORS = {
 
 
 def build_openapi(version: str = "0.1.0") -> dict[str, Any]:
-    types: list[Any] = [Event, IngestResult, ErrorBody]
+    types: list[Any] = [Event, IngestResult, PulseErrorBody]
     for q in QUERIES:
         types += [q.params, q.result]
     (schemas_refs, components) = msgspec.json.schema_components(types, ref_template=_REF)

@@ -10,7 +10,8 @@ Typical use::
     objects.channel.close(); events.channel.close(); await asyncio.gather(*tasks)   # flush and stop
 """
 
-from qtap_async.sinks.base import EventRecord, EventSink, ObjectRef, ObjectSink, StoredObject, to_record
+from qtap_async.events.objects import ObjectRef
+from qtap_async.sinks.base import EventRecord, EventSink, ObjectSink, StoredObject, to_record
 from qtap_async.sinks.config import (
     BufferConfig,
     DirObjectStore,

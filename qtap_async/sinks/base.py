@@ -1,12 +1,14 @@
-"""The sink protocols and the records that flow into them."""
+"""The sink protocols and the records that flow into them (``ObjectRef``, the reference event of a stored
+object, is part of the event model: ``qtap_async.events.objects``)."""
 
 from __future__ import annotations
 
 import hashlib
-import time
 from typing import Any, Protocol, runtime_checkable
 
 import msgspec
+
+from qtap_async.events.objects import ObjectRef
 
 _json = msgspec.json.Encoder()
 
@@ -41,31 +43,6 @@ class StoredObject(msgspec.Struct, gc=False, array_like=True):
     @property
     def nbytes(self) -> int:
         return len(self.data)
-
-
-class ObjectRef(msgspec.Struct, frozen=True, gc=False, kw_only=True, tag="object_ref", tag_field="type"):
-    """The reference record the event store gets for each stored object (Pulse's ``object_ref`` event).
-
-    ``id`` is derived from the store, digest and transaction, so a re-sent reference has the same id
-    and collapses with the first copy wherever events are de-duplicated by id.
-    """
-
-    id: str
-    ts: int  # epoch nanoseconds when the store took the object
-    conn_id: int
-    transaction_id: str
-    digest: str
-    url: str
-    size: int
-    content_type: str
-    store: str
-
-    @classmethod
-    def of(cls, obj: StoredObject, url: str, store: str) -> ObjectRef:
-        ident = hashlib.sha256(f"{store}\0{obj.digest}\0{obj.transaction_id}\0{obj.conn_id}".encode())
-        return cls(id=ident.hexdigest()[:32], ts=time.time_ns(), conn_id=obj.conn_id,
-                   transaction_id=obj.transaction_id, digest=obj.digest, url=url, size=len(obj.data),
-                   content_type=obj.content_type, store=store)
 
 
 class PartialRejection(msgspec.Struct, frozen=True, gc=False):

@@ -10,7 +10,8 @@ import time
 from pathlib import Path
 
 from qtap_async.errors import SinkError, SinkTransientError
-from qtap_async.sinks.base import ObjectRef, StoredObject
+from qtap_async.events.objects import ObjectRef
+from qtap_async.sinks.base import StoredObject
 from qtap_async.sinks.retention import DirPruner, seconds
 from qtap_async.sinks.templates import KEY_FIELDS, URL_FIELDS, Template
 

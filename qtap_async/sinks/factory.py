@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from qtap_async.errors import ConfigError, SinkError
-from qtap_async.sinks.base import EventSink, ObjectRef, ObjectSink
+from qtap_async.events.objects import ObjectRef
+from qtap_async.sinks.base import EventSink, ObjectSink
 from qtap_async.sinks.config import (
     DirObjectStore,
     DisabledEventStore,

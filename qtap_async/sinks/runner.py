@@ -33,10 +33,10 @@ from qtap_async.buffers.backoff import Backoff
 from qtap_async.buffers.channel import Channel
 from qtap_async.buffers.spool import Spool
 from qtap_async.errors import SinkError, SinkTransientError
+from qtap_async.events.objects import ObjectRef
 from qtap_async.sinks.base import (
     EventRecord,
     EventSink,
-    ObjectRef,
     ObjectSink,
     PartialRejection,
     StoredObject,

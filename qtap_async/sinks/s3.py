@@ -12,7 +12,8 @@ from collections import OrderedDict
 from typing import Any
 
 from qtap_async.errors import SinkError, SinkTransientError
-from qtap_async.sinks.base import ObjectRef, StoredObject
+from qtap_async.events.objects import ObjectRef
+from qtap_async.sinks.base import StoredObject
 from qtap_async.sinks.templates import KEY_FIELDS, URL_FIELDS, Template
 
 # Codes that mean "this object will never be accepted as it is": dropping beats retrying forever.

@@ -8,7 +8,8 @@ from typing import BinaryIO
 
 import msgspec
 
-from qtap_async.sinks.base import EventRecord, ObjectRef, StoredObject
+from qtap_async.events.objects import ObjectRef
+from qtap_async.sinks.base import EventRecord, StoredObject
 
 
 class _ObjectLine(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):

@@ -22,6 +22,7 @@ from qtap_async.context.domains import Domains
 from qtap_async.context.listeners import ListeningPorts
 from qtap_async.context.process import ProcessCache, ProcessInfo, user_name
 from qtap_async.events.connection import ConnectionEvent, GapEvent, Owner
+from qtap_async.events.context import Direction
 from qtap_async.events.kernel import ConnClose, ConnOpen, Data, KernelRecord, ProcExec, ProcExit, ProcFork
 from qtap_async.protocols.dns import parse_dns_datagram
 from qtap_async.transforms.reassembly import Gap, ReassemblyStats, Segment, StreamReassembler
@@ -117,7 +118,7 @@ class Connection:
         "uid",
     )
 
-    def __init__(self, rec: ConnOpen, process: ProcessInfo, direction: str) -> None:
+    def __init__(self, rec: ConnOpen, process: ProcessInfo, direction: Direction) -> None:
         self.conn_id = rec.conn_id
         #: The process doing the I/O now (what protocol records are attributed to); the opener is kept
         #: apart for the connection events.
@@ -224,7 +225,7 @@ class Conntrack:
             self._fmt_prefix = datetime.fromtimestamp(sec, UTC).strftime("%Y-%m-%dT%H:%M:%S.")
         return f"{self._fmt_prefix}{frac // 1000:06d}Z"
 
-    def _direction(self, rec: ConnOpen) -> str:
+    def _direction(self, rec: ConnOpen) -> Direction:
         if rec.role == abi.Role.CONNECT:
             return "egress"
         if rec.role == abi.Role.ACCEPT:
@@ -456,7 +457,7 @@ class Conntrack:
             id=self._event_id(),
             ts=self.rfc3339(ts_ns),
             conn_id=c.conn_id,
-            direction=_DIR_NAMES.get(direction, "?"),
+            stream=_DIR_NAMES.get(direction, "?"),
             source=_SOURCE_NAMES.get(source, str(source)),
             bytes=int(n),
             pid=c.pid,

@@ -17,7 +17,8 @@ import msgspec
 from qtap_async.context.containers import container_fields
 from qtap_async.context.domains import offer
 from qtap_async.events.dns import DnsMessage
-from qtap_async.events.http import HttpTransaction, TlsClientHello
+from qtap_async.events.http import HttpTransaction
+from qtap_async.events.tls import TlsClientHello
 from qtap_async.plugins.exchange import host_of
 from qtap_async.plugins.redact import DEFAULT_REDACTOR, Redactor
 from qtap_async.transforms.conntrack import Connection, Conntrack

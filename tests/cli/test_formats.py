@@ -29,7 +29,8 @@ def test_text_lines() -> None:
     assert text_lines(TX) == [console_line(TX), "  > user-agent: curl/8", "  < content-length: 6"]
     ev = ConnectionEvent(id="c1", ts="t", ts_ns=1, event="close", conn_id=1, direction="egress", family="ipv4",
                          src_ip="127.0.0.1", src_port=50000, dst_ip="127.0.0.1", dst_port=80, pid=7,
-                         exe="/usr/bin/curl", comm="curl", bytes_sent=10, bytes_received=20, protocol="http/1.1")
+                         exe="/usr/bin/curl", comm="curl", tls=False, container_id="", bytes_sent=10, bytes_received=20,
+                         protocol="http/1.1")
     (line,) = text_lines(ev)
     assert line.startswith("conn close 127.0.0.1:50000 -> 127.0.0.1:80 curl[7] egress-internal sent=10B received=20B")
 

@@ -10,7 +10,8 @@ from typing import Any
 from qtap_async.context.dns_cache import DnsCache
 from qtap_async.context.domains import Domains, HostsFiles, offer, parse_hosts
 from qtap_async.events.dns import DnsAnswer, DnsMessage
-from qtap_async.events.http import HttpTransaction, TlsClientHello
+from qtap_async.events.http import HttpTransaction
+from qtap_async.events.tls import TlsClientHello
 from qtap_async.transforms.output import ProtocolOutput
 from tests.transforms.test_conntrack import _ct, _open
 

@@ -48,13 +48,17 @@ def _spawn(procs: list[subprocess.Popen[bytes]], *argv: str) -> subprocess.Popen
 
 
 def _wait_exe(pid: int, exe: str | None) -> None:
-    """Until /proc shows the program (fork and exec have happened); a wait, not a timing assertion."""
+    """Until /proc shows the program (fork and exec have happened); a wait, not a timing assertion.
+
+    The kernel switches /proc/PID/exe before it writes the new argv, so the cmdline is waited for too.
+    """
     for _ in range(500):
         try:
             now = os.readlink(f"/proc/{pid}/exe")
+            args = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
-            now = ""
-        if now and (exe is None or now == exe):
+            now, args = "", b""
+        if now and args and (exe is None or now == exe):
             return
         time.sleep(0.01)
     raise AssertionError(f"pid {pid} never showed {exe}")

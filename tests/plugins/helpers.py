@@ -42,14 +42,21 @@ def conn(**kw: Any) -> ConnContext:
         "pid": 4242,
         "exe": "/usr/bin/curl",
         "comm": "curl",
-        "direction": "egress-external",
+        "direction": "egress",
         "src_ip": "10.0.0.5",
         "src_port": 50000,
         "dst_ip": "93.184.216.34",
         "dst_port": 443,
-        "remote_ip": "93.184.216.34",
         "tls": True,
+        "container_id": "",
     }
+    # Tests name the classified direction (what rules see as conn.direction) and the peer's address; the
+    # context stores who opened the connection and both ends.
+    traffic = kw.pop("direction", "egress-external")
+    base["direction"] = "ingress" if traffic == "ingress" else "egress"
+    remote = kw.pop("remote_ip", None)
+    if remote is not None:
+        base["src_ip" if traffic == "ingress" else "dst_ip"] = remote
     base.update(kw)
     return ConnContext(**base)
 

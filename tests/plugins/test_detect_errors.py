@@ -6,7 +6,8 @@ import msgspec
 
 from qtap_async.config import DetectErrorsConfig, DetectErrorsRule
 from qtap_async.plugins import DetectErrors, IssueEvent
-from qtap_async.pulse import schema
+from qtap_async.pulse.bounds import Event as PulseEvent
+from qtap_async.pulse.bounds import bounded
 from qtap_async.rulekit import compile_rule
 from qtap_async.sinks.base import StoredObject
 from tests.plugins.helpers import exchange, recorded, tx
@@ -31,9 +32,9 @@ def test_default_rules_server_and_client_errors() -> None:
 def test_issue_is_pulse_compatible() -> None:
     (issue,), _ = detect(tx(status=500))
     raw = msgspec.json.decode(msgspec.json.encode(issue))
-    assert set(raw) <= set(schema.IssueEvent.__struct_fields__) | {"type"}
-    decoded = msgspec.json.decode(msgspec.json.encode(issue), type=schema.Event)
-    assert isinstance(decoded, schema.IssueEvent) and decoded.rule == "server error"
+    assert set(raw) <= set(bounded(IssueEvent).__struct_fields__) | {"type"}
+    decoded = msgspec.json.decode(msgspec.json.encode(issue), type=PulseEvent)
+    assert isinstance(decoded, bounded(IssueEvent)) and decoded.rule == "server error"
 
 
 def test_every_matching_rule_reports_and_extra_checks() -> None:

@@ -33,7 +33,7 @@ def test_summary_is_one_metadata_event_without_an_object() -> None:
     assert (e.method, e.host, e.status, e.level, e.transaction_id) == ("GET", "api.example.com", 200, "summary", ex.id)
     assert e.path == "/v1/items?page=*&key=*"
     assert e.duration_ns == 4_000_000 and e.ttfb_ns == 2_000_000
-    assert e.exe == "/usr/bin/curl" and e.direction == "egress-external"
+    assert e.exe == "/usr/bin/curl" and e.direction == "egress" and e.traffic == "egress-external"
     assert e.object_digest == ""
     assert b"curl/8.0" not in msgspec.json.encode(e)  # no header values
 
@@ -86,5 +86,5 @@ def test_first_matching_rule_decides_level_and_format() -> None:
 
 def test_grpc_recorded_calls_carry_service_and_status() -> None:
     events, _ = split([i for t in recorded("grpc_python") for i in plugin().on_http(exchange(t))])
-    assert {(e.grpc_service, e.grpc_method) for e in events} >= {("test.v1.Echo", "Ping")}
-    assert {e.grpc_status for e in events} >= {0, 5}
+    assert {(e.grpc.service, e.grpc.method) for e in events if e.grpc} >= {("test.v1.Echo", "Ping")}
+    assert {e.grpc.grpc_status for e in events if e.grpc} >= {0, 5}

@@ -7,7 +7,8 @@ import msgspec
 
 from qtap_async.config import ReportUsageConfig
 from qtap_async.plugins import ReportUsage, RequestEvent
-from qtap_async.pulse import schema
+from qtap_async.pulse.bounds import Event as PulseEvent
+from qtap_async.pulse.bounds import bounded
 from tests.plugins.helpers import SECRET, conn, exchange, recorded, secret_transaction, tx
 
 
@@ -17,13 +18,13 @@ def report(t: Any = None, c: Any = None, **kw: Any) -> RequestEvent:
     return ev
 
 
-def as_pulse(ev: RequestEvent) -> schema.RequestEvent:
+def as_pulse(ev: RequestEvent) -> Any:
     """Decode the event the way Pulse does, refusing fields Pulse does not know."""
     raw = msgspec.json.decode(msgspec.json.encode(ev))
-    known = set(schema.RequestEvent.__struct_fields__) | {"type"}
+    known = set(bounded(RequestEvent).__struct_fields__) | {"type"}
     assert set(raw) <= known, set(raw) - known
-    decoded = msgspec.json.decode(msgspec.json.encode(ev), type=schema.Event)
-    assert isinstance(decoded, schema.RequestEvent)
+    decoded = msgspec.json.decode(msgspec.json.encode(ev), type=PulseEvent)
+    assert isinstance(decoded, bounded(RequestEvent))
     return decoded
 
 
@@ -35,7 +36,7 @@ def test_request_event_is_pulse_compatible() -> None:
                                                                   "egress")
     assert p.duration_ns == 4_000_000 and p.resp_bytes == 2
     assert p.content_type == "application/json" and p.user_agent == "curl/8.0"
-    assert p.exe == "/usr/bin/curl" and p.pid == 4242 and p.protocol == "http1"
+    assert p.exe == "/usr/bin/curl" and p.pid == 4242 and p.protocol == "http/1.1"
     assert p.auth_token_hash == ""
 
 
@@ -64,7 +65,7 @@ def test_ingress_and_grpc_recorded() -> None:
 
 def test_http2_recorded_and_nothing_for_an_empty_transaction() -> None:
     p = [as_pulse(report(t)) for t in recorded("h2c_nghttp_two")]
-    assert [(e.protocol, e.status, e.path) for e in p] == [("http2", 200, "/index.html"), ("http2", 404, "/missing")]
+    assert [(e.protocol, e.status, e.path) for e in p] == [("h2c", 200, "/index.html"), ("h2c", 404, "/missing")]
     assert ReportUsage(ReportUsageConfig()).on_http(exchange(tx(method=None, status=None))) == []
 
 

@@ -15,12 +15,23 @@ from typing import Any
 import msgspec
 import pytest
 
-from qtap_async.events.connection import ConnectionEvent, GapEvent
-from qtap_async.events.dns import DnsAnswer, DnsMessage
-from qtap_async.events.http import ParseError, TlsClientHello
-from qtap_async.plugins.events import HttpTransactionEvent, IssueEvent, RequestEvent
-from qtap_async.pulse import schema
+from qtap_async.events import (
+    ConnectionEvent,
+    DnsAnswer,
+    DnsMessage,
+    DnsMessageEvent,
+    GapEvent,
+    HttpTransactionEvent,
+    IssueEvent,
+    Owner,
+    ParseError,
+    ParseErrorEvent,
+    RequestEvent,
+    TlsClientHello,
+    TlsClientHelloEvent,
+)
 from qtap_async.pulse.app import create_app
+from qtap_async.pulse.bounds import NOT_STORED, bounded
 from qtap_async.pulse.config import PulseConfig
 from qtap_async.pulse.ingest import JSON, Sanitizer
 from qtap_async.pulse.storage import Storage
@@ -35,23 +46,30 @@ from tests.transforms.test_conntrack import _ct, _open
 
 NOW = time.time_ns()
 
-# Agent type -> (Pulse type, agent fields Pulse takes under another name or on purpose not at all).
+# Agent type -> (Pulse's decoder type, agent fields Pulse takes under another name or on purpose not at all).
 _PAIRS: list[tuple[type[msgspec.Struct], type[msgspec.Struct], set[str]]] = [
-    (ConnectionEvent, schema.ConnectionEvent, set()),
-    (GapEvent, schema.GapEvent, set()),
-    (HttpTransactionEvent, schema.HttpTransactionEvent, set()),
-    (RequestEvent, schema.RequestEvent, set()),
-    (IssueEvent, schema.IssueEvent, set()),
-    (ObjectRef, schema.ObjectRefEvent, set()),
-    # Protocol records: ProtocolOutput writes ts_ns as `ts`, the context's direction replaces the
+    (ConnectionEvent, bounded(ConnectionEvent), set()),
+    (GapEvent, bounded(GapEvent), set()),
+    (HttpTransactionEvent, bounded(HttpTransactionEvent), set(NOT_STORED)),  # headers and bodies: never
+    (RequestEvent, bounded(RequestEvent), set()),
+    (IssueEvent, bounded(IssueEvent), set()),
+    (ObjectRef, bounded(ObjectRef), set()),
+    # Protocol records: their events write ts_ns as `ts`, the context's direction replaces the
     # record's, and a DNS message's id is `dns_id`.
-    (TlsClientHello, schema.TlsClientHelloEvent, {"ts_ns", "direction"}),
-    (DnsMessage, schema.DnsMessageEvent, {"ts_ns", "direction", "id"}),
-    (ParseError, schema.ParseErrorEvent, {"ts_ns", "direction"}),
+    (TlsClientHello, bounded(TlsClientHelloEvent), {"ts_ns", "direction"}),
+    (DnsMessage, bounded(DnsMessageEvent), {"ts_ns", "direction", "id"}),
+    (ParseError, bounded(ParseErrorEvent), {"ts_ns", "direction"}),
+    # ... and every record field is a field of its event.
+    (TlsClientHello, TlsClientHelloEvent, {"ts_ns", "direction"}),
+    (DnsMessage, DnsMessageEvent, {"ts_ns", "direction", "id"}),
+    (ParseError, ParseErrorEvent, {"ts_ns", "direction"}),
 ]
 
 
-@pytest.mark.parametrize(("agent", "pulse", "renamed"), _PAIRS, ids=[p[0].__name__ for p in _PAIRS])
+_IDS = [f"{a.__name__}-{b.__module__.rsplit('.', 1)[-1]}" for a, b, _ in _PAIRS]
+
+
+@pytest.mark.parametrize(("agent", "pulse", "renamed"), _PAIRS, ids=_IDS)
 def test_pulse_schema_has_every_field_the_agent_writes(agent: type[msgspec.Struct], pulse: type[msgspec.Struct],
                                                        renamed: set[str]) -> None:
     missing = set(agent.__struct_fields__) - set(pulse.__struct_fields__) - renamed
@@ -67,8 +85,8 @@ def agent_events() -> list[dict[str, Any]]:
     open_ev = msgspec.to_builtins(ConnectionEvent(
         id="c-open", ts=ct.rfc3339(10), ts_ns=ct.wall_ns(10), event="open", conn_id=1, direction="unknown",
         family="ipv4", src_ip="::ffff:127.0.0.1", src_port=1, dst_ip="127.0.0.1", dst_port=53, pid=7, exe="/x",
-        comm="x", user="nobody", transport="udp", midstream=True, protocol="dns", domain="a.test",
-        domain_source="dns_host"))
+        comm="x", tls=False, container_id="", user="nobody", transport="udp", midstream=True, protocol="dns",
+        domain="a.test", domain_source="dns_host"))
     open_ev.update(uid=65534, resumed=True, io_uring=True, reason="evicted",
                    owners=[{"pid": 7, "exe": "/x", "comm": "x", "user": "nobody", "first_ns": 1},
                            {"pid": 8, "exe": "/y", "comm": "y", "user": "root", "first_ns": 2}])
@@ -81,12 +99,15 @@ def agent_events() -> list[dict[str, Any]]:
                       ts_ns=22, protocol="http1")
     records = [e for r in (hello, dns, perr) for e in out.convert(conn, r, 0)]
     closed = [msgspec.to_builtins(e) for e in ct.handle(_close(1))]
-    gap = msgspec.to_builtins(GapEvent(id="g1", ts=ct.rfc3339(30), conn_id=1, direction="recv", source="socket",
+    gap = msgspec.to_builtins(GapEvent(id="g1", ts=ct.rfc3339(30), conn_id=1, stream="recv", source="socket",
                                        bytes=4096, pid=7, exe="/x"))
     gap["reason"] = "truncated"
     http = msgspec.to_builtins(HttpTransactionEvent(
         id="h1", ts=ct.rfc3339(40), conn_id=1, transaction_id="t1", direction="egress", protocol="h2",
-        method="GET", host="a.test", path="/p", status=200, level="summary", pid=7, tls=True))
+        method="GET", scheme="https", authority="a.test", host="a.test", path="/p", status=200,
+        request_body_size=0, response_body_size=2, level="summary", pid=7, tls=True, src_ip="127.0.0.1",
+        src_port=5, dst_ip="127.0.0.1", dst_port=443, exe="/x", comm="x", container_id="",
+        request_headers=[("authorization", "secret")]))
     http.update(pushed=True, promised_by=1)
     request = msgspec.to_builtins(RequestEvent(id="r1", ts=ct.rfc3339(41), domain="a.test", status=200,
                                                tags=["checkout"]))
@@ -223,3 +244,37 @@ def test_partial_rejection_is_counted_and_logged(config: PulseConfig, storage: S
     assert st["qtap_sink_dropped_rejected_bytes_total"] == len(bad)
     (msg,) = [r.getMessage() for r in caplog.records if "rejected by the store" in r.getMessage()]
     assert "1 of 11 events" in msg and "Invalid enum value 'reopened' - at `$.event`" in msg
+
+
+def test_every_connection_field_round_trips_through_storage(config: PulseConfig, storage: Storage,
+                                                            team: str) -> None:
+    """Each field of the agent's connection event, set to a value other than its default, is stored in a
+    column of its own and read back as sent (the fields an older Pulse dropped among them)."""
+    ev = ConnectionEvent(
+        id="rt-1", ts=NOW, ts_ns=NOW + 5, event="close", conn_id=42, direction="ingress", family="ipv6",
+        src_ip="::1", src_port=40000, dst_ip="::2", dst_port=8443, pid=77, exe="/usr/sbin/nginx", comm="nginx",
+        tls=True, container_id="c0ffee", container_name="web", container_image="nginx:1", container_labels={"a": "b"},
+        pod_name="p", pod_namespace="ns", pod_uid="u-1", user="www-data", domain="rt.test", uid=33,
+        cgroup="/sys/fs/cgroup/x", bytes_sent=1, bytes_received=2, duration_ns=3, protocol="http1",
+        domain_source="sni", transport="udp", midstream=True, resumed=True, io_uring=True,
+        owners=[Owner(pid=77, exe="/usr/sbin/nginx", comm="nginx", user="www-data", first_ns=9)], reason="evicted")
+    defaults = {f.name: f.default for f in msgspec.structs.fields(ConnectionEvent)}
+    sent = msgspec.structs.asdict(ev)
+    assert all(sent[k] != d for k, d in defaults.items() if d is not msgspec.NODEFAULT), "set every field"
+    prepared = Sanitizer(config.limits, config.retention).prepare(JSON, [msgspec.Raw(msgspec.json.encode(ev))], team)
+    assert prepared.result.errors == []
+    storage.insert("connections", b"\n".join(prepared.rows["connections"]))
+    (row,) = storage.query(f"SELECT * FROM {storage.database}.connections FINAL WHERE team = {{t:String}}"
+                           " AND id = 'rt-1'", {"t": team})
+    got = {k: row[k] for k in sent}
+    got["ts"] = NOW  # stored as DateTime64(9): checked below
+    got["owners"] = [Owner(**o) for o in msgspec.json.decode(got["owners"])]
+    got["container_labels"] = msgspec.json.decode(got["container_labels"])
+    got = {k: (bool(v) if isinstance(sent[k], bool) else int(v) if isinstance(sent[k], int) else v)
+           for k, v in got.items()}
+    assert got == sent
+    for field in ("ts_ns", "user", "transport", "midstream", "reason"):  # what Pulse used to drop
+        assert got[field] == sent[field] and sent[field] != defaults[field], field
+    (t,) = storage.query(f"SELECT toUnixTimestamp64Nano(ts) AS ns FROM {storage.database}.connections FINAL"
+                         " WHERE team = {t:String} AND id = 'rt-1'", {"t": team})
+    assert int(t["ns"]) == NOW

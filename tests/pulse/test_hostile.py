@@ -26,7 +26,8 @@ import msgspec
 import pytest
 import zstandard
 
-from qtap_async.pulse.schema import ConnectionEvent, IssueEvent, ObjectRefEvent, RequestEvent
+from qtap_async.events import ConnectionEvent, IssueEvent, RequestEvent
+from qtap_async.events import ObjectRef as ObjectRefEvent
 from tests.integration.harness import free_port
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -14,11 +14,11 @@ from typing import Any
 import msgspec
 import pytest
 
+from qtap_async.events import RequestEvent
 from qtap_async.pulse import queries as q
 from qtap_async.pulse.config import PulseConfig, Retention
 from qtap_async.pulse.ingest import BatchWriter, Sanitizer, decode_body
 from qtap_async.pulse.metrics import Metrics
-from qtap_async.pulse.schema import RequestEvent
 from qtap_async.pulse.storage import ClickHouseStorage, Storage
 from tests.pulse.conftest import count
 

@@ -140,9 +140,10 @@ def test_stored_object_digest_survives_msgpack() -> None:
 
 
 def test_object_ref_is_a_pulse_object_ref_event_with_a_stable_id() -> None:
-    from qtap_async.pulse.schema import Event, ObjectRefEvent
+    from qtap_async.pulse.bounds import Event, bounded
     from qtap_async.sinks import ObjectRef
 
+    ObjectRefEvent = bounded(ObjectRef)  # what Pulse decodes an object_ref into
     obj = StoredObject(b"body", conn_id=3, transaction_id="t1")
     ref = ObjectRef.of(obj, "s3://b/k", "s3")
     ev = msgspec.json.decode(msgspec.json.encode(ref), type=Event)

@@ -190,7 +190,7 @@ def test_gap_reasons_come_from_the_record_flags_and_payload_off_makes_no_gap_eve
     ct.handle(_open(1))
     sendfile = Data(20, 1, 1, 1, 0, 0, 0, int(abi.DataFlag.SENDFILE), 500, 3, b"")
     (gap,) = ct.handle(sendfile)
-    assert isinstance(gap, GapEvent) and (gap.reason, gap.bytes, gap.direction) == ("sendfile", 500, "send")
+    assert isinstance(gap, GapEvent) and (gap.reason, gap.bytes, gap.stream) == ("sendfile", 500, "send")
     assert ct.handle(Data(21, 1, 1, 1, 600, 0, 0, 0, 0, 3, b"x")) == []  # held: 100 bytes are missing
     off = Data(22, 1, 1, 1, 601, 0, 0, int(abi.DataFlag.NO_PAYLOAD), 40, 3, b"")
     assert ct.handle(off) == []
