@@ -1,9 +1,13 @@
 """The OCI image, built offline by `scripts/image build` and run under podman (runc): `qtap inspect` says capture
-works, `qtap run` in the container captures a curl made on the host, and Pulse starts from the same image."""
+works, `qtap run` in the container captures a curl made on the host, and Pulse and the control plane run from the
+same image the way the Helm chart runs them (user 65534, read-only root filesystem, no capabilities): Pulse
+ingests a batch over HTTP with a token and answers queries for it; the control plane, with the settings file the
+chart renders, answers its health endpoints and its API."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 import uuid
@@ -11,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 from tests.integration.harness import free_port, start_http_server
 from tests.plugins.test_run_config import curl
@@ -81,7 +86,150 @@ def test_image_run_captures_a_host_curl(image: str) -> None:
         server.wait()
 
 
-def test_pulse_runs_from_the_same_image(image: str) -> None:
-    r = subprocess.run([*PODMAN, "run", "--rm", image, "pulse", "serve", "--help"], capture_output=True,
-                       text=True, timeout=120)
-    assert r.returncode == 0 and "Serve the HTTP API" in r.stdout, r.stderr
+# As the chart runs Pulse and the control plane: an unprivileged user, a read-only root filesystem with only the
+# data volume and /tmp writable, no capabilities, no privilege escalation.
+POD_FLAGS = ["--user", "65534:65534", "--read-only", "--read-only-tmpfs=false", "--tmpfs", "/tmp",
+             "--cap-drop", "ALL", "--security-opt", "no-new-privileges"]
+
+
+def volume(path: Path) -> Path:
+    """A host directory the container's user 65534 can write (the chart's fsGroup does this in a pod)."""
+    path.mkdir()
+    os.chown(path, 65534, 65534)
+    return path
+
+
+def wait_http(url: str, name: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        state = subprocess.run([*PODMAN, "inspect", name, "--format", "{{.State.Running}}"], capture_output=True,
+                               text=True, timeout=60)
+        if state.stdout.strip() != "true":
+            break
+        time.sleep(0.5)
+    logs = subprocess.run([*PODMAN, "logs", name], capture_output=True, text=True, timeout=60)
+    pytest.fail(f"{url} did not answer 200:\n{logs.stdout[-2000:]}\n{logs.stderr[-3000:]}")
+
+
+def stop_cleanly(name: str) -> None:
+    stop = subprocess.run([*PODMAN, "stop", "-t", "30", name], capture_output=True, text=True, timeout=120)
+    assert stop.returncode == 0, stop.stderr
+    code = subprocess.run([*PODMAN, "inspect", name, "--format", "{{.State.ExitCode}}"], capture_output=True,
+                          text=True, timeout=60)
+    logs = subprocess.run([*PODMAN, "logs", name], capture_output=True, text=True, timeout=60)
+    assert code.stdout.strip() == "0", logs.stderr[-2000:]
+
+
+def test_pulse_runs_from_the_same_image(image: str, tmp_path: Path) -> None:
+    data = volume(tmp_path / "pulse")
+    mount = ["-v", f"{data}:/var/lib/pulse"]
+    made = subprocess.run([*PODMAN, "run", "--rm", *POD_FLAGS, *mount, image, "pulse", "token", "create",
+                           "--data-dir", "/var/lib/pulse", "--team", "image", "--agent", "node-1"],
+                          capture_output=True, text=True, timeout=300)
+    assert made.returncode == 0, made.stderr[-3000:]
+    token = made.stdout.split()[-1]
+    assert token.startswith("qtp_")
+    port = free_port()
+    name = f"qtap-pulse-{uuid.uuid4().hex[:8]}"
+    subprocess.run([*PODMAN, "run", "-d", "--name", name, "--network=host", *POD_FLAGS, *mount, image, "pulse",
+                    "serve", "--listen", f"127.0.0.1:{port}", "--data-dir", "/var/lib/pulse"],
+                   check=True, capture_output=True, timeout=120)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{url}/readyz", name, timeout=180)
+        now = time.time_ns()
+        path, domain = "/from-image/orders", f"api-{uuid.uuid4().hex[:8]}.image.test"
+        conn_id = uuid.uuid4().int >> 80
+        batch = {"sent_at": now, "events": [
+            {"type": "request", "id": f"r-{domain}", "ts": now, "conn_id": conn_id, "domain": domain,
+             "path": path, "method": "POST", "status": 503, "duration_ns": 2_000_000},
+            {"type": "connection", "id": f"c-{domain}", "ts": now, "conn_id": conn_id, "event": "close",
+             "dst_ip": "10.1.2.3", "dst_port": 443, "domain": domain, "bytes_sent": 10},
+        ]}
+        auth = {"authorization": f"Bearer {token}"}
+        assert httpx.post(f"{url}/v1/events", json=batch, timeout=30).status_code == 401  # no token: nothing
+        r = httpx.post(f"{url}/v1/events", json=batch, headers=auth, timeout=60)
+        assert r.status_code == 200, r.text
+        assert r.json()["accepted"] == 2 and r.json()["rejected"] == 0
+        window = {"start": now - 3600 * 10**9, "end": now + 60 * 10**9}
+        r = httpx.get(f"{url}/v1/query/top/endpoints", params={**window, "domain": domain},
+                      headers=auth, timeout=30)
+        assert r.status_code == 200, r.text
+        rows = [row for row in r.json() if row.get("path") == path]
+        assert len(rows) == 1, r.json()
+        assert rows[0]["method"] == "POST" and rows[0]["requests"] == 1 and rows[0]["errors"] == 1
+        r = httpx.get(f"{url}/v1/query/connections", params={**window, "conn_id": conn_id}, headers=auth, timeout=30)
+        assert r.status_code == 200, r.text
+        conns = r.json()
+        assert [(c["dst_ip"], c["dst_port"], c["event"]) for c in conns] == [("10.1.2.3", 443, "close")], conns
+        # The token's team confines the query: another team's token sees nothing of it.
+        other = subprocess.run([*PODMAN, "exec", name, "qtap", "pulse", "token", "create", "--data-dir",
+                                "/var/lib/pulse", "--team", "other"], capture_output=True, text=True, timeout=120)
+        assert other.returncode == 0, other.stderr
+        r = httpx.get(f"{url}/v1/query/top/endpoints", params=window,
+                      headers={"authorization": f"Bearer {other.stdout.split()[-1]}"}, timeout=30)
+        assert r.status_code == 200 and not [x for x in r.json() if x.get("path") == path], r.text
+        stop_cleanly(name)
+    finally:
+        subprocess.run([*PODMAN, "rm", "-f", name], capture_output=True, timeout=120)
+
+
+def chart_control_settings(port: int) -> str:
+    """The control plane's settings file exactly as the Helm chart renders it into its ConfigMap."""
+    r = subprocess.run(["bash", str(ROOT / "scripts" / "chart"), "helm", "template", "x",
+                        str(ROOT / "deploy" / "helm" / "qtap-async"), "--show-only", "templates/control.yaml",
+                        "--set", "control.enabled=true", "--set", f"control.port={port}",
+                        "--set", "control.cookieSecure=false"],
+                       capture_output=True, text=True, timeout=1800, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    cm = next(d for d in yaml.safe_load_all(r.stdout) if d and d["kind"] == "ConfigMap")
+    return str(cm["data"]["control.yaml"])
+
+
+def test_control_plane_runs_from_the_same_image(image: str, tmp_path: Path) -> None:
+    port = free_port()
+    settings = tmp_path / "settings"
+    settings.mkdir()
+    (settings / "control.yaml").write_text(chart_control_settings(port))
+    data = volume(tmp_path / "control")
+    mounts = ["-v", f"{settings}:/etc/qtap-control:ro", "-v", f"{data}:/var/lib/qtap-control"]
+    # Bootstrap the first admin and a token on the data volume, as docs/control.md says (no network).
+    user = subprocess.run([*PODMAN, "run", "--rm", "-i", *POD_FLAGS, *mounts, image, "control", "user", "create",
+                           "admin", "--role", "admin", "--team", "ops", "--password-stdin", "--data-dir",
+                           "/var/lib/qtap-control"], input="a long admin password\n", capture_output=True,
+                          text=True, timeout=300)
+    assert user.returncode == 0, user.stderr[-3000:]
+    made = subprocess.run([*PODMAN, "run", "--rm", *POD_FLAGS, *mounts, image, "control", "token", "create",
+                           "--user", "admin", "--data-dir", "/var/lib/qtap-control"], capture_output=True, text=True,
+                          timeout=300)
+    assert made.returncode == 0, made.stderr[-3000:]
+    token = made.stdout.split()[-1]
+    name = f"qtap-control-{uuid.uuid4().hex[:8]}"
+    # The chart's container: its args, its settings file, its volumes.
+    subprocess.run([*PODMAN, "run", "-d", "--name", name, "--network=host", *POD_FLAGS, *mounts, image, "control",
+                    "serve", "--config", "/etc/qtap-control/control.yaml", "--log-level", "info"],
+                   check=True, capture_output=True, timeout=120)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{url}/healthz", name, timeout=180)
+        r = httpx.get(f"{url}/readyz", timeout=10)
+        assert r.status_code == 200, r.text
+        assert httpx.get(f"{url}/api/v1/me", timeout=10).status_code == 401
+        r = httpx.get(f"{url}/api/v1/me", headers={"authorization": f"Bearer {token}"}, timeout=10)
+        assert r.status_code == 200, r.text
+        assert r.json()["user"] == "admin", r.json()
+        assert [(m["team"], m["role"]) for m in r.json()["memberships"]] == [("ops", "admin")], r.json()
+        r = httpx.post(f"{url}/api/v1/login", json={"username": "admin", "password": "a long admin password"},
+                       timeout=30)
+        assert r.status_code == 200, r.text
+        assert (data / "control.sqlite3").stat().st_uid == 65534  # the state is on the volume, as the pod's user
+        metrics = httpx.get(f"{url}/metrics", timeout=10)
+        assert metrics.status_code == 200 and "# TYPE" in metrics.text
+        stop_cleanly(name)
+    finally:
+        subprocess.run([*PODMAN, "rm", "-f", name], capture_output=True, timeout=120)
