@@ -174,7 +174,7 @@ def test_control_plane_on_sqlite(tools: None, tmp_path: Path) -> None:
     assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
     assert c["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                                     "capabilities": {"drop": ["ALL"]}}
-    assert c["env"] is None or not c["env"]  # SQLite, no SSO secret: nothing from a Secret
+    assert "env" not in c  # SQLite, no SSO secret: nothing from a Secret
     mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert volumes["data"]["persistentVolumeClaim"]["claimName"] == "x-qtap-async-control"

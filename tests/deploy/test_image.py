@@ -12,11 +12,13 @@ import subprocess
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import yaml
 
+from tests.control.conftest import Postgres
 from tests.integration.harness import free_port, start_http_server
 from tests.plugins.test_run_config import curl
 
@@ -179,45 +181,57 @@ def test_pulse_runs_from_the_same_image(image: str, tmp_path: Path) -> None:
         subprocess.run([*PODMAN, "rm", "-f", name], capture_output=True, timeout=120)
 
 
-def chart_control_settings(port: int) -> str:
-    """The control plane's settings file exactly as the Helm chart renders it into its ConfigMap."""
+def chart_control(port: int, *values: str) -> tuple[str, dict[str, Any]]:
+    """The control plane's settings file and container exactly as the Helm chart renders them."""
+    sets = [f"--set={v}" for v in ("control.enabled=true", f"control.port={port}", "control.cookieSecure=false",
+                                   *values)]
     r = subprocess.run(["bash", str(ROOT / "scripts" / "chart"), "helm", "template", "x",
-                        str(ROOT / "deploy" / "helm" / "qtap-async"), "--show-only", "templates/control.yaml",
-                        "--set", "control.enabled=true", "--set", f"control.port={port}",
-                        "--set", "control.cookieSecure=false"],
+                        str(ROOT / "deploy" / "helm" / "qtap-async"), "--show-only", "templates/control.yaml", *sets],
                        capture_output=True, text=True, timeout=1800, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-3000:]
-    cm = next(d for d in yaml.safe_load_all(r.stdout) if d and d["kind"] == "ConfigMap")
-    return str(cm["data"]["control.yaml"])
+    objs = {d["kind"]: d for d in yaml.safe_load_all(r.stdout) if d}
+    (container,) = objs["Deployment"]["spec"]["template"]["spec"]["containers"]
+    return str(objs["ConfigMap"]["data"]["control.yaml"]), container
 
 
-def test_control_plane_runs_from_the_same_image(image: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("store", ["sqlite", "postgresql"])
+def test_control_plane_runs_from_the_same_image(image: str, tmp_path: Path, store: str) -> None:
     port = free_port()
+    env: list[str] = []
+    pg: Postgres | None = None
+    if store == "postgresql":
+        settings_text, container = chart_control(port, "control.database.existingSecret=control-db")
+        # The variable the chart fills from the Secret's key `url`, set here as the kubelet would.
+        (var,) = [e["name"] for e in container["env"] if e["valueFrom"]["secretKeyRef"]["key"] == "url"]
+        pg = Postgres()
+        database = pg.new_database()
+        env = ["-e", f"{var}={database}"]
+    else:
+        settings_text, container = chart_control(port)
     settings = tmp_path / "settings"
     settings.mkdir()
-    (settings / "control.yaml").write_text(chart_control_settings(port))
+    (settings / "control.yaml").write_text(settings_text)
     data = volume(tmp_path / "control")
     mounts = ["-v", f"{settings}:/etc/qtap-control:ro", "-v", f"{data}:/var/lib/qtap-control"]
-    # Bootstrap the first admin and a token on the data volume, as docs/control.md says (no network).
-    user = subprocess.run([*PODMAN, "run", "--rm", "-i", *POD_FLAGS, *mounts, image, "control", "user", "create",
-                           "admin", "--role", "admin", "--team", "ops", "--password-stdin", "--data-dir",
-                           "/var/lib/qtap-control"], input="a long admin password\n", capture_output=True,
-                          text=True, timeout=300)
-    assert user.returncode == 0, user.stderr[-3000:]
-    made = subprocess.run([*PODMAN, "run", "--rm", *POD_FLAGS, *mounts, image, "control", "token", "create",
-                           "--user", "admin", "--data-dir", "/var/lib/qtap-control"], capture_output=True, text=True,
-                          timeout=300)
-    assert made.returncode == 0, made.stderr[-3000:]
-    token = made.stdout.split()[-1]
     name = f"qtap-control-{uuid.uuid4().hex[:8]}"
-    # The chart's container: its args, its settings file, its volumes.
-    subprocess.run([*PODMAN, "run", "-d", "--name", name, "--network=host", *POD_FLAGS, *mounts, image, "control",
-                    "serve", "--config", "/etc/qtap-control/control.yaml", "--log-level", "info"],
-                   check=True, capture_output=True, timeout=120)
-    url = f"http://127.0.0.1:{port}"
     try:
-        wait_http(f"{url}/healthz", name, timeout=180)
-        r = httpx.get(f"{url}/readyz", timeout=10)
+        # Bootstrap the first admin and a token in the store, as docs/control.md says (no network needed).
+        user = subprocess.run([*PODMAN, "run", "--rm", "-i", "--network=host", *POD_FLAGS, *env, *mounts, image,
+                               "control", "user", "create", "admin", "--role", "admin", "--team", "ops",
+                               "--password-stdin", "--data-dir", "/var/lib/qtap-control"],
+                              input="a long admin password\n", capture_output=True, text=True, timeout=300)
+        assert user.returncode == 0, user.stderr[-3000:]
+        made = subprocess.run([*PODMAN, "run", "--rm", "--network=host", *POD_FLAGS, *env, *mounts, image, "control",
+                               "token", "create", "--user", "admin", "--data-dir", "/var/lib/qtap-control"],
+                              capture_output=True, text=True, timeout=300)
+        assert made.returncode == 0, made.stderr[-3000:]
+        token = made.stdout.split()[-1]
+        # The chart's container: its args, its settings file, its volumes, its environment.
+        subprocess.run([*PODMAN, "run", "-d", "--name", name, "--network=host", *POD_FLAGS, *env, *mounts, image,
+                        *container["args"]], check=True, capture_output=True, timeout=120)
+        url = f"http://127.0.0.1:{port}"
+        wait_http(f"{url}{container['livenessProbe']['httpGet']['path']}", name, timeout=180)
+        r = httpx.get(f"{url}{container['readinessProbe']['httpGet']['path']}", timeout=10)
         assert r.status_code == 200, r.text
         assert httpx.get(f"{url}/api/v1/me", timeout=10).status_code == 401
         r = httpx.get(f"{url}/api/v1/me", headers={"authorization": f"Bearer {token}"}, timeout=10)
@@ -227,9 +241,18 @@ def test_control_plane_runs_from_the_same_image(image: str, tmp_path: Path) -> N
         r = httpx.post(f"{url}/api/v1/login", json={"username": "admin", "password": "a long admin password"},
                        timeout=30)
         assert r.status_code == 200, r.text
-        assert (data / "control.sqlite3").stat().st_uid == 65534  # the state is on the volume, as the pod's user
         metrics = httpx.get(f"{url}/metrics", timeout=10)
         assert metrics.status_code == 200 and "# TYPE" in metrics.text
+        if pg is None:
+            assert (data / "control.sqlite3").stat().st_uid == 65534  # on the volume, as the pod's user
+        else:
+            import psycopg
+
+            assert not list(data.iterdir())  # the state is in PostgreSQL, the data directory stays empty
+            with psycopg.connect(database) as c:
+                assert c.execute("SELECT name FROM users").fetchall() == [("admin",)]
         stop_cleanly(name)
     finally:
         subprocess.run([*PODMAN, "rm", "-f", name], capture_output=True, timeout=120)
+        if pg is not None:
+            pg.stop()
