@@ -98,9 +98,9 @@ def test_secrets_reach_the_agent_through_env(tools: None, tmp_path: Path) -> Non
     ("agent.privilegd=true", "privilegd"),
     ("image.pullPolicy=Sometimes", "pullPolicy"),
     # The database URL carries a password: it goes to a Secret, never into the settings ConfigMap.
-    ("control.settings.database_url=postgresql://u:p@db/c", "database_url"),
-    ("control.database.url=mysql://u:p@db/c", "url"),
-    ("control.oidc.groupRoles[0].role=root", "role"),
+    ("control.settings.database_url=postgresql://u:p@db/c", "/control/settings/database_url"),
+    ("control.database.url=mysql://u:p@db/c", "/control/database/url"),
+    ("control.oidc.groupRoles[0].role=root", "/control/oidc/groupRoles/0/role"),
 ])
 def test_schema_refuses_bad_values(tools: None, setting: str, why: str) -> None:
     r = chart("helm", "lint", "--strict", str(CHART), "--set", setting, check=False)
