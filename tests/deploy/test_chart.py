@@ -244,3 +244,41 @@ def test_control_plane_sqlite_refuses_several_replicas(tools: None) -> None:
               check=False)
     assert r.returncode != 0
     assert "control.replicas > 1 needs control.database" in r.stderr
+
+
+def test_agents_join_the_charts_control_plane(tools: None, tmp_path: Path) -> None:
+    objs = render_valid(tmp_path, "-f", str(ROOT / "deploy/helm/ci-values/full.yaml"))
+    pod = objs[("DaemonSet", "x-qtap-async-agent")]["spec"]["template"]["spec"]
+    (agent,) = pod["containers"]
+    args = agent["args"]
+    # The config comes from the control plane's Service, not from the ConfigMap.
+    assert args[args.index("--control") + 1] == "http://x-qtap-async-control:8429"
+    svc = objs[("Service", "x-qtap-async-control")]["spec"]
+    assert svc["ports"][0]["port"] == 8429
+    assert "--config" not in args
+    assert args[args.index("--control-state") + 1] == "/var/lib/qtap/control"
+    env = {e["name"]: e for e in agent["env"]}
+    assert env["QTAP_REGISTRATION_TOKEN"]["valueFrom"]["secretKeyRef"] == {
+        "name": "x-qtap-async-registration", "key": "registration-token"}
+    assert objs[("Secret", "x-qtap-async-registration")]["stringData"] == {
+        "registration-token": "qcr_example_registration"}
+    mounts = {m["name"]: m["mountPath"] for m in agent["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert mounts["control-state"] == "/var/lib/qtap/control"
+    assert volumes["control-state"]["hostPath"] == {"path": "/var/lib/qtap-async/control", "type": "DirectoryOrCreate"}
+    # The flags are ones `qtap run` knows (typer refuses unknown options before anything starts).
+    help_text = subprocess.run([sys.executable, "-m", "cli.main", "run", "--help"], capture_output=True, text=True,
+                               cwd=ROOT, timeout=120, env={**os.environ, "COLUMNS": "200"}).stdout
+    assert "--control " in help_text and "--control-state" in help_text and "QTAP_REGISTRATION_TOKEN" in help_text
+
+
+def test_agents_join_an_external_control_plane(tools: None, tmp_path: Path) -> None:
+    objs = render_valid(tmp_path, "--set", "agent.control.enabled=true", "--set",
+                        "agent.control.url=https://control.example", "--set", "agent.control.existingSecret=reg")
+    (agent,) = objs[("DaemonSet", "x-qtap-async-agent")]["spec"]["template"]["spec"]["containers"]
+    assert agent["args"][agent["args"].index("--control") + 1] == "https://control.example"
+    env = {e["name"]: e for e in agent["env"]}
+    assert env["QTAP_REGISTRATION_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "reg", "key": "registration-token"}
+    assert not [k for k in objs if k[0] == "Secret" and "registration" in k[1]]
+    r = chart("helm", "template", "x", str(CHART), "--set", "agent.control.enabled=true", check=False)
+    assert r.returncode != 0 and "agent.control.enabled needs agent.control.url or control.enabled" in r.stderr

@@ -118,3 +118,18 @@ secret are not in it: they reach the pod as environment variables from Secrets. 
 {{- end -}}
 {{- toYaml (mustMergeOverwrite $s (deepCopy $c.settings)) -}}
 {{- end -}}
+
+{{- define "qtap.agentRegistrationSecret" -}}
+{{- .Values.agent.control.existingSecret | default (printf "%s-registration" (include "qtap.fullname" .)) -}}
+{{- end -}}
+
+{{/* The control plane agents join: agent.control.url, else the chart's own control Service. */}}
+{{- define "qtap.agentControlUrl" -}}
+{{- if .Values.agent.control.url -}}
+{{- .Values.agent.control.url -}}
+{{- else if .Values.control.enabled -}}
+{{- printf "http://%s-control:%d" (include "qtap.fullname" .) (int .Values.control.port) -}}
+{{- else -}}
+{{- fail "agent.control.enabled needs agent.control.url or control.enabled" -}}
+{{- end -}}
+{{- end -}}
