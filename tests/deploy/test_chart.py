@@ -49,6 +49,8 @@ def test_rendered_daemonset(tools: None) -> None:
     pod = ds["spec"]["template"]["spec"]
     assert pod["hostPID"] is True
     assert pod["tolerations"] == [{"operator": "Exists"}]
+    # The agent's stop (drain, flush, detach every probe) gets as long as systemd gives it (TimeoutStopSec=60s).
+    assert pod["terminationGracePeriodSeconds"] == 60
     (agent,) = pod["containers"]
     assert agent["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert agent["livenessProbe"]["httpGet"]["path"] == "/healthz"

@@ -118,13 +118,17 @@ def wait_http(url: str, name: str, timeout: float = 120) -> None:
     pytest.fail(f"{url} did not answer 200:\n{logs.stdout[-2000:]}\n{logs.stderr[-3000:]}")
 
 
-def stop_cleanly(name: str) -> None:
-    stop = subprocess.run([*PODMAN, "stop", "-t", "30", name], capture_output=True, text=True, timeout=120)
+def stop_cleanly(name: str, grace_s: int = 30) -> None:
+    """SIGTERM, then SIGKILL after ``grace_s`` (the pod's terminationGracePeriodSeconds): it must exit 0 before."""
+    t0 = time.monotonic()
+    stop = subprocess.run([*PODMAN, "stop", "-t", str(grace_s), name], capture_output=True, text=True,
+                          timeout=grace_s + 120)
+    took = time.monotonic() - t0
     assert stop.returncode == 0, stop.stderr
     code = subprocess.run([*PODMAN, "inspect", name, "--format", "{{.State.ExitCode}}"], capture_output=True,
                           text=True, timeout=60)
     logs = subprocess.run([*PODMAN, "logs", name], capture_output=True, text=True, timeout=60)
-    assert code.stdout.strip() == "0", logs.stderr[-2000:]
+    assert code.stdout.strip() == "0", f"exit {code.stdout.strip()} after {took:.0f} s\n{logs.stderr[-2000:]}"
 
 
 def test_pulse_runs_from_the_same_image(image: str, tmp_path: Path) -> None:
@@ -256,3 +260,105 @@ def test_control_plane_runs_from_the_same_image(image: str, tmp_path: Path, stor
         subprocess.run([*PODMAN, "rm", "-f", name], capture_output=True, timeout=120)
         if pg is not None:
             pg.stop()
+
+
+CONTROLLED_CONFIG = """
+version: 2
+services:
+  event_stores: [{type: stdout}]
+  object_stores: [{type: disabled}]
+stacks:
+  default:
+    plugins:
+      - type: http_capture
+        config: {level: summary, format: json}
+tap:
+  direction: all
+  http: {stack: default}
+"""
+
+
+def test_agent_from_the_image_joins_the_charts_control_plane(image: str, tmp_path: Path) -> None:
+    """The DaemonSet's container with agent.control on (its args, its registration-token variable, its state
+    directory on the node) against the control plane's container: the agent registers, runs the version the
+    control plane activates, and keeps its identity across a restart."""
+    cport, sport = free_port(), free_port()
+    r = subprocess.run(["bash", str(ROOT / "scripts" / "chart"), "helm", "template", "x",
+                        str(ROOT / "deploy" / "helm" / "qtap-async"), "--show-only", "templates/daemonset.yaml",
+                        "--set", "agent.control.enabled=true", "--set", f"agent.control.url=http://127.0.0.1:{cport}",
+                        "--set", "agent.control.existingSecret=reg", "--set", f"agent.statusPort={sport}"],
+                       capture_output=True, text=True, timeout=1800, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ds = next(d for d in yaml.safe_load_all(r.stdout) if d)
+    grace = int(ds["spec"]["template"]["spec"]["terminationGracePeriodSeconds"])
+    (agent,) = ds["spec"]["template"]["spec"]["containers"]
+    state_path = {m["name"]: m["mountPath"] for m in agent["volumeMounts"]}["control-state"]
+    settings_text, control = chart_control(cport)
+    settings = tmp_path / "settings"
+    settings.mkdir()
+    (settings / "control.yaml").write_text(settings_text)
+    data = volume(tmp_path / "control")
+    node_state = tmp_path / "node-state"  # the hostPath on the node
+    node_state.mkdir()
+    cmounts = ["-v", f"{settings}:/etc/qtap-control:ro", "-v", f"{data}:/var/lib/qtap-control"]
+
+    def control_cli(*args: str, stdin: str | None = None) -> str:
+        p = subprocess.run([*PODMAN, "run", "--rm", "-i", *POD_FLAGS, *cmounts, image, "control", *args,
+                            "--data-dir", "/var/lib/qtap-control"], input=stdin, capture_output=True, text=True,
+                           timeout=300)
+        assert p.returncode == 0, p.stderr[-3000:]
+        return p.stdout.split()[-1]
+
+    control_cli("user", "create", "admin", "--role", "admin", "--team", "ops", "--password-stdin",
+                stdin="a long admin password\n")
+    token = control_cli("token", "create", "--user", "admin")
+    registration = control_cli("registration-token", "create", "--team", "ops")
+    cname, aname = f"qtap-control-{uuid.uuid4().hex[:8]}", f"qtap-agent-{uuid.uuid4().hex[:8]}"
+    env_var = next(e["name"] for e in agent["env"] if e.get("valueFrom", {}).get("secretKeyRef", {}).get("key")
+                   == "registration-token")
+    agent_cmd = [*PODMAN, "run", "-d", "--name", aname, *RUN_FLAGS, "-v", f"{node_state}:{state_path}",
+                 "-e", f"{env_var}={registration}", image, *agent["args"]]
+    try:
+        subprocess.run([*PODMAN, "run", "-d", "--name", cname, "--network=host", *POD_FLAGS, *cmounts, image,
+                        *control["args"]], check=True, capture_output=True, timeout=120)
+        url = f"http://127.0.0.1:{cport}"
+        wait_http(f"{url}/readyz", cname, timeout=180)
+        admin = httpx.Client(base_url=url, headers={"authorization": f"Bearer {token}"}, timeout=30)
+        posted = admin.post("/api/v1/configs", content=CONTROLLED_CONFIG.encode(), params={"activate": "true"},
+                            headers={"content-type": "application/yaml"})
+        assert posted.status_code == 201, posted.text
+        version = int(posted.json()["version"])
+        subprocess.run(agent_cmd, check=True, capture_output=True, timeout=120)
+
+        def agents() -> list[dict[str, Any]]:
+            got = admin.get("/api/v1/agents")
+            assert got.status_code == 200, got.text
+            return list(got.json())
+
+        def wait_running(what: str) -> list[dict[str, Any]]:
+            deadline = time.monotonic() + 180
+            seen = agents()
+            while time.monotonic() < deadline and not (seen and seen[0]["running_version"] == version):
+                time.sleep(1)
+                seen = agents()
+            logs = subprocess.run([*PODMAN, "logs", aname], capture_output=True, text=True, timeout=60)
+            assert seen and seen[0]["running_version"] == version, f"{what}: {seen}\n{logs.stderr[-3000:]}"
+            return seen
+
+        first = wait_running("the agent to register and run the activated version")
+        assert len(first) == 1 and first[0]["state"] == "online"
+        identity = node_state / "identity.json"
+        assert identity.exists() and identity.stat().st_mode & 0o777 == 0o600
+        wait_http(f"http://127.0.0.1:{sport}{agent['readinessProbe']['httpGet']['path']}", aname, timeout=180)
+        # Rescheduled on the same node: the identity on the node is reused, no second registration.
+        stop_cleanly(aname, grace)
+        subprocess.run([*PODMAN, "rm", "-f", aname], capture_output=True, timeout=120)
+        subprocess.run(agent_cmd, check=True, capture_output=True, timeout=120)
+        wait_http(f"http://127.0.0.1:{sport}/healthz", aname, timeout=180)
+        again = wait_running("the restarted agent to report")
+        assert [a["id"] for a in again] == [first[0]["id"]]
+        stop_cleanly(aname, grace)
+        stop_cleanly(cname)
+    finally:
+        for name in (aname, cname):
+            subprocess.run([*PODMAN, "rm", "-f", name], capture_output=True, timeout=120)
