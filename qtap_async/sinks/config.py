@@ -143,7 +143,9 @@ class PulseEventStore(_Store, frozen=True, tag="pulse"):
     timeout: Annotated[float, msgspec.Meta(gt=0)] = 10.0
 
 
-EventStoreConfig = StdoutEventStore | KafkaEventStore | PulseEventStore | DisabledEventStore
+from qtap_async.sinks.otel import OtelEventStore  # noqa: E402 - it subclasses _Store, defined above
+
+EventStoreConfig = StdoutEventStore | KafkaEventStore | PulseEventStore | OtelEventStore | DisabledEventStore
 
 
 # ------------------------------------------------------------------------------------------ object stores
