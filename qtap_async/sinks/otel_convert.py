@@ -418,10 +418,10 @@ class Converter:
             host = e.host or e.domain or (e.dst_ip if not server else "")
         if not port:
             port = e.dst_port
+        c = wire.attr_c
         attrs = [
-            _as("http.request.method", method if method in KNOWN_METHODS else "_OTHER"),
-            _as("url.scheme", e.scheme or ("https" if e.tls else "http")),
-            _as("network.protocol.name", "http"),
+            c("http.request.method", method if method in KNOWN_METHODS else "_OTHER"),
+            c("url.scheme", e.scheme or ("https" if e.tls else "http")),
         ]
         if method and method not in KNOWN_METHODS:
             attrs.append(_as("http.request.method_original", method))
@@ -430,24 +430,22 @@ class Converter:
         if query:
             attrs.append(_as("url.query", query))  # masked by http_capture: names only, values hidden
         if host:
-            attrs.append(_as("server.address", host))
+            attrs.append(c("server.address", host))
         if port:
-            attrs.append(_ai("server.port", port))
+            attrs.append(c("server.port", port))
         version = protocol_version(e.protocol)
-        if version:
-            attrs.append(_as("network.protocol.version", version))
-        if server:
-            attrs.append(_as("client.address", e.src_ip))
+        if version:  # (network.protocol.name is "http" by default: not written)
+            attrs.append(c("network.protocol.version", version))
+        if server:  # the peer is the client: client.* says it (network.peer.* would repeat it)
+            attrs.append(c("client.address", e.src_ip))
             attrs.append(_ai("client.port", e.src_port))
-            attrs.append(_as("network.peer.address", e.src_ip))
-            attrs.append(_ai("network.peer.port", e.src_port))
         else:
-            attrs.append(_as("network.peer.address", e.dst_ip))
-            attrs.append(_ai("network.peer.port", e.dst_port))
+            attrs.append(c("network.peer.address", e.dst_ip))
+            attrs.append(c("network.peer.port", e.dst_port))
         if route:
-            attrs.append(_as("http.route", route))
+            attrs.append(c("http.route", route))
         if e.status is not None:
-            attrs.append(_ai("http.response.status_code", e.status))
+            attrs.append(c("http.response.status_code", e.status))
         attrs.append(_ai("http.request.body.size", e.request_body_size))
         attrs.append(_ai("http.response.body.size", e.response_body_size))
         error = error_type(e)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import struct
 
-__all__ = ["attr_b", "attr_i", "attr_s", "attr_strs", "field", "log_record", "request", "span", "varint"]
+__all__ = ["attr_b", "attr_c", "attr_i", "attr_s", "attr_strs", "field", "log_record", "request", "span", "varint"]
 
 _V1 = [bytes((i,)) for i in range(128)]
 _Q = struct.Struct("<Q")
@@ -23,6 +23,8 @@ _KEYS: dict[str, bytes] = {}  # attribute name -> its encoded KeyValue.key field
 def varint(n: int) -> bytes:
     if 0 <= n < 128:
         return _V1[n]
+    if 0 < n < 16384:  # ports, pids, small sizes: two bytes, no loop
+        return bytes(((n & 127) | 128, n >> 7))
     if n < 0:
         n += 1 << 64  # int64: two's complement, ten bytes
     out = bytearray()
@@ -60,6 +62,21 @@ def attr_i(name: str, value: int) -> bytes:
     k = _KEYS.get(name) or _key(name)
     v = varint(value)
     return k + b"\x12" + _V1[len(v) + 1] + b"\x18" + v
+
+
+_CACHE: dict[tuple[str, str | int], bytes] = {}
+
+
+def attr_c(name: str, value: str | int) -> bytes:
+    """``attr_s``/``attr_i`` for values that repeat (methods, statuses, hosts, ports, routes): encoded once,
+    then looked up. The cache is bounded; past its size it starts again."""
+    key = (name, value)
+    hit = _CACHE.get(key)
+    if hit is None:
+        if len(_CACHE) >= 8192:
+            _CACHE.clear()
+        hit = _CACHE[key] = attr_i(name, value) if isinstance(value, int) else attr_s(name, value)
+    return hit
 
 
 def attr_b(name: str, value: bool) -> bytes:
