@@ -263,3 +263,18 @@ async def test_check_names_the_endpoint_when_nothing_listens(collector: Collecto
     runner = build_event_runner(store(endpoint, protocol=protocol, timeout=2.0))
     with pytest.raises(SinkError, match=str(collector.grpc_port if protocol == "grpc" else collector.http_port)):
         await runner.start()
+
+
+def test_the_docs_config_loads_with_an_otel_store() -> None:
+    import re
+
+    from qtap_async.config import loads_config
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "otel.md").read_text()
+    blocks = [b for b in re.findall(r"```yaml\n(.*?)```", doc, re.S) if b.startswith("version: 2")]
+    assert blocks
+    for text in blocks:
+        config = loads_config(text, "docs/otel.md")
+        store = config.services.event_stores[0]
+        assert store.type == "otel" and isinstance(store.options, OtelEventStore)
+        assert store.options.routes == ["/api/v1/users/{id}", "/static/*"]
