@@ -196,6 +196,20 @@ class OtelEventSink:
         return out
 
 
+def _port_of(endpoint: str, protocol: str) -> int:
+    """The endpoint's port (the scheme's, or gRPC's 443, when it names none)."""
+    from urllib.parse import urlsplit
+
+    url = urlsplit(endpoint if "://" in endpoint else f"//{endpoint}")
+    try:
+        port = url.port
+    except ValueError:
+        port = None
+    if port:
+        return port
+    return 80 if url.scheme == "http" else 443
+
+
 def build_otel_sink(cfg: OtelEventStore, name: str) -> OtelEventSink:
     """The sink for an ``otel`` store config; header secrets are resolved here (ConfigError when missing)."""
     headers = {k: resolve(v, f"event store {name}: headers.{k}") or "" for k, v in cfg.headers.items()}
@@ -206,6 +220,6 @@ def build_otel_sink(cfg: OtelEventStore, name: str) -> OtelEventSink:
         HttpTransport(cfg.endpoint, headers=headers, compression=compression, timeout=timeout, ca_file=cfg.ca_file,
                       insecure=cfg.insecure, name=name))
     converter = Converter(routes=RouteMatcher(cfg.routes, cfg.route_heuristic), traces=cfg.traces, logs=cfg.logs,
-                          resource_attributes=cfg.resource_attributes)
+                          resource_attributes=cfg.resource_attributes, own_port=_port_of(cfg.endpoint, cfg.protocol))
     metrics = RedMetrics(converter, max_series=cfg.max_series) if cfg.metrics else None
     return OtelEventSink(transport, converter, metrics=metrics, metrics_interval=cfg.metrics_interval, name=name)

@@ -37,6 +37,7 @@ _TAG = re.compile(rb'\{\s*"type"\s*:\s*"([a-z_]+)"')
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"})
 # gRPC codes that make a server span an error (semantic conventions for RPC: the server's fault).
 _GRPC_SERVER_ERRORS = frozenset({2, 4, 12, 13, 14, 15})
+_OTLP_PATHS = ("/v1/traces", "/v1/metrics", "/v1/logs", "/opentelemetry.proto.collector.")
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 _SPAN_FLAGS_HAS_IS_REMOTE = 0x100
 _SPAN_FLAGS_IS_REMOTE = 0x200
@@ -294,8 +295,12 @@ class Converter:
 
     def __init__(self, *, routes: RouteMatcher, traces: bool = True, logs: bool = True,
                  resource_attributes: dict[str, str] | None = None, host_name: str | None = None,
-                 max_resources: int = 4096) -> None:
+                 max_resources: int = 4096, own_port: int = 0) -> None:
         self.routes = routes
+        # The port this store exports to: the receiver's side of our own exports is captured too (the
+        # agent skips only its own process), and each export would become a span in the next export,
+        # round and round. Those transactions are skipped (counted as "own_export").
+        self.own_port = own_port
         self.traces = traces
         self.logs = logs
         self.host_name = host_name or socket.gethostname()
@@ -398,6 +403,10 @@ class Converter:
 
     # ----------------------------------------------------------------------------------------- spans
     def _http(self, e: HttpRead, index: int, out: Converted) -> None:
+        if e.dst_port == self.own_port and e.path is not None and (
+                e.path.startswith(_OTLP_PATHS)) and e.direction == "ingress":
+            out.skipped["own_export"] = out.skipped.get("own_export", 0) + 1
+            return
         out.transactions.append(e)
         if not self.traces:
             return

@@ -132,3 +132,11 @@ def test_http_capture_passes_the_trace_context_on(headers: list[tuple[str, str]]
 def test_a_redacted_traceparent_is_not_passed_on() -> None:
     headers = [("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")]
     assert _exchange(headers, Redactor(headers=["traceparent"])).traceparent == ""
+
+
+def test_the_receivers_side_of_our_own_exports_is_not_exported() -> None:
+    conv = Converter(routes=RouteMatcher([]), own_port=4318)
+    out = conv.convert([to_record(http_event(0, path="/v1/traces", method="POST", dst_port=4318)).value,
+                        to_record(http_event(1, path="/v1/traces", method="POST", dst_port=8080)).value,
+                        to_record(http_event(2, path="/users", dst_port=4318)).value])
+    assert out.skipped == {"own_export": 1} and len(out.transactions) == 2
