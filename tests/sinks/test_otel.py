@@ -27,6 +27,7 @@ from tests.sinks.otel_collector import Collector, collector_binary, latest_point
 
 pytestmark = pytest.mark.timeout(240)
 
+OUTAGE_S = 30  # as long as the Kafka and S3 outage tests' (tests/sinks/test_outage.py)
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 PARENT_ID = "b7ad6b7169203331"
 T0 = "2026-12-02T15:00:00.250000Z"
@@ -204,9 +205,10 @@ async def test_collector_down_then_up_loses_nothing(collector: Collector, tmp_pa
 
     await flow(1.5)
     collector.stop()
-    await flow(8.0)  # the Collector is down meanwhile
+    await flow(OUTAGE_S)  # the Collector is down meanwhile
     during = runner.stats()
     assert during["qtap_sink_up"] == 0 and during["qtap_sink_spooled_events_total"] > 0
+    assert during["qtap_sink_spool_depth_events"] > 0 and during["qtap_sink_dropped_events_total"] == 0
     assert during["qtap_otel_metric_export_errors_total"] > 0
     collector.start()
     await flow(1.5)
@@ -216,7 +218,8 @@ async def test_collector_down_then_up_loses_nothing(collector: Collector, tmp_pa
     assert stats["qtap_sink_dropped_events_total"] == 0
     assert stats["qtap_sink_unspooled_events_total"] == stats["qtap_sink_spooled_events_total"] > 0
     assert stats["qtap_sink_delivered_events_total"] == sent
-    spans = collector.wait_for("spans", lambda s: len({x["attrs"]["qtap.transaction.id"] for x in s}) >= sent)
+    spans = collector.wait_for("spans", lambda s: len({x["attrs"]["qtap.transaction.id"] for x in s}) >= sent,
+                               timeout=60)
     assert {x["attrs"]["qtap.transaction.id"] for x in spans} == {f"tx{i}" for i in range(sent)}
     assert len(spans) == sent  # retries never sent a span twice
     points = latest_points(collector.wait_for("metrics", lambda p: sum(
