@@ -43,7 +43,7 @@ def event(i: int) -> HttpTransactionEvent:
     return HttpTransactionEvent(
         id=f"b-{i}-tx", ts="2026-12-02T15:00:00.250000Z", conn_id=1 + i % 64,
         direction="ingress" if i % 2 else "egress",
-        tls=False, src_ip="10.0.0.1", src_port=40000 + i % 1000, dst_ip="10.0.0.2", dst_port=8080, pid=4242,
+        tls=False, src_ip="10.0.0.1", src_port=40000 + i % 64, dst_ip="10.0.0.2", dst_port=8080, pid=4242,
         exe="/usr/local/bin/api", comm="api", container_id="c" * 64, container_name="api", pod_name="api-1",
         pod_namespace="shop", protocol="http/1.1", method="GET", scheme="http", authority="api:8080", host="api",
         path=f"/api/v1/items/{i % 500}?q=[masked]", status=200 if i % 10 else 503, request_body_size=0,

@@ -308,6 +308,7 @@ class Converter:
         self.max_resources = max_resources
         self._resources: dict[tuple[str, ...], Resource] = {}
         self._resource_bytes: dict[tuple[str, ...], bytes] = {}
+        self._conn_cache: dict[tuple[object, ...], bytes] = {}
         self._decoders: dict[bytes, tuple[msgspec.json.Decoder[object], Callable[..., None]]] = {
             b"http_transaction": (msgspec.json.Decoder(HttpRead), self._http),
             b"connection": (msgspec.json.Decoder(_ConnRead), self._conn),
@@ -422,35 +423,14 @@ class Converter:
         method = e.method or ""
         path, query = split_path(e.path)
         route = self.routes.route(path) if path else ""
-        host, port = _host_port(e.authority)
-        if not host:
-            host = e.host or e.domain or (e.dst_ip if not server else "")
-        if not port:
-            port = e.dst_port
         c = wire.attr_c
-        attrs = [
-            c("http.request.method", method if method in KNOWN_METHODS else "_OTHER"),
-            c("url.scheme", e.scheme or ("https" if e.tls else "http")),
-        ]
+        attrs = [c("http.request.method", method if method in KNOWN_METHODS else "_OTHER")]
         if method and method not in KNOWN_METHODS:
             attrs.append(_as("http.request.method_original", method))
         if path:
             attrs.append(_as("url.path", path))
         if query:
             attrs.append(_as("url.query", query))  # masked by http_capture: names only, values hidden
-        if host:
-            attrs.append(c("server.address", host))
-        if port:
-            attrs.append(c("server.port", port))
-        version = protocol_version(e.protocol)
-        if version:  # (network.protocol.name is "http" by default: not written)
-            attrs.append(c("network.protocol.version", version))
-        if server:  # the peer is the client: client.* says it (network.peer.* would repeat it)
-            attrs.append(c("client.address", e.src_ip))
-            attrs.append(_ai("client.port", e.src_port))
-        else:
-            attrs.append(c("network.peer.address", e.dst_ip))
-            attrs.append(c("network.peer.port", e.dst_port))
         if route:
             attrs.append(c("http.route", route))
         if e.status is not None:
@@ -474,7 +454,6 @@ class Converter:
             attrs.append(_as("qtap.transaction.id", e.transaction_id))
         if e.object_digest:
             attrs.append(_as("qtap.object.digest", e.object_digest))
-        attrs.append(_ai("qtap.conn_id", e.conn_id))
         rnd = self._rand.getrandbits
         parent = parse_traceparent(e.traceparent) if e.traceparent else None
         if parent is not None:
@@ -484,8 +463,42 @@ class Converter:
             trace_id, parent_id, flags = rnd(128).to_bytes(16, "big"), b"", 0x01 | _SPAN_FLAGS_HAS_IS_REMOTE
         span_id = (rnd(64) | 1).to_bytes(8, "big")  # never all zero (invalid)
         return wire.span(trace_id=trace_id, span_id=span_id, parent_span_id=parent_id, flags=flags, name=name,
-                         kind=kind, start=start, end=end, attributes=attrs,
+                         kind=kind, start=start, end=end, attributes=attrs, encoded=self._conn_attrs(e, server),
                          status_code=Status.STATUS_CODE_ERROR if error else 0, status_message=error)
+
+    def _conn_attrs(self, e: HttpRead, server: bool) -> bytes:
+        """The attributes every transaction of a connection shares (scheme, server, peer, version), encoded
+        once per connection and authority: most connections carry many transactions."""
+        key = (e.conn_id, e.src_port, e.authority, e.scheme, e.protocol, e.direction)
+        hit = self._conn_cache.get(key)
+        if hit is not None:
+            return hit
+        c = wire.attr_c
+        host, port = _host_port(e.authority)
+        if not host:
+            host = e.host or e.domain or (e.dst_ip if not server else "")
+        if not port:
+            port = e.dst_port
+        attrs = [c("url.scheme", e.scheme or ("https" if e.tls else "http"))]
+        if host:
+            attrs.append(c("server.address", host))
+        if port:
+            attrs.append(c("server.port", port))
+        version = protocol_version(e.protocol)
+        if version:  # (network.protocol.name is "http" by default: not written)
+            attrs.append(c("network.protocol.version", version))
+        if server:  # the peer is the client: client.* says it (network.peer.* would repeat it)
+            attrs.append(c("client.address", e.src_ip))
+            attrs.append(_ai("client.port", e.src_port))
+        else:
+            attrs.append(c("network.peer.address", e.dst_ip))
+            attrs.append(c("network.peer.port", e.dst_port))
+        attrs.append(_ai("qtap.conn_id", e.conn_id))
+        hit = wire.wrap_span_attributes(attrs)
+        if len(self._conn_cache) >= 4096:
+            self._conn_cache.clear()
+        self._conn_cache[key] = hit
+        return hit
 
     # ------------------------------------------------------------------------------------------- logs
     def _add_log(self, key: tuple[str, ...], rec: bytes, index: int, out: Converted) -> None:

@@ -78,21 +78,35 @@ class RedMetrics:
         self.start_ns = time.time_ns()
         # (resource key, is_server) -> attribute values -> series
         self._series: dict[tuple[tuple[str, ...], bool], dict[tuple[str | int, ...], _Series]] = {}
+        self._conns: dict[tuple[object, ...], tuple[tuple[tuple[str, ...], bool], str, str, str]] = {}
         self.count = 0
         self.folded = 0  # observations that went to a folded series (route/address "other" or overflow)
         self.observed = 0
 
+    def _conn(self, e: HttpRead) -> tuple[tuple[tuple[str, ...], bool], str, str, str]:
+        """What every transaction of a connection shares: the series group (service, side), server address,
+        scheme and protocol version; worked out once per connection."""
+        key = (e.conn_id, e.src_port, e.authority, e.scheme, e.protocol, e.direction, e.pid)
+        hit = self._conns.get(key)
+        if hit is None:
+            server = e.direction == "ingress"
+            host, _ = host_port(e.authority)
+            hit = ((self.converter.resource_key(e, with_pid=False), server),
+                   host or e.host or e.domain or (e.dst_ip if not server else ""),
+                   e.scheme or ("https" if e.tls else "http"), protocol_version(e.protocol))
+            if len(self._conns) >= 4096:
+                self._conns.clear()
+            self._conns[key] = hit
+        return hit
+
     def observe(self, e: HttpRead) -> None:
-        server = e.direction == "ingress"
+        rkey, host, scheme, version = self._conn(e)
+        server = rkey[1]
         method = e.method or ""
         path = (e.path or "").partition("?")[0]
         route = self.converter.routes.route(path) if path else ""
-        host, _ = host_port(e.authority)
-        attrs: tuple[str | int, ...] = (
-            method if method in KNOWN_METHODS else "_OTHER", e.status or 0, route,
-            host or e.host or e.domain or (e.dst_ip if not server else ""), e.scheme or ("https" if e.tls else "http"),
-            protocol_version(e.protocol), error_type(e))
-        rkey = (self.converter.resource_key(e, with_pid=False), server)
+        attrs: tuple[str | int, ...] = (method if method in KNOWN_METHODS else "_OTHER", e.status or 0, route, host,
+                                        scheme, version, error_type(e))
         group = self._series.get(rkey)
         series = group.get(attrs) if group is not None else None
         if series is None:

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import struct
 
-__all__ = ["attr_b", "attr_c", "attr_i", "attr_s", "attr_strs", "field", "log_record", "request", "span", "varint"]
+__all__ = ["attr_b", "attr_c", "attr_i", "attr_s", "attr_strs", "field", "log_record", "request", "span", "varint",
+           "wrap_span_attributes"]
 
 _V1 = [bytes((i,)) for i in range(128)]
 _Q = struct.Struct("<Q")
@@ -88,10 +89,17 @@ def attr_strs(name: str, values: list[str]) -> bytes:
     return _key(name) + field(b"\x12", field(b"\x2a", items))
 
 
+def wrap_span_attributes(attributes: list[bytes]) -> bytes:
+    """Encoded KeyValues as a span's attribute fields (to pass as ``span(encoded=...)``)."""
+    return b"".join([b"\x4a" + _V1[len(a)] + a if len(a) < 128 else field(b"\x4a", a) for a in attributes])
+
+
 def span(*, trace_id: bytes, span_id: bytes, parent_span_id: bytes, flags: int, name: str, kind: int, start: int,
-         end: int, attributes: list[bytes], status_code: int = 0, status_message: str = "") -> bytes:
+         end: int, attributes: list[bytes], encoded: bytes = b"", status_code: int = 0,
+         status_message: str = "") -> bytes:
     """Span{1 trace_id, 2 span_id, 4 parent_span_id, 5 name, 6 kind, 7 start fixed64, 8 end fixed64,
-    9 attributes, 15 status{2 message, 3 code}, 16 flags fixed32}."""
+    9 attributes, 15 status{2 message, 3 code}, 16 flags fixed32}. ``encoded`` holds more attributes,
+    already wrapped (``wrap_span_attributes``)."""
     parts = [field(b"\x0a", trace_id), field(b"\x12", span_id)]
     if parent_span_id:
         parts.append(field(b"\x22", parent_span_id))
@@ -100,6 +108,8 @@ def span(*, trace_id: bytes, span_id: bytes, parent_span_id: bytes, flags: int, 
     parts.append(b"\x39" + _Q.pack(start))
     parts.append(b"\x41" + _Q.pack(end))
     parts.extend([b"\x4a" + _V1[len(a)] + a if len(a) < 128 else field(b"\x4a", a) for a in attributes])
+    if encoded:
+        parts.append(encoded)
     if status_code:
         status = (field(b"\x12", status_message.encode()) if status_message else b"") + b"\x18" + varint(status_code)
         parts.append(field(b"\x7a", status))
