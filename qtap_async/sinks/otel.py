@@ -154,7 +154,11 @@ class OtelEventSink:
     async def _metrics_loop(self) -> None:
         while True:
             await asyncio.sleep(self.metrics_interval)
-            await self.export_metrics()
+            try:
+                await self.export_metrics()
+            except Exception:  # a bug here must not end the exports for the rest of the run
+                self.c_metric_export_errors += 1
+                log.exception("%s: metrics export failed", self._where)
 
     async def export_metrics(self) -> bool:
         """Export the RED metrics' cumulative totals now; False (and counted) when the receiver failed."""

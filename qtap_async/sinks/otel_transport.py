@@ -17,7 +17,7 @@ from typing import Literal, Protocol
 import grpc  # type: ignore[import-untyped]
 import httpx
 
-from qtap_async.errors import SinkError, SinkTransientError
+from qtap_async.errors import ConfigError, SinkError, SinkTransientError
 
 Signal = Literal["traces", "metrics", "logs"]
 
@@ -88,6 +88,10 @@ class GrpcTransport:
         scheme, sep, rest = endpoint.partition("://")
         target = rest if sep else endpoint
         use_tls = (scheme == "https" if sep else False) or bool(ca_file)
+        if use_tls and insecure:
+            # grpcio has no switch to skip certificate checks: say so rather than pretend.
+            raise ConfigError(f"event store {name}: insecure is not supported with protocol grpc; give the "
+                              "endpoint's CA in ca_file")
         self.where = f"event store {name} (OTLP/gRPC {endpoint})"
         self.timeout = timeout
         # gRPC metadata keys are lower case: a header named "Authorization" in the config still works.
@@ -97,9 +101,6 @@ class GrpcTransport:
         if use_tls:
             root = open(ca_file, "rb").read() if ca_file else None  # noqa: SIM115 - read once at start
             creds = grpc.ssl_channel_credentials(root_certificates=root)
-            if insecure:
-                # grpcio cannot skip verification; the closest is not checking the name (test setups).
-                options.append(("grpc.ssl_target_name_override", target.rsplit(":", 1)[0]))
             self._channel = grpc.aio.secure_channel(target, creds, options=options)
         else:
             self._channel = grpc.aio.insecure_channel(target, options=options)

@@ -281,3 +281,10 @@ def test_the_docs_config_loads_with_an_otel_store() -> None:
         store = config.services.event_stores[0]
         assert store.type == "otel" and isinstance(store.options, OtelEventStore)
         assert store.options.routes == ["/api/v1/users/{id}", "/static/*"]
+
+
+def test_grpc_cannot_pretend_to_skip_certificate_checks() -> None:
+    from qtap_async.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="insecure is not supported with protocol grpc"):
+        build_event_runner(OtelEventStore(endpoint="https://collector:4317", protocol="grpc", insecure=True))
