@@ -68,8 +68,9 @@ class Collector:
     """One Collector process; ``start``/``stop`` may be called again (outage tests). Each start writes
     to fresh files (``run<N>-<signal>.jsonl``) so a restart never truncates what came before."""
 
-    def __init__(self, binary: str, workdir: Path) -> None:
+    def __init__(self, binary: str, workdir: Path, tls: tuple[str, str] | None = None) -> None:
         self.binary = binary
+        self.tls = tls  # (cert file, key file): both receivers serve TLS
         self.dir = workdir
         self.http_port = free_port()
         self.grpc_port = free_port()
@@ -78,7 +79,7 @@ class Collector:
 
     @property
     def http_endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.http_port}"
 
     @property
     def grpc_endpoint(self) -> str:
@@ -92,13 +93,15 @@ class Collector:
         pipelines = "\n".join(f"    {sig}:\n      receivers: [otlp]\n      exporters: [file/{sig}]"
                               for sig in files)
         cfg = self.dir / f"run{run}.yaml"
+        tls = (f"\n        tls:\n          cert_file: {self.tls[0]}\n          key_file: {self.tls[1]}"
+               if self.tls else "")
         cfg.write_text(f"""receivers:
   otlp:
     protocols:
       grpc:
-        endpoint: 127.0.0.1:{self.grpc_port}
+        endpoint: 127.0.0.1:{self.grpc_port}{tls}
       http:
-        endpoint: 127.0.0.1:{self.http_port}
+        endpoint: 127.0.0.1:{self.http_port}{tls}
 exporters:
 {exporters}
 service:

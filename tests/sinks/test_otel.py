@@ -288,3 +288,27 @@ def test_grpc_cannot_pretend_to_skip_certificate_checks() -> None:
 
     with pytest.raises(ConfigError, match="insecure is not supported with protocol grpc"):
         build_event_runner(OtelEventStore(endpoint="https://collector:4317", protocol="grpc", insecure=True))
+
+
+@pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])
+async def test_tls_to_the_collector_with_its_ca(tmp_path: Path, protocol: str) -> None:
+    import subprocess
+
+    key, crt = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(crt),
+                    "-days", "2", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    c = Collector(collector_binary(), tmp_path / "otelcol", tls=(str(crt), str(key)))
+    c.dir.mkdir()
+    c.start()
+    try:
+        endpoint = c.http_endpoint if protocol == "http/protobuf" else f"https://127.0.0.1:{c.grpc_port}"
+        # Without the CA the certificate is refused, and start-up says so.
+        with pytest.raises(SinkError, match=str(c.http_port if protocol == "http/protobuf" else c.grpc_port)):
+            await build_event_runner(store(endpoint, protocol=protocol, timeout=3.0)).start()
+        runner = build_event_runner(store(endpoint, protocol=protocol, ca_file=str(crt)))
+        stats = await run_events(runner, [http_event(i) for i in range(3)])
+        assert stats["qtap_otel_spans_total"] == 3
+        assert len(c.wait_for("spans", lambda s: len(s) >= 3)) == 3
+    finally:
+        c.stop()
