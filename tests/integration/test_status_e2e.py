@@ -125,7 +125,8 @@ def test_tls_libraries_by_probe_path_on_a_real_scrape(tmp_path: Path, cert: tupl
         assert agent.wait_ready(True, timeout=120).status_code == 200
         openssl = 'qtap_tls_libraries_attached{kind="openssl",path="fast"}', \
             'qtap_tls_libraries_attached{kind="openssl",path="slow"}'
-        deadline = time.monotonic() + 60
+        # Libraries are attached while the agent scans the running processes: on a busy host that takes a while.
+        deadline = time.monotonic() + 120
         m = agent.metrics()
         while time.monotonic() < deadline and sum(m.get(k, 0) for k in openssl) < 1:
             subprocess.run(["curl", "-sS", "-k", "-o", "/dev/null", f"https://127.0.0.1:{port}/status-tls?n=10"],
@@ -133,7 +134,7 @@ def test_tls_libraries_by_probe_path_on_a_real_scrape(tmp_path: Path, cert: tupl
             time.sleep(0.5)
             m = agent.metrics()
         tls = {k: v for k, v in m.items() if k.startswith("qtap_tls_")}
-        assert sum(m.get(k, 0) for k in openssl) >= 1, tls
+        assert sum(m.get(k, 0) for k in openssl) >= 1, (tls, agent.err.read_text()[-3000:])
         # Both paths are always reported (0 included), and they add up to the per-kind counts.
         fast = m['qtap_tls_libraries_attached_path{path="fast"}']
         slow = m['qtap_tls_libraries_attached_path{path="slow"}']
@@ -151,7 +152,7 @@ def test_tls_libraries_by_probe_path_on_a_real_scrape(tmp_path: Path, cert: tupl
         code = agent.stop()
         server.kill()
         server.wait()
-    assert code == 0
+    assert code == 0, agent.err.read_text()[-3000:]
 
 
 def test_config_store_metrics_and_reloads(tmp_path: Path, server: int) -> None:
