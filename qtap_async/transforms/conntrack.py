@@ -223,7 +223,7 @@ class Conntrack:
         if sec != self._fmt_sec:  # formatting the date part once per second: this runs per event
             self._fmt_sec = sec
             self._fmt_prefix = datetime.fromtimestamp(sec, UTC).strftime("%Y-%m-%dT%H:%M:%S.")
-        return f"{self._fmt_prefix}{frac // 1000:06d}Z"
+        return f"{self._fmt_prefix}{frac:09d}Z"  # = events.times.format_ns(wall), cached per second
 
     def _direction(self, rec: ConnOpen) -> Direction:
         if rec.role == abi.Role.CONNECT:
