@@ -70,3 +70,12 @@ def test_object_ref_carries_text_and_ns_of_one_instant() -> None:
     ref = ObjectRef.of(Obj(), "file:///tmp/x", "dir")
     assert NS_TIME.fullmatch(ref.ts) and parse_ns(ref.ts) == ref.ts_ns
     assert before <= ref.ts_ns <= time.time_ns()
+
+
+def test_calendar_agrees_with_the_standard_library_over_centuries() -> None:
+    # Leap years (1900 no, 2000 yes), month ends, before the epoch: every day of 1899-2101 and a few far ones.
+    day = 86_400 * 10**9
+    for ns in [*range(-(70 * 366) * day, (132 * 366) * day, day), 253_402_300_799 * 10**9, -62_135_596_800 * 10**9]:
+        want = datetime.fromtimestamp(ns // 10**9, UTC).isoformat()[:19]  # strftime does not pad year 1
+        assert format_ns(ns + 5) == f"{want}.000000005Z", ns
+        assert parse_ns(format_ns(ns + 5)) == ns + 5
