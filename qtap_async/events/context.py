@@ -22,7 +22,8 @@ Vocabulary (one meaning per name across qtap_async):
 - ``ts`` (``Timestamp``): when, as RFC 3339 in UTC with nanoseconds (``2026-12-02T15:38:44.123456789Z``),
   in every event and in Pulse's query results; ``ts_ns`` is the same instant in nanoseconds since the Unix
   epoch, where a program needs the number (``connection``, ``object_ref``, Pulse rows). Other names ending in
-  ``_ns`` are durations in nanoseconds (``duration_ns``, ``ttfb_ns``), except ``first_ns`` (epoch ns).
+  ``_ns`` are durations in nanoseconds (``duration_ns``, ``ttfb_ns``), except an owner's ``first_ns``, the
+  epoch-ns twin of its ``first_ts``.
 """
 
 from __future__ import annotations

@@ -158,6 +158,7 @@ _BOUNDS: dict[str, tuple[Any, Any]] = {
     "store": (Name, ""),  # the agent's object store that holds it
     # nested: Owner, DnsAnswer, GrpcInfo
     "first_ns": (U64, 0),
+    "first_ts": (Short, ""),  # kept as text inside the owners JSON
     "name": (Name, ""),
     "type": (Short, ""),
     "ttl": (U32, 0),

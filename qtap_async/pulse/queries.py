@@ -189,7 +189,7 @@ class ConnectionRow(msgspec.Struct, frozen=True, gc=False, kw_only=True):
     resumed: bool
     io_uring: bool
     reason: str
-    owners: str  # JSON array of {pid, exe, comm, user, first_ns}; "" when one process did all the I/O
+    owners: str  # JSON array of {pid, exe, comm, user, first_ns, first_ts}; "" when one process did all the I/O
 
 
 class IssueRow(msgspec.Struct, frozen=True, gc=False, kw_only=True):

@@ -236,8 +236,8 @@ class Conntrack:
     def _owners(self, c: Connection) -> list[Owner] | None:
         if c.owners is None:
             return None
-        return [Owner(pid=pid, exe=p.exe, comm=p.comm, user=p.user, first_ns=self.wall_ns(ts))
-                for pid, p, ts in c.owners]
+        return [Owner(pid=pid, exe=p.exe, comm=p.comm, user=p.user, first_ns=self.wall_ns(ts),
+                      first_ts=self.rfc3339(ts)) for pid, p, ts in c.owners]
 
     def _conn_event(self, c: Connection, event: str, ts_ns: int, reason: str = "") -> ConnectionEvent:
         src_ip, src_port, dst_ip, dst_port = c.endpoints()

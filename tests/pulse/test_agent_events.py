@@ -268,7 +268,8 @@ def test_every_connection_field_round_trips_through_storage(config: PulseConfig,
         pod_name="p", pod_namespace="ns", pod_uid="u-1", user="www-data", domain="rt.test", uid=33,
         cgroup="/sys/fs/cgroup/x", bytes_sent=1, bytes_received=2, duration_ns=3, protocol="http1",
         domain_source="sni", transport="udp", midstream=True, resumed=True, io_uring=True,
-        owners=[Owner(pid=77, exe="/usr/sbin/nginx", comm="nginx", user="www-data", first_ns=9)], reason="evicted")
+        owners=[Owner(pid=77, exe="/usr/sbin/nginx", comm="nginx", user="www-data", first_ns=9,
+                      first_ts=format_ns(9))], reason="evicted")
     defaults = {f.name: f.default for f in msgspec.structs.fields(ConnectionEvent)}
     sent = msgspec.structs.asdict(ev)
     assert all(sent[k] != d for k, d in defaults.items() if d is not msgspec.NODEFAULT), "set every field"

@@ -8,6 +8,7 @@ from typing import Any
 from qtap_async.context.process import ProcessCache
 from qtap_async.events.connection import ConnectionEvent, GapEvent
 from qtap_async.events.kernel import ConnClose, ConnOpen, Data, ProcExec
+from qtap_async.events.times import format_ns
 from qtap_async.transforms.conntrack import Connection, Conntrack
 
 
@@ -168,6 +169,9 @@ def test_io_by_another_process_moves_transactions_and_is_kept_in_owners() -> Non
     (close,) = ct.handle(ConnClose(50, 1, 100, 4, 18, 10))
     assert close.pid == 100
     assert close.owners is not None and [o.pid for o in close.owners] == [100, 200]  # bounded: no repeats
+    # When each took over, in the one time form (RFC 3339 UTC, ns) beside its epoch ns.
+    assert [o.first_ts for o in close.owners] == [format_ns(o.first_ns) for o in close.owners]
+    assert all(o.first_ns > 0 for o in close.owners)
     assert ct.stats.owner_changes == 3
 
 
