@@ -34,10 +34,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks._common import AgentThread, write_result  # noqa: E402
-from qtap_async.agent import Agent, AgentOptions, StdoutWriter  # noqa: E402
 from qtap_async.sources.tls_manager import TlsOptions  # noqa: E402
 from qtap_async.tls.cache import AnalysisCache  # noqa: E402
 from qtap_async.tls.discover import Scanner  # noqa: E402
+from qtap_async.topology import Agent, AgentOptions, StdoutWriter  # noqa: E402
 
 N = int(os.environ.get("QTAP_BENCH_N", "8"))
 PEERS = ROOT / "tests" / "integration" / "peers"

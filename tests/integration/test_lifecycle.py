@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from qtap_async.agent import default_session_factory
 from qtap_async.events.connection import ConnectionEvent, GapEvent
+from qtap_async.transforms.conntrack import default_session_factory
 from tests.integration.harness import PEERS, AgentHarness, dns_server
 
 pytestmark = pytest.mark.bpf

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 import uvloop
 
-from qtap_async.agent import AgentOptions
 from qtap_async.bpf.loader import CaptureSettings
 from qtap_async.replay import RecordFile, Recording, comparable, is_transaction, replay
+from qtap_async.topology import AgentOptions
 from tests.integration.harness import start_http_server
 from tests.integration.peers.http_server import body_for
 

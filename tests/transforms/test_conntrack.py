@@ -8,7 +8,7 @@ from typing import Any
 from qtap_async.context.process import ProcessCache
 from qtap_async.events.connection import ConnectionEvent, GapEvent
 from qtap_async.events.kernel import ConnClose, ConnOpen, Data, ProcExec
-from qtap_async.transforms.conntrack import Connection, Conntrack
+from qtap_async.transforms.conntrack import Connection, Conntrack, Parsed
 
 
 class FakeListeners:
@@ -158,9 +158,14 @@ def test_evicted_connection_resumes_with_bytes_counted_once() -> None:
 def test_io_by_another_process_moves_transactions_and_is_kept_in_owners() -> None:
     ct, _ = _ct()
     seen: list[int] = []
-    ct.on_protocol_record = lambda c, r, layer: seen.append(c.pid) or []  # type: ignore[func-returns-value]
-    ct.handle(_open(1, role=2, lport=8080, pid=100))
-    ct.handle(_data_from(1, 0, b"GET / HTTP/1.1\r\n\r\n", pid=200, direction=1))
+
+    def handle(rec: Any) -> list[Any]:
+        out = ct.handle(rec)
+        seen.extend(p.conn.pid for p in out if isinstance(p, Parsed))  # records come back with their connection
+        return out
+
+    handle(_open(1, role=2, lport=8080, pid=100))
+    handle(_data_from(1, 0, b"GET / HTTP/1.1\r\n\r\n", pid=200, direction=1))
     conn = ct.conns[1]
     assert (conn.pid, conn.open_pid) == (200, 100)
     ct.handle(_data_from(1, 0, b"ok", pid=100))
@@ -220,10 +225,9 @@ def test_exec_hint_names_a_vanished_process() -> None:
 def test_udp_dns_datagrams_are_parsed_one_by_one() -> None:
     ct, _ = _ct()
     got: list[Any] = []
-    ct.on_protocol_record = lambda c, r, layer: got.append(r) or []
     ct.handle(_open(1, rport=53, udp=True))
     query = struct.pack("!HHHHHH", 7, 0x0100, 1, 0, 0, 0) + b"\x03www\x04test\x00" + struct.pack("!HH", 1, 1)
-    ct.handle(_data(1, 0, query))
+    got.extend(p.record for p in ct.handle(_data(1, 0, query)) if isinstance(p, Parsed))
     assert len(got) == 1 and got[0].qname == "www.test." and not got[0].is_response
     (close,) = ct.handle(ConnClose(5, 1, 1, len(query), 0, 1))
     assert close.transport == "udp" and close.protocol == "dns"
