@@ -258,11 +258,20 @@ def comparable(event: Any) -> dict[str, Any]:
 
 
 async def replay_with_config(records: list[bytes], config: Config, options: AgentOptions | None = None, *,
-                             batch_records: int = 256) -> Agent:
+                             batch_records: int = 256, keep: Callable[[Any], None] | None = None) -> Agent:
     """Run ``records`` through the graph of ``config`` (its filters, stacks and stores) as a live run
-    would, the file as the source; returns the finished runtime (its ``snapshot`` has every counter)."""
+    would, the file as the source; returns the finished agent (its ``snapshot`` has every counter).
+    ``keep`` sees every event and object that reaches the writer."""
     opts = options or AgentOptions(tls=False, status_listen="", container_metadata=False)
     rt = Agent(opts, config=config, replay=records, batch_records=batch_records)
+    if keep is not None:
+        seen = keep
+
+        def observe(item: Any) -> bool:
+            seen(item)
+            return True
+
+        rt.writer.keep = observe
     await rt.run(install_signals=False)
     return rt
 

@@ -4,7 +4,6 @@ uses them, and reloads (all or nothing)."""
 from __future__ import annotations
 
 import asyncio
-import signal
 from pathlib import Path
 from typing import Any
 
@@ -12,10 +11,8 @@ import msgspec
 
 from qtap_async.buffers.channel import Channel
 from qtap_async.config import loads_config
-from qtap_async.errors import ConfigError
-from qtap_async.filters import SKIP_ALL
 from qtap_async.plugins import HttpTransactionEvent
-from qtap_async.topology import ConfigReloader, Graph, Pipeline, build_stores
+from qtap_async.topology import Graph
 from qtap_async.transforms.conntrack import Conntrack
 from tests.plugins.fakes import (
     FixedProcesses,
@@ -89,21 +86,6 @@ def with_memory(runtime: Graph) -> tuple[Any, Any]:
 
 
 # -- filters ------------------------------------------------------------------------------------
-
-def test_pipeline_skips_by_exe_group_direction_and_loopback() -> None:
-    p = Pipeline(loads_config(config(extra_tap="""  ignore_loopback: true
-  filters:
-    groups: [qpoint]
-    custom:
-      - {exe: /usr/bin/wget}
-      - {exe: /opt/java, strategy: prefix, only: [tls]}""")))
-    assert p.skipped(ingress=False, remote_ip="8.8.8.8", exe="/usr/bin/curl") == frozenset()
-    assert p.skipped(ingress=False, remote_ip="8.8.8.8", exe="/usr/bin/wget") is SKIP_ALL
-    assert p.skipped(ingress=False, remote_ip="8.8.8.8", exe="/usr/local/bin/qtap") is SKIP_ALL
-    assert p.skipped(ingress=True, remote_ip="8.8.8.8", exe="/usr/bin/curl") is SKIP_ALL
-    assert p.skipped(ingress=False, remote_ip="127.0.0.1", exe="/usr/bin/curl") is SKIP_ALL
-    assert p.skipped(ingress=False, remote_ip="8.8.8.8", exe="/opt/java/bin/java") == frozenset({"tls"})
-
 
 async def test_ignored_process_gets_no_parser_and_no_events() -> None:
     runtime = Graph(loads_config(config(extra_tap="""  filters:
@@ -204,52 +186,3 @@ async def test_reload_with_an_unusable_store_changes_nothing(tmp_path: Path) -> 
     new = loads_config(config("full", services=f"dir, path: {blocker / 'sub'}"))
     assert not await runtime.reload(lambda: new)
     assert (runtime.pipeline, runtime.writer.events, runtime.writer.objects) == before
-
-
-async def test_reloader_follows_file_changes_and_requests(tmp_path: Path) -> None:
-    path = tmp_path / "qpoint.yaml"
-    path.write_text(config("summary"))
-    runtime = Graph(loads_config(path.read_text()))
-    reloader = ConfigReloader(path, runtime, interval=0.05)
-    task = asyncio.create_task(reloader.run())
-    try:
-        path.write_text(config("full") + "\n# changed\n")
-        while runtime.reloads < 1:
-            await asyncio.sleep(0.02)
-        plugin = runtime.pipeline.stacks["default"].plugins[0]
-        assert plugin.config.level == "full"  # type: ignore[attr-defined]
-        path.write_text("version: 2\nstacks: {broken\n")
-        while runtime.failed_reloads < 1:
-            await asyncio.sleep(0.02)
-        assert runtime.pipeline.stacks["default"].plugins[0].config.level == "full"  # type: ignore[attr-defined]
-        loop = asyncio.get_running_loop()
-        path.write_text(config("details"))
-        loop.add_signal_handler(signal.SIGHUP, reloader.request)
-        try:
-            reloader.request()
-            while runtime.reloads < 2:
-                await asyncio.sleep(0.02)
-        finally:
-            loop.remove_signal_handler(signal.SIGHUP)
-        assert runtime.pipeline.stacks["default"].plugins[0].config.level == "details"  # type: ignore[attr-defined]
-    finally:
-        task.cancel()
-
-
-def test_build_stores_leaves_disabled_out_and_reports_missing_secrets() -> None:
-    events, objects = build_stores(loads_config(config(services="disabled")).services)
-    assert [r.name for r in events] == ["stdout"] and objects == []
-    cfg = loads_config("""
-version: 2
-services:
-  event_stores:
-    - type: pulse
-      url: http://127.0.0.1:1
-      token: {type: env, value: QTAP_TEST_UNSET_TOKEN_VAR}
-""")
-    try:
-        build_stores(cfg.services)
-    except ConfigError as exc:
-        assert "QTAP_TEST_UNSET_TOKEN_VAR" in str(exc)
-    else:
-        raise AssertionError("a missing secret must fail before anything starts")
