@@ -227,7 +227,7 @@ def run_command(f: RunFlags) -> int:
         status_required=f.status_listen is not None,
         show_secrets=f.show_secrets,
     )
-    from qtap_async.sources.tls_manager import TlsOptions
+    from qtap_async.tls.manager import TlsOptions
 
     if cfg is not None:
         t = cfg.tap.tls

@@ -27,7 +27,7 @@ from qtap_async.bpf.loader import CaptureSettings
 from qtap_async.config import Config, default_config, summarize
 from qtap_async.errors import QtapError
 from qtap_async.plugins.redact import warn_if_clear
-from qtap_async.sources.tls_manager import TlsOptions
+from qtap_async.tls.manager import TlsOptions
 from qtap_async.topology.dispatch import Dispatch, FocusCheck, Pipeline
 from qtap_async.topology.stage import TrackingStage
 from qtap_async.topology.writer import StdoutWriter, Writer, build_stores, start_runners

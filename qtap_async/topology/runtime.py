@@ -29,7 +29,7 @@ from qtap_async.config import Config, load_config, summarize
 from qtap_async.sources.inflight import InflightScan, park_blocked_calls
 from qtap_async.sources.replay import ReplaySource
 from qtap_async.sources.ringbuf import RingBufferSource, batch_size
-from qtap_async.sources.tls_manager import TlsManager
+from qtap_async.tls.manager import TlsManager
 from qtap_async.topology.dispatch import FocusCheck
 from qtap_async.topology.graph import AgentOptions, Graph
 from qtap_async.topology.writer import StdoutWriter, len_sizeof

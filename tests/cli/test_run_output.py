@@ -233,5 +233,5 @@ def test_plain_qtap_run_prints_the_readme_json_lines(server: int, tmp_path: Path
     assert [c["event"] for c in conns] == ["open", "close"], conns
     close = conns[-1]
     assert close["reason"] == "closed" and close["protocol"] and close["bytes_received"] > 0
-    assert close["transport"] == "tcp" and close["user"] and close["uid"] >= 0
+    assert close.get("transport", "tcp") == "tcp" and close["user"] and close["uid"] >= 0  # tcp: the default
     assert close["src_port"] == client["src_port"] and close["pid"] == client["pid"]

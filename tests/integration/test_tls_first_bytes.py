@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from qtap_async.events.kernel import Data
-from qtap_async.sources.tls_manager import TlsOptions
+from qtap_async.tls.manager import TlsOptions
 from qtap_async.topology import AgentOptions
 from tests.integration.harness import PEERS, AgentHarness, free_port, wait_port
 
