@@ -241,14 +241,12 @@ def run_command(f: RunFlags) -> int:
 
         return run_with_control(f.control, f.registration_token, f.control_state, opts)
     started = time.monotonic()
-    holder: dict[str, Any] = {}
 
     # One graph either way: without a file it is the default config's, with the local output in --format.
     fmt = choose_format(f.format or "auto", out) if cfg is None else "json"
     writer = FormatWriter(fmt, out) if cfg is None else None
     counted = {"connections": 0}
     agent = Agent(opts, config=cfg, writer=writer, focus=gate, path=f.config)
-    holder["agent"] = agent
     if cfg is not None:
         def counting_keep(item: Any) -> bool:
             if getattr(item, "event", None) == "open" and type(item).__name__ == "ConnectionEvent":
@@ -280,14 +278,12 @@ def run_command(f: RunFlags) -> int:
             os.close(saved_stdout)
         if out_file is not None:
             out_file.close()
+    snapshot = agent.snapshot()
     if writer is not None:
         requests, connections = writer.counter.requests, writer.counter.connections
     else:
-        snap = agent.snapshot()
-        requests = sum(v for k, v in snap.items() if k.startswith("qtap_stack_transactions_total"))
+        requests = sum(v for k, v in snapshot.items() if k.startswith("qtap_stack_transactions_total"))
         connections = counted["connections"]
-    last = holder.get("agent")
-    snapshot = last.snapshot() if last is not None else {}
     print(summary_line(requests, connections, _dropped(snapshot), time.monotonic() - started), file=sys.stderr)
     if f.stats:
         print(msgspec.json.encode(snapshot).decode(), file=sys.stderr)

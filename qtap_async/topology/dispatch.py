@@ -27,7 +27,6 @@ from typing import Any, Protocol
 
 from qtap_async.config import Config
 from qtap_async.context.containers import installed as installed_containers
-from qtap_async.context.domains import host_of
 from qtap_async.context.filters import ContainerFilter
 from qtap_async.events.connection import ConnectionEvent, GapEvent
 from qtap_async.events.dns import DnsMessage
@@ -102,6 +101,7 @@ class Dispatch:
         self.focus = focus
         self.watchers: list[ProcessWatcher] = []
         self.transactions = TransactionCounter()  # by protocol, for /metrics
+        self._by_protocol = self.transactions.by_protocol
         self.output = ProtocolOutput(conntrack, local or "summary", pipeline.redactor)
         self._skips: dict[int, frozenset[str]] = {}
         self._ids = itertools.count(1)
@@ -169,7 +169,7 @@ class Dispatch:
         for item in items:
             t = type(item)
             if t is Parsed:
-                out.extend(self._parsed(item.conn, item.record, item.layer))
+                out.extend(self._parsed(item))
             elif t is ConnectionEvent:
                 if self._connection(item):
                     out.append(item)
@@ -188,30 +188,35 @@ class Dispatch:
                 out.append(item)
         return out
 
-    def _parsed(self, conn: Connection, rec: Any, layer: int) -> list[Any]:
+    def _parsed(self, p: Parsed) -> list[Any]:
+        conn, rec = p.conn, p.record
         if self._skips.get(conn.conn_id) is SKIP_ALL:
             return []
         focus = self.focus
-        is_http = type(rec) is HttpTransaction
-        if focus is not None and focus.has_domains and is_http and not focus.domain(host_of(rec.authority)
-                                                                                      or conn.domain):
+        rt = type(rec)
+        is_http = rt is HttpTransaction
+        if focus is not None and focus.has_domains and is_http and not focus.domain(p.host or conn.domain):
             return []  # out of --domain: no stack, no plugin, no store sees it
-        self.transactions.count(rec)
+        # Transactions by protocol (TransactionCounter.count, inline: this runs per record).
+        if is_http:
+            self._by_protocol["grpc" if rec.grpc is not None else rec.protocol or "http"] += 1
+        elif rt is DnsMessage:
+            self._by_protocol["dns"] += 1
         if self.local is not None:
-            out = self.output.convert(conn, rec, layer)
+            out = self.output.convert(conn, rec, p.layer, p.host or None)
         elif is_http:
-            out = self._http(conn, rec, layer)
+            out = self._http(conn, rec, p.layer, p.host)
         else:
-            out = self.output.convert(conn, rec, layer)
-            if type(rec) is DnsMessage and not self.pipeline.include_dns:
+            out = self.output.convert(conn, rec, p.layer)
+            if rt is DnsMessage and not self.pipeline.include_dns:
                 return []
         if focus is not None and focus.has_domains and not is_http and not focus.domain(conn.domain):
             return []
         return out
 
-    def _http(self, conn: Connection, tx: HttpTransaction, layer: int) -> list[Any]:
+    def _http(self, conn: Connection, tx: HttpTransaction, layer: int, host: str) -> list[Any]:
         pipeline = self.pipeline  # one config for the whole transaction, even across a reload
-        stack = pipeline.stack_for(host_of(tx.authority) or conn.domain)
+        stack = pipeline.stack_for(host or conn.domain)
         if stack is None:
             return []
         start = tx.request_start_ns or tx.response_start_ns or conn.last_ns

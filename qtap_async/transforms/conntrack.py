@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+import msgspec
+
 from qtap_async.bpf import abi
 from qtap_async.context.containers import container_fields
 from qtap_async.context.listeners import ListeningPorts
@@ -74,20 +76,17 @@ def default_session_factory(conn: Connection, layer: int) -> Session | None:
     return ProtocolSession(local_port=conn.lport, remote_port=conn.rport)
 
 
-class Parsed:
+class Parsed(msgspec.Struct, gc=False):
     """A protocol record (``qtap_async.events.ProtocolRecord``) and where it was parsed: the live
     connection and the layer (0: socket bytes, 1: TLS plaintext). Only the transform stages see the live
-    connection; plugins get a ``ConnContext`` snapshot of it."""
+    connection; plugins get a ``ConnContext`` snapshot of it. ``host``: an HTTP transaction's host
+    (Host / ``:authority`` without the port), set once by the enrichment stage for the stages after it.
+    A Struct because one is made per record: its constructor is C."""
 
-    __slots__ = ("conn", "layer", "record")
-
-    def __init__(self, conn: Connection, layer: int, record: Any) -> None:
-        self.conn = conn
-        self.layer = layer
-        self.record = record
-
-    def __repr__(self) -> str:
-        return f"Parsed(conn={self.conn.conn_id}, layer={self.layer}, record={self.record!r})"
+    conn: Connection
+    layer: int
+    record: Any
+    host: str = ""
 
 
 #: What ``Conntrack.handle`` returns, in order.

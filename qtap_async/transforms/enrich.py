@@ -26,7 +26,7 @@ from qtap_async.events.connection import ConnectionEvent
 from qtap_async.events.dns import DnsMessage
 from qtap_async.events.http import HttpTransaction
 from qtap_async.events.tls import TlsClientHello
-from qtap_async.transforms.conntrack import Connection, Conntrack, Parsed
+from qtap_async.transforms.conntrack import Conntrack, Parsed
 
 __all__ = ["Enrich"]
 
@@ -47,7 +47,18 @@ class Enrich:
         for i, item in enumerate(items):
             t = type(item)
             if t is Parsed:
-                self.record(item.conn, item.record)
+                # Inline (one call per record costs measurably in replay): what a record tells about its
+                # connection's name, or (DNS) about later connections'.
+                rec = item.record
+                rt = type(rec)
+                if rt is HttpTransaction:
+                    item.host = host = host_of(rec.authority)
+                    offer(item.conn, host, "host")
+                elif rt is TlsClientHello:
+                    if rec.sni:
+                        offer(item.conn, rec.sni, "sni")
+                elif rt is DnsMessage:
+                    self.dns.learn(item.conn.pid, rec)
             elif t is ConnectionEvent and item.event == "open" and not item.resumed:
                 c = self.conns.get(item.conn_id)
                 if c is not None:
@@ -55,14 +66,3 @@ class Enrich:
                     if c.domain:
                         items[i] = _replace(item, domain=c.domain, domain_source=c.domain_source)
         return items
-
-    def record(self, conn: Connection, rec: Any) -> None:
-        """What one protocol record tells about its connection's name (or about later connections')."""
-        t = type(rec)
-        if t is HttpTransaction:
-            offer(conn, host_of(rec.authority), "host")
-        elif t is TlsClientHello:
-            if rec.sni:
-                offer(conn, rec.sni, "sni")
-        elif t is DnsMessage:
-            self.dns.learn(conn.pid, rec)

@@ -64,9 +64,10 @@ class ProtocolOutput:
             **container_fields(p.container_id),
         }
 
-    def convert(self, conn: Connection, rec: Any, layer: int) -> list[Any]:
+    def convert(self, conn: Connection, rec: Any, layer: int, host: str | None = None) -> list[Any]:
+        """``host``: the transaction's host when the caller has it already (transforms/enrich.py sets it)."""
         if isinstance(rec, HttpTransaction):
-            return [self._http(conn, rec, layer)]
+            return [self._http(conn, rec, layer, host_of(rec.authority) if host is None else host)]
         if not isinstance(rec, msgspec.Struct):
             return []
         body = msgspec.to_builtins(rec)
@@ -82,8 +83,7 @@ class ProtocolOutput:
                 event[k] = v
         return [event]
 
-    def _http(self, conn: Connection, tx: HttpTransaction, layer: int) -> dict[str, Any]:
-        host = host_of(tx.authority)
+    def _http(self, conn: Connection, tx: HttpTransaction, layer: int, host: str) -> dict[str, Any]:
         start = tx.request_start_ns or tx.response_start_ns or conn.last_ns
         rt = self.conntrack.rfc3339
         ev: dict[str, Any] = {"type": "http_transaction", "id": self._event_id(), "ts": rt(start)}
