@@ -131,3 +131,15 @@ def test_gaps_of_ignored_connections_are_dropped_and_process_changes_reach_the_w
     assert g.stage.handle(ProcExec(1, 4242, 0, 0, 0, "sh", "/bin/sh")) == []
     assert g.stage.handle(ProcExit(2, 4242, 0)) == []
     assert w.seen == [("exec", 4242), ("exit", 4242)]
+
+
+def test_plugins_reach_no_live_connection() -> None:
+    """Plugins import nothing of the transforms or the topology: what they get of a connection is the
+    ConnContext snapshot dispatch makes (Connection.context)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, qtap_async.plugins\n"
+            "print([m for m in sys.modules if m.startswith(('qtap_async.transforms', 'qtap_async.topology'))])")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert r.stdout.strip() == "[]"
