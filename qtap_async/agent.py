@@ -19,7 +19,8 @@ from typing import IO, Any, Literal
 import msgspec
 
 from qtap_async.bpf.loader import Capture, CaptureSettings
-from qtap_async.buffers.channel import Channel, ChannelClosed
+from qtap_async.buffers.channel import Channel
+from qtap_async.errors import ChannelClosed
 from qtap_async.protocols import ProtocolSession
 from qtap_async.sources.inflight import InflightScan, park_blocked_calls
 from qtap_async.sources.ringbuf import RingBufferSource, batch_size

@@ -32,12 +32,12 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from qtap_async.agent import AgentOptions, StdoutWriter
-from qtap_async.buffers.channel import Channel, ChannelClosed
+from qtap_async.buffers.channel import Channel
 from qtap_async.config import Config, Services, StoreConfig, load_config, summarize
 from qtap_async.context.containers import installed as installed_containers
 from qtap_async.context.domains import offer
 from qtap_async.context.filters import ContainerFilter
-from qtap_async.errors import ConfigError, QtapError
+from qtap_async.errors import ChannelClosed, ConfigError, QtapError
 from qtap_async.events.connection import ConnectionEvent, GapEvent
 from qtap_async.events.dns import DnsMessage
 from qtap_async.events.http import HttpTransaction

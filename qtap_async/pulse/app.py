@@ -19,12 +19,12 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from qtap_async.errors import PulseAuthError, PulseError
+from qtap_async.errors import BodyError, PulseAuthError, PulseError, QueryError
 from qtap_async.pulse.config import PulseConfig
-from qtap_async.pulse.ingest import BatchWriter, BodyError, Sanitizer, decode_body
+from qtap_async.pulse.ingest import BatchWriter, Sanitizer, decode_body
 from qtap_async.pulse.metrics import Metrics
 from qtap_async.pulse.openapi import build_openapi
-from qtap_async.pulse.queries import QUERIES, QueryError, QuerySpec
+from qtap_async.pulse.queries import QUERIES, QuerySpec
 from qtap_async.pulse.schema import IngestResult, PulseErrorBody
 from qtap_async.pulse.storage import Storage, open_storage
 from qtap_async.pulse.tokens import Caller, TokenStore
@@ -218,7 +218,7 @@ def create_app(config: PulseConfig, storage: Storage | None = None, tokens: Toke
             try:
                 rows = await pulse.run_blocking(spec.run, pulse.storage, principal.team, params)
             except QueryError as e:
-                return _error(422, str(e))
+                return _error(e.status, str(e))
             except PulseError as e:
                 log.warning("query %s failed: %s", spec.path, e)
                 return _error(503, "storage unavailable; retry later", {"Retry-After": "1"})

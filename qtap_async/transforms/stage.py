@@ -7,8 +7,9 @@ import logging
 import time
 from typing import Any
 
-from qtap_async.buffers.channel import Channel, ChannelClosed
-from qtap_async.sources.decode import DecodeError, decode
+from qtap_async.buffers.channel import Channel
+from qtap_async.errors import ChannelClosed, DecodeError
+from qtap_async.sources.decode import decode
 from qtap_async.transforms.conntrack import Conntrack
 
 log = logging.getLogger("qtap.transform")
