@@ -144,6 +144,8 @@ class TlsManager:
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="tls-scan")
         self._path_pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="tls-path")
         self._urgent = 0  # held processes waiting: the PATH pre-scan pauses meanwhile
+        self._no_urgent = asyncio.Event()  # set while _urgent is 0, so the pre-scan awaits it instead of polling
+        self._no_urgent.set()
         self.scans = 0
         self.scan_errors = 0
         self.path_scan_done = asyncio.Event()
@@ -194,8 +196,7 @@ class TlsManager:
         try:
             paths, st.truncated = await loop.run_in_executor(self._path_pool, path_candidates, self.options.path_dirs)
             for path in paths:
-                while self._urgent:
-                    await asyncio.sleep(0.01)
+                await self._no_urgent.wait()
                 if time.monotonic() - t0 > PATH_BUDGET_S:
                     st.truncated = f"time budget of {PATH_BUDGET_S:.0f} s spent after {st.files} files"
                     break
@@ -222,6 +223,7 @@ class TlsManager:
     async def _on_held(self, pid: int, kdev: int, ino: int) -> None:
         loop = asyncio.get_running_loop()
         self._urgent += 1
+        self._no_urgent.clear()
         try:
             exe = f"/proc/{pid}/exe"
             try:
@@ -236,6 +238,8 @@ class TlsManager:
                 self.probes.attach(lib, pid)
         finally:
             self._urgent -= 1
+            if not self._urgent:
+                self._no_urgent.set()
 
     # -- runtime ---------------------------------------------------------------------------------
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:

@@ -22,6 +22,7 @@ from tests.plugins.fakes import (
     http_exchange_records,
     memory_runners,
 )
+from tests.waiting import until
 
 GET = b"GET /bytes?n=3 HTTP/1.1\r\nHost: %s\r\nUser-Agent: t\r\n\r\n"
 OK = b"HTTP/1.1 %d X\r\nContent-Length: 3\r\nContent-Type: text/plain\r\n\r\nabc"
@@ -212,21 +213,18 @@ async def test_reloader_follows_file_changes_and_requests(tmp_path: Path) -> Non
     task = asyncio.create_task(reloader.run())
     try:
         path.write_text(config("full") + "\n# changed\n")
-        while runtime.reloads < 1:
-            await asyncio.sleep(0.02)
+        await until(lambda: runtime.reloads >= 1, 0.02)
         plugin = runtime.pipeline.stacks["default"].plugins[0]
         assert plugin.config.level == "full"  # type: ignore[attr-defined]
         path.write_text("version: 2\nstacks: {broken\n")
-        while runtime.failed_reloads < 1:
-            await asyncio.sleep(0.02)
+        await until(lambda: runtime.failed_reloads >= 1, 0.02)
         assert runtime.pipeline.stacks["default"].plugins[0].config.level == "full"  # type: ignore[attr-defined]
         loop = asyncio.get_running_loop()
         path.write_text(config("details"))
         loop.add_signal_handler(signal.SIGHUP, reloader.request)
         try:
             reloader.request()
-            while runtime.reloads < 2:
-                await asyncio.sleep(0.02)
+            await until(lambda: runtime.reloads >= 2, 0.02)
         finally:
             loop.remove_signal_handler(signal.SIGHUP)
         assert runtime.pipeline.stacks["default"].plugins[0].config.level == "details"  # type: ignore[attr-defined]
