@@ -185,7 +185,7 @@ def run_command(f: RunFlags) -> int:
 
     from qtap_async.agent import Agent, AgentOptions
     from qtap_async.bpf.loader import CaptureSettings
-    from qtap_async.telemetry import setup_logging
+    from qtap_async.telemetry import metrics, setup_logging
 
     check_flags(f)
     setup_logging(_log_level(f.log_level))
@@ -309,7 +309,7 @@ def run_command(f: RunFlags) -> int:
             if out_file is not None:
                 out_file.close()
         snap = holder["agent"].snapshot() if "agent" in holder else {}
-        requests = sum(v for k, v in snap.items() if k.startswith("qtap_stack_transactions_total"))
+        requests = sum(v for k, v in snap.items() if k.startswith(metrics.STACK_TRANSACTIONS.name + "{"))
         connections = counted["connections"]
     last = holder.get("agent")
     snapshot = last.snapshot() if last is not None else {}

@@ -52,6 +52,7 @@ from qtap_async.sinks.base import StoredObject
 from qtap_async.sinks.config import EventStoreConfig, ObjectStoreConfig
 from qtap_async.sinks.factory import build_event_runner, build_object_runner
 from qtap_async.sinks.runner import EventSinkRunner, ObjectSinkRunner
+from qtap_async.telemetry import metrics
 from qtap_async.transforms.conntrack import Connection, Conntrack, Session
 from qtap_async.transforms.output import ProtocolOutput
 
@@ -273,17 +274,15 @@ class StoreWriter(StdoutWriter):
     def stats(self) -> dict[str, int]:
         """Counters with stable qtap_* names (the agent's snapshot includes them)."""
         out: dict[str, int] = {
-            "qtap_pipeline_objects_discarded_total": self.objects_discarded,
-            "qtap_pipeline_events_discarded_total": self.events_discarded,
-            "qtap_pipeline_filtered_events_total": self.filtered,
+            metrics.PIPELINE_OBJECTS_DISCARDED.name: self.objects_discarded,
+            metrics.PIPELINE_EVENTS_DISCARDED.name: self.events_discarded,
+            metrics.PIPELINE_FILTERED_EVENTS.name: self.filtered,
         }
         if self.extra_stats is not None:
             out.update(self.extra_stats())
         for r in _runners(self.events, self.objects):
             for k, v in r.stats().items():
-                if isinstance(v, float):  # latency in seconds: the agent's snapshot holds integers
-                    k, v = k.replace("_seconds", "_microseconds"), round(v * 1e6)
-                out[f'{k}{{store="{r.kind}:{r.name}"}}'] = v
+                out[metrics.declared(k).key(store=f"{r.kind}:{r.name}")] = v
         return out
 
 
@@ -319,14 +318,14 @@ class ConfiguredRuntime:
 
     def stats(self) -> dict[str, int]:
         out = {
-            "qtap_pipeline_ignored_connections_total": self.ignored_connections,
-            "qtap_pipeline_own_service_connections_total": self.own_service_connections,
-            "qtap_config_reloads_total": self.reloads,
-            "qtap_config_reload_failures_total": self.failed_reloads,
+            metrics.PIPELINE_IGNORED_CONNECTIONS.name: self.ignored_connections,
+            metrics.PIPELINE_OWN_SERVICE_CONNECTIONS.name: self.own_service_connections,
+            metrics.CONFIG_RELOADS.name: self.reloads,
+            metrics.CONFIG_RELOAD_FAILURES.name: self.failed_reloads,
         }
         for name, stack in self.pipeline.stacks.items():
-            out[f'qtap_stack_transactions_total{{stack="{name}"}}'] = stack.transactions
-            out[f'qtap_stack_plugin_errors_total{{stack="{name}"}}'] = stack.errors
+            out[metrics.STACK_TRANSACTIONS.key(stack=name)] = stack.transactions
+            out[metrics.STACK_PLUGIN_ERRORS.key(stack=name)] = stack.errors
         return out
 
     def bind(self, conntrack: Conntrack) -> None:

@@ -31,6 +31,7 @@ from typing import Any
 from qtap_async.bpf.loader import Capture
 from qtap_async.sources.exec_hold import ExecHold, HoldStats
 from qtap_async.sources.tls_probes import AttachStatus, TlsProbes, system_tls_libraries
+from qtap_async.telemetry import metrics
 from qtap_async.tls import FileKey, Scanner, TlsLibrary, analyze_file
 from qtap_async.tls.cache import AnalysisCache, CacheEntry, StateDirError, kernel_dev
 
@@ -288,27 +289,27 @@ class TlsManager:
         """Counters for Agent.snapshot(): the analysis cache, the PATH pre-scan, the held-exec mode."""
         p = self.stats.path
         m = {
-            "qtap_tls_files_attached": len(self.probes.files),
-            "qtap_tls_files_failed": len(self.probes.failed),
-            "qtap_tls_analyses_total": self.scanner.analyses,
-            "qtap_tls_cache_entries": len(self.cache),
-            "qtap_tls_cache_write_errors_total": self.cache.write_errors,
-            "qtap_tls_restored_files_total": self.stats.restored,
-            "qtap_tls_path_files_total": p.files,
-            "qtap_tls_path_errors_total": p.errors,
-            "qtap_tls_scan_errors_total": self.scan_errors,
+            metrics.TLS_FILES_ATTACHED.name: len(self.probes.files),
+            metrics.TLS_FILES_FAILED.name: len(self.probes.failed),
+            metrics.TLS_ANALYSES.name: self.scanner.analyses,
+            metrics.TLS_CACHE_ENTRIES.name: len(self.cache),
+            metrics.TLS_CACHE_WRITE_ERRORS.name: self.cache.write_errors,
+            metrics.TLS_RESTORED_FILES.name: self.stats.restored,
+            metrics.TLS_PATH_FILES.name: p.files,
+            metrics.TLS_PATH_ERRORS.name: p.errors,
+            metrics.TLS_SCAN_ERRORS.name: self.scan_errors,
         }
-        h = self.hold_stats()
-        if h is not None:
-            m.update({
-                "qtap_tls_exec_held_total": h.held,
-                "qtap_tls_exec_released_total": h.released,
-                "qtap_tls_exec_released_by_timeout_total": h.released_by_timeout,
-                "qtap_tls_exec_hold_vanished_total": h.vanished,
-                "qtap_tls_exec_hold_ns_total": h.hold_ns_total,
-                "qtap_tls_exec_hold_ns_max": h.hold_ns_max,
-                "qtap_tls_known_files_full_total": h.known_files_full,
-            })
+        # Zeros while exec hold is off: the same series whatever the options, so dashboards need no special case.
+        h = self.hold_stats() or HoldStats()
+        m.update({
+            metrics.TLS_EXEC_HELD.name: h.held,
+            metrics.TLS_EXEC_RELEASED.name: h.released,
+            metrics.TLS_EXEC_RELEASED_BY_TIMEOUT.name: h.released_by_timeout,
+            metrics.TLS_EXEC_HOLD_VANISHED.name: h.vanished,
+            metrics.TLS_EXEC_HOLD_NS.name: h.hold_ns_total,
+            metrics.TLS_EXEC_HOLD_NS_MAX.name: h.hold_ns_max,
+            metrics.TLS_KNOWN_FILES_FULL.name: h.known_files_full,
+        })
         return m
 
     def hold_stats(self) -> HoldStats | None:
