@@ -27,6 +27,16 @@ from qtap_async.pulse.metrics import Metrics
 from qtap_async.pulse.schema import Batch, IngestResult, ItemError
 from qtap_async.pulse.storage import Storage
 from qtap_async.pulse.wire import decompress
+from qtap_async.telemetry.metrics import (
+    PULSE_EVENTS_ACCEPTED,
+    PULSE_EVENTS_REJECTED,
+    PULSE_EVENTS_SKEW_CORRECTED,
+    PULSE_EVENTS_STRIPPED,
+    PULSE_INSERT_BATCHES,
+    PULSE_INSERT_ERRORS,
+    PULSE_INSERT_ROWS,
+    PULSE_INSERT_SECONDS,
+)
 
 RunBlocking = Callable[..., Awaitable[Any]]
 
@@ -200,10 +210,10 @@ class Sanitizer:
             rows[table].append(prefix + self._row(table, ev)[1:])
         accepted = len(items) - len(errors)
         m = self.metrics
-        m.inc("pulse_events_accepted_total", accepted)
-        m.inc("pulse_events_rejected_total", len(errors))
-        m.inc("pulse_events_stripped_total", stripped)
-        m.inc("pulse_events_skew_corrected_total", corrected)
+        m.inc(PULSE_EVENTS_ACCEPTED, accepted)
+        m.inc(PULSE_EVENTS_REJECTED, len(errors))
+        m.inc(PULSE_EVENTS_STRIPPED, stripped)
+        m.inc(PULSE_EVENTS_SKEW_CORRECTED, corrected)
         return Prepared(rows, IngestResult(accepted, len(errors), errors, stripped, corrected))
 
 
@@ -267,9 +277,9 @@ class BatchWriter:
             if chunks:
                 t0 = time.perf_counter()
                 self.storage.insert(table, b"\n".join(chunks))
-                self.metrics.observe("pulse_insert_seconds", time.perf_counter() - t0)
-                self.metrics.inc("pulse_insert_rows_total", len(chunks), table=table)
-                self.metrics.inc("pulse_insert_batches_total", 1, table=table)
+                self.metrics.observe(PULSE_INSERT_SECONDS, time.perf_counter() - t0)
+                self.metrics.inc(PULSE_INSERT_ROWS, len(chunks), table=table)
+                self.metrics.inc(PULSE_INSERT_BATCHES, 1, table=table)
 
     async def _run(self) -> None:
         while True:
@@ -288,7 +298,7 @@ class BatchWriter:
                 try:
                     await self._run_blocking(self._insert, merged)
                 except Exception as e:
-                    self.metrics.inc("pulse_insert_errors_total", 1)
+                    self.metrics.inc(PULSE_INSERT_ERRORS, 1)
                     for _, _, fut in round_:
                         if not fut.done():
                             fut.set_exception(e)

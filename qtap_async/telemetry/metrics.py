@@ -34,7 +34,7 @@ log = logging.getLogger("qtap.metrics")
 
 Snapshot = Mapping[str, int | float]
 SnapshotSource = Callable[[], Snapshot]
-Kind = Literal["counter", "gauge", "info"]
+Kind = Literal["counter", "gauge", "info", "summary"]
 
 _KEY = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?$")
 _LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
@@ -42,6 +42,12 @@ _LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
 
 def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def format_labels(pairs: Iterable[tuple[str, str]]) -> str:
+    """``{a="x",b="y"}`` with the values escaped, or "" for no labels: the one place label syntax is written."""
+    text = ",".join(k + '="' + _escape(v) + '"' for k, v in pairs)
+    return "{" + text + "}" if text else ""
 
 
 def _unescape(value: str) -> str:
@@ -66,24 +72,24 @@ class MetricDef:
         """The snapshot key of one sample: the name, then the labels (exactly the declared ones) if any."""
         if set(labels) != set(self.labels):
             raise ValueError(f"{self.name}: labels {sorted(labels)}, declared {list(self.labels)}")
-        if not labels:
-            return self.name
-        pairs = ",".join(k + '="' + _escape(labels[k]) + '"' for k in self.labels)
-        return self.name + "{" + pairs + "}"
+        return self.name + format_labels((k, labels[k]) for k in self.labels)
 
 
-DECLARED: dict[str, MetricDef] = {}
+Catalog = dict[str, MetricDef]
+#: The agent's metrics (its /metrics); Pulse's and the control plane's are PULSE and CONTROL at the end.
+DECLARED: Catalog = {}
 
 
-def _declare(name: str, kind: Kind, help: str, labels: tuple[str, ...] = ()) -> MetricDef:
-    if name in DECLARED:
+def _declare(name: str, kind: Kind, help: str, labels: tuple[str, ...] = (), *, into: Catalog = DECLARED,
+             counter_suffix: bool = True) -> MetricDef:
+    if name in into:
         raise ValueError(f"metric {name} declared twice")
-    if (kind == "counter") != name.endswith("_total"):
+    if counter_suffix and (kind == "counter") != name.endswith("_total"):
         raise ValueError(f"metric {name}: a counter's name ends in _total, and only a counter's")
     m = MetricDef(name, kind, help, labels)
-    if any(d.family == m.family for d in DECLARED.values()):
+    if any(d.family == m.family for d in into.values()):
         raise ValueError(f"metric {name}: family {m.family} is taken (a gauge named like a counter's stem?)")
-    DECLARED[name] = m
+    into[name] = m
     return m
 
 
@@ -261,6 +267,68 @@ READY = _gauge("qtap_ready", "1 while /readyz answers 200.")
 STORE_CHECKS = _counter("qtap_store_checks_total", "Readiness checks of the stores.")
 STORE_CHECK_FAILURES = _counter("qtap_store_check_failures_total", "Readiness checks that found a store failing.")
 STATUS_REQUESTS = _counter("qtap_status_requests_total", "Requests to the status server, by answer status.", "code")
+
+
+# -- Pulse (its own /metrics, rendered by qtap_async.pulse.metrics.Metrics) ----------------------------------------
+PULSE: Catalog = {}
+
+
+def _pulse(name: str, kind: Kind, help: str, *labels: str) -> MetricDef:
+    return _declare(name, kind, help, labels, into=PULSE)
+
+
+PULSE_BUILD_INFO = _pulse("pulse_build_info", "gauge", "The running version.", "version")
+PULSE_HTTP_REQUESTS = _pulse("pulse_http_requests_total", "counter", "HTTP requests by route and status.",
+                             "route", "status")
+PULSE_EVENTS_ACCEPTED = _pulse("pulse_events_accepted_total", "counter", "Events that passed validation.")
+PULSE_EVENTS_REJECTED = _pulse("pulse_events_rejected_total", "counter", "Events rejected with a per-item error.")
+PULSE_EVENTS_STRIPPED = _pulse("pulse_events_stripped_total", "counter",
+                               "Events that carried header/body fields (dropped, never stored).")
+PULSE_EVENTS_SKEW_CORRECTED = _pulse("pulse_events_skew_corrected_total", "counter",
+                                     "Events whose time was corrected for clock skew.")
+PULSE_AUTH_FAILURES = _pulse("pulse_auth_failures_total", "counter",
+                             "Requests refused for a missing, invalid, revoked or under-scoped token.", "status")
+PULSE_INGEST_BUSY = _pulse("pulse_ingest_busy_total", "counter", "Ingest requests refused because Pulse was busy.")
+PULSE_CONNECTIONS_REFUSED = _pulse("pulse_connections_refused_total", "counter",
+                                   "Connections refused before a request (too many, or a slow header).", "reason")
+PULSE_INSERT_ROWS = _pulse("pulse_insert_rows_total", "counter", "Rows written to storage.", "table")
+PULSE_INSERT_BATCHES = _pulse("pulse_insert_batches_total", "counter", "INSERT statements run.", "table")
+PULSE_INSERT_ERRORS = _pulse("pulse_insert_errors_total", "counter", "INSERT rounds that failed.")
+PULSE_INSERT_SECONDS = _pulse("pulse_insert_seconds", "summary", "Time per INSERT.")
+PULSE_QUERY_SECONDS = _pulse("pulse_query_seconds", "summary", "Time per query API call.", "route")
+PULSE_KAFKA_MESSAGES = _pulse("pulse_kafka_messages_total", "counter", "Kafka messages consumed.")
+PULSE_KAFKA_REJECTED = _pulse("pulse_kafka_rejected_total", "counter",
+                              "Kafka messages dropped (undecodable or unauthenticated).", "reason")
+PULSE_KAFKA_COMMITS = _pulse("pulse_kafka_commits_total", "counter", "Kafka offset commits after a stored batch.")
+
+# -- the control plane (its own /metrics, the same renderer) ------------------------------------------------------
+CONTROL: Catalog = {}
+
+
+def _control(name: str, kind: Kind, help: str, *labels: str, counter_suffix: bool = True) -> MetricDef:
+    return _declare(name, kind, help, labels, into=CONTROL, counter_suffix=counter_suffix)
+
+
+# The control plane reports its version under Pulse's name: one build, one version series to query.
+CONTROL_BUILD_INFO = _control("pulse_build_info", "gauge", "The running version.", "version")
+CONTROL_HTTP_REQUESTS = _control("control_http_requests_total", "counter", "HTTP requests by route and status.",
+                                 "route", "status")
+CONTROL_AUTH_FAILURES = _control("control_auth_failures_total", "counter",
+                                 "Requests refused for missing, invalid, revoked or insufficient credentials "
+                                 "(by answer status, or by kind for agent registrations).", "kind", "status")
+CONTROL_LOGINS = _control("control_logins_total", "counter", "Logins by method and result.", "method", "result")
+CONTROL_REJECTED_REQUESTS = _control("control_rejected_requests_total", "counter",
+                                     "Requests refused for hostile or invalid input, by status.", "status")
+CONTROL_CONFIGS_CREATED = _control("control_configs_created_total", "counter", "Config versions stored.")
+CONTROL_CONFIGS_REJECTED = _control("control_configs_rejected_total", "counter", "Config bodies refused by validation.")
+CONTROL_ACTIVATIONS = _control("control_activations_total", "counter", "Activations and rollbacks.", "action")
+CONTROL_AGENT_REGISTRATIONS = _control("control_agent_registrations_total", "counter", "Agents that joined.")
+CONTROL_AGENT_HEARTBEATS = _control("control_agent_heartbeats_total", "counter", "Agent status reports received.")
+CONTROL_AGENT_REFUSALS = _control("control_agent_refusals_total", "counter",
+                                  "Config versions an agent reported it refused.")
+# A counter without the _total suffix: its name predates this module and dashboards use it.
+CONTROL_PUSH_STREAMS = _control("control_push_streams", "counter", "Event streams opened by agents.",
+                                counter_suffix=False)
 
 
 # -- exposition -----------------------------------------------------------------------------------------

@@ -78,6 +78,29 @@ def test_the_scrape_types_samples_by_declaration_and_leaves_out_undeclared_names
     assert reg.collector.undeclared == {"qtap_nobody_declared_this_total"}
 
 
+def test_pulse_and_control_metrics_take_only_their_declarations() -> None:
+    from qtap_async.pulse.metrics import Metrics
+
+    pulse = Metrics()
+    pulse.inc(metrics.PULSE_HTTP_REQUESTS, route='/v1/"x"', status="200")
+    pulse.observe(metrics.PULSE_QUERY_SECONDS, 0.5, route="/q")
+    assert pulse.get("pulse_http_requests_total", route='/v1/"x"', status="200") == 1
+    text = pulse.render()
+    assert 'pulse_http_requests_total{route="/v1/\\"x\\"",status="200"} 1' in text
+    assert "# TYPE pulse_query_seconds summary" in text and 'pulse_query_seconds_count{route="/q"} 1' in text
+    fams = {f.name for f in text_string_to_metric_families(text)}
+    assert {"pulse_build_info", "pulse_http_requests", "pulse_query_seconds"} <= fams
+    with pytest.raises(ValueError, match="labelled"):
+        pulse.inc(metrics.PULSE_HTTP_REQUESTS, method="GET")
+    with pytest.raises(ValueError, match="summary"):
+        pulse.inc(metrics.PULSE_QUERY_SECONDS)
+    with pytest.raises(KeyError):
+        pulse.inc(metrics.CONTROL_LOGINS, method="password", result="ok")  # the control plane's, not Pulse's
+    control = Metrics(metrics.CONTROL)
+    control.inc(metrics.CONTROL_PUSH_STREAMS)
+    assert "control_push_streams 1" in control.render().splitlines()
+
+
 # -- no name spelled out elsewhere --------------------------------------------------------------------------------
 
 
@@ -106,9 +129,10 @@ def _metric_literals(path: Path, names: set[str], prefixes: set[str]) -> Iterato
 
 def test_no_metric_name_is_spelled_out_outside_the_declarations() -> None:
     declarations = ROOT / "qtap_async" / "telemetry" / "metrics.py"
-    names = set(DECLARED) | {m.family for m in DECLARED.values()}
+    every = [*DECLARED.values(), *metrics.PULSE.values(), *metrics.CONTROL.values()]
+    names = {m.name for m in every} | {m.family for m in every}
     # Prefixes of declared names that are longer than the bare "qtap_" (which module names start with too).
-    prefixes = {n[:i] for n in DECLARED for i in range(len("qtap_") + 2, len(n)) if n[i - 1] == "_"}
+    prefixes = {m.name[:i] for m in every for i in range(len("qtap_") + 2, len(m.name)) if m.name[i - 1] == "_"}
     files = sorted([*(ROOT / "qtap_async").rglob("*.py"), *(ROOT / "cli").rglob("*.py")])
     found = [hit for f in files if f != declarations for hit in _metric_literals(f, names, prefixes)]
     assert not found, "metric names outside qtap_async/telemetry/metrics.py:\n" + "\n".join(found)
