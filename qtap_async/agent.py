@@ -139,8 +139,8 @@ class Agent:
         kernel = self._kernel_counters
         if self.capture is not None and self.capture.objects:
             kernel = self.capture.counters()
-        for k, v in kernel.items():
-            m[metrics.KERNEL[k].name] = v
+        for k, decl in metrics.KERNEL.items():
+            m[decl.name] = kernel.get(k, 0)
         if self.source is not None:
             m[metrics.SOURCE_RECORDS.name] = self.source.records
             m[metrics.SOURCE_DROPPED_RECORDS.name] = self.source.dropped_records

@@ -28,8 +28,6 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-from qtap_async.bpf import abi
-
 log = logging.getLogger("qtap.metrics")
 
 Snapshot = Mapping[str, int | float]
@@ -128,11 +126,10 @@ _KERNEL_HELP = {
     "program_misses": "events the kernel skipped because the program was already running on that CPU",
 }
 #: Kernel counter name (``Capture.counters()`` keys: ``abi.Counter`` names in lower case, and program_misses)
-#: -> its metric. Derived from the ABI so a counter added there is exported without a second list to update.
-KERNEL: dict[str, MetricDef] = {
-    k: _counter("qtap_kernel_" + k + "_total", "Kernel: " + _KERNEL_HELP.get(k, k.replace("_", " ")) + ".")
-    for k in [c.name.lower() for c in abi.Counter] + ["program_misses"]
-}
+#: -> its metric. Listed here rather than read from qtap_async.bpf.abi: Pulse and the control plane import
+#: this module and must load no capture code; tests/telemetry checks the list against abi.Counter.
+KERNEL: dict[str, MetricDef] = {k: _counter("qtap_kernel_" + k + "_total", "Kernel: " + why + ".")
+                                for k, why in _KERNEL_HELP.items()}
 
 # -- ring-buffer reader, channels, decoding, tracking ------------------------------------------------
 SOURCE_RECORDS = _counter("qtap_source_records_total", "Records read from the ring buffer.")
