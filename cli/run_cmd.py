@@ -309,7 +309,7 @@ def run_command(f: RunFlags) -> int:
             if out_file is not None:
                 out_file.close()
         snap = holder["agent"].snapshot() if "agent" in holder else {}
-        requests = sum(v for k, v in snap.items() if k.startswith(metrics.STACK_TRANSACTIONS.name + "{"))
+        requests = sum(v for k, v in snap.items() if k.startswith(metrics.STACK_TRANSACTIONS.name))
         connections = counted["connections"]
     last = holder.get("agent")
     snapshot = last.snapshot() if last is not None else {}
