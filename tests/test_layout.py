@@ -346,8 +346,9 @@ def test_no_public_class_defined_twice() -> None:
         f"{name}: {', '.join(places)}" for name, places in twice.items())
 
 
-# The agent's side: what `qtap run` (with or without a config) loads, the Pulse store included.
-AGENT_SIDE = ["cli.main", "qtap_async.agent", "qtap_async.pipeline_config", "qtap_async.sinks.factory",
+# The agent's side: what `qtap run` (with or without a config) loads, the Pulse store included. The control
+# client imports the agent and its config-driven runtime, wherever those live.
+AGENT_SIDE = ["cli.main", "cli.run_cmd", "qtap_async.control_client", "qtap_async.sinks.factory",
               "qtap_async.sinks.pulse"]
 # Pulse's server side and what only it needs: the agent must never load them (memory, start-up time, and a
 # ClickHouse engine in a privileged process that has no use for one).
