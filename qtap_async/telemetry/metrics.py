@@ -239,6 +239,23 @@ SINK_DROPPED_BY_REASON: dict[str, tuple[MetricDef, MetricDef]] = {
              _counter("qtap_sink_dropped_" + reason + "_bytes_total", f"Bytes dropped because {why}.", "store"))
     for reason, why in _DROP_HELP.items()
 }
+OTEL_SPANS = _counter("qtap_otel_spans_total", "Spans the OpenTelemetry store exported.", "store")
+OTEL_LOG_RECORDS = _counter("qtap_otel_log_records_total", "Log records the OpenTelemetry store exported.", "store")
+OTEL_REJECTED_SPANS = _counter("qtap_otel_rejected_spans_total", "Spans the Collector refused.", "store")
+OTEL_REJECTED_LOG_RECORDS = _counter("qtap_otel_rejected_log_records_total", "Log records the Collector refused.",
+                                     "store")
+OTEL_SKIPPED_EVENTS = _counter("qtap_otel_skipped_events_total",
+                               "Events the OpenTelemetry store has no signal for (or whose signal is off).", "store")
+OTEL_METRIC_EXPORTS = _counter("qtap_otel_metric_exports_total", "RED metric exports sent.", "store")
+OTEL_METRIC_EXPORT_ERRORS = _counter("qtap_otel_metric_export_errors_total",
+                                     "RED metric exports that failed (the next one carries the totals).", "store")
+OTEL_METRIC_REJECTED_POINTS = _counter("qtap_otel_metric_rejected_points_total",
+                                       "RED metric data points the Collector refused.", "store")
+OTEL_METRIC_SERIES = _gauge("qtap_otel_metric_series", "RED metric series kept now.", "store")
+OTEL_METRIC_FOLDED = _counter("qtap_otel_metric_folded_total",
+                              "Observations folded into the \"other\" series past max_series.", "store")
+OTEL_METRIC_OBSERVATIONS = _counter("qtap_otel_metric_observations_total", "Transactions the RED metrics counted.",
+                                    "store")
 STORE_PRUNED_OBJECTS = _counter("qtap_store_pruned_objects_total", "Objects retention deleted.", "store")
 STORE_PRUNED_BYTES = _counter("qtap_store_pruned_bytes_total", "Bytes retention deleted.", "store")
 STORE_PRUNE_RUNS = _counter("qtap_store_prune_runs_total", "Retention passes over the store.", "store")

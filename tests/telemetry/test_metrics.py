@@ -166,6 +166,14 @@ class _Quiet(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def do_POST(self) -> None:
+        # An OTLP/HTTP receiver that takes everything: an empty protobuf answer is a full success.
+        self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
     def log_message(self, format: str, *args: object) -> None:
         pass
 
@@ -187,7 +195,9 @@ def test_a_real_agent_exports_every_declared_metric(tmp_path: Path) -> None:
     config.write_text(f"""
 version: 2
 services:
-  event_stores: [{{type: stdout}}]
+  event_stores:
+    - {{type: stdout}}
+    - {{type: otel, id: otlp, endpoint: "http://127.0.0.1:{web.server_port}", metrics_interval: 0.5}}
   object_stores:
     - {{type: dir, id: objects, path: {tmp_path / "objects"}, retention: 1h, prune_interval: 0.2}}
 stacks:
