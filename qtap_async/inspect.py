@@ -72,8 +72,8 @@ def _cached_libraries(state_dir: str) -> tuple[list[TlsLibrary], dict[str, objec
 def _tls(state_dir: str = DEFAULT_STATE_DIR) -> tuple[list[dict[str, object]], dict[str, object]]:
     """Every TLS library in a running process, in the ld.so cache or in the agent's analysis cache, with its
     probe plan: fast (emulated probe points) or slow (single-stepped) per function."""
-    from qtap_async.sources.tls_manager import system_libraries
     from qtap_async.tls import scan_all
+    from qtap_async.tls.manager import system_libraries
 
     cache_info: dict[str, object] = {}
     try:

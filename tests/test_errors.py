@@ -79,8 +79,7 @@ def test_moved_classes_live_in_errors_and_keep_their_old_import_paths() -> None:
 
 async def test_channel_closed_is_caught_by_the_stage_loop() -> None:
     from qtap_async.buffers.channel import Channel
-    from qtap_async.transforms.conntrack import Conntrack
-    from qtap_async.transforms.stage import TrackingStage
+    from qtap_async.topology import Graph, StdoutWriter
 
     ch: Channel[bytes] = Channel(4, 1 << 20)
     ch.close()
@@ -90,17 +89,16 @@ async def test_channel_closed_is_caught_by_the_stage_loop() -> None:
     tx: Channel[list[object]] = Channel(4, 1 << 20)
     rx.close()
     # The stage ends its loop on ChannelClosed from its input instead of dying with it.
-    await asyncio.wait_for(TrackingStage(Conntrack()).run(rx, tx), 5)
+    await asyncio.wait_for(Graph(None, local=StdoutWriter(), sweep=False).stage.run(rx, tx), 5)
 
 
 def test_decode_error_is_counted_by_the_stage_and_still_a_value_error() -> None:
     from qtap_async.sources.decode import decode
-    from qtap_async.transforms.conntrack import Conntrack
-    from qtap_async.transforms.stage import TrackingStage
+    from qtap_async.topology import Graph, StdoutWriter
 
     with pytest.raises(ValueError, match="malformed record"):
         decode(b"\x03\x00")
-    stage = TrackingStage(Conntrack())
+    stage = Graph(None, local=StdoutWriter(), sweep=False).stage
     assert stage.process([b"\x03\x00", b"\x99" * 64]) == []
     assert stage.decode_errors == 2
 

@@ -8,8 +8,8 @@ from typing import Any, get_args
 
 from qtap_async.events.dns import DnsMessage
 from qtap_async.events.http import HttpTransaction
-from qtap_async.sources.tls_probes import AttachStatus
 from qtap_async.telemetry import metrics
+from qtap_async.tls.attach import AttachStatus
 from qtap_async.tls.model import LibraryKind
 
 ProtocolRecordHandler = Callable[[Any, Any, int], list[Any]]
