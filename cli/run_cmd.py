@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import sys
 from dataclasses import dataclass, field
@@ -84,10 +85,12 @@ def check_flags(f: RunFlags) -> None:
         raise ConfigError(f"--pid {f.pid}: no such process")
     if f.max_connections < 1:
         raise ConfigError(f"--max-connections {f.max_connections}: expected at least 1")
-    if not f.idle_timeout > 0:
-        raise ConfigError(f"--idle-timeout {f.idle_timeout}: expected a number of seconds > 0")
-    if f.metrics_interval < 0:
-        raise ConfigError(f"--metrics-interval {f.metrics_interval}: expected seconds >= 0 (0: off)")
+    # isfinite: "nan" and "inf" parse as floats; nan passes every comparison's negation and inf overflows
+    # the nanosecond conversions further down.
+    if not (math.isfinite(f.idle_timeout) and f.idle_timeout > 0):
+        raise ConfigError(f"--idle-timeout {f.idle_timeout}: expected a finite number of seconds > 0")
+    if not (math.isfinite(f.metrics_interval) and f.metrics_interval >= 0):
+        raise ConfigError(f"--metrics-interval {f.metrics_interval}: expected a finite number of seconds >= 0 (0: off)")
     from qtap_async.errors import QtapError
     from qtap_async.telemetry.server import DEFAULT_LISTEN, parse_listen
 

@@ -267,7 +267,7 @@ class Conntrack:
         if sec != self._fmt_sec:  # formatting the date part once per second: this runs per event
             self._fmt_sec = sec
             self._fmt_prefix = datetime.fromtimestamp(sec, UTC).strftime("%Y-%m-%dT%H:%M:%S.")
-        return f"{self._fmt_prefix}{frac // 1000:06d}Z"
+        return f"{self._fmt_prefix}{frac:09d}Z"  # = events.times.format_ns(wall), cached per second
 
     def _direction(self, rec: ConnOpen) -> Direction:
         if rec.role == abi.Role.CONNECT:
@@ -280,8 +280,8 @@ class Conntrack:
     def _owners(self, c: Connection) -> list[Owner] | None:
         if c.owners is None:
             return None
-        return [Owner(pid=pid, exe=p.exe, comm=p.comm, user=p.user, first_ns=self.wall_ns(ts))
-                for pid, p, ts in c.owners]
+        return [Owner(pid=pid, exe=p.exe, comm=p.comm, user=p.user, first_ns=self.wall_ns(ts),
+                      first_ts=self.rfc3339(ts)) for pid, p, ts in c.owners]
 
     def _conn_event(self, c: Connection, event: str, ts_ns: int, reason: str = "") -> ConnectionEvent:
         src_ip, src_port, dst_ip, dst_port = c.endpoints()

@@ -8,6 +8,7 @@ from typing import Any
 from qtap_async.context.process import ProcessCache
 from qtap_async.events.connection import ConnectionEvent, GapEvent
 from qtap_async.events.kernel import ConnClose, ConnOpen, Data, ProcExec
+from qtap_async.events.times import format_ns
 from qtap_async.transforms.conntrack import Connection, Conntrack, Parsed
 
 
@@ -173,6 +174,9 @@ def test_io_by_another_process_moves_transactions_and_is_kept_in_owners() -> Non
     (close,) = ct.handle(ConnClose(50, 1, 100, 4, 18, 10))
     assert close.pid == 100
     assert close.owners is not None and [o.pid for o in close.owners] == [100, 200]  # bounded: no repeats
+    # When each took over, in the one time form (RFC 3339 UTC, ns) beside its epoch ns.
+    assert [o.first_ts for o in close.owners] == [format_ns(o.first_ns) for o in close.owners]
+    assert all(o.first_ns > 0 for o in close.owners)
     assert ct.stats.owner_changes == 3
 
 
@@ -240,7 +244,7 @@ def test_timestamps_are_rfc3339_wall_clock() -> None:
     for mono in (0, 999_999_999, 1_000_000_000, 61_234_567_891):
         wall = ct.wall_ns(mono)
         want = datetime.fromtimestamp(wall // 10**9, UTC).strftime("%Y-%m-%dT%H:%M:%S.") + \
-            f"{(wall % 10**9) // 1000:06d}Z"
+            f"{wall % 10**9:09d}Z"  # nanoseconds: the kernel's precision, as every event writes it
         assert ct.rfc3339(mono) == want
 
 
