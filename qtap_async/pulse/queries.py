@@ -93,6 +93,35 @@ class IssueSearch(_Range, frozen=True, gc=False, kw_only=True):
     conn_id: U64 | None = None
 
 
+StatusClass = Literal["1xx", "2xx", "3xx", "4xx", "5xx", "error"]
+
+
+class RequestSearch(_Range, frozen=True, gc=False, kw_only=True):
+    """The traffic explorer's filters; ``q`` is free text matched anywhere in the path (case-insensitive)."""
+
+    limit: Limit = 50
+    offset: Offset = 0
+    id: Str | None = None
+    domain: Str | None = None
+    method: Str | None = None
+    status_class: StatusClass | None = None
+    direction: Literal["ingress", "egress"] | None = None
+    pid: U32 | None = None
+    exe: Str | None = None
+    container_id: Str | None = None
+    q: Annotated[str, msgspec.Meta(max_length=256)] | None = None
+
+
+class SummaryParams(_Range, frozen=True, gc=False, kw_only=True):
+    domain: Str | None = None
+    direction: Literal["ingress", "egress"] | None = None
+
+
+class EdgeParams(_Range, frozen=True, gc=False, kw_only=True):
+    limit: Limit = 200
+    direction: Literal["ingress", "egress"] | None = None
+
+
 class ObjectParams(msgspec.Struct, frozen=True, gc=False, kw_only=True, forbid_unknown_fields=True):
     transaction_id: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
     limit: Limit = 1000
@@ -115,6 +144,7 @@ _FILTER_TYPES = {
     "protocol": "String",
     "rule": "String",
     "severity": "String",
+    "id": "String",
 }
 
 # ---- results ----------------------------------------------------------------------------------------
@@ -148,6 +178,43 @@ class ProcessStats(_Stats, frozen=True, gc=False, kw_only=True):
     pid: int
     exe: str
     container_id: str
+
+
+class Summary(_Stats, frozen=True, gc=False, kw_only=True):
+    domains: int
+    sources: int  # distinct (exe, container) pairs that made or served requests
+
+
+class Edge(_Stats, frozen=True, gc=False, kw_only=True):
+    """Traffic from one process (or container) to one domain."""
+
+    exe: str
+    container_id: str
+    domain: str
+
+
+class RequestRow(msgspec.Struct, frozen=True, gc=False, kw_only=True):
+    id: str
+    ts: int
+    agent: str
+    conn_id: int
+    direction: str
+    method: str
+    domain: str
+    path: str
+    status: int
+    duration_ns: int
+    req_bytes: int
+    resp_bytes: int
+    content_type: str
+    user_agent: str
+    pid: int
+    exe: str
+    container_id: str
+    protocol: str
+    grpc_service: str
+    grpc_method: str
+    grpc_status: int
 
 
 class ConnectionRow(msgspec.Struct, frozen=True, gc=False, kw_only=True):
@@ -305,6 +372,65 @@ def processes(storage: Storage, team: str, p: ProcessParams) -> list[ProcessStat
     )
 
 
+_STATUS_CLASS = {
+    "1xx": "status >= 100 AND status < 200",
+    "2xx": "status >= 200 AND status < 300",
+    "3xx": "status >= 300 AND status < 400",
+    "4xx": "status >= 400 AND status < 500",
+    "5xx": "status >= 500",
+    "error": "(status >= 500 OR grpc_status > 0)",
+}
+
+
+def summary(storage: Storage, team: str, p: SummaryParams) -> list[Summary]:
+    """One row: the totals of the range (what the dashboard's headline numbers show)."""
+    where, params = _where(p, team, ("domain", "direction"))
+    return _select(
+        storage,
+        Summary,
+        f"SELECT {_STATS}, uniqExact(domain) AS domains, uniqExact(exe, container_id) AS sources"
+        f" FROM {storage.database}.requests FINAL WHERE {where}",
+        params,
+    )
+
+
+def edges(storage: Storage, team: str, p: EdgeParams) -> list[Edge]:
+    """The dependency map: one edge per (process executable, container) -> domain, busiest first."""
+    where, params = _where(p, team, ("direction",))
+    params["limit"] = p.limit
+    return _select(
+        storage,
+        Edge,
+        f"SELECT exe, container_id, domain, {_STATS} FROM {storage.database}.requests FINAL WHERE {where}"
+        " GROUP BY exe, container_id, domain ORDER BY requests DESC, exe, container_id, domain"
+        " LIMIT {limit:UInt32}",
+        params,
+    )
+
+
+def requests(storage: Storage, team: str, p: RequestSearch) -> list[RequestRow]:
+    """Requests matching the explorer's filters, newest first (one row per id)."""
+    where, params = _where(p, team, ("id", "domain", "method", "direction", "pid", "exe", "container_id"))
+    if p.status_class is not None:
+        where += f" AND {_STATUS_CLASS[p.status_class]}"
+    if p.q:
+        where += " AND positionCaseInsensitiveUTF8(path, {q:String}) > 0"
+        params["q"] = p.q
+    params["limit"], params["offset"] = p.limit, p.offset
+    # The newest rows come from a plain top-N (ClickHouse reads only ts and the sort keys for it); a second
+    # pass drops copies of one event (a retried batch before its parts merged: same id, same ts, so they
+    # sort side by side). The inner window is twice the page so pages stay full unless half the rows are copies.
+    params["window"] = 2 * (p.limit + p.offset) + 100
+    return _select(
+        storage,
+        RequestRow,
+        f"SELECT * FROM (SELECT {_columns(RequestRow)} FROM {storage.database}.requests WHERE {where}"
+        " ORDER BY ts DESC, id LIMIT {window:UInt32})"
+        " ORDER BY ts DESC, id LIMIT 1 BY id LIMIT {limit:UInt32} OFFSET {offset:UInt32}",
+        params,
+    )
+
+
 def _columns(row: type[msgspec.Struct]) -> str:
     return ", ".join("toUnixTimestamp64Nano(ts) AS ts" if f == "ts" else f for f in row.__struct_fields__)
 
@@ -402,6 +528,28 @@ QUERIES: tuple[QuerySpec, ...] = (
         ConnectionRow,
         connections,
         "Connection events in a time range matching the filters, newest first",
+    ),
+    QuerySpec(
+        "/v1/query/summary",
+        SummaryParams,
+        Summary,
+        summary,
+        "Totals of a time range: requests, error rate, latency p50/p95/p99, distinct domains and sources",
+    ),
+    QuerySpec(
+        "/v1/query/edges",
+        EdgeParams,
+        Edge,
+        edges,
+        "Dependency edges: requests, error rate and latency from each process/container to each domain",
+    ),
+    QuerySpec(
+        "/v1/query/requests",
+        RequestSearch,
+        RequestRow,
+        requests,
+        "Requests in a time range matching the filters (domain, method, status class, process, container,"
+        " direction, text in the path), newest first",
     ),
     QuerySpec("/v1/query/issues", IssueSearch, IssueRow, issues, "Issues in a time range, newest first"),
     QuerySpec(
