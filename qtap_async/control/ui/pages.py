@@ -282,7 +282,8 @@ class UiApp:
         except PulseUnavailable as e:
             return self.render(ctx, "dashboard.html", "dashboard", range=key, ranges=RANGES, pulse_error=str(e),
                                total=None, charts={}, domains=[], endpoints=[], procs=[], containers=[])
-        # Buckets without requests are absent from Pulse's answer: fill them with zeros so lines stay honest.
+        # Buckets without requests are absent from Pulse's answer: the request rate is 0 there, while error
+        # rate and latency have no value (their lines break instead of dropping to a made-up 0).
         first = start // NS // bucket * bucket
         slots = list(range(first, end // NS + 1, bucket))
         by = {int(r["bucket_start"]): r for r in series}
@@ -290,12 +291,12 @@ class UiApp:
         labels = [datetime.fromtimestamp(s, UTC).strftime("%H:%M" if span_s <= 86400 else "%m-%d %H:%M")
                   for s in slots]
 
-        def values(f: Callable[[dict[str, Any]], float]) -> list[float]:
-            return [f(r) if r is not None else 0.0 for r in rows]
+        def values(f: Callable[[dict[str, Any]], float]) -> list[float | None]:
+            return [f(r) if r is not None else None for r in rows]
 
+        rate: list[float | None] = [r["requests"] / bucket if r is not None else 0.0 for r in rows]
         charts = {
-            "rate": svg.line_chart(slots, [svg.Series("requests/s", "s1", values(lambda r: r["requests"] / bucket))],
-                                   "{:.3g}", labels),
+            "rate": svg.line_chart(slots, [svg.Series("requests/s", "s1", rate)], "{:.3g}", labels),
             "errors": svg.line_chart(slots, [svg.Series("error rate %", "s3",
                                                         values(lambda r: r["error_rate"] * 100))], "{:.3g}%", labels),
             "latency": svg.line_chart(slots, [svg.Series(n, c, values(lambda r, f=f: r[f] / 1e6))  # type: ignore[misc]

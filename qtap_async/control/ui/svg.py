@@ -13,7 +13,7 @@ from dataclasses import dataclass
 class Series:
     name: str
     css: str  # class of the line (its colour lives in ui.css)
-    values: list[float]
+    values: list[float | None]  # None: no data in the bucket (the line breaks there)
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ def line_chart(xs: Sequence[int], series: Sequence[Series], fmt: str = "{:g}", x
                width: int = 560, height: int = 160) -> LineChart:
     """Lines over time buckets ``xs`` (epoch seconds), y from 0 to a round maximum, 4 grid lines."""
     w, h = width - PAD_L - PAD_R, height - PAD_T - PAD_B
-    top = _nice_max(max((v for s in series for v in s.values), default=0.0))
+    top = _nice_max(max((v for s in series for v in s.values if v is not None), default=0.0))
     n = len(xs)
 
     def x(i: int) -> float:
@@ -54,11 +54,18 @@ def line_chart(xs: Sequence[int], series: Sequence[Series], fmt: str = "{:g}", x
 
     paths = []
     for s in series:
-        d = " ".join(f"{'M' if i == 0 else 'L'}{x(i):.1f},{y(v):.1f}" for i, v in enumerate(s.values))
-        paths.append((s.name, s.css, d))
+        parts, pen_down = [], False
+        for i, v in enumerate(s.values):
+            if v is None:
+                pen_down = False
+                continue
+            parts.append(f"{'L' if pen_down else 'M'}{x(i):.1f},{y(v):.1f}")
+            pen_down = True
+        paths.append((s.name, s.css, " ".join(parts)))
     y_ticks = [(y(top * k / 4), fmt.format(top * k / 4)) for k in range(5)]
     step = max(1, n // 6)
-    x_ticks = [(x(i), x_labels[i]) for i in range(0, n, step)] if x_labels else []
+    # The last tick would run past the right edge: ticks stop one step before it.
+    x_ticks = [(x(i), x_labels[i]) for i in range(0, max(n - step // 2, 1), step)] if x_labels else []
     return LineChart(width, height, paths, y_ticks, x_ticks, empty=n == 0)
 
 
