@@ -138,6 +138,7 @@ def dependency_graph(rows: Sequence[dict[str, object]], range_s: float, width: i
     most = max((int(str(r["requests"])) for r in rows), default=1)
     edges = []
     box_w = 260.0
+    order = {n.key: i for i, n in enumerate(sources)}
     for r in rows:
         src = pos_s[f"{r['exe']}\0{r['container_id']}"]
         t = pos_t[str(r["domain"]) or "(no domain)"]
@@ -149,8 +150,14 @@ def dependency_graph(rows: Sequence[dict[str, object]], range_s: float, width: i
         css = "bad" if rate >= 0.05 else "warn" if rate > 0 else "ok"
         per_s = n / range_s if range_s > 0 else 0.0
         label = f"{per_s:.2f}/s · {rate * 100:.1f}% err"
+        # Labels sit at a point of the curve that depends on the source's row, so the labels of edges that
+        # meet at one domain (or leave one process) do not pile up in the middle.
+        k = 0.2 + 0.6 * (order[src.key] / max(1, len(sources) - 1))
+        ease = 3 * k * k - 2 * k * k * k  # the curve's y progress at parameter k (control points share y)
+        lx = (1 - k) ** 3 * x1 + 3 * (1 - k) ** 2 * k * mid + 3 * (1 - k) * k * k * mid + k**3 * x2
+        ly = src.y + (t.y - src.y) * ease - 5
         title = (f"{_short_exe(str(r['exe']))} -> {r['domain']}: {n} requests, {rate * 100:.2f}% errors, "
                  f"p95 {int(str(r['p95_ns'])) / 1e6:.1f} ms")
         edges.append(EdgeShape(src.key, t.key, path, 1.0 + 5.0 * math.log1p(n) / math.log1p(most), css, label,
-                               mid, (src.y + t.y) / 2 - 4, title))
+                               lx, ly, title))
     return Graph(width, int(height), sources, targets, edges)
