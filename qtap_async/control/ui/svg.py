@@ -150,9 +150,9 @@ def dependency_graph(rows: Sequence[dict[str, object]], range_s: float, width: i
         css = "bad" if rate >= 0.05 else "warn" if rate > 0 else "ok"
         per_s = n / range_s if range_s > 0 else 0.0
         label = f"{per_s:.2f}/s · {rate * 100:.1f}% err"
-        # Labels sit at a point of the curve that depends on the source's row, so the labels of edges that
-        # meet at one domain (or leave one process) do not pile up in the middle.
-        k = 0.2 + 0.6 * (order[src.key] / max(1, len(sources) - 1))
+        # Labels sit near the domain's end, where a domain's edges run flat side by side, each source's a bit
+        # further back along its curve, so the labels of edges that meet at one domain do not pile up.
+        k = max(0.3, 0.92 - 0.3 * order[src.key])
         ease = 3 * k * k - 2 * k * k * k  # the curve's y progress at parameter k (control points share y)
         lx = (1 - k) ** 3 * x1 + 3 * (1 - k) ** 2 * k * mid + 3 * (1 - k) * k * k * mid + k**3 * x2
         ly = src.y + (t.y - src.y) * ease - 5
