@@ -97,3 +97,29 @@ def test_other_teams_and_ranges_see_nothing(storage: Storage, data: tuple[str, i
     assert (empty.requests, empty.error_rate, empty.domains) == (0, 0, 0)
     with pytest.raises(q.QueryError):
         q.summary(storage, team, q.SummaryParams(start=now, end=now - 1))
+
+
+def test_dashboard_is_the_single_queries_in_one_pass(storage: Storage,
+                                                     data: tuple[str, int, list[RequestEvent]]) -> None:
+    team, now, _ = data
+    w = _window(now)
+    rows = q.dashboard(storage, team, q.DashboardParams(**w, bucket=300, limit=7))
+    by: dict[str, list[q.DashboardRow]] = {}
+    for r in rows:
+        by.setdefault(r.set, []).append(r)
+    [total] = by["total"]
+    [summary] = q.summary(storage, team, q.SummaryParams(**w))
+    assert stats(total) == stats(summary) and (total.domains, total.sources) == (summary.domains, summary.sources)
+    assert [(r.domain, stats(r)) for r in by["domain"]] == [
+        (r.domain, stats(r)) for r in q.top_domains(storage, team, q.TopParams(**w, limit=7))]
+    assert [(r.domain, r.method, r.path, stats(r)) for r in by["endpoint"]] == [
+        (r.domain, r.method, r.path, stats(r)) for r in q.top_endpoints(storage, team, q.TopParams(**w, limit=7))]
+    assert [(r.pid, r.exe, r.container_id, stats(r)) for r in by["process"]] == [
+        (r.pid, r.exe, r.container_id, stats(r)) for r in q.processes(storage, team, q.ProcessParams(**w, limit=7))]
+    assert [(r.container_id, stats(r)) for r in by["container"]] == [
+        (r.container_id, stats(r))
+        for r in q.processes(storage, team, q.ProcessParams(**w, limit=7, group_by="container"))]
+    assert [(r.bucket_start, stats(r)) for r in by["bucket"]] == [
+        (r.bucket_start, stats(r)) for r in q.timeseries(storage, team, q.TimeseriesParams(**w, bucket=300))]
+    [empty] = q.dashboard(storage, team + "-none", q.DashboardParams(**w))
+    assert (empty.set, empty.requests, empty.error_rate) == ("total", 0, 0)

@@ -8,7 +8,6 @@ without inline scripts or styles, and refuses framing.
 
 from __future__ import annotations
 
-import asyncio
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -269,19 +268,18 @@ class UiApp:
         key, start, end = self._range(ctx)
         span_s = RANGES[key]
         bucket = max(10, span_s // 60)
-        w = {"start": start, "end": end}
         try:
-            summary, series, domains, endpoints, procs, containers = await asyncio.gather(
-                self.pulse.query("summary", **w),
-                self.pulse.query("timeseries", **w, bucket=bucket),
-                self.pulse.query("top/domains", **w, limit=10),
-                self.pulse.query("top/endpoints", **w, limit=10),
-                self.pulse.query("processes", **w, limit=10),
-                self.pulse.query("processes", **w, limit=10, group_by="container"),
-            )
+            # One pass over the range in Pulse (the six views share one FINAL scan).
+            rows = await self.pulse.query("dashboard", start=start, end=end, bucket=bucket, limit=10)
         except PulseUnavailable as e:
             return self.render(ctx, "dashboard.html", "dashboard", range=key, ranges=RANGES, pulse_error=str(e),
                                total=None, charts={}, domains=[], endpoints=[], procs=[], containers=[])
+        part: dict[str, list[dict[str, Any]]] = {}
+        for row in rows:
+            part.setdefault(row["set"], []).append(row)
+        summary, series = part.get("total", []), part.get("bucket", [])
+        domains, endpoints = part.get("domain", []), part.get("endpoint", [])
+        procs, containers = part.get("process", []), part.get("container", [])
         # Buckets without requests are absent from Pulse's answer: the request rate is 0 there, while error
         # rate and latency have no value (their lines break instead of dropping to a made-up 0).
         first = start // NS // bucket * bucket
