@@ -285,14 +285,14 @@ class UiApp:
         first = start // NS // bucket * bucket
         slots = list(range(first, end // NS + 1, bucket))
         by = {int(r["bucket_start"]): r for r in series}
-        rows = [by.get(s) for s in slots]
+        filled = [by.get(s) for s in slots]
         labels = [datetime.fromtimestamp(s, UTC).strftime("%H:%M" if span_s <= 86400 else "%m-%d %H:%M")
                   for s in slots]
 
         def values(f: Callable[[dict[str, Any]], float]) -> list[float | None]:
-            return [f(r) if r is not None else None for r in rows]
+            return [f(r) if r is not None else None for r in filled]
 
-        rate: list[float | None] = [r["requests"] / bucket if r is not None else 0.0 for r in rows]
+        rate: list[float | None] = [r["requests"] / bucket if r is not None else 0.0 for r in filled]
         charts = {
             "rate": svg.line_chart(slots, [svg.Series("requests/s", "s1", rate)], "{:.3g}", labels),
             "errors": svg.line_chart(slots, [svg.Series("error rate %", "s3",
