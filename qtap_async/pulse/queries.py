@@ -208,7 +208,8 @@ class DashboardRow(_Stats, frozen=True, gc=False, kw_only=True):
     pid: int
     exe: str
     container_id: str
-    bucket_start: int
+    bucket_start: Timestamp  # the keys of other sets are empty: bucket_start_ns 0
+    bucket_start_ns: int
     domains: int
     sources: int
 
@@ -223,7 +224,8 @@ class Edge(_Stats, frozen=True, gc=False, kw_only=True):
 
 class RequestRow(msgspec.Struct, frozen=True, gc=False, kw_only=True):
     id: str
-    ts: int
+    ts: Timestamp
+    ts_ns: int
     agent: str
     conn_id: int
     direction: str
@@ -430,14 +432,14 @@ def summary(storage: Storage, team: str, p: SummaryParams) -> list[Summary]:
     )
 
 
-_DASH_KEYS = ("domain", "method", "path", "pid", "exe", "container_id", "bucket_start")
+_DASH_KEYS = ("domain", "method", "path", "pid", "exe", "container_id", "bucket_start_ns")
 _DASH_SETS: dict[str, tuple[str, ...]] = {
     "total": (),
     "domain": ("domain",),
     "endpoint": ("domain", "method", "path"),
     "process": ("pid", "exe", "container_id"),
     "container": ("container_id",),
-    "bucket": ("bucket_start",),
+    "bucket": ("bucket_start_ns",),
 }
 
 
@@ -462,7 +464,8 @@ def dashboard(storage: Storage, team: str, p: DashboardParams) -> list[Dashboard
     sets = ", ".join("(" + ", ".join(keys) + ")" for keys in _DASH_SETS.values())
     rows = storage.query(
         f"SELECT grouping({', '.join(_DASH_KEYS)}) AS g, domain, method, path, pid, exe, container_id,"
-        " toUnixTimestamp(toStartOfInterval(ts, toIntervalSecond({bucket:UInt32}))) AS bucket_start,"
+        " toUnixTimestamp64Nano(toDateTime64(toStartOfInterval(ts, toIntervalSecond({bucket:UInt32})), 9, 'UTC'))"
+        " AS bucket_start_ns,"
         f" {_STATS}, uniqExact(domain) AS domains, uniqExact(exe, container_id) AS sources"
         f" FROM {storage.database}.requests FINAL WHERE {where} GROUP BY GROUPING SETS ({sets})",
         params,
@@ -470,6 +473,8 @@ def dashboard(storage: Storage, team: str, p: DashboardParams) -> list[Dashboard
     for r in rows:
         r["set"] = _DASH_BY_ID[int(r.pop("g"))]
         r.pop("q", None)
+        r["bucket_start_ns"] = ns = int(r["bucket_start_ns"])  # 64-bit ints may come quoted
+        r["bucket_start"] = format_ns(ns)
     out: list[DashboardRow] = msgspec.convert(rows, list[DashboardRow])
     # The same order and ties as the single queries: requests, then the keys.
     by_set: dict[str, list[DashboardRow]] = {}
@@ -479,11 +484,12 @@ def dashboard(storage: Storage, team: str, p: DashboardParams) -> list[Dashboard
     for name, keys in _DASH_SETS.items():
         group = by_set.get(name, [])
         if name == "bucket":
-            result += sorted(group, key=lambda r: r.bucket_start)
+            result += sorted(group, key=lambda r: r.bucket_start_ns)
         elif name == "total":
             # No row at all when the range is empty: answer the zeros summary() answers.
             result += group or [DashboardRow(set="total", domain="", method="", path="", pid=0, exe="",
-                                             container_id="", bucket_start=0, domains=0, sources=0, requests=0,
+                                             container_id="", bucket_start=format_ns(0), bucket_start_ns=0,
+                                             domains=0, sources=0, requests=0,
                                              errors=0, client_errors=0, error_rate=0.0, p50_ns=0, p95_ns=0,
                                              p99_ns=0)]
         else:
@@ -523,7 +529,7 @@ def requests(storage: Storage, team: str, p: RequestSearch) -> list[RequestRow]:
         RequestRow,
         f"SELECT * FROM (SELECT {_columns(RequestRow)} FROM {storage.database}.requests WHERE {where}"
         " ORDER BY ts DESC, id LIMIT {window:UInt32})"
-        " ORDER BY ts DESC, id LIMIT 1 BY id LIMIT {limit:UInt32} OFFSET {offset:UInt32}",
+        " ORDER BY ts_ns DESC, id LIMIT 1 BY id LIMIT {limit:UInt32} OFFSET {offset:UInt32}",
         params,
     )
 

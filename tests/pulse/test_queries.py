@@ -119,7 +119,8 @@ def test_dashboard_is_the_single_queries_in_one_pass(storage: Storage,
     assert [(r.container_id, stats(r)) for r in by["container"]] == [
         (r.container_id, stats(r))
         for r in q.processes(storage, team, q.ProcessParams(**w, limit=7, group_by="container"))]
-    assert [(r.bucket_start, stats(r)) for r in by["bucket"]] == [
-        (r.bucket_start, stats(r)) for r in q.timeseries(storage, team, q.TimeseriesParams(**w, bucket=300))]
+    assert [(r.bucket_start_ns, r.bucket_start, stats(r)) for r in by["bucket"]] == [
+        (r.bucket_start_ns, r.bucket_start, stats(r))
+        for r in q.timeseries(storage, team, q.TimeseriesParams(**w, bucket=300))]
     [empty] = q.dashboard(storage, team + "-none", q.DashboardParams(**w))
     assert (empty.set, empty.requests, empty.error_rate) == ("total", 0, 0)

@@ -284,7 +284,7 @@ class UiApp:
         # rate and latency have no value (their lines break instead of dropping to a made-up 0).
         first = start // NS // bucket * bucket
         slots = list(range(first, end // NS + 1, bucket))
-        by = {int(r["bucket_start"]): r for r in series}
+        by = {int(r["bucket_start_ns"]) // NS: r for r in series}
         filled = [by.get(s) for s in slots]
         labels = [datetime.fromtimestamp(s, UTC).strftime("%H:%M" if span_s <= 86400 else "%m-%d %H:%M")
                   for s in slots]

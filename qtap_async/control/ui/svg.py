@@ -93,7 +93,7 @@ class EdgeShape:
 
 
 @dataclass(frozen=True)
-class Graph:
+class DependencyGraph:
     width: int
     height: int
     sources: list[Node]
@@ -105,7 +105,7 @@ def _short_exe(exe: str) -> str:
     return exe.rsplit("/", 1)[-1] or exe or "(unknown process)"
 
 
-def dependency_graph(rows: Sequence[dict[str, object]], range_s: float, width: int = 960) -> Graph:
+def dependency_graph(rows: Sequence[dict[str, object]], range_s: float, width: int = 960) -> DependencyGraph:
     """Two columns, processes/containers on the left and domains on the right, busiest first; one curve
     per edge, its width by request count (log scale), its colour by error rate, labelled req/s and errors."""
     by_src: dict[str, int] = {}
@@ -160,4 +160,4 @@ def dependency_graph(rows: Sequence[dict[str, object]], range_s: float, width: i
                  f"p95 {int(str(r['p95_ns'])) / 1e6:.1f} ms")
         edges.append(EdgeShape(src.key, t.key, path, 1.0 + 5.0 * math.log1p(n) / math.log1p(most), css, label,
                                lx, ly, title))
-    return Graph(width, int(height), sources, targets, edges)
+    return DependencyGraph(width, int(height), sources, targets, edges)
