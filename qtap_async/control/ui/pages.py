@@ -34,6 +34,12 @@ from qtap_async.control.ui import svg
 from qtap_async.control.ui.payloads import NotFetchable, PayloadSigner
 from qtap_async.control.ui.pulse import PulseReader, PulseUnavailable
 from qtap_async.errors import ControlAuthError, ControlError
+from qtap_async.telemetry.metrics import (
+    CONTROL_AUTH_FAILURES,
+    CONTROL_CONFIGS_REJECTED,
+    CONTROL_HTTP_REQUESTS,
+    CONTROL_UI_PAYLOAD_URLS,
+)
 
 HERE = Path(__file__).parent
 RANGES: dict[str, int] = {"15m": 900, "1h": 3600, "6h": 6 * 3600, "24h": 86400, "7d": 7 * 86400}
@@ -167,13 +173,13 @@ class UiApp:
                     control.auth.check_csrf(principal, form.get("csrf"))
                 response = await fn(Ctx(request, principal, team, form))
             except ControlAuthError as e:
-                control.metrics.inc("control_auth_failures_total", status=str(e.status))
+                control.metrics.inc(CONTROL_AUTH_FAILURES, status=str(e.status))
                 response = self.error_page(e.status, str(e))
             except ApiError as e:
                 response = self.error_page(e.status, e.message)
             except ControlError:
                 response = self.error_page(503, "the store is unavailable; retry later")
-            control.metrics.inc("control_http_requests_total", route=f"ui:{fn.__name__}",
+            control.metrics.inc(CONTROL_HTTP_REQUESTS, route=f"ui:{fn.__name__}",
                                 status=str(response.status_code))
             # The page's server time (Pulse queries included), for the browser's devtools and the benchmark.
             response.headers["server-timing"] = f"app;dur={(time.perf_counter() - t0) * 1000:.1f}"
@@ -390,7 +396,7 @@ class UiApp:
             url = self.signer.browser_url(match["url"])
         except NotFetchable as e:
             return JSONResponse({"error": str(e)}, 409, headers=self.headers())
-        self.control.metrics.inc("control_ui_payload_urls_total")
+        self.control.metrics.inc(CONTROL_UI_PAYLOAD_URLS)
         return JSONResponse({"url": url, "size": match["size"], "content_type": match["content_type"],
                              "max_bytes": self.settings.ui.payloads.max_display_bytes}, headers=self.headers())
 
@@ -470,7 +476,7 @@ class UiApp:
         try:
             checked = await self.control.blocking(check_config, text, self.settings.limits.max_yaml_depth)
         except InvalidConfig as e:
-            self.control.metrics.inc("control_configs_rejected_total")
+            self.control.metrics.inc(CONTROL_CONFIGS_REJECTED)
             return self._editor(ctx, text, 422, e.issues, comment, group, activate)
         version = store_config(self.control, ctx.request, ctx.principal, ctx.team, checked, comment)
         if activate:

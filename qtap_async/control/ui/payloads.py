@@ -10,9 +10,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from qtap_async.control.settings import PayloadAccess
+from qtap_async.errors import ControlError
 
 
-class NotFetchable(Exception):
+class NotFetchable(ControlError):
     """The reference cannot be fetched by a browser (a local file, or no signing credentials)."""
 
 

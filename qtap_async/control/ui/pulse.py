@@ -9,9 +9,10 @@ from typing import Any
 import httpx
 
 from qtap_async.control.settings import ControlSettings
+from qtap_async.errors import ControlError
 
 
-class PulseUnavailable(Exception):
+class PulseUnavailable(ControlError):
     """Pulse is not configured, not reachable, or refused the query; the message says which."""
 
 
