@@ -29,15 +29,13 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import msgspec
-
 from qtap_async.agent import AgentOptions, StdoutWriter
 from qtap_async.buffers.channel import Channel, ChannelClosed
-from qtap_async.config import Config, Services, StoreConfig, load_config, summarize
+from qtap_async.config import Config, Services, load_config, summarize
 from qtap_async.context.containers import installed as installed_containers
 from qtap_async.context.domains import offer
 from qtap_async.context.filters import ContainerFilter
-from qtap_async.errors import ConfigError, QtapError
+from qtap_async.errors import QtapError
 from qtap_async.events.connection import ConnectionEvent, GapEvent
 from qtap_async.events.dns import DnsMessage
 from qtap_async.events.http import HttpTransaction
@@ -49,8 +47,8 @@ from qtap_async.plugins.redact import redactor_from, warn_if_clear
 from qtap_async.plugins.stack import Stack, build_stacks
 from qtap_async.protocols import ProtocolSession
 from qtap_async.sinks.base import StoredObject
-from qtap_async.sinks.config import EventStoreConfig, ObjectStoreConfig
 from qtap_async.sinks.factory import build_event_runner, build_object_runner
+from qtap_async.sinks.pulse import PulseEventStore
 from qtap_async.sinks.runner import EventSinkRunner, ObjectSinkRunner
 from qtap_async.transforms.conntrack import Connection, Conntrack, Session
 from qtap_async.transforms.output import ProtocolOutput
@@ -85,7 +83,7 @@ class Pipeline:
         self.traffic = TrafficFilter.from_config(config.tap)
         #: Pulse endpoints of the config: their traffic is never captured (it would feed Pulse itself).
         self.own = OwnServices.from_urls(
-            str(s.settings.get("url") or "") for s in config.services.event_stores if s.type == "pulse")
+            s.url for s in config.services.event_stores if isinstance(s, PulseEventStore))
         self.containers = ContainerFilter(config.tap.filters.containers)
         self.selector = StackSelector.from_config(config.tap)
         self.stacks: dict[str, Stack] = build_stacks(config, access_log=access_log)
@@ -106,30 +104,13 @@ class Pipeline:
 # -- stores -------------------------------------------------------------------------------------
 
 
-def _store_struct(store: StoreConfig, kind: str) -> EventStoreConfig | ObjectStoreConfig:
-    if store.options is not None:
-        opts: EventStoreConfig | ObjectStoreConfig = store.options
-        return opts
-    # No Struct was registered for the type when the config loaded: decode the settings now.
-    raw = {"type": store.type, **store.settings}
-    if store.id and "name" not in raw:
-        raw["name"] = store.id
-    target: Any = EventStoreConfig if kind == "event" else ObjectStoreConfig
-    try:
-        decoded: EventStoreConfig | ObjectStoreConfig = msgspec.convert(raw, target)
-    except msgspec.ValidationError as exc:
-        raise ConfigError(f"{kind} store {store.id or store.type}: {exc}") from None
-    return decoded
-
-
 def build_stores(services: Services) -> tuple[list[EventSinkRunner], list[ObjectSinkRunner]]:
     """Runners for the enabled stores (``disabled`` ones are left out: nothing is sent to them).
 
     Each object store sends the reference event of every object it stored to every event store.
     Raises ConfigError (e.g. a secret's variable is not set) before anything is started.
     """
-    events = [build_event_runner(_store_struct(s, "event"))  # type: ignore[arg-type]
-              for s in services.event_stores if s.type != "disabled"]
+    events = [build_event_runner(s) for s in services.event_stores if s.type != "disabled"]
     objects: list[ObjectSinkRunner] = []
     channels = [r.channel for r in events]
 
@@ -141,7 +122,7 @@ def build_stores(services: Services) -> tuple[list[EventSinkRunner], list[Object
     for s in services.object_stores:
         if s.type == "disabled":
             continue
-        runner = build_object_runner(_store_struct(s, "object"))  # type: ignore[arg-type]
+        runner = build_object_runner(s)
         runner.on_ref = on_ref if events else None
         objects.append(runner)
     return events, objects

@@ -14,7 +14,7 @@ from qtap_async.sinks import (
     build_event_runner,
     build_object_runner,
 )
-from qtap_async.sinks.config import store_name
+from qtap_async.sinks.base import store_name
 from qtap_async.sinks.kafka import KafkaEventSink
 from qtap_async.sinks.s3 import S3ObjectSink
 

@@ -1,4 +1,4 @@
-"""The command-line focus filters and the own-services recognition (qtap_async.filters)."""
+"""The command-line focus filters (cli/filters_cli.py: --port, --domain, --exe, --direction, --container)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 
 from cli.filters_cli import build_focus
 from qtap_async.errors import ConfigError
-from qtap_async.filters import DomainMatcher, Focus, OwnServices
+from qtap_async.filters import DomainMatcher, Focus
 
 
 def conn(focus: Focus, *, ingress: bool = False, ip: str = "10.1.2.3", lport: int = 40000, rport: int = 443,
@@ -64,37 +64,3 @@ def test_domains() -> None:
 def test_bad_values_name_the_flag(kwargs: dict[str, object], words: str) -> None:
     with pytest.raises(ConfigError, match=words):
         build_focus(**kwargs)  # type: ignore[arg-type]
-
-
-def test_own_services_by_address() -> None:
-    own = OwnServices.from_urls(["http://127.0.0.1:8428", "https://localhost", "not a url:x"])
-    assert own
-    # the agent (or anyone) posting to Pulse, and Pulse's accepted side of it
-    assert own.involves(ingress=False, local=("127.0.0.1", 50000), remote=("127.0.0.1", 8428))
-    assert own.involves(ingress=True, local=("127.0.0.1", 8428), remote=("127.0.0.1", 50000))
-    assert own.involves(ingress=False, local=("::1", 50000), remote=("::1", 443))  # localhost: both families
-    assert not own.involves(ingress=False, local=("127.0.0.1", 50000), remote=("127.0.0.1", 8429))
-    assert not own.involves(ingress=True, local=("127.0.0.1", 50000), remote=("127.0.0.1", 8428))
-    assert not OwnServices.from_urls([])
-
-
-def test_validate_warns_about_the_old_pulse_example() -> None:
-    from qtap_async.config import config_warnings, loads_config
-
-    cfg = loads_config("""version: 2
-services:
-  event_stores:
-    - type: pulse
-      url: http://127.0.0.1:8000/v1/events
-      token: {type: env, value: PULSE_TOKEN}
-stacks:
-  r:
-    plugins: [{type: report_usage}]
-tap:
-  direction: egress-external
-  ignore_loopback: true
-  http: {stack: r}
-""")
-    warnings = " ".join(config_warnings(cfg))
-    assert "ends with /v1/events" in warnings and "use http://127.0.0.1:8000" in warnings
-    assert "ignore_loopback is true" in warnings
