@@ -7,6 +7,7 @@ digest the event names. ``none`` records nothing.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import ClassVar, Literal
 
@@ -58,6 +59,18 @@ class HttpCapturePlugin(PluginSettings, frozen=True, tag="http_capture"):
     def rules(self) -> Sequence[HttpCaptureRule]:
         return self.config.rules
 
+_TRACEPARENT = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
+
+
+def _traceparent(ex: HttpExchange) -> str:
+    """The request's ``traceparent`` when well formed; the redactor has its say (a deployment that lists
+    it as a secret header gets a redacted value, which does not match, so nothing is passed on)."""
+    for name, raw in ex.tx.request_headers:  # a scan: cheaper than building the joined header dict
+        if len(name) == 11 and name.lower() == "traceparent":
+            value = ex.redactor.header_value(name, raw.strip())
+            return value if _TRACEPARENT.fullmatch(value) else ""
+    return ""
+
 
 def transaction_event(ex: HttpExchange, level: str = "summary", rule: str = "",
                       object_digest: str = "") -> HttpTransactionEvent:
@@ -92,6 +105,7 @@ def transaction_event(ex: HttpExchange, level: str = "summary", rule: str = "",
         level=level,
         rule=rule,
         object_digest=object_digest,
+        traceparent=_traceparent(ex),
     )
 
 

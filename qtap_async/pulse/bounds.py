@@ -183,9 +183,10 @@ _OVERRIDES: dict[tuple[str, str], tuple[Any, Any]] = {
     ("GrpcInfo", "grpc_status"): (Annotated[int, msgspec.Meta(ge=0, le=255)] | None, None),
 }
 
-#: Fields Pulse never takes, whatever an agent sends: header values and bodies.
+#: Fields Pulse never takes, whatever an agent sends: header values and bodies (and the trace context,
+#: which only the otel store uses).
 NOT_STORED = frozenset({"request_headers", "response_headers", "request_trailers", "response_trailers",
-                        "request_body", "response_body"})
+                        "request_body", "response_body", "traceparent"})
 
 #: The fields an event must have to be stored, by type.
 REQUIRED: dict[str, frozenset[str]] = {}  # filled by derive from the _ defaults above

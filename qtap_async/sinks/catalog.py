@@ -12,13 +12,16 @@ from typing import TypeAlias
 
 from qtap_async.sinks.dir import DirObjectStore
 from qtap_async.sinks.kafka import KafkaEventStore
+from qtap_async.sinks.otel import OtelEventStore
 from qtap_async.sinks.pulse import PulseEventStore
 from qtap_async.sinks.s3 import S3ObjectStore
 from qtap_async.sinks.stdout import DisabledEventStore, DisabledObjectStore, StdoutEventStore, StdoutObjectStore
 
 __all__ = ["EventStoreConfig", "ObjectStoreConfig", "StoreConfig"]
 
-EventStoreConfig: TypeAlias = DisabledEventStore | KafkaEventStore | PulseEventStore | StdoutEventStore
+EventStoreConfig: TypeAlias = (
+    DisabledEventStore | KafkaEventStore | OtelEventStore | PulseEventStore | StdoutEventStore
+)
 ObjectStoreConfig: TypeAlias = DirObjectStore | DisabledObjectStore | S3ObjectStore | StdoutObjectStore
 #: Any store entry of either list.
 StoreConfig: TypeAlias = EventStoreConfig | ObjectStoreConfig

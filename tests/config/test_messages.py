@@ -107,7 +107,8 @@ CASES: list[tuple[str, str, str, int, int | None, str]] = [
         "services.event_stores[0].type",
         4,
         13,
-        "unknown event store type 'stdot'; expected one of disabled, kafka, pulse, stdout (did you mean 'stdout'?)",
+        "unknown event store type 'stdot'; expected one of disabled, kafka, otel, pulse, stdout "
+        "(did you mean 'stdout'?)",
     ),
     (
         "object store type used as event store",
@@ -649,7 +650,7 @@ def test_an_issue_renders_file_line_column_path_and_detail() -> None:
      "stacks.s.plugins[0]: missing required field 'type' (one of http_capture, access_logs, report_usage, "
      "detect_errors)"),
     ("version: 2\nservices:\n  event_stores:\n    - id: x\n",
-     "services.event_stores[0]: missing required field 'type' (one of disabled, kafka, pulse, stdout)"),
+     "services.event_stores[0]: missing required field 'type' (one of disabled, kafka, otel, pulse, stdout)"),
     # The hints of a Struct's field_hints, and close names otherwise.
     ("version: 2\nstacks:\n  s:\n    plugins:\n      - type: http_capture\n        config: {mode: full}\n",
      "stacks.s.plugins[0].config.mode: unknown field 'mode' (http_capture uses 'level')"),

@@ -62,7 +62,7 @@ def test_stores_and_plugins_are_tagged_on_type() -> None:
         assert isinstance(info, msgspec.inspect.UnionType)
         return [str(t.tag) for t in info.types if isinstance(t, msgspec.inspect.StructType)]
 
-    assert tags(EventStoreConfig) == ["disabled", "kafka", "pulse", "stdout"]
+    assert tags(EventStoreConfig) == ["disabled", "kafka", "otel", "pulse", "stdout"]
     assert tags(ObjectStoreConfig) == ["dir", "disabled", "s3", "stdout"]
     assert PLUGIN_TYPES == ("http_capture", "access_logs", "report_usage", "detect_errors")
     services = msgspec.convert({"event_stores": [{"type": "pulse", "url": "http://p", "token": "t"}]}, Services)
