@@ -90,7 +90,7 @@ class EndpointConfig(Settings, frozen=True):
 
 
 class TlsTapConfig(Settings, frozen=True):
-    """TLS probe settings (see qtap_async/sources/tls_manager.py)."""
+    """TLS probe settings (see qtap_async/tls/manager.py)."""
 
     state_dir: str = "/var/lib/qtap"
     """Analysis cache kept across restarts (created 0700); "" keeps it in memory only."""

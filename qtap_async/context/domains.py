@@ -20,6 +20,7 @@ import ipaddress
 import os
 import time
 from collections import OrderedDict
+from functools import lru_cache
 from typing import TYPE_CHECKING, Literal
 
 from qtap_async.context.dns_cache import DnsCache
@@ -36,6 +37,7 @@ HOSTS_CHECK_INTERVAL_S = 1.0
 HOSTS_MAX_BYTES = 4 * 1024 * 1024
 
 
+@lru_cache(maxsize=4096)  # per transaction (Host: 127.0.0.1:8080), and ipaddress parsing is slow
 def is_ip_literal(name: str) -> bool:
     try:
         ipaddress.ip_address(name.split("%", 1)[0])

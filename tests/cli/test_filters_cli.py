@@ -1,11 +1,16 @@
-"""The command-line focus filters (cli/filters_cli.py: --port, --domain, --exe, --direction, --container)."""
+"""The command-line focus filters (cli/filters_cli.py: --port, --domain, --exe, --direction, --container):
+built from the flags, and as the dispatch stage asks them (FocusGate), decided on a connection's open event
+(its two ends seen from the local process)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
-from cli.filters_cli import build_focus
+from cli.filters_cli import FocusGate, build_focus
 from qtap_async.errors import ConfigError
+from qtap_async.events.connection import ConnectionEvent
 from qtap_async.filters import DomainMatcher, Focus
 
 
@@ -64,3 +69,25 @@ def test_domains() -> None:
 def test_bad_values_name_the_flag(kwargs: dict[str, object], words: str) -> None:
     with pytest.raises(ConfigError, match=words):
         build_focus(**kwargs)  # type: ignore[arg-type]
+
+
+def _ev(direction: str, src: tuple[str, int], dst: tuple[str, int], exe: str = "/usr/bin/curl") -> ConnectionEvent:
+    return ConnectionEvent(id="c", ts="t", ts_ns=1, event="open", family="ipv4", conn_id=1, direction=direction,  # type: ignore[arg-type]
+                           tls=False, src_ip=src[0], src_port=src[1], dst_ip=dst[0], dst_port=dst[1], pid=1, exe=exe,
+                           comm="curl", container_id="")
+
+
+def test_ports_and_exes_from_either_end() -> None:
+    gate = FocusGate(build_focus(ports=[8080], exes=["curl"]))
+    assert gate.connection(_ev("egress", ("10.0.0.2", 40000), ("10.0.0.9", 8080)))
+    assert gate.connection(_ev("ingress", ("10.0.0.9", 40000), ("10.0.0.2", 8080)))  # the local port is dst's
+    assert not gate.connection(_ev("egress", ("10.0.0.2", 40000), ("10.0.0.9", 9090)))
+    assert not gate.connection(_ev("egress", ("10.0.0.2", 40000), ("10.0.0.9", 8080), exe="/usr/bin/wget"))
+    assert gate.ignored_connections == 2 and not gate.has_domains
+
+
+def test_direction_and_domains() -> None:
+    gate: Any = FocusGate(build_focus(direction="ingress", domains=["*.example.com"]))
+    assert not gate.connection(_ev("egress", ("10.0.0.2", 40000), ("10.0.0.9", 80)))
+    assert gate.connection(_ev("ingress", ("10.0.0.9", 40000), ("10.0.0.2", 80)))
+    assert gate.has_domains and gate.domain("api.example.com") and not gate.domain("example.org")
