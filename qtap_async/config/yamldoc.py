@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from qtap_async.config.messages import ConfigIssue, ConfigValidationError, source_line, yaml_sentence
+from qtap_async.errors import ConfigError
 from qtap_async.settings import FieldPath
 
 __all__ = ["Document", "Mark", "YamlProblem", "drop_nulls", "parse_yaml"]
@@ -62,7 +63,7 @@ class Document:
         return ConfigIssue(path, message, m.line if m else None, m.column if m else None, detail)
 
 
-class YamlProblem(Exception):
+class YamlProblem(ConfigError):
     """The text is not one YAML document this loader accepts."""
 
     def __init__(self, message: str, line: int | None, column: int | None, detail: str = "") -> None:
