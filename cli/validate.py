@@ -2,8 +2,8 @@
 
 Prints "OK" and a short summary (plus warnings) and returns 0, or prints every problem with its line
 and returns 1. With ``check_services`` it also checks what the stores need at run time: secrets from
-environment variables, a writable directory for ``dir`` stores, and TCP reachability of the Kafka
-brokers, the Pulse URL and the S3 endpoint. Sinks can add checks with ``register_service_check``.
+environment variables or files, a writable directory for ``dir`` stores, and TCP reachability of the
+Kafka brokers, the Pulse URL and the S3 endpoint. Sinks can add checks with ``register_service_check``.
 """
 
 from __future__ import annotations
@@ -12,10 +12,8 @@ import os
 import socket
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
-import msgspec
 import typer
 
 from qtap_async.config import (
@@ -28,6 +26,11 @@ from qtap_async.config import (
     summarize,
 )
 from qtap_async.errors import ConfigError
+from qtap_async.settings import SecretOrText
+from qtap_async.sinks.dir import DirObjectStore
+from qtap_async.sinks.kafka import KafkaEventStore
+from qtap_async.sinks.pulse import PulseEventStore
+from qtap_async.sinks.s3 import S3ObjectStore
 
 #: One check result: (passed, what was checked).
 CheckResult = tuple[bool, str]
@@ -70,12 +73,18 @@ def validate_command(file: Path, check_services: bool) -> int:
 def check_config_services(config: Config) -> Iterable[CheckResult]:
     """Every service check for ``config``: secrets first, then each store."""
     for path, secret in iter_secrets(config):
-        if secret.type != "env":
-            continue
-        if os.environ.get(secret.value) is None:
-            yield False, f"{path}: environment variable {secret.value} is not set"
-        else:
-            yield True, f"{path}: environment variable {secret.value} is set"
+        if secret.type == "env":
+            if os.environ.get(secret.value) is None:
+                yield False, f"{path}: environment variable {secret.value} is not set"
+            else:
+                yield True, f"{path}: environment variable {secret.value} is set"
+        elif secret.type == "file":
+            try:
+                secret.resolve(path)
+            except ConfigError as exc:
+                yield False, str(exc)
+            else:
+                yield True, f"{path}: secret file {secret.value} is readable"
     for kind, key, stores in (
         ("event", "event_stores", config.services.event_stores),
         ("object", "object_stores", config.services.object_stores),
@@ -88,38 +97,31 @@ def check_config_services(config: Config) -> Iterable[CheckResult]:
 
 
 def _builtin_check(store: StoreConfig) -> Iterable[CheckResult]:
-    settings = store.settings
-    if store.type == "dir":
-        yield from _check_dir(settings.get("path") or settings.get("dir"))
-    elif store.type == "kafka":
-        brokers = settings.get("brokers") or settings.get("bootstrap_servers") or []
-        if isinstance(brokers, str):
-            brokers = [b.strip() for b in brokers.split(",") if b.strip()]
-        if not brokers:
+    if isinstance(store, DirObjectStore):
+        yield from _check_dir(store.path)
+    elif isinstance(store, KafkaEventStore):
+        if not store.brokers:
             yield False, "no brokers configured"
-        for broker in brokers:
-            yield _check_tcp(str(broker), default_port=9092)
-    elif store.type == "pulse":
-        url = settings.get("url") or settings.get("endpoint")
-        if not url:
+        for broker in store.brokers:
+            yield _check_tcp(broker, default_port=9092)
+    elif isinstance(store, PulseEventStore):
+        if not store.url:
             yield False, "no url configured"
         else:
-            yield from _check_pulse(str(url), settings.get("token"))
-    elif store.type == "s3":
-        endpoint = settings.get("endpoint")
-        if endpoint:
-            scheme = "http" if settings.get("insecure") else "https"
-            text = str(endpoint)
-            yield _check_url(text if "://" in text else f"{scheme}://{text}")
-        if not settings.get("bucket"):
+            yield from _check_pulse(store.url, store.token)
+    elif isinstance(store, S3ObjectStore):
+        if store.endpoint:
+            scheme = "http" if store.insecure else "https"
+            yield _check_url(store.endpoint if "://" in store.endpoint else f"{scheme}://{store.endpoint}")
+        if not store.bucket:
             yield False, "no bucket configured"
 
 
-def _check_dir(path: Any) -> Iterable[CheckResult]:
+def _check_dir(path: str) -> Iterable[CheckResult]:
     if not path:
         yield False, "no path configured"
         return
-    p = Path(str(path))
+    p = Path(path)
     target = p if p.exists() else p.parent
     if p.exists() and not p.is_dir():
         yield False, f"{p} exists and is not a directory"
@@ -157,13 +159,11 @@ def _connect(host: str, port: int, label: str) -> CheckResult:
         return False, f"{label} is not reachable ({exc.strerror or exc})"
 
 
-def _check_pulse(url: str, token: Any) -> Iterable[CheckResult]:
+def _check_pulse(url: str, token: SecretOrText) -> Iterable[CheckResult]:
     """Pulse answers as Pulse: /healthz at the configured base URL (the agent adds /v1/events itself),
     and, when the token can be read here, an empty batch is accepted with it. A port that merely
     accepts TCP connections, or a server answering 404, is not "reachable" Pulse."""
     import httpx
-
-    from qtap_async.config import SecretValue
 
     base = url.rstrip("/")
     if base.endswith("/v1/events"):
@@ -179,13 +179,9 @@ def _check_pulse(url: str, token: Any) -> Iterable[CheckResult]:
         yield False, f"{url} answers {r.status_code} on /healthz: not a Pulse server at this address"
         return
     yield True, f"{url} is a Pulse server (/healthz 200)"
-    secret: str | None = None
-    if isinstance(token, dict):
-        try:
-            secret = msgspec.convert(token, SecretValue).resolve()
-        except (msgspec.ValidationError, ConfigError):  # reported by the secrets check above
-            secret = None
-    if secret is None:
+    try:
+        secret = token if isinstance(token, str) else token.resolve()
+    except ConfigError:  # reported by the secrets check above
         return
     try:
         r = httpx.post(f"{base}/v1/events", json={"events": []}, timeout=CONNECT_TIMEOUT,

@@ -17,8 +17,8 @@ classes, so it stays true:
     ├── SpoolError                   [buffers.spool]
     ├── RecordFileError              [replay]
     ├── ConfigError
-    │   ├── ConfigValidationError    [config]
-    │   ├── _YamlProblem             [config]
+    │   ├── ConfigValidationError    [config.messages]
+    │   ├── YamlProblem              [config.yamldoc]
     │   ├── RuleSyntaxError          [rulekit.errors]
     │   ├── _MacroFailure            [rulekit.compiler]
     │   └── InvalidConfig            [control.configs]

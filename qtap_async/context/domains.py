@@ -57,18 +57,6 @@ def offer(conn: Connection, name: str, source: DomainSource) -> bool:
     return True
 
 
-def host_of(authority: str | None) -> str:
-    """The host of an authority, without the port; IPv6 literals lose their brackets."""
-    if not authority:
-        return ""
-    if authority.startswith("["):
-        end = authority.find("]")
-        return authority[1:end] if end > 0 else authority
-    if authority.count(":") == 1:
-        return authority.partition(":")[0]
-    return authority
-
-
 def parse_hosts(text: str) -> dict[str, str]:
     """address -> its first name, as gethostbyaddr() answers from a hosts file (the first line wins)."""
     out: dict[str, str] = {}

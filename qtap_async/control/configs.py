@@ -20,6 +20,7 @@ import yaml
 from qtap_async.config import Config, ConfigValidationError, config_warnings, format_path, iter_secrets, loads_config
 from qtap_async.control.models import Issue
 from qtap_async.errors import ConfigError
+from qtap_async.settings import Secret
 
 _SECRET_HINT = ("plain-text secret: configs are readable by the team's viewers, so the control plane keeps "
                 "no secret in clear; use {type: env, value: VARIABLE} and set the variable on the agent's host")
@@ -89,7 +90,7 @@ def _node_line(root: Any, path: tuple[str | int, ...]) -> tuple[int | None, int 
 
 def _is_secret_type(tp: Any) -> bool:
     types = tp.types if isinstance(tp, msgspec.inspect.UnionType) else (tp,)
-    return any(isinstance(t, msgspec.inspect.StructType) and t.cls.__name__ == "ValueSource" for t in types)
+    return any(isinstance(t, msgspec.inspect.StructType) and t.cls is Secret for t in types)
 
 
 def _clear_secrets(obj: Any, path: tuple[str | int, ...]) -> Iterator[tuple[str | int, ...]]:
@@ -98,7 +99,7 @@ def _clear_secrets(obj: Any, path: tuple[str | int, ...]) -> Iterator[tuple[str 
         info = msgspec.inspect.type_info(type(obj))
         if not isinstance(info, msgspec.inspect.StructType):
             return
-        if info.cls.__name__ == "ValueSource":
+        if info.cls is Secret:
             if getattr(obj, "type", "") == "text":
                 yield path
             return
@@ -136,7 +137,7 @@ def check_config(text: str, max_depth: int) -> Checked:
     for key, stores in (("event_stores", config.services.event_stores),
                         ("object_stores", config.services.object_stores)):
         for index, store in enumerate(stores):
-            paths.extend(_clear_secrets(store.options, ("services", key, index)))
+            paths.extend(_clear_secrets(store, ("services", key, index)))
     seen = {format_path(p) for p in paths}
     root = yaml.compose(text, Loader=yaml.SafeLoader)
     issues = []

@@ -13,7 +13,7 @@ import msgspec
 
 from qtap_async.events.context import ConnContext, Timestamp
 
-__all__ = ["GrpcInfo", "Headers", "HttpTransaction", "HttpTransactionEvent"]
+__all__ = ["GrpcInfo", "Headers", "HttpTransaction", "HttpTransactionEvent", "host_of"]
 
 Headers = list[tuple[str, str]]
 
@@ -151,3 +151,15 @@ class HttpTransactionEvent(ConnContext, frozen=True, gc=False, kw_only=True, tag
     # The request's W3C trace context (not a secret: ids only), so a span made of this event joins the
     # caller's trace; "" when absent, malformed or redacted (tap.redaction.headers names it).
     traceparent: str = ""
+
+
+def host_of(authority: str | None) -> str:
+    """The host of an authority, without the port; IPv6 literals lose their brackets."""
+    if not authority:
+        return ""
+    if authority.startswith("["):
+        end = authority.find("]")
+        return authority[1:end] if end > 0 else authority
+    if authority.count(":") == 1:
+        return authority.partition(":")[0]
+    return authority

@@ -7,17 +7,54 @@ The log stays on the host, so it shows the URL as sent; nothing here reaches the
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar, Literal
 
 import msgspec
 
-from qtap_async.config import AccessLogMode, AccessLogsConfig
 from qtap_async.events.http import Headers
-from qtap_async.plugins.base import Compile, Emission, FirstMatch
+from qtap_async.plugins.base import Compile, Emission, FirstMatch, PluginSettings, RuleSettings
 from qtap_async.plugins.exchange import HttpExchange
+from qtap_async.settings import Settings
 
-__all__ = ["AccessLogs", "format_console", "format_json"]
+__all__ = [
+    "AccessLogFormat",
+    "AccessLogMode",
+    "AccessLogs",
+    "AccessLogsConfig",
+    "AccessLogsPlugin",
+    "AccessLogsRule",
+    "format_console",
+    "format_json",
+]
+
+AccessLogMode = Literal["summary", "details", "full"]
+AccessLogFormat = Literal["json", "console"]
+
+
+class AccessLogsRule(RuleSettings, frozen=True):
+    """When ``expr`` matches a transaction, log it in ``mode`` (the first matching rule wins)."""
+
+    field_hints: ClassVar[dict[str, str]] = {"level": "access_logs rules use 'mode'"}
+
+    mode: AccessLogMode
+
+
+class AccessLogsConfig(Settings, frozen=True):
+    field_hints: ClassVar[dict[str, str]] = {"level": "access_logs uses 'mode'"}
+
+    mode: AccessLogMode = "summary"
+    format: AccessLogFormat = "console"
+    rules: list[AccessLogsRule] = msgspec.field(default_factory=list)
+
+
+class AccessLogsPlugin(PluginSettings, frozen=True, tag="access_logs"):
+    """``type: access_logs`` in a stack (docs/config.md)."""
+
+    config: AccessLogsConfig = msgspec.field(default_factory=AccessLogsConfig)
+
+    def rules(self) -> Sequence[AccessLogsRule]:
+        return self.config.rules
 
 log = logging.getLogger("qtap.access")
 _encode = msgspec.json.Encoder().encode

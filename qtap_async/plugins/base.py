@@ -1,16 +1,23 @@
-"""The plugin interface, what a plugin returns, and the first-match rule list the plugins share."""
+"""The plugin interface, what a plugin returns, the first-match rule list the plugins share, and the
+settings every plugin entry shares.
+
+Each plugin's settings live beside it (``HttpCapturePlugin`` and its ``HttpCaptureConfig`` in
+http_capture.py...) on ``PluginSettings``, tagged on ``type``; the union of them, which the config decodes
+each plugin entry into, is in ``qtap_async.plugins.catalog``.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Generic, Protocol, TypeAlias, TypeVar
+from typing import ClassVar, Generic, Protocol, TypeAlias, TypeVar
 
 from qtap_async.events import HttpTransactionEvent, IssueEvent, RequestEvent
 from qtap_async.plugins.exchange import HttpExchange
 from qtap_async.rulekit import Rule
+from qtap_async.settings import Settings
 from qtap_async.sinks.base import StoredObject
 
-__all__ = ["Compile", "Emission", "FirstMatch", "Plugin", "is_object"]
+__all__ = ["Compile", "Emission", "FirstMatch", "Plugin", "PluginSettings", "RuleSettings", "is_object"]
 
 #: What plugins return: events (for the event stores) and objects (for the object stores; each stored
 #: object's reference event, ``qtap_async.events.ObjectRef``, is sent to the event stores by the object
@@ -54,3 +61,26 @@ class FirstMatch(Generic[T]):
                 if rule.evaluate(ctx):
                     return name, value
         return "", self.default
+
+
+class RuleSettings(Settings, frozen=True, kw_only=True):
+    """A rule of a plugin's config: a ``name`` (unique within the plugin) and a rulekit ``expr``; each plugin
+    adds what the rule decides."""
+
+    name: str
+    expr: str
+
+
+class PluginSettings(Settings, frozen=True, kw_only=True, tag_field="type"):
+    """A plugin entry of a stack: ``{type: <tag>, config: {...}}``. ``kind`` names it in error messages."""
+
+    kind: ClassVar[str] = "plugin"
+
+    @property
+    def type(self) -> str:
+        """The entry's ``type`` (the Struct's tag)."""
+        return str(self.__struct_config__.tag)
+
+    def rules(self) -> Sequence[RuleSettings]:
+        """The plugin's rules, which the config compiles and checks when it loads."""
+        return ()

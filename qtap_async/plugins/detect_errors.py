@@ -8,13 +8,46 @@ embedding code may ask for two checks rulekit has no field for: responses slower
 
 from __future__ import annotations
 
-from qtap_async.config import DetectErrorsConfig
+from collections.abc import Sequence
+from typing import Literal
+
+import msgspec
+
 from qtap_async.events.issue import IssueEvent
-from qtap_async.plugins.base import Compile, Emission
+from qtap_async.plugins.base import Compile, Emission, PluginSettings, RuleSettings
 from qtap_async.plugins.exchange import HttpExchange
 from qtap_async.plugins.payload import render_object
+from qtap_async.settings import Settings
 
-__all__ = ["DetectErrors"]
+__all__ = ["DetectErrors", "DetectErrorsConfig", "DetectErrorsPlugin", "DetectErrorsRule", "Severity"]
+
+Severity = Literal["info", "warning", "error", "critical"]
+
+
+class DetectErrorsRule(RuleSettings, frozen=True):
+    """A transaction matching ``expr`` is reported as an issue of ``severity`` (every matching rule)."""
+
+    severity: Severity = "error"
+
+
+def _default_error_rules() -> list[DetectErrorsRule]:
+    return [
+        DetectErrorsRule(name="server error", expr="http.res.status == 5xx", severity="error"),
+        DetectErrorsRule(name="client error", expr="http.res.status == 4xx", severity="warning"),
+    ]
+
+
+class DetectErrorsConfig(Settings, frozen=True):
+    rules: list[DetectErrorsRule] = msgspec.field(default_factory=_default_error_rules)
+
+
+class DetectErrorsPlugin(PluginSettings, frozen=True, tag="detect_errors"):
+    """``type: detect_errors`` in a stack (docs/config.md)."""
+
+    config: DetectErrorsConfig = msgspec.field(default_factory=DetectErrorsConfig)
+
+    def rules(self) -> Sequence[DetectErrorsRule]:
+        return self.config.rules
 
 
 class DetectErrors:

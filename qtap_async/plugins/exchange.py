@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from qtap_async.context.domains import host_of
 from qtap_async.events.context import ConnContext
-from qtap_async.events.http import Headers, HttpTransaction
+from qtap_async.events.http import Headers, HttpTransaction, host_of
 from qtap_async.plugins.redact import DEFAULT_REDACTOR, Redactor
 
 __all__ = ["ExchangeContext", "HttpExchange", "host_of", "join_headers"]

@@ -8,17 +8,56 @@ digest the event names. ``none`` records nothing.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
+from typing import ClassVar, Literal
 
 import msgspec
 
-from qtap_async.config import CaptureLevel, HttpCaptureConfig, OutputFormat
 from qtap_async.events.http import HttpTransactionEvent
 from qtap_async.plugins.anonymize import masked_target
-from qtap_async.plugins.base import Compile, Emission, FirstMatch
+from qtap_async.plugins.base import Compile, Emission, FirstMatch, PluginSettings, RuleSettings
 from qtap_async.plugins.exchange import HttpExchange
 from qtap_async.plugins.payload import render_object
+from qtap_async.settings import Settings
 
-__all__ = ["HttpCapture", "transaction_event"]
+__all__ = [
+    "CaptureLevel",
+    "HttpCapture",
+    "HttpCaptureConfig",
+    "HttpCapturePlugin",
+    "HttpCaptureRule",
+    "OutputFormat",
+    "transaction_event",
+]
+
+CaptureLevel = Literal["none", "summary", "details", "full"]
+OutputFormat = Literal["json", "text"]
+
+
+class HttpCaptureRule(RuleSettings, frozen=True):
+    """When ``expr`` matches a transaction, capture it at ``level`` (the first matching rule wins)."""
+
+    field_hints: ClassVar[dict[str, str]] = {"mode": "http_capture rules use 'level'"}
+
+    level: CaptureLevel
+    format: OutputFormat | None = None  # None: the plugin's format
+
+
+class HttpCaptureConfig(Settings, frozen=True):
+    field_hints: ClassVar[dict[str, str]] = {"mode": "http_capture uses 'level'"}
+
+    level: CaptureLevel = "summary"
+    format: OutputFormat = "json"
+    rules: list[HttpCaptureRule] = msgspec.field(default_factory=list)
+
+
+class HttpCapturePlugin(PluginSettings, frozen=True, tag="http_capture"):
+    """``type: http_capture`` in a stack (docs/config.md)."""
+
+    config: HttpCaptureConfig = msgspec.field(default_factory=HttpCaptureConfig)
+
+    def rules(self) -> Sequence[HttpCaptureRule]:
+        return self.config.rules
 
 _TRACEPARENT = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
 

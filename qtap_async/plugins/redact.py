@@ -20,10 +20,47 @@ import re
 import secrets
 from collections.abc import Collection
 
-from qtap_async.config import DEFAULT_SECRET_HEADERS, DEFAULT_SECRET_QUERY_PARAMS, RedactionConfig
-from qtap_async.events.http import Headers
+import msgspec
 
-__all__ = ["DEFAULT_REDACTOR", "Redactor", "looks_secret", "redactor_from", "warn_if_clear"]
+from qtap_async.events.http import Headers
+from qtap_async.settings import Secret, Settings
+
+__all__ = [
+    "DEFAULT_REDACTOR",
+    "DEFAULT_SECRET_HEADERS",
+    "DEFAULT_SECRET_QUERY_PARAMS",
+    "RedactionConfig",
+    "Redactor",
+    "looks_secret",
+    "redactor_from",
+    "warn_if_clear",
+]
+
+#: Headers whose values are credentials (lowercase): ``tap.redaction.headers``.
+DEFAULT_SECRET_HEADERS: tuple[str, ...] = (
+    "authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key", "api-key", "apikey",
+    "x-auth-token", "x-access-token", "x-amz-security-token", "x-csrf-token", "x-xsrf-token",
+    "x-goog-api-key", "private-token",
+)
+#: Query parameters whose values are credentials (lowercase): ``tap.redaction.query_params``. Values
+#: that look like tokens (long, letters and digits mixed, or JWTs) are redacted whatever their name.
+DEFAULT_SECRET_QUERY_PARAMS: tuple[str, ...] = (
+    "token", "access_token", "refresh_token", "id_token", "auth", "api_key", "apikey", "key", "secret",
+    "client_secret", "password", "passwd", "pwd", "sig", "signature", "x-amz-signature",
+    "x-amz-security-token", "session", "sessionid", "jwt", "code",
+)
+
+
+class RedactionConfig(Settings, frozen=True):
+    """``tap.redaction``: credentials in stdout, logs and stored objects are replaced by
+    ``[redacted:<keyed hash>]``. ``show_secrets: true`` (or ``qtap run --show-secrets``) shows them in
+    clear, with a warning at start; ``key`` fixes the HMAC key (random per process otherwise) so hashes
+    compare across agents."""
+
+    show_secrets: bool = False
+    headers: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_SECRET_HEADERS))
+    query_params: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_SECRET_QUERY_PARAMS))
+    key: Secret | None = None
 
 # A value that looks like a credential whatever its name: long, opaque, mixing letters and digits
 # (API keys, base64 tokens), or a JWT.
@@ -121,7 +158,7 @@ DEFAULT_REDACTOR = Redactor()
 
 def redactor_from(config: RedactionConfig, show_secrets: bool = False) -> Redactor:
     """The redactor of ``tap.redaction``; ``show_secrets`` (the CLI flag) turns it off as well."""
-    key = config.key.resolve().encode() if config.key is not None else None
+    key = config.key.resolve("tap.redaction.key").encode() if config.key is not None else None
     return Redactor(config.headers, config.query_params, key, enabled=not (show_secrets or config.show_secrets))
 
 

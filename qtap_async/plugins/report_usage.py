@@ -8,13 +8,38 @@ values kept: they describe the client software, not the person.
 
 from __future__ import annotations
 
-from qtap_async.config import ReportUsageConfig
+import msgspec
+
 from qtap_async.events.request import RequestEvent
 from qtap_async.plugins.anonymize import auth_token, hash_token, masked_target
-from qtap_async.plugins.base import Emission
+from qtap_async.plugins.base import Emission, PluginSettings
 from qtap_async.plugins.exchange import HttpExchange
+from qtap_async.settings import Settings
 
-__all__ = ["ReportUsage", "request_protocol"]
+__all__ = ["DEFAULT_MASK_HEADERS", "ReportUsage", "ReportUsageConfig", "ReportUsagePlugin", "request_protocol"]
+
+DEFAULT_MASK_HEADERS: tuple[str, ...] = (
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "set-cookie",
+    "x-api-key",
+)
+
+
+class ReportUsageConfig(Settings, frozen=True):
+    """Usage reports: header values named in ``mask_headers`` are masked, and query parameters other
+    than ``safe_query_params`` have their values masked; ``tags`` are added to every report."""
+
+    mask_headers: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_MASK_HEADERS))
+    safe_query_params: list[str] = msgspec.field(default_factory=list)
+    tags: list[str] = msgspec.field(default_factory=list)
+
+
+class ReportUsagePlugin(PluginSettings, frozen=True, tag="report_usage"):
+    """``type: report_usage`` in a stack (docs/config.md); it has no rules."""
+
+    config: ReportUsageConfig = msgspec.field(default_factory=ReportUsageConfig)
 
 _MAX_NAME = 255  # Pulse's limit for host, content type and user agent
 

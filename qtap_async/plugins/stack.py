@@ -5,22 +5,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
-from qtap_async.config import (
-    AccessLogsPlugin,
-    Config,
-    DetectErrorsPlugin,
-    HttpCapturePlugin,
-    PluginConfig,
-    ReportUsagePlugin,
-    StackConfig,
-)
-from qtap_async.plugins.access_logs import AccessLogs
+from qtap_async.plugins.access_logs import AccessLogs, AccessLogsPlugin
 from qtap_async.plugins.base import Compile, Emission, Plugin
-from qtap_async.plugins.detect_errors import DetectErrors
+from qtap_async.plugins.catalog import PluginConfig
+from qtap_async.plugins.detect_errors import DetectErrors, DetectErrorsPlugin
 from qtap_async.plugins.exchange import HttpExchange
-from qtap_async.plugins.http_capture import HttpCapture
-from qtap_async.plugins.report_usage import ReportUsage
+from qtap_async.plugins.http_capture import HttpCapture, HttpCapturePlugin
+from qtap_async.plugins.report_usage import ReportUsage, ReportUsagePlugin
+
+if TYPE_CHECKING:  # the config decodes into this package's settings: it imports plugins, not the reverse
+    from qtap_async.config import Config, StackConfig
 
 __all__ = ["Stack", "build_plugin", "build_stacks"]
 

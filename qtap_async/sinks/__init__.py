@@ -11,27 +11,25 @@ Typical use::
 """
 
 from qtap_async.events.objects import ObjectRef
-from qtap_async.sinks.base import EventRecord, EventSink, ObjectSink, StoredObject, to_record
-from qtap_async.sinks.config import (
+from qtap_async.sinks.base import (
     BufferConfig,
-    DirObjectStore,
-    DisabledEventStore,
-    DisabledObjectStore,
-    EventStoreConfig,
-    KafkaEventStore,
-    KafkaSasl,
-    KafkaTls,
-    ObjectStoreConfig,
-    PulseEventStore,
+    EventRecord,
+    EventSink,
+    ObjectSink,
     RetryConfig,
-    S3ObjectStore,
     SpoolConfig,
-    StdoutEventStore,
-    StdoutObjectStore,
-    ValueSource,
+    StoredObject,
+    store_name,
+    to_record,
 )
+from qtap_async.sinks.catalog import EventStoreConfig, ObjectStoreConfig, StoreConfig
+from qtap_async.sinks.dir import DirObjectStore
 from qtap_async.sinks.factory import build_event_runner, build_event_sink, build_object_runner, build_object_sink
+from qtap_async.sinks.kafka import KafkaEventStore, KafkaSasl, KafkaTls
+from qtap_async.sinks.pulse import PulseEventStore
 from qtap_async.sinks.runner import EventSinkRunner, ObjectSinkRunner, SinkRunner
+from qtap_async.sinks.s3 import S3ObjectStore
+from qtap_async.sinks.stdout import DisabledEventStore, DisabledObjectStore, StdoutEventStore, StdoutObjectStore
 
 __all__ = [
     "BufferConfig",
@@ -56,11 +54,12 @@ __all__ = [
     "SpoolConfig",
     "StdoutEventStore",
     "StdoutObjectStore",
+    "StoreConfig",
     "StoredObject",
-    "ValueSource",
     "build_event_runner",
     "build_event_sink",
     "build_object_runner",
     "build_object_sink",
+    "store_name",
     "to_record",
 ]

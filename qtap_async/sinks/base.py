@@ -1,14 +1,20 @@
-"""The sink protocols and the records that flow into them (``ObjectRef``, the reference event of a stored
-object, is part of the event model: ``qtap_async.events.objects``)."""
+"""The sink protocols, the records that flow into them (``ObjectRef``, the reference event of a stored
+object, is part of the event model: ``qtap_async.events.objects``), and the settings every store shares.
+
+Each store's settings Struct lives beside its sink (``StdoutEventStore`` in stdout.py, ``KafkaEventStore``
+in kafka.py...) on ``EventStoreSettings`` or ``ObjectStoreSettings``, tagged on ``type``; the unions of
+them, which the config decodes each store entry into, are in ``qtap_async.sinks.catalog``.
+"""
 
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Protocol, runtime_checkable
+from typing import Annotated, Any, ClassVar, Literal, Protocol, runtime_checkable
 
 import msgspec
 
 from qtap_async.events.objects import ObjectRef
+from qtap_async.settings import Settings
 
 _json = msgspec.json.Encoder()
 
@@ -102,3 +108,71 @@ def to_record(event: object, key_field: str = "conn_id") -> EventRecord:
     if isinstance(event, bytes | bytearray | memoryview):
         return EventRecord(None, bytes(event))
     return EventRecord(event_key(event, key_field), _json.encode(event))
+
+
+# -- settings shared by every store ----------------------------------------------------------------------
+
+PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
+NonNegFloat = Annotated[float, msgspec.Meta(ge=0)]
+
+
+class BufferConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The in-memory queue in front of one store and how batches are cut from it."""
+
+    max_events: PositiveInt = 100_000
+    max_bytes: PositiveInt = 64 << 20
+    when_full: Literal["block", "drop_newest"] = "block"
+    batch_max_events: PositiveInt = 500
+    batch_max_bytes: PositiveInt = 1 << 20
+    linger: NonNegFloat = 0.05  # seconds to wait for a batch to fill after its first event
+
+
+class RetryConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Backoff for transient errors; after ``spool_after`` seconds of failing, batches go to the spool."""
+
+    initial: Annotated[float, msgspec.Meta(gt=0)] = 0.1
+    maximum: Annotated[float, msgspec.Meta(gt=0)] = 5.0
+    multiplier: Annotated[float, msgspec.Meta(ge=1)] = 2.0
+    jitter: Annotated[float, msgspec.Meta(ge=0, lt=1)] = 0.2
+    spool_after: NonNegFloat = 2.0
+
+
+class SpoolConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The durable on-disk spool (one subdirectory per store under ``dir``)."""
+
+    dir: str
+    max_bytes: Annotated[int, msgspec.Meta(ge=4096)] = 1 << 30
+    when_full: Literal["drop_oldest", "drop_newest"] = "drop_oldest"
+    fsync: bool = False
+
+
+class StoreSettings(Settings, frozen=True, kw_only=True, tag_field="type"):
+    """What every store entry takes besides its own settings. ``kind`` names the list in error messages."""
+
+    kind: ClassVar[str] = "store"
+
+    id: str = ""  # Qtap's name for the entry: unique within its list, and the default ``name``
+    name: str = ""  # for metrics and the spool directory; defaults to the id, then the type
+    buffer: BufferConfig = msgspec.field(default_factory=BufferConfig)
+    retry: RetryConfig = msgspec.field(default_factory=RetryConfig)
+    spool: SpoolConfig | None = None
+    shutdown_timeout: NonNegFloat = 10.0  # seconds to keep delivering at exit before leaving data in the spool
+    check_on_start: bool = True  # fail start-up when the store is unusable (else start and spool)
+
+    @property
+    def type(self) -> str:
+        """The entry's ``type`` (the Struct's tag)."""
+        return str(self.__struct_config__.tag)
+
+
+class EventStoreSettings(StoreSettings, frozen=True):
+    kind: ClassVar[str] = "event store"
+
+
+class ObjectStoreSettings(StoreSettings, frozen=True):
+    kind: ClassVar[str] = "object store"
+
+
+def store_name(cfg: StoreSettings) -> str:
+    """The store's name in metrics, logs and the spool directory: ``name``, else ``id``, else its type."""
+    return cfg.name or cfg.id or cfg.type

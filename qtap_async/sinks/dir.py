@@ -8,12 +8,27 @@ import os
 import tempfile
 import time
 from pathlib import Path
+from typing import Annotated
+
+import msgspec
 
 from qtap_async.errors import SinkError, SinkTransientError
 from qtap_async.events.objects import ObjectRef
-from qtap_async.sinks.base import StoredObject
-from qtap_async.sinks.retention import DirPruner, seconds
+from qtap_async.sinks.base import ObjectStoreSettings, StoredObject
+from qtap_async.sinks.retention import DirPruner, Duration, seconds
 from qtap_async.sinks.templates import KEY_FIELDS, URL_FIELDS, Template
+
+
+class DirObjectStore(ObjectStoreSettings, frozen=True, tag="dir"):
+    """``type: dir`` object store: files in a local directory (docs/config.md)."""
+
+    path: str
+    key: str = "{{DIGEST}}"  # key template, see templates.py
+    fsync: bool = False
+    access_url: str = "file://{{PATH}}"
+    retention: Duration | None = None  # objects older than this are deleted (30d, 12h...)
+    max_bytes: Annotated[int, msgspec.Meta(ge=1)] | None = None  # past this total, the oldest are deleted
+    prune_interval: Annotated[float, msgspec.Meta(gt=0)] = 60.0  # seconds between pruning passes
 
 
 class DirObjectSink:

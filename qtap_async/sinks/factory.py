@@ -6,28 +6,25 @@ from typing import Any
 
 from qtap_async.errors import ConfigError, SinkError
 from qtap_async.events.objects import ObjectRef
-from qtap_async.sinks.base import EventSink, ObjectSink
-from qtap_async.sinks.config import (
-    DirObjectStore,
-    DisabledEventStore,
-    DisabledObjectStore,
-    EventStoreConfig,
-    KafkaEventStore,
-    ObjectStoreConfig,
-    PulseEventStore,
-    S3ObjectStore,
-    StdoutEventStore,
-    StdoutObjectStore,
-    resolve,
-    store_name,
-)
-from qtap_async.sinks.dir import DirObjectSink
-from qtap_async.sinks.kafka import KafkaEventSink, make_ssl_context
+from qtap_async.settings import resolve
+from qtap_async.sinks.base import EventSink, ObjectSink, store_name
+from qtap_async.sinks.catalog import EventStoreConfig, ObjectStoreConfig
+from qtap_async.sinks.dir import DirObjectSink, DirObjectStore
+from qtap_async.sinks.kafka import KafkaEventSink, KafkaEventStore, make_ssl_context
 from qtap_async.sinks.otel import OtelEventStore, build_otel_sink
-from qtap_async.sinks.pulse import PulseEventSink
+from qtap_async.sinks.pulse import PulseEventSink, PulseEventStore
 from qtap_async.sinks.runner import EventSinkRunner, ObjectSinkRunner
-from qtap_async.sinks.s3 import S3ObjectSink
-from qtap_async.sinks.stdout import DisabledEventSink, DisabledObjectSink, StdoutEventSink, StdoutObjectSink
+from qtap_async.sinks.s3 import S3ObjectSink, S3ObjectStore
+from qtap_async.sinks.stdout import (
+    DisabledEventSink,
+    DisabledEventStore,
+    DisabledObjectSink,
+    DisabledObjectStore,
+    StdoutEventSink,
+    StdoutEventStore,
+    StdoutObjectSink,
+    StdoutObjectStore,
+)
 
 
 def build_event_sink(cfg: EventStoreConfig) -> EventSink:

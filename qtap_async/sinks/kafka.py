@@ -8,10 +8,43 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-from typing import Any
+from typing import Annotated, Any, Literal
+
+import msgspec
 
 from qtap_async.errors import SinkError, SinkTransientError
-from qtap_async.sinks.base import EventRecord
+from qtap_async.settings import SecretOrText
+from qtap_async.sinks.base import EventRecord, EventStoreSettings, PositiveInt
+
+
+class KafkaTls(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    key_password: SecretOrText | None = None
+    insecure: bool = False  # skip certificate and host name verification (test clusters only)
+
+
+class KafkaSasl(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    username: SecretOrText = ""
+    password: SecretOrText = ""
+
+
+class KafkaEventStore(EventStoreSettings, frozen=True, tag="kafka"):
+    """``type: kafka`` event store (docs/config.md)."""
+
+    brokers: list[str]
+    topic: str
+    client_id: str = "qtap"
+    tls: KafkaTls | None = None
+    sasl: KafkaSasl | None = None
+    compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "zstd"
+    key_field: str = "conn_id"  # attribute of an event whose value keys its Kafka record
+    linger_ms: Annotated[int, msgspec.Meta(ge=0)] = 5
+    max_batch_bytes: PositiveInt = 1 << 20
+    max_request_bytes: PositiveInt = 4 << 20
+    request_timeout: Annotated[float, msgspec.Meta(gt=0)] = 10.0
 
 _PERMANENT = ("MessageSizeTooLargeError", "RecordTooLargeError", "RecordListTooLargeError",
               "InvalidRecordError", "CorruptRecordException", "UnsupportedForMessageFormatError")

@@ -20,7 +20,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from typing import Annotated, Literal
 
+import msgspec
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
@@ -28,9 +30,9 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 
 from qtap_async.errors import SinkError, SinkTransientError
+from qtap_async.settings import SecretOrText, resolve
 from qtap_async.sinks import otel_wire as wire
-from qtap_async.sinks.base import EventRecord, PartialRejection
-from qtap_async.sinks.config import OtelEventStore, resolve
+from qtap_async.sinks.base import EventRecord, EventStoreSettings, PartialRejection, PositiveInt
 from qtap_async.sinks.otel_convert import SCOPE_BYTES, Converted, Converter, RouteMatcher
 from qtap_async.sinks.otel_metrics import RedMetrics
 from qtap_async.sinks.otel_transport import GrpcTransport, HttpTransport, OtlpTransport
@@ -51,6 +53,26 @@ from qtap_async.telemetry.metrics import (
 __all__ = ["OtelEventSink", "OtelEventStore", "build_otel_sink"]
 
 log = logging.getLogger("qtap.sinks.otel")
+
+
+class OtelEventStore(EventStoreSettings, frozen=True, tag="otel"):
+    """``type: otel``: OTLP export of spans, RED metrics and logs (docs/otel.md)."""
+
+    endpoint: str = "http://127.0.0.1:4318"  # OTLP/HTTP: signals go to <endpoint>/v1/traces ...; gRPC: host:port
+    protocol: Literal["http/protobuf", "grpc"] = "http/protobuf"
+    headers: dict[str, SecretOrText] = {}  # e.g. {authorization: {type: env, value: OTLP_TOKEN}}
+    compression: Literal["gzip", "none"] = "gzip"
+    timeout: Annotated[float, msgspec.Meta(gt=0)] = 10.0
+    ca_file: str | None = None
+    insecure: bool = False  # skip TLS certificate checks (test setups only)
+    traces: bool = True  # a span per HTTP/gRPC transaction
+    logs: bool = True  # log records for connection, DNS and issue events
+    metrics: bool = True  # RED metrics of the transactions
+    metrics_interval: Annotated[float, msgspec.Meta(gt=0)] = 10.0  # seconds between metric exports
+    max_series: PositiveInt = 2000  # metric series before route/server fold into "other"
+    routes: list[str] = []  # http.route templates, first match wins: "/users/{id}", "/static/*"
+    route_heuristic: bool = True  # no template matched: id-like path segments become {id}
+    resource_attributes: dict[str, str] = {}  # added to every resource (deployment.environment.name, ...)
 
 
 class OtelEventSink:

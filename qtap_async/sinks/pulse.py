@@ -11,13 +11,26 @@ which waits in the spool) but ``check`` reports them; other 4xx drop the batch.
 from __future__ import annotations
 
 import ssl
+from typing import Annotated
 
 import httpx
 import msgspec
 
 from qtap_async.errors import PulseClientError, SinkError, SinkTransientError
 from qtap_async.pulse.client import PulseClient
-from qtap_async.sinks.base import EventRecord, PartialRejection
+from qtap_async.settings import SecretOrText
+from qtap_async.sinks.base import EventRecord, EventStoreSettings, PartialRejection
+
+
+class PulseEventStore(EventStoreSettings, frozen=True, tag="pulse"):
+    """``type: pulse`` event store (docs/config.md, docs/pulse.md)."""
+
+    url: str  # the Pulse service, e.g. https://pulse.example.com (batches go to <url>/v1/events)
+    token: SecretOrText
+    ca_file: str | None = None
+    insecure: bool = False
+    gzip: bool = True
+    timeout: Annotated[float, msgspec.Meta(gt=0)] = 10.0
 
 
 class PulseEventSink:

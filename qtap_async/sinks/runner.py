@@ -35,14 +35,16 @@ from qtap_async.buffers.spool import Spool
 from qtap_async.errors import SinkError, SinkTransientError
 from qtap_async.events.objects import ObjectRef
 from qtap_async.sinks.base import (
+    BufferConfig,
     EventRecord,
     EventSink,
     ObjectSink,
     PartialRejection,
+    RetryConfig,
+    SpoolConfig,
     StoredObject,
     to_record,
 )
-from qtap_async.sinks.config import BufferConfig, RetryConfig, SpoolConfig
 from qtap_async.telemetry import metrics
 
 log = logging.getLogger("qtap.sinks")

@@ -9,17 +9,45 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import OrderedDict
-from typing import Any
+from typing import Annotated, Any, Literal
+
+import msgspec
 
 from qtap_async.errors import SinkError, SinkTransientError
 from qtap_async.events.objects import ObjectRef
-from qtap_async.sinks.base import StoredObject
+from qtap_async.settings import SecretOrText
+from qtap_async.sinks.base import ObjectStoreSettings, PositiveInt, StoredObject
+from qtap_async.sinks.retention import Duration
 from qtap_async.sinks.templates import KEY_FIELDS, URL_FIELDS, Template
 
 # Codes that mean "this object will never be accepted as it is": dropping beats retrying forever.
 _PERMANENT_CODES = frozenset({"EntityTooLarge", "InvalidArgument", "InvalidRequest", "InvalidDigest",
                               "KeyTooLongError", "MalformedXML", "InvalidObjectName", "XAmzContentSHA256Mismatch"})
 _KNOWN_DIGESTS = 65_536  # keys known to be stored already (skips re-uploads of identical content)
+
+
+class S3ObjectStore(ObjectStoreSettings, frozen=True, tag="s3"):
+    """``type: s3`` object store: S3 or an S3-compatible service (docs/config.md)."""
+
+    bucket: str
+    retention: Duration | None = None  # a lifecycle rule expires objects after this long (whole days, rounded up)
+    retention_prefix: str = ""  # only objects under this prefix ("" = the whole bucket)
+    endpoint: str | None = None  # None = AWS S3 for the region
+    region: str = "us-east-1"
+    access_key: SecretOrText | None = None  # None = the default AWS credential chain
+    secret_key: SecretOrText | None = None
+    session_token: SecretOrText | None = None
+    insecure: bool = False  # plain http to the endpoint is allowed; also skips TLS certificate checks
+    addressing_style: Literal["auto", "path", "virtual"] = "path"
+    sse: Literal["none", "AES256", "aws:kms"] = "none"
+    sse_kms_key_id: str | None = None
+    key: str = "{{DIGEST}}"  # key template, see templates.py
+    access_url: str = "s3://{{BUCKET}}/{{KEY}}"  # template of the link stored in the reference event
+    # Newer botocore adds CRC checksum headers/trailers to every upload; many S3-compatible stores (GCS among
+    # them) reject those, so only send checksums where the API requires them.
+    checksums: Literal["when_required", "when_supported"] = "when_required"
+    concurrency: PositiveInt = 8  # uploads in flight at once
+    timeout: Annotated[float, msgspec.Meta(gt=0)] = 30.0
 
 
 class S3ObjectSink:

@@ -9,7 +9,23 @@ from typing import BinaryIO
 import msgspec
 
 from qtap_async.events.objects import ObjectRef
-from qtap_async.sinks.base import EventRecord, StoredObject
+from qtap_async.sinks.base import EventRecord, EventStoreSettings, ObjectStoreSettings, StoredObject
+
+
+class StdoutEventStore(EventStoreSettings, frozen=True, tag="stdout"):
+    """``type: stdout`` event store: one JSON event per line on stdout."""
+
+
+class StdoutObjectStore(ObjectStoreSettings, frozen=True, tag="stdout"):
+    """``type: stdout`` object store: one JSON line per object on stdout."""
+
+
+class DisabledEventStore(EventStoreSettings, frozen=True, tag="disabled"):
+    """``type: disabled``: events are discarded (and not counted as lost)."""
+
+
+class DisabledObjectStore(ObjectStoreSettings, frozen=True, tag="disabled"):
+    """``type: disabled``: payloads never leave the agent."""
 
 
 class _ObjectLine(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):

@@ -36,6 +36,7 @@ from qtap_async.filters import SKIP_ALL, OwnServices, StackSelector, TrafficFilt
 from qtap_async.plugins.exchange import HttpExchange
 from qtap_async.plugins.redact import redactor_from
 from qtap_async.plugins.stack import Stack, build_stacks
+from qtap_async.sinks.pulse import PulseEventStore
 from qtap_async.telemetry import metrics
 from qtap_async.telemetry.counters import TransactionCounter
 from qtap_async.transforms.conntrack import Connection, Conntrack, Parsed
@@ -72,7 +73,7 @@ class Pipeline:
         self.traffic = TrafficFilter.from_config(config.tap)
         #: Pulse endpoints of the config: their traffic is never captured (it would feed Pulse itself).
         self.own = OwnServices.from_urls(
-            str(s.settings.get("url") or "") for s in config.services.event_stores if s.type == "pulse")
+            s.url for s in config.services.event_stores if isinstance(s, PulseEventStore))
         self.containers = ContainerFilter(config.tap.filters.containers)
         self.selector = StackSelector.from_config(config.tap)
         self.stacks: dict[str, Stack] = build_stacks(config, access_log=access_log) if stacks else {}

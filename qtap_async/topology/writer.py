@@ -18,11 +18,10 @@ from typing import IO, Any
 import msgspec
 
 from qtap_async.buffers.channel import Channel
-from qtap_async.config import Services, StoreConfig
-from qtap_async.errors import ChannelClosed, ConfigError
+from qtap_async.config import Services
+from qtap_async.errors import ChannelClosed
 from qtap_async.events.objects import ObjectRef
 from qtap_async.sinks.base import StoredObject
-from qtap_async.sinks.config import EventStoreConfig, ObjectStoreConfig
 from qtap_async.sinks.factory import build_event_runner, build_object_runner
 from qtap_async.sinks.runner import EventSinkRunner, ObjectSinkRunner
 from qtap_async.telemetry import metrics
@@ -72,30 +71,13 @@ def len_sizeof(batch: object) -> int:
 # -- stores -------------------------------------------------------------------------------------
 
 
-def _store_struct(store: StoreConfig, kind: str) -> EventStoreConfig | ObjectStoreConfig:
-    if store.options is not None:
-        opts: EventStoreConfig | ObjectStoreConfig = store.options
-        return opts
-    # No Struct was registered for the type when the config loaded: decode the settings now.
-    raw = {"type": store.type, **store.settings}
-    if store.id and "name" not in raw:
-        raw["name"] = store.id
-    target: Any = EventStoreConfig if kind == "event" else ObjectStoreConfig
-    try:
-        decoded: EventStoreConfig | ObjectStoreConfig = msgspec.convert(raw, target)
-    except msgspec.ValidationError as exc:
-        raise ConfigError(f"{kind} store {store.id or store.type}: {exc}") from None
-    return decoded
-
-
 def build_stores(services: Services) -> tuple[list[EventSinkRunner], list[ObjectSinkRunner]]:
     """Runners for the enabled stores (``disabled`` ones are left out: nothing is sent to them).
 
     Each object store sends the reference event of every object it stored to every event store.
     Raises ConfigError (e.g. a secret's variable is not set) before anything is started.
     """
-    events = [build_event_runner(_store_struct(s, "event"))  # type: ignore[arg-type]
-              for s in services.event_stores if s.type != "disabled"]
+    events = [build_event_runner(s) for s in services.event_stores if s.type != "disabled"]
     objects: list[ObjectSinkRunner] = []
     channels = [r.channel for r in events]
 
@@ -107,7 +89,7 @@ def build_stores(services: Services) -> tuple[list[EventSinkRunner], list[Object
     for s in services.object_stores:
         if s.type == "disabled":
             continue
-        runner = build_object_runner(_store_struct(s, "object"))  # type: ignore[arg-type]
+        runner = build_object_runner(s)
         runner.on_ref = on_ref if events else None
         objects.append(runner)
     return events, objects

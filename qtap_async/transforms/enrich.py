@@ -21,10 +21,10 @@ from typing import Any
 import msgspec
 
 from qtap_async.context.dns_cache import DnsCache
-from qtap_async.context.domains import Domains, HostsFiles, host_of, offer
+from qtap_async.context.domains import Domains, HostsFiles, offer
 from qtap_async.events.connection import ConnectionEvent
 from qtap_async.events.dns import DnsMessage
-from qtap_async.events.http import HttpTransaction
+from qtap_async.events.http import HttpTransaction, host_of
 from qtap_async.events.tls import TlsClientHello
 from qtap_async.transforms.conntrack import Conntrack, Parsed
 

@@ -16,8 +16,7 @@ from typing import Any, Literal
 import msgspec
 
 from qtap_async.context.containers import container_fields
-from qtap_async.context.domains import host_of
-from qtap_async.events.http import HttpTransaction
+from qtap_async.events.http import HttpTransaction, host_of
 from qtap_async.plugins.redact import DEFAULT_REDACTOR, Redactor
 from qtap_async.transforms.conntrack import Connection, Conntrack
 

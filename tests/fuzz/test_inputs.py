@@ -14,8 +14,8 @@ import yaml
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from qtap_async.config import ConfigError, loads_config
-from qtap_async.errors import BodyError
+from qtap_async.config import loads_config
+from qtap_async.errors import BodyError, ConfigError
 from qtap_async.events.http import HttpTransaction
 from qtap_async.events.parse_error import ParseError
 from qtap_async.events.tls import TlsClientHello

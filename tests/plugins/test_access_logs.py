@@ -5,8 +5,8 @@ from typing import Any
 
 import msgspec
 
-from qtap_async.config import AccessLogsConfig, AccessLogsRule
 from qtap_async.plugins import AccessLogs
+from qtap_async.plugins.access_logs import AccessLogsConfig, AccessLogsRule
 from qtap_async.rulekit import compile_rule
 from tests.plugins.helpers import exchange, recorded, tx
 

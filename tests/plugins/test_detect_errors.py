@@ -4,8 +4,8 @@ from typing import Any
 
 import msgspec
 
-from qtap_async.config import DetectErrorsConfig, DetectErrorsRule
 from qtap_async.plugins import DetectErrors, IssueEvent
+from qtap_async.plugins.detect_errors import DetectErrorsConfig, DetectErrorsRule
 from qtap_async.pulse.bounds import Event as PulseEvent
 from qtap_async.pulse.bounds import bounded
 from qtap_async.rulekit import compile_rule

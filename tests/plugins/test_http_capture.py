@@ -5,8 +5,8 @@ from typing import Any
 
 import msgspec
 
-from qtap_async.config import HttpCaptureConfig, HttpCaptureRule
 from qtap_async.plugins import HttpCapture, HttpTransactionEvent
+from qtap_async.plugins.http_capture import HttpCaptureConfig, HttpCaptureRule
 from qtap_async.rulekit import compile_rule
 from qtap_async.sinks.base import StoredObject
 from tests.plugins.helpers import exchange, recorded, tx

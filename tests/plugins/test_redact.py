@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from qtap_async.plugins.redact import Redactor, looks_secret
+from pathlib import Path
+
+import pytest
+
+from qtap_async.config import loads_config
+from qtap_async.errors import ConfigError
+from qtap_async.plugins.redact import RedactionConfig, Redactor, looks_secret, redactor_from
+from qtap_async.settings import Secret
 
 
 def test_credential_headers_keep_their_kind_and_lose_their_value() -> None:
@@ -51,3 +58,14 @@ def test_configured_names_and_disabled() -> None:
     off = Redactor(enabled=False)
     assert off.header_value("authorization", "Bearer v") == "Bearer v"
     assert off.target("/?token=abc") == "/?token=abc"
+
+
+def test_the_configured_key_comes_from_a_secret(tmp_path: Path) -> None:
+    key = tmp_path / "key"
+    key.write_text("k3y\n")
+    config = loads_config(f"version: 2\ntap:\n  redaction:\n    key: {{type: file, value: {key}}}\n").tap.redaction
+    assert config.key == Secret("file", str(key))
+    a, b = redactor_from(config), Redactor(key=b"k3y")
+    assert a.tag("secret") == b.tag("secret")
+    with pytest.raises(ConfigError, match=r"tap\.redaction\.key: environment variable QTAP_TEST_NO_KEY is not set"):
+        redactor_from(RedactionConfig(key=Secret("env", "QTAP_TEST_NO_KEY")))

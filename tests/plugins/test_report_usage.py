@@ -5,8 +5,8 @@ from typing import Any
 
 import msgspec
 
-from qtap_async.config import ReportUsageConfig
 from qtap_async.plugins import ReportUsage, RequestEvent
+from qtap_async.plugins.report_usage import ReportUsageConfig
 from qtap_async.pulse.bounds import Event as PulseEvent
 from qtap_async.pulse.bounds import bounded
 from tests.plugins.helpers import SECRET, conn, exchange, recorded, secret_transaction, tx

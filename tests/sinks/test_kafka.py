@@ -6,7 +6,8 @@ import collections
 import msgspec
 import pytest
 
-from qtap_async.sinks import BufferConfig, KafkaEventStore, KafkaSasl, ValueSource, build_event_runner
+from qtap_async.settings import Secret
+from qtap_async.sinks import BufferConfig, KafkaEventStore, KafkaSasl, build_event_runner
 from tests.sinks.conftest import Services, consume_all
 
 pytestmark = pytest.mark.services
@@ -51,8 +52,8 @@ async def test_sasl_plain_with_value_sources(services: Services, topic: str,
     monkeypatch.setenv("QTAP_TEST_KAFKA_PASSWORD", services.kafka_sasl_password)
     runner = build_event_runner(KafkaEventStore(
         brokers=[services.kafka_sasl_bootstrap], topic=topic, compression="gzip",
-        sasl=KafkaSasl(mechanism="PLAIN", username=ValueSource("text", services.kafka_sasl_username),
-                       password=ValueSource("env", "QTAP_TEST_KAFKA_PASSWORD"))))
+        sasl=KafkaSasl(mechanism="PLAIN", username=Secret("text", services.kafka_sasl_username),
+                       password=Secret("env", "QTAP_TEST_KAFKA_PASSWORD"))))
     await runner.start()
     task = asyncio.create_task(runner.run())
     for i in range(50):

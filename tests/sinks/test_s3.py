@@ -7,12 +7,12 @@ import os
 import msgspec
 import pytest
 
+from qtap_async.settings import Secret
 from qtap_async.sinks import (
     KafkaEventStore,
     ObjectRef,
     S3ObjectStore,
     StoredObject,
-    ValueSource,
     build_event_runner,
     build_object_runner,
 )
@@ -23,8 +23,8 @@ pytestmark = pytest.mark.services
 
 def store(services: Services, bucket: str, **kw: object) -> S3ObjectStore:
     return S3ObjectStore(bucket=bucket, endpoint=services.s3_endpoint, region=services.s3_region,
-                         access_key=ValueSource("text", services.s3_access_key),
-                         secret_key=ValueSource("env", "QTAP_TEST_S3_SECRET"), **kw)  # type: ignore[arg-type]
+                         access_key=Secret("text", services.s3_access_key),
+                         secret_key=Secret("env", "QTAP_TEST_S3_SECRET"), **kw)  # type: ignore[arg-type]
 
 
 @pytest.fixture(autouse=True)

@@ -1,8 +1,16 @@
+"""Every store type (qtap_async.sinks.catalog): Qtap-style YAML decodes into the tagged unions of the
+stores' own settings Structs, which the factory builds into runners (secrets resolved there)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
 import msgspec
 import pytest
 import yaml
 
 from qtap_async.errors import ConfigError
+from qtap_async.settings import Secret
 from qtap_async.sinks import (
     DirObjectStore,
     EventStoreConfig,
@@ -14,7 +22,7 @@ from qtap_async.sinks import (
     build_event_runner,
     build_object_runner,
 )
-from qtap_async.sinks.config import store_name
+from qtap_async.sinks.base import store_name
 from qtap_async.sinks.kafka import KafkaEventSink
 from qtap_async.sinks.s3 import S3ObjectSink
 
@@ -92,3 +100,19 @@ def test_unknown_fields_and_types_are_rejected() -> None:
 def test_config_round_trips_through_json() -> None:
     doc = msgspec.convert(yaml.safe_load(YAML), Doc)
     assert msgspec.json.decode(msgspec.json.encode(doc), type=Doc) == doc
+
+
+def test_a_store_is_named_by_its_name_then_its_id_then_its_type() -> None:
+    assert store_name(StdoutEventStore(name="n", id="i")) == "n"
+    assert store_name(StdoutEventStore(id="i")) == "i"
+    assert store_name(PulseEventStore(url="http://p", token="t")) == "pulse"
+    assert PulseEventStore(url="http://p", token="t").type == "pulse"
+
+
+def test_a_missing_secret_file_names_the_store_field_and_file(tmp_path: Path) -> None:
+    cfg = PulseEventStore(url="http://127.0.0.1:9", token=Secret("file", str(tmp_path / "token")))
+    with pytest.raises(ConfigError) as info:
+        build_event_runner(cfg)
+    assert str(info.value) == f"event store pulse: token: secret file {tmp_path / 'token'} does not exist"
+    (tmp_path / "token").write_text("t0k\n")
+    assert build_event_runner(cfg).sink.name == "pulse"

@@ -1,4 +1,5 @@
-"""Process filters, direction classification, loopback and endpoint stack selection."""
+"""Process filters, direction classification, loopback, endpoint stack selection and the recognition of
+the agent's own services (qtap_async.filters)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from qtap_async.filters import (
     GROUP_FILTERS,
     PROCESS_GROUPS,
     ExeFilter,
+    OwnServices,
     ProcessFilter,
     StackSelector,
     TrafficFilter,
@@ -209,3 +211,15 @@ def test_stack_selector() -> None:
     assert sel.select("other.org") == "light"
     assert sel.select(None) == "light"
     assert StackSelector("none", []).select("x") is None
+
+
+def test_own_services_by_address() -> None:
+    own = OwnServices.from_urls(["http://127.0.0.1:8428", "https://localhost", "not a url:x"])
+    assert own
+    # the agent (or anyone) posting to Pulse, and Pulse's accepted side of it
+    assert own.involves(ingress=False, local=("127.0.0.1", 50000), remote=("127.0.0.1", 8428))
+    assert own.involves(ingress=True, local=("127.0.0.1", 8428), remote=("127.0.0.1", 50000))
+    assert own.involves(ingress=False, local=("::1", 50000), remote=("::1", 443))  # localhost: both families
+    assert not own.involves(ingress=False, local=("127.0.0.1", 50000), remote=("127.0.0.1", 8429))
+    assert not own.involves(ingress=True, local=("127.0.0.1", 50000), remote=("127.0.0.1", 8428))
+    assert not OwnServices.from_urls([])

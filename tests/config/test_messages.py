@@ -1,4 +1,5 @@
-"""Table of invalid configs: each must be rejected with its specific message, field path and line."""
+"""The words of config errors (qtap_async.config.messages): a table of invalid configs, each rejected with
+its specific message, field path and line; and the pieces that make the words."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import textwrap
 
 import pytest
 
-from qtap_async.config import ConfigValidationError, loads_config
+from qtap_async.config import ConfigIssue, ConfigValidationError, format_path, loads_config
 from qtap_async.errors import ConfigError
 
 # (id, yaml, path, line, column, message start)
@@ -163,7 +164,7 @@ CASES: list[tuple[str, str, str, int, int | None, str]] = [
         "services.object_stores[0].secret_key.type",
         6,
         26,
-        "unknown value 'vault'; expected one of env, text",
+        "unknown value 'vault'; expected one of env, file, text",
     ),
     (
         "duplicate store id",
@@ -627,3 +628,49 @@ def test_rules_using_a_broken_macro_are_not_reported_twice() -> None:
         "rulekit.macros[0].expr",
         "stacks.default.plugins[0].config.rules[1].expr",
     ]
+
+
+def test_format_path() -> None:
+    assert format_path(()) == ""
+    assert format_path(("services", "event_stores", 0, "url")) == "services.event_stores[0].url"
+    assert format_path(("stacks", "my stack", "plugins")) == "stacks['my stack'].plugins"
+
+
+def test_an_issue_renders_file_line_column_path_and_detail() -> None:
+    issue = ConfigIssue(("tap", "direction"), "bad", 3, 14, "    ^")
+    assert issue.format("q.yaml") == "q.yaml:3:14: tap.direction: bad\n    ^"
+    assert ConfigIssue((), "empty", 1, None).format("q.yaml") == "q.yaml:1: empty"
+    err = ConfigValidationError("q.yaml", [ConfigIssue(("b",), "two", 5, 1), ConfigIssue(("a",), "one", 2, 1)])
+    assert str(err).splitlines() == ["q.yaml: invalid config (2 problems)", "q.yaml:2:1: a: one", "q.yaml:5:1: b: two"]
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    # A store or plugin entry without a type lists the types it may have, in its union's order.
+    ("version: 2\nstacks:\n  s:\n    plugins:\n      - config: {}\n",
+     "stacks.s.plugins[0]: missing required field 'type' (one of http_capture, access_logs, report_usage, "
+     "detect_errors)"),
+    ("version: 2\nservices:\n  event_stores:\n    - id: x\n",
+     "services.event_stores[0]: missing required field 'type' (one of disabled, kafka, otel, pulse, stdout)"),
+    # The hints of a Struct's field_hints, and close names otherwise.
+    ("version: 2\nstacks:\n  s:\n    plugins:\n      - type: http_capture\n        config: {mode: full}\n",
+     "stacks.s.plugins[0].config.mode: unknown field 'mode' (http_capture uses 'level')"),
+    ("version: 2\ntap:\n  endpoints:\n    - {domain: a.example.com, redis: {}}\n",
+     "tap.endpoints[0].redis: unknown field 'redis' (qtap-async captures HTTP only)"),
+    ("version: 2\nservices:\n  object_stores:\n    - {type: dir, path: /x, zzz: 1}\n",
+     "services.object_stores[0].zzz: unknown field 'zzz'; allowed fields: path, key, fsync, access_url, "
+     "retention, max_bytes, prune_interval, id, name, buffer, retry, spool, shutdown_timeout, check_on_start"),
+    ("version: 2\ntap:\n  direction: egress_external\n",
+     "tap.direction: unknown value 'egress_external'; expected one of all, egress, egress-external, "
+     "egress-internal, ingress (use 'egress-external')"),
+    ("version: 2\nservices:\n  object_stores:\n    - {type: dir, path: /x, retention: 3w}\n",
+     "services.object_stores[0].retention: expected a string matching regex '^[1-9][0-9]*[smhd]$'"),
+    ("version: 2\nservices:\n  event_stores:\n    - {type: stdout, id: 7}\n",
+     "services.event_stores[0].id: expected a string, got an integer"),
+    ("version: 2\nservices:\n  event_stores: {type: stdout}\n",
+     "services.event_stores: expected a list, got a mapping"),
+])
+def test_messages_name_the_field_and_the_reason(text: str, expected: str) -> None:
+    with pytest.raises(ConfigValidationError) as info:
+        loads_config(text, "bad.yaml")
+    first = info.value.issues[0]
+    assert f"{first.dotted_path}: {first.message}" == expected
