@@ -204,6 +204,64 @@ static __always_inline bool sock_muted(struct qtap_sock_info *si, struct sock *s
 	return si->flags & QTAP_SOCK_MUTED;
 }
 
+/* End the connection of table entry `key` with one conn_close record, exactly once: whoever ends it first
+ * (tcp_destroy_sock, a birth on the same memory, the sweep) deletes the entry, and a delete that finds it
+ * gone means another CPU sent the close. Space in the ring buffer is reserved before the entry is deleted:
+ * when the ring is full and `keep` is set, the entry stays, marked, and the sweep sends the close later, so
+ * the end is not lost with the record. A birth on the same memory cannot wait (the new connection needs the
+ * key): it drops the record, counted. Returns whether a record was sent. */
+static __always_inline bool end_conn(__u64 key, __u32 reason, bool keep)
+{
+	struct qtap_sock_info *si = bpf_map_lookup_elem(&socks, &key);
+	struct qtap_conn_close *ev;
+
+	if (!si)
+		return false;
+	ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
+	if (!ev) {
+		if (!keep) {
+			count(QTAP_CNT_DROP_RINGBUF, 1);
+			bpf_map_delete_elem(&socks, &key);
+		} else if (!(si->flags & QTAP_SOCK_CLOSE_PENDING)) {
+			__sync_fetch_and_or(&si->flags, QTAP_SOCK_CLOSE_PENDING);
+			count(QTAP_CNT_CLOSE_DEFERRED, 1);
+		}
+		return false;
+	}
+	fill_hdr(&ev->h, QTAP_REC_CONN_CLOSE, si->conn_id);
+	/* This may run in softirq context: the pid is the connection's, not the current task's. */
+	ev->h.pid = si->pid;
+	ev->h.tid = 0;
+	ev->bytes_sent = si->off[QTAP_DIR_SEND];
+	ev->bytes_received = si->off[QTAP_DIR_RECV];
+	ev->open_ts_ns = si->open_ts_ns;
+	ev->reason = reason;
+	ev->_pad = 0;
+	if (bpf_map_delete_elem(&socks, &key)) {
+		bpf_ringbuf_discard(ev, BPF_RB_NO_WAKEUP);
+		return false;
+	}
+	bpf_ringbuf_submit(ev, rb_flags());
+	count(QTAP_CNT_RECORDS, 1);
+	return true;
+}
+
+/* A socket is born on memory whose entry is still in the table: that entry is a previous connection's (its
+ * end was not seen), or one whose close waits for ring space (its end was seen). */
+static __always_inline void retire(__u64 key)
+{
+	struct qtap_sock_info *si = bpf_map_lookup_elem(&socks, &key);
+
+	if (!si)
+		return;
+	if (si->flags & QTAP_SOCK_CLOSE_PENDING) {
+		end_conn(key, QTAP_CLOSE_SEEN, false);
+		return;
+	}
+	count(QTAP_CNT_STALE_SOCKS, 1);
+	end_conn(key, QTAP_CLOSE_STALE, false);
+}
+
 /* The socket's table entry, created (and announced with a conn_open record) on first sight.
  *
  * Identity: the table is keyed by the struct sock address, which the kernel reuses once a socket is freed.
@@ -212,7 +270,13 @@ static __always_inline bool sock_muted(struct qtap_sock_info *si, struct sock *s
  * accepted child) that finds an entry retires it (see socket.bpf.c). A socket already in TCP_CLOSE never
  * gets an entry: a call on it (a close_notify write meeting the peer's RST, a refused connect) belongs to
  * a connection that is over, and an entry made from it would be merged into whatever connection reuses
- * that memory next. */
+ * that memory next.
+ *
+ * A `role` other than unknown means connect()/accept() (or a TCP Fast Open sendto) just made this
+ * connection, so an entry found is a previous connection's on the same memory. Its birth transition
+ * normally retires it, but the kernel skips a tracing program already running on the CPU (a softirq's
+ * transition inside a syscall's), and a new connection merged into the old entry would have neither an
+ * open nor a close of its own. */
 static __always_inline struct qtap_sock_info *sock_get_or_open(struct sock *sk, __u8 role, int fd)
 {
 	__u64 key = (__u64)sk;
@@ -222,8 +286,10 @@ static __always_inline struct qtap_sock_info *sock_get_or_open(struct sock *sk, 
 	__u64 *next_id;
 	__u8 flags = 0;
 
-	if (si)
+	if (si && role == QTAP_ROLE_UNKNOWN && !(si->flags & QTAP_SOCK_CLOSE_PENDING))
 		return si;
+	if (si)
+		retire(key);
 	if (!sock_is_udp(sk) && sock_state(sk) == QTAP_TCP_CLOSE) {
 		count(QTAP_CNT_CLOSED_SOCK_IO, 1);
 		return NULL;
