@@ -7,8 +7,9 @@
  * arguments per thread; sys_exit_* emits the bytes the call really moved. A connection ends at
  * tcp:tcp_destroy_sock: the socket is closed on the TCP side and released by every process that held it
  * (close(2) of a dup/forked fd does not end it; process exit does), so no syscall can reach it after that.
- * sock:inet_sock_set_state (tp_btf, like tcp_destroy_sock: see below) marks births (SYN_SENT, accepted SYN_RECV), which retire any entry left for the
- * same socket memory: see sock_get_or_open.
+ * sock:inet_sock_set_state (tp_btf, like tcp_destroy_sock: see below) marks births (SYN_SENT, accepted
+ * SYN_RECV), which retire any entry left for the same socket memory: see sock_get_or_open. Its TCP_CLOSE
+ * transitions also drive the sweep (see below), which ends what those hooks did not.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -433,8 +434,8 @@ int tp_exit_accept4(struct trace_event_raw_sys_exit *ctx)
 	return exit_accept(ctx->ret);
 }
 
-/* UDP (DNS) sockets have no TCP_CLOSE: close(2) of a tracked one ends it (process exit without close is
- * left to the LRU table and user space's idle eviction). */
+/* UDP (DNS) sockets have no TCP_CLOSE: close(2) of a tracked one ends it (after a process exit without
+ * close, the sweep finds the socket released, or a new socket on its memory retires it). */
 SEC("tracepoint/syscalls/sys_enter_close")
 int tp_enter_close(struct trace_event_raw_sys_enter *ctx)
 {
@@ -485,8 +486,8 @@ int tp_exit_socket(struct trace_event_raw_sys_exit *ctx)
  *    takes minutes when the last packets are lost, or never came (a freed socket);
  *  - memory that is no TCP/UDP socket any more (the slab page went to other use) is ended too.
  * Every entry it ends is counted (QTAP_CNT_SWEPT_SOCKS) and its close says why (QTAP_CLOSE_SWEPT when no
- * hook saw the end: the socket was freed). One pass visits every bucket of the table (65536), well under a
- * millisecond. */
+ * hook saw the end: the socket was freed). A pass visits every bucket of the table (65536), once a second at
+ * most, whatever the traffic. */
 #define QTAP_SWEEP_INTERVAL_NS 1000000000ULL
 
 struct {
