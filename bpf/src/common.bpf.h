@@ -276,7 +276,8 @@ static __always_inline void retire(__u64 key)
  * connection, so an entry found is a previous connection's on the same memory. Its birth transition
  * normally retires it, but the kernel skips a tracing program already running on the CPU (a softirq's
  * transition inside a syscall's), and a new connection merged into the old entry would have neither an
- * open nor a close of its own. */
+ * open nor a close of its own. One exception: connect() again on a socket whose non-blocking connect
+ * completed returns 0 (some event loops confirm a connection that way); same ports, same connection. */
 static __always_inline struct qtap_sock_info *sock_get_or_open(struct sock *sk, __u8 role, int fd)
 {
 	__u64 key = (__u64)sk;
@@ -286,7 +287,9 @@ static __always_inline struct qtap_sock_info *sock_get_or_open(struct sock *sk, 
 	__u64 *next_id;
 	__u8 flags = 0;
 
-	if (si && role == QTAP_ROLE_UNKNOWN && !(si->flags & QTAP_SOCK_CLOSE_PENDING))
+	if (si && !(si->flags & QTAP_SOCK_CLOSE_PENDING) &&
+	    (role == QTAP_ROLE_UNKNOWN ||
+	     (role == QTAP_ROLE_CONNECT && si->portpair == BPF_CORE_READ(sk, __sk_common.skc_portpair))))
 		return si;
 	if (si)
 		retire(key);
@@ -302,6 +305,7 @@ static __always_inline struct qtap_sock_info *sock_get_or_open(struct sock *sk, 
 	fresh.conn_id = conn_id_base + __sync_fetch_and_add(next_id, 1) + 1;
 	fresh.open_ts_ns = bpf_ktime_get_ns();
 	fresh.pid = bpf_get_current_pid_tgid() >> 32;
+	fresh.portpair = BPF_CORE_READ(sk, __sk_common.skc_portpair);
 	if (bpf_map_update_elem(&socks, &key, &fresh, BPF_NOEXIST) && bpf_map_update_elem(&socks, &key, &fresh, BPF_ANY))
 		return NULL;
 	si = bpf_map_lookup_elem(&socks, &key);

@@ -214,6 +214,8 @@ struct qtap_sock_info {
 	__u64 tls_off[2];   /* plaintext stream offsets */
 	__u32 pid;
 	__u32 flags;        /* enum qtap_sock_flags */
+	__u32 portpair;     /* the ports when the entry was made: tells a repeated connect() from a new socket */
+	__u32 _pad;
 };
 
 /* A data syscall between enter and exit, keyed by thread id. */

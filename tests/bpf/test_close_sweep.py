@@ -168,3 +168,45 @@ def test_a_close_the_full_ring_refused_is_sent_later() -> None:
         # Sent by the sweep, or by a birth on the freed memory (any process's socket), whichever came first.
         assert (closes[0].bytes_sent, closes[0].bytes_received, closes[0].reason) == (20300, 0,
                                                                                      abi.CloseReason.SEEN)
+
+
+# A non-blocking connect confirmed by calling connect() again (it returns 0 once the handshake is done), then
+# 100 bytes sent and the connection closed.
+_RECONNECT = r"""
+import errno, select, socket, sys
+srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(1)
+sys.stdin.readline()
+c = socket.socket(); c.setblocking(False)
+assert c.connect_ex(srv.getsockname()) in (0, errno.EINPROGRESS)
+select.select([], [c], [], 5)
+assert c.connect_ex(srv.getsockname()) == 0
+s, _ = srv.accept()
+c.setblocking(True)
+c.sendall(b"z" * 100)
+s.recv(100, socket.MSG_WAITALL)
+port = c.getsockname()[1]
+c.close(); s.close()
+print(port, flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_connect_again_on_a_connected_socket_is_the_same_connection() -> None:
+    """connect() at its exit retires an entry already on the socket (a previous connection's whose birth the
+    kernel did not show), but not the connection's own when connect() is called again to confirm it."""
+    with _child(_RECONNECT) as child, \
+            Capture(CaptureSettings(self_tgid=os.getpid(), target_tgid=child.pid, wakeup_bytes=0)) as cap:
+        assert cap.ringbuf is not None and child.stdin is not None and child.stdout is not None
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        port = int(child.stdout.readline())
+        recs: list[KernelRecord] = []
+        deadline = time.monotonic() + 5
+        closes: list[ConnClose] = []
+        while time.monotonic() < deadline and not closes:
+            time.sleep(0.05)
+            _drain(cap.ringbuf, recs)
+            cid = _conn_of(recs, child.pid, port)
+            closes = [r for r in recs if isinstance(r, ConnClose) and r.conn_id == cid]
+        assert [(c.bytes_sent, c.bytes_received, c.reason) for c in closes] == [(100, 0, abi.CloseReason.SEEN)]
+        assert cap.counters()["stale_socks"] == 0
