@@ -18,6 +18,7 @@
 #define S_IFMT 00170000
 #define S_IFSOCK 0140000
 #define EINPROGRESS 115
+#define ENOENT 2
 #define MSG_PEEK 0x2
 #define MSG_TRUNC 0x20
 
@@ -206,60 +207,59 @@ static __always_inline bool sock_muted(struct qtap_sock_info *si, struct sock *s
 
 /* End the connection of table entry `key` with one conn_close record, exactly once: whoever ends it first
  * (tcp_destroy_sock, a birth on the same memory, the sweep) deletes the entry, and a delete that finds it
- * gone means another CPU sent the close. Space in the ring buffer is reserved before the entry is deleted:
- * when the ring is full and `keep` is set, the entry stays, marked, and the sweep sends the close later, so
- * the end is not lost with the record. A birth on the same memory cannot wait (the new connection needs the
- * key): it drops the record, counted. Returns whether a record was sent. */
-static __always_inline bool end_conn(__u64 key, __u32 reason, bool keep)
+ * gone means another CPU has ended it. A close the full ring buffer refuses is kept in pending_closes for
+ * the sweep to send (it used to be lost with the record); only a full pending table drops it, counted.
+ * The table can refuse a delete for another reason than a missing key (its bucket lock busy): then the
+ * close is sent all the same and the entry marked ended, to be deleted by whoever meets it next.
+ * Returns whether this call ended it. */
+static __always_inline bool end_conn(__u64 key, __u32 reason)
 {
 	struct qtap_sock_info *si = bpf_map_lookup_elem(&socks, &key);
-	struct qtap_conn_close *ev;
+	struct qtap_conn_close ev = {};
+
+	long err;
 
 	if (!si)
 		return false;
-	ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
-	if (!ev) {
-		if (!keep) {
-			count(QTAP_CNT_DROP_RINGBUF, 1);
-			bpf_map_delete_elem(&socks, &key);
-		} else if (!(si->flags & QTAP_SOCK_CLOSE_PENDING)) {
-			__sync_fetch_and_or(&si->flags, QTAP_SOCK_CLOSE_PENDING);
-			count(QTAP_CNT_CLOSE_DEFERRED, 1);
-		}
+	if (si->flags & QTAP_SOCK_ENDED) {
+		bpf_map_delete_elem(&socks, &key);
 		return false;
 	}
-	fill_hdr(&ev->h, QTAP_REC_CONN_CLOSE, si->conn_id);
+	fill_hdr(&ev.h, QTAP_REC_CONN_CLOSE, si->conn_id);
 	/* This may run in softirq context: the pid is the connection's, not the current task's. */
-	ev->h.pid = si->pid;
-	ev->h.tid = 0;
-	ev->bytes_sent = si->off[QTAP_DIR_SEND];
-	ev->bytes_received = si->off[QTAP_DIR_RECV];
-	ev->open_ts_ns = si->open_ts_ns;
-	ev->reason = reason;
-	ev->_pad = 0;
-	if (bpf_map_delete_elem(&socks, &key)) {
-		bpf_ringbuf_discard(ev, BPF_RB_NO_WAKEUP);
+	ev.h.pid = si->pid;
+	ev.h.tid = 0;
+	ev.bytes_sent = si->off[QTAP_DIR_SEND];
+	ev.bytes_received = si->off[QTAP_DIR_RECV];
+	ev.open_ts_ns = si->open_ts_ns;
+	ev.reason = reason;
+	err = bpf_map_delete_elem(&socks, &key);
+	if (err == -ENOENT)
 		return false;
+	if (err) {
+		count(QTAP_CNT_DELETE_BUSY, 1);
+		if (__sync_fetch_and_or(&si->flags, QTAP_SOCK_ENDED) & QTAP_SOCK_ENDED)
+			return false; /* another CPU got here first */
 	}
-	bpf_ringbuf_submit(ev, rb_flags());
-	count(QTAP_CNT_RECORDS, 1);
+	if (!bpf_ringbuf_output(&events, &ev, sizeof(ev), rb_flags()))
+		count(QTAP_CNT_RECORDS, 1);
+	else if (!bpf_map_update_elem(&pending_closes, &ev.h.conn_id, &ev, BPF_NOEXIST))
+		count(QTAP_CNT_CLOSE_DEFERRED, 1);
+	else
+		count(QTAP_CNT_DROP_RINGBUF, 1);
 	return true;
 }
 
-/* A socket is born on memory whose entry is still in the table: that entry is a previous connection's (its
- * end was not seen), or one whose close waits for ring space (its end was seen). */
+/* A socket is born on memory whose entry is still in the table: a previous connection's, whose end no hook
+ * saw. */
 static __always_inline void retire(__u64 key)
 {
 	struct qtap_sock_info *si = bpf_map_lookup_elem(&socks, &key);
 
-	if (!si)
-		return;
-	if (si->flags & QTAP_SOCK_CLOSE_PENDING) {
-		end_conn(key, QTAP_CLOSE_SEEN, false);
-		return;
-	}
-	count(QTAP_CNT_STALE_SOCKS, 1);
-	end_conn(key, QTAP_CLOSE_STALE, false);
+	if (si && !(si->flags & QTAP_SOCK_ENDED) && end_conn(key, QTAP_CLOSE_STALE))
+		count(QTAP_CNT_STALE_SOCKS, 1);
+	else if (si)
+		end_conn(key, QTAP_CLOSE_STALE); /* an ended entry: only deleted */
 }
 
 /* The socket's table entry, created (and announced with a conn_open record) on first sight.
@@ -287,8 +287,7 @@ static __always_inline struct qtap_sock_info *sock_get_or_open(struct sock *sk, 
 	__u64 *next_id;
 	__u8 flags = 0;
 
-	if (si && !(si->flags & QTAP_SOCK_CLOSE_PENDING) &&
-	    (role == QTAP_ROLE_UNKNOWN ||
+	if (si && !(si->flags & QTAP_SOCK_ENDED) && (role == QTAP_ROLE_UNKNOWN ||
 	     (role == QTAP_ROLE_CONNECT && si->portpair == BPF_CORE_READ(sk, __sk_common.skc_portpair))))
 		return si;
 	if (si)

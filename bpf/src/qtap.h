@@ -26,6 +26,8 @@
 #define QTAP_PATH_LEN 256
 /* Socket table size (LRU: the least recently used entries go first when it is full). */
 #define QTAP_MAX_SOCKS 65536
+/* Close records the full ring buffer refused, kept until the sweep can send them. */
+#define QTAP_MAX_PENDING_CLOSES 8192
 /* Syscalls in flight at once (one entry per thread between sys_enter and sys_exit). */
 #define QTAP_MAX_INFLIGHT 16384
 /* Raw bytes of a TLS connection sent to user space before the stream is muted: enough for the
@@ -92,8 +94,8 @@ enum qtap_sock_flags {
 	QTAP_SOCK_MUTED = 1 << 3,       /* user space asked for no more payload */
 	QTAP_SOCK_UDP = 1 << 4,         /* UDP (DNS): ended by close(2), there is no TCP_CLOSE */
 	QTAP_SOCK_PEER_CHECKED = 1 << 5, /* checked once data flowed: is the far end the agent itself? */
-	QTAP_SOCK_CLOSE_PENDING = 1 << 6, /* its end was seen but the ring buffer was full: the sweep resends it */
-	QTAP_SOCK_SWEEP_DEAD = 1 << 7,  /* the last sweep found it released by every holder (ended at the next) */
+	QTAP_SOCK_SWEEP_DEAD = 1 << 6,  /* the last sweep found it released by every holder (ended at the next) */
+	QTAP_SOCK_ENDED = 1 << 7,       /* its close was sent but the table refused the delete: delete, never use */
 };
 
 /* How a connection's end was found (struct qtap_conn_close.reason). */
@@ -130,8 +132,9 @@ enum qtap_counter {
 	QTAP_CNT_MMSG_UNCOUNTED = 10,  /* sendmmsg/recvmmsg messages beyond QTAP_MAX_MMSG_COUNTED */
 	QTAP_CNT_IO_URING_BYTES = 11,  /* socket bytes moved by io_uring (counted, payload not captured) */
 	QTAP_CNT_SWEPT_SOCKS = 12,     /* entries the once-a-second sweep ended (see QTAP_CLOSE_*: any reason) */
-	QTAP_CNT_CLOSE_DEFERRED = 13,  /* closes the full ring buffer refused, kept for the sweep to resend */
-	QTAP_CNT_MAX = 14,
+	QTAP_CNT_CLOSE_DEFERRED = 13,  /* closes the full ring buffer refused, kept for the sweep to send again */
+	QTAP_CNT_DELETE_BUSY = 14,     /* socket table deletes the kernel refused (bucket lock busy): retried */
+	QTAP_CNT_MAX = 15,
 };
 
 struct qtap_hdr {

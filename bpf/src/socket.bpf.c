@@ -449,7 +449,7 @@ int tp_enter_close(struct trace_event_raw_sys_enter *ctx)
 	if (!sk || !sock_is_udp(sk))
 		return 0;
 	key = (__u64)sk;
-	end_conn(key, QTAP_CLOSE_SEEN, true);
+	end_conn(key, QTAP_CLOSE_SEEN);
 	return 0;
 }
 
@@ -480,7 +480,7 @@ int tp_exit_socket(struct trace_event_raw_sys_exit *ctx)
 
 /* The sweep: a safety net under the hooks, so that no connection stays open for good without a word. Once a
  * second at most (driven by TCP_CLOSE transitions, which every connection makes), every entry is looked at:
- *  - a close the full ring buffer refused is sent now;
+ *  - closes the full ring buffer refused (pending_closes) are sent now;
  *  - a socket released by every holder (SOCK_DEAD: no process can reach it, its bytes are final) is ended
  *    when the previous sweep already found it so: tcp_destroy_sock then comes after TCP's teardown, which
  *    takes minutes when the last packets are lost, or never came (a freed socket);
@@ -503,11 +503,10 @@ static long sweep_one(struct bpf_map *map, __u64 *key, struct qtap_sock_info *si
 	unsigned long sk_flags = 0;
 	__u16 family = 0;
 	__u8 state = 0;
-	bool gone;
+	bool gone, missed;
 
-	if (si->flags & QTAP_SOCK_CLOSE_PENDING) {
-		if (end_conn(*key, QTAP_CLOSE_SEEN, true))
-			count(QTAP_CNT_SWEPT_SOCKS, 1);
+	if (si->flags & QTAP_SOCK_ENDED) {
+		end_conn(*key, QTAP_CLOSE_SEEN); /* only deletes it */
 		return 0;
 	}
 	bpf_core_read(&sk_flags, sizeof(sk_flags), &sk->__sk_common.skc_flags);
@@ -525,13 +524,21 @@ static long sweep_one(struct bpf_map *map, __u64 *key, struct qtap_sock_info *si
 		__sync_fetch_and_or(&si->flags, QTAP_SOCK_SWEEP_DEAD);
 		return 0;
 	}
-	/* Released and in TCP_CLOSE for a whole interval: destroy follows TCP_CLOSE at once, so it was missed. */
-	if (gone || (state == QTAP_TCP_CLOSE && !(si->flags & QTAP_SOCK_UDP))) {
-		if (end_conn(*key, QTAP_CLOSE_SWEPT, true))
-			count(QTAP_CNT_SWEPT_SOCKS, 1);
-	} else if (end_conn(*key, QTAP_CLOSE_SEEN, true)) {
+	/* Released and in TCP_CLOSE for a whole interval: destroy follows TCP_CLOSE at once, so it was missed.
+	 * Released in another state: TCP's teardown is still going on (its bytes are final all the same). */
+	missed = gone || (state == QTAP_TCP_CLOSE && !(si->flags & QTAP_SOCK_UDP));
+	if (end_conn(*key, missed ? QTAP_CLOSE_SWEPT : QTAP_CLOSE_SEEN))
 		count(QTAP_CNT_SWEPT_SOCKS, 1);
-	}
+	return 0;
+}
+
+/* A close the full ring refused, sent now; the walk stops while the ring is still full. */
+static long resend_one(struct bpf_map *map, __u64 *conn_id, struct qtap_conn_close *ev, void *ctx)
+{
+	if (bpf_ringbuf_output(&events, ev, sizeof(*ev), rb_flags()))
+		return 1;
+	bpf_map_delete_elem(&pending_closes, conn_id);
+	count(QTAP_CNT_RECORDS, 1);
 	return 0;
 }
 
@@ -549,6 +556,7 @@ static __always_inline void maybe_sweep(void)
 	/* One CPU sweeps; the others see the new time. */
 	if (__sync_val_compare_and_swap(at, last, now) != last)
 		return;
+	bpf_for_each_map_elem(&pending_closes, resend_one, NULL, 0);
 	bpf_for_each_map_elem(&socks, sweep_one, NULL, 0);
 }
 
@@ -592,7 +600,7 @@ int BPF_PROG(tp_inet_sock_set_state, const struct sock *sk, const int oldstate, 
 SEC("tp_btf/tcp_destroy_sock")
 int BPF_PROG(tp_tcp_destroy_sock, struct sock *sk)
 {
-	end_conn((__u64)sk, QTAP_CLOSE_SEEN, true);
+	end_conn((__u64)sk, QTAP_CLOSE_SEEN);
 	return 0;
 }
 

@@ -89,9 +89,10 @@ class Counter(enum.IntEnum):
     IO_URING_BYTES = 11
     SWEPT_SOCKS = 12
     CLOSE_DEFERRED = 13
+    DELETE_BUSY = 14
 
 
-COUNTER_SLOTS = 14
+COUNTER_SLOTS = 15
 
 
 class IoKind(enum.IntEnum):

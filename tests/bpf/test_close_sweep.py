@@ -1,5 +1,5 @@
 """Connection ends on a real kernel when tcp_destroy_sock comes late or its record cannot be sent: the sweep
-ends a socket every process released, and resends a close the full ring buffer refused; once, with exact
+ends a socket every process released, and sends again a close the full ring buffer refused; once, with exact
 bytes."""
 
 from __future__ import annotations
@@ -165,7 +165,7 @@ def test_a_close_the_full_ring_refused_is_sent_later() -> None:
             _drain(cap.ringbuf, recs)
             closes = [r for r in recs if isinstance(r, ConnClose) and r.conn_id == cid]
         assert len(closes) == 1, f"the refused close was not sent again: {cap.counters()}"
-        # Sent by the sweep, or by a birth on the freed memory (any process's socket), whichever came first.
+        # Sent by the sweep from the kernel's pending closes, with the bytes and time of the real end.
         assert (closes[0].bytes_sent, closes[0].bytes_received, closes[0].reason) == (20300, 0,
                                                                                      abi.CloseReason.SEEN)
 
