@@ -14,9 +14,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from qtap_async.agent import Agent, AgentOptions, StdoutWriter
 from qtap_async.bpf.loader import CaptureSettings
 from qtap_async.telemetry import setup_logging
+from qtap_async.topology import Agent, AgentOptions, StdoutWriter
 
 
 def main() -> int:

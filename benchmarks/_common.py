@@ -260,9 +260,9 @@ class AgentThread:
 def record_run(path: Path, workload: Any, *, target_tgid: int = 0, level: str = "details", tls: bool = True,
                embed_events: bool = True, meta: dict[str, Any] | None = None) -> dict[str, Any]:
     """Record the kernel records of `workload()` with the real agent; returns the trailer written."""
-    from qtap_async.agent import AgentOptions
     from qtap_async.bpf.loader import CaptureSettings
     from qtap_async.replay import Recording
+    from qtap_async.topology import AgentOptions
 
     opts = AgentOptions(tls=tls, http_level=level,  # type: ignore[arg-type]
                         capture=CaptureSettings(self_tgid=os.getpid(), target_tgid=target_tgid))

@@ -33,7 +33,7 @@ from _common import ROOT, write_result
 
 sys.path.insert(0, str(ROOT))
 
-from qtap_async.agent import default_session_factory
+from qtap_async.transforms.conntrack import default_session_factory
 from tests.integration.ground_truth import scenarios as S
 from tests.integration.ground_truth.env import CURL, GT, PYTHON, wait_listen
 from tests.integration.ground_truth.truth import ExpConn, ExpTx, Mismatch, Pred, Proc, exe_of

@@ -80,8 +80,8 @@ def configured_bound_mib(conns: int, base_mib: float) -> float:
     """What the configured limits allow the agent to hold for `conns` connections of one stream per
     direction: the raw and output queues' byte bounds, and per direction the reassembly hold-back
     bound plus one kept body and one kept header section (protocol limits)."""
-    from qtap_async.agent import AgentOptions
     from qtap_async.protocols.limits import DEFAULT_LIMITS as L
+    from qtap_async.topology import AgentOptions
     from qtap_async.transforms.reassembly import DEFAULT_MAX_PENDING_BYTES
 
     o = AgentOptions()

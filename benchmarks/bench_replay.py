@@ -7,7 +7,7 @@ by h2load at a rate the agent keeps up with (drops are reported; they should be 
 - http1_large: HTTP/1.1, 256 KiB responses (200 requests; 17 data records each);
 - h2_streams: HTTP/2 (h2c), 100 concurrent streams per connection (10k streams, 4 connections).
 
-Each recording is replayed (qtap_async.replay: decode, conntrack, reassembly, protocol sessions, output
+Each recording is replayed (qtap_async.replay: the run's graph: decode, conntrack, enrichment, dispatch, output
 events, JSON encoding into a null sink) at levels summary, details and full, best of 3, single-threaded;
 CPU time is time.process_time of this process, so tx/s is per core. A pyinstrument profile of the
 details replay of http1_small and h2_streams gives the hottest functions (self time).
@@ -80,13 +80,13 @@ def replay_via_channels(rf: RecordFile, level: str, batch_records: int = 256) ->
 
     import uvloop
 
-    from qtap_async.agent import len_sizeof
     from qtap_async.buffers.channel import Channel
     from qtap_async.replay import Replayer
     from qtap_async.sources.ringbuf import batch_size
+    from qtap_async.topology.writer import len_sizeof
 
     rp = Replayer(level)  # type: ignore[arg-type]
-    o = rp.agent.options
+    o = rp.options
 
     async def run() -> None:
         # The raw channel blocks instead of dropping: this measures the plumbing, not the drop policy.

@@ -34,10 +34,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks._common import AgentThread, write_result  # noqa: E402
-from qtap_async.agent import Agent, AgentOptions, StdoutWriter  # noqa: E402
-from qtap_async.sources.tls_manager import TlsOptions  # noqa: E402
 from qtap_async.tls.cache import AnalysisCache  # noqa: E402
 from qtap_async.tls.discover import Scanner  # noqa: E402
+from qtap_async.tls.manager import TlsOptions  # noqa: E402
+from qtap_async.topology import Agent, AgentOptions, StdoutWriter  # noqa: E402
 
 N = int(os.environ.get("QTAP_BENCH_N", "8"))
 PEERS = ROOT / "tests" / "integration" / "peers"
@@ -224,7 +224,7 @@ def spawn_to_request(bins: dict[str, str], tmp: Path) -> dict[str, Any]:
 def path_prescan(tmp: Path) -> dict[str, Any]:
     """The start-up PATH pre-scan: every executable in $PATH + system dirs, cold (empty cache) then warm (the
     on-disk cache a restarted agent finds)."""
-    from qtap_async.sources.tls_manager import path_candidates
+    from qtap_async.tls.manager import path_candidates
 
     state = tmp / "path-state"
     out: dict[str, Any] = {}

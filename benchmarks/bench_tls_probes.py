@@ -31,8 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from qtap_async.bpf.loader import Capture, CaptureSettings  # noqa: E402
-from qtap_async.sources.tls_probes import TlsProbes, system_tls_libraries  # noqa: E402
 from qtap_async.tls import FileKey, analyze_file  # noqa: E402
+from qtap_async.tls.attach import TlsProbes, system_tls_libraries  # noqa: E402
 
 DURATION_S = int(os.environ.get("QTAP_BENCH_DURATION", "5"))
 REPEATS = int(os.environ.get("QTAP_BENCH_REPEATS", "2"))

@@ -1,32 +1,24 @@
 """`qtap run --port/--domain/--exe/--direction/--container`: keep only the traffic a person is chasing.
 
 The flags compile to a ``qtap_async.filters.Focus`` (the same matchers the config's filters use: exe
-strategies, direction classes, endpoint-style domains). ``FocusGate`` applies it at the agent's two
-choke points, with or without a config:
+strategies, direction classes, endpoint-style domains). ``FocusGate`` is what the graph's dispatch
+stage (qtap_async/topology/dispatch.py) asks, with or without a config:
 
-- the session factory: a connection out of focus by port, process, container or direction gets no
-  protocol session, so none of its bytes are parsed;
-- the protocol-record handler: a transaction whose host is out of ``--domain`` never reaches the
-  stacks (so no plugin, access log or store sees it), and records of unfocused connections are dropped;
-- the writer's keep function: connection and gap events of unfocused connections are dropped.
+- at a connection's open: one out of focus by port, process, container or direction is ignored like a
+  filtered one (muted in conntrack, so none of its bytes are parsed, and none of its events written);
+- per transaction: one whose host is out of ``--domain`` never reaches the stacks (so no plugin, access
+  log or store sees it); other records and the close event need the connection's domain in focus.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 from qtap_async.errors import ConfigError
-from qtap_async.events.connection import ConnectionEvent, GapEvent
-from qtap_async.events.http import HttpTransaction
+from qtap_async.events.connection import ConnectionEvent
 from qtap_async.filters import DIRECTIONS, DomainMatcher, ExeFilter, Focus
-from qtap_async.plugins.exchange import host_of
-from qtap_async.transforms.conntrack import Connection, Session
 
 __all__ = ["FocusGate", "build_focus"]
-
-SessionFactory = Callable[[Connection, int], Session | None]
-RecordHandler = Callable[[Connection, Any, int], list[Any]]
 
 
 def _exe_filter(value: str) -> ExeFilter:
@@ -64,65 +56,26 @@ def build_focus(*, ports: Sequence[int] = (), domains: Sequence[str] = (), exes:
 
 
 class FocusGate:
-    """Wraps the agent's hooks so only focused traffic is parsed, handed to the stacks and written."""
+    """The flags' focus, as the dispatch stage asks it (``qtap_async.topology.dispatch.Focus``)."""
 
     def __init__(self, focus: Focus) -> None:
         self.focus = focus
-        self._decided: dict[int, bool] = {}
         self.ignored_connections = 0
 
-    def _conn_ok(self, conn: Connection) -> bool:
-        ok = self._decided.get(conn.conn_id)
-        if ok is None:
-            p = conn.process
-            ok = self.focus.connection(ingress=conn.direction == "ingress", remote_ip=conn.raddr, lport=conn.lport,
-                                       rport=conn.rport, exe=p.exe, container_id=p.container_id)
-            self._decided[conn.conn_id] = ok
-            if not ok:
-                self.ignored_connections += 1
+    def connection(self, ev: ConnectionEvent) -> bool:
+        """Whether a connection is in focus, from its open event (decided once per connection)."""
+        ingress = ev.direction == "ingress"
+        ok = self.focus.connection(ingress=ingress, remote_ip=ev.src_ip if ingress else ev.dst_ip,
+                                   lport=ev.dst_port if ingress else ev.src_port,
+                                   rport=ev.src_port if ingress else ev.dst_port, exe=ev.exe,
+                                   container_id=ev.container_id)
+        if not ok:
+            self.ignored_connections += 1
         return ok
 
-    def session_factory(self, inner: SessionFactory | None) -> SessionFactory:
-        def factory(conn: Connection, layer: int) -> Session | None:
-            if not self._conn_ok(conn) or inner is None:
-                return None
-            return inner(conn, layer)
-        return factory
+    @property
+    def has_domains(self) -> bool:
+        return self.focus.domains is not None
 
-    def on_protocol_record(self, inner: RecordHandler) -> RecordHandler:
-        focus = self.focus
-
-        def handle(conn: Connection, rec: Any, layer: int) -> list[Any]:
-            if not self._conn_ok(conn):
-                return []
-            if focus.domains is not None and isinstance(rec, HttpTransaction):
-                host = host_of(rec.authority) or conn.domain
-                if not focus.domain(host):
-                    return []
-            out = inner(conn, rec, layer)  # TLS hellos and DNS answers still teach the connection its domain
-            if focus.domains is not None and not isinstance(rec, HttpTransaction) and not focus.domain(conn.domain):
-                return []
-            return out
-        return handle
-
-    def keep(self, inner: Callable[[Any], bool] | None) -> Callable[[Any], bool]:
-        focus = self.focus
-
-        def keep(item: Any) -> bool:
-            if isinstance(item, ConnectionEvent | GapEvent):
-                ok = self._decided.get(item.conn_id)
-                if ok is None and isinstance(item, ConnectionEvent):
-                    ingress = item.direction == "ingress"
-                    ok = focus.connection(ingress=ingress, remote_ip=item.src_ip if ingress else item.dst_ip,
-                                          lport=item.dst_port if ingress else item.src_port,
-                                          rport=item.src_port if ingress else item.dst_port, exe=item.exe,
-                                          container_id=item.container_id)
-                if ok is False:
-                    return False
-                if isinstance(item, ConnectionEvent):
-                    if item.event == "close":
-                        self._decided.pop(item.conn_id, None)
-                    if focus.domains is not None and not focus.domain(item.domain):
-                        return False  # the domain is known at close (SNI, Host, DNS); an open has none yet
-            return inner(item) if inner is not None else True
-        return keep
+    def domain(self, name: str) -> bool:
+        return self.focus.domain(name)

@@ -17,8 +17,8 @@ from typing import IO, Any, Literal
 
 import msgspec
 
-from qtap_async.agent import StdoutWriter
 from qtap_async.filters import classify_connection
+from qtap_async.topology.writer import StdoutWriter
 
 __all__ = ["FORMATS", "EventCounter", "FormatWriter", "choose_format", "console_line", "in_container"]
 

@@ -6,7 +6,6 @@ from ``--url``/``--token`` or ``QTAP_PULSE_URL``/``PULSE_TOKEN``.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import sys
@@ -69,10 +68,7 @@ def _cell(key: str, value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.3f}"
     if isinstance(value, int) and key.endswith("_ns"):
-        # Times since epoch become readable UTC; durations become milliseconds.
-        if value > 10**17:
-            return dt.datetime.fromtimestamp(value / 1e9, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
-        return f"{value / 1e6:.1f}ms"
+        return f"{value / 1e6:.1f}ms"  # a duration (the table leaves out epoch-ns twins of a time)
     if isinstance(value, list | dict):
         return json.dumps(value, separators=(",", ":"))
     return str(value)
@@ -81,7 +77,9 @@ def _cell(key: str, value: Any) -> str:
 def table(rows: Sequence[dict[str, Any]]) -> str:
     if not rows:
         return "(no rows)"
-    keys = list(rows[0])
+    # A time is shown once, as the RFC 3339 text Pulse sends (ts, bucket_start); its epoch-ns twin
+    # (ts_ns, bucket_start_ns) is for programs and stays in the JSON output only.
+    keys = [k for k in rows[0] if not (k.endswith("_ns") and k.removesuffix("_ns") in rows[0])]
     cells = [[_cell(k, row.get(k)) for k in keys] for row in rows]
     heads = [k.removesuffix("_ns").upper() for k in keys]
     widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(heads)]

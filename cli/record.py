@@ -38,12 +38,12 @@ def record_command(
     import uvloop
 
     from cli.run_cmd import RunFlags, check_flags
-    from qtap_async.agent import AgentOptions
     from qtap_async.bpf.loader import CaptureSettings
     from qtap_async.capabilities import report
     from qtap_async.errors import QtapError
     from qtap_async.replay import Recording, record_for
     from qtap_async.telemetry import setup_logging
+    from qtap_async.topology import AgentOptions
 
     try:  # the same checks as `qtap run`: one line and exit 2 for a bad value
         check_flags(RunFlags(pid=pid, ring_buffer_mib=ring_buffer_mib, level=level, log_level=log_level))
@@ -74,12 +74,16 @@ def record_command(
 
 def replay_command(
     file: Annotated[Path, typer.Argument(help="record file written by `qtap record`")],
-    sink: Annotated[str, typer.Option(help="stdout (JSON lines) | null (encode and drop)")] = "stdout",
-    level: Annotated[str, typer.Option(help="HTTP detail: summary | details | full")] = "details",
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="replay through this config's filters, "
+                                                "stacks and stores (as `qtap run --config`)")] = None,
+    sink: Annotated[str, typer.Option(help="stdout (JSON lines) | null (encode and drop); not with --config")
+                    ] = "stdout",
+    level: Annotated[str, typer.Option(help="HTTP detail without --config: summary | details | full")] = "details",
     batch: Annotated[int, typer.Option(help="records per batch, as the ring-buffer drain hands them over")] = 256,
     stats: Annotated[bool, typer.Option("--stats", help="print counters and timings as JSON on stderr")] = False,
 ) -> None:
-    """Run recorded kernel records through decode, conntrack, reassembly, protocols and output encoding."""
+    """Run recorded kernel records through the run's graph: decode, conntrack, enrichment, dispatch
+    (the config's filters and stacks with --config), and the output (the config's stores with --config)."""
     from qtap_async.replay import RecordFile, RecordFileError, replay
 
     _check_level(level)
@@ -92,8 +96,32 @@ def replay_command(
     except (OSError, RecordFileError) as exc:
         _fail(str(exc))
         return
+    if config is not None:
+        _replay_config(rf.records, config, batch, stats)
+        return
     result = replay(rf.records, level=level, sink=sys.stdout.buffer if sink == "stdout" else None,  # type: ignore[arg-type]
                     batch_records=batch)
     if stats:
         typer.echo(msgspec.json.encode(result.as_dict()).decode(), err=True)
     raise typer.Exit(1 if result.internal_errors else 0)
+
+
+def _replay_config(records: list[bytes], path: Path, batch: int, stats: bool) -> None:
+    import uvloop
+
+    from qtap_async.config import load_config
+    from qtap_async.errors import QtapError
+    from qtap_async.replay import replay_with_config
+    from qtap_async.telemetry import setup_logging
+
+    setup_logging("WARNING")
+    try:
+        cfg = load_config(path)
+        rt = uvloop.run(replay_with_config(records, cfg, batch_records=batch))
+    except QtapError as exc:
+        _fail(str(exc), 2)
+        return
+    snap = rt.snapshot()
+    if stats:
+        typer.echo(msgspec.json.encode(snap).decode(), err=True)
+    raise typer.Exit(1 if snap.get("qtap_internal_errors_total") else 0)

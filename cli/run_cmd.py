@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -84,10 +84,12 @@ def check_flags(f: RunFlags) -> None:
         raise ConfigError(f"--pid {f.pid}: no such process")
     if f.max_connections < 1:
         raise ConfigError(f"--max-connections {f.max_connections}: expected at least 1")
-    if not f.idle_timeout > 0:
-        raise ConfigError(f"--idle-timeout {f.idle_timeout}: expected a number of seconds > 0")
-    if f.metrics_interval < 0:
-        raise ConfigError(f"--metrics-interval {f.metrics_interval}: expected seconds >= 0 (0: off)")
+    # isfinite: "nan" and "inf" parse as floats; nan passes every comparison's negation and inf overflows
+    # the nanosecond conversions further down.
+    if not (math.isfinite(f.idle_timeout) and f.idle_timeout > 0):
+        raise ConfigError(f"--idle-timeout {f.idle_timeout}: expected a finite number of seconds > 0")
+    if not (math.isfinite(f.metrics_interval) and f.metrics_interval >= 0):
+        raise ConfigError(f"--metrics-interval {f.metrics_interval}: expected a finite number of seconds >= 0 (0: off)")
     from qtap_async.errors import QtapError
     from qtap_async.telemetry.server import DEFAULT_LISTEN, parse_listen
 
@@ -181,9 +183,9 @@ def run_command(f: RunFlags) -> int:
 
     import uvloop
 
-    from qtap_async.agent import Agent, AgentOptions
     from qtap_async.bpf.loader import CaptureSettings
     from qtap_async.telemetry import setup_logging
+    from qtap_async.topology import Agent, AgentOptions
 
     check_flags(f)
     setup_logging(_log_level(f.log_level))
@@ -228,7 +230,7 @@ def run_command(f: RunFlags) -> int:
         status_required=f.status_listen is not None,
         show_secrets=f.show_secrets,
     )
-    from qtap_async.sources.tls_manager import TlsOptions
+    from qtap_async.tls.manager import TlsOptions
 
     if cfg is not None:
         t = cfg.tap.tls
@@ -242,75 +244,49 @@ def run_command(f: RunFlags) -> int:
 
         return run_with_control(f.control, f.registration_token, f.control_state, opts)
     started = time.monotonic()
-    holder: dict[str, Any] = {}
 
-    if cfg is None:
-        fmt = choose_format(f.format or "auto", out)
-        writer = FormatWriter(fmt, out, keep=gate.keep(None) if gate is not None else None)
-        agent = Agent(opts, writer=writer)
-        if gate is not None:
-            agent.conntrack.session_factory = gate.session_factory(agent.conntrack.session_factory)
-            inner = agent.conntrack.on_protocol_record
-            assert inner is not None
-            agent.conntrack.on_protocol_record = gate.on_protocol_record(inner)
-        holder["agent"] = agent
+    # One graph either way: without a file it is the default config's, with the local output in --format.
+    fmt = choose_format(f.format or "auto", out) if cfg is None else "json"
+    writer = FormatWriter(fmt, out) if cfg is None else None
+    counted = {"connections": 0}
+    agent = Agent(opts, config=cfg, writer=writer, focus=gate, path=f.config)
+    if cfg is not None:
+        def counting_keep(item: Any) -> bool:
+            if getattr(item, "event", None) == "open" and type(item).__name__ == "ConnectionEvent":
+                counted["connections"] += 1
+            return True
 
-        async def main() -> int:
-            announce = asyncio.create_task(_announce(agent, f, _where(fmt, f.output), sys.stderr))
-            try:
-                return await agent.run()
-            finally:
-                announce.cancel()
+        agent.writer.keep = counting_keep
+        where = f"output to the config's stores ({_stores(cfg)})"
+    else:
+        where = _where(fmt, f.output)
 
+    async def main() -> int:
+        announce = asyncio.create_task(_announce(agent, f, where, sys.stderr))
         try:
-            code = uvloop.run(main())
+            return await agent.run()
         finally:
-            if out_file is not None:
-                out_file.close()
+            announce.cancel()
+
+    saved_stdout = None
+    if out_file is not None and cfg is not None:  # the config's stdout stores write to sys.stdout: point it at the file
+        saved_stdout = os.dup(1)
+        os.dup2(out_file.fileno(), 1)
+    try:
+        code = uvloop.run(main())
+    finally:
+        if saved_stdout is not None:
+            sys.stdout.flush()
+            os.dup2(saved_stdout, 1)
+            os.close(saved_stdout)
+        if out_file is not None:
+            out_file.close()
+    snapshot = agent.snapshot()
+    if writer is not None:
         requests, connections = writer.counter.requests, writer.counter.connections
     else:
-        from qtap_async.pipeline_config import run_with_config
-
-        counted = {"connections": 0}
-
-        def on_agent(agent: Any) -> None:
-            holder["agent"] = agent
-            runtime_writer = agent.writer
-            inner_keep = runtime_writer.keep
-            keep = gate.keep(inner_keep) if gate is not None else inner_keep
-
-            def counting_keep(item: Any) -> bool:
-                ok = keep(item) if keep is not None else True
-                if ok and getattr(item, "event", None) == "open" and type(item).__name__ == "ConnectionEvent":
-                    counted["connections"] += 1
-                return ok
-
-            runtime_writer.keep = counting_keep
-            if gate is not None:
-                agent.conntrack.session_factory = gate.session_factory(agent.conntrack.session_factory)
-                inner = agent.conntrack.on_protocol_record
-                agent.conntrack.on_protocol_record = gate.on_protocol_record(inner)
-            holder["announce"] = asyncio.get_running_loop().create_task(
-                _announce(agent, f, f"output to the config's stores ({_stores(cfg)})", sys.stderr))
-
-        saved_stdout = None
-        if out_file is not None:  # the config's stdout stores write to sys.stdout: point it at the file
-            saved_stdout = os.dup(1)
-            os.dup2(out_file.fileno(), 1)
-        try:
-            code = uvloop.run(run_with_config(cfg, opts, path=f.config, on_agent=on_agent))
-        finally:
-            if saved_stdout is not None:
-                sys.stdout.flush()
-                os.dup2(saved_stdout, 1)
-                os.close(saved_stdout)
-            if out_file is not None:
-                out_file.close()
-        snap = holder["agent"].snapshot() if "agent" in holder else {}
-        requests = sum(v for k, v in snap.items() if k.startswith("qtap_stack_transactions_total"))
+        requests = sum(v for k, v in snapshot.items() if k.startswith("qtap_stack_transactions_total"))
         connections = counted["connections"]
-    last = holder.get("agent")
-    snapshot = last.snapshot() if last is not None else {}
     print(summary_line(requests, connections, _dropped(snapshot), time.monotonic() - started), file=sys.stderr)
     if f.stats:
         print(msgspec.json.encode(snapshot).decode(), file=sys.stderr)
@@ -323,4 +299,3 @@ def _stores(cfg: Any) -> str:
     return ", ".join(names) or "none"
 
 
-OnAgent = Callable[[Any], None]

@@ -324,7 +324,7 @@ class EndpointConfig(_Base, frozen=True):
 
 
 class TlsTapConfig(_Base, frozen=True):
-    """TLS probe settings (see qtap_async/sources/tls_manager.py)."""
+    """TLS probe settings (see qtap_async/tls/manager.py)."""
 
     state_dir: str = "/var/lib/qtap"
     """Analysis cache kept across restarts (created 0700); "" keeps it in memory only."""

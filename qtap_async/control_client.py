@@ -5,7 +5,7 @@
     config    GET /api/v1/agent/config: the version to run; applied, then cached in <state>/config.yaml
               (0600) as the last good config
     follow    GET /api/v1/agent/events (server-sent events): a new active version is fetched and applied
-              through ConfiguredRuntime.reload, the very path SIGHUP takes (all or nothing)
+              through Graph.reload, the very path SIGHUP takes (all or nothing)
     report    POST /api/v1/agent/status every heartbeat and after each apply: the version running, or the
               version refused and why, health and the agent's counters
 
@@ -32,11 +32,10 @@ import httpx
 import uvloop
 
 from qtap_async import __version__
-from qtap_async.agent import AgentOptions
 from qtap_async.buffers.backoff import Backoff
 from qtap_async.config import Config, default_config, loads_config
 from qtap_async.errors import ConfigError, ControlClientError
-from qtap_async.pipeline_config import ConfiguredRuntime, run_with_config
+from qtap_async.topology import Agent, AgentOptions, Graph
 
 log = logging.getLogger("qtap.control")
 
@@ -129,7 +128,7 @@ class ControlLink:
         self.running_version: int | None = None
         self.refused_version: int | None = None
         self.refused_reason = ""
-        self.runtime: ConfiguredRuntime | None = None
+        self.runtime: Graph | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._applying = asyncio.Lock()
         self._last_drops: int | None = None
@@ -232,8 +231,8 @@ class ControlLink:
             return config
 
     # -- running -----------------------------------------------------------------------------------
-    def attach(self, runtime: ConfiguredRuntime) -> None:
-        """``run_with_config``'s on_ready hook: follow the push channel and send heartbeats."""
+    def attach(self, runtime: Graph) -> None:
+        """The runtime's on_ready hook: follow the push channel and send heartbeats."""
         self.runtime = runtime
         self._tasks = [asyncio.create_task(self.follow(), name="control-follow"),
                        asyncio.create_task(self.heartbeats(), name="control-heartbeat")]
@@ -335,7 +334,7 @@ async def _run(url: str, registration_token: str | None, state_dir: Path, option
     link = ControlLink(url, StateDir(state_dir), registration_token)
     try:
         config = await link.initial_config()
-        return await run_with_config(config, options, on_ready=link.attach)
+        return await Agent(options, config=config, on_ready=link.attach).run()
     finally:
         await link.aclose()
 

@@ -72,8 +72,8 @@ def _cached_libraries(state_dir: str) -> tuple[list[TlsLibrary], dict[str, objec
 def _tls(state_dir: str = DEFAULT_STATE_DIR) -> tuple[list[dict[str, object]], dict[str, object]]:
     """Every TLS library in a running process, in the ld.so cache or in the agent's analysis cache, with its
     probe plan: fast (emulated probe points) or slow (single-stepped) per function."""
-    from qtap_async.sources.tls_manager import system_libraries
     from qtap_async.tls import scan_all
+    from qtap_async.tls.manager import system_libraries
 
     cache_info: dict[str, object] = {}
     try:
@@ -120,8 +120,8 @@ def render(r: InspectReport) -> str:
         lines.append("capabilities: " + "  ".join(f"{name}={'yes' if ok else 'NO'}" for name, ok in held.items()))
         lines.extend(f"  warning: {w}" for w in r.capabilities.warnings)
     lines += [
-        f"BTF {'yes' if f.btf else 'NO'}  lockdown={f.lockdown}  tracefs={'yes' if f.tracefs else 'no'}"
-        f"  bpffs={'yes' if f.bpffs else 'no'}",
+        f"BTF {'yes' if f.btf else 'NO'}  lockdown={f.lockdown}  lsm={f.lsm or 'unknown'}"
+        f"  tracefs={'yes' if f.tracefs else 'no'}  bpffs={'yes' if f.bpffs else 'no'}",
     ]
     for fs in f.filesystems:
         if fs.action:
@@ -131,7 +131,7 @@ def render(r: InspectReport) -> str:
     lines.append("hooks:")
     for h in f.hooks:
         state = "ok" if h.loads and h.attaches is not False else "NO"
-        detail = "load ok" if h.loads else "load fails"
+        detail = "load ok" if h.loads else "load fails, attach not tried"
         if h.attaches is not None:
             detail += ", attach ok" if h.attaches else ", attach fails"
         need = "required" if h.required else "optional"

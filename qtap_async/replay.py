@@ -1,5 +1,9 @@
 """Record raw kernel records to a file, and replay them through the user-space pipeline without a kernel.
 
+A replay runs the same graph as a live run (qtap_async.topology): ``Replayer`` drives its tracking stage
+and local output synchronously (what the benchmark measures), ``replay_with_config`` runs the whole
+graph of a config, stores included, with the file as its source (``qtap replay FILE --config``).
+
 File format (little endian), version 1:
 
     magic        8 bytes  b"QTAPREC\\n"
@@ -28,9 +32,13 @@ from typing import IO, Any, Literal
 import msgspec
 
 from qtap_async.bpf import abi
+from qtap_async.config import Config
 from qtap_async.errors import QtapError
+from qtap_async.topology.graph import AgentOptions, Graph
+from qtap_async.topology.runtime import Agent
+from qtap_async.topology.stage import TrackingStage
+from qtap_async.topology.writer import StdoutWriter
 from qtap_async.transforms.conntrack import Conntrack
-from qtap_async.transforms.stage import TrackingStage
 
 MAGIC = b"QTAPREC\n"
 FORMAT_VERSION = 1
@@ -162,24 +170,21 @@ def is_transaction(event: Any) -> bool:
 
 
 class Replayer:
-    """The agent's user-space pipeline without the kernel and without the event loop.
+    """The run's graph without the kernel and without the event loop.
 
-    It is the Agent's own wiring (conntrack with protocol sessions and ProtocolOutput, TrackingStage,
-    the JSON writer), driven synchronously: the channels between stages only move batches, so leaving
-    them out measures the per-record work and nothing else.
+    The graph of a run without a config file (the default config, local output at ``level``), driven
+    synchronously: the channels between stages only move batches, so leaving them out measures the
+    per-record work and nothing else.
     """
 
     def __init__(self, level: Level = "details", sink: IO[bytes] | None = None, keep_events: bool = False,
                  on_events: Callable[[list[Any]], None] | None = None) -> None:
-        from qtap_async.agent import Agent, AgentOptions, StdoutWriter
-
         self.sink: IO[bytes] = sink if sink is not None else NullSink()  # type: ignore[assignment]
-        self.writer = StdoutWriter(out=self.sink)
-        self.agent = Agent(AgentOptions(http_level=level, tls=False), writer=self.writer)
-        self.stage: TrackingStage = self.agent.stage
-        # Replayed timestamps are those of the recording; the stage's wall-clock idle sweep would find
-        # every connection hours idle and evict it, so replay never sweeps (close_all ends the run).
-        self.stage._last_sweep = float("inf")
+        self.local = StdoutWriter(out=self.sink)
+        self.graph = Graph(None, AgentOptions(http_level=level, tls=False), local=self.local, sweep=False)
+        self.options = self.graph.options
+        self.stage: TrackingStage = self.graph.stage
+        self.writer = self.graph.writer
         self.keep_events = keep_events
         self.on_events = on_events
         self.result = ReplayResult()
@@ -187,7 +192,7 @@ class Replayer:
 
     @property
     def conntrack(self) -> Conntrack:
-        return self.agent.conntrack
+        return self.graph.conntrack
 
     def _emit(self, events: list[Any]) -> None:
         if not events:
@@ -211,7 +216,7 @@ class Replayer:
 
     def finish(self) -> ReplayResult:
         """End of input: close what is still open (as the agent does at shutdown) and collect counters."""
-        self._emit(self.conntrack.close_all(self._last_ts + 1))
+        self._emit(self.stage.close_all(self._last_ts + 1))
         r = self.result
         r.decode_errors = self.stage.decode_errors
         r.internal_errors = self.stage.internal_errors
@@ -252,23 +257,26 @@ def comparable(event: Any) -> dict[str, Any]:
     return {k: v for k, v in d.items() if k not in VOLATILE_FIELDS}
 
 
+async def replay_with_config(records: list[bytes], config: Config, options: AgentOptions | None = None, *,
+                             batch_records: int = 256, keep: Callable[[Any], None] | None = None) -> Agent:
+    """Run ``records`` through the graph of ``config`` (its filters, stacks and stores) as a live run
+    would, the file as the source; returns the finished agent (its ``snapshot`` has every counter).
+    ``keep`` sees every event and object that reaches the writer."""
+    opts = options or AgentOptions(tls=False, status_listen="", container_metadata=False)
+    rt = Agent(opts, config=config, replay=records, batch_records=batch_records)
+    if keep is not None:
+        seen = keep
+
+        def observe(item: Any) -> bool:
+            seen(item)
+            return True
+
+        rt.writer.keep = observe
+    await rt.run(install_signals=False)
+    return rt
+
+
 # -- recording ---------------------------------------------------------------------------------------
-class TeeStage(TrackingStage):
-    """The tracking stage that also writes every raw batch it processes to a record file.
-
-    Teeing here (not at the ring buffer) records exactly the records the live pipeline processed, so
-    the live output of a recording is what a replay of it must reproduce.
-    """
-
-    def __init__(self, conntrack: Conntrack, recorder: RecordWriter) -> None:
-        super().__init__(conntrack)
-        self.recorder = recorder
-
-    def process(self, batch: list[bytes]) -> list[Any]:
-        self.recorder.write_batch(batch)
-        return super().process(batch)
-
-
 def recording_meta(level: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     import os
     import platform
@@ -289,13 +297,13 @@ def recording_meta(level: str, extra: dict[str, Any] | None = None) -> dict[str,
 
 
 class Recording:
-    """An Agent wired to record: its stage tees raw batches into a RecordWriter; `finish` writes the
-    trailer with the agent's counters and (optionally) the events it emitted live."""
+    """A run wired to record: its stage tees raw batches into a RecordWriter; `finish` writes the
+    trailer with the run's counters and (optionally) the events it emitted live. With ``config``, the
+    config's graph runs live (its stores get the events), and the trailer keeps what reached the writer."""
 
-    def __init__(self, out: IO[bytes], options: Any = None, *, events_out: IO[bytes] | None = None,
-                 embed_events: bool = False, meta: dict[str, Any] | None = None) -> None:
-        from qtap_async.agent import Agent, AgentOptions, StdoutWriter
-
+    def __init__(self, out: IO[bytes], options: AgentOptions | None = None, *, events_out: IO[bytes] | None = None,
+                 embed_events: bool = False, meta: dict[str, Any] | None = None, config: Config | None = None,
+                 path: Any = None) -> None:
         opts: AgentOptions = options or AgentOptions()
         self.embed_events = embed_events
         self.events: list[Any] = []
@@ -310,9 +318,16 @@ class Recording:
                 else:
                     self.written += len(events)
 
-        self.writer = RecordWriter(out, recording_meta(opts.http_level, meta))
-        self.agent = Agent(opts, writer=_Writer(out=events_out or NullSink()))  # type: ignore[arg-type]
-        self.agent.stage = TeeStage(self.agent.conntrack, self.writer)
+        self.writer = RecordWriter(out, recording_meta(opts.http_level, {"config": config is not None, **(meta or {})}))
+        self.agent = Agent(opts, config=config, path=path,
+                             writer=_Writer(out=events_out or NullSink()))  # type: ignore[arg-type]
+        self.agent.stage.tee = self.writer.write_batch
+        if config is not None and embed_events:
+            def seen(item: Any) -> bool:
+                keep.append(item)
+                return True
+
+            self.agent.writer.keep = seen
 
     def finish(self) -> dict[str, Any]:
         trailer: dict[str, Any] = {"snapshot": self.agent.snapshot(), "records": self.writer.records}

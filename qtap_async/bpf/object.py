@@ -148,6 +148,18 @@ class BpfProgram:
     def autoload(self) -> bool:
         return bool(libbpf().bpf_program__autoload(self.ptr))
 
+    def retarget(self, prog_type: int, attach_type: int, target: str) -> None:
+        """Before load: make this program another program type / attach type on another kernel function
+        (libbpf resolves ``target`` in the kernel's BTF; for BPF_LSM_MAC it is the hook name without the
+        ``bpf_lsm_`` prefix). ``qtap inspect`` probes fexit and LSM with the fentry probe's code this way."""
+        self.obj._require_opened(f"program {self.name}")
+        lib = libbpf()
+        what = f"program {self.name}"
+        check_int(lib.bpf_program__set_type(self.ptr, prog_type), what, f"set type {prog_type}")
+        check_int(lib.bpf_program__set_expected_attach_type(self.ptr, attach_type), what,
+                  f"set attach type {attach_type}")
+        check_int(lib.bpf_program__set_attach_target(self.ptr, 0, target.encode()), what, f"set target {target}")
+
     def attach(self) -> Link:
         """Attach by section name (tracepoint/..., raw_tracepoint/..., tp_btf/...)."""
         self.obj._require_loaded(f"program {self.name}")
@@ -304,10 +316,7 @@ class BpfObject:
             ret = lib.bpf_object__load(ptr)
         if ret < 0:
             err = -ret
-            hint = ""
-            if err == 1:
-                hint = ("operation not permitted: needs root (CAP_BPF + CAP_PERFMON); as root, the kernel refuses "
-                        "this program type (lockdown or a security policy)")
+            hint = _eperm_hint() if err == 1 else ""
             raise BpfLoadError(f"object {self.name}", err, hint or "load failed", _tail("\n".join(log)))
         self.loaded = True
 
@@ -339,6 +348,20 @@ class BpfObject:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _eperm_hint() -> str:
+    """Why a load got EPERM, from the capabilities this process holds (not its uid): without them that is
+    the reason; with them the kernel itself refuses the program (lockdown, a security module's policy or
+    its configuration), and saying "needs root" would send the user the wrong way."""
+    from qtap_async.capabilities import report
+
+    caps = report()
+    if not caps.bpf:
+        missing = " and ".join(c for c in ("CAP_BPF", "CAP_PERFMON") if not caps.held[c])
+        return f"missing {missing} (or CAP_SYS_ADMIN)"
+    return ("refused by the kernel although CAP_BPF and CAP_PERFMON are held: this kernel does not allow this "
+            "program type (lockdown, a security module's policy or the kernel configuration)")
 
 
 def _tail(log: str, limit: int = 12000) -> str:

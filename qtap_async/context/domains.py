@@ -20,6 +20,7 @@ import ipaddress
 import os
 import time
 from collections import OrderedDict
+from functools import lru_cache
 from typing import TYPE_CHECKING, Literal
 
 from qtap_async.context.dns_cache import DnsCache
@@ -36,6 +37,7 @@ HOSTS_CHECK_INTERVAL_S = 1.0
 HOSTS_MAX_BYTES = 4 * 1024 * 1024
 
 
+@lru_cache(maxsize=4096)  # per transaction (Host: 127.0.0.1:8080), and ipaddress parsing is slow
 def is_ip_literal(name: str) -> bool:
     try:
         ipaddress.ip_address(name.split("%", 1)[0])
@@ -53,6 +55,18 @@ def offer(conn: Connection, name: str, source: DomainSource) -> bool:
     conn.domain = name.rstrip(".").lower()
     conn.domain_source = source
     return True
+
+
+def host_of(authority: str | None) -> str:
+    """The host of an authority, without the port; IPv6 literals lose their brackets."""
+    if not authority:
+        return ""
+    if authority.startswith("["):
+        end = authority.find("]")
+        return authority[1:end] if end > 0 else authority
+    if authority.count(":") == 1:
+        return authority.partition(":")[0]
+    return authority
 
 
 def parse_hosts(text: str) -> dict[str, str]:

@@ -17,7 +17,8 @@ class Owner(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
     exe: str
     comm: str = ""
     user: str = ""
-    first_ns: int = 0  # wall clock of its first I/O on the connection
+    first_ns: int = 0  # wall clock of its first I/O on the connection, epoch ns
+    first_ts: Timestamp = ""  # the same instant as RFC 3339 text (what a person reads)
 
 
 class ConnectionEvent(ConnContext, frozen=True, gc=False, kw_only=True, tag_field="type", tag="connection",

@@ -19,6 +19,11 @@ Vocabulary (one meaning per name across qtap_async):
   or with prior knowledge), plus ``grpc`` (report_usage's gRPC calls), ``tls`` and ``dns``. The protocol layer's
   detector names parser families instead (``http1``, ``http2``): those name a parser (``parse_error``'s
   ``protocol``), not a wire protocol.
+- ``ts`` (``Timestamp``): when, as RFC 3339 in UTC with nanoseconds (``2026-12-02T15:38:44.123456789Z``),
+  in every event and in Pulse's query results; ``ts_ns`` is the same instant in nanoseconds since the Unix
+  epoch, where a program needs the number (``connection``, ``object_ref``, Pulse rows). Other names ending in
+  ``_ns`` are durations in nanoseconds (``duration_ns``, ``ttfb_ns``), except an owner's ``first_ns``, the
+  epoch-ns twin of its ``first_ts``.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from typing import Literal, TypeAlias
 
 import msgspec
 
+from qtap_async.events.times import Timestamp
 from qtap_async.filters import ConnDirection, classify_connection
 
 __all__ = ["ConnContext", "Direction", "Protocol", "Stream", "Timestamp", "Traffic"]
@@ -36,8 +42,6 @@ Stream: TypeAlias = Literal["send", "recv"]
 Traffic: TypeAlias = ConnDirection
 #: An ALPN identifier ("http/1.1", "h2", "h2c"), "grpc", "tls", "dns"; "" when not known yet.
 Protocol: TypeAlias = str
-#: Event time: RFC 3339 text (what the agent writes) or epoch nanoseconds (object references).
-Timestamp: TypeAlias = str | int
 
 
 class ConnContext(msgspec.Struct, frozen=True, gc=False, kw_only=True, omit_defaults=True):

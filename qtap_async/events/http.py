@@ -148,3 +148,6 @@ class HttpTransactionEvent(ConnContext, frozen=True, gc=False, kw_only=True, tag
     level: str = ""  # http_capture: "summary", "details" or "full"
     rule: str = ""  # http_capture: the rule that chose the level ("" = the plugin's level)
     object_digest: str = ""  # sha256 of the object holding headers/bodies, when one was made
+    # The request's W3C trace context (not a secret: ids only), so a span made of this event joins the
+    # caller's trace; "" when absent, malformed or redacted (tap.redaction.headers names it).
+    traceparent: str = ""

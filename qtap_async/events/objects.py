@@ -9,7 +9,7 @@ from typing import Protocol
 
 import msgspec
 
-from qtap_async.events.context import Timestamp
+from qtap_async.events.times import Timestamp, format_ns
 
 __all__ = ["ObjectRef", "Storable"]
 
@@ -33,12 +33,13 @@ class ObjectRef(msgspec.Struct, frozen=True, gc=False, kw_only=True, tag="object
     """The reference record the event stores get for each stored object.
 
     ``id`` is derived from the store, digest and transaction, so a re-sent reference has the same id
-    and collapses with the first copy wherever events are de-duplicated by id. ``ts``: epoch nanoseconds
-    when the store took the object.
+    and collapses with the first copy wherever events are de-duplicated by id. ``ts`` (``ts_ns`` in epoch
+    nanoseconds): when the store took the object.
     """
 
     id: str
     ts: Timestamp
+    ts_ns: int
     conn_id: int
     transaction_id: str
     digest: str
@@ -50,6 +51,7 @@ class ObjectRef(msgspec.Struct, frozen=True, gc=False, kw_only=True, tag="object
     @classmethod
     def of(cls, obj: Storable, url: str, store: str) -> ObjectRef:
         ident = hashlib.sha256(f"{store}\0{obj.digest}\0{obj.transaction_id}\0{obj.conn_id}".encode())
-        return cls(id=ident.hexdigest()[:32], ts=time.time_ns(), conn_id=obj.conn_id,
+        now = time.time_ns()
+        return cls(id=ident.hexdigest()[:32], ts=format_ns(now), ts_ns=now, conn_id=obj.conn_id,
                    transaction_id=obj.transaction_id, digest=obj.digest, url=url, size=len(obj.data),
                    content_type=obj.content_type, store=store)

@@ -52,6 +52,8 @@ def _type_text(prop: dict[str, Any], defs: dict[str, Any]) -> str:
         return "array"
     if t == "object" and isinstance(prop.get("additionalProperties"), dict):
         return f"object of {_type_text(prop['additionalProperties'], defs)}"
+    if t == "string" and prop.get("format") == "date-time":
+        return "string: RFC 3339 UTC time with nanoseconds"
     if t == "string" and prop.get("contentEncoding") == "base64":
         return "bytes (base64)"
     return str(t)

@@ -1,7 +1,7 @@
 """Plugins: what happens to each HTTP transaction routed to a stack (capture, log, report, detect).
 
     stacks = build_stacks(config)
-    ex = HttpExchange(tx, conn_context(conn, layer), id=..., ts=..., ts_ns=...)
+    ex = HttpExchange(tx, conn.context(layer), id=..., ts=..., ts_ns=...)  # conn: ConnContext snapshot
     for item in stacks["default"].on_http(ex):   # events (Structs) and objects (StoredObject)
         ...
 
@@ -16,7 +16,7 @@ from qtap_async.plugins.access_logs import AccessLogs
 from qtap_async.plugins.anonymize import auth_token, hash_token, mask_query, masked_target, path_template
 from qtap_async.plugins.base import Emission, FirstMatch, Plugin, is_object
 from qtap_async.plugins.detect_errors import DetectErrors
-from qtap_async.plugins.exchange import ExchangeContext, HttpExchange, conn_context, host_of, join_headers
+from qtap_async.plugins.exchange import ExchangeContext, HttpExchange, host_of, join_headers
 from qtap_async.plugins.http_capture import HttpCapture
 from qtap_async.plugins.payload import render_object
 from qtap_async.plugins.report_usage import ReportUsage
@@ -40,7 +40,6 @@ __all__ = [
     "auth_token",
     "build_plugin",
     "build_stacks",
-    "conn_context",
     "hash_token",
     "host_of",
     "is_object",

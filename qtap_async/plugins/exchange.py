@@ -8,52 +8,13 @@ the derived values (host, URL, joined headers, the rule context) are computed at
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
-from qtap_async.context.containers import container_fields
+from qtap_async.context.domains import host_of
 from qtap_async.events.context import ConnContext
 from qtap_async.events.http import Headers, HttpTransaction
 from qtap_async.plugins.redact import DEFAULT_REDACTOR, Redactor
 
-if TYPE_CHECKING:
-    from qtap_async.transforms.conntrack import Connection
-
-__all__ = ["ExchangeContext", "HttpExchange", "conn_context", "host_of", "join_headers"]
-
-
-def conn_context(conn: Connection, layer: int) -> ConnContext:
-    """The context of a transaction on ``conn``: a snapshot of the connection and its process (layer 1:
-    the bytes came through a TLS probe)."""
-    src_ip, src_port, dst_ip, dst_port = conn.endpoints()
-    p = conn.process
-    return ConnContext(
-        conn_id=conn.conn_id,
-        direction=conn.direction,
-        tls=layer == 1 or conn.tls,
-        src_ip=src_ip,
-        src_port=src_port,
-        dst_ip=dst_ip,
-        dst_port=dst_port,
-        pid=conn.pid,
-        exe=p.exe,
-        comm=p.comm,
-        container_id=p.container_id,
-        **container_fields(p.container_id),  # type: ignore[arg-type]
-        user=p.user,
-        domain=conn.domain,
-    )
-
-
-def host_of(authority: str | None) -> str:
-    """The host of an authority, without the port; IPv6 literals lose their brackets."""
-    if not authority:
-        return ""
-    if authority.startswith("["):
-        end = authority.find("]")
-        return authority[1:end] if end > 0 else authority
-    if authority.count(":") == 1:
-        return authority.partition(":")[0]
-    return authority
+__all__ = ["ExchangeContext", "HttpExchange", "host_of", "join_headers"]
 
 
 def join_headers(headers: Headers) -> dict[str, str]:

@@ -7,6 +7,8 @@ digest the event names. ``none`` records nothing.
 
 from __future__ import annotations
 
+import re
+
 import msgspec
 
 from qtap_async.config import CaptureLevel, HttpCaptureConfig, OutputFormat
@@ -17,6 +19,18 @@ from qtap_async.plugins.exchange import HttpExchange
 from qtap_async.plugins.payload import render_object
 
 __all__ = ["HttpCapture", "transaction_event"]
+
+_TRACEPARENT = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
+
+
+def _traceparent(ex: HttpExchange) -> str:
+    """The request's ``traceparent`` when well formed; the redactor has its say (a deployment that lists
+    it as a secret header gets a redacted value, which does not match, so nothing is passed on)."""
+    for name, raw in ex.tx.request_headers:  # a scan: cheaper than building the joined header dict
+        if len(name) == 11 and name.lower() == "traceparent":
+            value = ex.redactor.header_value(name, raw.strip())
+            return value if _TRACEPARENT.fullmatch(value) else ""
+    return ""
 
 
 def transaction_event(ex: HttpExchange, level: str = "summary", rule: str = "",
@@ -52,6 +66,7 @@ def transaction_event(ex: HttpExchange, level: str = "summary", rule: str = "",
         level=level,
         rule=rule,
         object_digest=object_digest,
+        traceparent=_traceparent(ex),
     )
 
 

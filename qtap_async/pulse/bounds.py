@@ -21,6 +21,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from qtap_async.events import EVENT_TYPES, DnsAnswer, GrpcInfo, Owner
+from qtap_async.events.times import RFC3339_PATTERN
 
 __all__ = ["NOT_STORED", "REQUIRED", "TABLE_OF", "Event", "PulseEvent", "bounded"]
 
@@ -39,8 +40,12 @@ U32 = Annotated[int, msgspec.Meta(ge=0, le=2**32 - 1)]
 U64 = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
 Status = Annotated[int, msgspec.Meta(ge=0, le=999)]
 GrpcStatus = Annotated[int, msgspec.Meta(ge=-1, le=255)]  # -1: not a gRPC call
-# Event time: epoch nanoseconds, or an RFC 3339 string with an offset.
+# A batch's sent_at: epoch nanoseconds, or an RFC 3339 string with an offset.
 Timestamp = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)] | Annotated[datetime, msgspec.Meta(tz=True)]
+# An event's ts: what the agent writes (RFC 3339 UTC with nanoseconds, qtap_async.events.times), any RFC 3339
+# offset, or epoch nanoseconds. Kept as text, not datetime, which would round the nanoseconds to microseconds:
+# ingest reads it with times.parse_ns.
+EventTs = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)] | Annotated[str, msgspec.Meta(pattern=RFC3339_PATTERN)]
 # Names the agent writes (directions, protocols, reasons) are short words: bounded, not enumerated, so a
 # value a newer agent writes ("unknown" direction, "dns" protocol...) is stored instead of rejecting the event.
 Word = Short
@@ -50,7 +55,7 @@ _ = msgspec.NODEFAULT  # required (only for the fields in REQUIRED)
 #: Bound and default of each field, by name; ``_OVERRIDES`` where one event type needs another.
 _BOUNDS: dict[str, tuple[Any, Any]] = {
     "id": (Id, _),
-    "ts": (Timestamp, _),
+    "ts": (EventTs, _),
     "conn_id": (U64, 0),
     # ConnContext
     "direction": (Word, ""),
@@ -153,6 +158,7 @@ _BOUNDS: dict[str, tuple[Any, Any]] = {
     "store": (Name, ""),  # the agent's object store that holds it
     # nested: Owner, DnsAnswer, GrpcInfo
     "first_ns": (U64, 0),
+    "first_ts": (Short, ""),  # kept as text inside the owners JSON
     "name": (Name, ""),
     "type": (Short, ""),
     "ttl": (U32, 0),
@@ -183,9 +189,10 @@ _OVERRIDES: dict[tuple[str, str], tuple[Any, Any]] = {
     ("GrpcInfo", "grpc_status"): (Annotated[int, msgspec.Meta(ge=0, le=255)] | None, None),
 }
 
-#: Fields Pulse never takes, whatever an agent sends: header values and bodies.
+#: Fields Pulse never takes, whatever an agent sends: header values and bodies (and the trace context,
+#: which only the otel store uses).
 NOT_STORED = frozenset({"request_headers", "response_headers", "request_trailers", "response_trailers",
-                        "request_body", "response_body"})
+                        "request_body", "response_body", "traceparent"})
 
 #: The fields an event must have to be stored, by type.
 REQUIRED: dict[str, frozenset[str]] = {}  # filled by derive from the _ defaults above

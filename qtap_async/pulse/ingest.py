@@ -23,6 +23,7 @@ import msgspec
 import zstandard
 
 from qtap_async.events import ConnectionEvent
+from qtap_async.events.times import parse_ns
 from qtap_async.pulse.bounds import TABLE_OF, Event, bounded
 from qtap_async.pulse.config import IngestLimits, Retention
 from qtap_async.pulse.metrics import Metrics
@@ -152,9 +153,12 @@ def decode_body(body: bytes, content_type: str, content_encoding: str, limits: I
     return DecodedBody(fmt, items, sent_at, data)
 
 
-def to_ns(ts: int | datetime) -> int:
+def to_ns(ts: int | str | datetime) -> int:
+    """Epoch ns of a time as decoded; ValueError for RFC 3339 text naming a date that does not exist."""
     if isinstance(ts, int):
         return ts
+    if isinstance(ts, str):
+        return parse_ns(ts)  # exact: a datetime would round the agent's nanoseconds
     return (ts - _EPOCH) // timedelta(microseconds=1) * 1000
 
 
@@ -221,7 +225,11 @@ class Sanitizer:
                 errors.append(ItemError(index, "nested too deeply"))
                 continue
             table = TABLE_OF[type(ev)]
-            ts = ev.ts if type(ev.ts) is int else to_ns(ev.ts)
+            try:
+                ts = ev.ts if type(ev.ts) is int else to_ns(ev.ts)
+            except ValueError as e:  # matches the pattern, names no real date ("2026-02-30T...")
+                errors.append(ItemError(index, f"ts: {e}", ev.id))
+                continue
             ts += offset
             clamped = ts > ref + tolerance
             if clamped:

@@ -8,6 +8,11 @@ PREWHERE apply, which FINAL would prevent for columns outside the sorting key.
 
 An error is a response with status >= 500 or a gRPC status other than OK; ``client_errors`` counts
 4xx. Latency percentiles are exact (quantilesExact over duration_ns).
+
+Times in results are what the agent's events carry (``qtap_async.events.times``): ``ts`` (and
+``bucket_start``) as RFC 3339 UTC text with nanoseconds, beside ``ts_ns`` (``bucket_start_ns``) in epoch
+nanoseconds. Storage keeps ``ts`` as DateTime64(9): statements select it as epoch nanoseconds and the text
+is made here, at the edge, so the stored columns stay as they are.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from qtap_async.events.times import Timestamp, format_ns
 from qtap_async.pulse.ingest import to_ns
 from qtap_async.pulse.storage import Storage
 
@@ -141,7 +147,8 @@ class EndpointStats(_Stats, frozen=True, gc=False, kw_only=True):
 
 
 class BucketStats(_Stats, frozen=True, gc=False, kw_only=True):
-    bucket_start: int  # epoch seconds
+    bucket_start: Timestamp
+    bucket_start_ns: int
 
 
 class ProcessStats(_Stats, frozen=True, gc=False, kw_only=True):
@@ -152,7 +159,8 @@ class ProcessStats(_Stats, frozen=True, gc=False, kw_only=True):
 
 class ConnectionRow(msgspec.Struct, frozen=True, gc=False, kw_only=True):
     id: str
-    ts: int
+    ts: Timestamp
+    ts_ns: int
     agent: str
     conn_id: int
     event: str
@@ -181,12 +189,13 @@ class ConnectionRow(msgspec.Struct, frozen=True, gc=False, kw_only=True):
     resumed: bool
     io_uring: bool
     reason: str
-    owners: str  # JSON array of {pid, exe, comm, user, first_ns}; "" when one process did all the I/O
+    owners: str  # JSON array of {pid, exe, comm, user, first_ns, first_ts}; "" when one process did all the I/O
 
 
 class IssueRow(msgspec.Struct, frozen=True, gc=False, kw_only=True):
     id: str
-    ts: int
+    ts: Timestamp
+    ts_ns: int
     agent: str
     conn_id: int
     rule: str
@@ -199,7 +208,8 @@ class IssueRow(msgspec.Struct, frozen=True, gc=False, kw_only=True):
 
 class ObjectRefRow(msgspec.Struct, frozen=True, gc=False, kw_only=True):
     id: str
-    ts: int
+    ts: Timestamp
+    ts_ns: int
     agent: str
     conn_id: int
     transaction_id: str
@@ -248,6 +258,11 @@ def _where(p: msgspec.Struct, team: str, names: tuple[str, ...]) -> tuple[str, d
 
 def _select(storage: Storage, result: type[Any], sql: str, params: dict[str, Any]) -> list[Any]:
     rows = storage.query(sql, params)
+    for time_field in ("ts", "bucket_start"):
+        if f"{time_field}_ns" in result.__struct_fields__:
+            for row in rows:
+                row[f"{time_field}_ns"] = ns = int(row[f"{time_field}_ns"])  # 64-bit ints may come quoted
+                row[time_field] = format_ns(ns)
     out: list[Any] = msgspec.convert(rows, list[result])  # type: ignore[valid-type]
     return out
 
@@ -284,9 +299,9 @@ def timeseries(storage: Storage, team: str, p: TimeseriesParams) -> list[BucketS
     return _select(
         storage,
         BucketStats,
-        "SELECT toUnixTimestamp(toStartOfInterval(ts, toIntervalSecond({bucket:UInt32}))) AS bucket_start,"
-        f" {_STATS} FROM {storage.database}.requests FINAL WHERE {where}"
-        " GROUP BY bucket_start ORDER BY bucket_start",
+        "SELECT toUnixTimestamp64Nano(toDateTime64(toStartOfInterval(ts, toIntervalSecond({bucket:UInt32})), 9,"
+        f" 'UTC')) AS bucket_start_ns, {_STATS} FROM {storage.database}.requests FINAL WHERE {where}"
+        " GROUP BY bucket_start_ns ORDER BY bucket_start_ns",
         params,
     )
 
@@ -306,7 +321,10 @@ def processes(storage: Storage, team: str, p: ProcessParams) -> list[ProcessStat
 
 
 def _columns(row: type[msgspec.Struct]) -> str:
-    return ", ".join("toUnixTimestamp64Nano(ts) AS ts" if f == "ts" else f for f in row.__struct_fields__)
+    # ts is read as epoch ns (ts_ns) and formatted by _select; the connections table's own ts_ns column
+    # holds the same instant, but an older agent may have left it 0.
+    return ", ".join("toUnixTimestamp64Nano(ts) AS ts_ns" if f == "ts" else f
+                     for f in row.__struct_fields__ if f != "ts_ns")
 
 
 def connections(storage: Storage, team: str, p: ConnectionSearch) -> list[ConnectionRow]:

@@ -92,7 +92,7 @@ TABLES: dict[str, Table] = {
                 Column("domain_source", _LC, landing=_STR),
                 Column("resumed", "Bool"),
                 Column("io_uring", "Bool"),
-                Column("owners", _STR),  # JSON array of {pid, exe, comm, user, first_ns}
+                Column("owners", _STR),  # JSON array of {pid, exe, comm, user, first_ns, first_ts}
                 Column("container_name", _STR),
                 Column("container_image", _STR),
                 Column("container_labels", _STR),  # JSON object

@@ -143,7 +143,27 @@ class PulseEventStore(_Store, frozen=True, tag="pulse"):
     timeout: Annotated[float, msgspec.Meta(gt=0)] = 10.0
 
 
-EventStoreConfig = StdoutEventStore | KafkaEventStore | PulseEventStore | DisabledEventStore
+class OtelEventStore(_Store, frozen=True, tag="otel"):
+    """``type: otel``: OTLP export of spans, RED metrics and logs (the sink: sinks/otel.py; docs/otel.md)."""
+
+    endpoint: str = "http://127.0.0.1:4318"  # OTLP/HTTP: signals go to <endpoint>/v1/traces ...; gRPC: host:port
+    protocol: Literal["http/protobuf", "grpc"] = "http/protobuf"
+    headers: dict[str, Secret] = {}  # e.g. {authorization: {type: env, value: OTLP_TOKEN}}
+    compression: Literal["gzip", "none"] = "gzip"
+    timeout: Annotated[float, msgspec.Meta(gt=0)] = 10.0
+    ca_file: str | None = None
+    insecure: bool = False  # skip TLS certificate checks (test setups only)
+    traces: bool = True  # a span per HTTP/gRPC transaction
+    logs: bool = True  # log records for connection, DNS and issue events
+    metrics: bool = True  # RED metrics of the transactions
+    metrics_interval: Annotated[float, msgspec.Meta(gt=0)] = 10.0  # seconds between metric exports
+    max_series: PositiveInt = 2000  # metric series before route/server fold into "other"
+    routes: list[str] = []  # http.route templates, first match wins: "/users/{id}", "/static/*"
+    route_heuristic: bool = True  # no template matched: id-like path segments become {id}
+    resource_attributes: dict[str, str] = {}  # added to every resource (deployment.environment.name, ...)
+
+
+EventStoreConfig = StdoutEventStore | KafkaEventStore | PulseEventStore | OtelEventStore | DisabledEventStore
 
 
 # ------------------------------------------------------------------------------------------ object stores

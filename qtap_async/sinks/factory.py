@@ -23,6 +23,7 @@ from qtap_async.sinks.config import (
 )
 from qtap_async.sinks.dir import DirObjectSink
 from qtap_async.sinks.kafka import KafkaEventSink, make_ssl_context
+from qtap_async.sinks.otel import OtelEventStore, build_otel_sink
 from qtap_async.sinks.pulse import PulseEventSink
 from qtap_async.sinks.runner import EventSinkRunner, ObjectSinkRunner
 from qtap_async.sinks.s3 import S3ObjectSink
@@ -62,6 +63,8 @@ def build_event_sink(cfg: EventStoreConfig) -> EventSink:
         token = resolve(cfg.token, f"event store {name}: token") or ""
         return PulseEventSink(cfg.url, token, ca_file=cfg.ca_file, insecure=cfg.insecure, use_gzip=cfg.gzip,
                               timeout=cfg.timeout, name=name)
+    if isinstance(cfg, OtelEventStore):
+        return build_otel_sink(cfg, name)
     raise ConfigError(f"unknown event store type {type(cfg).__name__}")
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from qtap_async.events.dns import DnsMessage
 from qtap_async.events.http import HttpTransaction
-from qtap_async.sources.tls_probes import AttachStatus
+from qtap_async.tls.attach import AttachStatus
 
 ProtocolRecordHandler = Callable[[Any, Any, int], list[Any]]
 

@@ -41,7 +41,7 @@ class Readiness(msgspec.Struct, frozen=True):
 
 
 def runners_of(writer: object) -> list[StoreRunner]:
-    """The store runners of an agent's writer (StoreWriter has them; the stdout writer has none)."""
+    """The store runners of an agent's writer (topology.Writer has them with a config; the local output has none)."""
     out: list[StoreRunner] = []
     for attr in ("events", "objects"):
         out.extend(getattr(writer, attr, None) or [])

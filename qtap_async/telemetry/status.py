@@ -9,7 +9,7 @@ from qtap_async.telemetry.readiness import ReadinessProbe, runners_of
 from qtap_async.telemetry.server import StatusServer, parse_listen
 
 if TYPE_CHECKING:
-    from qtap_async.agent import Agent
+    from qtap_async.topology.runtime import Agent
 
 
 class AgentStatus:

@@ -2,7 +2,7 @@
 
 Analysing a Go binary or node takes hundreds of milliseconds; a short-lived client speaks sooner than that.
 With the result on disk, a restarted agent attaches every known TLS file at start-up, and the held-exec mode
-(see sources/exec_hold.py) tells new executables from known ones without opening them.
+(see tls/exec_hold.py) tells new executables from known ones without opening them.
 
 Layout: ``<state_dir>/tls-analysis/<dev>-<ino>-<size>-<mtime_ns>.json``, one msgspec JSON entry per file,
 written to a temporary name and renamed (a crash never leaves half an entry). The directory is created

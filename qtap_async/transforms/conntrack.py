@@ -1,7 +1,10 @@
 """Connection tracking: kernel records -> connections with process context and ordered streams.
 
 Synchronous and I/O-free except for /proc reads of process context, so tests drive it directly with
-decoded records. The asyncio stage around it is in transforms/stage.py.
+decoded records. ``Conntrack.handle`` returns values and calls nothing above it: connection and gap
+events, ``Parsed`` (a protocol record with the connection it was parsed on, for the enrichment and
+dispatch stages of qtap_async.topology), and the process records it applied (``ProcExec``/``ProcExit``,
+which the runtime hands to TLS discovery). What is parsed is decided from above by ``mute``.
 """
 
 from __future__ import annotations
@@ -15,14 +18,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+import msgspec
+
 from qtap_async.bpf import abi
 from qtap_async.context.containers import container_fields
-from qtap_async.context.dns_cache import DnsCache
-from qtap_async.context.domains import Domains
 from qtap_async.context.listeners import ListeningPorts
 from qtap_async.context.process import ProcessCache, ProcessInfo, user_name
 from qtap_async.events.connection import ConnectionEvent, GapEvent, Owner
-from qtap_async.events.context import Direction
+from qtap_async.events.context import ConnContext, Direction
 from qtap_async.events.kernel import ConnClose, ConnOpen, Data, KernelRecord, ProcExec, ProcExit, ProcFork
 from qtap_async.protocols.dns import parse_dns_datagram
 from qtap_async.transforms.reassembly import Gap, ReassemblyStats, Segment, StreamReassembler
@@ -64,6 +67,30 @@ class Session(Protocol):
 
 
 SessionFactory = Callable[["Connection", int], Session | None]
+
+
+def default_session_factory(conn: Connection, layer: int) -> Session | None:
+    """A protocol session per connection and layer (0: socket bytes, 1: TLS plaintext)."""
+    from qtap_async.protocols import ProtocolSession
+
+    return ProtocolSession(local_port=conn.lport, remote_port=conn.rport)
+
+
+class Parsed(msgspec.Struct, gc=False):
+    """A protocol record (``qtap_async.events.ProtocolRecord``) and where it was parsed: the live
+    connection and the layer (0: socket bytes, 1: TLS plaintext). Only the transform stages see the live
+    connection; plugins get a ``ConnContext`` snapshot of it. ``host``: an HTTP transaction's host
+    (Host / ``:authority`` without the port), set once by the enrichment stage for the stages after it.
+    A Struct because one is made per record: its constructor is C."""
+
+    conn: Connection
+    layer: int
+    record: Any
+    host: str = ""
+
+
+#: What ``Conntrack.handle`` returns, in order.
+Tracked = ConnectionEvent | GapEvent | Parsed | ProcExec | ProcExit
 
 
 @dataclass
@@ -150,8 +177,9 @@ class Connection:
         self.bytes_received = 0
         self.streams: dict[int, StreamReassembler] = {}  # key: source * 2 + dir
         self.sessions: dict[int, Session | None] = {}  # key: 0 = socket bytes, 1 = TLS plaintext
+        # Written by the enrichment stage only (transforms/enrich.py; precedence in context/domains.py).
         self.domain = ""
-        self.domain_source = ""  # see context/domains.py
+        self.domain_source = ""
         self.tls = False
         self.udp = rec.udp
 
@@ -166,6 +194,28 @@ class Connection:
         s = self.sessions.get(0)
         return s.protocol if s is not None else "unknown"
 
+    def context(self, layer: int) -> ConnContext:
+        """A snapshot of the connection and its process for an event about its traffic (layer 1: the bytes
+        came through a TLS probe): what plugins see, never the live connection."""
+        src_ip, src_port, dst_ip, dst_port = self.endpoints()
+        p = self.process
+        return ConnContext(
+            conn_id=self.conn_id,
+            direction=self.direction,
+            tls=layer == 1 or self.tls,
+            src_ip=src_ip,
+            src_port=src_port,
+            dst_ip=dst_ip,
+            dst_port=dst_port,
+            pid=self.pid,
+            exe=p.exe,
+            comm=p.comm,
+            container_id=p.container_id,
+            **container_fields(p.container_id),  # type: ignore[arg-type]
+            user=p.user,
+            domain=self.domain,
+        )
+
     def endpoints(self) -> tuple[str, int, str, int]:
         """(src_ip, src_port, dst_ip, dst_port) with src = the initiator."""
         if self.direction == "ingress":
@@ -174,7 +224,7 @@ class Connection:
 
 
 class Conntrack:
-    """Kernel records in, output events out."""
+    """Kernel records in; connection events, gaps, parsed protocol records and process changes out."""
 
     def __init__(
         self,
@@ -196,8 +246,6 @@ class Conntrack:
         # Evicted connections by id: the kernel may still report them (data after an idle spell, or their
         # close), and they then resume as the same connection instead of a context-less orphan.
         self._evicted: OrderedDict[int, Connection] = OrderedDict()
-        self.dns = DnsCache()
-        self.domains = Domains(self.dns)
         self.stats = ConntrackStats()
         # bpf_ktime_get_ns() is CLOCK_MONOTONIC; events carry wall-clock time.
         self._wall_offset_ns = time.time_ns() - time.monotonic_ns()
@@ -205,10 +253,6 @@ class Conntrack:
         self._fmt_prefix = ""
         self._ids = itertools.count(1)
         self._id_prefix = os.urandom(4).hex()
-        self.on_protocol_record: Callable[[Connection, Any, int], list[Any]] | None = None
-        # Process lifecycle hooks (TLS discovery attaches to new processes' libraries).
-        self.on_exec: Callable[[int], None] | None = None
-        self.on_exit: Callable[[int], None] | None = None
 
     # -- helpers ---------------------------------------------------------------------------------
     def _event_id(self) -> str:
@@ -223,7 +267,7 @@ class Conntrack:
         if sec != self._fmt_sec:  # formatting the date part once per second: this runs per event
             self._fmt_sec = sec
             self._fmt_prefix = datetime.fromtimestamp(sec, UTC).strftime("%Y-%m-%dT%H:%M:%S.")
-        return f"{self._fmt_prefix}{frac // 1000:06d}Z"
+        return f"{self._fmt_prefix}{frac:09d}Z"  # = events.times.format_ns(wall), cached per second
 
     def _direction(self, rec: ConnOpen) -> Direction:
         if rec.role == abi.Role.CONNECT:
@@ -236,8 +280,8 @@ class Conntrack:
     def _owners(self, c: Connection) -> list[Owner] | None:
         if c.owners is None:
             return None
-        return [Owner(pid=pid, exe=p.exe, comm=p.comm, user=p.user, first_ns=self.wall_ns(ts))
-                for pid, p, ts in c.owners]
+        return [Owner(pid=pid, exe=p.exe, comm=p.comm, user=p.user, first_ns=self.wall_ns(ts),
+                      first_ts=self.rfc3339(ts)) for pid, p, ts in c.owners]
 
     def _conn_event(self, c: Connection, event: str, ts_ns: int, reason: str = "") -> ConnectionEvent:
         src_ip, src_port, dst_ip, dst_port = c.endpoints()
@@ -278,6 +322,17 @@ class Conntrack:
             reason=reason,
         )
 
+    def mute(self, conn_id: int, *, socket: bool = True, tls: bool = True) -> None:
+        """Parse nothing more of a connection's socket bytes and/or TLS plaintext (a filter upstream
+        decided it is not captured): the cheapest place to drop it. Counting and gaps go on."""
+        c = self.conns.get(conn_id)
+        if c is None:
+            return
+        if socket:
+            c.sessions[0] = None
+        if tls:
+            c.sessions[1] = None
+
     # -- records ---------------------------------------------------------------------------------
     def handle(self, rec: KernelRecord) -> list[Any]:
         if type(rec) is Data:
@@ -290,9 +345,7 @@ class Conntrack:
             self.stats.process_records += 1
             self.processes.on_exec(rec.pid, rec.comm, rec.filename, rec.uid, rec.cgroup_id, rec.exe_ino,
                                    rec.exe_dev)
-            if self.on_exec is not None:
-                self.on_exec(rec.pid)
-            return []
+            return [rec]  # TLS discovery looks at the new program (the runtime routes it there)
         if type(rec) is ProcFork:
             self.stats.process_records += 1
             self.processes.on_fork(rec.pid, rec.ppid, rec.uid, rec.cgroup_id, rec.ts_ns)
@@ -300,9 +353,7 @@ class Conntrack:
         if type(rec) is ProcExit:
             self.stats.process_records += 1
             self.processes.on_exit(rec.pid)
-            if self.on_exit is not None:
-                self.on_exit(rec.pid)
-            return []
+            return [rec]
         return []
 
     def _open(self, rec: ConnOpen) -> list[Any]:
@@ -315,7 +366,6 @@ class Conntrack:
         process = self.processes.as_seen(rec.pid, rec.comm, uid=rec.uid, cgroup_id=rec.cgroup_id, now_ns=rec.ts_ns)
         c = Connection(rec, process, self._direction(rec))
         c.exec_gen = self.processes.exec_gen.get(rec.pid, 0)
-        self.domains.at_open(c)
         self.conns[rec.conn_id] = c
         self.stats.connections_opened += 1
         out.append(self._conn_event(c, "open", rec.ts_ns))
@@ -468,12 +518,7 @@ class Conntrack:
     def _protocol(self, c: Connection, records: list[Any], layer: int) -> list[Any]:
         if not records:
             return []
-        if self.on_protocol_record is None:
-            return records
-        out: list[Any] = []
-        for r in records:
-            out.extend(self.on_protocol_record(c, r, layer))
-        return out
+        return [Parsed(c, layer, r) for r in records]
 
     def _close(self, rec: ConnClose) -> list[Any]:
         out: list[Any] = []

@@ -1,5 +1,6 @@
 """Protocol records (transactions, DNS messages, TLS hellos, parse errors) -> output events.
 
+A pure formatter: it reads the connection (already named by transforms/enrich.py) and changes nothing.
 Each record becomes one JSON-ready mapping with its connection and process context, so a line of output
 stands on its own. HTTP transactions are shaped for people and rules: method, path, authority, status,
 timings in wall-clock time, and headers/bodies only as far as the capture level allows.
@@ -15,11 +16,8 @@ from typing import Any, Literal
 import msgspec
 
 from qtap_async.context.containers import container_fields
-from qtap_async.context.domains import offer
-from qtap_async.events.dns import DnsMessage
+from qtap_async.context.domains import host_of
 from qtap_async.events.http import HttpTransaction
-from qtap_async.events.tls import TlsClientHello
-from qtap_async.plugins.exchange import host_of
 from qtap_async.plugins.redact import DEFAULT_REDACTOR, Redactor
 from qtap_async.transforms.conntrack import Connection, Conntrack
 
@@ -36,6 +34,8 @@ def _type_name(rec: Any) -> str:
 
 
 class ProtocolOutput:
+    """The local output's shape of each protocol record (``conntrack`` gives the wall clock)."""
+
     def __init__(self, conntrack: Conntrack, level: Level = "details", redactor: Redactor | None = None) -> None:
         self.conntrack = conntrack
         self.level = level
@@ -64,13 +64,10 @@ class ProtocolOutput:
             **container_fields(p.container_id),
         }
 
-    def convert(self, conn: Connection, rec: Any, layer: int) -> list[Any]:
+    def convert(self, conn: Connection, rec: Any, layer: int, host: str | None = None) -> list[Any]:
+        """``host``: the transaction's host when the caller has it already (transforms/enrich.py sets it)."""
         if isinstance(rec, HttpTransaction):
-            return [self._http(conn, rec, layer)]
-        if isinstance(rec, TlsClientHello) and rec.sni:  # what the client asked for beats DNS guesses
-            offer(conn, rec.sni, "sni")
-        elif isinstance(rec, DnsMessage):
-            self.conntrack.dns.learn(conn.pid, rec)
+            return [self._http(conn, rec, layer, host_of(rec.authority) if host is None else host)]
         if not isinstance(rec, msgspec.Struct):
             return []
         body = msgspec.to_builtins(rec)
@@ -86,9 +83,7 @@ class ProtocolOutput:
                 event[k] = v
         return [event]
 
-    def _http(self, conn: Connection, tx: HttpTransaction, layer: int) -> dict[str, Any]:
-        host = host_of(tx.authority)
-        offer(conn, host, "host")
+    def _http(self, conn: Connection, tx: HttpTransaction, layer: int, host: str) -> dict[str, Any]:
         start = tx.request_start_ns or tx.response_start_ns or conn.last_ns
         rt = self.conntrack.rfc3339
         ev: dict[str, Any] = {"type": "http_transaction", "id": self._event_id(), "ts": rt(start)}

@@ -103,7 +103,7 @@ AS_NOBODY = """
 "$QTAP_PY" - COMMAND <<'PY'
 import contextlib, ctypes, io, os, sys
 import concurrent.futures.thread, uvloop
-import cli.main, cli.run_cmd, qtap_async.agent, qtap_async.bpf.kernelfs, qtap_async.telemetry.server
+import cli.main, cli.run_cmd, qtap_async.topology, qtap_async.bpf.kernelfs, qtap_async.telemetry.server
 with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
     cli.main.app(["inspect"])
 libc = ctypes.CDLL("libc.so.6", use_errno=True)

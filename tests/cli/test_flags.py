@@ -10,8 +10,22 @@ import pytest
 from tests.cli.helpers import ROOT, qtap
 
 BAD = [
-    (["run", "--ring-buffer-mib", "0"], "--ring-buffer-mib 0"),
-    (["run", "--ring-buffer-mib", "3"], "power of two"),
+    # Each numeric flag of run: the line names the flag, the value and the reason.
+    (["run", "--ring-buffer-mib", "0"], "--ring-buffer-mib 0: expected a power of two >= 1"),
+    (["run", "--ring-buffer-mib", "-4"], "--ring-buffer-mib -4: expected a power of two >= 1"),
+    (["run", "--ring-buffer-mib", "3"], "--ring-buffer-mib 3: expected a power of two"),
+    (["run", "--ring-buffer-mib", "2048"], "--ring-buffer-mib 2048: at most 1024"),
+    (["run", "--ring-buffer-mib", "lots"], "'--ring-buffer-mib': Input should be a valid integer"),
+    (["run", "--max-connections", "-1"], "--max-connections -1: expected at least 1"),
+    (["run", "--max-connections", "1e3"], "'--max-connections': Input should be a valid integer"),
+    (["run", "--idle-timeout", "-5"], "--idle-timeout -5.0: expected a finite number of seconds > 0"),
+    (["run", "--idle-timeout", "inf"], "--idle-timeout inf: expected a finite number of seconds > 0"),
+    (["run", "--idle-timeout", "nan"], "--idle-timeout nan: expected a finite number of seconds > 0"),
+    (["run", "--metrics-interval", "-1"], "--metrics-interval -1.0: expected a finite number of seconds >= 0"),
+    (["run", "--metrics-interval", "nan"], "--metrics-interval nan: expected a finite number of seconds >= 0"),
+    (["run", "--metrics-interval", "inf"], "--metrics-interval inf: expected a finite number of seconds >= 0"),
+    (["run", "--pid", "-1"], "--pid -1: expected a process id"),
+    (["run", "--port", "0"], "--port 0: a port is 1-65535"),
     (["run", "--log-level", "LOUD"], "--log-level LOUD"),
     (["run", "--pid", "999999"], "--pid 999999: no such process"),
     (["run", "--pid", "abc"], "--pid"),

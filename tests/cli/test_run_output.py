@@ -203,3 +203,35 @@ tap:
     text = run.out()
     assert text.startswith("# ") and "GET /bytes?n=4 HTTP/1.1" in text
     assert '"body"' not in text and "\\n" not in text
+
+
+def test_plain_qtap_run_prints_the_readme_json_lines(server: int, tmp_path: Path) -> None:
+    """`qtap run > events.jsonl` with no flag and no file: the default config's graph with the local output.
+    The lines are the README's "What you get on stdout": connection open/close, http_transaction with the
+    connection and process context and the headers (level details), no bodies, for both ends."""
+    run = AgentRun(["run"], tmp_path)
+    try:
+        curl(f"http://127.0.0.1:{server}/bytes?n=9", "-H", "X-Plain: 1")
+        assert wait_until(lambda: len(_tx(_json_lines(run.out()), server)) >= 2, 60), run.out()[-3000:]
+    finally:
+        assert run.stop() == 0
+    assert "JSON lines on stdout" in run.log()
+    events = _json_lines(run.out())  # every line is one JSON object
+    assert all(isinstance(e.get("type"), str) for e in events)
+    txs = _tx(events, server)
+    by_dir = {e["direction"]: e for e in txs}
+    assert set(by_dir) == {"egress", "ingress"}, txs  # each end by its own process
+    client, srv = by_dir["egress"], by_dir["ingress"]
+    assert client["exe"].endswith("/curl") and client["dst_port"] == server and srv["dst_port"] == server
+    for tx in (client, srv):
+        assert (tx["protocol"], tx["method"], tx["path"], tx["status"]) == ("http/1.1", "GET", "/bytes?n=9", 200)
+        assert tx["authority"] == f"127.0.0.1:{server}" and tx["response_body_size"] == 9 and tx["tls"] is False
+        assert tx["duration_ns"] > 0 and tx["ttfb_ns"] > 0 and tx["id"] and tx["ts"].endswith("Z")
+        assert ["X-Plain", "1"] in tx["request_headers"] and tx["response_headers"]  # details: headers
+        assert "request_body" not in tx and "response_body" not in tx  # bodies only at --level full
+    conns = [e for e in events if e["type"] == "connection" and e["conn_id"] == client["conn_id"]]
+    assert [c["event"] for c in conns] == ["open", "close"], conns
+    close = conns[-1]
+    assert close["reason"] == "closed" and close["protocol"] and close["bytes_received"] > 0
+    assert close.get("transport", "tcp") == "tcp" and close["user"] and close["uid"] >= 0  # tcp: the default
+    assert close["src_port"] == client["src_port"] and close["pid"] == client["pid"]

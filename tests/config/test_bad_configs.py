@@ -106,7 +106,8 @@ CASES: list[tuple[str, str, str, int, int | None, str]] = [
         "services.event_stores[0].type",
         4,
         13,
-        "unknown event store type 'stdot'; expected one of disabled, kafka, pulse, stdout (did you mean 'stdout'?)",
+        "unknown event store type 'stdot'; expected one of disabled, kafka, otel, pulse, stdout "
+        "(did you mean 'stdout'?)",
     ),
     (
         "object store type used as event store",

@@ -10,10 +10,6 @@ from typing import Any
 from qtap_async.context.dns_cache import DnsCache
 from qtap_async.context.domains import Domains, HostsFiles, offer, parse_hosts
 from qtap_async.events.dns import DnsAnswer, DnsMessage
-from qtap_async.events.http import HttpTransaction
-from qtap_async.events.tls import TlsClientHello
-from qtap_async.transforms.output import ProtocolOutput
-from tests.transforms.test_conntrack import _ct, _open
 
 
 @dataclass
@@ -91,29 +87,3 @@ def test_hosts_file_is_reloaded_when_it_changes_and_per_root(tmp_path: Path) -> 
     assert h.lookup(7, "10.0.0.1", now=1.5) == "two.test"
     assert h.lookup(7, "10.0.0.2", now=1.6) == "new.test"
     assert h.lookup(42, "10.0.0.2", now=1.6) == ""
-
-
-def test_egress_and_ingress_agree_when_another_process_resolved_the_address() -> None:
-    """The bug of issue 19: another process's DNS answer named the egress record while the request's own
-    Host header named the ingress one. Host beats another process's DNS on both ends now."""
-    ct, _ = _ct()
-    out = ProtocolOutput(ct)
-    ct.dns.learn(999, _answer("cdn.other.test", "10.0.0.1"))
-    ct.handle(_open(1, role=1, lport=40000, rport=8080, pid=5))  # egress to 10.0.0.1:8080
-    ct.handle(_open(2, role=2, lport=8080, rport=40000, pid=6))  # the accepted end
-    egress, ingress = ct.conns[1], ct.conns[2]
-    assert egress.domain_source == "dns_host"
-    tx = HttpTransaction(protocol="http/1.1", method="GET", authority="api.mine.test:8080", path="/", status=200)
-    for conn in (egress, ingress):
-        out.convert(conn, tx, 0)
-        assert (conn.domain, conn.domain_source) == ("api.mine.test", "host")
-    out.convert(egress, TlsClientHello(direction=0, ts_ns=1, sni="sni.mine.test"), 0)
-    assert (egress.domain, egress.domain_source) == ("sni.mine.test", "sni")
-    (close,) = [e for e in ct.handle(_close(1)) if getattr(e, "event", "") == "close"]
-    assert (close.domain, close.domain_source) == ("sni.mine.test", "sni")
-
-
-def _close(conn_id: int) -> Any:
-    from qtap_async.events.kernel import ConnClose
-
-    return ConnClose(50, conn_id, 5, 0, 0, 1)

@@ -9,7 +9,8 @@ import pytest
 from qtap_async.config import load_config
 from qtap_async.context import ContainerCache, ContainerInfo, install
 from qtap_async.errors import ConfigError
-from qtap_async.pipeline_config import SKIP_ALL, ConfiguredRuntime
+from qtap_async.filters import SKIP_ALL
+from qtap_async.topology import Graph
 
 CONFIG = """version: 2
 services:
@@ -34,13 +35,13 @@ SHOP = ContainerInfo(id="4" * 64, name="web", image="reg/web:2", pod_name="web-0
 def test_matching_containers_are_ignored(tmp_path: Path) -> None:
     path = tmp_path / "qtap.yaml"
     path.write_text(CONFIG)
-    runtime = ConfiguredRuntime(load_config(path))
+    runtime = Graph(load_config(path)).dispatch
     cache = ContainerCache([])
     for info in (SYSTEM, PAUSE, INFRA, SHOP):
         cache.put(info)
     install(cache)
     try:
-        decide = runtime._decide
+        decide = runtime.decide
         assert decide(1, False, "10.0.0.1", "/usr/bin/coredns", SYSTEM.id) is SKIP_ALL
         assert decide(2, False, "10.0.0.1", "/pause", PAUSE.id) is SKIP_ALL
         assert decide(3, False, "10.0.0.1", "/x", INFRA.id) is SKIP_ALL

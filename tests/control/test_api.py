@@ -316,3 +316,39 @@ def test_push_hub_wakes_teams_whose_activations_changed() -> None:
     assert hub.changed([("a", "", 2, 2.0), ("b", "", 1, 1.0)]) == {"a"}
     assert hub.changed([("a", "", 2, 2.0), ("b", "", 1, 1.0), ("b", "edge", 1, 3.0)]) == {"b"}
     assert hub.changed([("b", "", 1, 1.0), ("b", "edge", 1, 3.0)]) == {"a"}
+
+
+def test_audit_log_is_append_only_through_the_api(plane: Plane) -> None:
+    """No write method reaches the audit log, for an admin token or an admin's browser session either, and
+    the entries read back unchanged afterwards."""
+    token = plane.user("root", "admin", password="correct horse battery")
+    admin = plane.client(token)
+    assert post_config(admin, config_yaml()).status_code == 201  # something worth tampering with
+    assert admin.post("/api/v1/users", json={"name": "eve", "role": "viewer"}).status_code == 201
+    before = admin.get("/api/v1/audit").json()
+    assert {a["action"] for a in before} >= {"config.create", "user.create"}
+    first = before[-1]["id"]
+    # Every audit route the API documents answers GET only (a new audit route with a write method fails here).
+    spec = admin.get("/openapi.json").json()
+    audit_paths = [p for p in spec["paths"] if "/audit" in p]
+    assert audit_paths == ["/api/v1/audit"]
+    assert all(set(spec["paths"][p]) <= {"get", "parameters"} for p in audit_paths), spec["paths"]["/api/v1/audit"]
+    edit = {"id": first, "actor": "nobody", "action": "nothing", "target": "", "detail": {}}
+    targets = [*audit_paths, f"/api/v1/audit/{first}", f"/api/v1/audit?id={first}"]
+    with httpx.Client(base_url=plane.url) as browser:
+        login = browser.post("/api/v1/login", json={"username": "root", "password": "correct horse battery"})
+        assert login.status_code == 200, login.text
+        csrf = {"X-CSRF-Token": login.json()["csrf_token"]}
+        for who, client, headers in (("token", admin, {}), ("session", browser, csrf)):
+            for method in ("POST", "PUT", "PATCH", "DELETE"):
+                for path in targets:
+                    r = client.request(method, path, json=edit, headers=headers)
+                    # 405 on the route itself (Allow names GET only); the per-entry path does not exist.
+                    allowed = (403, 405) if path.split("?")[0] in audit_paths else (403, 404, 405)
+                    assert r.status_code in allowed, (who, method, path, r.status_code, r.text)
+                    if r.status_code == 405:
+                        assert set(r.headers["allow"].replace(" ", "").split(",")) <= {"GET", "HEAD"}, r.headers
+    after = admin.get("/api/v1/audit", params={"limit": 1000}).json()
+    # Logging in added entries (that is the log working); what was there is exactly as it was.
+    assert after[-len(before):] == before
+    assert {a["action"] for a in after[:-len(before)]} <= {"login"}

@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-CAPTURE = ("qtap_async.agent", "qtap_async.bpf", "qtap_async.transforms", "qtap_async.sources", "qtap_async.tls",
-           "qtap_async.pipeline_config", "qtap_async.context.process",
+CAPTURE = ("qtap_async.topology", "qtap_async.bpf", "qtap_async.transforms", "qtap_async.sources", "qtap_async.tls",
+           "qtap_async.context.process",
            "qtap_async.context.listeners", "qtap_async.context.domains", "qtap_async.context.dns_cache",
            "qtap_async.protocols", "qtap_async.control_client")
 

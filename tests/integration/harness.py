@@ -19,8 +19,8 @@ from typing import Any
 import msgspec
 import uvloop
 
-from qtap_async.agent import Agent, AgentOptions, StdoutWriter
 from qtap_async.events.connection import ConnectionEvent
+from qtap_async.topology import Agent, AgentOptions, StdoutWriter
 from qtap_async.transforms.conntrack import Connection
 
 PEERS = Path(__file__).parent / "peers"

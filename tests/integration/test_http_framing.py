@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from qtap_async.agent import AgentOptions
+from qtap_async.topology import AgentOptions
 from tests.integration.harness import AgentHarness, free_port, wait_port
 
 pytestmark = pytest.mark.bpf

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from qtap_async.agent import default_session_factory
 from qtap_async.events.connection import ConnectionEvent, GapEvent
+from qtap_async.transforms.conntrack import default_session_factory
 from tests.integration.harness import PEERS, AgentHarness, dns_server
 
 pytestmark = pytest.mark.bpf
@@ -161,7 +161,7 @@ def test_sendfile_and_splice_count_bytes_and_report_a_gap_with_the_reason(mode: 
     gaps = [g for g in h.events() if isinstance(g, GapEvent) and g.conn_id == c.conn_id]
     reason = mode.split("-")[0]
     assert sum(g.bytes for g in gaps if g.reason == reason) == truth["body"]
-    assert {g.direction for g in gaps} == {"send"}
+    assert {g.stream for g in gaps} == {"send"}
 
 
 def test_peeked_bytes_do_not_advance_the_stream_and_discarded_ones_are_a_gap() -> None:
@@ -182,7 +182,7 @@ def test_peeked_bytes_do_not_advance_the_stream_and_discarded_ones_are_a_gap() -
                 and e.get("conn_id") == first.conn_id]
     assert second.bytes_received == truth["discarded"] + truth["rest"]
     gaps = [g for g in h.events() if isinstance(g, GapEvent) and g.conn_id == second.conn_id]
-    assert [(g.reason, g.bytes, g.direction) for g in gaps] == [("discarded", 5, "recv")]
+    assert [(g.reason, g.bytes, g.stream) for g in gaps] == [("discarded", 5, "recv")]
 
 
 def test_read_blocked_before_the_agent_attached_is_captured() -> None:

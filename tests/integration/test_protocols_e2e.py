@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from qtap_async.agent import AgentOptions
+from qtap_async.topology import AgentOptions
 from tests.integration.harness import PEERS, AgentHarness, dns_server, free_port, wait_port
 
 pytestmark = pytest.mark.bpf
@@ -135,7 +135,7 @@ def test_dns_over_tcp_names_later_connections() -> None:
     assert resp["qname"] == "alias.test." and resp["transport"] == "tcp"
     assert [(a["type"], a["data"]) for a in resp["answers"]] == [("CNAME", "target.test."), ("A", "127.0.0.1")]
     # The answer is remembered: 127.0.0.1 is now known to dig's process as alias.test.
-    assert h.agent.conntrack.dns.lookup(resp["pid"], "127.0.0.1") == "alias.test"
+    assert h.agent.graph.enrich.dns.lookup(resp["pid"], "127.0.0.1") == "alias.test"
 
 
 def _busy(addr: str) -> bool:

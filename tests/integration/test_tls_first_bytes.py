@@ -22,9 +22,9 @@ from typing import Any
 
 import pytest
 
-from qtap_async.agent import AgentOptions
 from qtap_async.events.kernel import Data
-from qtap_async.sources.tls_manager import TlsOptions
+from qtap_async.tls.manager import TlsOptions
+from qtap_async.topology import AgentOptions
 from tests.integration.harness import PEERS, AgentHarness, free_port, wait_port
 
 pytestmark = pytest.mark.bpf

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from qtap_async.agent import AgentOptions
-from qtap_async.sources.tls_manager import TlsOptions
 from qtap_async.tls import analyze_file
+from qtap_async.tls.manager import TlsOptions
 from qtap_async.tls.model import FileKey
+from qtap_async.topology import AgentOptions
 from tests.integration.harness import PEERS, AgentHarness, free_port, start_http_server, wait_port
 from tests.integration.peers.http_server import body_for
 from tests.integration.test_tls_first_bytes import _h2_request, _http

@@ -25,11 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qtap_async.agent import Agent, AgentOptions, StdoutWriter
 from qtap_async.bpf import abi
 from qtap_async.bpf.loader import Capture
 from qtap_async.buffers.channel import Channel, ChannelClosed
 from qtap_async.replay import NullSink
+from qtap_async.topology import Agent, AgentOptions, StdoutWriter
 
 BLASTER = Path(__file__).with_name("blaster.py")
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import msgspec
 
 from qtap_async.config import loads_config
-from qtap_async.pipeline_config import ConfiguredRuntime
+from qtap_async.topology import Graph
 from tests.plugins.fakes import conn_close, conn_open, http_exchange_records, memory_runners
 from tests.plugins.helpers import SECRET
-from tests.plugins.test_pipeline_config import drive
+from tests.topology.test_graph import drive
 
 CONFIG = """
 version: 2
@@ -45,7 +45,7 @@ RESPONSE = (
 
 async def test_secret_stays_out_of_events_but_reaches_objects() -> None:
     logged: list[str] = []
-    runtime = ConfiguredRuntime(loads_config(CONFIG), access_log=logged.append)
+    runtime = Graph(loads_config(CONFIG), access_log=logged.append)
     ev, ob, er, orr = memory_runners()
     runtime.writer.events, runtime.writer.objects = [er], [orr]
     records = [conn_open(1, 100), *http_exchange_records(1, 100, REQUEST, RESPONSE), conn_close(1, 100, 9_000_000)]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from typing import Any
 import msgspec
 import pytest
 
+from qtap_async.events.times import parse_ns
 from tests.integration.harness import PEERS, start_http_server
 from tests.integration.peers.http_server import body_for
 
@@ -25,6 +27,7 @@ pytestmark = pytest.mark.bpf
 ROOT = Path(__file__).resolve().parents[2]
 CURL = "/usr/bin/curl"
 WGET = "/usr/bin/wget"
+NS_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z")
 
 
 def config(level: str = "summary", *, rules: str = "", tap: str = "") -> str:
@@ -158,6 +161,16 @@ def test_rule_raises_capture_to_full_only_for_failing_requests(server: int,
     # Its reference event reached the event store.
     assert q.wait_for(lambda: any(e.get("type") == "object_ref" and e["digest"] == failed["object_digest"]
                                   for e in q.lines()))
+    # One time representation in everything the agent wrote: RFC 3339 UTC with nanoseconds, and where a
+    # ts_ns is given it is the same instant (the object_ref's too: it was epoch ns before).
+    events = [e for e in q.lines() if "type" in e]
+    assert {e["type"] for e in events} >= {"connection", "http_transaction", "object_ref"}
+    for e in events:
+        assert NS_TIME.fullmatch(e["ts"]), e
+        if "ts_ns" in e:
+            assert parse_ns(e["ts"]) == e["ts_ns"], e
+    ref = next(e for e in events if e["type"] == "object_ref" and e["digest"] == failed["object_digest"])
+    assert parse_ns(failed["ts"]) <= ref["ts_ns"] <= time.time_ns()
 
 
 def test_exe_filter_excludes_wget_but_keeps_curl(server: int, run: Callable[[str], QtapRun]) -> None:

@@ -30,6 +30,7 @@ from qtap_async.events import (
     TlsClientHello,
     TlsClientHelloEvent,
 )
+from qtap_async.events.times import format_ns, parse_ns
 from qtap_async.pulse.app import create_app
 from qtap_async.pulse.bounds import NOT_STORED, bounded
 from qtap_async.pulse.config import PulseConfig
@@ -112,8 +113,9 @@ def agent_events() -> list[dict[str, Any]]:
     request = msgspec.to_builtins(RequestEvent(id="r1", ts=ct.rfc3339(41), domain="a.test", status=200,
                                                tags=["checkout"]))
     issue = msgspec.to_builtins(IssueEvent(id="i1", ts=ct.rfc3339(42), rule="slow", severity="high"))
-    ref = msgspec.to_builtins(ObjectRef(id="o1", ts=NOW, conn_id=1, transaction_id="t1", digest="ab" * 32,
-                                        url="s3://b/k", size=3, content_type="application/json", store="s3"))
+    ref = msgspec.to_builtins(ObjectRef(id="o1", ts=format_ns(NOW), ts_ns=NOW, conn_id=1, transaction_id="t1",
+                                        digest="ab" * 32, url="s3://b/k", size=3, content_type="application/json",
+                                        store="s3"))
     return [open_ev, *records, *closed, gap, http, request, issue, ref]
 
 
@@ -169,6 +171,15 @@ def test_agent_events_are_stored_and_read_back(config: PulseConfig, storage: Sto
     opened = rows["c-open"]
     assert (opened.domain_source, opened.reason, opened.uid, opened.transport) == ("dns_host", "evicted", 65534, "udp")
     assert opened.midstream and opened.resumed and opened.io_uring and "first_ns" in opened.owners
+    # Times read back as the agent wrote them, to the nanosecond: RFC 3339 text beside ts_ns.
+    from qtap_async.pulse.queries import IssueSearch, ObjectParams, issues, objects
+
+    sent = {e["id"]: e for e in events}
+    assert (opened.ts, opened.ts_ns) == (sent["c-open"]["ts"], parse_ns(sent["c-open"]["ts"]))
+    (issue,) = issues(storage, team, IssueSearch(start=0, limit=10))
+    assert (issue.ts, issue.ts_ns) == (sent["i1"]["ts"], parse_ns(sent["i1"]["ts"]))
+    (ref,) = objects(storage, team, ObjectParams(transaction_id="t1"))
+    assert (ref.ts, ref.ts_ns) == (sent["o1"]["ts"], sent["o1"]["ts_ns"]) == (format_ns(NOW), NOW)
 
 
 class _OtherDatabase(Storage):
@@ -251,13 +262,14 @@ def test_every_connection_field_round_trips_through_storage(config: PulseConfig,
     """Each field of the agent's connection event, set to a value other than its default, is stored in a
     column of its own and read back as sent (the fields an older Pulse dropped among them)."""
     ev = ConnectionEvent(
-        id="rt-1", ts=NOW, ts_ns=NOW + 5, event="close", conn_id=42, direction="ingress", family="ipv6",
+        id="rt-1", ts=format_ns(NOW), ts_ns=NOW + 5, event="close", conn_id=42, direction="ingress", family="ipv6",
         src_ip="::1", src_port=40000, dst_ip="::2", dst_port=8443, pid=77, exe="/usr/sbin/nginx", comm="nginx",
         tls=True, container_id="c0ffee", container_name="web", container_image="nginx:1", container_labels={"a": "b"},
         pod_name="p", pod_namespace="ns", pod_uid="u-1", user="www-data", domain="rt.test", uid=33,
         cgroup="/sys/fs/cgroup/x", bytes_sent=1, bytes_received=2, duration_ns=3, protocol="http1",
         domain_source="sni", transport="udp", midstream=True, resumed=True, io_uring=True,
-        owners=[Owner(pid=77, exe="/usr/sbin/nginx", comm="nginx", user="www-data", first_ns=9)], reason="evicted")
+        owners=[Owner(pid=77, exe="/usr/sbin/nginx", comm="nginx", user="www-data", first_ns=9,
+                      first_ts=format_ns(9))], reason="evicted")
     defaults = {f.name: f.default for f in msgspec.structs.fields(ConnectionEvent)}
     sent = msgspec.structs.asdict(ev)
     assert all(sent[k] != d for k, d in defaults.items() if d is not msgspec.NODEFAULT), "set every field"
@@ -267,7 +279,7 @@ def test_every_connection_field_round_trips_through_storage(config: PulseConfig,
     (row,) = storage.query(f"SELECT * FROM {storage.database}.connections FINAL WHERE team = {{t:String}}"
                            " AND id = 'rt-1'", {"t": team})
     got = {k: row[k] for k in sent}
-    got["ts"] = NOW  # stored as DateTime64(9): checked below
+    got["ts"] = format_ns(NOW)  # stored as DateTime64(9): checked below, to the nanosecond
     got["owners"] = [Owner(**o) for o in msgspec.json.decode(got["owners"])]
     got["container_labels"] = msgspec.json.decode(got["container_labels"])
     got = {k: (bool(v) if isinstance(sent[k], bool) else int(v) if isinstance(sent[k], int) else v)

@@ -14,6 +14,7 @@ import pytest
 import uvicorn
 
 from qtap_async.errors import PulseClientError
+from qtap_async.events.times import format_ns
 from qtap_async.pulse.app import create_app
 from qtap_async.pulse.client import PulseClient
 from qtap_async.pulse.config import IngestLimits, PulseConfig
@@ -252,8 +253,9 @@ def test_http_end_to_end_with_the_agent_client(
         },
         reference(events, lambda e: (e.domain, e.method, e.path)),
     )
-    want_b = reference(events, lambda e: int(e.ts) // 10**9 // 900 * 900)
-    assert {r["bucket_start"]: r["requests"] for r in series} == {k: v["requests"] for k, v in want_b.items()}
+    want_b = reference(events, lambda e: int(e.ts) // 10**9 // 900 * 900 * 10**9)
+    assert {r["bucket_start_ns"]: r["requests"] for r in series} == {k: v["requests"] for k, v in want_b.items()}
+    assert [r["bucket_start"] for r in series] == [format_ns(r["bucket_start_ns"]) for r in series]
     assert stats  # (shared helper import kept for readers of both modules)
 
 

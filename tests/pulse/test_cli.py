@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import signal
 import subprocess
 import sys
@@ -15,6 +17,8 @@ import typer
 from typer.testing import CliRunner
 
 from cli.pulse import pulse_app
+from qtap_async.events.times import format_ns
+from tests.cli.helpers import qtap as qtap_cli
 from tests.pulse.test_kafka import ROOT, free_port
 
 runner = CliRunner()
@@ -83,10 +87,25 @@ def test_serve_ingest_query_and_stop_cleanly(tmp_path: Path, backend: str) -> No
             time.sleep(0.1)
         h = {"authorization": f"Bearer {token}"}
         now = time.time_ns()
-        ev = {"type": "request", "id": "x1", "ts": now, "domain": "cli.example", "status": 503, "duration_ns": 9}
+        ev = {"type": "request", "id": "x1", "ts": format_ns(now), "domain": "cli.example", "status": 503,
+              "duration_ns": 9}
         assert httpx.post(url + "/v1/events", json=[ev], headers=h).status_code == 200
         got = httpx.get(url + "/v1/query/top/domains", headers=h).json()
         assert [(g["domain"], g["requests"], g["errors"]) for g in got] == [("cli.example", 1, 1)]
+        # `qtap pulse query` as a user runs it: times as the agent wrote them (RFC 3339 UTC with nanoseconds),
+        # the number beside it in JSON only, and no other rendering of a time in the table.
+        sent = format_ns(now)
+        issue = {"type": "issue", "id": "i1", "ts": sent, "rule": "slow", "severity": "high", "conn_id": 3}
+        assert httpx.post(url + "/v1/events", json=[issue], headers=h).status_code == 200
+        env = {**os.environ, "PULSE_TOKEN": token, "QTAP_PULSE_URL": url}
+        (row,) = json.loads(qtap_cli("pulse", "query", "issues", "--json", env=env).stdout)
+        assert (row["ts"], row["ts_ns"], row["rule"]) == (sent, now, "slow")
+        table = qtap_cli("pulse", "query", "issues", "--table", env=env).stdout
+        assert table.splitlines()[0].split()[:2] == ["ID", "TS"] and "TS_NS" not in table
+        assert sent in table and str(now) not in table
+        (bucket,) = json.loads(qtap_cli("pulse", "query", "timeseries", "--bucket", "60", "--json", env=env).stdout)
+        start_ns = now // (60 * 10**9) * 60 * 10**9
+        assert (bucket["bucket_start"], bucket["bucket_start_ns"]) == (format_ns(start_ns), start_ns)
         # A revoked token is refused by the running server on its next request.
         token_id = token.split("_")[1]
         assert runner.invoke(qtap, ["pulse", "token", "revoke", token_id, "--data-dir", d]).exit_code == 0

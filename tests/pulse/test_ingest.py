@@ -10,6 +10,7 @@ import msgspec
 import pytest
 import zstandard
 
+from qtap_async.events.times import format_ns
 from qtap_async.pulse.config import IngestLimits, Retention
 from qtap_async.pulse.ingest import JSON, MSGPACK, BodyError, Sanitizer, decode_body
 
@@ -74,6 +75,16 @@ def test_rfc3339_time_is_converted_to_epoch_ns() -> None:
     text = when.astimezone(timezone(timedelta(hours=1))).isoformat()  # same instant, another offset
     p = prepare([req(0, ts=text)])
     assert rows_of(p)[0]["ts"] == (NOW // 10**9 - 3600) * 10**9 + 123456000
+
+
+def test_agent_time_text_is_stored_to_the_nanosecond() -> None:
+    """What the agent writes (RFC 3339 UTC, nine digits) keeps its nanoseconds; a date that does not exist is
+    that item's error, not the batch's."""
+    sent = NOW - 3600 * 10**9 + 789  # nanoseconds a datetime could not hold
+    p = prepare([req(0, ts=format_ns(sent)), req(1, ts="2026-02-30T00:00:00.000000000Z"), req(2, ts="yesterday")])
+    assert [r["ts"] for r in rows_of(p)] == [sent]
+    errors = {e.index: e.error for e in p.result.errors}  # type: ignore[attr-defined]
+    assert set(errors) == {1, 2} and "2026-02-30" in errors[1] and "`$.ts`" in errors[2]
 
 
 def test_clock_skew_batch_offset_and_future_clamp() -> None:

@@ -15,6 +15,7 @@ import msgspec
 import pytest
 
 from qtap_async.events import RequestEvent
+from qtap_async.events.times import format_ns
 from qtap_async.pulse import queries as q
 from qtap_async.pulse.config import PulseConfig, Retention
 from qtap_async.pulse.ingest import BatchWriter, Sanitizer, decode_body
@@ -155,9 +156,13 @@ async def test_one_million_events_then_p99_and_error_rates_match_python(
         storage, team, q.TimeseriesParams(start=start, end=now, bucket=bucket, domain="svc3.example.com")
     )
     want_b = reference(
-        [e for e in events if e.domain == "svc3.example.com"], lambda e: int(e.ts) // 10**9 // bucket * bucket
+        [e for e in events if e.domain == "svc3.example.com"],
+        lambda e: int(e.ts) // 10**9 // bucket * bucket * 10**9,
     )
-    assert_same({r.bucket_start: stats(r) for r in series}, want_b)
+    assert_same({r.bucket_start_ns: stats(r) for r in series}, want_b)
+    # The bucket's start as a person reads it, the same instant as the number.
+    assert all(r.bucket_start == format_ns(r.bucket_start_ns) and r.bucket_start.endswith("0" * 9 + "Z")
+               for r in series)
 
     procs = q.processes(storage, team, q.ProcessParams(start=start, end=now, group_by="container"))
     want_c = reference(events, lambda e: e.container_id)

@@ -8,7 +8,8 @@ from typing import Any
 from qtap_async.context.process import ProcessCache
 from qtap_async.events.connection import ConnectionEvent, GapEvent
 from qtap_async.events.kernel import ConnClose, ConnOpen, Data, ProcExec
-from qtap_async.transforms.conntrack import Connection, Conntrack
+from qtap_async.events.times import format_ns
+from qtap_async.transforms.conntrack import Connection, Conntrack, Parsed
 
 
 class FakeListeners:
@@ -158,9 +159,14 @@ def test_evicted_connection_resumes_with_bytes_counted_once() -> None:
 def test_io_by_another_process_moves_transactions_and_is_kept_in_owners() -> None:
     ct, _ = _ct()
     seen: list[int] = []
-    ct.on_protocol_record = lambda c, r, layer: seen.append(c.pid) or []  # type: ignore[func-returns-value]
-    ct.handle(_open(1, role=2, lport=8080, pid=100))
-    ct.handle(_data_from(1, 0, b"GET / HTTP/1.1\r\n\r\n", pid=200, direction=1))
+
+    def handle(rec: Any) -> list[Any]:
+        out = ct.handle(rec)
+        seen.extend(p.conn.pid for p in out if isinstance(p, Parsed))  # records come back with their connection
+        return out
+
+    handle(_open(1, role=2, lport=8080, pid=100))
+    handle(_data_from(1, 0, b"GET / HTTP/1.1\r\n\r\n", pid=200, direction=1))
     conn = ct.conns[1]
     assert (conn.pid, conn.open_pid) == (200, 100)
     ct.handle(_data_from(1, 0, b"ok", pid=100))
@@ -168,6 +174,9 @@ def test_io_by_another_process_moves_transactions_and_is_kept_in_owners() -> Non
     (close,) = ct.handle(ConnClose(50, 1, 100, 4, 18, 10))
     assert close.pid == 100
     assert close.owners is not None and [o.pid for o in close.owners] == [100, 200]  # bounded: no repeats
+    # When each took over, in the one time form (RFC 3339 UTC, ns) beside its epoch ns.
+    assert [o.first_ts for o in close.owners] == [format_ns(o.first_ns) for o in close.owners]
+    assert all(o.first_ns > 0 for o in close.owners)
     assert ct.stats.owner_changes == 3
 
 
@@ -220,10 +229,9 @@ def test_exec_hint_names_a_vanished_process() -> None:
 def test_udp_dns_datagrams_are_parsed_one_by_one() -> None:
     ct, _ = _ct()
     got: list[Any] = []
-    ct.on_protocol_record = lambda c, r, layer: got.append(r) or []
     ct.handle(_open(1, rport=53, udp=True))
     query = struct.pack("!HHHHHH", 7, 0x0100, 1, 0, 0, 0) + b"\x03www\x04test\x00" + struct.pack("!HH", 1, 1)
-    ct.handle(_data(1, 0, query))
+    got.extend(p.record for p in ct.handle(_data(1, 0, query)) if isinstance(p, Parsed))
     assert len(got) == 1 and got[0].qname == "www.test." and not got[0].is_response
     (close,) = ct.handle(ConnClose(5, 1, 1, len(query), 0, 1))
     assert close.transport == "udp" and close.protocol == "dns"
@@ -236,7 +244,7 @@ def test_timestamps_are_rfc3339_wall_clock() -> None:
     for mono in (0, 999_999_999, 1_000_000_000, 61_234_567_891):
         wall = ct.wall_ns(mono)
         want = datetime.fromtimestamp(wall // 10**9, UTC).strftime("%Y-%m-%dT%H:%M:%S.") + \
-            f"{(wall % 10**9) // 1000:06d}Z"
+            f"{wall % 10**9:09d}Z"  # nanoseconds: the kernel's precision, as every event writes it
         assert ct.rfc3339(mono) == want
 
 
@@ -252,3 +260,36 @@ def test_open_is_named_as_the_kernel_saw_it_when_the_process_execd_before_user_s
     rec = ConnOpen(10, 1, me, me, 0, 2, 1, False, 40000, 80, "127.0.0.1", "10.0.0.1", 3, "bash")
     (ev,) = ct.handle(rec)
     assert (ev.exe, ev.comm) == ("/opt/bash", "bash")
+
+
+def test_process_records_and_protocol_records_come_back_as_values() -> None:
+    from qtap_async.events.kernel import ProcExit
+    from qtap_async.transforms.conntrack import default_session_factory
+
+    ct = Conntrack(session_factory=default_session_factory, processes=ProcessCache(),
+                   listeners=FakeListeners(set()))  # type: ignore[arg-type]
+    exec_rec = ProcExec(1, 999_999_970, 1, 0, 0, "curl", "/usr/bin/curl")
+    assert ct.handle(exec_rec) == [exec_rec]  # applied to the process cache, and handed on
+    assert ct.handle(ProcExit(2, 999_999_970, 0)) == [ProcExit(2, 999_999_970, 0)]
+    ct.handle(_open(1))
+    ct.handle(_data(1, 0, b"GET /x HTTP/1.1\r\nHost: a.test\r\n\r\n"))
+    out = ct.handle(_data(1, 0, b"HTTP/1.1 204 No Content\r\n\r\n", direction=1, ts=30))
+    (parsed,) = [p for p in out if isinstance(p, Parsed)]
+    assert parsed.conn is ct.conns[1] and parsed.layer == 0
+    assert (parsed.record.method, parsed.record.path, parsed.record.status) == ("GET", "/x", 204)
+    ctx = parsed.conn.context(parsed.layer)  # what a plugin gets: a frozen snapshot, not the connection
+    assert (ctx.conn_id, ctx.dst_port, ctx.tls) == (1, 80, False)
+
+
+def test_a_muted_connection_is_counted_but_not_parsed() -> None:
+    ct, sessions = _ct()
+    ct.handle(_open(1))
+    ct.mute(1)
+    ct.handle(_data(1, 0, b"abc"))
+    (close,) = ct.handle(ConnClose(1000, 1, 1, 3, 0, 10))
+    assert sessions == {} and close.bytes_sent == 3  # no session was made; the bytes still count
+    ct.handle(_open(2))
+    ct.mute(2, socket=False)  # TLS plaintext only
+    ct.handle(_data(2, 0, b"xyz"))
+    assert 2 in sessions and ct.conns[2].sessions[1] is None
+    ct.mute(99)  # unknown: nothing to do

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from qtap_async.agent import default_session_factory
+from qtap_async.transforms.conntrack import default_session_factory
 from tests.integration.ground_truth.env import GT
 from tests.integration.harness import AgentHarness
 

@@ -9,7 +9,7 @@ How the first bytes are not lost (issue 16):
    files detached.
 3. At start-up, the executables found in PATH are analysed (bounded by PATH_MAX_FILES and PATH_BUDGET_S,
    in the background, cached) and attached: a Go or node program from PATH is covered before it first runs.
-4. For a file never seen before, the opt-in held-exec mode (sources/exec_hold.py) stops the process at exec
+4. For a file never seen before, the opt-in held-exec mode (tls/exec_hold.py) stops the process at exec
    until the probes are attached.
 
 ELF analysis runs in worker threads (it reads files and disassembles): one for execs and holds, one for the
@@ -29,10 +29,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from qtap_async.bpf.loader import Capture
-from qtap_async.sources.exec_hold import ExecHold, HoldStats
-from qtap_async.sources.tls_probes import AttachStatus, TlsProbes, system_tls_libraries
 from qtap_async.tls import FileKey, Scanner, TlsLibrary, analyze_file
+from qtap_async.tls.attach import AttachStatus, TlsProbes, system_tls_libraries
 from qtap_async.tls.cache import AnalysisCache, CacheEntry, StateDirError, kernel_dev
+from qtap_async.tls.exec_hold import ExecHold, HoldStats
 
 log = logging.getLogger("qtap.tls")
 

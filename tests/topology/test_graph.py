@@ -1,7 +1,9 @@
+"""The graph of a config driven with hand-made kernel records: filters, stacks and stores as one run
+uses them, and reloads (all or nothing)."""
+
 from __future__ import annotations
 
 import asyncio
-import signal
 from pathlib import Path
 from typing import Any
 
@@ -9,10 +11,8 @@ import msgspec
 
 from qtap_async.buffers.channel import Channel
 from qtap_async.config import loads_config
-from qtap_async.errors import ConfigError
-from qtap_async.filters import SKIP_ALL
-from qtap_async.pipeline_config import ConfigReloader, ConfiguredRuntime, Pipeline, build_stores
 from qtap_async.plugins import HttpTransactionEvent
+from qtap_async.topology import Graph
 from qtap_async.transforms.conntrack import Conntrack
 from tests.plugins.fakes import (
     FixedProcesses,
@@ -54,14 +54,14 @@ tap:
 """
 
 
-async def drive(runtime: ConfiguredRuntime, records: list[Any], exes: dict[int, str]) -> Conntrack:
-    """Feed kernel records through a conntrack wired like the agent's, then run the writer to the end."""
-    ct = Conntrack(session_factory=runtime.session_factory, processes=FixedProcesses(exes))
-    ct.on_protocol_record = runtime.on_protocol_record
-    runtime.bind(ct)
+async def drive(runtime: Graph, records: list[Any], exes: dict[int, str]) -> Conntrack:
+    """Feed kernel records through the graph's stage (conntrack, enrichment, dispatch), then run the
+    writer to the end."""
+    ct = runtime.conntrack
+    ct.processes = FixedProcesses(exes)
     rx: Channel[list[Any]] = Channel(1000, 1 << 30, "block")
     for rec in records:
-        out = ct.handle(rec)
+        out = runtime.stage.handle(rec)
         if out:
             rx.send_nowait(out)
     rx.close()
@@ -79,7 +79,7 @@ def one_request(conn_id: int, pid: int, host: bytes = b"api.example.com", status
             conn_close(conn_id, pid, 9_000_000)]
 
 
-def with_memory(runtime: ConfiguredRuntime) -> tuple[Any, Any]:
+def with_memory(runtime: Graph) -> tuple[Any, Any]:
     ev, ob, er, orr = memory_runners()
     runtime.writer.events, runtime.writer.objects = [er], [orr]
     return ev, ob
@@ -87,23 +87,8 @@ def with_memory(runtime: ConfiguredRuntime) -> tuple[Any, Any]:
 
 # -- filters ------------------------------------------------------------------------------------
 
-def test_pipeline_skips_by_exe_group_direction_and_loopback() -> None:
-    p = Pipeline(loads_config(config(extra_tap="""  ignore_loopback: true
-  filters:
-    groups: [qpoint]
-    custom:
-      - {exe: /usr/bin/wget}
-      - {exe: /opt/java, strategy: prefix, only: [tls]}""")))
-    assert p.skipped(ingress=False, remote_ip="8.8.8.8", exe="/usr/bin/curl") == frozenset()
-    assert p.skipped(ingress=False, remote_ip="8.8.8.8", exe="/usr/bin/wget") is SKIP_ALL
-    assert p.skipped(ingress=False, remote_ip="8.8.8.8", exe="/usr/local/bin/qtap") is SKIP_ALL
-    assert p.skipped(ingress=True, remote_ip="8.8.8.8", exe="/usr/bin/curl") is SKIP_ALL
-    assert p.skipped(ingress=False, remote_ip="127.0.0.1", exe="/usr/bin/curl") is SKIP_ALL
-    assert p.skipped(ingress=False, remote_ip="8.8.8.8", exe="/opt/java/bin/java") == frozenset({"tls"})
-
-
 async def test_ignored_process_gets_no_parser_and_no_events() -> None:
-    runtime = ConfiguredRuntime(loads_config(config(extra_tap="""  filters:
+    runtime = Graph(loads_config(config(extra_tap="""  filters:
     custom: [{exe: /usr/bin/wget}]""")))
     ev, _ = with_memory(runtime)
     ct = await drive(runtime, [*one_request(1, 100), *one_request(2, 200)], {100: "/usr/bin/curl",
@@ -111,9 +96,9 @@ async def test_ignored_process_gets_no_parser_and_no_events() -> None:
     events = decoded(ev.records)
     assert {e.get("exe") for e in events} == {"/usr/bin/curl"}
     assert [e["type"] for e in events] == ["connection", "http_transaction", "connection"]
-    assert runtime.ignored_connections == 1
+    assert runtime.dispatch.ignored_connections == 1
     assert ct.stats.connections_closed == 2  # both were tracked; only the captured one was parsed
-    stats = runtime.writer.stats()
+    stats = runtime.stats()
     assert stats["qtap_pipeline_ignored_connections_total"] == 1
     assert stats['qtap_stack_transactions_total{stack="default"}'] == 1
     assert stats["qtap_pipeline_filtered_events_total"] == 2  # wget's open and close
@@ -121,7 +106,7 @@ async def test_ignored_process_gets_no_parser_and_no_events() -> None:
 
 
 async def test_endpoint_stack_applies_only_to_its_domain_and_levels_follow_rules() -> None:
-    runtime = ConfiguredRuntime(loads_config(config(extra_tap="""  endpoints:
+    runtime = Graph(loads_config(config(extra_tap="""  endpoints:
     - domain: usage.example.com
       http: {stack: light}
     - domain: "*.quiet.example.com"
@@ -140,7 +125,7 @@ async def test_endpoint_stack_applies_only_to_its_domain_and_levels_follow_rules
 
 
 async def test_ingress_is_left_out_with_direction_egress() -> None:
-    runtime = ConfiguredRuntime(loads_config(config()))
+    runtime = Graph(loads_config(config()))
     ev, _ = with_memory(runtime)
     await drive(runtime, one_request(1, 100, accept=True), {100: "/usr/bin/python3"})
     assert ev.records == []
@@ -149,28 +134,27 @@ async def test_ingress_is_left_out_with_direction_egress() -> None:
 # -- reloads ------------------------------------------------------------------------------------
 
 async def test_apply_switches_level_for_the_next_transactions_of_open_connections() -> None:
-    runtime = ConfiguredRuntime(loads_config(config("summary")))
+    runtime = Graph(loads_config(config("summary")))
     ev, _ = with_memory(runtime)
-    ct = Conntrack(session_factory=runtime.session_factory, processes=FixedProcesses({100: "/usr/bin/curl"}))
-    ct.on_protocol_record = runtime.on_protocol_record
-    runtime.bind(ct)
+    runtime.conntrack.processes = FixedProcesses({100: "/usr/bin/curl"})
+    handle = runtime.stage.handle
     out: list[Any] = []
-    out += ct.handle(conn_open(1, 100))
-    out += ct.handle(http_exchange_records(1, 100, GET % b"h", OK % 200)[0])
-    out += ct.handle(http_exchange_records(1, 100, GET % b"h", OK % 200)[1])
+    out += handle(conn_open(1, 100))
+    out += handle(http_exchange_records(1, 100, GET % b"h", OK % 200)[0])
+    out += handle(http_exchange_records(1, 100, GET % b"h", OK % 200)[1])
     await runtime.apply(loads_config(config("details")))  # same services: the stores stay
     req2 = GET % b"h"
     resp2 = OK % 200
-    out += ct.handle(data(1, 100, 0, req2, len(req2), 5_000_000))
-    out += ct.handle(data(1, 100, 1, resp2, len(resp2), 6_000_000))
-    out += ct.handle(conn_close(1, 100, 9_000_000))
+    out += handle(data(1, 100, 0, req2, len(req2), 5_000_000))
+    out += handle(data(1, 100, 1, resp2, len(resp2), 6_000_000))
+    out += handle(conn_close(1, 100, 9_000_000))
     levels = [e.level for e in out if isinstance(e, HttpTransactionEvent)]
     assert levels == ["summary", "details"]
     assert runtime.reloads == 1 and ev.records == []  # (the writer did not run: nothing stored)
 
 
 async def test_bad_reload_keeps_the_running_config() -> None:
-    runtime = ConfiguredRuntime(loads_config(config("summary")))
+    runtime = Graph(loads_config(config("summary")))
     before = runtime.pipeline
 
     def bad() -> Any:
@@ -181,7 +165,7 @@ async def test_bad_reload_keeps_the_running_config() -> None:
 
 
 async def test_reload_with_new_stores_starts_them_before_switching(tmp_path: Path) -> None:
-    runtime = ConfiguredRuntime(loads_config(config("details")))
+    runtime = Graph(loads_config(config("details")))
     old_events = runtime.writer.events
     rx: Channel[list[Any]] = Channel(100, 1 << 20, "block")
     task = asyncio.create_task(runtime.writer.run(rx))
@@ -195,59 +179,10 @@ async def test_reload_with_new_stores_starts_them_before_switching(tmp_path: Pat
 
 
 async def test_reload_with_an_unusable_store_changes_nothing(tmp_path: Path) -> None:
-    runtime = ConfiguredRuntime(loads_config(config("details")))
+    runtime = Graph(loads_config(config("details")))
     before = (runtime.pipeline, runtime.writer.events, runtime.writer.objects)
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     new = loads_config(config("full", services=f"dir, path: {blocker / 'sub'}"))
     assert not await runtime.reload(lambda: new)
     assert (runtime.pipeline, runtime.writer.events, runtime.writer.objects) == before
-
-
-async def test_reloader_follows_file_changes_and_requests(tmp_path: Path) -> None:
-    path = tmp_path / "qpoint.yaml"
-    path.write_text(config("summary"))
-    runtime = ConfiguredRuntime(loads_config(path.read_text()))
-    reloader = ConfigReloader(path, runtime, interval=0.05)
-    task = asyncio.create_task(reloader.run())
-    try:
-        path.write_text(config("full") + "\n# changed\n")
-        while runtime.reloads < 1:
-            await asyncio.sleep(0.02)
-        plugin = runtime.pipeline.stacks["default"].plugins[0]
-        assert plugin.config.level == "full"  # type: ignore[attr-defined]
-        path.write_text("version: 2\nstacks: {broken\n")
-        while runtime.failed_reloads < 1:
-            await asyncio.sleep(0.02)
-        assert runtime.pipeline.stacks["default"].plugins[0].config.level == "full"  # type: ignore[attr-defined]
-        loop = asyncio.get_running_loop()
-        path.write_text(config("details"))
-        loop.add_signal_handler(signal.SIGHUP, reloader.request)
-        try:
-            reloader.request()
-            while runtime.reloads < 2:
-                await asyncio.sleep(0.02)
-        finally:
-            loop.remove_signal_handler(signal.SIGHUP)
-        assert runtime.pipeline.stacks["default"].plugins[0].config.level == "details"  # type: ignore[attr-defined]
-    finally:
-        task.cancel()
-
-
-def test_build_stores_leaves_disabled_out_and_reports_missing_secrets() -> None:
-    events, objects = build_stores(loads_config(config(services="disabled")).services)
-    assert [r.name for r in events] == ["stdout"] and objects == []
-    cfg = loads_config("""
-version: 2
-services:
-  event_stores:
-    - type: pulse
-      url: http://127.0.0.1:1
-      token: {type: env, value: QTAP_TEST_UNSET_TOKEN_VAR}
-""")
-    try:
-        build_stores(cfg.services)
-    except ConfigError as exc:
-        assert "QTAP_TEST_UNSET_TOKEN_VAR" in str(exc)
-    else:
-        raise AssertionError("a missing secret must fail before anything starts")
