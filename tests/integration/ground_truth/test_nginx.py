@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from qtap_async.agent import AgentOptions, default_session_factory
 from qtap_async.bpf.loader import CaptureSettings
+from qtap_async.topology import AgentOptions
+from qtap_async.transforms.conntrack import default_session_factory
 from tests.integration.ground_truth import scenarios as S
 from tests.integration.ground_truth.env import GT
 from tests.integration.ground_truth.truth import Captured, Pred
