@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import signal
 import socket
@@ -56,7 +57,8 @@ def bootstrap(data: Path) -> tuple[str, str]:
     return token, reg
 
 
-async def stream(client: httpx.AsyncClient, token: str, ready: asyncio.Event, got: dict[int, float]) -> None:
+async def stream(client: httpx.AsyncClient, token: str, ready: asyncio.Event, got: dict[int, float],
+                 arrived: asyncio.Event) -> None:
     async with client.stream("GET", "/api/v1/agent/events", headers={"Authorization": f"Bearer {token}"}) as r:
         async for line in r.aiter_lines():
             if line.startswith("data:"):
@@ -65,6 +67,7 @@ async def stream(client: httpx.AsyncClient, token: str, ready: asyncio.Event, go
                     ready.set()
                 elif isinstance(version, int) and version not in got:
                     got[version] = time.perf_counter()
+                    arrived.set()
 
 
 async def series(url: str, admin: str, reg: str, n: int, rounds: int, data: Path, direct: bool) -> list[float]:
@@ -76,7 +79,9 @@ async def series(url: str, admin: str, reg: str, n: int, rounds: int, data: Path
             tokens.append(r.json()["token"])
         readies = [asyncio.Event() for _ in range(n)]
         gots: list[dict[int, float]] = [{} for _ in range(n)]
-        tasks = [asyncio.create_task(stream(client, t, e, g)) for t, e, g in zip(tokens, readies, gots, strict=True)]
+        arrived = asyncio.Event()  # set by a stream on each new version, so the round awaits instead of polling
+        tasks = [asyncio.create_task(stream(client, t, e, g, arrived))
+                 for t, e, g in zip(tokens, readies, gots, strict=True)]
         await asyncio.wait_for(asyncio.gather(*(e.wait() for e in readies)), 60)
         h = {"Authorization": f"Bearer {admin}", "Content-Type": "application/yaml"}
         latencies: list[float] = []
@@ -94,7 +99,9 @@ async def series(url: str, admin: str, reg: str, n: int, rounds: int, data: Path
                 assert r.status_code == 200, r.text
             deadline = time.monotonic() + 30
             while not all(version in g for g in gots) and time.monotonic() < deadline:
-                await asyncio.sleep(0.002)
+                arrived.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(arrived.wait(), deadline - time.monotonic())
             latencies += [g[version] - t0 for g in gots if version in g]
         for t in tasks:
             t.cancel()

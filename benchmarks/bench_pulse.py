@@ -40,9 +40,9 @@ sys.path.insert(0, str(ROOT))
 from qtap_async.events import RequestEvent  # noqa: E402
 from qtap_async.pulse import queries as q  # noqa: E402
 from qtap_async.pulse.config import PulseConfig  # noqa: E402
-from qtap_async.pulse.ingest import gzip_bytes  # noqa: E402
 from qtap_async.pulse.storage import ChdbStorage  # noqa: E402
 from qtap_async.pulse.tokens import TokenStore  # noqa: E402
+from qtap_async.pulse.wire import Compressor  # noqa: E402
 
 HOUR_NS = 3600 * 10**9
 
@@ -133,6 +133,7 @@ def bench_http(n: int, batch: int, clients: int, work: Path) -> dict[str, float]
     token = tokens.create("bench", "bench")[1]
     tokens.close()
     enc = msgspec.json.encode
+    gzip_bytes = Compressor("gzip")
     bodies = [gzip_bytes(enc({"events": b})) for b in batches(n, batch, "h")]
     server = Serve(data)
     headers = {"authorization": f"Bearer {token}", "content-type": "application/json", "content-encoding": "gzip"}

@@ -31,6 +31,7 @@ from qtap_async.sinks import (  # noqa: E402
     build_event_runner,
     build_object_runner,
 )
+from qtap_async.telemetry import metrics  # noqa: E402
 
 
 def load_env() -> dict[str, str]:
@@ -92,8 +93,8 @@ async def bench_kafka(env: dict[str, str], n: int) -> dict[str, float]:
         "kafka_sink_events_per_s": round(n / sink_s),
         "kafka_baseline_producer_events_per_s": round(n / base_s),
         "kafka_sink_vs_baseline_ratio": round(base_s / sink_s, 3),
-        "kafka_sink_mean_batch_latency_ms": round(1000 * st["qtap_sink_latency_seconds_sum"]
-                                                  / max(1, st["qtap_sink_latency_seconds_count"]), 2),
+        "kafka_sink_mean_batch_latency_ms": round(st[metrics.SINK_LATENCY_SUM.name] / 1000
+                                                  / max(1, st[metrics.SINK_LATENCY_COUNT.name]), 2),
     }
 
 

@@ -112,7 +112,7 @@ def _replay_config(records: list[bytes], path: Path, batch: int, stats: bool) ->
     from qtap_async.config import load_config
     from qtap_async.errors import QtapError
     from qtap_async.replay import replay_with_config
-    from qtap_async.telemetry import setup_logging
+    from qtap_async.telemetry import metrics, setup_logging
 
     setup_logging("WARNING")
     try:
@@ -124,4 +124,4 @@ def _replay_config(records: list[bytes], path: Path, batch: int, stats: bool) ->
     snap = rt.snapshot()
     if stats:
         typer.echo(msgspec.json.encode(snap).decode(), err=True)
-    raise typer.Exit(1 if snap.get("qtap_internal_errors_total") else 0)
+    raise typer.Exit(1 if snap.get(metrics.INTERNAL_ERRORS.name) else 0)

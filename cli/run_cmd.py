@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import msgspec
+import typer
 
 from cli.filters_cli import FocusGate, build_focus
 from cli.formats import FORMATS, FormatWriter, choose_format
@@ -164,7 +165,8 @@ def _what(f: RunFlags) -> str:
 
 async def _announce(agent: Any, f: RunFlags, where: str, out: IO[str]) -> None:
     """The start message, once the BPF programs are attached (stderr: stdout stays data)."""
-    while not agent.attached.is_set():
+    # agent.attached is a threading.Event (other threads read it too): there is nothing to await, so poll it.
+    while not agent.attached.is_set():  # noqa: ASYNC110
         await asyncio.sleep(0.05)
     capture = agent.capture
     hooks = sum(len(o.links) for o in capture.objects) if capture is not None else 0
@@ -184,7 +186,7 @@ def run_command(f: RunFlags) -> int:
     import uvloop
 
     from qtap_async.bpf.loader import CaptureSettings
-    from qtap_async.telemetry import setup_logging
+    from qtap_async.telemetry import metrics, setup_logging
     from qtap_async.topology import Agent, AgentOptions
 
     check_flags(f)
@@ -211,7 +213,7 @@ def run_command(f: RunFlags) -> int:
 
     for fs in ensure():  # tracefs/bpffs: mounted here when missing, else an error naming the fix
         if fs.action:
-            print(f"qtap: {fs.name} was not mounted; {fs.action} it at {fs.path}", file=sys.stderr)
+            typer.echo(f"qtap: {fs.name} was not mounted; {fs.action} it at {fs.path}", err=True)
     focus = build_focus(ports=f.ports, domains=f.domains, exes=f.exes, direction=f.direction,
                         containers=f.containers)
     gate = FocusGate(focus) if not focus.empty else None
@@ -285,11 +287,11 @@ def run_command(f: RunFlags) -> int:
     if writer is not None:
         requests, connections = writer.counter.requests, writer.counter.connections
     else:
-        requests = sum(v for k, v in snapshot.items() if k.startswith("qtap_stack_transactions_total"))
+        requests = sum(v for k, v in snapshot.items() if k.startswith(metrics.STACK_TRANSACTIONS.name))
         connections = counted["connections"]
-    print(summary_line(requests, connections, _dropped(snapshot), time.monotonic() - started), file=sys.stderr)
+    typer.echo(summary_line(requests, connections, _dropped(snapshot), time.monotonic() - started), err=True)
     if f.stats:
-        print(msgspec.json.encode(snapshot).decode(), file=sys.stderr)
+        typer.echo(msgspec.json.encode(snapshot).decode(), err=True)
     return code
 
 

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import os
 import socket
-import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import msgspec
+import typer
 
 from qtap_async.config import (
     Config,
@@ -49,21 +49,21 @@ def validate_command(file: Path, check_services: bool) -> int:
     try:
         config = load_config(file)
     except ConfigError as exc:
-        print(f"INVALID {exc}", file=sys.stderr)
+        typer.echo(f"INVALID {exc}", err=True)
         return 1
-    print(f"OK {file}")
+    typer.echo(f"OK {file}")
     for line in summarize(config):
-        print(f"  {line}")
+        typer.echo(f"  {line}")
     for warning in config_warnings(config):
-        print(f"warning: {warning}")
+        typer.echo(f"warning: {warning}")
     if not check_services:
         return 0
     results = list(check_config_services(config))
-    print("services:")
+    typer.echo("services:")
     if not results:
-        print("  nothing to check")
+        typer.echo("  nothing to check")
     for passed, what in results:
-        print(f"  {'ok  ' if passed else 'FAIL'}  {what}")
+        typer.echo(f"  {'ok  ' if passed else 'FAIL'}  {what}")
     return 0 if all(passed for passed, _ in results) else 1
 
 

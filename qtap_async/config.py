@@ -494,7 +494,7 @@ _MAX_NODES = 200_000
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
-class _YamlProblem(Exception):
+class _YamlProblem(ConfigError):
     def __init__(self, message: str, line: int | None, column: int | None, detail: str = "") -> None:
         super().__init__(message)
         self.message = message

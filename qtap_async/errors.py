@@ -1,7 +1,51 @@
-"""One exception hierarchy for the whole agent.
+"""One exception hierarchy for the whole agent, its control plane and Pulse.
 
-Every error the agent raises on purpose derives from QtapError so callers (the CLI, tests) can tell
-our clear, named failures from bugs.
+Every error raised on purpose derives from QtapError so callers (the CLI, tests) can tell our clear, named
+failures from bugs. Most classes live here; a few live beside the code that raises them (module in
+brackets) and still derive from a base below. ``tests/test_errors.py`` checks this drawing against the
+classes, so it stays true:
+
+    QtapError
+    ├── BpfError
+    │   ├── BpfLoadError
+    │   └── AttachError
+    ├── LibbpfMissingError
+    ├── AbiMismatchError
+    ├── DecodeError                  (also a ValueError)
+    ├── KernelFsError
+    ├── ChannelClosed
+    ├── SpoolError                   [buffers.spool]
+    ├── RecordFileError              [replay]
+    ├── ConfigError
+    │   ├── ConfigValidationError    [config]
+    │   ├── _YamlProblem             [config]
+    │   ├── RuleSyntaxError          [rulekit.errors]
+    │   ├── _MacroFailure            [rulekit.compiler]
+    │   └── InvalidConfig            [control.configs]
+    ├── ProtocolError
+    ├── SinkError
+    ├── SinkTransientError
+    ├── ElfFormatError               [tls.elf]
+    ├── GoBinaryError
+    ├── StateDirError                [tls.cache]
+    ├── StatusServerError
+    ├── ContainerRuntimeError
+    ├── PulseError
+    │   ├── PulseAuthError
+    │   ├── PulseClientError
+    │   ├── BodyError
+    │   └── QueryError
+    ├── ControlError
+    │   ├── ControlAuthError
+    │   └── ControlClientError
+    └── ApiError                     [control.http]
+
+Where a class sits is part of its behaviour: a handler that catches a base catches everything under it.
+So ``ApiError`` (an HTTP answer with its status) is not a ControlError: routes catch ControlError around
+store calls to answer 502/503, and an ApiError raised inside such a block (a bad query parameter, 422)
+must pass through as itself. ``GoBinaryError`` is not an ElfFormatError for the same reason: the TLS scan
+treats ElfFormatError as "not a library" and says nothing, while an unexpected Go parse failure that
+escapes is reported.
 """
 
 from __future__ import annotations
@@ -49,6 +93,16 @@ class AbiMismatchError(QtapError):
     """The Python mirror of qtap.h does not match the compiled objects."""
 
 
+class DecodeError(QtapError, ValueError):
+    """A ring-buffer record that does not match the ABI (counted by the caller, never fatal).
+
+    Also a ValueError, as it was before it joined this tree: a malformed record is a bad value."""
+
+
+class ChannelClosed(QtapError):
+    """Sending on a closed channel (or receiving from one that is closed and drained)."""
+
+
 class ConfigError(QtapError):
     """A configuration file or option is invalid; the message names the field and the reason."""
 
@@ -83,8 +137,26 @@ class PulseClientError(PulseError):
         super().__init__(message)
 
 
+class BodyError(PulseError):
+    """Pulse cannot take a request body as a whole; ``status`` is the HTTP status to answer with."""
+
+    def __init__(self, status: int, message: str) -> None:
+        self.status = status
+        super().__init__(message)
+
+
+class QueryError(PulseError):
+    """Query parameters that parse but make no sense (end before start, too many buckets): HTTP 422."""
+
+    status = 422
+
+
 class SinkTransientError(QtapError):
     """A sink call failed in a way that may pass on retry (store unreachable, timeout, throttled, 5xx)."""
+
+
+class GoBinaryError(QtapError):
+    """A Go structure in an executable could not be parsed (the TLS analysis turns it into a report note)."""
 
 
 class KernelFsError(QtapError):

@@ -343,7 +343,8 @@ async def record_for(rec: Recording, duration_s: float | None) -> int:
 
     agent = rec.agent
     task = asyncio.create_task(agent.run(install_signals=True))
-    while not agent.attached.is_set() and not task.done():
+    # agent.attached is a threading.Event (other threads read it too): there is nothing to await, so poll it.
+    while not agent.attached.is_set() and not task.done():  # noqa: ASYNC110
         await asyncio.sleep(0.02)
     if duration_s is not None and not task.done():
         done, _ = await asyncio.wait([task], timeout=duration_s)

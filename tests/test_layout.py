@@ -1,5 +1,6 @@
 """The package's shape, read from the source (no import, no kernel): no import cycle among qtap_async's
-modules, sans-IO parsers that reach no I/O, and no public class defined twice.
+modules, sans-IO parsers that reach no I/O, and no public class defined twice. One check imports for real,
+in a fresh interpreter: what the agent loads, which must not include Pulse's server side.
 
 The import graph holds what runs when a module is imported: module-level statements, including those in
 module-level `if`/`try`/`with` blocks and class bodies, but not function bodies (a deferred import is the
@@ -11,6 +12,8 @@ from __future__ import annotations
 import ast
 import functools
 import itertools
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -341,3 +344,47 @@ def test_no_public_class_defined_twice() -> None:
     twice = {name: places for name, places in sorted(where.items()) if len(places) > 1}
     assert not twice, "public classes defined more than once:\n" + "\n".join(
         f"{name}: {', '.join(places)}" for name, places in twice.items())
+
+
+# The agent's side: what `qtap run` (with or without a config) loads, the Pulse store included. The control
+# client imports the agent and its config-driven runtime, wherever those live.
+AGENT_SIDE = ["cli.main", "cli.run_cmd", "qtap_async.control_client", "qtap_async.sinks.factory",
+              "qtap_async.sinks.pulse"]
+# Pulse's server side and what only it needs: the agent must never load them (memory, start-up time, and a
+# ClickHouse engine in a privileged process that has no use for one).
+PULSE_SERVER_SIDE = ["qtap_async.pulse.ingest", "qtap_async.pulse.storage", "qtap_async.pulse.tokens",
+                     "qtap_async.pulse.app", "qtap_async.pulse.queries", "qtap_async.pulse.kafka", "chdb"]
+
+_AGENT_PROBE = """
+import asyncio, importlib, json, sys
+import httpx
+for name in sys.argv[1].split(","):
+    importlib.import_module(name)
+from qtap_async.sinks.base import EventRecord
+from qtap_async.sinks.pulse import PulseEventSink
+
+seen = []
+def answer(request):
+    seen.append(request.headers.get("content-encoding"))
+    return httpx.Response(200, json={"accepted": 1, "rejected": 0, "errors": []})
+
+async def main():
+    # A real batch through the sink and Pulse's client: the body is gzipped on this path.
+    sink = PulseEventSink("https://pulse.test", "t", transport=httpx.MockTransport(answer))
+    await sink.send([EventRecord(None, b'{"type":"request"}')])
+    await sink.close()
+
+asyncio.run(main())
+loaded = sorted(m for m in sys.modules if any(m == f or m.startswith(f + ".") for f in sys.argv[2].split(",")))
+sys.stdout.write(json.dumps({"loaded": loaded, "encodings": seen}))
+"""
+
+
+def test_the_agent_does_not_load_pulse_server_side() -> None:
+    import json
+
+    out = subprocess.run([sys.executable, "-c", _AGENT_PROBE, ",".join(AGENT_SIDE), ",".join(PULSE_SERVER_SIDE)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120, check=True)
+    result = json.loads(out.stdout)
+    assert result["encodings"] == ["gzip"]  # the probe did send a compressed batch
+    assert result["loaded"] == []

@@ -23,6 +23,11 @@ OUT = Path(__file__).resolve().parent / "objects"
 CFLAGS = ["-g", "-O2", "-target", "bpf", "-mcpu=v3", "-D__TARGET_ARCH_x86", "-Wall", "-Werror"]
 
 
+def _say(message: str) -> None:
+    """A line for the person running the build (stderr: stdout stays free for what a tool pipes)."""
+    sys.stderr.write(message + "\n")
+
+
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -54,7 +59,7 @@ def build(out: Path, clang: str = "clang", strip: str = "llvm-strip") -> dict[st
 def check() -> int:
     committed_path = OUT / "manifest.json"
     if not committed_path.exists():
-        print("bpf: no manifest.json: run `just bpf`", file=sys.stderr)
+        _say("bpf: no manifest.json: run `just bpf`")
         return 1
     committed = json.loads(committed_path.read_text())
     with tempfile.TemporaryDirectory() as tmp:
@@ -70,9 +75,9 @@ def check() -> int:
             problems.append(f"{name} does not match the manifest")
     if problems:
         for p in problems:
-            print(f"bpf: stale objects: {p}; run `just bpf` and commit bpf/build", file=sys.stderr)
+            _say(f"bpf: stale objects: {p}; run `just bpf` and commit bpf/build")
         return 1
-    print(f"bpf: {len(fresh['objects'])} objects fresh", file=sys.stderr)  # type: ignore[arg-type]
+    _say(f"bpf: {len(fresh['objects'])} objects fresh")  # type: ignore[arg-type]
     return 0
 
 
@@ -81,7 +86,7 @@ def main() -> int:
     ap.add_argument("--check", action="store_true", help="fail if committed objects are stale")
     args = ap.parse_args()
     if not shutil.which("clang"):
-        print("bpf: clang not found (apt-get install clang llvm libbpf-dev)", file=sys.stderr)
+        _say("bpf: clang not found (apt-get install clang llvm libbpf-dev)")
         return 1
     if args.check:
         return check()

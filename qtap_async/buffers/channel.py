@@ -17,12 +17,12 @@ from typing import Generic, Literal, TypeVar
 
 import msgspec
 
+from qtap_async.errors import ChannelClosed
+
+__all__ = ["Channel", "ChannelClosed", "ChannelStats", "WhenFull", "default_sizeof"]
+
 T = TypeVar("T")
 WhenFull = Literal["block", "drop_newest"]
-
-
-class ChannelClosed(Exception):
-    """Sending on a closed channel."""
 
 
 class ChannelStats(msgspec.Struct, frozen=True, gc=False):

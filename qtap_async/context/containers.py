@@ -19,6 +19,7 @@ from typing import Protocol
 import msgspec
 
 from qtap_async.errors import ContainerRuntimeError
+from qtap_async.telemetry import metrics
 
 log = logging.getLogger("qtap.context")
 
@@ -187,15 +188,15 @@ class ContainerCache:
     def snapshot(self) -> dict[str, int]:
         s = self.stats
         return {
-            "qtap_container_cache_hits_total": s.hits,
-            "qtap_container_cache_misses_total": s.misses,
-            "qtap_container_lookups_total": s.lookups,
-            "qtap_container_lookups_found_total": s.found,
-            "qtap_container_lookups_unknown_total": s.unknown,
-            "qtap_container_lookup_errors_total": s.errors,
-            "qtap_container_lookup_queue_dropped_total": s.queue_dropped,
-            "qtap_container_cache_evicted_total": s.evicted,
-            "qtap_container_cache_entries": len(self._known),
+            metrics.CONTAINER_CACHE_HITS.name: s.hits,
+            metrics.CONTAINER_CACHE_MISSES.name: s.misses,
+            metrics.CONTAINER_LOOKUPS.name: s.lookups,
+            metrics.CONTAINER_LOOKUPS_FOUND.name: s.found,
+            metrics.CONTAINER_LOOKUPS_UNKNOWN.name: s.unknown,
+            metrics.CONTAINER_LOOKUP_ERRORS.name: s.errors,
+            metrics.CONTAINER_LOOKUP_QUEUE_DROPPED.name: s.queue_dropped,
+            metrics.CONTAINER_CACHE_EVICTED.name: s.evicted,
+            metrics.CONTAINER_CACHE_ENTRIES.name: len(self._known),
         }
 
 

@@ -16,6 +16,13 @@ from qtap_async.control.http import ApiError, client_address, json_body, json_re
 from qtap_async.control.models import AgentConfig, AgentOut, AgentStatusIn, Registered, RegisterIn
 from qtap_async.control.service import Control, Op
 from qtap_async.errors import ControlAuthError
+from qtap_async.telemetry.metrics import (
+    CONTROL_AGENT_HEARTBEATS,
+    CONTROL_AGENT_REFUSALS,
+    CONTROL_AGENT_REGISTRATIONS,
+    CONTROL_AUTH_FAILURES,
+    CONTROL_PUSH_STREAMS,
+)
 
 
 async def register_agent(control: Control, request: Request, _: Principal | None) -> Response:
@@ -23,13 +30,13 @@ async def register_agent(control: Control, request: Request, _: Principal | None
     reg = control.store.use_registration_token(hash_secret(body.registration_token)) \
         if token_kind(body.registration_token) == "qcr" else None
     if reg is None:
-        control.metrics.inc("control_auth_failures_total", kind="registration")
+        control.metrics.inc(CONTROL_AUTH_FAILURES, kind="registration")
         raise ControlAuthError("invalid, expired, used up or revoked registration token", 401)
     reg_id, team, group = reg
     agent_id, token = make_token("qca")
     control.store.create_agent(agent_id, hash_secret(token), team, group, body.hostname, body.agent_version,
                                body.kernel, client_address(request))
-    control.metrics.inc("control_agent_registrations_total")
+    control.metrics.inc(CONTROL_AGENT_REGISTRATIONS)
     control.audit(request, f"agent:{agent_id}", team, "agent.register", agent_id, hostname=body.hostname,
                   group=group, registration_token=reg_id)
     return json_response(Registered(agent_id=agent_id, token=token, team=team, group=group,
@@ -60,9 +67,9 @@ async def agent_status(control: Control, request: Request, p: Principal | None) 
                                       running=body.running_version, refused=body.refused_version,
                                       reason=body.refused_reason, counters=body.counters,
                                       agent_version=body.agent_version, kernel=body.kernel)
-    control.metrics.inc("control_agent_heartbeats_total")
+    control.metrics.inc(CONTROL_AGENT_HEARTBEATS)
     if body.refused_version is not None and body.refused_reason:
-        control.metrics.inc("control_agent_refusals_total")
+        control.metrics.inc(CONTROL_AGENT_REFUSALS)
         control.audit(request, a.actor, a.team, "agent.refused", a.name, version=body.refused_version,
                       reason=body.refused_reason[:1000])
     return Response(status_code=204)
@@ -76,7 +83,7 @@ async def agent_events(control: Control, request: Request, p: Principal | None) 
 
     async def stream() -> AsyncIterator[bytes]:
         sent: int | None = -1
-        control.metrics.inc("control_push_streams")
+        control.metrics.inc(CONTROL_PUSH_STREAMS)
         woken = True
         while True:
             wake = control.hub.waiter(a.team)

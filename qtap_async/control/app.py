@@ -26,6 +26,7 @@ from qtap_async.control.service import Control, Op
 from qtap_async.control.settings import ControlSettings
 from qtap_async.control.store import Store, open_store
 from qtap_async.errors import ControlAuthError, ControlError
+from qtap_async.telemetry.metrics import CONTROL_AUTH_FAILURES, CONTROL_HTTP_REQUESTS, CONTROL_REJECTED_REQUESTS
 
 log = logging.getLogger("qtap.control")
 
@@ -46,12 +47,12 @@ def _wrap(control: Control, op: Op) -> Callable[[Request], Awaitable[Response]]:
                     control.auth.check_csrf(principal, request.headers.get(CSRF_HEADER))
             response = await op.fn(control, request, principal)
         except ControlAuthError as e:
-            control.metrics.inc("control_auth_failures_total", status=str(e.status))
+            control.metrics.inc(CONTROL_AUTH_FAILURES, status=str(e.status))
             headers = {"WWW-Authenticate": 'Bearer realm="qtap-control"'} if e.status == 401 else None
             response = error_response(ApiError(e.status, str(e), headers=headers))
         except ApiError as e:
             if 400 <= e.status < 500:
-                control.metrics.inc("control_rejected_requests_total", status=str(e.status))
+                control.metrics.inc(CONTROL_REJECTED_REQUESTS, status=str(e.status))
             response = error_response(e)
         except ControlError as e:
             if str(e).startswith("conflict"):
@@ -59,7 +60,7 @@ def _wrap(control: Control, op: Op) -> Callable[[Request], Awaitable[Response]]:
             else:
                 log.warning("%s %s: %s", op.method, op.path, e)
                 response = error_response(ApiError(503, "store unavailable; retry later", headers={"Retry-After": "1"}))
-        control.metrics.inc("control_http_requests_total", route=op.path, status=str(response.status_code))
+        control.metrics.inc(CONTROL_HTTP_REQUESTS, route=op.path, status=str(response.status_code))
         return response
 
     handler.__name__ = op.op_id

@@ -33,7 +33,7 @@ class Checked:
     warnings: list[str]
 
 
-class InvalidConfig(Exception):
+class InvalidConfig(ConfigError):
     """The posted config is invalid; ``issues`` lists every problem with its path and line."""
 
     def __init__(self, issues: list[Issue]) -> None:

@@ -11,6 +11,7 @@ from starlette.responses import Response
 
 from qtap_async.control.models import ErrorBody, Issue
 from qtap_async.control.settings import ApiLimits
+from qtap_async.errors import QtapError
 
 T = TypeVar("T")
 _encode = msgspec.json.Encoder().encode
@@ -18,8 +19,11 @@ _INT = re.compile(r"^[0-9]{1,15}$")
 _FLOAT = re.compile(r"^[0-9]{1,12}(\.[0-9]{1,9})?$")
 
 
-class ApiError(Exception):
-    """An answer other than success, with its status and message (and config issues for 422)."""
+class ApiError(QtapError):
+    """An answer other than success, with its status and message (and config issues for 422).
+
+    Not a ControlError: routes catch ControlError around store calls to answer 502/503, and an ApiError
+    raised in such a block (a bad query parameter) must reach the client with its own status."""
 
     def __init__(self, status: int, message: str, issues: list[Issue] | None = None,
                  headers: dict[str, str] | None = None) -> None:

@@ -14,6 +14,7 @@ from qtap_async.control.models import LoginIn, Me, Membership
 from qtap_async.control.oidc import pkce_pair, roles_for_groups
 from qtap_async.control.service import Control, Op
 from qtap_async.errors import ControlAuthError, ControlError
+from qtap_async.telemetry.metrics import CONTROL_LOGINS
 
 _SAFE_NEXT = re.compile(r"^/[A-Za-z0-9/_.~-]{0,200}$")  # same-site paths only: never an open redirect
 
@@ -36,21 +37,21 @@ async def login(control: Control, request: Request, _: Principal | None) -> Resp
     address = client_address(request)
     wait = control.limiter.retry_after(body.username, address)
     if wait > 0:
-        control.metrics.inc("control_logins_total", method="password", result="rate_limited")
+        control.metrics.inc(CONTROL_LOGINS, method="password", result="rate_limited")
         raise ApiError(429, "too many failed logins; try again later", headers={"Retry-After": str(int(wait) + 1)})
     row = control.store.user_row(body.username)
     stored = row[2] if row is not None and not row[3] else None
     ok = await control.blocking(verify_password, stored, body.password)
     if not ok or row is None:
         control.limiter.failed(body.username, address)
-        control.metrics.inc("control_logins_total", method="password", result="failed")
+        control.metrics.inc(CONTROL_LOGINS, method="password", result="failed")
         for team in _audit_teams(control, row[0] if row else None):
             control.audit(request, body.username, team, "login.failed", body.username, method="password")
         raise ControlAuthError("wrong user name or password", 401)
     control.limiter.succeeded(body.username)
     cookie, csrf, expires = control.auth.new_session(row[0], "local", address)
     p = control.auth.user_principal(row[0], kind="session", source="local", csrf=csrf, expires_at=expires)
-    control.metrics.inc("control_logins_total", method="password", result="ok")
+    control.metrics.inc(CONTROL_LOGINS, method="password", result="ok")
     for team in _audit_teams(control, row[0]):
         control.audit(request, p.name, team, "login", p.name, method="password")
     response = json_response(_me(control, p))
@@ -106,14 +107,14 @@ async def oidc_callback(control: Control, request: Request, _: Principal | None)
     try:
         claims = await control.oidc.finish(code, verifier, nonce)
     except ControlAuthError:
-        control.metrics.inc("control_logins_total", method="oidc", result="failed")
+        control.metrics.inc(CONTROL_LOGINS, method="oidc", result="failed")
         raise
     except ControlError as e:
         raise ApiError(502, str(e)) from None
     name, subject, groups = control.oidc.identity(claims)
     roles = roles_for_groups(groups, control.settings.oidc.group_roles)
     if not roles:
-        control.metrics.inc("control_logins_total", method="oidc", result="no_role")
+        control.metrics.inc(CONTROL_LOGINS, method="oidc", result="no_role")
         control.audit(request, name, "", "login.failed", name, method="oidc", reason="no group maps to a role",
                       groups=groups)
         raise ControlAuthError("none of your groups gives access to a team", 403)
@@ -130,7 +131,7 @@ async def oidc_callback(control: Control, request: Request, _: Principal | None)
         uid = row[0]
     control.store.replace_memberships(uid, roles)  # the provider's groups decide, at every login
     cookie, _csrf, _exp = control.auth.new_session(uid, "oidc", client_address(request))
-    control.metrics.inc("control_logins_total", method="oidc", result="ok")
+    control.metrics.inc(CONTROL_LOGINS, method="oidc", result="ok")
     for team in sorted(roles):
         control.audit(request, name, team, "login", name, method="oidc", groups=groups)
     response = RedirectResponse(next_path, status_code=303)

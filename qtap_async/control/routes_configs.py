@@ -19,6 +19,7 @@ from qtap_async.control.models import (
     ConfigVersion,
 )
 from qtap_async.control.service import Control, Op
+from qtap_async.telemetry.metrics import CONTROL_ACTIVATIONS, CONTROL_CONFIGS_CREATED, CONTROL_CONFIGS_REJECTED
 
 _GROUP_RE = r"^([A-Za-z0-9][A-Za-z0-9._-]{0,63})?$"
 
@@ -33,7 +34,7 @@ def _group(q: Query) -> str:
 def _activate(control: Control, request: Request, p: Principal, team: str, group: str, version: int,
               action: str) -> int | None:
     previous = control.store.activate(team, group, version, p.actor)
-    control.metrics.inc("control_activations_total", action=action)
+    control.metrics.inc(CONTROL_ACTIVATIONS, action=action)
     control.audit(request, p.actor, team, action, f"v{version}", group=group, version=version, previous=previous)
     control.hub.notify(team)
     return previous
@@ -50,14 +51,14 @@ async def create_config(control: Control, request: Request, p: Principal | None)
     try:
         checked = await control.blocking(check_config, text, control.settings.limits.max_yaml_depth)
     except InvalidConfig as e:
-        control.metrics.inc("control_configs_rejected_total")
+        control.metrics.inc(CONTROL_CONFIGS_REJECTED)
         raise ApiError(422, f"invalid config ({len(e.issues)} problem{'s' if len(e.issues) != 1 else ''})",
                        e.issues) from None
     latest = control.store.list_configs(team, 1, 0)
     version = control.store.add_config(team, checked.text, checked.sha256, p.actor, comment)
     previous = control.store.config(team, latest[0].version) if latest else None
     old = previous[0] if previous else ""
-    control.metrics.inc("control_configs_created_total")
+    control.metrics.inc(CONTROL_CONFIGS_CREATED)
     # Configs hold no secret in clear (refused above), so the diff is safe to keep in the audit log.
     control.audit(request, p.actor, team, "config.create", f"v{version}", version=version, comment=comment,
                   sha256=checked.sha256, diff=diff(old, checked.text, f"v{latest[0].version}" if latest else "empty",

@@ -22,20 +22,7 @@ from qtap_async.control.settings import ControlSettings
 from qtap_async.control.store import Store
 from qtap_async.errors import ControlAuthError
 from qtap_async.pulse.metrics import Metrics
-
-HELP = {
-    "control_http_requests_total": "HTTP requests by route and status",
-    "control_auth_failures_total": "requests refused for missing, invalid, revoked or insufficient credentials",
-    "control_logins_total": "logins by method and result",
-    "control_rejected_requests_total": "requests refused for hostile or invalid input, by reason",
-    "control_configs_created_total": "config versions stored",
-    "control_configs_rejected_total": "config bodies refused by validation",
-    "control_activations_total": "activations and rollbacks",
-    "control_agent_registrations_total": "agents that joined",
-    "control_agent_heartbeats_total": "agent status reports received",
-    "control_agent_refusals_total": "config versions an agent reported it refused",
-    "control_push_streams": "event streams opened by agents",
-}
+from qtap_async.telemetry.metrics import CONTROL
 
 
 @dataclass
@@ -73,7 +60,7 @@ class Control:
         self.auth = Authenticator(store, settings)
         lim = settings.login
         self.limiter = LoginLimiter(lim.max_failures_per_user, lim.max_failures_per_address, lim.window_s)
-        self.metrics = Metrics(HELP)
+        self.metrics = Metrics(CONTROL)
         self.hub = PushHub()
         self.oidc: OidcClient | None = OidcClient(settings.oidc) if settings.oidc.enabled else None
         # argon2 hashing (tens of ms, 64 MiB) runs here, never on the event loop.

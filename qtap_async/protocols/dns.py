@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import struct
 
+from qtap_async.errors import ProtocolError
 from qtap_async.events.dns import DnsAnswer, DnsMessage
 from qtap_async.events.parse_error import ParseError
 from qtap_async.protocols.limits import Limits
@@ -27,10 +28,6 @@ RCODES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP",
           6: "YXDOMAIN", 7: "YXRRSET", 8: "NXRRSET", 9: "NOTAUTH", 10: "NOTZONE"}
 
 
-class _Bad(Exception):
-    pass
-
-
 def _tname(t: int) -> str:
     return TYPES.get(t) or f"TYPE{t}"
 
@@ -43,31 +40,31 @@ def _name(msg: bytes, pos: int) -> tuple[str, int]:
     n = len(msg)
     while True:
         if pos >= n:
-            raise _Bad("name past the end of the message")
+            raise ProtocolError("name past the end of the message")
         ln = msg[pos]
         if ln == 0:
             pos += 1
             break
         if ln & 0xC0 == 0xC0:
             if pos + 1 >= n:
-                raise _Bad("truncated compression pointer")
+                raise ProtocolError("truncated compression pointer")
             ptr = ((ln & 0x3F) << 8) | msg[pos + 1]
             if end < 0:
                 end = pos + 2
             if ptr >= pos:
-                raise _Bad("compression pointer does not point backwards")
+                raise ProtocolError("compression pointer does not point backwards")
             pos = ptr
             hops += 1
             if hops > 128:
-                raise _Bad("compression pointer loop")
+                raise ProtocolError("compression pointer loop")
             continue
         if ln & 0xC0:
-            raise _Bad("unsupported label type")
+            raise ProtocolError("unsupported label type")
         if pos + 1 + ln > n:
-            raise _Bad("label past the end of the message")
+            raise ProtocolError("label past the end of the message")
         labels.append(msg[pos + 1 : pos + 1 + ln].decode("ascii", "backslashreplace"))
         if len(labels) > 128:
-            raise _Bad("name too long")
+            raise ProtocolError("name too long")
         pos += 1 + ln
     return (".".join(labels) + "." if labels else "."), (end if end >= 0 else pos)
 
@@ -98,14 +95,14 @@ def parse_dns_message(msg: bytes, *, transport: str = "udp", direction: int | No
     """Parse one DNS message; never raises."""
     try:
         if len(msg) < 12:
-            raise _Bad("shorter than a DNS header")
+            raise ProtocolError("shorter than a DNS header")
         ident, flags, qd, an, _ns, _ar = _HDR.unpack_from(msg, 0)
         pos = 12
         qname = qtype = None
         for i in range(qd):
             name, pos = _name(msg, pos)
             if pos + 4 > len(msg):
-                raise _Bad("truncated question")
+                raise ProtocolError("truncated question")
             t, _cls = _QT.unpack_from(msg, pos)
             pos += 4
             if i == 0:
@@ -114,11 +111,11 @@ def parse_dns_message(msg: bytes, *, transport: str = "udp", direction: int | No
         for _ in range(an):
             name, pos = _name(msg, pos)
             if pos + 10 > len(msg):
-                raise _Bad("truncated resource record")
+                raise ProtocolError("truncated resource record")
             t, _cls, ttl, rdlen = _RR.unpack_from(msg, pos)
             pos += 10
             if pos + rdlen > len(msg):
-                raise _Bad("rdata past the end of the message")
+                raise ProtocolError("rdata past the end of the message")
             answers.append(DnsAnswer(name=name, type=_tname(t), ttl=ttl, data=_rdata(msg, t, pos, rdlen)))
             pos += rdlen
         rc = flags & 0xF
@@ -136,7 +133,7 @@ def parse_dns_message(msg: bytes, *, transport: str = "udp", direction: int | No
             direction=direction,
             ts_ns=ts_ns,
         )
-    except (_Bad, ValueError, IndexError, struct.error) as e:
+    except (ProtocolError, ValueError, IndexError, struct.error) as e:
         return ParseError(reason=f"dns: {e}", direction=direction, offset=0, ts_ns=ts_ns, protocol="dns")
 
 

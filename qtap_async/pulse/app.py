@@ -19,15 +19,21 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from qtap_async.errors import PulseAuthError, PulseError
+from qtap_async.errors import BodyError, PulseAuthError, PulseError, QueryError
 from qtap_async.pulse.config import PulseConfig
-from qtap_async.pulse.ingest import BatchWriter, BodyError, Sanitizer, decode_body
+from qtap_async.pulse.ingest import BatchWriter, Sanitizer, decode_body
 from qtap_async.pulse.metrics import Metrics
 from qtap_async.pulse.openapi import build_openapi
-from qtap_async.pulse.queries import QUERIES, QueryError, QuerySpec
+from qtap_async.pulse.queries import QUERIES, QuerySpec
 from qtap_async.pulse.schema import IngestResult, PulseErrorBody
 from qtap_async.pulse.storage import Storage, open_storage
 from qtap_async.pulse.tokens import Caller, TokenStore
+from qtap_async.telemetry.metrics import (
+    PULSE_AUTH_FAILURES,
+    PULSE_HTTP_REQUESTS,
+    PULSE_INGEST_BUSY,
+    PULSE_QUERY_SECONDS,
+)
 
 log = logging.getLogger("qtap.pulse")
 _encode = msgspec.json.Encoder().encode
@@ -147,7 +153,7 @@ def create_app(config: PulseConfig, storage: Storage | None = None, tokens: Toke
     pulse = Pulse(config, storage, tokens)
 
     def auth_response(e: PulseAuthError) -> Response:
-        pulse.metrics.inc("pulse_auth_failures_total", 1, status=str(e.status))
+        pulse.metrics.inc(PULSE_AUTH_FAILURES, 1, status=str(e.status))
         headers = {"WWW-Authenticate": 'Bearer realm="pulse"'} if e.status == 401 else None
         return _error(e.status, str(e), headers)
 
@@ -162,7 +168,7 @@ def create_app(config: PulseConfig, storage: Storage | None = None, tokens: Toke
             async with asyncio.timeout(limits.ingest_queue_timeout_s):
                 await pulse.ingest_slots.acquire()
         except TimeoutError:
-            pulse.metrics.inc("pulse_ingest_busy_total", 1)
+            pulse.metrics.inc(PULSE_INGEST_BUSY, 1)
             return _error(429, f"{limits.max_concurrent_ingest} batches are being decoded; retry later",
                           {"Retry-After": "1"})
         try:
@@ -218,11 +224,11 @@ def create_app(config: PulseConfig, storage: Storage | None = None, tokens: Toke
             try:
                 rows = await pulse.run_blocking(spec.run, pulse.storage, principal.team, params)
             except QueryError as e:
-                return _error(422, str(e))
+                return _error(e.status, str(e))
             except PulseError as e:
                 log.warning("query %s failed: %s", spec.path, e)
                 return _error(503, "storage unavailable; retry later", {"Retry-After": "1"})
-            pulse.metrics.observe("pulse_query_seconds", time.perf_counter() - t0, route=spec.path)
+            pulse.metrics.observe(PULSE_QUERY_SECONDS, time.perf_counter() - t0, route=spec.path)
             return _json(rows)
 
         return handler
@@ -247,7 +253,7 @@ def create_app(config: PulseConfig, storage: Storage | None = None, tokens: Toke
     ) -> Callable[[Request], Awaitable[Response]]:
         async def wrapper(request: Request) -> Response:
             response = await handler(request)
-            pulse.metrics.inc("pulse_http_requests_total", 1, route=path, status=str(response.status_code))
+            pulse.metrics.inc(PULSE_HTTP_REQUESTS, 1, route=path, status=str(response.status_code))
             return response
 
         return wrapper
@@ -290,7 +296,7 @@ class HeaderLimit:
         if scope["type"] == "http":
             size = sum(len(k) + len(v) + 4 for k, v in scope["headers"])
             if size > self.limit:
-                self.metrics.inc("pulse_http_requests_total", 1, route="*", status="431")
+                self.metrics.inc(PULSE_HTTP_REQUESTS, 1, route="*", status="431")
                 response = _error(431, f"request headers are {size} bytes; the limit is {self.limit}",
                                   {"Connection": "close"})
                 await response(scope, receive, send)

@@ -23,11 +23,10 @@ from typing import Any, Literal
 
 import httpx
 import msgspec
-import zstandard
 
 from qtap_async.errors import PulseClientError
-from qtap_async.pulse.ingest import gzip_bytes
 from qtap_async.pulse.schema import IngestResult
+from qtap_async.pulse.wire import Coding, Compressor
 
 _RETRY_STATUS = {408, 429, 500, 502, 503, 504}
 
@@ -43,7 +42,7 @@ class PulseClient:
         max_retries: int = 5,
         backoff: float = 0.2,
         timeout: float = 10.0,
-        compression: Literal["gzip", "zstd", "none"] = "gzip",
+        compression: Coding = "gzip",
         encoding: Literal["json", "msgpack"] = "json",
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
@@ -55,13 +54,13 @@ class PulseClient:
         self.compression = compression
         self.encoding = encoding
         self._encode = msgspec.msgpack.encode if encoding == "msgpack" else msgspec.json.encode
-        self._zstd = zstandard.ZstdCompressor(level=3)
+        self._compress = Compressor(compression)
         self._headers = {
             "authorization": f"Bearer {token}",
             "content-type": "application/msgpack" if encoding == "msgpack" else "application/json",
         }
-        if compression != "none":
-            self._headers["content-encoding"] = compression
+        if self._compress.content_encoding is not None:
+            self._headers["content-encoding"] = self._compress.content_encoding
         self._http = httpx.AsyncClient(timeout=timeout, transport=transport)
         self._buffer: list[Any] = []
         self._lock = asyncio.Lock()
@@ -117,12 +116,7 @@ class PulseClient:
                 await self.send(batch)
 
     def _body(self, events: Sequence[Any]) -> bytes:
-        raw = self._encode({"events": list(events), "sent_at": time.time_ns()})
-        if self.compression == "gzip":
-            return gzip_bytes(raw)
-        if self.compression == "zstd":
-            return self._zstd.compress(raw)
-        return raw
+        return self._compress(self._encode({"events": list(events), "sent_at": time.time_ns()}))
 
     async def send(self, events: Sequence[Any]) -> IngestResult:
         """POST one batch, retrying transient failures; the server's per-item result."""

@@ -18,6 +18,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from qtap_async.pulse.metrics import Metrics
 from qtap_async.pulse.schema import PulseErrorBody
+from qtap_async.telemetry.metrics import PULSE_CONNECTIONS_REFUSED
 
 __all__ = ["guarded_protocol"]
 
@@ -46,7 +47,7 @@ def guarded_protocol(max_connections: int, header_timeout_s: float, metrics: Met
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
             if len(self.connections) > max_connections:
-                metrics.inc("pulse_connections_refused_total", 1, reason="max_connections")
+                metrics.inc(PULSE_CONNECTIONS_REFUSED, 1, reason="max_connections")
                 transport.write(too_many)
                 transport.close()
                 return
@@ -83,7 +84,7 @@ def guarded_protocol(max_connections: int, header_timeout_s: float, metrics: Met
             self._head_timer = None
             if self.transport.is_closing() or not self._waiting_for_head():
                 return
-            metrics.inc("pulse_connections_refused_total", 1, reason="header_timeout")
+            metrics.inc(PULSE_CONNECTIONS_REFUSED, 1, reason="header_timeout")
             self.transport.write(too_slow)
             self.transport.close()
 

@@ -10,18 +10,16 @@ once its rows are in storage).
 from __future__ import annotations
 
 import asyncio
-import gzip
 import math
 import re
 import time
-import zlib
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
 import msgspec
-import zstandard
 
+from qtap_async.errors import BodyError
 from qtap_async.events import ConnectionEvent
 from qtap_async.events.times import parse_ns
 from qtap_async.pulse.bounds import TABLE_OF, Event, bounded
@@ -29,6 +27,17 @@ from qtap_async.pulse.config import IngestLimits, Retention
 from qtap_async.pulse.metrics import Metrics
 from qtap_async.pulse.schema import Batch, IngestResult, ItemError
 from qtap_async.pulse.storage import Storage
+from qtap_async.pulse.wire import decompress
+from qtap_async.telemetry.metrics import (
+    PULSE_EVENTS_ACCEPTED,
+    PULSE_EVENTS_REJECTED,
+    PULSE_EVENTS_SKEW_CORRECTED,
+    PULSE_EVENTS_STRIPPED,
+    PULSE_INSERT_BATCHES,
+    PULSE_INSERT_ERRORS,
+    PULSE_INSERT_ROWS,
+    PULSE_INSERT_SECONDS,
+)
 
 RunBlocking = Callable[..., Awaitable[Any]]
 
@@ -59,43 +68,6 @@ _FORBIDDEN_JSON = re.compile(rb'"(?:' + b"|".join(k.encode() for k in _FORBIDDEN
 _FORBIDDEN_MSGPACK = re.compile(b"|".join(re.escape(bytes([0xA0 | len(k)]) + k.encode()) for k in _FORBIDDEN))
 # Substrings one of which every forbidden key contains: a body without any of them needs no per-item scan.
 _MARKERS = (b"header", b"body", b"cookie", b"authorization", b"payload")
-
-
-class BodyError(Exception):
-    """The body as a whole cannot be taken; ``status`` is the HTTP status to answer with."""
-
-    def __init__(self, status: int, message: str) -> None:
-        self.status = status
-        super().__init__(message)
-
-
-def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
-    enc = encoding.strip().lower()
-    if enc in ("", "identity"):
-        out = body
-    elif enc in ("gzip", "x-gzip"):
-        d = zlib.decompressobj(wbits=47)  # gzip or zlib header
-        try:
-            out = d.decompress(body, limit + 1)
-        except zlib.error as e:
-            raise BodyError(400, f"bad gzip body: {e}") from e
-        if not d.eof and len(out) <= limit:
-            raise BodyError(400, "bad gzip body: truncated (no end of stream)")
-    elif enc == "zstd":
-        try:
-            with zstandard.ZstdDecompressor().stream_reader(body) as reader:
-                out = reader.read(limit + 1)
-        except zstandard.ZstdError as e:
-            raise BodyError(400, f"bad zstd body: {e}") from e
-    else:
-        raise BodyError(415, f"unsupported Content-Encoding {encoding!r}; use gzip, zstd or none")
-    if len(out) > limit:
-        raise BodyError(413, f"body decodes to more than {limit} bytes")
-    return out
-
-
-def gzip_bytes(data: bytes) -> bytes:
-    return gzip.compress(data, compresslevel=5)
 
 
 class Format:
@@ -133,7 +105,7 @@ def decode_body(body: bytes, content_type: str, content_encoding: str, limits: I
     fmt = format_for(content_type)
     if len(body) > limits.max_body_bytes:
         raise BodyError(413, f"body is {len(body)} bytes; the limit is {limits.max_body_bytes}")
-    data = _decompress(body, content_encoding, limits.max_decoded_bytes)
+    data = decompress(body, content_encoding, limits.max_decoded_bytes)
     try:
         env = fmt.envelope.decode(data)
     except msgspec.ValidationError as e:
@@ -246,10 +218,10 @@ class Sanitizer:
             rows[table].append(prefix + self._row(table, ev)[1:])
         accepted = len(items) - len(errors)
         m = self.metrics
-        m.inc("pulse_events_accepted_total", accepted)
-        m.inc("pulse_events_rejected_total", len(errors))
-        m.inc("pulse_events_stripped_total", stripped)
-        m.inc("pulse_events_skew_corrected_total", corrected)
+        m.inc(PULSE_EVENTS_ACCEPTED, accepted)
+        m.inc(PULSE_EVENTS_REJECTED, len(errors))
+        m.inc(PULSE_EVENTS_STRIPPED, stripped)
+        m.inc(PULSE_EVENTS_SKEW_CORRECTED, corrected)
         return Prepared(rows, IngestResult(accepted, len(errors), errors, stripped, corrected))
 
 
@@ -313,9 +285,9 @@ class BatchWriter:
             if chunks:
                 t0 = time.perf_counter()
                 self.storage.insert(table, b"\n".join(chunks))
-                self.metrics.observe("pulse_insert_seconds", time.perf_counter() - t0)
-                self.metrics.inc("pulse_insert_rows_total", len(chunks), table=table)
-                self.metrics.inc("pulse_insert_batches_total", 1, table=table)
+                self.metrics.observe(PULSE_INSERT_SECONDS, time.perf_counter() - t0)
+                self.metrics.inc(PULSE_INSERT_ROWS, len(chunks), table=table)
+                self.metrics.inc(PULSE_INSERT_BATCHES, 1, table=table)
 
     async def _run(self) -> None:
         while True:
@@ -334,7 +306,7 @@ class BatchWriter:
                 try:
                     await self._run_blocking(self._insert, merged)
                 except Exception as e:
-                    self.metrics.inc("pulse_insert_errors_total", 1)
+                    self.metrics.inc(PULSE_INSERT_ERRORS, 1)
                     for _, _, fut in round_:
                         if not fut.done():
                             fut.set_exception(e)

@@ -23,6 +23,7 @@ from qtap_async.errors import PulseAuthError, PulseError
 from qtap_async.pulse.ingest import JSON, MSGPACK, Sanitizer
 from qtap_async.pulse.metrics import Metrics
 from qtap_async.pulse.tokens import TokenStore
+from qtap_async.telemetry.metrics import PULSE_KAFKA_COMMITS, PULSE_KAFKA_MESSAGES, PULSE_KAFKA_REJECTED
 
 if TYPE_CHECKING:
     from qtap_async.pulse.app import Pulse
@@ -40,7 +41,7 @@ def prepare_messages(
     rows: dict[str, list[bytes]] = {}
     principals: dict[str, tuple[str, str] | None] = {}
     for msg in messages:
-        metrics.inc("pulse_kafka_messages_total")
+        metrics.inc(PULSE_KAFKA_MESSAGES)
         headers = {k.lower(): v for k, v in (msg.headers or ())}
         team, agent = default_team, ""
         auth = headers.get("authorization", b"").decode("utf-8", "replace")
@@ -53,11 +54,11 @@ def prepare_messages(
                     principals[auth] = None
             found = principals[auth]
             if found is None:
-                metrics.inc("pulse_kafka_rejected_total", reason="auth")
+                metrics.inc(PULSE_KAFKA_REJECTED, reason="auth")
                 continue
             team, agent = found
         if not team:
-            metrics.inc("pulse_kafka_rejected_total", reason="no_team")
+            metrics.inc(PULSE_KAFKA_REJECTED, reason="no_team")
             continue
         value: bytes = msg.value or b""
         is_msgpack = b"msgpack" in headers.get("content-type", b"")
@@ -70,7 +71,7 @@ def prepare_messages(
             else:
                 items = _json_list.decode(value) if value.lstrip()[:1] == b"[" else [msgspec.Raw(value)]
         except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
-            metrics.inc("pulse_kafka_rejected_total", reason="decode")
+            metrics.inc(PULSE_KAFKA_REJECTED, reason="decode")
             continue
         prepared = sanitizer.prepare(fmt, items, team, agent, reference_ns=msg.timestamp * 1_000_000, body=value)
         if prepared.result.errors:
@@ -129,7 +130,7 @@ async def run_kafka(pulse: Pulse) -> None:
             }
             try:
                 await consumer.commit(offsets)
-                pulse.metrics.inc("pulse_kafka_commits_total")
+                pulse.metrics.inc(PULSE_KAFKA_COMMITS)
             except (CommitFailedError, KafkaError) as e:
                 # A rebalance took the partitions: the new owner re-reads them; copies collapse.
                 log.warning("kafka commit failed: %s", e)

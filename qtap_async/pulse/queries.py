@@ -25,6 +25,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from qtap_async.errors import QueryError
 from qtap_async.events.times import Timestamp, format_ns
 from qtap_async.pulse.ingest import to_ns
 from qtap_async.pulse.storage import Storage
@@ -38,10 +39,6 @@ U64 = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
 MAX_BUCKETS = 10_000
 DEFAULT_RANGE_NS = 24 * 3600 * 10**9
-
-
-class QueryError(Exception):
-    """Parameters that parse but make no sense (end before start, too many buckets): HTTP 422."""
 
 
 # ---- parameters -------------------------------------------------------------------------------------

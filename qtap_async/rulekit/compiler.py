@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Protocol
 
+from qtap_async.errors import ConfigError
 from qtap_async.rulekit import ast
 from qtap_async.rulekit.errors import RuleSyntaxError
 from qtap_async.rulekit.parser import parse
@@ -65,7 +66,9 @@ def compile_rule(expr: str, macros: Mapping[str, str] | None = None) -> Rule:
     return Rule(expr, fn, frozenset(compiler.fields), frozenset(compiler.used))
 
 
-class _MacroFailure(Exception):
+class _MacroFailure(ConfigError):
+    """Internal: a macro the expression uses is broken; turned into a RuleSyntaxError at the reference."""
+
     def __init__(self, message: str, cycle: tuple[str, ...] | None = None) -> None:
         super().__init__(message)
         self.message = message

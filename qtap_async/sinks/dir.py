@@ -71,25 +71,30 @@ class DirObjectSink:
         if ".." in Path(key).parts:
             raise SinkError(f"object store {self.name}: key {key!r} leaves the directory")
         try:
-            if not final.exists():  # content-addressed: an existing file already has these bytes
-                final.parent.mkdir(parents=True, exist_ok=True)
-                fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=final.parent)
-                try:
-                    with os.fdopen(fd, "wb") as f:
-                        f.write(obj.data)
-                        if self.fsync:
-                            f.flush()
-                            os.fsync(f.fileno())
-                    os.replace(tmp, final)
-                except BaseException:
-                    Path(tmp).unlink(missing_ok=True)
-                    raise
+            # A body can be megabytes and fsync waits for the disk: off the event loop, so the drain goes on.
+            await asyncio.to_thread(self._write, final, obj.data)
         except OSError as exc:
             raise SinkTransientError(f"object store {self.name}: writing {final}: {exc.strerror or exc}") from exc
         url = self._url.render({**fields, "KEY": key, "PATH": str(final), "BUCKET": "", "ENDPOINT": "",
                                 "REGION": ""})
         await self._prune()
         return ObjectRef.of(obj, url, self.name)
+
+    def _write(self, final: Path, data: bytes) -> None:
+        if final.exists():  # content-addressed: an existing file already has these bytes
+            return
+        final.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=final.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                if self.fsync:
+                    f.flush()
+                    os.fsync(f.fileno())
+            os.replace(tmp, final)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
     async def close(self) -> None:
         return None

@@ -34,6 +34,19 @@ from qtap_async.sinks.config import OtelEventStore, resolve
 from qtap_async.sinks.otel_convert import SCOPE_BYTES, Converted, Converter, RouteMatcher
 from qtap_async.sinks.otel_metrics import RedMetrics
 from qtap_async.sinks.otel_transport import GrpcTransport, HttpTransport, OtlpTransport
+from qtap_async.telemetry.metrics import (
+    OTEL_LOG_RECORDS,
+    OTEL_METRIC_EXPORT_ERRORS,
+    OTEL_METRIC_EXPORTS,
+    OTEL_METRIC_FOLDED,
+    OTEL_METRIC_OBSERVATIONS,
+    OTEL_METRIC_REJECTED_POINTS,
+    OTEL_METRIC_SERIES,
+    OTEL_REJECTED_LOG_RECORDS,
+    OTEL_REJECTED_SPANS,
+    OTEL_SKIPPED_EVENTS,
+    OTEL_SPANS,
+)
 
 __all__ = ["OtelEventSink", "OtelEventStore", "build_otel_sink"]
 
@@ -185,17 +198,17 @@ class OtelEventSink:
         """The store's own counters (the runner adds them to its qtap_sink_* ones, labelled by store)."""
         m = self.metrics
         out = {
-            "qtap_otel_spans_total": self.c_spans,
-            "qtap_otel_log_records_total": self.c_logs,
-            "qtap_otel_rejected_spans_total": self.c_rejected_spans,
-            "qtap_otel_rejected_log_records_total": self.c_rejected_logs,
-            "qtap_otel_skipped_events_total": sum(self.c_skipped.values()),
-            "qtap_otel_metric_exports_total": self.c_metric_exports,
-            "qtap_otel_metric_export_errors_total": self.c_metric_export_errors,
-            "qtap_otel_metric_rejected_points_total": self.c_metric_rejected_points,
-            "qtap_otel_metric_series": m.count if m else 0,
-            "qtap_otel_metric_folded_total": m.folded if m else 0,
-            "qtap_otel_metric_observations_total": m.observed if m else 0,
+            OTEL_SPANS.name: self.c_spans,
+            OTEL_LOG_RECORDS.name: self.c_logs,
+            OTEL_REJECTED_SPANS.name: self.c_rejected_spans,
+            OTEL_REJECTED_LOG_RECORDS.name: self.c_rejected_logs,
+            OTEL_SKIPPED_EVENTS.name: sum(self.c_skipped.values()),
+            OTEL_METRIC_EXPORTS.name: self.c_metric_exports,
+            OTEL_METRIC_EXPORT_ERRORS.name: self.c_metric_export_errors,
+            OTEL_METRIC_REJECTED_POINTS.name: self.c_metric_rejected_points,
+            OTEL_METRIC_SERIES.name: m.count if m else 0,
+            OTEL_METRIC_FOLDED.name: m.folded if m else 0,
+            OTEL_METRIC_OBSERVATIONS.name: m.observed if m else 0,
         }
         return out
 

@@ -10,7 +10,6 @@ which waits in the spool) but ``check`` reports them; other 4xx drop the batch.
 
 from __future__ import annotations
 
-import re
 import ssl
 
 import httpx
@@ -19,8 +18,6 @@ import msgspec
 from qtap_async.errors import PulseClientError, SinkError, SinkTransientError
 from qtap_async.pulse.client import PulseClient
 from qtap_async.sinks.base import EventRecord, PartialRejection
-
-_REFUSED = re.compile(r"refused the batch: (\d{3})")
 
 
 class PulseEventSink:
@@ -57,11 +54,10 @@ class PulseEventSink:
         try:
             result = await self._client.send([msgspec.Raw(v) for v in values])
         except PulseClientError as exc:
-            m = _REFUSED.search(str(exc))
-            status = int(m.group(1)) if m else 0
-            if m and status in (401, 403):
-                raise SinkTransientError(f"{self._where}: the token was refused (HTTP {status}): {exc}") from exc
-            if m:
+            # status 0: the client gave up (it retries nothing here): unreachable, or 408/429/5xx, all transient.
+            if exc.status in (401, 403):
+                raise SinkTransientError(f"{self._where}: the token was refused (HTTP {exc.status}): {exc}") from exc
+            if exc.status:
                 raise SinkError(f"{self._where}: {exc}") from exc
             raise SinkTransientError(f"{self._where}: {exc}") from exc
         self.rejected_items += result.rejected

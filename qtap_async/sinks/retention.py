@@ -18,6 +18,7 @@ from typing import Annotated, Any
 import msgspec
 
 from qtap_async.errors import SinkError
+from qtap_async.telemetry import metrics
 
 DURATION_PATTERN = r"^[1-9][0-9]*[smhd]$"
 Duration = Annotated[str, msgspec.Meta(pattern=DURATION_PATTERN,
@@ -138,6 +139,7 @@ class DirPruner:
         return self.pruned_files - before[0], self.pruned_bytes - before[1]
 
     def stats(self) -> dict[str, int]:
-        return {"qtap_store_pruned_objects_total": self.pruned_files,
-                "qtap_store_pruned_bytes_total": self.pruned_bytes,
-                "qtap_store_prune_runs_total": self.runs, "qtap_store_prune_errors_total": self.errors}
+        # Plain names: the writer labels them with the store (the STORE_* declarations name the label).
+        return {metrics.STORE_PRUNED_OBJECTS.name: self.pruned_files,
+                metrics.STORE_PRUNED_BYTES.name: self.pruned_bytes,
+                metrics.STORE_PRUNE_RUNS.name: self.runs, metrics.STORE_PRUNE_ERRORS.name: self.errors}

@@ -43,6 +43,7 @@ from qtap_async.sinks.base import (
     to_record,
 )
 from qtap_async.sinks.config import BufferConfig, RetryConfig, SpoolConfig
+from qtap_async.telemetry import metrics
 
 log = logging.getLogger("qtap.sinks")
 
@@ -303,7 +304,7 @@ class SinkRunner(Generic[T]):
         slot[1] += sum(i.nbytes for i in items)
 
     # ------------------------------------------------------------------------------------------- stats
-    def stats(self) -> dict[str, int | float]:
+    def stats(self) -> dict[str, int]:
         """Plain counters and gauges with stable names (events = objects for an object store)."""
         c = self.c
         ch = self._rx.statistics()
@@ -316,31 +317,34 @@ class SinkRunner(Generic[T]):
                                   sp.dropped_bytes - sp.disk_full_bytes] if sp else [0, 0])
         dropped["spool_corrupt"] = [sp.corrupt_events, 0] if sp else [0, 0]
         dropped["spool_disk_full"] = [sp.disk_full_events, sp.disk_full_bytes] if sp else [0, 0]
-        out: dict[str, int | float] = {
-            "qtap_sink_delivered_events_total": c.delivered_events,
-            "qtap_sink_delivered_bytes_total": c.delivered_bytes,
-            "qtap_sink_attempts_total": c.attempts,
-            "qtap_sink_errors_total": c.errors,
-            "qtap_sink_retried_total": c.retried,
-            "qtap_sink_retried_events_total": c.retried_events,
-            "qtap_sink_spooled_events_total": sp.appended_events if sp else 0,
-            "qtap_sink_spooled_bytes_total": sp.appended_bytes if sp else 0,
-            "qtap_sink_unspooled_events_total": c.unspooled_events,
-            "qtap_sink_dropped_events_total": sum(v[0] for v in dropped.values()),
-            "qtap_sink_dropped_bytes_total": sum(v[1] for v in dropped.values()),
-            "qtap_sink_queue_depth_events": ch.depth_events + len(handoff),
-            "qtap_sink_queue_depth_bytes": ch.depth_bytes + sum(i.nbytes for i in handoff),
-            "qtap_sink_spool_depth_events": sp.depth_events if sp else 0,
-            "qtap_sink_spool_depth_bytes": sp.depth_bytes if sp else 0,
-            "qtap_sink_spool_disk_bytes": sp.disk_bytes if sp else 0,
-            "qtap_sink_latency_seconds_sum": c.latency_sum,
-            "qtap_sink_latency_seconds_count": c.latency_count,
-            "qtap_sink_latency_seconds_max": c.latency_max,
-            "qtap_sink_up": int(self.up),
+        # Plain names: the writer labels each with its store (the SINK_* declarations name the label).
+        # Latency in integer microseconds, as exported (snapshots hold integers).
+        out: dict[str, int] = {
+            metrics.SINK_DELIVERED_EVENTS.name: c.delivered_events,
+            metrics.SINK_DELIVERED_BYTES.name: c.delivered_bytes,
+            metrics.SINK_ATTEMPTS.name: c.attempts,
+            metrics.SINK_ERRORS.name: c.errors,
+            metrics.SINK_RETRIED.name: c.retried,
+            metrics.SINK_RETRIED_EVENTS.name: c.retried_events,
+            metrics.SINK_SPOOLED_EVENTS.name: sp.appended_events if sp else 0,
+            metrics.SINK_SPOOLED_BYTES.name: sp.appended_bytes if sp else 0,
+            metrics.SINK_UNSPOOLED_EVENTS.name: c.unspooled_events,
+            metrics.SINK_DROPPED_EVENTS.name: sum(v[0] for v in dropped.values()),
+            metrics.SINK_DROPPED_BYTES.name: sum(v[1] for v in dropped.values()),
+            metrics.SINK_QUEUE_DEPTH_EVENTS.name: ch.depth_events + len(handoff),
+            metrics.SINK_QUEUE_DEPTH_BYTES.name: ch.depth_bytes + sum(i.nbytes for i in handoff),
+            metrics.SINK_SPOOL_DEPTH_EVENTS.name: sp.depth_events if sp else 0,
+            metrics.SINK_SPOOL_DEPTH_BYTES.name: sp.depth_bytes if sp else 0,
+            metrics.SINK_SPOOL_DISK_BYTES.name: sp.disk_bytes if sp else 0,
+            metrics.SINK_LATENCY_SUM.name: round(c.latency_sum * 1e6),
+            metrics.SINK_LATENCY_COUNT.name: c.latency_count,
+            metrics.SINK_LATENCY_MAX.name: round(c.latency_max * 1e6),
+            metrics.SINK_UP.name: int(self.up),
         }
-        for reason, (events, nbytes) in sorted(dropped.items()):
-            out[f"qtap_sink_dropped_{reason}_events_total"] = events
-            out[f"qtap_sink_dropped_{reason}_bytes_total"] = nbytes
+        for reason, (events_metric, bytes_metric) in metrics.SINK_DROPPED_BY_REASON.items():
+            events, nbytes = dropped.get(reason, (0, 0))
+            out[events_metric.name] = events
+            out[bytes_metric.name] = nbytes
         sink_stats = getattr(self.sink, "stats", None)  # a store's own counters (dir pruning, ...)
         if callable(sink_stats):
             out.update(sink_stats())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 
 from qtap_async.bpf import abi
+from qtap_async.errors import DecodeError
 from qtap_async.events.kernel import ConnClose, ConnOpen, Data, KernelRecord, ProcExec, ProcExit, ProcFork
 
 _hdr = abi.HDR.unpack_from
@@ -33,10 +34,6 @@ def _addr(family: int, raw: bytes) -> str:
     if raw[:12] == _V4_MAPPED:  # an IPv6 socket talking IPv4: show the IPv4 address
         return _ntop(AF_INET, raw[12:16])
     return _ntop(socket.AF_INET6, raw)
-
-
-class DecodeError(ValueError):
-    """A record that does not match the ABI (counted by the caller, never fatal)."""
 
 
 def decode(raw: bytes) -> KernelRecord:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, get_args
 
 from qtap_async.events.dns import DnsMessage
 from qtap_async.events.http import HttpTransaction
+from qtap_async.telemetry import metrics
 from qtap_async.tls.attach import AttachStatus
+from qtap_async.tls.model import LibraryKind
 
 ProtocolRecordHandler = Callable[[Any, Any, int], list[Any]]
 
@@ -36,13 +38,15 @@ class TransactionCounter:
         return handler
 
     def snapshot(self) -> dict[str, int]:
-        return {f'qtap_transactions_total{{protocol="{p}"}}': n for p, n in sorted(self.by_protocol.items())}
+        return {metrics.TRANSACTIONS.key(protocol=p): n for p, n in sorted(self.by_protocol.items())}
 
 
 def tls_snapshot(statuses: Iterable[AttachStatus]) -> dict[str, int]:
     """Libraries attached, by kind and probe path (fast: emulated probe points; slow: single-stepped), and the
     functions on each path. A library with any slow function counts as slow."""
-    libs: Counter[tuple[str, str]] = Counter()
+    # Every kind on both paths, 0 until attached: the same series on every host, so a query for a kind that is
+    # absent answers 0 instead of nothing.
+    libs: Counter[tuple[str, str]] = Counter({(k, p): 0 for k in get_args(LibraryKind) for p in ("fast", "slow")})
     functions: Counter[str] = Counter({"fast": 0, "slow": 0})
     failed = 0
     for s in statuses:
@@ -52,9 +56,9 @@ def tls_snapshot(statuses: Iterable[AttachStatus]) -> dict[str, int]:
         libs[(s.kind, "slow" if s.slow_functions else "fast")] += 1
         functions["fast"] += len(s.fast_functions)
         functions["slow"] += len(s.slow_functions)
-    out = {f'qtap_tls_libraries_attached{{kind="{k}",path="{p}"}}': n for (k, p), n in sorted(libs.items())}
+    out = {metrics.TLS_LIBRARIES_ATTACHED.key(kind=k, path=p): n for (k, p), n in sorted(libs.items())}
     for path in ("fast", "slow"):
-        out[f'qtap_tls_libraries_attached_path{{path="{path}"}}'] = sum(n for (_, p), n in libs.items() if p == path)
-        out[f'qtap_tls_functions_attached{{path="{path}"}}'] = functions[path]
-    out["qtap_tls_libraries_failed"] = failed
+        out[metrics.TLS_LIBRARIES_ATTACHED_PATH.key(path=path)] = sum(n for (_, p), n in libs.items() if p == path)
+        out[metrics.TLS_FUNCTIONS_ATTACHED.key(path=path)] = functions[path]
+    out[metrics.TLS_LIBRARIES_FAILED.name] = failed
     return out

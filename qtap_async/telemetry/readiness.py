@@ -15,6 +15,8 @@ from typing import Any, Protocol
 
 import msgspec
 
+from qtap_async.telemetry import metrics
+
 log = logging.getLogger("qtap.status")
 
 
@@ -125,5 +127,5 @@ class ReadinessProbe:
 
     def snapshot(self) -> dict[str, int]:
         st = self.state()
-        return {"qtap_ready": int(st.ready), "qtap_store_checks_total": self.checks,
-                "qtap_store_check_failures_total": self.check_failures}
+        return {metrics.READY.name: int(st.ready), metrics.STORE_CHECKS.name: self.checks,
+                metrics.STORE_CHECK_FAILURES.name: self.check_failures}

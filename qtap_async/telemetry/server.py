@@ -18,6 +18,7 @@ from collections.abc import Callable
 import msgspec
 
 from qtap_async.errors import StatusServerError
+from qtap_async.telemetry import metrics
 from qtap_async.telemetry.metrics import MetricRegistry
 from qtap_async.telemetry.readiness import Readiness
 
@@ -62,7 +63,7 @@ class StatusServer:
         self.started = time.monotonic()
         self._server: asyncio.Server | None = None
         self._clients = 0
-        self.requests: dict[int, int] = {}  # status code -> count (exported as qtap_status_requests_total)
+        self.requests: dict[int, int] = {}  # status code -> count (exported as metrics.STATUS_REQUESTS)
 
     async def start(self) -> None:
         try:
@@ -82,7 +83,7 @@ class StatusServer:
                 await server.wait_closed()
 
     def snapshot(self) -> dict[str, int]:
-        return {f'qtap_status_requests_total{{code="{c}"}}': n for c, n in sorted(self.requests.items())}
+        return {metrics.STATUS_REQUESTS.key(code=str(c)): n for c, n in sorted(self.requests.items())}
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self._clients >= MAX_CLIENTS:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from elftools.dwarf.die import DIE
 from elftools.dwarf.dwarfinfo import DWARFInfo
 
+from qtap_async.errors import GoBinaryError
 from qtap_async.tls.elf import ElfImage
 from qtap_async.tls.model import GoConnOffsets
 
@@ -21,10 +22,6 @@ PCLN_GO12 = 0xFFFFFFFB
 PCLN_GO116 = 0xFFFFFFFA
 PCLN_GO118 = 0xFFFFFFF0
 PCLN_GO120 = 0xFFFFFFF1
-
-
-class GoBinaryError(Exception):
-    """Internal: a Go structure could not be parsed (turned into a report note by the caller)."""
 
 
 def _uvarint(data: bytes, pos: int) -> tuple[int, int]:

@@ -11,6 +11,7 @@ import struct
 from collections.abc import Callable
 from typing import Literal
 
+from qtap_async.errors import GoBinaryError
 from qtap_async.tls import golang
 from qtap_async.tls.elf import ElfImage, Symbol
 from qtap_async.tls.model import FileKey, GoConnOffsets, LibraryKind, ProbePlan, TlsFunction, TlsLibrary
@@ -283,7 +284,7 @@ def analyze_image(img: ElfImage, key: FileKey, display_path: str) -> TlsLibrary 
     linkage: str = "static" if is_exec else "shared"
     try:
         gover = golang.go_version(img)
-    except (golang.GoBinaryError, Exception):
+    except (GoBinaryError, Exception):
         gover = None
     if gover is not None:
         return _analyze_go(img, key, display_path, gover)
@@ -414,7 +415,7 @@ def _analyze_go(img: ElfImage, key: FileKey, display_path: str, version: str) ->
             fn = table.lookup(name)
             if fn is not None:
                 gofuncs[name] = fn
-    except golang.GoBinaryError as e:
+    except GoBinaryError as e:
         notes.append(f"pclntab: {e}")
         if not stripped:
             for name, sym in img.find_functions([GO_READ, GO_WRITE], tables=(".symtab",)).items():

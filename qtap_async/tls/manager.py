@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from qtap_async.bpf.loader import Capture
+from qtap_async.telemetry import metrics
 from qtap_async.tls import FileKey, Scanner, TlsLibrary, analyze_file
 from qtap_async.tls.attach import AttachStatus, TlsProbes, system_tls_libraries
 from qtap_async.tls.cache import AnalysisCache, CacheEntry, StateDirError, kernel_dev
@@ -144,6 +145,8 @@ class TlsManager:
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="tls-scan")
         self._path_pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="tls-path")
         self._urgent = 0  # held processes waiting: the PATH pre-scan pauses meanwhile
+        self._no_urgent = asyncio.Event()  # set while _urgent is 0, so the pre-scan awaits it instead of polling
+        self._no_urgent.set()
         self.scans = 0
         self.scan_errors = 0
         self.path_scan_done = asyncio.Event()
@@ -194,8 +197,7 @@ class TlsManager:
         try:
             paths, st.truncated = await loop.run_in_executor(self._path_pool, path_candidates, self.options.path_dirs)
             for path in paths:
-                while self._urgent:
-                    await asyncio.sleep(0.01)
+                await self._no_urgent.wait()
                 if time.monotonic() - t0 > PATH_BUDGET_S:
                     st.truncated = f"time budget of {PATH_BUDGET_S:.0f} s spent after {st.files} files"
                     break
@@ -222,6 +224,7 @@ class TlsManager:
     async def _on_held(self, pid: int, kdev: int, ino: int) -> None:
         loop = asyncio.get_running_loop()
         self._urgent += 1
+        self._no_urgent.clear()
         try:
             exe = f"/proc/{pid}/exe"
             try:
@@ -236,6 +239,8 @@ class TlsManager:
                 self.probes.attach(lib, pid)
         finally:
             self._urgent -= 1
+            if not self._urgent:
+                self._no_urgent.set()
 
     # -- runtime ---------------------------------------------------------------------------------
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -284,27 +289,27 @@ class TlsManager:
         """Counters for Agent.snapshot(): the analysis cache, the PATH pre-scan, the held-exec mode."""
         p = self.stats.path
         m = {
-            "qtap_tls_files_attached": len(self.probes.files),
-            "qtap_tls_files_failed": len(self.probes.failed),
-            "qtap_tls_analyses_total": self.scanner.analyses,
-            "qtap_tls_cache_entries": len(self.cache),
-            "qtap_tls_cache_write_errors_total": self.cache.write_errors,
-            "qtap_tls_restored_files_total": self.stats.restored,
-            "qtap_tls_path_files_total": p.files,
-            "qtap_tls_path_errors_total": p.errors,
-            "qtap_tls_scan_errors_total": self.scan_errors,
+            metrics.TLS_FILES_ATTACHED.name: len(self.probes.files),
+            metrics.TLS_FILES_FAILED.name: len(self.probes.failed),
+            metrics.TLS_ANALYSES.name: self.scanner.analyses,
+            metrics.TLS_CACHE_ENTRIES.name: len(self.cache),
+            metrics.TLS_CACHE_WRITE_ERRORS.name: self.cache.write_errors,
+            metrics.TLS_RESTORED_FILES.name: self.stats.restored,
+            metrics.TLS_PATH_FILES.name: p.files,
+            metrics.TLS_PATH_ERRORS.name: p.errors,
+            metrics.TLS_SCAN_ERRORS.name: self.scan_errors,
         }
-        h = self.hold_stats()
-        if h is not None:
-            m.update({
-                "qtap_tls_exec_held_total": h.held,
-                "qtap_tls_exec_released_total": h.released,
-                "qtap_tls_exec_released_by_timeout_total": h.released_by_timeout,
-                "qtap_tls_exec_hold_vanished_total": h.vanished,
-                "qtap_tls_exec_hold_ns_total": h.hold_ns_total,
-                "qtap_tls_exec_hold_ns_max": h.hold_ns_max,
-                "qtap_tls_known_files_full_total": h.known_files_full,
-            })
+        # Zeros while exec hold is off: the same series whatever the options, so dashboards need no special case.
+        h = self.hold_stats() or HoldStats()
+        m.update({
+            metrics.TLS_EXEC_HELD.name: h.held,
+            metrics.TLS_EXEC_RELEASED.name: h.released,
+            metrics.TLS_EXEC_RELEASED_BY_TIMEOUT.name: h.released_by_timeout,
+            metrics.TLS_EXEC_HOLD_VANISHED.name: h.vanished,
+            metrics.TLS_EXEC_HOLD_NS.name: h.hold_ns_total,
+            metrics.TLS_EXEC_HOLD_NS_MAX.name: h.hold_ns_max,
+            metrics.TLS_KNOWN_FILES_FULL.name: h.known_files_full,
+        })
         return m
 
     def hold_stats(self) -> HoldStats | None:

@@ -36,6 +36,7 @@ from qtap_async.filters import SKIP_ALL, OwnServices, StackSelector, TrafficFilt
 from qtap_async.plugins.exchange import HttpExchange
 from qtap_async.plugins.redact import redactor_from
 from qtap_async.plugins.stack import Stack, build_stacks
+from qtap_async.telemetry import metrics
 from qtap_async.telemetry.counters import TransactionCounter
 from qtap_async.transforms.conntrack import Connection, Conntrack, Parsed
 from qtap_async.transforms.output import Level, ProtocolOutput
@@ -227,12 +228,12 @@ class Dispatch:
 
     def stats(self) -> dict[str, int]:
         out = {
-            "qtap_pipeline_ignored_connections_total": self.ignored_connections,
-            "qtap_pipeline_own_service_connections_total": self.own_service_connections,
-            "qtap_pipeline_filtered_events_total": self.filtered,
+            metrics.PIPELINE_IGNORED_CONNECTIONS.name: self.ignored_connections,
+            metrics.PIPELINE_OWN_SERVICE_CONNECTIONS.name: self.own_service_connections,
+            metrics.PIPELINE_FILTERED_EVENTS.name: self.filtered,
         }
         for name, stack in self.pipeline.stacks.items():
-            out[f'qtap_stack_transactions_total{{stack="{name}"}}'] = stack.transactions
-            out[f'qtap_stack_plugin_errors_total{{stack="{name}"}}'] = stack.errors
+            out[metrics.STACK_TRANSACTIONS.key(stack=name)] = stack.transactions
+            out[metrics.STACK_PLUGIN_ERRORS.key(stack=name)] = stack.errors
         out.update(self.transactions.snapshot())
         return out

@@ -27,6 +27,7 @@ from qtap_async.bpf.loader import CaptureSettings
 from qtap_async.config import Config, default_config, summarize
 from qtap_async.errors import QtapError
 from qtap_async.plugins.redact import warn_if_clear
+from qtap_async.telemetry import metrics
 from qtap_async.tls.manager import TlsOptions
 from qtap_async.topology.dispatch import Dispatch, FocusCheck, Pipeline
 from qtap_async.topology.stage import TrackingStage
@@ -104,11 +105,11 @@ class Graph:
 
     def stats(self) -> dict[str, int]:
         out = self.writer.stats()
-        filtered = out.get("qtap_pipeline_filtered_events_total", 0)
+        filtered = out.get(metrics.PIPELINE_FILTERED_EVENTS.name, 0)
         out.update(self.dispatch.stats())
-        out["qtap_pipeline_filtered_events_total"] += filtered  # by dispatch, and by the writer's keep
-        out["qtap_config_reloads_total"] = self.reloads
-        out["qtap_config_reload_failures_total"] = self.failed_reloads
+        out[metrics.PIPELINE_FILTERED_EVENTS.name] += filtered  # by dispatch, and by the writer's keep
+        out[metrics.CONFIG_RELOADS.name] = self.reloads
+        out[metrics.CONFIG_RELOAD_FAILURES.name] = self.failed_reloads
         return out
 
     # -- reloads --------------------------------------------------------------------------------

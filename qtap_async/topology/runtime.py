@@ -29,6 +29,7 @@ from qtap_async.config import Config, load_config, summarize
 from qtap_async.sources.inflight import InflightScan, park_blocked_calls
 from qtap_async.sources.replay import ReplaySource
 from qtap_async.sources.ringbuf import RingBufferSource, batch_size
+from qtap_async.telemetry import metrics
 from qtap_async.tls.manager import TlsManager
 from qtap_async.topology.dispatch import FocusCheck
 from qtap_async.topology.graph import AgentOptions, Graph
@@ -130,31 +131,31 @@ class Agent:
         kernel = self._kernel_counters
         if self.capture is not None and self.capture.objects:
             kernel = self.capture.counters()
-        for k, v in kernel.items():
-            m[f"qtap_kernel_{k}_total"] = v
+        for k, decl in metrics.KERNEL.items():
+            m[decl.name] = kernel.get(k, 0)
         if self.source is not None:
-            m["qtap_source_records_total"] = self.source.records
-            m["qtap_source_dropped_records_total"] = self.source.dropped_records
+            m[metrics.SOURCE_RECORDS.name] = self.source.records
+            m[metrics.SOURCE_DROPPED_RECORDS.name] = self.source.dropped_records
         for name, ch in (("raw", self.raw), ("out", self.out)):
             if ch is not None:
                 s = ch.statistics()
-                m[f"qtap_channel_{name}_depth_events"] = s.depth_events
-                m[f"qtap_channel_{name}_dropped_events_total"] = s.dropped_events
+                m[metrics.CHANNEL_DEPTH[name].name] = s.depth_events
+                m[metrics.CHANNEL_DROPPED[name].name] = s.dropped_events
         st = self.conntrack.stats
-        m["qtap_decode_errors_total"] = self.stage.decode_errors
-        m["qtap_internal_errors_total"] = self.stage.internal_errors
-        m["qtap_stage_dropped_at_stop_records_total"] = self.stage.dropped_at_stop
-        m["qtap_connections_open"] = len(self.conntrack.conns)
-        m["qtap_connections_opened_total"] = st.connections_opened
-        m["qtap_connections_closed_total"] = st.connections_closed
-        m["qtap_connections_evicted_idle_total"] = st.connections_evicted_idle
-        m["qtap_connections_evicted_full_total"] = st.connections_evicted_full
-        m["qtap_orphan_data_records_total"] = st.orphan_data_records
-        m["qtap_connections_resumed_total"] = st.connections_resumed
-        m["qtap_connection_owner_changes_total"] = st.owner_changes
-        m["qtap_inflight_at_attach_parked_total"] = self.inflight_scan.parked
-        m["qtap_stream_gaps_total"] = st.reassembly.gaps
-        m["qtap_stream_gap_bytes_total"] = st.reassembly.gap_bytes
+        m[metrics.DECODE_ERRORS.name] = self.stage.decode_errors
+        m[metrics.INTERNAL_ERRORS.name] = self.stage.internal_errors
+        m[metrics.STAGE_DROPPED_AT_STOP.name] = self.stage.dropped_at_stop
+        m[metrics.CONNECTIONS_OPEN.name] = len(self.conntrack.conns)
+        m[metrics.CONNECTIONS_OPENED.name] = st.connections_opened
+        m[metrics.CONNECTIONS_CLOSED.name] = st.connections_closed
+        m[metrics.CONNECTIONS_EVICTED_IDLE.name] = st.connections_evicted_idle
+        m[metrics.CONNECTIONS_EVICTED_FULL.name] = st.connections_evicted_full
+        m[metrics.ORPHAN_DATA_RECORDS.name] = st.orphan_data_records
+        m[metrics.CONNECTIONS_RESUMED.name] = st.connections_resumed
+        m[metrics.CONNECTION_OWNER_CHANGES.name] = st.owner_changes
+        m[metrics.INFLIGHT_PARKED.name] = self.inflight_scan.parked
+        m[metrics.STREAM_GAPS.name] = st.reassembly.gaps
+        m[metrics.STREAM_GAP_BYTES.name] = st.reassembly.gap_bytes
         m.update(self.graph.stats())
         if self.containers is not None:
             m.update(self.containers.snapshot())

@@ -14,8 +14,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from qtap_async.buffers.channel import Channel, ChannelClosed
-from qtap_async.sources.decode import DecodeError, decode
+from qtap_async.buffers.channel import Channel
+from qtap_async.errors import ChannelClosed, DecodeError
+from qtap_async.sources.decode import decode
 from qtap_async.topology.dispatch import Dispatch
 from qtap_async.transforms.conntrack import Conntrack
 from qtap_async.transforms.enrich import Enrich

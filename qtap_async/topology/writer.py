@@ -17,14 +17,15 @@ from typing import IO, Any
 
 import msgspec
 
-from qtap_async.buffers.channel import Channel, ChannelClosed
+from qtap_async.buffers.channel import Channel
 from qtap_async.config import Services, StoreConfig
-from qtap_async.errors import ConfigError
+from qtap_async.errors import ChannelClosed, ConfigError
 from qtap_async.events.objects import ObjectRef
 from qtap_async.sinks.base import StoredObject
 from qtap_async.sinks.config import EventStoreConfig, ObjectStoreConfig
 from qtap_async.sinks.factory import build_event_runner, build_object_runner
 from qtap_async.sinks.runner import EventSinkRunner, ObjectSinkRunner
+from qtap_async.telemetry import metrics
 
 __all__ = ["StdoutWriter", "Writer", "build_stores", "len_sizeof"]
 
@@ -249,14 +250,12 @@ class Writer:
     def stats(self) -> dict[str, int]:
         """Counters with stable qtap_* names (the runtime's snapshot includes them)."""
         out: dict[str, int] = {
-            "qtap_events_written_total": self.local.written if self.local is not None else self.written,
-            "qtap_pipeline_objects_discarded_total": self.objects_discarded,
-            "qtap_pipeline_events_discarded_total": self.events_discarded,
-            "qtap_pipeline_filtered_events_total": self.filtered,
+            metrics.EVENTS_WRITTEN.name: self.local.written if self.local is not None else self.written,
+            metrics.PIPELINE_OBJECTS_DISCARDED.name: self.objects_discarded,
+            metrics.PIPELINE_EVENTS_DISCARDED.name: self.events_discarded,
+            metrics.PIPELINE_FILTERED_EVENTS.name: self.filtered,
         }
         for r in _runners(self.events, self.objects):
             for k, v in r.stats().items():
-                if isinstance(v, float):  # latency in seconds: the snapshot holds integers
-                    k, v = k.replace("_seconds", "_microseconds"), round(v * 1e6)
-                out[f'{k}{{store="{r.kind}:{r.name}"}}'] = v
+                out[metrics.declared(k).key(store=f"{r.kind}:{r.name}")] = v
         return out

@@ -15,12 +15,13 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from qtap_async.config import ConfigError, loads_config
+from qtap_async.errors import BodyError
 from qtap_async.events.http import HttpTransaction
 from qtap_async.events.parse_error import ParseError
 from qtap_async.events.tls import TlsClientHello
 from qtap_async.protocols import ProtocolSession
 from qtap_async.pulse.config import IngestLimits
-from qtap_async.pulse.ingest import BodyError, decode_body
+from qtap_async.pulse.ingest import decode_body
 from qtap_async.rulekit import RuleSyntaxError, compile_rule
 from tests.protocols.helpers import no_internal_errors
 

@@ -4,6 +4,7 @@ TLS client inside a podman container (probes attached to the container's file th
 from __future__ import annotations
 
 import glob
+import logging
 import os
 import subprocess
 import sys
@@ -164,7 +165,7 @@ def rustls_client() -> str:
     t = time.monotonic()
     subprocess.run([cargo, "build", "--release", "-q", "--manifest-path", str(PEERS / "rustls_client" / "Cargo.toml")],
                    env=dict(os.environ, CARGO_TARGET_DIR=str(target)), check=True, timeout=1200)
-    print(f"rustls peer build: {time.monotonic() - t:.1f} s")
+    logging.getLogger(__name__).info("rustls peer build: %.1f s", time.monotonic() - t)
     return str(target / "release" / "rustls_client")
 
 

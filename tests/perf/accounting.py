@@ -27,7 +27,8 @@ from typing import Any
 
 from qtap_async.bpf import abi
 from qtap_async.bpf.loader import Capture
-from qtap_async.buffers.channel import Channel, ChannelClosed
+from qtap_async.buffers.channel import Channel
+from qtap_async.errors import ChannelClosed
 from qtap_async.replay import NullSink
 from qtap_async.topology import Agent, AgentOptions, StdoutWriter
 

@@ -193,7 +193,7 @@ def _record(name: str, description: str, upstream: int, client: Any, nconn: int 
         nm = name if nconn == 1 else f"{name}_{i}"
         p = save(Recording(name=nm, description=description, server_port=server_port or upstream,
                            events=_normalize(ev)))
-        print(f"recorded {p.name}: {len(ev)} chunks, {sum(len(x[2] or b'') for x in ev)} bytes", file=sys.stderr)
+        sys.stderr.write(f"recorded {p.name}: {len(ev)} chunks, {sum(len(x[2] or b'') for x in ev)} bytes\n")
 
 
 # -- scenarios -----------------------------------------------------------------------------------------
@@ -659,7 +659,7 @@ def main() -> None:
     only = sys.argv[1:]  # scenario function names; all when empty
     for need in ("curl", "nghttp", "nghttpd", "nginx", "dig"):
         if shutil.which(need) is None:
-            print(f"missing {need}", file=sys.stderr)
+            sys.stderr.write(f"missing {need}\n")
     for fn in SCENARIOS:
         if only and fn.__name__ not in only:
             continue

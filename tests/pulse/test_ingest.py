@@ -10,9 +10,10 @@ import msgspec
 import pytest
 import zstandard
 
+from qtap_async.errors import BodyError
 from qtap_async.events.times import format_ns
 from qtap_async.pulse.config import IngestLimits, Retention
-from qtap_async.pulse.ingest import JSON, MSGPACK, BodyError, Sanitizer, decode_body
+from qtap_async.pulse.ingest import JSON, MSGPACK, Sanitizer, decode_body
 
 NOW = time.time_ns()
 LIMITS = IngestLimits(max_body_bytes=1 << 20, max_decoded_bytes=2 << 20, max_batch_events=100, max_event_bytes=2048)

@@ -226,18 +226,19 @@ async def _run(pulse: PulseProcess, kafka: str, topic: str, reader: str, req_tok
         assert time.monotonic() < deadline, f"only {len(ids)} of {N_CONN} connections stored"
         await asyncio.sleep(0.5)
     await asyncio.sleep(2)  # anything still arriving would be a duplicate
-    ids = connection_ids(pulse.url, reader)
+    ids = await asyncio.to_thread(connection_ids, pulse.url, reader)
     assert len(ids) == N_CONN and set(ids) == {f"c-{i}" for i in range(N_CONN)}
-    assert request_total(pulse.url, req_reader) == N_REQ
-    with httpx.Client(base_url=pulse.url, headers={"authorization": f"Bearer {req_reader}"}) as c:
-        doms = {d["domain"]: (d["requests"], d["errors"]) for d in c.get("/v1/query/top/domains").json()}
+    assert await asyncio.to_thread(request_total, pulse.url, req_reader) == N_REQ
+    async with httpx.AsyncClient(base_url=pulse.url, headers={"authorization": f"Bearer {req_reader}"}) as c:
+        doms = {d["domain"]: (d["requests"], d["errors"]) for d in (await c.get("/v1/query/top/domains")).json()}
     want: dict[str, list[int]] = {}
     for i in range(N_REQ):
         w = want.setdefault(f"d{i % 7}.example", [0, 0])
         w[0] += 1
         w[1] += i % 10 == 0
     assert doms == {k: tuple(v) for k, v in want.items()}
-    metrics = httpx.get(pulse.url + "/metrics").text
+    async with httpx.AsyncClient() as c:
+        metrics = (await c.get(pulse.url + "/metrics")).text
     assert "pulse_kafka_commits_total" in metrics  # the restarted process consumed and committed
     assert pulse.stop(signal.SIGTERM) == 0
 

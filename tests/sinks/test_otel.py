@@ -295,9 +295,10 @@ async def test_tls_to_the_collector_with_its_ca(tmp_path: Path, protocol: str) -
     import subprocess
 
     key, crt = tmp_path / "key.pem", tmp_path / "cert.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(crt),
-                    "-days", "2", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1"],
-                   check=True, capture_output=True)
+    await asyncio.to_thread(
+        subprocess.run, ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                         str(crt), "-days", "2", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True)
     c = Collector(collector_binary(), tmp_path / "otelcol", tls=(str(crt), str(key)))
     c.dir.mkdir()
     c.start()

@@ -20,6 +20,7 @@ from tests.sinks.test_otel import PARENT_ID, TRACE_ID, collector  # noqa: F401 -
 
 pytestmark = [pytest.mark.bpf, pytest.mark.timeout(300)]
 CURL = shutil.which("curl") or "/usr/bin/curl"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "otel.yaml"
 
 
 @pytest.fixture
@@ -111,3 +112,25 @@ tap:
     conns = [r for r in logs if r["eventName"].startswith("qtap.connection.")
              and server in (r["attrs"].get("network.peer.port"), r["attrs"].get("network.local.port"))]
     assert conns, f"no connection log record for port {server} among {len(logs)}"
+
+
+def test_the_otel_example_exports(server: int, collector, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    """examples/otel.yaml as shipped, pointed at the test's Collector: a curl becomes client and server spans."""
+    text = EXAMPLE.read_text()
+    assert "http://127.0.0.1:4318" in text and "/var/lib/qtap/spool" in text  # what the test rewrites
+    text = text.replace("http://127.0.0.1:4318", collector.http_endpoint)
+    text = text.replace("/var/lib/qtap/spool", str(tmp_path / "spool"))
+    q = QtapRun(tmp_path, text)
+    try:
+        subprocess.run([CURL, "-sS", "-o", "/dev/null", f"http://127.0.0.1:{server}/bytes?n=7&status=200"],
+                       check=True, timeout=30)
+
+        def ours(spans: list[dict]) -> list[dict]:  # type: ignore[type-arg]
+            return [s for s in spans if s["attrs"].get("server.port") == server]
+
+        spans = ours(collector.wait_for("spans", lambda s: len(ours(s)) >= 2, timeout=60))
+    finally:
+        assert q.stop() == 0, q.log()
+    assert sorted(s["kind"] for s in spans) == [2, 3]  # the server's and curl's side
+    assert all(s["resource"].get("deployment.environment.name") == "production" for s in spans)
+    assert all(s["attrs"]["url.path"] == "/bytes" for s in spans)

@@ -23,6 +23,7 @@ from qtap_async.sinks import (
 )
 from qtap_async.sinks.runner import SinkRunner
 from tests.sinks.conftest import ROOT, Services, consume_all, s3_client
+from tests.waiting import until
 
 pytestmark = [pytest.mark.services, pytest.mark.timeout(420)]
 
@@ -39,12 +40,6 @@ async def flow(runner: SinkRunner, make, stop: asyncio.Event, rate_per_s: int = 
             n += 1
         await asyncio.sleep(0.05)
     return n
-
-
-async def wait_until(cond, timeout: float) -> None:  # type: ignore[no-untyped-def]
-    async with asyncio.timeout(timeout):
-        while not cond():
-            await asyncio.sleep(0.1)
 
 
 async def test_kafka_down_for_30s_loses_nothing(services: Services, topic: str, tmp_path: Path) -> None:
@@ -72,8 +67,9 @@ async def test_kafka_down_for_30s_loses_nothing(services: Services, topic: str, 
     await asyncio.sleep(2)
     stop.set()
     sent = await sender
-    await wait_until(lambda: runner.stats()["qtap_sink_spool_depth_events"] == 0
-                     and runner.stats()["qtap_sink_queue_depth_events"] == 0, 120)
+    async with asyncio.timeout(120):
+        await until(lambda: runner.stats()["qtap_sink_spool_depth_events"] == 0
+                    and runner.stats()["qtap_sink_queue_depth_events"] == 0, 0.1)
     runner.channel.close()
     await task
     after = runner.stats()
@@ -119,8 +115,9 @@ async def test_minio_down_for_30s_loses_nothing(services: Services, bucket: str,
     await asyncio.sleep(2)
     stop.set()
     sent = await sender
-    await wait_until(lambda: runner.stats()["qtap_sink_spool_depth_events"] == 0
-                     and runner.stats()["qtap_sink_queue_depth_events"] == 0, 120)
+    async with asyncio.timeout(120):
+        await until(lambda: runner.stats()["qtap_sink_spool_depth_events"] == 0
+                    and runner.stats()["qtap_sink_queue_depth_events"] == 0, 0.1)
     runner.channel.close()
     await task
     assert runner.stats()["qtap_sink_dropped_events_total"] == 0
@@ -159,11 +156,12 @@ async def test_new_runner_process_delivers_the_spool(services: Services, topic: 
     task = asyncio.create_task(r1.run())
     for i in range(500):
         r1.channel.send_nowait({"conn_id": 1 + i % 3, "seq": i})
-    await wait_until(lambda: r1.stats()["qtap_sink_spool_depth_events"] == 500, 30)
+    async with asyncio.timeout(30):
+        await until(lambda: r1.stats()["qtap_sink_spool_depth_events"] == 500, 0.1)
     r1.channel.close()
     await task
     assert r1.stats()["qtap_sink_delivered_events_total"] == 0
-    assert any(tmp_path.rglob("*.seg"))
+    assert await asyncio.to_thread(lambda: any(tmp_path.rglob("*.seg")))
 
     # A new process, same store name and spool directory, the real broker this time.
     up = msgspec.structs.replace(down, brokers=[services.kafka_bootstrap], shutdown_timeout=60.0)

@@ -1,4 +1,5 @@
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
@@ -16,6 +17,7 @@ from qtap_async.sinks import (
     StoredObject,
 )
 from tests.sinks.fakes import FlakyEventSink, FlakyObjectSink
+from tests.waiting import until
 
 FAST_RETRY = RetryConfig(initial=0.005, maximum=0.02, jitter=0.1, spool_after=0.05)
 SMALL_BATCHES = BufferConfig(batch_max_events=10, linger=0.001)
@@ -30,10 +32,9 @@ def values(sink: FlakyEventSink) -> list[int]:
     return [msgspec.json.decode(r.value, type=Ev).seq for r in sink.received]
 
 
-async def wait_for(cond, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
-    async with asyncio.timeout(timeout):
-        while not cond():
-            await asyncio.sleep(0.005)
+async def wait_for(cond: Callable[[], object]) -> None:
+    async with asyncio.timeout(5.0):
+        await until(cond, 0.005)
 
 
 async def test_delivers_in_order_with_connection_keys() -> None:

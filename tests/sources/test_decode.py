@@ -9,8 +9,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from qtap_async.bpf import abi
+from qtap_async.errors import DecodeError
 from qtap_async.events.kernel import ConnClose, ConnOpen, Data, ProcExec, ProcExit, ProcFork
-from qtap_async.sources.decode import DecodeError, decode
+from qtap_async.sources.decode import decode
 
 
 def hdr(t: int, conn: int = 7, pid: int = 100, tid: int = 101, ts: int = 5) -> bytes:

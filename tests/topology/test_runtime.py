@@ -15,6 +15,7 @@ from qtap_async.config import loads_config
 from qtap_async.replay import RecordFile, replay, replay_with_config
 from qtap_async.topology import Agent, AgentOptions, ConfigReloader, Graph, StdoutWriter
 from tests.topology.test_graph import config
+from tests.waiting import until
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 OPTIONS = dict(tls=False, status_listen="", container_metadata=False)
@@ -67,8 +68,7 @@ async def test_stop_ends_a_replay_early_and_the_run_still_closes_cleanly() -> No
     agent = Agent(AgentOptions(**OPTIONS), writer=StdoutWriter(io.BytesIO()), replay=recs,  # type: ignore[arg-type]
                   batch_records=8)
     task = asyncio.create_task(agent.run(install_signals=False))
-    while agent.source is None or agent.source.records == 0:
-        await asyncio.sleep(0)
+    await until(lambda: agent.source is not None and agent.source.records > 0, 0)
     agent.stop()
     assert await asyncio.wait_for(task, 60) == 0
     assert 0 < agent.snapshot()["qtap_source_records_total"] < len(recs)
@@ -83,21 +83,18 @@ async def test_reloader_follows_file_changes_and_requests(tmp_path: Path) -> Non
     task = asyncio.create_task(reloader.run())
     try:
         path.write_text(config("full") + "\n# changed\n")
-        while runtime.reloads < 1:
-            await asyncio.sleep(0.02)
+        await until(lambda: runtime.reloads >= 1, 0.02)
         plugin = runtime.pipeline.stacks["default"].plugins[0]
         assert plugin.config.level == "full"  # type: ignore[attr-defined]
         path.write_text("version: 2\nstacks: {broken\n")
-        while runtime.failed_reloads < 1:
-            await asyncio.sleep(0.02)
+        await until(lambda: runtime.failed_reloads >= 1, 0.02)
         assert runtime.pipeline.stacks["default"].plugins[0].config.level == "full"  # type: ignore[attr-defined]
         loop = asyncio.get_running_loop()
         path.write_text(config("details"))
         loop.add_signal_handler(signal.SIGHUP, reloader.request)
         try:
             reloader.request()
-            while runtime.reloads < 2:
-                await asyncio.sleep(0.02)
+            await until(lambda: runtime.reloads >= 2, 0.02)
         finally:
             loop.remove_signal_handler(signal.SIGHUP)
         assert runtime.pipeline.stacks["default"].plugins[0].config.level == "details"  # type: ignore[attr-defined]
