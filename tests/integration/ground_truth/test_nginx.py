@@ -146,11 +146,14 @@ def test_bursts_overflowing_the_ring_still_close_every_connection(tmp_path: Path
                     continue
                 closes = [x for c in found for x in c.closes]
                 got = [(x.get("bytes_sent", 0), x.get("bytes_received", 0), x.get("reason")) for x in closes]
-                if got != [(e.bytes_sent, e.bytes_received, "closed")]:
+                # "swept": the kernel's sweep ended it (no hook did), still with its exact bytes.
+                if [g[:2] for g in got] != [(e.bytes_sent, e.bytes_received)] or got[0][2] not in ("closed", "swept"):
                     problems.append(f"round {r} {e.direction} port {e.src[1]}: closes {got}, expected "
-                                    f"[({e.bytes_sent}, {e.bytes_received}, 'closed')]")
+                                    f"[({e.bytes_sent}, {e.bytes_received}, 'closed' or 'swept')]")
             if unseen:
                 assert h.agent.snapshot()["qtap_kernel_drop_ringbuf_total"] > 0
+        kernel = {k: v for k, v in h.agent.snapshot().items() if k.startswith("qtap_kernel_") and v}
     finally:
         h.stop()
-    assert not problems, f"{len(problems)} connection ends not closed exactly once:\n" + "\n".join(problems[:40])
+    assert not problems, (f"{len(problems)} connection ends not closed exactly once:\n" + "\n".join(problems[:40])
+                          + f"\nkernel counters: {kernel}")
