@@ -37,7 +37,9 @@ classes, so it stays true:
     │   └── QueryError
     ├── ControlError
     │   ├── ControlAuthError
-    │   └── ControlClientError
+    │   ├── ControlClientError
+    │   ├── PulseUnavailable         [control.ui.pulse]
+    │   └── NotFetchable             [control.ui.payloads]
     └── ApiError                     [control.http]
 
 Where a class sits is part of its behaviour: a handler that catches a base catches everything under it.

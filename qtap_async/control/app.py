@@ -1,4 +1,5 @@
-"""The control plane's ASGI application (Starlette): the REST API, /healthz, /readyz, /metrics, /openapi.json.
+"""The control plane's ASGI application (Starlette): the REST API, the web UI (/ui), /healthz, /readyz,
+/metrics, /openapi.json.
 
 Every operation goes through one wrapper that authenticates (bearer token or session cookie), checks
 CSRF on writes made with a cookie, and turns every refusal into a JSON error with a 4xx status: a 5xx
@@ -16,7 +17,7 @@ import msgspec
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from qtap_async.control import agents, routes_admin, routes_auth, routes_configs
 from qtap_async.control.auth import CSRF_HEADER
@@ -103,9 +104,15 @@ def create_app(settings: ControlSettings, store: Store | None = None) -> Starlet
 
     # Fixed paths first: /configs/rollback must not be taken for /configs/{version}.
     paths = sorted(by_path, key=lambda p: p.count("{"))
-    routes = [Route(path, dispatch(by_path[path]), methods=list(by_path[path])) for path in paths]
+    routes: list[BaseRoute] = [Route(path, dispatch(by_path[path]), methods=list(by_path[path])) for path in paths]
     routes += [Route("/healthz", healthz), Route("/readyz", readyz), Route("/metrics", metrics),
                Route("/openapi.json", openapi)]
+    ui = None
+    if settings.ui.enabled:
+        from qtap_async.control.ui import UiApp  # Jinja2 is loaded only when the UI is served
+
+        ui = UiApp(control)
+        routes += ui.routes()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -117,6 +124,8 @@ def create_app(settings: ControlSettings, store: Store | None = None) -> Starlet
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
+            if ui is not None:
+                await ui.aclose()
             await control.close()
             if own_store:
                 the_store.close()

@@ -30,30 +30,37 @@ def _audit_teams(control: Control, user_id: str | None) -> list[str]:
     return teams or [""]
 
 
-async def login(control: Control, request: Request, _: Principal | None) -> Response:
-    body = await json_body(request, control.settings.limits, LoginIn)
-    if len(body.password.encode()) > control.settings.limits.max_password_bytes:
+async def password_login(control: Control, request: Request, username: str, password: str) -> tuple[str, Principal]:
+    """Check a local login (rate limits, audit, metrics) and open a session: (cookie value, principal).
+    Shared by the API's POST /api/v1/login and the web UI's login form."""
+    if len(password.encode()) > control.settings.limits.max_password_bytes:
         raise ApiError(422, f"password longer than {control.settings.limits.max_password_bytes} bytes")
     address = client_address(request)
-    wait = control.limiter.retry_after(body.username, address)
+    wait = control.limiter.retry_after(username, address)
     if wait > 0:
         control.metrics.inc(CONTROL_LOGINS, method="password", result="rate_limited")
         raise ApiError(429, "too many failed logins; try again later", headers={"Retry-After": str(int(wait) + 1)})
-    row = control.store.user_row(body.username)
+    row = control.store.user_row(username)
     stored = row[2] if row is not None and not row[3] else None
-    ok = await control.blocking(verify_password, stored, body.password)
+    ok = await control.blocking(verify_password, stored, password)
     if not ok or row is None:
-        control.limiter.failed(body.username, address)
+        control.limiter.failed(username, address)
         control.metrics.inc(CONTROL_LOGINS, method="password", result="failed")
         for team in _audit_teams(control, row[0] if row else None):
-            control.audit(request, body.username, team, "login.failed", body.username, method="password")
+            control.audit(request, username, team, "login.failed", username, method="password")
         raise ControlAuthError("wrong user name or password", 401)
-    control.limiter.succeeded(body.username)
+    control.limiter.succeeded(username)
     cookie, csrf, expires = control.auth.new_session(row[0], "local", address)
     p = control.auth.user_principal(row[0], kind="session", source="local", csrf=csrf, expires_at=expires)
     control.metrics.inc(CONTROL_LOGINS, method="password", result="ok")
     for team in _audit_teams(control, row[0]):
         control.audit(request, p.name, team, "login", p.name, method="password")
+    return cookie, p
+
+
+async def login(control: Control, request: Request, _: Principal | None) -> Response:
+    body = await json_body(request, control.settings.limits, LoginIn)
+    cookie, p = await password_login(control, request, body.username, body.password)
     response = json_response(_me(control, p))
     response.headers["set-cookie"] = control.auth.cookie_header(cookie, int(control.settings.session_ttl_s))
     return response

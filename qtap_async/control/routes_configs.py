@@ -8,7 +8,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from qtap_async.control.auth import Principal
-from qtap_async.control.configs import InvalidConfig, check_config, diff
+from qtap_async.control.configs import Checked, InvalidConfig, check_config, diff
 from qtap_async.control.http import ApiError, Query, json_body, json_response, path_int, yaml_body
 from qtap_async.control.models import (
     ActivateIn,
@@ -40,6 +40,25 @@ def _activate(control: Control, request: Request, p: Principal, team: str, group
     return previous
 
 
+def store_config(control: Control, request: Request, p: Principal, team: str, checked: Checked, comment: str) -> int:
+    """Store a validated config as the team's next version, with its diff in the audit log (API and web UI)."""
+    latest = control.store.list_configs(team, 1, 0)
+    version = control.store.add_config(team, checked.text, checked.sha256, p.actor, comment)
+    previous = control.store.config(team, latest[0].version) if latest else None
+    old = previous[0] if previous else ""
+    control.metrics.inc(CONTROL_CONFIGS_CREATED)
+    # Configs hold no secret in clear (refused above), so the diff is safe to keep in the audit log.
+    control.audit(request, p.actor, team, "config.create", f"v{version}", version=version, comment=comment,
+                  sha256=checked.sha256, diff=diff(old, checked.text, f"v{latest[0].version}" if latest else "empty",
+                                                   f"v{version}"))
+    return version
+
+
+def activate_version(control: Control, request: Request, p: Principal, team: str, group: str, version: int,
+                     action: str) -> int | None:
+    return _activate(control, request, p, team, group, version, action)
+
+
 async def create_config(control: Control, request: Request, p: Principal | None) -> Response:
     assert p is not None
     team = control.team_for(request, p, "editor")
@@ -54,15 +73,7 @@ async def create_config(control: Control, request: Request, p: Principal | None)
         control.metrics.inc(CONTROL_CONFIGS_REJECTED)
         raise ApiError(422, f"invalid config ({len(e.issues)} problem{'s' if len(e.issues) != 1 else ''})",
                        e.issues) from None
-    latest = control.store.list_configs(team, 1, 0)
-    version = control.store.add_config(team, checked.text, checked.sha256, p.actor, comment)
-    previous = control.store.config(team, latest[0].version) if latest else None
-    old = previous[0] if previous else ""
-    control.metrics.inc(CONTROL_CONFIGS_CREATED)
-    # Configs hold no secret in clear (refused above), so the diff is safe to keep in the audit log.
-    control.audit(request, p.actor, team, "config.create", f"v{version}", version=version, comment=comment,
-                  sha256=checked.sha256, diff=diff(old, checked.text, f"v{latest[0].version}" if latest else "empty",
-                                                   f"v{version}"))
+    version = store_config(control, request, p, team, checked, comment)
     if activate:
         _activate(control, request, p, team, group, version, "config.activate")
     return json_response(ConfigCreated(team=team, version=version, sha256=checked.sha256, activated=activate,

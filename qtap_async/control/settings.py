@@ -67,14 +67,44 @@ class OidcSettings(msgspec.Struct, frozen=True, gc=False, forbid_unknown_fields=
         return bool(self.issuer)
 
 
+class PayloadAccess(msgspec.Struct, frozen=True, gc=False, forbid_unknown_fields=True):
+    """How the web UI lets the BROWSER fetch payload objects from the user's S3-compatible store. The
+    control plane signs a short-lived GET URL (for ``s3://bucket/key`` references) and the browser fetches
+    the object itself: payload bytes never pass through the control plane. References that are already
+    http(s) URLs (an ``access_url`` template) are handed to the browser as they are."""
+
+    # The S3 API as the browser reaches it (http://minio.example:9000); empty: AWS S3 in ``region``.
+    endpoint: str = ""
+    region: str = "us-east-1"
+    # Names of the environment variables holding the signing credentials (read-only ones, ideally); the
+    # keys themselves are never in the settings file.
+    access_key_env: str = "QTAP_CONTROL_S3_ACCESS_KEY"
+    secret_key_env: str = "QTAP_CONTROL_S3_SECRET_KEY"
+    presign_ttl_s: Annotated[int, msgspec.Meta(ge=10, le=3600)] = 300
+    addressing_style: Literal["path", "virtual"] = "path"
+    # Objects larger than this are not fetched by the page (it says so and offers the link instead).
+    max_display_bytes: Positive = 2 * 1024 * 1024
+
+
+class UiSettings(msgspec.Struct, frozen=True, gc=False, forbid_unknown_fields=True):
+    """The web UI under /ui: pages read traffic from Pulse's query API (``pulse_url``) with a query token."""
+
+    enabled: bool = True
+    # The environment variable holding a Pulse token with the ``query`` scope (`qtap pulse token create`).
+    pulse_token_env: str = "QTAP_CONTROL_PULSE_TOKEN"
+    pulse_timeout_s: PositiveFloat = 10.0
+    page_size: Annotated[int, msgspec.Meta(ge=10, le=500)] = 50
+    payloads: PayloadAccess = msgspec.field(default_factory=PayloadAccess)
+
+
 class ControlSettings(msgspec.Struct, frozen=True, gc=False, forbid_unknown_fields=True):
     data_dir: str = "control-data"
     listen: str = "127.0.0.1:8429"
     # Empty: SQLite in <data_dir>/control.sqlite3. Else sqlite:///PATH or postgresql://USER:PASS@HOST/DB
     # (several instances on one database); the same SQL runs on both (store.py, db.py).
     database_url: str = ""
-    # Pulse's URL, shown to clients so the UI can link agents to their traffic; the control plane never
-    # calls it and holds no payloads.
+    # Pulse's URL: shown to API clients, and where the web UI's pages query traffic (ui.pulse_token_env).
+    # The control plane stores no events and no payloads.
     pulse_url: str = ""
     # Secure cookies: on unless the service is reached over plain HTTP (local development, tests).
     cookie_secure: bool = True
@@ -89,6 +119,7 @@ class ControlSettings(msgspec.Struct, frozen=True, gc=False, forbid_unknown_fiel
     limits: ApiLimits = msgspec.field(default_factory=ApiLimits)
     login: LoginLimits = msgspec.field(default_factory=LoginLimits)
     oidc: OidcSettings = msgspec.field(default_factory=OidcSettings)
+    ui: UiSettings = msgspec.field(default_factory=UiSettings)
 
     @property
     def sqlite_path(self) -> Path:

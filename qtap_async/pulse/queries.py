@@ -96,6 +96,40 @@ class IssueSearch(_Range, frozen=True, gc=False, kw_only=True):
     conn_id: U64 | None = None
 
 
+StatusClass = Literal["1xx", "2xx", "3xx", "4xx", "5xx", "error"]
+
+
+class RequestSearch(_Range, frozen=True, gc=False, kw_only=True):
+    """The traffic explorer's filters; ``q`` is free text matched anywhere in the path (case-insensitive)."""
+
+    limit: Limit = 50
+    offset: Offset = 0
+    id: Str | None = None
+    domain: Str | None = None
+    method: Str | None = None
+    status_class: StatusClass | None = None
+    direction: Literal["ingress", "egress"] | None = None
+    pid: U32 | None = None
+    exe: Str | None = None
+    container_id: Str | None = None
+    q: Annotated[str, msgspec.Meta(max_length=256)] | None = None
+
+
+class SummaryParams(_Range, frozen=True, gc=False, kw_only=True):
+    domain: Str | None = None
+    direction: Literal["ingress", "egress"] | None = None
+
+
+class DashboardParams(_Range, frozen=True, gc=False, kw_only=True):
+    bucket: Annotated[int, msgspec.Meta(ge=1, le=86_400)] = 60
+    limit: Limit = 10
+
+
+class EdgeParams(_Range, frozen=True, gc=False, kw_only=True):
+    limit: Limit = 200
+    direction: Literal["ingress", "egress"] | None = None
+
+
 class ObjectParams(msgspec.Struct, frozen=True, gc=False, kw_only=True, forbid_unknown_fields=True):
     transaction_id: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
     limit: Limit = 1000
@@ -118,6 +152,7 @@ _FILTER_TYPES = {
     "protocol": "String",
     "rule": "String",
     "severity": "String",
+    "id": "String",
 }
 
 # ---- results ----------------------------------------------------------------------------------------
@@ -152,6 +187,61 @@ class ProcessStats(_Stats, frozen=True, gc=False, kw_only=True):
     pid: int
     exe: str
     container_id: str
+
+
+class Summary(_Stats, frozen=True, gc=False, kw_only=True):
+    domains: int
+    sources: int  # distinct (exe, container) pairs that made or served requests
+
+
+class DashboardRow(_Stats, frozen=True, gc=False, kw_only=True):
+    """One row of the dashboard's answer; ``set`` says which: the range's total, a domain, an endpoint, a
+    process, a container, or a time bucket. The keys of other sets are empty."""
+
+    set: Literal["total", "domain", "endpoint", "process", "container", "bucket"]
+    domain: str
+    method: str
+    path: str
+    pid: int
+    exe: str
+    container_id: str
+    bucket_start: Timestamp  # the keys of other sets are empty: bucket_start_ns 0
+    bucket_start_ns: int
+    domains: int
+    sources: int
+
+
+class Edge(_Stats, frozen=True, gc=False, kw_only=True):
+    """Traffic from one process (or container) to one domain."""
+
+    exe: str
+    container_id: str
+    domain: str
+
+
+class RequestRow(msgspec.Struct, frozen=True, gc=False, kw_only=True):
+    id: str
+    ts: Timestamp
+    ts_ns: int
+    agent: str
+    conn_id: int
+    direction: str
+    method: str
+    domain: str
+    path: str
+    status: int
+    duration_ns: int
+    req_bytes: int
+    resp_bytes: int
+    content_type: str
+    user_agent: str
+    pid: int
+    exe: str
+    container_id: str
+    protocol: str
+    grpc_service: str
+    grpc_method: str
+    grpc_status: int
 
 
 class ConnectionRow(msgspec.Struct, frozen=True, gc=False, kw_only=True):
@@ -317,6 +407,130 @@ def processes(storage: Storage, team: str, p: ProcessParams) -> list[ProcessStat
     )
 
 
+_STATUS_CLASS = {
+    "1xx": "status >= 100 AND status < 200",
+    "2xx": "status >= 200 AND status < 300",
+    "3xx": "status >= 300 AND status < 400",
+    "4xx": "status >= 400 AND status < 500",
+    "5xx": "status >= 500",
+    "error": "(status >= 500 OR grpc_status > 0)",
+}
+
+
+def summary(storage: Storage, team: str, p: SummaryParams) -> list[Summary]:
+    """One row: the totals of the range (what the dashboard's headline numbers show)."""
+    where, params = _where(p, team, ("domain", "direction"))
+    return _select(
+        storage,
+        Summary,
+        f"SELECT {_STATS}, uniqExact(domain) AS domains, uniqExact(exe, container_id) AS sources"
+        f" FROM {storage.database}.requests FINAL WHERE {where}",
+        params,
+    )
+
+
+_DASH_KEYS = ("domain", "method", "path", "pid", "exe", "container_id", "bucket_start_ns")
+_DASH_SETS: dict[str, tuple[str, ...]] = {
+    "total": (),
+    "domain": ("domain",),
+    "endpoint": ("domain", "method", "path"),
+    "process": ("pid", "exe", "container_id"),
+    "container": ("container_id",),
+    "bucket": ("bucket_start_ns",),
+}
+
+
+def _grouping_id(keys: tuple[str, ...]) -> int:
+    # ClickHouse's grouping(): one bit per argument, the first argument the highest, set when the argument
+    # is NOT a key of the row's grouping set (the SQL standard's meaning).
+    return sum(1 << (len(_DASH_KEYS) - 1 - i) for i, k in enumerate(_DASH_KEYS) if k not in keys)
+
+
+_DASH_BY_ID = {_grouping_id(keys): name for name, keys in _DASH_SETS.items()}
+
+
+def dashboard(storage: Storage, team: str, p: DashboardParams) -> list[DashboardRow]:
+    """What the dashboard shows, from ONE pass over the range (GROUPING SETS): the total, the top
+    ``limit`` domains, endpoints, processes and containers by requests, and every non-empty time bucket.
+    The same numbers as summary, top_domains, top_endpoints, processes and timeseries, at the cost of one
+    FINAL scan instead of six."""
+    where, params = _where(p, team, ())
+    if (params["end"] - params["start"]) // (p.bucket * 10**9) > MAX_BUCKETS:
+        raise QueryError(f"more than {MAX_BUCKETS} buckets: widen bucket or narrow the range")
+    params["bucket"] = p.bucket
+    sets = ", ".join("(" + ", ".join(keys) + ")" for keys in _DASH_SETS.values())
+    rows = storage.query(
+        f"SELECT grouping({', '.join(_DASH_KEYS)}) AS g, domain, method, path, pid, exe, container_id,"
+        " toUnixTimestamp64Nano(toDateTime64(toStartOfInterval(ts, toIntervalSecond({bucket:UInt32})), 9, 'UTC'))"
+        " AS bucket_start_ns,"
+        f" {_STATS}, uniqExact(domain) AS domains, uniqExact(exe, container_id) AS sources"
+        f" FROM {storage.database}.requests FINAL WHERE {where} GROUP BY GROUPING SETS ({sets})",
+        params,
+    )
+    for r in rows:
+        r["set"] = _DASH_BY_ID[int(r.pop("g"))]
+        r.pop("q", None)
+        r["bucket_start_ns"] = ns = int(r["bucket_start_ns"])  # 64-bit ints may come quoted
+        r["bucket_start"] = format_ns(ns)
+    out: list[DashboardRow] = msgspec.convert(rows, list[DashboardRow])
+    # The same order and ties as the single queries: requests, then the keys.
+    by_set: dict[str, list[DashboardRow]] = {}
+    for row in out:
+        by_set.setdefault(row.set, []).append(row)
+    result: list[DashboardRow] = []
+    for name, keys in _DASH_SETS.items():
+        group = by_set.get(name, [])
+        if name == "bucket":
+            result += sorted(group, key=lambda r: r.bucket_start_ns)
+        elif name == "total":
+            # No row at all when the range is empty: answer the zeros summary() answers.
+            result += group or [DashboardRow(set="total", domain="", method="", path="", pid=0, exe="",
+                                             container_id="", bucket_start=format_ns(0), bucket_start_ns=0,
+                                             domains=0, sources=0, requests=0,
+                                             errors=0, client_errors=0, error_rate=0.0, p50_ns=0, p95_ns=0,
+                                             p99_ns=0)]
+        else:
+            result += sorted(group, key=lambda r: (-r.requests, *(getattr(r, k) for k in keys)))[:p.limit]
+    return result
+
+
+def edges(storage: Storage, team: str, p: EdgeParams) -> list[Edge]:
+    """The dependency map: one edge per (process executable, container) -> domain, busiest first."""
+    where, params = _where(p, team, ("direction",))
+    params["limit"] = p.limit
+    return _select(
+        storage,
+        Edge,
+        f"SELECT exe, container_id, domain, {_STATS} FROM {storage.database}.requests FINAL WHERE {where}"
+        " GROUP BY exe, container_id, domain ORDER BY requests DESC, exe, container_id, domain"
+        " LIMIT {limit:UInt32}",
+        params,
+    )
+
+
+def requests(storage: Storage, team: str, p: RequestSearch) -> list[RequestRow]:
+    """Requests matching the explorer's filters, newest first (one row per id)."""
+    where, params = _where(p, team, ("id", "domain", "method", "direction", "pid", "exe", "container_id"))
+    if p.status_class is not None:
+        where += f" AND {_STATUS_CLASS[p.status_class]}"
+    if p.q:
+        where += " AND positionCaseInsensitiveUTF8(path, {q:String}) > 0"
+        params["q"] = p.q
+    params["limit"], params["offset"] = p.limit, p.offset
+    # The newest rows come from a plain top-N (ClickHouse reads only ts and the sort keys for it); a second
+    # pass drops copies of one event (a retried batch before its parts merged: same id, same ts, so they
+    # sort side by side). The inner window is twice the page so pages stay full unless half the rows are copies.
+    params["window"] = 2 * (p.limit + p.offset) + 100
+    return _select(
+        storage,
+        RequestRow,
+        f"SELECT * FROM (SELECT {_columns(RequestRow)} FROM {storage.database}.requests WHERE {where}"
+        " ORDER BY ts DESC, id LIMIT {window:UInt32})"
+        " ORDER BY ts_ns DESC, id LIMIT 1 BY id LIMIT {limit:UInt32} OFFSET {offset:UInt32}",
+        params,
+    )
+
+
 def _columns(row: type[msgspec.Struct]) -> str:
     # ts is read as epoch ns (ts_ns) and formatted by _select; the connections table's own ts_ns column
     # holds the same instant, but an older agent may have left it 0.
@@ -417,6 +631,36 @@ QUERIES: tuple[QuerySpec, ...] = (
         ConnectionRow,
         connections,
         "Connection events in a time range matching the filters, newest first",
+    ),
+    QuerySpec(
+        "/v1/query/summary",
+        SummaryParams,
+        Summary,
+        summary,
+        "Totals of a time range: requests, error rate, latency p50/p95/p99, distinct domains and sources",
+    ),
+    QuerySpec(
+        "/v1/query/dashboard",
+        DashboardParams,
+        DashboardRow,
+        dashboard,
+        "One pass for a dashboard: the total, top domains, endpoints, processes and containers, and the time"
+        " buckets (rows tagged by set)",
+    ),
+    QuerySpec(
+        "/v1/query/edges",
+        EdgeParams,
+        Edge,
+        edges,
+        "Dependency edges: requests, error rate and latency from each process/container to each domain",
+    ),
+    QuerySpec(
+        "/v1/query/requests",
+        RequestSearch,
+        RequestRow,
+        requests,
+        "Requests in a time range matching the filters (domain, method, status class, process, container,"
+        " direction, text in the path), newest first",
     ),
     QuerySpec("/v1/query/issues", IssueSearch, IssueRow, issues, "Issues in a time range, newest first"),
     QuerySpec(

@@ -343,6 +343,8 @@ CONTROL_AGENT_REGISTRATIONS = _control("control_agent_registrations_total", "cou
 CONTROL_AGENT_HEARTBEATS = _control("control_agent_heartbeats_total", "counter", "Agent status reports received.")
 CONTROL_AGENT_REFUSALS = _control("control_agent_refusals_total", "counter",
                                   "Config versions an agent reported it refused.")
+CONTROL_UI_PAYLOAD_URLS = _control("control_ui_payload_urls_total", "counter",
+                                   "Payload URLs handed to browsers by the web UI (the bytes never pass here).")
 # A counter without the _total suffix: its name predates this module and dashboards use it.
 CONTROL_PUSH_STREAMS = _control("control_push_streams", "counter", "Event streams opened by agents.",
                                 counter_suffix=False)

@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 import yaml
 
+from qtap_async.control.settings import ControlSettings, load_settings
+
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "deploy" / "helm" / "qtap-async"
 RENDERED = ROOT / "deploy" / "k8s" / "qtap-async.yaml"
@@ -47,6 +49,8 @@ def test_rendered_daemonset(tools: None) -> None:
     pod = ds["spec"]["template"]["spec"]
     assert pod["hostPID"] is True
     assert pod["tolerations"] == [{"operator": "Exists"}]
+    # The agent's stop (drain, flush, detach every probe) gets as long as systemd gives it (TimeoutStopSec=60s).
+    assert pod["terminationGracePeriodSeconds"] == 60
     (agent,) = pod["containers"]
     assert agent["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert agent["livenessProbe"]["httpGet"]["path"] == "/healthz"
@@ -95,6 +99,10 @@ def test_secrets_reach_the_agent_through_env(tools: None, tmp_path: Path) -> Non
     ("agent.statusPort=99999", "statusPort"),
     ("agent.privilegd=true", "privilegd"),
     ("image.pullPolicy=Sometimes", "pullPolicy"),
+    # The database URL carries a password: it goes to a Secret, never into the settings ConfigMap.
+    ("control.settings.database_url=postgresql://u:p@db/c", "/control/settings/database_url"),
+    ("control.database.url=mysql://u:p@db/c", "/control/database/url"),
+    ("control.oidc.groupRoles[0].role=root", "/control/oidc/groupRoles/0/role"),
 ])
 def test_schema_refuses_bad_values(tools: None, setting: str, why: str) -> None:
     r = chart("helm", "lint", "--strict", str(CHART), "--set", setting, check=False)
@@ -121,3 +129,158 @@ def test_validator_rejects(tools: None, tmp_path: Path, case: str) -> None:
     r = chart("validate", str(path), check=False)
     assert r.returncode == 1, r.stdout
     assert why in r.stderr, r.stderr
+
+
+# ---- the control plane ---------------------------------------------------------------------------------
+
+
+def render_valid(tmp_path: Path, *values: str) -> dict[tuple[str, str], dict[str, Any]]:
+    """`helm template` with these values, decoded strictly into the Kubernetes API types by the same validator
+    `scripts/chart check` runs, then indexed by (kind, name)."""
+    r = chart("helm", "template", "x", str(CHART), *values)
+    path = tmp_path / "rendered.yaml"
+    path.write_text(r.stdout)
+    v = chart("validate", str(path), check=False)
+    assert v.returncode == 0, v.stderr
+    assert "match the Kubernetes API types" in v.stdout
+    return {(d["kind"], d["metadata"]["name"]): d for d in docs(r.stdout)}
+
+
+def control_settings(objs: dict[tuple[str, str], dict[str, Any]], tmp_path: Path) -> tuple[ControlSettings, str]:
+    """The settings file of the control plane's ConfigMap, read by the loader `qtap control serve --config` uses
+    (strict: an unknown or mistyped setting fails)."""
+    text = objs[("ConfigMap", "x-qtap-async-control")]["data"]["control.yaml"]
+    path = tmp_path / "control.yaml"
+    path.write_text(text)
+    return load_settings(path), text
+
+
+def test_control_plane_is_off_by_default(tools: None) -> None:
+    objs = docs(RENDERED.read_text())
+    assert not [d for d in objs if d["metadata"]["name"].endswith("-control")]
+
+
+def test_control_plane_on_sqlite(tools: None, tmp_path: Path) -> None:
+    objs = render_valid(tmp_path, "--set", "control.enabled=true")
+    dep = objs[("Deployment", "x-qtap-async-control")]
+    assert dep["spec"]["replicas"] == 1
+    assert dep["spec"]["strategy"] == {"type": "Recreate"}  # one pod at a time on the SQLite volume
+    pod = dep["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == 65534
+    assert pod["automountServiceAccountToken"] is False
+    (c,) = pod["containers"]
+    assert c["image"] == "localhost/qtap-async:0.1.0"
+    assert c["args"] == ["control", "serve", "--config", "/etc/qtap-control/control.yaml", "--log-level", "info"]
+    assert c["ports"] == [{"name": "http", "containerPort": 8429, "protocol": "TCP"}]
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert c["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                                    "capabilities": {"drop": ["ALL"]}}
+    assert "env" not in c  # SQLite, no SSO secret: nothing from a Secret
+    mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["data"]["persistentVolumeClaim"]["claimName"] == "x-qtap-async-control"
+    assert volumes["settings"]["configMap"]["name"] == "x-qtap-async-control"
+    assert "emptyDir" in volumes["tmp"] and mounts["tmp"] == "/tmp"
+    assert objs[("PersistentVolumeClaim", "x-qtap-async-control")]["spec"]["resources"]["requests"]["storage"] == "1Gi"
+    settings, _ = control_settings(objs, tmp_path)
+    # The settings file names the paths and port the pod spec mounts and exposes.
+    assert settings.data_dir == mounts["data"] and mounts["settings"] == "/etc/qtap-control"
+    assert settings.listen == "0.0.0.0:8429" and settings.cookie_secure is True
+    assert settings.database_url == "" and not settings.oidc.enabled
+    svc = objs[("Service", "x-qtap-async-control")]["spec"]
+    assert svc["ports"] == [{"name": "http", "port": 8429, "targetPort": "http", "protocol": "TCP"}]
+    assert svc["selector"] == dep["spec"]["template"]["metadata"]["labels"] == dep["spec"]["selector"]["matchLabels"]
+    assert not [k for k in objs if k[0] == "Secret" and "control" in k[1]]
+
+
+def test_control_plane_on_postgresql_with_sso(tools: None, tmp_path: Path) -> None:
+    objs = render_valid(tmp_path, "-f", str(ROOT / "deploy/helm/ci-values/full.yaml"))
+    dep = objs[("Deployment", "x-qtap-async-control")]
+    assert dep["spec"]["replicas"] == 2 and "strategy" not in dep["spec"]  # several instances on one database
+    pod = dep["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    env = {e["name"]: e for e in c["env"]}
+    assert env["QTAP_CONTROL_DATABASE_URL"]["valueFrom"]["secretKeyRef"] == {
+        "name": "x-qtap-async-control-database", "key": "url"}
+    assert env["QTAP_CONTROL_OIDC_CLIENT_SECRET"]["valueFrom"]["secretKeyRef"] == {
+        "name": "x-qtap-async-control-oidc", "key": "client-secret"}
+    assert env["QTAP_LOG_FORMAT"] == {"name": "QTAP_LOG_FORMAT", "value": "plain"}
+    assert objs[("Secret", "x-qtap-async-control-database")]["stringData"] == {
+        "url": "postgresql://qtap:db-secret@postgres.db:5432/qtap_control"}
+    assert objs[("Secret", "x-qtap-async-control-oidc")]["stringData"] == {"client-secret": "oidc-secret"}
+    # The state is in PostgreSQL: no volume claim, the data directory is scratch.
+    assert ("PersistentVolumeClaim", "x-qtap-async-control") not in objs
+    assert {v["name"]: v for v in pod["volumes"]}["data"] == {"name": "data", "emptyDir": {}}
+    settings, text = control_settings(objs, tmp_path)
+    assert "db-secret" not in text and "oidc-secret" not in text  # the secrets stay in the Secrets
+    assert settings.oidc.enabled and settings.oidc.issuer == "https://idp.example/realms/ops"
+    assert settings.oidc.client_secret_env in env  # the variable the pod sets is the one the server reads
+    assert [(g.group, g.team, g.role) for g in settings.oidc.group_roles] == [("sre", "ops", "admin")]
+    assert settings.pulse_url == "https://pulse.example"
+    assert settings.session_ttl_s == 3600 and settings.limits.max_list_limit == 500  # control.settings merged
+
+
+def test_control_plane_secrets_by_name(tools: None, tmp_path: Path) -> None:
+    objs = render_valid(tmp_path, "--set", "control.enabled=true", "--set", "control.database.existingSecret=pg",
+                        "--set", "control.oidc.issuer=https://idp.example", "--set",
+                        "control.oidc.existingSecret=sso")
+    (c,) = objs[("Deployment", "x-qtap-async-control")]["spec"]["template"]["spec"]["containers"]
+    refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in c["env"]}
+    assert refs == {"QTAP_CONTROL_DATABASE_URL": {"name": "pg", "key": "url"},
+                    "QTAP_CONTROL_OIDC_CLIENT_SECRET": {"name": "sso", "key": "client-secret"}}
+    assert not [k for k in objs if k[0] == "Secret" and "control" in k[1]]  # the chart makes none of its own
+
+
+def test_control_plane_settings_change_rolls_the_pods(tools: None, tmp_path: Path) -> None:
+    def checksum(*values: str) -> str:
+        objs = render_valid(tmp_path, "--set", "control.enabled=true", *values)
+        dep = objs[("Deployment", "x-qtap-async-control")]
+        return str(dep["spec"]["template"]["metadata"]["annotations"]["checksum/settings"])
+
+    assert checksum() != checksum("--set", "control.settings.session_ttl_s=60")
+
+
+def test_control_plane_sqlite_refuses_several_replicas(tools: None) -> None:
+    r = chart("helm", "template", "x", str(CHART), "--set", "control.enabled=true", "--set", "control.replicas=2",
+              check=False)
+    assert r.returncode != 0
+    assert "control.replicas > 1 needs control.database" in r.stderr
+
+
+def test_agents_join_the_charts_control_plane(tools: None, tmp_path: Path) -> None:
+    objs = render_valid(tmp_path, "-f", str(ROOT / "deploy/helm/ci-values/full.yaml"))
+    pod = objs[("DaemonSet", "x-qtap-async-agent")]["spec"]["template"]["spec"]
+    (agent,) = pod["containers"]
+    args = agent["args"]
+    # The config comes from the control plane's Service, not from the ConfigMap.
+    assert args[args.index("--control") + 1] == "http://x-qtap-async-control:8429"
+    svc = objs[("Service", "x-qtap-async-control")]["spec"]
+    assert svc["ports"][0]["port"] == 8429
+    assert "--config" not in args
+    assert args[args.index("--control-state") + 1] == "/var/lib/qtap/control"
+    env = {e["name"]: e for e in agent["env"]}
+    assert env["QTAP_REGISTRATION_TOKEN"]["valueFrom"]["secretKeyRef"] == {
+        "name": "x-qtap-async-registration", "key": "registration-token"}
+    assert objs[("Secret", "x-qtap-async-registration")]["stringData"] == {
+        "registration-token": "qcr_example_registration"}
+    mounts = {m["name"]: m["mountPath"] for m in agent["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert mounts["control-state"] == "/var/lib/qtap/control"
+    assert volumes["control-state"]["hostPath"] == {"path": "/var/lib/qtap-async/control", "type": "DirectoryOrCreate"}
+    # The flags are ones `qtap run` knows (typer refuses unknown options before anything starts).
+    help_text = subprocess.run([sys.executable, "-m", "cli.main", "run", "--help"], capture_output=True, text=True,
+                               cwd=ROOT, timeout=120, env={**os.environ, "COLUMNS": "200"}).stdout
+    assert "--control " in help_text and "--control-state" in help_text and "QTAP_REGISTRATION_TOKEN" in help_text
+
+
+def test_agents_join_an_external_control_plane(tools: None, tmp_path: Path) -> None:
+    objs = render_valid(tmp_path, "--set", "agent.control.enabled=true", "--set",
+                        "agent.control.url=https://control.example", "--set", "agent.control.existingSecret=reg")
+    (agent,) = objs[("DaemonSet", "x-qtap-async-agent")]["spec"]["template"]["spec"]["containers"]
+    assert agent["args"][agent["args"].index("--control") + 1] == "https://control.example"
+    env = {e["name"]: e for e in agent["env"]}
+    assert env["QTAP_REGISTRATION_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "reg", "key": "registration-token"}
+    assert not [k for k in objs if k[0] == "Secret" and "registration" in k[1]]
+    r = chart("helm", "template", "x", str(CHART), "--set", "agent.control.enabled=true", check=False)
+    assert r.returncode != 0 and "agent.control.enabled needs agent.control.url or control.enabled" in r.stderr

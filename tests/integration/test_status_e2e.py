@@ -23,13 +23,13 @@ QTAP = [sys.executable, "-m", "cli.main"]
 
 
 class Agent:
-    def __init__(self, tmp: Path, *args: str) -> None:
+    def __init__(self, tmp: Path, *args: str, tls: bool = False) -> None:
         self.port = free_port()
         self.err = tmp / "agent.err"
         self.out = tmp / "agent.out"
         with self.out.open("wb") as out, self.err.open("wb") as err:
-            self.proc = subprocess.Popen([*QTAP, "run", "--no-tls", "--status-listen", f"127.0.0.1:{self.port}",
-                                          *args], cwd=ROOT, stdout=out, stderr=err)
+            self.proc = subprocess.Popen([*QTAP, "run", *([] if tls else ["--no-tls"]), "--status-listen",
+                                          f"127.0.0.1:{self.port}", *args], cwd=ROOT, stdout=out, stderr=err)
         self.url = f"http://127.0.0.1:{self.port}"
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -114,6 +114,45 @@ def test_metrics_move_with_real_traffic(tmp_path: Path, server: int) -> None:
         assert status_requests >= 3
     finally:
         assert agent.stop() == 0
+
+
+def test_tls_libraries_by_probe_path_on_a_real_scrape(tmp_path: Path, cert: tuple[str, str]) -> None:
+    """The "TLS libraries attached on fast and slow paths" counters (telemetry/counters.py) on /metrics of an
+    agent with TLS capture on: the system's OpenSSL, used by a Python HTTPS server and by curl, is attached."""
+    server, port = start_http_server("--tls", *cert)
+    agent = Agent(tmp_path, tls=True)
+    try:
+        assert agent.wait_ready(True, timeout=120).status_code == 200
+        openssl = 'qtap_tls_libraries_attached{kind="openssl",path="fast"}', \
+            'qtap_tls_libraries_attached{kind="openssl",path="slow"}'
+        # Libraries are attached while the agent scans the running processes: on a busy host that takes a while.
+        deadline = time.monotonic() + 120
+        m = agent.metrics()
+        while time.monotonic() < deadline and sum(m.get(k, 0) for k in openssl) < 1:
+            subprocess.run(["curl", "-sS", "-k", "-o", "/dev/null", f"https://127.0.0.1:{port}/status-tls?n=10"],
+                           check=True, timeout=30)
+            time.sleep(0.5)
+            m = agent.metrics()
+        tls = {k: v for k, v in m.items() if k.startswith("qtap_tls_")}
+        assert sum(m.get(k, 0) for k in openssl) >= 1, (tls, agent.err.read_text()[-3000:])
+        # Both paths are always reported (0 included), and they add up to the per-kind counts.
+        fast = m['qtap_tls_libraries_attached_path{path="fast"}']
+        slow = m['qtap_tls_libraries_attached_path{path="slow"}']
+        by_kind = sum(v for k, v in m.items() if k.startswith("qtap_tls_libraries_attached{"))
+        assert fast + slow == by_kind >= 1, tls
+        # A library on a path has functions on it: an attached library always has at least one function.
+        fast_fns = m['qtap_tls_functions_attached{path="fast"}']
+        slow_fns = m['qtap_tls_functions_attached{path="slow"}']
+        assert fast_fns + slow_fns >= fast + slow, tls
+        assert slow == 0 or slow_fns >= 1, tls
+        assert "qtap_tls_libraries_failed" in m
+        # TLS capture is really on: the HTTPS request was seen as a transaction.
+        assert any(k.startswith("qtap_transactions_total") and v >= 1 for k, v in m.items()), tls
+    finally:
+        code = agent.stop()
+        server.kill()
+        server.wait()
+    assert code == 0, agent.err.read_text()[-3000:]
 
 
 def test_config_store_metrics_and_reloads(tmp_path: Path, server: int) -> None:

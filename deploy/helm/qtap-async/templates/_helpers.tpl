@@ -89,3 +89,47 @@ tap:
   http:
     stack: default
 {{- end -}}
+
+{{- define "qtap.controlDatabaseSecret" -}}
+{{- .Values.control.database.existingSecret | default (printf "%s-control-database" (include "qtap.fullname" .)) -}}
+{{- end -}}
+
+{{- define "qtap.controlOidcSecret" -}}
+{{- .Values.control.oidc.existingSecret | default (printf "%s-control-oidc" (include "qtap.fullname" .)) -}}
+{{- end -}}
+
+{{/* The control plane keeps its state in PostgreSQL when given one, else in SQLite on its own volume. */}}
+{{- define "qtap.controlUsesDatabase" -}}
+{{- if or .Values.control.database.url .Values.control.database.existingSecret -}}true{{- end -}}
+{{- end -}}
+
+{{- define "qtap.controlOidcSecretGiven" -}}
+{{- if or .Values.control.oidc.clientSecret .Values.control.oidc.existingSecret -}}true{{- end -}}
+{{- end -}}
+
+{{/* The control plane's settings file (docs/control.md, "Settings"). The database URL and the OIDC client
+secret are not in it: they reach the pod as environment variables from Secrets. */}}
+{{- define "qtap.controlSettings" -}}
+{{- $c := .Values.control -}}
+{{- $s := dict "data_dir" "/var/lib/qtap-control" "listen" (printf "0.0.0.0:%d" (int $c.port)) "cookie_secure" $c.cookieSecure -}}
+{{- with $c.pulseUrl }}{{- $_ := set $s "pulse_url" . -}}{{- end }}
+{{- if $c.oidc.issuer -}}
+{{- $_ := set $s "oidc" (dict "issuer" $c.oidc.issuer "client_id" $c.oidc.clientId "redirect_url" $c.oidc.redirectUrl "groups_claim" $c.oidc.groupsClaim "username_claim" $c.oidc.usernameClaim "group_roles" $c.oidc.groupRoles "client_secret_env" "QTAP_CONTROL_OIDC_CLIENT_SECRET") -}}
+{{- end -}}
+{{- toYaml (mustMergeOverwrite $s (deepCopy $c.settings)) -}}
+{{- end -}}
+
+{{- define "qtap.agentRegistrationSecret" -}}
+{{- .Values.agent.control.existingSecret | default (printf "%s-registration" (include "qtap.fullname" .)) -}}
+{{- end -}}
+
+{{/* The control plane agents join: agent.control.url, else the chart's own control Service. */}}
+{{- define "qtap.agentControlUrl" -}}
+{{- if .Values.agent.control.url -}}
+{{- .Values.agent.control.url -}}
+{{- else if .Values.control.enabled -}}
+{{- printf "http://%s-control:%d" (include "qtap.fullname" .) (int .Values.control.port) -}}
+{{- else -}}
+{{- fail "agent.control.enabled needs agent.control.url or control.enabled" -}}
+{{- end -}}
+{{- end -}}
