@@ -18,6 +18,7 @@
 #define S_IFMT 00170000
 #define S_IFSOCK 0140000
 #define EINPROGRESS 115
+#define ENOENT 2
 #define MSG_PEEK 0x2
 #define MSG_TRUNC 0x20
 
@@ -204,6 +205,63 @@ static __always_inline bool sock_muted(struct qtap_sock_info *si, struct sock *s
 	return si->flags & QTAP_SOCK_MUTED;
 }
 
+/* End the connection of table entry `key` with one conn_close record, exactly once: whoever ends it first
+ * (tcp_destroy_sock, a birth on the same memory, the sweep) deletes the entry, and a delete that finds it
+ * gone means another CPU has ended it. A close the full ring buffer refuses is kept in pending_closes for
+ * the sweep to send (it used to be lost with the record); only a full pending table drops it, counted.
+ * The table can refuse a delete for another reason than a missing key (its bucket lock busy): then the
+ * close is sent all the same and the entry marked ended, to be deleted by whoever meets it next.
+ * Returns whether this call ended it. */
+static __always_inline bool end_conn(__u64 key, __u32 reason)
+{
+	struct qtap_sock_info *si = bpf_map_lookup_elem(&socks, &key);
+	struct qtap_conn_close ev = {};
+
+	long err;
+
+	if (!si)
+		return false;
+	if (si->flags & QTAP_SOCK_ENDED) {
+		bpf_map_delete_elem(&socks, &key);
+		return false;
+	}
+	fill_hdr(&ev.h, QTAP_REC_CONN_CLOSE, si->conn_id);
+	/* This may run in softirq context: the pid is the connection's, not the current task's. */
+	ev.h.pid = si->pid;
+	ev.h.tid = 0;
+	ev.bytes_sent = si->off[QTAP_DIR_SEND];
+	ev.bytes_received = si->off[QTAP_DIR_RECV];
+	ev.open_ts_ns = si->open_ts_ns;
+	ev.reason = reason;
+	err = bpf_map_delete_elem(&socks, &key);
+	if (err == -ENOENT)
+		return false;
+	if (err) {
+		count(QTAP_CNT_DELETE_BUSY, 1);
+		if (__sync_fetch_and_or(&si->flags, QTAP_SOCK_ENDED) & QTAP_SOCK_ENDED)
+			return false; /* another CPU got here first */
+	}
+	if (!bpf_ringbuf_output(&events, &ev, sizeof(ev), rb_flags()))
+		count(QTAP_CNT_RECORDS, 1);
+	else if (!bpf_map_update_elem(&pending_closes, &ev.h.conn_id, &ev, BPF_NOEXIST))
+		count(QTAP_CNT_CLOSE_DEFERRED, 1);
+	else
+		count(QTAP_CNT_DROP_RINGBUF, 1);
+	return true;
+}
+
+/* A socket is born on memory whose entry is still in the table: a previous connection's, whose end no hook
+ * saw. */
+static __always_inline void retire(__u64 key)
+{
+	struct qtap_sock_info *si = bpf_map_lookup_elem(&socks, &key);
+
+	if (si && !(si->flags & QTAP_SOCK_ENDED) && end_conn(key, QTAP_CLOSE_STALE))
+		count(QTAP_CNT_STALE_SOCKS, 1);
+	else if (si)
+		end_conn(key, QTAP_CLOSE_STALE); /* an ended entry: only deleted */
+}
+
 /* The socket's table entry, created (and announced with a conn_open record) on first sight.
  *
  * Identity: the table is keyed by the struct sock address, which the kernel reuses once a socket is freed.
@@ -212,7 +270,14 @@ static __always_inline bool sock_muted(struct qtap_sock_info *si, struct sock *s
  * accepted child) that finds an entry retires it (see socket.bpf.c). A socket already in TCP_CLOSE never
  * gets an entry: a call on it (a close_notify write meeting the peer's RST, a refused connect) belongs to
  * a connection that is over, and an entry made from it would be merged into whatever connection reuses
- * that memory next. */
+ * that memory next.
+ *
+ * A `role` other than unknown means connect()/accept() (or a TCP Fast Open sendto) just made this
+ * connection, so an entry found is a previous connection's on the same memory. Its birth transition
+ * normally retires it, but the kernel skips a tracing program already running on the CPU (a softirq's
+ * transition inside a syscall's), and a new connection merged into the old entry would have neither an
+ * open nor a close of its own. One exception: connect() again on a socket whose non-blocking connect
+ * completed returns 0 (some event loops confirm a connection that way); same ports, same connection. */
 static __always_inline struct qtap_sock_info *sock_get_or_open(struct sock *sk, __u8 role, int fd)
 {
 	__u64 key = (__u64)sk;
@@ -222,8 +287,11 @@ static __always_inline struct qtap_sock_info *sock_get_or_open(struct sock *sk, 
 	__u64 *next_id;
 	__u8 flags = 0;
 
-	if (si)
+	if (si && !(si->flags & QTAP_SOCK_ENDED) && (role == QTAP_ROLE_UNKNOWN ||
+	     (role == QTAP_ROLE_CONNECT && si->portpair == BPF_CORE_READ(sk, __sk_common.skc_portpair))))
 		return si;
+	if (si)
+		retire(key);
 	if (!sock_is_udp(sk) && sock_state(sk) == QTAP_TCP_CLOSE) {
 		count(QTAP_CNT_CLOSED_SOCK_IO, 1);
 		return NULL;
@@ -236,6 +304,7 @@ static __always_inline struct qtap_sock_info *sock_get_or_open(struct sock *sk, 
 	fresh.conn_id = conn_id_base + __sync_fetch_and_add(next_id, 1) + 1;
 	fresh.open_ts_ns = bpf_ktime_get_ns();
 	fresh.pid = bpf_get_current_pid_tgid() >> 32;
+	fresh.portpair = BPF_CORE_READ(sk, __sk_common.skc_portpair);
 	if (bpf_map_update_elem(&socks, &key, &fresh, BPF_NOEXIST) && bpf_map_update_elem(&socks, &key, &fresh, BPF_ANY))
 		return NULL;
 	si = bpf_map_lookup_elem(&socks, &key);

@@ -78,6 +78,15 @@ struct {
 	__type(value, __u16);
 } self_socks SEC(".maps");
 
+/* Close records the full ring buffer refused (key: conn_id): the sweep sends them once there is room. The
+ * socket's entry is gone already, so its memory can serve the next connection meanwhile. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, QTAP_MAX_PENDING_CLOSES);
+	__type(key, __u64);
+	__type(value, struct qtap_conn_close);
+} pending_closes SEC(".maps");
+
 /* Connection id counter, shared by every object that can announce a connection. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);

@@ -9,8 +9,9 @@
 #ifndef __QTAP_H
 #define __QTAP_H
 
-/* 2: conn_open carries the uid, proc_exec the executable's inode, proc_fork is new. */
-#define QTAP_ABI_VERSION 2
+/* 2: conn_open carries the uid, proc_exec the executable's inode, proc_fork is new.
+ * 3: conn_close says how the end was found (enum qtap_close_reason); two more counters. */
+#define QTAP_ABI_VERSION 3
 
 /* Payload chunking: one record carries at most QTAP_CHUNK_SIZE bytes; one syscall (or TLS call) emits at
  * most QTAP_MAX_CHUNKS data records; what is beyond is reported as skipped bytes (truncation). */
@@ -25,6 +26,8 @@
 #define QTAP_PATH_LEN 256
 /* Socket table size (LRU: the least recently used entries go first when it is full). */
 #define QTAP_MAX_SOCKS 65536
+/* Close records the full ring buffer refused, kept until the sweep can send them. */
+#define QTAP_MAX_PENDING_CLOSES 8192
 /* Syscalls in flight at once (one entry per thread between sys_enter and sys_exit). */
 #define QTAP_MAX_INFLIGHT 16384
 /* Raw bytes of a TLS connection sent to user space before the stream is muted: enough for the
@@ -91,6 +94,18 @@ enum qtap_sock_flags {
 	QTAP_SOCK_MUTED = 1 << 3,       /* user space asked for no more payload */
 	QTAP_SOCK_UDP = 1 << 4,         /* UDP (DNS): ended by close(2), there is no TCP_CLOSE */
 	QTAP_SOCK_PEER_CHECKED = 1 << 5, /* checked once data flowed: is the far end the agent itself? */
+	QTAP_SOCK_SWEEP_DEAD = 1 << 6,  /* the last sweep found it released by every holder (ended at the next) */
+	QTAP_SOCK_ENDED = 1 << 7,       /* its close was sent but the table refused the delete: delete, never use */
+};
+
+/* How a connection's end was found (struct qtap_conn_close.reason). */
+enum qtap_close_reason {
+	/* Seen: tcp_destroy_sock, close(2) of a UDP socket, or the sweep finding the socket released by every
+	 * holder (its bytes are final; TCP's teardown can outlive it by minutes when the last packets are lost). */
+	QTAP_CLOSE_SEEN = 0,
+	QTAP_CLOSE_STALE = 1, /* still in the table when its memory was born again as another socket */
+	/* The sweep found the socket freed (or its memory no socket any more): no hook saw its end. */
+	QTAP_CLOSE_SWEPT = 2,
 };
 
 /* TCP states (include/net/tcp_states.h) the socket programs look at. */
@@ -99,6 +114,7 @@ enum qtap_tcp_state {
 	QTAP_TCP_SYN_RECV = 3,
 	QTAP_TCP_CLOSE = 7,
 	QTAP_TCP_LISTEN = 10,
+	QTAP_TCP_MAX_STATES = 13,
 };
 
 /* Indexes of the per-CPU `counters` map. Every record that is not delivered is counted here. */
@@ -115,7 +131,10 @@ enum qtap_counter {
 	QTAP_CNT_CLOSED_SOCK_IO = 9,   /* data calls on a closed socket nobody tracked (ignored: no phantom) */
 	QTAP_CNT_MMSG_UNCOUNTED = 10,  /* sendmmsg/recvmmsg messages beyond QTAP_MAX_MMSG_COUNTED */
 	QTAP_CNT_IO_URING_BYTES = 11,  /* socket bytes moved by io_uring (counted, payload not captured) */
-	QTAP_CNT_MAX = 12,
+	QTAP_CNT_SWEPT_SOCKS = 12,     /* entries the once-a-second sweep ended (see QTAP_CLOSE_*: any reason) */
+	QTAP_CNT_CLOSE_DEFERRED = 13,  /* closes the full ring buffer refused, kept for the sweep to send again */
+	QTAP_CNT_DELETE_BUSY = 14,     /* socket table deletes the kernel refused (bucket lock busy): retried */
+	QTAP_CNT_MAX = 15,
 };
 
 struct qtap_hdr {
@@ -148,6 +167,8 @@ struct qtap_conn_close {
 	__u64 bytes_sent;     /* bytes on the socket, not counting TLS overhead removal */
 	__u64 bytes_received;
 	__u64 open_ts_ns;
+	__u32 reason;         /* enum qtap_close_reason */
+	__u32 _pad;
 };
 
 struct qtap_data {
@@ -196,6 +217,8 @@ struct qtap_sock_info {
 	__u64 tls_off[2];   /* plaintext stream offsets */
 	__u32 pid;
 	__u32 flags;        /* enum qtap_sock_flags */
+	__u32 portpair;     /* the ports when the entry was made: tells a repeated connect() from a new socket */
+	__u32 _pad;
 };
 
 /* A data syscall between enter and exit, keyed by thread id. */

@@ -7,8 +7,9 @@
  * arguments per thread; sys_exit_* emits the bytes the call really moved. A connection ends at
  * tcp:tcp_destroy_sock: the socket is closed on the TCP side and released by every process that held it
  * (close(2) of a dup/forked fd does not end it; process exit does), so no syscall can reach it after that.
- * sock:inet_sock_set_state (tp_btf, like tcp_destroy_sock: see below) marks births (SYN_SENT, accepted SYN_RECV), which retire any entry left for the
- * same socket memory: see sock_get_or_open.
+ * sock:inet_sock_set_state (tp_btf, like tcp_destroy_sock: see below) marks births (SYN_SENT, accepted
+ * SYN_RECV), which retire any entry left for the same socket memory: see sock_get_or_open. Its TCP_CLOSE
+ * transitions also drive the sweep (see below), which ends what those hooks did not.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -433,30 +434,8 @@ int tp_exit_accept4(struct trace_event_raw_sys_exit *ctx)
 	return exit_accept(ctx->ret);
 }
 
-static __always_inline int emit_close(__u64 key)
-{
-	struct qtap_sock_info *si = bpf_map_lookup_elem(&socks, &key);
-	struct qtap_conn_close ev = {};
-
-	if (!si)
-		return 0;
-	fill_hdr(&ev.h, QTAP_REC_CONN_CLOSE, si->conn_id);
-	/* This may run in softirq context: the pid is the connection's, not the current task's. */
-	ev.h.pid = si->pid;
-	ev.h.tid = 0;
-	ev.bytes_sent = si->off[QTAP_DIR_SEND];
-	ev.bytes_received = si->off[QTAP_DIR_RECV];
-	ev.open_ts_ns = si->open_ts_ns;
-	bpf_map_delete_elem(&socks, &key);
-	if (bpf_ringbuf_output(&events, &ev, sizeof(ev), rb_flags()))
-		count(QTAP_CNT_DROP_RINGBUF, 1);
-	else
-		count(QTAP_CNT_RECORDS, 1);
-	return 0;
-}
-
-/* UDP (DNS) sockets have no TCP_CLOSE: close(2) of a tracked one ends it (process exit without close is
- * left to the LRU table and user space's idle eviction). */
+/* UDP (DNS) sockets have no TCP_CLOSE: close(2) of a tracked one ends it (after a process exit without
+ * close, the sweep finds the socket released, or a new socket on its memory retires it). */
 SEC("tracepoint/syscalls/sys_enter_close")
 int tp_enter_close(struct trace_event_raw_sys_enter *ctx)
 {
@@ -470,7 +449,8 @@ int tp_enter_close(struct trace_event_raw_sys_enter *ctx)
 	if (!sk || !sock_is_udp(sk))
 		return 0;
 	key = (__u64)sk;
-	return emit_close(key);
+	end_conn(key, QTAP_CLOSE_SEEN);
+	return 0;
 }
 
 /* A new socket: whatever entry is left under its address belongs to a socket that was freed (a UDP socket
@@ -494,10 +474,90 @@ int tp_exit_socket(struct trace_event_raw_sys_exit *ctx)
 	if (!sock)
 		return 0;
 	key = (__u64)BPF_CORE_READ(sock, sk);
-	if (!key || !bpf_map_lookup_elem(&socks, &key))
+	retire(key);
+	return 0;
+}
+
+/* The sweep: a safety net under the hooks, so that no connection stays open for good without a word. Once a
+ * second at most (driven by TCP_CLOSE transitions, which every connection makes), every entry is looked at:
+ *  - closes the full ring buffer refused (pending_closes) are sent now;
+ *  - a socket released by every holder (SOCK_DEAD: no process can reach it, its bytes are final) is ended
+ *    when the previous sweep already found it so: tcp_destroy_sock then comes after TCP's teardown, which
+ *    takes minutes when the last packets are lost, or never came (a freed socket);
+ *  - memory that is no TCP/UDP socket any more (the slab page went to other use) is ended too.
+ * Every entry it ends is counted (QTAP_CNT_SWEPT_SOCKS) and its close says why (QTAP_CLOSE_SWEPT when no
+ * hook saw the end: the socket was freed). A pass visits every bucket of the table (65536), once a second at
+ * most, whatever the traffic. */
+#define QTAP_SWEEP_INTERVAL_NS 1000000000ULL
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} sweep_at SEC(".maps");
+
+static long sweep_one(struct bpf_map *map, __u64 *key, struct qtap_sock_info *si, void *ctx)
+{
+	struct sock *sk = (struct sock *)*key;
+	unsigned long sk_flags = 0;
+	__u16 family = 0;
+	__u8 state = 0;
+	bool gone, missed;
+
+	if (si->flags & QTAP_SOCK_ENDED) {
+		end_conn(*key, QTAP_CLOSE_SEEN); /* only deletes it */
 		return 0;
-	count(QTAP_CNT_STALE_SOCKS, 1);
-	return emit_close(key);
+	}
+	bpf_core_read(&sk_flags, sizeof(sk_flags), &sk->__sk_common.skc_flags);
+	bpf_core_read(&family, sizeof(family), &sk->__sk_common.skc_family);
+	bpf_core_read(&state, sizeof(state), &sk->__sk_common.skc_state);
+	gone = (family != AF_INET && family != AF_INET6) || state == 0 || state >= QTAP_TCP_MAX_STATES;
+	if (!gone && !(sk_flags & (1UL << SOCK_DEAD))) {
+		/* Alive and held (again: the memory may be a new socket's whose birth was not seen). */
+		if (si->flags & QTAP_SOCK_SWEEP_DEAD)
+			__sync_fetch_and_and(&si->flags, ~QTAP_SOCK_SWEEP_DEAD);
+		return 0;
+	}
+	if (!(si->flags & QTAP_SOCK_SWEEP_DEAD)) {
+		/* Give tcp_destroy_sock one interval: it may be running right now on another CPU. */
+		__sync_fetch_and_or(&si->flags, QTAP_SOCK_SWEEP_DEAD);
+		return 0;
+	}
+	/* Released and in TCP_CLOSE for a whole interval: destroy follows TCP_CLOSE at once, so it was missed.
+	 * Released in another state: TCP's teardown is still going on (its bytes are final all the same). */
+	missed = gone || (state == QTAP_TCP_CLOSE && !(si->flags & QTAP_SOCK_UDP));
+	if (end_conn(*key, missed ? QTAP_CLOSE_SWEPT : QTAP_CLOSE_SEEN))
+		count(QTAP_CNT_SWEPT_SOCKS, 1);
+	return 0;
+}
+
+/* A close the full ring refused, sent now; the walk stops while the ring is still full. */
+static long resend_one(struct bpf_map *map, __u64 *conn_id, struct qtap_conn_close *ev, void *ctx)
+{
+	if (bpf_ringbuf_output(&events, ev, sizeof(*ev), rb_flags()))
+		return 1;
+	bpf_map_delete_elem(&pending_closes, conn_id);
+	count(QTAP_CNT_RECORDS, 1);
+	return 0;
+}
+
+static __always_inline void maybe_sweep(void)
+{
+	__u32 zero = 0;
+	__u64 *at = bpf_map_lookup_elem(&sweep_at, &zero);
+	__u64 now = bpf_ktime_get_ns(), last;
+
+	if (!at)
+		return;
+	last = *at;
+	if (now - last < QTAP_SWEEP_INTERVAL_NS)
+		return;
+	/* One CPU sweeps; the others see the new time. */
+	if (__sync_val_compare_and_swap(at, last, now) != last)
+		return;
+	bpf_for_each_map_elem(&pending_closes, resend_one, NULL, 0);
+	bpf_for_each_map_elem(&socks, sweep_one, NULL, 0);
 }
 
 /* Births and the release of the agent's own ports. A TCP socket is born when it starts connecting
@@ -518,14 +578,12 @@ int BPF_PROG(tp_inet_sock_set_state, const struct sock *sk, const int oldstate, 
 	if (sk->sk_protocol != IPPROTO_TCP)
 		return 0;
 	if (newstate == QTAP_TCP_SYN_SENT || (newstate == QTAP_TCP_SYN_RECV && oldstate == QTAP_TCP_LISTEN)) {
-		if (bpf_map_lookup_elem(&socks, &key)) {
-			count(QTAP_CNT_STALE_SOCKS, 1);
-			emit_close(key);
-		}
+		retire(key);
 		return 0;
 	}
 	if (newstate != QTAP_TCP_CLOSE)
 		return 0;
+	maybe_sweep();
 	self_port = bpf_map_lookup_elem(&self_socks, &key);
 	if (self_port) {
 		__u16 port = *self_port;
@@ -542,7 +600,8 @@ int BPF_PROG(tp_inet_sock_set_state, const struct sock *sk, const int oldstate, 
 SEC("tp_btf/tcp_destroy_sock")
 int BPF_PROG(tp_tcp_destroy_sock, struct sock *sk)
 {
-	return emit_close((__u64)sk);
+	end_conn((__u64)sk, QTAP_CLOSE_SEEN);
+	return 0;
 }
 
 /* io_uring requests on sockets: the bytes are counted and reported (payload not captured), and connections

@@ -9,9 +9,10 @@ from __future__ import annotations
 import enum
 import struct
 
-ABI_VERSION = 2
-# Record files written by ABI 1 agents still replay: conn_open had no uid, proc_exec no inode.
-READABLE_ABI_VERSIONS = (1, 2)
+ABI_VERSION = 3
+# Record files written by older agents still replay: ABI 1's conn_open had no uid, proc_exec no inode; ABI 2's
+# conn_close had no reason.
+READABLE_ABI_VERSIONS = (1, 2, 3)
 CHUNK_SIZE = 16384
 MAX_CHUNKS = 8
 MAX_IOV = 1024
@@ -65,6 +66,14 @@ CONN_MIDSTREAM = 1
 CONN_UDP = 2
 
 
+class CloseReason(enum.IntEnum):
+    """struct qtap_conn_close.reason: how the kernel found the connection's end."""
+
+    SEEN = 0  # tcp_destroy_sock, close(2) of a UDP socket, or the sweep: released by every holder
+    STALE = 1  # still in the table when its socket memory was born again
+    SWEPT = 2  # the sweep found the socket freed: no hook saw its end
+
+
 class Counter(enum.IntEnum):
     RECORDS = 0
     DROP_RINGBUF = 1
@@ -78,9 +87,12 @@ class Counter(enum.IntEnum):
     CLOSED_SOCK_IO = 9
     MMSG_UNCOUNTED = 10
     IO_URING_BYTES = 11
+    SWEPT_SOCKS = 12
+    CLOSE_DEFERRED = 13
+    DELETE_BUSY = 14
 
 
-COUNTER_SLOTS = 12
+COUNTER_SLOTS = 15
 
 
 class IoKind(enum.IntEnum):
@@ -97,7 +109,8 @@ HDR = struct.Struct("<HHIQQII")
 # struct qtap_conn_open after the header
 CONN_OPEN = struct.Struct("<32xQHBBHH16s16siI16s")  # ..., fd, uid (ABI 1: padding), comm
 # struct qtap_conn_close after the header
-CONN_CLOSE = struct.Struct("<32xQQQ")
+CONN_CLOSE = struct.Struct("<32xQQQII")  # bytes_sent, bytes_received, open_ts_ns, reason, _pad
+CONN_CLOSE_V2 = struct.Struct("<32xQQQ")
 # struct qtap_data after the header, up to the payload
 DATA = struct.Struct("<32xQIIBBHi")
 DATA_PAYLOAD_OFFSET = DATA.size
@@ -114,7 +127,8 @@ LAYOUT: dict[str, dict[str, int]] = {
                  "tid": 28},
     "qtap_conn_open": {"__size__": CONN_OPEN.size, "cgroup_id": 32, "family": 40, "role": 42, "flags": 43,
                        "lport": 44, "rport": 46, "laddr": 48, "raddr": 64, "fd": 80, "uid": 84, "comm": 88},
-    "qtap_conn_close": {"__size__": CONN_CLOSE.size, "bytes_sent": 32, "bytes_received": 40, "open_ts_ns": 48},
+    "qtap_conn_close": {"__size__": CONN_CLOSE.size, "bytes_sent": 32, "bytes_received": 40, "open_ts_ns": 48,
+                        "reason": 56},
     "qtap_data": {"__size__": DATA.size + CHUNK_SIZE, "offset": 32, "len": 40, "skipped": 44, "dir": 48,
                   "source": 49, "flags": 50, "fd": 52, "payload": 56},
     "qtap_proc_exec": {"__size__": PROC_EXEC.size, "cgroup_id": 32, "ppid": 40, "uid": 44, "comm": 48,

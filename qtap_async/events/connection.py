@@ -42,7 +42,8 @@ class ConnectionEvent(ConnContext, frozen=True, gc=False, kw_only=True, tag_fiel
     resumed: bool = False
     io_uring: bool = False  # some bytes moved through io_uring (counted; their payload is not captured)
     owners: list[Owner] | None = None
-    reason: str = ""  # close: "closed" | "evicted" | "agent_stopped"
+    # close: "closed" | "swept" (the kernel's sweep found it freed: no hook saw the end) | "evicted" | "agent_stopped"
+    reason: str = ""
 
 
 class GapEvent(msgspec.Struct, frozen=True, gc=False, kw_only=True, tag_field="type", tag="gap",

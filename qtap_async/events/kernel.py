@@ -31,6 +31,7 @@ class ConnClose(msgspec.Struct, frozen=True, gc=False, tag="conn_close"):
     bytes_sent: int
     bytes_received: int
     open_ts_ns: int
+    reason: int = 0  # abi.CloseReason (ABI 3; 0 in older record files)
 
 
 class Data(msgspec.Struct, frozen=True, gc=False, tag="data"):

@@ -11,6 +11,7 @@ from qtap_async.events.kernel import ConnClose, ConnOpen, Data, KernelRecord, Pr
 _hdr = abi.HDR.unpack_from
 _open = abi.CONN_OPEN.unpack_from
 _close = abi.CONN_CLOSE.unpack_from
+_close_v2 = abi.CONN_CLOSE_V2.unpack_from
 _data = abi.DATA.unpack_from
 _exec = abi.PROC_EXEC.unpack_from
 _exec_v1 = abi.PROC_EXEC_V1.unpack_from
@@ -57,8 +58,11 @@ def decode(raw: bytes) -> KernelRecord:
                             rport, _addr(family, laddr), _addr(family, raddr), fd, _cstr(comm),
                             bool(flags & abi.CONN_UDP), uid if version >= 2 else -1)
         if rtype == 2:
-            sent, received, open_ts = _close(raw)
-            return ConnClose(ts, conn_id, pid, sent, received, open_ts)
+            if version < 3:
+                sent, received, open_ts = _close_v2(raw)
+                return ConnClose(ts, conn_id, pid, sent, received, open_ts)
+            sent, received, open_ts, reason, _pad = _close(raw)
+            return ConnClose(ts, conn_id, pid, sent, received, open_ts, reason)
         if rtype == 4:
             if version < 2:
                 cg, ppid, uid, comm, filename = _exec_v1(raw)

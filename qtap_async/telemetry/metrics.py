@@ -123,6 +123,9 @@ _KERNEL_HELP = {
     "closed_sock_io": "I/O seen on sockets already closed",
     "mmsg_uncounted": "sendmmsg/recvmmsg messages beyond those captured",
     "io_uring_bytes": "bytes moved through io_uring",
+    "swept_socks": "connections the once-a-second sweep ended (released by every process, or freed unseen)",
+    "close_deferred": "close records the full ring buffer refused, kept and sent later by the sweep",
+    "delete_busy": "socket table deletes the kernel refused (bucket lock busy), retried later",
     "program_misses": "events the kernel skipped because the program was already running on that CPU",
 }
 #: Kernel counter name (``Capture.counters()`` keys: ``abi.Counter`` names in lower case, and program_misses)

@@ -532,7 +532,8 @@ class Conntrack:
         # The kernel's totals include bytes whose records were dropped or muted (TLS ciphertext).
         c.bytes_sent = max(c.bytes_sent, rec.bytes_sent)
         c.bytes_received = max(c.bytes_received, rec.bytes_received)
-        out.extend(self._finish(c, rec.ts_ns, "closed"))
+        # "swept": no kernel hook saw the end; the kernel's sweep found the socket freed (bytes still exact).
+        out.extend(self._finish(c, rec.ts_ns, "swept" if rec.reason == abi.CloseReason.SWEPT else "closed"))
         return out
 
     def _finish(self, c: Connection, ts_ns: int, reason: str) -> list[Any]:

@@ -43,7 +43,7 @@ def _data(conn_id: int, direction: int, offset: int, payload: bytes, ts: int) ->
 
 
 def _close(conn_id: int, sent: int, received: int) -> bytes:
-    return _hdr(2, conn_id, 9000) + abi.CONN_CLOSE.pack(sent, received, 1000)[32:]
+    return _hdr(2, conn_id, 9000) + abi.CONN_CLOSE.pack(sent, received, 1000, 0, 0)[32:]
 
 
 def synthetic_http1(n: int) -> list[bytes]:

@@ -53,8 +53,12 @@ def test_conn_open_v4_and_v6_mapped() -> None:
 
 
 def test_close_exec_exit() -> None:
-    c = decode(hdr(2) + struct.pack("<QQQ", 10, 20, 3))
+    c = decode(hdr(2) + struct.pack("<QQQII", 10, 20, 3, abi.CloseReason.SWEPT, 0))
     assert isinstance(c, ConnClose) and (c.bytes_sent, c.bytes_received, c.open_ts_ns) == (10, 20, 3)
+    assert c.reason == abi.CloseReason.SWEPT
+    # Record files of ABI 2 agents: no reason in close records (their ends were all seen).
+    v2 = decode(abi.HDR.pack(2, 2, 0, 1, 7, 42, 0) + struct.pack("<QQQ", 10, 20, 3))
+    assert isinstance(v2, ConnClose) and (v2.bytes_sent, v2.reason) == (10, abi.CloseReason.SEEN)
     e = decode(hdr(4, conn=0) + struct.pack("<QII16s256sQII", 1, 2, 0, b"sh", b"/bin/sh", 77, 5, 0))
     assert isinstance(e, ProcExec) and e.filename == "/bin/sh" and e.ppid == 2 and (e.exe_ino, e.exe_dev) == (77, 5)
     # Record files of ABI 1 agents: no inode in exec records.
