@@ -27,6 +27,7 @@ from qtap_async.control.service import Control, Op
 from qtap_async.control.settings import ControlSettings
 from qtap_async.control.store import Store, open_store
 from qtap_async.errors import ControlAuthError, ControlError
+from qtap_async.pulse.app import HeaderLimit
 from qtap_async.telemetry.metrics import CONTROL_AUTH_FAILURES, CONTROL_HTTP_REQUESTS, CONTROL_REJECTED_REQUESTS
 
 log = logging.getLogger("qtap.control")
@@ -132,4 +133,7 @@ def create_app(settings: ControlSettings, store: Store | None = None) -> Starlet
 
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.control = control
+    # h11 bounds a head that arrives in pieces; one that arrives in a single read is checked here (431).
+    app.add_middleware(HeaderLimit, limit=settings.limits.max_header_bytes, metrics=control.metrics,
+                       requests=CONTROL_HTTP_REQUESTS)
     return app

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Any, TypeVar
 
@@ -52,11 +53,16 @@ async def read_body(request: Request, limits: ApiLimits) -> bytes:
             raise ApiError(413, f"body is {declared} bytes; the limit is {limit} (limits.max_body_bytes)")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, f"body is over the limit of {limit} bytes (limits.max_body_bytes)")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(limits.body_timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise ApiError(413, f"body is over the limit of {limit} bytes (limits.max_body_bytes)")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise ApiError(408, f"body not received within {limits.body_timeout_s:g} s (limits.body_timeout_s)",
+                       headers={"Connection": "close"}) from None
     return b"".join(chunks)
 
 

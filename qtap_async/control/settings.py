@@ -29,6 +29,14 @@ class ApiLimits(msgspec.Struct, frozen=True, gc=False, forbid_unknown_fields=Tru
     max_name_length: Positive = 64  # user, team, group, token names
     max_password_bytes: Positive = 1024  # argon2 hashes anything, but hashing megabytes is a DoS
     max_list_limit: Positive = 1000  # largest ?limit= on list endpoints
+    # Connections (docs/security.md). One over ``max_connections`` is answered 429 and closed; each agent's
+    # config stream holds one for as long as the agent runs, so size it for the fleet an instance serves.
+    max_connections: Positive = 1024
+    # A request head (request line + headers) must arrive within ``header_timeout_s`` (else 408 and closed:
+    # slowloris, idle sockets) and fit in ``max_header_bytes`` (else 400 / 431).
+    header_timeout_s: PositiveFloat = 10.0
+    max_header_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 16 * 1024
+    body_timeout_s: PositiveFloat = 30.0  # a body not complete in time: 408
 
 
 class LoginLimits(msgspec.Struct, frozen=True, gc=False, forbid_unknown_fields=True):

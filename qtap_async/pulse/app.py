@@ -33,6 +33,7 @@ from qtap_async.telemetry.metrics import (
     PULSE_HTTP_REQUESTS,
     PULSE_INGEST_BUSY,
     PULSE_QUERY_SECONDS,
+    MetricDef,
 )
 
 log = logging.getLogger("qtap.pulse")
@@ -287,16 +288,17 @@ class HeaderLimit:
     that arrives in pieces; one that arrives in a single read is parsed whole, so the size is checked
     here. The request target is not counted: query values have their own length limits (422)."""
 
-    def __init__(self, app: ASGIApp, limit: int, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, limit: int, metrics: Metrics, requests: MetricDef = PULSE_HTTP_REQUESTS) -> None:
         self.app = app
         self.limit = limit
         self.metrics = metrics
+        self.requests = requests  # the counter of answers by route and status (the control plane has its own)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             size = sum(len(k) + len(v) + 4 for k, v in scope["headers"])
             if size > self.limit:
-                self.metrics.inc(PULSE_HTTP_REQUESTS, 1, route="*", status="431")
+                self.metrics.inc(self.requests, 1, route="*", status="431")
                 response = _error(431, f"request headers are {size} bytes; the limit is {self.limit}",
                                   {"Connection": "close"})
                 await response(scope, receive, send)

@@ -18,7 +18,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from qtap_async.pulse.metrics import Metrics
 from qtap_async.pulse.schema import PulseErrorBody
-from qtap_async.telemetry.metrics import PULSE_CONNECTIONS_REFUSED
+from qtap_async.telemetry.metrics import PULSE_CONNECTIONS_REFUSED, MetricDef
 
 __all__ = ["guarded_protocol"]
 
@@ -36,7 +36,9 @@ def _canned(status: int, reason: str, message: str, retry_after: bool = False) -
     return ("\r\n".join(head) + "\r\n\r\n").encode() + body
 
 
-def guarded_protocol(max_connections: int, header_timeout_s: float, metrics: Metrics) -> type[H11Protocol]:
+def guarded_protocol(max_connections: int, header_timeout_s: float, metrics: Metrics,
+                     refused: MetricDef = PULSE_CONNECTIONS_REFUSED) -> type[H11Protocol]:
+    """The protocol class; each refusal counts ``refused`` by reason (the control plane passes its own)."""
     too_many = _canned(429, "Too Many Requests", f"too many connections (limit {max_connections}); retry later",
                        retry_after=True)
     too_slow = _canned(408, "Request Timeout", f"request head not received within {header_timeout_s:g} s")
@@ -47,7 +49,7 @@ def guarded_protocol(max_connections: int, header_timeout_s: float, metrics: Met
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
             if len(self.connections) > max_connections:
-                metrics.inc(PULSE_CONNECTIONS_REFUSED, 1, reason="max_connections")
+                metrics.inc(refused, 1, reason="max_connections")
                 transport.write(too_many)
                 transport.close()
                 return
@@ -84,7 +86,7 @@ def guarded_protocol(max_connections: int, header_timeout_s: float, metrics: Met
             self._head_timer = None
             if self.transport.is_closing() or not self._waiting_for_head():
                 return
-            metrics.inc(PULSE_CONNECTIONS_REFUSED, 1, reason="header_timeout")
+            metrics.inc(refused, 1, reason="header_timeout")
             self.transport.write(too_slow)
             self.transport.close()
 

@@ -160,6 +160,9 @@ INFLIGHT_PARKED = _counter("qtap_inflight_at_attach_parked_total",
                            "Calls blocked on sockets at attach time, parked so their bytes are not lost.")
 STREAM_GAPS = _counter("qtap_stream_gaps_total", "Gaps in reassembled streams.")
 STREAM_GAP_BYTES = _counter("qtap_stream_gap_bytes_total", "Bytes missing in reassembled streams.")
+PARSE_ERRORS = _counter("qtap_parse_errors_total",
+                        "Input a parser could not make sense of or gave up on (parse_error events), by parser.",
+                        "protocol")
 EVENTS_WRITTEN = _counter("qtap_events_written_total", "Events the output stage wrote.")
 TRANSACTIONS = _counter("qtap_transactions_total", "HTTP/1.x, h2 and gRPC transactions and DNS messages parsed.",
                         "protocol")
@@ -334,6 +337,9 @@ CONTROL_AUTH_FAILURES = _control("control_auth_failures_total", "counter",
                                  "Requests refused for missing, invalid, revoked or insufficient credentials "
                                  "(by answer status, or by kind for agent registrations).", "kind", "status")
 CONTROL_LOGINS = _control("control_logins_total", "counter", "Logins by method and result.", "method", "result")
+CONTROL_CONNECTIONS_REFUSED = _control("control_connections_refused_total", "counter",
+                                       "Connections refused before a request (too many, or a slow header).",
+                                       "reason")
 CONTROL_REJECTED_REQUESTS = _control("control_rejected_requests_total", "counter",
                                      "Requests refused for hostile or invalid input, by status.", "status")
 CONTROL_CONFIGS_CREATED = _control("control_configs_created_total", "counter", "Config versions stored.")

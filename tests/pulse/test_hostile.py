@@ -237,7 +237,8 @@ def test_wrong_type_in_every_field_is_named(pulse: PulseProc, baseline_rss: int)
         "issue": {"rule": "r"},
         "object_ref": {"transaction_id": "t", "digest": "d"},
     }
-    events, expect = [], []
+    events: list[dict[str, Any]] = []
+    expect: list[str] = []
     for tag, field in _fields():
         for bad in _WRONG:
             doc = {"type": tag, "id": f"w{len(events)}", "ts": time.time_ns(), **base[tag], field: bad}
