@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import itertools
 import os
+from collections import Counter
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -32,6 +33,7 @@ from qtap_async.events.connection import ConnectionEvent, GapEvent
 from qtap_async.events.dns import DnsMessage
 from qtap_async.events.http import HttpTransaction
 from qtap_async.events.kernel import ProcExec, ProcExit
+from qtap_async.events.parse_error import ParseError
 from qtap_async.filters import SKIP_ALL, OwnServices, StackSelector, TrafficFilter
 from qtap_async.plugins.exchange import HttpExchange
 from qtap_async.plugins.redact import redactor_from
@@ -104,6 +106,8 @@ class Dispatch:
         self.watchers: list[ProcessWatcher] = []
         self.transactions = TransactionCounter()  # by protocol, for /metrics
         self._by_protocol = self.transactions.by_protocol
+        # parse_error records by parser, for /metrics; every parser from 0, so the series exist before an error.
+        self.parse_errors: Counter[str] = Counter(dict.fromkeys(("http1", "http2", "tls", "dns", "session"), 0))
         self.output = ProtocolOutput(conntrack, local or "summary", pipeline.redactor)
         self._skips: dict[int, frozenset[str]] = {}
         self._ids = itertools.count(1)
@@ -204,6 +208,8 @@ class Dispatch:
             self._by_protocol["grpc" if rec.grpc is not None else rec.protocol or "http"] += 1
         elif rt is DnsMessage:
             self._by_protocol["dns"] += 1
+        elif rt is ParseError:
+            self.parse_errors[rec.protocol] += 1
         if self.local is not None:
             out = self.output.convert(conn, rec, p.layer, p.host or None)
         elif is_http:
@@ -237,4 +243,6 @@ class Dispatch:
             out[metrics.STACK_TRANSACTIONS.key(stack=name)] = stack.transactions
             out[metrics.STACK_PLUGIN_ERRORS.key(stack=name)] = stack.errors
         out.update(self.transactions.snapshot())
+        for protocol, n in sorted(self.parse_errors.items()):
+            out[metrics.PARSE_ERRORS.key(protocol=protocol)] = n
         return out
