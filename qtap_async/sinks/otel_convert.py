@@ -18,7 +18,6 @@ import re
 import socket
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
 
 import msgspec
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, InstrumentationScope, KeyValue
@@ -27,12 +26,11 @@ from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from qtap_async.events.http import GrpcInfo
+from qtap_async.events.times import parse_ns
 from qtap_async.sinks import otel_wire as wire
 
 __all__ = ["SCOPE", "SCOPE_BYTES", "Converted", "Converter", "RouteMatcher", "parse_traceparent"]
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_US = timedelta(microseconds=1)
 _TAG = re.compile(rb'\{\s*"type"\s*:\s*"([a-z_]+)"')
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"})
 # gRPC codes that make a server span an error (semantic conventions for RPC: the server's fault).
@@ -149,30 +147,14 @@ class _TypeOnly(msgspec.Struct, gc=False):
     type: str = ""
 
 
-_SECONDS: dict[str, int] = {}  # "YYYY-MM-DDTHH:MM:SS" -> epoch seconds: events of one second share it
-
-
 def ts_ns(ts: str | int) -> int:
-    """Epoch nanoseconds of an event time: the agent's RFC 3339 text (UTC, "Z") or nanoseconds already."""
+    """Epoch nanoseconds of an event time: the agent's RFC 3339 text or nanoseconds already (events.times)."""
     if isinstance(ts, int):
         return ts
-    head = ts[:19]
-    sec = _SECONDS.get(head)
-    if sec is None or len(ts) < 20 or ts[19] != "." or ts[-1] != "Z":
-        try:
-            dt = datetime.fromisoformat(ts.replace("Z", "+00:00"))
-        except ValueError:
-            return time.time_ns()  # not a time: now is the best guess left
-        if dt.tzinfo is None:
-            dt = dt.replace(tzinfo=UTC)
-        if ts[19:20] != "." or ts[-1] != "Z":
-            return ((dt - _EPOCH) // _US) * 1000
-        sec = ((dt.replace(microsecond=0) - _EPOCH) // _US) // 1_000_000
-        if len(_SECONDS) > 64:
-            _SECONDS.clear()
-        _SECONDS[head] = sec
-    frac = ts[20:-1]
-    return sec * 1_000_000_000 + int((frac + "000000000")[:9])
+    try:
+        return parse_ns(ts)
+    except ValueError:
+        return time.time_ns()  # not a time: now is the best guess left
 
 
 # ----------------------------------------------------------------------------------------- helpers
