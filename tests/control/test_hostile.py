@@ -17,7 +17,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -26,7 +25,7 @@ import yaml
 
 from qtap_async.control.settings import ApiLimits
 from tests.integration.harness import free_port
-from tests.pulse.test_hostile import raw_exchange, read_all, status_of
+from tests.pulse.test_hostile import ServerProc, raw_exchange, read_all, status_of
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -40,23 +39,8 @@ LIMITS = {k: getattr(_L, k) for k in ("max_body_bytes", "max_connections", "head
 RSS_BOUND = _L.max_connections * (_L.max_header_bytes + _L.max_body_bytes) + (96 << 20)
 
 
-@dataclass
-class ControlProc:
-    url: str
-    port: int
-    token: str
-    proc: subprocess.Popen[bytes]
-    log: Path
-
-    def rss(self) -> int:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-        raise AssertionError("no VmRSS")
-
-    @property
-    def auth(self) -> dict[str, str]:
-        return {"authorization": f"Bearer {self.token}"}
+class ControlProc(ServerProc):
+    """The control plane's process: Pulse's test process plus the control plane's own routes."""
 
     def me(self) -> httpx.Response:
         return httpx.get(f"{self.url}/api/v1/me", headers=self.auth, timeout=30)

@@ -51,7 +51,9 @@ RSS_BOUND = 256 << 20
 
 
 @dataclass
-class PulseProc:
+class ServerProc:
+    """A service (Pulse, the control plane) started as its own process by a test, with its token."""
+
     url: str
     port: int
     token: str
@@ -70,7 +72,7 @@ class PulseProc:
 
 
 @pytest.fixture(scope="module")
-def pulse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PulseProc]:
+def pulse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc]:
     tmp = tmp_path_factory.mktemp("hostile-pulse")
     data = tmp / "data"
     qtap = [sys.executable, "-m", "cli.main"]
@@ -96,7 +98,7 @@ def pulse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PulseProc]:
             pass
         assert time.monotonic() < deadline, "pulse did not become ready"
         time.sleep(0.2)
-    p = PulseProc(url, port, token, proc, log)
+    p = ServerProc(url, port, token, proc, log)
     try:
         yield p
     finally:
@@ -107,7 +109,7 @@ def pulse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PulseProc]:
 
 
 @pytest.fixture(scope="module")
-def baseline_rss(pulse: PulseProc) -> int:
+def baseline_rss(pulse: ServerProc) -> int:
     post(pulse, good_batch(3))  # warm the ingest path before measuring
     return pulse.rss()
 
@@ -118,7 +120,7 @@ def _still_well(request: pytest.FixtureRequest) -> Iterator[None]:
     yield
     if "pulse" not in request.fixturenames:
         return
-    p: PulseProc = request.getfixturevalue("pulse")
+    p: ServerProc = request.getfixturevalue("pulse")
     base: int = request.getfixturevalue("baseline_rss")
     assert p.proc.poll() is None, "pulse died"
     r = post(p, good_batch(2))
@@ -137,7 +139,7 @@ def good_batch(n: int) -> bytes:
     return msgspec.json.encode({"events": [ev(i) for i in range(n)]})
 
 
-def post(p: PulseProc, body: bytes, headers: dict[str, str] | None = None, timeout: float = 30) -> httpx.Response:
+def post(p: ServerProc, body: bytes, headers: dict[str, str] | None = None, timeout: float = 30) -> httpx.Response:
     h = {"content-type": "application/json", **p.auth, **(headers or {})}
     return httpx.post(f"{p.url}/v1/events", content=body, headers=h, timeout=timeout)
 
@@ -181,7 +183,7 @@ def status_of(response: bytes) -> int:
 
 
 @pytest.mark.parametrize("where", ["envelope", "events", "field"])
-def test_deep_nesting_is_400_not_500(pulse: PulseProc, baseline_rss: int, where: str) -> None:
+def test_deep_nesting_is_400_not_500(pulse: ServerProc, baseline_rss: int, where: str) -> None:
     deep = b"[" * 200_000 + b"]" * 200_000
     body = {
         "envelope": deep,
@@ -191,17 +193,17 @@ def test_deep_nesting_is_400_not_500(pulse: PulseProc, baseline_rss: int, where:
     assert_4xx(post(pulse, body), 400, "nested too deeply")
 
 
-def test_deep_nesting_in_msgpack_is_400(pulse: PulseProc, baseline_rss: int) -> None:
+def test_deep_nesting_in_msgpack_is_400(pulse: ServerProc, baseline_rss: int) -> None:
     body = b"\x91" * 200_000 + b"\xc0"  # 200k nested one-element arrays
     assert_4xx(post(pulse, body, {"content-type": "application/msgpack"}), 400, "nested too deeply")
 
 
-def test_wide_array_of_events_is_413(pulse: PulseProc, baseline_rss: int) -> None:
+def test_wide_array_of_events_is_413(pulse: ServerProc, baseline_rss: int) -> None:
     body = b'{"events":[' + b",".join([b"0"] * 200_000) + b"]}"
     assert_4xx(post(pulse, body), 413, "the limit is 1000")
 
 
-def test_wide_array_inside_an_event_is_a_per_item_error(pulse: PulseProc, baseline_rss: int) -> None:
+def test_wide_array_inside_an_event_is_a_per_item_error(pulse: ServerProc, baseline_rss: int) -> None:
     wide = b"[" + b",".join([b"1"] * 100_000) + b"]"
     body = b'{"events":[{"type":"request","id":"w","ts":1,"x":' + wide + b"}]}"
     r = post(pulse, body)
@@ -209,7 +211,7 @@ def test_wide_array_inside_an_event_is_a_per_item_error(pulse: PulseProc, baseli
     assert "the limit is 16384" in r.json()["errors"][0]["error"]
 
 
-def test_huge_string_is_413_and_a_long_field_is_named(pulse: PulseProc, baseline_rss: int) -> None:
+def test_huge_string_is_413_and_a_long_field_is_named(pulse: ServerProc, baseline_rss: int) -> None:
     big = msgspec.json.encode({"events": [ev(path="/" + "a" * (2 << 20))]})
     assert_4xx(post(pulse, big), 413, "limit is 1048576")
     r = post(pulse, msgspec.json.encode({"events": [ev(path="/" + "a" * 5000)]}))
@@ -228,7 +230,7 @@ def _fields() -> list[tuple[str, str]]:
     return out
 
 
-def test_wrong_type_in_every_field_is_named(pulse: PulseProc, baseline_rss: int) -> None:
+def test_wrong_type_in_every_field_is_named(pulse: ServerProc, baseline_rss: int) -> None:
     """Each field of each event type, given a value of every wrong kind: rejected with the field's path,
     or accepted only when that value is valid for it (an empty-able string given a string)."""
     base = {
@@ -258,7 +260,7 @@ def test_wrong_type_in_every_field_is_named(pulse: PulseProc, baseline_rss: int)
     assert r.json()["rejected"] >= 2 * len(_fields())
 
 
-def test_invalid_utf8_is_400(pulse: PulseProc, baseline_rss: int) -> None:
+def test_invalid_utf8_is_400(pulse: ServerProc, baseline_rss: int) -> None:
     # Inside an item it is that item's error (422); the rest of a batch would still be taken.
     r = post(pulse, b'{"events":[{"type":"request","id":"\xff\xfe","ts":1}]}')
     assert r.status_code == 422 and "utf-8" in r.json()["errors"][0]["error"].lower(), r.text
@@ -268,7 +270,7 @@ def test_invalid_utf8_is_400(pulse: PulseProc, baseline_rss: int) -> None:
     assert "utf-8" in r.text.lower(), r.text
 
 
-def test_overlong_numbers(pulse: PulseProc, baseline_rss: int) -> None:
+def test_overlong_numbers(pulse: ServerProc, baseline_rss: int) -> None:
     long_int = b"1" + b"0" * 5000
     r = post(pulse, b'{"events":[{"type":"request","id":"n","ts":' + long_int + b"}]}")
     assert r.status_code == 422 and "$.ts" in r.json()["errors"][0]["error"], r.text
@@ -279,7 +281,7 @@ def test_overlong_numbers(pulse: PulseProc, baseline_rss: int) -> None:
 # ---- compression and msgpack framing ------------------------------------------------------------------
 
 
-def test_gzip_bomb_is_413(pulse: PulseProc, baseline_rss: int) -> None:
+def test_gzip_bomb_is_413(pulse: ServerProc, baseline_rss: int) -> None:
     c = zlib.compressobj(9, zlib.DEFLATED, 31)
     zeros = b"\0" * (1 << 20)
     bomb = b"".join(c.compress(zeros) for _ in range(512)) + c.flush()  # 512 MiB in ~0.5 MiB
@@ -287,7 +289,7 @@ def test_gzip_bomb_is_413(pulse: PulseProc, baseline_rss: int) -> None:
     assert_4xx(post(pulse, bomb, {"content-encoding": "gzip"}), 413, "decodes to more than")
 
 
-def test_zstd_bomb_is_413(pulse: PulseProc, baseline_rss: int) -> None:
+def test_zstd_bomb_is_413(pulse: ServerProc, baseline_rss: int) -> None:
     c = zstandard.ZstdCompressor(level=3).compressobj()
     zeros = b"\0" * (1 << 20)
     bomb = b"".join(c.compress(zeros) for _ in range(1024)) + c.flush()  # 1 GiB
@@ -295,7 +297,7 @@ def test_zstd_bomb_is_413(pulse: PulseProc, baseline_rss: int) -> None:
     assert_4xx(post(pulse, bomb, {"content-encoding": "zstd"}), 413, "decodes to more than")
 
 
-def test_broken_compression_is_400(pulse: PulseProc, baseline_rss: int) -> None:
+def test_broken_compression_is_400(pulse: ServerProc, baseline_rss: int) -> None:
     assert_4xx(post(pulse, b"\x1f\x8b\x08\x00garbage", {"content-encoding": "gzip"}), 400, "bad gzip")
     assert_4xx(post(pulse, b"\x28\xb5\x2f\xfdgarbage", {"content-encoding": "zstd"}), 400, "bad zstd")
     truncated = gzip.compress(good_batch(50))[:-30]
@@ -311,16 +313,16 @@ def test_broken_compression_is_400(pulse: PulseProc, baseline_rss: int) -> None:
     b"\xdf\xff\xff\xff\xff",  # map32 of 4 Gi pairs
     b"\x81\xa6events\x91\xc7\xff\x01",  # ext8 of 255 bytes, none present
 ])
-def test_msgpack_with_lying_lengths_is_400(pulse: PulseProc, baseline_rss: int, body: bytes) -> None:
+def test_msgpack_with_lying_lengths_is_400(pulse: ServerProc, baseline_rss: int, body: bytes) -> None:
     assert_4xx(post(pulse, body, {"content-type": "application/msgpack"}), 400, "malformed msgpack")
 
 
-def test_wrong_content_type_and_encoding_are_415(pulse: PulseProc, baseline_rss: int) -> None:
+def test_wrong_content_type_and_encoding_are_415(pulse: ServerProc, baseline_rss: int) -> None:
     assert_4xx(post(pulse, good_batch(1), {"content-type": "text/xml"}), 415, "unsupported content-type")
     assert_4xx(post(pulse, good_batch(1), {"content-encoding": "br"}), 415, "unsupported content-encoding")
 
 
-def test_declared_oversize_body_is_413_before_reading(pulse: PulseProc, baseline_rss: int) -> None:
+def test_declared_oversize_body_is_413_before_reading(pulse: ServerProc, baseline_rss: int) -> None:
     head = (f"POST /v1/events HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {pulse.token}\r\n"
             f"content-type: application/json\r\ncontent-length: {1 << 40}\r\n\r\n").encode()
     assert status_of(raw_exchange(pulse.port, head)) == 413
@@ -333,7 +335,7 @@ def test_declared_oversize_body_is_413_before_reading(pulse: PulseProc, baseline
     "Bearer", "Bearer ", "Basic dXNlcjpwYXNz", "bearer\tqtp_x", "Bearer qtp_" + "A" * 100,
     "Bearer \u00e9\u00e8", "Token abc", "Bearer " + "x" * 600,
 ])
-def test_malformed_or_huge_auth_is_401(pulse: PulseProc, baseline_rss: int, value: str) -> None:
+def test_malformed_or_huge_auth_is_401(pulse: ServerProc, baseline_rss: int, value: str) -> None:
     head = (f"POST /v1/events HTTP/1.1\r\nhost: x\r\nauthorization: {value}\r\ncontent-type: application/json\r\n"
             f"content-length: 2\r\nconnection: close\r\n\r\n[]").encode("latin-1")
     response = raw_exchange(pulse.port, head)
@@ -342,7 +344,7 @@ def test_malformed_or_huge_auth_is_401(pulse: PulseProc, baseline_rss: int, valu
         assert b"the limit is 512" in response
 
 
-def test_auth_header_over_the_head_limit_is_431(pulse: PulseProc, baseline_rss: int) -> None:
+def test_auth_header_over_the_head_limit_is_431(pulse: ServerProc, baseline_rss: int) -> None:
     head = (f"POST /v1/events HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {'x' * (64 << 10)}\r\n"
             "content-length: 2\r\n\r\n[]").encode()
     response = raw_exchange(pulse.port, head)
@@ -354,7 +356,7 @@ def test_auth_header_over_the_head_limit_is_431(pulse: PulseProc, baseline_rss: 
 # ---- request heads --------------------------------------------------------------------------------------
 
 
-def test_oversized_header_and_header_flood_are_400(pulse: PulseProc, baseline_rss: int) -> None:
+def test_oversized_header_and_header_flood_are_400(pulse: ServerProc, baseline_rss: int) -> None:
     big = b"GET /healthz HTTP/1.1\r\nhost: x\r\nx-big: " + b"a" * (1 << 20) + b"\r\n\r\n"
     assert status_of(raw_exchange(pulse.port, big)) == 400
     flood = b"GET /healthz HTTP/1.1\r\nhost: x\r\n" + b"".join(b"x-%d: v\r\n" % i for i in range(20_000)) + b"\r\n"
@@ -363,7 +365,7 @@ def test_oversized_header_and_header_flood_are_400(pulse: PulseProc, baseline_rs
     assert status_of(raw_exchange(pulse.port, long_line)) == 400
 
 
-def test_garbage_request_line_is_400(pulse: PulseProc, baseline_rss: int) -> None:
+def test_garbage_request_line_is_400(pulse: ServerProc, baseline_rss: int) -> None:
     assert status_of(raw_exchange(pulse.port, os.urandom(4096).replace(b"\n", b"x") + b"\r\n\r\n")) == 400
     assert status_of(raw_exchange(pulse.port, b"GET /healthz HTTP/1.1\r\nhost: x\r\nbad header\r\n\r\n")) == 400
 
@@ -371,7 +373,7 @@ def test_garbage_request_line_is_400(pulse: PulseProc, baseline_rss: int) -> Non
 # ---- slow and many clients ------------------------------------------------------------------------------
 
 
-def test_slowloris_head_gets_408(pulse: PulseProc, baseline_rss: int) -> None:
+def test_slowloris_head_gets_408(pulse: ServerProc, baseline_rss: int) -> None:
     with socket.create_connection(("127.0.0.1", pulse.port), timeout=10) as s:
         s.sendall(b"POST /v1/events HTTP/1.1\r\n")
         deadline = time.monotonic() + 15
@@ -383,13 +385,13 @@ def test_slowloris_head_gets_408(pulse: PulseProc, baseline_rss: int) -> None:
     assert status_of(answered) == 408 and b"request head not received" in answered
 
 
-def test_idle_connection_is_closed_with_408(pulse: PulseProc, baseline_rss: int) -> None:
+def test_idle_connection_is_closed_with_408(pulse: ServerProc, baseline_rss: int) -> None:
     with socket.create_connection(("127.0.0.1", pulse.port), timeout=10) as s:
         answered = read_all(s, 15)
     assert status_of(answered) == 408
 
 
-def test_slow_body_gets_408(pulse: PulseProc, baseline_rss: int) -> None:
+def test_slow_body_gets_408(pulse: ServerProc, baseline_rss: int) -> None:
     head = (f"POST /v1/events HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {pulse.token}\r\n"
             "content-type: application/json\r\ncontent-length: 1000\r\n\r\n[").encode()
     with socket.create_connection(("127.0.0.1", pulse.port), timeout=10) as s:
@@ -398,7 +400,7 @@ def test_slow_body_gets_408(pulse: PulseProc, baseline_rss: int) -> None:
     assert status_of(answered) == 408 and b"body not received" in answered
 
 
-def test_too_many_connections_get_429_then_service_resumes(pulse: PulseProc, baseline_rss: int) -> None:
+def test_too_many_connections_get_429_then_service_resumes(pulse: ServerProc, baseline_rss: int) -> None:
     limit = int(LIMITS["max_connections"])
     socks = []
     try:
@@ -418,7 +420,7 @@ def test_too_many_connections_get_429_then_service_resumes(pulse: PulseProc, bas
     assert 'pulse_connections_refused_total{reason="max_connections"}' in metrics
 
 
-def test_concurrent_big_bodies_stay_within_memory(pulse: PulseProc, baseline_rss: int) -> None:
+def test_concurrent_big_bodies_stay_within_memory(pulse: ServerProc, baseline_rss: int) -> None:
     """Many clients each sending a near-limit compressed body at once: answered 200/413/429, RSS bounded."""
     import concurrent.futures
 
@@ -446,13 +448,13 @@ def test_concurrent_big_bodies_stay_within_memory(pulse: PulseProc, baseline_rss
     {"limit": "abc"}, {"limit": "1" + "0" * 400}, {"limit": "-1"}, {"start": "1e999"}, {"start": "yesterday"},
     {"end": "\u00ff" * 100}, {"limit": "1.0"}, {"start": "2026-13-45T99:99:99Z"},
 ])
-def test_query_with_wrong_types_is_422(pulse: PulseProc, baseline_rss: int, params: dict[str, str]) -> None:
+def test_query_with_wrong_types_is_422(pulse: ServerProc, baseline_rss: int, params: dict[str, str]) -> None:
     r = httpx.get(f"{pulse.url}/v1/query/top/endpoints", params=params, headers=pulse.auth, timeout=10)
     assert r.status_code == 422, (params, r.status_code, r.text)
     assert r.json()["error"]
 
 
-def test_no_5xx_was_ever_answered(pulse: PulseProc, baseline_rss: int) -> None:
+def test_no_5xx_was_ever_answered(pulse: ServerProc, baseline_rss: int) -> None:
     """Runs last in this module: the server's own request counter shows no 5xx at all."""
     metrics = httpx.get(f"{pulse.url}/metrics", timeout=10).text
     fives = [line for line in metrics.splitlines()
