@@ -18,7 +18,7 @@ import logging
 import platform
 import re
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Literal
@@ -32,7 +32,9 @@ log = logging.getLogger("qtap.metrics")
 
 Snapshot = Mapping[str, int | float]
 SnapshotSource = Callable[[], Snapshot]
-Kind = Literal["counter", "gauge", "info", "summary"]
+Kind = Literal["counter", "gauge", "info", "summary", "histogram"]
+#: Metric families built whole by their owner at scrape time (the http_metrics histograms).
+FamilySource = Callable[[], Iterable[Metric]]
 
 _KEY = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?$")
 _LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
@@ -282,6 +284,25 @@ CONFIG_RELOAD_FAILURES = _counter("qtap_config_reload_failures_total", "Config r
 STACK_TRANSACTIONS = _counter("qtap_stack_transactions_total", "Transactions a plugin stack processed.", "stack")
 STACK_PLUGIN_ERRORS = _counter("qtap_stack_plugin_errors_total", "Plugin calls that raised.", "stack")
 
+# -- the http_metrics plugin (docs/otel.md): RED histograms under the OpenTelemetry HTTP metric names, mapped
+# to Prometheus (dots to underscores, the unit as suffix). Egress is the client side, ingress the server's. Each
+# sample carries the ``stack`` label and the labels its config chose, a subset of HTTP_METRIC_LABELS.
+HTTP_METRIC_LABELS = ("stack", "method", "status_class", "domain", "route", "direction", "process", "container")
+_HTTP_HELP = {"request_duration_seconds": "Duration of HTTP requests seen by the agent, in seconds",
+              "request_body_size_bytes": "Size of HTTP request bodies seen by the agent, in bytes",
+              "response_body_size_bytes": "Size of HTTP response bodies seen by the agent, in bytes"}
+#: (side, measure) -> its histogram; side is "client" (egress) or "server" (ingress), measure a _HTTP_HELP key.
+HTTP_HISTOGRAMS: dict[tuple[str, str], MetricDef] = {
+    (side, measure): _declare(f"http_{side}_{measure}", "histogram", f"{why} ({side} side).", HTTP_METRIC_LABELS)
+    for side in ("client", "server") for measure, why in _HTTP_HELP.items()
+}
+HTTP_METRICS_SERIES = _gauge("qtap_http_metrics_series", "Series the http_metrics plugin keeps now.", "stack")
+HTTP_METRICS_OBSERVATIONS = _counter("qtap_http_metrics_observations_total",
+                                     "Transactions the http_metrics plugin counted.", "stack")
+HTTP_METRICS_FOLDED = _counter("qtap_http_metrics_folded_total",
+                               "Observations whose labels folded into \"other\" (max_series or max_values).",
+                               "stack")
+
 # -- the status server and readiness --------------------------------------------------------------------
 READY = _gauge("qtap_ready", "1 while /readyz answers 200.")
 STORE_CHECKS = _counter("qtap_store_checks_total", "Readiness checks of the stores.")
@@ -394,6 +415,7 @@ class SnapshotCollector(Collector):
 
     def __init__(self, sources: Iterable[SnapshotSource], info: Mapping[str, str] | None = None) -> None:
         self.sources = list(sources)
+        self.family_sources: list[FamilySource] = []
         self.info = dict(info if info is not None else build_info())
         self.failed_sources = 0  # a source that raised during a scrape (counted; the scrape goes on)
         self.undeclared: set[str] = set()  # sample names left out because nothing declares them
@@ -428,6 +450,33 @@ class SnapshotCollector(Collector):
         errors.add_sample(METRICS_SOURCE_ERRORS.name, {}, float(self.failed_sources))
         yield errors
         yield from families.values()
+        yield from self._built_families()
+
+    def _built_families(self) -> Iterator[Metric]:
+        """The families the family sources built, merged by name; only declared histograms whose labels are
+        declared ones (the same rule as for snapshots: the exposition holds only what this module documents)."""
+        merged: dict[str, Metric] = {}
+        for source in self.family_sources:
+            try:
+                built = list(source())
+            except Exception:
+                self.failed_sources += 1
+                continue
+            for fam in built:
+                decl = DECLARED.get(fam.name)
+                if decl is None or decl.kind != fam.type or any(
+                        set(s.labels) - {"le"} - set(decl.labels) for s in fam.samples):
+                    if fam.name not in self.undeclared:
+                        self.undeclared.add(fam.name)
+                        log.warning("metric %s is not declared as built (or has undeclared labels); not exported",
+                                    fam.name)
+                    continue
+                into = merged.get(fam.name)
+                if into is None:
+                    merged[fam.name] = fam
+                else:
+                    into.samples.extend(fam.samples)
+        yield from merged.values()
 
 
 class MetricRegistry:
@@ -440,6 +489,9 @@ class MetricRegistry:
 
     def add_source(self, source: SnapshotSource) -> None:
         self.collector.sources.append(source)
+
+    def add_families(self, source: FamilySource) -> None:
+        self.collector.family_sources.append(source)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

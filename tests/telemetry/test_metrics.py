@@ -33,7 +33,8 @@ def test_declarations_are_consistent() -> None:
     families = [m.family for m in DECLARED.values()]
     assert len(families) == len(set(families))
     for name, m in DECLARED.items():
-        assert m.name == name and name.startswith("qtap_")
+        # The agent's own metrics are qtap_*; the RED histograms take the OpenTelemetry HTTP names.
+        assert m.name == name and (name.startswith("qtap_") or (m.kind == "histogram" and name.startswith("http_")))
         assert (m.kind == "counter") == name.endswith("_total"), name
         assert m.help and not m.help[0].islower() and m.help.endswith("."), name  # a sentence
     # The kernel counters declared are exactly the ABI's (and program_misses, counted by libbpf): a counter
@@ -100,6 +101,30 @@ def test_pulse_and_control_metrics_take_only_their_declarations() -> None:
     control = Metrics(metrics.CONTROL)
     control.inc(metrics.CONTROL_PUSH_STREAMS)
     assert "control_push_streams 1" in control.render().splitlines()
+
+
+def test_built_families_are_exported_only_when_declared_as_such() -> None:
+    from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily
+
+    decl = metrics.HTTP_HISTOGRAMS[("client", "request_duration_seconds")]
+    good = HistogramMetricFamily(decl.name, decl.help, labels=["stack", "method"])
+    good.add_metric(["a", "GET"], [("1.0", 1.0), ("+Inf", 2.0)], 3.0)
+    other = HistogramMetricFamily(decl.name, decl.help, labels=["stack", "method"])
+    other.add_metric(["b", "GET"], [("1.0", 0.0), ("+Inf", 1.0)], 4.0)
+    wrong_label = HistogramMetricFamily(metrics.HTTP_HISTOGRAMS[("server", "request_duration_seconds")].name, "x",
+                                        labels=["user"])
+    wrong_label.add_metric(["bob"], [("+Inf", 1.0)], 1.0)
+    undeclared = CounterMetricFamily("made_up", "x", value=1)
+    reg = metrics.MetricRegistry([], info={})
+    reg.add_families(lambda: [good, wrong_label, undeclared])
+    reg.add_families(lambda: [other])
+    reg.add_families(lambda: 1 / 0)  # type: ignore[arg-type, return-value]
+    fams = {f.name: f for f in text_string_to_metric_families(reg.exposition().decode())}
+    always = {metrics.BUILD_INFO.name, metrics.BUILD_INFO.family, metrics.METRICS_SOURCE_ERRORS.family}
+    assert set(fams) - always == {decl.name}
+    counts = sorted((s.labels["stack"], s.value) for s in fams[decl.name].samples if s.name.endswith("_count"))
+    assert counts == [("a", 2.0), ("b", 1.0)]  # two sources' samples in one family
+    assert reg.collector.failed_sources == 1
 
 
 # -- no name spelled out elsewhere --------------------------------------------------------------------------------
@@ -179,11 +204,12 @@ class _Quiet(http.server.BaseHTTPRequestHandler):
 
 
 def _scrape(url: str) -> dict[str, list[dict[str, str]]]:
+    """Label sets by sample name; a histogram's samples (_bucket, _count, _sum) under the family's name."""
     text = httpx.get(url + "/metrics", timeout=10).text
     out: dict[str, list[dict[str, str]]] = {}
     for fam in text_string_to_metric_families(text):
         for s in fam.samples:
-            out.setdefault(s.name, []).append(s.labels)
+            out.setdefault(fam.name if fam.type == "histogram" else s.name, []).append(s.labels)
     return out
 
 
@@ -205,6 +231,7 @@ stacks:
     plugins:
       - type: http_capture
         config: {{level: full, format: json}}
+      - type: http_metrics
 tap:
   direction: all
   ignore_loopback: false
@@ -241,6 +268,9 @@ tap:
         for name, labelsets in scraped.items():
             decl = DECLARED.get(name)
             assert decl is not None, f"exported but not declared: {name}"
+            if decl.kind == "histogram":  # a config picks its labels: some of the declared ones
+                assert all(set(ls) - {"le"} <= set(decl.labels) for ls in labelsets), (name, labelsets)
+                continue
             assert all(sorted(ls) == sorted(decl.labels) for ls in labelsets), (name, labelsets)
         assert {"protocol": "http/1.1"} in scraped[metrics.TRANSACTIONS.name]
     finally:

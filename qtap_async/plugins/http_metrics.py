@@ -1,0 +1,179 @@
+"""http_metrics: RED metrics (rate, errors, duration) of the transactions routed to a stack, served on the
+agent's /metrics as Prometheus histograms under the OpenTelemetry HTTP metric names
+(``http_client_request_duration_seconds`` for egress, ``http_server_request_duration_seconds`` for ingress,
+and the request and response body sizes). The rate is a histogram's ``_count``, errors are the
+``status_class`` 4xx/5xx series.
+
+Labels are chosen in the config from method, status class, domain, route template, direction, process
+and container. Cardinality is bounded (qtap_async.telemetry.red): ``max_values`` caps the distinct
+values of one label, ``max_series`` the series of the plugin; what goes past reads ``other`` and is
+counted (``HTTP_METRICS_FOLDED``). The plugin emits no events: it only counts.
+
+The aggregation is the one the otel store exports as OTLP metrics (``metrics: true``), so both read the
+same numbers. A config reload builds a new plugin: its counts restart from zero, which Prometheus reads as
+a counter reset (``rate()`` and ``increase()`` handle it).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Annotated, Literal, TypeAlias
+
+import msgspec
+from prometheus_client.metrics_core import HistogramMetricFamily, Metric
+
+from qtap_async.plugins.base import Emission, PluginSettings
+from qtap_async.plugins.exchange import HttpExchange
+from qtap_async.settings import FieldPath, Settings
+from qtap_async.telemetry import metrics
+from qtap_async.telemetry.red import (
+    DURATION_BUCKETS,
+    KNOWN_METHODS,
+    OTHER,
+    SIZE_BUCKETS,
+    Attrs,
+    Hist,
+    LabelLimit,
+    RouteMatcher,
+    SeriesTable,
+    status_class,
+)
+
+__all__ = ["LABELS", "HttpMetrics", "HttpMetricsConfig", "HttpMetricsPlugin"]
+
+Label: TypeAlias = Literal["method", "status_class", "domain", "route", "direction", "process", "container"]
+#: Every label, in the order samples carry them (the config's order does not matter).
+LABELS: tuple[Label, ...] = ("method", "status_class", "domain", "route", "direction", "process", "container")
+#: The labels whose values come from the traffic (anyone can make up a path or a Host): they fold first.
+_FOLDABLE = frozenset({"domain", "route", "process", "container"})
+_MAX_VALUE = 256  # a label value longer than this is cut: a flood of long paths must not grow the scrape
+PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
+
+
+class HttpMetricsConfig(Settings, frozen=True):
+    """The labels to keep, the cardinality limits, route templates and histogram buckets (docs/config.md)."""
+
+    labels: list[Label] = msgspec.field(default_factory=lambda: list(LABELS))
+    max_series: PositiveInt = 2000  # series of this plugin before the traffic-made labels fold into "other"
+    max_values: dict[Label, PositiveInt] = {}  # distinct values of one label before the rest read "other"
+    routes: list[str] = []  # route templates, first match wins: "/users/{id}", "/static/*"
+    route_heuristic: bool = True  # no template matched: id-like path segments become {id}
+    duration_buckets: list[float] = msgspec.field(default_factory=lambda: list(DURATION_BUCKETS))  # seconds
+
+
+class HttpMetricsPlugin(PluginSettings, frozen=True, tag="http_metrics"):
+    """``type: http_metrics`` in a stack (docs/config.md); it has no rules."""
+
+    config: HttpMetricsConfig = msgspec.field(default_factory=HttpMetricsConfig)
+
+    def problems(self) -> Iterable[tuple[FieldPath, str]]:
+        c = self.config
+        seen: dict[str, int] = {}
+        for i, label in enumerate(c.labels):
+            if label in seen:
+                yield ("labels", i), f"label '{label}' is listed twice (also labels[{seen[label]}])"
+            seen.setdefault(label, i)
+        for label in c.max_values:
+            if label not in seen:
+                yield ("max_values", label), f"'{label}' is not one of the labels kept ({', '.join(c.labels)})"
+        b = c.duration_buckets
+        if not b:
+            yield ("duration_buckets",), "needs at least one bucket bound"
+        for i, bound in enumerate(b):
+            if not bound > 0 or bound != bound or bound == float("inf"):
+                yield ("duration_buckets", i), f"bucket bound {bound} must be a finite number of seconds above 0"
+            elif i and bound <= b[i - 1]:
+                yield ("duration_buckets", i), f"bucket bounds must increase: {bound} follows {b[i - 1]}"
+
+
+def _process(exe: str, comm: str) -> str:
+    return os.path.basename(exe) or comm
+
+
+class HttpMetrics:
+    name = "http_metrics"
+
+    def __init__(self, config: HttpMetricsConfig, stack: str = "") -> None:
+        self.config = config
+        self.stack = stack
+        self.labels: tuple[Label, ...] = tuple(label for label in LABELS if label in config.labels)
+        self._pos = {label: i for i, label in enumerate(self.labels)}
+        self.routes = RouteMatcher(config.routes, config.route_heuristic)
+        self.duration_bounds = tuple(config.duration_buckets)
+        fold = tuple(i for i, label in enumerate(self.labels) if label in _FOLDABLE)
+        everything_other: Attrs = (OTHER,) * len(self.labels)
+        self.table: SeriesTable[bool] = SeriesTable(config.max_series, fold, lambda server: (server, everything_other),
+                                                    duration_bounds=self.duration_bounds)
+        self.limits = {label: LabelLimit(n) for label, n in config.max_values.items() if label in self._pos}
+
+    @property
+    def folded(self) -> int:
+        return self.table.folded + sum(lim.folded for lim in self.limits.values())
+
+    def values(self, ex: HttpExchange) -> Attrs:
+        """The label values of a transaction, in ``self.labels`` order, limited by ``max_values``."""
+        tx, c = ex.tx, ex.conn
+        out: list[str | int] = []
+        for label in self.labels:
+            if label == "method":
+                m = tx.method or ""
+                v = m if m in KNOWN_METHODS else ("_OTHER" if m else "")
+            elif label == "status_class":
+                v = status_class(tx.status)
+            elif label == "domain":
+                v = ex.host.lower()
+            elif label == "route":
+                path = (tx.path or "").partition("?")[0]
+                v = self.routes.route(path) if path else ""
+            elif label == "direction":
+                v = c.direction
+            elif label == "process":
+                v = _process(c.exe, c.comm)
+            else:
+                v = c.container_name or c.container_id[:12]
+            v = v[:_MAX_VALUE]
+            limit = self.limits.get(label)
+            out.append(limit(v) if limit is not None else v)
+        return tuple(out)
+
+    def on_http(self, ex: HttpExchange) -> list[Emission]:
+        tx = ex.tx
+        if tx.method is None and tx.status is None:
+            return []  # nothing was parsed: no request to count
+        server = ex.conn.direction == "ingress"
+        seconds = ex.duration_ns / 1e9
+        self.table.observe(server, self.values(ex), seconds, tx.request_body_size, tx.response_body_size)
+        return []
+
+    # -- what /metrics shows ---------------------------------------------------------------------------
+    def stats(self) -> dict[str, int]:
+        return {metrics.HTTP_METRICS_SERIES.key(stack=self.stack): self.table.count,
+                metrics.HTTP_METRICS_OBSERVATIONS.key(stack=self.stack): self.table.observed,
+                metrics.HTTP_METRICS_FOLDED.key(stack=self.stack): self.folded}
+
+    def families(self) -> Iterator[Metric]:
+        """The histograms as Prometheus families (cumulative buckets, ``+Inf`` last)."""
+        names = ["stack", *self.labels]
+        built: dict[tuple[str, str], HistogramMetricFamily] = {}
+        for server, attrs, series in self.table.items():
+            side = "server" if server else "client"
+            values = [self.stack, *(str(v) for v in attrs)]
+            for measure, hist, bounds in (("request_duration_seconds", series.duration, self.duration_bounds),
+                                          ("request_body_size_bytes", series.request_size, SIZE_BUCKETS),
+                                          ("response_body_size_bytes", series.response_size, SIZE_BUCKETS)):
+                decl = metrics.HTTP_HISTOGRAMS[(side, measure)]
+                fam = built.get((side, measure))
+                if fam is None:
+                    fam = built[(side, measure)] = HistogramMetricFamily(decl.name, decl.help, labels=names)
+                fam.add_metric(values, _buckets(hist, bounds), hist.sum)
+        yield from built.values()
+
+
+def _buckets(hist: Hist, bounds: Sequence[float]) -> list[tuple[str, float]]:
+    counts = hist.cumulative()
+    return [*((_le(b), float(n)) for b, n in zip(bounds, counts, strict=False)), ("+Inf", float(counts[-1]))]
+
+
+def _le(bound: float) -> str:
+    return repr(float(bound))  # Prometheus' own form: 0.005, 1.0, 10000.0
