@@ -5,7 +5,10 @@ tests/integration/test_http_metrics_e2e.py."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import textwrap
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +21,8 @@ from qtap_async.telemetry import metrics
 from qtap_async.telemetry.metrics import MetricRegistry
 from qtap_async.telemetry.red import OTHER, Hist, LabelLimit, SeriesTable, status_class
 from tests.plugins.helpers import conn, exchange, tx
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def plugin(**kw: Any) -> HttpMetrics:
@@ -192,3 +197,17 @@ def test_a_valid_config_loads() -> None:
                                " routes: ['/users/{id}']}\n"))
     (p,) = cfg.stacks["web"].plugins
     assert p.type == "http_metrics"
+
+
+def test_the_example_validates_with_qtap_validate(tmp_path: Path) -> None:
+    example = ROOT / "examples" / "http-metrics.yaml"
+    ok = subprocess.run([sys.executable, "-m", "cli.main", "validate", str(example)], cwd=ROOT, capture_output=True,
+                        text=True, timeout=60)
+    assert ok.returncode == 0 and "stack default: http_metrics" in ok.stdout, ok.stdout + ok.stderr
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(example.read_text().replace("max_values: {domain: 200}", "max_values: {container: 5}"))
+    no = subprocess.run([sys.executable, "-m", "cli.main", "validate", str(bad)], cwd=ROOT, capture_output=True,
+                        text=True, timeout=60)
+    assert no.returncode == 1, no.stdout + no.stderr
+    assert "stacks.default.plugins[0].config.max_values.container: 'container' is not one of the labels kept" in (
+        no.stdout + no.stderr)
