@@ -47,6 +47,7 @@ Label: TypeAlias = Literal["method", "status_class", "domain", "route", "directi
 LABELS: tuple[Label, ...] = ("method", "status_class", "domain", "route", "direction", "process", "container")
 #: The labels whose values come from the traffic (anyone can make up a path or a Host): they fold first.
 _FOLDABLE = frozenset({"domain", "route", "process", "container"})
+_REQUEST_LABELS = frozenset({"method", "status_class", "domain", "route"})
 _MAX_VALUE = 256  # a label value longer than this is cut: a flood of long paths must not grow the scrape
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
 
@@ -106,44 +107,81 @@ class HttpMetrics:
         self.table: SeriesTable[bool] = SeriesTable(config.max_series, fold, lambda server: (server, everything_other),
                                                     duration_bounds=self.duration_bounds)
         self.limits = {label: LabelLimit(n) for label, n in config.max_values.items() if label in self._pos}
+        # LABELS lists the request's labels first, then the connection's: a sample's values are both halves.
+        self._request_labels = tuple(label for label in self.labels if label in _REQUEST_LABELS)
+        self._conn_labels = tuple(label for label in self.labels if label not in _REQUEST_LABELS)
+        self._requests: dict[tuple[object, ...], tuple[str, ...]] = {}
+        self._conns: dict[tuple[object, ...], tuple[str, ...]] = {}
 
     @property
     def folded(self) -> int:
         return self.table.folded + sum(lim.folded for lim in self.limits.values())
 
     def values(self, ex: HttpExchange) -> Attrs:
-        """The label values of a transaction, in ``self.labels`` order, limited by ``max_values``."""
+        """The label values of a transaction, in ``self.labels`` order, limited by ``max_values``. Most
+        transactions repeat a request shape and a connection seen just before, so both halves are looked up
+        first (safe with max_values: a LabelLimit's answer for a value never changes once given)."""
         tx, c = ex.tx, ex.conn
-        out: list[str | int] = []
-        for label in self.labels:
-            if label == "method":
-                m = tx.method or ""
-                v = m if m in KNOWN_METHODS else ("_OTHER" if m else "")
-            elif label == "status_class":
-                v = status_class(tx.status)
-            elif label == "domain":
-                v = ex.host.lower()
-            elif label == "route":
-                path = (tx.path or "").partition("?")[0]
-                v = self.routes.route(path) if path else ""
-            elif label == "direction":
-                v = c.direction
-            elif label == "process":
-                v = _process(c.exe, c.comm)
-            else:
-                v = c.container_name or c.container_id[:12]
+        rkey = (tx.method, tx.status, tx.path, ex.host)
+        req = self._requests.get(rkey)
+        if req is None:
+            req = self._limited(self._request_labels, self._request_values(ex))
+            if len(self._requests) >= 4096:
+                self._requests.clear()
+            self._requests[rkey] = req
+        ckey = (c.conn_id, c.pid, c.direction, c.exe, c.container_id, c.container_name)
+        conn = self._conns.get(ckey)
+        if conn is None:
+            conn = self._limited(self._conn_labels, self._conn_values(ex))
+            if len(self._conns) >= 4096:
+                self._conns.clear()
+            self._conns[ckey] = conn
+        return req + conn
+
+    def _limited(self, labels: tuple[Label, ...], values: list[str]) -> tuple[str, ...]:
+        out = []
+        for label, v in zip(labels, values, strict=True):
             v = v[:_MAX_VALUE]
             limit = self.limits.get(label)
             out.append(limit(v) if limit is not None else v)
         return tuple(out)
 
+    def _request_values(self, ex: HttpExchange) -> list[str]:
+        tx = ex.tx
+        out: list[str] = []
+        for label in self._request_labels:
+            if label == "method":
+                m = tx.method or ""
+                out.append(m if m in KNOWN_METHODS else ("_OTHER" if m else ""))
+            elif label == "status_class":
+                out.append(status_class(tx.status))
+            elif label == "domain":
+                out.append(ex.host.lower())
+            else:
+                path = (tx.path or "").partition("?")[0]
+                out.append(self.routes.route(path) if path else "")
+        return out
+
+    def _conn_values(self, ex: HttpExchange) -> list[str]:
+        c = ex.conn
+        out: list[str] = []
+        for label in self._conn_labels:
+            if label == "direction":
+                out.append(c.direction)
+            elif label == "process":
+                out.append(_process(c.exe, c.comm))
+            else:
+                out.append(c.container_name or c.container_id[:12])
+        return out
+
     def on_http(self, ex: HttpExchange) -> list[Emission]:
         tx = ex.tx
         if tx.method is None and tx.status is None:
             return []  # nothing was parsed: no request to count
-        server = ex.conn.direction == "ingress"
-        seconds = ex.duration_ns / 1e9
-        self.table.observe(server, self.values(ex), seconds, tx.request_body_size, tx.response_body_size)
+        start, end = tx.request_start_ns, tx.response_end_ns
+        seconds = (end - start) / 1e9 if start and end and end > start else 0.0  # HttpExchange.duration_ns
+        self.table.observe(ex.conn.direction == "ingress", self.values(ex), seconds, tx.request_body_size,
+                           tx.response_body_size)
         return []
 
     # -- what /metrics shows ---------------------------------------------------------------------------
