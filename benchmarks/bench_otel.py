@@ -15,7 +15,8 @@ the runner's exit, so the Collector's own work (another process) is not counted:
 
 Without a built Collector (``scripts/otelcol path`` fails) the otel variants are left out and the rest runs.
 
-Prints one JSON line and a summary; writes benchmarks/results/otel.json. Never gates anything.
+Prints one JSON line and a summary; writes benchmarks/results/otel.json (otel_no_collector.json without
+the Collector). Never gates anything.
 Usage: .venv/bin/python benchmarks/bench_otel.py [--events N] [--rounds R]   (otel variants: `scripts/otelcol build`)
 """
 
@@ -216,7 +217,9 @@ def main() -> None:
     res = asyncio.run(main_async(args.events, args.rounds))
     line = json.dumps(res)
     print(line)
-    out = ROOT / "benchmarks" / "results" / "otel.json"
+    # A run without the Collector has no otel numbers: it must not replace a full run's file.
+    name = "otel.json" if "otel_cpu_us_per_event" in res else "otel_no_collector.json"
+    out = ROOT / "benchmarks" / "results" / name
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(line + "\n")
     otel = (f", otel/http {res['otel_cpu_us_per_event']} us, otel/grpc {res['otel_grpc_cpu_us_per_event']} us, "

@@ -17,11 +17,10 @@ a counter reset (``rate()`` and ``increase()`` handle it).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable
 from typing import Annotated, Literal, TypeAlias
 
 import msgspec
-from prometheus_client.metrics_core import HistogramMetricFamily, Metric
 
 from qtap_async.plugins.base import Emission, PluginSettings
 from qtap_async.plugins.exchange import HttpExchange
@@ -33,7 +32,6 @@ from qtap_async.telemetry.red import (
     OTHER,
     SIZE_BUCKETS,
     Attrs,
-    Hist,
     LabelLimit,
     RouteMatcher,
     SeriesTable,
@@ -190,28 +188,19 @@ class HttpMetrics:
                 metrics.HTTP_METRICS_OBSERVATIONS.key(stack=self.stack): self.table.observed,
                 metrics.HTTP_METRICS_FOLDED.key(stack=self.stack): self.folded}
 
-    def families(self) -> Iterator[Metric]:
-        """The histograms as Prometheus families (cumulative buckets, ``+Inf`` last)."""
-        names = ["stack", *self.labels]
-        built: dict[tuple[str, str], HistogramMetricFamily] = {}
+    def families(self) -> list[metrics.Histograms]:
+        """The histograms for /metrics (the registry renders them)."""
+        names = ("stack", *self.labels)
+        built: dict[tuple[str, str], metrics.Histograms] = {}
         for server, attrs, series in self.table.items():
             side = "server" if server else "client"
-            values = [self.stack, *(str(v) for v in attrs)]
+            values = (self.stack, *(str(v) for v in attrs))
             for measure, hist, bounds in (("request_duration_seconds", series.duration, self.duration_bounds),
                                           ("request_body_size_bytes", series.request_size, SIZE_BUCKETS),
                                           ("response_body_size_bytes", series.response_size, SIZE_BUCKETS)):
-                decl = metrics.HTTP_HISTOGRAMS[(side, measure)]
                 fam = built.get((side, measure))
                 if fam is None:
-                    fam = built[(side, measure)] = HistogramMetricFamily(decl.name, decl.help, labels=names)
-                fam.add_metric(values, _buckets(hist, bounds), hist.sum)
-        yield from built.values()
-
-
-def _buckets(hist: Hist, bounds: Sequence[float]) -> list[tuple[str, float]]:
-    counts = hist.cumulative()
-    return [*((_le(b), float(n)) for b, n in zip(bounds, counts, strict=False)), ("+Inf", float(counts[-1]))]
-
-
-def _le(bound: float) -> str:
-    return repr(float(bound))  # Prometheus' own form: 0.005, 1.0, 10000.0
+                    fam = built[(side, measure)] = metrics.Histograms(metrics.HTTP_HISTOGRAMS[(side, measure)], names,
+                                                                      bounds, [])
+                fam.series.append((values, hist.cumulative(), hist.sum))
+        return list(built.values())

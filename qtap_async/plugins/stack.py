@@ -17,7 +17,7 @@ from qtap_async.plugins.http_metrics import HttpMetrics, HttpMetricsPlugin
 from qtap_async.plugins.report_usage import ReportUsage, ReportUsagePlugin
 
 if TYPE_CHECKING:
-    from prometheus_client.metrics_core import Metric
+    from qtap_async.telemetry.metrics import Histograms
 
 if TYPE_CHECKING:  # the config decodes into this package's settings: it imports plugins, not the reverse
     from qtap_async.config import Config, StackConfig
@@ -67,7 +67,7 @@ class Stack:
                 out.update(p.stats())
         return out
 
-    def families(self) -> Iterator[Metric]:
+    def families(self) -> Iterator[Histograms]:
         """The metric families the plugins build (http_metrics' histograms)."""
         for p in self.plugins:
             if isinstance(p, HttpMetrics):

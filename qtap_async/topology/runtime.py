@@ -166,9 +166,9 @@ class Agent:
             m.update(self.tls.metrics())
         return m
 
-    def metric_families(self) -> list[Any]:
-        """The metric families the stacks' plugins build at scrape time (prometheus_client ``Metric``s:
-        http_metrics' histograms), read through the pipeline of the moment so a reload shows its stacks."""
+    def metric_families(self) -> list[metrics.Histograms]:
+        """The histograms the stacks' plugins build at scrape time (http_metrics'), read through the
+        pipeline of the moment so a reload shows its stacks."""
         return [fam for stack in self.graph.pipeline.stacks.values() for fam in stack.families()]
 
     async def run(self, install_signals: bool = True) -> int:

@@ -157,7 +157,7 @@ def test_a_stack_reports_its_plugins_metrics() -> None:
     s = Stack("web", [p])
     s.on_http(exchange(tx(), conn()))
     assert s.stats()[metrics.HTTP_METRICS_OBSERVATIONS.key(stack="web")] == 1
-    assert [f.name for f in s.families()] == [metrics.HTTP_HISTOGRAMS[("client", m)].name for m in
+    assert [f.decl.name for f in s.families()] == [metrics.HTTP_HISTOGRAMS[("client", m)].name for m in
                                               ("request_duration_seconds", "request_body_size_bytes",
                                                "response_body_size_bytes")]
 

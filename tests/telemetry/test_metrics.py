@@ -103,18 +103,13 @@ def test_pulse_and_control_metrics_take_only_their_declarations() -> None:
     assert "control_push_streams 1" in control.render().splitlines()
 
 
-def test_built_families_are_exported_only_when_declared_as_such() -> None:
-    from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily
-
+def test_built_histograms_are_exported_only_when_declared_as_such() -> None:
     decl = metrics.HTTP_HISTOGRAMS[("client", "request_duration_seconds")]
-    good = HistogramMetricFamily(decl.name, decl.help, labels=["stack", "method"])
-    good.add_metric(["a", "GET"], [("1.0", 1.0), ("+Inf", 2.0)], 3.0)
-    other = HistogramMetricFamily(decl.name, decl.help, labels=["stack", "method"])
-    other.add_metric(["b", "GET"], [("1.0", 0.0), ("+Inf", 1.0)], 4.0)
-    wrong_label = HistogramMetricFamily(metrics.HTTP_HISTOGRAMS[("server", "request_duration_seconds")].name, "x",
-                                        labels=["user"])
-    wrong_label.add_metric(["bob"], [("+Inf", 1.0)], 1.0)
-    undeclared = CounterMetricFamily("made_up", "x", value=1)
+    good = metrics.Histograms(decl, ("stack", "method"), (1.0,), [(("a", 'G"T'), [1, 2], 3.0)])
+    other = metrics.Histograms(decl, ("stack", "method"), (0.5, 1.0), [(("b", "GET"), [0, 0, 1], 4.0)])
+    server = metrics.HTTP_HISTOGRAMS[("server", "request_duration_seconds")]
+    wrong_label = metrics.Histograms(server, ("user",), (), [(("bob",), [1], 1.0)])
+    undeclared = metrics.Histograms(metrics.MetricDef("made_up", "histogram", "x"), (), (), [((), [1], 1.0)])
     reg = metrics.MetricRegistry([], info={})
     reg.add_families(lambda: [good, wrong_label, undeclared])
     reg.add_families(lambda: [other])
@@ -122,8 +117,19 @@ def test_built_families_are_exported_only_when_declared_as_such() -> None:
     fams = {f.name: f for f in text_string_to_metric_families(reg.exposition().decode())}
     always = {metrics.BUILD_INFO.name, metrics.BUILD_INFO.family, metrics.METRICS_SOURCE_ERRORS.family}
     assert set(fams) - always == {decl.name}
-    counts = sorted((s.labels["stack"], s.value) for s in fams[decl.name].samples if s.name.endswith("_count"))
-    assert counts == [("a", 2.0), ("b", 1.0)]  # two sources' samples in one family
+    assert fams[decl.name].type == "histogram" and fams[decl.name].documentation == decl.help
+    samples = [(s.name, s.labels, s.value) for s in fams[decl.name].samples]
+    assert samples == [
+        (decl.name + "_bucket", {"stack": "a", "method": 'G"T', "le": "1.0"}, 1.0),
+        (decl.name + "_bucket", {"stack": "a", "method": 'G"T', "le": "+Inf"}, 2.0),
+        (decl.name + "_count", {"stack": "a", "method": 'G"T'}, 2.0),
+        (decl.name + "_sum", {"stack": "a", "method": 'G"T'}, 3.0),
+        (decl.name + "_bucket", {"stack": "b", "method": "GET", "le": "0.5"}, 0.0),
+        (decl.name + "_bucket", {"stack": "b", "method": "GET", "le": "1.0"}, 0.0),
+        (decl.name + "_bucket", {"stack": "b", "method": "GET", "le": "+Inf"}, 1.0),
+        (decl.name + "_count", {"stack": "b", "method": "GET"}, 1.0),
+        (decl.name + "_sum", {"stack": "b", "method": "GET"}, 4.0),
+    ]  # two sources' series in one family, label values escaped
     assert reg.collector.failed_sources == 1
 
 
