@@ -86,6 +86,14 @@ class HttpMetricsPlugin(PluginSettings, frozen=True, tag="http_metrics"):
                 yield ("duration_buckets", i), f"bucket bounds must increase: {bound} follows {b[i - 1]}"
 
 
+def _remember(cache: dict[tuple[object, ...], tuple[str, ...]], key: tuple[object, ...],
+              value: tuple[str, ...]) -> tuple[str, ...]:
+    if len(cache) >= 4096:  # a flood of new shapes costs a recomputation, never memory
+        cache.clear()
+    cache[key] = value
+    return value
+
+
 def _process(exe: str, comm: str) -> str:
     return os.path.basename(exe) or comm
 
@@ -123,17 +131,11 @@ class HttpMetrics:
         rkey = (tx.method, tx.status, tx.path, ex.host)
         req = self._requests.get(rkey)
         if req is None:
-            req = self._limited(self._request_labels, self._request_values(ex))
-            if len(self._requests) >= 4096:
-                self._requests.clear()
-            self._requests[rkey] = req
+            req = _remember(self._requests, rkey, self._limited(self._request_labels, self._request_values(ex)))
         ckey = (c.conn_id, c.pid, c.direction, c.exe, c.container_id, c.container_name)
         conn = self._conns.get(ckey)
         if conn is None:
-            conn = self._limited(self._conn_labels, self._conn_values(ex))
-            if len(self._conns) >= 4096:
-                self._conns.clear()
-            self._conns[ckey] = conn
+            conn = _remember(self._conns, ckey, self._limited(self._conn_labels, self._conn_values(ex)))
         return req + conn
 
     def _limited(self, labels: tuple[Label, ...], values: list[str]) -> tuple[str, ...]:

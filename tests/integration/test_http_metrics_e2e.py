@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from qtap_async.telemetry import metrics
-from tests.integration.harness import start_http_server
 from tests.integration.test_status_e2e import Agent
 from tests.plugins.test_run_config import CURL
 
@@ -44,16 +42,6 @@ CLIENT = metrics.HTTP_HISTOGRAMS[("client", "request_duration_seconds")].name
 SERVER = metrics.HTTP_HISTOGRAMS[("server", "request_duration_seconds")].name
 
 
-@pytest.fixture
-def server() -> Iterator[int]:
-    proc, port = start_http_server()
-    try:
-        yield port
-    finally:
-        proc.kill()
-        proc.wait()
-
-
 def curl(*urls: str) -> None:
     """One curl process for all the URLs (one keep-alive connection; curl's URL globbing expands {a,b})."""
     subprocess.run([CURL, "-sS", *urls], check=True, timeout=60,
@@ -79,7 +67,8 @@ def wait_for(agent: Agent, done: object, timeout: float = 30) -> dict[str, float
     return m
 
 
-def test_histograms_move_with_curl_traffic_and_a_path_flood_folds(tmp_path: Path, server: int) -> None:
+def test_histograms_move_with_curl_traffic_and_a_path_flood_folds(tmp_path: Path, http_server: int) -> None:
+    server = http_server
     config = tmp_path / "qtap.yaml"
     config.write_text(CONFIG)
     agent = Agent(tmp_path, "--config", str(config), "--port", str(server))
