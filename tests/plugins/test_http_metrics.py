@@ -15,7 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from qtap_async.config import ConfigValidationError, loads_config
-from qtap_async.plugins.http_metrics import HttpMetrics, HttpMetricsConfig
+from qtap_async.plugins.http_metrics import LABELS, HttpMetrics, HttpMetricsConfig
 from qtap_async.plugins.stack import Stack
 from qtap_async.telemetry import metrics
 from qtap_async.telemetry.metrics import MetricRegistry
@@ -75,6 +75,12 @@ def test_label_limit_keeps_the_first_values() -> None:
     lim = LabelLimit(2)
     assert [lim(v) for v in ("a", "b", "c", "a", "", "d")] == ["a", "b", OTHER, "a", "", OTHER]
     assert lim.folded == 2
+
+
+def test_the_declared_labels_are_the_plugins() -> None:
+    # Labels the declaration does not list are left out of /metrics: the two lists must be the same.
+    assert ("stack", *LABELS) == metrics.HTTP_METRIC_LABELS
+    assert set(HttpMetricsConfig().labels) == set(LABELS)
 
 
 def test_labels_of_a_transaction() -> None:
