@@ -1,5 +1,6 @@
 """gRPC peer without generated code (raw bytes in and out): `server` prints PORT <n>; `client PORT` makes a
-unary call and a server-streaming call over an insecure (h2c) channel and prints the results."""
+unary call and a server-streaming call over an insecure (h2c) channel and prints the results. With
+`--tls CERT KEY` (server) / `--tls CERT` (client) both use TLS (grpcio's own BoringSSL, inside cygrpc.so)."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ def fail(request: bytes, context: grpc.ServicerContext) -> bytes:
     return b""
 
 
-def server() -> None:
+def server(tls: tuple[str, str] | None = None) -> None:
     handlers = {
         "Unary": grpc.unary_unary_rpc_method_handler(unary, _identity, _identity),
         "Stream": grpc.unary_stream_rpc_method_handler(stream, _identity, _identity),
@@ -36,14 +37,25 @@ def server() -> None:
     }
     s = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     s.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("qtap.test.Echo", handlers),))
-    port = s.add_insecure_port("127.0.0.1:0")
+    if tls is None:
+        port = s.add_insecure_port("127.0.0.1:0")
+    else:
+        with open(tls[0], "rb") as c, open(tls[1], "rb") as k:
+            creds = grpc.ssl_server_credentials([(k.read(), c.read())])
+        port = s.add_secure_port("127.0.0.1:0", creds)
     s.start()
     print(f"PORT {port}", flush=True)
     s.wait_for_termination()
 
 
-def client(port: int) -> None:
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+def client(port: int, ca: str | None = None) -> None:
+    target = f"127.0.0.1:{port}"
+    if ca is None:
+        channel = grpc.insecure_channel(target)
+    else:
+        with open(ca, "rb") as c:
+            channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=c.read()))
+    with channel as ch:
         u = ch.unary_unary("/qtap.test.Echo/Unary", request_serializer=_identity, response_deserializer=_identity)
         print(u(b"hello").decode(), flush=True)
         st = ch.unary_stream("/qtap.test.Echo/Stream", request_serializer=_identity, response_deserializer=_identity)
@@ -57,6 +69,6 @@ def client(port: int) -> None:
 
 if __name__ == "__main__":
     if sys.argv[1] == "server":
-        server()
+        server((sys.argv[3], sys.argv[4]) if sys.argv[2:3] == ["--tls"] else None)
     else:
-        client(int(sys.argv[2]))
+        client(int(sys.argv[2]), sys.argv[4] if sys.argv[3:4] == ["--tls"] else None)

@@ -1,0 +1,88 @@
+"""gRPC over TLS between a real grpcio server and client: grpcio's BoringSSL is linked into cygrpc.so and
+stripped, so its SSL_read/SSL_write are found by code signature (qtap_async.tls.boringssl). The plaintext
+HTTP/2 (method path, message bytes) must come out for both processes."""
+
+from __future__ import annotations
+
+import glob
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from qtap_async.tls.manager import TlsOptions
+from qtap_async.topology import AgentOptions
+from tests.integration.harness import PEERS, AgentHarness
+
+pytestmark = pytest.mark.bpf
+
+ROOT = Path(__file__).resolve().parents[2]
+CACHE = Path(os.environ.get("QTAP_SERVICES_CACHE") or ROOT / ".services" / "cache") / "tls-peers"
+# An older grpcio than the one the venv installs (its BoringSSL is two years older): run from its wheel.
+OLD_GRPCIO = "1.60.0"
+
+
+def grpcio_dir(version: str) -> str:
+    """A directory holding grpcio ``version``'s ``grpc`` package for this Python, from its PyPI wheel."""
+    d = CACHE / f"grpcio-{version}-py{sys.version_info.major}{sys.version_info.minor}"
+    if not glob.glob(str(d / "grpc" / "_cython" / "cygrpc*.so")):
+        d.mkdir(parents=True, exist_ok=True)
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(d),
+                        f"grpcio=={version}", "--only-binary=:all:"], check=True, timeout=300)
+        (wheel,) = glob.glob(str(d / f"grpcio-{version}-*.whl"))
+        with zipfile.ZipFile(wheel) as z:
+            z.extractall(d, [n for n in z.namelist() if n.startswith("grpc/")])
+    return str(d)
+
+
+def _http(h: AgentHarness, **match: Any) -> list[dict[str, Any]]:
+    return [e for e in h.events() if isinstance(e, dict) and e.get("type") == "http_transaction"
+            and all(e.get(k) == v for k, v in match.items())]
+
+
+@pytest.mark.parametrize("grpcio", ["installed", OLD_GRPCIO])
+def test_grpc_over_tls_plaintext_on_both_sides(grpcio: str, cert: tuple[str, str], tmp_path: Path) -> None:
+    env = dict(os.environ)
+    if grpcio != "installed":
+        env["PYTHONPATH"] = grpcio_dir(grpcio)
+    crt, key = cert
+    peer = [sys.executable, str(PEERS / "grpc_peer.py")]
+    # The server maps cygrpc.so before the agent starts: the startup scan attaches to that file, and the
+    # probes on the file then cover the client (same file) from its first byte.
+    srv = subprocess.Popen([*peer, "server", "--tls", crt, key], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert srv.stdout is not None
+        port = int(srv.stdout.readline().split()[1])
+        opts = AgentOptions(http_level="full", tls_options=TlsOptions(state_dir=str(tmp_path / "state")))
+        with AgentHarness(opts, record=False) as h:
+            assert h.agent.tls is not None
+            statuses = [s for s in h.agent.tls.statuses() if s.path.endswith(".so") and "cygrpc" in s.path]
+            assert any(s.kind == "boringssl" and s.attached and set(s.fast_functions) == {"SSL_read", "SSL_write"}
+                       for s in statuses), statuses
+            cli = subprocess.Popen([*peer, "client", str(port), "--tls", crt], stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True, env=env)
+            out, err = cli.communicate(timeout=60)
+            assert cli.returncode == 0, err
+            assert out.splitlines() == ["echo:hello", "part0:abc,part1:abc,part2:abc", "error 5"]
+            assert h.wait_for(lambda: len([t for t in _http(h) if t.get("grpc") and t.get("tls")]) >= 6), (
+                [(t.get("pid"), t.get("direction"), t.get("path")) for t in _http(h)])
+    finally:
+        srv.kill()
+        srv.wait()
+    sides = {"egress": cli.pid, "ingress": srv.pid}
+    for side, pid in sides.items():
+        calls = {t["grpc"]["method"]: t for t in _http(h, direction=side, pid=pid) if t.get("grpc")}
+        assert set(calls) == {"Unary", "Stream", "Fail"}, (side, [(t["pid"], t["direction"]) for t in _http(h)])
+        assert all(t["tls"] for t in calls.values())
+        assert calls["Unary"]["path"] == "/qtap.test.Echo/Unary"
+        assert calls["Unary"]["grpc"]["grpc_status"] == 0
+        # The message bytes themselves: 5-byte gRPC length prefix, then the payload.
+        assert calls["Unary"]["request_body"] == b"\x00\x00\x00\x00\x05hello", calls["Unary"]
+        assert calls["Unary"]["response_body"] == b"\x00\x00\x00\x00\x0aecho:hello", calls["Unary"]
+        assert calls["Stream"]["grpc"]["response_messages"] == 3
+        assert calls["Fail"]["grpc"]["grpc_status"] == 5
+        assert calls["Fail"]["grpc"]["grpc_message"] == "no such thing"
