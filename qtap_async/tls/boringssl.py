@@ -21,13 +21,16 @@ guess. The found functions then go through the same probe planning as exported O
 from __future__ import annotations
 
 import bisect
+import contextlib
 import re
 import struct
 from dataclasses import dataclass, field
+from functools import lru_cache
+
+import capstone  # type: ignore[import-untyped]
 
 from qtap_async.errors import BoringSslSignatureError
 from qtap_async.tls.elf import ElfImage
-from qtap_async.tls.x86 import Insn, decode
 
 SSL_LIB_FILE = b"/ssl/ssl_lib.cc\0"
 """Suffix of the __FILE__ string BoringSSL's ssl_lib.cc passes to ERR_put_error (path prefix varies by build)."""
@@ -44,12 +47,42 @@ _LEA_RCX_RIP = re.compile(rb"\x48\x8d\x0d", re.S)
 _MAX_FUNC = 0x4000
 
 
+@dataclass(frozen=True, slots=True)
+class _Insn:
+    addr: int
+    mnemonic: str
+    op_str: str
+    next: int
+
+    @property
+    def target(self) -> int | None:
+        """Target of a direct call (capstone prints it as a bare hex address)."""
+        if self.mnemonic == "call" and self.op_str.startswith("0x"):
+            return int(self.op_str, 16)
+        return None
+
+    @property
+    def barrier(self) -> bool:
+        return self.mnemonic == "call" or self.mnemonic.startswith(("j", "ret"))
+
+
 @dataclass
 class _Func:
     start: int
     end: int
     reasons: set[int] = field(default_factory=set)
-    insns: list[Insn] = field(default_factory=list)
+    insns: list[_Insn] = field(default_factory=list)
+
+
+@lru_cache(maxsize=1)
+def _cs() -> capstone.Cs:
+    # No operand details: text is all this needs, and skipping them makes the decode ~5x faster than
+    # tls.x86.decode (a few dozen functions of a 12 MB library are decoded per analysis).
+    return capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+
+
+def _decode(code: bytes, addr: int) -> list[_Insn]:
+    return [_Insn(a, m, o, a + n) for a, n, m, o in _cs().disasm_lite(code, addr)]
 
 
 @dataclass(frozen=True)
@@ -105,9 +138,9 @@ def _error_sites(img: ElfImage, target: int) -> dict[int, _Func]:
 
 def _fill(img: ElfImage, fn: _Func, target: int) -> None:
     """Decode ``fn`` and collect the reason codes of its ERR_put_error(ERR_LIB_SSL, ..., ssl_lib.cc) calls."""
-    fn.insns = list(decode(img.read_vaddr(fn.start, fn.end - fn.start), fn.start))
+    fn.insns = _decode(img.read_vaddr(fn.start, fn.end - fn.start), fn.start)
     for k, ins in enumerate(fn.insns):
-        if not (ins.mnemonic == "lea" and ins.op_str.startswith("rcx, [rip + ") and ins.next is not None):
+        if not (ins.mnemonic == "lea" and ins.op_str.startswith("rcx, [rip + ")):
             continue
         disp = ins.op_str.removeprefix("rcx, [rip + ").rstrip("]")
         try:
@@ -117,25 +150,23 @@ def _fill(img: ElfImage, fn: _Func, target: int) -> None:
             continue
         # The argument moves sit between the previous call/branch and the next call, in any order.
         lo = k
-        while lo > 0 and fn.insns[lo - 1].kind not in ("call", "jmp", "jcc", "ret") and k - lo < 8:
+        while lo > 0 and not fn.insns[lo - 1].barrier and k - lo < 8:
             lo -= 1
         regs: dict[str, int] = {}
         for j in range(lo, min(len(fn.insns), k + 8)):
             other = fn.insns[j]
-            if other.kind == "call":
+            if other.mnemonic == "call":
                 break
             dst, _, src = other.op_str.partition(", ")
             if other.mnemonic == "mov" and dst in ("edi", "edx"):
-                try:
+                with contextlib.suppress(ValueError):  # a register source: not an argument constant
                     regs[dst] = int(src, 0)
-                except ValueError:
-                    pass
         if regs.get("edi") == ERR_LIB_SSL and "edx" in regs:
             fn.reasons.add(regs["edx"])
 
 
-def _direct_calls(fn: _Func) -> list[Insn]:
-    return [i for i in fn.insns if i.kind == "call" and i.target is not None]
+def _direct_calls(fn: _Func) -> list[_Insn]:
+    return [i for i in fn.insns if i.target is not None]
 
 
 def _stores_after_memcpy(fn: _Func, read_impl: int) -> bool | None:
@@ -164,14 +195,14 @@ def find(img: ElfImage) -> BoringFunctions:
     for fn in funcs.values():
         _fill(img, fn, target)
     evidence = [f"{len(funcs)} functions raise ssl_lib.cc errors"]
-    writes = [f for f in funcs.values() if WRITE_REASONS <= f.reasons]
+    writes = [f for f in funcs.values() if f.reasons >= WRITE_REASONS]
     if len(writes) != 1:
         raise BoringSslSignatureError(
             f"SSL_write signature (reasons {sorted(WRITE_REASONS)}) matched {len(writes)} functions "
             f"({', '.join(hex(f.start) for f in writes) or 'none'}) among {len(funcs)} raising ssl_lib.cc errors")
     write = writes[0]
     evidence.append(f"SSL_write at {write.start:#x}: the only one raising reasons {sorted(WRITE_REASONS)}")
-    impls = [f for f in funcs.values() if READ_IMPL_REASONS <= f.reasons and SSL_R_BAD_LENGTH not in f.reasons]
+    impls = [f for f in funcs.values() if f.reasons >= READ_IMPL_REASONS and SSL_R_BAD_LENGTH not in f.reasons]
     if len(impls) != 1:
         raise BoringSslSignatureError(
             f"ssl_read_impl signature (reasons {sorted(READ_IMPL_REASONS)}, not {SSL_R_BAD_LENGTH}) matched "

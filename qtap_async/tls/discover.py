@@ -240,7 +240,8 @@ class Scanner:
 
 
 # Byte strings every executable that analyze_file can recognise carries: OpenSSL/BoringSSL symbol or
-# version strings, BoringSSL's ssl_lib.cc error-file name (stripped static copies), GnuTLS' record functions, Go's build info magic, rustls' mangled symbol names. One
+# version strings, BoringSSL's ssl_lib.cc error-file name (stripped static copies), GnuTLS' record
+# functions, Go's build info magic, rustls' mangled symbol names. One
 # C-speed search each over the mapped file is far cheaper than parsing ELF tables of the many executables
 # that have none of them.
 TLS_MARKERS = (b"SSL_read", b"gnutls_record_recv", b"\xff Go buildinf:", b"OpenSSL ", b"BoringSSL", b"rustls..conn",

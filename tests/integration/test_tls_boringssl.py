@@ -4,39 +4,24 @@ HTTP/2 (method path, message bytes) must come out for both processes."""
 
 from __future__ import annotations
 
-import glob
 import os
 import subprocess
 import sys
-import zipfile
 from pathlib import Path
 from typing import Any
 
+import grpc  # type: ignore[import-untyped]
 import pytest
 
 from qtap_async.tls.manager import TlsOptions
 from qtap_async.topology import AgentOptions
 from tests.integration.harness import PEERS, AgentHarness
+from tests.tls.grpcio_wheels import VERSIONS, grpcio_dir
 
 pytestmark = pytest.mark.bpf
 
-ROOT = Path(__file__).resolve().parents[2]
-CACHE = Path(os.environ.get("QTAP_SERVICES_CACHE") or ROOT / ".services" / "cache") / "tls-peers"
 # An older grpcio than the one the venv installs (its BoringSSL is two years older): run from its wheel.
-OLD_GRPCIO = "1.60.0"
-
-
-def grpcio_dir(version: str) -> str:
-    """A directory holding grpcio ``version``'s ``grpc`` package for this Python, from its PyPI wheel."""
-    d = CACHE / f"grpcio-{version}-py{sys.version_info.major}{sys.version_info.minor}"
-    if not glob.glob(str(d / "grpc" / "_cython" / "cygrpc*.so")):
-        d.mkdir(parents=True, exist_ok=True)
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(d),
-                        f"grpcio=={version}", "--only-binary=:all:"], check=True, timeout=300)
-        (wheel,) = glob.glob(str(d / f"grpcio-{version}-*.whl"))
-        with zipfile.ZipFile(wheel) as z:
-            z.extractall(d, [n for n in z.namelist() if n.startswith("grpc/")])
-    return str(d)
+OLD_GRPCIO = VERSIONS[0]
 
 
 def _http(h: AgentHarness, **match: Any) -> list[dict[str, Any]]:
@@ -60,7 +45,8 @@ def test_grpc_over_tls_plaintext_on_both_sides(grpcio: str, cert: tuple[str, str
         opts = AgentOptions(http_level="full", tls_options=TlsOptions(state_dir=str(tmp_path / "state")))
         with AgentHarness(opts, record=False) as h:
             assert h.agent.tls is not None
-            statuses = [s for s in h.agent.tls.statuses() if s.path.endswith(".so") and "cygrpc" in s.path]
+            where = env.get("PYTHONPATH") or os.path.dirname(os.path.dirname(grpc.__file__))
+            statuses = [s for s in h.agent.tls.statuses() if "cygrpc" in s.path and where in s.path]
             assert any(s.kind == "boringssl" and s.attached and set(s.fast_functions) == {"SSL_read", "SSL_write"}
                        for s in statuses), statuses
             cli = subprocess.Popen([*peer, "client", str(port), "--tls", crt], stdout=subprocess.PIPE,
