@@ -32,8 +32,10 @@ def _http(h: AgentHarness, **match: Any) -> list[dict[str, Any]]:
 @pytest.mark.parametrize("grpcio", ["installed", OLD_GRPCIO])
 def test_grpc_over_tls_plaintext_on_both_sides(grpcio: str, cert: tuple[str, str], tmp_path: Path) -> None:
     env = dict(os.environ)
+    # Where the cygrpc.so the peers import lives: the venv's, or the unpacked older wheel (put first).
+    where = os.path.dirname(os.path.dirname(grpc.__file__))
     if grpcio != "installed":
-        env["PYTHONPATH"] = grpcio_dir(grpcio)
+        where = env["PYTHONPATH"] = grpcio_dir(grpcio)
     crt, key = cert
     peer = [sys.executable, str(PEERS / "grpc_peer.py")]
     # The server maps cygrpc.so before the agent starts: the startup scan attaches to that file, and the
@@ -45,7 +47,6 @@ def test_grpc_over_tls_plaintext_on_both_sides(grpcio: str, cert: tuple[str, str
         opts = AgentOptions(http_level="full", tls_options=TlsOptions(state_dir=str(tmp_path / "state")))
         with AgentHarness(opts, record=False) as h:
             assert h.agent.tls is not None
-            where = env.get("PYTHONPATH") or os.path.dirname(os.path.dirname(grpc.__file__))
             statuses = [s for s in h.agent.tls.statuses() if "cygrpc" in s.path and where in s.path]
             assert any(s.kind == "boringssl" and s.attached and set(s.fast_functions) == {"SSL_read", "SSL_write"}
                        for s in statuses), statuses
