@@ -67,8 +67,37 @@ def client(port: int, ca: str | None = None) -> None:
             print(f"error {exc.code().value[0]}", flush=True)
 
 
+def many(port: int, n: int, ca: str) -> None:
+    """``n`` TLS channels (one connection each), all calling Unary at once from their own threads."""
+    import threading
+
+    with open(ca, "rb") as c:
+        creds = grpc.ssl_channel_credentials(root_certificates=c.read())
+    chans = [grpc.secure_channel(f"127.0.0.1:{port}", creds) for _ in range(n)]
+    go = threading.Barrier(n)
+    out: dict[int, bytes] = {}
+
+    def call(i: int) -> None:
+        u = chans[i].unary_unary("/qtap.test.Echo/Unary", request_serializer=_identity,
+                                 response_deserializer=_identity)
+        grpc.channel_ready_future(chans[i]).result(timeout=30)
+        go.wait()
+        out[i] = u(f"many-{i}".encode())
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for ch in chans:
+        ch.close()
+    print(",".join(out[i].decode() for i in range(n)), flush=True)
+
+
 if __name__ == "__main__":
-    if sys.argv[1] == "server":
+    if sys.argv[1] == "many":
+        many(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
+    elif sys.argv[1] == "server":
         server((sys.argv[3], sys.argv[4]) if sys.argv[2:3] == ["--tls"] else None)
     else:
         client(int(sys.argv[2]), sys.argv[4] if sys.argv[3:4] == ["--tls"] else None)
