@@ -11,8 +11,9 @@ No symbol names them, so they are recognised by what BoringSSL's own source make
   SSL_HANDSHAKE_FAILURE and BAD_LENGTH: no other function of ssl_lib.cc raises all four.
 - ssl_read_impl (static) raises UNINITIALIZED and SSL_HANDSHAKE_FAILURE but not BAD_LENGTH.
 - SSL_peek raises only SHOULD_NOT_HAVE_BEEN_CALLED and calls ssl_read_impl, then memcpy. SSL_read is
-  SSL_peek (inlined or called) plus consuming the bytes it copied: after its memcpy it stores to memory
-  (``pending_app_data = pending_app_data.subspan(ret)``), SSL_peek does not.
+  SSL_peek inlined (in every grpcio build tested) plus consuming the bytes it copied: after its memcpy it
+  stores to memory (``pending_app_data = pending_app_data.subspan(ret)``), SSL_peek does not. A build whose
+  SSL_read calls SSL_peek out of line raises no ssl_lib.cc error itself: it is reported, not recognised.
 
 Any mismatch (no candidate, two candidates) raises BoringSslSignatureError with what was seen: never a
 guess. The found functions then go through the same probe planning as exported OpenSSL functions.
