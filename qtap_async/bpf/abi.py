@@ -9,10 +9,10 @@ from __future__ import annotations
 import enum
 import struct
 
-ABI_VERSION = 3
+ABI_VERSION = 4
 # Record files written by older agents still replay: ABI 1's conn_open had no uid, proc_exec no inode; ABI 2's
-# conn_close had no reason.
-READABLE_ABI_VERSIONS = (1, 2, 3)
+# conn_close had no reason; ABI 3 had no unbound TLS writes (nothing of it changed, it only lacked them).
+READABLE_ABI_VERSIONS = (1, 2, 3, 4)
 CHUNK_SIZE = 16384
 MAX_CHUNKS = 8
 MAX_IOV = 1024
@@ -30,6 +30,7 @@ class RecType(enum.IntEnum):
     PROC_EXEC = 4
     PROC_EXIT = 5
     PROC_FORK = 6
+    TLS_BIND = 7
 
 
 class Dir(enum.IntEnum):
@@ -60,6 +61,7 @@ class DataFlag(enum.IntFlag):
     IO_URING = 32
     MMSG_REST = 64
     DISCARDED = 128
+    UNBOUND = 256  # TLS plaintext of an object with no socket yet: conn_id is the object, fd its generation
 
 
 CONN_MIDSTREAM = 1
@@ -90,9 +92,12 @@ class Counter(enum.IntEnum):
     SWEPT_SOCKS = 12
     CLOSE_DEFERRED = 13
     DELETE_BUSY = 14
+    TLS_HELD = 15
+    TLS_BOUND_BY_SEND = 16
+    TLS_STALE_BINDING = 17
 
 
-COUNTER_SLOTS = 15
+COUNTER_SLOTS = 18
 
 
 class IoKind(enum.IntEnum):
@@ -120,6 +125,8 @@ PROC_FORK = struct.Struct("<32xQII")
 # struct qtap_io_args: the value of the `inflight` map (user space writes it for calls blocked at attach)
 IO_ARGS = struct.Struct("<QQIiBBBxIQ")
 PROC_EXIT = struct.Struct("<32xiI")
+# struct qtap_tls_bind after the header
+TLS_BIND = struct.Struct("<32xQQQII")  # ssl, base, bytes, gen, _pad
 
 # Sizes and field offsets as C lays them out; checked against the compiler in tests.
 LAYOUT: dict[str, dict[str, int]] = {
@@ -137,6 +144,7 @@ LAYOUT: dict[str, dict[str, int]] = {
     "qtap_io_args": {"__size__": IO_ARGS.size, "sk": 0, "buf": 8, "iovcnt": 16, "fd": 20, "dir": 24, "kind": 25,
                      "was_closed": 26, "nr": 28, "cap": 32},
     "qtap_proc_exit": {"__size__": PROC_EXIT.size, "exit_code": 32},
+    "qtap_tls_bind": {"__size__": TLS_BIND.size, "ssl": 32, "base": 40, "bytes": 48, "gen": 56},
 }
 CONSTANTS = {
     "QTAP_ABI_VERSION": ABI_VERSION,

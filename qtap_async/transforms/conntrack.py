@@ -26,9 +26,10 @@ from qtap_async.context.listeners import ListeningPorts
 from qtap_async.context.process import ProcessCache, ProcessInfo, user_name
 from qtap_async.events.connection import ConnectionEvent, GapEvent, Owner
 from qtap_async.events.context import ConnContext, Direction
-from qtap_async.events.kernel import ConnClose, ConnOpen, Data, KernelRecord, ProcExec, ProcExit, ProcFork
+from qtap_async.events.kernel import ConnClose, ConnOpen, Data, KernelRecord, ProcExec, ProcExit, ProcFork, TlsBind
 from qtap_async.protocols.dns import parse_dns_datagram
 from qtap_async.transforms.reassembly import Gap, ReassemblyStats, Segment, StreamReassembler
+from qtap_async.transforms.tls_binding import UnboundTls
 
 _SOURCE_NAMES = {int(s): s.name.lower() for s in abi.Source}
 _DIR_NAMES = {0: "send", 1: "recv"}
@@ -43,6 +44,7 @@ _SKIP_REASONS = (
     (abi.DataFlag.NO_PAYLOAD, PAYLOAD_OFF),
 )
 _URING = int(abi.DataFlag.IO_URING)
+_UNBOUND = int(abi.DataFlag.UNBOUND)
 # Connections evicted (idle or table full) that are remembered so later activity resumes them honestly.
 MAX_EVICTED_REMEMBERED = 16384
 # Distinct processes kept in a connection's owner history (a socket shared by many workers stays bounded).
@@ -253,6 +255,8 @@ class Conntrack:
         self._fmt_prefix = ""
         self._ids = itertools.count(1)
         self._id_prefix = os.urandom(4).hex()
+        # TLS writes whose connection the kernel has not named yet (see qtap_async.transforms.tls_binding).
+        self.unbound_tls = UnboundTls()
 
     # -- helpers ---------------------------------------------------------------------------------
     def _event_id(self) -> str:
@@ -336,7 +340,11 @@ class Conntrack:
     # -- records ---------------------------------------------------------------------------------
     def handle(self, rec: KernelRecord) -> list[Any]:
         if type(rec) is Data:
+            if rec.flags & _UNBOUND:
+                return self._data_list(self.unbound_tls.hold(rec))
             return self._data(rec)
+        if type(rec) is TlsBind:
+            return self._data_list(self.unbound_tls.bind(rec))
         if type(rec) is ConnOpen:
             return self._open(rec)
         if type(rec) is ConnClose:
@@ -355,6 +363,12 @@ class Conntrack:
             self.processes.on_exit(rec.pid)
             return [rec]
         return []
+
+    def _data_list(self, recs: list[Data]) -> list[Any]:
+        out: list[Any] = []
+        for r in recs:
+            out.extend(self._data(r))
+        return out
 
     def _open(self, rec: ConnOpen) -> list[Any]:
         out: list[Any] = []
@@ -550,6 +564,7 @@ class Conntrack:
     def sweep(self, now_ns: int) -> list[Any]:
         """Evict connections idle longer than the idle timeout (their close was never seen)."""
         out: list[Any] = []
+        self.unbound_tls.expire(now_ns)
         limit = now_ns - self.idle_timeout_ns
         while self.conns:
             conn_id, c = next(iter(self.conns.items()))
