@@ -515,6 +515,11 @@ static __always_inline void tls_bind(__u64 ssl, __u64 sk, struct qtap_sock_info 
 	p = bpf_map_lookup_elem(&tls_pending, &ssl);
 	if (!p || p->tgid != tgid)
 		return;
+	if (bpf_ktime_get_ns() - p->last_ns > QTAP_TLS_PENDING_TTL_NS) {
+		/* User space dropped (and counted) that plaintext already: no gap for bytes nobody holds. */
+		bpf_map_delete_elem(&tls_pending, &ssl);
+		return;
+	}
 	fill_hdr(&ev.h, QTAP_REC_TLS_BIND, si->conn_id);
 	ev.ssl = ssl;
 	ev.bytes = p->bytes;

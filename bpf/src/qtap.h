@@ -41,6 +41,9 @@
 /* A TLS write with no socket I/O inside it, of an object not bound yet, is tied to the next send of its
  * thread on a socket no TLS object holds, if that send comes within this time (BIO-pair stacks: gRPC). */
 #define QTAP_TLS_BIND_WINDOW_NS 1000000000ULL
+/* User space keeps an object's unbound plaintext this long after its last write (UnboundTls.timeout_s); an
+ * object silent longer starts a new unbound stream (generation) and a late binding hands nothing over. */
+#define QTAP_TLS_PENDING_TTL_NS 5000000000ULL
 /* Unbound plaintext bytes one TLS object may hold back; past that its writes are counted and dropped. */
 #define QTAP_TLS_PENDING_MAX_BYTES (1024 * 1024)
 

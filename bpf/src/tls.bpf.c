@@ -114,7 +114,7 @@ static __always_inline void hold_write(__u32 tid, __u64 ssl, __u8 source, __u64 
 	__u64 now = bpf_ktime_get_ns(), off;
 	__u32 gen;
 
-	if (!p || p->tgid != tgid) {
+	if (!p || p->tgid != tgid || now - p->last_ns > QTAP_TLS_PENDING_TTL_NS) {
 		struct qtap_tls_pending np = {.tgid = tgid, .gen = bpf_get_prandom_u32()};
 
 		bpf_map_update_elem(&tls_pending, &ssl, &np, BPF_ANY);

@@ -21,6 +21,10 @@ PATH_LEN = 256
 TLS_HELLO_BYTES = 8192
 MAX_MMSG = 4
 MAX_MMSG_COUNTED = 64
+# Unbound TLS writes: how long user space holds them after their object's last write, and how many bytes one
+# object may hold back in the kernel.
+TLS_PENDING_TTL_NS = 5_000_000_000
+TLS_PENDING_MAX_BYTES = 1024 * 1024
 
 
 class RecType(enum.IntEnum):
@@ -156,4 +160,6 @@ CONSTANTS = {
     "QTAP_TLS_HELLO_BYTES": TLS_HELLO_BYTES,
     "QTAP_MAX_MMSG": MAX_MMSG,
     "QTAP_MAX_MMSG_COUNTED": MAX_MMSG_COUNTED,
+    "QTAP_TLS_PENDING_TTL_NS": TLS_PENDING_TTL_NS,
+    "QTAP_TLS_PENDING_MAX_BYTES": TLS_PENDING_MAX_BYTES,
 }
