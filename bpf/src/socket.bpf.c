@@ -127,7 +127,7 @@ static __always_inline int first_sent_byte(struct qtap_io_args *a)
 
 /* A send outside any TLS call, on a thread whose last TLS write had no socket (BIO-pair stacks such as
  * gRPC's BoringSSL encrypt into memory, then send): the first such send, soon after, on a TCP socket no TLS
- * object holds yet and starting with a TLS record header, carries that write's ciphertext, so it names the
+ * object holds yet and starting with a TLS application_data record, carries that write's ciphertext, so it names the
  * write's connection. A send on a socket already bound (another connection served by the same thread) is
  * not it, and binds nothing. */
 static __always_inline void bind_thread_pending(__u32 tid, struct qtap_io_args *a, struct qtap_sock_info *si)
@@ -145,9 +145,10 @@ static __always_inline void bind_thread_pending(__u32 tid, struct qtap_io_args *
 	}
 	if (si->flags & (QTAP_SOCK_TLS_COVERED | QTAP_SOCK_UDP))
 		return;
-	/* TLS record types: change_cipher_spec 20, alert 21, handshake 22, application_data 23. */
+	/* A write's ciphertext is an application_data record (23); a handshake flight (22, or 20 before it)
+	 * is another connection's start, never this write. */
 	first = first_sent_byte(a);
-	if (first < 20 || first > 23)
+	if (first != 23)
 		return;
 	bpf_map_delete_elem(&thread_pending, &tid);
 	tls_bind(ssl, a->sk, si);
