@@ -56,7 +56,8 @@ def _rebase(rec: Data, conn_id: int, base: int) -> Data:
 class UnboundTls:
     """Unbound TLS plaintext records in, the connection's records out once their binding arrives."""
 
-    def __init__(self, *, timeout_s: float = abi.TLS_PENDING_TTL_NS / 1e9, max_objects: int = 4096, max_bytes: int = 16 << 20) -> None:
+    def __init__(self, *, timeout_s: float = abi.TLS_PENDING_TTL_NS / 1e9, max_objects: int = 4096,
+                 max_bytes: int = 16 << 20) -> None:
         self.timeout_ns = int(timeout_s * 1e9)
         self.max_objects = max_objects
         self.max_bytes = max_bytes
