@@ -25,14 +25,14 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _common import write_result  # noqa: E402
-from bench_uprobe_points import _ldconfig, _run  # noqa: E402
+from _common import write_result
+from bench_uprobe_points import _ldconfig, _run
 
-from qtap_async.bpf.link import close_links  # noqa: E402
-from qtap_async.bpf.loader import Capture, CaptureSettings  # noqa: E402
-from qtap_async.tls.attach import TlsProbes  # noqa: E402
-from qtap_async.tls.libraries import analyze_file  # noqa: E402
-from qtap_async.tls.model import FileKey  # noqa: E402
+from qtap_async.bpf.link import close_links
+from qtap_async.bpf.loader import Capture, CaptureSettings
+from qtap_async.tls.attach import TlsProbes
+from qtap_async.tls.libraries import analyze_file
+from qtap_async.tls.model import FileKey
 
 
 def _cert(tmp: str) -> None:
