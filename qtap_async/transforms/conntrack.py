@@ -578,6 +578,7 @@ class Conntrack:
     def close_all(self, now_ns: int) -> list[Any]:
         """Agent stopping: report every open connection as closed by the agent."""
         out: list[Any] = []
+        self.unbound_tls.drop_all()  # no binding can come any more: counted as dropped
         while self.conns:
             _, c = self.conns.popitem(last=False)
             out.extend(self._finish(c, now_ns, "agent_stopped"))

@@ -111,6 +111,11 @@ class UnboundTls:
                 break
             self._drop(key)
 
+    def drop_all(self) -> None:
+        """The input ended: nothing held can be bound any more (dropped, counted)."""
+        while self._held:
+            self._drop(next(iter(self._held)))
+
     def _release(self, bind: TlsBind, records: list[Data]) -> list[Data]:
         out: list[Data] = []
         for r in records:

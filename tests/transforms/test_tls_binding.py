@@ -104,6 +104,9 @@ def test_conntrack_feeds_the_bound_plaintext_before_the_later_writes_of_the_conn
     ct.handle(Data(3 * S, 2, 10, 10, 8, 0, int(abi.Source.OPENSSL), 0, 0, -1, b"headers"))
     assert sessions[(2, 1)].fed == b"preface,headers"
     assert (1, 1) not in sessions
+    ct.handle(_unbound(0, b"never bound", ssl=SSL + 64))
+    ct.close_all(4 * S)
+    assert ct.unbound_tls.stats.dropped_records == 1 and len(ct.unbound_tls) == 0
 
 
 def test_the_bind_record_decodes() -> None:
