@@ -8,7 +8,7 @@ PREWHERE apply, which FINAL would prevent for columns outside the sorting key.
 
 An error is a response with status >= 500 or a gRPC status other than OK; ``client_errors`` counts
 4xx. Latency percentiles are exact (quantilesExact over duration_ns), except in the dashboard and the
-dependency edges, which read hourly rollups and answer merged DDSketches (1 % relative accuracy).
+dependency edges, which read hourly rollups: their percentiles come from log histograms, within 1 %.
 
 Times in results are what the agent's events carry (``qtap_async.events.times``): ``ts`` (and
 ``bucket_start``) as RFC 3339 UTC text with nanoseconds, beside ``ts_ns`` (``bucket_start_ns``) in epoch
@@ -432,36 +432,52 @@ def summary(storage: Storage, team: str, p: SummaryParams) -> list[Summary]:
 
 
 _DASH_SETS = ("total", "domain", "endpoint", "process", "container", "bucket")
+_DASH_KEYS = "domain, method, path, pid, exe, container_id"
+_EDGE_KEYS = "exe, container_id, domain"
 
 
-def _rolled_up(storage: Storage, team: str, start: int, end: int, sets: tuple[str, ...], keys: str, group: str,
-               bucket: int, raw_filter: str = "", params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    # The clean hours' rollup rows and the rest of the range's raw rows, merged per key of each set.
-    inner, bound = rollups.merged_states(storage, team, start, end, sets, raw_filter, bucket, params or {})
-    bound["bucket"] = bucket
-    return storage.query(
-        f"SELECT grp, {keys}, {rollups.STATS} FROM ({inner}) GROUP BY grp, {group}",
+def _rolled_up(storage: Storage, team: str, start: int, end: int, sets: tuple[str, ...], ranked: tuple[str, ...],
+               keys: str, select: str, group: str, bucket: int, limit: int, raw_filter: str = "",
+               params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Rows of ``sets`` per ``keys`` over [start, end), from the clean hours' rollups and the rest's raw rows.
+
+    Two statements: the ``ranked`` sets' keys are ranked by their request counts (cheap: no histogram is
+    read), then histograms are merged for the top ``limit`` keys of each ranked set and every key of the
+    others (the total, the time buckets). Ties rank by the keys, as the single queries order them."""
+    hours = rollups.clean(storage, team, start, end)
+    params = params or {}
+    inner, bound = rollups.merged_states(storage, team, hours, start, end, ranked, raw_filter, bucket, params,
+                                         counts_only=True)
+    bound["limit"] = limit
+    top = storage.query(
+        f"SELECT cityHash64(grp, {keys}) AS h, sum(r) AS n FROM ({inner}) GROUP BY grp, {keys}"
+        f" ORDER BY n DESC, {keys} LIMIT {{limit:UInt32}} BY grp",
         bound,
     )
+    others = ", ".join(f"'{s}'" for s in sets if s not in ranked)
+    keep = f"cityHash64(grp, {keys}) IN {{keep:Array(UInt64)}}" + (f" OR grp IN ({others})" if others else "")
+    inner, bound = rollups.merged_states(storage, team, hours, start, end, sets, raw_filter, bucket,
+                                         dict(params, keep=[int(r["h"]) for r in top]), keep)
+    bound["bucket"] = bucket
+    return storage.query(f"SELECT grp, {select}, {rollups.STATS} FROM ({inner}) GROUP BY grp, {group}", bound)
 
 
 def dashboard(storage: Storage, team: str, p: DashboardParams) -> list[DashboardRow]:
     """What the dashboard shows: the total, the top ``limit`` domains, endpoints, processes and containers
     by requests, and every non-empty time bucket, from the hourly rollups (pulse/rollups.py) for the
-    range's whole, up-to-date hours and from the raw rows for the rest, in one statement. The counts are
-    those of summary, top_domains, top_endpoints, processes and timeseries; the percentiles are merged
-    DDSketches, within 1 % of the exact ones those queries answer."""
+    range's whole, up-to-date hours and from the raw rows for the rest. The counts are those of summary,
+    top_domains, top_endpoints, processes and timeseries; the percentiles come from merged histograms, within
+    1 % of the exact ones those queries answer; ``domains`` and ``sources`` are the total's (0 in other rows)."""
     start, end = _range(p)
     if (end - start) // (p.bucket * 10**9) > MAX_BUCKETS:
         raise QueryError(f"more than {MAX_BUCKETS} buckets: widen bucket or narrow the range")
-    keys = ("domain, method, path, pid, exe, container_id,"
-            " toUnixTimestamp64Nano(toDateTime64(toStartOfInterval(minute, toIntervalSecond({bucket:UInt32})), 9,"
-            " 'UTC')) AS bucket_start_ns")
-    rows = _rolled_up(storage, team, start, end, _DASH_SETS, keys,
-                      "domain, method, path, pid, exe, container_id, bucket_start_ns", p.bucket)
+    select = (f"{_DASH_KEYS}, toUnixTimestamp64Nano(toDateTime64(toStartOfInterval(minute,"
+              " toIntervalSecond({bucket:UInt32})), 9, 'UTC')) AS bucket_start_ns")
+    rows = _rolled_up(storage, team, start, end, _DASH_SETS, ("domain", "endpoint", "process", "container"),
+                      _DASH_KEYS, select, f"{_DASH_KEYS}, bucket_start_ns", p.bucket, p.limit)
     for r in rows:
         r["set"] = r.pop("grp")
-        r.pop("qq", None)
+        r.pop("qb", None)
         r["bucket_start_ns"] = ns = int(r["bucket_start_ns"])  # 64-bit ints may come quoted
         r["bucket_start"] = format_ns(ns)
     out: list[DashboardRow] = msgspec.convert(rows, list[DashboardRow])
@@ -491,13 +507,13 @@ def dashboard(storage: Storage, team: str, p: DashboardParams) -> list[Dashboard
 
 def edges(storage: Storage, team: str, p: EdgeParams) -> list[Edge]:
     """The dependency map: one edge per (process executable, container) -> domain, busiest first, from the
-    rollups and the raw rows like the dashboard (percentiles: merged DDSketches, within 1 %)."""
+    rollups and the raw rows like the dashboard (percentiles from merged histograms, within 1 %)."""
     start, end = _range(p)
     raw_filter, params = "", {}
     if p.direction is not None:
         raw_filter, params = " AND direction = {direction:String}", {"direction": p.direction}
-    keys = "exe, container_id, domain"
-    rows = _rolled_up(storage, team, start, end, ("edge",), keys, keys, 60, raw_filter, params)
+    rows = _rolled_up(storage, team, start, end, ("edge",), ("edge",), _EDGE_KEYS, _EDGE_KEYS, _EDGE_KEYS, 60,
+                      p.limit, raw_filter, params)
     rows.sort(key=lambda r: (-int(r["requests"]), r["exe"], r["container_id"], r["domain"]))
     out: list[Edge] = msgspec.convert(rows[:p.limit], list[Edge])
     return out

@@ -3,18 +3,18 @@ for a day instead of a million.
 
 Three tables (single server or chDB; a cluster keeps none and its queries read the raw table):
 - ``requests_rollup``: per (team, hour) one row per key of each grouping set the dashboard and the map
-  show (the total, domain, endpoint, process, container, minute, edge), with the counts and mergeable
-  aggregate states: ``quantilesDD`` (DDSketch, 1 % relative accuracy) for latency, ``uniqExact`` for the
-  distinct domains and sources. Percentiles over any set of hours are the merged sketches, never an
-  average of percentiles. A ReplacingMergeTree on ``built_at``: rebuilding an hour replaces its rows
-  (an hour only gains keys, so no old row outlives a rebuild).
+  show (the total, domain, endpoint, process, container, minute, edge), with the counts and a latency
+  histogram (log buckets 2 % wide: every percentile within 1 % of the exact one), and for the total the
+  distinct domains and sources. Percentiles over any set of hours come from the summed histograms, never
+  from an average of percentiles. A ReplacingMergeTree on ``built_at``: rebuilding an hour replaces its
+  rows (an hour only gains keys, so no old row outlives a rebuild).
 - ``requests_touched``: the newest insert time of each (team, hour) that received rows, written by a
   materialized view on ``requests_in``, so it survives restarts and sees every ingestion path.
 - ``requests_rollup_built``: when each (team, hour) was last built, and from what.
 
 An hour is *clean* when it was built after its last insert; queries read clean hours from the rollup and
 everything else in the range (the partial hours at both ends, hours with new rows since their build)
-from the raw table with FINAL, then merge both sides' states in one statement. A copy of an event (a
+from the raw table with FINAL, then merge both sides' histograms in one statement. A copy of an event (a
 replayed batch) touches its hour too: the rebuild reads the raw table with FINAL, where copies collapse,
 so rollups count an event once, like the raw queries.
 
@@ -36,7 +36,12 @@ if TYPE_CHECKING:
 
 GRACE_S = 10
 HOUR_S = 3600
-DD_ARGS = "(0.01, 0.5, 0.95, 0.99)"  # relative accuracy, then the levels
+# Latency histograms: a duration d > 0 counts in bucket 1 + round(log_1.02(d)), whose value 1.02^(b - 1) is
+# within 1 % of every duration in it (0 has bucket 0). Stored as sorted (bucket, count) arrays: they read as
+# plain columns and merge with sumMap, where ClickHouse's own sketch states (quantilesDD, tdigest) cost a
+# few microseconds each to deserialize, which dominated a day's dashboard (measured: ~150 ms for 28k states).
+GAMMA = 1.02
+BUCKET = f"if(duration_ns = 0, toUInt16(0), toUInt16(1 + round(log(duration_ns) / log({GAMMA}))))"
 # How many hours one refresh builds at most, so a restart on a month of data does not hold the engine
 # for minutes: the rest come in the next rounds, and queries read them raw until then.
 MAX_HOURS_PER_REFRESH = 48
@@ -66,10 +71,13 @@ def ddl(config: PulseConfig, ttl_days: int) -> list[str]:
         f"CREATE TABLE IF NOT EXISTS {db}.requests_rollup (team LowCardinality(String), hour DateTime('UTC'),"
         " grp LowCardinality(String), minute DateTime('UTC'), domain String, method LowCardinality(String),"
         " path String, pid UInt32, exe String, container_id String, direction LowCardinality(String),"
-        f" r UInt64, e UInt64, ce UInt64, q AggregateFunction(quantilesDD{DD_ARGS}, UInt64),"
-        " d AggregateFunction(uniqExact, String), s AggregateFunction(uniqExact, String, String),"
+        " r UInt64, e UInt64, ce UInt64, hk Array(UInt16), hv Array(UInt64),"
+        " dl Array(String), sl Array(String),"  # the distinct domains and sources: total rows only
         " built_at DateTime64(3, 'UTC')) ENGINE = ReplacingMergeTree(built_at) PARTITION BY toDate(hour)"
-        f" ORDER BY (team, hour, grp, minute, domain, method, path, pid, exe, container_id, direction) {ttl}",
+        # One key's hours side by side, and small granules: a query reads the histograms of the keys it
+        # merges (a set's top keys, the total, the buckets), not those of every key in the range.
+        " ORDER BY (team, grp, domain, method, path, pid, exe, container_id, direction, minute, hour)"
+        f" {ttl} SETTINGS index_granularity = 1024",
         f"CREATE TABLE IF NOT EXISTS {db}.requests_touched (team LowCardinality(String), hour DateTime('UTC'),"
         " touched_at SimpleAggregateFunction(max, DateTime64(3, 'UTC'))) ENGINE = AggregatingMergeTree"
         f" PARTITION BY toDate(hour) ORDER BY (team, hour) {ttl}",
@@ -95,20 +103,32 @@ ERRORS = "status >= 500 OR grpc_status > 0"
 CLIENT_ERRORS = "status >= 400 AND status < 500"
 
 
-def raw_states(db: str, where: str, sets: tuple[str, ...], minute: str) -> str:
+def raw_states(db: str, where: str, sets: tuple[str, ...], minute: str, compact: bool = False,
+               counts_only: bool | None = False) -> str:
     """A SELECT of the raw rows matching ``where`` in the rollup's row shape (without team, hour and
     built_at): one row per key of each of ``sets``, with aggregate states. ``minute`` is the expression
-    that keys the bucket set (toStartOfMinute for a rollup, the query's own bucket otherwise)."""
+    that keys the bucket set (toStartOfMinute for a rollup, the query's own bucket otherwise). ``compact``:
+    histograms as sorted (bucket, count) pairs, for storing; otherwise one bucket per row with weight 1,
+    which quantilesExactWeighted merges the same and costs less to make. ``counts_only``: empty
+    histograms and distinct lists (for ranking keys); None: histograms but no distinct lists."""
     used = tuple(k for k in KEYS if any(k in SETS[s] for s in sets))
     name = "multiIf(" + ", ".join(f"g = {_grouping_id(SETS[s], used)}, '{s}'" for s in sets) + ", '')"
     grouping = ", ".join("(" + ", ".join(SETS[s]) + ")" for s in sets)
     minute_sql = f"toDateTime({minute}, 'UTC')" if "minute" in used else "toDateTime(0, 'UTC')"
+    lists = ("groupUniqArray(domain) AS dl, groupUniqArray(concat(exe, '\\0', container_id)) AS sl,"
+             if counts_only is False else "CAST([], 'Array(String)') AS dl, CAST([], 'Array(String)') AS sl,")
+    if counts_only:
+        hist = "CAST([], 'Array(UInt16)') AS hk, CAST([], 'Array(UInt64)') AS hv,"
+    elif compact:
+        hist = f"sumMap([{BUCKET}], [toUInt64(1)]) AS hist, hist.1 AS hk, CAST(hist.2, 'Array(UInt64)') AS hv,"
+    else:
+        hist = f"groupArray({BUCKET}) AS hk, arrayWithConstant(length(hk), toUInt64(1)) AS hv,"
     # Columns no set keys are constants (a SELECT may not name a column outside every grouping set).
     cols = ", ".join(f"{k}" if k in used else f"{_DEFAULTS[k]} AS {k}" for k in KEYS if k != "minute")
     return (
         f"SELECT {name} AS grp, {cols}, {minute_sql} AS minute, count() AS r, countIf({ERRORS}) AS e,"
-        f" countIf({CLIENT_ERRORS}) AS ce, quantilesDDState{DD_ARGS}(duration_ns) AS q,"
-        " uniqExactState(domain) AS d, uniqExactState(exe, container_id) AS s,"
+        f" countIf({CLIENT_ERRORS}) AS ce, {hist}"
+        f" {lists}"
         f" grouping({', '.join(used)}) AS g"
         f" FROM {db}.requests FINAL WHERE {where} GROUP BY GROUPING SETS ({grouping})"
     )
@@ -136,10 +156,11 @@ def build_hour(storage: Storage, team: str, hour_s: int, built_at_ms: int) -> No
     )
     params = {"team": team, "start": hour_s * 10**9, "end": (hour_s + HOUR_S) * 10**9, "hour": hour_s,
               "built": built_at_ms}
-    inner = raw_states(db, where, tuple(SETS), "toStartOfMinute(ts)")
+    inner = raw_states(db, where, tuple(SETS), "toStartOfMinute(ts)", compact=True)
     storage.query(
         f"INSERT INTO {db}.requests_rollup SELECT {{team:String}}, toDateTime({{hour:UInt32}}, 'UTC'), grp,"
-        " minute, domain, method, path, pid, exe, container_id, direction, r, e, ce, q, d, s,"
+        " minute, domain, method, path, pid, exe, container_id, direction, r, e, ce, hk, hv,"
+        " if(grp = 'total', dl, []), if(grp = 'total', sl, []),"
         f" fromUnixTimestamp64Milli({{built:Int64}}, 'UTC') FROM ({inner})",
         params,
     )
@@ -150,13 +171,14 @@ def build_hour(storage: Storage, team: str, hour_s: int, built_at_ms: int) -> No
     )
 
 
-def refresh(storage: Storage, now_ms: int | None = None, grace_s: int = GRACE_S) -> int:
-    """Build every stale hour that has been quiet for ``grace_s`` (at most MAX_HOURS_PER_REFRESH);
-    returns how many were built."""
+def refresh(storage: Storage, now_ms: int | None = None, grace_s: float | None = None) -> int:
+    """Build every stale hour that has been quiet for ``grace_s`` (default GRACE_S; at most
+    MAX_HOURS_PER_REFRESH); returns how many were built."""
     if not enabled(storage.config):
         return 0
+    grace_s = GRACE_S if grace_s is None else grace_s
     start_ms = now_ms if now_ms is not None else time.time_ns() // 10**6
-    built_at = start_ms - grace_s * 1000
+    built_at = start_ms - int(grace_s * 1000)
     todo = stale_hours(storage, built_at)
     for row in todo:
         build_hour(storage, str(row["team"]), int(row["hour"]), built_at)
@@ -165,13 +187,18 @@ def refresh(storage: Storage, now_ms: int | None = None, grace_s: int = GRACE_S)
 
 def clean_hours(storage: Storage, team: str, start_ns: int, end_ns: int) -> list[int]:
     """The hours (epoch seconds) wholly inside [start, end) whose rollup is up to date."""
+    return clean(storage, team, start_ns, end_ns)[0]
+
+
+def clean(storage: Storage, team: str, start_ns: int, end_ns: int) -> tuple[list[int], list[int]]:
+    """clean_hours, and the version of each (a hash of the hour and its newest build): the rows to read."""
     first = -(-start_ns // (HOUR_S * 10**9)) * HOUR_S
     last = end_ns // (HOUR_S * 10**9) * HOUR_S  # exclusive
     if last <= first or not enabled(storage.config):
-        return []
+        return [], []
     db = storage.database
     rows = storage.query(
-        "SELECT toUnixTimestamp(b.hour) AS hour FROM"
+        "SELECT toUnixTimestamp(b.hour) AS hour, cityHash64(b.hour, b.built) AS v FROM"
         f" (SELECT hour, max(built_at) AS built FROM {db}.requests_rollup_built WHERE team = {{team:String}}"
         "  AND hour >= toDateTime({first:UInt32}, 'UTC') AND hour < toDateTime({last:UInt32}, 'UTC')"
         "  GROUP BY hour) AS b"
@@ -181,7 +208,7 @@ def clean_hours(storage: Storage, team: str, start_ns: int, end_ns: int) -> list
         " WHERE t.touched <= b.built ORDER BY hour",
         {"team": team, "first": first, "last": last},
     )
-    return [int(r["hour"]) for r in rows]
+    return [int(r["hour"]) for r in rows], [int(r["v"]) for r in rows]
 
 
 def raw_intervals(start_ns: int, end_ns: int, hours: list[int]) -> list[tuple[int, int]]:
@@ -198,25 +225,33 @@ def raw_intervals(start_ns: int, end_ns: int, hours: list[int]) -> list[tuple[in
     return out
 
 
-def merged_states(storage: Storage, team: str, start_ns: int, end_ns: int, sets: tuple[str, ...],
-                  raw_filter: str, bucket_s: int, params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """A subquery in the rollup's row shape for [start, end): the clean hours' rollup rows of ``sets``
-    and the raw rows' states of everything else (``raw_filter``: extra conditions on the raw rows, the
-    same as the rollup rows must meet; they may only name key columns). Callers GROUP BY and merge."""
+def merged_states(storage: Storage, team: str, hours: tuple[list[int], list[int]], start_ns: int, end_ns: int,
+                  sets: tuple[str, ...], raw_filter: str, bucket_s: int, params: dict[str, Any],
+                  keep: str = "", counts_only: bool = False) -> tuple[str, dict[str, Any]]:
+    """A subquery in the rollup's row shape for [start, end): the rollup rows of ``sets`` in the clean
+    ``hours`` (from ``clean``) and the raw rows' states of everything else (``raw_filter``: extra conditions on the raw
+    rows, the same as the rollup rows must meet; they may only name key columns). ``keep``: a condition
+    on the rows of both sides (the keys worth merging histograms for). Callers GROUP BY and merge; columns
+    they do not read are not computed (ClickHouse drops them from the subquery)."""
     db = storage.database
-    minute_ok = bucket_s % 60 == 0  # a minute lies in one bucket only when buckets are whole minutes
-    hours = clean_hours(storage, team, start_ns, end_ns) if minute_ok else []
+    clean_hours, versions = hours
+    if bucket_s % 60:  # a minute lies in one bucket only when buckets are whole minutes
+        clean_hours, versions = [], []
     params = dict(params, team=team)
     parts: list[str] = []
-    if hours:
-        params["rollup_hours"] = hours
+    if clean_hours:
+        params["rollup_versions"] = versions
         sets_sql = ", ".join(f"'{s}'" for s in sets)
         parts.append(
-            "SELECT grp, domain, method, path, pid, exe, container_id, direction, minute, r, e, ce, q, d, s"
-            f" FROM {db}.requests_rollup FINAL WHERE team = {{team:String}}"
-            f" AND toUnixTimestamp(hour) IN {{rollup_hours:Array(UInt32)}} AND grp IN ({sets_sql}){raw_filter}"
+            "SELECT grp, domain, method, path, pid, exe, container_id, direction, minute, r, e, ce, hk, hv, dl, sl"
+            # Only the rows of each clean hour's newest build, instead of FINAL: older builds' rows are
+            # left until merges drop them, and the conditions go to PREWHERE, so the histograms of rows
+            # not wanted are not read.
+            f" FROM {db}.requests_rollup WHERE team = {{team:String}}"
+            f" AND cityHash64(hour, built_at) IN {{rollup_versions:Array(UInt64)}} AND grp IN ({sets_sql}){raw_filter}"
+            + (f" AND ({keep})" if keep else "")
         )
-    intervals = raw_intervals(start_ns, end_ns, hours)
+    intervals = raw_intervals(start_ns, end_ns, clean_hours)
     if intervals:
         ors = []
         for i, (lo, hi) in enumerate(intervals):
@@ -224,21 +259,38 @@ def merged_states(storage: Storage, team: str, start_ns: int, end_ns: int, sets:
             ors.append(f"(ts >= fromUnixTimestamp64Nano({{lo{i}:Int64}}, 'UTC')"
                        f" AND ts < fromUnixTimestamp64Nano({{hi{i}:Int64}}, 'UTC'))")
         where = "team = {team:String} AND (" + " OR ".join(ors) + ")" + raw_filter
-        inner = raw_states(db, where, sets, "toStartOfInterval(ts, toIntervalSecond({bucket:UInt32}))")
+        inner = raw_states(db, where, sets, "toStartOfInterval(ts, toIntervalSecond({bucket:UInt32}))",
+                           counts_only=True if counts_only else None)
         params["bucket"] = bucket_s
         parts.append(
-            "SELECT grp, domain, method, path, pid, exe, container_id, direction, minute, r, e, ce, q, d, s"
-            f" FROM ({inner})"
+            "SELECT grp, domain, method, path, pid, exe, container_id, direction, minute, r, e, ce, hk, hv, dl, sl"
+            f" FROM ({inner})" + (f" WHERE {keep}" if keep else "")
         )
+        if "total" in sets and not counts_only:
+            # The distinct domains and sources of the raw rows, for the total only: a group's own lists
+            # for every key of every set would cost more than the rest of the statement.
+            parts.append(
+                "SELECT 'total' AS grp, '' AS domain, '' AS method, '' AS path, toUInt32(0) AS pid, '' AS exe,"
+                " '' AS container_id, '' AS direction, toDateTime(0, 'UTC') AS minute, toUInt64(0) AS r,"
+                " toUInt64(0) AS e, toUInt64(0) AS ce, CAST([], 'Array(UInt16)') AS hk,"
+                " CAST([], 'Array(UInt64)') AS hv, groupUniqArray(domain) AS dl,"
+                f" groupUniqArray(concat(exe, '\\0', container_id)) AS sl FROM {db}.requests WHERE {where}"
+            )
     return " UNION ALL ".join(parts), params
+
+
+def _percentile(i: int) -> str:
+    # The value of the bucket the weighted quantile of bucket numbers lands in.
+    return f"if(qb[{i}] = 0, toUInt64(0), toUInt64(round(pow({GAMMA}, qb[{i}] - 1))))"
 
 
 STATS = (
     "sum(r) AS requests, sum(e) AS errors, sum(ce) AS client_errors,"
     " if(requests = 0, 0, errors / requests) AS error_rate,"
-    f" quantilesDDMerge{DD_ARGS}(q) AS qq,"  # an empty sketch answers nan: 0, like quantilesExact
-    " if(isFinite(qq[1]), toUInt64(round(qq[1])), 0) AS p50_ns,"
-    " if(isFinite(qq[2]), toUInt64(round(qq[2])), 0) AS p95_ns,"
-    " if(isFinite(qq[3]), toUInt64(round(qq[3])), 0) AS p99_ns,"
-    " uniqExactMerge(d) AS domains, uniqExactMerge(s) AS sources"
+    # The histograms' (bucket, count) pairs of every row merged, without building them (sumMap is ~2x slower).
+    " quantilesExactWeightedArray(0.5, 0.95, 0.99)(hk, hv) AS qb,"
+    f" {_percentile(1)} AS p50_ns, {_percentile(2)} AS p95_ns, {_percentile(3)} AS p99_ns,"
+    # Distinct domains and sources: only the total's rows carry them.
+    " length(arrayDistinct(arrayFlatten(groupArrayIf(dl, grp = 'total')))) AS domains,"
+    " length(arrayDistinct(arrayFlatten(groupArrayIf(sl, grp = 'total')))) AS sources"
 )
