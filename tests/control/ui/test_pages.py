@@ -109,7 +109,11 @@ def test_dashboard_numbers_are_the_traffic_sent(ui: Ui, admin: tuple[httpx.Clien
     assert int(cards["requests"]) == len(t.requests)
     assert cards["error-rate"] == f"{t.errors / len(t.requests) * 100:.2f}%"
     durations = sorted(r["duration_ns"] for r in t.requests)
-    assert cards["p50"] == f"{durations[len(durations) // 2] / 1e6:.1f} ms"
+    # The dashboard's percentiles come from latency histograms: within 1 % of a duration at the median's rank.
+    p50 = float(cards["p50"].removesuffix(" ms")) * 1e6
+    n = len(durations)
+    near = durations[(n - 1) // 2 - 1:n // 2 + 2]
+    assert min(near) * 0.99 <= p50 <= max(near) * 1.01, (cards["p50"], near)
     page = c.get("/ui/").text
     for d in DOMAINS:
         assert d in page
@@ -283,7 +287,7 @@ def test_issues_are_what_detect_errors_reported(ui: Ui, admin: tuple[httpx.Clien
     page2 = c.get("/ui/issues", params={"page": 1}).text
     assert re.findall(r'<td class="path">([^<]+)</td>', page2)[0] == newest[10]["summary"].replace(">", "&gt;")
     critical = c.get("/ui/issues", params={"severity": "critical"}).text
-    assert critical.count("<td>critical</td>") == sum(1 for i in ui.traffic.issues if i["severity"] == "critical")
+    assert critical.count("<td>critical</td>") == min(10, sum(1 for i in ui.traffic.issues if i["severity"] == "critical"))
     assert "<td>error</td>" not in critical
     none = c.get("/ui/issues", params={"rule": "no-such-rule"}).text
     assert 'id="empty"' in none and "No issue matches" in none
