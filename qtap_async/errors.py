@@ -27,6 +27,7 @@ classes, so it stays true:
     ├── SinkTransientError
     ├── ElfFormatError               [tls.elf]
     ├── GoBinaryError
+    ├── BoringSslSignatureError
     ├── StateDirError                [tls.cache]
     ├── StatusServerError
     ├── ContainerRuntimeError
@@ -159,6 +160,11 @@ class SinkTransientError(QtapError):
 
 class GoBinaryError(QtapError):
     """A Go structure in an executable could not be parsed (the TLS analysis turns it into a report note)."""
+
+
+class BoringSslSignatureError(QtapError):
+    """A stripped BoringSSL's SSL_read/SSL_write could not be recognised by their code signatures (the TLS
+    analysis reports the library with no probes and this message as its note, never a guessed offset)."""
 
 
 class KernelFsError(QtapError):

@@ -166,6 +166,11 @@ class Agent:
             m.update(self.tls.metrics())
         return m
 
+    def metric_families(self) -> list[metrics.Histograms]:
+        """The histograms the stacks' plugins build at scrape time (http_metrics'), read through the
+        pipeline of the moment so a reload shows its stacks."""
+        return [fam for stack in self.graph.pipeline.stacks.values() for fam in stack.families()]
+
     async def run(self, install_signals: bool = True) -> int:
         # The status server comes up first: /healthz answers (and /readyz says why not) while probes attach.
         from qtap_async.errors import StatusServerError
