@@ -438,13 +438,15 @@ _EDGE_KEYS = "exe, container_id, domain"
 
 def _rolled_up(storage: Storage, team: str, start: int, end: int, sets: tuple[str, ...], ranked: tuple[str, ...],
                keys: str, select: str, group: str, bucket: int, limit: int, raw_filter: str = "",
-               params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+               params: dict[str, Any] | None = None) -> list[dict[str, Any]] | None:
     """Rows of ``sets`` per ``keys`` over [start, end), from the clean hours' rollups and the rest's raw rows.
 
     Two statements: the ``ranked`` sets' keys are ranked by their request counts (cheap: no histogram is
     read), then histograms are merged for the top ``limit`` keys of each ranked set and every key of the
     others (the total, the time buckets). Ties rank by the keys, as the single queries order them."""
     hours = rollups.clean(storage, team, start, end)
+    if not hours[0] or bucket % 60:
+        return None  # no hour to read from the rollups: the caller's exact query over the raw rows
     params = params or {}
     inner, bound = rollups.merged_states(storage, team, hours, start, end, ranked, raw_filter, bucket, params,
                                          counts_only=True)
@@ -462,12 +464,39 @@ def _rolled_up(storage: Storage, team: str, start: int, end: int, sets: tuple[st
     return storage.query(f"SELECT grp, {select}, {rollups.STATS} FROM ({inner}) GROUP BY grp, {group}", bound)
 
 
+_EXACT_SETS = {"total": "()", "domain": "(domain)", "endpoint": "(domain, method, path)",
+               "process": "(pid, exe, container_id)", "container": "(container_id)", "bucket": "(bucket_start_ns)"}
+
+
+def _dashboard_exact(storage: Storage, team: str, start: int, end: int, bucket: int) -> list[dict[str, Any]]:
+    # One pass over the raw rows (GROUPING SETS), exact percentiles: for ranges with no whole clean hour.
+    params: dict[str, Any] = {"team": team, "start": start, "end": end, "bucket": bucket}
+    keys = ("domain", "method", "path", "pid", "exe", "container_id", "bucket_start_ns")
+    rows = storage.query(
+        f"SELECT grouping({', '.join(keys)}) AS g, {_DASH_KEYS},"
+        " toUnixTimestamp64Nano(toDateTime64(toStartOfInterval(ts, toIntervalSecond({bucket:UInt32})), 9, 'UTC'))"
+        f" AS bucket_start_ns, {_STATS}, uniqExact(domain) AS domains, uniqExact(exe, container_id) AS sources"
+        f" FROM {storage.database}.requests FINAL WHERE {_RANGE}"
+        f" GROUP BY GROUPING SETS ({', '.join(_EXACT_SETS.values())})",
+        params,
+    )
+    ids = {sum(1 << (len(keys) - 1 - i) for i, k in enumerate(keys) if k not in v.strip("()").split(", ")): name
+           for name, v in _EXACT_SETS.items()}
+    for r in rows:
+        r["grp"] = ids[int(r.pop("g"))]
+        if r["grp"] != "total":  # as from the rollups: distinct domains and sources on the total only
+            r["domains"] = r["sources"] = 0
+    return rows
+
+
 def dashboard(storage: Storage, team: str, p: DashboardParams) -> list[DashboardRow]:
     """What the dashboard shows: the total, the top ``limit`` domains, endpoints, processes and containers
     by requests, and every non-empty time bucket, from the hourly rollups (pulse/rollups.py) for the
     range's whole, up-to-date hours and from the raw rows for the rest. The counts are those of summary,
-    top_domains, top_endpoints, processes and timeseries; the percentiles come from merged histograms, within
-    1 % of the exact ones those queries answer; ``domains`` and ``sources`` are the total's (0 in other rows)."""
+    top_domains, top_endpoints, processes and timeseries; the percentiles come from merged histograms,
+    within 1 % of a duration at their rank (exact, as those queries answer, when the range holds no whole
+    clean hour or buckets are not whole minutes: one pass over the raw rows then); ``domains`` and
+    ``sources`` are the total's (0 in other rows)."""
     start, end = _range(p)
     if (end - start) // (p.bucket * 10**9) > MAX_BUCKETS:
         raise QueryError(f"more than {MAX_BUCKETS} buckets: widen bucket or narrow the range")
@@ -475,9 +504,12 @@ def dashboard(storage: Storage, team: str, p: DashboardParams) -> list[Dashboard
               " toIntervalSecond({bucket:UInt32})), 9, 'UTC')) AS bucket_start_ns")
     rows = _rolled_up(storage, team, start, end, _DASH_SETS, ("domain", "endpoint", "process", "container"),
                       _DASH_KEYS, select, f"{_DASH_KEYS}, bucket_start_ns", p.bucket, p.limit)
+    if rows is None:
+        rows = _dashboard_exact(storage, team, start, end, p.bucket)
     for r in rows:
         r["set"] = r.pop("grp")
         r.pop("qb", None)
+        r.pop("q", None)
         r["bucket_start_ns"] = ns = int(r["bucket_start_ns"])  # 64-bit ints may come quoted
         r["bucket_start"] = format_ns(ns)
     out: list[DashboardRow] = msgspec.convert(rows, list[DashboardRow])
@@ -507,13 +539,22 @@ def dashboard(storage: Storage, team: str, p: DashboardParams) -> list[Dashboard
 
 def edges(storage: Storage, team: str, p: EdgeParams) -> list[Edge]:
     """The dependency map: one edge per (process executable, container) -> domain, busiest first, from the
-    rollups and the raw rows like the dashboard (percentiles from merged histograms, within 1 %)."""
+    rollups and the raw rows like the dashboard (percentiles from merged histograms, within 1 %; exact when
+    the range holds no whole clean hour)."""
     start, end = _range(p)
     raw_filter, params = "", {}
     if p.direction is not None:
         raw_filter, params = " AND direction = {direction:String}", {"direction": p.direction}
     rows = _rolled_up(storage, team, start, end, ("edge",), ("edge",), _EDGE_KEYS, _EDGE_KEYS, _EDGE_KEYS, 60,
                       p.limit, raw_filter, params)
+    if rows is None:  # no whole clean hour: the exact query over the raw rows
+        where = _RANGE + raw_filter
+        rows = storage.query(
+            f"SELECT {_EDGE_KEYS}, {_STATS} FROM {storage.database}.requests FINAL WHERE {where}"
+            " GROUP BY exe, container_id, domain ORDER BY requests DESC, exe, container_id, domain"
+            " LIMIT {limit:UInt32}",
+            dict(params, team=team, start=start, end=end, limit=p.limit),
+        )
     rows.sort(key=lambda r: (-int(r["requests"]), r["exe"], r["container_id"], r["domain"]))
     out: list[Edge] = msgspec.convert(rows[:p.limit], list[Edge])
     return out

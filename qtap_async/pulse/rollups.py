@@ -192,8 +192,9 @@ def clean_hours(storage: Storage, team: str, start_ns: int, end_ns: int) -> list
 
 def clean(storage: Storage, team: str, start_ns: int, end_ns: int) -> tuple[list[int], list[int]]:
     """clean_hours, and the version of each (a hash of the hour and its newest build): the rows to read."""
-    first = -(-start_ns // (HOUR_S * 10**9)) * HOUR_S
-    last = end_ns // (HOUR_S * 10**9) * HOUR_S  # exclusive
+    # Hours of a DateTime (1970 to 2106): a range reaching past them has no rollup there.
+    first = max(0, -(-start_ns // (HOUR_S * 10**9)) * HOUR_S)
+    last = min(2**32 - HOUR_S, end_ns // (HOUR_S * 10**9) * HOUR_S)  # exclusive
     if last <= first or not enabled(storage.config):
         return [], []
     db = storage.database
