@@ -341,6 +341,10 @@ PULSE_KAFKA_MESSAGES = _pulse("pulse_kafka_messages_total", "counter", "Kafka me
 PULSE_KAFKA_REJECTED = _pulse("pulse_kafka_rejected_total", "counter",
                               "Kafka messages dropped (undecodable or unauthenticated).", "reason")
 PULSE_KAFKA_COMMITS = _pulse("pulse_kafka_commits_total", "counter", "Kafka offset commits after a stored batch.")
+PULSE_ROLLUP_HOURS = _pulse("pulse_rollup_hours_built_total", "counter",
+                            "(team, hour) rollups built or rebuilt for the dashboard and the dependency map.")
+PULSE_ROLLUP_ERRORS = _pulse("pulse_rollup_errors_total", "counter",
+                             "Rollup rounds that failed (their hours are read from the raw table until built).")
 
 # -- the control plane (its own /metrics, the same renderer) ------------------------------------------------------
 CONTROL: Catalog = {}
