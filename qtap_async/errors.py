@@ -27,6 +27,7 @@ classes, so it stays true:
     ├── SinkTransientError
     ├── ElfFormatError               [tls.elf]
     ├── GoBinaryError
+    ├── JavaAttachError
     ├── StateDirError                [tls.cache]
     ├── StatusServerError
     ├── ContainerRuntimeError
@@ -159,6 +160,10 @@ class SinkTransientError(QtapError):
 
 class GoBinaryError(QtapError):
     """A Go structure in an executable could not be parsed (the TLS analysis turns it into a report note)."""
+
+
+class JavaAttachError(QtapError):
+    """A JVM refused or failed the dynamic attach of qtap's Java agent (or is not a HotSpot JVM)."""
 
 
 class KernelFsError(QtapError):
