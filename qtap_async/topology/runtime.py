@@ -161,14 +161,13 @@ class Agent:
         if self.containers is not None:
             m.update(self.containers.snapshot())
         js = self.conntrack.java.stats
-        if self.java is not None:
-            m[metrics.JAVA_JVMS_ATTACHED.name] = self.java.metrics()["attached"]
-            m[metrics.JAVA_ATTACH_FAILED.name] = self.java.failed_total
-            m[metrics.JAVA_BAD_FRAMES.name] = self.java.channel.stats.bad_frames
-        if js.chunks or js.unmatched or js.ambiguous or js.late:
-            m[metrics.JAVA_CHUNKS.name] = js.chunks
-            for reason in ("unmatched", "ambiguous", "late"):
-                m[metrics.JAVA_DROPPED.key(reason=reason)] = getattr(js, reason)
+        java = self.java
+        m[metrics.JAVA_JVMS_ATTACHED.name] = java.metrics()["attached"] if java is not None else 0
+        m[metrics.JAVA_ATTACH_FAILED.name] = java.failed_total if java is not None else 0
+        m[metrics.JAVA_BAD_FRAMES.name] = java.channel.stats.bad_frames if java is not None else 0
+        m[metrics.JAVA_CHUNKS.name] = js.chunks  # a replay of a recording with Java records has them too
+        for reason in ("unmatched", "ambiguous", "late"):
+            m[metrics.JAVA_DROPPED.key(reason=reason)] = getattr(js, reason)
         if self.tls is not None:
             from qtap_async.telemetry.counters import tls_snapshot
 

@@ -82,6 +82,22 @@ public final class JavaPeer {
         while ((line = in.readLine()) != null) {
             String[] p = line.split(" ", 3);
             String url = "https://localhost:" + p[0] + p[1];
+            if (p[2].startsWith("bench ")) { // "<port> <path> bench <n>": n requests, for benchmarks/bench_java.py
+                int n = Integer.parseInt(p[2].substring(6));
+                long t0 = System.nanoTime();
+                for (int i = 0; i < n; i++) {
+                    String b = "bench-body-" + i;
+                    if (apache) {
+                        ApachePeer.post(apacheClient, url, b);
+                    } else {
+                        client.send(HttpRequest.newBuilder(URI.create(url)).POST(HttpRequest.BodyPublishers.ofString(b))
+                            .build(), HttpResponse.BodyHandlers.ofString());
+                    }
+                }
+                System.out.println("DONE " + (System.nanoTime() - t0));
+                System.out.flush();
+                continue;
+            }
             String result;
             if (apache) {
                 result = ApachePeer.post(apacheClient, url, p[2]);
