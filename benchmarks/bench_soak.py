@@ -63,11 +63,22 @@ def services() -> dict[str, str] | None:
     return env
 
 
+def _create_topic(bootstrap: str, name: str) -> None:
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=20000)
+    try:
+        admin.create_topics([NewTopic(name, num_partitions=3, replication_factor=1)])
+    finally:
+        admin.close()
+
+
 def stores_yaml(env: dict[str, str] | None, work: Path) -> tuple[str, str, Any]:
     """(event stores YAML, object stores YAML, a Pulse process to stop or None)."""
     common = f"spool: {{dir: {work / 'spool'}, max_bytes: 268435456}}"
     if env is not None:
         topic = f"qtap-soak-{os.getpid()}"
+        _create_topic(env["QTAP_KAFKA_BOOTSTRAP"], topic)  # the agent's producer never creates topics
         events = (f"[{{type: kafka, name: kafka, brokers: [\"{env['QTAP_KAFKA_BOOTSTRAP']}\"], topic: {topic}, "
                   f"{common}}}]")
         objects = (f"[{{type: s3, name: minio, endpoint: \"{env['QTAP_S3_ENDPOINT']}\", bucket: "
@@ -306,8 +317,14 @@ tap:
     finally:
         stop.set()
         time.sleep(1)
+        t_stop = time.monotonic()
         agent.send_signal(signal.SIGTERM)
-        code = agent.wait(180)
+        try:
+            code = agent.wait(180)
+        except subprocess.TimeoutExpired:
+            agent.kill()  # a stop that long is a finding, reported as the exit code -9
+            code = agent.wait(30)
+        stop_s = time.monotonic() - t_stop
         nginx.stop()
         dns.kill()
         srv.close()
@@ -352,6 +369,7 @@ tap:
         "events_spooled_at_end": per_store("qtap_sink_spool_depth_events", "event"),
         "unaccounted": unaccounted,
         "agent_exit": code,
+        "stop_s": round(stop_s, 1),
         "png": str(png.relative_to(ROOT)),
         "samples": samples,
     }

@@ -28,6 +28,7 @@ classes, so it stays true:
     ├── ElfFormatError               [tls.elf]
     ├── GoBinaryError
     ├── JavaAttachError
+    ├── BoringSslSignatureError
     ├── StateDirError                [tls.cache]
     ├── StatusServerError
     ├── ContainerRuntimeError
@@ -164,6 +165,9 @@ class GoBinaryError(QtapError):
 
 class JavaAttachError(QtapError):
     """A JVM refused or failed the dynamic attach of qtap's Java agent (or is not a HotSpot JVM)."""
+class BoringSslSignatureError(QtapError):
+    """A stripped BoringSSL's SSL_read/SSL_write could not be recognised by their code signatures (the TLS
+    analysis reports the library with no probes and this message as its note, never a guessed offset)."""
 
 
 class KernelFsError(QtapError):

@@ -99,6 +99,8 @@ def _tls(state_dir: str = DEFAULT_STATE_DIR) -> tuple[list[dict[str, object]], d
             "slow": [p.function for p in lib.plans if not p.fast],
             "attachable": bool(lib.plans) and (lib.kind != "go" or lib.go_offsets is not None),
             "stripped": lib.stripped,
+            # Why a recognised library gets no probes (e.g. a stripped BoringSSL whose signatures failed).
+            **({"reason": "; ".join(lib.notes)} if not lib.plans and lib.notes else {}),
         })
     return out, cache_info
 
@@ -158,6 +160,8 @@ def render(r: InspectReport) -> str:
             state = "attachable" if t.get("attachable") else "NOT attachable"
             lines.append(f"  {t['path']} [{t['kind']} {t['version']}, {t['linkage']}, {t['pids']} processes] "
                          f"{state}; fast: {fast}; slow: {slow}")
+            if "reason" in t:
+                lines.append(f"    reason: {t['reason']}")
     if r.tls_cache:
         c = r.tls_cache
         note = f"; {c['note']}" if "note" in c else ""

@@ -29,6 +29,9 @@ class _Probe(msgspec.Struct, frozen=True):
     # (program type, attach type, kernel function): the program's code loaded as another kind of program
     # (fexit and LSM share fentry's `return 0`), so one object file probes them all.
     retarget: tuple[int, int, str] | None = None
+    # uprobe_multi: loaded for multi links and attached at offset 0 of the object file itself (a file nobody
+    # runs, so the probe never fires): some kernels load such a program and refuse only the link.
+    multi: bool = False
 
 
 # hook label -> how it is tried
@@ -38,6 +41,7 @@ _PROBES: dict[str, _Probe] = {
     "raw_tracepoint": _Probe("feat_raw_tracepoint", False),
     "tp_btf": _Probe("feat_tp_btf", False),
     "uprobe": _Probe("feat_uprobe", True),
+    "uprobe_multi": _Probe("feat_uprobe", False, multi=True),
     "kprobe": _Probe("feat_kprobe", False),
     "fentry": _Probe("feat_fentry", False),
     "fexit": _Probe("feat_fentry", False, (_PROG_TYPE_TRACING, _TRACE_FEXIT, "do_nanosleep")),
@@ -117,11 +121,17 @@ def _probe(path: Path, probe: _Probe, attach: bool) -> tuple[bool, bool | None, 
                 p.set_autoload(name == probe.program)
             if probe.retarget is not None:
                 obj.program(probe.program).retarget(*probe.retarget)
+            if probe.multi:
+                obj.use_uprobe_multi()
             obj.load()
             if not attach:
                 return True, None, "", 0
             try:
-                obj.program(probe.program).attach()
+                prog = obj.program(probe.program)
+                if probe.multi:
+                    prog.attach_uprobe_multi(str(path), [0], [0])
+                else:
+                    prog.attach()
             except BpfError as exc:
                 return True, False, str(exc).splitlines()[0], exc.errno
             return True, True, "", 0
@@ -170,6 +180,8 @@ def detect() -> KernelFeatures:
             hooks.append(HookSupport(hook, False, False, probe.required, "libbpf missing"))
             continue
         loads, attaches, err, code = _probe(path, probe, attach=hook != "uprobe")
+        if hook == "uprobe_multi" and not (loads and attaches):
+            err = f"{err} (TLS uprobes attach as classic links: the same capture, slower to detach)"
         hooks.append(HookSupport(hook, loads, attaches, probe.required, err, code))
     lockdown, lsm = security()
     reason = _trampoline_reason(hooks, lockdown, lsm) if capability_report().bpf else ""

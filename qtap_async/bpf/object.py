@@ -25,7 +25,8 @@ from qtap_async.bpf._libbpf import (
     check_ptr,
     libbpf,
 )
-from qtap_async.bpf.link import Link
+from qtap_async.bpf.link import FdLink, Link, close_links
+from qtap_async.bpf.uprobe_multi import BPF_TRACE_UPROBE_MULTI, create_link
 from qtap_async.errors import AttachError, BpfError, BpfLoadError
 
 _INT_FORMATS = {1: "<B", 2: "<H", 4: "<I", 8: "<Q"}
@@ -140,6 +141,11 @@ class BpfProgram:
             return 0
         return int.from_bytes(info.raw[_PROG_INFO_RECURSION_MISSES : _PROG_INFO_RECURSION_MISSES + 8], "little")
 
+    @property
+    def fd(self) -> int:
+        self.obj._require_loaded(f"program {self.name}")
+        return int(libbpf().bpf_program__fd(self.ptr))
+
     def set_autoload(self, enabled: bool) -> None:
         self.obj._require_opened(f"program {self.name}")
         check_int(libbpf().bpf_program__set_autoload(self.ptr, enabled), f"program {self.name}", "autoload")
@@ -176,12 +182,28 @@ class BpfProgram:
         """Attach at a file offset of `binary` (all processes mapping it when pid == -1); `cookie` is what
         the program reads with bpf_get_attach_cookie()."""
         self.obj._require_loaded(f"program {self.name}")
+        if self.obj.uprobe_multi:  # loaded for multi links only: one offset is a multi link of one
+            return self.attach_uprobe_multi(binary, [offset], [cookie], pid=pid, retprobe=retprobe)
         opts = UprobeOpts(sz=ctypes.sizeof(UprobeOpts), bpf_cookie=cookie, retprobe=retprobe)
         with libbpf().capture_log() as log:
             ptr = libbpf().bpf_program__attach_uprobe_opts(self.ptr, pid, binary.encode(), offset, ctypes.byref(opts))
         kind = "uretprobe" if retprobe else "uprobe"
         check_ptr(ptr, f"program {self.name}", f"{kind} {binary}+{offset:#x}", "\n".join(log), AttachError)
         link = Link(ptr, f"{self.name} -> {kind}:{binary}+{offset:#x}")
+        self.obj._links.append(link)
+        return link
+
+    def attach_uprobe_multi(self, binary: str, offsets: list[int], cookies: list[int], *, pid: int = -1,
+                            retprobe: bool = False) -> Link:
+        """One link at every offset of `binary` (cookies[i] for offsets[i]); needs `use_uprobe_multi()`."""
+        self.obj._require_loaded(f"program {self.name}")
+        what = f"program {self.name}"
+        if not self.obj.uprobe_multi:
+            raise AttachError(what, 22, "the object was not loaded for uprobe_multi links")
+        fd = create_link(self.fd, binary, offsets, cookies, retprobe=retprobe,
+                         pid=pid, what=what)
+        kind = "uretprobe" if retprobe else "uprobe"
+        link = FdLink(fd, f"{self.name} -> {kind}.multi:{binary} ({len(offsets)} offsets)")
         self.obj._links.append(link)
         return link
 
@@ -209,6 +231,7 @@ class BpfObject:
         self._ptr: int | None = ptr
         self.path = path
         self.loaded = False
+        self.uprobe_multi = False  # uprobe programs loaded for uprobe_multi links (use_uprobe_multi)
         self._links: list[Link] = []
         lib = libbpf()
         self.maps: dict[str, BpfMap] = {}
@@ -309,6 +332,17 @@ class BpfObject:
             packed = struct.pack(_INT_FORMATS[width], value)
             ctypes.memmove(base + off, packed, width)
 
+    def use_uprobe_multi(self) -> None:
+        """Before load: make every uprobe program take uprobe_multi links (Linux >= 6.6), which attach and
+        detach many offsets at once; load() then fails on an older kernel (reopen and load without)."""
+        self._require_opened("uprobe_multi")
+        lib = libbpf()
+        for prog in self.programs.values():
+            if prog.section.startswith(("uprobe", "uretprobe")):
+                check_int(lib.bpf_program__set_expected_attach_type(prog.ptr, BPF_TRACE_UPROBE_MULTI),
+                          f"program {prog.name}", "set attach type uprobe_multi")
+        self.uprobe_multi = True
+
     def load(self) -> None:
         ptr = self._require_opened("load")
         lib = libbpf()
@@ -329,8 +363,7 @@ class BpfObject:
         return links
 
     def detach_all(self) -> None:
-        for link in self._links:
-            link.close()
+        close_links(self._links)
         self._links.clear()
 
     @property

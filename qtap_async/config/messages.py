@@ -130,7 +130,6 @@ TYPE_WORDS = {
 #: Extra words for values people carry over from Qtap or mix up between plugins.
 _VALUE_HINTS = {
     "headers": "Qtap's 'headers' level is called 'details' here",
-    "http_metrics": "Qtap's http_metrics plugin does not exist in qtap-async",
     "debug": "Qtap's debug plugin does not exist in qtap-async; use access_logs",
     "egress_external": "use 'egress-external'",
     "egress_internal": "use 'egress-internal'",

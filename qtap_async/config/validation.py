@@ -35,6 +35,7 @@ def check(config: Config, doc: Document) -> list[ConfigIssue]:
     checks.store_ids("object", config.services.object_stores)
     broken = checks.macros(config)
     checks.rules(config, broken)
+    checks.plugins(config)
     checks.stack_refs(config)
     checks.filters(config)
     checks.endpoints(config)
@@ -102,6 +103,18 @@ class _Checks:
                         if exc.macro is not None and exc.macro in broken_macros:
                             continue  # reported where the macro is defined
                         self.rule_issue((*path, "expr"), rule.expr, exc)
+
+    def plugins(self, config: Config) -> None:
+        for name, stack in config.stacks.items():
+            for p_index, plugin in enumerate(stack.plugins):
+                for where, why in plugin.problems():
+                    self.add(("stacks", name, "plugins", p_index, "config", *where), why)
+            # Two http_metrics in one stack would export the same series twice.
+            first = next((i for i, p in enumerate(stack.plugins) if p.type == "http_metrics"), None)
+            for p_index, plugin in enumerate(stack.plugins):
+                if plugin.type == "http_metrics" and first is not None and p_index != first:
+                    self.add(("stacks", name, "plugins", p_index, "type"),
+                             f"a stack counts its transactions once: http_metrics is already plugins[{first}]")
 
     def rule_issue(self, path: FieldPath, expr: str, exc: RuleSyntaxError) -> None:
         """An expression's error at the line and column of the file where the bad part is written."""

@@ -8,13 +8,13 @@ each plugin entry into, is in ``qtap_async.plugins.catalog``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import ClassVar, Generic, Protocol, TypeAlias, TypeVar
 
 from qtap_async.events import HttpTransactionEvent, IssueEvent, RequestEvent
 from qtap_async.plugins.exchange import HttpExchange
 from qtap_async.rulekit import Rule
-from qtap_async.settings import Settings
+from qtap_async.settings import FieldPath, Settings
 from qtap_async.sinks.base import StoredObject
 
 __all__ = ["Compile", "Emission", "FirstMatch", "Plugin", "PluginSettings", "RuleSettings", "is_object"]
@@ -83,4 +83,8 @@ class PluginSettings(Settings, frozen=True, kw_only=True, tag_field="type"):
 
     def rules(self) -> Sequence[RuleSettings]:
         """The plugin's rules, which the config compiles and checks when it loads."""
+        return ()
+
+    def problems(self) -> Iterable[tuple[FieldPath, str]]:
+        """What is wrong with the plugin's ``config`` beyond its types: (path under ``config``, reason)."""
         return ()

@@ -12,12 +12,14 @@ from typing import TypeAlias
 from qtap_async.plugins.access_logs import AccessLogsPlugin
 from qtap_async.plugins.detect_errors import DetectErrorsPlugin
 from qtap_async.plugins.http_capture import HttpCapturePlugin
+from qtap_async.plugins.http_metrics import HttpMetricsPlugin
 from qtap_async.plugins.report_usage import ReportUsagePlugin
 
 __all__ = ["PLUGIN_TYPES", "PluginConfig"]
 
-PluginConfig: TypeAlias = HttpCapturePlugin | AccessLogsPlugin | ReportUsagePlugin | DetectErrorsPlugin
+PluginConfig: TypeAlias = (HttpCapturePlugin | AccessLogsPlugin | ReportUsagePlugin | DetectErrorsPlugin
+                           | HttpMetricsPlugin)
 PLUGIN_TYPES: tuple[str, ...] = tuple(
     str(cls.__struct_config__.tag)
-    for cls in (HttpCapturePlugin, AccessLogsPlugin, ReportUsagePlugin, DetectErrorsPlugin)
+    for cls in (HttpCapturePlugin, AccessLogsPlugin, ReportUsagePlugin, DetectErrorsPlugin, HttpMetricsPlugin)
 )

@@ -4,7 +4,7 @@ through each of its plugins in order."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from qtap_async.plugins.access_logs import AccessLogs, AccessLogsPlugin
@@ -13,7 +13,11 @@ from qtap_async.plugins.catalog import PluginConfig
 from qtap_async.plugins.detect_errors import DetectErrors, DetectErrorsPlugin
 from qtap_async.plugins.exchange import HttpExchange
 from qtap_async.plugins.http_capture import HttpCapture, HttpCapturePlugin
+from qtap_async.plugins.http_metrics import HttpMetrics, HttpMetricsPlugin
 from qtap_async.plugins.report_usage import ReportUsage, ReportUsagePlugin
+
+if TYPE_CHECKING:
+    from qtap_async.telemetry.metrics import Histograms
 
 if TYPE_CHECKING:  # the config decodes into this package's settings: it imports plugins, not the reverse
     from qtap_async.config import Config, StackConfig
@@ -23,7 +27,8 @@ __all__ = ["Stack", "build_plugin", "build_stacks"]
 log = logging.getLogger("qtap.plugins")
 
 
-def build_plugin(cfg: PluginConfig, compile: Compile, *, access_log: Callable[[str], None] | None = None) -> Plugin:
+def build_plugin(cfg: PluginConfig, compile: Compile, *, access_log: Callable[[str], None] | None = None,
+                 stack: str = "") -> Plugin:
     if isinstance(cfg, HttpCapturePlugin):
         return HttpCapture(cfg.config, compile)
     if isinstance(cfg, AccessLogsPlugin):
@@ -32,6 +37,8 @@ def build_plugin(cfg: PluginConfig, compile: Compile, *, access_log: Callable[[s
         return ReportUsage(cfg.config)
     if isinstance(cfg, DetectErrorsPlugin):
         return DetectErrors(cfg.config, compile)
+    if isinstance(cfg, HttpMetricsPlugin):
+        return HttpMetrics(cfg.config, stack)
     raise TypeError(f"unknown plugin config {type(cfg).__name__}")
 
 
@@ -50,7 +57,21 @@ class Stack:
     @classmethod
     def from_config(cls, name: str, cfg: StackConfig, compile: Compile, *,
                     access_log: Callable[[str], None] | None = None) -> Stack:
-        return cls(name, [build_plugin(p, compile, access_log=access_log) for p in cfg.plugins])
+        return cls(name, [build_plugin(p, compile, access_log=access_log, stack=name) for p in cfg.plugins])
+
+    def stats(self) -> dict[str, int]:
+        """The plugins' own counters (http_metrics' series and folds), by metric key."""
+        out: dict[str, int] = {}
+        for p in self.plugins:
+            if isinstance(p, HttpMetrics):
+                out.update(p.stats())
+        return out
+
+    def families(self) -> Iterator[Histograms]:
+        """The metric families the plugins build (http_metrics' histograms)."""
+        for p in self.plugins:
+            if isinstance(p, HttpMetrics):
+                yield from p.families()
 
     def on_http(self, ex: HttpExchange) -> list[Emission]:
         self.transactions += 1

@@ -28,11 +28,11 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 from qtap_async.events.http import GrpcInfo
 from qtap_async.events.times import parse_ns
 from qtap_async.sinks import otel_wire as wire
+from qtap_async.telemetry.red import KNOWN_METHODS, RouteMatcher
 
 __all__ = ["SCOPE", "SCOPE_BYTES", "Converted", "Converter", "RouteMatcher", "parse_traceparent"]
 
 _TAG = re.compile(rb'\{\s*"type"\s*:\s*"([a-z_]+)"')
-KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"})
 # gRPC codes that make a server span an error (semantic conventions for RPC: the server's fault).
 _GRPC_SERVER_ERRORS = frozenset({2, 4, 12, 13, 14, 15})
 _OTLP_PATHS = ("/v1/traces", "/v1/metrics", "/v1/logs", "/opentelemetry.proto.collector.")
@@ -201,55 +201,6 @@ def parse_traceparent(value: str) -> tuple[bytes, bytes, int] | None:
     if not any(trace_id) or not any(span_id):
         return None
     return trace_id, span_id, int(m.group(4), 16)
-
-
-class RouteMatcher:
-    """``http.route`` for a path: the first configured template that matches (``{name}`` is one segment,
-    a trailing ``*`` the rest), else (``heuristic``) the path with its id-like segments (numbers, UUIDs,
-    hex digests, long mixed tokens) replaced by ``{id}``, else nothing. The heuristic keeps the metric
-    series bounded for REST-style paths; the cardinality limit catches the rest."""
-
-    _ID = re.compile(r"\d+|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
-                     r"|[0-9a-fA-F]{12,}|(?=[^/]*\d)[A-Za-z0-9_\-.~=]{16,}")
-
-    def __init__(self, templates: list[str], heuristic: bool = True, max_segments: int = 6) -> None:
-        self.templates = templates
-        self.heuristic = heuristic
-        self.max_segments = max_segments
-        self._compiled = [(t, re.compile(self._pattern(t))) for t in templates]
-        self._cache: dict[str, str] = {}
-
-    @staticmethod
-    def _pattern(template: str) -> str:
-        out = []
-        for part in re.split(r"(\{[^/{}]*\}|\*$)", template):
-            if part == "*":
-                out.append(".*")
-            elif part.startswith("{") and part.endswith("}"):
-                out.append("[^/]+")
-            else:
-                out.append(re.escape(part))
-        return "".join(out)
-
-    def route(self, path: str) -> str:
-        hit = self._cache.get(path)
-        if hit is not None:
-            return hit
-        route = ""
-        for template, rx in self._compiled:
-            if rx.fullmatch(path):
-                route = template
-                break
-        else:
-            if self.heuristic and path.startswith("/"):
-                segments = path.split("/")[1:]
-                if len(segments) > self.max_segments:  # deep paths: keep the head, fold the tail
-                    segments = [*segments[: self.max_segments], "*"]
-                route = "/" + "/".join("{id}" if self._ID.fullmatch(s) else s for s in segments)
-        if len(self._cache) >= 4096:
-            self._cache.clear()
-        self._cache[path] = route
-        return route
 
 
 class Converted(msgspec.Struct, gc=False):

@@ -10,13 +10,14 @@ processes do not multiply series).
 
 Cardinality is bounded: once ``max_series`` series exist, a new one folds its ``http.route`` and
 ``server.address`` into ``other``; past twice that, everything new folds into one series marked
-``otel.metric.overflow=true`` (the OpenTelemetry SDK's overflow attribute). Each fold is counted.
+``otel.metric.overflow=true`` (the OpenTelemetry SDK's overflow attribute). Each fold is counted. The
+aggregation itself (histograms, the bounded series table, route templates) is qtap_async.telemetry.red,
+which the ``http_metrics`` plugin uses for /metrics too.
 """
 
 from __future__ import annotations
 
 import time
-from bisect import bisect_left
 
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
@@ -29,46 +30,20 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import (
     ScopeMetrics,
 )
 
-from qtap_async.sinks.otel_convert import KNOWN_METHODS, SCOPE, Converter, HttpRead, error_type, protocol_version
+from qtap_async.sinks.otel_convert import SCOPE, Converter, HttpRead, error_type, protocol_version
 from qtap_async.sinks.otel_convert import _host_port as host_port
+from qtap_async.telemetry.red import DURATION_BUCKETS, KNOWN_METHODS, SIZE_BUCKETS, Attrs, Hist, RedSeries, SeriesTable
 
 __all__ = ["DURATION_BUCKETS", "SIZE_BUCKETS", "RedMetrics"]
 
-#: The HTTP semantic conventions' advice for request duration histograms (seconds).
-DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
-SIZE_BUCKETS = (0.0, 100.0, 1000.0, 10_000.0, 100_000.0, 1_000_000.0, 10_000_000.0)
 _ATTR_NAMES = ("http.request.method", "http.response.status_code", "http.route", "server.address", "url.scheme",
                "network.protocol.version", "error.type")
 _OVERFLOW_KEY: tuple[str, ...] = ("overflow",)
+_Group = tuple[tuple[str, ...], bool]  # (resource key, is_server)
 
 
-class _Hist:
-    __slots__ = ("counts", "max", "min", "n", "sum")
-
-    def __init__(self, nbuckets: int) -> None:
-        self.counts = [0] * (nbuckets + 1)
-        self.n = 0
-        self.sum = 0.0
-        self.min = float("inf")
-        self.max = float("-inf")
-
-    def add(self, bounds: tuple[float, ...], value: float) -> None:
-        self.counts[bisect_left(bounds, value)] += 1  # buckets are (prev, bound]: bisect_left puts bound in it
-        self.n += 1
-        self.sum += value
-        if value < self.min:
-            self.min = value
-        if value > self.max:
-            self.max = value
-
-
-class _Series:
-    __slots__ = ("duration", "request_size", "response_size")
-
-    def __init__(self) -> None:
-        self.duration = _Hist(len(DURATION_BUCKETS))
-        self.request_size = _Hist(len(SIZE_BUCKETS))
-        self.response_size = _Hist(len(SIZE_BUCKETS))
+def _overflow(group: _Group) -> tuple[_Group, Attrs]:
+    return (_OVERFLOW_KEY, group[1]), ()
 
 
 class RedMetrics:
@@ -76,14 +51,23 @@ class RedMetrics:
         self.converter = converter
         self.max_series = max_series
         self.start_ns = time.time_ns()
-        # (resource key, is_server) -> attribute values -> series
-        self._series: dict[tuple[tuple[str, ...], bool], dict[tuple[str | int, ...], _Series]] = {}
-        self._conns: dict[tuple[object, ...], tuple[tuple[tuple[str, ...], bool], str, str, str]] = {}
-        self.count = 0
-        self.folded = 0  # observations that went to a folded series (route/address "other" or overflow)
-        self.observed = 0
+        # route (2) and server.address (3) fold into "other" past max_series
+        self.table: SeriesTable[_Group] = SeriesTable(max_series, (2, 3), _overflow)
+        self._conns: dict[tuple[object, ...], tuple[_Group, str, str, str]] = {}
 
-    def _conn(self, e: HttpRead) -> tuple[tuple[tuple[str, ...], bool], str, str, str]:
+    @property
+    def count(self) -> int:
+        return self.table.count
+
+    @property
+    def folded(self) -> int:
+        return self.table.folded
+
+    @property
+    def observed(self) -> int:
+        return self.table.observed
+
+    def _conn(self, e: HttpRead) -> tuple[_Group, str, str, str]:
         """What every transaction of a connection shares: the series group (service, side), server address,
         scheme and protocol version; worked out once per connection."""
         key = (e.conn_id, e.src_port, e.authority, e.scheme, e.protocol, e.direction, e.pid)
@@ -100,44 +84,23 @@ class RedMetrics:
         return hit
 
     def observe(self, e: HttpRead) -> None:
-        rkey, host, scheme, version = self._conn(e)
-        server = rkey[1]
+        group, host, scheme, version = self._conn(e)
         method = e.method or ""
         path = (e.path or "").partition("?")[0]
         route = self.converter.routes.route(path) if path else ""
-        attrs: tuple[str | int, ...] = (method if method in KNOWN_METHODS else "_OTHER", e.status or 0, route, host,
-                                        scheme, version, error_type(e))
-        group = self._series.get(rkey)
-        series = group.get(attrs) if group is not None else None
-        if series is None:
-            if self.count >= self.max_series:
-                self.folded += 1
-                attrs = (*attrs[:2], "other", "other", *attrs[4:])
-                series = group.get(attrs) if group is not None else None
-                if series is None and self.count >= 2 * self.max_series:
-                    rkey, attrs = (_OVERFLOW_KEY, server), ()
-                    group = self._series.get(rkey)
-                    series = group.get(attrs) if group is not None else None
-            if series is None:
-                series = _Series()
-                if group is None:
-                    group = self._series[rkey] = {}
-                group[attrs] = series
-                self.count += 1
-        self.observed += 1
-        seconds = (e.duration_ns or e.ttfb_ns) / 1e9
-        series.duration.add(DURATION_BUCKETS, seconds)
-        series.request_size.add(SIZE_BUCKETS, float(e.request_body_size))
-        series.response_size.add(SIZE_BUCKETS, float(e.response_body_size))
+        attrs: Attrs = (method if method in KNOWN_METHODS else "_OTHER", e.status or 0, route, host, scheme, version,
+                        error_type(e))
+        self.table.observe(group, attrs, (e.duration_ns or e.ttfb_ns) / 1e9, e.request_body_size,
+                           e.response_body_size)
 
     def request(self) -> ExportMetricsServiceRequest | None:
         """Every series' cumulative totals (None before the first observation)."""
-        if not self._series:
+        if not self.table.groups:
             return None
         now = time.time_ns()
         out = ExportMetricsServiceRequest()
-        by_resource: dict[tuple[str, ...], dict[bool, dict[tuple[str | int, ...], _Series]]] = {}
-        for (rkey, server), group in self._series.items():
+        by_resource: dict[tuple[str, ...], dict[bool, dict[Attrs, RedSeries]]] = {}
+        for (rkey, server), group in self.table.groups.items():
             by_resource.setdefault(rkey, {})[server] = group
         for rkey, kinds in by_resource.items():
             rm = ResourceMetrics()
@@ -160,7 +123,7 @@ class RedMetrics:
             out.resource_metrics.append(rm)
         return out
 
-    def _point(self, attrs: tuple[str | int, ...], h: _Hist, bounds: tuple[float, ...], now: int) -> HistogramDataPoint:
+    def _point(self, attrs: Attrs, h: Hist, bounds: tuple[float, ...], now: int) -> HistogramDataPoint:
         kvs: list[KeyValue] = []
         if not attrs:
             kvs.append(KeyValue(key="otel.metric.overflow", value=AnyValue(bool_value=True)))

@@ -32,7 +32,9 @@ log = logging.getLogger("qtap.metrics")
 
 Snapshot = Mapping[str, int | float]
 SnapshotSource = Callable[[], Snapshot]
-Kind = Literal["counter", "gauge", "info", "summary"]
+Kind = Literal["counter", "gauge", "info", "summary", "histogram"]
+#: Histogram families built whole by their owner at scrape time (the http_metrics histograms).
+FamilySource = Callable[[], Iterable["Histograms"]]
 
 _KEY = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?$")
 _LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
@@ -289,6 +291,25 @@ CONFIG_RELOAD_FAILURES = _counter("qtap_config_reload_failures_total", "Config r
 STACK_TRANSACTIONS = _counter("qtap_stack_transactions_total", "Transactions a plugin stack processed.", "stack")
 STACK_PLUGIN_ERRORS = _counter("qtap_stack_plugin_errors_total", "Plugin calls that raised.", "stack")
 
+# -- the http_metrics plugin (docs/otel.md): RED histograms under the OpenTelemetry HTTP metric names, mapped
+# to Prometheus (dots to underscores, the unit as suffix). Egress is the client side, ingress the server's. Each
+# sample carries the ``stack`` label and the labels its config chose, a subset of HTTP_METRIC_LABELS.
+HTTP_METRIC_LABELS = ("stack", "method", "status_class", "domain", "route", "direction", "process", "container")
+_HTTP_HELP = {"request_duration_seconds": "Duration of HTTP requests seen by the agent, in seconds",
+              "request_body_size_bytes": "Size of HTTP request bodies seen by the agent, in bytes",
+              "response_body_size_bytes": "Size of HTTP response bodies seen by the agent, in bytes"}
+#: (side, measure) -> its histogram; side is "client" (egress) or "server" (ingress), measure a _HTTP_HELP key.
+HTTP_HISTOGRAMS: dict[tuple[str, str], MetricDef] = {
+    (side, measure): _declare(f"http_{side}_{measure}", "histogram", f"{why} ({side} side).", HTTP_METRIC_LABELS)
+    for side in ("client", "server") for measure, why in _HTTP_HELP.items()
+}
+HTTP_METRICS_SERIES = _gauge("qtap_http_metrics_series", "Series the http_metrics plugin keeps now.", "stack")
+HTTP_METRICS_OBSERVATIONS = _counter("qtap_http_metrics_observations_total",
+                                     "Transactions the http_metrics plugin counted.", "stack")
+HTTP_METRICS_FOLDED = _counter("qtap_http_metrics_folded_total",
+                               "Observations whose labels folded into \"other\" (max_series or max_values).",
+                               "stack")
+
 # -- the status server and readiness --------------------------------------------------------------------
 READY = _gauge("qtap_ready", "1 while /readyz answers 200.")
 STORE_CHECKS = _counter("qtap_store_checks_total", "Readiness checks of the stores.")
@@ -401,6 +422,7 @@ class SnapshotCollector(Collector):
 
     def __init__(self, sources: Iterable[SnapshotSource], info: Mapping[str, str] | None = None) -> None:
         self.sources = list(sources)
+        self.family_sources: list[FamilySource] = []
         self.info = dict(info if info is not None else build_info())
         self.failed_sources = 0  # a source that raised during a scrape (counted; the scrape goes on)
         self.undeclared: set[str] = set()  # sample names left out because nothing declares them
@@ -436,6 +458,53 @@ class SnapshotCollector(Collector):
         yield errors
         yield from families.values()
 
+    def render_built(self) -> bytes:
+        """The histograms of the family sources, as exposition text: only declared histograms whose labels
+        are declared ones (the same rule as for snapshots: the exposition holds only what this module
+        documents); one family's series from several sources under one HELP/TYPE. Rendered here rather than
+        by prometheus_client, which escapes every label of every bucket line: a series' labels are written
+        once for all its lines (2000 series: 0.2 s instead of 3 s per scrape)."""
+        by_name: dict[str, list[Histograms]] = {}
+        for source in self.family_sources:
+            try:
+                built = list(source())
+            except Exception:
+                self.failed_sources += 1
+                continue
+            for h in built:
+                decl = DECLARED.get(h.decl.name)
+                if decl != h.decl or decl.kind != "histogram" or not set(h.labels) <= set(decl.labels):
+                    if h.decl.name not in self.undeclared:
+                        self.undeclared.add(h.decl.name)
+                        log.warning("histogram %s is not declared (or has undeclared labels); not exported",
+                                    h.decl.name)
+                    continue
+                by_name.setdefault(decl.name, []).append(h)
+        lines: list[str] = []
+        for name, group in by_name.items():
+            lines.append(f"# HELP {name} {group[0].decl.help}")
+            lines.append(f"# TYPE {name} histogram")
+            for h in group:
+                les = [*(repr(float(b)) for b in h.bounds), "+Inf"]
+                for values, counts, total in h.series:
+                    lab = ",".join(k + '="' + _escape(v) + '"' for k, v in zip(h.labels, values, strict=True))
+                    head = name + "_bucket{" + lab + ("," if lab else "") + 'le="'
+                    lines.extend(f'{head}{le}"}} {n}' for le, n in zip(les, counts, strict=True))
+                    lines.append(f"{name}_count{{{lab}}} {counts[-1]}")
+                    lines.append(f"{name}_sum{{{lab}}} {total!r}")
+        return ("\n".join(lines) + "\n").encode() if lines else b""
+
+
+@dataclass(slots=True)
+class Histograms:
+    """Series of one declared histogram, as a family source builds them for a scrape: label values (in
+    ``labels`` order), cumulative bucket counts (one per bound, then ``+Inf``, which is the count) and sum."""
+
+    decl: MetricDef
+    labels: tuple[str, ...]
+    bounds: tuple[float, ...]
+    series: list[tuple[tuple[str, ...], list[int], float]]
+
 
 class MetricRegistry:
     """What /metrics serves. A process may hold several (tests run agents side by side)."""
@@ -448,5 +517,8 @@ class MetricRegistry:
     def add_source(self, source: SnapshotSource) -> None:
         self.collector.sources.append(source)
 
+    def add_families(self, source: FamilySource) -> None:
+        self.collector.family_sources.append(source)
+
     def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+        return generate_latest(self.registry) + self.collector.render_built()

@@ -22,6 +22,7 @@ class AgentStatus:
         self.registry = MetricRegistry([agent.snapshot, self.probe.snapshot])
         self.server = StatusServer(where[0], where[1], self.registry, self.probe.state)
         self.registry.add_source(self.server.snapshot)
+        self.registry.add_families(agent.metric_families)
 
     @property
     def port(self) -> int:

@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 import msgspec
 
 from qtap_async.bpf import abi
-from qtap_async.bpf.link import Link
+from qtap_async.bpf.link import Link, close_links
 from qtap_async.bpf.loader import Capture
 from qtap_async.bpf.object import BpfObject
-from qtap_async.errors import QtapError
+from qtap_async.errors import BpfError, QtapError
 from qtap_async.tls.model import Attachment, FileKey, ProbePlan, TlsLibrary
 
 
@@ -131,27 +131,73 @@ def _attach_path(lib: TlsLibrary) -> str:
 class TlsProbes:
     """Owns tls.bpf.o (loaded against the capture's shared maps) and the links of every attached file."""
 
-    def __init__(self, capture: Capture, hold_parent_tgid: int = 0) -> None:
+    def __init__(self, capture: Capture, hold_parent_tgid: int = 0, multi: bool = True) -> None:
         self.capture = capture
-        self.obj = BpfObject.open(capture.directory / "tls.bpf.o")
-        try:
-            capture.share_maps(self.obj)
-            capture.configure(self.obj)
-            if hold_parent_tgid:
-                self.obj.set_rodata(hold_parent_tgid=hold_parent_tgid)
-            self.obj.load()
-        except BaseException:
-            self.obj.close()
-            raise
+        self.obj = self._load(hold_parent_tgid, multi)
+        if multi and not self.obj.uprobe_multi:
+            self.obj = self._load(hold_parent_tgid, False)
+        #: "multi" (one uprobe_multi link per program and file) or "classic" (one perf-event link per probe)
+        self.link_mode = "multi" if self.obj.uprobe_multi else "classic"
+        log.info("TLS: uprobes attach as %s links", self.link_mode)
         self.files: dict[FileKey, _Attached] = {}
         self.failed: dict[FileKey, AttachStatus] = {}
 
-    # -- attaching -------------------------------------------------------------------------------
-    def _attach_site(self, prog: str, path: str, offset: int, cookie: int, retprobe: bool = False) -> Link:
-        return self.obj.program(prog).attach_uprobe(path, offset, retprobe=retprobe, cookie=cookie)
+    def _load(self, hold_parent_tgid: int, multi: bool) -> BpfObject:
+        """tls.bpf.o loaded; with `multi`, for uprobe_multi links, unless the kernel refuses them (< 6.6):
+        then the object comes back not loaded for them and the caller loads it again without."""
+        obj = BpfObject.open(self.capture.directory / "tls.bpf.o")
+        try:
+            self.capture.share_maps(obj)
+            self.capture.configure(obj)
+            if hold_parent_tgid:
+                obj.set_rodata(hold_parent_tgid=hold_parent_tgid)
+            if multi:
+                obj.use_uprobe_multi()
+            try:
+                obj.load()
+                if multi:
+                    # Some kernels load such a program and refuse only its link: try one where it never fires
+                    # (offset 0 of the object file, which nobody runs).
+                    obj.program("uprobe_tls_entry").attach_uprobe_multi(str(obj.path), [0], [0])
+                    obj.detach_all()
+            except BpfError as exc:
+                if not multi:
+                    raise
+                log.info("TLS: this kernel refuses uprobe_multi links (%s); classic uprobes", os.strerror(exc.errno))
+                obj.close()
+                obj = BpfObject.open(self.capture.directory / "tls.bpf.o")
+                obj.uprobe_multi = False
+                return obj  # not loaded: the caller loads a fresh copy without multi
+        except BaseException:
+            obj.close()
+            raise
+        return obj
 
-    def _plan_links(self, lib: TlsLibrary, path: str, plan: ProbePlan, done: set[tuple[int, str]]) -> list[Link]:
+    # -- attaching -------------------------------------------------------------------------------
+    def _link_groups(self, path: str, groups: dict[tuple[str, bool], list[tuple[int, int]]]) -> list[Link]:
+        """Links for every (program, retprobe) group of (offset, cookie) sites: one per group as multi
+        links, else one per site."""
         links: list[Link] = []
+        try:
+            for (prog, retprobe), sites in groups.items():
+                p = self.obj.program(prog)
+                if self.obj.uprobe_multi:
+                    links.append(p.attach_uprobe_multi(path, [o for o, _ in sites], [c for _, c in sites],
+                                                       retprobe=retprobe))
+                else:
+                    links.extend(p.attach_uprobe(path, o, retprobe=retprobe, cookie=c) for o, c in sites)
+        except BaseException:
+            close_links(links)
+            raise
+        return links
+
+    def _plan_sites(self, lib: TlsLibrary, plan: ProbePlan, groups: dict[tuple[str, bool], list[tuple[int, int]]],
+                    done: set[tuple[int, str]]) -> None:
+        def add(prog: str, offset: int, cookie: int, retprobe: bool, key: str) -> None:
+            if (offset, key) not in done:
+                done.add((offset, key))
+                groups.setdefault((prog, retprobe), []).append((offset, cookie))
+
         direction = _direction(plan.function)
         if lib.kind == "go":
             cookie = go_cookie(lib)
@@ -162,10 +208,8 @@ class TlsProbes:
                     prog = "uprobe_go_read_ret"
                 else:
                     continue
-                if (site.offset, prog) not in done:
-                    done.add((site.offset, prog))
-                    links.append(self._attach_site(prog, path, site.offset, cookie))
-            return links
+                add(prog, site.offset, cookie, False, prog)
+            return
         source = int(_SOURCES[lib.kind])
         for site in plan.sites:
             if site.role == "entry":
@@ -177,21 +221,14 @@ class TlsProbes:
                 if plan.length.startswith("*"):
                     ptr_name = plan.length[1:].split()[0]
                     cookie |= COOKIE_LEN_PTR | _reg_index(lib, plan, regs.get(ptr_name, "")) << 20
-                key = (site.offset, f"entry{cookie}")
-                if key not in done:
-                    done.add(key)
-                    links.append(self._attach_site("uprobe_tls_entry", path, site.offset, cookie))
+                add("uprobe_tls_entry", site.offset, cookie, False, f"entry{cookie}")
             elif site.role in ("return", "uretprobe"):
                 if site.regs.get("ret", "rax") not in ("rax", "eax"):
                     raise QtapError(f"{lib.path} {plan.function}: return value in {site.regs}, not rax")
                 retprobe = site.role == "uretprobe"
                 # rustls: io::Result<usize> in rax (0 = Ok) and rdx (bytes); C libraries: a count in rax.
                 prog = "uprobe_rust_return" if lib.kind == "rustls" else "uprobe_tls_return"
-                key = (site.offset, f"ret{retprobe}{prog}")
-                if key not in done:
-                    done.add(key)
-                    links.append(self._attach_site(prog, path, site.offset, 0, retprobe))
-        return links
+                add(prog, site.offset, 0, retprobe, f"ret{retprobe}{prog}")
 
     def attach(self, lib: TlsLibrary, pid: int | None = None, system: bool = False) -> AttachStatus:
         """Attach every plan of `lib` (once per file); remember `pid` as a user of it."""
@@ -207,24 +244,24 @@ class TlsProbes:
         path = _attach_path(lib)
         links: list[Link] = []
         done: set[tuple[int, str]] = set()
+        groups: dict[tuple[str, bool], list[tuple[int, int]]] = {}
         fast = [p.function for p in lib.plans if p.fast]
         slow = [p.function for p in lib.plans if not p.fast]
         try:
             if not lib.plans:
                 raise QtapError(f"{lib.path}: no probe plan for its TLS functions")
             for plan in lib.plans:
-                links.extend(self._plan_links(lib, path, plan, done))
+                self._plan_sites(lib, plan, groups, done)
+            links = self._link_groups(path, groups)
         except QtapError as exc:
-            for link in links:
-                link.close()
             status = AttachStatus(lib.path, lib.kind, lib.version, False, 0, fast, slow, str(exc).splitlines()[0])
             self.failed[lib.key] = status
             log.warning("TLS: not attached to %s: %s", lib.path, exc)
             return status
-        status = AttachStatus(lib.path, lib.kind, lib.version, True, len(links), fast, slow)
+        status = AttachStatus(lib.path, lib.kind, lib.version, True, len(done), fast, slow)
         entry = _Attached(lib, links, {pid} if pid is not None else set(), system, status)
         self.files[lib.key] = entry
-        log.info("TLS: attached %d probes to %s (%s %s; fast: %s; slow: %s)", len(links), lib.path, lib.kind,
+        log.info("TLS: attached %d probes to %s (%s %s; fast: %s; slow: %s)", len(done), lib.path, lib.kind,
                  lib.version, ",".join(fast) or "-", ",".join(slow) or "-")
         return status
 
@@ -248,8 +285,7 @@ class TlsProbes:
             if keep and len(self.files) <= keep:
                 break
             entry = self.files.pop(key)
-            for link in entry.links:
-                link.close()
+            close_links(entry.links)
             n += 1
             log.info("TLS: detached from %s (idle, %d files attached)", entry.lib.path, len(self.files))
         return n
@@ -263,8 +299,7 @@ class TlsProbes:
         self.obj.detach_all()
 
     def close(self) -> None:
-        for entry in self.files.values():
-            for link in entry.links:
-                link.close()
+        close_links([link for entry in self.files.values() for link in entry.links])
         self.files.clear()
         self.obj.close()
+

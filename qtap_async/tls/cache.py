@@ -29,7 +29,7 @@ from qtap_async.tls.model import TlsLibrary
 
 log = logging.getLogger(__name__)
 
-ANALYZER_VERSION = 2
+ANALYZER_VERSION = 3  # 3: stripped BoringSSL (grpcio) is recognised; earlier entries said "not TLS"
 """Bump when an analysis change makes earlier results wrong: older entries are then analysed again."""
 
 CacheKey = tuple[int, int, int, int]

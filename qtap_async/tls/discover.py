@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import msgspec
 
+from qtap_async.tls import boringssl
 from qtap_async.tls.cache import AnalysisCache
 from qtap_async.tls.elf import ElfFormatError
 from qtap_async.tls.libraries import analyze_file, openssl_version_from_libcrypto
@@ -239,10 +240,12 @@ class Scanner:
 
 
 # Byte strings every executable that analyze_file can recognise carries: OpenSSL/BoringSSL symbol or
-# version strings, GnuTLS' record functions, Go's build info magic, rustls' mangled symbol names. One
+# version strings, BoringSSL's ssl_lib.cc error-file name (stripped static copies), GnuTLS' record
+# functions, Go's build info magic, rustls' mangled symbol names. One
 # C-speed search each over the mapped file is far cheaper than parsing ELF tables of the many executables
 # that have none of them.
-TLS_MARKERS = (b"SSL_read", b"gnutls_record_recv", b"\xff Go buildinf:", b"OpenSSL ", b"BoringSSL", b"rustls..conn")
+TLS_MARKERS = (b"SSL_read", b"gnutls_record_recv", b"\xff Go buildinf:", b"OpenSSL ", b"BoringSSL", b"rustls..conn",
+               boringssl.SSL_LIB_FILE)
 
 
 def might_be_tls(path: str) -> bool:

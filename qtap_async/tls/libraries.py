@@ -11,8 +11,8 @@ import struct
 from collections.abc import Callable
 from typing import Literal
 
-from qtap_async.errors import GoBinaryError
-from qtap_async.tls import golang
+from qtap_async.errors import BoringSslSignatureError, GoBinaryError
+from qtap_async.tls import boringssl, golang
 from qtap_async.tls.elf import ElfImage, Symbol
 from qtap_async.tls.model import FileKey, GoConnOffsets, LibraryKind, ProbePlan, TlsFunction, TlsLibrary
 from qtap_async.tls.probe_points import (
@@ -310,6 +310,8 @@ def analyze_image(img: ElfImage, key: FileKey, display_path: str) -> TlsLibrary 
             stripped=not img.has_section(".symtab"),
             notes=notes,
         )
+    if "SSL_read" not in funcs and boringssl.is_boringssl(img):
+        return _analyze_stripped_boringssl(img, key, display_path, linkage)
     if img.has_section(".symtab"):
         rust = _analyze_rustls(img, key, display_path, linkage)
         if rust is not None:
@@ -328,6 +330,26 @@ def analyze_image(img: ElfImage, key: FileKey, display_path: str) -> TlsLibrary 
             notes=notes,
         )
     return None
+
+
+def _analyze_stripped_boringssl(img: ElfImage, key: FileKey, display_path: str, linkage: str) -> TlsLibrary:
+    """BoringSSL compiled in without SSL_read/SSL_write symbols: found by code signatures (tls.boringssl).
+    When they do not match, the library is still reported, with no probes and the reason as a note."""
+    tfuncs: list[TlsFunction] = []
+    plans: list[ProbePlan] = []
+    notes: list[str] = []
+    try:
+        found = boringssl.find(img)
+    except BoringSslSignatureError as e:
+        notes.append(f"not probed: SSL_read/SSL_write not recognised without symbols: {e}")
+    else:
+        funcs = {"SSL_read": Symbol("SSL_read", found.read, found.read_size),
+                 "SSL_write": Symbol("SSL_write", found.write, found.write_size)}
+        tfuncs, plans = _plan_c_library(img, OPENSSL_SPECS, funcs, "boringssl")
+        notes.append("SSL_read/SSL_write found by code signature: " + "; ".join(found.evidence))
+    return TlsLibrary(key=key, path=display_path, kind="boringssl", version="", linkage="static"
+                      if linkage == "static" else "shared", functions=tfuncs, plans=plans,
+                      stripped=not img.has_section(".symtab"), notes=notes)
 
 
 # rustls 0.22/0.23 (legacy symbol mangling, what stable rustc emits): the plaintext enters through

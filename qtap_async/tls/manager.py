@@ -65,6 +65,9 @@ class TlsOptions:
     """Load qtap's Java agent into running HotSpot JVMs (qtap_async/tls/java_manager.py)."""
     java_pids: frozenset[int] | None = None
     """Only these JVMs (None: every JVM found); tests use it on machines shared with others."""
+    uprobe_multi: bool = field(default_factory=lambda: os.environ.get("QTAP_UPROBE_MULTI", "1") != "0")
+    """uprobe_multi links where the kernel has them (>= 6.6), else classic ones; QTAP_UPROBE_MULTI=0 forces
+    classic links (one perf event per probe: the same capture, ~10x slower to detach)."""
 
 
 @dataclass
@@ -135,7 +138,7 @@ def path_candidates(dirs: tuple[str, ...] | None = None, max_files: int = PATH_M
 class TlsManager:
     def __init__(self, capture: Capture, options: TlsOptions | None = None) -> None:
         self.options = options or TlsOptions()
-        self.probes = TlsProbes(capture, self.options.hold_children_of)
+        self.probes = TlsProbes(capture, self.options.hold_children_of, multi=self.options.uprobe_multi)
         try:
             self.cache = AnalysisCache(self.options.state_dir)
         except StateDirError as exc:

@@ -242,6 +242,7 @@ class Dispatch:
         for name, stack in self.pipeline.stacks.items():
             out[metrics.STACK_TRANSACTIONS.key(stack=name)] = stack.transactions
             out[metrics.STACK_PLUGIN_ERRORS.key(stack=name)] = stack.errors
+            out.update(stack.stats())
         out.update(self.transactions.snapshot())
         for protocol, n in sorted(self.parse_errors.items()):
             out[metrics.PARSE_ERRORS.key(protocol=protocol)] = n

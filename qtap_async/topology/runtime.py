@@ -175,6 +175,11 @@ class Agent:
             m.update(self.tls.metrics())
         return m
 
+    def metric_families(self) -> list[metrics.Histograms]:
+        """The histograms the stacks' plugins build at scrape time (http_metrics'), read through the
+        pipeline of the moment so a reload shows its stacks."""
+        return [fam for stack in self.graph.pipeline.stacks.values() for fam in stack.families()]
+
     async def run(self, install_signals: bool = True) -> int:
         # The status server comes up first: /healthz answers (and /readyz says why not) while probes attach.
         from qtap_async.errors import StatusServerError
@@ -304,9 +309,16 @@ class Agent:
             stopped = asyncio.create_task(self.stop_event.wait(), name="stop")
             await asyncio.wait([stopped, *tasks[:3]], return_when=asyncio.FIRST_COMPLETED)
             stopped.cancel()
+            t_stop = loop.time()
             if self.replay is None:
-                self.stage.drain_deadline = loop.time() + o.stop_drain_s
+                self.stage.drain_deadline = t_stop + o.stop_drain_s
+            done_at: dict[str, float] = {}
+            for t in tasks[:3]:
+                t.add_done_callback(lambda t: done_at.setdefault(t.get_name(), loop.time()))
             await asyncio.gather(*tasks[:3])
+            # Where a slow stop goes (hooks detached and ring drained, stage drained, stores' last deliveries).
+            log.info("stopped in %.1fs: %s", loop.time() - t_stop,
+                     ", ".join(f"{n} {done_at.get(n, t_stop) - t_stop:.1f}s" for n in ("source", "track", "sink")))
             for t in tasks[3:]:
                 t.cancel()
             # For programs (benchmarks, `--log-level debug`); people get the CLI's one-line summary.

@@ -189,13 +189,13 @@ CASES: list[tuple[str, str, str, int, int | None, str]] = [
         stacks:
           default:
             plugins:
-              - type: http_metrics
+              - type: debug
         """,
         "stacks.default.plugins[0].type",
         5,
         15,
-        "unknown plugin type 'http_metrics'; expected one of http_capture, access_logs, report_usage, detect_errors"
-        " (Qtap's http_metrics plugin does not exist in qtap-async)",
+        "unknown plugin type 'debug'; expected one of http_capture, access_logs, report_usage, detect_errors,"
+        " http_metrics (Qtap's debug plugin does not exist in qtap-async; use access_logs)",
     ),
     (
         "plugin without type",
@@ -648,7 +648,7 @@ def test_an_issue_renders_file_line_column_path_and_detail() -> None:
     # A store or plugin entry without a type lists the types it may have, in its union's order.
     ("version: 2\nstacks:\n  s:\n    plugins:\n      - config: {}\n",
      "stacks.s.plugins[0]: missing required field 'type' (one of http_capture, access_logs, report_usage, "
-     "detect_errors)"),
+     "detect_errors, http_metrics)"),
     ("version: 2\nservices:\n  event_stores:\n    - id: x\n",
      "services.event_stores[0]: missing required field 'type' (one of disabled, kafka, otel, pulse, stdout)"),
     # The hints of a Struct's field_hints, and close names otherwise.

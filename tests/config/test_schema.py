@@ -64,7 +64,7 @@ def test_stores_and_plugins_are_tagged_on_type() -> None:
 
     assert tags(EventStoreConfig) == ["disabled", "kafka", "otel", "pulse", "stdout"]
     assert tags(ObjectStoreConfig) == ["dir", "disabled", "s3", "stdout"]
-    assert PLUGIN_TYPES == ("http_capture", "access_logs", "report_usage", "detect_errors")
+    assert PLUGIN_TYPES == ("http_capture", "access_logs", "report_usage", "detect_errors", "http_metrics")
     services = msgspec.convert({"event_stores": [{"type": "pulse", "url": "http://p", "token": "t"}]}, Services)
     assert services.event_stores[0].type == "pulse"
 

@@ -10,6 +10,7 @@ from qtap_async.plugins.access_logs import AccessLogsConfig, AccessLogsPlugin, A
 from qtap_async.plugins.catalog import PLUGIN_TYPES, PluginConfig
 from qtap_async.plugins.detect_errors import DetectErrorsPlugin
 from qtap_async.plugins.http_capture import HttpCapturePlugin
+from qtap_async.plugins.http_metrics import HttpMetricsPlugin
 from qtap_async.plugins.report_usage import ReportUsagePlugin
 from qtap_async.plugins.stack import build_plugin
 from qtap_async.rulekit import compile_rule
@@ -17,7 +18,8 @@ from qtap_async.rulekit import compile_rule
 
 def test_entries_decode_into_each_plugins_struct() -> None:
     entries = msgspec.convert([{"type": t} for t in PLUGIN_TYPES], list[PluginConfig])
-    assert [type(e) for e in entries] == [HttpCapturePlugin, AccessLogsPlugin, ReportUsagePlugin, DetectErrorsPlugin]
+    assert [type(e) for e in entries] == [HttpCapturePlugin, AccessLogsPlugin, ReportUsagePlugin, DetectErrorsPlugin,
+                                          HttpMetricsPlugin]
     assert [e.type for e in entries] == list(PLUGIN_TYPES)
     with pytest.raises(msgspec.ValidationError, match="Invalid value 'debug'"):
         msgspec.convert({"type": "debug"}, PluginConfig)
