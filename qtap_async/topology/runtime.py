@@ -251,7 +251,10 @@ class Agent:
                 from qtap_async.tls.java_channel import JavaChannel
                 from qtap_async.tls.java_manager import JavaAttacher
 
-                self.java = JavaAttacher(JavaChannel(), o.tls_options.java_pids)
+                pids = o.tls_options.java_pids
+                if pids is None and o.capture.target_tgid:  # `qtap run --pid N`: that JVM only
+                    pids = frozenset({o.capture.target_tgid})
+                self.java = JavaAttacher(JavaChannel(), pids)
         # Processes and listeners as they are at attach: what existed before the agent may be gone by the time
         # its first record is looked at (a short exchange ends within one drain interval).
         self.conntrack.processes.snapshot_at_start()
