@@ -43,7 +43,7 @@ class _Client:
 
 
 @dataclass
-class ChannelStats:
+class JavaChannelStats:
     frames: int = 0
     bytes: int = 0
     bad_frames: int = 0  # a JVM that sent garbage is disconnected (and counted here)
@@ -57,7 +57,7 @@ class JavaChannel:
         self.name = name or f".qtap-java-{os.getpid()}.sock"
         self._listeners: dict[tuple[int, int], tuple[socket.socket, Path]] = {}
         self._clients: dict[int, _Client] = {}  # key: fileno
-        self.stats = ChannelStats()
+        self.stats = JavaChannelStats()
 
     @property
     def inside_path(self) -> str:
