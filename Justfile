@@ -11,6 +11,13 @@ bpf:
 bpf-check:
     {{venv}}python -m qtap_async.bpf.build --check
 
+# Build qtap's Java agent jar from java/qtap-agent/src (commit it afterwards); java-check: fail if stale
+java:
+    {{venv}}python -m qtap_async.tls.java_build
+
+java-check:
+    {{venv}}python -m qtap_async.tls.java_build --check
+
 lint:
     {{venv}}ruff check .
 

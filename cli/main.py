@@ -114,6 +114,8 @@ def run(
         help="TLS analysis cache kept across restarts, '' keeps it in memory (tap.tls.state_dir)")] = "/var/lib/qtap",
     hold_exec: Annotated[bool, typer.Option("--hold-exec", help="stop never-analysed executables at exec until "
                                             "their TLS probes are attached (tap.tls.hold_exec)")] = False,
+    java: Annotated[bool, typer.Option("--java", help="load qtap's Java agent into running JVMs for their "
+                                       "JSSE plaintext (tap.tls.java)")] = False,
     no_preattach: Annotated[bool, typer.Option("--no-preattach", help="do not pre-attach the executables in PATH "
                                                "at start-up (tap.tls.preattach_path)")] = False,
     control: Annotated[
@@ -144,7 +146,7 @@ def run(
                      ports=port or [], domains=domain or [], exes=exe or [], direction=direction,
                      containers=container or [], control=control, registration_token=registration_token,
                      control_state=control_state, status_listen=status_listen, state_dir=state_dir,
-                     hold_exec=hold_exec, no_preattach=no_preattach, show_secrets=show_secrets)
+                     hold_exec=hold_exec, no_preattach=no_preattach, show_secrets=show_secrets, java=java)
     try:
         code = run_command(flags)
     except ConfigError as exc:

@@ -63,6 +63,7 @@ class RunFlags:
     status_listen: str | None = None  # None: the default address, and a taken default port is not fatal
     state_dir: str = "/var/lib/qtap"  # TLS analysis cache ("" : memory only)
     hold_exec: bool = False
+    java: bool = False  # the Java agent into running JVMs (tap.tls.java)
     no_preattach: bool = False
     show_secrets: bool = False  # credentials in clear in every output (a warning is logged at start)
 
@@ -251,10 +252,10 @@ def run_command(f: RunFlags) -> int:
     if cfg is not None:
         t = cfg.tap.tls
         opts.tls_options = TlsOptions(state_dir=t.state_dir or None, preattach_path=t.preattach_path,
-                                      hold_exec=t.hold_exec, max_hold_s=t.max_hold_s)
+                                      hold_exec=t.hold_exec, max_hold_s=t.max_hold_s, java=t.java)
     else:
         opts.tls_options = TlsOptions(state_dir=f.state_dir or None, preattach_path=not f.no_preattach,
-                                      hold_exec=f.hold_exec)
+                                      hold_exec=f.hold_exec, java=f.java)
     if f.control is not None:
         from qtap_async.control_client import run_with_control
 

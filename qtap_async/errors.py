@@ -27,6 +27,7 @@ classes, so it stays true:
     ├── SinkTransientError
     ├── ElfFormatError               [tls.elf]
     ├── GoBinaryError
+    ├── JavaAttachError
     ├── BoringSslSignatureError
     ├── StateDirError                [tls.cache]
     ├── StatusServerError
@@ -162,6 +163,8 @@ class GoBinaryError(QtapError):
     """A Go structure in an executable could not be parsed (the TLS analysis turns it into a report note)."""
 
 
+class JavaAttachError(QtapError):
+    """A JVM refused or failed the dynamic attach of qtap's Java agent (or is not a HotSpot JVM)."""
 class BoringSslSignatureError(QtapError):
     """A stripped BoringSSL's SSL_read/SSL_write could not be recognised by their code signatures (the TLS
     analysis reports the library with no probes and this message as its note, never a guessed offset)."""

@@ -28,6 +28,8 @@ class InspectReport(msgspec.Struct, frozen=True):
     capabilities: CapabilityReport | None = None
     tls_cache: dict[str, object] = {}
     """The agent's on-disk TLS analysis cache: its files stay probed even while no process runs them."""
+    jvms: list[dict[str, object]] = []
+    """HotSpot JVMs and the state of qtap's Java agent in each (qtap_async/tls/java_inspect.py)."""
 
 
 def _objects() -> list[ObjectInfo]:
@@ -109,7 +111,9 @@ def gather(state_dir: str = DEFAULT_STATE_DIR) -> InspectReport:
     # The uid says little (root in a container may lack CAP_BPF): the capabilities decide.
     reasons = [*caps.problems, *(r for r in explain(f) if not r.startswith("not running as root"))]
     tls, cache_info = _tls(state_dir)
-    return InspectReport(f, _objects(), tls, not reasons, reasons, caps, cache_info)
+    from qtap_async.tls import java_inspect
+
+    return InspectReport(f, _objects(), tls, not reasons, reasons, caps, cache_info, java_inspect.describe_all())
 
 
 def render(r: InspectReport) -> str:
@@ -163,6 +167,10 @@ def render(r: InspectReport) -> str:
         note = f"; {c['note']}" if "note" in c else ""
         lines.append(f"TLS analysis cache: {c.get('state_dir')}: {c.get('entries', 0)} files analysed, "
                      f"{c.get('tls_files', 0)} with TLS (kept probed by a running agent){note}")
+    if r.jvms:
+        from qtap_async.tls import java_inspect
+
+        lines.extend(java_inspect.render(r.jvms))
     if r.capture_possible:
         lines.append("capture: WILL WORK (tracepoints + ring buffer load and attach; uprobes load)")
     else:

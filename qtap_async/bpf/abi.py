@@ -132,6 +132,14 @@ PROC_EXIT = struct.Struct("<32xiI")
 # struct qtap_tls_bind after the header
 TLS_BIND = struct.Struct("<32xQQQII")  # ssl, base, bytes, gen, _pad
 
+# User-space records, with no qtap.h counterpart: the kernel never writes them. A plaintext chunk from qtap's
+# Java agent (qtap_async/tls/java_channel.py) travels as this record in the raw batches, so `qtap record`
+# files keep it and a replay reproduces the live output. Header as qtap_hdr, conn_id the agent's stream id.
+REC_JAVA_DATA = 64
+SOURCE_JAVA = 5  # Data.source of plaintext from the Java agent (abi.Source holds the kernel's sources)
+JAVA_DATA = struct.Struct("<32xQHHBB")  # offset, lport (0: unknown), rport, dir, kind (1 SSLSocket, 2 SSLEngine)
+JAVA_DATA_PAYLOAD_OFFSET = JAVA_DATA.size
+
 # Sizes and field offsets as C lays them out; checked against the compiler in tests.
 LAYOUT: dict[str, dict[str, int]] = {
     "qtap_hdr": {"__size__": HDR.size, "type": 0, "abi": 2, "cpu": 4, "ts_ns": 8, "conn_id": 16, "pid": 24,

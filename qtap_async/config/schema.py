@@ -100,6 +100,8 @@ class TlsTapConfig(Settings, frozen=True):
     """Stop a never-analysed executable at exec until its probes are attached (SIGSTOP/SIGCONT)."""
     max_hold_s: Annotated[float, msgspec.Meta(gt=0, le=60)] = 5.0
     """Longest a held process waits; it is continued then, attached or not."""
+    java: bool = False
+    """Load qtap's Java agent into running HotSpot JVMs (dynamic attach) for their JSSE plaintext."""
 
 
 class TapConfig(Settings, frozen=True):

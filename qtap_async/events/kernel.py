@@ -62,6 +62,22 @@ class TlsBind(msgspec.Struct, frozen=True, gc=False, tag="tls_bind"):
     gen: int
 
 
+class JavaData(msgspec.Struct, frozen=True, gc=False, tag="java_data"):
+    """A plaintext chunk reported by qtap's Java agent (not a kernel record): conntrack ties it to its connection
+    by the JVM's pid and the socket's ports, then handles it as a Data record of source abi.SOURCE_JAVA."""
+
+    ts_ns: int
+    stream_id: int  # the Java agent's id of the SSLSocket or SSLEngine
+    pid: int  # from the agent channel's peer credentials, not from the JVM's word
+    tid: int  # the Java thread id (the JVM does not expose the OS one cheaply)
+    offset: int
+    dir: int
+    kind: int  # 1 SSLSocket (both ports known), 2 SSLEngine (only the peer's port)
+    lport: int
+    rport: int
+    payload: bytes
+
+
 class ProcExec(msgspec.Struct, frozen=True, gc=False, tag="proc_exec"):
     ts_ns: int
     pid: int
@@ -90,4 +106,4 @@ class ProcExit(msgspec.Struct, frozen=True, gc=False, tag="proc_exit"):
     exit_code: int
 
 
-KernelRecord = ConnOpen | ConnClose | Data | ProcExec | ProcExit | ProcFork | TlsBind
+KernelRecord = ConnOpen | ConnClose | Data | ProcExec | ProcExit | ProcFork | TlsBind | JavaData

@@ -20,6 +20,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from qtap_async.errors import BodyError, PulseAuthError, PulseError, QueryError
+from qtap_async.pulse import rollups
 from qtap_async.pulse.config import PulseConfig
 from qtap_async.pulse.ingest import BatchWriter, Sanitizer, decode_body
 from qtap_async.pulse.metrics import Metrics
@@ -33,6 +34,8 @@ from qtap_async.telemetry.metrics import (
     PULSE_HTTP_REQUESTS,
     PULSE_INGEST_BUSY,
     PULSE_QUERY_SECONDS,
+    PULSE_ROLLUP_ERRORS,
+    PULSE_ROLLUP_HOURS,
     MetricDef,
 )
 
@@ -103,7 +106,8 @@ class Pulse:
         assert self.storage is not None
         self.writer = BatchWriter(self.storage, self.run_blocking, self.metrics)
         self.writer.start()
-        self._tasks = [asyncio.create_task(job(self)) for job in self.background]
+        jobs = [*self.background, *([_keep_rollups] if rollups.enabled(self.config) else [])]
+        self._tasks = [asyncio.create_task(job(self)) for job in jobs]
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -130,6 +134,27 @@ class Pulse:
         if kind.lower() != "bearer" or not token.strip():
             raise PulseAuthError("authorization must be 'Bearer <token>'", 401)
         return self.tokens.authenticate(token.strip(), scope)
+
+
+ROLLUP_INTERVAL_S = 5.0
+
+
+async def _keep_rollups(pulse: Pulse) -> None:
+    """Build the hours that got rows and have been quiet since (pulse/rollups.py), every few seconds."""
+    while True:
+        await asyncio.sleep(ROLLUP_INTERVAL_S)
+        storage = pulse.storage
+        if storage is None:
+            continue
+        try:
+            built = await pulse.run_blocking(rollups.refresh, storage)
+        except PulseError as e:
+            # Queries stay right without the rollups (they read the raw rows); the next round retries.
+            pulse.metrics.inc(PULSE_ROLLUP_ERRORS)
+            log.warning("pulse: building rollups failed: %s", e)
+            continue
+        if built:
+            pulse.metrics.inc(PULSE_ROLLUP_HOURS, built)
 
 
 async def _read_body(request: Request, limit: int, timeout_s: float) -> bytes:

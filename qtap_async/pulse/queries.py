@@ -7,7 +7,8 @@ and keep one row per id (``LIMIT 1 BY id``; copies of an event are identical), s
 PREWHERE apply, which FINAL would prevent for columns outside the sorting key.
 
 An error is a response with status >= 500 or a gRPC status other than OK; ``client_errors`` counts
-4xx. Latency percentiles are exact (quantilesExact over duration_ns).
+4xx. Latency percentiles are exact (quantilesExact over duration_ns), except in the dashboard and the
+dependency edges, which read hourly rollups: their percentiles come from log histograms, within 1 %.
 
 Times in results are what the agent's events carry (``qtap_async.events.times``): ``ts`` (and
 ``bucket_start``) as RFC 3339 UTC text with nanoseconds, beside ``ts_ns`` (``bucket_start_ns``) in epoch
@@ -27,6 +28,7 @@ import msgspec
 
 from qtap_async.errors import QueryError
 from qtap_async.events.times import Timestamp, format_ns
+from qtap_async.pulse import rollups
 from qtap_async.pulse.ingest import to_ns
 from qtap_async.pulse.storage import Storage
 
@@ -429,56 +431,96 @@ def summary(storage: Storage, team: str, p: SummaryParams) -> list[Summary]:
     )
 
 
-_DASH_KEYS = ("domain", "method", "path", "pid", "exe", "container_id", "bucket_start_ns")
-_DASH_SETS: dict[str, tuple[str, ...]] = {
-    "total": (),
-    "domain": ("domain",),
-    "endpoint": ("domain", "method", "path"),
-    "process": ("pid", "exe", "container_id"),
-    "container": ("container_id",),
-    "bucket": ("bucket_start_ns",),
-}
+_DASH_SETS = ("total", "domain", "endpoint", "process", "container", "bucket")
+_DASH_KEYS = "domain, method, path, pid, exe, container_id"
+_EDGE_KEYS = "exe, container_id, domain"
 
 
-def _grouping_id(keys: tuple[str, ...]) -> int:
-    # ClickHouse's grouping(): one bit per argument, the first argument the highest, set when the argument
-    # is NOT a key of the row's grouping set (the SQL standard's meaning).
-    return sum(1 << (len(_DASH_KEYS) - 1 - i) for i, k in enumerate(_DASH_KEYS) if k not in keys)
+def _rolled_up(storage: Storage, team: str, start: int, end: int, sets: tuple[str, ...], ranked: tuple[str, ...],
+               keys: str, select: str, group: str, bucket: int, limit: int, raw_filter: str = "",
+               params: dict[str, Any] | None = None) -> list[dict[str, Any]] | None:
+    """Rows of ``sets`` per ``keys`` over [start, end), from the clean hours' rollups and the rest's raw rows.
+
+    Two statements: the ``ranked`` sets' keys are ranked by their request counts (cheap: no histogram is
+    read), then histograms are merged for the top ``limit`` keys of each ranked set and every key of the
+    others (the total, the time buckets). Ties rank by the keys, as the single queries order them."""
+    hours = rollups.clean(storage, team, start, end)
+    if not hours[0] or bucket % 60:
+        return None  # no hour to read from the rollups: the caller's exact query over the raw rows
+    params = params or {}
+    inner, bound = rollups.merged_states(storage, team, hours, start, end, ranked, raw_filter, bucket, params,
+                                         counts_only=True)
+    bound["limit"] = limit
+    top = storage.query(
+        f"SELECT cityHash64(grp, {keys}) AS h, sum(r) AS n FROM ({inner}) GROUP BY grp, {keys}"
+        f" ORDER BY n DESC, {keys} LIMIT {{limit:UInt32}} BY grp",
+        bound,
+    )
+    others = ", ".join(f"'{s}'" for s in sets if s not in ranked)
+    keep = f"cityHash64(grp, {keys}) IN {{keep:Array(UInt64)}}" + (f" OR grp IN ({others})" if others else "")
+    inner, bound = rollups.merged_states(storage, team, hours, start, end, sets, raw_filter, bucket,
+                                         dict(params, keep=[int(r["h"]) for r in top]), keep)
+    bound["bucket"] = bucket
+    return storage.query(f"SELECT grp, {select}, {rollups.STATS} FROM ({inner}) GROUP BY grp, {group}", bound)
 
 
-_DASH_BY_ID = {_grouping_id(keys): name for name, keys in _DASH_SETS.items()}
+_EXACT_SETS = {"total": "()", "domain": "(domain)", "endpoint": "(domain, method, path)",
+               "process": "(pid, exe, container_id)", "container": "(container_id)", "bucket": "(bucket_start_ns)"}
+
+
+def _dashboard_exact(storage: Storage, team: str, start: int, end: int, bucket: int) -> list[dict[str, Any]]:
+    # One pass over the raw rows (GROUPING SETS), exact percentiles: for ranges with no whole clean hour.
+    params: dict[str, Any] = {"team": team, "start": start, "end": end, "bucket": bucket}
+    keys = ("domain", "method", "path", "pid", "exe", "container_id", "bucket_start_ns")
+    rows = storage.query(
+        f"SELECT grouping({', '.join(keys)}) AS g, {_DASH_KEYS},"
+        " toUnixTimestamp64Nano(toDateTime64(toStartOfInterval(ts, toIntervalSecond({bucket:UInt32})), 9, 'UTC'))"
+        f" AS bucket_start_ns, {_STATS}, uniqExact(domain) AS domains, uniqExact(exe, container_id) AS sources"
+        f" FROM {storage.database}.requests FINAL WHERE {_RANGE}"
+        f" GROUP BY GROUPING SETS ({', '.join(_EXACT_SETS.values())})",
+        params,
+    )
+    ids = {sum(1 << (len(keys) - 1 - i) for i, k in enumerate(keys) if k not in v.strip("()").split(", ")): name
+           for name, v in _EXACT_SETS.items()}
+    for r in rows:
+        r["grp"] = ids[int(r.pop("g"))]
+        if r["grp"] != "total":  # as from the rollups: distinct domains and sources on the total only
+            r["domains"] = r["sources"] = 0
+    return rows
 
 
 def dashboard(storage: Storage, team: str, p: DashboardParams) -> list[DashboardRow]:
-    """What the dashboard shows, from ONE pass over the range (GROUPING SETS): the total, the top
-    ``limit`` domains, endpoints, processes and containers by requests, and every non-empty time bucket.
-    The same numbers as summary, top_domains, top_endpoints, processes and timeseries, at the cost of one
-    FINAL scan instead of six."""
-    where, params = _where(p, team, ())
-    if (params["end"] - params["start"]) // (p.bucket * 10**9) > MAX_BUCKETS:
+    """What the dashboard shows: the total, the top ``limit`` domains, endpoints, processes and containers
+    by requests, and every non-empty time bucket, from the hourly rollups (pulse/rollups.py) for the
+    range's whole, up-to-date hours and from the raw rows for the rest. The counts are those of summary,
+    top_domains, top_endpoints, processes and timeseries; the percentiles come from merged histograms,
+    within 1 % of a duration at their rank (exact, as those queries answer, when the range holds no whole
+    clean hour or buckets are not whole minutes: one pass over the raw rows then); ``domains`` and
+    ``sources`` are the total's (0 in other rows)."""
+    start, end = _range(p)
+    if (end - start) // (p.bucket * 10**9) > MAX_BUCKETS:
         raise QueryError(f"more than {MAX_BUCKETS} buckets: widen bucket or narrow the range")
-    params["bucket"] = p.bucket
-    sets = ", ".join("(" + ", ".join(keys) + ")" for keys in _DASH_SETS.values())
-    rows = storage.query(
-        f"SELECT grouping({', '.join(_DASH_KEYS)}) AS g, domain, method, path, pid, exe, container_id,"
-        " toUnixTimestamp64Nano(toDateTime64(toStartOfInterval(ts, toIntervalSecond({bucket:UInt32})), 9, 'UTC'))"
-        " AS bucket_start_ns,"
-        f" {_STATS}, uniqExact(domain) AS domains, uniqExact(exe, container_id) AS sources"
-        f" FROM {storage.database}.requests FINAL WHERE {where} GROUP BY GROUPING SETS ({sets})",
-        params,
-    )
+    select = (f"{_DASH_KEYS}, toUnixTimestamp64Nano(toDateTime64(toStartOfInterval(minute,"
+              " toIntervalSecond({bucket:UInt32})), 9, 'UTC')) AS bucket_start_ns")
+    rows = _rolled_up(storage, team, start, end, _DASH_SETS, ("domain", "endpoint", "process", "container"),
+                      _DASH_KEYS, select, f"{_DASH_KEYS}, bucket_start_ns", p.bucket, p.limit)
+    if rows is None:
+        rows = _dashboard_exact(storage, team, start, end, p.bucket)
     for r in rows:
-        r["set"] = _DASH_BY_ID[int(r.pop("g"))]
+        r["set"] = r.pop("grp")
+        r.pop("qb", None)
         r.pop("q", None)
         r["bucket_start_ns"] = ns = int(r["bucket_start_ns"])  # 64-bit ints may come quoted
         r["bucket_start"] = format_ns(ns)
     out: list[DashboardRow] = msgspec.convert(rows, list[DashboardRow])
     # The same order and ties as the single queries: requests, then the keys.
+    sort_keys = {"domain": ("domain",), "endpoint": ("domain", "method", "path"),
+                 "process": ("pid", "exe", "container_id"), "container": ("container_id",)}
     by_set: dict[str, list[DashboardRow]] = {}
     for row in out:
         by_set.setdefault(row.set, []).append(row)
     result: list[DashboardRow] = []
-    for name, keys in _DASH_SETS.items():
+    for name in _DASH_SETS:
         group = by_set.get(name, [])
         if name == "bucket":
             result += sorted(group, key=lambda r: r.bucket_start_ns)
@@ -490,22 +532,32 @@ def dashboard(storage: Storage, team: str, p: DashboardParams) -> list[Dashboard
                                              errors=0, client_errors=0, error_rate=0.0, p50_ns=0, p95_ns=0,
                                              p99_ns=0)]
         else:
-            result += sorted(group, key=lambda r: (-r.requests, *(getattr(r, k) for k in keys)))[:p.limit]
+            ks = sort_keys[name]
+            result += sorted(group, key=lambda r: (-r.requests, *(getattr(r, k) for k in ks)))[:p.limit]
     return result
 
 
 def edges(storage: Storage, team: str, p: EdgeParams) -> list[Edge]:
-    """The dependency map: one edge per (process executable, container) -> domain, busiest first."""
-    where, params = _where(p, team, ("direction",))
-    params["limit"] = p.limit
-    return _select(
-        storage,
-        Edge,
-        f"SELECT exe, container_id, domain, {_STATS} FROM {storage.database}.requests FINAL WHERE {where}"
-        " GROUP BY exe, container_id, domain ORDER BY requests DESC, exe, container_id, domain"
-        " LIMIT {limit:UInt32}",
-        params,
-    )
+    """The dependency map: one edge per (process executable, container) -> domain, busiest first, from the
+    rollups and the raw rows like the dashboard (percentiles from merged histograms, within 1 %; exact when
+    the range holds no whole clean hour)."""
+    start, end = _range(p)
+    raw_filter, params = "", {}
+    if p.direction is not None:
+        raw_filter, params = " AND direction = {direction:String}", {"direction": p.direction}
+    rows = _rolled_up(storage, team, start, end, ("edge",), ("edge",), _EDGE_KEYS, _EDGE_KEYS, _EDGE_KEYS, 60,
+                      p.limit, raw_filter, params)
+    if rows is None:  # no whole clean hour: the exact query over the raw rows
+        where = _RANGE + raw_filter
+        rows = storage.query(
+            f"SELECT {_EDGE_KEYS}, {_STATS} FROM {storage.database}.requests FINAL WHERE {where}"
+            " GROUP BY exe, container_id, domain ORDER BY requests DESC, exe, container_id, domain"
+            " LIMIT {limit:UInt32}",
+            dict(params, team=team, start=start, end=end, limit=p.limit),
+        )
+    rows.sort(key=lambda r: (-int(r["requests"]), r["exe"], r["container_id"], r["domain"]))
+    out: list[Edge] = msgspec.convert(rows[:p.limit], list[Edge])
+    return out
 
 
 def requests(storage: Storage, team: str, p: RequestSearch) -> list[RequestRow]:

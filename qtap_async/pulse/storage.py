@@ -115,6 +115,8 @@ class Storage(ABC):
                 for c in t.columns:
                     self.command(f"ALTER TABLE {db}.{target}{on_cluster} ADD COLUMN IF NOT EXISTS {c.name} {c.type}")
             self.command(f"DROP VIEW IF EXISTS {db}.{t.name}_mv{on_cluster}")
+            if t.name == "requests":  # the rollups' view reads requests_in too; the DDL makes it again
+                self.command(f"DROP VIEW IF EXISTS {db}.requests_touched_mv{on_cluster}")
             self.command(f"DROP TABLE IF EXISTS {db}.{t.name}_in{on_cluster}")
             for stmt in landing_ddl(self.config, t):
                 self.command(stmt)
@@ -127,6 +129,14 @@ def _escape(value: str) -> str:
     return (
         value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r").replace("\0", "\\0")
     )
+
+
+def _bind(value: Any) -> Any:
+    if isinstance(value, str):
+        return _escape(value)
+    if isinstance(value, list):  # Array(<integer type>) parameters: chDB takes the literal's text
+        return "[" + ",".join(str(int(v)) for v in value) + "]"
+    return value
 
 
 class ChdbStorage(Storage):
@@ -161,7 +171,7 @@ class ChdbStorage(Storage):
 
     def query(self, sql: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         try:
-            bound = {k: _escape(v) if isinstance(v, str) else v for k, v in (params or {}).items()}
+            bound = {k: _bind(v) for k, v in (params or {}).items()}
             with self._lock:
                 res = self._session.query(sql, "JSON", params=bound)  # type: ignore[no-untyped-call]
         except Exception as e:

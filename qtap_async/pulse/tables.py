@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from qtap_async.pulse import rollups
 from qtap_async.pulse.config import PulseConfig
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -216,6 +217,8 @@ def ddl(config: PulseConfig) -> list[str]:
                 f" ENGINE = Distributed({cluster}, {db}, {local}, cityHash64(id))"
             )
         out.extend(landing_ddl(config, t))
+    if rollups.enabled(config):
+        out.extend(rollups.ddl(config, int(config.retention.requests)))  # after requests_in: a view reads it
     return out
 
 

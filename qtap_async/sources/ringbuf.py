@@ -9,8 +9,11 @@ blindly once the ring fills).
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
+import struct
 from collections.abc import Callable
+from typing import Protocol
 
 from qtap_async.bpf.ringbuf import RingBuffer
 from qtap_async.buffers.channel import Channel
@@ -18,6 +21,17 @@ from qtap_async.buffers.channel import Channel
 log = logging.getLogger("qtap.source")
 
 RawBatch = list[bytes]
+_ts = struct.Struct("<8xQ").unpack_from  # qtap_hdr.ts_ns
+
+
+def _record_ts(raw: bytes) -> int:
+    return int(_ts(raw)[0])
+
+
+class SideChannel(Protocol):
+    """Records that reach qtap other than through the ring buffer (the Java agent's plaintext)."""
+
+    def drain(self) -> list[bytes]: ...
 
 
 def batch_size(batch: object) -> int:
@@ -27,8 +41,9 @@ def batch_size(batch: object) -> int:
 
 
 class RingBufferSource:
-    def __init__(self, ringbuf: RingBuffer, poll_interval_s: float = 0.02) -> None:
+    def __init__(self, ringbuf: RingBuffer, poll_interval_s: float = 0.02, side: SideChannel | None = None) -> None:
         self.ringbuf = ringbuf
+        self.side = side
         # The kernel wakes us only for a batch (wakeup_bytes); a trickle is drained on this timer.
         self.poll_interval_s = poll_interval_s
         self.records = 0
@@ -36,7 +51,13 @@ class RingBufferSource:
         self.dropped_records = 0
 
     def drain_once(self, tx: Channel[RawBatch]) -> int:
+        # The side channel is read first: a Java thread sends its chunk before its next syscall on that socket
+        # (a close included), so every chunk older than a ring-buffer record consumed next is already here.
+        # Merged by time, a chunk comes after its connection's open and before its close.
+        side = self.side.drain() if self.side is not None else None
         batch = self.ringbuf.consume()
+        if side:
+            batch = list(heapq.merge(batch, side, key=_record_ts)) if batch else side
         if not batch:
             return 0
         self.records += len(batch)

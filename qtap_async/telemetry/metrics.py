@@ -203,6 +203,13 @@ TLS_EXEC_RELEASED_BY_TIMEOUT = _counter("qtap_tls_exec_released_by_timeout_total
 TLS_EXEC_HOLD_VANISHED = _counter("qtap_tls_exec_hold_vanished_total", "Held processes that exited while held.")
 TLS_EXEC_HOLD_NS = _counter("qtap_tls_exec_hold_ns_total", "Nanoseconds processes spent held, in all.")
 TLS_EXEC_HOLD_NS_MAX = _gauge("qtap_tls_exec_hold_ns_max", "The longest hold, in nanoseconds.")
+# Java (JSSE) through qtap's Java agent (qtap_async/tls/java_*.py)
+JAVA_JVMS_ATTACHED = _gauge("qtap_java_jvms_attached", "JVMs with qtap's Java agent loaded and capturing.")
+JAVA_ATTACH_FAILED = _counter("qtap_java_attach_failed_total", "JVMs that refused qtap's Java agent (after retries).")
+JAVA_CHUNKS = _counter("qtap_java_chunks_total", "Plaintext chunks from Java agents tied to their connection.")
+JAVA_BAD_FRAMES = _counter("qtap_java_bad_frames_total", "Java agent channels closed for a malformed frame.")
+JAVA_DROPPED = _counter("qtap_java_chunks_dropped_total",
+                        "Plaintext chunks from Java agents not tied to a connection, by reason.", "reason")
 TLS_KNOWN_FILES_FULL = _counter("qtap_tls_known_files_full_total",
                                 "Analysed files not remembered in the kernel because its table was full.")
 
@@ -351,6 +358,10 @@ PULSE_KAFKA_MESSAGES = _pulse("pulse_kafka_messages_total", "counter", "Kafka me
 PULSE_KAFKA_REJECTED = _pulse("pulse_kafka_rejected_total", "counter",
                               "Kafka messages dropped (undecodable or unauthenticated).", "reason")
 PULSE_KAFKA_COMMITS = _pulse("pulse_kafka_commits_total", "counter", "Kafka offset commits after a stored batch.")
+PULSE_ROLLUP_HOURS = _pulse("pulse_rollup_hours_built_total", "counter",
+                            "(team, hour) rollups built or rebuilt for the dashboard and the dependency map.")
+PULSE_ROLLUP_ERRORS = _pulse("pulse_rollup_errors_total", "counter",
+                             "Rollup rounds that failed (their hours are read from the raw table until built).")
 
 # -- the control plane (its own /metrics, the same renderer) ------------------------------------------------------
 CONTROL: Catalog = {}

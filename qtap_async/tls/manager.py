@@ -61,6 +61,10 @@ class TlsOptions:
     max_hold_s: float = 5.0
     hold_children_of: int = 0
     """Hold only children of this pid (0: every process); tests use it on machines shared with others."""
+    java: bool = False
+    """Load qtap's Java agent into running HotSpot JVMs (qtap_async/tls/java_manager.py)."""
+    java_pids: frozenset[int] | None = None
+    """Only these JVMs (None: every JVM found); tests use it on machines shared with others."""
     uprobe_multi: bool = field(default_factory=lambda: os.environ.get("QTAP_UPROBE_MULTI", "1") != "0")
     """uprobe_multi links where the kernel has them (>= 6.6), else classic ones; QTAP_UPROBE_MULTI=0 forces
     classic links (one perf event per probe: the same capture, ~10x slower to detach)."""

@@ -114,6 +114,7 @@ class Agent:
         self.attached = threading.Event()  # set once the BPF programs are attached (or the replay started)
         self.capture: Capture | None = None
         self.tls: TlsManager | None = None
+        self.java: Any = None  # qtap_async.tls.java_manager.JavaAttacher with tls_options.java
         self._kernel_counters: dict[str, int] = {}  # last read, kept after the capture is closed
         self.raw: Channel[list[bytes]] | None = None
         self.out: Channel[list[Any]] | None = None
@@ -163,6 +164,14 @@ class Agent:
         m.update(self.graph.stats())
         if self.containers is not None:
             m.update(self.containers.snapshot())
+        js = self.conntrack.java.stats
+        java = self.java
+        m[metrics.JAVA_JVMS_ATTACHED.name] = java.metrics()["attached"] if java is not None else 0
+        m[metrics.JAVA_ATTACH_FAILED.name] = java.failed_total if java is not None else 0
+        m[metrics.JAVA_BAD_FRAMES.name] = java.channel.stats.bad_frames if java is not None else 0
+        m[metrics.JAVA_CHUNKS.name] = js.chunks  # a replay of a recording with Java records has them too
+        for reason in ("unmatched", "ambiguous", "late"):
+            m[metrics.JAVA_DROPPED.key(reason=reason)] = getattr(js, reason)
         if self.tls is not None:
             from qtap_async.telemetry.counters import tls_snapshot
 
@@ -242,6 +251,14 @@ class Agent:
             self.tls = TlsManager(self.capture, o.tls_options)
             await self.tls.start()
             self.graph.dispatch.watchers.append(self.tls)
+            if o.tls_options.java:
+                from qtap_async.tls.java_channel import JavaChannel
+                from qtap_async.tls.java_manager import JavaAttacher
+
+                pids = o.tls_options.java_pids
+                if pids is None and o.capture.target_tgid:  # `qtap run --pid N`: that JVM only
+                    pids = frozenset({o.capture.target_tgid})
+                self.java = JavaAttacher(JavaChannel(), pids)
         # Processes and listeners as they are at attach: what existed before the agent may be gone by the time
         # its first record is looked at (a short exchange ends within one drain interval).
         self.conntrack.processes.snapshot_at_start()
@@ -283,7 +300,10 @@ class Agent:
             else:
                 assert self.capture is not None and self.capture.ringbuf is not None
                 self.raw = Channel(o.raw_queue_events, o.raw_queue_bytes, "drop_newest", sizeof=batch_size)
-                self.source = RingBufferSource(self.capture.ringbuf)
+                self.source = RingBufferSource(self.capture.ringbuf,
+                                               side=self.java.channel if self.java is not None else None)
+                if self.java is not None:
+                    self.java.start()
                 log.info("capture attached: %d programs", sum(len(ob.links) for ob in self.capture.objects))
             self.out = Channel(o.out_queue_events, o.out_queue_bytes, "block", sizeof=len_sizeof)
             tasks = [
@@ -313,6 +333,9 @@ class Agent:
         finally:
             for sig in signals:
                 loop.remove_signal_handler(sig)
+            if self.java is not None:
+                await self.java.stop()
+                self.java.channel.close()
             if self.tls is not None:
                 await self.tls.stop()
             if self.capture is not None:

@@ -26,12 +26,23 @@ from qtap_async.context.listeners import ListeningPorts
 from qtap_async.context.process import ProcessCache, ProcessInfo, user_name
 from qtap_async.events.connection import ConnectionEvent, GapEvent, Owner
 from qtap_async.events.context import ConnContext, Direction
-from qtap_async.events.kernel import ConnClose, ConnOpen, Data, KernelRecord, ProcExec, ProcExit, ProcFork, TlsBind
+from qtap_async.events.kernel import (
+    ConnClose,
+    ConnOpen,
+    Data,
+    JavaData,
+    KernelRecord,
+    ProcExec,
+    ProcExit,
+    ProcFork,
+    TlsBind,
+)
 from qtap_async.protocols.dns import parse_dns_datagram
+from qtap_async.transforms.java_streams import JavaStreams
 from qtap_async.transforms.reassembly import Gap, ReassemblyStats, Segment, StreamReassembler
 from qtap_async.transforms.tls_binding import UnboundTls
 
-_SOURCE_NAMES = {int(s): s.name.lower() for s in abi.Source}
+_SOURCE_NAMES = {int(s): s.name.lower() for s in abi.Source} | {abi.SOURCE_JAVA: "java"}
 _DIR_NAMES = {0: "send", 1: "recv"}
 PAYLOAD_OFF = "payload_off"
 # Why a data record's `skipped` bytes were not captured, from its flags (first match wins).
@@ -249,6 +260,7 @@ class Conntrack:
         # close), and they then resume as the same connection instead of a context-less orphan.
         self._evicted: OrderedDict[int, Connection] = OrderedDict()
         self.stats = ConntrackStats()
+        self.java = JavaStreams()
         # bpf_ktime_get_ns() is CLOCK_MONOTONIC; events carry wall-clock time.
         self._wall_offset_ns = time.time_ns() - time.monotonic_ns()
         self._fmt_sec = -1
@@ -349,6 +361,8 @@ class Conntrack:
             return self._open(rec)
         if type(rec) is ConnClose:
             return self._close(rec)
+        if type(rec) is JavaData:
+            return self._java(rec)
         if type(rec) is ProcExec:
             self.stats.process_records += 1
             self.processes.on_exec(rec.pid, rec.comm, rec.filename, rec.uid, rec.cgroup_id, rec.exe_ino,
@@ -446,6 +460,14 @@ class Conntrack:
                 return  # back to a process seen before (workers sharing a socket take turns)
         if len(c.owners) < MAX_OWNERS:
             c.owners.append((pid, c.process, ts_ns))
+
+    def _java(self, rec: JavaData) -> list[Any]:
+        """Plaintext from the Java agent: on its connection, a Data record of the Java source (layer 1)."""
+        c = self.java.resolve(rec, self.conns)
+        if c is None:
+            return []
+        return self._data(Data(rec.ts_ns, c.conn_id, rec.pid, rec.tid, rec.offset, rec.dir, abi.SOURCE_JAVA, 0, 0,
+                               c.fd, rec.payload))
 
     def _data(self, rec: Data) -> list[Any]:
         out: list[Any] = []

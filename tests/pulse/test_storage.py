@@ -95,6 +95,29 @@ def assert_same(got: dict[Any, dict[str, Any]], want: dict[Any, dict[str, Any]])
         assert g["error_rate"] == pytest.approx(w["error_rate"], rel=1e-12), k
 
 
+def assert_sketched(got: dict[Any, dict[str, Any]], events: list[RequestEvent],
+                    key: Callable[[RequestEvent], Any], alpha: float = 0.01) -> None:
+    """What a DDSketch at relative accuracy ``alpha`` promises, against the events themselves: counts
+    exact, and each percentile within ``alpha`` of a value at the level's rank (q * (n - 1), which the
+    sketch walks to, or quantileExact's floor(q * n); in a small group the two ranks' values differ)."""
+    want = reference(events, key)
+    assert got.keys() == want.keys()
+    groups: dict[Any, list[int]] = defaultdict(list)
+    for e in events:
+        groups[key(e)].append(e.duration_ns)
+    for k, w in want.items():
+        g = got[k]
+        counts = ("requests", "errors", "client_errors")
+        assert {f: g[f] for f in counts} == {f: w[f] for f in counts}, k
+        assert g["error_rate"] == pytest.approx(w["error_rate"], rel=1e-12), k
+        values = sorted(groups[k])
+        n = len(values)
+        for f, level in (("p50_ns", 0.5), ("p95_ns", 0.95), ("p99_ns", 0.99)):
+            ranks = (int(level * (n - 1)), min(n - 1, int(level * (n - 1)) + 1), min(n - 1, int(level * n)))
+            lo, hi = min(values[r] for r in ranks), max(values[r] for r in ranks)
+            assert lo * (1 - alpha) - 1 <= g[f] <= hi * (1 + alpha) + 1, (k, f, g[f], lo, hi)
+
+
 async def ingest_through_batch_path(storage: Storage, config: PulseConfig, team: str, events: list[Any]) -> int:
     """What POST /v1/events does after auth: decode the body, sanitize, group-commit write."""
     loop = asyncio.get_running_loop()

@@ -18,15 +18,16 @@ from typing import Any
 from urllib.parse import parse_qs, quote, urlencode, urlsplit
 
 import jinja2
+import msgspec
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from qtap_async.control.auth import Principal
+from qtap_async.control.auth import Principal, hash_password
 from qtap_async.control.configs import InvalidConfig, check_config, diff
 from qtap_async.control.http import ApiError, Query, read_body
-from qtap_async.control.models import Issue
+from qtap_async.control.models import ROLE_RANK, Issue, UserIn
 from qtap_async.control.routes_auth import password_login
 from qtap_async.control.routes_configs import activate_version, store_config
 from qtap_async.control.service import Control
@@ -50,7 +51,10 @@ _ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 NS = 10**9
 
 NAV = [("dashboard", "/ui/", "Dashboard"), ("traffic", "/ui/traffic", "Traffic"), ("map", "/ui/map", "Dependency map"),
-       ("fleet", "/ui/fleet", "Fleet"), ("configs", "/ui/configs", "Configs"), ("audit", "/ui/audit", "Audit log")]
+       ("issues", "/ui/issues", "Issues"), ("fleet", "/ui/fleet", "Fleet"), ("configs", "/ui/configs", "Configs"),
+       ("audit", "/ui/audit", "Audit log")]
+ADMIN_NAV = [("users", "/ui/users", "Users and tokens")]  # shown to the team's admins only
+SEVERITIES = ("info", "warning", "error", "critical")
 
 
 def _fmt_ts_ns(ns: Any) -> str:
@@ -131,7 +135,8 @@ class UiApp:
     def render(self, ctx: Ctx, name: str, active: str, status: int = 200, connect: str = "",
                **context: Any) -> Response:
         p = ctx.principal
-        return self.html(name, status, connect, nav=NAV, active=active, user=p.name, team=ctx.team,
+        nav = NAV + ADMIN_NAV if p.can(ctx.team, "admin") else NAV
+        return self.html(name, status, connect, nav=nav, active=active, user=p.name, team=ctx.team,
                          teams=sorted(p.roles), role=p.role_in(ctx.team) or "", csrf=p.csrf,
                          can_edit=p.can(ctx.team, "editor"), session=p.kind == "session", **context)
 
@@ -211,6 +216,12 @@ class UiApp:
                 Route("/configs/{version:int}/activate", p(self.config_activate, role="editor", write=True),
                       methods=["POST"]),
                 Route("/audit", p(self.audit)),
+                Route("/issues", p(self.issues)),
+                Route("/users", p(self.users, role="admin")),
+                Route("/users", p(self.user_add, role="admin", write=True), methods=["POST"]),
+                Route("/users/{name}/remove", p(self.user_remove, role="admin", write=True), methods=["POST"]),
+                Route("/tokens/{token_id}/revoke", p(self.token_revoke, role="admin", write=True),
+                      methods=["POST"]),
                 Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
             ]),
         ]
@@ -517,6 +528,98 @@ class UiApp:
         return self.render(ctx, "audit.html", "audit", rows=rows[:size], action=action, actor=actor, hours=hours,
                            next_link="/ui/audit?" + urlencode({**base, "page": page + 1}) if len(rows) > size else "",
                            prev_link="/ui/audit?" + urlencode({**base, "page": page - 1}) if page else "")
+
+    # -- issues -----------------------------------------------------------------------------------
+    async def issues(self, ctx: Ctx) -> Response:
+        """What the agents' detect_errors rules flagged (Pulse's issue events), newest first."""
+        q = ctx.query
+        key, start, end = self._range(ctx)
+        rule = q.text("rule", "", max_length=128).strip()
+        severity = q.text("severity", "", max_length=16).strip()
+        page = q.integer("page", 0, 0, 1000)
+        size = self.settings.ui.page_size
+        rows: list[dict[str, Any]] = []
+        error = ""
+        try:
+            rows = await self.pulse.query("issues", start=start, end=end, limit=size + 1, offset=page * size,
+                                          rule=rule, severity=severity)
+        except PulseUnavailable as e:
+            error = str(e)
+        base = {k: v for k, v in {"range": key, "rule": rule, "severity": severity}.items() if v}
+
+        def link(n: int) -> str:
+            return "/ui/issues?" + urlencode({**base, "page": n})
+
+        return self.render(ctx, "issues.html", "issues", range=key, ranges=RANGES, rule=rule, severity=severity,
+                           severities=SEVERITIES, rows=rows[:size], pulse_error=error,
+                           next_link=link(page + 1) if len(rows) > size else "",
+                           prev_link=link(page - 1) if page else "", filtered=bool(rule or severity))
+
+    # -- users and tokens (admins) ----------------------------------------------------------------
+    def _users_page(self, ctx: Ctx, status: int = 200, error: str = "", name: str = "",
+                    role: str = "viewer") -> Response:
+        store = self.control.store
+        users = store.list_users(ctx.team)
+        tokens = store.list_api_tokens(store.user_ids_in_team(ctx.team))
+        return self.render(ctx, "users.html", "users", status, users=users, tokens=tokens, error=error,
+                           new_name=name, new_role=role, roles=("viewer", "editor", "admin"))
+
+    async def users(self, ctx: Ctx) -> Response:
+        return self._users_page(ctx)
+
+    async def user_add(self, ctx: Ctx) -> Response:
+        """Add a user to the team, as POST /v1/users does: a new local account (with a password) or an
+        existing one (without: its password is its owner's)."""
+        name, role = ctx.form.get("name", "").strip(), ctx.form.get("role", "viewer")
+        password = ctx.form.get("password", "")
+        try:
+            body = msgspec.convert({"name": name, "role": role, "password": password or None}, UserIn)
+        except msgspec.ValidationError as e:
+            return self._users_page(ctx, 422, f"{e}", name[:64], role if role in ROLE_RANK else "viewer")
+        store = self.control.store
+        row = store.user_row(body.name)
+        if row is None:
+            pw = await self.control.blocking(hash_password, body.password) if body.password else None
+            uid = store.create_user(body.name, "local", pw)
+        elif store.memberships(row[0]).get(ctx.team):
+            return self._users_page(ctx, 409, f"{body.name} is already in team {ctx.team}", body.name, body.role)
+        elif body.password:
+            return self._users_page(ctx, 409, f"{body.name} exists; add them without a password", body.name,
+                                    body.role)
+        else:
+            uid = row[0]
+        store.set_membership(uid, ctx.team, body.role)
+        self.control.audit(ctx.request, ctx.principal.actor, ctx.team, "user.create", body.name, role=body.role,
+                           password=bool(body.password))
+        return RedirectResponse("/ui/users", 303, headers=self.headers())
+
+    async def user_remove(self, ctx: Ctx) -> Response:
+        name = str(ctx.request.path_params["name"])
+        if name == ctx.principal.name:
+            raise ApiError(409, "you cannot remove yourself; another admin can")
+        store = self.control.store
+        row = store.user_row(name) if 0 < len(name) <= 64 else None
+        if row is None or not store.remove_membership(row[0], ctx.team):
+            raise ApiError(404, f"no user {name!r} in team {ctx.team!r}")
+        store.delete_user_sessions(row[0])
+        if not store.memberships(row[0]):
+            store.set_disabled(row[0], True)
+        self.control.audit(ctx.request, ctx.principal.actor, ctx.team, "user.remove", name)
+        return RedirectResponse("/ui/users", 303, headers=self.headers())
+
+    async def token_revoke(self, ctx: Ctx) -> Response:
+        token_id = str(ctx.request.path_params["token_id"])
+        store = self.control.store
+        owner = store.api_token_owner(token_id) if 0 < len(token_id) <= 64 else None
+        # The team's admins revoke the tokens of the team's users, like DELETE /v1/tokens/{id}.
+        if owner is None or ctx.team not in store.memberships(owner):
+            raise ApiError(404, f"no token {token_id!r} in team {ctx.team!r}")
+        if not store.revoke_api_token(token_id):
+            raise ApiError(409, f"token {token_id!r} is already revoked")
+        owner_name = store.user_name(owner) or ""
+        for team in sorted(store.memberships(owner)):
+            self.control.audit(ctx.request, ctx.principal.actor, team, "token.revoke", token_id, owner=owner_name)
+        return RedirectResponse("/ui/users", 303, headers=self.headers())
 
 
 def _drops(counters: dict[str, int]) -> int:

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +93,7 @@ class Traffic:
     now: int
     requests: list[dict[str, Any]]
     objects: list[dict[str, Any]]
+    issues: list[dict[str, Any]] = field(default_factory=list)  # what detect_errors reported
 
     @property
     def errors(self) -> int:
@@ -105,9 +106,10 @@ EXES = ("/usr/bin/curl", "/usr/local/bin/checkout")
 
 def make_traffic(team: str, n: int = 240, now: int | None = None, objects: bool = True) -> Traffic:
     """``n`` requests over the last 30 minutes from two processes (one in a container) to three domains;
-    every 8th is a 503, every 5th a 404; every 40th has a stored object (s3://ui-bucket/objects/<tx>)."""
+    every 8th is a 503 (with the issue detect_errors reports for it), every 5th a 404; every 40th has a
+    stored object (s3://ui-bucket/objects/<tx>)."""
     now = now or time.time_ns()
-    reqs, objs = [], []
+    reqs, objs, issues = [], [], []
     for i in range(n):
         tx = f"tx{i:05d}"
         exe = EXES[i % 2]
@@ -123,7 +125,13 @@ def make_traffic(team: str, n: int = 240, now: int | None = None, objects: bool 
                          "conn_id": 1000 + i, "transaction_id": tx, "digest": f"{i:064x}",
                          "url": f"s3://ui-bucket/objects/{tx}", "size": 300, "content_type": "application/json",
                          "store": "minio"})
-    return Traffic(team, now, reqs, objs)
+        if status == 503:
+            r = reqs[-1]
+            issues.append({"type": "issue", "id": f"{tx}-issue", "ts": r["ts"] + 2000, "conn_id": r["conn_id"],
+                           "rule": "server-errors", "severity": "error" if i % 16 else "critical",
+                           "summary": f"{r['method']} {r['domain']}{r['path']} -> 503", "status": "503",
+                           "duration_ns": r["duration_ns"]})
+    return Traffic(team, now, reqs, objs, issues)
 
 
 @dataclass

@@ -80,7 +80,7 @@ def system(pulse: PulseProcess, tmp_path_factory: pytest.TempPathFactory) -> Ite
     team = f"ui-browser-{time.time_ns() % 10**9}"
     traffic = make_traffic(team, objects=False)
     ref = asyncio.run(_store_object(env, "tx00040"))
-    pulse.ingest(pulse.token(team), [*traffic.requests, ref])
+    pulse.ingest(pulse.token(team), [*traffic.requests, *traffic.issues, ref])
     os.environ[ACCESS_ENV], os.environ[SECRET_ENV] = env["QTAP_S3_ACCESS_KEY"], env["QTAP_S3_SECRET_KEY"]
     payloads = PayloadAccess(endpoint=env["QTAP_S3_ENDPOINT"], region=env["QTAP_S3_REGION"],
                              access_key_env=ACCESS_ENV, secret_key_env=SECRET_ENV)
@@ -335,3 +335,47 @@ def test_a_viewer_sees_no_edit_controls_and_a_direct_post_gets_403(system: tuple
     p.go("/ui/configs/new")  # the editor itself is for editors
     assert browser.title == "Error 403 · qtap" and "needs the editor role" in p.find(".error").text
     p.shot("viewer-403")
+
+
+def test_issues_and_users_pages_and_what_a_viewer_may_not_do_there(system: tuple[Ui, dict[str, str]],
+                                                                   browser: Any) -> None:
+    ui, _ = system
+    p = Page(browser, ui.plane.url, "admin")
+    p.login("admin", "/ui/issues")
+    assert browser.title == "Issues · qtap"
+    assert len(p.all("#issues tbody tr")) == min(25, len(ui.traffic.issues))
+    p.find("#f-severity").send_keys("critical")
+    p.find("#f-severity").submit()
+    p.wait("#issues")
+    assert len(p.all("#issues tbody tr")) == sum(1 for i in ui.traffic.issues if i["severity"] == "critical")
+    p.check_accessible()
+    p.shot("issues")
+    p.find("a[href='/ui/users']").click()
+    p.wait("#users")
+    assert browser.title == "Users and tokens · qtap"
+    assert {"admin", "ed", "vi"} <= {r.find_element("css selector", "td").text for r in p.all("#users tbody tr")}
+    # The add-user form from the keyboard alone: type, Tab to the next field, Enter submits.
+    from selenium.webdriver.common.keys import Keys
+
+    p.find("#u-name").send_keys("kb-user", Keys.TAB)
+    assert browser.execute_script("return document.activeElement.id") == "u-role"
+    p.find("#u-password").send_keys("a long password 1", Keys.ENTER)
+    p.wait("#users")
+    assert "kb-user" in p.find("#users").text
+    p.check_accessible()
+    p.shot("users")
+
+    browser.delete_all_cookies()
+    v = Page(browser, ui.plane.url, "viewer")
+    v.login("vi", "/ui/issues")
+    assert v.all("a[href='/ui/users']") == []  # not in the viewer's nav
+    assert v.all("#issues form, #issues button") == []  # the issues list has no controls to edit
+    status = browser.execute_async_script("""
+        const done = arguments[arguments.length - 1];
+        const csrf = document.querySelector('input[name=csrf]').value;
+        fetch('/ui/users', {method: 'POST', credentials: 'same-origin',
+              headers: {'Content-Type': 'application/x-www-form-urlencoded'},
+              body: new URLSearchParams({csrf: csrf, name: 'sneaky', role: 'admin'})}).then(r => done(r.status));""")
+    assert status == 403 and ui.plane.store.user_row("sneaky") is None
+    v.go("/ui/users")
+    assert browser.title == "Error 403 · qtap" and "admin" in v.find(".error").text
