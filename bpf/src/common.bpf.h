@@ -338,7 +338,7 @@ static __always_inline void flush_record(struct qtap_data_scratch *s)
 	ev->offset = st->rec_off;
 	ev->len = n;
 	ev->skipped = 0;
-	ev->flags = 0;
+	ev->flags = st->xflags;
 	if (bpf_ringbuf_output(&events, ev, offsetof(struct qtap_data, payload) + (n & (2 * QTAP_CHUNK_SIZE - 1)), rb_flags())) {
 		count(QTAP_CNT_DROP_RINGBUF, 1);
 		count(QTAP_CNT_DROP_BYTES, n);
@@ -393,8 +393,8 @@ static long emit_step(__u32 i, struct emit_ctx *c)
 
 /* Emit `total` bytes moved by one call as data records: from `buf` (single buffer, iovcnt == 0) or from
  * the iovec array at `buf`. Bytes that do not fit are announced as skipped in a final record. */
-static __always_inline void emit_data(__u64 conn_id, __u64 offset, __u8 dir, __u8 source, int fd, __u64 buf,
-				      __u32 iovcnt, __u64 total)
+static __always_inline void emit_data_flags(__u64 conn_id, __u64 offset, __u8 dir, __u8 source, int fd,
+					    __u64 buf, __u32 iovcnt, __u64 total, __u16 xflags)
 {
 	struct qtap_data_scratch *s = scratch_slot();
 	struct qtap_emit_state *st;
@@ -412,6 +412,7 @@ static __always_inline void emit_data(__u64 conn_id, __u64 offset, __u8 dir, __u
 	__builtin_memset(st, 0, sizeof(*st));
 	st->rec_off = offset;
 	st->remaining = total;
+	st->xflags = xflags;
 	if (iovcnt) {
 		st->iov = buf;
 		st->iovcnt = iovcnt;
@@ -436,11 +437,18 @@ static __always_inline void emit_data(__u64 conn_id, __u64 offset, __u8 dir, __u
 			ev->flags = QTAP_DATA_TRUNCATED;
 		if (ev->flags == QTAP_DATA_TRUNCATED)
 			count(QTAP_CNT_TRUNCATED_BYTES, st->remaining);
+		ev->flags |= xflags;
 		if (bpf_ringbuf_output(&events, ev, offsetof(struct qtap_data, payload), rb_flags()))
 			count(QTAP_CNT_DROP_RINGBUF, 1);
 		else
 			count(QTAP_CNT_RECORDS, 1);
 	}
+}
+
+static __always_inline void emit_data(__u64 conn_id, __u64 offset, __u8 dir, __u8 source, int fd, __u64 buf,
+				      __u32 iovcnt, __u64 total)
+{
+	emit_data_flags(conn_id, offset, dir, source, fd, buf, iovcnt, total, 0);
 }
 
 /* A header-only data record: `total` stream bytes at `offset` went by without a payload (sendfile, splice,
@@ -462,6 +470,63 @@ static __always_inline void emit_unseen(__u64 conn_id, __u64 offset, __u8 dir, i
 	ev->skipped = total > 0xffffffff ? 0xffffffff : total;
 	ev->flags = flags;
 	if (bpf_ringbuf_output(&events, ev, offsetof(struct qtap_data, payload), rb_flags()))
+		count(QTAP_CNT_DROP_RINGBUF, 1);
+	else
+		count(QTAP_CNT_RECORDS, 1);
+}
+
+/* -- TLS object -> socket ----------------------------------------------------------------------------- */
+
+/* The socket TLS object `ssl` is bound to, or 0. A binding whose connection ended (the socket's entry is
+ * gone, or is another connection's now) is dropped: an object is never tied to a socket's next life. */
+static __always_inline __u64 tls_bound_sock(__u64 ssl)
+{
+	struct qtap_tls_sock *b = bpf_map_lookup_elem(&tls_socks, &ssl);
+	struct qtap_sock_info *si;
+	__u64 sk;
+
+	if (!b)
+		return 0;
+	sk = b->sk;
+	si = bpf_map_lookup_elem(&socks, &sk);
+	if (si && si->conn_id == b->conn_id && !(si->flags & QTAP_SOCK_ENDED))
+		return sk;
+	bpf_map_delete_elem(&tls_socks, &ssl);
+	count(QTAP_CNT_TLS_STALE_BINDING, 1);
+	return 0;
+}
+
+/* Bind TLS object `ssl` to socket `sk` (its entry `si`) and hand the object's unbound writes, if any, to
+ * that connection: one tls_bind record gives them the next bytes of its send plaintext stream, ahead of any
+ * later write (which reserves its offset after this). */
+static __always_inline void tls_bind(__u64 ssl, __u64 sk, struct qtap_sock_info *si)
+{
+	struct qtap_tls_sock b = {.sk = sk, .conn_id = si->conn_id};
+	struct qtap_tls_sock *cur = bpf_map_lookup_elem(&tls_socks, &ssl);
+	struct qtap_tls_pending *p;
+	struct qtap_tls_bind ev = {};
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+
+	if (!(si->flags & QTAP_SOCK_TLS_COVERED))
+		__sync_fetch_and_or(&si->flags, QTAP_SOCK_TLS_COVERED);
+	if (cur && cur->sk == sk && cur->conn_id == b.conn_id)
+		return;
+	bpf_map_update_elem(&tls_socks, &ssl, &b, BPF_ANY);
+	p = bpf_map_lookup_elem(&tls_pending, &ssl);
+	if (!p || p->tgid != tgid)
+		return;
+	if (bpf_ktime_get_ns() - p->last_ns > QTAP_TLS_PENDING_TTL_NS) {
+		/* User space dropped (and counted) that plaintext already: no gap for bytes nobody holds. */
+		bpf_map_delete_elem(&tls_pending, &ssl);
+		return;
+	}
+	fill_hdr(&ev.h, QTAP_REC_TLS_BIND, si->conn_id);
+	ev.ssl = ssl;
+	ev.bytes = p->bytes;
+	ev.gen = p->gen;
+	bpf_map_delete_elem(&tls_pending, &ssl);
+	ev.base = __sync_fetch_and_add(&si->tls_off[QTAP_DIR_SEND], ev.bytes);
+	if (bpf_ringbuf_output(&events, &ev, sizeof(ev), rb_flags()))
 		count(QTAP_CNT_DROP_RINGBUF, 1);
 	else
 		count(QTAP_CNT_RECORDS, 1);

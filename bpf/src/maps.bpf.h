@@ -43,22 +43,43 @@ struct {
 } tls_calls SEC(".maps");
 
 /* The TLS library's connection object -> socket, learnt from nested syscalls: SSL_read can return
- * buffered plaintext without any syscall, then this is the only way to name the connection. */
+ * buffered plaintext without any syscall, then this is the only way to name the connection. An object is
+ * bound once (nested syscall, its thread's next send, or the last receive before a read) and stays bound
+ * until that connection ends; only a nested syscall, which names the socket for certain, rebinds it. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, QTAP_MAX_SOCKS);
 	__type(key, __u64);
-	__type(value, __u64);
+	__type(value, struct qtap_tls_sock);
 } tls_socks SEC(".maps");
 
-/* The last TCP socket each thread moved bytes on. TLS stacks that do their socket I/O outside the TLS
- * call (Node.js: memory BIOs fed by libuv on the same thread) are associated through it. */
+/* The last TCP socket each thread received bytes on. TLS stacks that do their socket I/O outside the TLS
+ * call (Node.js memory BIOs, gRPC's BIO pair, rustls) receive the ciphertext before the read returns its
+ * plaintext, so a read of an unbound object is tied to it. Writes are not: such stacks send after the
+ * write (see thread_pending). */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, QTAP_MAX_INFLIGHT);
 	__type(key, __u32); /* tid */
 	__type(value, __u64);
 } thread_socks SEC(".maps");
+
+/* TLS objects whose writes went out unbound (QTAP_DATA_UNBOUND), waiting for a socket. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, QTAP_MAX_INFLIGHT);
+	__type(key, __u64); /* the TLS object */
+	__type(value, struct qtap_tls_pending);
+} tls_pending SEC(".maps");
+
+/* Per thread, the unbound TLS object it wrote last: its next send on a socket no TLS object holds yet
+ * carries that write's ciphertext, and binds the object to that socket. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, QTAP_MAX_INFLIGHT);
+	__type(key, __u32); /* tid */
+	__type(value, struct qtap_thread_pending);
+} thread_pending SEC(".maps");
 
 /* Local ports of the agent's own TCP connections (key: port, value: unused), and the sockets that hold them
  * (so the port is forgotten when the socket closes). The far end of such a connection, when it is on this
@@ -113,7 +134,7 @@ struct qtap_emit_state {
 	__u32 iovcnt;
 	__u32 chunks;
 	__u32 fault;
-	__u32 _pad;
+	__u32 xflags;     /* data flags every record of this emission carries (QTAP_DATA_UNBOUND) */
 };
 
 struct qtap_data_scratch {

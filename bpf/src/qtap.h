@@ -10,8 +10,9 @@
 #define __QTAP_H
 
 /* 2: conn_open carries the uid, proc_exec the executable's inode, proc_fork is new.
- * 3: conn_close says how the end was found (enum qtap_close_reason); two more counters. */
-#define QTAP_ABI_VERSION 3
+ * 3: conn_close says how the end was found (enum qtap_close_reason); two more counters.
+ * 4: unbound TLS writes (QTAP_DATA_UNBOUND) and the tls_bind record that ties them to their connection. */
+#define QTAP_ABI_VERSION 4
 
 /* Payload chunking: one record carries at most QTAP_CHUNK_SIZE bytes; one syscall (or TLS call) emits at
  * most QTAP_MAX_CHUNKS data records; what is beyond is reported as skipped bytes (truncation). */
@@ -37,6 +38,14 @@
  * reported as truncation, anything beyond that is counted in QTAP_CNT_MMSG_UNCOUNTED. */
 #define QTAP_MAX_MMSG 4
 #define QTAP_MAX_MMSG_COUNTED 64
+/* A TLS write with no socket I/O inside it, of an object not bound yet, is tied to the next send of its
+ * thread on a socket no TLS object holds, if that send comes within this time (BIO-pair stacks: gRPC). */
+#define QTAP_TLS_BIND_WINDOW_NS 1000000000ULL
+/* User space keeps an object's unbound plaintext this long after its last write (UnboundTls.timeout_s); an
+ * object silent longer starts a new unbound stream (generation) and a late binding hands nothing over. */
+#define QTAP_TLS_PENDING_TTL_NS 5000000000ULL
+/* Unbound plaintext bytes one TLS object may hold back; past that its writes are counted and dropped. */
+#define QTAP_TLS_PENDING_MAX_BYTES (1024 * 1024)
 
 enum qtap_rec_type {
 	QTAP_REC_CONN_OPEN = 1,
@@ -45,6 +54,7 @@ enum qtap_rec_type {
 	QTAP_REC_PROC_EXEC = 4,
 	QTAP_REC_PROC_EXIT = 5,
 	QTAP_REC_PROC_FORK = 6,
+	QTAP_REC_TLS_BIND = 7,
 };
 
 /* Direction of a data record, from the point of view of the process that made the call. */
@@ -79,6 +89,9 @@ enum qtap_data_flags {
 	QTAP_DATA_IO_URING = 1 << 5,   /* an io_uring request on the socket completed */
 	QTAP_DATA_MMSG_REST = 1 << 6,  /* sendmmsg/recvmmsg messages beyond QTAP_MAX_MMSG */
 	QTAP_DATA_DISCARDED = 1 << 7,  /* recv(MSG_TRUNC) on TCP: consumed, never copied to the process */
+	/* TLS plaintext of an object with no socket yet: conn_id is the TLS object, fd its binding generation,
+	 * offset counts in the object's unbound stream. A tls_bind record later says which connection it is. */
+	QTAP_DATA_UNBOUND = 1 << 8,
 };
 
 enum qtap_conn_flags {
@@ -134,7 +147,10 @@ enum qtap_counter {
 	QTAP_CNT_SWEPT_SOCKS = 12,     /* entries the once-a-second sweep ended (see QTAP_CLOSE_*: any reason) */
 	QTAP_CNT_CLOSE_DEFERRED = 13,  /* closes the full ring buffer refused, kept for the sweep to send again */
 	QTAP_CNT_DELETE_BUSY = 14,     /* socket table deletes the kernel refused (bucket lock busy): retried */
-	QTAP_CNT_MAX = 15,
+	QTAP_CNT_TLS_HELD = 15,        /* TLS writes sent unbound, for their thread's next send to bind */
+	QTAP_CNT_TLS_BOUND_BY_SEND = 16, /* TLS objects bound to the socket of their thread's next send */
+	QTAP_CNT_TLS_STALE_BINDING = 17, /* TLS object bindings found pointing at a closed connection */
+	QTAP_CNT_MAX = 18,
 };
 
 struct qtap_hdr {
@@ -203,6 +219,17 @@ struct qtap_proc_fork {
 	__u32 uid;
 };
 
+/* The unbound plaintext of a TLS object (key: header pid, ssl, gen) belongs to connection h.conn_id: its
+ * unbound stream byte x is the connection's send plaintext byte base + x, for x < bytes. */
+struct qtap_tls_bind {
+	struct qtap_hdr h;
+	__u64 ssl;
+	__u64 base;
+	__u64 bytes;
+	__u32 gen;
+	__u32 _pad;
+};
+
 struct qtap_proc_exit {
 	struct qtap_hdr h;
 	__s32 exit_code;
@@ -260,6 +287,27 @@ struct qtap_tls_call {
 	__u8 dir;
 	__u8 source;
 	__u8 _pad[6];
+};
+
+/* tls_socks value: the socket a TLS object is bound to, and the connection it was then (a closed socket's
+ * memory can become another socket: the binding ends with the connection). */
+struct qtap_tls_sock {
+	__u64 sk;
+	__u64 conn_id;
+};
+
+/* tls_pending value: a TLS object whose writes wait for a socket. */
+struct qtap_tls_pending {
+	__u64 bytes;    /* unbound plaintext bytes sent so far (the next write's offset) */
+	__u64 last_ns;  /* time of its last write */
+	__u32 tgid;
+	__u32 gen;      /* tells this object's unbound stream from an earlier one at the same address */
+};
+
+/* thread_pending value: the TLS object whose write the thread's next send carries. */
+struct qtap_thread_pending {
+	__u64 ssl;
+	__u64 ts_ns;
 };
 
 /* Held exec (opt-in, tls.bpf.c): a process that exec'd a file user space has not analysed yet is stopped

@@ -110,6 +110,51 @@ static __always_inline int exit_mmsg(struct qtap_io_args *a, struct qtap_sock_in
 	return 0;
 }
 
+/* The first byte a send puts on the wire (single buffer or first iovec segment), or -1. */
+static __always_inline int first_sent_byte(struct qtap_io_args *a)
+{
+	__u64 base = a->buf;
+	__u8 first = 0;
+
+	if (!base || (a->kind != QTAP_IO_BUF && a->kind != QTAP_IO_IOV && a->kind != QTAP_IO_MSG))
+		return -1;
+	if (a->iovcnt && bpf_probe_read_user(&base, sizeof(base), (void *)base))
+		return -1;
+	if (bpf_probe_read_user(&first, 1, (void *)base))
+		return -1;
+	return first;
+}
+
+/* A send outside any TLS call, on a thread whose last TLS write had no socket (BIO-pair stacks such as
+ * gRPC's BoringSSL encrypt into memory, then send): the first such send, soon after, on a TCP socket no TLS
+ * object holds yet and starting with a TLS application_data record, carries that write's ciphertext, so it names the
+ * write's connection. A send on a socket already bound (another connection served by the same thread) is
+ * not it, and binds nothing. */
+static __always_inline void bind_thread_pending(__u32 tid, struct qtap_io_args *a, struct qtap_sock_info *si)
+{
+	struct qtap_thread_pending *tp = bpf_map_lookup_elem(&thread_pending, &tid);
+	__u64 ssl;
+	int first;
+
+	if (!tp)
+		return;
+	ssl = tp->ssl;
+	if (bpf_ktime_get_ns() - tp->ts_ns > QTAP_TLS_BIND_WINDOW_NS || tls_bound_sock(ssl)) {
+		bpf_map_delete_elem(&thread_pending, &tid);
+		return;
+	}
+	if (si->flags & (QTAP_SOCK_TLS_COVERED | QTAP_SOCK_UDP))
+		return;
+	/* A write's ciphertext is an application_data record (23); a handshake flight (22, or 20 before it)
+	 * is another connection's start, never this write. */
+	first = first_sent_byte(a);
+	if (first != 23)
+		return;
+	bpf_map_delete_elem(&thread_pending, &tid);
+	tls_bind(ssl, a->sk, si);
+	count(QTAP_CNT_TLS_BOUND_BY_SEND, 1);
+}
+
 static __always_inline int exit_io(long nr, long ret)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
@@ -154,9 +199,13 @@ static __always_inline int exit_io(long nr, long ret)
 	if (a.kind == QTAP_IO_MMSG)
 		return exit_mmsg(&a, si, ret);
 	off = __sync_fetch_and_add(&si->off[a.dir & 1], ret);
+	tc = bpf_map_lookup_elem(&tls_calls, &tid);
+	if (!tc && a.dir == QTAP_DIR_SEND)
+		bind_thread_pending(tid, &a, si);
 	if (sock_muted(si, (struct sock *)a.sk))
 		return 0;
-	set_u64(&thread_socks, &tid, a.sk);
+	if (a.dir == QTAP_DIR_RECV)
+		set_u64(&thread_socks, &tid, a.sk);
 
 	if (si->flags & QTAP_SOCK_UDP) {
 		/* recv(MSG_TRUNC) returns the datagram's length, which can be more than the buffer holds. */
@@ -164,13 +213,10 @@ static __always_inline int exit_io(long nr, long ret)
 			  a.cap && a.cap < (__u64)ret ? a.cap : (__u64)ret);
 		return 0;
 	}
-	/* Inside a TLS library call: this syscall names the socket of that call's connection. */
-	tc = bpf_map_lookup_elem(&tls_calls, &tid);
+	/* Inside a TLS library call: this syscall names the socket of that call's connection, for certain. */
 	if (tc) {
 		tc->sk = a.sk;
-		if (!(si->flags & QTAP_SOCK_TLS_COVERED))
-			__sync_fetch_and_or(&si->flags, QTAP_SOCK_TLS_COVERED);
-		set_u64(&tls_socks, &tc->ssl, a.sk);
+		tls_bind(tc->ssl, a.sk, si);
 		count(QTAP_CNT_TLS_MUTED_BYTES, ret);
 		return 0;
 	}

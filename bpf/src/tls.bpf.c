@@ -6,7 +6,9 @@
  * C libraries (OpenSSL, BoringSSL, GnuTLS): the entry site sees (ssl, buf, num[, &processed]) in
  * rdi/rsi/rdx/rcx, the return site sees the result in rax. The read/write syscall the library makes
  * in between names the socket (socket.bpf.c fills tls_calls[tid].sk): no per-version struct offsets.
- * Buffered SSL_read results without a syscall use the ssl -> socket cache (tls_socks).
+ * Buffered SSL_read results without a syscall use the ssl -> socket binding (tls_socks). Stacks that do
+ * their socket I/O outside the plaintext calls bind an object on its first read (the thread's last
+ * receive) or its first write (the thread's next send: see hold_write).
  *
  * Go crypto/tls: goroutines move between threads while blocked, so state is keyed by the goroutine (g in
  * r14), and the socket comes from walking *tls.Conn to its fd with offsets user space read from DWARF (or a
@@ -99,13 +101,51 @@ int BPF_KPROBE(uprobe_tls_entry)
 	return 0;
 }
 
+/* A write of an object bound to no socket, with no socket I/O inside it: BIO-pair stacks (gRPC's BoringSSL,
+ * rustls, Node.js) send its ciphertext after the call returns, so its socket is not known yet, and the
+ * socket this thread used last may be another connection's. The plaintext goes up unbound (conn_id: the
+ * object), and the thread's next send binds the object (socket.bpf.c: bind_thread_pending); user space holds
+ * it until the tls_bind record names the connection, or drops it, counted, when none comes. */
+static __always_inline void hold_write(__u32 tid, __u64 ssl, __u8 source, __u64 buf, __u64 len)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	struct qtap_tls_pending *p = bpf_map_lookup_elem(&tls_pending, &ssl);
+	struct qtap_thread_pending tp = {.ssl = ssl};
+	__u64 now = bpf_ktime_get_ns(), off;
+	__u32 gen;
+
+	if (!p || p->tgid != tgid || now - p->last_ns > QTAP_TLS_PENDING_TTL_NS) {
+		struct qtap_tls_pending np = {.tgid = tgid, .gen = bpf_get_prandom_u32()};
+
+		bpf_map_update_elem(&tls_pending, &ssl, &np, BPF_ANY);
+		p = bpf_map_lookup_elem(&tls_pending, &ssl);
+		if (!p) {
+			count_unassociated();
+			return;
+		}
+	}
+	off = __sync_fetch_and_add(&p->bytes, len);
+	p->last_ns = now;
+	gen = p->gen;
+	tp.ts_ns = now;
+	bpf_map_update_elem(&thread_pending, &tid, &tp, BPF_ANY);
+	if (off + len > QTAP_TLS_PENDING_MAX_BYTES) {
+		/* Its offsets still advance: the bytes show as a gap of that connection once it is bound. */
+		count_unassociated();
+		return;
+	}
+	count(QTAP_CNT_TLS_HELD, 1);
+	emit_data_flags(ssl, off, QTAP_DIR_SEND, source, (int)gen, buf, 0, len, QTAP_DATA_UNBOUND);
+}
+
 /* The return half of a C-library or rustls call: `ok` says the call succeeded, `len` is its byte count
  * unless the entry saved a pointer to it. */
 static __always_inline int finish_tls_call(__u32 tid, bool ok, __u64 len)
 {
 	struct qtap_tls_call *cp = bpf_map_lookup_elem(&tls_calls, &tid);
+	struct qtap_sock_info *si;
 	struct qtap_tls_call c;
-	__u64 sk;
+	__u64 sk, *last;
 
 	if (!cp)
 		return 0;
@@ -119,24 +159,30 @@ static __always_inline int finish_tls_call(__u32 tid, bool ok, __u64 len)
 	}
 	if (!len)
 		return 0;
+	/* A syscall inside the call named the socket (and bound the object: socket.bpf.c). */
 	sk = c.sk;
-	if (sk) {
-		set_u64(&tls_socks, &c.ssl, sk);
-	} else {
-		__u64 *cached = bpf_map_lookup_elem(&tls_socks, &c.ssl);
-		if (!cached) {
-			/* No syscall inside the call and never seen before: the socket this thread used last
-			 * (memory-BIO stacks such as Node.js read the socket right before SSL_read; rustls does all
-			 * socket I/O outside its plaintext calls). */
-			cached = bpf_map_lookup_elem(&thread_socks, &tid);
-			if (!cached) {
-				count_unassociated();
-				return 0;
-			}
-			count(QTAP_CNT_TLS_BY_THREAD, 1);
-			bpf_map_update_elem(&tls_socks, &c.ssl, cached, BPF_ANY);
+	if (!sk)
+		sk = tls_bound_sock(c.ssl);
+	if (!sk) {
+		if (c.dir == QTAP_DIR_SEND) {
+			hold_write(tid, c.ssl, c.source, c.buf, len);
+			return 0;
 		}
-		sk = *cached;
+		/* A read of an unbound object: its ciphertext came in on the socket this thread received on
+		 * last (Node.js, gRPC and rustls read the socket right before the plaintext call). */
+		last = bpf_map_lookup_elem(&thread_socks, &tid);
+		if (!last) {
+			count_unassociated();
+			return 0;
+		}
+		sk = *last;
+		si = bpf_map_lookup_elem(&socks, &sk);
+		if (!si) {
+			count_unassociated();
+			return 0;
+		}
+		count(QTAP_CNT_TLS_BY_THREAD, 1);
+		tls_bind(c.ssl, sk, si);
 	}
 	emit_plaintext(sk, c.dir, c.source, c.buf, len);
 	return 0;

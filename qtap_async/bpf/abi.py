@@ -9,10 +9,10 @@ from __future__ import annotations
 import enum
 import struct
 
-ABI_VERSION = 3
+ABI_VERSION = 4
 # Record files written by older agents still replay: ABI 1's conn_open had no uid, proc_exec no inode; ABI 2's
-# conn_close had no reason.
-READABLE_ABI_VERSIONS = (1, 2, 3)
+# conn_close had no reason; ABI 3 had no unbound TLS writes (nothing of it changed, it only lacked them).
+READABLE_ABI_VERSIONS = (1, 2, 3, 4)
 CHUNK_SIZE = 16384
 MAX_CHUNKS = 8
 MAX_IOV = 1024
@@ -21,6 +21,10 @@ PATH_LEN = 256
 TLS_HELLO_BYTES = 8192
 MAX_MMSG = 4
 MAX_MMSG_COUNTED = 64
+# Unbound TLS writes: how long user space holds them after their object's last write, and how many bytes one
+# object may hold back in the kernel.
+TLS_PENDING_TTL_NS = 5_000_000_000
+TLS_PENDING_MAX_BYTES = 1024 * 1024
 
 
 class RecType(enum.IntEnum):
@@ -30,6 +34,7 @@ class RecType(enum.IntEnum):
     PROC_EXEC = 4
     PROC_EXIT = 5
     PROC_FORK = 6
+    TLS_BIND = 7
 
 
 class Dir(enum.IntEnum):
@@ -60,6 +65,7 @@ class DataFlag(enum.IntFlag):
     IO_URING = 32
     MMSG_REST = 64
     DISCARDED = 128
+    UNBOUND = 256  # TLS plaintext of an object with no socket yet: conn_id is the object, fd its generation
 
 
 CONN_MIDSTREAM = 1
@@ -90,9 +96,12 @@ class Counter(enum.IntEnum):
     SWEPT_SOCKS = 12
     CLOSE_DEFERRED = 13
     DELETE_BUSY = 14
+    TLS_HELD = 15
+    TLS_BOUND_BY_SEND = 16
+    TLS_STALE_BINDING = 17
 
 
-COUNTER_SLOTS = 15
+COUNTER_SLOTS = 18
 
 
 class IoKind(enum.IntEnum):
@@ -120,6 +129,8 @@ PROC_FORK = struct.Struct("<32xQII")
 # struct qtap_io_args: the value of the `inflight` map (user space writes it for calls blocked at attach)
 IO_ARGS = struct.Struct("<QQIiBBBxIQ")
 PROC_EXIT = struct.Struct("<32xiI")
+# struct qtap_tls_bind after the header
+TLS_BIND = struct.Struct("<32xQQQII")  # ssl, base, bytes, gen, _pad
 
 # User-space records, with no qtap.h counterpart: the kernel never writes them. A plaintext chunk from qtap's
 # Java agent (qtap_async/tls/java_channel.py) travels as this record in the raw batches, so `qtap record`
@@ -145,6 +156,7 @@ LAYOUT: dict[str, dict[str, int]] = {
     "qtap_io_args": {"__size__": IO_ARGS.size, "sk": 0, "buf": 8, "iovcnt": 16, "fd": 20, "dir": 24, "kind": 25,
                      "was_closed": 26, "nr": 28, "cap": 32},
     "qtap_proc_exit": {"__size__": PROC_EXIT.size, "exit_code": 32},
+    "qtap_tls_bind": {"__size__": TLS_BIND.size, "ssl": 32, "base": 40, "bytes": 48, "gen": 56},
 }
 CONSTANTS = {
     "QTAP_ABI_VERSION": ABI_VERSION,
@@ -156,4 +168,6 @@ CONSTANTS = {
     "QTAP_TLS_HELLO_BYTES": TLS_HELLO_BYTES,
     "QTAP_MAX_MMSG": MAX_MMSG,
     "QTAP_MAX_MMSG_COUNTED": MAX_MMSG_COUNTED,
+    "QTAP_TLS_PENDING_TTL_NS": TLS_PENDING_TTL_NS,
+    "QTAP_TLS_PENDING_MAX_BYTES": TLS_PENDING_MAX_BYTES,
 }

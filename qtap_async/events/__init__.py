@@ -23,7 +23,7 @@ from qtap_async.events.context import ConnContext, Direction, Protocol, Stream, 
 from qtap_async.events.dns import DnsAnswer, DnsMessage, DnsMessageEvent
 from qtap_async.events.http import GrpcInfo, Headers, HttpTransaction, HttpTransactionEvent
 from qtap_async.events.issue import IssueEvent
-from qtap_async.events.kernel import ConnClose, ConnOpen, Data, KernelRecord, ProcExec, ProcExit, ProcFork
+from qtap_async.events.kernel import ConnClose, ConnOpen, Data, KernelRecord, ProcExec, ProcExit, ProcFork, TlsBind
 from qtap_async.events.objects import ObjectRef
 from qtap_async.events.parse_error import ParseError, ParseErrorEvent
 from qtap_async.events.request import RequestEvent
@@ -60,6 +60,7 @@ __all__ = [
     "RequestEvent",
     "Stream",
     "Timestamp",
+    "TlsBind",
     "TlsClientHello",
     "TlsClientHelloEvent",
     "Traffic",

@@ -48,6 +48,20 @@ class Data(msgspec.Struct, frozen=True, gc=False, tag="data"):
     payload: bytes
 
 
+class TlsBind(msgspec.Struct, frozen=True, gc=False, tag="tls_bind"):
+    """The unbound plaintext of TLS object ``ssl`` (process ``pid``, generation ``gen``) is connection
+    ``conn_id``'s: its unbound byte x is the connection's send plaintext byte ``base + x``, x < ``nbytes``."""
+
+    ts_ns: int
+    conn_id: int
+    pid: int
+    tid: int
+    ssl: int
+    base: int
+    nbytes: int
+    gen: int
+
+
 class JavaData(msgspec.Struct, frozen=True, gc=False, tag="java_data"):
     """A plaintext chunk reported by qtap's Java agent (not a kernel record): conntrack ties it to its connection
     by the JVM's pid and the socket's ports, then handles it as a Data record of source abi.SOURCE_JAVA."""
@@ -92,4 +106,4 @@ class ProcExit(msgspec.Struct, frozen=True, gc=False, tag="proc_exit"):
     exit_code: int
 
 
-KernelRecord = ConnOpen | ConnClose | Data | ProcExec | ProcExit | ProcFork | JavaData
+KernelRecord = ConnOpen | ConnClose | Data | ProcExec | ProcExit | ProcFork | TlsBind | JavaData

@@ -6,7 +6,17 @@ import socket
 
 from qtap_async.bpf import abi
 from qtap_async.errors import DecodeError
-from qtap_async.events.kernel import ConnClose, ConnOpen, Data, JavaData, KernelRecord, ProcExec, ProcExit, ProcFork
+from qtap_async.events.kernel import (
+    ConnClose,
+    ConnOpen,
+    Data,
+    JavaData,
+    KernelRecord,
+    ProcExec,
+    ProcExit,
+    ProcFork,
+    TlsBind,
+)
 
 _hdr = abi.HDR.unpack_from
 _open = abi.CONN_OPEN.unpack_from
@@ -17,6 +27,7 @@ _exec = abi.PROC_EXEC.unpack_from
 _exec_v1 = abi.PROC_EXEC_V1.unpack_from
 _exit = abi.PROC_EXIT.unpack_from
 _fork = abi.PROC_FORK.unpack_from
+_bind = abi.TLS_BIND.unpack_from
 _java = abi.JAVA_DATA.unpack_from
 _JAVA_PAYLOAD = abi.JAVA_DATA_PAYLOAD_OFFSET
 _READABLE = frozenset(abi.READABLE_ABI_VERSIONS)
@@ -77,6 +88,9 @@ def decode(raw: bytes) -> KernelRecord:
         if rtype == 5:
             code, _pad = _exit(raw)
             return ProcExit(ts, pid, code)
+        if rtype == 7:
+            ssl, base, nbytes, gen, _pad = _bind(raw)
+            return TlsBind(ts, conn_id, pid, tid, ssl, base, nbytes, gen)
         if rtype == abi.REC_JAVA_DATA:
             offset, lport, rport, direction, kind = _java(raw)
             return JavaData(ts, conn_id, pid, tid, offset, direction, kind, lport, rport, raw[_JAVA_PAYLOAD:])

@@ -120,7 +120,7 @@ _KERNEL_HELP = {
     "tls_muted_bytes": "socket bytes not captured because TLS plaintext is captured for that connection",
     "drop_bytes": "payload bytes of dropped records",
     "tls_unassociated": "TLS plaintext calls that could not be matched to a socket",
-    "tls_by_thread": "TLS plaintext calls matched to their socket through the calling thread",
+    "tls_by_thread": "TLS objects bound to a socket by a read, through the socket the calling thread received on last",
     "stale_socks": "socket entries found stale (the socket was reused) and replaced",
     "closed_sock_io": "I/O seen on sockets already closed",
     "mmsg_uncounted": "sendmmsg/recvmmsg messages beyond those captured",
@@ -128,6 +128,9 @@ _KERNEL_HELP = {
     "swept_socks": "connections the once-a-second sweep ended (released by every process, or freed unseen)",
     "close_deferred": "close records the full ring buffer refused, kept and sent later by the sweep",
     "delete_busy": "socket table deletes the kernel refused (bucket lock busy), retried later",
+    "tls_held": "TLS writes of an object with no socket yet, sent unbound for the thread's next send to bind",
+    "tls_bound_by_send": "TLS objects bound to the socket of their thread's next send after a write",
+    "tls_stale_binding": "TLS object bindings dropped because their connection had ended",
     "program_misses": "events the kernel skipped because the program was already running on that CPU",
 }
 #: Kernel counter name (``Capture.counters()`` keys: ``abi.Counter`` names in lower case, and program_misses)
@@ -154,6 +157,13 @@ CONNECTIONS_CLOSED = _counter("qtap_connections_closed_total", "Connections clos
 CONNECTIONS_EVICTED_IDLE = _counter("qtap_connections_evicted_idle_total", "Connections dropped after idling.")
 CONNECTIONS_EVICTED_FULL = _counter("qtap_connections_evicted_full_total",
                                     "Connections dropped because the table was full.")
+TLS_UNBOUND_DROPPED_RECORDS = _counter(
+    "qtap_tls_unbound_dropped_records_total",
+    "TLS plaintext records of an object never bound to a connection in time (or over the held-bytes limit), dropped.")
+TLS_UNBOUND_DROPPED_BYTES = _counter("qtap_tls_unbound_dropped_bytes_total",
+                                     "Payload bytes of the dropped unbound TLS plaintext records.")
+TLS_UNBOUND_BOUND_RECORDS = _counter("qtap_tls_unbound_bound_records_total",
+                                     "TLS plaintext records held unbound, then handed to their connection.")
 ORPHAN_DATA_RECORDS = _counter("qtap_orphan_data_records_total", "Data records of no tracked connection.")
 CONNECTIONS_RESUMED = _counter("qtap_connections_resumed_total", "Connections picked up mid-stream.")
 CONNECTION_OWNER_CHANGES = _counter("qtap_connection_owner_changes_total",

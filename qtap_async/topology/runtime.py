@@ -152,6 +152,10 @@ class Agent:
         m[metrics.CONNECTIONS_EVICTED_IDLE.name] = st.connections_evicted_idle
         m[metrics.CONNECTIONS_EVICTED_FULL.name] = st.connections_evicted_full
         m[metrics.ORPHAN_DATA_RECORDS.name] = st.orphan_data_records
+        ub = self.conntrack.unbound_tls.stats
+        m[metrics.TLS_UNBOUND_DROPPED_RECORDS.name] = ub.dropped_records
+        m[metrics.TLS_UNBOUND_DROPPED_BYTES.name] = ub.dropped_bytes
+        m[metrics.TLS_UNBOUND_BOUND_RECORDS.name] = ub.bound_records
         m[metrics.CONNECTIONS_RESUMED.name] = st.connections_resumed
         m[metrics.CONNECTION_OWNER_CHANGES.name] = st.owner_changes
         m[metrics.INFLIGHT_PARKED.name] = self.inflight_scan.parked

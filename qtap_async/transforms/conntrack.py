@@ -26,10 +26,21 @@ from qtap_async.context.listeners import ListeningPorts
 from qtap_async.context.process import ProcessCache, ProcessInfo, user_name
 from qtap_async.events.connection import ConnectionEvent, GapEvent, Owner
 from qtap_async.events.context import ConnContext, Direction
-from qtap_async.events.kernel import ConnClose, ConnOpen, Data, JavaData, KernelRecord, ProcExec, ProcExit, ProcFork
+from qtap_async.events.kernel import (
+    ConnClose,
+    ConnOpen,
+    Data,
+    JavaData,
+    KernelRecord,
+    ProcExec,
+    ProcExit,
+    ProcFork,
+    TlsBind,
+)
 from qtap_async.protocols.dns import parse_dns_datagram
 from qtap_async.transforms.java_streams import JavaStreams
 from qtap_async.transforms.reassembly import Gap, ReassemblyStats, Segment, StreamReassembler
+from qtap_async.transforms.tls_binding import UnboundTls
 
 _SOURCE_NAMES = {int(s): s.name.lower() for s in abi.Source} | {abi.SOURCE_JAVA: "java"}
 _DIR_NAMES = {0: "send", 1: "recv"}
@@ -44,6 +55,7 @@ _SKIP_REASONS = (
     (abi.DataFlag.NO_PAYLOAD, PAYLOAD_OFF),
 )
 _URING = int(abi.DataFlag.IO_URING)
+_UNBOUND = int(abi.DataFlag.UNBOUND)
 # Connections evicted (idle or table full) that are remembered so later activity resumes them honestly.
 MAX_EVICTED_REMEMBERED = 16384
 # Distinct processes kept in a connection's owner history (a socket shared by many workers stays bounded).
@@ -255,6 +267,8 @@ class Conntrack:
         self._fmt_prefix = ""
         self._ids = itertools.count(1)
         self._id_prefix = os.urandom(4).hex()
+        # TLS writes whose connection the kernel has not named yet (see qtap_async.transforms.tls_binding).
+        self.unbound_tls = UnboundTls()
 
     # -- helpers ---------------------------------------------------------------------------------
     def _event_id(self) -> str:
@@ -338,7 +352,11 @@ class Conntrack:
     # -- records ---------------------------------------------------------------------------------
     def handle(self, rec: KernelRecord) -> list[Any]:
         if type(rec) is Data:
+            if rec.flags & _UNBOUND:
+                return self._data_list(self.unbound_tls.hold(rec))
             return self._data(rec)
+        if type(rec) is TlsBind:
+            return self._data_list(self.unbound_tls.bind(rec))
         if type(rec) is ConnOpen:
             return self._open(rec)
         if type(rec) is ConnClose:
@@ -359,6 +377,12 @@ class Conntrack:
             self.processes.on_exit(rec.pid)
             return [rec]
         return []
+
+    def _data_list(self, recs: list[Data]) -> list[Any]:
+        out: list[Any] = []
+        for r in recs:
+            out.extend(self._data(r))
+        return out
 
     def _open(self, rec: ConnOpen) -> list[Any]:
         out: list[Any] = []
@@ -562,6 +586,7 @@ class Conntrack:
     def sweep(self, now_ns: int) -> list[Any]:
         """Evict connections idle longer than the idle timeout (their close was never seen)."""
         out: list[Any] = []
+        self.unbound_tls.expire(now_ns)
         limit = now_ns - self.idle_timeout_ns
         while self.conns:
             conn_id, c = next(iter(self.conns.items()))
@@ -575,6 +600,7 @@ class Conntrack:
     def close_all(self, now_ns: int) -> list[Any]:
         """Agent stopping: report every open connection as closed by the agent."""
         out: list[Any] = []
+        self.unbound_tls.drop_all()  # no binding can come any more: counted as dropped
         while self.conns:
             _, c = self.conns.popitem(last=False)
             out.extend(self._finish(c, now_ns, "agent_stopped"))

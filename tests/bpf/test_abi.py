@@ -26,7 +26,7 @@ def _c_layout(tmp_path: Path) -> dict[str, int]:
             else:
                 lines.append(f'printf("{struct}.{f}=%zu\\n", offsetof(struct {struct}, {f}));')
     for name in abi.CONSTANTS:
-        lines.append(f'printf("{name}=%d\\n", (int)({name}));')
+        lines.append(f'printf("{name}=%lld\\n", (long long)({name}));')
     lines.append("return 0; }")
     src = tmp_path / "layout.c"
     src.write_text("\n".join(lines))

@@ -75,14 +75,12 @@ def test_grpc_over_tls_plaintext_on_both_sides(grpcio: str, cert: tuple[str, str
         assert calls["Fail"]["grpc"]["grpc_message"] == "no such thing"
 
 
-@pytest.mark.xfail(reason="known limit: with no socket I/O inside SSL_write, a connection's first plaintext goes to "
-                   "the socket its thread used last; gRPC may write a new connection's preface on a thread that "
-                   "last served another connection, and that SSL object then stays tied to the wrong socket "
-                   "(seen in about 1 of 3 runs with 6 concurrent channels)", strict=False)
 def test_grpc_tls_concurrent_connections_keep_their_own_plaintext(cert: tuple[str, str], tmp_path: Path) -> None:
-    """gRPC's TLS runs on a BIO pair (no socket I/O inside SSL_read/SSL_write): the plaintext is tied to the
-    socket through the thread's last socket. Several connections of one process calling at once must each
-    carry their own request and response (a mix-up shows as a request paired with another's response)."""
+    """gRPC's TLS runs on a BIO pair (no socket I/O inside SSL_read/SSL_write), and one thread serves several
+    connections: a new connection's first SSL_write comes before its sendmsg, after the thread's last I/O on
+    another connection. Its plaintext must wait for its own send (held unbound, then bound), never go to the
+    thread's last socket. Several connections of one process calling at once must each carry their own
+    request and response (a mix-up shows as a request paired with another's response)."""
     crt, key = cert
     peer = [sys.executable, str(PEERS / "grpc_peer.py")]
     n = 6
@@ -96,6 +94,7 @@ def test_grpc_tls_concurrent_connections_keep_their_own_plaintext(cert: tuple[st
                                  timeout=60, check=True)
             assert cli.stdout.strip() == ",".join(f"echo:many-{i}" for i in range(n))
             assert h.wait_for(lambda: len([t for t in _http(h, dst_port=port) if t.get("grpc")]) >= 2 * n)
+            m = h.agent.snapshot()
     finally:
         srv.kill()
         srv.wait()
@@ -104,3 +103,8 @@ def test_grpc_tls_concurrent_connections_keep_their_own_plaintext(cert: tuple[st
         got = sorted((t["request_body"][5:], t["response_body"][5:]) for t in txs)
         assert got == sorted((f"many-{i}".encode(), f"echo:many-{i}".encode()) for i in range(n)), (side, got)
         assert len({t["conn_id"] for t in txs}) == n, side
+    # The clients' first writes went up unbound and their own sends bound them; nothing was left unbound.
+    assert m["qtap_kernel_tls_held_total"] >= n, m
+    assert m["qtap_kernel_tls_bound_by_send_total"] >= n, m
+    assert m["qtap_tls_unbound_bound_records_total"] >= n, m
+    assert m["qtap_tls_unbound_dropped_records_total"] == 0, m
