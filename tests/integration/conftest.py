@@ -47,3 +47,14 @@ def http_server() -> Iterator[int]:
     finally:
         proc.kill()
         proc.wait()
+
+
+@pytest.fixture
+def https_server(cert: tuple[str, str]) -> Iterator[tuple[subprocess.Popen[str], int]]:
+    """The test HTTP server over TLS (the session's self-signed certificate): the process and its port."""
+    proc, port = start_http_server("--tls", *cert)
+    try:
+        yield proc, port
+    finally:
+        proc.kill()
+        proc.wait()

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from qtap_async.events.connection import ConnectionEvent
-from tests.integration.harness import AgentHarness, Recorded, start_http_server
+from tests.integration.harness import AgentHarness, Recorded
 from tests.integration.peers.http_server import body_for
 
 pytestmark = pytest.mark.bpf
@@ -22,16 +22,6 @@ CURL = shutil.which("curl") or "/usr/bin/curl"
 WGET = shutil.which("wget") or "/usr/bin/wget"
 NODE = shutil.which("node") or "/usr/bin/node"
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
-
-
-@pytest.fixture
-def https_server(cert: tuple[str, str]) -> Iterator[tuple[subprocess.Popen[str], int]]:
-    proc, port = start_http_server("--tls", *cert)
-    try:
-        yield proc, port
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 def _one(h: AgentHarness, **match: object) -> ConnectionEvent:

@@ -18,7 +18,7 @@ from qtap_async.tls import analyze_file
 from qtap_async.tls.manager import TlsOptions
 from qtap_async.tls.model import FileKey
 from qtap_async.topology import AgentOptions
-from tests.integration.harness import PEERS, AgentHarness, free_port, start_http_server, wait_port
+from tests.integration.harness import PEERS, AgentHarness, free_port, wait_port
 from tests.integration.peers.http_server import body_for
 from tests.integration.test_tls_first_bytes import _h2_request, _http
 
@@ -48,16 +48,6 @@ def libssl11() -> str:
         found = glob.glob(str(d / "psycopg2_binary.libs" / "libssl-*.so.1.1"))
     assert found, f"no libssl 1.1 in {d}"
     return found[0]
-
-
-@pytest.fixture
-def https_server(cert: tuple[str, str]) -> Iterator[tuple[subprocess.Popen[str], int]]:
-    proc, port = start_http_server("--tls", *cert)
-    try:
-        yield proc, port
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 def test_openssl_11_is_analysed_with_fast_probes(libssl11: str) -> None:

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from collections.abc import Iterator
 
 import pytest
 
 from qtap_async.tls.manager import TlsOptions
 from qtap_async.topology import AgentOptions
-from tests.integration.harness import AgentHarness, start_http_server
+from tests.integration.harness import AgentHarness
 from tests.integration.peers.http_server import body_for
 from tests.integration.test_tls import _one, _plain, _request_response_check
 
@@ -19,19 +18,10 @@ pytestmark = pytest.mark.bpf
 
 CURL = shutil.which("curl") or "/usr/bin/curl"
 
-@pytest.fixture
-def https_server(cert: tuple[str, str]) -> Iterator[tuple[subprocess.Popen[str], int]]:
-    proc, port = start_http_server("--tls", *cert)
-    try:
-        yield proc, port
-    finally:
-        proc.kill()
-        proc.wait()
 
 @pytest.mark.parametrize("multi", [True, False], ids=["uprobe_multi", "classic"])
 def test_curl_and_python_ssl_byte_exact_in_each_link_mode(https_server: tuple[subprocess.Popen[str], int],
                                                           multi: bool) -> None:
-
     proc, port = https_server
     n = 100_000
     path = f"/bytes?n={n}".encode()
