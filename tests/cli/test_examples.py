@@ -52,8 +52,9 @@ def _lines(text: str) -> list[dict[str, Any]]:
 
 
 def test_every_example_has_a_test() -> None:
-    # otel.yaml runs against a real Collector in tests/sinks/test_otel_e2e.py::test_the_otel_example_exports
-    tested = {"local.yaml", "qtap-compatible.yaml", "pulse.yaml", "production.yaml", "otel.yaml"}
+    # otel.yaml runs against a real Collector in tests/sinks/test_otel_e2e.py::test_the_otel_example_exports;
+    # http-metrics.yaml is checked (validate, and a broken copy refused) in tests/plugins/test_http_metrics.py.
+    tested = {"local.yaml", "qtap-compatible.yaml", "pulse.yaml", "production.yaml", "otel.yaml", "http-metrics.yaml"}
     assert {p.name for p in EXAMPLES.glob("*.yaml")} == tested
     for name in tested:
         r = qtap("validate", str(EXAMPLES / name))
