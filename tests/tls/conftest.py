@@ -106,3 +106,40 @@ def spawn() -> Iterator[object]:
 
 
 PYTHON = sys.executable
+
+
+JAVA = shutil.which("java") or "/usr/bin/java"
+JAVAC = shutil.which("javac") or "/usr/bin/javac"
+
+
+@pytest.fixture(scope="session")
+def sleeper(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Classes of a JVM that prints UP and sleeps (the attach and inspect tests' target)."""
+    if not os.path.exists(JAVAC):
+        pytest.fail("javac (a JDK 17+) is needed for the Java attach tests")
+    d = tmp_path_factory.mktemp("sleeper")
+    (d / "Sleeper.java").write_text(
+        "public class Sleeper {\n"
+        "    public static void main(String[] a) throws Exception {\n"
+        "        System.out.println(\"UP\");\n"
+        "        System.out.flush();\n"
+        "        Thread.sleep(600000);\n"
+        "    }\n"
+        "}\n")
+    subprocess.run([JAVAC, "-d", str(d), str(d / "Sleeper.java")], check=True)
+    return str(d)
+
+
+def start_sleeper(classes: str, *flags: str) -> subprocess.Popen[str]:
+    p = subprocess.Popen([JAVA, *flags, "-cp", classes, "Sleeper"], stdout=subprocess.PIPE, text=True,
+                         stderr=subprocess.DEVNULL)
+    assert p.stdout is not None and p.stdout.readline() == "UP\n"
+    return p
+
+
+@pytest.fixture
+def jvm(sleeper: str) -> Iterator[subprocess.Popen[str]]:
+    p = start_sleeper(sleeper)
+    yield p
+    p.kill()
+    p.wait()

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
-import textwrap
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,9 +12,7 @@ import pytest
 from qtap_async.errors import JavaAttachError
 from qtap_async.tls import java_attach
 from qtap_async.tls.java_build import JAR
-
-JAVA = shutil.which("java") or "/usr/bin/java"
-JAVAC = shutil.which("javac") or "/usr/bin/javac"
+from tests.tls.conftest import start_sleeper
 
 
 def test_request_encoding() -> None:
@@ -34,39 +29,6 @@ def test_reply_parsing() -> None:
     assert java_attach.parse_reply(b"101\n") == (101, "")
     with pytest.raises(JavaAttachError, match="unexpected attach reply"):
         java_attach.parse_reply(b"garbage")
-
-
-@pytest.fixture(scope="module")
-def sleeper(tmp_path_factory: pytest.TempPathFactory) -> str:
-    if not os.path.exists(JAVAC):
-        pytest.fail("javac (a JDK 17+) is needed for the attach tests")
-    d = tmp_path_factory.mktemp("sleeper")
-    (d / "Sleeper.java").write_text(textwrap.dedent("""
-        public class Sleeper {
-            public static void main(String[] a) throws Exception {
-                System.out.println("UP");
-                System.out.flush();
-                Thread.sleep(600000);
-            }
-        }
-    """))
-    subprocess.run([JAVAC, "-d", str(d), str(d / "Sleeper.java")], check=True)
-    return str(d)
-
-
-def _start(classes: str, *flags: str) -> subprocess.Popen[str]:
-    p = subprocess.Popen([JAVA, *flags, "-cp", classes, "Sleeper"], stdout=subprocess.PIPE, text=True,
-                         stderr=subprocess.DEVNULL)
-    assert p.stdout is not None and p.stdout.readline() == "UP\n"
-    return p
-
-
-@pytest.fixture
-def jvm(sleeper: str) -> Iterator[subprocess.Popen[str]]:
-    p = _start(sleeper)
-    yield p
-    p.kill()
-    p.wait()
 
 
 def test_probe_finds_hotspot_and_not_others(jvm: subprocess.Popen[str]) -> None:
@@ -95,9 +57,7 @@ def test_load_agent_and_its_failure_reported(jvm: subprocess.Popen[str]) -> None
     _, props = java_attach.execute(j, "properties")
     assert "qtap.agent=error\\: java.net.SocketException" in props
     assert jvm.poll() is None
-    started = time.monotonic()
-    java_attach.load_agent(j, str(JAR), "stop")
-    assert time.monotonic() - started < 5
+    java_attach.load_agent(j, str(JAR), "stop", timeout_s=5)  # an answer within its timeout, or it raises
     _, props = java_attach.execute(j, "properties")
     assert "qtap.agent=stopped" in props
 
@@ -118,7 +78,7 @@ def test_refuses_a_process_that_would_die_of_sigquit() -> None:
 
 
 def test_disabled_attach_mechanism_times_out_cleanly(sleeper: str) -> None:
-    p = _start(sleeper, "-XX:+DisableAttachMechanism")
+    p = start_sleeper(sleeper, "-XX:+DisableAttachMechanism")
     try:
         j = java_attach.probe(p.pid)
         assert j is not None
