@@ -28,7 +28,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _common import write_result
 from bench_uprobe_points import _ldconfig, _run
 
-from qtap_async.bpf.link import close_links
 from qtap_async.bpf.loader import Capture, CaptureSettings
 from qtap_async.tls.attach import TlsProbes
 from qtap_async.tls.libraries import analyze_file
@@ -77,7 +76,7 @@ def main() -> None:
                     attach_ms[mode].append((time.perf_counter() - t) * 1000)
                     ns[mode].append(_run(tmp, libdir, args.iterations)["ns_per_iter"])
                     t = time.perf_counter()
-                    close_links(p.files.pop(info.key).links)  # as the agent detaches a file
+                    p.obj.detach(p.files.pop(info.key).links)  # as the agent detaches a file
                     detach_ms[mode].append((time.perf_counter() - t) * 1000)
             for p in probes.values():
                 p.close()

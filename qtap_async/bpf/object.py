@@ -363,8 +363,14 @@ class BpfObject:
         return links
 
     def detach_all(self) -> None:
-        close_links(self._links)
-        self._links.clear()
+        self.detach(list(self._links))
+
+    def detach(self, links: list[Link]) -> None:
+        """Close these links of this object and forget them (an agent that attaches and detaches files for
+        days must not keep every closed link)."""
+        close_links(links)
+        gone = {id(link) for link in links}
+        self._links = [link for link in self._links if id(link) not in gone]
 
     @property
     def links(self) -> list[Link]:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import msgspec
 
 from qtap_async.bpf import abi
-from qtap_async.bpf.link import Link, close_links
+from qtap_async.bpf.link import Link
 from qtap_async.bpf.loader import Capture
 from qtap_async.bpf.object import BpfObject
 from qtap_async.errors import BpfError, QtapError
@@ -133,8 +133,12 @@ class TlsProbes:
 
     def __init__(self, capture: Capture, hold_parent_tgid: int = 0, multi: bool = True) -> None:
         self.capture = capture
-        self.obj = self._load(hold_parent_tgid, multi)
-        if multi and not self.obj.uprobe_multi:
+        try:
+            self.obj = self._load(hold_parent_tgid, multi)
+        except BpfError as exc:
+            if not multi:
+                raise
+            log.info("TLS: this kernel refuses uprobe_multi links (%s); classic uprobes", os.strerror(exc.errno))
             self.obj = self._load(hold_parent_tgid, False)
         #: "multi" (one uprobe_multi link per program and file) or "classic" (one perf-event link per probe)
         self.link_mode = "multi" if self.obj.uprobe_multi else "classic"
@@ -143,8 +147,8 @@ class TlsProbes:
         self.failed: dict[FileKey, AttachStatus] = {}
 
     def _load(self, hold_parent_tgid: int, multi: bool) -> BpfObject:
-        """tls.bpf.o loaded; with `multi`, for uprobe_multi links, unless the kernel refuses them (< 6.6):
-        then the object comes back not loaded for them and the caller loads it again without."""
+        """tls.bpf.o loaded against the capture's maps; with `multi`, for uprobe_multi links (BpfError where
+        the kernel refuses them: before 6.6)."""
         obj = BpfObject.open(self.capture.directory / "tls.bpf.o")
         try:
             self.capture.share_maps(obj)
@@ -153,21 +157,12 @@ class TlsProbes:
                 obj.set_rodata(hold_parent_tgid=hold_parent_tgid)
             if multi:
                 obj.use_uprobe_multi()
-            try:
-                obj.load()
-                if multi:
-                    # Some kernels load such a program and refuse only its link: try one where it never fires
-                    # (offset 0 of the object file, which nobody runs).
-                    obj.program("uprobe_tls_entry").attach_uprobe_multi(str(obj.path), [0], [0])
-                    obj.detach_all()
-            except BpfError as exc:
-                if not multi:
-                    raise
-                log.info("TLS: this kernel refuses uprobe_multi links (%s); classic uprobes", os.strerror(exc.errno))
-                obj.close()
-                obj = BpfObject.open(self.capture.directory / "tls.bpf.o")
-                obj.uprobe_multi = False
-                return obj  # not loaded: the caller loads a fresh copy without multi
+            obj.load()
+            if multi:
+                # Some kernels load such a program and refuse only its link: try one where it never fires
+                # (offset 0 of the object file, which nobody runs).
+                obj.program("uprobe_tls_entry").attach_uprobe_multi(str(obj.path), [0], [0])
+                obj.detach_all()
         except BaseException:
             obj.close()
             raise
@@ -187,7 +182,7 @@ class TlsProbes:
                 else:
                     links.extend(p.attach_uprobe(path, o, retprobe=retprobe, cookie=c) for o, c in sites)
         except BaseException:
-            close_links(links)
+            self.obj.detach(links)
             raise
         return links
 
@@ -285,7 +280,7 @@ class TlsProbes:
             if keep and len(self.files) <= keep:
                 break
             entry = self.files.pop(key)
-            close_links(entry.links)
+            self.obj.detach(entry.links)
             n += 1
             log.info("TLS: detached from %s (idle, %d files attached)", entry.lib.path, len(self.files))
         return n
@@ -299,7 +294,6 @@ class TlsProbes:
         self.obj.detach_all()
 
     def close(self) -> None:
-        close_links([link for entry in self.files.values() for link in entry.links])
         self.files.clear()
-        self.obj.close()
+        self.obj.close()  # detaches every link it made
 

@@ -53,3 +53,32 @@ def test_errors_name_the_program_the_file_and_the_reason(tmp_path: Path) -> None
             classic.program("feat_uprobe").attach_uprobe_multi(str(tmp_path), [0], [0])
         with pytest.raises(BpfError, match="already loaded"):
             classic.use_uprobe_multi()
+
+
+def test_a_file_nobody_uses_is_detached_and_forgotten() -> None:
+    """TlsProbes on the real tls.bpf.o: a file whose last user exited is detached after the grace, its links
+    closed and no longer held by the object (a long-running agent attaches and detaches files for days)."""
+    import os
+
+    from qtap_async.bpf.loader import Capture, CaptureSettings
+    from qtap_async.tls.attach import TlsProbes
+    from tests.tls.system_libs import system_libssl
+
+    lib = system_libssl()
+    cap = Capture(CaptureSettings(self_tgid=os.getpid()))
+    try:
+        probes = TlsProbes(cap)
+        try:
+            before = len(probes.obj.links)
+            assert probes.attach(lib, pid=4242).attached
+            links = probes.files[lib.key].links
+            assert links and len(probes.obj.links) == before + len(links)
+            probes.process_exited(4242, now=100.0)
+            assert probes.detach_unused(now=100.5, grace_s=1.0) == 0  # still within the grace
+            assert probes.detach_unused(now=102.0, grace_s=1.0) == 1
+            assert lib.key not in probes.files and all(link.closed for link in links)
+            assert len(probes.obj.links) == before
+        finally:
+            probes.close()
+    finally:
+        cap.close()
