@@ -25,7 +25,7 @@ import yaml
 
 from qtap_async.control.settings import ApiLimits
 from tests.integration.harness import free_port
-from tests.pulse.test_hostile import ServerProc, raw_exchange, read_all, status_of
+from tests.pulse.test_hostile import ServerProc, raw_exchange, read_all, serving, status_of
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -66,24 +66,7 @@ def control(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlProc]:
     log = tmp / "control.log"
     proc = subprocess.Popen([*qtap, "serve", "--config", str(cfg), "--log-level", "warning"], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=log.open("wb"))
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        if proc.poll() is not None:
-            pytest.fail(f"control plane exited: {log.read_text()[-2000:]}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                break
-        assert time.monotonic() < deadline, "control plane did not become ready"
-        time.sleep(0.2)
-    c = ControlProc(url, port, token, proc, log)
-    try:
-        yield c
-    finally:
-        proc.terminate()
-        proc.wait(60)
-        text = log.read_text()
-        assert "Traceback" not in text, text[-4000:]
+    yield from serving(ControlProc, "control plane", f"http://127.0.0.1:{port}", port, token, proc, log)
 
 
 @pytest.fixture(scope="module")

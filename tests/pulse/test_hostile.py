@@ -19,7 +19,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import msgspec
@@ -71,6 +71,31 @@ class ServerProc:
         return {"authorization": f"Bearer {self.token}"}
 
 
+S = TypeVar("S", bound=ServerProc)
+
+
+def serving(cls: type[S], name: str, url: str, port: int, token: str, proc: subprocess.Popen[bytes],
+            log: Path) -> Iterator[S]:
+    """A fixture's body for a service process it started: wait until /readyz answers 200, yield it, stop it
+    and check that its log holds no traceback."""
+    deadline = time.monotonic() + 120
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"{name} exited: {log.read_text()[-2000:]}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                break
+        assert time.monotonic() < deadline, f"{name} did not become ready"
+        time.sleep(0.2)
+    try:
+        yield cls(url, port, token, proc, log)
+    finally:
+        proc.terminate()
+        proc.wait(60)
+        text = log.read_text()
+        assert "Traceback" not in text, text[-4000:]
+
+
 @pytest.fixture(scope="module")
 def pulse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc]:
     tmp = tmp_path_factory.mktemp("hostile-pulse")
@@ -86,26 +111,7 @@ def pulse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc]:
     proc = subprocess.Popen([*qtap, "pulse", "serve", "--data-dir", str(data), "--config", str(cfg),
                              "--listen", f"127.0.0.1:{port}", "--log-level", "warning"],
                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log.open("wb"))
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        if proc.poll() is not None:
-            pytest.fail(f"pulse exited: {log.read_text()[-2000:]}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, "pulse did not become ready"
-        time.sleep(0.2)
-    p = ServerProc(url, port, token, proc, log)
-    try:
-        yield p
-    finally:
-        proc.terminate()
-        proc.wait(60)
-        text = log.read_text()
-        assert "Traceback" not in text, text[-4000:]
+    yield from serving(ServerProc, "pulse", f"http://127.0.0.1:{port}", port, token, proc, log)
 
 
 @pytest.fixture(scope="module")
