@@ -99,6 +99,23 @@ def _parse_head(head: bytes) -> tuple[str, list[tuple[str, str]] | None]:
     return first, _header_list(lines)
 
 
+# A header line the fast path of _header_list refuses: none at all means every line is "name: value"
+# with a name that does not start with whitespace (obsolete folding, empty or colon-less lines match).
+_ODD_HEADER_LINE = re.compile(rb"\n(?:[ \t:]|[^:\n]*(?:\n|\Z))")
+
+
+def _parse_start(head: bytes) -> tuple[str, list[tuple[str, str]] | None]:
+    """``_parse_head`` for a connection that keeps no header lists (Limits.headers False): the same first
+    line and verdict on the header lines, with [] for the list. Decodes only the start line."""
+    nl = head.find(b"\n")
+    line = head if nl < 0 else head[:nl]
+    if line.isascii() and (nl < 0 or _ODD_HEADER_LINE.search(head, nl) is None):
+        first = line.decode("ascii")
+        return (first[:-1] if first[-1:] == "\r" else first), []
+    first, headers = _parse_head(head)  # odd lines (folding...) or a non-ASCII start line: the full parse
+    return first, None if headers is None else []
+
+
 def _target_text(head: bytes) -> str:
     """The request target of a head whose start line is not ASCII, from its raw bytes (see target_text)."""
     nl = head.find(b"\n")
@@ -637,6 +654,7 @@ class Http1Connection:
         self.switch_to: Http2Connection | None = None
         self.paused: _Exchange | None = None
         self.dead = False
+        self._parse_head = _parse_head if limits.headers else _parse_start
 
     # -- public ------------------------------------------------------------------------------------
     def feed(self, direction: int, data: bytes, ts: int) -> list[object]:
@@ -690,7 +708,7 @@ class Http1Connection:
 
     # -- request side -------------------------------------------------------------------------------
     def on_request_head(self, r: _Reader, head: bytes, start_ts: int, ts: int, off: int) -> None:
-        first, headers = _parse_head(head)
+        first, headers = self._parse_head(head)
         method, _, rest = first.partition(" ")
         target, _, version = rest.rpartition(" ")
         if not method or not target or version[:7] != "HTTP/1." or headers is None:
@@ -779,7 +797,7 @@ class Http1Connection:
 
     # -- response side ------------------------------------------------------------------------------
     def on_response_head(self, r: _Reader, head: bytes, start_ts: int, ts: int, off: int) -> None:
-        first, headers = _parse_head(head)
+        first, headers = self._parse_head(head)
         version, _, rest = first.partition(" ")
         code, _, _reason = rest.partition(" ")
         if version[:7] != "HTTP/1." or len(code) != 3 or not (code.isascii() and code.isdigit()) or headers is None:

@@ -26,6 +26,10 @@ bounds live in one ``Limits`` Struct (one instance is shared by all sessions):
 ``max_detect_bytes`` (default 20 KiB)
     Bytes buffered per direction while the protocol is still being detected (enough for a
     16 KiB HTTP/2 frame plus the next frame header when a capture starts mid-connection).
+``headers`` (default True)
+    Build the HTTP/1 header lists of transactions. False when nothing downstream reads them (the
+    local output at summary level): heads are still framed from their raw bytes and a malformed
+    header line is still a ``ParseError``; ``request_headers``/``response_headers`` are empty.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True):
     max_decoded_body_bytes: int = 1024 * 1024
     max_hpack_table_bytes: int = 64 * 1024
     max_detect_bytes: int = 20 * 1024
+    headers: bool = True
 
 
 DEFAULT_LIMITS = Limits()

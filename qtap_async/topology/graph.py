@@ -27,17 +27,27 @@ from qtap_async.bpf.loader import CaptureSettings
 from qtap_async.config import Config, default_config, summarize
 from qtap_async.errors import QtapError
 from qtap_async.plugins.redact import warn_if_clear
+from qtap_async.protocols import ProtocolSession
+from qtap_async.protocols.limits import Limits
 from qtap_async.telemetry import metrics
 from qtap_async.tls.manager import TlsOptions
 from qtap_async.topology.dispatch import Dispatch, FocusCheck, Pipeline
 from qtap_async.topology.stage import TrackingStage
 from qtap_async.topology.writer import StdoutWriter, Writer, build_stores, start_runners
-from qtap_async.transforms.conntrack import Conntrack, SessionFactory, default_session_factory
+from qtap_async.transforms.conntrack import Connection, Conntrack, Session, SessionFactory, default_session_factory
 from qtap_async.transforms.enrich import Enrich
 
 __all__ = ["AgentOptions", "Graph"]
 
 log = logging.getLogger("qtap.pipeline")
+
+_NO_HEADER_LISTS = Limits(headers=False)
+
+
+def summary_session_factory(conn: Connection, layer: int) -> Session | None:
+    """Sessions for the local output at summary level, which shows no headers: HTTP/1 heads are framed and
+    checked but their header lists are not built (about a tenth of the replay's CPU per transaction)."""
+    return ProtocolSession(local_port=conn.lport, remote_port=conn.rport, limits=_NO_HEADER_LISTS)
 
 
 @dataclass
@@ -73,6 +83,8 @@ class Graph:
         self.access_log = access_log
         self.show_secrets = o.show_secrets
         self.local = local is not None
+        if self.local and o.http_level == "summary" and session_factory is default_session_factory:
+            session_factory = summary_session_factory  # without a config nothing else reads the headers
         cfg = config if config is not None else default_config()
         self.conntrack = Conntrack(max_connections=o.max_connections, idle_timeout_s=o.idle_timeout_s,
                                    session_factory=session_factory, emit_gaps=o.emit_gaps)

@@ -6,12 +6,14 @@ import gzip
 import zlib
 
 import brotli
+import msgspec
 import pytest
 import zstandard
 
+from qtap_async.events.http import HttpTransaction
 from qtap_async.protocols import Direction, Limits, ProtocolSession
 from tests.protocols.helpers import errors, no_internal_errors, run, txs
-from tests.protocols.record import load, replay
+from tests.protocols.record import all_names, load, replay
 
 C, S = Direction.SEND, Direction.RECV
 
@@ -408,3 +410,43 @@ def test_non_utf8_target_is_percent_encoded_utf8_kept() -> None:
     a, b = txs(out)
     assert a.path == "/caf%E9/%FF?q=%E9"
     assert b.path == "/café"  # valid UTF-8 stays text, even when a header is not UTF-8
+
+
+# -- without header lists (Limits.headers False: the local output at summary level) ---------------------
+
+def _without_headers(records: list[object]) -> list[object]:
+    return [msgspec.structs.replace(r, request_headers=[], response_headers=[]) if isinstance(r, HttpTransaction)
+            else r for r in records]
+
+
+_NO_LISTS = Limits(headers=False)
+
+
+@pytest.mark.parametrize("name", [n for n in all_names() if n.startswith("http1")])
+def test_recorded_streams_same_without_header_lists(name: str) -> None:
+    rec = load(name)
+    full = replay(rec)
+    lean = replay(rec, limits=_NO_LISTS)
+    assert txs(full), name
+    assert all(x.request_headers == [] and x.response_headers == [] for x in txs(lean))
+    assert lean == _without_headers(full)
+
+
+@pytest.mark.parametrize("chunks", [
+    [(C, b"GET / HTTP/1.1\nHost: h\nX-Long: a\n  b\n\n"), (S, b"HTTP/1.1 200 OK\nContent-Length: 1\n\nz")],  # folding
+    [(C, b"GET / HTTP/1.1\r\nHost: h\r\nbroken line\r\n\r\n"), (S, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")],
+    [(C, b"GET / HTTP/1.1\r\n: empty name\r\n\r\n"), (S, b"HTTP/1.1 200 OK\r\n\r\n")],
+    [(C, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n"), (S, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX: y\r\nno colon"),
+     (S, b"\r\n\r\nok")],
+    [(C, b"GET /caf\xe9 HTTP/1.1\r\nHost: x\r\nX-L1: \xe9\r\n\r\n"),
+     (S, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")],
+    [(C, b"GET /\xc3\xa9 HTTP/1.1\r\nHost: x\r\n\r\n"), (S, b"HTTP/1.1 200 \xc3\xa9\r\nContent-Length: 0\r\n\r\n")],
+    [(C, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n"), (S, b"HTTP/1.1 200 OK\r\n Content-Length: 0\r\n\r\n")],
+    [(C, b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nX-T: 1\r\n\r\n"),
+     (S, b"HTTP/1.1 204 No Content\r\n\r\n")],
+])
+def test_edge_cases_same_without_header_lists(chunks: list[tuple[int, bytes]]) -> None:
+    """Malformed header lines are found (ParseError, resync) exactly as when the lists are built."""
+    full = run(chunks)
+    lean = run(chunks, limits=_NO_LISTS)
+    assert lean == _without_headers(full)

@@ -4,6 +4,7 @@ uses them, and reloads (all or nothing)."""
 from __future__ import annotations
 
 import asyncio
+import io
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +13,11 @@ import msgspec
 from qtap_async.buffers.channel import Channel
 from qtap_async.config import loads_config
 from qtap_async.plugins import HttpTransactionEvent
+from qtap_async.replay import RecordFile, Replayer, comparable
 from qtap_async.topology import Graph
-from qtap_async.transforms.conntrack import Conntrack
+from qtap_async.topology.graph import AgentOptions, summary_session_factory
+from qtap_async.topology.writer import StdoutWriter
+from qtap_async.transforms.conntrack import Conntrack, default_session_factory
 from tests.plugins.fakes import (
     FixedProcesses,
     conn_close,
@@ -186,3 +190,24 @@ async def test_reload_with_an_unusable_store_changes_nothing(tmp_path: Path) -> 
     new = loads_config(config("full", services=f"dir, path: {blocker / 'sub'}"))
     assert not await runtime.reload(lambda: new)
     assert (runtime.pipeline, runtime.writer.events, runtime.writer.objects) == before
+
+
+def test_local_summary_builds_no_header_lists_and_reports_the_same() -> None:
+    """Without a config at summary level nothing reads the header lists: sessions skip building them, and
+    the events are the details level's without headers."""
+    local = StdoutWriter(out=io.BytesIO())
+    assert Graph(None, local=local).conntrack.session_factory is default_session_factory
+    summary = AgentOptions(http_level="summary")
+    assert Graph(loads_config(config()), summary).conntrack.session_factory is default_session_factory
+    assert Graph(None, summary, local=local).conntrack.session_factory is summary_session_factory
+
+    records = RecordFile.load(Path(__file__).parents[1] / "data" / "http1_small.qrec").records
+    events = {}
+    for level in ("summary", "details"):
+        rp = Replayer(level, keep_events=True)
+        rp.feed(records)
+        # ts_ns: wall clock, from each replay's own monotonic -> wall offset
+        events[level] = [{k: v for k, v in comparable(e).items() if k != "ts_ns"} for e in rp.finish().captured]
+    headers = {"request_headers", "response_headers", "request_trailers", "response_trailers"}
+    assert sum(1 for e in events["summary"] if e.get("type") == "http_transaction") >= 100
+    assert events["summary"] == [{k: v for k, v in e.items() if k not in headers} for e in events["details"]]
