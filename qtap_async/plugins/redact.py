@@ -71,6 +71,7 @@ _ALPHA = re.compile(r"[A-Za-z]")
 _UPPER = re.compile(r"[A-Z]")
 _LOWER = re.compile(r"[a-z]")
 _SCHEMES = {"authorization", "proxy-authorization"}
+_MAX_PLAIN_NAMES = 1024  # bound of Redactor._plain: names past it are looked at every time
 # One key per process unless configured: reloads keep it, so hashes stay comparable within a run.
 _PROCESS_KEY = secrets.token_bytes(32)
 log = logging.getLogger("qtap.redact")
@@ -103,6 +104,9 @@ class Redactor:
         self._key = key or _PROCESS_KEY
         self.enabled = enabled
         self.redacted = 0  # values replaced so far (exported as a metric by the caller)
+        # Header names (as spelled on the wire) known not to be secret: most transactions repeat the same
+        # few, and one set lookup each is cheaper than lowering every name of every transaction.
+        self._plain: set[str] = set()
 
     def tag(self, secret: str) -> str:
         self.redacted += 1
@@ -133,7 +137,17 @@ class Redactor:
     def headers(self, headers: Headers) -> Headers:
         if not self.enabled:
             return headers
-        return [(k, self.header_value(k, v)) for k, v in headers]
+        plain = self._plain
+        for k, _ in headers:
+            if k not in plain:
+                break
+        else:  # every name already seen and not secret (the usual case): nothing to look at
+            return list(headers)
+        out = [(k, self.header_value(k, v)) for k, v in headers]
+        if len(plain) < _MAX_PLAIN_NAMES:
+            secret = self.headers_lc
+            plain.update(k for k, _ in headers if k.lower() not in secret)
+        return out
 
     # -- request targets ------------------------------------------------------------------------
     def target(self, target: str | None) -> str | None:

@@ -99,9 +99,10 @@ def _parse_head(head: bytes) -> tuple[str, list[tuple[str, str]] | None]:
     return first, _header_list(lines)
 
 
-# A header line the fast path of _header_list refuses: none at all means every line is "name: value"
-# with a name that does not start with whitespace (obsolete folding, empty or colon-less lines match).
-_ODD_HEADER_LINE = re.compile(rb"\n(?:[ \t:]|[^:\n]*(?:\n|\Z))")
+# The start of a header line the fast path of _header_list refuses: none at all means every line is
+# "name: value" with a name that does not start with whitespace (obsolete folding, empty or colon-less
+# lines match). Possessive, so a line is scanned once.
+_ODD_HEADER_LINE = re.compile(rb"\n(?![^ \t:\n][^:\n]*+:)")
 
 
 def _parse_start(head: bytes) -> tuple[str, list[tuple[str, str]] | None]:

@@ -84,20 +84,30 @@ class ProtocolOutput:
 
     def _http(self, conn: Connection, tx: HttpTransaction, layer: int, host: str) -> dict[str, Any]:
         start = tx.request_start_ns or tx.response_start_ns or conn.last_ns
-        rt = self.conntrack.rfc3339
-        ev: dict[str, Any] = {"type": "http_transaction", "id": self._event_id(), "ts": rt(start)}
-        ev.update(self._context(conn, layer))
-        ev.update(
-            protocol=tx.protocol,
-            method=tx.method,
-            scheme=tx.scheme or ("https" if layer == 1 else "http"),
-            authority=tx.authority,
-            host=host or conn.domain,
-            path=self.redactor.target(tx.path),
-            status=tx.status,
-            request_body_size=tx.request_body_size,
-            response_body_size=tx.response_body_size,
-        )
+        p = conn.process
+        if p.container_id and container_fields(p.container_id):
+            ev: dict[str, Any] = {"type": "http_transaction", "id": self._event_id(),
+                                  "ts": self.conntrack.rfc3339(start)}
+            ev.update(self._context(conn, layer))
+            ev.update(protocol=tx.protocol, method=tx.method, scheme=tx.scheme or ("https" if layer == 1 else "http"),
+                      authority=tx.authority, host=host or conn.domain, path=self.redactor.target(tx.path),
+                      status=tx.status, request_body_size=tx.request_body_size,
+                      response_body_size=tx.response_body_size)
+        else:
+            # One literal, in _context's order (this runs per transaction; building the context dict and
+            # merging it costs more than the fields themselves).
+            if conn.direction == "ingress":
+                src_ip, src_port, dst_ip, dst_port = conn.raddr, conn.rport, conn.laddr, conn.lport
+            else:
+                src_ip, src_port, dst_ip, dst_port = conn.laddr, conn.lport, conn.raddr, conn.rport
+            ev = {"type": "http_transaction", "id": f"{self._id_prefix}-p{next(self._ids)}",
+                  "ts": self.conntrack.rfc3339(start), "conn_id": conn.conn_id, "direction": conn.direction,
+                  "tls": layer == 1, "src_ip": src_ip, "src_port": src_port, "dst_ip": dst_ip, "dst_port": dst_port,
+                  "pid": conn.pid, "exe": p.exe, "comm": p.comm, "container_id": p.container_id,
+                  "protocol": tx.protocol, "method": tx.method,
+                  "scheme": tx.scheme or ("https" if layer == 1 else "http"), "authority": tx.authority,
+                  "host": host or conn.domain, "path": self.redactor.target(tx.path), "status": tx.status,
+                  "request_body_size": tx.request_body_size, "response_body_size": tx.response_body_size}
         if tx.response_end_ns and tx.request_start_ns:
             ev["duration_ns"] = tx.response_end_ns - tx.request_start_ns
         if tx.response_start_ns and tx.request_start_ns:
