@@ -24,6 +24,9 @@ lint:
 typecheck:
     {{venv}}mypy
 
+native:
+    {{venv}}python -m qtap_async.native build
+
 # The whole suite, as CI runs it (needs root; starts Kafka and MinIO)
 test *ARGS:
     bash scripts/test {{ARGS}}

@@ -1,5 +1,6 @@
 """qtap-async: an eBPF agent that sees HTTP, HTTPS, HTTP/2 and gRPC traffic in plaintext, per process."""
 
+from qtap_async import native
 from qtap_async.errors import (
     AbiMismatchError,
     AttachError,
@@ -13,6 +14,9 @@ from qtap_async.errors import (
 )
 
 __version__ = "0.1.0"
+
+# Before any parser module is imported: compiled (mypyc) only when built from the current source.
+native.install()
 
 __all__ = [
     "AbiMismatchError",
