@@ -12,6 +12,8 @@ events, JSON encoding into a null sink) at levels summary, details and full, bes
 CPU time is time.process_time of this process, so tx/s is per core. A pyinstrument profile of the
 details replay of http1_small and h2_streams gives the hottest functions (self time).
 With --fixtures, the committed tests/data/*.qrec are replayed instead of recording (no root needed).
+The parsers run compiled when built (python -m qtap_async.native build), else from source; the result says
+which (``native``), and QTAP_PURE_PYTHON=1 measures the fallback.
 Writes benchmarks/results/replay.json and replay_profile.txt.
 Usage: python benchmarks/bench_replay.py [--fixtures]
 """
@@ -29,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import RESULTS, ROOT, Nginx, record_run, run_quiet, write_result
 
+from qtap_async import native
 from qtap_async.replay import RecordFile, replay
 
 LEVELS = ("summary", "details", "full")
@@ -147,7 +150,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="qtap-bench-replay-") as tmp:
         inputs = fixture_inputs() if use_fixtures else record_inputs(Path(tmp))
         result: dict[str, Any] = {"inputs": "fixtures" if use_fixtures else "recorded live (real agent, nginx, h2load)",
-                                  "clock": "process_time (one core)"}
+                                  "clock": "process_time (one core)",
+                                  # compiled (mypyc) or pure-Python parsers: python -m qtap_async.native
+                                  "native": native.status()}
         for name, (rf, snap) in inputs.items():
             result[f"{name}_records"] = len(rf.records)
             result[f"{name}_record_mib"] = round(sum(len(r) for r in rf.records) / 2**20, 2)
