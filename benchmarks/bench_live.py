@@ -1,19 +1,22 @@
 """Live overhead: nginx over HTTP and HTTPS with no agent, the C reference consumer, and `qtap run`.
 
 Workloads (HTTP/1.1, small responses, nginx with one worker), each 3 s:
-- h2load --rps fixed rate: 2k req/s (10 clients x 200) and 10k req/s (20 clients x 500): latency p50/p99
-  from h2load's per-request log;
+- h2load --rps at fixed offered loads: HTTP 2k and 10k req/s; HTTPS 2k, 5k, 10k and 20k req/s; latency
+  p50/p99 from h2load's per-request log;
 - wrk saturation (1 thread, 16 connections): throughput and latency percentiles.
 
 Consumers, all tracing the nginx worker (--pid / --target-tgid; the hooks still fire for every process):
-none, ref (benchmarks/reference/qtap_ref: socket + process objects, counts records, no TLS probes),
-ref_wake_each (the same with .rodata wakeup_bytes=0: a kernel wakeup for every record; ref is woken as
-the agent is, once 64 KiB wait, else on a 20 ms timer),
-`qtap run --level summary` and `qtap run --level full` (TLS discovery on: HTTPS is seen in plaintext).
+- none;
+- ref: benchmarks/reference/qtap_ref (socket + process objects, counts records), no TLS probes;
+- ref_tls: the same plus tls.bpf.o with exactly the uprobes the agent attaches to nginx's TLS libraries (the
+  agent's own plan, qtap_async.tls.attach.probe_groups): what the hooks alone cost;
+- `qtap run --level summary` and `--level details` (TLS discovery on: HTTPS is seen in plaintext).
+ref_wake_each (the reference woken for every record) runs with --modes.
 Interleaved in one run: the modes in order, then the reverse order; the median of the repetitions
-is reported. CPU: nginx worker, load client and consumer, in % of one core over the load's duration.
+is reported. CPU: nginx worker, load client and consumer, in % of one core over the load's duration, and the
+consumer's CPU per request.
 Writes benchmarks/results/live.json.
-Usage: python benchmarks/bench_live.py [--quick]
+Usage: python benchmarks/bench_live.py [--quick] [--modes none,ref,...]
 """
 
 from __future__ import annotations
@@ -28,18 +31,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import Consumer, Nginx, run_load, write_result
 
-MODES = ("none", "ref", "ref_wake_each", "summary", "full")
+MODES = ("none", "ref", "ref_tls", "summary", "details")
+#: offered loads in req/s (h2load --rps), per protocol; "wrk" is saturation
+RATES = {"http": (2000, 10000), "https": (2000, 5000, 10000, 20000)}
 
 
 def loads(ng: Nginx, duration: float) -> list[tuple[str, str, str, dict[str, Any]]]:
     out = []
     for proto, port in (("http", ng.http_port), ("https", ng.https_port)):
         url = f"{proto}://127.0.0.1:{port}/small"
-        out += [
-            (f"{proto}_2k", "h2load", url, {"clients": 10, "rps_per_client": 200, "duration_s": duration}),
-            (f"{proto}_10k", "h2load", url, {"clients": 20, "rps_per_client": 500, "duration_s": duration}),
-            (f"{proto}_wrk", "wrk", url, {"clients": 16, "duration_s": duration}),
-        ]
+        for rate in RATES[proto]:
+            clients = 10 if rate <= 2000 else 20 if rate <= 10000 else 40
+            out.append((f"{proto}_{rate // 1000}k", "h2load", url,
+                        {"clients": clients, "rps_per_client": rate // clients, "duration_s": duration}))
+        out.append((f"{proto}_wrk", "wrk", url, {"clients": 16, "duration_s": duration}))
     return out
 
 
@@ -63,6 +68,8 @@ def session(ng: Nginx, mode: str, duration: float) -> dict[str, dict[str, float]
                 "nginx_cpu_pct": round(100 * nginx_cpu / wall, 1),
                 "client_cpu_pct": round(100 * res["client_cpu_s"] / wall, 1),
                 "consumer_cpu_pct": round(100 * (c.cpu_seconds() - cpu0) / wall, 1),
+                "consumer_cpu_us_per_req": round(1e6 * (c.cpu_seconds() - cpu0) / max(1.0, res["req_per_s"] * wall),
+                                                 2),
             }
     finally:
         final = c.stop()
@@ -74,17 +81,24 @@ def session(ng: Nginx, mode: str, duration: float) -> dict[str, dict[str, float]
 
 def main() -> None:
     quick = "--quick" in sys.argv
+    modes: tuple[str, ...] = MODES
+    if "--modes" in sys.argv:
+        modes = tuple(sys.argv[sys.argv.index("--modes") + 1].split(","))
+        if modes[0] != "none":
+            raise SystemExit("--modes: the first mode must be none (the ratios are to it)")
     duration = 2.0 if quick else 3.0
     t0 = time.monotonic()
-    runs: dict[str, list[dict[str, dict[str, float]]]] = {m: [] for m in MODES}
+    runs: dict[str, list[dict[str, dict[str, float]]]] = {m: [] for m in modes}
     with Nginx() as ng:
-        order = list(MODES) if quick else list(MODES) + list(reversed(MODES))
+        order = list(modes) if quick else list(modes) + list(reversed(modes))
         for mode in order:
             runs[mode].append(session(ng, mode, duration))
     result: dict[str, Any] = {
         "workload": "nginx 1 worker, HTTP/1.1 small responses; h2load fixed rate and wrk saturation, "
                     f"{duration:g} s per load; consumers trace the nginx worker",
         "repetitions": len(runs["none"]),
+        "modes": list(modes),
+        "loads": list(runs["none"][0]),
     }
     for mode, sessions in runs.items():
         for load in sessions[0]:
@@ -93,15 +107,15 @@ def main() -> None:
                 result[f"{load}_{mode}_{metric}"] = round(statistics.median(vals), 3)
     for load in runs["none"][0]:
         base = result[f"{load}_none_req_per_s"]
-        for mode in MODES[1:]:
+        for mode in modes[1:]:
             if base:
                 result[f"{load}_{mode}_throughput_vs_none"] = round(result[f"{load}_{mode}_req_per_s"] / base, 3)
     result["bench_seconds"] = round(time.monotonic() - t0, 1)
     r = result
     write_result("live", result,
-                 "wrk saturation req/s http none/ref/summary/full "
-                 + "/".join(str(r[f"http_wrk_{m}_req_per_s"]) for m in MODES)
-                 + "; https " + "/".join(str(r[f"https_wrk_{m}_req_per_s"]) for m in MODES))
+                 f"wrk saturation req/s http {'/'.join(modes)} "
+                 + "/".join(str(r[f"http_wrk_{m}_req_per_s"]) for m in modes)
+                 + "; https " + "/".join(str(r[f"https_wrk_{m}_req_per_s"]) for m in modes))
 
 
 if __name__ == "__main__":
