@@ -15,8 +15,10 @@ ref_wake_each (the reference woken for every record) runs with --modes.
 Interleaved in one run: the modes in order, then the reverse order; the median of the repetitions
 is reported. CPU: nginx worker, load client and consumer, in % of one core over the load's duration, and the
 consumer's CPU per request.
+Then one more session profiles the agent (summary level, HTTPS at 5k req/s) with py-spy, sampling its Python
+stacks without stopping it: benchmarks/results/live_profile.txt has the self and inclusive shares.
 Writes benchmarks/results/live.json.
-Usage: python benchmarks/bench_live.py [--quick] [--modes none,ref,...]
+Usage: python benchmarks/bench_live.py [--quick] [--modes none,ref,...] [--no-profile]
 """
 
 from __future__ import annotations
@@ -79,6 +81,52 @@ def session(ng: Nginx, mode: str, duration: float) -> dict[str, dict[str, float]
     return out
 
 
+def profile(ng: Nginx, duration: float, level: str = "summary") -> dict[str, Any]:
+    """py-spy samples of the agent's Python stacks under HTTPS at 5k req/s: the top self-time and inclusive
+    functions (shares of all samples), written to results/live_profile.txt."""
+    import shutil
+    import subprocess
+    import tempfile
+    from collections import Counter
+
+    spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
+    if spy is None:
+        raise RuntimeError("py-spy is not installed (pip install -e '.[dev]'); run with --no-profile")
+    c = Consumer(level, target_tgid=ng.pids()[-1], tls=True)
+    with tempfile.NamedTemporaryFile(suffix=".raw") as raw:
+        try:
+            rec = subprocess.Popen([spy, "record", "-p", str(c.pid), "-d", f"{duration:g}", "-r", "250", "-f",
+                                    "raw", "-o", raw.name, "--nonblocking"],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            run_load("h2load", f"https://127.0.0.1:{ng.https_port}/small", duration, clients=20, rps_per_client=250)
+            _, err = rec.communicate(timeout=duration + 60)
+            if rec.returncode:
+                raise RuntimeError(f"py-spy failed: {err[-500:]}")
+        finally:
+            c.stop()
+        self_t: Counter[str] = Counter()
+        incl: Counter[str] = Counter()
+        for line in Path(raw.name).read_text().splitlines():
+            stack, _, n = line.rpartition(" ")
+            frames = [f.split(" (")[0] + " " + f.rsplit("/", 1)[-1].split(":")[0].rstrip(")")
+                      for f in stack.split(";") if f]
+            if not frames or not n.isdigit():
+                continue
+            self_t[frames[-1]] += int(n)
+            for f in set(frames):
+                incl[f] += int(n)
+    total = sum(self_t.values()) or 1
+    # Inclusive shares below the event loop's own frames (Runner.run and above hold every sample).
+    inner = [(f, v) for f, v in incl.most_common() if v < 0.95 * total]
+    lines = [f"## agent at {level} level, HTTPS 5k req/s, {total} samples: self time share"]
+    lines += [f"{100 * v / total:5.1f}%  {f}" for f, v in self_t.most_common(15)]
+    lines += ["", "## inclusive share (the function and what it calls)"]
+    lines += [f"{100 * v / total:5.1f}%  {f}" for f, v in inner[:20]]
+    (Path(__file__).resolve().parent / "results" / "live_profile.txt").write_text("\n".join(lines) + "\n")
+    return {"profile_samples": total, "profile_file": "benchmarks/results/live_profile.txt",
+            "profile_top_inclusive": [[f, round(100 * v / total, 1)] for f, v in inner[:8]]}
+
+
 def main() -> None:
     quick = "--quick" in sys.argv
     modes: tuple[str, ...] = MODES
@@ -110,6 +158,9 @@ def main() -> None:
         for mode in modes[1:]:
             if base:
                 result[f"{load}_{mode}_throughput_vs_none"] = round(result[f"{load}_{mode}_req_per_s"] / base, 3)
+    if "--no-profile" not in sys.argv:
+        with Nginx() as ng:
+            result.update(profile(ng, 6.0 if quick else 10.0))
     result["bench_seconds"] = round(time.monotonic() - t0, 1)
     r = result
     write_result("live", result,

@@ -126,6 +126,10 @@ def report(run_meta: dict[str, Any]) -> str:
                       "client CPU %", "consumer CPU %", "consumer µs/req"], rows)
         for png, what in plots(lv):
             md += [f"![{what}](results/{png.name})", ""]
+        lprof = RESULTS / "live_profile.txt"
+        if lv.get("profile_file") and lprof.exists():
+            md += ["The live agent's Python stacks (py-spy, sampled without stopping it):", "", "```",
+                   lprof.read_text().rstrip(), "```", ""]
     if mem:
         md += ["## 4. Memory (agent RSS)", ""]
         rows = [[k, v] for k, v in mem.items() if k.startswith(("idle_", "streaming_"))]
@@ -268,6 +272,11 @@ def findings(rp: dict[str, Any], dr: dict[str, Any], mem: dict[str, Any], ov: di
         top = [ln.strip() for ln in prof.read_text().splitlines() if ln.strip() and not ln.startswith("#")][:3]
         if top:
             md.append(f"- Replay profile, largest self-time shares: {'; '.join(top)}.")
+    top = [f"{name} {share} %" for name, share in lv.get("profile_top_inclusive", [])
+           if not name.startswith(("TrackingStage.", "Runner."))][:4]
+    if top:
+        md.append(f"- Live agent profile (summary, HTTPS 5k req/s, {lv.get('profile_samples')} samples), largest "
+                  f"inclusive shares below the stage loop: {'; '.join(top)}.")
     if lv and "https_wrk_ref_req_per_s" in lv and "https_wrk_ref_tls_req_per_s" in lv:
         n, r, t = (lv.get(f"https_wrk_{m}_nginx_cpu_us_per_req") for m in ("none", "ref", "ref_tls"))
         md.append(f"- Hooks at HTTPS saturation: nginx spends {n} µs per request without probes, {r} µs with the "
