@@ -306,6 +306,18 @@ def objects_dir() -> Path:
     return od()
 
 
+def skipped_socket_programs() -> list[str]:
+    """The socket.bpf.o programs the agent would not load here (the socket I/O path it does not choose): the
+    reference skips the same ones, so both run one path. Empty for a build with a single path."""
+    try:
+        from qtap_async.bpf import socket_path
+    except ImportError:
+        return []
+    path, _ = socket_path.choose()
+    other = socket_path.SYSCALLS if path == socket_path.SOCK else socket_path.SOCK
+    return sorted(socket_path.PROGRAMS[other])
+
+
 def tls_plan_file(pid: int) -> Path:
     """The agent's TLS probe plan for every TLS library process `pid` maps, as qtap_ref's --tls-plan lines
     ("PROGRAM RETPROBE OFFSET COOKIE PATH"). Raises when the process maps no TLS library: a reference run
@@ -346,6 +358,8 @@ class Consumer:
             poll_sleep_us = poll_sleep_us or 1000
         if mode.startswith("ref"):
             cmd = [str(build_reference()), str(objects_dir()), "--ring-mib", str(ring_mib)]
+            for name in skipped_socket_programs():
+                cmd += ["--skip-program", name]
             if mode == "ref_tls":  # the same TLS uprobes as the agent attaches to the target's libraries
                 if not target_tgid:
                     raise ValueError("ref_tls needs target_tgid: the plan is the target's TLS libraries")

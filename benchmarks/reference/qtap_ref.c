@@ -8,7 +8,9 @@
  * physical limit of our hooks; the agent's cost is reported as a ratio to it.
  *
  * usage: qtap_ref OBJDIR [--duration S] [--ring-mib N] [--target-tgid PID] [--poll-sleep-us N] [--wakeup-bytes N]
- *                [--tls-plan FILE]
+ *                [--tls-plan FILE] [--skip-program NAME]...
+ * --skip-program: do not load that program of socket.bpf.o (repeatable): the agent loads one socket I/O path
+ * (the socket tracepoints or the syscall pairs, qtap_async/bpf/socket_path.py), and so must the reference.
  * --tls-plan: also load tls.bpf.o (sharing the socket object's maps, as TlsProbes does) and attach the uprobes
  * listed in FILE, one per line: "PROGRAM RETPROBE OFFSET COOKIE PATH" (RETPROBE 0/1, OFFSET and COOKIE
  * decimal). benchmarks/_common.py writes it from the agent's own plan (qtap_async.tls.attach.probe_groups), so
@@ -179,6 +181,8 @@ int main(int argc, char **argv)
 	long poll_sleep_us = 0;
 	long long wakeup_bytes = -1;
 	const char *tls_plan = NULL;
+	const char *skip[64];
+	int nskip = 0;
 	struct bpf_object *sock, *proc, *tls = NULL;
 	struct ring_buffer *rb;
 	struct timespec t0, t1;
@@ -187,7 +191,7 @@ int main(int argc, char **argv)
 
 	if (argc < 2) {
 		fprintf(stderr, "usage: %s OBJDIR [--duration S] [--ring-mib N] [--target-tgid PID] [--poll-sleep-us N] "
-			"[--wakeup-bytes N] [--tls-plan FILE]\n", argv[0]);
+			"[--wakeup-bytes N] [--tls-plan FILE] [--skip-program NAME]...\n", argv[0]);
 		return 2;
 	}
 	for (int i = 2; i + 1 < argc; i += 2) {
@@ -203,6 +207,8 @@ int main(int argc, char **argv)
 			wakeup_bytes = atoll(argv[i + 1]);
 		else if (!strcmp(argv[i], "--tls-plan"))
 			tls_plan = argv[i + 1];
+		else if (!strcmp(argv[i], "--skip-program") && nskip < 64)
+			skip[nskip++] = argv[i + 1];
 	}
 	wakeup_bytes_opt = wakeup_bytes;
 	srand((unsigned)time(NULL) ^ (unsigned)getpid());
@@ -213,6 +219,14 @@ int main(int argc, char **argv)
 	if (!sock) {
 		fprintf(stderr, "qtap_ref: open %s: %s\n", path, strerror(errno));
 		return 1;
+	}
+	for (int i = 0; i < nskip; i++) {
+		struct bpf_program *p = bpf_object__find_program_by_name(sock, skip[i]);
+		if (!p) {
+			fprintf(stderr, "qtap_ref: socket.bpf.o has no program %s\n", skip[i]);
+			return 1;
+		}
+		bpf_program__set_autoload(p, false);
 	}
 	bpf_map__set_max_entries(bpf_object__find_map_by_name(sock, "events"), ring_mib << 20);
 	/* As loader.py: one scratch record per possible CPU (harmless for a per-CPU array of one entry). */
