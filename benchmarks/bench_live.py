@@ -18,7 +18,8 @@ consumer's CPU per request.
 Then one more session profiles the agent (summary level, HTTPS at 5k req/s) with py-spy, sampling its Python
 stacks without stopping it: benchmarks/results/live_profile.txt has the self and inclusive shares.
 Writes benchmarks/results/live.json.
-Usage: python benchmarks/bench_live.py [--quick] [--modes none,ref,...] [--no-profile]
+Usage: python benchmarks/bench_live.py [--quick] [--reps N] [--modes none,ref,...] [--no-profile]
+--reps: repetitions of the mode sequence, alternately forward and reversed (default 2; --quick 1).
 """
 
 from __future__ import annotations
@@ -138,7 +139,8 @@ def main() -> None:
     t0 = time.monotonic()
     runs: dict[str, list[dict[str, dict[str, float]]]] = {m: [] for m in modes}
     with Nginx() as ng:
-        order = list(modes) if quick else list(modes) + list(reversed(modes))
+        reps = int(sys.argv[sys.argv.index("--reps") + 1]) if "--reps" in sys.argv else (1 if quick else 2)
+        order = [m for r in range(reps) for m in (modes if r % 2 == 0 else tuple(reversed(modes)))]
         for mode in order:
             runs[mode].append(session(ng, mode, duration))
     result: dict[str, Any] = {
