@@ -25,7 +25,7 @@ typecheck:
     {{venv}}mypy
 
 native:
-    {{venv}}python -m qtap_async.native build
+    {{venv}}python -m qtap_async.native_cli build
 
 # The whole suite, as CI runs it (needs root; starts Kafka and MinIO)
 test *ARGS:

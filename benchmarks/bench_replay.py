@@ -12,7 +12,7 @@ events, JSON encoding into a null sink) at levels summary, details and full, bes
 CPU time is time.process_time of this process, so tx/s is per core. A pyinstrument profile of the
 details replay of http1_small and h2_streams gives the hottest functions (self time).
 With --fixtures, the committed tests/data/*.qrec are replayed instead of recording (no root needed).
-The parsers run compiled when built (python -m qtap_async.native build), else from source; the result says
+The parsers run compiled when built (python -m qtap_async.native_cli build), else from source; the result says
 which (``native``), and QTAP_PURE_PYTHON=1 measures the fallback.
 Writes benchmarks/results/replay.json and replay_profile.txt.
 Usage: python benchmarks/bench_replay.py [--fixtures]
@@ -151,7 +151,7 @@ def main() -> None:
         inputs = fixture_inputs() if use_fixtures else record_inputs(Path(tmp))
         result: dict[str, Any] = {"inputs": "fixtures" if use_fixtures else "recorded live (real agent, nginx, h2load)",
                                   "clock": "process_time (one core)",
-                                  # compiled (mypyc) or pure-Python parsers: python -m qtap_async.native
+                                  # compiled (mypyc) or pure-Python parsers: python -m qtap_async.native_cli
                                   "native": native.status()}
         for name, (rf, snap) in inputs.items():
             result[f"{name}_records"] = len(rf.records)

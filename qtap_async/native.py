@@ -1,6 +1,6 @@
 """Optional mypyc builds of the hot parser modules, with the pure-Python source as the fallback.
 
-``python -m qtap_async.native build`` compiles each module of ``MODULES`` with mypyc (part of mypy, the
+``python -m qtap_async.native_cli build`` compiles each module of ``MODULES`` with mypyc (part of mypy, the
 ``dev`` extra) into an extension next to its source, and records the source's SHA-256 in
 ``qtap_async/native.json``. ``clean`` removes them; ``status`` says which module runs which way.
 
@@ -133,21 +133,3 @@ def build(modules: Sequence[str] = MODULES) -> None:
             raise RuntimeError(f"mypyc built no extension for {m}")
         manifest[m] = _digest(src)
     MANIFEST.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
-
-
-def main(argv: Sequence[str]) -> int:
-    cmd = argv[0] if argv else "status"
-    if cmd == "build":
-        build()
-    elif cmd == "clean":
-        clean()
-    elif cmd != "status":
-        sys.stderr.write("usage: python -m qtap_async.native [build|clean|status]\n")
-        return 2
-    for m, how in status().items():
-        sys.stdout.write(f"{m}: {how}\n")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

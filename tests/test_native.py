@@ -43,7 +43,7 @@ def _replay(pure: bool) -> dict[str, object]:
 
 def test_compiled_and_pure_python_give_the_same_events() -> None:
     if any(how != "compiled" for how in native.status().values()):
-        pytest.skip(f"compiled modules not built ({native.status()}): python -m qtap_async.native build")
+        pytest.skip(f"compiled modules not built ({native.status()}): python -m qtap_async.native_cli build")
     compiled, pure = _replay(pure=False), _replay(pure=True)
     assert all(str(f).endswith(".so") for f in compiled["files"].values())  # type: ignore[attr-defined]
     assert all(str(f).endswith(".py") for f in pure["files"].values())  # type: ignore[attr-defined]
@@ -70,3 +70,14 @@ def test_pure_python_environment_wins() -> None:
     code = "import sys, qtap_async.protocols.http1 as h; print(h.__file__)"
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
     assert done.stdout.strip().endswith("qtap_async/protocols/http1.py")
+
+
+def test_cli_status_and_usage() -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-m", "qtap_async.native_cli", "status"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, check=True)
+    assert [line.split(":")[0] for line in done.stdout.splitlines()] == list(native.MODULES)
+    assert "RuntimeWarning" not in done.stderr
+    bad = subprocess.run([sys.executable, "-m", "qtap_async.native_cli", "bogus"], cwd=ROOT, env=env,
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "usage" in bad.stderr
