@@ -92,17 +92,26 @@ def _parse_head(head: bytes) -> tuple[str, list[tuple[str, str]] | None]:
         text = head.decode("utf-8")
     except UnicodeDecodeError:
         text = head.decode("latin-1")
-    lines = text.split("\n")
-    first = lines[0]
+    nl = text.find("\n")
+    headers: list[tuple[str, str]] | None
+    if nl < 0:
+        first, headers = text, []
+    elif _ODD_TEXT_LINE.search(text, nl) is None:  # every line is "name: value": one pass, no checks
+        first = text[:nl]
+        headers = [(n, v.strip(" \t\r")) for n, _, v in [line.partition(":") for line in text[nl + 1 :].split("\n")]]
+    else:
+        lines = text.split("\n")
+        first, headers = lines[0], _header_list(lines)
     if first[-1:] == "\r":
         first = first[:-1]
-    return first, _header_list(lines)
+    return first, headers
 
 
 # The start of a header line the fast path of _header_list refuses: none at all means every line is
 # "name: value" with a name that does not start with whitespace (obsolete folding, empty or colon-less
 # lines match). Possessive, so a line is scanned once.
 _ODD_HEADER_LINE = re.compile(rb"\n(?![^ \t:\n][^:\n]*+:)")
+_ODD_TEXT_LINE = re.compile(r"\n(?![^ \t:\n][^:\n]*+:)")
 
 
 def _parse_start(head: bytes) -> tuple[str, list[tuple[str, str]] | None]:

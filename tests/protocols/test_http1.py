@@ -450,3 +450,17 @@ def test_edge_cases_same_without_header_lists(chunks: list[tuple[int, bytes]]) -
     full = run(chunks)
     lean = run(chunks, limits=_NO_LISTS)
     assert lean == _without_headers(full)
+
+
+@pytest.mark.parametrize("head", [
+    b"GET / HTTP/1.1", b"GET / HTTP/1.1\r\nHost: h\r\nX:  y \t", b"GET / HTTP/1.1\nA:b\nC: d\r",
+    b"GET / HTTP/1.1\r\nX-Long: a\r\n  b", b"GET / HTTP/1.1\r\nno colon", b"GET / HTTP/1.1\r\n: v",
+    b"GET / HTTP/1.1\r\n\r\nA: b", b"GET / HTTP/1.1\r\nA: b\r\n", b"GET / HTTP/1.1\r\n\tA: b", b"GET / HTTP/1.1\r\nA:",
+    b"GET / HTTP/1.1\r\nA\xe9: \xe9\r\nB: c",
+])
+def test_head_fast_path_agrees_with_the_line_by_line_parse(head: bytes) -> None:
+    from qtap_async.protocols.http1 import _header_list, _parse_head
+
+    text = head.decode("latin-1") if b"\xe9" in head else head.decode()
+    lines = text.split("\n")
+    assert _parse_head(head) == (lines[0].removesuffix("\r"), _header_list(lines))
