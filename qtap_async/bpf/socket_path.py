@@ -72,3 +72,18 @@ def describe(path: str) -> str:
     if path == SOCK:
         return "socket tracepoints (tp_btf sock:sock_send_length + sock:sock_recv_length)"
     return "syscall tracepoints (sys_enter/sys_exit of read, write, readv, writev, sendto, recvfrom, sendmsg, recvmsg)"
+
+
+# Both paths alike: what neither captures as payload (their byte counts and gaps are reported).
+NOT_COVERED = ("sendfile, splice and io_uring: bytes counted as gaps, not captured; sendmmsg/recvmmsg: their own "
+               "syscall programs; 32-bit (compat) syscalls and kernel-internal sends: not seen")
+
+
+def effective(setting: str | None, probe_works: bool, probe_error: str = "") -> tuple[str, str]:
+    """choose(), knowing whether the sock programs load here (qtap inspect's probe): what the agent would run."""
+    path, why = choose(setting)
+    if path == SOCK and not probe_works:
+        if requested(setting) == SOCK:
+            raise ConfigError(f"socket path 'sock' was asked for, but its program does not load: {probe_error}")
+        return SYSCALLS, f"fallback: the sock tracepoint program does not load or attach: {probe_error}"
+    return path, why
