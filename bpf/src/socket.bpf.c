@@ -384,6 +384,8 @@ int tp_exit_sendmsg(struct trace_event_raw_sys_exit *ctx)
 #define QTAP_TS_COMPAT 0x0002
 #define QTAP_MSG_FASTOPEN 0x20000000
 
+/* `flags` are the receive's flags (MSG_PEEK, MSG_TRUNC); a send's tracepoint passes 0, so a send's flags
+ * (MSG_FASTOPEN) are taken from the syscall's arguments. */
 static __always_inline int sock_length(struct sock *sk, int ret, int flags, __u8 dir)
 {
 	struct task_struct *task;
@@ -432,6 +434,8 @@ static __always_inline int sock_length(struct sock *sk, int ret, int flags, __u8
 			return 0;
 		a.buf = regs->si;
 		a.kind = QTAP_IO_BUF;
+		if (nr == QTAP_NR_SENDTO)
+			flags = regs->r10;
 		break;
 	case QTAP_NR_READV:
 	case QTAP_NR_WRITEV:
@@ -450,6 +454,8 @@ static __always_inline int sock_length(struct sock *sk, int ret, int flags, __u8
 		a.buf = (__u64)msg.msg_iov;
 		a.iovcnt = msg.msg_iovlen;
 		a.kind = QTAP_IO_MSG;
+		if (nr == QTAP_NR_SENDMSG)
+			flags = regs->dx;
 		break;
 	default:
 		return 0;
