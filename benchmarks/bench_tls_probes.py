@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from qtap_async.bpf.loader import Capture, CaptureSettings  # noqa: E402
+from qtap_async.bpf.object import BpfObject  # noqa: E402
 from qtap_async.tls import FileKey, analyze_file  # noqa: E402
 from qtap_async.tls.attach import TlsProbes, system_tls_libraries  # noqa: E402
 
@@ -164,6 +165,19 @@ def _plan(probes: TlsProbes, lib_path: str) -> int:
     return probes.attach(lib, system=True).probes
 
 
+class _NoSyscallsCapture(Capture):
+    """Measurement only, NOT a working capture: the sock path with every syscall tracepoint left out too
+    (connect, accept, close, socket, sendfile, splice, mmsg). While any syscall tracepoint is attached, every
+    syscall of every task takes the kernel's syscall-tracing slow path; this mode prices that remainder."""
+
+    def _open_socket(self, directory: Path, path: str) -> BpfObject:
+        sock = super()._open_socket(directory, path)
+        for prog in sock.programs.values():
+            if prog.section.startswith("tracepoint/syscalls/"):
+                prog.set_autoload(False)
+        return sock
+
+
 def run_mode(mode: str, port: int, pids: list[int], libssl: str) -> dict[str, float]:
     # "plan@syscalls": the plan set over the syscall tracepoint path; no suffix: the path the kernel picks.
     mode, _, path = mode.partition("@")
@@ -186,7 +200,10 @@ def run_mode(mode: str, port: int, pids: list[int], libssl: str) -> dict[str, fl
             agent.send_signal(signal.SIGINT)
             agent.wait(30)
         return r
-    cap = Capture(CaptureSettings(self_tgid=os.getpid(), **({"socket_path": path} if path else {})))
+    if path == "sock-nosyscalls":
+        cap: Capture = _NoSyscallsCapture(CaptureSettings(self_tgid=os.getpid(), socket_path="sock"))
+    else:
+        cap = Capture(CaptureSettings(self_tgid=os.getpid(), **({"socket_path": path} if path else {})))
     probes = TlsProbes(cap)
     drain = _Drain(cap)
     try:
