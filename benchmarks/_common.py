@@ -46,26 +46,30 @@ def machine() -> dict[str, Any]:
         "load_1m": round(load1, 2),
         "load_5m": round(load5, 2),
         "load_15m": round(load15, 2),
-        "bpf_objects": _objects_id(),
+        "bpf_objects": objects_id(),
     }
 
 
-def _objects_id() -> str:
-    """Which BPF objects were measured (QTAP_BPF_DIR can point a run at another build)."""
+def objects_id() -> str:
+    """Which BPF build was measured (QTAP_BPF_DIR can point a run at another one): one sha256 over every
+    object of the directory, so run_all can check that every part of a run measured the same build."""
     import hashlib
 
     from qtap_async.bpf.loader import objects_dir as od
 
-    sock = od() / "socket.bpf.o"
+    directory = od()
     # Named relative to the checkout when it is inside it: results are committed, machine paths are not.
     try:
-        where = str(sock.parent.resolve().relative_to(ROOT))
+        where = str(directory.resolve().relative_to(ROOT))
     except ValueError:
-        where = str(sock.parent)
-    try:
-        return f"{where} socket.bpf.o sha256:{hashlib.sha256(sock.read_bytes()).hexdigest()[:12]}"
-    except OSError:
+        where = str(directory)
+    objs = sorted(directory.glob("*.bpf.o"))
+    if not objs:
         return f"{where} (missing)"
+    h = hashlib.sha256()
+    for o in objs:
+        h.update(o.name.encode() + b"\0" + o.read_bytes())
+    return f"{where} {len(objs)} objects sha256:{h.hexdigest()[:12]}"
 
 
 def write_result(name: str, result: dict[str, Any], summary: str) -> None:
@@ -302,6 +306,37 @@ def objects_dir() -> Path:
     return od()
 
 
+def skipped_socket_programs() -> list[str]:
+    """The socket.bpf.o programs the agent would not load here (the socket I/O path it does not choose): the
+    reference skips the same ones, so both run one path. Empty for a build with a single path."""
+    try:
+        from qtap_async.bpf import socket_path
+    except ImportError:
+        return []
+    path, _ = socket_path.choose()
+    other = socket_path.SYSCALLS if path == socket_path.SOCK else socket_path.SOCK
+    return sorted(socket_path.PROGRAMS[other])
+
+
+def tls_plan_file(pid: int) -> Path:
+    """The agent's TLS probe plan for every TLS library process `pid` maps, as qtap_ref's --tls-plan lines
+    ("PROGRAM RETPROBE OFFSET COOKIE PATH"). Raises when the process maps no TLS library: a reference run
+    "with TLS probes" that attaches none would measure the wrong thing."""
+    from qtap_async.tls.attach import attach_path, probe_groups
+    from qtap_async.tls.discover import scan_pid
+
+    lines = []
+    for lib in scan_pid(pid).values():
+        groups, _ = probe_groups(lib)
+        for (prog, retprobe), sites in groups.items():
+            lines += [f"{prog} {int(retprobe)} {off} {cookie} {attach_path(lib)}" for off, cookie in sites]
+    if not lines:
+        raise RuntimeError(f"process {pid} maps no TLS library with a probe plan")
+    with tempfile.NamedTemporaryFile("w", prefix="qtap-ref-tls-", suffix=".plan", delete=False) as f:
+        f.write("\n".join(lines) + "\n")
+    return Path(f.name)
+
+
 class Consumer:
     """A ring-buffer consumer in its own process: none, the C reference (ref: as the agent, woken once
     64 KiB wait or on a 20 ms timer; ref_wake_each: woken for every record; ref_poll: draining every 1 ms),
@@ -316,12 +351,20 @@ class Consumer:
         self.proc: subprocess.Popen[str] | None = None
         self.stderr: list[str] = []
         self.stdout = ""
+        self._plan: Path | None = None
         if mode == "none":
             return
         if mode == "ref_poll":  # the reference draining every 1 ms instead of sleeping in epoll
             poll_sleep_us = poll_sleep_us or 1000
         if mode.startswith("ref"):
             cmd = [str(build_reference()), str(objects_dir()), "--ring-mib", str(ring_mib)]
+            for name in skipped_socket_programs():
+                cmd += ["--skip-program", name]
+            if mode == "ref_tls":  # the same TLS uprobes as the agent attaches to the target's libraries
+                if not target_tgid:
+                    raise ValueError("ref_tls needs target_tgid: the plan is the target's TLS libraries")
+                self._plan = tls_plan_file(target_tgid)
+                cmd += ["--tls-plan", str(self._plan)]
             if mode == "ref_wake_each":  # the kernel wakes the consumer for every record (wakeup_bytes 0)
                 cmd += ["--wakeup-bytes", "0"]
             if target_tgid:
@@ -331,7 +374,8 @@ class Consumer:
             ready = "ATTACHED"
             out = subprocess.PIPE
         else:
-            cmd = [str(VENV_BIN / "qtap"), "run", "--level", mode, "--ring-buffer-mib", str(ring_mib)]
+            # --stats: every counter as one JSON line on stderr at stop (the final counters read below)
+            cmd = [str(VENV_BIN / "qtap"), "run", "--level", mode, "--ring-buffer-mib", str(ring_mib), "--stats"]
             if target_tgid:
                 cmd += ["--pid", str(target_tgid)]
             if not tls:
@@ -358,6 +402,17 @@ class Consumer:
         self._pump.start()
         if not attached.wait(120) or self.proc.poll() is not None:
             raise RuntimeError(f"consumer {mode} did not attach: {''.join(self.stderr)[-2000:]}")
+        self._settle()
+
+    def _settle(self, window_s: float = 0.5, busy: float = 0.05, limit_s: float = 30.0) -> None:
+        """Wait until the consumer is idle (under `busy` of a core over `window_s`): after "attached" the agent
+        still scans the host's TLS libraries, and that start-up work must not land in the first measurement."""
+        deadline = time.monotonic() + limit_s
+        while time.monotonic() < deadline:
+            c0 = self.cpu_seconds()
+            time.sleep(window_s)
+            if self.cpu_seconds() - c0 < busy * window_s:
+                return
 
     @property
     def pid(self) -> int:
@@ -390,6 +445,8 @@ class Consumer:
         # stderr belongs to the pump thread (reading it here too would steal lines); stdout is one line.
         self._pump.join(10)
         out = self.proc.stdout.read() if self.proc.stdout is not None else ""
+        if self._plan is not None:
+            self._plan.unlink(missing_ok=True)
         if self.mode.startswith("ref"):
             d = json.loads(out.strip().splitlines()[-1])
             return {"records": d["records"], "kernel_records": d["kernel_records"],
@@ -399,8 +456,10 @@ class Consumer:
             if line.startswith("MEMORY "):  # benchmarks/_agent_proc.py: peaks of the buffered bytes
                 memory = {f"peak_{k}": v for k, v in json.loads(line[7:]).items()}
         for line in reversed(self.stderr):
-            if "stopped: " in line:
-                s = json.loads(line.split("stopped: ", 1)[1])
+            # `qtap run --stats` prints the counters as a JSON line; _agent_proc.py logs "stopped: {...}".
+            text = line.split("stopped: ", 1)[1] if "stopped: {" in line else line
+            if text.startswith("{") and "qtap_source_records_total" in text:
+                s = json.loads(text)
                 return {"records": s["qtap_source_records_total"] - s["qtap_source_dropped_records_total"],
                         "kernel_records": s["qtap_kernel_records_total"],
                         "kernel_drop_ringbuf": s["qtap_kernel_drop_ringbuf_total"],

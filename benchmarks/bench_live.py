@@ -1,19 +1,25 @@
 """Live overhead: nginx over HTTP and HTTPS with no agent, the C reference consumer, and `qtap run`.
 
 Workloads (HTTP/1.1, small responses, nginx with one worker), each 3 s:
-- h2load --rps fixed rate: 2k req/s (10 clients x 200) and 10k req/s (20 clients x 500): latency p50/p99
-  from h2load's per-request log;
+- h2load --rps at fixed offered loads: HTTP 2k and 10k req/s; HTTPS 2k, 5k, 10k and 20k req/s; latency
+  p50/p99 from h2load's per-request log;
 - wrk saturation (1 thread, 16 connections): throughput and latency percentiles.
 
 Consumers, all tracing the nginx worker (--pid / --target-tgid; the hooks still fire for every process):
-none, ref (benchmarks/reference/qtap_ref: socket + process objects, counts records, no TLS probes),
-ref_wake_each (the same with .rodata wakeup_bytes=0: a kernel wakeup for every record; ref is woken as
-the agent is, once 64 KiB wait, else on a 20 ms timer),
-`qtap run --level summary` and `qtap run --level full` (TLS discovery on: HTTPS is seen in plaintext).
+- none;
+- ref: benchmarks/reference/qtap_ref (socket + process objects, counts records), no TLS probes;
+- ref_tls: the same plus tls.bpf.o with exactly the uprobes the agent attaches to nginx's TLS libraries (the
+  agent's own plan, qtap_async.tls.attach.probe_groups): what the hooks alone cost;
+- `qtap run --level summary` and `--level details` (TLS discovery on: HTTPS is seen in plaintext).
+ref_wake_each (the reference woken for every record) runs with --modes.
 Interleaved in one run: the modes in order, then the reverse order; the median of the repetitions
-is reported. CPU: nginx worker, load client and consumer, in % of one core over the load's duration.
+is reported. CPU: nginx worker, load client and consumer, in % of one core over the load's duration, and the
+consumer's CPU per request.
+Then one more session profiles the agent (summary level, HTTPS at 5k req/s) with py-spy, sampling its Python
+stacks without stopping it: benchmarks/results/live_profile.txt has the self and inclusive shares.
 Writes benchmarks/results/live.json.
-Usage: python benchmarks/bench_live.py [--quick]
+Usage: python benchmarks/bench_live.py [--quick] [--reps N] [--modes none,ref,...] [--no-profile]
+--reps: repetitions of the mode sequence, alternately forward and reversed (default 2; --quick 1).
 """
 
 from __future__ import annotations
@@ -28,18 +34,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import Consumer, Nginx, run_load, write_result
 
-MODES = ("none", "ref", "ref_wake_each", "summary", "full")
+MODES = ("none", "ref", "ref_tls", "summary", "details")
+#: offered loads in req/s (h2load --rps), per protocol; "wrk" is saturation
+RATES = {"http": (2000, 10000), "https": (2000, 5000, 10000, 20000)}
 
 
 def loads(ng: Nginx, duration: float) -> list[tuple[str, str, str, dict[str, Any]]]:
     out = []
     for proto, port in (("http", ng.http_port), ("https", ng.https_port)):
         url = f"{proto}://127.0.0.1:{port}/small"
-        out += [
-            (f"{proto}_2k", "h2load", url, {"clients": 10, "rps_per_client": 200, "duration_s": duration}),
-            (f"{proto}_10k", "h2load", url, {"clients": 20, "rps_per_client": 500, "duration_s": duration}),
-            (f"{proto}_wrk", "wrk", url, {"clients": 16, "duration_s": duration}),
-        ]
+        for rate in RATES[proto]:
+            clients = 10 if rate <= 2000 else 20 if rate <= 10000 else 40
+            out.append((f"{proto}_{rate // 1000}k", "h2load", url,
+                        {"clients": clients, "rps_per_client": rate // clients, "duration_s": duration}))
+        out.append((f"{proto}_wrk", "wrk", url, {"clients": 16, "duration_s": duration}))
     return out
 
 
@@ -63,6 +71,8 @@ def session(ng: Nginx, mode: str, duration: float) -> dict[str, dict[str, float]
                 "nginx_cpu_pct": round(100 * nginx_cpu / wall, 1),
                 "client_cpu_pct": round(100 * res["client_cpu_s"] / wall, 1),
                 "consumer_cpu_pct": round(100 * (c.cpu_seconds() - cpu0) / wall, 1),
+                "consumer_cpu_us_per_req": round(1e6 * (c.cpu_seconds() - cpu0) / max(1.0, res["req_per_s"] * wall),
+                                                 2),
             }
     finally:
         final = c.stop()
@@ -72,19 +82,73 @@ def session(ng: Nginx, mode: str, duration: float) -> dict[str, dict[str, float]
     return out
 
 
+def profile(ng: Nginx, duration: float, level: str = "summary") -> dict[str, Any]:
+    """py-spy samples of the agent's Python stacks under HTTPS at 5k req/s: the top self-time and inclusive
+    functions (shares of all samples), written to results/live_profile.txt."""
+    import shutil
+    import subprocess
+    import tempfile
+    from collections import Counter
+
+    spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
+    if spy is None:
+        raise RuntimeError("py-spy is not installed (pip install -e '.[dev]'); run with --no-profile")
+    c = Consumer(level, target_tgid=ng.pids()[-1], tls=True)
+    with tempfile.NamedTemporaryFile(suffix=".raw") as raw:
+        try:
+            rec = subprocess.Popen([spy, "record", "-p", str(c.pid), "-d", f"{duration:g}", "-r", "250", "-f",
+                                    "raw", "-o", raw.name, "--nonblocking"],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            run_load("h2load", f"https://127.0.0.1:{ng.https_port}/small", duration, clients=20, rps_per_client=250)
+            _, err = rec.communicate(timeout=duration + 60)
+            if rec.returncode:
+                raise RuntimeError(f"py-spy failed: {err[-500:]}")
+        finally:
+            c.stop()
+        self_t: Counter[str] = Counter()
+        incl: Counter[str] = Counter()
+        for line in Path(raw.name).read_text().splitlines():
+            stack, _, n = line.rpartition(" ")
+            frames = [f.split(" (")[0] + " " + f.rsplit("/", 1)[-1].split(":")[0].rstrip(")")
+                      for f in stack.split(";") if f]
+            if not frames or not n.isdigit():
+                continue
+            self_t[frames[-1]] += int(n)
+            for f in set(frames):
+                incl[f] += int(n)
+    total = sum(self_t.values()) or 1
+    # Inclusive shares below the event loop's own frames (Runner.run and above hold every sample).
+    inner = [(f, v) for f, v in incl.most_common() if v < 0.95 * total]
+    lines = [f"## agent at {level} level, HTTPS 5k req/s, {total} samples: self time share"]
+    lines += [f"{100 * v / total:5.1f}%  {f}" for f, v in self_t.most_common(15)]
+    lines += ["", "## inclusive share (the function and what it calls)"]
+    lines += [f"{100 * v / total:5.1f}%  {f}" for f, v in inner[:20]]
+    (Path(__file__).resolve().parent / "results" / "live_profile.txt").write_text("\n".join(lines) + "\n")
+    return {"profile_samples": total, "profile_file": "benchmarks/results/live_profile.txt",
+            "profile_top_inclusive": [[f, round(100 * v / total, 1)] for f, v in inner[:8]]}
+
+
 def main() -> None:
     quick = "--quick" in sys.argv
+    modes: tuple[str, ...] = MODES
+    if "--modes" in sys.argv:
+        modes = tuple(sys.argv[sys.argv.index("--modes") + 1].split(","))
+        if modes[0] != "none":
+            raise SystemExit("--modes: the first mode must be none (the ratios are to it)")
     duration = 2.0 if quick else 3.0
     t0 = time.monotonic()
-    runs: dict[str, list[dict[str, dict[str, float]]]] = {m: [] for m in MODES}
+    runs: dict[str, list[dict[str, dict[str, float]]]] = {m: [] for m in modes}
     with Nginx() as ng:
-        order = list(MODES) if quick else list(MODES) + list(reversed(MODES))
+        reps = int(sys.argv[sys.argv.index("--reps") + 1]) if "--reps" in sys.argv else (1 if quick else 2)
+        order = [m for r in range(reps) for m in (modes if r % 2 == 0 else tuple(reversed(modes)))]
         for mode in order:
             runs[mode].append(session(ng, mode, duration))
     result: dict[str, Any] = {
         "workload": "nginx 1 worker, HTTP/1.1 small responses; h2load fixed rate and wrk saturation, "
                     f"{duration:g} s per load; consumers trace the nginx worker",
         "repetitions": len(runs["none"]),
+        "modes": list(modes),
+        "loads": list(runs["none"][0]),
     }
     for mode, sessions in runs.items():
         for load in sessions[0]:
@@ -93,15 +157,18 @@ def main() -> None:
                 result[f"{load}_{mode}_{metric}"] = round(statistics.median(vals), 3)
     for load in runs["none"][0]:
         base = result[f"{load}_none_req_per_s"]
-        for mode in MODES[1:]:
+        for mode in modes[1:]:
             if base:
                 result[f"{load}_{mode}_throughput_vs_none"] = round(result[f"{load}_{mode}_req_per_s"] / base, 3)
+    if "--no-profile" not in sys.argv:
+        with Nginx() as ng:
+            result.update(profile(ng, 6.0 if quick else 10.0))
     result["bench_seconds"] = round(time.monotonic() - t0, 1)
     r = result
     write_result("live", result,
-                 "wrk saturation req/s http none/ref/summary/full "
-                 + "/".join(str(r[f"http_wrk_{m}_req_per_s"]) for m in MODES)
-                 + "; https " + "/".join(str(r[f"https_wrk_{m}_req_per_s"]) for m in MODES))
+                 f"wrk saturation req/s http {'/'.join(modes)} "
+                 + "/".join(str(r[f"http_wrk_{m}_req_per_s"]) for m in modes)
+                 + "; https " + "/".join(str(r[f"https_wrk_{m}_req_per_s"]) for m in modes))
 
 
 if __name__ == "__main__":

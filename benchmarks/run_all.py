@@ -1,8 +1,10 @@
 """Runs the five capture benchmarks (replay, drain, live, memory, overload) and writes benchmarks/RESULTS.md.
 
 Each benchmark runs in its own process (as `just bench` runs it) and writes benchmarks/results/<name>.json;
-RESULTS.md is generated from those files, with the machine, the date and the load before and after.
-Needs root (real BPF). About 7-8 minutes on 2 cores.
+RESULTS.md is generated from those files, with the machine, the date and the load before and after, the
+performance targets (met or missed, from the data) and PNG plots of the live HTTPS runs against offered load.
+The BPF build is identified once (one hash over every object) and every part's result must name the same
+build, else the run fails. Needs root (real BPF). About 10-12 minutes on 2 cores.
 Usage: python benchmarks/run_all.py [--quick] [--report-only]
 """
 
@@ -46,7 +48,8 @@ def report(run_meta: dict[str, Any]) -> str:
     md += ["## Machine and run", ""]
     md += _table(["", ""], [
         ["kernel", any_.get("kernel", "")], ["CPU", f"{any_.get('cpu_model', '')}, {any_.get('cpus', '')} cores"],
-        ["python", any_.get("python", "")], ["BPF objects", any_.get("bpf_objects", "")],
+        ["python", any_.get("python", "")],
+        ["BPF build (every part)", run_meta.get("bpf_objects", any_.get("bpf_objects", ""))],
         ["run started (UTC)", run_meta.get("started", "")], ["run took", run_meta.get("took", "")],
         ["load average (1/5/15 min) before", run_meta.get("load_before", "")],
         ["load average after", run_meta.get("load_after", "")],
@@ -100,26 +103,33 @@ def report(run_meta: dict[str, Any]) -> str:
         f_ratio = dr.get("agent_full_vs_ref_cpu_per_record_ratio")
         md += [f"Agent cost per record vs reference: summary **{s_ratio}x**, full **{f_ratio}x** (fixed rate).", ""]
     if lv:
+        modes = lv.get("modes") or ["none", "ref", "ref_wake_each", "summary", "full"]
+        loads = lv.get("loads") or ["http_2k", "http_10k", "http_wrk", "https_2k", "https_10k", "https_wrk"]
         md += ["## 3. Live overhead on nginx", "", f"{lv.get('workload')}. Median of {lv.get('repetitions')} "
-               "interleaved repetitions (none, ref, ref_wake_each, summary, full, then reversed). CPU in % of one",
-               "core;",
-               "ref_wake_each: the reference with wakeup_bytes=0 (a kernel wakeup per record, the BPF default",
-               "before 1622d29); ref: woken once 64 KiB wait or on a 20 ms timer, as the agent.",
-               "nginx µs/req = nginx worker CPU per request (the hooks run in its context).", ""]
+               f"interleaved repetitions ({', '.join(modes)}, then reversed). CPU in % of one core.",
+               "ref: the C reference consumer with the socket and process hooks; ref_tls: the same plus exactly",
+               "the TLS uprobes the agent attaches to nginx's libraries (the hooks alone); summary/details: `qtap run`",
+               "at that level. nginx µs/req = nginx worker CPU per request (the hooks run in its context); consumer",
+               "µs/req = the consumer's own CPU per request.", ""]
         rows = []
-        for load in ("http_2k", "http_10k", "http_wrk", "https_2k", "https_10k", "https_wrk"):
-            for m in ("none", "ref", "ref_wake_each", "ref_poll", "summary", "full"):
+        for load in loads:
+            for m in modes:
                 k = f"{load}_{m}"
                 if f"{k}_req_per_s" not in lv:
                     continue
-                rows.append([load if m == "none" else "", m, lv[f"{k}_req_per_s"],
+                rows.append([load if m == modes[0] else "", m, lv[f"{k}_req_per_s"],
                              lv.get(f"{k}_throughput_vs_none", 1.0 if m == "none" else ""), lv[f"{k}_p50_ms"],
                              lv[f"{k}_p99_ms"], lv.get(f"{k}_nginx_cpu_us_per_req", ""), lv[f"{k}_nginx_cpu_pct"],
-                             lv[f"{k}_client_cpu_pct"],
-                             lv[f"{k}_consumer_cpu_pct"]])
+                             lv[f"{k}_client_cpu_pct"], lv[f"{k}_consumer_cpu_pct"],
+                             lv.get(f"{k}_consumer_cpu_us_per_req", "")])
         md += _table(["load", "consumer", "req/s", "vs none", "p50 ms", "p99 ms", "nginx µs/req", "nginx CPU %",
-                      "client CPU %",
-                      "consumer CPU %"], rows)
+                      "client CPU %", "consumer CPU %", "consumer µs/req"], rows)
+        for png, what in plots(lv):
+            md += [f"![{what}](results/{png.name})", ""]
+        lprof = RESULTS / "live_profile.txt"
+        if lv.get("profile_file") and lprof.exists():
+            md += ["The live agent's Python stacks (py-spy, sampled without stopping it):", "", "```",
+                   lprof.read_text().rstrip(), "```", ""]
     if mem:
         md += ["## 4. Memory (agent RSS)", ""]
         rows = [[k, v] for k, v in mem.items() if k.startswith(("idle_", "streaming_"))]
@@ -146,70 +156,176 @@ def report(run_meta: dict[str, Any]) -> str:
                "kernel RECORDS but neither processed nor counted as dropped by the agent: `Agent.snapshot()`",
                "has no counter for them. The benchmark measures them by detaching every link before emptying",
                "the ring and reading the counters; with that term the identity balances exactly.", ""]
+    md += ["## Targets (performance issue)", "", "Computed from this run's results; not measured means the part did",
+           "not run or did not produce that figure.", ""]
+    md += _table(["what", "measured", "target", ""], targets(rp, lv, mem))
     md += findings(rp, dr, mem, ov, lv)
     return "\n".join(md)
 
 
+OFFERED = ("2k", "5k", "10k", "20k", "wrk")
+
+
+def plots(lv: dict[str, Any]) -> list[tuple[Path, str]]:
+    """PNG plots of the live HTTPS runs: throughput relative to no probes and p99 latency, against offered
+    load (fixed rates, then wrk saturation), one line per consumer. Returns (file, caption) pairs."""
+    modes = [m for m in lv.get("modes", []) if f"https_wrk_{m}_req_per_s" in lv]
+    xs = [x for x in OFFERED if f"https_{x}_none_req_per_s" in lv]
+    if not modes or not xs:
+        return []
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [("saturation" if x == "wrk" else f"{x} req/s") for x in xs]
+    out = []
+    for key, ylabel, name in (("throughput_vs_none", "throughput / no probes", "live_https_throughput.png"),
+                              ("p99_ms", "p99 latency (ms)", "live_https_p99.png")):
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for m in modes:
+            ys = [lv.get(f"https_{x}_{m}_{key}", 1.0 if (m == "none" and key == "throughput_vs_none") else None)
+                  for x in xs]
+            ax.plot(labels, [float("nan") if y is None else y for y in ys], marker="o", label=m)
+        ax.set_xlabel("offered load (HTTPS, nginx 1 worker)")
+        ax.set_ylabel(ylabel)
+        if key == "p99_ms":
+            ax.set_yscale("log")
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        fig.savefig(RESULTS / name, dpi=100)
+        plt.close(fig)
+        out.append((RESULTS / name, f"HTTPS {ylabel} against offered load"))
+    return out
+
+
+def _num(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def targets(rp: dict[str, Any], lv: dict[str, Any], mem: dict[str, Any]) -> list[list[Any]]:
+    """The performance issue's targets: (what, measured, target, met) computed from this run's data. A
+    figure the run did not produce shows as "not measured", never as met."""
+    def ratio(a: float | None, b: float | None) -> float | None:
+        return round(a / b, 2) if a is not None and b else None
+
+    idle = sorted((k for k in mem if k.startswith("idle_") and k.endswith("_kib_per_connection")
+                   and "capped" not in k), key=lambda k: -int(k.split("_")[1]))
+    n = idle[0].split("_")[1] if idle else ""
+    after = _num(mem.get(f"idle_{n}_rss_after_close_mib"))
+    start = _num(mem.get(f"idle_{n}_rss_start_mib"))
+    held = _num(mem.get(f"idle_{n}_rss_held_mib"))
+    # "back near baseline": at most a tenth of what the open connections held above the start.
+    returned = (round(after - start, 1) if after is not None and start is not None else None)
+    near = (held - start) * 0.1 if held is not None and start is not None else None
+    rows: list[tuple[str, float | None, str, bool | None]] = [
+        ("replay, small HTTP/1.1, summary (tx/s/core)", _num(rp.get("http1_small_summary_tx_per_s_per_core")),
+         ">= 150000", None),
+        ("replay, small HTTP/1.1, details (tx/s/core)", _num(rp.get("http1_small_details_tx_per_s_per_core")),
+         ">= 100000", None),
+        ("replay, HTTP/2 streams, details (tx/s/core)", _num(rp.get("h2_streams_details_tx_per_s_per_core")),
+         ">= 80000", None),
+        ("live HTTPS saturation, hooks alone (ref_tls) vs no probes",
+         _num(lv.get("https_wrk_ref_tls_throughput_vs_none")), ">= 0.70", None),
+        ("live HTTPS saturation, agent summary vs no probes", _num(lv.get("https_wrk_summary_throughput_vs_none")),
+         ">= 0.50", None),
+        ("agent CPU per HTTPS request at 10k req/s, summary (µs)",
+         _num(lv.get("https_10k_summary_consumer_cpu_us_per_req")), "<= 10", None),
+        ("p99 at 10k req/s HTTPS, agent summary / reference with TLS probes",
+         ratio(_num(lv.get("https_10k_summary_p99_ms")), _num(lv.get("https_10k_ref_tls_p99_ms"))), "<= 1.2", None),
+        (f"{n} idle connections (KiB each)", _num(mem.get(idle[0])) if idle else None, "<= 2", None),
+        (f"RSS above start after the {n} connections closed (MiB)", returned,
+         f"<= {near:.1f} (a tenth of what they held)" if near is not None else "near baseline",
+         (returned <= near) if returned is not None and near is not None else None),
+        ("1k streaming connections, full level, peak RSS (MiB)", _num(mem.get("streaming_rss_peak_mib")), "<= 200",
+         None),
+    ]
+    out: list[list[Any]] = []
+    for what, got, want, met in rows:
+        if got is None:
+            out.append([what, "not measured", want, "-"])
+            continue
+        if met is None:
+            op, bound = want.split()[0], float(want.split()[1])
+            met = got >= bound if op == ">=" else got <= bound
+        out.append([what, got, want, "met" if met else "**missed**"])
+    return out
+
+
 def findings(rp: dict[str, Any], dr: dict[str, Any], mem: dict[str, Any], ov: dict[str, Any],
              lv: dict[str, Any] | None = None) -> list[str]:
-    """What the numbers say, with the numbers (only the parts whose data is present)."""
+    """What the numbers say, with the numbers (only the parts whose data is present): every sentence is
+    computed from this run, so none survives a rerun that contradicts it."""
     md = ["## Findings", ""]
-    if lv and "http_wrk_ref_wake_each_nginx_cpu_us_per_req" in lv:
-        n, r, w = (lv[f"http_wrk_{m}_nginx_cpu_us_per_req"] for m in ("none", "ref", "ref_wake_each"))
-        rates = " / ".join(f"{lv[f'http_wrk_{m}_req_per_s']:.0f}" for m in ("none", "ref_wake_each", "ref"))
-        md.append(f"- Kernel side: at saturation (wrk, HTTP) nginx spends {n} µs per request without hooks, {w} µs "
-                  f"with the hooks when the kernel wakes the consumer for every record (ref_wake_each), {r} µs "
-                  f"with wakeups batched (ref: once 64 KiB wait, as the agent since 1622d29); throughput {rates} "
-                  "req/s. The difference is the ring buffer's irq_work wakeups (one per record that finds a fast "
-                  "consumer caught up); the rest of the hook cost is the programs' own work in nginx's syscalls.")
+    lv = lv or {}
+    rows = targets(rp, lv, mem)
+    measured = [r for r in rows if r[3] != "-"]
+    if measured:
+        met = [r for r in measured if r[3] == "met"]
+        md.append(f"- Targets: {len(met)} of {len(measured)} measured are met"
+                  + (f"; missed: {'; '.join(f'{r[0]} = {r[1]} (target {r[2]})' for r in measured if r[3] != 'met')}"
+                     if len(met) < len(measured) else "") + ".")
+    prof = RESULTS / "replay_profile.txt"
+    if rp and prof.exists():
+        top = [ln.strip() for ln in prof.read_text().splitlines() if ln.strip() and not ln.startswith("#")][:3]
+        if top:
+            md.append(f"- Replay profile, largest self-time shares: {'; '.join(top)}.")
+    top = [f"{name} {share} %" for name, share in lv.get("profile_top_inclusive", [])
+           if not name.startswith(("TrackingStage.", "Runner."))][:4]
+    if top:
+        md.append(f"- Live agent profile (summary, HTTPS 5k req/s, {lv.get('profile_samples')} samples), largest "
+                  f"inclusive shares below the stage loop: {'; '.join(top)}.")
+    if lv and "https_wrk_ref_req_per_s" in lv and "https_wrk_ref_tls_req_per_s" in lv:
+        n, r, t = (lv.get(f"https_wrk_{m}_nginx_cpu_us_per_req") for m in ("none", "ref", "ref_tls"))
+        md.append(f"- Hooks at HTTPS saturation: nginx spends {n} µs per request without probes, {r} µs with the "
+                  f"socket and process hooks, {t} µs with the TLS uprobes added; throughput "
+                  f"{lv.get('https_wrk_ref_throughput_vs_none')} and {lv.get('https_wrk_ref_tls_throughput_vs_none')}"
+                  " of no probes.")
+    for lvl in ("summary", "details"):
+        k = f"https_wrk_{lvl}"
+        if f"{k}_consumer_cpu_pct" in lv:
+            per_req = lv.get(f"{k}_consumer_cpu_us_per_req")
+            md.append(f"- Agent at {lvl} level, HTTPS saturation: {lv.get(f'{k}_throughput_vs_none')} of no-probe "
+                      f"throughput, the agent on {lv[f'{k}_consumer_cpu_pct']} % of a core"
+                      + (f" ({per_req} µs per request)" if per_req is not None else "")
+                      + f", nginx {lv.get(f'{k}_nginx_cpu_us_per_req')} µs per request.")
     if dr:
         md.append(f"- Per record, the agent spends {dr.get('agent_summary_vs_ref_cpu_per_record_ratio')}x "
                   f"(summary) / {dr.get('agent_full_vs_ref_cpu_per_record_ratio')}x (full) the CPU of the C "
-                  "reference consumer on the same workload; the drain itself is cheap, the per-record Python work "
-                  "(decode, conntrack, parsers, output) is the cost (profile above).")
+                  "reference consumer on the same workload.")
     if mem:
         mib = 2**20
-        pend = mem.get("streaming_reassembly_pending_bytes_peak", 0) / mib
-        body = mem.get("streaming_out_queue_body_bytes_peak", 0) / mib
-        acct = mem.get("streaming_out_queue_bytes_accounted_peak", 0) / mib
-        raw = mem.get("streaming_raw_queue_bytes_accounted_peak", 0) / mib
         holders = {
-            f"the raw queue, {raw:.0f} MiB in {mem.get('streaming_raw_queue_batches_peak')} batch(es): one drain "
-            "(RingBuffer.consume) takes everything the ring holds and keeps taking while the producers refill "
-            "it, so a batch has no size bound, and the raw channel admits any batch into an empty queue; bound "
-            "the drain (records/bytes per consume) so raw_queue_bytes means something": raw,
-            f"reassembly hold-back, {pend:.0f} MiB: a stream whose record the kernel dropped waits for bytes "
-            "that will never come (up to 1 MiB / 64 chunks per direction) before declaring the gap; the kernel "
-            "knows they are gone (DROP_RINGBUF), and saying so per socket (a skipped count in the next record) "
-            "would release them at once": pend,
-            f"bodies in the output queue, {body:.0f} MiB (accounted {acct:.1f} MiB at 512 B per event by "
-            "agent.len_sizeof, while a full-level event carries up to 64 KiB)": body,
+            "the raw queue": mem.get("streaming_raw_queue_bytes_accounted_peak", 0) / mib,
+            "reassembly hold-back": mem.get("streaming_reassembly_pending_bytes_peak", 0) / mib,
+            "bodies in the output queue": mem.get("streaming_out_queue_body_bytes_peak", 0) / mib,
         }
         ranked = sorted(holders.items(), key=lambda kv: -kv[1])
         md.append(f"- Memory under {mem.get('streaming_connections')} streaming connections (level full) peaks at "
                   f"{mem.get('streaming_rss_peak_mib')} MiB RSS (configured bound "
-                  f"{mem.get('streaming_configured_bound_mib')} MiB: queues + per-direction hold-back, body and "
-                  f"header limits). Largest holders at peak: 1) {ranked[0][0]}; 2) {ranked[1][0]}.")
-        if body > 1.5 * acct:
-            md.append(f"- out_queue_bytes does not bound memory at level full: {body:.0f} MiB of bodies were "
-                      f"queued while {acct:.1f} MiB were accounted.")
-        idle_keys = [k for k in mem if k.startswith("idle_") and k.endswith("_kib_per_connection")
-                     and "capped" not in k]
+                  f"{mem.get('streaming_configured_bound_mib')} MiB); largest holders at peak: "
+                  + ", ".join(f"{name} {v:.1f} MiB" for name, v in ranked) + ".")
+        idle_keys = sorted((k for k in mem if k.startswith("idle_") and k.endswith("_kib_per_connection")
+                            and "capped" not in k), key=lambda k: -int(k.split("_")[1]))
         if idle_keys:
-            k = idle_keys[0]
-            n = k.split("_")[1]
-            md.append(f"- {n} idle connections cost {mem[k]} KiB each ({mem.get(f'idle_{n}_rss_held_mib')} MiB "
-                      f"RSS); with max_connections=2000 the table holds 2000, evicts and counts "
-                      f"{mem.get(f'idle_{n}_capped_connections_evicted_full')}, RSS "
-                      f"{mem.get(f'idle_{n}_capped_rss_held_mib')} MiB. RSS is not returned to the system after "
-                      "the connections close (not investigated further).")
+            n = idle_keys[0].split("_")[1]
+            start, held, after = (mem.get(f"idle_{n}_rss_{w}_mib") for w in ("start", "held", "after_close"))
+            md.append(f"- {n} idle connections cost {mem[idle_keys[0]]} KiB each (RSS {start} MiB at start, {held} "
+                      f"MiB while open, {after} MiB after they closed).")
+            if f"idle_{n}_capped_rss_held_mib" in mem:
+                md.append(f"- With max_connections={mem.get(f'idle_{n}_capped_max_connections')} the table evicts "
+                          f"and counts {mem.get(f'idle_{n}_capped_connections_evicted_full')} of them; RSS "
+                          f"{mem.get(f'idle_{n}_capped_rss_held_mib')} MiB while open.")
     if ov:
-        md.append(f"- Overload accounting balances exactly once the records left in the ring after the source's "
-                  f"last drain are counted ({ov.get('notls_left_in_ring_at_close')} without TLS, "
-                  f"{ov.get('tls_left_in_ring_at_close')} with TLS in this run; none of them is in "
-                  "Agent.snapshot()). Fix in agent.run(): detach every link (TLS first, then "
-                  "socket/process) before the source's final drain, then read the kernel counters; or drain "
-                  "again after detaching and export the count (e.g. qtap_source_records_at_shutdown_total).")
+        for side, name in (("notls", "without TLS"), ("tls", "with TLS")):
+            if f"{side}_unaccounted" in ov:
+                md.append(f"- Overload {name}: {ov.get(f'{side}_seen_by_kernel')} records seen by the kernel, "
+                          f"{ov.get(f'{side}_kernel_drop_ringbuf')} dropped at the ring, "
+                          f"{ov.get(f'{side}_source_dropped_records')} dropped by the agent's source, "
+                          f"{ov.get(f'{side}_left_in_ring_at_close')} left in the ring at close; "
+                          f"{ov.get(f'{side}_unaccounted')} unaccounted.")
     return [*md, ""]
 
 
@@ -224,6 +340,12 @@ def main() -> None:
         meta["started"] = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
         meta["load_before"] = _load()
         meta["uptime_before"] = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+        sys.path.insert(0, str(HERE))
+        from _common import objects_id
+
+        build = objects_id()
+        meta["bpf_objects"] = build
+        print(f"run_all: BPF build {build}", flush=True)
         failed = []
         for name in BENCHES:
             cmd = [sys.executable, str(HERE / f"bench_{name}.py")] + (["--quick"] if quick else [])
@@ -232,6 +354,11 @@ def main() -> None:
             print(f"run_all: {name} exit {r.returncode} in {time.monotonic() - t:.0f} s", flush=True)
             if r.returncode:
                 failed.append(name)
+            elif _get(name).get("bpf_objects") != build:
+                # A rebuild in the middle of a run would compare two builds in one report.
+                print(f"run_all: {name} measured BPF build {_get(name).get('bpf_objects')}, not {build}",
+                      file=sys.stderr, flush=True)
+                failed.append(f"{name} (other BPF build)")
         meta["load_after"] = _load()
         meta["took"] = f"{time.monotonic() - t0:.0f} s" + (" (--quick)" if quick else "")
         meta["failed"] = failed

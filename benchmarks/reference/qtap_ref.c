@@ -8,6 +8,13 @@
  * physical limit of our hooks; the agent's cost is reported as a ratio to it.
  *
  * usage: qtap_ref OBJDIR [--duration S] [--ring-mib N] [--target-tgid PID] [--poll-sleep-us N] [--wakeup-bytes N]
+ *                [--tls-plan FILE] [--skip-program NAME]...
+ * --skip-program: do not load that program of socket.bpf.o (repeatable): the agent loads one socket I/O path
+ * (the socket tracepoints or the syscall pairs, qtap_async/bpf/socket_path.py), and so must the reference.
+ * --tls-plan: also load tls.bpf.o (sharing the socket object's maps, as TlsProbes does) and attach the uprobes
+ * listed in FILE, one per line: "PROGRAM RETPROBE OFFSET COOKIE PATH" (RETPROBE 0/1, OFFSET and COOKIE
+ * decimal). benchmarks/_common.py writes it from the agent's own plan (qtap_async.tls.attach.probe_groups), so
+ * the reference pays for exactly the probes the agent attaches.
  * --wakeup-bytes: .rodata wakeup_bytes (the kernel wakes the consumer once that much waits; 0: every record);
  * default: the object's own value, as loader.py's default.
  * --poll-sleep-us: instead of sleeping in epoll until the kernel wakes it, drain every N µs. A drained
@@ -104,6 +111,60 @@ static int attach_all(struct bpf_object *obj)
 	return 0;
 }
 
+/* Every map of `obj` named as one of `owner`'s (sections such as .rodata excepted) uses the owner's fd. */
+static int share_maps(struct bpf_object *obj, struct bpf_object *owner)
+{
+	struct bpf_map *m;
+	bpf_object__for_each_map(m, obj) {
+		const char *name = bpf_map__name(m);
+		struct bpf_map *o = bpf_object__find_map_by_name(owner, name);
+		if (!o || strchr(name, '.'))
+			continue;
+		if (bpf_map__reuse_fd(m, bpf_map__fd(o))) {
+			fprintf(stderr, "qtap_ref: reuse map %s: %s\n", name, strerror(errno));
+			return -1;
+		}
+	}
+	return 0;
+}
+
+/* Attach the uprobes of a plan file to the loaded tls object; returns how many, or -1. */
+static int attach_tls_plan(struct bpf_object *tls, const char *plan)
+{
+	char line[8192], prog_name[128], path[4096];
+	int retprobe, n = 0;
+	unsigned long long offset, cookie;
+	FILE *f = fopen(plan, "r");
+
+	if (!f) {
+		fprintf(stderr, "qtap_ref: open %s: %s\n", plan, strerror(errno));
+		return -1;
+	}
+	while (fgets(line, sizeof(line), f)) {
+		struct bpf_program *prog;
+		LIBBPF_OPTS(bpf_uprobe_opts, opts);
+
+		if (sscanf(line, "%127s %d %llu %llu %4095[^\n]", prog_name, &retprobe, &offset, &cookie, path) != 5)
+			continue;
+		prog = bpf_object__find_program_by_name(tls, prog_name);
+		if (!prog) {
+			fprintf(stderr, "qtap_ref: tls.bpf.o has no program %s\n", prog_name);
+			fclose(f);
+			return -1;
+		}
+		opts.retprobe = retprobe != 0;
+		opts.bpf_cookie = cookie;
+		if (!bpf_program__attach_uprobe_opts(prog, -1, path, (size_t)offset, &opts)) {
+			fprintf(stderr, "qtap_ref: attach %s at %s+%llu: %s\n", prog_name, path, offset, strerror(errno));
+			fclose(f);
+			return -1;
+		}
+		n++;
+	}
+	fclose(f);
+	return n;
+}
+
 static double cpu_s(void)
 {
 	struct rusage ru;
@@ -119,7 +180,10 @@ int main(int argc, char **argv)
 	uint32_t target = 0;
 	long poll_sleep_us = 0;
 	long long wakeup_bytes = -1;
-	struct bpf_object *sock, *proc;
+	const char *tls_plan = NULL;
+	const char *skip[64];
+	int nskip = 0;
+	struct bpf_object *sock, *proc, *tls = NULL;
 	struct ring_buffer *rb;
 	struct timespec t0, t1;
 	uint64_t base;
@@ -127,7 +191,7 @@ int main(int argc, char **argv)
 
 	if (argc < 2) {
 		fprintf(stderr, "usage: %s OBJDIR [--duration S] [--ring-mib N] [--target-tgid PID] [--poll-sleep-us N] "
-			"[--wakeup-bytes N]\n", argv[0]);
+			"[--wakeup-bytes N] [--tls-plan FILE] [--skip-program NAME]...\n", argv[0]);
 		return 2;
 	}
 	for (int i = 2; i + 1 < argc; i += 2) {
@@ -141,6 +205,10 @@ int main(int argc, char **argv)
 			poll_sleep_us = atol(argv[i + 1]);
 		else if (!strcmp(argv[i], "--wakeup-bytes"))
 			wakeup_bytes = atoll(argv[i + 1]);
+		else if (!strcmp(argv[i], "--tls-plan"))
+			tls_plan = argv[i + 1];
+		else if (!strcmp(argv[i], "--skip-program") && nskip < 64)
+			skip[nskip++] = argv[i + 1];
 	}
 	wakeup_bytes_opt = wakeup_bytes;
 	srand((unsigned)time(NULL) ^ (unsigned)getpid());
@@ -151,6 +219,14 @@ int main(int argc, char **argv)
 	if (!sock) {
 		fprintf(stderr, "qtap_ref: open %s: %s\n", path, strerror(errno));
 		return 1;
+	}
+	for (int i = 0; i < nskip; i++) {
+		struct bpf_program *p = bpf_object__find_program_by_name(sock, skip[i]);
+		if (!p) {
+			fprintf(stderr, "qtap_ref: socket.bpf.o has no program %s\n", skip[i]);
+			return 1;
+		}
+		bpf_program__set_autoload(p, false);
 	}
 	bpf_map__set_max_entries(bpf_object__find_map_by_name(sock, "events"), ring_mib << 20);
 	/* As loader.py: one scratch record per possible CPU (harmless for a per-CPU array of one entry). */
@@ -178,6 +254,19 @@ int main(int argc, char **argv)
 	}
 	if (attach_all(sock) || attach_all(proc))
 		return 1;
+	if (tls_plan) {
+		int n;
+		snprintf(path, sizeof(path), "%s/tls.bpf.o", argv[1]);
+		tls = bpf_object__open_file(path, NULL);
+		if (!tls || share_maps(tls, sock) || configure(tls, getpid(), target, base) || bpf_object__load(tls)) {
+			fprintf(stderr, "qtap_ref: load tls.bpf.o: %s\n", strerror(errno));
+			return 1;
+		}
+		n = attach_tls_plan(tls, tls_plan);
+		if (n < 0)
+			return 1;
+		fprintf(stderr, "qtap_ref: %d TLS uprobes attached\n", n);
+	}
 	rb = ring_buffer__new(bpf_map__fd(bpf_object__find_map_by_name(sock, "events")), on_record, NULL, NULL);
 	if (!rb) {
 		fprintf(stderr, "qtap_ref: ring_buffer__new: %s\n", strerror(errno));
@@ -224,6 +313,7 @@ int main(int argc, char **argv)
 	fflush(stdout);
 	ring_buffer__free(rb);
 	free(vals);
+	bpf_object__close(tls);
 	bpf_object__close(proc);
 	bpf_object__close(sock);
 	return 0;

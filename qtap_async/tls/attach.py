@@ -116,7 +116,7 @@ def _reg_index(lib: TlsLibrary, plan: ProbePlan, reg: str) -> int:
     return _ARG_REGS.index(reg)
 
 
-def _attach_path(lib: TlsLibrary) -> str:
+def attach_path(lib: TlsLibrary) -> str:
     """A path the kernel can open for this file now: the plain path when it is the same file (host mount
     namespace), else the /proc/PID/root/... path discovery opened it through (containers)."""
     try:
@@ -126,6 +126,59 @@ def _attach_path(lib: TlsLibrary) -> str:
     except OSError:
         pass
     return lib.open_path or lib.path
+
+
+def _plan_sites(lib: TlsLibrary, plan: ProbePlan, groups: dict[tuple[str, bool], list[tuple[int, int]]],
+                done: set[tuple[int, str]]) -> None:
+    def add(prog: str, offset: int, cookie: int, retprobe: bool, key: str) -> None:
+        if (offset, key) not in done:
+            done.add((offset, key))
+            groups.setdefault((prog, retprobe), []).append((offset, cookie))
+
+    direction = _direction(plan.function)
+    if lib.kind == "go":
+        cookie = go_cookie(lib)
+        for site in plan.sites:
+            if site.role == "entry":
+                prog = "uprobe_go_write_entry" if direction == abi.Dir.SEND else "uprobe_go_read_entry"
+            elif site.role == "go_ret" and direction == abi.Dir.RECV:
+                prog = "uprobe_go_read_ret"
+            else:
+                continue
+            add(prog, site.offset, cookie, False, prog)
+        return
+    source = int(_SOURCES[lib.kind])
+    for site in plan.sites:
+        if site.role == "entry":
+            regs = site.regs
+            deref = "ssl_ptr" in regs  # the object is *reg (rustls' Reader)
+            obj_reg = _reg_index(lib, plan, regs.get("ssl", regs.get("session", regs.get("ssl_ptr", ""))))
+            buf_reg = _reg_index(lib, plan, regs.get("buf", regs.get("data", "")))
+            cookie = source | direction << 8 | obj_reg << 12 | buf_reg << 16 | (COOKIE_OBJ_DEREF if deref else 0)
+            if plan.length.startswith("*"):
+                ptr_name = plan.length[1:].split()[0]
+                cookie |= COOKIE_LEN_PTR | _reg_index(lib, plan, regs.get(ptr_name, "")) << 20
+            add("uprobe_tls_entry", site.offset, cookie, False, f"entry{cookie}")
+        elif site.role in ("return", "uretprobe"):
+            if site.regs.get("ret", "rax") not in ("rax", "eax"):
+                raise QtapError(f"{lib.path} {plan.function}: return value in {site.regs}, not rax")
+            retprobe = site.role == "uretprobe"
+            # rustls: io::Result<usize> in rax (0 = Ok) and rdx (bytes); C libraries: a count in rax.
+            prog = "uprobe_rust_return" if lib.kind == "rustls" else "uprobe_tls_return"
+            add(prog, site.offset, 0, retprobe, f"ret{retprobe}{prog}")
+
+
+def probe_groups(lib: TlsLibrary) -> tuple[dict[tuple[str, bool], list[tuple[int, int]]], int]:
+    """Every probe site of `lib`'s plans, grouped per (program, retprobe) as (offset, cookie) pairs, and how
+    many distinct sites there are. TlsProbes attaches these; the benchmarks' C reference consumer attaches the
+    same list, so both pay for the same probes."""
+    done: set[tuple[int, str]] = set()
+    groups: dict[tuple[str, bool], list[tuple[int, int]]] = {}
+    if not lib.plans:
+        raise QtapError(f"{lib.path}: no probe plan for its TLS functions")
+    for plan in lib.plans:
+        _plan_sites(lib, plan, groups, done)
+    return groups, len(done)
 
 
 class TlsProbes:
@@ -186,45 +239,6 @@ class TlsProbes:
             raise
         return links
 
-    def _plan_sites(self, lib: TlsLibrary, plan: ProbePlan, groups: dict[tuple[str, bool], list[tuple[int, int]]],
-                    done: set[tuple[int, str]]) -> None:
-        def add(prog: str, offset: int, cookie: int, retprobe: bool, key: str) -> None:
-            if (offset, key) not in done:
-                done.add((offset, key))
-                groups.setdefault((prog, retprobe), []).append((offset, cookie))
-
-        direction = _direction(plan.function)
-        if lib.kind == "go":
-            cookie = go_cookie(lib)
-            for site in plan.sites:
-                if site.role == "entry":
-                    prog = "uprobe_go_write_entry" if direction == abi.Dir.SEND else "uprobe_go_read_entry"
-                elif site.role == "go_ret" and direction == abi.Dir.RECV:
-                    prog = "uprobe_go_read_ret"
-                else:
-                    continue
-                add(prog, site.offset, cookie, False, prog)
-            return
-        source = int(_SOURCES[lib.kind])
-        for site in plan.sites:
-            if site.role == "entry":
-                regs = site.regs
-                deref = "ssl_ptr" in regs  # the object is *reg (rustls' Reader)
-                obj_reg = _reg_index(lib, plan, regs.get("ssl", regs.get("session", regs.get("ssl_ptr", ""))))
-                buf_reg = _reg_index(lib, plan, regs.get("buf", regs.get("data", "")))
-                cookie = source | direction << 8 | obj_reg << 12 | buf_reg << 16 | (COOKIE_OBJ_DEREF if deref else 0)
-                if plan.length.startswith("*"):
-                    ptr_name = plan.length[1:].split()[0]
-                    cookie |= COOKIE_LEN_PTR | _reg_index(lib, plan, regs.get(ptr_name, "")) << 20
-                add("uprobe_tls_entry", site.offset, cookie, False, f"entry{cookie}")
-            elif site.role in ("return", "uretprobe"):
-                if site.regs.get("ret", "rax") not in ("rax", "eax"):
-                    raise QtapError(f"{lib.path} {plan.function}: return value in {site.regs}, not rax")
-                retprobe = site.role == "uretprobe"
-                # rustls: io::Result<usize> in rax (0 = Ok) and rdx (bytes); C libraries: a count in rax.
-                prog = "uprobe_rust_return" if lib.kind == "rustls" else "uprobe_tls_return"
-                add(prog, site.offset, 0, retprobe, f"ret{retprobe}{prog}")
-
     def attach(self, lib: TlsLibrary, pid: int | None = None, system: bool = False) -> AttachStatus:
         """Attach every plan of `lib` (once per file); remember `pid` as a user of it."""
         have = self.files.get(lib.key)
@@ -236,27 +250,23 @@ class TlsProbes:
             return have.status
         if lib.key in self.failed:
             return self.failed[lib.key]
-        path = _attach_path(lib)
+        path = attach_path(lib)
         links: list[Link] = []
-        done: set[tuple[int, str]] = set()
-        groups: dict[tuple[str, bool], list[tuple[int, int]]] = {}
+        sites = 0
         fast = [p.function for p in lib.plans if p.fast]
         slow = [p.function for p in lib.plans if not p.fast]
         try:
-            if not lib.plans:
-                raise QtapError(f"{lib.path}: no probe plan for its TLS functions")
-            for plan in lib.plans:
-                self._plan_sites(lib, plan, groups, done)
+            groups, sites = probe_groups(lib)
             links = self._link_groups(path, groups)
         except QtapError as exc:
             status = AttachStatus(lib.path, lib.kind, lib.version, False, 0, fast, slow, str(exc).splitlines()[0])
             self.failed[lib.key] = status
             log.warning("TLS: not attached to %s: %s", lib.path, exc)
             return status
-        status = AttachStatus(lib.path, lib.kind, lib.version, True, len(done), fast, slow)
+        status = AttachStatus(lib.path, lib.kind, lib.version, True, sites, fast, slow)
         entry = _Attached(lib, links, {pid} if pid is not None else set(), system, status)
         self.files[lib.key] = entry
-        log.info("TLS: attached %d probes to %s (%s %s; fast: %s; slow: %s)", len(done), lib.path, lib.kind,
+        log.info("TLS: attached %d probes to %s (%s %s; fast: %s; slow: %s)", sites, lib.path, lib.kind,
                  lib.version, ",".join(fast) or "-", ",".join(slow) or "-")
         return status
 
