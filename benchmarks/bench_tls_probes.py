@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from qtap_async.bpf.loader import Capture, CaptureSettings  # noqa: E402
+from qtap_async.bpf.object import BpfObject  # noqa: E402
 from qtap_async.tls import FileKey, analyze_file  # noqa: E402
 from qtap_async.tls.attach import TlsProbes, system_tls_libraries  # noqa: E402
 
@@ -164,11 +165,29 @@ def _plan(probes: TlsProbes, lib_path: str) -> int:
     return probes.attach(lib, system=True).probes
 
 
+class _NoSyscallsCapture(Capture):
+    """Measurement only, NOT a working capture: the sock path with every syscall tracepoint left out too
+    (connect, accept, close, socket, sendfile, splice, mmsg). While any syscall tracepoint is attached, every
+    syscall of every task takes the kernel's syscall-tracing slow path; this mode prices that remainder."""
+
+    def _open_socket(self, directory: Path, path: str) -> BpfObject:
+        sock = super()._open_socket(directory, path)
+        for prog in sock.programs.values():
+            if prog.section.startswith("tracepoint/syscalls/"):
+                prog.set_autoload(False)
+        return sock
+
+
 def run_mode(mode: str, port: int, pids: list[int], libssl: str) -> dict[str, float]:
+    # "plan@syscalls": the plan set over the syscall tracepoint path; no suffix: the path the kernel picks.
+    mode, _, path = mode.partition("@")
     if mode == "none":
         return _wrk(port, pids)
     if mode == "agent":
-        agent = subprocess.Popen([str(ROOT / ".venv/bin/qtap"), "run", "--level", "summary"],
+        env = {**os.environ, "QTAP_SOCKET_PATH": path} if path else None
+        qtap = ROOT / ".venv/bin/qtap"
+        cmd = [str(qtap)] if qtap.exists() else [sys.executable, "-m", "cli.main"]
+        agent = subprocess.Popen([*cmd, "run", "--level", "summary"], env=env, cwd=ROOT,
                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         assert agent.stderr is not None
         for line in agent.stderr:  # measure only once every probe is attached
@@ -181,7 +200,10 @@ def run_mode(mode: str, port: int, pids: list[int], libssl: str) -> dict[str, fl
             agent.send_signal(signal.SIGINT)
             agent.wait(30)
         return r
-    cap = Capture(CaptureSettings(self_tgid=os.getpid()))
+    if path == "sock-nosyscalls":
+        cap: Capture = _NoSyscallsCapture(CaptureSettings(self_tgid=os.getpid(), socket_path="sock"))
+    else:
+        cap = Capture(CaptureSettings(self_tgid=os.getpid(), **({"socket_path": path} if path else {})))
     probes = TlsProbes(cap)
     drain = _Drain(cap)
     try:
@@ -201,7 +223,9 @@ def main() -> None:
         raise SystemExit("run as root")
     libssl = _libssl()
     # tracepoints: the socket/process tracepoints + a drain, no TLS probes (the base for the per-hit cost).
-    modes = ["none", "tracepoints", "classic", "plan", "agent"]
+    # QTAP_BENCH_MODES picks some (comma-separated), e.g. "none,tracepoints@sock,plan@sock,tracepoints@syscalls,
+    # plan@syscalls" to set both socket I/O paths side by side (qtap_async/bpf/socket_path.py).
+    modes = os.environ.get("QTAP_BENCH_MODES", "none,tracepoints,classic,plan,agent").split(",")
     results: dict[str, list[dict[str, float]]] = {m: [] for m in modes}
     with tempfile.TemporaryDirectory() as d:
         nginx, port = _start_nginx(Path(d))
@@ -220,20 +244,24 @@ def main() -> None:
         for k in ("req_per_s", "p99_us", "cpu_us_per_req"):
             out[f"{m}_{k}"] = round(statistics.median(r[k] for r in results[m]), 2)
     base = float(out["none_req_per_s"]) or 1.0
-    for m in ("tracepoints", "classic", "plan", "agent"):
-        out[f"{m}_throughput_ratio"] = round(float(out[f"{m}_req_per_s"]) / base, 3)
+    for m in modes:
+        if m != "none":
+            out[f"{m}_throughput_ratio"] = round(float(out[f"{m}_req_per_s"]) / base, 3)
     # Probe hits per request: entry + return for each TLS call, on both sides.
     hits = 2 * TLS_CALLS_PER_REQUEST
-    for m in ("classic", "plan"):
-        extra = float(out[f"{m}_cpu_us_per_req"]) - float(out["tracepoints_cpu_us_per_req"])
-        out[f"{m}_us_per_probe_hit"] = round(extra / hits, 3)
+    for m in modes:
+        name, _, path = m.partition("@")
+        tp = "tracepoints" + (f"@{path}" if path else "")
+        if name in ("classic", "plan") and tp in modes:
+            extra = float(out[f"{m}_cpu_us_per_req"]) - float(out[f"{tp}_cpu_us_per_req"])
+            out[f"{m}_us_per_probe_hit"] = round(extra / hits, 3)
     res = ROOT / "benchmarks" / "results"
     res.mkdir(parents=True, exist_ok=True)
-    (res / "tls_probes.json").write_text(json.dumps(out, indent=2) + "\n")
+    (res / os.environ.get("QTAP_BENCH_OUT", "tls_probes.json")).write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps(out))
-    print(f"tls_probes: none {out['none_req_per_s']:.0f} req/s, classic {out['classic_throughput_ratio']}x, "
-          f"plan {out['plan_throughput_ratio']}x, agent {out['agent_throughput_ratio']}x; per hit classic "
-          f"{out['classic_us_per_probe_hit']} us, plan {out['plan_us_per_probe_hit']} us")
+    ratios = ", ".join(f"{m} {out[f'{m}_throughput_ratio']}x" for m in modes if m != "none")
+    hit = ", ".join(f"{m} {out[f'{m}_us_per_probe_hit']} us" for m in modes if f"{m}_us_per_probe_hit" in out)
+    print(f"tls_probes: none {out['none_req_per_s']:.0f} req/s, {ratios}; per hit {hit or '-'}")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import msgspec
 
+from qtap_async.bpf import socket_path
 from qtap_async.bpf.features import KernelFeatures, detect, explain
 from qtap_async.bpf.loader import objects_dir
 from qtap_async.capabilities import CapabilityReport
@@ -19,6 +20,24 @@ class ObjectInfo(msgspec.Struct, frozen=True):
     error: str = ""
 
 
+class SocketPath(msgspec.Struct, frozen=True):
+    """Which programs the agent would capture socket I/O with here (qtap_async/bpf/socket_path.py)."""
+    path: str  # "sock" or "syscalls"; "" when the setting cannot be met (then `reason` says why)
+    reason: str
+    programs: str = ""
+    not_covered: str = socket_path.NOT_COVERED
+
+
+def socket_path_report(f: KernelFeatures, setting: str | None = None) -> SocketPath:
+    probe = next((h for h in f.hooks if h.hook == "sock_length"), None)
+    works = probe is not None and probe.loads and probe.attaches is not False
+    try:
+        path, why = socket_path.effective(setting, works, probe.error if probe else "not probed")
+    except QtapError as exc:
+        return SocketPath("", str(exc))
+    return SocketPath(path, why, socket_path.describe(path))
+
+
 class InspectReport(msgspec.Struct, frozen=True):
     features: KernelFeatures
     objects: list[ObjectInfo]
@@ -30,6 +49,7 @@ class InspectReport(msgspec.Struct, frozen=True):
     """The agent's on-disk TLS analysis cache: its files stay probed even while no process runs them."""
     jvms: list[dict[str, object]] = []
     """HotSpot JVMs and the state of qtap's Java agent in each (qtap_async/tls/java_inspect.py)."""
+    socket_path: SocketPath | None = None
 
 
 def _objects() -> list[ObjectInfo]:
@@ -110,10 +130,14 @@ def gather(state_dir: str = DEFAULT_STATE_DIR) -> InspectReport:
     caps = capability_report()
     # The uid says little (root in a container may lack CAP_BPF): the capabilities decide.
     reasons = [*caps.problems, *(r for r in explain(f) if not r.startswith("not running as root"))]
+    sp = socket_path_report(f)
+    if not sp.path:
+        reasons.append(sp.reason)
     tls, cache_info = _tls(state_dir)
     from qtap_async.tls import java_inspect
 
-    return InspectReport(f, _objects(), tls, not reasons, reasons, caps, cache_info, java_inspect.describe_all())
+    return InspectReport(f, _objects(), tls, not reasons, reasons, caps, cache_info, java_inspect.describe_all(),
+                         sp)
 
 
 def render(r: InspectReport) -> str:
@@ -143,6 +167,13 @@ def render(r: InspectReport) -> str:
         need = "required" if h.required else "optional"
         err = f"  ({h.error})" if h.error and state != "ok" else ""
         lines.append(f"  {h.hook:<15} {state:<3} {need:<9} {detail}{err}")
+    if r.socket_path is not None:
+        sp = r.socket_path
+        if sp.path:
+            lines.append(f"socket I/O path: {sp.path}: {sp.programs} ({sp.reason})")
+            lines.append(f"  not covered: {sp.not_covered}")
+        else:
+            lines.append(f"socket I/O path: NONE: {sp.reason}")
     lines.append("objects:")
     for o in r.objects:
         if o.error:

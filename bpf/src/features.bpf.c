@@ -57,3 +57,12 @@ int feat_ringbuf(void *ctx)
 	bpf_ringbuf_output(&probe_ring, &v, sizeof(v), 0);
 	return 0;
 }
+
+/* The socket-tracepoint path of socket.bpf.c (Linux >= 6.3): the tracepoint and the helper it relies on. */
+SEC("tp_btf/sock_send_length")
+int BPF_PROG(feat_sock_length, struct sock *sk, int ret, int flags)
+{
+	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+
+	return regs && regs->orig_ax == -1;
+}

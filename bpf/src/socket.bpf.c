@@ -155,16 +155,15 @@ static __always_inline void bind_thread_pending(__u32 tid, struct qtap_io_args *
 	count(QTAP_CNT_TLS_BOUND_BY_SEND, 1);
 }
 
+static __always_inline int account_io(struct qtap_io_args *ap, __u32 tid, long ret, __u8 role);
+
 static __always_inline int exit_io(long nr, long ret)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	__u32 tid = (__u32)pid_tgid;
 	struct qtap_io_args *ap = bpf_map_lookup_elem(&inflight, &tid);
 	struct qtap_io_args a;
-	struct qtap_sock_info *si;
-	struct qtap_tls_call *tc;
 	__u8 role = QTAP_ROLE_UNKNOWN;
-	__u64 off;
 
 	if (!ap)
 		return 0;
@@ -193,6 +192,18 @@ static __always_inline int exit_io(long nr, long ret)
 	/* TCP Fast Open: sendto(MSG_FASTOPEN) on an unconnected socket connects and sends in one call. */
 	if (a.was_closed && a.dir == QTAP_DIR_SEND)
 		role = QTAP_ROLE_CONNECT;
+	return account_io(&a, tid, ret, role);
+}
+
+/* The bytes one call moved (ret > 0) on a resolved socket, from either path: the syscall exit, or the socket
+ * tracepoints (see tp_sock_send_length). */
+static __always_inline int account_io(struct qtap_io_args *ap, __u32 tid, long ret, __u8 role)
+{
+	struct qtap_io_args a = *ap;
+	struct qtap_sock_info *si;
+	struct qtap_tls_call *tc;
+	__u64 off;
+
 	si = sock_get_or_open((struct sock *)a.sk, role, a.fd);
 	if (!si)
 		return 0;
@@ -342,6 +353,135 @@ SEC("tracepoint/syscalls/sys_exit_sendmsg")
 int tp_exit_sendmsg(struct trace_event_raw_sys_exit *ctx)
 {
 	return exit_io(ctx->id, ctx->ret);
+}
+
+/* The socket-tracepoint path (Linux >= 6.3), chosen at load instead of the sys_enter/sys_exit pairs above on
+ * read/write/readv/writev/sendto/recvfrom/sendmsg/recvmsg (qtap_async/bpf/loader.py loads one set or the
+ * other; the sendfile/splice/mmsg/connect/accept/close/socket programs below serve both).
+ *
+ * sock:sock_send_length and sock:sock_recv_length fire in sock_sendmsg_nosec/sock_recvmsg_nosec, in the
+ * calling task, after the transfer, with its result: only for sockets, so a read or write on a file, a pipe or
+ * a terminal runs no program at all, where the syscall pair ran two on every call. The buffer arguments are
+ * not in the tracepoint: they are read from the task's saved user registers (the syscall's own arguments,
+ * x86-64 ABI: di, si, dx, r10), and orig_ax says which syscall it was. Anything else reaching a socket send or
+ * receive is left out:
+ *  - kernel threads and io_uring workers (no user registers of their own: NFS, kTLS's workers, io-wq);
+ *  - another syscall (sendfile, splice, sendmmsg/recvmmsg, io_uring_enter's inline sends): those have their
+ *    own programs, which only count the bytes or walk the mmsghdr array;
+ *  - a socket that is not the syscall's fd (a write to a file on NFS or a network block device sends on the
+ *    kernel's socket from the writer's task): the fd in di must resolve to this very socket;
+ *  - 32-bit (compat) syscalls, whose numbers differ (the syscall tracepoints do not report them either). */
+#define QTAP_NR_READ 0
+#define QTAP_NR_WRITE 1
+#define QTAP_NR_READV 19
+#define QTAP_NR_WRITEV 20
+#define QTAP_NR_SENDTO 44
+#define QTAP_NR_RECVFROM 45
+#define QTAP_NR_SENDMSG 46
+#define QTAP_NR_RECVMSG 47
+#define QTAP_PF_IO_WORKER 0x00000010
+#define QTAP_PF_KTHREAD 0x00200000
+#define QTAP_TS_COMPAT 0x0002
+#define QTAP_MSG_FASTOPEN 0x20000000
+
+/* `flags` are the receive's flags (MSG_PEEK, MSG_TRUNC); a send's tracepoint passes 0, so a send's flags
+ * (MSG_FASTOPEN) are taken from the syscall's arguments. */
+static __always_inline int sock_length(struct sock *sk, int ret, int flags, __u8 dir)
+{
+	struct task_struct *task;
+	struct pt_regs *regs;
+	struct qtap_io_args a = {};
+	struct user_msghdr msg = {};
+	__u64 pid_tgid;
+	__u16 family;
+	__u8 role = QTAP_ROLE_UNKNOWN;
+	long nr;
+
+	if (ret <= 0)
+		return 0;
+	/* MSG_PEEK leaves the bytes queued: they come again on the real read (see enter_io_flags). */
+	if (dir == QTAP_DIR_RECV && (flags & MSG_PEEK))
+		return 0;
+	family = sk->__sk_common.skc_family;
+	if (family != AF_INET && family != AF_INET6)
+		return 0; /* AF_UNIX and netlink: the common case on a desktop or a container host, cheap to drop */
+	pid_tgid = bpf_get_current_pid_tgid();
+	if (skip_task(pid_tgid >> 32))
+		return 0;
+	task = bpf_get_current_task_btf();
+	if (task->flags & (QTAP_PF_KTHREAD | QTAP_PF_IO_WORKER))
+		return 0;
+	if (task->thread_info.status & QTAP_TS_COMPAT)
+		return 0;
+	regs = (struct pt_regs *)bpf_task_pt_regs(task);
+	if (!regs)
+		return 0;
+	nr = regs->orig_ax;
+	a.fd = regs->di;
+	a.dir = dir;
+	switch (nr) {
+	case QTAP_NR_READ:
+	case QTAP_NR_RECVFROM:
+		if (dir != QTAP_DIR_RECV)
+			return 0;
+		a.buf = regs->si;
+		a.cap = regs->dx;
+		a.kind = QTAP_IO_BUF;
+		break;
+	case QTAP_NR_WRITE:
+	case QTAP_NR_SENDTO:
+		if (dir != QTAP_DIR_SEND)
+			return 0;
+		a.buf = regs->si;
+		a.kind = QTAP_IO_BUF;
+		if (nr == QTAP_NR_SENDTO)
+			flags = regs->r10;
+		break;
+	case QTAP_NR_READV:
+	case QTAP_NR_WRITEV:
+		if ((nr == QTAP_NR_READV) != (dir == QTAP_DIR_RECV))
+			return 0;
+		a.buf = regs->si;
+		a.iovcnt = regs->dx ? (__u32)regs->dx : 1;
+		a.kind = QTAP_IO_IOV;
+		break;
+	case QTAP_NR_RECVMSG:
+	case QTAP_NR_SENDMSG:
+		if ((nr == QTAP_NR_RECVMSG) != (dir == QTAP_DIR_RECV))
+			return 0;
+		if (bpf_probe_read_user(&msg, sizeof(msg), (void *)regs->si) || !msg.msg_iovlen)
+			return 0;
+		a.buf = (__u64)msg.msg_iov;
+		a.iovcnt = msg.msg_iovlen;
+		a.kind = QTAP_IO_MSG;
+		if (nr == QTAP_NR_SENDMSG)
+			flags = regs->dx;
+		break;
+	default:
+		return 0;
+	}
+	/* Also the TCP/UDP-DNS filter of the syscall path (file_to_sock). */
+	if ((__u64)fd_to_sock(a.fd) != (__u64)sk)
+		return 0;
+	a.sk = (__u64)sk;
+	if (dir == QTAP_DIR_RECV && (flags & MSG_TRUNC) && !sock_is_udp(sk))
+		a.kind = QTAP_IO_DISCARD;
+	/* TCP Fast Open: the send connected the socket (its SYN_SENT birth came first, inside this call). */
+	if (dir == QTAP_DIR_SEND && (flags & QTAP_MSG_FASTOPEN) && !sock_is_udp(sk))
+		role = QTAP_ROLE_CONNECT;
+	return account_io(&a, (__u32)pid_tgid, ret, role);
+}
+
+SEC("tp_btf/sock_send_length")
+int BPF_PROG(tp_sock_send_length, struct sock *sk, int ret, int flags)
+{
+	return sock_length(sk, ret, flags, QTAP_DIR_SEND);
+}
+
+SEC("tp_btf/sock_recv_length")
+int BPF_PROG(tp_sock_recv_length, struct sock *sk, int ret, int flags)
+{
+	return sock_length(sk, ret, flags, QTAP_DIR_RECV);
 }
 
 /* sendfile and splice move bytes the process never touches: only the count is reported (a gap in the

@@ -42,6 +42,8 @@ _PROBES: dict[str, _Probe] = {
     "tp_btf": _Probe("feat_tp_btf", False),
     "uprobe": _Probe("feat_uprobe", True),
     "uprobe_multi": _Probe("feat_uprobe", False, multi=True),
+    # The socket-tracepoint path (qtap_async/bpf/socket_path.py); without it the syscall pairs do the work.
+    "sock_length": _Probe("feat_sock_length", False),
     "kprobe": _Probe("feat_kprobe", False),
     "fentry": _Probe("feat_fentry", False),
     "fexit": _Probe("feat_fentry", False, (_PROG_TYPE_TRACING, _TRACE_FEXIT, "do_nanosleep")),

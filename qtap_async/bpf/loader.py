@@ -6,15 +6,19 @@ objects reuse them by fd, so there is one ring buffer to drain and one socket ta
 
 from __future__ import annotations
 
+import logging
 import os
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from qtap_async.bpf import abi
+from qtap_async.bpf import abi, socket_path
 from qtap_async.bpf.object import BpfObject, possible_cpus
 from qtap_async.bpf.ringbuf import RingBuffer
+from qtap_async.errors import BpfError
+
+log = logging.getLogger(__name__)
 
 
 def objects_dir() -> Path:
@@ -36,6 +40,9 @@ class CaptureSettings:
     # The kernel wakes the drain only once this much is waiting (0: every record); see wakeup_bytes in
     # bpf/src/common.bpf.h. The drain's timer (RingBufferSource.poll_interval_s) bounds the delay.
     wakeup_bytes: int = 64 * 1024
+    # Which programs capture socket I/O: "auto", "sock" or "syscalls" (qtap_async/bpf/socket_path.py);
+    # $QTAP_SOCKET_PATH when not given.
+    socket_path: str = field(default_factory=lambda: socket_path.requested())
 
 
 class Capture:
@@ -48,6 +55,8 @@ class Capture:
         # One random base per run, shared by every object: ids do not repeat across agent restarts.
         self._conn_id_base = random.getrandbits(24) << 32
         self.objects: list[BpfObject] = []
+        self.socket_path = ""  # socket_path.SOCK or SYSCALLS once loaded
+        self.socket_path_reason = ""
         self.ringbuf: RingBuffer | None = None
         try:
             self._load(directory)
@@ -70,16 +79,40 @@ class Capture:
         known = obj.rodata_vars()
         obj.set_rodata(**{k: v for k, v in wanted.items() if k in known})
 
-    def _load(self, directory: Path) -> None:
+    def _open_socket(self, directory: Path, path: str) -> BpfObject:
+        """socket.bpf.o with the programs of one socket I/O path (the other set is not loaded)."""
         sock = BpfObject.open(directory / "socket.bpf.o")
-        self.objects.append(sock)
+        other = socket_path.PROGRAMS[socket_path.SYSCALLS if path == socket_path.SOCK else socket_path.SOCK]
+        for name, prog in sock.programs.items():
+            if name in other:
+                prog.set_autoload(False)
         size = self.settings.ring_buffer_bytes
-        if size & (size - 1) or size < 4096:
-            raise ValueError(f"ring_buffer_bytes must be a power of two >= 4096, got {size}")
         sock.map("events").set_max_entries(size)
         sock.map("scratch").set_max_entries(possible_cpus())
         self.configure(sock)
-        sock.load()
+        return sock
+
+    def _load(self, directory: Path) -> None:
+        size = self.settings.ring_buffer_bytes
+        if size & (size - 1) or size < 4096:
+            raise ValueError(f"ring_buffer_bytes must be a power of two >= 4096, got {size}")
+        path, why = socket_path.choose(self.settings.socket_path)
+        sock = self._open_socket(directory, path)
+        try:
+            sock.load()
+        except BpfError as exc:
+            # The kernel has the tracepoints but refuses the programs (a verifier or helper it lacks): on
+            # "auto" the syscall set does the same work, so capture goes on; a forced path fails loudly.
+            if path != socket_path.SOCK or socket_path.requested(self.settings.socket_path) != socket_path.AUTO:
+                sock.close()
+                raise
+            sock.close()
+            path, why = socket_path.SYSCALLS, f"fallback: the sock programs did not load: {str(exc).splitlines()[0]}"
+            sock = self._open_socket(directory, path)
+            sock.load()
+        self.socket_path, self.socket_path_reason = path, why
+        self.objects.append(sock)
+        log.info("socket I/O path: %s (%s)", socket_path.describe(path), why)
         proc = BpfObject.open(directory / "process.bpf.o")
         self.objects.append(proc)
         self.share_maps(proc)

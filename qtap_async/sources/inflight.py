@@ -82,8 +82,15 @@ def _is_socket(pid: str, fd: int) -> bool:
         return False
 
 
-def park_blocked_calls(inflight: BpfMap, self_pid: int, target_pid: int = 0) -> InflightScan:
-    """Write `inflight` entries for threads blocked in a socket call right now (see the module doc)."""
+# The plain data calls: the socket-tracepoint path (qtap_async/bpf/socket_path.py) reads their arguments when
+# the bytes move, from the task's registers, so a call blocked since before the attach needs no entry there.
+DATA_CALLS = frozenset({0, 1, 19, 20, 44, 45, 46, 47})
+
+
+def park_blocked_calls(inflight: BpfMap, self_pid: int, target_pid: int = 0, *,
+                       data_calls: bool = True) -> InflightScan:
+    """Write `inflight` entries for threads blocked in a socket call right now (see the module doc);
+    `data_calls=False` parks only connect and recvmmsg (the socket-tracepoint path)."""
     scan = InflightScan()
     if platform.machine() != "x86_64":
         log.info("in-flight calls at attach: not scanned on %s", platform.machine())
@@ -103,7 +110,7 @@ def park_blocked_calls(inflight: BpfMap, self_pid: int, target_pid: int = 0) -> 
             scan.threads += 1
             tid_dir = f"/proc/{pid}/task/{tid}"
             call = _blocked_call(tid_dir)
-            if call is None or call[0] not in _CALLS:
+            if call is None or call[0] not in _CALLS or (not data_calls and call[0] in DATA_CALLS):
                 continue
             nr, args = call
             if _peeks(nr, args):

@@ -23,6 +23,7 @@ from typing import Any
 
 import msgspec
 
+from qtap_async.bpf import socket_path
 from qtap_async.bpf.loader import Capture
 from qtap_async.buffers.channel import Channel
 from qtap_async.config import Config, load_config, summarize
@@ -265,7 +266,8 @@ class Agent:
         self.conntrack.listeners.snapshot_at_start()
         # Calls blocked on sockets since before the attach: parked so their bytes are not lost.
         self.inflight_scan = park_blocked_calls(self.capture.socket_object.map("inflight"), o.capture.self_tgid,
-                                                o.capture.target_tgid)
+                                                o.capture.target_tgid,
+                                                data_calls=self.capture.socket_path != socket_path.SOCK)
         if self.inflight_scan.parked:
             log.info("calls blocked on sockets at attach: %d (of %d threads)", self.inflight_scan.parked,
                      self.inflight_scan.threads)

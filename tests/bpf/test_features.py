@@ -29,9 +29,9 @@ def test_detect_tries_every_hook_on_this_kernel() -> None:
     assert f.btf == Path("/sys/kernel/btf/vmlinux").exists()
     hooks = {h.hook: h for h in f.hooks}
     assert set(hooks) == {"tracepoint", "ringbuf", "raw_tracepoint", "tp_btf", "uprobe", "uprobe_multi", "kprobe",
-                          "fentry", "fexit", "lsm"}
+                          "fentry", "fexit", "lsm", "sock_length"}
     # What the agent itself runs on (the bpf tests of this suite use all of them): they must work here.
-    for name in ("tracepoint", "ringbuf", "tp_btf", "uprobe_multi"):
+    for name in ("tracepoint", "ringbuf", "tp_btf", "uprobe_multi", "sock_length"):
         assert hooks[name].loads and hooks[name].attaches, hooks[name]
     assert hooks["uprobe"].loads and hooks["uprobe"].attaches is None  # attached per library, not here
     assert {h.hook for h in f.hooks if h.required} == {"tracepoint", "ringbuf", "uprobe"}
