@@ -59,6 +59,13 @@ SETS: dict[str, tuple[str, ...]] = {
 }
 
 
+# The earliest and the latest ts (epoch ns) among the hour's rows when it was built. A range that starts
+# or ends inside an hour still reads that hour from its rollup when every row of it lies in the range
+# (an hour that has been quiet since its rows, e.g. the newest hour before the range's end): the same rows
+# either way. The defaults (a build from before the bounds, or an hour with no rows) never fit a range.
+_BOUNDS = "lo Int64 DEFAULT 0, hi Int64 DEFAULT 9223372036854775807"
+
+
 def enabled(config: PulseConfig) -> bool:
     # A Distributed rollup would need its hours built per shard; a cluster reads the raw table.
     return not config.cluster
@@ -85,8 +92,11 @@ def ddl(config: PulseConfig, ttl_days: int) -> list[str]:
         " SELECT team, toStartOfHour(toDateTime(intDiv(ts, 1000000000), 'UTC')) AS hour,"
         f" max(now64(3, 'UTC')) AS touched_at FROM {db}.requests_in GROUP BY team, hour",
         f"CREATE TABLE IF NOT EXISTS {db}.requests_rollup_built (team LowCardinality(String),"
-        " hour DateTime('UTC'), built_at DateTime64(3, 'UTC')) ENGINE = ReplacingMergeTree(built_at)"
+        f" hour DateTime('UTC'), built_at DateTime64(3, 'UTC'), {_BOUNDS}) ENGINE = ReplacingMergeTree(built_at)"
         f" PARTITION BY toDate(hour) ORDER BY (team, hour) {ttl}",
+        # A table made before the bounds existed: its builds read as "bounds unknown" (the defaults).
+        f"ALTER TABLE {db}.requests_rollup_built " + ", ".join(f"ADD COLUMN IF NOT EXISTS {c}" for c in
+                                                                _BOUNDS.split(", ")),
     ]
 
 
@@ -164,9 +174,13 @@ def build_hour(storage: Storage, team: str, hour_s: int, built_at_ms: int) -> No
         f" fromUnixTimestamp64Milli({{built:Int64}}, 'UTC') FROM ({inner})",
         params,
     )
+    # The bounds are read after the rollup rows: a row they see that the rollup missed came in after
+    # built_at, so it marks the hour stale anyway.
     storage.query(
-        f"INSERT INTO {db}.requests_rollup_built SELECT {{team:String}}, toDateTime({{hour:UInt32}}, 'UTC'),"
-        " fromUnixTimestamp64Milli({built:Int64}, 'UTC')",
+        f"INSERT INTO {db}.requests_rollup_built (team, hour, built_at, lo, hi) SELECT {{team:String}},"
+        " toDateTime({hour:UInt32}, 'UTC'), fromUnixTimestamp64Milli({built:Int64}, 'UTC'),"
+        " if(count() = 0, 0, toUnixTimestamp64Nano(min(ts))),"
+        f" if(count() = 0, 9223372036854775807, toUnixTimestamp64Nano(max(ts))) FROM {db}.requests WHERE {where}",
         params,
     )
 
@@ -186,28 +200,37 @@ def refresh(storage: Storage, now_ms: int | None = None, grace_s: float | None =
 
 
 def clean_hours(storage: Storage, team: str, start_ns: int, end_ns: int) -> list[int]:
-    """The hours (epoch seconds) wholly inside [start, end) whose rollup is up to date."""
+    """The hours (epoch seconds) whose rollup is up to date and holds only rows inside [start, end)."""
     return clean(storage, team, start_ns, end_ns)[0]
 
 
 def clean(storage: Storage, team: str, start_ns: int, end_ns: int) -> tuple[list[int], list[int]]:
-    """clean_hours, and the version of each (a hash of the hour and its newest build): the rows to read."""
+    """clean_hours, and the version of each (a hash of the hour and its newest build): the rows to read.
+
+    An hour qualifies when it was built after its last insert and either lies wholly inside [start, end)
+    or had all its rows inside it when built (``lo``/``hi``): the partial hours at a range's ends then need
+    no raw rows when they have been quiet, as the newest hour before ``end`` usually has been."""
     # Hours of a DateTime (1970 to 2106): a range reaching past them has no rollup there.
-    first = max(0, -(-start_ns // (HOUR_S * 10**9)) * HOUR_S)
-    last = min(2**32 - HOUR_S, end_ns // (HOUR_S * 10**9) * HOUR_S)  # exclusive
+    first = max(0, start_ns // (HOUR_S * 10**9) * HOUR_S)  # the hour holding start
+    last = min(2**32 - HOUR_S, -(-end_ns // (HOUR_S * 10**9)) * HOUR_S)  # exclusive: past the hour holding end
     if last <= first or not enabled(storage.config):
         return [], []
     db = storage.database
+    # One pass over both small tables (a UNION, not a JOIN: the JOIN cost ~4x as much per page).
     rows = storage.query(
-        "SELECT toUnixTimestamp(b.hour) AS hour, cityHash64(b.hour, b.built) AS v FROM"
-        f" (SELECT hour, max(built_at) AS built FROM {db}.requests_rollup_built WHERE team = {{team:String}}"
-        "  AND hour >= toDateTime({first:UInt32}, 'UTC') AND hour < toDateTime({last:UInt32}, 'UTC')"
-        "  GROUP BY hour) AS b"
-        f" LEFT JOIN (SELECT hour, max(touched_at) AS touched FROM {db}.requests_touched"
+        "SELECT toUnixTimestamp(hour) AS hour, cityHash64(hour, max(built_at)) AS v FROM ("
+        f" SELECT hour, built_at, lo, hi, toDateTime64(0, 3, 'UTC') AS touched_at FROM {db}.requests_rollup_built"
         "  WHERE team = {team:String} AND hour >= toDateTime({first:UInt32}, 'UTC')"
-        "  AND hour < toDateTime({last:UInt32}, 'UTC') GROUP BY hour) AS t ON b.hour = t.hour"
-        " WHERE t.touched <= b.built ORDER BY hour",
-        {"team": team, "first": first, "last": last},
+        "  AND hour < toDateTime({last:UInt32}, 'UTC')"
+        " UNION ALL SELECT hour, toDateTime64(0, 3, 'UTC'), 0, 0, touched_at"
+        f" FROM {db}.requests_touched WHERE team = {{team:String}}"
+        "  AND hour >= toDateTime({first:UInt32}, 'UTC') AND hour < toDateTime({last:UInt32}, 'UTC'))"
+        " GROUP BY hour HAVING max(built_at) > toDateTime64(0, 3, 'UTC') AND max(touched_at) <= max(built_at)"
+        " AND ((toUInt64(toUnixTimestamp(hour)) * 1000000000 >= {start:Int64}"
+        "   AND (toUInt64(toUnixTimestamp(hour)) + 3600) * 1000000000 <= {end:Int64})"
+        "  OR (argMax(lo, built_at) >= {start:Int64} AND argMax(hi, built_at) < {end:Int64}))"
+        " ORDER BY hour",
+        {"team": team, "first": first, "last": last, "start": start_ns, "end": end_ns},
     )
     return [int(r["hour"]) for r in rows], [int(r["v"]) for r in rows]
 

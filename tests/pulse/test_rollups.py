@@ -63,8 +63,19 @@ def test_rollups_answer_what_the_raw_rows_answer(
     raw = _dash(storage, team, w)
     raw_edges = q.edges(storage, team, q.EdgeParams(**w))
     raw_ingress = q.edges(storage, team, q.EdgeParams(**w, direction="ingress"))
+    # Ranges that cut the first and the last hour with rows: those hours hold rows on both sides of an end.
+    first_hour = whole[0] - 3600
+    cuts = [{"start": first_hour * 10**9 + 25 * 60 * 10**9, "end": w["end"]},
+            {"start": w["start"], "end": whole[-1] * 10**9 + 7 * 60 * 10**9},
+            {"start": first_hour * 10**9 + 25 * 60 * 10**9, "end": whole[-1] * 10**9 + 7 * 60 * 10**9}]
+    raw_cuts = [(_dash(storage, team, c), q.edges(storage, team, q.EdgeParams(**c))) for c in cuts]
     assert _build_all(storage) >= 5  # every hour that got rows, the partial ones too
-    assert rollups.clean_hours(storage, team, w["start"], w["end"]) == whole
+    # The first hour is partial but all its rows lie in the window (they start after the window does):
+    # it reads from its rollup like the whole hours.
+    assert rollups.clean_hours(storage, team, w["start"], w["end"]) == [first_hour, *whole]
+    assert rollups.clean_hours(storage, team, cuts[0]["start"], cuts[0]["end"]) == whole
+    assert rollups.clean_hours(storage, team, cuts[1]["start"], cuts[1]["end"]) == [first_hour, *whole[:-1]]
+    assert rollups.clean_hours(storage, team, cuts[2]["start"], cuts[2]["end"]) == whole[:-1]
     rolled = _dash(storage, team, w)
     # Without a clean hour the answer was the exact one over the raw rows; from the rollups it has the same
     # rows in the same order with the same counts, and percentiles within 1 % of a duration at their rank.
@@ -77,6 +88,13 @@ def test_rollups_answer_what_the_raw_rows_answer(
     assert counts(q.edges(storage, team, q.EdgeParams(**w))) == counts(raw_edges)
     assert counts(q.edges(storage, team, q.EdgeParams(**w, direction="ingress"))) == counts(raw_ingress)
     assert [r.p99_ns for r in rolled] != [r.p99_ns for r in raw]  # the answers did come from the histograms
+    # A cut hour is read raw around the rollups of the others: the counts are still those of the raw rows.
+    for c, (raw_dash, raw_edge) in zip(cuts, raw_cuts, strict=True):
+        assert counts(_dash(storage, team, c)) == counts(raw_dash), c
+        assert counts(q.edges(storage, team, q.EdgeParams(**c))) == counts(raw_edge), c
+        inside = [e for e in events if c["start"] <= int(e.ts) < c["end"]]
+        assert _by_set(_dash(storage, team, c))["total"][0].requests == len(inside)
+        assert_sketched({0: stats(_by_set(_dash(storage, team, c))["total"][0])}, inside, lambda e: 0)
     # And both are what the events say (copies counted once).
     by = _by_set(rolled)
     assert by["total"][0].requests == len(events)
@@ -115,7 +133,7 @@ def test_late_rows_and_copies_after_a_build(
 
     assert total().requests == len(events) + 50
     _build_all(storage)
-    assert rollups.clean_hours(storage, team, w["start"], w["end"]) == whole
+    assert rollups.clean_hours(storage, team, w["start"], w["end"]) == [whole[0] - 3600, *whole]
     assert total().requests == len(events) + 50
     assert_sketched({0: stats(total())}, events + late, lambda e: 0)
     # A replayed batch of events already counted changes nothing, before or after the rebuild.
@@ -124,6 +142,21 @@ def test_late_rows_and_copies_after_a_build(
     assert total().requests == len(events) + 50
     _build_all(storage)
     assert total().requests == len(events) + 50
+    # A late row in the first hour but before the window: once rebuilt, the hour has a row outside the
+    # window, so it is no longer read from its rollup (which would count that row).
+    first_hour = whole[0] - 3600
+    early = synth_requests(1, seed=7, start_ns=first_hour * 10**9 + 60 * 10**9, span_ns=10**9)
+    assert int(early[0].ts) < w["start"]
+    time.sleep(0.01)
+    asyncio.run(ingest_through_batch_path(storage, config, team, early))
+    assert first_hour not in rollups.clean_hours(storage, team, w["start"], w["end"])
+    assert total().requests == len(events) + 50
+    _build_all(storage)
+    assert rollups.clean_hours(storage, team, w["start"], w["end"]) == whole
+    assert total().requests == len(events) + 50
+    wider = {"start": first_hour * 10**9, "end": w["end"]}
+    assert rollups.clean_hours(storage, team, wider["start"], wider["end"]) == [first_hour, *whole]
+    assert _by_set(_dash(storage, team, wider))["total"][0].requests == len(events) + 51
 
 
 def test_other_teams_see_nothing(
