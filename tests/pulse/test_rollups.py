@@ -176,3 +176,43 @@ def test_other_teams_see_nothing(
     [empty] = _dash(storage, team + "-other", w)
     assert (empty.set, empty.requests, empty.p99_ns) == ("total", 0, 0)
     assert q.edges(storage, team + "-other", q.EdgeParams(**w)) == []
+
+
+def test_a_data_dir_from_before_the_bounds(storage: Storage, config: PulseConfig) -> None:
+    """requests_rollup_built made without lo/hi gets them at setup; its old builds fit a range only by
+    lying wholly inside it (their bounds are unknown), and a new build fits a range its rows lie in."""
+    from qtap_async.pulse import tables
+
+    old = msgspec.structs.replace(config, database=f"old_{time.time_ns() % 10**9}")
+    db = old.database
+    storage.command(f"CREATE DATABASE {db}")
+    storage.command(f"CREATE TABLE {db}.requests_rollup_built (team LowCardinality(String), hour DateTime('UTC'),"
+                    " built_at DateTime64(3, 'UTC')) ENGINE = ReplacingMergeTree(built_at)"
+                    " PARTITION BY toDate(hour) ORDER BY (team, hour)")
+    for stmt in tables.ddl(old):
+        storage.command(stmt)
+    cols = storage.query("SELECT name, default_expression AS d FROM system.columns WHERE database = {db:String}"
+                         " AND table = 'requests_rollup_built' ORDER BY position", {"db": db})
+    assert [(c["name"], c["d"]) for c in cols][-2:] == [("lo", "0"), ("hi", "9223372036854775807")]
+    saved = storage.database
+    storage.database = db
+    try:
+        team = "old-bounds"
+        hour = time.time_ns() // HOUR * HOUR - 3 * HOUR
+        events = synth_requests(200, seed=5, start_ns=hour + 10 * 60 * 10**9, span_ns=10 * 60 * 10**9)
+        asyncio.run(ingest_through_batch_path(storage, old, team, events))
+        time.sleep(0.01)
+        # A build as an older Pulse wrote it: no bounds.
+        storage.query(f"INSERT INTO {db}.requests_rollup_built (team, hour, built_at) SELECT {{team:String}},"
+                      " toDateTime({h:UInt32}, 'UTC'), now64(3, 'UTC')", {"team": team, "h": hour // 10**9})
+        cut = (hour + 5 * 60 * 10**9, hour + 2 * HOUR)
+        assert rollups.clean_hours(storage, team, *cut) == []
+        assert rollups.clean_hours(storage, team, hour, hour + HOUR) == [hour // 10**9]
+        rollups.build_hour(storage, team, hour // 10**9, time.time_ns() // 10**6)
+        assert rollups.clean_hours(storage, team, *cut) == [hour // 10**9]
+        assert rollups.clean_hours(storage, team, hour + 15 * 60 * 10**9, hour + 2 * HOUR) == []
+        [total] = [r for r in _dash(storage, team, {"start": cut[0], "end": cut[1]}) if r.set == "total"]
+        assert total.requests == 200
+    finally:
+        storage.database = saved
+        storage.command(f"DROP DATABASE {db}")
