@@ -6,8 +6,9 @@ A real `qtap pulse serve` (embedded chDB) gets ``--events`` request events sprea
 its ingestion API (100 domains, 400 endpoints, 24 processes in 12 containers, lognormal latencies, ~3 %
 errors) and an object reference for 1 % of them. A real control plane (uvicorn, SQLite) serves the pages,
 querying that Pulse over HTTP like in production. Each page is fetched ``--rounds`` times after two warm-up
-fetches; its server time is the page's own Server-Timing (from the request reaching the handler to the
-rendered page, every Pulse query included), the wall time is what the client waited on loopback.
+fetches (each round goes over all pages in turn); its server time is the page's own Server-Timing (from the
+request reaching the handler to the rendered page, every Pulse query included), the wall time is what the
+client waited on loopback. Each state records the 1-minute load average before and after its rounds.
 
 Pulse keeps hourly rollups (qtap_async/pulse/rollups.py), built in its background once an hour has been quiet
 for a few seconds; the bench waits for them (``rollups_built_s``: from the last ingest to every hour built) and
@@ -162,22 +163,28 @@ def ingest(pulse: Pulse, token: str, evs: list[dict[str, Any]]) -> float:
 
 
 def measure(c: httpx.Client, pages: dict[str, str], rounds: int) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for name, path in pages.items():
-        server_ms, wall_ms = [], []
-        for i in range(rounds + 2):
+    """Each round fetches every page once (two warm-up rounds first), so a burst of load from other work on
+    the machine lands on all pages alike instead of on whichever page was being fetched 15 times then."""
+    server_ms: dict[str, list[float]] = {name: [] for name in pages}
+    wall_ms: dict[str, list[float]] = {name: [] for name in pages}
+    size: dict[str, int] = {}
+    load_start = os.getloadavg()[0]
+    for i in range(rounds + 2):
+        for name, path in pages.items():
             t0 = time.perf_counter()
             r = c.get(path)
             wall = (time.perf_counter() - t0) * 1000
             assert r.status_code == 200, (path, r.status_code, r.text[:500])
+            size[name] = len(r.content)
             if i >= 2:
-                server_ms.append(float(r.headers["server-timing"].split("dur=")[1]))
-                wall_ms.append(wall)
-        server_ms.sort()
-        out[name] = {"path": path, "server_ms_median": round(statistics.median(server_ms), 1),
-                     "server_ms_p95": round(server_ms[int(0.95 * (len(server_ms) - 1))], 1),
-                     "server_ms_max": round(server_ms[-1], 1),
-                     "wall_ms_median": round(statistics.median(wall_ms), 1), "bytes": len(r.content)}
+                server_ms[name].append(float(r.headers["server-timing"].split("dur=")[1]))
+                wall_ms[name].append(wall)
+    out: dict[str, Any] = {"load_1m_start": round(load_start, 2), "load_1m_end": round(os.getloadavg()[0], 2)}
+    for name, path in pages.items():
+        ms = sorted(server_ms[name])
+        out[name] = {"path": path, "server_ms_median": round(statistics.median(ms), 1),
+                     "server_ms_p95": round(ms[int(0.95 * (len(ms) - 1))], 1), "server_ms_max": round(ms[-1], 1),
+                     "wall_ms_median": round(statistics.median(wall_ms[name]), 1), "bytes": size[name]}
     return out
 
 
@@ -264,13 +271,15 @@ def main() -> None:
         store.close()
     finally:
         pulse.stop()
+    fresh_load = {k: fresh.pop(k) for k in ("load_1m_start", "load_1m_end")}
+    settled_load = {k: settled.pop(k) for k in ("load_1m_start", "load_1m_end")}
     worst = max(settled.values(), key=lambda v: v["server_ms_median"])
     worst_fresh = max(fresh.values(), key=lambda v: v["server_ms_median"])
     over = [k for k, v in settled.items() if v["server_ms_median"] > TARGET_MS]
     result = {"events": args.events, "object_refs": len(refs), "range_hours": 24, "rounds": args.rounds,
               "ingest_s": round(ingest_s, 1), "rollups_built_s": round(rollup_s, 1), "target_ms": TARGET_MS,
-              "fresh": {"parts": fresh_parts, "pages": fresh},
-              "settled": {"parts": settled_parts, "merge_s": round(settle_s, 1), "pages": settled},
+              "fresh": {"parts": fresh_parts, **fresh_load, "pages": fresh},
+              "settled": {"parts": settled_parts, "merge_s": round(settle_s, 1), **settled_load, "pages": settled},
               "settled_pages_over_target": over}
     write_result("ui", result,
                  f"{args.events} requests over 24 h; settled ({settled_parts} parts): slowest page {worst['path']} "

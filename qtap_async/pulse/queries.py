@@ -448,20 +448,22 @@ def _rolled_up(storage: Storage, team: str, start: int, end: int, sets: tuple[st
     if not hours[0] or bucket % 60:
         return None  # no hour to read from the rollups: the caller's exact query over the raw rows
     params = params or {}
-    inner, bound = rollups.merged_states(storage, team, hours, start, end, ranked, raw_filter, bucket, params,
-                                         counts_only=True)
-    bound["limit"] = limit
-    top = storage.query(
-        f"SELECT cityHash64(grp, {keys}) AS h, sum(r) AS n FROM ({inner}) GROUP BY grp, {keys}"
-        f" ORDER BY n DESC, {keys} LIMIT {{limit:UInt32}} BY grp",
-        bound,
-    )
-    others = ", ".join(f"'{s}'" for s in sets if s not in ranked)
-    keep = f"cityHash64(grp, {keys}) IN {{keep:Array(UInt64)}}" + (f" OR grp IN ({others})" if others else "")
-    inner, bound = rollups.merged_states(storage, team, hours, start, end, sets, raw_filter, bucket,
-                                         dict(params, keep=[int(r["h"]) for r in top]), keep)
-    bound["bucket"] = bucket
-    return storage.query(f"SELECT grp, {select}, {rollups.STATS} FROM ({inner}) GROUP BY grp, {group}", bound)
+    where, bound = rollups.raw_where(team, start, end, hours[0], raw_filter, params)
+    with rollups.raw_scratch(storage, where, bound) as scratch:
+        inner, bound = rollups.merged_states(storage, team, hours, start, end, ranked, raw_filter, bucket, params,
+                                             counts_only=True, scratch=scratch)
+        bound["limit"] = limit
+        top = storage.query(
+            f"SELECT cityHash64(grp, {keys}) AS h, sum(r) AS n FROM ({inner}) GROUP BY grp, {keys}"
+            f" ORDER BY n DESC, {keys} LIMIT {{limit:UInt32}} BY grp",
+            bound,
+        )
+        others = ", ".join(f"'{s}'" for s in sets if s not in ranked)
+        keep = f"cityHash64(grp, {keys}) IN {{keep:Array(UInt64)}}" + (f" OR grp IN ({others})" if others else "")
+        inner, bound = rollups.merged_states(storage, team, hours, start, end, sets, raw_filter, bucket,
+                                             dict(params, keep=[int(r["h"]) for r in top]), keep, scratch=scratch)
+        bound["bucket"] = bucket
+        return storage.query(f"SELECT grp, {select}, {rollups.STATS} FROM ({inner}) GROUP BY grp, {group}", bound)
 
 
 _EXACT_SETS = {"total": "()", "domain": "(domain)", "endpoint": "(domain, method, path)",

@@ -26,7 +26,10 @@ stale again.
 
 from __future__ import annotations
 
+import contextlib
 import time
+import uuid
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from qtap_async.pulse.config import PulseConfig
@@ -59,6 +62,13 @@ SETS: dict[str, tuple[str, ...]] = {
 }
 
 
+# The earliest and the latest ts (epoch ns) among the hour's rows when it was built. A range that starts
+# or ends inside an hour still reads that hour from its rollup when every row of it lies in the range
+# (an hour that has been quiet since its rows, e.g. the newest hour before the range's end): the same rows
+# either way. The defaults (a build from before the bounds, or an hour with no rows) never fit a range.
+_BOUNDS = "lo Int64 DEFAULT 0, hi Int64 DEFAULT 9223372036854775807"
+
+
 def enabled(config: PulseConfig) -> bool:
     # A Distributed rollup would need its hours built per shard; a cluster reads the raw table.
     return not config.cluster
@@ -85,8 +95,11 @@ def ddl(config: PulseConfig, ttl_days: int) -> list[str]:
         " SELECT team, toStartOfHour(toDateTime(intDiv(ts, 1000000000), 'UTC')) AS hour,"
         f" max(now64(3, 'UTC')) AS touched_at FROM {db}.requests_in GROUP BY team, hour",
         f"CREATE TABLE IF NOT EXISTS {db}.requests_rollup_built (team LowCardinality(String),"
-        " hour DateTime('UTC'), built_at DateTime64(3, 'UTC')) ENGINE = ReplacingMergeTree(built_at)"
+        f" hour DateTime('UTC'), built_at DateTime64(3, 'UTC'), {_BOUNDS}) ENGINE = ReplacingMergeTree(built_at)"
         f" PARTITION BY toDate(hour) ORDER BY (team, hour) {ttl}",
+        # A table made before the bounds existed: its builds read as "bounds unknown" (the defaults).
+        f"ALTER TABLE {db}.requests_rollup_built " + ", ".join(f"ADD COLUMN IF NOT EXISTS {c}" for c in
+                                                                _BOUNDS.split(", ")),
     ]
 
 
@@ -104,13 +117,14 @@ CLIENT_ERRORS = "status >= 400 AND status < 500"
 
 
 def raw_states(db: str, where: str, sets: tuple[str, ...], minute: str, compact: bool = False,
-               counts_only: bool | None = False) -> str:
+               counts_only: bool | None = False, source: str = "") -> str:
     """A SELECT of the raw rows matching ``where`` in the rollup's row shape (without team, hour and
     built_at): one row per key of each of ``sets``, with aggregate states. ``minute`` is the expression
     that keys the bucket set (toStartOfMinute for a rollup, the query's own bucket otherwise). ``compact``:
     histograms as sorted (bucket, count) pairs, for storing; otherwise one bucket per row with weight 1,
     which quantilesExactWeighted merges the same and costs less to make. ``counts_only``: empty
-    histograms and distinct lists (for ranking keys); None: histograms but no distinct lists."""
+    histograms and distinct lists (for ranking keys); None: histograms but no distinct lists. ``source``:
+    a scratch table holding those rows already (``raw_scratch``), read instead of the raw table."""
     used = tuple(k for k in KEYS if any(k in SETS[s] for s in sets))
     name = "multiIf(" + ", ".join(f"g = {_grouping_id(SETS[s], used)}, '{s}'" for s in sets) + ", '')"
     grouping = ", ".join("(" + ", ".join(SETS[s]) + ")" for s in sets)
@@ -130,7 +144,7 @@ def raw_states(db: str, where: str, sets: tuple[str, ...], minute: str, compact:
         f" countIf({CLIENT_ERRORS}) AS ce, {hist}"
         f" {lists}"
         f" grouping({', '.join(used)}) AS g"
-        f" FROM {db}.requests FINAL WHERE {where} GROUP BY GROUPING SETS ({grouping})"
+        f" FROM {source or f'{db}.requests FINAL WHERE {where}'} GROUP BY GROUPING SETS ({grouping})"
     )
 
 
@@ -164,9 +178,13 @@ def build_hour(storage: Storage, team: str, hour_s: int, built_at_ms: int) -> No
         f" fromUnixTimestamp64Milli({{built:Int64}}, 'UTC') FROM ({inner})",
         params,
     )
+    # The bounds are read after the rollup rows: a row they see that the rollup missed came in after
+    # built_at, so it marks the hour stale anyway.
     storage.query(
-        f"INSERT INTO {db}.requests_rollup_built SELECT {{team:String}}, toDateTime({{hour:UInt32}}, 'UTC'),"
-        " fromUnixTimestamp64Milli({built:Int64}, 'UTC')",
+        f"INSERT INTO {db}.requests_rollup_built (team, hour, built_at, lo, hi) SELECT {{team:String}},"
+        " toDateTime({hour:UInt32}, 'UTC'), fromUnixTimestamp64Milli({built:Int64}, 'UTC'),"
+        " if(count() = 0, 0, toUnixTimestamp64Nano(min(ts))),"
+        f" if(count() = 0, 9223372036854775807, toUnixTimestamp64Nano(max(ts))) FROM {db}.requests WHERE {where}",
         params,
     )
 
@@ -186,28 +204,37 @@ def refresh(storage: Storage, now_ms: int | None = None, grace_s: float | None =
 
 
 def clean_hours(storage: Storage, team: str, start_ns: int, end_ns: int) -> list[int]:
-    """The hours (epoch seconds) wholly inside [start, end) whose rollup is up to date."""
+    """The hours (epoch seconds) whose rollup is up to date and holds only rows inside [start, end)."""
     return clean(storage, team, start_ns, end_ns)[0]
 
 
 def clean(storage: Storage, team: str, start_ns: int, end_ns: int) -> tuple[list[int], list[int]]:
-    """clean_hours, and the version of each (a hash of the hour and its newest build): the rows to read."""
+    """clean_hours, and the version of each (a hash of the hour and its newest build): the rows to read.
+
+    An hour qualifies when it was built after its last insert and either lies wholly inside [start, end)
+    or had all its rows inside it when built (``lo``/``hi``): the partial hours at a range's ends then need
+    no raw rows when they have been quiet, as the newest hour before ``end`` usually has been."""
     # Hours of a DateTime (1970 to 2106): a range reaching past them has no rollup there.
-    first = max(0, -(-start_ns // (HOUR_S * 10**9)) * HOUR_S)
-    last = min(2**32 - HOUR_S, end_ns // (HOUR_S * 10**9) * HOUR_S)  # exclusive
+    first = max(0, start_ns // (HOUR_S * 10**9) * HOUR_S)  # the hour holding start
+    last = min(2**32 - HOUR_S, -(-end_ns // (HOUR_S * 10**9)) * HOUR_S)  # exclusive: past the hour holding end
     if last <= first or not enabled(storage.config):
         return [], []
     db = storage.database
+    # One pass over both small tables (a UNION, not a JOIN: the JOIN cost ~4x as much per page).
     rows = storage.query(
-        "SELECT toUnixTimestamp(b.hour) AS hour, cityHash64(b.hour, b.built) AS v FROM"
-        f" (SELECT hour, max(built_at) AS built FROM {db}.requests_rollup_built WHERE team = {{team:String}}"
-        "  AND hour >= toDateTime({first:UInt32}, 'UTC') AND hour < toDateTime({last:UInt32}, 'UTC')"
-        "  GROUP BY hour) AS b"
-        f" LEFT JOIN (SELECT hour, max(touched_at) AS touched FROM {db}.requests_touched"
+        "SELECT toUnixTimestamp(hour) AS hour, cityHash64(hour, max(built_at)) AS v FROM ("
+        f" SELECT hour, built_at, lo, hi, toDateTime64(0, 3, 'UTC') AS touched_at FROM {db}.requests_rollup_built"
         "  WHERE team = {team:String} AND hour >= toDateTime({first:UInt32}, 'UTC')"
-        "  AND hour < toDateTime({last:UInt32}, 'UTC') GROUP BY hour) AS t ON b.hour = t.hour"
-        " WHERE t.touched <= b.built ORDER BY hour",
-        {"team": team, "first": first, "last": last},
+        "  AND hour < toDateTime({last:UInt32}, 'UTC')"
+        " UNION ALL SELECT hour, toDateTime64(0, 3, 'UTC'), 0, 0, touched_at"
+        f" FROM {db}.requests_touched WHERE team = {{team:String}}"
+        "  AND hour >= toDateTime({first:UInt32}, 'UTC') AND hour < toDateTime({last:UInt32}, 'UTC'))"
+        " GROUP BY hour HAVING max(built_at) > toDateTime64(0, 3, 'UTC') AND max(touched_at) <= max(built_at)"
+        " AND ((toUInt64(toUnixTimestamp(hour)) * 1000000000 >= {start:Int64}"
+        "   AND (toUInt64(toUnixTimestamp(hour)) + 3600) * 1000000000 <= {end:Int64})"
+        "  OR (argMax(lo, built_at) >= {start:Int64} AND argMax(hi, built_at) < {end:Int64}))"
+        " ORDER BY hour",
+        {"team": team, "first": first, "last": last, "start": start_ns, "end": end_ns},
     )
     return [int(r["hour"]) for r in rows], [int(r["v"]) for r in rows]
 
@@ -226,14 +253,53 @@ def raw_intervals(start_ns: int, end_ns: int, hours: list[int]) -> list[tuple[in
     return out
 
 
+# The raw columns the states are made of.
+_RAW_COLUMNS = "domain, method, path, pid, exe, container_id, direction, ts, status, grpc_status, duration_ns"
+
+
+def raw_where(team: str, start_ns: int, end_ns: int, hours: list[int], raw_filter: str,
+              params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The condition on the raw rows of [start, end) outside the rollup's ``hours`` ("" when none are)."""
+    intervals = raw_intervals(start_ns, end_ns, hours)
+    if not intervals:
+        return "", params
+    params = dict(params, team=team)
+    ors = []
+    for i, (lo, hi) in enumerate(intervals):
+        params[f"lo{i}"], params[f"hi{i}"] = lo, hi
+        ors.append(f"(ts >= fromUnixTimestamp64Nano({{lo{i}:Int64}}, 'UTC')"
+                   f" AND ts < fromUnixTimestamp64Nano({{hi{i}:Int64}}, 'UTC'))")
+    return "team = {team:String} AND (" + " OR ".join(ors) + ")" + raw_filter, params
+
+
+@contextlib.contextmanager
+def raw_scratch(storage: Storage, where: str, params: dict[str, Any]) -> Iterator[str]:
+    """The raw rows matching ``where`` (once, with FINAL) in a temporary in-memory table for the life of the
+    block; its name, or "" when the backend keeps no session to hold one (each statement reads the raw table
+    then). A page's statements (ranking, merging, the distinct lists) read the raw rows of the partial hours
+    three times; reading them from the big table is what costs (the rows of an hour are spread over the day's
+    granules, the table being sorted by domain and path first): once, then from memory, is ~35 % cheaper."""
+    if not where or not storage.scratch_tables:
+        yield ""
+        return
+    name = f"pulse_raw_{uuid.uuid4().hex}"
+    storage.query(f"CREATE TEMPORARY TABLE {name} ENGINE = Memory AS SELECT {_RAW_COLUMNS}"
+                  f" FROM {storage.database}.requests FINAL WHERE {where}", params)
+    try:
+        yield name
+    finally:
+        storage.command(f"DROP TEMPORARY TABLE IF EXISTS {name}")
+
+
 def merged_states(storage: Storage, team: str, hours: tuple[list[int], list[int]], start_ns: int, end_ns: int,
                   sets: tuple[str, ...], raw_filter: str, bucket_s: int, params: dict[str, Any],
-                  keep: str = "", counts_only: bool = False) -> tuple[str, dict[str, Any]]:
+                  keep: str = "", counts_only: bool = False, scratch: str = "") -> tuple[str, dict[str, Any]]:
     """A subquery in the rollup's row shape for [start, end): the rollup rows of ``sets`` in the clean
     ``hours`` (from ``clean``) and the raw rows' states of everything else (``raw_filter``: extra conditions on the raw
     rows, the same as the rollup rows must meet; they may only name key columns). ``keep``: a condition
-    on the rows of both sides (the keys worth merging histograms for). Callers GROUP BY and merge; columns
-    they do not read are not computed (ClickHouse drops them from the subquery)."""
+    on the rows of both sides (the keys worth merging histograms for). ``scratch``: the raw rows outside
+    ``hours`` already in a table (``raw_scratch``). Callers GROUP BY and merge; columns they do not read
+    are not computed (ClickHouse drops them from the subquery)."""
     db = storage.database
     clean_hours, versions = hours
     if bucket_s % 60:  # a minute lies in one bucket only when buckets are whole minutes
@@ -252,16 +318,10 @@ def merged_states(storage: Storage, team: str, hours: tuple[list[int], list[int]
             f" AND cityHash64(hour, built_at) IN {{rollup_versions:Array(UInt64)}} AND grp IN ({sets_sql}){raw_filter}"
             + (f" AND ({keep})" if keep else "")
         )
-    intervals = raw_intervals(start_ns, end_ns, clean_hours)
-    if intervals:
-        ors = []
-        for i, (lo, hi) in enumerate(intervals):
-            params[f"lo{i}"], params[f"hi{i}"] = lo, hi
-            ors.append(f"(ts >= fromUnixTimestamp64Nano({{lo{i}:Int64}}, 'UTC')"
-                       f" AND ts < fromUnixTimestamp64Nano({{hi{i}:Int64}}, 'UTC'))")
-        where = "team = {team:String} AND (" + " OR ".join(ors) + ")" + raw_filter
+    where, params = raw_where(team, start_ns, end_ns, clean_hours, raw_filter, params)
+    if where:
         inner = raw_states(db, where, sets, "toStartOfInterval(ts, toIntervalSecond({bucket:UInt32}))",
-                           counts_only=True if counts_only else None)
+                           counts_only=True if counts_only else None, source=scratch)
         params["bucket"] = bucket_s
         parts.append(
             "SELECT grp, domain, method, path, pid, exe, container_id, direction, minute, r, e, ce, hk, hv, dl, sl"
@@ -275,7 +335,8 @@ def merged_states(storage: Storage, team: str, hours: tuple[list[int], list[int]
                 " '' AS container_id, '' AS direction, toDateTime(0, 'UTC') AS minute, toUInt64(0) AS r,"
                 " toUInt64(0) AS e, toUInt64(0) AS ce, CAST([], 'Array(UInt16)') AS hk,"
                 " CAST([], 'Array(UInt64)') AS hv, groupUniqArray(domain) AS dl,"
-                f" groupUniqArray(concat(exe, '\\0', container_id)) AS sl FROM {db}.requests WHERE {where}"
+                " groupUniqArray(concat(exe, '\\0', container_id)) AS sl"
+                f" FROM {scratch or f'{db}.requests WHERE {where}'}"
             )
     return " UNION ALL ".join(parts), params
 

@@ -49,6 +49,9 @@ def _rows(body: bytes) -> list[dict[str, Any]]:
 
 
 class Storage(ABC):
+    # Whether a TEMPORARY table made by one statement is there for the next ones (one session for all).
+    scratch_tables = False
+
     def __init__(self, config: PulseConfig) -> None:
         self.config = config
         self.database = config.database
@@ -141,6 +144,8 @@ def _bind(value: Any) -> Any:
 
 class ChdbStorage(Storage):
     """Embedded chDB. chDB allows one engine path per process: open one ChdbStorage per data dir."""
+
+    scratch_tables = True  # one session; names are unique per use, so threads do not share one
 
     def __init__(self, config: PulseConfig, path: str | Path | None = None) -> None:
         super().__init__(config)

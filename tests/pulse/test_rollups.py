@@ -63,8 +63,19 @@ def test_rollups_answer_what_the_raw_rows_answer(
     raw = _dash(storage, team, w)
     raw_edges = q.edges(storage, team, q.EdgeParams(**w))
     raw_ingress = q.edges(storage, team, q.EdgeParams(**w, direction="ingress"))
+    # Ranges that cut the first and the last hour with rows: those hours hold rows on both sides of an end.
+    first_hour = whole[0] - 3600
+    cuts = [{"start": first_hour * 10**9 + 25 * 60 * 10**9, "end": w["end"]},
+            {"start": w["start"], "end": whole[-1] * 10**9 + 7 * 60 * 10**9},
+            {"start": first_hour * 10**9 + 25 * 60 * 10**9, "end": whole[-1] * 10**9 + 7 * 60 * 10**9}]
+    raw_cuts = [(_dash(storage, team, c), q.edges(storage, team, q.EdgeParams(**c))) for c in cuts]
     assert _build_all(storage) >= 5  # every hour that got rows, the partial ones too
-    assert rollups.clean_hours(storage, team, w["start"], w["end"]) == whole
+    # The first hour is partial but all its rows lie in the window (they start after the window does):
+    # it reads from its rollup like the whole hours.
+    assert rollups.clean_hours(storage, team, w["start"], w["end"]) == [first_hour, *whole]
+    assert rollups.clean_hours(storage, team, cuts[0]["start"], cuts[0]["end"]) == whole
+    assert rollups.clean_hours(storage, team, cuts[1]["start"], cuts[1]["end"]) == [first_hour, *whole[:-1]]
+    assert rollups.clean_hours(storage, team, cuts[2]["start"], cuts[2]["end"]) == whole[:-1]
     rolled = _dash(storage, team, w)
     # Without a clean hour the answer was the exact one over the raw rows; from the rollups it has the same
     # rows in the same order with the same counts, and percentiles within 1 % of a duration at their rank.
@@ -77,6 +88,21 @@ def test_rollups_answer_what_the_raw_rows_answer(
     assert counts(q.edges(storage, team, q.EdgeParams(**w))) == counts(raw_edges)
     assert counts(q.edges(storage, team, q.EdgeParams(**w, direction="ingress"))) == counts(raw_ingress)
     assert [r.p99_ns for r in rolled] != [r.p99_ns for r in raw]  # the answers did come from the histograms
+    # A cut hour is read raw around the rollups of the others: the counts are still those of the raw rows,
+    # with those rows read once into a scratch table (chDB) or by each statement (a server without sessions).
+    for c, (raw_dash, raw_edge) in zip(cuts, raw_cuts, strict=True):
+        assert counts(_dash(storage, team, c)) == counts(raw_dash), c
+        assert counts(q.edges(storage, team, q.EdgeParams(**c))) == counts(raw_edge), c
+        assert storage.scratch_tables
+        with_scratch = (_dash(storage, team, c), q.edges(storage, team, q.EdgeParams(**c)))
+        storage.scratch_tables = False
+        try:
+            assert (_dash(storage, team, c), q.edges(storage, team, q.EdgeParams(**c))) == with_scratch
+        finally:
+            storage.scratch_tables = True
+        inside = [e for e in events if c["start"] <= int(e.ts) < c["end"]]
+        assert _by_set(_dash(storage, team, c))["total"][0].requests == len(inside)
+        assert_sketched({0: stats(_by_set(_dash(storage, team, c))["total"][0])}, inside, lambda e: 0)
     # And both are what the events say (copies counted once).
     by = _by_set(rolled)
     assert by["total"][0].requests == len(events)
@@ -115,7 +141,7 @@ def test_late_rows_and_copies_after_a_build(
 
     assert total().requests == len(events) + 50
     _build_all(storage)
-    assert rollups.clean_hours(storage, team, w["start"], w["end"]) == whole
+    assert rollups.clean_hours(storage, team, w["start"], w["end"]) == [whole[0] - 3600, *whole]
     assert total().requests == len(events) + 50
     assert_sketched({0: stats(total())}, events + late, lambda e: 0)
     # A replayed batch of events already counted changes nothing, before or after the rebuild.
@@ -124,6 +150,21 @@ def test_late_rows_and_copies_after_a_build(
     assert total().requests == len(events) + 50
     _build_all(storage)
     assert total().requests == len(events) + 50
+    # A late row in the first hour but before the window: once rebuilt, the hour has a row outside the
+    # window, so it is no longer read from its rollup (which would count that row).
+    first_hour = whole[0] - 3600
+    early = synth_requests(1, seed=7, start_ns=first_hour * 10**9 + 60 * 10**9, span_ns=10**9)
+    assert int(early[0].ts) < w["start"]
+    time.sleep(0.01)
+    asyncio.run(ingest_through_batch_path(storage, config, team, early))
+    assert first_hour not in rollups.clean_hours(storage, team, w["start"], w["end"])
+    assert total().requests == len(events) + 50
+    _build_all(storage)
+    assert rollups.clean_hours(storage, team, w["start"], w["end"]) == whole
+    assert total().requests == len(events) + 50
+    wider = {"start": first_hour * 10**9, "end": w["end"]}
+    assert rollups.clean_hours(storage, team, wider["start"], wider["end"]) == [first_hour, *whole]
+    assert _by_set(_dash(storage, team, wider))["total"][0].requests == len(events) + 51
 
 
 def test_other_teams_see_nothing(
@@ -135,3 +176,43 @@ def test_other_teams_see_nothing(
     [empty] = _dash(storage, team + "-other", w)
     assert (empty.set, empty.requests, empty.p99_ns) == ("total", 0, 0)
     assert q.edges(storage, team + "-other", q.EdgeParams(**w)) == []
+
+
+def test_a_data_dir_from_before_the_bounds(storage: Storage, config: PulseConfig) -> None:
+    """requests_rollup_built made without lo/hi gets them at setup; its old builds fit a range only by
+    lying wholly inside it (their bounds are unknown), and a new build fits a range its rows lie in."""
+    from qtap_async.pulse import tables
+
+    old = msgspec.structs.replace(config, database=f"old_{time.time_ns() % 10**9}")
+    db = old.database
+    storage.command(f"CREATE DATABASE {db}")
+    storage.command(f"CREATE TABLE {db}.requests_rollup_built (team LowCardinality(String), hour DateTime('UTC'),"
+                    " built_at DateTime64(3, 'UTC')) ENGINE = ReplacingMergeTree(built_at)"
+                    " PARTITION BY toDate(hour) ORDER BY (team, hour)")
+    for stmt in tables.ddl(old):
+        storage.command(stmt)
+    cols = storage.query("SELECT name, default_expression AS d FROM system.columns WHERE database = {db:String}"
+                         " AND table = 'requests_rollup_built' ORDER BY position", {"db": db})
+    assert [(c["name"], c["d"]) for c in cols][-2:] == [("lo", "0"), ("hi", "9223372036854775807")]
+    saved = storage.database
+    storage.database = db
+    try:
+        team = "old-bounds"
+        hour = time.time_ns() // HOUR * HOUR - 3 * HOUR
+        events = synth_requests(200, seed=5, start_ns=hour + 10 * 60 * 10**9, span_ns=10 * 60 * 10**9)
+        asyncio.run(ingest_through_batch_path(storage, old, team, events))
+        time.sleep(0.01)
+        # A build as an older Pulse wrote it: no bounds.
+        storage.query(f"INSERT INTO {db}.requests_rollup_built (team, hour, built_at) SELECT {{team:String}},"
+                      " toDateTime({h:UInt32}, 'UTC'), now64(3, 'UTC')", {"team": team, "h": hour // 10**9})
+        cut = (hour + 5 * 60 * 10**9, hour + 2 * HOUR)
+        assert rollups.clean_hours(storage, team, *cut) == []
+        assert rollups.clean_hours(storage, team, hour, hour + HOUR) == [hour // 10**9]
+        rollups.build_hour(storage, team, hour // 10**9, time.time_ns() // 10**6)
+        assert rollups.clean_hours(storage, team, *cut) == [hour // 10**9]
+        assert rollups.clean_hours(storage, team, hour + 15 * 60 * 10**9, hour + 2 * HOUR) == []
+        [total] = [r for r in _dash(storage, team, {"start": cut[0], "end": cut[1]}) if r.set == "total"]
+        assert total.requests == 200
+    finally:
+        storage.database = saved
+        storage.command(f"DROP DATABASE {db}")

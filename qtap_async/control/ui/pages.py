@@ -49,6 +49,8 @@ _SAFE_NEXT = re.compile(r"^/ui(/[A-Za-z0-9/_.~-]{0,200})?$")
 _GROUP = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]{0,63})?$")
 _ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 NS = 10**9
+HOUR_NS = 3600 * NS
+ALIGN_FROM_S = 6 * 3600  # ranges at least this long start on a whole hour (see _range)
 
 NAV = [("dashboard", "/ui/", "Dashboard"), ("traffic", "/ui/traffic", "Traffic"), ("map", "/ui/map", "Dependency map"),
        ("issues", "/ui/issues", "Issues"), ("fleet", "/ui/fleet", "Fleet"), ("configs", "/ui/configs", "Configs"),
@@ -278,7 +280,17 @@ class UiApp:
         if key not in RANGES:
             raise ApiError(422, f"range must be one of {', '.join(RANGES)}")
         end = time.time_ns()
-        return key, end - RANGES[key] * NS, end
+        start = end - RANGES[key] * NS
+        if RANGES[key] >= ALIGN_FROM_S:
+            # Pulse keeps hourly rollups: a window that starts on a whole hour reads its first hour from
+            # the rollup instead of scanning that hour's raw rows (docs/pulse.md, "Rollups"). It is up to
+            # an hour longer than its name, and the page says where it starts.
+            start = start // HOUR_NS * HOUR_NS
+        return key, start, end
+
+    @staticmethod
+    def _since(start: int) -> str:
+        return datetime.fromtimestamp(start // NS, UTC).strftime("%Y-%m-%d %H:%M UTC")
 
     # -- dashboard --------------------------------------------------------------------------------
     async def dashboard(self, ctx: Ctx) -> Response:
@@ -290,7 +302,8 @@ class UiApp:
             rows = await self.pulse.query("dashboard", start=start, end=end, bucket=bucket, limit=10)
         except PulseUnavailable as e:
             return self.render(ctx, "dashboard.html", "dashboard", range=key, ranges=RANGES, pulse_error=str(e),
-                               total=None, charts={}, domains=[], endpoints=[], procs=[], containers=[])
+                               since=self._since(start), total=None, charts={}, domains=[], endpoints=[], procs=[],
+                               containers=[])
         part: dict[str, list[dict[str, Any]]] = {}
         for row in rows:
             part.setdefault(row["set"], []).append(row)
@@ -320,7 +333,8 @@ class UiApp:
         }
         total = summary[0] if summary else None
         return self.render(ctx, "dashboard.html", "dashboard", range=key, ranges=RANGES, pulse_error="",
-                           total=total, span_s=span_s, charts=charts, domains=domains, endpoints=endpoints,
+                           since=self._since(start), total=total, span_s=(end - start) / NS, charts=charts,
+                           domains=domains, endpoints=endpoints,
                            procs=procs, containers=containers)
 
     # -- traffic explorer -------------------------------------------------------------------------
@@ -421,10 +435,11 @@ class UiApp:
             rows = await self.pulse.query("edges", start=start, end=end, limit=200, direction=direction)
         except PulseUnavailable as e:
             return self.render(ctx, "map.html", "map", range=key, ranges=RANGES, direction=direction,
-                               pulse_error=str(e), graph=None, rows=[])
-        graph = svg.dependency_graph(rows, RANGES[key]) if rows else None
+                               pulse_error=str(e), since=self._since(start), graph=None, rows=[])
+        graph = svg.dependency_graph(rows, (end - start) / NS) if rows else None
         return self.render(ctx, "map.html", "map", range=key, ranges=RANGES, direction=direction, pulse_error="",
-                           graph=graph, rows=rows, span_s=RANGES[key])
+                           since=self._since(start), graph=graph, rows=rows,
+                           span_s=(end - start) / NS)  # rates over the window shown
 
     # -- fleet ------------------------------------------------------------------------------------
     async def fleet(self, ctx: Ctx) -> Response:

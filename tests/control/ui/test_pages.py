@@ -7,6 +7,7 @@ import os
 import re
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -123,6 +124,18 @@ def test_dashboard_numbers_are_the_traffic_sent(ui: Ui, admin: tuple[httpx.Clien
     expected = sum(1 for r in t.requests if r["ts"] >= time.time_ns() - 900 * 10**9)
     assert abs(int(quarter["requests"]) - expected) <= 1
     assert c.get("/ui/", params={"range": "forever"}).status_code == 422
+    # A day starts on the whole hour 24 to 25 hours back (Pulse reads that hour from its rollup) and says so;
+    # an hour starts exactly an hour back.
+    before = time.time()
+    day = c.get("/ui/", params={"range": "24h"}).text
+    since = re.search(r'<p class="since" id="since">From (\d{4}-\d\d-\d\d \d\d:\d\d) UTC to now</p>', day)
+    assert since, day[:3000]
+    start = datetime.strptime(since.group(1), "%Y-%m-%d %H:%M").replace(tzinfo=UTC).timestamp()
+    assert start % 3600 == 0 and before - 25 * 3600 <= start <= time.time() - 24 * 3600
+    assert int(_cards(day)["requests"]) == len(t.requests)
+    hour = re.search(r'id="since">From (\d{4}-\d\d-\d\d \d\d:\d\d) UTC', c.get("/ui/", params={"range": "1h"}).text)
+    assert hour and abs(datetime.strptime(hour.group(1), "%Y-%m-%d %H:%M").replace(tzinfo=UTC).timestamp()
+                        - (time.time() - 3600)) <= 120
 
 
 def _rows(html: str) -> list[str]:
