@@ -20,7 +20,6 @@ and the reader waits for a chunk that starts with a request line (status line) t
 from __future__ import annotations
 
 import re
-from collections import deque
 from typing import TYPE_CHECKING
 
 from qtap_async.events.http import HttpTransaction
@@ -569,6 +568,12 @@ class _Reader:
             if st == S_RESYNC:
                 pos = n
             break
+        if pos >= n and self.state != S_PAUSED:
+            # Everything consumed: drop the chunk now rather than at the next feed, so an idle keep-alive
+            # connection does not hold its last request or response (bodies keep their own references).
+            self.base += n
+            self.buf = b""
+            pos = 0
         self.pos = pos
 
     def _cut_head(self, pos: int, start_ts: int, ts: int) -> None:
@@ -646,6 +651,9 @@ class Http1Connection:
     """Both directions of one HTTP/1 connection. ``client_dir`` is the direction carrying requests."""
 
     protocol = "http1"
+    # Slots: one of these lives as long as its connection (10k idle keep-alive connections are 10k of them).
+    __slots__ = ("_parse_head", "client_dir", "dead", "limits", "out", "paused", "queue", "readers", "scheme",
+                 "server_dir", "switch_to")
 
     def __init__(self, limits: Limits, client_dir: int, *, scheme: str | None = None,
                  resync: tuple[bool, bool] = (False, False)) -> None:
@@ -659,7 +667,9 @@ class Http1Connection:
         for d in (0, 1):
             if resync[d]:
                 self.readers[d].state = S_RESYNC
-        self.queue: deque[_Exchange] = deque()  # requests waiting for (the end of) their response
+        # Requests waiting for (the end of) their response. A list, not a deque: it holds at most
+        # limits.max_pending_requests, and an empty deque costs ~600 bytes per idle connection.
+        self.queue: list[_Exchange] = []
         self.out: list[object] = []
         self.switch_to: Http2Connection | None = None
         self.paused: _Exchange | None = None
@@ -830,7 +840,7 @@ class Http1Connection:
             ex.req_done = True
             ex.scheme = self.scheme
             ex.reasons.append("request not seen (capture started mid-connection or request lost)")
-            queue.appendleft(ex)
+            queue.insert(0, ex)
         if r.cut_reason:
             ex.reasons.append(r.cut_reason)
         if 100 <= status < 200 and status != 101:
@@ -889,7 +899,7 @@ class Http1Connection:
         if pick is None:
             return None
         while queue[0] is not pick:
-            old = queue.popleft()
+            old = queue.pop(0)
             old.reasons.append("response lost in a gap")
             old.resp_done = True
             if old.req_done:
@@ -912,7 +922,7 @@ class Http1Connection:
             self._refused_before_body(ex, ts)
         queue = self.queue
         if queue and queue[0] is ex:
-            queue.popleft()
+            del queue[0]
         if self.paused is ex and ex.upgrade is None:
             # Upgrade declined: the request side goes on as HTTP/1
             self.paused = None

@@ -42,11 +42,28 @@ class Direction(enum.IntEnum):
     RECV = 1
 
 
+class _Detection:
+    """Per-direction detection state, made at a connection's first byte or gap and dropped once its
+    protocol is known: an idle or detected connection does not carry it."""
+
+    __slots__ = ("buf", "failed", "gapped", "offsets", "ts")
+
+    def __init__(self) -> None:
+        self.buf = [b"", b""]
+        self.ts = [0, 0]
+        self.failed = [False, False]
+        self.gapped = [False, False]
+        self.offsets = [0, 0]
+
+
+_BOTH_FAILED = _Detection()
+_BOTH_FAILED.failed = [True, True]
+
+
 class ProtocolSession:
     """Parser state of one connection. See the module docstring."""
 
-    __slots__ = ("_alpn", "_closed", "_dead", "_det_buf", "_det_failed", "_det_ts", "_gapped", "_handler",
-                 "_limits", "_offsets", "local_port", "remote_port")
+    __slots__ = ("_alpn", "_closed", "_dead", "_det", "_handler", "_limits", "local_port", "remote_port")
 
     def __init__(self, *, local_port: int, remote_port: int, alpn: str | None = None,
                  limits: Limits = DEFAULT_LIMITS) -> None:
@@ -57,11 +74,7 @@ class ProtocolSession:
         self._handler: Any = None
         self._dead = False
         self._closed = False
-        self._det_buf = [b"", b""]
-        self._det_ts = [0, 0]
-        self._det_failed = [False, False]
-        self._gapped = [False, False]
-        self._offsets = [0, 0]
+        self._det: _Detection | None = None
         if local_port == 53 or remote_port == 53:
             self._handler = DnsTcpConnection(limits)
 
@@ -75,7 +88,8 @@ class ProtocolSession:
     def detection_failed(self) -> bool:
         """True once neither direction could be recognized (``protocol`` then stays "unknown" for
         good); False while detection is pending or after it succeeded."""
-        return self._handler is None and self._det_failed[0] and self._det_failed[1]
+        det = self._det
+        return self._handler is None and det is not None and det.failed[0] and det.failed[1]
 
     # -- public API ---------------------------------------------------------------------------------
     def feed(self, direction: Direction | int, data: bytes | memoryview, ts_ns: int) -> list[Record]:
@@ -95,11 +109,14 @@ class ProtocolSession:
         if self._dead or self._closed:
             return []
         d = 1 if direction else 0
-        if self._det_failed[d]:
-            self._offsets[d] += len(data)
+        det = self._det
+        if det is None:
+            det = self._det = _Detection()
+        elif det.failed[d]:
+            det.offsets[d] += len(data)
             return []
         try:
-            return self._detect(d, bytes(data), ts_ns)
+            return self._detect(det, d, bytes(data), ts_ns)
         except Exception as e:
             return self._internal(e, d, ts_ns)
 
@@ -116,9 +133,12 @@ class ProtocolSession:
                 return self._internal(e, d, ts_ns)
             return out
         if not self._dead and not self._closed:
-            self._offsets[d] += len(self._det_buf[d]) + nbytes
-            self._det_buf[d] = b""
-            self._gapped[d] = True
+            det = self._det
+            if det is None:
+                det = self._det = _Detection()
+            det.offsets[d] += len(det.buf[d]) + nbytes
+            det.buf[d] = b""
+            det.gapped[d] = True
         return []
 
     def close(self, ts_ns: int) -> list[Record]:
@@ -136,23 +156,24 @@ class ProtocolSession:
         return out
 
     # -- detection ----------------------------------------------------------------------------------
-    def _detect(self, d: int, data: bytes, ts: int) -> list[Record]:
-        old = self._det_buf[d]
+    def _detect(self, det: _Detection, d: int, data: bytes, ts: int) -> list[Record]:
+        old = det.buf[d]
         if not old:
-            self._det_ts[d] = ts
+            det.ts[d] = ts
         buf = old + data
         status, proto, role = detect(buf, alpn=self._alpn)
         if status == NEED_MORE and len(buf) < self._limits.max_detect_bytes:
-            self._det_buf[d] = buf
+            det.buf[d] = buf
             return []
         if status != MATCH:
-            self._det_buf[d] = b""
-            self._det_failed[d] = True
-            self._offsets[d] += len(buf)
-            if self._det_failed[1 - d]:
+            det.buf[d] = b""
+            det.failed[d] = True
+            det.offsets[d] += len(buf)
+            if det.failed[1 - d]:
                 self._dead = True
+                self._det = _BOTH_FAILED  # nothing more is read: keep only the answer to detection_failed
             return []
-        self._det_buf[d] = b""
+        det.buf[d] = b""
         o = 1 - d
         client_dir = d if role == ROLE_CLIENT else o if role == ROLE_SERVER else None
         lim = self._limits
@@ -161,32 +182,33 @@ class ProtocolSession:
         if proto == "http1":
             assert client_dir is not None
             h = Http1Connection(lim, client_dir, scheme=scheme,
-                                resync=(self._det_failed[0], self._det_failed[1]))
+                                resync=(det.failed[0], det.failed[1]))
         elif proto == "http2":
             if client_dir is not None:  # a client or server preface: the connection's start
-                known = [not self._gapped[0], not self._gapped[1]]
-                known[o] = known[o] and not self._det_failed[o]
+                known = [not det.gapped[0], not det.gapped[1]]
+                known[o] = known[o] and not det.failed[o]
                 h = Http2Connection(lim, client_dir=client_dir, known=(known[0], known[1]), alpn=self._alpn,
-                                    expect_preface=not (self._gapped[client_dir] or self._det_failed[client_dir]))
+                                    expect_preface=not (det.gapped[client_dir] or det.failed[client_dir]))
             else:
                 h = Http2Connection(lim, known=(False, False), alpn=self._alpn, expect_preface=False)
-            if self._det_failed[o]:
+            if det.failed[o]:
                 h.readers[o].state = R_RESYNC
         else:
             h = TlsConnection(lim, client_dir)
         self._handler = h
+        self._det = None  # the handler has it all from here
         out: list[Record] = []
-        if self._det_failed[o] and proto != "tls":
-            out.append(ParseError(reason=f"{self._offsets[o]} bytes at the start of the stream not recognized "
+        if det.failed[o] and proto != "tls":
+            out.append(ParseError(reason=f"{det.offsets[o]} bytes at the start of the stream not recognized "
                                   "(capture started mid-connection?); skipped", direction=o, offset=0,
                                   ts_ns=ts, protocol="session"))
-        for dd, ts_dd, chunk in ((d, self._det_ts[d], old), (d, ts, data)):
+        for dd, ts_dd, chunk in ((d, det.ts[d], old), (d, ts, data)):
             if chunk:
                 out.extend(h.feed(dd, chunk, ts_dd))
-        pending = self._det_buf[o]
+        pending = det.buf[o]
         if pending:
-            self._det_buf[o] = b""
-            out.extend(h.feed(o, pending, self._det_ts[o]))
+            det.buf[o] = b""
+            out.extend(h.feed(o, pending, det.ts[o]))
         if h.switch_to is not None:
             self._handler = h.switch_to
         return out
