@@ -28,6 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import Consumer, Nginx, run_load, write_result
 
 IDLE = Path(__file__).with_name("_idle_clients.py")
+# RSS "after" is read this long after the load ends: the agent trims its heap after large releases
+# (AgentOptions.heap_trim_interval_s, 5 s), so two of its ticks have passed.
+AFTER_S = 12.0
 
 
 def idle(ng: Nginx, n: int, max_connections: int) -> dict[str, Any]:
@@ -45,7 +48,7 @@ def idle(ng: Nginx, n: int, max_connections: int) -> dict[str, Any]:
         held = c.rss_kib()
         clients.stdin.close()
         clients.wait(60)
-        time.sleep(2.0)
+        time.sleep(AFTER_S)  # the closes are processed and the agent's heap trim (every 5 s) has run
         after = c.rss_kib()
     finally:
         final = c.stop()
@@ -64,7 +67,7 @@ def streaming(ng: Nginx, conns: int, duration: float) -> dict[str, Any]:
         base = c.rss_kib()
         res = run_load("h2load", f"http://127.0.0.1:{ng.http_port}/large", duration, clients=conns)
         peak = c.rss_kib("VmHWM")
-        time.sleep(2.0)
+        time.sleep(AFTER_S)
         after = c.rss_kib()
     finally:
         final = c.stop()

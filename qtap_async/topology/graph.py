@@ -61,6 +61,7 @@ class AgentOptions:
     out_queue_bytes: int = 64 << 20
     emit_gaps: bool = True
     metrics_interval_s: float = 0.0  # > 0: log a metrics line to stderr this often
+    heap_trim_interval_s: float = 5.0  # > 0: this often, after large releases, malloc_trim (glibc) the heap
     stop_drain_s: float = 10.0  # at stop, process the queued backlog this long; the rest is dropped, counted
     tls: bool = True  # attach uprobes to TLS libraries for plaintext
     tls_options: TlsOptions = field(default_factory=TlsOptions)  # analysis cache, PATH pre-attach, held exec
