@@ -84,7 +84,10 @@ class RingBufferSource:
                     pass
                 wake.clear()
                 # sleep(0) is a yield to the loop between big batches (the pipeline runs meanwhile), not a poll.
-                while self.drain_once(tx):  # noqa: ASYNC110
+                # While the queue is full the records stay in the kernel's ring (which drops and counts what
+                # it cannot hold) rather than being copied out only to be dropped here: what is in flight
+                # stays within the ring plus the queue's byte bound.
+                while not tx.full and self.drain_once(tx):  # noqa: ASYNC110
                     await asyncio.sleep(0)
         finally:
             loop.remove_reader(fd)
