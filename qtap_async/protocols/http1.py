@@ -676,6 +676,32 @@ class Http1Connection:
         self.dead = False
         self._parse_head = _parse_head if limits.headers else _parse_start
 
+    # -- parking -----------------------------------------------------------------------------------
+    def at_rest(self) -> bool:
+        """Between exchanges with nothing held: a new parser with the same stream offsets would go on
+        exactly as this one (ProtocolSession parks an idle keep-alive connection's parser this way)."""
+        if self.queue or self.out or self.paused is not None or self.dead or self.switch_to is not None:
+            return False
+        for r in self.readers:
+            if (r.state != S_HEAD or r.buf or r.cur is not None or r.body is not None or r.cut is not None
+                    or r.after_gap or r.handoff):
+                return False
+        return True
+
+    def offsets(self) -> tuple[int, int, int, int]:
+        """(base, last_ts) of direction 0 then 1: what a parser at rest carries into the next exchange."""
+        a, b = self.readers
+        return a.base, a.last_ts, b.base, b.last_ts
+
+    @classmethod
+    def resume(cls, limits: Limits, client_dir: int, scheme: str | None, offsets: tuple[int, int, int, int]
+               ) -> Http1Connection:
+        """A parser parked by its session at rest (``at_rest``), back with its stream offsets."""
+        h = cls(limits, client_dir, scheme=scheme)
+        a, b = h.readers
+        a.base, a.last_ts, b.base, b.last_ts = offsets
+        return h
+
     # -- public ------------------------------------------------------------------------------------
     def feed(self, direction: int, data: bytes, ts: int) -> list[object]:
         self.readers[direction].feed(data, ts)

@@ -56,6 +56,27 @@ class _Detection:
         self.offsets = [0, 0]
 
 
+class _ParkedHttp1:
+    """An HTTP/1 parser between exchanges, reduced to what the next exchange needs (its stream offsets):
+    ~100 bytes instead of ~700 for the parser, its two readers and their lists. A keep-alive connection
+    spends most of its life here; its next byte, gap or close brings the parser back."""
+
+    __slots__ = ("base0", "base1", "client_dir", "scheme", "ts0", "ts1")  # no tuple: 72 bytes less
+    protocol = "http1"
+
+    def __init__(self, h: Http1Connection) -> None:
+        self.client_dir = h.client_dir
+        self.scheme = h.scheme
+        self.base0, self.ts0, self.base1, self.ts1 = h.offsets()
+
+    @property
+    def offsets(self) -> tuple[int, int, int, int]:
+        return self.base0, self.ts0, self.base1, self.ts1
+
+    def resume(self, limits: Limits) -> Http1Connection:
+        return Http1Connection.resume(limits, self.client_dir, self.scheme, self.offsets)
+
+
 _BOTH_FAILED = _Detection()
 _BOTH_FAILED.failed = [True, True]
 
@@ -100,9 +121,14 @@ class ProtocolSession:
                 data = bytes(data)
             d = 1 if direction else 0
             try:
+                if type(h) is _ParkedHttp1:
+                    h = self._handler = h.resume(self._limits)
                 out: list[Record] = h.feed(d, data, ts_ns)
                 if h.switch_to is not None:
                     self._handler = h.switch_to
+                elif type(h) is Http1Connection and d == h.server_dir and out and h.at_rest():
+                    # A response just completed and nothing is pending: park until the next request.
+                    self._handler = _ParkedHttp1(h)
             except Exception as e:  # a bug must not take the agent down: report and stop
                 return self._internal(e, d, ts_ns)
             return out
@@ -126,6 +152,8 @@ class ProtocolSession:
         h = self._handler
         if h is not None:
             try:
+                if type(h) is _ParkedHttp1:
+                    h = self._handler = h.resume(self._limits)
                 out: list[Record] = h.gap(d, nbytes, ts_ns)
                 if h.switch_to is not None:
                     self._handler = h.switch_to
@@ -150,6 +178,8 @@ class ProtocolSession:
         if h is None:
             return []
         try:
+            if type(h) is _ParkedHttp1:
+                h = self._handler = h.resume(self._limits)
             out: list[Record] = h.close(ts_ns)
         except Exception as e:
             return self._internal(e, None, ts_ns)

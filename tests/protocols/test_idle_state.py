@@ -4,8 +4,9 @@ no detection buffers and no consumed bytes, and resuming after idling must parse
 from __future__ import annotations
 
 from qtap_async.events.http import HttpTransaction
-from qtap_async.protocols import Direction, ProtocolSession
+from qtap_async.protocols import Direction, Limits, ProtocolSession
 from qtap_async.protocols.http1 import Http1Connection
+from qtap_async.protocols.session import _ParkedHttp1
 
 C, S = Direction.SEND, Direction.RECV
 REQ = b"POST /a HTTP/1.1\r\nHost: example.com\r\nContent-Length: 5\r\n\r\nhello"
@@ -37,25 +38,47 @@ def test_an_unrecognized_connection_keeps_no_buffers() -> None:
     assert s.feed(C, b"GET / HTTP/1.1\r\n\r\n", 3) == []  # dead: ignored
 
 
-def test_after_an_exchange_the_http1_parser_holds_no_bytes_and_parses_the_next_one_exactly() -> None:
+def test_after_an_exchange_the_http1_parser_is_parked_and_resumes_byte_exact() -> None:
     s = ProtocolSession(local_port=40000, remote_port=80)
     s.feed(C, REQ, 1)
+    assert isinstance(s._handler, Http1Connection)  # request pending: a live parser
     assert len(_txs(s.feed(S, RESP, 2))) == 1
-    h = s._handler
-    assert isinstance(h, Http1Connection)
-    assert [r.buf for r in h.readers] == [b"", b""] and h.queue == []
-    # The next exchange, in odd pieces, with the offsets carried across the released buffers.
+    parked = s._handler
+    assert isinstance(parked, _ParkedHttp1) and s.protocol == "http1"  # at rest: parked
+    assert parked.offsets == (len(REQ), 1, len(RESP), 2)
+    # The next exchange, in odd pieces: the parser comes back with its offsets and parses it exactly.
     req2 = b"GET /b HTTP/1.1\r\nHost: example.com\r\n\r\n"
     resp2 = b"HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
     out: list[object] = []
     for i in range(0, len(req2), 7):
         out += s.feed(C, req2[i:i + 7], 10 + i)
+        assert isinstance(s._handler, Http1Connection)
     for i in range(0, len(resp2), 5):
         out += s.feed(S, resp2[i:i + 5], 100 + i)
     (tx,) = _txs(out)
     assert (tx.method, tx.path, tx.status, tx.response_body) == ("GET", "/b", 404, b"abc")
-    assert [r.base for r in h.readers] == [len(REQ) + len(req2), len(RESP) + len(resp2)]
-    assert [r.buf for r in h.readers] == [b"", b""]
+    assert (tx.request_start_ns, tx.response_start_ns) == (10, 100)
+    parked = s._handler
+    assert isinstance(parked, _ParkedHttp1)
+    assert parked.offsets[0::2] == (len(REQ) + len(req2), len(RESP) + len(resp2))
+
+
+def test_a_parked_parser_reports_a_gap_and_a_close_like_a_live_one() -> None:
+    def run(park: bool) -> list[object]:
+        s = ProtocolSession(local_port=40000, remote_port=80)
+        out = s.feed(C, REQ, 1) + s.feed(S, RESP, 2)
+        if not park:  # the same state, unparked by hand
+            assert isinstance(s._handler, _ParkedHttp1)
+            s._handler = s._handler.resume(Limits())
+        out += s.gap(C, 100, 3)  # a lost request
+        out += s.feed(S, RESP, 4)  # its response
+        out += s.feed(C, b"GET /c HTTP/1.1\r\nHost: x\r\n\r\n", 5)
+        out += s.close(6)  # closed with that request unanswered
+        return [(type(r).__name__, getattr(r, "path", None), getattr(r, "status", None),
+                 getattr(r, "offset", None), getattr(r, "reason", None)) for r in out]
+
+    assert run(park=True) == run(park=False)
+    assert ("HttpTransaction", "/c", None, None, "connection closed before the response") in run(park=True)
 
 
 def test_a_partial_head_is_kept_until_it_completes() -> None:
