@@ -9,8 +9,10 @@
   cannot keep up with is dropped and counted, not queued without bound.
 The agent runs as benchmarks/_agent_proc.py (the Agent of `qtap run`, with max_connections settable) and
 reports the peaks of what it buffers (reassembly hold-back, queue contents) so RSS can be attributed.
-RSS values are of the agent process (VmRSS / VmHWM from /proc). TLS discovery is off (--no-tls) so its
-start-up ELF analysis (a transient ~70 MiB on this machine) does not blur the per-connection numbers.
+RSS values are of the agent process (VmRSS / VmHWM from /proc); "after" values are read AFTER_S after the
+load ends, past the agent's heap trims (gc.collect + malloc_trim every 5 s after large releases).
+TLS discovery is off (--no-tls) so its start-up ELF analysis (a transient ~70 MiB on this machine) does not
+blur the per-connection numbers.
 Writes benchmarks/results/memory.json.
 Usage: python benchmarks/bench_memory.py [--quick]
 """
