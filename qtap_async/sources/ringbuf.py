@@ -49,6 +49,7 @@ class RingBufferSource:
         self.records = 0
         self.batches = 0
         self.dropped_records = 0
+        self.full_waits = 0  # poll intervals spent with the raw queue full, records left in the ring
 
     def drain_once(self, tx: Channel[RawBatch]) -> int:
         # The side channel is read first: a Java thread sends its chunk before its next syscall on that socket
@@ -76,6 +77,12 @@ class RingBufferSource:
         loop.add_reader(fd, wake.set)
         try:
             while not stop.is_set():
+                if tx.full:
+                    # Records wait in the ring (see below). The ring's fd stays readable while they do, so
+                    # waiting for it would spin: look again after the poll interval instead.
+                    self.full_waits += 1
+                    await asyncio.sleep(self.poll_interval_s)
+                    continue
                 # The timer drains what the kernel did not wake us for (less than wakeup_bytes waiting).
                 try:
                     async with asyncio.timeout(self.poll_interval_s):

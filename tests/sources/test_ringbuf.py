@@ -173,6 +173,8 @@ def test_a_full_channel_leaves_records_in_the_ring_instead_of_dropping_them(ring
             ring.produce(10)
             await asyncio.sleep(0.1)  # timer rounds and wake-ups with the channel full: the source must not drain
             assert src.records == 0 and src.dropped_records == 0 and ring.counts() == (10, 0)
+            # It waited on its timer, not on the ring's fd (readable all along): a few rounds, not a spin.
+            assert 1 <= src.full_waits <= 0.1 / 0.01 + 5
             assert await tx.recv() == [b"queued before"]
             got: list[bytes] = []
             async with asyncio.timeout(SAFETY_S):
