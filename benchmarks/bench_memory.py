@@ -9,8 +9,10 @@
   cannot keep up with is dropped and counted, not queued without bound.
 The agent runs as benchmarks/_agent_proc.py (the Agent of `qtap run`, with max_connections settable) and
 reports the peaks of what it buffers (reassembly hold-back, queue contents) so RSS can be attributed.
-RSS values are of the agent process (VmRSS / VmHWM from /proc). TLS discovery is off (--no-tls) so its
-start-up ELF analysis (a transient ~70 MiB on this machine) does not blur the per-connection numbers.
+RSS values are of the agent process (VmRSS / VmHWM from /proc); "after" values are read AFTER_S after the
+load ends, past the agent's heap trims (gc.collect + malloc_trim every 5 s after large releases).
+TLS discovery is off (--no-tls) so its start-up ELF analysis (a transient ~70 MiB on this machine) does not
+blur the per-connection numbers.
 Writes benchmarks/results/memory.json.
 Usage: python benchmarks/bench_memory.py [--quick]
 """
@@ -28,6 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import Consumer, Nginx, run_load, write_result
 
 IDLE = Path(__file__).with_name("_idle_clients.py")
+# RSS "after" is read this long after the load ends: the agent trims its heap after large releases
+# (AgentOptions.heap_trim_interval_s, 5 s), so two of its ticks have passed.
+AFTER_S = 12.0
 
 
 def idle(ng: Nginx, n: int, max_connections: int) -> dict[str, Any]:
@@ -45,7 +50,7 @@ def idle(ng: Nginx, n: int, max_connections: int) -> dict[str, Any]:
         held = c.rss_kib()
         clients.stdin.close()
         clients.wait(60)
-        time.sleep(2.0)
+        time.sleep(AFTER_S)  # the closes are processed and the agent's heap trim (every 5 s) has run
         after = c.rss_kib()
     finally:
         final = c.stop()
@@ -64,7 +69,7 @@ def streaming(ng: Nginx, conns: int, duration: float) -> dict[str, Any]:
         base = c.rss_kib()
         res = run_load("h2load", f"http://127.0.0.1:{ng.http_port}/large", duration, clients=conns)
         peak = c.rss_kib("VmHWM")
-        time.sleep(2.0)
+        time.sleep(AFTER_S)
         after = c.rss_kib()
     finally:
         final = c.stop()

@@ -154,10 +154,13 @@ class ProcessFilter:
         for f in self._filters:
             if f.only and f.match(exe):
                 out.update(f.only)
-        return frozenset(out)
+        # The shared empty set when nothing matches: dispatch keeps the answer per open connection, and
+        # each frozenset() is a new 216-byte object.
+        return frozenset(out) if out else SKIP_NOTHING
 
 
 SKIP_ALL: frozenset[str] = frozenset({"data", "dns", "tls", "http"})
+SKIP_NOTHING: frozenset[str] = frozenset()
 
 
 # -- addresses and directions -------------------------------------------------------------------

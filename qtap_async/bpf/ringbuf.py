@@ -20,19 +20,29 @@ _string_at = ctypes.string_at
 _BATCH_FULL = -11  # -EAGAIN
 
 
-class RingBuffer:
-    """Reader of one BPF_MAP_TYPE_RINGBUF map. One consume() returns at most `max_batch` records: against a
-    producer as fast as the consumer, libbpf would otherwise keep consuming into one unbounded batch."""
+#: Bytes one consume() copies out at most. 4096 full data records are 64 MiB: one batch that size made the
+#: raw queue's byte bound moot (it admits any one batch) and was most of the agent's peak RSS under load.
+MAX_BATCH_BYTES = 4 << 20
 
-    def __init__(self, bpf_map: BpfMap, max_batch: int = 4096) -> None:
+
+class RingBuffer:
+    """Reader of one BPF_MAP_TYPE_RINGBUF map. One consume() returns at most `max_batch` records and about
+    `max_batch_bytes` bytes: against a producer as fast as the consumer, libbpf would otherwise keep
+    consuming into one unbounded batch."""
+
+    def __init__(self, bpf_map: BpfMap, max_batch: int = 4096, max_batch_bytes: int = MAX_BATCH_BYTES) -> None:
         self.name = bpf_map.name
         self._batch: list[bytes] = []
         batch = self._batch
         append = batch.append
+        taken = [0]  # bytes in the batch being filled
 
         def on_sample(_ctx: int | None, data: int, size: int) -> int:
             append(_string_at(data, size))
-            return _BATCH_FULL if len(batch) >= max_batch else 0
+            n = taken[0] = taken[0] + size
+            return _BATCH_FULL if len(batch) >= max_batch or n >= max_batch_bytes else 0
+
+        self._taken = taken
 
         self._cb = SAMPLE_FN(on_sample)  # must outlive the ring_buffer
         ptr = libbpf().ring_buffer__new(bpf_map.fd, self._cb, None, None)
@@ -54,6 +64,7 @@ class RingBuffer:
             check_int(ret, f"ring buffer {self.name}", "consume")
         batch = self._batch[:]
         self._batch.clear()
+        self._taken[0] = 0
         self.records += len(batch)
         return batch
 
@@ -66,6 +77,7 @@ class RingBuffer:
             check_int(ret, f"ring buffer {self.name}", "poll")
         batch = self._batch[:]
         self._batch.clear()
+        self._taken[0] = 0
         self.records += len(batch)
         return batch
 

@@ -80,6 +80,12 @@ class Channel(Generic[T]):
             return True
         return len(self._items) < self.max_events and self._bytes + size <= self.max_bytes
 
+    @property
+    def full(self) -> bool:
+        """No room for another item now (events or bytes at their bound): a sender that can wait elsewhere
+        (the ring-buffer source leaves records in the kernel's ring) does so instead of dropping."""
+        return bool(self._items) and (len(self._items) >= self.max_events or self._bytes >= self.max_bytes)
+
     def _put(self, item: T, size: int) -> None:
         self._items.append((item, size))
         self._bytes += size

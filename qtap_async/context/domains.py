@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import sys
 import time
 from collections import OrderedDict
 from functools import lru_cache
@@ -52,7 +53,8 @@ def offer(conn: Connection, name: str, source: DomainSource) -> bool:
         return False
     if RANK[source] <= RANK.get(conn.domain_source, 0):
         return False
-    conn.domain = name.rstrip(".").lower()
+    # Interned: each connection keeps its domain, and many connections share one.
+    conn.domain = sys.intern(name.rstrip(".").lower())
     conn.domain_source = source
     return True
 

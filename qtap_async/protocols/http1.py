@@ -20,7 +20,6 @@ and the reader waits for a chunk that starts with a request line (status line) t
 from __future__ import annotations
 
 import re
-from collections import deque
 from typing import TYPE_CHECKING
 
 from qtap_async.events.http import HttpTransaction
@@ -569,6 +568,12 @@ class _Reader:
             if st == S_RESYNC:
                 pos = n
             break
+        if pos >= n and self.state != S_PAUSED:
+            # Everything consumed: drop the chunk now rather than at the next feed, so an idle keep-alive
+            # connection does not hold its last request or response (bodies keep their own references).
+            self.base += n
+            self.buf = b""
+            pos = 0
         self.pos = pos
 
     def _cut_head(self, pos: int, start_ts: int, ts: int) -> None:
@@ -646,6 +651,9 @@ class Http1Connection:
     """Both directions of one HTTP/1 connection. ``client_dir`` is the direction carrying requests."""
 
     protocol = "http1"
+    # Slots: one of these lives as long as its connection (10k idle keep-alive connections are 10k of them).
+    __slots__ = ("_parse_head", "client_dir", "dead", "limits", "out", "paused", "queue", "readers", "scheme",
+                 "server_dir", "switch_to")
 
     def __init__(self, limits: Limits, client_dir: int, *, scheme: str | None = None,
                  resync: tuple[bool, bool] = (False, False)) -> None:
@@ -659,12 +667,40 @@ class Http1Connection:
         for d in (0, 1):
             if resync[d]:
                 self.readers[d].state = S_RESYNC
-        self.queue: deque[_Exchange] = deque()  # requests waiting for (the end of) their response
+        # Requests waiting for (the end of) their response. A list, not a deque: it holds at most
+        # limits.max_pending_requests, and an empty deque costs ~600 bytes per idle connection.
+        self.queue: list[_Exchange] = []
         self.out: list[object] = []
         self.switch_to: Http2Connection | None = None
         self.paused: _Exchange | None = None
         self.dead = False
         self._parse_head = _parse_head if limits.headers else _parse_start
+
+    # -- parking -----------------------------------------------------------------------------------
+    def at_rest(self) -> bool:
+        """Between exchanges with nothing held: a new parser with the same stream offsets would go on
+        exactly as this one (ProtocolSession parks an idle keep-alive connection's parser this way)."""
+        if self.queue or self.out or self.paused is not None or self.dead or self.switch_to is not None:
+            return False
+        for r in self.readers:
+            if (r.state != S_HEAD or r.buf or r.cur is not None or r.body is not None or r.cut is not None
+                    or r.after_gap or r.handoff):
+                return False
+        return True
+
+    def offsets(self) -> tuple[int, int, int, int]:
+        """(base, last_ts) of direction 0 then 1: what a parser at rest carries into the next exchange."""
+        a, b = self.readers
+        return a.base, a.last_ts, b.base, b.last_ts
+
+    @classmethod
+    def resume(cls, limits: Limits, client_dir: int, scheme: str | None, offsets: tuple[int, int, int, int]
+               ) -> Http1Connection:
+        """A parser parked by its session at rest (``at_rest``), back with its stream offsets."""
+        h = cls(limits, client_dir, scheme=scheme)
+        a, b = h.readers
+        a.base, a.last_ts, b.base, b.last_ts = offsets
+        return h
 
     # -- public ------------------------------------------------------------------------------------
     def feed(self, direction: int, data: bytes, ts: int) -> list[object]:
@@ -830,7 +866,7 @@ class Http1Connection:
             ex.req_done = True
             ex.scheme = self.scheme
             ex.reasons.append("request not seen (capture started mid-connection or request lost)")
-            queue.appendleft(ex)
+            queue.insert(0, ex)
         if r.cut_reason:
             ex.reasons.append(r.cut_reason)
         if 100 <= status < 200 and status != 101:
@@ -889,7 +925,7 @@ class Http1Connection:
         if pick is None:
             return None
         while queue[0] is not pick:
-            old = queue.popleft()
+            old = queue.pop(0)
             old.reasons.append("response lost in a gap")
             old.resp_done = True
             if old.req_done:
@@ -912,7 +948,7 @@ class Http1Connection:
             self._refused_before_body(ex, ts)
         queue = self.queue
         if queue and queue[0] is ex:
-            queue.popleft()
+            del queue[0]
         if self.paused is ex and ex.upgrade is None:
             # Upgrade declined: the request side goes on as HTTP/1
             self.paused = None

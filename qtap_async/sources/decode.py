@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import sys
 
 from qtap_async.bpf import abi
 from qtap_async.errors import DecodeError
@@ -32,6 +33,7 @@ _java = abi.JAVA_DATA.unpack_from
 _JAVA_PAYLOAD = abi.JAVA_DATA_PAYLOAD_OFFSET
 _READABLE = frozenset(abi.READABLE_ABI_VERSIONS)
 _ntop = socket.inet_ntop
+_intern = sys.intern
 _PAYLOAD = abi.DATA_PAYLOAD_OFFSET
 _V4_MAPPED = b"\x00" * 10 + b"\xff\xff"
 AF_INET = socket.AF_INET
@@ -67,8 +69,11 @@ def decode(raw: bytes) -> KernelRecord:
                 # A dual-stack socket talking IPv4 is an IPv4 connection, as the other end reports it.
                 family = AF_INET
                 laddr, raddr = laddr[12:], raddr[12:]
+            # Interned: every tracked connection keeps these, and they repeat (one local address, a few
+            # peers and program names), so 10k connections share a handful of strings.
             return ConnOpen(ts, conn_id, pid, tid, cg, family, role, bool(flags & abi.CONN_MIDSTREAM), lport,
-                            rport, _addr(family, laddr), _addr(family, raddr), fd, _cstr(comm),
+                            rport, _intern(_addr(family, laddr)), _intern(_addr(family, raddr)), fd,
+                            _intern(_cstr(comm)),
                             bool(flags & abi.CONN_UDP), uid if version >= 2 else -1)
         if rtype == 2:
             if version < 3:

@@ -49,6 +49,7 @@ class RingBufferSource:
         self.records = 0
         self.batches = 0
         self.dropped_records = 0
+        self.full_waits = 0  # poll intervals spent with the raw queue full, records left in the ring
 
     def drain_once(self, tx: Channel[RawBatch]) -> int:
         # The side channel is read first: a Java thread sends its chunk before its next syscall on that socket
@@ -76,6 +77,12 @@ class RingBufferSource:
         loop.add_reader(fd, wake.set)
         try:
             while not stop.is_set():
+                if tx.full:
+                    # Records wait in the ring (see below). The ring's fd stays readable while they do, so
+                    # waiting for it would spin: look again after the poll interval instead.
+                    self.full_waits += 1
+                    await asyncio.sleep(self.poll_interval_s)
+                    continue
                 # The timer drains what the kernel did not wake us for (less than wakeup_bytes waiting).
                 try:
                     async with asyncio.timeout(self.poll_interval_s):
@@ -84,7 +91,10 @@ class RingBufferSource:
                     pass
                 wake.clear()
                 # sleep(0) is a yield to the loop between big batches (the pipeline runs meanwhile), not a poll.
-                while self.drain_once(tx):  # noqa: ASYNC110
+                # While the queue is full the records stay in the kernel's ring (which drops and counts what
+                # it cannot hold) rather than being copied out only to be dropped here: what is in flight
+                # stays within the ring plus the queue's byte bound.
+                while not tx.full and self.drain_once(tx):  # noqa: ASYNC110
                     await asyncio.sleep(0)
         finally:
             loop.remove_reader(fd)

@@ -56,11 +56,12 @@ class AgentOptions:
     max_connections: int = 65536
     idle_timeout_s: float = 300.0
     raw_queue_events: int = 4096
-    raw_queue_bytes: int = 64 << 20
+    raw_queue_bytes: int = 16 << 20  # 4 ring-buffer batches (MAX_BATCH_BYTES); see docs/deploy.md "Memory"
     out_queue_events: int = 4096
-    out_queue_bytes: int = 64 << 20
+    out_queue_bytes: int = 16 << 20  # events and the bodies they carry (level full), on their way to the sinks
     emit_gaps: bool = True
     metrics_interval_s: float = 0.0  # > 0: log a metrics line to stderr this often
+    heap_trim_interval_s: float = 5.0  # > 0: this often, after large releases, malloc_trim (glibc) the heap
     stop_drain_s: float = 10.0  # at stop, process the queued backlog this long; the rest is dropped, counted
     tls: bool = True  # attach uprobes to TLS libraries for plaintext
     tls_options: TlsOptions = field(default_factory=TlsOptions)  # analysis cache, PATH pre-attach, held exec

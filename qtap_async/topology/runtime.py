@@ -31,6 +31,7 @@ from qtap_async.sources.inflight import InflightScan, park_blocked_calls
 from qtap_async.sources.replay import ReplaySource
 from qtap_async.sources.ringbuf import RingBufferSource, batch_size
 from qtap_async.telemetry import metrics
+from qtap_async.telemetry.memory import HeapTrimmer
 from qtap_async.tls.manager import TlsManager
 from qtap_async.topology.dispatch import FocusCheck
 from qtap_async.topology.graph import AgentOptions, Graph
@@ -315,6 +316,8 @@ class Agent:
             ]
             if o.metrics_interval_s > 0:
                 tasks.append(asyncio.create_task(self._metrics_loop(o.metrics_interval_s), name="metrics"))
+            if o.heap_trim_interval_s > 0:
+                tasks.append(asyncio.create_task(self._trim_loop(o.heap_trim_interval_s), name="heap-trim"))
             stopped = asyncio.create_task(self.stop_event.wait(), name="stop")
             await asyncio.wait([stopped, *tasks[:3]], return_when=asyncio.FIRST_COMPLETED)
             stopped.cancel()
@@ -352,6 +355,17 @@ class Agent:
         if self.capture is not None:
             for obj in self.capture.objects:
                 obj.detach_all()
+
+    async def _trim_loop(self, interval: float) -> None:
+        """After many connections closed or many payload bytes went through, give the freed C heap back
+        to the system (see qtap_async.telemetry.memory): RSS then follows the load down."""
+        trimmer = HeapTrimmer()
+        if not trimmer.available:
+            return
+        st = self.conntrack.stats
+        while True:
+            await asyncio.sleep(interval)
+            trimmer.tick(st.connections_closed, st.data_bytes)
 
     async def _metrics_loop(self, interval: float) -> None:
         while True:

@@ -62,7 +62,9 @@ class StreamReassembler:
     ) -> None:
         # start=None: the stream was joined mid-way, the first chunk seen defines the start.
         self.next = start
-        self._pending: dict[int, tuple[bytes, int, str]] = {}
+        # Early chunks by offset; None until the first one (most streams never have one, and an empty dict
+        # per direction of every idle connection adds up).
+        self._pending: dict[int, tuple[bytes, int, str]] | None = None
         self._pending_bytes = 0
         self.max_pending_bytes = max_pending_bytes
         self.max_pending_chunks = max_pending_chunks
@@ -79,8 +81,8 @@ class StreamReassembler:
         out: list[Segment] = []
         if offset != self.next:
             if offset > self.next:
-                self._hold(offset, payload, skipped, reason)
-                if len(self._pending) > self.max_pending_chunks or self._pending_bytes > self.max_pending_bytes:
+                pending = self._hold(offset, payload, skipped, reason)
+                if len(pending) > self.max_pending_chunks or self._pending_bytes > self.max_pending_bytes:
                     self._skip_to_first_pending(out)
                     self._drain(out)
                 return out
@@ -113,16 +115,20 @@ class StreamReassembler:
             return payload[behind:], skipped
         return b"", skipped - (behind - len(payload))
 
-    def _hold(self, offset: int, payload: bytes, skipped: int, reason: str) -> None:
-        if offset in self._pending:
-            old, old_skipped, _ = self._pending[offset]
+    def _hold(self, offset: int, payload: bytes, skipped: int, reason: str) -> dict[int, tuple[bytes, int, str]]:
+        pending = self._pending
+        if pending is None:
+            pending = self._pending = {}
+        if offset in pending:
+            old, old_skipped, _ = pending[offset]
             if len(old) + old_skipped >= len(payload) + skipped:
                 self.stats.duplicate_bytes += len(payload) + skipped
-                return
+                return pending
             self._pending_bytes -= len(old)
-        self._pending[offset] = (payload, skipped, reason)
+        pending[offset] = (payload, skipped, reason)
         self._pending_bytes += len(payload)
         self.stats.reordered_chunks += 1
+        return pending
 
     def _emit(self, payload: bytes, skipped: int, reason: str, out: list[Segment]) -> None:
         assert self.next is not None
@@ -144,7 +150,7 @@ class StreamReassembler:
         self.stats.gap_bytes += n
 
     def _skip_to_first_pending(self, out: list[Segment]) -> None:
-        assert self.next is not None
+        assert self.next is not None and self._pending
         first = min(self._pending)
         if first > self.next:
             self._gap(first - self.next, LOST, out)
@@ -152,6 +158,8 @@ class StreamReassembler:
     def _drain(self, out: list[Segment]) -> None:
         # Deliver held chunks that are now in order (or overlap what was delivered).
         pending = self._pending
+        if pending is None:
+            return
         while pending:
             assert self.next is not None
             nxt = self.next
@@ -167,3 +175,4 @@ class StreamReassembler:
             self._pending_bytes -= len(payload)
             payload, skipped = self._trim(first, payload, skipped)
             self._emit(payload, skipped, reason, out)
+        self._pending = None  # all delivered: a dict keeps its grown table, so let it go

@@ -101,3 +101,13 @@ async def test_close_wakes_blocked_sender() -> None:
     ch.close()
     with pytest.raises(ChannelClosed):
         await task
+
+
+async def test_full_says_when_another_item_would_not_fit() -> None:
+    ch: Channel[bytes] = Channel(max_events=3, max_bytes=10, when_full="drop_newest", sizeof=len)
+    assert not ch.full  # empty: even an oversized item passes
+    assert ch.send_nowait(b"x" * 20) and ch.full  # over the byte bound
+    assert await ch.recv() == b"x" * 20 and not ch.full
+    for _ in range(3):
+        assert not ch.full and ch.send_nowait(b"a")
+    assert ch.full and not ch.send_nowait(b"a")  # at the event bound: what full said, send_nowait does

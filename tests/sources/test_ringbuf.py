@@ -146,3 +146,45 @@ def test_stop_drains_everything_delivered_then_closes_the_channel(ring: GetppidR
             assert rb.consume() == []
 
     _run(loop, main())
+
+
+@pytest.mark.bpf
+def test_batches_are_bounded_in_bytes_too(ring: GetppidRing) -> None:
+    # A byte bound of 2.5 records: each batch stops at the record that reaches it, none is lost between.
+    with RingBuffer(ring.events, max_batch_bytes=REC.size * 5 // 2) as rb:
+        src = RingBufferSource(rb)
+        tx: Channel[RawBatch] = Channel(max_events=100, sizeof=batch_size)
+        ring.produce(10)
+        sent = [src.drain_once(tx) for _ in range(5)]
+    assert sent == [3, 3, 3, 1, 0]
+    assert [seqs(b) for b in _queued(tx)] == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9]]
+
+
+@pytest.mark.bpf
+@pytest.mark.parametrize("loop", sorted(LOOPS))
+def test_a_full_channel_leaves_records_in_the_ring_instead_of_dropping_them(ring: GetppidRing, loop: str) -> None:
+    async def main() -> None:
+        with RingBuffer(ring.events, max_batch=4) as rb:
+            src = RingBufferSource(rb, poll_interval_s=0.01)
+            tx: Channel[RawBatch] = Channel(max_events=1, sizeof=batch_size)
+            assert tx.send_nowait([b"queued before"]) and tx.full
+            stop = asyncio.Event()
+            task = asyncio.create_task(src.run(tx, stop))
+            ring.produce(10)
+            await asyncio.sleep(0.1)  # timer rounds and wake-ups with the channel full: the source must not drain
+            assert src.records == 0 and src.dropped_records == 0 and ring.counts() == (10, 0)
+            # It waited on its timer, not on the ring's fd (readable all along): a few rounds, not a spin.
+            assert 1 <= src.full_waits <= 0.1 / 0.01 + 5
+            assert await tx.recv() == [b"queued before"]
+            got: list[bytes] = []
+            async with asyncio.timeout(SAFETY_S):
+                while len(got) < 10:  # room again: the records still in the ring come out, in order
+                    got += await tx.recv()
+            assert seqs(got) == list(range(10))
+            stop.set()
+            ring.produce(1)
+            async with asyncio.timeout(SAFETY_S):
+                await task
+            assert src.dropped_records == 0
+
+    _run(loop, main())

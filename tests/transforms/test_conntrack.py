@@ -293,3 +293,22 @@ def test_a_muted_connection_is_counted_but_not_parsed() -> None:
     ct.handle(_data(2, 0, b"xyz"))
     assert 2 in sessions and ct.conns[2].sessions[1] is None
     ct.mute(99)  # unknown: nothing to do
+
+
+def test_an_idle_keepalive_connection_holds_no_buffered_bytes() -> None:
+    from qtap_async.protocols.session import _ParkedHttp1
+    from qtap_async.transforms.conntrack import default_session_factory
+
+    ct = Conntrack(session_factory=default_session_factory)
+    ct.handle(_open(1))
+    c = ct.conns[1]
+    assert c.streams == {} and c.sessions == {}  # opened, no bytes: nothing per stream yet
+    req = b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n"
+    resp = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    ct.handle(_data(1, 0, req, 0))
+    out = ct.handle(_data(1, 0, resp, 1))
+    assert [p.record.status for p in out if isinstance(p, Parsed)] == [200]
+    assert all(st._pending is None and st.pending_bytes == 0 for st in c.streams.values())
+    session = c.sessions[0]
+    assert isinstance(getattr(session, "_handler", None), _ParkedHttp1)  # between exchanges: offsets only
+    assert getattr(session, "_det", 1) is None

@@ -111,3 +111,12 @@ def test_dropped_chunks_are_reported_as_gaps_of_their_exact_size(stream: bytes, 
     assert bytes(rebuilt) == bytes(expected[: len(rebuilt)])
     dropped_inside = sum(len(d) for i, (off, d) in enumerate(chunks) if i in drop and off + len(d) <= len(rebuilt))
     assert sum(s for s in out if isinstance(s, int)) == dropped_inside
+
+
+def test_a_stream_without_reordering_keeps_no_pending_table() -> None:
+    r = StreamReassembler(0)
+    assert r.push(0, b"abc") == [b"abc"] and r._pending is None
+    assert r.push(6, b"ghi") == [] and r._pending is not None  # early: held
+    assert r.push(3, b"def") == [b"def", b"ghi"]
+    assert r._pending is None and r.pending_bytes == 0  # all delivered: the table is let go
+    assert r.push(9, b"j") == [b"j"] and r.flush() == []
