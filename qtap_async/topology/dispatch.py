@@ -34,7 +34,7 @@ from qtap_async.events.dns import DnsMessage
 from qtap_async.events.http import HttpTransaction
 from qtap_async.events.kernel import ProcExec, ProcExit
 from qtap_async.events.parse_error import ParseError
-from qtap_async.filters import SKIP_ALL, OwnServices, StackSelector, TrafficFilter
+from qtap_async.filters import SKIP_ALL, SKIP_NOTHING, OwnServices, StackSelector, TrafficFilter
 from qtap_async.plugins.exchange import HttpExchange
 from qtap_async.plugins.redact import redactor_from
 from qtap_async.plugins.stack import Stack, build_stacks
@@ -86,7 +86,7 @@ class Pipeline:
         ``only`` parts of the exe filters that match its process."""
         if not self.traffic.captures(ingress=ingress, remote_ip=remote_ip, exe=exe or None):
             return SKIP_ALL
-        return self.traffic.processes.skipped(exe) if exe else frozenset()
+        return self.traffic.processes.skipped(exe) if exe else SKIP_NOTHING
 
     def stack_for(self, host: str) -> Stack | None:
         name = self.selector.select(host)
