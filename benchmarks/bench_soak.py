@@ -7,15 +7,25 @@ from scripts/services; when they do not answer, Pulse (a local subprocess) and a
 the result says so. The stacks record every transaction (http_capture details: an event and an object
 each) and report usage.
 
-Every ``--sample`` seconds: the agent's RSS and CPU (from /proc) and its metrics line. Reported:
-- ``rss_slope_kib_per_min``: least-squares slope of RSS after the warm-up (the first 20% of the run);
+Every ``--sample`` seconds: the agent's RSS and CPU (from /proc), the load average and its metrics line.
+Reported:
+- ``rss_slope_kib_per_min``: least-squares slope of RSS after the warm-up (the first ``--warmup`` of the run,
+  20%), with its standard error and a 95% interval; RSS samples are autocorrelated (the allocator grows
+  and returns memory in steps), so the error uses the effective sample count n(1-r)/(1+r) of the residuals'
+  lag-1 autocorrelation r, not n;
+- ``rss_growth_after_warmup_kib``: RSS at the end minus RSS at the first sample after the warm-up;
 - ``drops``: every drop counter the agent exports, summed (kernel, channels, sinks);
 - ``sink_retries``: retried deliveries of every store;
 - ``unaccounted``: events handed to the event stores (object references included) - delivered - dropped
   - still queued or spooled at the end (0 when nothing was lost silently);
-- a PNG of RSS and CPU over time (benchmarks/results/soak.png).
+- the sizes of the agent's bounded caches at the end and how many entries each evicted;
+- a PNG of RSS and CPU over time, the warm-up and the fitted line (benchmarks/results/soak.png).
 
-Usage: python benchmarks/bench_soak.py [--minutes 10] [--sample 5]
+``--tracemalloc`` runs the agent with QTAP_DEBUG_TRACEMALLOC (qtap_async/telemetry/memtrace.py) and keeps
+its report of where the Python heap grew (path in the result; tracemalloc slows the agent, so such a run's
+RSS and CPU are not the agent's). Services are read from .services/env, or the file QTAP_SERVICES_ENV names.
+
+Usage: python benchmarks/bench_soak.py [--minutes 10] [--sample 5] [--warmup 0.2] [--tracemalloc]
 """
 
 from __future__ import annotations
@@ -40,7 +50,7 @@ from _common import RESULTS, Nginx, cpu_seconds, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 PEERS = ROOT / "tests" / "integration" / "peers"
-ENV_FILE = ROOT / ".services" / "env"
+ENV_FILE = Path(os.environ.get("QTAP_SERVICES_ENV") or ROOT / ".services" / "env")
 CURL = "/usr/bin/curl"
 
 
@@ -209,12 +219,33 @@ def raw_server() -> tuple[socket.socket, int]:
 
 
 def slope(xs: list[float], ys: list[float]) -> float:
+    return fit(xs, ys)["slope"]
+
+
+def fit(xs: list[float], ys: list[float]) -> dict[str, float]:
+    """Least squares y = a + b x: the slope b, its standard error and 95% interval, the intercept a.
+
+    The residuals of RSS samples are autocorrelated, which makes the textbook error too small; the error
+    here uses the effective sample count n (1 - r) / (1 + r), r the lag-1 autocorrelation of the residuals
+    (0 when it is negative), and the normal 1.96 (n is ~100 samples).
+    """
     n = len(xs)
-    if n < 2:
-        return 0.0
+    if n < 3:
+        return {"slope": 0.0, "intercept": ys[0] if ys else 0.0, "se": 0.0, "ci95_low": 0.0, "ci95_high": 0.0,
+                "n": n, "n_eff": n, "r1": 0.0}
     mx, my = sum(xs) / n, sum(ys) / n
-    den = sum((x - mx) ** 2 for x in xs)
-    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / den if den else 0.0
+    sxx = sum((x - mx) ** 2 for x in xs)
+    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx if sxx else 0.0
+    a = my - b * mx
+    res = [y - (a + b * x) for x, y in zip(xs, ys, strict=True)]
+    ssr = sum(e * e for e in res)
+    r1 = sum(res[i] * res[i - 1] for i in range(1, n)) / ssr if ssr else 0.0
+    r1 = max(0.0, min(r1, 0.99))
+    n_eff = max(3.0, n * (1 - r1) / (1 + r1))
+    # Var(b) = sigma^2 / Sxx with sigma^2 from the residuals; Sxx shrinks with the effective count.
+    se = (ssr / (n - 2) / sxx * n / n_eff) ** 0.5 if sxx else 0.0
+    return {"slope": b, "intercept": a, "se": se, "ci95_low": b - 1.96 * se, "ci95_high": b + 1.96 * se,
+            "n": n, "n_eff": round(n_eff, 1), "r1": round(r1, 3)}
 
 
 def last_metrics(log: Path) -> dict[str, int]:
@@ -229,7 +260,7 @@ def last_metrics(log: Path) -> dict[str, int]:
     return {}
 
 
-def plot(samples: list[dict[str, float]], path: Path) -> None:
+def plot(samples: list[dict[str, float]], path: Path, warm_min: float, line: dict[str, float]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -240,6 +271,12 @@ def plot(samples: list[dict[str, float]], path: Path) -> None:
     ax.plot(t, [s["rss_mib"] for s in samples], color="tab:blue", label="RSS (MiB)")
     ax.set_xlabel("minutes")
     ax.set_ylabel("RSS (MiB)", color="tab:blue")
+    ax.axvspan(0, warm_min, color="0.9", label="warm-up (excluded)")
+    fitted = [s["t_min"] for s in samples if s["t_min"] >= warm_min]
+    if fitted:  # the regression, KiB per minute on a MiB axis
+        ax.plot(fitted, [(line["intercept"] + line["slope"] * t) / 1024 for t in fitted], color="tab:blue",
+                linestyle="--", label=f"fit {line['slope']:.1f} \u00b1 {1.96 * line['se']:.1f} KiB/min")
+    ax.legend(loc="lower right", fontsize=8)
     ax2 = ax.twinx()
     ax2.plot(t, [s["cpu_pct"] for s in samples], color="tab:red", alpha=0.6, label="CPU (%)")
     ax2.set_ylabel("CPU (% of one core)", color="tab:red")
@@ -256,6 +293,8 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--minutes", type=float, default=10.0)
     ap.add_argument("--sample", type=float, default=5.0)
+    ap.add_argument("--warmup", type=float, default=0.2, help="fraction of the run left out of the slope")
+    ap.add_argument("--tracemalloc", action="store_true", help="the agent reports where its heap grew")
     args = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("bench_soak needs root (the agent loads BPF programs)")
@@ -289,8 +328,14 @@ tap:
     assert dns.stdout is not None and dns.stdout.readline().strip() == "READY"
     srv, raw_port = raw_server()
     log = work / "agent.log"
+    agent_env = dict(os.environ)
+    trace_file = work / "tracemalloc.txt"
+    if args.tracemalloc:
+        agent_env["QTAP_DEBUG_TRACEMALLOC"] = str(trace_file)
+        agent_env["QTAP_DEBUG_TRACEMALLOC_INTERVAL"] = str(max(10.0, args.minutes * 60 / 10))
     agent = subprocess.Popen([sys.executable, "-m", "cli.main", "run", "--config", str(cfg), "--metrics-interval",
-                              str(args.sample)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log.open("wb"))
+                              str(args.sample)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log.open("wb"),
+                             env=agent_env)
     stop = threading.Event()
     samples: list[dict[str, float]] = []
     traffic = Traffic(nginx, dns_port, raw_port, stop)
@@ -312,7 +357,7 @@ tap:
                 if line.startswith("VmRSS:"):
                     rss = int(line.split()[1])
             samples.append({"t_min": (now - t0) / 60, "rss_mib": rss / 1024, "cpu_pct": 100 * (cpu - cpu0) /
-                            (now - tprev)})
+                            (now - tprev), "load_1m": os.getloadavg()[0]})
             cpu0, tprev = cpu, now
     finally:
         stop.set()
@@ -332,8 +377,12 @@ tap:
             pulse.terminate()
             pulse.wait(60)
     final = last_metrics(log)
-    warm = [s for s in samples if s["t_min"] >= 0.2 * args.minutes]
-    rss_slope = slope([s["t_min"] for s in warm], [s["rss_mib"] * 1024 for s in warm])
+    warm_min = args.warmup * args.minutes
+    warm = [s for s in samples if s["t_min"] >= warm_min]
+    line = fit([s["t_min"] for s in warm], [s["rss_mib"] * 1024 for s in warm])
+    rss_slope = line["slope"]
+    growth = (warm[-1]["rss_mib"] - warm[0]["rss_mib"]) * 1024 if warm else 0.0
+    caches = {k: v for k, v in final.items() if k.split("{")[0].endswith(("_cache_entries", "_cache_evicted_total"))}
     # Every drop counter in records/events (not bytes); the sinks' per-reason counters, not their sum.
     drop_counts = {k: v for k, v in final.items() if "drop" in k and k.split("{")[0].endswith("_total")
                    and "bytes" not in k and not k.startswith("qtap_sink_dropped_events_total") and v}
@@ -351,14 +400,22 @@ tap:
                    - per_store("qtap_sink_spool_depth_events", "event"))
     png = RESULTS / "soak.png"
     RESULTS.mkdir(parents=True, exist_ok=True)
-    plot(samples, png)
+    plot(samples, png, warm_min, line)
     result = {
         "minutes": args.minutes,
         "stores": "kafka+minio" if env is not None else "pulse+dir (Kafka/MinIO did not answer)",
         "traffic": traffic.counts,
         "rss_start_mib": round(samples[0]["rss_mib"], 1) if samples else 0,
         "rss_end_mib": round(samples[-1]["rss_mib"], 1) if samples else 0,
+        "rss_after_warmup_mib": round(warm[0]["rss_mib"], 1) if warm else 0,
+        "rss_growth_after_warmup_kib": round(growth),
+        "warmup_min": round(warm_min, 2),
         "rss_slope_kib_per_min": round(rss_slope, 1),
+        "rss_slope_se_kib_per_min": round(line["se"], 1),
+        "rss_slope_ci95_kib_per_min": [round(line["ci95_low"], 1), round(line["ci95_high"], 1)],
+        "rss_fit": {"n": line["n"], "n_eff": line["n_eff"], "residual_lag1_autocorrelation": line["r1"]},
+        "load_1m_during": [round(min(s["load_1m"] for s in samples), 2),
+                           round(max(s["load_1m"] for s in samples), 2)] if samples else [],
         "cpu_mean_pct": round(sum(s["cpu_pct"] for s in samples) / max(1, len(samples)), 1),
         "drops": drops,
         "drops_by_counter": drop_counts,
@@ -370,10 +427,13 @@ tap:
         "unaccounted": unaccounted,
         "agent_exit": code,
         "stop_s": round(stop_s, 1),
+        "caches_at_end": caches,
+        "tracemalloc_report": str(trace_file) if args.tracemalloc else None,
         "png": str(png.relative_to(ROOT)),
         "samples": samples,
     }
-    write_result("soak", result, f"{args.minutes:g} min, RSS slope {rss_slope:.1f} KiB/min after warm-up, "
+    write_result("soak", result, f"{args.minutes:g} min, RSS slope {rss_slope:.1f} KiB/min after warm-up "
+                 f"(95% {line['ci95_low']:.1f}..{line['ci95_high']:.1f}), growth after warm-up {growth:.0f} KiB, "
                  f"drops {drops}, retries {retries}, unaccounted {unaccounted}, stores {result['stores']}")
     return 0 if code == 0 else 1
 
