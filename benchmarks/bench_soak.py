@@ -382,7 +382,8 @@ tap:
     line = fit([s["t_min"] for s in warm], [s["rss_mib"] * 1024 for s in warm])
     rss_slope = line["slope"]
     growth = (warm[-1]["rss_mib"] - warm[0]["rss_mib"]) * 1024 if warm else 0.0
-    caches = {k: v for k, v in final.items() if k.split("{")[0].endswith(("_cache_entries", "_cache_evicted_total"))}
+    # The agent's bounded tables: their sizes at the end and what their bounds pushed out.
+    caches = {k: v for k, v in final.items() if any(w in k.split("{")[0] for w in ("_cache_", "_hosts_paths_"))}
     # Every drop counter in records/events (not bytes); the sinks' per-reason counters, not their sum.
     drop_counts = {k: v for k, v in final.items() if "drop" in k and k.split("{")[0].endswith("_total")
                    and "bytes" not in k and not k.startswith("qtap_sink_dropped_events_total") and v}

@@ -195,9 +195,6 @@ class ProcessCache:
     def stats(self) -> ProcessCacheStats:
         return ProcessCacheStats(len(self._cache), self.evicted_full, self.evicted_exited)
 
-    def __len__(self) -> int:
-        return len(self._cache)
-
     def tracked_pids(self) -> int:
         """Pids with anything remembered (an entry, a hint or an exec generation): what memory follows."""
         return len(self._cache.keys() | self._hints.keys() | self.exec_gen.keys())

@@ -185,6 +185,10 @@ PROCESS_CACHE_EVICTED = _counter(
     "qtap_process_cache_evicted_total",
     "Processes the cache forgot: reason=exited (EXITED_KEEP exits after their own), full (its LRU bound).",
     "reason")
+HOSTS_PATHS = _gauge("qtap_hosts_paths_watched", "Hosts files (one per process root) looked at for names.")
+HOSTS_PATHS_FORGOTTEN = _counter(
+    "qtap_hosts_paths_forgotten_total", "Hosts file paths dropped: reason=exited (their process), full (the bound).",
+    "reason")
 
 # -- TLS ------------------------------------------------------------------------------------------------
 TLS_LIBRARIES_ATTACHED = _gauge("qtap_tls_libraries_attached",

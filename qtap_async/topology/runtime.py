@@ -167,6 +167,10 @@ class Agent:
         m[metrics.PROCESS_CACHE_ENTRIES.name] = ps.entries
         m[metrics.PROCESS_CACHE_EVICTED.key(reason="exited")] = ps.evicted_exited
         m[metrics.PROCESS_CACHE_EVICTED.key(reason="full")] = ps.evicted_full
+        hosts = self.graph.enrich.domains.hosts
+        m[metrics.HOSTS_PATHS.name] = hosts.watched
+        m[metrics.HOSTS_PATHS_FORGOTTEN.key(reason="exited")] = hosts.forgotten
+        m[metrics.HOSTS_PATHS_FORGOTTEN.key(reason="full")] = hosts.evicted_full
         m.update(self.graph.stats())
         if self.containers is not None:
             m.update(self.containers.snapshot())

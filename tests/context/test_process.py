@@ -294,9 +294,8 @@ def test_exited_processes_are_forgotten_after_the_bound_and_live_ones_still_name
         gone.append(p.pid)
     # The live process, the test's own (the forks' parent) and the last `keep` exits; nothing else.
     assert cache.tracked_pids() <= keep + 2
-    assert len(cache) <= keep + 2
     st = cache.stats()
-    assert (st.entries, st.evicted_exited, st.evicted_full) == (len(cache), runs - keep, 0)
+    assert st.entries <= keep + 2 and (st.evicted_exited, st.evicted_full) == (runs - keep, 0)
     # A recent exit is still named from what was cached (its connections may close after it)...
     assert cache.get(gone[-1]).exe == TRUE
     # ... an old one was forgotten: /proc and the hints are gone, so it is nameless.
