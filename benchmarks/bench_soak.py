@@ -332,7 +332,8 @@ tap:
     trace_file = work / "tracemalloc.txt"
     if args.tracemalloc:
         agent_env["QTAP_DEBUG_TRACEMALLOC"] = str(trace_file)
-        agent_env["QTAP_DEBUG_TRACEMALLOC_INTERVAL"] = str(max(10.0, args.minutes * 60 / 10))
+        # One report per warm-up length: the first is the base of the later ones (growth after warm-up).
+        agent_env["QTAP_DEBUG_TRACEMALLOC_INTERVAL"] = str(max(10.0, args.warmup * args.minutes * 60))
     agent = subprocess.Popen([sys.executable, "-m", "cli.main", "run", "--config", str(cfg), "--metrics-interval",
                               str(args.sample)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log.open("wb"),
                              env=agent_env)

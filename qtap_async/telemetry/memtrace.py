@@ -3,9 +3,11 @@
 Set ``QTAP_DEBUG_TRACEMALLOC=/path/file`` before ``qtap run``; the agent then starts ``tracemalloc`` and,
 every ``QTAP_DEBUG_TRACEMALLOC_INTERVAL`` seconds (default 60), appends to the file the traced size and the
 top ``QTAP_DEBUG_TRACEMALLOC_TOP`` (default 25) differences by traceback (``QTAP_DEBUG_TRACEMALLOC_FRAMES``
-frames, default 8), against the first snapshot (what grew since) and against the previous one (what grew in
-the last interval). tracemalloc slows allocation several times and takes its own memory: this is for finding
-a leak on a test machine, never for production. The soak benchmark passes it with ``--tracemalloc``.
+frames, default 8), against the first report's snapshot (what grew since: the first interval is the warm-up of
+caches and buffers, so a steady leak is what keeps growing after it; the first report itself is against the
+start) and against the previous report's (what grew in the last interval). tracemalloc slows allocation
+several times and takes its own memory: this is for finding a leak on a test machine, never for production.
+The soak benchmark passes it with ``--tracemalloc``.
 """
 
 from __future__ import annotations
@@ -72,6 +74,7 @@ class MemTrace:
         self.settings = settings
         self.reports = 0
         self._first: tracemalloc.Snapshot | None = None
+        self._first_t = 0.0
         self._prev: tracemalloc.Snapshot | None = None
         self._t0 = time.monotonic()
 
@@ -83,15 +86,16 @@ class MemTrace:
         log.warning("tracemalloc on (%s=%s): allocation is slower; for debugging only", ENV, self.settings.path)
 
     def report(self) -> None:
-        """Append one report: the traced size, then the top differences since the start and since the last."""
+        """Append one report: the traced size, then the top differences since the first report and since the
+        last one."""
         assert self._first is not None and self._prev is not None, "start() first"
         snap = _take()
+        t = time.monotonic() - self._t0
         current, peak = tracemalloc.get_traced_memory()
         top = self.settings.top
         lines = [
-            f"=== t={time.monotonic() - self._t0:.0f}s traced {current / 1048576:.1f} MiB "
-            f"(peak {peak / 1048576:.1f} MiB)",
-            f"--- since start (top {top})",
+            f"=== t={t:.0f}s traced {current / 1048576:.1f} MiB (peak {peak / 1048576:.1f} MiB)",
+            f"--- since t={self._first_t:.0f}s (top {top})",
             *_diff(snap, self._first, top),
             f"--- since last report (top {top})",
             *_diff(snap, self._prev, top),
@@ -99,6 +103,8 @@ class MemTrace:
         ]
         with self.settings.path.open("a") as f:
             f.write("\n".join(lines) + "\n")
+        if not self.reports:  # the base of the later reports: past the warm-up
+            self._first, self._first_t = snap, t
         self._prev = snap
         self.reports += 1
 
