@@ -18,8 +18,14 @@ Reported:
 - ``sink_retries``: retried deliveries of every store;
 - ``unaccounted``: events handed to the event stores (object references included) - delivered - dropped
   - still queued or spooled at the end (0 when nothing was lost silently);
+- ``heap_blocks_slope_per_min``: the same fit of the interpreter's live blocks (qtap_python_heap_blocks):
+  a leak of Python objects raises them steadily; an RSS step with flat blocks is memory the allocator kept
+  after a burst. The agent captures every process of the host, so other programs' traffic and a new big
+  binary's TLS analysis land in the same RSS: ``agent_series`` (from the metrics lines) has the kernel
+  records of all processes, connections, cache sizes and TLS analyses over time to tell which it was;
 - the sizes of the agent's bounded caches at the end and how many entries each evicted;
-- a PNG of RSS and CPU over time, the warm-up and the fitted line (benchmarks/results/soak.png).
+- a PNG of RSS and CPU over time, the warm-up and the fitted line, and below it the agent's tables and the
+  host-wide record rate (benchmarks/results/soak.png).
 
 ``--tracemalloc`` runs the agent with QTAP_DEBUG_TRACEMALLOC (qtap_async/telemetry/memtrace.py) and keeps
 its report of where the Python heap grew (path in the result; tracemalloc slows the agent, so such a run's
@@ -31,6 +37,7 @@ Usage: python benchmarks/bench_soak.py [--minutes 10] [--sample 5] [--warmup 0.2
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import signal
@@ -249,7 +256,17 @@ def fit(xs: list[float], ys: list[float]) -> dict[str, float]:
 
 
 def last_metrics(log: Path) -> dict[str, int]:
-    for line in reversed(log.read_text(errors="replace").splitlines()):
+    """The counters at the agent's stop (the JSON line `qtap run --stats` prints after everything drained);
+    else the last periodic metrics line, which may be seconds before the stop (events still in flight)."""
+    lines = log.read_text(errors="replace").splitlines()
+    for line in reversed(lines):
+        if line.startswith('{"qtap_'):
+            try:
+                final: dict[str, int] = json.loads(line)
+                return final
+            except json.JSONDecodeError:
+                break
+    for line in reversed(lines):
         for tag in (" stopped: {", " metrics {"):
             if tag in line:
                 try:
@@ -260,16 +277,42 @@ def last_metrics(log: Path) -> dict[str, int]:
     return {}
 
 
-def plot(samples: list[dict[str, float]], path: Path, warm_min: float, line: dict[str, float]) -> None:
+#: Per metrics line, what says whether memory follows the soak or something else on the host: the agent
+#: captures every process, so other programs' traffic (records, bytes) lands in the same RSS.
+SERIES = {"records": "qtap_kernel_records_total", "captured_bytes": "qtap_kernel_truncated_bytes_total",
+          "connections_open": "qtap_connections_open", "process_cache": "qtap_process_cache_entries",
+          "hosts_paths": "qtap_hosts_paths_watched", "tls_analyses": "qtap_tls_cache_entries",
+          "heap_blocks": "qtap_python_heap_blocks"}
+
+
+def metrics_series(log: Path, t0_wall: float) -> list[dict[str, float]]:
+    """The periodic metrics lines as a time series: minutes since the traffic started, SERIES' values."""
+    out: list[dict[str, float]] = []
+    for line in log.read_text(errors="replace").splitlines():
+        if " metrics {" not in line:
+            continue
+        try:
+            ts = time.mktime(time.strptime(line[:19], "%Y-%m-%d %H:%M:%S")) + int(line[20:23]) / 1000
+            m = json.loads(line[line.index(" metrics {") + 9:])
+        except (ValueError, json.JSONDecodeError):
+            continue
+        row: dict[str, float] = {"t_min": round((ts - t0_wall) / 60, 3)}
+        row.update({k: m.get(name, 0) for k, name in SERIES.items()})
+        row["sink_queued"] = sum(v for k, v in m.items() if k.startswith("qtap_sink_queue_depth_events"))
+        out.append(row)
+    return out
+
+
+def plot(samples: list[dict[str, float]], path: Path, warm_min: float, line: dict[str, float],
+         series: list[dict[str, float]]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     t = [s["t_min"] for s in samples]
-    fig, ax = plt.subplots(figsize=(9, 4.5))
+    fig, (ax, low) = plt.subplots(2, 1, figsize=(9, 7), sharex=True, height_ratios=(3, 2))
     ax.plot(t, [s["rss_mib"] for s in samples], color="tab:blue", label="RSS (MiB)")
-    ax.set_xlabel("minutes")
     ax.set_ylabel("RSS (MiB)", color="tab:blue")
     ax.axvspan(0, warm_min, color="0.9", label="warm-up (excluded)")
     fitted = [s["t_min"] for s in samples if s["t_min"] >= warm_min]
@@ -281,6 +324,20 @@ def plot(samples: list[dict[str, float]], path: Path, warm_min: float, line: dic
     ax2.plot(t, [s["cpu_pct"] for s in samples], color="tab:red", alpha=0.6, label="CPU (%)")
     ax2.set_ylabel("CPU (% of one core)", color="tab:red")
     ax.set_title("qtap agent soak: RSS and CPU")
+    if series:  # what the agent tracked: the soak's processes and connections, and everyone else's records
+        st = [r["t_min"] for r in series]
+        for key, color in (("connections_open", "tab:green"), ("process_cache", "tab:purple"),
+                           ("hosts_paths", "tab:orange")):
+            low.plot(st, [r[key] for r in series], color=color, label=key.replace("_", " "))
+        low.set_ylabel("entries")
+        low2 = low.twinx()
+        rate = [0.0] + [(b["records"] - a["records"]) / max(1e-9, (b["t_min"] - a["t_min"]) * 60)
+                        for a, b in itertools.pairwise(series)]
+        low2.plot(st, rate, color="0.5", alpha=0.6, label="kernel records/s (all processes)")
+        low2.set_ylabel("records/s", color="0.4")
+        low.legend(loc="upper left", fontsize=8)
+        low2.legend(loc="upper right", fontsize=8)
+    low.set_xlabel("minutes")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -334,9 +391,9 @@ tap:
         agent_env["QTAP_DEBUG_TRACEMALLOC"] = str(trace_file)
         # One report per warm-up length: the first is the base of the later ones (growth after warm-up).
         agent_env["QTAP_DEBUG_TRACEMALLOC_INTERVAL"] = str(max(10.0, args.warmup * args.minutes * 60))
-    agent = subprocess.Popen([sys.executable, "-m", "cli.main", "run", "--config", str(cfg), "--metrics-interval",
-                              str(args.sample)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log.open("wb"),
-                             env=agent_env)
+    agent = subprocess.Popen([sys.executable, "-m", "cli.main", "run", "--config", str(cfg), "--stats",
+                              "--metrics-interval", str(args.sample)], cwd=ROOT, stdout=subprocess.DEVNULL,
+                             stderr=log.open("wb"), env=agent_env)
     stop = threading.Event()
     samples: list[dict[str, float]] = []
     traffic = Traffic(nginx, dns_port, raw_port, stop)
@@ -347,7 +404,7 @@ tap:
                 raise SystemExit(f"agent did not start: {log.read_text()[-2000:]}")
             time.sleep(0.2)
         traffic.start()
-        t0 = time.monotonic()
+        t0, t0_wall = time.monotonic(), time.time()
         cpu0, tprev = cpu_seconds(agent.pid), t0
         while time.monotonic() - t0 < args.minutes * 60:
             time.sleep(args.sample)
@@ -402,7 +459,13 @@ tap:
                    - per_store("qtap_sink_spool_depth_events", "event"))
     png = RESULTS / "soak.png"
     RESULTS.mkdir(parents=True, exist_ok=True)
-    plot(samples, png, warm_min, line)
+    series = metrics_series(log, t0_wall)
+    # The interpreter's live blocks after the warm-up: a leak of Python objects raises them steadily, while an
+    # RSS step with flat blocks is memory the allocator kept after a burst (other processes' traffic, a big
+    # binary's TLS analysis).
+    warm_series = [r for r in series if warm_min <= r["t_min"] <= args.minutes and r["heap_blocks"]]
+    blocks = fit([r["t_min"] for r in warm_series], [r["heap_blocks"] for r in warm_series])
+    plot(samples, png, warm_min, line, series)
     result = {
         "minutes": args.minutes,
         "stores": "kafka+minio" if env is not None else "pulse+dir (Kafka/MinIO did not answer)",
@@ -416,6 +479,10 @@ tap:
         "rss_slope_se_kib_per_min": round(line["se"], 1),
         "rss_slope_ci95_kib_per_min": [round(line["ci95_low"], 1), round(line["ci95_high"], 1)],
         "rss_fit": {"n": line["n"], "n_eff": line["n_eff"], "residual_lag1_autocorrelation": line["r1"]},
+        "heap_blocks_after_warmup": int(warm_series[0]["heap_blocks"]) if warm_series else 0,
+        "heap_blocks_end": int(warm_series[-1]["heap_blocks"]) if warm_series else 0,
+        "heap_blocks_slope_per_min": round(blocks["slope"]),
+        "heap_blocks_slope_ci95_per_min": [round(blocks["ci95_low"]), round(blocks["ci95_high"])],
         "load_1m_during": [round(min(s["load_1m"] for s in samples), 2),
                            round(max(s["load_1m"] for s in samples), 2)] if samples else [],
         "cpu_mean_pct": round(sum(s["cpu_pct"] for s in samples) / max(1, len(samples)), 1),
@@ -433,9 +500,11 @@ tap:
         "tracemalloc_report": str(trace_file) if args.tracemalloc else None,
         "png": str(png.relative_to(ROOT)),
         "samples": samples,
+        "agent_series": series,
     }
     write_result("soak", result, f"{args.minutes:g} min, RSS slope {rss_slope:.1f} KiB/min after warm-up "
                  f"(95% {line['ci95_low']:.1f}..{line['ci95_high']:.1f}), growth after warm-up {growth:.0f} KiB, "
+                 f"heap blocks {blocks['slope']:+.0f}/min (95% {blocks['ci95_low']:.0f}..{blocks['ci95_high']:.0f}), "
                  f"drops {drops}, retries {retries}, unaccounted {unaccounted}, stores {result['stores']}")
     return 0 if code == 0 else 1
 

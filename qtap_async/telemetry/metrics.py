@@ -185,6 +185,10 @@ PROCESS_CACHE_EVICTED = _counter(
     "qtap_process_cache_evicted_total",
     "Processes the cache forgot: reason=exited (EXITED_KEEP exits after their own), full (its LRU bound).",
     "reason")
+PYTHON_HEAP_BLOCKS = _gauge(
+    "qtap_python_heap_blocks",
+    "Memory blocks the interpreter has allocated now (sys.getallocatedblocks): grows with live objects, unlike "
+    "RSS, which also keeps memory the allocator holds after a burst.")
 HOSTS_PATHS = _gauge("qtap_hosts_paths_watched", "Hosts files (one per process root) looked at for names.")
 HOSTS_PATHS_FORGOTTEN = _counter(
     "qtap_hosts_paths_forgotten_total", "Hosts file paths dropped: reason=exited (their process), full (the bound).",

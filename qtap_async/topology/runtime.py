@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import sys
 import threading
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -167,6 +168,7 @@ class Agent:
         m[metrics.PROCESS_CACHE_ENTRIES.name] = ps.entries
         m[metrics.PROCESS_CACHE_EVICTED.key(reason="exited")] = ps.evicted_exited
         m[metrics.PROCESS_CACHE_EVICTED.key(reason="full")] = ps.evicted_full
+        m[metrics.PYTHON_HEAP_BLOCKS.name] = sys.getallocatedblocks()
         hosts = self.graph.enrich.domains.hosts
         m[metrics.HOSTS_PATHS.name] = hosts.watched
         m[metrics.HOSTS_PATHS_FORGOTTEN.key(reason="exited")] = hosts.forgotten
