@@ -128,8 +128,9 @@ def stores_yaml(env: dict[str, str] | None, work: Path) -> tuple[str, str, Any]:
 
 
 class Traffic:
-    def __init__(self, nginx: Nginx, dns_port: int, raw_port: int, stop: threading.Event) -> None:
+    def __init__(self, nginx: Nginx, dns_port: int, raw_port: int, stop: threading.Event, rate: float = 1.0) -> None:
         self.nginx, self.dns_port, self.raw_port, self.stop = nginx, dns_port, raw_port, stop
+        self.rate = rate  # a multiplier of every job's pace (a tracemalloc run keeps up at a fraction)
         self.counts: dict[str, int] = {"http1": 0, "http2": 0, "tls": 0, "dns": 0, "churn": 0, "errors": 0}
         self._lock = threading.Lock()
 
@@ -138,7 +139,7 @@ class Traffic:
             self.counts[kind] += n
 
     def _paced(self, kind: str, per_s: float, fn: Any) -> None:
-        period = 1.0 / per_s
+        period = 1.0 / (per_s * self.rate)
         nxt = time.monotonic()
         while not self.stop.is_set():
             try:
@@ -352,6 +353,7 @@ def main() -> int:
     ap.add_argument("--sample", type=float, default=5.0)
     ap.add_argument("--warmup", type=float, default=0.2, help="fraction of the run left out of the slope")
     ap.add_argument("--tracemalloc", action="store_true", help="the agent reports where its heap grew")
+    ap.add_argument("--rate", type=float, default=1.0, help="multiplier of every traffic job's pace")
     args = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("bench_soak needs root (the agent loads BPF programs)")
@@ -396,7 +398,7 @@ tap:
                              stderr=log.open("wb"), env=agent_env)
     stop = threading.Event()
     samples: list[dict[str, float]] = []
-    traffic = Traffic(nginx, dns_port, raw_port, stop)
+    traffic = Traffic(nginx, dns_port, raw_port, stop, args.rate)
     try:
         deadline = time.monotonic() + 90
         while "capture attached" not in log.read_text(errors="replace"):
@@ -468,6 +470,7 @@ tap:
     plot(samples, png, warm_min, line, series)
     result = {
         "minutes": args.minutes,
+        "rate": args.rate,
         "stores": "kafka+minio" if env is not None else "pulse+dir (Kafka/MinIO did not answer)",
         "traffic": traffic.counts,
         "rss_start_mib": round(samples[0]["rss_mib"], 1) if samples else 0,
