@@ -98,7 +98,8 @@ class HostsFiles:
 
     A file is identified by (device, inode, mtime, size): every process of the host shares one table,
     each container (its own root) its own. A process whose root cannot be read (it exited) falls back
-    to the host's file.
+    to the host's file. The path of an exited process is forgotten (``forget``, at its exit record): else
+    every short-lived program would keep one until the ``max_paths`` LRU bound pushed it out.
     """
 
     def __init__(self, proc: str = "/proc", host_file: str = "/etc/hosts", max_paths: int = 4096,
@@ -111,6 +112,17 @@ class HostsFiles:
         self._tables: dict[tuple[int, int, int, int], dict[str, str]] = {}
         self.loads = 0
         self.errors = 0
+        self.evicted_full = 0  # paths pushed out by max_paths
+        self.forgotten = 0  # paths of exited processes
+
+    @property
+    def watched(self) -> int:  # (no __len__: `hosts or HostsFiles()` would replace an empty one)
+        return len(self._paths)
+
+    def forget(self, pid: int) -> None:
+        """The process exited: its root's path names nothing any more."""
+        if self._paths.pop(f"{self.proc}/{pid}/root{self.host_file}", None) is not None:
+            self.forgotten += 1
 
     def lookup(self, pid: int, ip: str, now: float | None = None) -> str:
         t = time.monotonic() if now is None else now
@@ -129,6 +141,7 @@ class HostsFiles:
                 self._paths[path] = w
                 if len(self._paths) > self.max_paths:
                     self._paths.popitem(last=False)
+                    self.evicted_full += 1
             else:
                 w.signature, w.checked = sig, now
             if sig is not None and sig not in self._tables:

@@ -179,6 +179,21 @@ EVENTS_WRITTEN = _counter("qtap_events_written_total", "Events the output stage 
 TRANSACTIONS = _counter("qtap_transactions_total", "HTTP/1.x, h2 and gRPC transactions and DNS messages parsed.",
                         "protocol")
 
+# -- process and name caches (qtap_async/context) ------------------------------------------------------
+PROCESS_CACHE_ENTRIES = _gauge("qtap_process_cache_entries", "Processes in the process cache.")
+PROCESS_CACHE_EVICTED = _counter(
+    "qtap_process_cache_evicted_total",
+    "Processes the cache forgot: reason=exited (EXITED_KEEP exits after their own), full (its LRU bound).",
+    "reason")
+PYTHON_HEAP_BLOCKS = _gauge(
+    "qtap_python_heap_blocks",
+    "Memory blocks the interpreter has allocated now (sys.getallocatedblocks): grows with live objects, unlike "
+    "RSS, which also keeps memory the allocator holds after a burst.")
+HOSTS_PATHS = _gauge("qtap_hosts_paths_watched", "Hosts files (one per process root) looked at for names.")
+HOSTS_PATHS_FORGOTTEN = _counter(
+    "qtap_hosts_paths_forgotten_total", "Hosts file paths dropped: reason=exited (their process), full (the bound).",
+    "reason")
+
 # -- TLS ------------------------------------------------------------------------------------------------
 TLS_LIBRARIES_ATTACHED = _gauge("qtap_tls_libraries_attached",
                                 "TLS libraries attached, by kind and probe path (fast: emulated; slow: single-step).",

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import sys
 import threading
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -32,6 +33,7 @@ from qtap_async.sources.replay import ReplaySource
 from qtap_async.sources.ringbuf import RingBufferSource, batch_size
 from qtap_async.telemetry import metrics
 from qtap_async.telemetry.memory import HeapTrimmer
+from qtap_async.telemetry.memtrace import MemTrace, MemTraceSettings
 from qtap_async.tls.manager import TlsManager
 from qtap_async.topology.dispatch import FocusCheck
 from qtap_async.topology.graph import AgentOptions, Graph
@@ -163,6 +165,15 @@ class Agent:
         m[metrics.INFLIGHT_PARKED.name] = self.inflight_scan.parked
         m[metrics.STREAM_GAPS.name] = st.reassembly.gaps
         m[metrics.STREAM_GAP_BYTES.name] = st.reassembly.gap_bytes
+        ps = self.conntrack.processes.stats()
+        m[metrics.PROCESS_CACHE_ENTRIES.name] = ps.entries
+        m[metrics.PROCESS_CACHE_EVICTED.key(reason="exited")] = ps.evicted_exited
+        m[metrics.PROCESS_CACHE_EVICTED.key(reason="full")] = ps.evicted_full
+        m[metrics.PYTHON_HEAP_BLOCKS.name] = sys.getallocatedblocks()
+        hosts = self.graph.enrich.domains.hosts
+        m[metrics.HOSTS_PATHS.name] = hosts.watched
+        m[metrics.HOSTS_PATHS_FORGOTTEN.key(reason="exited")] = hosts.forgotten
+        m[metrics.HOSTS_PATHS_FORGOTTEN.key(reason="full")] = hosts.evicted_full
         m.update(self.graph.stats())
         if self.containers is not None:
             m.update(self.containers.snapshot())
@@ -318,6 +329,9 @@ class Agent:
                 tasks.append(asyncio.create_task(self._metrics_loop(o.metrics_interval_s), name="metrics"))
             if o.heap_trim_interval_s > 0:
                 tasks.append(asyncio.create_task(self._trim_loop(o.heap_trim_interval_s), name="heap-trim"))
+            trace = MemTraceSettings.from_env()  # debugging only: QTAP_DEBUG_TRACEMALLOC (telemetry/memtrace.py)
+            if trace is not None:
+                tasks.append(asyncio.create_task(MemTrace(trace).run(), name="memtrace"))
             stopped = asyncio.create_task(self.stop_event.wait(), name="stop")
             await asyncio.wait([stopped, *tasks[:3]], return_when=asyncio.FIRST_COMPLETED)
             stopped.cancel()

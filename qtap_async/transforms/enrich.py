@@ -7,7 +7,8 @@ reads a domain (filters, stacks, the output formatter, the close event):
   file the process sees (``context.domains.Domains.at_open``); the open event is given that name;
 - a TLS ClientHello: its SNI (what the client asked for beats every guess);
 - an HTTP transaction: its ``Host`` / ``:authority``;
-- a DNS answer: learnt (per process and host-wide) for the connections opened after it.
+- a DNS answer: learnt (per process and host-wide) for the connections opened after it;
+- a process exit: the hosts file path of that process is forgotten.
 
 Precedence (sni > host > dns > dns_host > hosts) is ``context.domains.offer``'s; a weaker source never
 replaces a stronger one. Conntrack builds the close event from the connection, so it carries the final
@@ -25,6 +26,7 @@ from qtap_async.context.domains import Domains, HostsFiles, offer
 from qtap_async.events.connection import ConnectionEvent
 from qtap_async.events.dns import DnsMessage
 from qtap_async.events.http import HttpTransaction, host_of
+from qtap_async.events.kernel import ProcExit
 from qtap_async.events.tls import TlsClientHello
 from qtap_async.transforms.conntrack import Conntrack, Parsed
 
@@ -65,4 +67,6 @@ class Enrich:
                     self.domains.at_open(c)
                     if c.domain:
                         items[i] = _replace(item, domain=c.domain, domain_source=c.domain_source)
+            elif t is ProcExit:
+                self.domains.hosts.forget(item.pid)
         return items

@@ -87,3 +87,36 @@ def test_hosts_file_is_reloaded_when_it_changes_and_per_root(tmp_path: Path) -> 
     assert h.lookup(7, "10.0.0.1", now=1.5) == "two.test"
     assert h.lookup(7, "10.0.0.2", now=1.6) == "new.test"
     assert h.lookup(42, "10.0.0.2", now=1.6) == ""
+
+
+def test_an_exited_process_leaves_no_hosts_path_behind(tmp_path: Path) -> None:
+    # The soak's churn through the real stages: each short-lived process is looked up once (its
+    # connection's open) in its own /proc/PID/root; its exit record, through conntrack and enrichment,
+    # forgets that path, so a host running a program per request keeps only the live processes' paths.
+    import subprocess
+
+    from qtap_async.events.kernel import ProcExit
+    from qtap_async.transforms.conntrack import Conntrack
+    from qtap_async.transforms.enrich import Enrich
+
+    host_file = tmp_path / "hosts"
+    host_file.write_text("10.0.0.9 from-hosts.test\n")
+    ct = Conntrack()
+    en = Enrich(ct, hosts=HostsFiles(host_file=str(host_file)))
+    hosts = en.domains.hosts
+    live = subprocess.Popen(["sleep", "30"])
+    try:
+        hosts.lookup(live.pid, "10.0.0.9")
+        for _ in range(20):
+            p = subprocess.Popen(["sleep", "30"])
+            # Through its own root (/proc/PID/root + host_file): the same file, as the process sees it.
+            assert hosts.lookup(p.pid, "10.0.0.9") == "from-hosts.test"
+            p.kill()
+            p.wait()
+            en.apply(ct.handle(ProcExit(1, p.pid, 0)))
+        # The live process's path only; none of the 20 exited ones.
+        assert hosts.watched == 1 and hosts.forgotten == 20 and hosts.evicted_full == 0
+        assert hosts.lookup(live.pid, "10.0.0.9") == "from-hosts.test"
+    finally:
+        live.kill()
+        live.wait()

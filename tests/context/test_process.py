@@ -272,3 +272,48 @@ def test_the_kernels_exec_record_keys_the_executable_as_proc_does(procs: list[su
     gone = _gone_pid()
     cache.on_exec(gone, rec.comm, "./sleep", exe_ino=rec.exe_ino, exe_dev=rec.exe_dev)
     assert cache.get(gone).exe == SLEEP
+
+
+def test_exited_processes_are_forgotten_after_the_bound_and_live_ones_still_named(
+        procs: list[subprocess.Popen[bytes]]) -> None:
+    # The soak's churn: a short-lived program per request. Each is forked, exec'd, looked up (its
+    # connection), and exits; the cache keeps the last `exited_keep` of them and forgets the others.
+    live = _spawn(procs, SLEEP, "30")
+    dev, ino = _exe_key(TRUE)
+    keep, runs = 8, 40
+    cache = ProcessCache(exited_keep=keep)
+    assert cache.get(live.pid).exe == SLEEP
+    gone: list[int] = []
+    for _ in range(runs):
+        p = subprocess.Popen([TRUE])
+        cache.on_fork(p.pid, os.getpid())
+        cache.on_exec(p.pid, "true", TRUE, exe_ino=ino, exe_dev=dev)
+        cache.get(p.pid)
+        p.wait()
+        cache.on_exit(p.pid)
+        gone.append(p.pid)
+    # The live process, the test's own (the forks' parent) and the last `keep` exits; nothing else.
+    assert cache.tracked_pids() <= keep + 2
+    st = cache.stats()
+    assert st.entries <= keep + 2 and (st.evicted_exited, st.evicted_full) == (runs - keep, 0)
+    # A recent exit is still named from what was cached (its connections may close after it)...
+    assert cache.get(gone[-1]).exe == TRUE
+    # ... an old one was forgotten: /proc and the hints are gone, so it is nameless.
+    assert cache.get(gone[0]).exe == ""
+    # And the live process is still named right (it was never touched by the forgetting).
+    info = cache.get(live.pid)
+    assert (info.exe, info.cmdline) == (SLEEP, f"{SLEEP} 30")
+
+
+def test_a_reused_pid_is_not_forgotten_by_its_earlier_exit(procs: list[subprocess.Popen[bytes]]) -> None:
+    # pid numbers wrap: the exit of an earlier process with this pid must not drop the new one's entry.
+    p = _spawn(procs, SLEEP, "30")
+    cache = ProcessCache(exited_keep=2)
+    cache.on_exit(p.pid)  # an earlier process that had this pid
+    cache.on_fork(p.pid, os.getpid())
+    cache.on_exec(p.pid, "sleep", SLEEP)
+    assert cache.get(p.pid).exe == SLEEP
+    for _ in range(5):
+        cache.on_exit(_gone_pid())
+    assert p.pid in cache._cache and cache.exec_gen.get(p.pid) == 1
+    assert cache.stats().evicted_exited == 0  # the gone pids had nothing cached: nothing was forgotten
