@@ -402,9 +402,9 @@ class Consumer:
         self._pump.start()
         if not attached.wait(120) or self.proc.poll() is not None:
             raise RuntimeError(f"consumer {mode} did not attach: {''.join(self.stderr)[-2000:]}")
-        self._settle()
+        self.settle()
 
-    def _settle(self, window_s: float = 0.5, busy: float = 0.05, limit_s: float = 30.0) -> None:
+    def settle(self, window_s: float = 0.5, busy: float = 0.05, limit_s: float = 30.0) -> None:
         """Wait until the consumer is idle (under `busy` of a core over `window_s`): after "attached" the agent
         still scans the host's TLS libraries, and that start-up work must not land in the first measurement."""
         deadline = time.monotonic() + limit_s

@@ -288,7 +288,8 @@ def findings(rp: dict[str, Any], dr: dict[str, Any], mem: dict[str, Any], ov: di
         if f"{k}_consumer_cpu_pct" in lv:
             per_req = lv.get(f"{k}_consumer_cpu_us_per_req")
             md.append(f"- Agent at {lvl} level, HTTPS saturation: {lv.get(f'{k}_throughput_vs_none')} of no-probe "
-                      f"throughput, the agent on {lv[f'{k}_consumer_cpu_pct']} % of a core"
+                      f"throughput, the agent's CPU {lv[f'{k}_consumer_cpu_pct']} % of a core over the load's wall "
+                      "time (its backlog, worked off after the clients stopped, included)"
                       + (f" ({per_req} µs per request)" if per_req is not None else "")
                       + f", nginx {lv.get(f'{k}_nginx_cpu_us_per_req')} µs per request.")
     if dr:
