@@ -22,11 +22,11 @@ from collections import OrderedDict
 
 import msgspec
 
-# Container ids as runtimes put them in cgroup paths: docker-<64hex>.scope, /docker/<64hex>,
-# cri-containerd-<64hex>.scope, crio-<64hex>.scope, libpod-<64hex>.scope, kubepods .../<64hex>.
 #: Exited processes still remembered: a record about one comes at most a ring-buffer drain behind its exit.
 EXITED_KEEP = 1024
 
+# Container ids as runtimes put them in cgroup paths: docker-<64hex>.scope, /docker/<64hex>,
+# cri-containerd-<64hex>.scope, crio-<64hex>.scope, libpod-<64hex>.scope, kubepods .../<64hex>.
 _CONTAINER_RE = re.compile(r"(?:^|[/-])([0-9a-f]{64})(?:\.scope)?(?:/|$)")
 
 
