@@ -2,6 +2,9 @@
 
 - idle: 10k keep-alive connections to nginx, one small request each, then idle; the agent (level
   details, tracing the nginx worker) tracks them all (max_connections 65536, the default);
+  then a second round of as many on the same agent: RSS after it against after the first tells reuse
+  (an allocator high-water mark) from growth; and in this process (tracemalloc, no kernel) the Python heap
+  one such connection's objects take, by allocating line: the rest of the RSS per connection is the allocator's;
 - idle_capped: the same with max_connections=2000 (the same Agent through benchmarks/_agent_proc.py):
   the table stays at its limit, the rest is evicted and counted, and RSS stays lower;
 - streaming: 1k concurrent connections downloading 256 KiB bodies at level full (h2load -c 1000): peak RSS
@@ -35,31 +38,90 @@ IDLE = Path(__file__).with_name("_idle_clients.py")
 AFTER_S = 12.0
 
 
-def idle(ng: Nginx, n: int, max_connections: int) -> dict[str, Any]:
+def idle(ng: Nginx, n: int, max_connections: int, rounds: int = 1) -> dict[str, Any]:
+    """`rounds` times, n idle connections are opened, held and closed on the same agent. The first round gives
+    the per-connection cost; a later round tells whether what the first left behind is reused (RSS after it
+    stays where the first left it: an allocator high-water mark) or grows again (something is kept)."""
     c = Consumer("details", target_tgid=ng.pids()[-1], tls=False, max_connections=max_connections)
+    helds: list[int] = []
+    afters: list[int] = []
     try:
         time.sleep(2.0)  # past start-up allocations
         base = c.rss_kib()
-        clients = subprocess.Popen([sys.executable, str(IDLE), str(ng.http_port), str(n)], stdin=subprocess.PIPE,
-                                   stdout=subprocess.PIPE, text=True)
-        assert clients.stdout is not None and clients.stdin is not None
-        ready = clients.stdout.readline()
-        if not ready.startswith("READY"):
-            raise RuntimeError(f"idle clients failed: {ready!r}")
-        time.sleep(2.0)  # the agent catches up with the opens and first requests
-        held = c.rss_kib()
-        clients.stdin.close()
-        clients.wait(60)
-        time.sleep(AFTER_S)  # the closes are processed and the agent's heap trim (every 5 s) has run
-        after = c.rss_kib()
+        for _ in range(rounds):
+            clients = subprocess.Popen([sys.executable, str(IDLE), str(ng.http_port), str(n)], stdin=subprocess.PIPE,
+                                       stdout=subprocess.PIPE, text=True)
+            assert clients.stdout is not None and clients.stdin is not None
+            ready = clients.stdout.readline()
+            if not ready.startswith("READY"):
+                raise RuntimeError(f"idle clients failed: {ready!r}")
+            time.sleep(2.0)  # the agent catches up with the opens and first requests
+            helds.append(c.rss_kib())
+            clients.stdin.close()
+            clients.wait(60)
+            time.sleep(AFTER_S)  # the closes are processed and the agent's heap trim (every 5 s) has run
+            afters.append(c.rss_kib())
     finally:
         final = c.stop()
-    return {"rss_start_mib": round(base / 1024, 1), "rss_held_mib": round(held / 1024, 1),
-            "rss_after_close_mib": round(after / 1024, 1),
-            "kib_per_connection": round((held - base) / n, 2),
-            "connections_opened": final.get("connections_opened", 0),
-            "connections_evicted_full": final.get("connections_evicted_full", 0),
-            "max_connections": max_connections}
+    held, after = helds[0], afters[0]
+    out = {"rss_start_mib": round(base / 1024, 1), "rss_held_mib": round(held / 1024, 1),
+           "rss_after_close_mib": round(after / 1024, 1),
+           "kib_per_connection": round((held - base) / n, 2),
+           "connections_opened": final.get("connections_opened", 0),
+           "connections_evicted_full": final.get("connections_evicted_full", 0),
+           "max_connections": max_connections}
+    if rounds > 1:
+        out["rounds"] = rounds
+        out["rss_held_by_round_mib"] = [round(v / 1024, 1) for v in helds]
+        out["rss_after_close_by_round_mib"] = [round(v / 1024, 1) for v in afters]
+    return out
+
+
+def python_heap_per_idle_connection(n: int = 10000) -> dict[str, Any]:
+    """What the pipeline's Python objects take per idle keep-alive connection (tracemalloc, in this process):
+    the same opens, request and response as the idle clients', as kernel records through the replay pipeline
+    at details level. RSS per connection minus this is the allocator's share (pools, arenas, fragmentation)."""
+    import gc
+    import linecache
+    import socket
+    import struct
+    import tracemalloc
+
+    from qtap_async.bpf import abi
+    from qtap_async.replay import Replayer
+
+    req = b"GET /small HTTP/1.1\r\nHost: localhost\r\n\r\n"
+    resp = (b"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Type: application/json\r\nContent-Length: 17\r\n"
+            b"Connection: keep-alive\r\n\r\n{\"ok\":true,\"n\":1}")
+    lo = socket.inet_aton("127.0.0.1") + b"\0" * 12
+
+    def records(first: int, count: int) -> list[bytes]:
+        out = []
+        for conn in range(first, first + count):
+            ts = conn * 10
+            out.append(abi.HDR.pack(1, abi.ABI_VERSION, 0, ts, conn, 100, 100)  # accepted by nginx on 8080
+                       + struct.pack("<QHBBHH16s16siI16s", 0, 2, 0, 0, 8080, 1024 + conn % 60000, lo, lo, 5, 0,
+                                     b"nginx\0"))
+            for i, (payload, direction) in enumerate(((req, 1), (resp, 0))):
+                out.append(abi.HDR.pack(3, abi.ABI_VERSION, 0, ts + 1 + i, conn, 100, 100)
+                           + struct.pack("<QIIBBHi", 0, len(payload), 0, direction, 0, 0, 5) + payload)
+        return out
+
+    rp = Replayer("details")
+    rp.feed(records(1, 200))  # warm-up: first-use caches are not per connection
+    batch = records(1000, n)
+    gc.collect()
+    tracemalloc.start(1)
+    before = tracemalloc.take_snapshot()
+    rp.feed(batch)
+    gc.collect()
+    diff = tracemalloc.take_snapshot().compare_to(before, "lineno")
+    tracemalloc.stop()
+    held = len(rp.stage.conntrack.conns) - 200
+    total = sum(d.size_diff for d in diff)
+    top = [(f"{Path(f.filename).name}:{f.lineno} {linecache.getline(f.filename, f.lineno).strip()[:60]}",
+            round(d.size_diff / held)) for d in diff[:8] if d.size_diff > 0 for f in (d.traceback[0],)]
+    return {"connections": held, "bytes_per_connection": round(total / held), "top_lines": top}
 
 
 def streaming(ng: Nginx, conns: int, duration: float) -> dict[str, Any]:
@@ -100,12 +162,14 @@ def main() -> None:
     t0 = time.monotonic()
     result: dict[str, Any] = {}
     with Nginx() as ng:
-        for k, v in idle(ng, n, 65536).items():
+        for k, v in idle(ng, n, 65536, rounds=2).items():
             result[f"idle_{n}_{k}"] = v
         for k, v in idle(ng, n, 2000).items():
             result[f"idle_{n}_capped_{k}"] = v
         for k, v in streaming(ng, 200 if quick else 1000, 3.0 if quick else 5.0).items():
             result[f"streaming_{k}"] = v
+    for k, v in python_heap_per_idle_connection(n).items():
+        result[f"idle_python_heap_{k}"] = v
     bound = configured_bound_mib(result["streaming_connections"], result["streaming_rss_start_mib"])
     result["streaming_configured_bound_mib"] = bound
     result["streaming_within_configured_bound"] = result["streaming_rss_peak_mib"] <= bound

@@ -315,6 +315,25 @@ def findings(rp: dict[str, Any], dr: dict[str, Any], mem: dict[str, Any], ov: di
             start, held, after = (mem.get(f"idle_{n}_rss_{w}_mib") for w in ("start", "held", "after_close"))
             md.append(f"- {n} idle connections cost {mem[idle_keys[0]]} KiB each (RSS {start} MiB at start, {held} "
                       f"MiB while open, {after} MiB after they closed).")
+            heap = _num(mem.get("idle_python_heap_bytes_per_connection"))
+            per_conn = _num(mem.get(idle_keys[0]))
+            if heap is not None and per_conn is not None:
+                tops = mem.get("idle_python_heap_top_lines") or []
+                md.append(f"- Of those {per_conn} KiB, the pipeline's Python objects take {heap / 1024:.2f} KiB "
+                          f"(tracemalloc, same records replayed); the other {per_conn - heap / 1024:.2f} KiB is the "
+                          "allocator's and what the burst of opens left in its pools. Largest lines: "
+                          + "; ".join(f"`{line}` {b} B" for line, b in tops[:4]) + ".")
+            afters = mem.get(f"idle_{n}_rss_after_close_by_round_mib")
+            helds = mem.get(f"idle_{n}_rss_held_by_round_mib")
+            if isinstance(afters, list) and isinstance(helds, list) and len(afters) > 1 and start is not None:
+                grew = round(afters[-1] - afters[0], 1)
+                kept = round(afters[0] - start, 1)
+                verdict = ("reused by the next round (an allocator high-water mark, not a leak)"
+                           if abs(grew) <= max(0.1 * kept, 1.0) else
+                           f"not reused: the next round added {grew} MiB more")
+                md.append(f"- A second round of {n} connections on the same agent: RSS {helds[-1]} MiB while open, "
+                          f"{afters[-1]} MiB after close ({grew:+} MiB against the first round's after-close): the "
+                          f"{kept} MiB the first round left is {verdict}.")
             if f"idle_{n}_capped_rss_held_mib" in mem:
                 md.append(f"- With max_connections={mem.get(f'idle_{n}_capped_max_connections')} the table evicts "
                           f"and counts {mem.get(f'idle_{n}_capped_connections_evicted_full')} of them; RSS "
