@@ -85,11 +85,15 @@ class TrackingStage:
                                   getattr(rec, "conn_id", "-"))
         self.records += len(batch)
         if self.sweeps:
-            now = time.monotonic()
-            if now - self._last_sweep >= SWEEP_INTERVAL_S:
-                self._last_sweep = now
-                out.extend(self._route(self.conntrack.sweep(time.monotonic_ns())))
+            self._sweep_due(out)
         return out
+
+    def _sweep_due(self, out: list[Any]) -> None:
+        """The idle sweep, at most once per SWEEP_INTERVAL_S; what it closes is routed into ``out``."""
+        now = time.monotonic()
+        if now - self._last_sweep >= SWEEP_INTERVAL_S:
+            self._last_sweep = now
+            out.extend(self._route(self.conntrack.sweep(time.monotonic_ns())))
 
     def close_all(self, now_ns: int) -> list[Any]:
         """End of input: every open connection closed (flushing its streams and sessions), routed."""
@@ -101,9 +105,21 @@ class TrackingStage:
         try:
             while True:
                 try:
-                    batch = await rx.recv()
+                    if self.sweeps:
+                        # A quiet host sends no batch for a while: the sweep must not wait for one, or an
+                        # idle connection is evicted only when unrelated traffic arrives.
+                        async with asyncio.timeout(SWEEP_INTERVAL_S):
+                            batch = await rx.recv()
+                    else:
+                        batch = await rx.recv()
                 except ChannelClosed:
                     break
+                except TimeoutError:  # nothing arrived (recv takes no item once cancelled): sweep anyway
+                    swept: list[Any] = []
+                    self._sweep_due(swept)
+                    if swept:
+                        await tx.send(swept)
+                    continue
                 if self.drain_deadline is not None and loop.time() > self.drain_deadline:
                     self.dropped_at_stop += len(batch)
                     continue

@@ -55,6 +55,7 @@ _SKIP_REASONS = (
     (abi.DataFlag.NO_PAYLOAD, PAYLOAD_OFF),
 )
 _URING = int(abi.DataFlag.IO_URING)
+_NO_SESSION = object()  # a layer whose session is not made yet (None: the layer is muted)
 _UNBOUND = int(abi.DataFlag.UNBOUND)
 # Connections evicted (idle or table full) that are remembered so later activity resumes them honestly.
 MAX_EVICTED_REMEMBERED = 16384
@@ -125,6 +126,12 @@ class Connection:
     """One TCP connection as seen from one process (each end on this host is its own connection)."""
 
     __slots__ = (
+        "_firsts",
+        "_layer0",
+        "_layer1",
+        "_stream0",
+        "_stream1",
+        "_streams_other",
         "base_received",
         "base_sent",
         "bytes_received",
@@ -151,8 +158,6 @@ class Connection:
         "resumed",
         "role",
         "rport",
-        "sessions",
-        "streams",
         "tls",
         "udp",
         "uid",
@@ -188,23 +193,96 @@ class Connection:
         self.process = process
         self.bytes_sent = 0
         self.bytes_received = 0
-        self.streams: dict[int, StreamReassembler] = {}  # key: source * 2 + dir
-        self.sessions: dict[int, Session | None] = {}  # key: 0 = socket bytes, 1 = TLS plaintext
+        # Per stream (key: source * 2 + dir) a reassembler and per layer (0: socket bytes, 1: TLS plaintext)
+        # a session, made at its first byte. Slots, not dicts: the socket streams and both layers are what
+        # almost every connection has, and two small dicts cost ~450 bytes per connection; the streams of
+        # other sources (TLS plaintext, Java) are in a dict made when one appears.
+        self._stream0: StreamReassembler | None = None
+        self._stream1: StreamReassembler | None = None
+        self._streams_other: dict[int, StreamReassembler] | None = None
+        self._layer0: object = _NO_SESSION  # Session | None | _NO_SESSION
+        self._layer1: object = _NO_SESSION  # Session | None | _NO_SESSION
+        # Which came first (bit 0: stream 1 before stream 0; bit 1: layer 1 before layer 0): a close flushes
+        # streams and sessions in the order they appeared, as the dicts these slots replace did.
+        self._firsts = 0
         # Written by the enrichment stage only (transforms/enrich.py; precedence in context/domains.py).
         self.domain = ""
         self.domain_source = ""
         self.tls = False
         self.udp = rec.udp
 
+    # -- streams and sessions ------------------------------------------------------------------------
+    def stream(self, key: int) -> StreamReassembler | None:
+        if key == 0:
+            return self._stream0
+        if key == 1:
+            return self._stream1
+        other = self._streams_other
+        return other.get(key) if other is not None else None
+
+    def set_stream(self, key: int, stream: StreamReassembler) -> None:
+        if key == 0:
+            self._stream0 = stream
+        elif key == 1:
+            if self._stream0 is None:
+                self._firsts |= 1
+            self._stream1 = stream
+        else:
+            if self._streams_other is None:
+                self._streams_other = {}
+            self._streams_other[key] = stream
+
+    @property
+    def streams(self) -> dict[int, StreamReassembler]:
+        """Every stream's reassembler by key (a new dict: reading only)."""
+        out: dict[int, StreamReassembler] = {}
+        for key in ((1, 0) if self._firsts & 1 else (0, 1)):
+            st = self._stream1 if key else self._stream0
+            if st is not None:
+                out[key] = st
+        if self._streams_other:
+            out.update(self._streams_other)
+        return out
+
+    def has_session(self, layer: int) -> bool:
+        """A session was made for ``layer`` (or the layer was muted: None)."""
+        return (self._layer1 if layer else self._layer0) is not _NO_SESSION
+
+    def session(self, layer: int) -> Session | None:
+        """The layer's session; None when none was made or the layer is muted."""
+        s = self._layer1 if layer else self._layer0
+        return None if s is _NO_SESSION else s  # type: ignore[return-value]
+
+    def set_session(self, layer: int, session: Session | None) -> None:
+        if layer:
+            if self._layer0 is _NO_SESSION:
+                self._firsts |= 2
+            self._layer1 = session
+        else:
+            self._layer0 = session
+
+    @property
+    def sessions(self) -> dict[int, Session | None]:
+        """The sessions made so far by layer, None for a muted layer (a new dict: reading only)."""
+        order = (1, 0) if self._firsts & 2 else (0, 1)
+        return {layer: self.session(layer) for layer in order if self.has_session(layer)}
+
+    def drop_parsing(self) -> None:
+        """Forget every stream and session (an eviction keeps the identity and the byte counts only)."""
+        self._stream0 = self._stream1 = None
+        self._streams_other = None
+        self._layer0 = self._layer1 = _NO_SESSION
+        self._firsts = 0
+
     @property
     def protocol(self) -> str:
         if self.udp:
             return "dns"
         for layer in (1, 0):
-            s = self.sessions.get(layer)
+            s = self.session(layer)
             if s is not None and s.protocol not in ("unknown", "tls"):
                 return s.protocol
-        s = self.sessions.get(0)
+        s = self.session(0)
         return s.protocol if s is not None else "unknown"
 
     def context(self, layer: int) -> ConnContext:
@@ -345,9 +423,9 @@ class Conntrack:
         if c is None:
             return
         if socket:
-            c.sessions[0] = None
+            c.set_session(0, None)
         if tls:
-            c.sessions[1] = None
+            c.set_session(1, None)
 
     # -- records ---------------------------------------------------------------------------------
     def handle(self, rec: KernelRecord) -> list[Any]:
@@ -409,8 +487,7 @@ class Conntrack:
     def _evict(self, c: Connection, ts_ns: int) -> list[Any]:
         out = self._finish(c, ts_ns, "evicted")
         # Keep the identity and the byte counts reported so far; the streams and sessions are gone.
-        c.streams = {}
-        c.sessions = {}
+        c.drop_parsing()
         c.owners = None
         self._evicted[c.conn_id] = c
         if len(self._evicted) > MAX_EVICTED_REMEMBERED:
@@ -504,19 +581,19 @@ class Conntrack:
             out.extend(self._protocol(c, [msg], 0))
             return out
         key = source * 2 + rec.dir
-        stream = c.streams.get(key)
+        stream = c.stream(key)
         if stream is None:
             # A stream seen from its start begins at 0; one joined mid-way begins where we came in.
             stream = StreamReassembler(None if c.midstream or c.resumed else 0, stats=stats.reassembly)
-            c.streams[key] = stream
+            c.set_stream(key, stream)
         if rec.skipped:
             segments = stream.push(rec.offset, rec.payload, rec.skipped, _skip_reason(flags))
         else:
             segments = stream.push(rec.offset, rec.payload)
         if not segments:
             return out
-        if layer not in c.sessions:
-            c.sessions[layer] = self.session_factory(c, layer) if self.session_factory else None
+        if not c.has_session(layer):
+            c.set_session(layer, self.session_factory(c, layer) if self.session_factory else None)
         out.extend(self._deliver(c, source, rec.dir, segments, rec.ts_ns))
         return out
 
@@ -524,7 +601,7 @@ class Conntrack:
                  ts_ns: int) -> list[Any]:
         """Ordered segments of one stream to its protocol session: bytes are fed, holes reported."""
         layer = 1 if source else 0
-        session = c.sessions.get(layer)
+        session = c.session(layer)
         out: list[Any] = []
         for seg in segments:
             if isinstance(seg, int):

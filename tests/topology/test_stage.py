@@ -99,3 +99,35 @@ async def test_backlog_past_the_stop_deadline_is_dropped_and_counted() -> None:
     g.stage.drain_deadline = asyncio.get_running_loop().time() - 1  # already past
     await asyncio.wait_for(g.stage.run(rx, tx), 30)
     assert g.stage.dropped_at_stop == 50 and g.stage.records == 0
+
+
+async def test_an_idle_connection_is_evicted_while_no_batch_arrives(monkeypatch: Any) -> None:
+    """The idle sweep runs on its interval even when no record comes in (a quiet host): it does not wait for
+    unrelated traffic to evict a connection past the idle timeout."""
+    import socket
+    import struct
+    import time
+
+    from qtap_async.bpf import abi
+    from qtap_async.topology import AgentOptions
+    from qtap_async.topology import stage as stage_mod
+
+    monkeypatch.setattr(stage_mod, "SWEEP_INTERVAL_S", 0.1)
+    g = Graph(None, AgentOptions(idle_timeout_s=0.05), local=StdoutWriter(), sweep=True)
+    lo = socket.inet_aton("127.0.0.1") + b"\0" * 12
+    opened = (abi.HDR.pack(1, abi.ABI_VERSION, 0, time.monotonic_ns(), 42, 100, 100)
+              + struct.pack("<QHBBHH16s16siI16s", 0, 2, 0, 0, 8080, 40000, lo, lo, 5, 0, b"srv\0"))
+    rx: Channel[list[bytes]] = Channel(100, 1 << 30, "block")
+    tx: Channel[list[Any]] = Channel(1000, 1 << 30, "block")
+    run = asyncio.create_task(g.stage.run(rx, tx))
+    rx.send_nowait([opened])
+    got: list[Any] = []
+    deadline = time.monotonic() + 10
+    while not any(isinstance(e, ConnectionEvent) and e.event == "close" for e in got):
+        assert time.monotonic() < deadline, f"no eviction without new records: {_types(got)}"
+        got += await asyncio.wait_for(tx.recv(), 10)
+    (close,) = [e for e in got if isinstance(e, ConnectionEvent) and e.event == "close"]
+    assert close.reason == "evicted" and close.conn_id == 42 and not g.conntrack.conns
+    assert not run.done()  # the stage is still waiting for records, not finished by the sweep
+    rx.close()
+    await asyncio.wait_for(run, 10)
