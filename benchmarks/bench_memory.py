@@ -83,8 +83,6 @@ def python_heap_per_idle_connection(n: int = 10000) -> dict[str, Any]:
     at details level. RSS per connection minus this is the allocator's share (pools, arenas, fragmentation)."""
     import gc
     import linecache
-    import socket
-    import struct
     import tracemalloc
 
     from qtap_async.bpf import abi
@@ -93,18 +91,14 @@ def python_heap_per_idle_connection(n: int = 10000) -> dict[str, Any]:
     req = b"GET /small HTTP/1.1\r\nHost: localhost\r\n\r\n"
     resp = (b"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Type: application/json\r\nContent-Length: 17\r\n"
             b"Connection: keep-alive\r\n\r\n{\"ok\":true,\"n\":1}")
-    lo = socket.inet_aton("127.0.0.1") + b"\0" * 12
 
     def records(first: int, count: int) -> list[bytes]:
         out = []
         for conn in range(first, first + count):
             ts = conn * 10
-            out.append(abi.HDR.pack(1, abi.ABI_VERSION, 0, ts, conn, 100, 100)  # accepted by nginx on 8080
-                       + struct.pack("<QHBBHH16s16siI16s", 0, 2, 0, 0, 8080, 1024 + conn % 60000, lo, lo, 5, 0,
-                                     b"nginx\0"))
-            for i, (payload, direction) in enumerate(((req, 1), (resp, 0))):
-                out.append(abi.HDR.pack(3, abi.ABI_VERSION, 0, ts + 1 + i, conn, 100, 100)
-                           + struct.pack("<QIIBBHi", 0, len(payload), 0, direction, 0, 0, 5) + payload)
+            out += [abi.conn_open_record(ts, conn, 100, lport=8080, rport=1024 + conn % 60000, comm=b"nginx"),
+                    abi.data_record(ts + 1, conn, 100, req, direction=abi.Dir.RECV),  # nginx on 8080 reads it
+                    abi.data_record(ts + 2, conn, 100, resp, direction=abi.Dir.SEND)]
         return out
 
     rp = Replayer("details")

@@ -105,12 +105,9 @@ class TrackingStage:
         try:
             while True:
                 try:
-                    if self.sweeps:
-                        # A quiet host sends no batch for a while: the sweep must not wait for one, or an
-                        # idle connection is evicted only when unrelated traffic arrives.
-                        async with asyncio.timeout(SWEEP_INTERVAL_S):
-                            batch = await rx.recv()
-                    else:
+                    # A quiet host sends no batch for a while: the sweep must not wait for one, or an idle
+                    # connection is evicted only when unrelated traffic arrives.
+                    async with asyncio.timeout(SWEEP_INTERVAL_S if self.sweeps else None):
                         batch = await rx.recv()
                 except ChannelClosed:
                     break

@@ -32,14 +32,12 @@ def _hdr(rtype: int, conn_id: int, ts: int = 1000, pid: int = 4242) -> bytes:
 
 
 def _open(conn_id: int, lport: int, rport: int) -> bytes:
-    laddr = bytes([127, 0, 0, 1]) + bytes(12)
-    body = abi.CONN_OPEN.pack(0, 2, 1, 0, lport, rport, laddr, laddr, 5, 0, b"client")
-    return _hdr(1, conn_id) + body[32:]
+    return abi.conn_open_record(1000, conn_id, 4242, lport=lport, rport=rport, role=abi.Role.CONNECT,
+                                comm=b"client")
 
 
 def _data(conn_id: int, direction: int, offset: int, payload: bytes, ts: int) -> bytes:
-    head = abi.DATA.pack(offset, len(payload), 0, direction, 0, 0, 5)[32:]
-    return _hdr(3, conn_id, ts) + head + payload
+    return abi.data_record(ts, conn_id, 4242, payload, direction=direction, offset=offset)
 
 
 def _close(conn_id: int, sent: int, received: int) -> bytes:

@@ -104,8 +104,6 @@ async def test_backlog_past_the_stop_deadline_is_dropped_and_counted() -> None:
 async def test_an_idle_connection_is_evicted_while_no_batch_arrives(monkeypatch: Any) -> None:
     """The idle sweep runs on its interval even when no record comes in (a quiet host): it does not wait for
     unrelated traffic to evict a connection past the idle timeout."""
-    import socket
-    import struct
     import time
 
     from qtap_async.bpf import abi
@@ -114,9 +112,7 @@ async def test_an_idle_connection_is_evicted_while_no_batch_arrives(monkeypatch:
 
     monkeypatch.setattr(stage_mod, "SWEEP_INTERVAL_S", 0.1)
     g = Graph(None, AgentOptions(idle_timeout_s=0.05), local=StdoutWriter(), sweep=True)
-    lo = socket.inet_aton("127.0.0.1") + b"\0" * 12
-    opened = (abi.HDR.pack(1, abi.ABI_VERSION, 0, time.monotonic_ns(), 42, 100, 100)
-              + struct.pack("<QHBBHH16s16siI16s", 0, 2, 0, 0, 8080, 40000, lo, lo, 5, 0, b"srv\0"))
+    opened = abi.conn_open_record(time.monotonic_ns(), 42, 100, lport=8080, rport=40000, comm=b"srv")
     rx: Channel[list[bytes]] = Channel(100, 1 << 30, "block")
     tx: Channel[list[Any]] = Channel(1000, 1 << 30, "block")
     run = asyncio.create_task(g.stage.run(rx, tx))
