@@ -188,6 +188,7 @@ class SinkRunner(Generic[T]):
                     break
                 self._wake_intake.clear()
                 await self._wake_intake.wait()
+            del items, batch  # handed on: not kept alive through the wait for the next
 
     # ------------------------------------------------------------------------------------- deliverer
     async def _deliver_loop(self) -> None:
@@ -210,6 +211,7 @@ class SinkRunner(Generic[T]):
                     self._spooling = False
                     log.info("sink %s: spool drained; delivering directly again", self.name)
                     self._wake_intake.set()
+                del items, payloads
                 continue
             if self._handoff is not None:
                 batch, self._handoff = self._handoff, None
@@ -221,6 +223,7 @@ class SinkRunner(Generic[T]):
                         self._start_spooling(left)
                     else:
                         self._drop("shutdown", left)
+                del batch, left  # not kept alive through the wait for the next
                 continue
             if self._intake_done:
                 return

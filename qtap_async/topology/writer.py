@@ -48,10 +48,10 @@ class StdoutWriter:
     async def run(self, rx: Channel[list[Any]]) -> None:
         while True:
             try:
-                events = await rx.recv()
+                # Not kept in a local: the last batch would stay alive through the wait for the next.
+                self.write(await rx.recv())
             except ChannelClosed:
                 break
-            self.write(events)
 
 
 def len_sizeof(batch: object) -> int:
@@ -205,17 +205,21 @@ class Writer:
                     batch = await rx.recv()
                 except ChannelClosed:
                     break
-                keep = self.keep
-                for item in batch:
-                    if keep is not None and not keep(item):
-                        self.filtered += 1
-                        continue
-                    await self._route(item)
-                    self.written += 1
+                await self._route_batch(batch)
+                del batch  # not kept alive through the wait for the next one
         finally:
             await self._close(self.events, self.objects)
             while self._tasks:  # stores being replaced at this very moment
                 await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def _route_batch(self, batch: list[Any]) -> None:
+        keep = self.keep
+        for item in batch:
+            if keep is not None and not keep(item):
+                self.filtered += 1
+                continue
+            await self._route(item)
+            self.written += 1
 
     async def aclose(self) -> None:
         """Close stores that were started but never ran (the run failed before its output stage)."""

@@ -127,3 +127,41 @@ async def test_an_idle_connection_is_evicted_while_no_batch_arrives(monkeypatch:
     assert not run.done()  # the stage is still waiting for records, not finished by the sweep
     rx.close()
     await asyncio.wait_for(run, 10)
+
+
+def _held_by_a_run_coroutine(obj: object) -> list[str]:
+    """The suspended ``run`` coroutines (their frames) still referring to ``obj``."""
+    import gc
+    import types
+
+    return [r.cr_code.co_qualname for r in gc.get_referrers(obj)  # a suspended coroutine holds its locals
+            if isinstance(r, types.CoroutineType) and r.cr_code.co_name == "run"]
+
+
+async def test_the_stage_and_writer_keep_no_batch_while_they_wait() -> None:
+    """Waiting for the next batch, the stage and the writer hold neither the last raw batch nor its events:
+    on a quiet host that wait lasts, and what they held would keep the heap it sits in (RSS not returned)."""
+    import io
+
+    g = _graph()
+    recs = _records()
+    rx: Channel[list[bytes]] = Channel(100, 1 << 30, "block")
+    tx: Channel[list[Any]] = Channel(1000, 1 << 30, "block")
+    run = asyncio.create_task(g.stage.run(rx, tx))
+    batch = recs[:200]
+    rx.send_nowait(batch)
+    events = await asyncio.wait_for(tx.recv(), 10)
+    await asyncio.sleep(0)  # the stage is back in its recv
+    assert events and not _held_by_a_run_coroutine(batch) and not _held_by_a_run_coroutine(events)
+
+    writer = StdoutWriter(out=io.BytesIO())
+    out: Channel[list[Any]] = Channel(1000, 1 << 30, "block")
+    written = asyncio.create_task(writer.run(out))
+    out.send_nowait(events)
+    for _ in range(3):  # written within a few loop turns
+        await asyncio.sleep(0)
+    assert writer.written == len(events)
+    assert not _held_by_a_run_coroutine(events)
+    rx.close()
+    out.close()
+    await asyncio.wait_for(asyncio.gather(run, written), 10)
