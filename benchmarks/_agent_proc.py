@@ -26,6 +26,9 @@ def main() -> int:
     p.add_argument("--max-connections", type=int, default=65536)
     p.add_argument("--no-tls", action="store_true")
     a = p.parse_args()
+    from qtap_async.telemetry.allocator import reexec_onto_mimalloc
+
+    reexec_onto_mimalloc()  # on the allocator `qtap run` uses (same PID, same arguments)
     import uvloop
 
     setup_logging("INFO")

@@ -346,7 +346,7 @@ class Consumer:
     """
 
     def __init__(self, mode: str, target_tgid: int = 0, tls: bool = True, ring_mib: int = 16,
-                 max_connections: int = 0, poll_sleep_us: int = 0) -> None:
+                 max_connections: int = 0, poll_sleep_us: int = 0, env: dict[str, str] | None = None) -> None:
         self.mode = mode
         self.proc: subprocess.Popen[str] | None = None
         self.stderr: list[str] = []
@@ -387,7 +387,8 @@ class Consumer:
                     cmd.append("--no-tls")
             ready = "capture attached"
             out = subprocess.DEVNULL  # events are encoded and written; the bench does not keep them
-        self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.PIPE, text=True,
+                                     env={**os.environ, **env} if env else None)
         attached = threading.Event()
 
         def pump() -> None:
@@ -420,6 +421,13 @@ class Consumer:
 
     def cpu_seconds(self) -> float:
         return cpu_seconds(self.pid) if self.proc is not None else 0.0
+
+    def allocator(self) -> str:
+        """What the agent's Python objects come from: mimalloc when `qtap run` re-executed onto it."""
+        if self.proc is None:
+            return ""
+        maps = Path(f"/proc/{self.pid}/maps").read_text()
+        return "mimalloc" if "libmimalloc" in maps else "pymalloc"
 
     def rss_kib(self, field: str = "VmRSS") -> int:
         """Resident memory now (VmRSS) or its peak since start (VmHWM), in KiB."""

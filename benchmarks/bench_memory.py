@@ -5,6 +5,8 @@
   then a second round of as many on the same agent: RSS after it against after the first tells reuse
   (an allocator high-water mark) from growth; and in this process (tracemalloc, no kernel) the Python heap
   one such connection's objects take, by allocating line: the rest of the RSS per connection is the allocator's;
+- idle_pymalloc: one round as idle, on CPython's own allocator (QTAP_ALLOCATOR=pymalloc) instead of the
+  mimalloc `qtap run` re-executes onto: what the allocator choice does to RSS after the connections close;
 - idle_capped: the same with max_connections=2000 (the same Agent through benchmarks/_agent_proc.py):
   the table stays at its limit, the rest is evicted and counted, and RSS stays lower;
 - streaming: 1k concurrent connections downloading 256 KiB bodies at level full (h2load -c 1000): peak RSS
@@ -36,18 +38,23 @@ IDLE = Path(__file__).with_name("_idle_clients.py")
 # RSS "after" is read this long after the load ends: the agent trims its heap after large releases
 # (AgentOptions.heap_trim_interval_s, 5 s), so two of its ticks have passed.
 AFTER_S = 12.0
+# The start RSS is read this long after attach: past start-up and the agent's first heap trim (5 s in), which
+# hands back what loading freed, so the baseline is the agent's steady state.
+SETTLE_S = 7.0
 
 
-def idle(ng: Nginx, n: int, max_connections: int, rounds: int = 1) -> dict[str, Any]:
+def idle(ng: Nginx, n: int, max_connections: int, rounds: int = 1, allocator: str = "auto") -> dict[str, Any]:
     """`rounds` times, n idle connections are opened, held and closed on the same agent. The first round gives
     the per-connection cost; a later round tells whether what the first left behind is reused (RSS after it
     stays where the first left it: an allocator high-water mark) or grows again (something is kept)."""
-    c = Consumer("details", target_tgid=ng.pids()[-1], tls=False, max_connections=max_connections)
+    c = Consumer("details", target_tgid=ng.pids()[-1], tls=False, max_connections=max_connections,
+                 env={"QTAP_ALLOCATOR": allocator})
     helds: list[int] = []
     afters: list[int] = []
     try:
-        time.sleep(2.0)  # past start-up allocations
+        time.sleep(SETTLE_S)
         base = c.rss_kib()
+        used = c.allocator()
         for _ in range(rounds):
             clients = subprocess.Popen([sys.executable, str(IDLE), str(ng.http_port), str(n)], stdin=subprocess.PIPE,
                                        stdout=subprocess.PIPE, text=True)
@@ -69,7 +76,7 @@ def idle(ng: Nginx, n: int, max_connections: int, rounds: int = 1) -> dict[str, 
            "kib_per_connection": round((held - base) / n, 2),
            "connections_opened": final.get("connections_opened", 0),
            "connections_evicted_full": final.get("connections_evicted_full", 0),
-           "max_connections": max_connections}
+           "max_connections": max_connections, "allocator": used}
     if rounds > 1:
         out["rounds"] = rounds
         out["rss_held_by_round_mib"] = [round(v / 1024, 1) for v in helds]
@@ -121,7 +128,7 @@ def python_heap_per_idle_connection(n: int = 10000) -> dict[str, Any]:
 def streaming(ng: Nginx, conns: int, duration: float) -> dict[str, Any]:
     c = Consumer("full", target_tgid=ng.pids()[-1], tls=False, max_connections=65536)
     try:
-        time.sleep(2.0)  # past start-up allocations
+        time.sleep(SETTLE_S)
         base = c.rss_kib()
         res = run_load("h2load", f"http://127.0.0.1:{ng.http_port}/large", duration, clients=conns)
         peak = c.rss_kib("VmHWM")
@@ -158,6 +165,8 @@ def main() -> None:
     with Nginx() as ng:
         for k, v in idle(ng, n, 65536, rounds=2).items():
             result[f"idle_{n}_{k}"] = v
+        for k, v in idle(ng, n, 65536, allocator="pymalloc").items():
+            result[f"idle_{n}_pymalloc_{k}"] = v
         for k, v in idle(ng, n, 2000).items():
             result[f"idle_{n}_capped_{k}"] = v
         for k, v in streaming(ng, 200 if quick else 1000, 3.0 if quick else 5.0).items():

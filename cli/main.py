@@ -146,7 +146,8 @@ def run(
                      ports=port or [], domains=domain or [], exes=exe or [], direction=direction,
                      containers=container or [], control=control, registration_token=registration_token,
                      control_state=control_state, status_listen=status_listen, state_dir=state_dir,
-                     hold_exec=hold_exec, no_preattach=no_preattach, show_secrets=show_secrets, java=java)
+                     hold_exec=hold_exec, no_preattach=no_preattach, show_secrets=show_secrets, java=java,
+                     allocator_reexec=_CONSOLE_SCRIPT)
     try:
         code = run_command(flags)
     except ConfigError as exc:
@@ -235,8 +236,15 @@ def _plain_metavars(command: Any) -> None:
         _plain_metavars(sub)
 
 
+#: True in the `qtap` console script, where `qtap run` may replace the process to preload its allocator;
+#: never in a caller's process (tests invoking ``app`` in-process, embedding programs).
+_CONSOLE_SCRIPT = False
+
+
 def main() -> None:
     """The console script: usage errors are one line (exit 2), never a usage block or a traceback."""
+    global _CONSOLE_SCRIPT
+    _CONSOLE_SCRIPT = True
     cx = _click_exceptions()
     command = typer.main.get_command(app)
     _plain_metavars(command)

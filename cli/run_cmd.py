@@ -66,6 +66,7 @@ class RunFlags:
     java: bool = False  # the Java agent into running JVMs (tap.tls.java)
     no_preattach: bool = False
     show_secrets: bool = False  # credentials in clear in every output (a warning is logged at start)
+    allocator_reexec: bool = False  # the console script: re-execute onto mimalloc (qtap_async.telemetry.allocator)
 
 
 def check_flags(f: RunFlags) -> None:
@@ -198,13 +199,19 @@ def run_command(f: RunFlags) -> int:
     """Run the agent until SIGINT/SIGTERM; returns the exit code. Raises ConfigError for bad flags."""
     import time
 
+    from qtap_async.telemetry.allocator import active, choice, reexec_onto_mimalloc
+
+    check_flags(f)
+    # Before the agent's modules are imported: when it re-executes, this process is replaced here (same PID).
+    allocator_note = reexec_onto_mimalloc() if f.allocator_reexec else None
+    choice()  # QTAP_ALLOCATOR is checked in-process too
+
     import uvloop
 
     from qtap_async.bpf.loader import CaptureSettings
     from qtap_async.telemetry import metrics, setup_logging
     from qtap_async.topology import Agent, AgentOptions
 
-    check_flags(f)
     setup_logging(_log_level(f.log_level))
     if f.log_level == "auto" and sys.stderr.isatty():
         # Access lines (access_logs plugin, format: console) are what a person watches: keep them.
@@ -224,6 +231,7 @@ def run_command(f: RunFlags) -> int:
         # Say everything that is missing at once: the capabilities and the kernel filesystems nobody mounted.
         missing = "".join(f"; {fs.error}" for fs in states(mount=True) if not fs.mounted)
         raise PermissionError(f"{caps.problems[0]}; see `qtap inspect`{missing}")
+    log.info("allocator: %s%s", active(), f" ({allocator_note})" if allocator_note else "")
     from qtap_async.telemetry.server import DEFAULT_LISTEN
 
     for fs in ensure():  # tracefs/bpffs: mounted here when missing, else an error naming the fix

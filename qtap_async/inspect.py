@@ -50,6 +50,8 @@ class InspectReport(msgspec.Struct, frozen=True):
     jvms: list[dict[str, object]] = []
     """HotSpot JVMs and the state of qtap's Java agent in each (qtap_async/tls/java_inspect.py)."""
     socket_path: SocketPath | None = None
+    allocator: str = ""
+    """What `qtap run` would allocate Python objects with here (qtap_async/telemetry/allocator.py)."""
 
 
 def _objects() -> list[ObjectInfo]:
@@ -134,10 +136,14 @@ def gather(state_dir: str = DEFAULT_STATE_DIR) -> InspectReport:
     if not sp.path:
         reasons.append(sp.reason)
     tls, cache_info = _tls(state_dir)
+    from qtap_async.telemetry import allocator
     from qtap_async.tls import java_inspect
 
+    alloc = allocator.planned()
+    if alloc.startswith(("INVALID", "NONE")):  # `qtap run` would refuse to start
+        reasons.append(f"allocator: {alloc}")
     return InspectReport(f, _objects(), tls, not reasons, reasons, caps, cache_info, java_inspect.describe_all(),
-                         sp)
+                         sp, alloc)
 
 
 def render(r: InspectReport) -> str:
@@ -174,6 +180,8 @@ def render(r: InspectReport) -> str:
             lines.append(f"  not covered: {sp.not_covered}")
         else:
             lines.append(f"socket I/O path: NONE: {sp.reason}")
+    if r.allocator:
+        lines.append(f"allocator (qtap run): {r.allocator}")
     lines.append("objects:")
     for o in r.objects:
         if o.error:

@@ -6,7 +6,8 @@ connections close or a burst of large bodies is written, RSS stays at its peak a
 free. ``malloc_trim(0)`` hands those pages back (after a full garbage collection, so that parser state
 freed only by the cycle collector is free by then). It walks the heap (milliseconds on a large one), so
 ``HeapTrimmer`` calls it only after a release worth it, at most once per tick of its caller.
-Without glibc (musl, other platforms) trimming is a no-op.
+When `qtap run` runs on mimalloc (qtap_async.telemetry.allocator), ``mi_collect(true)`` does the same for it.
+Without either (musl, other platforms) trimming is a no-op.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import gc
 import logging
 import time
 from collections.abc import Callable
+
+from qtap_async.telemetry.allocator import load_mimalloc_collect
 
 __all__ = ["HeapTrimmer", "load_malloc_trim"]
 
@@ -53,7 +56,9 @@ class HeapTrimmer:
     written)."""
 
     def __init__(self, trim: Callable[[], None] | None = None, *, load: bool = True) -> None:
-        self._trim = trim if trim is not None or not load else load_malloc_trim()
+        if trim is None and load:
+            trim = load_mimalloc_collect() or load_malloc_trim()
+        self._trim = trim
         self._closed = 0
         self._bytes = 0
         self._again = False
@@ -70,6 +75,10 @@ class HeapTrimmer:
         if not big and not self._again:
             return False
         self._again = big
+        return self.trim()
+
+    def trim(self) -> bool:
+        """Collect and trim now (True when there is a trim function)."""
         if self._trim is None:
             return False
         t0 = time.perf_counter()

@@ -108,7 +108,7 @@ def declared(name: str) -> MetricDef:
 
 # -- the scrape itself ----------------------------------------------------------------------------
 BUILD_INFO = _declare("qtap_build_info", "info", "Build and runtime of this agent (value is always 1).",
-                      ("version", "python", "kernel", "implementation", "bpf_objects"))
+                      ("version", "python", "kernel", "implementation", "bpf_objects", "allocator"))
 METRICS_SOURCE_ERRORS = _counter("qtap_metrics_source_errors_total", "Snapshot sources that failed during a scrape.")
 
 # -- kernel side (BPF counters summed over CPUs) ----------------------------------------------------
@@ -442,8 +442,10 @@ def build_info() -> dict[str, str]:
         objects = str(manifest["objects"]["socket.bpf.o"])[:12]
     except (OSError, ValueError, KeyError, TypeError):
         pass  # an agent without a manifest still serves its metrics
+    from qtap_async.telemetry.allocator import active
+
     return {"version": version(), "python": platform.python_version(), "kernel": platform.release(),
-            "implementation": sys.implementation.name, "bpf_objects": objects}
+            "implementation": sys.implementation.name, "bpf_objects": objects, "allocator": active()}
 
 
 class SnapshotCollector(Collector):

@@ -117,6 +117,10 @@ class Dispatch:
         self.filtered = 0  # connection and gap events of ignored connections, not written
 
     # -- connections ----------------------------------------------------------------------------
+    def per_connection_table(self) -> dict[int, frozenset[str]]:
+        """The table with an entry per open connection (for TableCompactor: it is rebuilt in place)."""
+        return self._skips
+
     def _ignore(self, conn_id: int) -> frozenset[str]:
         self._skips[conn_id] = SKIP_ALL
         self.ignored_connections += 1

@@ -377,6 +377,8 @@ class Agent:
         if not trimmer.available:
             return
         st = self.conntrack.stats
+        await asyncio.sleep(interval)
+        trimmer.trim()  # what start-up freed (BPF objects and BTF loaded, TLS libraries analysed)
         while True:
             await asyncio.sleep(interval)
             trimmer.tick(st.connections_closed, st.data_bytes)

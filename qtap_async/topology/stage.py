@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from qtap_async.buffers.channel import Channel
+from qtap_async.buffers.compact import TableCompactor
 from qtap_async.errors import ChannelClosed, DecodeError
 from qtap_async.sources.decode import decode
 from qtap_async.topology.dispatch import Dispatch
@@ -34,6 +35,8 @@ class TrackingStage:
         self.conntrack = conntrack
         self.enrich = enrich
         self.dispatch = dispatch
+        # Per-connection tables, shrunk at the sweep once most of their connections are gone.
+        self._tables = [TableCompactor(conntrack.conns), TableCompactor(dispatch.per_connection_table())]
         #: Also given every raw batch before it is processed (``qtap record``: the file holds exactly
         #: what the live pipeline processed, so a replay of it must reproduce the live output).
         self.tee = tee
@@ -94,6 +97,8 @@ class TrackingStage:
         if now - self._last_sweep >= SWEEP_INTERVAL_S:
             self._last_sweep = now
             out.extend(self._route(self.conntrack.sweep(time.monotonic_ns())))
+            for table in self._tables:
+                table.check()
 
     def close_all(self, now_ns: int) -> list[Any]:
         """End of input: every open connection closed (flushing its streams and sessions), routed."""

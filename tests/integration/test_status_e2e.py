@@ -96,7 +96,10 @@ def test_metrics_move_with_real_traffic(tmp_path: Path, server: int) -> None:
                      "qtap_channel_raw_dropped_events_total", "qtap_stream_gaps_total", "qtap_events_written_total",
                      "qtap_connections_evicted_idle_total", "qtap_kernel_drop_ringbuf_total"):
             assert name in before, sorted(before)
-        assert any(k.startswith("qtap_build_info{") for k in before)
+        info = next(k for k in before if k.startswith("qtap_build_info{"))
+        # Re-executed onto mimalloc (scripts/bootstrap installs it) in place: the PID started is the agent's.
+        assert 'allocator="mimalloc"' in info, info
+        assert "libmimalloc" in Path(f"/proc/{agent.proc.pid}/maps").read_text()
         for _ in range(5):
             curl(f"http://127.0.0.1:{server}/status-e2e?n=100")
         deadline = time.monotonic() + 30

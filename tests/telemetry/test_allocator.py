@@ -1,0 +1,124 @@
+"""The allocator `qtap run` runs on: re-executed onto mimalloc in place (same PID), the user's environment
+given back to the programs it starts, QTAP_ALLOCATOR checked and obeyed, and the heap trim on mimalloc."""
+
+from __future__ import annotations
+
+import ctypes.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from qtap_async.errors import ConfigError
+from qtap_async.telemetry import allocator
+from qtap_async.telemetry.memory import HeapTrimmer
+
+ROOT = Path(__file__).resolve().parents[2]
+# A program that does what `qtap run` does first, then reports what it runs on and what a child inherits.
+PROBE = """
+import json, os, subprocess, sys
+from qtap_async.telemetry import allocator
+from qtap_async.telemetry.memory import HeapTrimmer
+note = allocator.reexec_onto_mimalloc()
+child = subprocess.run([sys.executable, "-c", "import json, os; print(json.dumps(dict(os.environ)))"],
+                       capture_output=True, text=True, check=True)
+print(json.dumps({"pid": os.getpid(), "active": allocator.active(), "note": note,
+                  "maps": "libmimalloc" in open("/proc/self/maps").read(),
+                  "child_env": json.loads(child.stdout), "trim_is_mi": HeapTrimmer()._trim is not None
+                  and HeapTrimmer()._trim.__qualname__.startswith("load_mimalloc_collect")}))
+"""
+
+needs_mimalloc = pytest.mark.skipif(allocator.find_mimalloc() is None,
+                                    reason="libmimalloc2.0 not installed (scripts/bootstrap installs it)")
+
+
+def run_probe(**env: str | None) -> dict[str, object]:
+    e = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "PYTHONMALLOC", allocator.ENV)}
+    e.update({k: v for k, v in env.items() if v is not None})
+    p = subprocess.Popen([sys.executable, "-c", PROBE], cwd=ROOT, env=e, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    res: dict[str, object] = json.loads(out)
+    res["started_pid"] = p.pid
+    return res
+
+
+@needs_mimalloc
+def test_reexecutes_in_place_and_children_get_the_users_environment() -> None:
+    r = run_probe()
+    assert r["active"] == "mimalloc" and r["maps"] is True and r["note"] is None
+    assert r["pid"] == r["started_pid"]  # exec, not a child: supervisors and pid files keep the right PID
+    child = r["child_env"]
+    assert isinstance(child, dict)
+    assert not {"LD_PRELOAD", "PYTHONMALLOC", "_QTAP_ALLOCATOR_REEXEC"} & child.keys(), sorted(child)
+    assert r["trim_is_mi"] is True  # the heap trim returns mimalloc's free pages
+
+
+@needs_mimalloc
+def test_a_users_own_preload_is_kept_and_given_back() -> None:
+    user = allocator.find_mimalloc()  # any library that preloads cleanly; the same one is fine
+    assert user is not None
+    r = run_probe(LD_PRELOAD=user)  # preloaded already, but Python objects still on pymalloc: re-executed
+    assert r["active"] == "mimalloc" and r["pid"] == r["started_pid"]
+    child = r["child_env"]
+    assert isinstance(child, dict) and child["LD_PRELOAD"] == user and "PYTHONMALLOC" not in child
+    r = run_probe(LD_PRELOAD="libz.so.1")
+    assert r["active"] == "mimalloc"
+    child = r["child_env"]
+    assert isinstance(child, dict) and child["LD_PRELOAD"] == "libz.so.1" and "PYTHONMALLOC" not in child
+
+
+def test_pymalloc_or_a_users_pythonmalloc_means_no_reexec() -> None:
+    r = run_probe(QTAP_ALLOCATOR="pymalloc")
+    assert r["active"] == "pymalloc" and r["maps"] is False
+    r = run_probe(PYTHONMALLOC="malloc")
+    assert r["active"] == "malloc" and r["maps"] is False
+    assert r["child_env"]["PYTHONMALLOC"] == "malloc"  # type: ignore[index]
+
+
+def test_a_bad_setting_names_the_variable() -> None:
+    with pytest.raises(ConfigError, match=r"QTAP_ALLOCATOR='jemalloc': must be one of auto, mimalloc, pymalloc"):
+        allocator.choice({"QTAP_ALLOCATOR": "jemalloc"})
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    env["QTAP_ALLOCATOR"] = "jemalloc"
+    r = subprocess.run([sys.executable, "-m", "cli.main", "run", "--no-tls"], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "QTAP_ALLOCATOR='jemalloc'" in r.stderr, r.stderr
+    assert "INVALID: QTAP_ALLOCATOR='jemalloc'" in allocator.planned({"QTAP_ALLOCATOR": "jemalloc"})
+
+
+def test_required_mimalloc_missing_is_an_error_and_auto_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(allocator, "_SEARCH", ("/nonexistent/libmimalloc.so.2",))
+    monkeypatch.setattr(ctypes.util, "find_library", lambda name: None)
+    execs: list[list[str]] = []
+
+    def execve(path: str, argv: list[str], env: dict[str, str]) -> None:
+        execs.append(argv)
+
+    with pytest.raises(ConfigError, match=r"QTAP_ALLOCATOR=mimalloc: libmimalloc\.so\.2 is not installed"):
+        allocator.reexec_onto_mimalloc({"QTAP_ALLOCATOR": "mimalloc"}, execve)
+    note = allocator.reexec_onto_mimalloc({}, execve)
+    assert note is not None and "not installed" in note and not execs
+    assert allocator.planned({}).startswith("pymalloc (libmimalloc.so.2 is not installed")
+
+
+@needs_mimalloc
+def test_the_reexec_keeps_the_arguments_and_marks_the_environment() -> None:
+    calls: list[tuple[str, list[str], dict[str, str]]] = []
+    env = {"LD_PRELOAD": "libz.so.1", "HOME": "/root"}
+    allocator.reexec_onto_mimalloc(env, lambda p, a, e: calls.append((p, a, e)))
+    (path, argv, new), = calls
+    assert path == sys.executable and argv == [sys.executable, *sys.orig_argv[1:]]
+    assert new["PYTHONMALLOC"] == "malloc" and new["LD_PRELOAD"].endswith(" libz.so.1")
+    assert "libmimalloc" in new["LD_PRELOAD"] and env == {"LD_PRELOAD": "libz.so.1", "HOME": "/root"}
+    assert json.loads(new["_QTAP_ALLOCATOR_REEXEC"]) == {"LD_PRELOAD": "libz.so.1", "PYTHONMALLOC": None}
+
+
+def test_this_test_process_trims_with_glibc() -> None:
+    # pytest itself runs on pymalloc: the trimmer falls back to malloc_trim (glibc).
+    assert allocator.active() == "pymalloc"
+    assert HeapTrimmer().available and allocator.load_mimalloc_collect() is None
