@@ -5,8 +5,10 @@
   then a second round of as many on the same agent: RSS after it against after the first tells reuse
   (an allocator high-water mark) from growth; and in this process (tracemalloc, no kernel) the Python heap
   one such connection's objects take, by allocating line: the rest of the RSS per connection is the allocator's;
-- idle_pymalloc: one round as idle, on CPython's own allocator (QTAP_ALLOCATOR=pymalloc) instead of the
-  mimalloc `qtap run` re-executes onto: what the allocator choice does to RSS after the connections close;
+- idle_mimalloc: one round as idle, on mimalloc (QTAP_ALLOCATOR=mimalloc) instead of CPython's own pymalloc
+  (the default): what the allocator choice does to RSS after the connections close;
+- allocator_cpu: what that choice costs: the agent (level summary) on each allocator at a fixed 10k req/s of
+  small HTTP/1.1 requests, its CPU per request, interleaved repetitions (median);
 - idle_capped: the same with max_connections=2000 (the same Agent through benchmarks/_agent_proc.py):
   the table stays at its limit, the rest is evicted and counted, and RSS stays lower;
 - streaming: 1k concurrent connections downloading 256 KiB bodies at level full (h2load -c 1000): peak RSS
@@ -43,7 +45,8 @@ AFTER_S = 12.0
 SETTLE_S = 7.0
 
 
-def idle(ng: Nginx, n: int, max_connections: int, rounds: int = 1, allocator: str = "auto") -> dict[str, Any]:
+def idle(ng: Nginx, n: int, max_connections: int, rounds: int = 1,
+         allocator: str = "pymalloc") -> dict[str, Any]:
     """`rounds` times, n idle connections are opened, held and closed on the same agent. The first round gives
     the per-connection cost; a later round tells whether what the first left behind is reused (RSS after it
     stays where the first left it: an allocator high-water mark) or grows again (something is kept)."""
@@ -81,6 +84,32 @@ def idle(ng: Nginx, n: int, max_connections: int, rounds: int = 1, allocator: st
         out["rounds"] = rounds
         out["rss_held_by_round_mib"] = [round(v / 1024, 1) for v in helds]
         out["rss_after_close_by_round_mib"] = [round(v / 1024, 1) for v in afters]
+    return out
+
+
+def allocator_cpu(ng: Nginx, reps: int = 2, seconds: float = 5.0) -> dict[str, Any]:
+    """The agent's CPU µs per request on each allocator (summary level, 10k req/s of small HTTP/1.1)."""
+    import statistics
+
+    from _common import cpu_seconds
+
+    per: dict[str, list[float]] = {"pymalloc": [], "mimalloc": []}
+    for _ in range(reps):
+        for name, runs in per.items():
+            c = Consumer("summary", target_tgid=ng.pids()[-1], tls=False, env={"QTAP_ALLOCATOR": name})
+            try:
+                time.sleep(SETTLE_S)
+                cpu0 = cpu_seconds(c.pid)
+                res = run_load("h2load", f"http://127.0.0.1:{ng.http_port}/small", seconds, clients=10,
+                               rps_per_client=1000)
+                time.sleep(1.0)  # the backlog is the load's
+                runs.append(round((cpu_seconds(c.pid) - cpu0) * 1e6 / max(res["requests_ok"], 1), 2))
+            finally:
+                c.stop()
+    out: dict[str, Any] = {}
+    for name, runs in per.items():
+        out[f"{name}_us_per_request"] = round(statistics.median(runs), 2)
+        out[f"{name}_us_per_request_runs"] = runs
     return out
 
 
@@ -165,8 +194,10 @@ def main() -> None:
     with Nginx() as ng:
         for k, v in idle(ng, n, 65536, rounds=2).items():
             result[f"idle_{n}_{k}"] = v
-        for k, v in idle(ng, n, 65536, allocator="pymalloc").items():
-            result[f"idle_{n}_pymalloc_{k}"] = v
+        for k, v in idle(ng, n, 65536, allocator="mimalloc").items():
+            result[f"idle_{n}_mimalloc_{k}"] = v
+        for k, v in allocator_cpu(ng, reps=1 if quick else 2).items():
+            result[f"allocator_cpu_{k}"] = v
         for k, v in idle(ng, n, 2000).items():
             result[f"idle_{n}_capped_{k}"] = v
         for k, v in streaming(ng, 200 if quick else 1000, 3.0 if quick else 5.0).items():

@@ -1,18 +1,21 @@
 """The allocator behind the agent's Python objects, and `qtap run` re-executing itself onto mimalloc.
 
 CPython's small-object allocator (pymalloc) gives a 1 MiB arena back to the system only once every object
-in it is free. After a burst (10k connections opened, then closed) a few dozen long-lived objects allocated
-during it (timer handles, cached strings, the last parsed headers) are spread over the arenas the burst
-filled and keep them all: benchmarks/bench_memory.py measured half of what 10k idle connections held still
-resident after they closed. mimalloc (Debian: libmimalloc2.0) returns free pages one by one; with
-PYTHONMALLOC=malloc every Python object comes from it, and the replay benchmark runs as fast as on pymalloc
-(glibc's malloc instead returns memory as well but costs 10-30 % of replay throughput).
+in it is free. After a burst (10k connections opened, then closed) a few long-lived objects allocated during
+it (timer handles, cached strings, the last parsed headers) are spread over the arenas the burst filled and
+keep them: benchmarks/bench_memory.py measures RSS staying about 6 MiB above its start after 10k idle
+connections closed, memory the next burst reuses. mimalloc (Debian: libmimalloc2.0) returns free pages one by
+one: with PYTHONMALLOC=malloc every Python object comes from it and RSS goes back to within about 1 MiB of
+its start. It costs CPU, though: the replay benchmark runs as fast, but the live agent spent 10-15 % more CPU
+per request on small HTTP/1.1 exchanges at 10k req/s (glibc's malloc for Python objects returns memory too,
+at 10-30 % of replay throughput). So pymalloc is the default, and ``QTAP_ALLOCATOR=mimalloc`` the choice for
+hosts where memory given back after bursts matters more than that CPU.
 
 The library must be preloaded before the interpreter starts, so ``reexec_onto_mimalloc`` replaces the
 process (same PID, same arguments) once at the start of `qtap run`; the new process takes LD_PRELOAD and
 PYTHONMALLOC back out of its environment, so the programs it starts inherit the user's own.
-``QTAP_ALLOCATOR``: ``auto`` (the default: mimalloc when installed), ``mimalloc`` (required: an error when it
-is missing) or ``pymalloc`` (CPython's own, no re-exec).
+``QTAP_ALLOCATOR``: ``pymalloc`` (the default: CPython's own, no re-exec) or ``mimalloc`` (an error when it
+is not installed).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ __all__ = ["CHOICES", "ENV", "active", "choice", "find_mimalloc", "load_mimalloc
            "reexec_onto_mimalloc"]
 
 ENV = "QTAP_ALLOCATOR"
-CHOICES = ("auto", "mimalloc", "pymalloc")
+CHOICES = ("pymalloc", "mimalloc")
 # Set only in the re-executed process: what LD_PRELOAD and PYTHONMALLOC were before, to put them back.
 _MARK = "_QTAP_ALLOCATOR_REEXEC"
 _SEARCH = ("/usr/lib/*-linux-gnu/libmimalloc.so.2", "/usr/lib64/libmimalloc.so.2", "/usr/local/lib/libmimalloc.so.2",
@@ -41,7 +44,7 @@ _SEARCH = ("/usr/lib/*-linux-gnu/libmimalloc.so.2", "/usr/lib64/libmimalloc.so.2
 
 def choice(env: MutableMapping[str, str] | None = None) -> str:
     """The QTAP_ALLOCATOR setting; ConfigError naming it for anything but the three choices."""
-    value = (os.environ if env is None else env).get(ENV, "auto").strip().lower() or "auto"
+    value = (os.environ if env is None else env).get(ENV, "pymalloc").strip().lower() or "pymalloc"
     if value not in CHOICES:
         raise ConfigError(f"{ENV}={value!r}: must be one of {', '.join(CHOICES)}")
     return value
@@ -101,14 +104,10 @@ def planned(env: MutableMapping[str, str] | None = None) -> str:
     except ConfigError as exc:
         return f"INVALID: {exc}"
     if want == "pymalloc":
-        return f"pymalloc ({ENV}=pymalloc)"
-    if want == "auto" and env.get("PYTHONMALLOC"):
-        return f"as PYTHONMALLOC={env['PYTHONMALLOC']} asks"
+        return f"pymalloc (the default; {ENV}=mimalloc gives memory back after bursts, for more CPU)"
     lib = find_mimalloc()
     if lib is None:
-        if want == "mimalloc":
-            return f"NONE: {ENV}=mimalloc but libmimalloc.so.2 is not installed (Debian: libmimalloc2.0)"
-        return "pymalloc (libmimalloc.so.2 is not installed: RSS returns slowly after bursts)"
+        return f"NONE: {ENV}=mimalloc but libmimalloc.so.2 is not installed (Debian: libmimalloc2.0)"
     return f"mimalloc ({lib})"
 
 
@@ -130,17 +129,14 @@ def reexec_onto_mimalloc(env: MutableMapping[str, str] | None = None,
         if _mimalloc_symbol("mi_collect") is None:
             return "mimalloc could not be preloaded: allocating with the C library's malloc"
         return None
-    want = choice(env)
-    if want == "pymalloc" or (want == "auto" and env.get("PYTHONMALLOC")):  # off, or the user chose for Python
+    if choice(env) == "pymalloc":
         return None
     loaded = _mimalloc_symbol("mi_collect") is not None  # preloaded by the user (or a wrapper) already
     if loaded and _python_on_malloc(env):
         return None
     lib = None if loaded else find_mimalloc()
     if not loaded and lib is None:
-        if want == "mimalloc":
-            raise ConfigError(f"{ENV}=mimalloc: libmimalloc.so.2 is not installed (Debian: apt install libmimalloc2.0)")
-        return "libmimalloc.so.2 is not installed: allocating with pymalloc (RSS returns slowly after bursts)"
+        raise ConfigError(f"{ENV}=mimalloc: libmimalloc.so.2 is not installed (Debian: apt install libmimalloc2.0)")
     new = dict(env)
     new[_MARK] = json.dumps({"LD_PRELOAD": env.get("LD_PRELOAD"), "PYTHONMALLOC": env.get("PYTHONMALLOC")})
     if lib is not None:

@@ -1,5 +1,6 @@
-"""The allocator `qtap run` runs on: re-executed onto mimalloc in place (same PID), the user's environment
-given back to the programs it starts, QTAP_ALLOCATOR checked and obeyed, and the heap trim on mimalloc."""
+"""The allocator `qtap run` runs on: pymalloc by default; with QTAP_ALLOCATOR=mimalloc re-executed onto
+mimalloc in place (same PID), the user's environment given back to the programs it starts, the setting
+checked, and the heap trim on mimalloc."""
 
 from __future__ import annotations
 
@@ -35,9 +36,9 @@ needs_mimalloc = pytest.mark.skipif(allocator.find_mimalloc() is None,
                                     reason="libmimalloc2.0 not installed (scripts/bootstrap installs it)")
 
 
-def run_probe(**env: str | None) -> dict[str, object]:
+def run_probe(**env: str) -> dict[str, object]:
     e = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "PYTHONMALLOC", allocator.ENV)}
-    e.update({k: v for k, v in env.items() if v is not None})
+    e.update(env)
     p = subprocess.Popen([sys.executable, "-c", PROBE], cwd=ROOT, env=e, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)
     out, err = p.communicate(timeout=60)
@@ -49,7 +50,7 @@ def run_probe(**env: str | None) -> dict[str, object]:
 
 @needs_mimalloc
 def test_reexecutes_in_place_and_children_get_the_users_environment() -> None:
-    r = run_probe()
+    r = run_probe(QTAP_ALLOCATOR="mimalloc")
     assert r["active"] == "mimalloc" and r["maps"] is True and r["note"] is None
     assert r["pid"] == r["started_pid"]  # exec, not a child: supervisors and pid files keep the right PID
     child = r["child_env"]
@@ -62,26 +63,29 @@ def test_reexecutes_in_place_and_children_get_the_users_environment() -> None:
 def test_a_users_own_preload_is_kept_and_given_back() -> None:
     user = allocator.find_mimalloc()  # any library that preloads cleanly; the same one is fine
     assert user is not None
-    r = run_probe(LD_PRELOAD=user)  # preloaded already, but Python objects still on pymalloc: re-executed
+    # Preloaded already, but Python objects still on pymalloc: re-executed for PYTHONMALLOC only.
+    r = run_probe(QTAP_ALLOCATOR="mimalloc", LD_PRELOAD=user)
     assert r["active"] == "mimalloc" and r["pid"] == r["started_pid"]
     child = r["child_env"]
     assert isinstance(child, dict) and child["LD_PRELOAD"] == user and "PYTHONMALLOC" not in child
-    r = run_probe(LD_PRELOAD="libz.so.1")
+    r = run_probe(QTAP_ALLOCATOR="mimalloc", LD_PRELOAD="libz.so.1")
     assert r["active"] == "mimalloc"
     child = r["child_env"]
     assert isinstance(child, dict) and child["LD_PRELOAD"] == "libz.so.1" and "PYTHONMALLOC" not in child
 
 
-def test_pymalloc_or_a_users_pythonmalloc_means_no_reexec() -> None:
-    r = run_probe(QTAP_ALLOCATOR="pymalloc")
-    assert r["active"] == "pymalloc" and r["maps"] is False
-    r = run_probe(PYTHONMALLOC="malloc")
+def test_pymalloc_is_the_default_and_means_no_reexec() -> None:
+    for env in ({}, {"QTAP_ALLOCATOR": "pymalloc"}):
+        r = run_probe(**env)
+        assert r["active"] == "pymalloc" and r["maps"] is False and r["trim_is_mi"] is False
+    r = run_probe(PYTHONMALLOC="malloc")  # the user's own choice for Python is left alone
     assert r["active"] == "malloc" and r["maps"] is False
     assert r["child_env"]["PYTHONMALLOC"] == "malloc"  # type: ignore[index]
+    assert allocator.planned({}).startswith("pymalloc (the default")
 
 
 def test_a_bad_setting_names_the_variable() -> None:
-    with pytest.raises(ConfigError, match=r"QTAP_ALLOCATOR='jemalloc': must be one of auto, mimalloc, pymalloc"):
+    with pytest.raises(ConfigError, match=r"QTAP_ALLOCATOR='jemalloc': must be one of pymalloc, mimalloc"):
         allocator.choice({"QTAP_ALLOCATOR": "jemalloc"})
     env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
     env["QTAP_ALLOCATOR"] = "jemalloc"
@@ -91,7 +95,7 @@ def test_a_bad_setting_names_the_variable() -> None:
     assert "INVALID: QTAP_ALLOCATOR='jemalloc'" in allocator.planned({"QTAP_ALLOCATOR": "jemalloc"})
 
 
-def test_required_mimalloc_missing_is_an_error_and_auto_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_mimalloc_asked_for_but_missing_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(allocator, "_SEARCH", ("/nonexistent/libmimalloc.so.2",))
     monkeypatch.setattr(ctypes.util, "find_library", lambda name: None)
     execs: list[list[str]] = []
@@ -101,20 +105,19 @@ def test_required_mimalloc_missing_is_an_error_and_auto_falls_back(monkeypatch: 
 
     with pytest.raises(ConfigError, match=r"QTAP_ALLOCATOR=mimalloc: libmimalloc\.so\.2 is not installed"):
         allocator.reexec_onto_mimalloc({"QTAP_ALLOCATOR": "mimalloc"}, execve)
-    note = allocator.reexec_onto_mimalloc({}, execve)
-    assert note is not None and "not installed" in note and not execs
-    assert allocator.planned({}).startswith("pymalloc (libmimalloc.so.2 is not installed")
+    assert not execs
+    assert allocator.planned({"QTAP_ALLOCATOR": "mimalloc"}).startswith("NONE: QTAP_ALLOCATOR=mimalloc")
 
 
 @needs_mimalloc
 def test_the_reexec_keeps_the_arguments_and_marks_the_environment() -> None:
     calls: list[tuple[str, list[str], dict[str, str]]] = []
-    env = {"LD_PRELOAD": "libz.so.1", "HOME": "/root"}
+    env = {"LD_PRELOAD": "libz.so.1", "HOME": "/root", "QTAP_ALLOCATOR": "mimalloc"}
     allocator.reexec_onto_mimalloc(env, lambda p, a, e: calls.append((p, a, e)))
     (path, argv, new), = calls
     assert path == sys.executable and argv == [sys.executable, *sys.orig_argv[1:]]
     assert new["PYTHONMALLOC"] == "malloc" and new["LD_PRELOAD"].endswith(" libz.so.1")
-    assert "libmimalloc" in new["LD_PRELOAD"] and env == {"LD_PRELOAD": "libz.so.1", "HOME": "/root"}
+    assert "libmimalloc" in new["LD_PRELOAD"] and env["LD_PRELOAD"] == "libz.so.1" and "PYTHONMALLOC" not in env
     assert json.loads(new["_QTAP_ALLOCATOR_REEXEC"]) == {"LD_PRELOAD": "libz.so.1", "PYTHONMALLOC": None}
 
 
@@ -122,3 +125,19 @@ def test_this_test_process_trims_with_glibc() -> None:
     # pytest itself runs on pymalloc: the trimmer falls back to malloc_trim (glibc).
     assert allocator.active() == "pymalloc"
     assert HeapTrimmer().available and allocator.load_mimalloc_collect() is None
+
+
+@needs_mimalloc
+@pytest.mark.bpf
+def test_qtap_run_on_mimalloc_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.integration.test_status_e2e import Agent
+
+    monkeypatch.setenv("QTAP_ALLOCATOR", "mimalloc")  # the agent's Popen inherits it
+    agent = Agent(tmp_path)
+    try:
+        info = next(k for k in agent.metrics() if k.startswith("qtap_build_info{"))
+        assert 'allocator="mimalloc"' in info, info
+        assert "libmimalloc" in Path(f"/proc/{agent.proc.pid}/maps").read_text()  # the PID started, exec'd
+    finally:
+        assert agent.stop() == 0
+    assert "allocator: mimalloc" in agent.err.read_text()
