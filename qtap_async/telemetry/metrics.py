@@ -206,6 +206,8 @@ TLS_FILES_ATTACHED = _gauge("qtap_tls_files_attached", "Files with TLS probes at
 TLS_FILES_FAILED = _gauge("qtap_tls_files_failed", "Files whose TLS probes failed to attach.")
 TLS_ANALYSES = _counter("qtap_tls_analyses_total", "Executables and libraries analysed for TLS functions.")
 TLS_CACHE_ENTRIES = _gauge("qtap_tls_cache_entries", "Entries in the TLS analysis cache.")
+TLS_CACHE_EVICTED = _counter("qtap_tls_cache_evicted_total",
+                             "TLS analysis cache entries forgotten (least recently used) to stay within its bound.")
 TLS_CACHE_WRITE_ERRORS = _counter("qtap_tls_cache_write_errors_total", "TLS analysis cache entries not written.")
 TLS_RESTORED_FILES = _counter("qtap_tls_restored_files_total", "Files re-attached from the cache at start-up.")
 TLS_PATH_FILES = _counter("qtap_tls_path_files_total", "Files looked at by the PATH pre-scan.")

@@ -36,7 +36,9 @@ CacheKey = tuple[int, int, int, int]
 """(st_dev, st_ino, st_size, st_mtime_ns) in user space's st_dev encoding."""
 
 MAX_ENTRIES = 20000
-"""Entries loaded at start-up at most (each is one small file)."""
+"""Entries kept at most, in memory and on disk (each is one small file): past it the least recently used one
+is forgotten (its file analysed again if it is seen again). A host that deploys new binaries all the time
+would otherwise grow the cache for as long as the agent runs."""
 
 
 class StateDirError(QtapError):
@@ -84,8 +86,9 @@ def kernel_dev(st_dev: int) -> int:
 class AnalysisCache:
     """Entries in memory, written through to ``<state_dir>/tls-analysis`` when a state dir is given."""
 
-    def __init__(self, state_dir: str | None = None) -> None:
+    def __init__(self, state_dir: str | None = None, max_entries: int = MAX_ENTRIES) -> None:
         self.dir: str | None = None
+        self.max_entries = max_entries
         if state_dir:
             self.dir = ensure_private_dir(os.path.join(ensure_private_dir(state_dir), "tls-analysis"))
         self._mem: dict[CacheKey, CacheEntry] = {}
@@ -96,6 +99,7 @@ class AnalysisCache:
         self.stale = 0
         self.write_errors = 0
         self.read_errors = 0
+        self.evicted = 0  # entries forgotten to stay within max_entries (their files removed)
         self.on_put: Callable[[CacheEntry], None] | None = None
         """Called (from the analysing thread) for every new entry: the held-exec mode marks the file known."""
         if self.dir:
@@ -108,11 +112,15 @@ class AnalysisCache:
     def _load(self) -> None:
         assert self.dir is not None
         try:
-            names = sorted(os.listdir(self.dir))[:MAX_ENTRIES]
+            names = sorted(os.listdir(self.dir))
         except OSError as e:
             log.warning("TLS cache: cannot list %s: %s", self.dir, e)
             return
-        for name in names:
+        for name in names[self.max_entries:]:  # left by a larger bound: the disk stays within this one
+            if name.endswith(".json"):
+                self.evicted += 1
+                self._unlink(os.path.join(self.dir, name))
+        for name in names[: self.max_entries]:
             if not name.endswith(".json"):
                 continue
             full = os.path.join(self.dir, name)
@@ -138,7 +146,10 @@ class AnalysisCache:
 
     def get(self, key: CacheKey) -> CacheEntry | None:
         with self._lock:
-            return self._mem.get(key)
+            entry = self._mem.pop(key, None)
+            if entry is not None:
+                self._mem[key] = entry  # most recently used last: eviction takes from the front
+            return entry
 
     def __contains__(self, key: CacheKey) -> bool:
         with self._lock:
@@ -158,8 +169,17 @@ class AnalysisCache:
             lib = msgspec.structs.replace(lib, pids=[], open_path="")
         entry = CacheEntry(ANALYZER_VERSION, key, path, lib, build_id)
         with self._lock:
+            self._mem.pop(key, None)
             self._mem[key] = entry
+            evicted: list[CacheKey] = []
+            while len(self._mem) > self.max_entries:
+                oldest = next(iter(self._mem))
+                del self._mem[oldest]
+                evicted.append(oldest)
+            self.evicted += len(evicted)
         if self.dir is not None:
+            for oldest in evicted:
+                self._unlink(self._name(oldest))
             name = self._name(key)
             tmp = f"{name}.{os.getpid()}.{threading.get_ident()}.tmp"
             try:

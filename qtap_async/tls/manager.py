@@ -301,6 +301,7 @@ class TlsManager:
             metrics.TLS_ANALYSES.name: self.scanner.analyses,
             metrics.TLS_CACHE_ENTRIES.name: len(self.cache),
             metrics.TLS_CACHE_WRITE_ERRORS.name: self.cache.write_errors,
+            metrics.TLS_CACHE_EVICTED.name: self.cache.evicted,
             metrics.TLS_RESTORED_FILES.name: self.stats.restored,
             metrics.TLS_PATH_FILES.name: p.files,
             metrics.TLS_PATH_ERRORS.name: p.errors,

@@ -93,3 +93,19 @@ def test_kernel_dev_encoding() -> None:
     st = os.stat("/")
     assert kernel_dev(st.st_dev) == (os.major(st.st_dev) << 20) | os.minor(st.st_dev)
     assert kernel_dev(os.makedev(259, 300)) == (259 << 20) | 300
+
+
+def test_the_cache_is_bounded_least_recently_used_first_in_memory_and_on_disk(tmp_path: Path) -> None:
+    c = AnalysisCache(str(tmp_path), max_entries=3)
+    keys = [(1, i, 100, 1000 + i) for i in range(5)]
+    for k in keys[:3]:
+        c.put(k, f"/bin/f{k[1]}", None)
+    assert c.get(keys[0]) is not None  # used: the next put forgets keys[1], the least recently used
+    c.put(keys[3], "/bin/f3", None)
+    c.put(keys[4], "/bin/f4", None)
+    assert len(c) == 3 and c.evicted == 2
+    assert keys[0] in c and keys[1] not in c and keys[2] not in c
+    files = sorted(p.name for p in (tmp_path / "tls-analysis").iterdir())
+    assert files == sorted(os.path.basename(c._name(k)) for k in (keys[0], keys[3], keys[4]))
+    smaller = AnalysisCache(str(tmp_path), max_entries=2)  # a lower bound at the next start: the disk follows
+    assert len(smaller) == 2 and smaller.evicted == 1 and len(list((tmp_path / "tls-analysis").iterdir())) == 2
