@@ -231,7 +231,10 @@ def run_command(f: RunFlags) -> int:
         # Say everything that is missing at once: the capabilities and the kernel filesystems nobody mounted.
         missing = "".join(f"; {fs.error}" for fs in states(mount=True) if not fs.mounted)
         raise PermissionError(f"{caps.problems[0]}; see `qtap inspect`{missing}")
-    log.info("allocator: %s%s", active(), f" ({allocator_note})" if allocator_note else "")
+    if allocator_note:  # mimalloc was asked for and is not what runs
+        log.warning("allocator: %s (%s)", active(), allocator_note)
+    else:
+        log.info("allocator: %s", active())
     from qtap_async.telemetry.server import DEFAULT_LISTEN
 
     for fs in ensure():  # tracefs/bpffs: mounted here when missing, else an error naming the fix

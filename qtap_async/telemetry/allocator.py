@@ -3,12 +3,12 @@
 CPython's small-object allocator (pymalloc) gives a 1 MiB arena back to the system only once every object
 in it is free. After a burst (10k connections opened, then closed) a few long-lived objects allocated during
 it (timer handles, cached strings, the last parsed headers) are spread over the arenas the burst filled and
-keep them: benchmarks/bench_memory.py measures RSS staying about 6 MiB above its start after 10k idle
-connections closed, memory the next burst reuses. mimalloc (Debian: libmimalloc2.0) returns free pages one by
-one: with PYTHONMALLOC=malloc every Python object comes from it and RSS goes back to within about 1 MiB of
-its start. It costs CPU, though: the replay benchmark runs as fast, but the live agent spent 10-15 % more CPU
-per request on small HTTP/1.1 exchanges at 10k req/s (glibc's malloc for Python objects returns memory too,
-at 10-30 % of replay throughput). So pymalloc is the default, and ``QTAP_ALLOCATOR=mimalloc`` the choice for
+keep them: benchmarks/bench_memory.py measures RSS staying 6-9 MiB above its start after 10k idle connections
+closed, memory the next burst reuses. mimalloc (Debian: libmimalloc2.0) returns free pages one by one: with
+PYTHONMALLOC=malloc every Python object comes from it and RSS goes back to within 1-2 MiB of its start. It
+may cost CPU: the replay benchmark runs as fast, but the live agent spent 1-15 % more CPU per request on small
+HTTP/1.1 exchanges at 10k req/s (glibc's malloc for Python objects returns memory too, at 10-30 % of replay
+throughput). So pymalloc is the default, and ``QTAP_ALLOCATOR=mimalloc`` the choice for
 hosts where memory given back after bursts matters more than that CPU.
 
 The library must be preloaded before the interpreter starts, so ``reexec_onto_mimalloc`` replaces the
@@ -43,7 +43,7 @@ _SEARCH = ("/usr/lib/*-linux-gnu/libmimalloc.so.2", "/usr/lib64/libmimalloc.so.2
 
 
 def choice(env: MutableMapping[str, str] | None = None) -> str:
-    """The QTAP_ALLOCATOR setting; ConfigError naming it for anything but the three choices."""
+    """The QTAP_ALLOCATOR setting; ConfigError naming it for anything but ``CHOICES``."""
     value = (os.environ if env is None else env).get(ENV, "pymalloc").strip().lower() or "pymalloc"
     if value not in CHOICES:
         raise ConfigError(f"{ENV}={value!r}: must be one of {', '.join(CHOICES)}")
@@ -56,8 +56,7 @@ def find_mimalloc() -> str | None:
         found = sorted(glob.glob(pattern))
         if found:
             return found[0]
-    name = ctypes.util.find_library("mimalloc")  # elsewhere on the loader's path (ldconfig)
-    return name
+    return ctypes.util.find_library("mimalloc")  # elsewhere on the loader's path (ldconfig)
 
 
 def _mimalloc_symbol(name: str) -> Any:  # a ctypes function, or None
