@@ -91,19 +91,17 @@ def allocator_cpu(ng: Nginx, reps: int = 2, seconds: float = 5.0) -> dict[str, A
     """The agent's CPU µs per request on each allocator (summary level, 10k req/s of small HTTP/1.1)."""
     import statistics
 
-    from _common import cpu_seconds
-
     per: dict[str, list[float]] = {"pymalloc": [], "mimalloc": []}
     for _ in range(reps):
         for name, runs in per.items():
             c = Consumer("summary", target_tgid=ng.pids()[-1], tls=False, env={"QTAP_ALLOCATOR": name})
             try:
                 time.sleep(SETTLE_S)
-                cpu0 = cpu_seconds(c.pid)
+                cpu0 = c.cpu_seconds()
                 res = run_load("h2load", f"http://127.0.0.1:{ng.http_port}/small", seconds, clients=10,
                                rps_per_client=1000)
                 time.sleep(1.0)  # the backlog is the load's
-                runs.append(round((cpu_seconds(c.pid) - cpu0) * 1e6 / max(res["requests_ok"], 1), 2))
+                runs.append(round((c.cpu_seconds() - cpu0) * 1e6 / max(res["requests_ok"], 1), 2))
             finally:
                 c.stop()
     out: dict[str, Any] = {}

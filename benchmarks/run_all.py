@@ -205,14 +205,20 @@ def _num(v: Any) -> float | None:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
+def _idle_keys(mem: dict[str, Any]) -> list[str]:
+    """The per-connection figures of the default idle rounds (not the capped or the mimalloc one), most
+    connections first."""
+    return sorted((k for k in mem if k.startswith("idle_") and k.endswith("_kib_per_connection")
+                   and "capped" not in k and "mimalloc" not in k), key=lambda k: -int(k.split("_")[1]))
+
+
 def targets(rp: dict[str, Any], lv: dict[str, Any], mem: dict[str, Any]) -> list[list[Any]]:
     """The performance issue's targets: (what, measured, target, met) computed from this run's data. A
     figure the run did not produce shows as "not measured", never as met."""
     def ratio(a: float | None, b: float | None) -> float | None:
         return round(a / b, 2) if a is not None and b else None
 
-    idle = sorted((k for k in mem if k.startswith("idle_") and k.endswith("_kib_per_connection")
-                   and "capped" not in k and "mimalloc" not in k), key=lambda k: -int(k.split("_")[1]))
+    idle = _idle_keys(mem)
     n = idle[0].split("_")[1] if idle else ""
     after = _num(mem.get(f"idle_{n}_rss_after_close_mib"))
     start = _num(mem.get(f"idle_{n}_rss_start_mib"))
@@ -308,8 +314,7 @@ def findings(rp: dict[str, Any], dr: dict[str, Any], mem: dict[str, Any], ov: di
                   f"{mem.get('streaming_rss_peak_mib')} MiB RSS (configured bound "
                   f"{mem.get('streaming_configured_bound_mib')} MiB); largest holders at peak: "
                   + ", ".join(f"{name} {v:.1f} MiB" for name, v in ranked) + ".")
-        idle_keys = sorted((k for k in mem if k.startswith("idle_") and k.endswith("_kib_per_connection")
-                            and "capped" not in k and "mimalloc" not in k), key=lambda k: -int(k.split("_")[1]))
+        idle_keys = _idle_keys(mem)
         if idle_keys:
             n = idle_keys[0].split("_")[1]
             start, held, after = (mem.get(f"idle_{n}_rss_{w}_mib") for w in ("start", "held", "after_close"))

@@ -130,23 +130,6 @@ PROC_FORK = struct.Struct("<32xQII")
 IO_ARGS = struct.Struct("<QQIiBBBxIQ")
 PROC_EXIT = struct.Struct("<32xiI")
 
-LOOPBACK4 = bytes([127, 0, 0, 1]) + bytes(12)  # 127.0.0.1 as the 16-byte address field holds it
-
-
-def conn_open_record(ts_ns: int, conn_id: int, pid: int, *, lport: int, rport: int, laddr: bytes = LOOPBACK4,
-                     raddr: bytes = LOOPBACK4, role: int = Role.UNKNOWN, family: int = 2, fd: int = 5, uid: int = 0,
-                     comm: bytes = b"", cgroup_id: int = 0) -> bytes:
-    """A conn_open record as the kernel writes it: records built in user space (benchmarks, tests) for the
-    replay pipeline, which decodes them like ring-buffer records. ``role``: a ``Role``."""
-    return (HDR.pack(RecType.CONN_OPEN, ABI_VERSION, 0, ts_ns, conn_id, pid, pid)
-            + CONN_OPEN.pack(cgroup_id, family, role, 0, lport, rport, laddr, raddr, fd, uid, comm)[HDR.size:])
-
-
-def data_record(ts_ns: int, conn_id: int, pid: int, payload: bytes, *, direction: int, offset: int = 0,
-                fd: int = 5) -> bytes:
-    """A data record of socket bytes (source 0, no flags, nothing skipped) as the kernel writes it."""
-    return (HDR.pack(RecType.DATA, ABI_VERSION, 0, ts_ns, conn_id, pid, pid)
-            + DATA.pack(offset, len(payload), 0, direction, 0, 0, fd)[HDR.size:] + payload)
 # struct qtap_tls_bind after the header
 TLS_BIND = struct.Struct("<32xQQQII")  # ssl, base, bytes, gen, _pad
 
@@ -189,3 +172,21 @@ CONSTANTS = {
     "QTAP_TLS_PENDING_TTL_NS": TLS_PENDING_TTL_NS,
     "QTAP_TLS_PENDING_MAX_BYTES": TLS_PENDING_MAX_BYTES,
 }
+
+LOOPBACK4 = bytes([127, 0, 0, 1]) + bytes(12)  # 127.0.0.1 as the 16-byte address field holds it
+
+
+def conn_open_record(ts_ns: int, conn_id: int, pid: int, *, lport: int, rport: int, laddr: bytes = LOOPBACK4,
+                     raddr: bytes = LOOPBACK4, role: int = Role.UNKNOWN, family: int = 2, fd: int = 5, uid: int = 0,
+                     comm: bytes = b"", cgroup_id: int = 0) -> bytes:
+    """A conn_open record as the kernel writes it: records built in user space (benchmarks, tests) for the
+    replay pipeline, which decodes them like ring-buffer records. ``role``: a ``Role``."""
+    return (HDR.pack(RecType.CONN_OPEN, ABI_VERSION, 0, ts_ns, conn_id, pid, pid)
+            + CONN_OPEN.pack(cgroup_id, family, role, 0, lport, rport, laddr, raddr, fd, uid, comm)[HDR.size:])
+
+
+def data_record(ts_ns: int, conn_id: int, pid: int, payload: bytes, *, direction: int, offset: int = 0,
+                fd: int = 5) -> bytes:
+    """A data record of socket bytes (source 0, no flags, nothing skipped) as the kernel writes it."""
+    return (HDR.pack(RecType.DATA, ABI_VERSION, 0, ts_ns, conn_id, pid, pid)
+            + DATA.pack(offset, len(payload), 0, direction, 0, 0, fd)[HDR.size:] + payload)

@@ -202,11 +202,10 @@ class Writer:
         try:
             while True:
                 try:
-                    batch = await rx.recv()
+                    # Not kept in a local: the last batch would stay alive through the wait for the next.
+                    await self._route_batch(await rx.recv())
                 except ChannelClosed:
                     break
-                await self._route_batch(batch)
-                del batch  # not kept alive through the wait for the next one
         finally:
             await self._close(self.events, self.objects)
             while self._tasks:  # stores being replaced at this very moment
