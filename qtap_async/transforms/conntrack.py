@@ -61,6 +61,8 @@ _UNBOUND = int(abi.DataFlag.UNBOUND)
 MAX_EVICTED_REMEMBERED = 16384
 # Distinct processes kept in a connection's owner history (a socket shared by many workers stays bounded).
 MAX_OWNERS = 16
+# A connection that moved no bytes for this long has its sessions parked (ProtocolSession.park) at the sweep.
+PARK_IDLE_S = 5.0
 
 
 def _skip_reason(flags: int) -> str:
@@ -76,6 +78,7 @@ class Session(Protocol):
     def feed(self, direction: Any, data: bytes | memoryview, ts_ns: int) -> list[Any]: ...
     def gap(self, direction: Any, nbytes: int, ts_ns: int) -> list[Any]: ...
     def close(self, ts_ns: int) -> list[Any]: ...
+    def park(self) -> bool: ...
     @property
     def protocol(self) -> str: ...
 
@@ -120,6 +123,7 @@ class ConntrackStats:
     data_bytes: int = 0
     process_records: int = 0
     reassembly: ReassemblyStats = field(default_factory=ReassemblyStats)
+    sessions_parked: int = 0
 
 
 class Connection:
@@ -326,6 +330,7 @@ class Conntrack:
         processes: ProcessCache | None = None,
         listeners: ListeningPorts | None = None,
         emit_gaps: bool = True,
+        park_idle_s: float = PARK_IDLE_S,
     ) -> None:
         self.max_connections = max_connections
         self.idle_timeout_ns = int(idle_timeout_s * 1e9)
@@ -334,6 +339,10 @@ class Conntrack:
         self.listeners = listeners or ListeningPorts()
         self.emit_gaps = emit_gaps
         self.conns: OrderedDict[int, Connection] = OrderedDict()
+        # Connections whose sessions were fed since the last idle pass (``park_idle``): only those can
+        # hold a parser worth parking, so the pass never walks the whole table.
+        self._fed: dict[int, Connection] = {}
+        self.park_idle_ns = int(park_idle_s * 1e9)
         # Evicted connections by id: the kernel may still report them (data after an idle spell, or their
         # close), and they then resume as the same connection instead of a context-less orphan.
         self._evicted: OrderedDict[int, Connection] = OrderedDict()
@@ -594,6 +603,7 @@ class Conntrack:
             return out
         if not c.has_session(layer):
             c.set_session(layer, self.session_factory(c, layer) if self.session_factory else None)
+        self._fed[rec.conn_id] = c
         out.extend(self._deliver(c, source, rec.dir, segments, rec.ts_ns))
         return out
 
@@ -657,13 +667,37 @@ class Conntrack:
             if session is not None:
                 out.extend(self._protocol(c, session.close(ts_ns), layer))
         self.stats.connections_closed += 1
+        self._fed.pop(c.conn_id, None)
         out.append(self._conn_event(c, "close", ts_ns, reason))
         return out
 
+    def park_idle(self, now_ns: int) -> int:
+        """Park the sessions (see ``ProtocolSession.park``) of the connections fed since the last pass that
+        have been quiet for ``park_idle_ns`` since; the others wait for a later pass. Returns how many parked."""
+        fed = self._fed
+        if not fed:
+            return 0
+        limit = now_ns - self.park_idle_ns
+        busy: dict[int, Connection] = {}
+        parked = 0
+        for conn_id, c in fed.items():
+            if c.last_ns >= limit:
+                busy[conn_id] = c
+                continue
+            for layer in (0, 1):
+                s = c.session(layer)
+                if s is not None and s.park():
+                    parked += 1
+        self._fed = busy
+        self.stats.sessions_parked += parked
+        return parked
+
     def sweep(self, now_ns: int) -> list[Any]:
-        """Evict connections idle longer than the idle timeout (their close was never seen)."""
+        """Park the sessions of quiet connections; evict connections idle longer than the idle timeout
+        (their close was never seen)."""
         out: list[Any] = []
         self.unbound_tls.expire(now_ns)
+        self.park_idle(now_ns)
         limit = now_ns - self.idle_timeout_ns
         while self.conns:
             conn_id, c = next(iter(self.conns.items()))

@@ -55,6 +55,9 @@ class RecordingSession:
         self.rec.closed = True
         return []
 
+    def park(self) -> bool:
+        return False
+
 
 class ListWriter(StdoutWriter):
     def __init__(self) -> None:

@@ -40,6 +40,9 @@ class Rec:
         self.closed = True
         return []
 
+    def park(self) -> bool:
+        return False
+
 
 def _open(conn_id: int, role: int = 1, lport: int = 40000, rport: int = 80, midstream: bool = False,
           pid: int = 1, udp: bool = False) -> ConnOpen:
@@ -310,5 +313,15 @@ def test_an_idle_keepalive_connection_holds_no_buffered_bytes() -> None:
     assert [p.record.status for p in out if isinstance(p, Parsed)] == [200]
     assert all(st._pending is None and st.pending_bytes == 0 for st in c.streams.values())
     session = c.sessions[0]
+    assert not isinstance(getattr(session, "_handler", None), _ParkedHttp1)  # just active: the whole parser
+    assert ct.park_idle(1 + ct.park_idle_ns) == 0  # not quiet for long enough yet (its last bytes: ts 20)
+    assert ct.sweep(21 + ct.park_idle_ns) == [] and ct.stats.sessions_parked == 1  # the sweep parks it
     assert isinstance(getattr(session, "_handler", None), _ParkedHttp1)  # between exchanges: offsets only
     assert getattr(session, "_det", 1) is None
+    assert ct.park_idle(10**15) == 0  # nothing fed since: the pass has nothing to look at
+    ct.handle(_data(1, len(req), req, 0, ts=30))  # the next request brings the parser back
+    assert not isinstance(getattr(session, "_handler", None), _ParkedHttp1)
+    out = ct.handle(_data(1, len(resp), resp, 1, ts=40))
+    assert [p.record.status for p in out if isinstance(p, Parsed)] == [200]
+    ct.handle(ConnClose(50, 1, 1, 2 * len(req), 2 * len(resp), 10))
+    assert ct.park_idle(10**15) == 0  # closed: forgotten by the idle pass

@@ -88,6 +88,9 @@ class _Fed:
     def close(self, ts_ns: int) -> list[Any]:
         return []
 
+    def park(self) -> bool:
+        return False
+
 
 def test_conntrack_feeds_the_bound_plaintext_before_the_later_writes_of_the_connection() -> None:
     sessions: dict[tuple[int, int], _Fed] = {}
