@@ -34,7 +34,8 @@ __all__ = ["MODULES", "build", "clean", "install", "status"]
 
 # Each is compiled on its own (one mypyc run per module), so no shared runtime library lands outside
 # the package. They are mypy-strict and use nothing mypyc refuses (no monkeypatching of their classes).
-MODULES = ("qtap_async.protocols.http1", "qtap_async.protocols.hpack", "qtap_async.protocols.http2")
+MODULES = ("qtap_async.protocols.http1", "qtap_async.protocols.hpack", "qtap_async.protocols.http2",
+           "qtap_async.protocols.bodies")
 PACKAGE = Path(__file__).resolve().parent
 ROOT = PACKAGE.parent
 MANIFEST = PACKAGE / "native.json"

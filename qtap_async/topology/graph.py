@@ -41,13 +41,14 @@ __all__ = ["AgentOptions", "Graph"]
 
 log = logging.getLogger("qtap.pipeline")
 
-_NO_HEADER_LISTS = Limits(headers=False)
+_SUMMARY_LIMITS = Limits(headers=False, max_body_bytes=0)
 
 
 def summary_session_factory(conn: Connection, layer: int) -> Session | None:
-    """Sessions for the local output at summary level, which shows no headers: HTTP/1 heads are framed and
-    checked but their header lists are not built (about a tenth of the replay's CPU per transaction)."""
-    return ProtocolSession(local_port=conn.lport, remote_port=conn.rport, limits=_NO_HEADER_LISTS)
+    """Sessions for the local output at summary level, which shows no headers and no bodies: HTTP/1 heads are
+    framed and checked but their header lists are not built (about a tenth of the replay's CPU per
+    transaction), and body bytes are counted, never copied."""
+    return ProtocolSession(local_port=conn.lport, remote_port=conn.rport, limits=_SUMMARY_LIMITS)
 
 
 @dataclass
