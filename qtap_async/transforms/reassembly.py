@@ -74,6 +74,14 @@ class StreamReassembler:
     def pending_bytes(self) -> int:
         return self._pending_bytes
 
+    def advance(self, offset: int, n: int) -> bool:
+        """The common chunk, fully captured and exactly the next bytes with nothing held: taken (the caller
+        delivers its payload as is) and True. Otherwise False, nothing changed: ``push`` it instead."""
+        if offset != self.next or self._pending is not None:
+            return False
+        self.next = offset + n
+        return True
+
     def push(self, offset: int, payload: bytes, skipped: int = 0, reason: str = "truncated") -> list[Segment]:
         """Add a chunk: `payload` at `offset`, then `skipped` bytes that were not captured (for `reason`)."""
         if self.next is None:

@@ -86,6 +86,38 @@ def test_any_split_and_reordering_reassembles_the_same_stream(stream: bytes, cut
 
 
 @settings(max_examples=300, deadline=None)
+@given(st.binary(min_size=1, max_size=2000), st.lists(st.integers(0, 5000), max_size=30), st.randoms())
+def test_the_in_order_fast_path_takes_exactly_what_push_would_deliver_as_is(stream: bytes, cuts: list[int],
+                                                                           rnd: random.Random) -> None:
+    chunks = _chunks(stream, cuts)
+    rnd.shuffle(chunks)
+    fast, slow = (StreamReassembler(max_pending_chunks=10_000, max_pending_bytes=1 << 30) for _ in range(2))
+    out: list[Segment] = []
+    taken = 0
+    for off, data in chunks:  # as conntrack does: advance first, push when it declines
+        expected = slow.push(off, data)
+        if fast.advance(off, len(data)):
+            assert expected == [data]  # push would have delivered this chunk alone and unchanged
+            out.append(data)
+            taken += 1
+        else:
+            out += fast.push(off, data)
+        assert fast.next == slow.next and fast.pending_bytes == slow.pending_bytes
+    out += fast.flush()
+    assert b"".join(s for s in out if isinstance(s, bytes)) == stream
+    assert taken >= (1 if chunks[0][0] == 0 else 0)  # a first chunk at offset 0 is always in order
+
+
+def test_the_fast_path_declines_while_chunks_are_held() -> None:
+    r = StreamReassembler()
+    assert r.advance(0, 3)
+    assert r.push(6, b"ghi") == []  # early: held
+    assert not r.advance(3, 3)  # in order, but the held chunk must come out after it: push does that
+    assert r.push(3, b"def") == [b"def", b"ghi"] and r.advance(9, 1)
+    assert not r.advance(20, 1) and r.next == 10  # out of order: declined, nothing changed
+
+
+@settings(max_examples=300, deadline=None)
 @given(st.binary(min_size=2, max_size=2000), st.lists(st.integers(0, 5000), min_size=1, max_size=30),
        st.randoms(), st.data())
 def test_dropped_chunks_are_reported_as_gaps_of_their_exact_size(stream: bytes, cuts: list[int],
