@@ -20,7 +20,7 @@ and the reader waits for a chunk that starts with a request line (status line) t
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from qtap_async.events.http import HttpTransaction
 from qtap_async.events.parse_error import ParseError
@@ -42,12 +42,22 @@ KNOWN_METHODS = frozenset(
 _TOKEN_METHOD = re.compile(rb"[A-Z][A-Z0-9_-]{0,23} [^\s]+ HTTP/1\.[01]\r?\n")
 _HEX = re.compile(rb"[0-9A-Fa-f]{1,15}")
 
-(S_HEAD, S_LEN, S_CHUNK_SIZE, S_CHUNK_DATA, S_CHUNK_CRLF, S_TRAILERS, S_CLOSE, S_PAUSED, S_STOPPED,
- S_RESYNC, S_HEAD_CUT, S_EXPECT) = range(12)
-_MAX_LINE = 4096
+S_HEAD: Final = 0
+S_LEN: Final = 1
+S_CHUNK_SIZE: Final = 2
+S_CHUNK_DATA: Final = 3
+S_CHUNK_CRLF: Final = 4
+S_TRAILERS: Final = 5
+S_CLOSE: Final = 6
+S_PAUSED: Final = 7
+S_STOPPED: Final = 8
+S_RESYNC: Final = 9
+S_HEAD_CUT: Final = 10
+S_EXPECT: Final = 11
+_MAX_LINE: Final = 4096
 # A head over the limit is read on line by line (see _CutHead): header lines longer than this are dropped
 # whole; the ones that frame or name the message are kept wherever they are.
-_MAX_CUT_LINE = 8192
+_MAX_CUT_LINE: Final = 8192
 _KEEP_WHEN_CUT = (b"content-length:", b"transfer-encoding:", b"host:", b"upgrade:", b"expect:",
                   b"content-encoding:", b"connection:")
 _BODY_STATES = frozenset((S_LEN, S_CHUNK_SIZE, S_CHUNK_DATA, S_CHUNK_CRLF, S_TRAILERS, S_CLOSE))
@@ -109,17 +119,15 @@ def _parse_head(head: bytes) -> tuple[str, list[tuple[str, str]] | None]:
 # The start of a header line the fast path of _header_list refuses: none at all means every line is
 # "name: value" with a name that does not start with whitespace (obsolete folding, empty or colon-less
 # lines match). Possessive, so a line is scanned once.
-_ODD_HEADER_LINE = re.compile(rb"\n(?![^ \t:\n][^:\n]*+:)")
 _ODD_TEXT_LINE = re.compile(r"\n(?![^ \t:\n][^:\n]*+:)")
 
 
-def _parse_start(head: bytes) -> tuple[str, list[tuple[str, str]] | None]:
+def _parse_start(head: bytes, text: str) -> tuple[str, list[tuple[str, str]] | None]:
     """``_parse_head`` for a connection that keeps no header lists (Limits.headers False): the same first
-    line and verdict on the header lines, with [] for the list. Decodes only the start line."""
-    nl = head.find(b"\n")
-    line = head if nl < 0 else head[:nl]
-    if line.isascii() and (nl < 0 or _ODD_HEADER_LINE.search(head, nl) is None):
-        first = line.decode("ascii")
+    line and verdict on the header lines, with [] for the list. ``text``: the head decoded as latin-1."""
+    nl = text.find("\n")
+    first = text if nl < 0 else text[:nl]
+    if first.isascii() and (nl < 0 or _ODD_TEXT_LINE.search(text, nl) is None):
         return (first[:-1] if first[-1:] == "\r" else first), []
     first, headers = _parse_head(head)  # odd lines (folding...) or a non-ASCII start line: the full parse
     return first, None if headers is None else []
@@ -159,53 +167,64 @@ def _header_list_slow(lines: list[str]) -> list[tuple[str, str]] | None:
     return out
 
 
-def _values(head: bytes, low: bytes, key: bytes) -> list[bytes]:
-    """Values of every header line ``key`` (``b"\\nname:"``, lowercase) in a head."""
+# Header lookups work on the head decoded as latin-1 (one character per byte, so ``low``, its lowercase,
+# lines up with it): compiled, str methods are direct C calls where bytes methods are looked up by name
+# and parse their arguments on every call. ASCII whitespace only, as bytes.strip() strips.
+_WS: Final = " \t\n\r\x0b\x0c"
+
+
+def _values(text: str, low: str, key: str) -> list[str]:
+    """Values of every header line ``key`` (``"\\nname:"``, lowercase) in a head."""
     out = []
     i = low.find(key)
     k = len(key)
     while i >= 0:
-        j = low.find(b"\n", i + k)
+        j = low.find("\n", i + k)
         if j < 0:
             j = len(low)
-        out.append(head[i + k : j].strip(b" \t\r"))
+        out.append(text[i + k : j].strip(" \t\r"))
         i = low.find(key, j)
     return out
 
 
-def _value(head: bytes, low: bytes, key: bytes) -> bytes | None:
+def _value(text: str, low: str, key: str) -> str | None:
     i = low.find(key)
     if i < 0:
         return None
     k = len(key)
-    j = low.find(b"\n", i + k)
+    j = low.find("\n", i + k)
     if j < 0:
         j = len(low)
-    return head[i + k : j].strip(b" \t\r")
+    return text[i + k : j].strip(" \t\r")
 
 
-def _content_length(head: bytes, low: bytes) -> int | None:
+def _digits(v: str) -> bool:
+    """ASCII digits only (str.isdigit also takes latin-1's superscripts), at most 18 of them."""
+    return v.isdigit() and v.isascii() and len(v) <= 18
+
+
+def _content_length(low: str) -> int | None:
     """-1 when absent, None when invalid (differing or malformed values)."""
-    i = low.find(b"\ncontent-length:")
+    i = low.find("\ncontent-length:")
     if i < 0:
         return -1
-    j = low.find(b"\n", i + 16)
+    j = low.find("\n", i + 16)
     if j < 0:
-        v = head[i + 16 :].strip(b" \t\r")
-        if v.isdigit() and len(v) <= 18:
+        v = low[i + 16 :].strip(" \t\r")
+        if _digits(v):
             return int(v)
-    elif low.find(b"\ncontent-length:", j) < 0:
-        v = head[i + 16 : j].strip(b" \t\r")
-        if v.isdigit() and len(v) <= 18:
+    elif low.find("\ncontent-length:", j) < 0:
+        v = low[i + 16 : j].strip(" \t\r")
+        if _digits(v):
             return int(v)
-    vals = _values(head, low, b"\ncontent-length:")
+    vals = _values(low, low, "\ncontent-length:")
     if not vals:
         return -1
     seen = None
     for v in vals:
-        for part in v.split(b","):
-            part = part.strip()
-            if not part.isdigit() or len(part) > 18:
+        for part in v.split(","):
+            part = part.strip(_WS)
+            if not _digits(part):
                 return None
             x = int(part)
             if seen is not None and x != seen:
@@ -214,13 +233,13 @@ def _content_length(head: bytes, low: bytes) -> int | None:
     return seen
 
 
-def _is_chunked(head: bytes, low: bytes) -> bool | None:
+def _is_chunked(low: str) -> bool | None:
     """None without Transfer-Encoding; else whether the final coding is chunked."""
-    if low.find(b"\ntransfer-encoding:") < 0:
+    if low.find("\ntransfer-encoding:") < 0:
         return None
-    vals = _values(low, low, b"\ntransfer-encoding:")
-    last = b",".join(vals).split(b",")[-1].strip()
-    return last == b"chunked"
+    vals = _values(low, low, "\ntransfer-encoding:")
+    last = ",".join(vals).split(",")[-1].strip(_WS)
+    return last == "chunked"
 
 
 class _Exchange:
@@ -652,7 +671,7 @@ class Http1Connection:
 
     protocol = "http1"
     # Slots: one of these lives as long as its connection (10k idle keep-alive connections are 10k of them).
-    __slots__ = ("_parse_head", "client_dir", "dead", "limits", "out", "paused", "queue", "readers", "scheme",
+    __slots__ = ("client_dir", "dead", "headers", "limits", "out", "paused", "queue", "readers", "scheme",
                  "server_dir", "switch_to")
 
     def __init__(self, limits: Limits, client_dir: int, *, scheme: str | None = None,
@@ -674,7 +693,7 @@ class Http1Connection:
         self.switch_to: Http2Connection | None = None
         self.paused: _Exchange | None = None
         self.dead = False
-        self._parse_head = _parse_head if limits.headers else _parse_start
+        self.headers = limits.headers  # False: header lists are not built (see _parse_start)
 
     # -- parking -----------------------------------------------------------------------------------
     def at_rest(self) -> bool:
@@ -754,7 +773,8 @@ class Http1Connection:
 
     # -- request side -------------------------------------------------------------------------------
     def on_request_head(self, r: _Reader, head: bytes, start_ts: int, ts: int, off: int) -> None:
-        first, headers = self._parse_head(head)
+        text = head.decode("latin-1")
+        first, headers = _parse_head(head) if self.headers else _parse_start(head, text)
         method, _, rest = first.partition(" ")
         target, _, version = rest.rpartition(" ")
         if not method or not target or version[:7] != "HTTP/1." or headers is None:
@@ -775,14 +795,14 @@ class Http1Connection:
         if r.after_gap:
             ex.after_gap = True
             r.after_gap = False
-        low = head.lower()
+        low = text.lower()
         if not target.isascii():
             target = _target_text(head)
         if target[0] == "/":
             ex.path = target
-            host = _value(head, low, b"\nhost:")
+            host = _value(text, low, "\nhost:")
             if host is not None:
-                ex.authority = host.decode("latin-1")
+                ex.authority = host
         elif method == "CONNECT":
             ex.authority = target
         elif "://" in target:  # absolute-form (proxy requests)
@@ -796,19 +816,17 @@ class Http1Connection:
         else:
             ex.path = target  # asterisk-form (OPTIONS *) and oddities
         if self.limits.decode_bodies:
-            ce = _value(head, low, b"\ncontent-encoding:")
+            ce = _value(text, low, "\ncontent-encoding:")
             if ce:
-                ex.ce_req = ce.decode("latin-1")
-        # find, not `in`: CPython's bytes.__contains__ first tries the needle as an int and formats the
-        # TypeError it then discards (a tenth of the parser's time on small messages).
-        if low.find(b"\ntransfer-encoding:") >= 0:
-            if not _is_chunked(head, low):
+                ex.ce_req = ce
+        if "\ntransfer-encoding:" in low:
+            if not _is_chunked(low):
                 self._bad_message(r, "request Transfer-Encoding without final chunked coding", off, ts)
                 return
             r.state = S_CHUNK_SIZE
             r.body = Body(self.limits.max_body_bytes)
-        elif low.find(b"\ncontent-length:") >= 0:
-            cl = _content_length(head, low)
+        elif "\ncontent-length:" in low:
+            cl = _content_length(low)
             if cl is None:
                 self._bad_message(r, "invalid Content-Length", off, ts)
                 return
@@ -816,11 +834,11 @@ class Http1Connection:
                 r.state = S_LEN
                 r.remaining = cl
                 r.body = Body(self.limits.max_body_bytes)
-        if method == "CONNECT" or low.find(b"\nupgrade:") >= 0:
+        if method == "CONNECT" or "\nupgrade:" in low:
             ex.wants_upgrade = True
-        if r.state != S_HEAD and low.find(b"\nexpect:") >= 0:
-            exp = _value(head, low, b"\nexpect:")
-            ex.expect_continue = exp is not None and exp.strip().lower() == b"100-continue"
+        if r.state != S_HEAD and "\nexpect:" in low:
+            exp = _value(text, low, "\nexpect:")
+            ex.expect_continue = exp is not None and exp.strip(_WS) == "100-continue"
         self.queue.append(ex)
         if r.state == S_HEAD:  # no body: the request ends with its head
             ex.req_end = ts
@@ -845,7 +863,8 @@ class Http1Connection:
 
     # -- response side ------------------------------------------------------------------------------
     def on_response_head(self, r: _Reader, head: bytes, start_ts: int, ts: int, off: int) -> None:
-        first, headers = self._parse_head(head)
+        text = head.decode("latin-1")
+        first, headers = _parse_head(head) if self.headers else _parse_start(head, text)
         version, _, rest = first.partition(" ")
         code, _, _reason = rest.partition(" ")
         if version[:7] != "HTTP/1." or len(code) != 3 or not (code.isascii() and code.isdigit()) or headers is None:
@@ -878,16 +897,16 @@ class Http1Connection:
         ex.resp_version = version
         ex.resp_headers = headers
         ex.resp_start = start_ts
-        low = head.lower()
+        low = text.lower()
         if self.limits.decode_bodies:
-            ce = _value(head, low, b"\ncontent-encoding:")
+            ce = _value(text, low, "\ncontent-encoding:")
             if ce:
-                ex.ce_resp = ce.decode("latin-1")
+                ex.ce_resp = ce
         r.cur = ex
         method = ex.method
         if status == 101:
-            up = _value(head, low, b"\nupgrade:")
-            ex.upgrade = up.decode("latin-1").strip().lower() if up else "unknown"
+            up = _value(text, low, "\nupgrade:")
+            ex.upgrade = up.strip().lower() if up else "unknown"
             self._response_done(r, ex, None, ts)
             self._switch(r, ex, ts)
             return
@@ -899,11 +918,11 @@ class Http1Connection:
         if method == "HEAD" or status == 204 or status == 304:
             self._response_done(r, ex, None, ts)
             return
-        if low.find(b"\ntransfer-encoding:") >= 0:
+        if "\ntransfer-encoding:" in low:
             r.body = Body(self.limits.max_body_bytes)
-            r.state = S_CHUNK_SIZE if _is_chunked(head, low) else S_CLOSE
+            r.state = S_CHUNK_SIZE if _is_chunked(low) else S_CLOSE
             return
-        cl = _content_length(head, low)
+        cl = _content_length(low)
         if cl is None:
             self._bad_message(r, "invalid Content-Length", off, ts)
             return

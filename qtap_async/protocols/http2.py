@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import struct
 from collections import deque
+from typing import Final
 
 from qtap_async.errors import ProtocolError
 from qtap_async.events.http import GrpcInfo, HttpTransaction
@@ -35,12 +36,21 @@ __all__ = ["PREFACE", "Http2Connection", "plausible_frames"]
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
-DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = range(10)
-F_END_STREAM = 0x1
-F_ACK = 0x1
-F_END_HEADERS = 0x4
-F_PADDED = 0x8
-F_PRIORITY = 0x20
+DATA: Final = 0
+HEADERS: Final = 1
+PRIORITY: Final = 2
+RST_STREAM: Final = 3
+SETTINGS: Final = 4
+PUSH_PROMISE: Final = 5
+PING: Final = 6
+GOAWAY: Final = 7
+WINDOW_UPDATE: Final = 8
+CONTINUATION: Final = 9
+F_END_STREAM: Final = 0x1
+F_ACK: Final = 0x1
+F_END_HEADERS: Final = 0x4
+F_PADDED: Final = 0x8
+F_PRIORITY: Final = 0x20
 
 _HDR = struct.Struct(">BHBBI")
 _U32 = struct.Struct(">I")
@@ -53,8 +63,14 @@ ERROR_CODES = {
     0xC: "INADEQUATE_SECURITY", 0xD: "HTTP_1_1_REQUIRED",
 }
 
-_MAX_CONTROL_FRAME = 65536
-(R_PREFACE, R_FRAME, R_DATA, R_SKIP, R_RESYNC, R_DEAD, R_MAYBE_PREFACE) = range(7)
+_MAX_CONTROL_FRAME: Final = 65536
+R_PREFACE: Final = 0
+R_FRAME: Final = 1
+R_DATA: Final = 2
+R_SKIP: Final = 3
+R_RESYNC: Final = 4
+R_DEAD: Final = 5
+R_MAYBE_PREFACE: Final = 6
 
 
 def _err_name(code: int) -> str:

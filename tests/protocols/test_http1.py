@@ -464,3 +464,29 @@ def test_head_fast_path_agrees_with_the_line_by_line_parse(head: bytes) -> None:
     text = head.decode("latin-1") if b"\xe9" in head else head.decode()
     lines = text.split("\n")
     assert _parse_head(head) == (lines[0].removesuffix("\r"), _header_list(lines))
+
+
+# -- header lookups on the latin-1 text of a head (one character per byte) ---------------------------------
+
+@pytest.mark.parametrize("headers", [True, False])
+def test_non_ascii_bytes_in_framing_headers_are_not_taken_for_digits_or_whitespace(headers: bool) -> None:
+    lim = Limits(headers=headers)
+    # "\xb2" (superscript two) is a digit to str.isdigit: as a Content-Length it is invalid, as on the wire.
+    bad = run([(C, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n"), (S, b"HTTP/1.1 200 OK\r\nContent-Length: \xb2\r\n\r\n")],
+              limits=lim)
+    assert [e.reason for e in errors(bad)] == ["invalid Content-Length"]
+    # "\xa0" (no-break space) is whitespace to str.strip, not to bytes.strip: "100-continue\xa0" is no such
+    # expectation, so the request waits for its body as framed.
+    req = b"PUT /u HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\nExpect: 100-continue\xa0\r\n\r\n"
+    out = run([(C, req), (S, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"), (C, b"ok")], limits=lim)
+    (t,) = txs(out)
+    assert t.request_body_size == 2 and t.status == 200
+    # A non-ASCII Host byte keeps its latin-1 character; Upgrade is compared case-insensitively.
+    up = run([(C, b"GET /ws HTTP/1.1\r\nHost: caf\xe9\r\nUpgrade: WebSocket\r\nConnection: Upgrade\r\n\r\n"),
+              (S, b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: WebSocket\r\n\r\n")], limits=lim)
+    (t,) = txs(up)
+    assert (t.authority, t.status, t.upgrade) == ("caf\xe9", 101, "websocket")
+    # Chunked is the final coding whatever its case; a latin-1 space around it does not make it chunked.
+    ch = run([(C, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n"),
+              (S, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, CHUNKED\r\n\r\n3\r\nabc\r\n0\r\n\r\n")], limits=lim)
+    assert [(t.response_body_size, t.incomplete) for t in txs(ch)] == [(3, False)]
