@@ -48,6 +48,8 @@ class RingBuffer:
         ptr = libbpf().ring_buffer__new(bpf_map.fd, self._cb, None, None)
         self._ptr: int | None = check_ptr(ptr, f"ring buffer {bpf_map.name}", "ring_buffer__new")
         self.records = 0
+        #: The last consume() stopped at the batch bounds: more records are likely waiting.
+        self.cut = False
 
     def fileno(self) -> int:
         """An epoll fd that becomes readable when records are waiting (for loop.add_reader)."""
@@ -60,7 +62,8 @@ class RingBuffer:
         if self._ptr is None:
             raise BpfError(f"ring buffer {self.name}", 9, "closed")
         ret = libbpf().ring_buffer__consume(self._ptr)
-        if ret < 0 and ret != _BATCH_FULL:
+        self.cut = ret == _BATCH_FULL
+        if ret < 0 and not self.cut:
             check_int(ret, f"ring buffer {self.name}", "consume")
         batch = self._batch[:]
         self._batch.clear()

@@ -90,11 +90,14 @@ class RingBufferSource:
                 except TimeoutError:
                     pass
                 wake.clear()
-                # sleep(0) is a yield to the loop between big batches (the pipeline runs meanwhile), not a poll.
-                # While the queue is full the records stay in the kernel's ring (which drops and counts what
-                # it cannot hold) rather than being copied out only to be dropped here: what is in flight
-                # stays within the ring plus the queue's byte bound.
-                while not tx.full and self.drain_once(tx):  # noqa: ASYNC110
+                # Again at once only while batches come out full (the ring holds more): the records that arrive
+                # while the last batch is processed wait for the next wakeup or tick, so batches stay large (a
+                # batch costs a task switch and a write whatever its size). sleep(0) is a yield to the loop
+                # between big batches (the pipeline runs meanwhile), not a poll. While the queue is full the
+                # records stay in the kernel's ring (which drops and counts what it cannot hold) rather than
+                # being copied out only to be dropped here: what is in flight stays within the ring plus the
+                # queue's byte bound.
+                while not tx.full and self.drain_once(tx) and self.ringbuf.cut:  # noqa: ASYNC110
                     await asyncio.sleep(0)
         finally:
             loop.remove_reader(fd)

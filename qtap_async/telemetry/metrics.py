@@ -141,6 +141,8 @@ KERNEL: dict[str, MetricDef] = {k: _counter("qtap_kernel_" + k + "_total", "Kern
 
 # -- ring-buffer reader, channels, decoding, tracking ------------------------------------------------
 SOURCE_RECORDS = _counter("qtap_source_records_total", "Records read from the ring buffer.")
+SOURCE_BATCHES = _counter("qtap_source_batches_total",
+                          "Batches read from the ring buffer (each costs a task switch and a write whatever its size).")
 SOURCE_DROPPED_RECORDS = _counter("qtap_source_dropped_records_total",
                                   "Records read but dropped because the raw channel was full.")
 CHANNEL_DEPTH = {name: _gauge("qtap_channel_" + name + "_depth_events", f"Items queued in the {name} channel.")

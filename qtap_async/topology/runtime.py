@@ -140,6 +140,7 @@ class Agent:
             m[decl.name] = kernel.get(k, 0)
         if self.source is not None:
             m[metrics.SOURCE_RECORDS.name] = self.source.records
+            m[metrics.SOURCE_BATCHES.name] = self.source.batches
             m[metrics.SOURCE_DROPPED_RECORDS.name] = self.source.dropped_records
         for name, ch in (("raw", self.raw), ("out", self.out)):
             if ch is not None:
