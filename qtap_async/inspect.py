@@ -52,6 +52,8 @@ class InspectReport(msgspec.Struct, frozen=True):
     socket_path: SocketPath | None = None
     allocator: str = ""
     """What `qtap run` would allocate Python objects with here (qtap_async/telemetry/allocator.py)."""
+    ring_reader: str = ""
+    """How the agent would read the ring buffer here (qtap_async/bpf/ringbuf.py)."""
 
 
 def _objects() -> list[ObjectInfo]:
@@ -136,6 +138,7 @@ def gather(state_dir: str = DEFAULT_STATE_DIR) -> InspectReport:
     if not sp.path:
         reasons.append(sp.reason)
     tls, cache_info = _tls(state_dir)
+    from qtap_async.bpf.ringbuf import planned_reader
     from qtap_async.telemetry import allocator
     from qtap_async.tls import java_inspect
 
@@ -143,7 +146,7 @@ def gather(state_dir: str = DEFAULT_STATE_DIR) -> InspectReport:
     if alloc.startswith(("INVALID", "NONE")):  # `qtap run` would refuse to start
         reasons.append(f"allocator: {alloc}")
     return InspectReport(f, _objects(), tls, not reasons, reasons, caps, cache_info, java_inspect.describe_all(),
-                         sp, alloc)
+                         sp, alloc, planned_reader())
 
 
 def render(r: InspectReport) -> str:
@@ -182,6 +185,8 @@ def render(r: InspectReport) -> str:
             lines.append(f"socket I/O path: NONE: {sp.reason}")
     if r.allocator:
         lines.append(f"allocator (qtap run): {r.allocator}")
+    if r.ring_reader:
+        lines.append(f"ring buffer reader: {r.ring_reader}")
     lines.append("objects:")
     for o in r.objects:
         if o.error:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import msgspec
 import pytest
 
 from qtap_async.bpf import socket_path
 from qtap_async.bpf.features import HookSupport, detect
-from qtap_async.inspect import socket_path_report
+from qtap_async.bpf.ringbuf import READER_ENV
+from qtap_async.inspect import gather, render, socket_path_report
 
 
 @pytest.mark.bpf
@@ -26,3 +29,11 @@ def test_socket_path_on_this_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
     fb = socket_path_report(refused)
     assert fb.path == socket_path.SYSCALLS and "load refused" in fb.reason
     assert socket_path_report(refused, "sock").path == ""  # forced but impossible: capture would not start
+
+
+@pytest.mark.bpf
+def test_the_ring_buffer_reader_is_reported(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv(READER_ENV, raising=False)
+    assert "ring buffer reader: mmap (the ring's memory" in render(gather(str(tmp_path)))  # x86-64 here
+    monkeypatch.setenv(READER_ENV, "libbpf")
+    assert f"ring buffer reader: libbpf callbacks ({READER_ENV}=libbpf)" in render(gather(str(tmp_path)))

@@ -1,18 +1,25 @@
 """The ring buffer reader: an epoll fd for the event loop and batched consumption.
 
-libbpf calls back once per record; the callback only copies the bytes into a list, and `consume()`
-hands the whole batch to the caller. Per-record work belongs in the decoder, not here.
+`consume()` reads the ring's memory directly where that is safe (qtap_async/bpf/ringmap.py, x86-64);
+otherwise libbpf calls back once per record and the callback only copies the bytes into a list. Either
+way the whole batch goes to the caller: per-record work belongs in the decoder, not here.
+QTAP_RINGBUF_READER=libbpf keeps the callback path everywhere.
 """
 
 from __future__ import annotations
 
 import ctypes
+import logging
+import os
 
 from qtap_async.bpf._libbpf import SAMPLE_FN, check_int, check_ptr, libbpf
 from qtap_async.bpf.object import BpfMap
+from qtap_async.bpf.ringmap import MappedRing
 from qtap_async.errors import BpfError
 
 _string_at = ctypes.string_at
+log = logging.getLogger("qtap.bpf")
+READER_ENV = "QTAP_RINGBUF_READER"
 
 
 # Returned by the sample callback to stop a consume() once the batch is full; libbpf commits the record
@@ -23,6 +30,15 @@ _BATCH_FULL = -11  # -EAGAIN
 #: Bytes one consume() copies out at most. 4096 full data records are 64 MiB: one batch that size made the
 #: raw queue's byte bound moot (it admits any one batch) and was most of the agent's peak RSS under load.
 MAX_BATCH_BYTES = 4 << 20
+
+
+def planned_reader() -> str:
+    """How ``RingBuffer.consume`` will read here, and why (``qtap inspect``)."""
+    if os.environ.get(READER_ENV, "mmap") == "libbpf":
+        return f"libbpf callbacks ({READER_ENV}=libbpf)"
+    if not MappedRing.usable():
+        return "libbpf callbacks (the ring's memory is read directly on x86-64 only)"
+    return "mmap (the ring's memory, no callback per record)"
 
 
 class RingBuffer:
@@ -48,6 +64,17 @@ class RingBuffer:
         ptr = libbpf().ring_buffer__new(bpf_map.fd, self._cb, None, None)
         self._ptr: int | None = check_ptr(ptr, f"ring buffer {bpf_map.name}", "ring_buffer__new")
         self.records = 0
+        self._max_batch = max_batch
+        self._max_batch_bytes = max_batch_bytes
+        # libbpf's ring_buffer stays for the epoll fd and poll(); consume() reads the memory when it can.
+        self._mapped: MappedRing | None = None
+        if os.environ.get(READER_ENV, "mmap") != "libbpf" and MappedRing.usable():
+            try:
+                self._mapped = MappedRing(bpf_map.fd, bpf_map.max_entries)
+            except (OSError, ValueError) as exc:
+                log.warning("ring buffer %s: reading through libbpf callbacks (%s)", bpf_map.name, exc)
+        #: How consume() reads: "mmap" (the ring's memory) or "libbpf" (a callback per record).
+        self.reader = "mmap" if self._mapped is not None else "libbpf"
         #: The last consume() stopped at the batch bounds: more records are likely waiting.
         self.cut = False
 
@@ -61,6 +88,12 @@ class RingBuffer:
         """All records available now, oldest first (may be empty)."""
         if self._ptr is None:
             raise BpfError(f"ring buffer {self.name}", 9, "closed")
+        mapped = self._mapped
+        if mapped is not None:
+            batch = mapped.consume(self._max_batch, self._max_batch_bytes)
+            self.cut = mapped.cut
+            self.records += len(batch)
+            return batch
         ret = libbpf().ring_buffer__consume(self._ptr)
         self.cut = ret == _BATCH_FULL
         if ret < 0 and not self.cut:
@@ -85,6 +118,9 @@ class RingBuffer:
         return batch
 
     def close(self) -> None:
+        mapped, self._mapped = self._mapped, None
+        if mapped is not None:
+            mapped.close()
         ptr, self._ptr = self._ptr, None
         if ptr:
             libbpf().ring_buffer__free(ptr)

@@ -20,6 +20,7 @@ class ReplaySource:
         self.records_in = records
         self.batch_records = max(1, batch_records)
         self.records = 0
+        self.batches = 0
         self.dropped_records = 0
         self.last_ts_ns = 0  # monotonic time of the last record: where the end of input closes what is open
 
@@ -39,6 +40,7 @@ class ReplaySource:
                 self._note(batch)
                 await tx.send(batch)
                 self.records += len(batch)
+                self.batches += 1
                 await asyncio.sleep(0)  # as the ring-buffer source yields between batches
         finally:
             if before_final_drain is not None:

@@ -66,7 +66,10 @@ int tp_enter_getppid(void *ctx)
 	r->seq = __sync_fetch_and_add(n, 1);
 	r->tgid = tgid;
 	r->pad = 0;
-	bpf_ringbuf_submit(r, 0);
+	if (DISCARD_EVERY && r->seq % DISCARD_EVERY == 0)
+		bpf_ringbuf_discard(r, 0);  /* reserved, then given up: readers must skip it */
+	else
+		bpf_ringbuf_submit(r, 0);
 	return 0;
 }
 """
@@ -102,8 +105,10 @@ class GetppidRing:
         return int(produced), int(refused)
 
 
-def build_getppid_ring(directory: Path, ring_bytes: int = 256 * 1024) -> Path:
-    return compile_bpf(directory, "getppid_ring", GETPPID_RING, {"RING_BYTES": ring_bytes})
+def build_getppid_ring(directory: Path, ring_bytes: int = 256 * 1024, discard_every: int = 0) -> Path:
+    """``discard_every`` > 0: every record whose seq is a multiple of it is reserved, then discarded."""
+    return compile_bpf(directory, f"getppid_ring_{ring_bytes}_{discard_every}", GETPPID_RING,
+                       {"RING_BYTES": ring_bytes, "DISCARD_EVERY": discard_every})
 
 
 @contextmanager

@@ -1,7 +1,8 @@
 """The ring-buffer source on a real BPF ring buffer: a test program writes one numbered record per getppid()
 of this process, so every record's fate is known. The source hands records on in kernel order, in bounded
 batches, counts what a full channel refused, wakes on the ring's epoll fd on both event loops the agent
-can run on, and on stop drains everything the kernel delivered before closing its channel."""
+can run on, and on stop drains everything the kernel delivered before closing its channel. Every test runs
+with both readers: the ring's memory read directly (qtap_async/bpf/ringmap.py) and libbpf's callbacks."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from typing import Any
 import pytest
 import uvloop
 
-from qtap_async.bpf.ringbuf import RingBuffer
+from qtap_async.bpf.ringbuf import READER_ENV, RingBuffer
+from qtap_async.bpf.ringmap import MappedRing
 from qtap_async.buffers.channel import Channel
 from qtap_async.sources.ringbuf import RawBatch, RingBufferSource, batch_size
 from tests.bpf.programs import REC, GetppidRing, build_getppid_ring, getppid_ring, seqs
@@ -22,6 +24,14 @@ LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
     "asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
 # Bounds a wait that should end at once, so a broken source fails the test instead of hanging it.
 SAFETY_S = 30.0
+
+
+@pytest.fixture(autouse=True, params=["mmap", "libbpf"])
+def reader(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    if request.param == "mmap" and not MappedRing.usable():
+        pytest.skip("the ring's memory is read directly on x86-64 only")
+    monkeypatch.setenv(READER_ENV, request.param)
+    return str(request.param)
 
 
 @pytest.fixture(scope="module")
@@ -188,3 +198,22 @@ def test_a_full_channel_leaves_records_in_the_ring_instead_of_dropping_them(ring
             assert src.dropped_records == 0
 
     _run(loop, main())
+
+
+@pytest.mark.bpf
+def test_records_wrapping_around_the_ring_end_and_discarded_ones(tmp_path: Path, reader: str) -> None:
+    # A 4 KiB ring of 24-byte records (16 + the 8-byte header): they straddle its end as it wraps, again
+    # and again; every fifth is reserved and discarded by the program, so readers must step over it.
+    with getppid_ring(build_getppid_ring(tmp_path, ring_bytes=4096, discard_every=5)) as ring, \
+            RingBuffer(ring.events, max_batch=37) as rb:
+        assert rb.reader == reader
+        got: list[bytes] = []
+        for _ in range(60):
+            ring.produce(150)  # 3600 bytes: less than the ring holds, so nothing is refused
+            while batch := rb.consume():
+                assert len(batch) <= 37
+                got += batch
+        produced, refused = ring.counts()
+    assert (produced, refused) == (9000, 0)
+    assert seqs(got) == [s for s in range(9000) if s % 5]
+    assert rb.records == len(got)
