@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import select
 
 from qtap_async.bpf._libbpf import SAMPLE_FN, check_int, check_ptr, libbpf
 from qtap_async.bpf.object import BpfMap
@@ -44,10 +45,35 @@ def planned_reader() -> str:
 class RingBuffer:
     """Reader of one BPF_MAP_TYPE_RINGBUF map. One consume() returns at most `max_batch` records and about
     `max_batch_bytes` bytes: against a producer as fast as the consumer, libbpf would otherwise keep
-    consuming into one unbounded batch."""
+    consuming into one unbounded batch.
+
+    Read from its mapping (``reader`` "mmap"), the map's own fd is the one to poll (a ring buffer map is
+    pollable: readable while records wait) and libbpf's ring_buffer is not made at all: its mapping of the
+    same pages would count them in RSS a second time (the ring's size, twice: its data pages are mapped
+    twice in a row)."""
 
     def __init__(self, bpf_map: BpfMap, max_batch: int = 4096, max_batch_bytes: int = MAX_BATCH_BYTES) -> None:
         self.name = bpf_map.name
+        self.records = 0
+        #: The last consume() stopped at the batch bounds: more records are likely waiting.
+        self.cut = False
+        self._closed = False
+        self._max_batch = max_batch
+        self._max_batch_bytes = max_batch_bytes
+        self._map_fd = bpf_map.fd
+        self._mapped: MappedRing | None = None
+        self._ptr: int | None = None
+        if os.environ.get(READER_ENV, "mmap") != "libbpf" and MappedRing.usable():
+            try:
+                self._mapped = MappedRing(self._map_fd, bpf_map.max_entries)
+            except (OSError, ValueError) as exc:
+                log.warning("ring buffer %s: reading through libbpf callbacks (%s)", bpf_map.name, exc)
+        #: How consume() reads: "mmap" (the ring's memory) or "libbpf" (a callback per record).
+        self.reader = "mmap" if self._mapped is not None else "libbpf"
+        if self._mapped is None:
+            self._open_libbpf(max_batch, max_batch_bytes)
+
+    def _open_libbpf(self, max_batch: int, max_batch_bytes: int) -> None:
         self._batch: list[bytes] = []
         batch = self._batch
         append = batch.append
@@ -59,58 +85,53 @@ class RingBuffer:
             return _BATCH_FULL if len(batch) >= max_batch or n >= max_batch_bytes else 0
 
         self._taken = taken
-
         self._cb = SAMPLE_FN(on_sample)  # must outlive the ring_buffer
-        ptr = libbpf().ring_buffer__new(bpf_map.fd, self._cb, None, None)
-        self._ptr: int | None = check_ptr(ptr, f"ring buffer {bpf_map.name}", "ring_buffer__new")
-        self.records = 0
-        self._max_batch = max_batch
-        self._max_batch_bytes = max_batch_bytes
-        # libbpf's ring_buffer stays for the epoll fd and poll(); consume() reads the memory when it can.
-        self._mapped: MappedRing | None = None
-        if os.environ.get(READER_ENV, "mmap") != "libbpf" and MappedRing.usable():
-            try:
-                self._mapped = MappedRing(bpf_map.fd, bpf_map.max_entries)
-            except (OSError, ValueError) as exc:
-                log.warning("ring buffer %s: reading through libbpf callbacks (%s)", bpf_map.name, exc)
-        #: How consume() reads: "mmap" (the ring's memory) or "libbpf" (a callback per record).
-        self.reader = "mmap" if self._mapped is not None else "libbpf"
-        #: The last consume() stopped at the batch bounds: more records are likely waiting.
-        self.cut = False
+        ptr = libbpf().ring_buffer__new(self._map_fd, self._cb, None, None)
+        self._ptr = check_ptr(ptr, f"ring buffer {self.name}", "ring_buffer__new")
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise BpfError(f"ring buffer {self.name}", 9, "closed")
 
     def fileno(self) -> int:
-        """An epoll fd that becomes readable when records are waiting (for loop.add_reader)."""
+        """An fd that becomes readable when records are waiting (for loop.add_reader)."""
+        self._check_open()
         if self._ptr is None:
-            raise BpfError(f"ring buffer {self.name}", 9, "closed")
+            return self._map_fd
         return int(libbpf().ring_buffer__epoll_fd(self._ptr))
 
     def consume(self) -> list[bytes]:
         """All records available now, oldest first (may be empty)."""
-        if self._ptr is None:
-            raise BpfError(f"ring buffer {self.name}", 9, "closed")
+        self._check_open()
         mapped = self._mapped
         if mapped is not None:
             batch = mapped.consume(self._max_batch, self._max_batch_bytes)
             self.cut = mapped.cut
             self.records += len(batch)
             return batch
+        assert self._ptr is not None
         ret = libbpf().ring_buffer__consume(self._ptr)
         self.cut = ret == _BATCH_FULL
         if ret < 0 and not self.cut:
             check_int(ret, f"ring buffer {self.name}", "consume")
-        batch = self._batch[:]
-        self._batch.clear()
-        self._taken[0] = 0
-        self.records += len(batch)
-        return batch
+        return self._take()
 
     def poll(self, timeout_ms: int) -> list[bytes]:
         """Wait up to timeout_ms for records (for synchronous tools and tests)."""
-        if self._ptr is None:
-            raise BpfError(f"ring buffer {self.name}", 9, "closed")
+        self._check_open()
+        if self._mapped is not None:
+            p = select.poll()
+            p.register(self._map_fd, select.POLLIN)
+            if not p.poll(timeout_ms):
+                return []
+            return self.consume()
+        assert self._ptr is not None
         ret = libbpf().ring_buffer__poll(self._ptr, timeout_ms)
         if ret < 0 and -ret != 4 and ret != _BATCH_FULL:  # EINTR is not an error here
             check_int(ret, f"ring buffer {self.name}", "poll")
+        return self._take()
+
+    def _take(self) -> list[bytes]:
         batch = self._batch[:]
         self._batch.clear()
         self._taken[0] = 0
@@ -118,6 +139,7 @@ class RingBuffer:
         return batch
 
     def close(self) -> None:
+        self._closed = True
         mapped, self._mapped = self._mapped, None
         if mapped is not None:
             mapped.close()
