@@ -85,7 +85,8 @@ _BOTH_FAILED.failed = [True, True]
 class ProtocolSession:
     """Parser state of one connection. See the module docstring."""
 
-    __slots__ = ("_alpn", "_closed", "_dead", "_det", "_handler", "_limits", "local_port", "remote_port")
+    __slots__ = ("_alpn", "_closed", "_dead", "_det", "_handler", "_limits", "_parked_once", "local_port",
+                 "remote_port")
 
     def __init__(self, *, local_port: int, remote_port: int, alpn: str | None = None,
                  limits: Limits = DEFAULT_LIMITS) -> None:
@@ -97,6 +98,7 @@ class ProtocolSession:
         self._dead = False
         self._closed = False
         self._det: _Detection | None = None
+        self._parked_once = False
         if local_port == 53 or remote_port == 53:
             self._handler = DnsTcpConnection(limits)
 
@@ -127,6 +129,13 @@ class ProtocolSession:
                 out: list[Record] = h.feed(d, data, ts_ns)
                 if h.switch_to is not None:
                     self._handler = h.switch_to
+                elif (not self._parked_once and type(h) is Http1Connection and d == h.server_dir and out
+                      and h.at_rest()):
+                    # The first exchange done: park at once. A connection that then idles (one request, then
+                    # keep-alive) holds offsets only from now on; a busy one pays one rebuild, at its next
+                    # request, and keeps its parser after that until it goes quiet (see ``park``).
+                    self._parked_once = True
+                    self._handler = _ParkedHttp1(h)
             except Exception as e:  # a bug must not take the agent down: report and stop
                 return self._internal(e, d, ts_ns)
             return out
@@ -173,11 +182,9 @@ class ProtocolSession:
             return []
         self._closed = True
         h = self._handler
-        if h is None:
+        if h is None or type(h) is _ParkedHttp1:  # parked: at rest, nothing to flush or report
             return []
         try:
-            if type(h) is _ParkedHttp1:
-                h = self._handler = h.resume(self._limits)
             out: list[Record] = h.close(ts_ns)
         except Exception as e:
             return self._internal(e, None, ts_ns)

@@ -4,7 +4,7 @@ no detection buffers and no consumed bytes, and resuming after idling must parse
 from __future__ import annotations
 
 from qtap_async.events.http import HttpTransaction
-from qtap_async.protocols import Direction, ProtocolSession
+from qtap_async.protocols import Direction, Limits, ProtocolSession
 from qtap_async.protocols.http1 import Http1Connection
 from qtap_async.protocols.session import _ParkedHttp1
 
@@ -38,16 +38,14 @@ def test_an_unrecognized_connection_keeps_no_buffers() -> None:
     assert s.feed(C, b"GET / HTTP/1.1\r\n\r\n", 3) == []  # dead: ignored
 
 
-def test_a_quiet_http1_parser_is_parked_and_resumes_byte_exact() -> None:
+def test_the_first_exchange_parks_later_ones_wait_for_quiet_and_parsing_resumes_byte_exact() -> None:
     s = ProtocolSession(local_port=40000, remote_port=80)
     s.feed(C, REQ, 1)
     assert isinstance(s._handler, Http1Connection)  # request pending: a live parser
     assert s.park() is False and isinstance(s._handler, Http1Connection)  # not at rest: kept whole
     assert len(_txs(s.feed(S, RESP, 2))) == 1
-    assert isinstance(s._handler, Http1Connection)  # a busy connection keeps its parser between exchanges
-    assert s.park() is True
     parked = s._handler
-    assert isinstance(parked, _ParkedHttp1) and s.protocol == "http1"  # at rest: parked
+    assert isinstance(parked, _ParkedHttp1) and s.protocol == "http1"  # the first exchange done: parked at once
     assert s.park() is False  # already parked
     assert parked.offsets == (len(REQ), 1, len(RESP), 2)
     # The next exchange, in odd pieces: the parser comes back with its offsets and parses it exactly.
@@ -62,19 +60,22 @@ def test_a_quiet_http1_parser_is_parked_and_resumes_byte_exact() -> None:
     (tx,) = _txs(out)
     assert (tx.method, tx.path, tx.status, tx.response_body) == ("GET", "/b", 404, b"abc")
     assert (tx.request_start_ns, tx.response_start_ns) == (10, 100)
-    assert s.park() is True
+    assert isinstance(s._handler, Http1Connection)  # a busy connection keeps its parser between exchanges
+    assert s.park() is True  # until it goes quiet (conntrack's idle pass)
     parked = s._handler
     assert isinstance(parked, _ParkedHttp1)
     assert parked.offsets[0::2] == (len(REQ) + len(req2), len(RESP) + len(resp2))
+    # Closed while parked: nothing was pending, so nothing to report, exactly as the whole parser says.
+    assert parked.resume(Limits()).close(300) == [] and s.close(300) == []
 
 
 def test_a_parked_parser_reports_a_gap_and_a_close_like_a_live_one() -> None:
     def run(park: bool) -> list[object]:
         s = ProtocolSession(local_port=40000, remote_port=80)
         out = s.feed(C, REQ, 1) + s.feed(S, RESP, 2)
-        assert isinstance(s._handler, Http1Connection)
-        if park:
-            assert s.park()
+        assert isinstance(s._handler, _ParkedHttp1)
+        if not park:  # the same state, unparked by hand
+            s._handler = s._handler.resume(Limits())
         out += s.gap(C, 100, 3)  # a lost request
         out += s.feed(S, RESP, 4)  # its response
         out += s.feed(C, b"GET /c HTTP/1.1\r\nHost: x\r\n\r\n", 5)

@@ -313,15 +313,17 @@ def test_an_idle_keepalive_connection_holds_no_buffered_bytes() -> None:
     assert [p.record.status for p in out if isinstance(p, Parsed)] == [200]
     assert all(st._pending is None and st.pending_bytes == 0 for st in c.streams.values())
     session = c.sessions[0]
-    assert not isinstance(getattr(session, "_handler", None), _ParkedHttp1)  # just active: the whole parser
-    assert ct.park_idle(1 + ct.park_idle_ns) == 0  # not quiet for long enough yet (its last bytes: ts 20)
-    assert ct.sweep(21 + ct.park_idle_ns) == [] and ct.stats.sessions_parked == 1  # the sweep parks it
-    assert isinstance(getattr(session, "_handler", None), _ParkedHttp1)  # between exchanges: offsets only
+    assert isinstance(getattr(session, "_handler", None), _ParkedHttp1)  # its first exchange done: offsets only
     assert getattr(session, "_det", 1) is None
-    assert ct.park_idle(10**15) == 0  # nothing fed since: the pass has nothing to look at
     ct.handle(_data(1, len(req), req, 0, ts=30))  # the next request brings the parser back
-    assert not isinstance(getattr(session, "_handler", None), _ParkedHttp1)
     out = ct.handle(_data(1, len(resp), resp, 1, ts=40))
     assert [p.record.status for p in out if isinstance(p, Parsed)] == [200]
-    ct.handle(ConnClose(50, 1, 1, 2 * len(req), 2 * len(resp), 10))
+    assert not isinstance(getattr(session, "_handler", None), _ParkedHttp1)  # busy now: the whole parser kept
+    assert ct.park_idle(1 + ct.park_idle_ns) == 0  # not quiet for long enough yet (its last bytes: ts 40)
+    assert ct.sweep(41 + ct.park_idle_ns) == [] and ct.stats.sessions_parked == 1  # the sweep parks it
+    assert isinstance(getattr(session, "_handler", None), _ParkedHttp1)
+    assert ct.park_idle(10**15) == 0  # nothing fed since: the pass has nothing to look at
+    ct.handle(_data(1, 2 * len(req), req, 0, ts=50))
+    ct.handle(_data(1, 2 * len(resp), resp, 1, ts=60))
+    ct.handle(ConnClose(70, 1, 1, 3 * len(req), 3 * len(resp), 10))
     assert ct.park_idle(10**15) == 0  # closed: forgotten by the idle pass
