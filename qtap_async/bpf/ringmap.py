@@ -8,16 +8,19 @@ record is an 8-byte header (length with a busy and a discard bit, then a page of
 rounded up to 8 bytes. Reading it means: load the producer position, walk the headers from the consumer
 position, copy out each committed record, store the new consumer position.
 
-The loads and the store need acquire/release order against the producer. On x86-64 (total store order)
-plain loads and stores have it, so ``MappedRing.usable()`` is True only there; elsewhere the libbpf
-callback path stays (qtap_async/bpf/ringbuf.py).
+The positions are read and the consumer position is written through memoryview casts ("Q", "I"): one
+aligned load or store each. struct's little-endian packers store byte by byte, and the kernel, reading the
+consumer position in the middle of such a store, saw it up to 16 MiB behind (its top bytes not yet
+written) and refused records as if the ring were full. The loads and the store also need acquire/release
+order against the producer: on x86-64 (total store order) plain loads and stores have it, so
+``MappedRing.usable()`` is True only there; elsewhere the libbpf callback path stays
+(qtap_async/bpf/ringbuf.py).
 """
 
 from __future__ import annotations
 
 import mmap
 import platform
-import struct
 
 __all__ = ["MappedRing"]
 
@@ -25,8 +28,6 @@ _BUSY = 1 << 31
 _DISCARD = 1 << 30
 _LEN_MASK = _DISCARD - 1
 _HDR = 8
-_u64 = struct.Struct("<Q")
-_u32 = struct.Struct("<I")
 
 
 class MappedRing:
@@ -42,6 +43,10 @@ class MappedRing:
         except BaseException:
             self._cons.close()
             raise
+        # Native, aligned views: an item is one machine load or store (see the module docstring).
+        self._cons_pos = memoryview(self._cons).cast("Q")  # [0]: consumer_pos
+        self._words = memoryview(self._data).cast("I")  # [0:2]: producer_pos; record headers at offset/4
+        self._prod_pos = self._words[:2].cast("B").cast("Q")
         self._page = page
         self._mask = size - 1
         #: The last consume() stopped at its bounds with committed records left.
@@ -56,18 +61,18 @@ class MappedRing:
         """The committed records waiting, oldest first: at most ``max_records``, stopping once ``max_bytes``
         payload bytes are taken. Discarded records are skipped; a busy one (still being written) ends it."""
         data = self._data
-        unpack_u32 = _u32.unpack_from
+        words = self._words
         base = self._page
         mask = self._mask
-        cons = _u64.unpack_from(self._cons, 0)[0]
-        prod = _u64.unpack_from(data, 0)[0]
+        cons: int = self._cons_pos[0]
+        prod: int = self._prod_pos[0]
         out: list[bytes] = []
         append = out.append
         taken = 0
         cut = False
         while cons < prod:
             off = base + (cons & mask)
-            head = unpack_u32(data, off)[0]
+            head: int = words[off >> 2]  # 8-byte aligned
             if head & _BUSY:
                 break
             n = head & _LEN_MASK
@@ -80,10 +85,12 @@ class MappedRing:
             if len(out) >= max_records or taken >= max_bytes:
                 cut = cons < prod
                 break
-        _u64.pack_into(self._cons, 0, cons)  # the space is the producer's again
+        self._cons_pos[0] = cons  # one store: the space is the producer's again
         self.cut = cut
         return out
 
     def close(self) -> None:
+        for view in (self._prod_pos, self._words, self._cons_pos):
+            view.release()  # an mmap with views exported cannot close
         self._data.close()
         self._cons.close()
