@@ -8,13 +8,12 @@ record is an 8-byte header (length with a busy and a discard bit, then a page of
 rounded up to 8 bytes. Reading it means: load the producer position, walk the headers from the consumer
 position, copy out each committed record, store the new consumer position.
 
-The positions are read and the consumer position is written through memoryview casts ("Q", "I"): one
-aligned load or store each. struct's little-endian packers store byte by byte, and the kernel, reading the
-consumer position in the middle of such a store, saw it up to 16 MiB behind (its top bytes not yet
-written) and refused records as if the ring were full. The loads and the store also need acquire/release
-order against the producer: on x86-64 (total store order) plain loads and stores have it, so
-``MappedRing.usable()`` is True only there; elsewhere the libbpf callback path stays
-(qtap_async/bpf/ringbuf.py).
+The positions are read and the consumer position is written through native memoryview casts ("Q", "I"):
+an item is one aligned machine load or store, so the kernel never sees a half-written consumer position
+(struct's packers make no such promise; with them a few records per minute were refused at 10k req/s,
+the cause not pinned down). The loads and the store also need acquire/release order against the
+producer: on x86-64 (total store order) plain loads and stores have it, so ``MappedRing.usable()`` is
+True only there; elsewhere the libbpf callback path stays (qtap_async/bpf/ringbuf.py).
 """
 
 from __future__ import annotations
