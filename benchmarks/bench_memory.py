@@ -36,9 +36,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import Consumer, Nginx, run_load, write_result
 
-from qtap_async.topology.stage import SWEEP_INTERVAL_S
-from qtap_async.transforms.conntrack import PARK_IDLE_S
-
 IDLE = Path(__file__).with_name("_idle_clients.py")
 # RSS "after" is read this long after the load ends: the agent trims its heap after large releases
 # (AgentOptions.heap_trim_interval_s, 5 s), so two of its ticks have passed.
@@ -46,9 +43,6 @@ AFTER_S = 12.0
 # The start RSS is read this long after attach: past start-up and the agent's first heap trim (5 s in), which
 # hands back what loading freed, so the baseline is the agent's steady state.
 SETTLE_S = 7.0
-# An idle connection's HTTP/1 parser is parked at the first sweep after it has been quiet for PARK_IDLE_S
-# (transforms/conntrack.py): "held" is read past that, "held_active" 2 s after the first requests.
-PARK_WAIT_S = PARK_IDLE_S + SWEEP_INTERVAL_S + 1.0
 
 
 def idle(ng: Nginx, n: int, max_connections: int, rounds: int = 1,
@@ -58,7 +52,6 @@ def idle(ng: Nginx, n: int, max_connections: int, rounds: int = 1,
     stays where the first left it: an allocator high-water mark) or grows again (something is kept)."""
     c = Consumer("details", target_tgid=ng.pids()[-1], tls=False, max_connections=max_connections,
                  env={"QTAP_ALLOCATOR": allocator})
-    actives: list[int] = []
     helds: list[int] = []
     afters: list[int] = []
     try:
@@ -73,8 +66,6 @@ def idle(ng: Nginx, n: int, max_connections: int, rounds: int = 1,
             if not ready.startswith("READY"):
                 raise RuntimeError(f"idle clients failed: {ready!r}")
             time.sleep(2.0)  # the agent catches up with the opens and first requests
-            actives.append(c.rss_kib())
-            time.sleep(PARK_WAIT_S)  # quiet long enough: the sweep has parked their parsers
             helds.append(c.rss_kib())
             clients.stdin.close()
             clients.wait(60)
@@ -84,8 +75,6 @@ def idle(ng: Nginx, n: int, max_connections: int, rounds: int = 1,
         final = c.stop()
     held, after = helds[0], afters[0]
     out = {"rss_start_mib": round(base / 1024, 1), "rss_held_mib": round(held / 1024, 1),
-           "rss_held_active_mib": round(actives[0] / 1024, 1),
-           "kib_per_connection_active": round((actives[0] - base) / n, 2),
            "rss_after_close_mib": round(after / 1024, 1),
            "kib_per_connection": round((held - base) / n, 2),
            "connections_opened": final.get("connections_opened", 0),
@@ -153,7 +142,6 @@ def python_heap_per_idle_connection(n: int = 10000) -> dict[str, Any]:
     tracemalloc.start(1)
     before = tracemalloc.take_snapshot()
     rp.feed(batch)
-    rp.stage.conntrack.park_idle(2**62)  # long quiet: parked as the live agent's sweep parks them
     gc.collect()
     diff = tracemalloc.take_snapshot().compare_to(before, "lineno")
     tracemalloc.stop()

@@ -321,10 +321,6 @@ def findings(rp: dict[str, Any], dr: dict[str, Any], mem: dict[str, Any], ov: di
             md.append(f"- {n} idle connections cost {mem[idle_keys[0]]} KiB each (RSS {start} MiB at start, {held} "
                       f"MiB while open, {after} MiB after they closed; allocator "
                       f"{mem.get(f'idle_{n}_allocator', 'unknown')}).")
-            active = _num(mem.get(f"idle_{n}_kib_per_connection_active"))
-            if active is not None:
-                md.append(f"- Read 2 s after their first requests, before the sweep parked their HTTP/1 parsers, they "
-                          f"cost {active} KiB each (RSS {mem.get(f'idle_{n}_rss_held_active_mib')} MiB).")
             ps, ph, pa = (_num(mem.get(f"idle_{n}_mimalloc_rss_{w}_mib")) for w in ("start", "held", "after_close"))
             s0, a0 = _num(start), _num(after)
             if ps is not None and ph is not None and pa is not None and s0 is not None and a0 is not None:

@@ -129,13 +129,12 @@ class ProtocolSession:
                 out: list[Record] = h.feed(d, data, ts_ns)
                 if h.switch_to is not None:
                     self._handler = h.switch_to
-                elif (not self._parked_once and type(h) is Http1Connection and d == h.server_dir and out
-                      and h.at_rest()):
-                    # The first exchange done: park at once. A connection that then idles (one request, then
+                elif (not self._parked_once and out and type(h) is Http1Connection and d == h.server_dir
+                      and self.park()):
+                    # The first exchange done: parked at once. A connection that then idles (one request, then
                     # keep-alive) holds offsets only from now on; a busy one pays one rebuild, at its next
                     # request, and keeps its parser after that until it goes quiet (see ``park``).
                     self._parked_once = True
-                    self._handler = _ParkedHttp1(h)
             except Exception as e:  # a bug must not take the agent down: report and stop
                 return self._internal(e, d, ts_ns)
             return out

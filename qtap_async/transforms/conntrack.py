@@ -595,29 +595,21 @@ class Conntrack:
             # A stream seen from its start begins at 0; one joined mid-way begins where we came in.
             stream = StreamReassembler(None if c.midstream or c.resumed else 0, stats=stats.reassembly)
             c.set_stream(key, stream)
-        if not rec.skipped and stream.advance(rec.offset, n):
-            # In order and whole (almost every record): its payload is the one segment, fed as it is.
-            if not n:
-                return out
-            if not c.has_session(layer):
-                c.set_session(layer, self.session_factory(c, layer) if self.session_factory else None)
-            self._fed[rec.conn_id] = c
-            session = c.session(layer)
-            if session is not None:
-                records = session.feed(rec.dir, rec.payload, rec.ts_ns)
-                if records:
-                    out.extend([Parsed(c, layer, r) for r in records])
-            return out
+        # In order and whole (almost every record): its payload is the one segment, fed as it is (segments None).
+        segments: list[Segment] | None = None
         if rec.skipped:
             segments = stream.push(rec.offset, rec.payload, rec.skipped, _skip_reason(flags))
-        else:
+        elif not stream.advance(rec.offset, n):
             segments = stream.push(rec.offset, rec.payload)
-        if not segments:
+        if not (n if segments is None else segments):
             return out
         if not c.has_session(layer):
             c.set_session(layer, self.session_factory(c, layer) if self.session_factory else None)
         self._fed[rec.conn_id] = c
-        out.extend(self._deliver(c, source, rec.dir, segments, rec.ts_ns))
+        if segments is not None:
+            out.extend(self._deliver(c, source, rec.dir, segments, rec.ts_ns))
+        elif (session := c.session(layer)) is not None:
+            out.extend(self._protocol(c, session.feed(rec.dir, rec.payload, rec.ts_ns), layer))
         return out
 
     def _deliver(self, c: Connection, source: int, direction: int, segments: list[Segment],
