@@ -23,6 +23,13 @@ from qtap_async.sinks.templates import KEY_FIELDS, URL_FIELDS, Template
 # Codes that mean "this object will never be accepted as it is": dropping beats retrying forever.
 _PERMANENT_CODES = frozenset({"EntityTooLarge", "InvalidArgument", "InvalidRequest", "InvalidDigest",
                               "KeyTooLongError", "MalformedXML", "InvalidObjectName", "XAmzContentSHA256Mismatch"})
+# Codes that come with a 4xx status but say nothing against the object: the request timed out or was cut
+# short on the way (a busy or restarting store), or the store asks to slow down. Retried, never dropped (as
+# botocore's own retry rules do); any other 4xx is the object's or the request's fault.
+_TRANSIENT_CODES = frozenset({"RequestTimeout", "RequestTimeoutException", "PriorRequestNotComplete",
+                              "IncompleteBody", "ClientDisconnected", "SlowDown", "SlowDownWrite", "SlowDownRead",
+                              "Throttling", "ThrottlingException", "RequestThrottled", "TooManyRequests",
+                              "RequestLimitExceeded", "BandwidthLimitExceeded", "XMinioServerNotInitialized"})
 # Keys known to be stored already, least recently put first: skips re-uploads of identical content (the same
 # body again and again). Most captured objects are unique (a transaction's own headers and timestamps), so a
 # big table mostly holds keys never put again: at 65536 it grew the agent ~1.3 MiB/min for its first ~10
@@ -198,7 +205,8 @@ class S3ObjectSink:
             except ClientError as exc:
                 code, message, status = _error_of(exc)
                 msg = f"{self._where}: put {key}: {_explain(code, message)}"
-                if code in _PERMANENT_CODES or (400 <= status < 500 and status not in (401, 403, 404, 408, 429)):
+                if code in _PERMANENT_CODES or (400 <= status < 500 and code not in _TRANSIENT_CODES
+                                                and status not in (401, 403, 404, 408, 429)):
                     raise SinkError(msg) from exc
                 raise SinkTransientError(msg) from exc
             except SinkError:

@@ -151,3 +151,45 @@ def test_object_ref_is_a_pulse_object_ref_event_with_a_stable_id() -> None:
     assert (ev.digest, ev.conn_id, ev.transaction_id, ev.url, ev.size) == (obj.digest, 3, "t1", "s3://b/k", 4)
     assert ObjectRef.of(obj, "s3://b/k", "s3").id == ref.id  # a re-sent reference de-duplicates by id
     assert ObjectRef.of(StoredObject(b"body", conn_id=3, transaction_id="t2"), "s3://b/k", "s3").id != ref.id
+
+
+S3_ERROR = ('<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code><Message>{code} from the test '
+            'endpoint</Message><Resource>/b/k</Resource><RequestId>1</RequestId></Error>')
+
+
+@pytest.mark.parametrize(("status", "code", "error"), [
+    (400, "RequestTimeout", SinkTransientError),  # a busy or restarting MinIO/S3 timed out reading the body
+    (400, "IncompleteBody", SinkTransientError),  # the body was cut short on the way
+    (503, "SlowDown", SinkTransientError),
+    (503, "XMinioServerNotInitialized", SinkTransientError),
+    (400, "EntityTooLarge", SinkError),  # the object's own fault: retrying cannot help
+    (400, "InvalidArgument", SinkError),
+    (409, "OperationAborted", SinkError),
+])
+async def test_s3_put_errors_are_classed_by_code_then_status(status: int, code: str,
+                                                             error: type[Exception]) -> None:
+    """The real aiobotocore client against an HTTP endpoint answering every PUT with one S3 error document:
+    a 4xx that only says the transfer failed is retried (spooled when it lasts), never dropped."""
+    from aiohttp import web
+
+    from qtap_async.sinks.s3 import S3ObjectSink
+
+    async def answer(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(status=status, text=S3_ERROR.format(code=code), content_type="application/xml")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", answer)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    sink = S3ObjectSink("b", endpoint=f"http://127.0.0.1:{port}", access_key="k", secret_key="s", timeout=5.0)
+    try:
+        with pytest.raises(error, match=code) as info:
+            await sink.put(StoredObject(b"payload"))
+        assert type(info.value) is error  # SinkTransientError is not a SinkError subclass, but be exact
+    finally:
+        await sink.close()
+        await runner.cleanup()

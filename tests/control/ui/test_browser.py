@@ -14,7 +14,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -139,6 +139,19 @@ class Page:
 
         return WebDriverWait(self.d, timeout).until(ec.presence_of_element_located((By.CSS_SELECTOR, css)))
 
+    def submit(self, action: Callable[[], object], css: str, timeout: float = 15) -> Any:
+        """Run ``action`` (a click, Enter, a form submit) and wait for the page it loads to show ``css``.
+
+        Waiting for ``css`` alone can match the page being left, when it has the same element: the next
+        lookup then finds that element stale once the new page replaces it."""
+        from selenium.webdriver.support import expected_conditions as ec
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        old = self.find("html")
+        action()
+        WebDriverWait(self.d, timeout).until(ec.staleness_of(old))
+        return self.wait(css, timeout)
+
     def find(self, css: str) -> Any:
         from selenium.webdriver.common.by import By
 
@@ -153,8 +166,7 @@ class Page:
         self.go(f"/ui/login?next={nxt}")
         self.find("#username").send_keys(user)
         self.find("#password").send_keys(PASSWORD)
-        self.find("#password").submit()
-        self.wait("main#main h1")
+        self.submit(self.find("#password").submit, "main#main h1")
         assert urlsplit(self.d.current_url).path == nxt, self.d.current_url
 
     def check_accessible(self) -> None:
@@ -216,8 +228,7 @@ def test_admin_browses_dashboard_explorer_payload_map_and_fleet(system: tuple[Ui
     p.go("/ui/traffic?range=1h")
     p.find("#f-domain").send_keys(DOMAINS[0])
     p.find("#f-method").send_keys("POST")
-    p.find("#f-method").submit()
-    p.wait("#requests")
+    p.submit(p.find("#f-method").submit, "#requests")
     rows = p.all("#requests tbody tr")
     want = [r for r in ui.traffic.requests if r["domain"] == DOMAINS[0] and r["method"] == "POST"]
     assert len(rows) == min(25, len(want))
@@ -274,15 +285,13 @@ def test_editor_fixes_an_invalid_config_activates_it_and_the_agent_reports_it(
 
     p = Page(browser, plane.url, "editor")
     p.login("ed", "/ui/configs")
-    p.find("#new-config").click()
-    p.wait("#yaml")
+    p.submit(p.find("#new-config").click, "#yaml")
     area = p.find("#yaml")
     area.clear()
     area.send_keys(config_yaml().replace("direction: egress", "direction: sideways"))
     p.find("#comment").send_keys("capture everything")
     p.find("#activate").click()
-    p.find("form.stack button[type=submit]").click()
-    p.wait("#issues")
+    p.submit(p.find("form.stack button[type=submit]").click, "#issues")
     assert "tap.direction" in p.find("#issues").text
     bad = p.find("#line-12")
     assert "bad" in bad.get_attribute("class") and "direction: sideways" in bad.text
@@ -292,8 +301,7 @@ def test_editor_fixes_an_invalid_config_activates_it_and_the_agent_reports_it(
     area.clear()
     area.send_keys(config_yaml("full"))
     assert p.find("#activate").is_selected()  # kept from the first try
-    p.find("form.stack button[type=submit]").click()
-    p.wait("#active-for")
+    p.submit(p.find("form.stack button[type=submit]").click, "#active-for")
     version = int(urlsplit(browser.current_url).path.rsplit("/", 1)[1])
     assert "team default" in p.find("#active-for").text
     p.check_accessible()
@@ -345,13 +353,11 @@ def test_issues_and_users_pages_and_what_a_viewer_may_not_do_there(system: tuple
     assert browser.title == "Issues · qtap"
     assert len(p.all("#issues tbody tr")) == min(25, len(ui.traffic.issues))
     p.find("#f-severity").send_keys("critical")
-    p.find("#f-severity").submit()
-    p.wait("#issues")
+    p.submit(p.find("#f-severity").submit, "#issues")
     assert len(p.all("#issues tbody tr")) == sum(1 for i in ui.traffic.issues if i["severity"] == "critical")
     p.check_accessible()
     p.shot("issues")
-    p.find("a[href='/ui/users']").click()
-    p.wait("#users")
+    p.submit(p.find("a[href='/ui/users']").click, "#users")
     assert browser.title == "Users and tokens · qtap"
     assert {"admin", "ed", "vi"} <= {r.find_element("css selector", "td").text for r in p.all("#users tbody tr")}
     # The add-user form from the keyboard alone: type, Tab to the next field, Enter submits.
@@ -359,8 +365,7 @@ def test_issues_and_users_pages_and_what_a_viewer_may_not_do_there(system: tuple
 
     p.find("#u-name").send_keys("kb-user", Keys.TAB)
     assert browser.execute_script("return document.activeElement.id") == "u-role"
-    p.find("#u-password").send_keys("a long password 1", Keys.ENTER)
-    p.wait("#users")
+    p.submit(lambda: p.find("#u-password").send_keys("a long password 1", Keys.ENTER), "#users")
     assert "kb-user" in p.find("#users").text
     p.check_accessible()
     p.shot("users")
