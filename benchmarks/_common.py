@@ -340,7 +340,7 @@ def tls_plan_file(pid: int) -> Path:
 class Consumer:
     """A ring-buffer consumer in its own process: none, the C reference (ref: as the agent, woken once
     64 KiB wait or on a 20 ms timer; ref_wake_each: woken for every record; ref_poll: draining every 1 ms),
-    or `qtap run` at a level.
+    or `qtap run` at a level (LEVEL_PRIORITY, e.g. summary_low: at that --cpu-priority).
 
     `cpu_seconds()` reads /proc, so a measurement window can exclude start-up (BPF load, TLS discovery).
     """
@@ -375,7 +375,11 @@ class Consumer:
             out = subprocess.PIPE
         else:
             # --stats: every counter as one JSON line on stderr at stop (the final counters read below)
-            cmd = [str(VENV_BIN / "qtap"), "run", "--level", mode, "--ring-buffer-mib", str(ring_mib), "--stats"]
+            # "summary_low": that level with --cpu-priority low (the agent yields the CPU to nginx)
+            level, _, priority = mode.partition("_")
+            cmd = [str(VENV_BIN / "qtap"), "run", "--level", level, "--ring-buffer-mib", str(ring_mib), "--stats"]
+            if priority:
+                cmd += ["--cpu-priority", priority]
             if target_tgid:
                 cmd += ["--pid", str(target_tgid)]
             if not tls:

@@ -11,6 +11,7 @@ Consumers, all tracing the nginx worker (--pid / --target-tgid; the hooks still 
 - ref_tls: the same plus tls.bpf.o with exactly the uprobes the agent attaches to nginx's TLS libraries (the
   agent's own plan, qtap_async.tls.attach.probe_groups): what the hooks alone cost;
 - `qtap run --level summary` and `--level details` (TLS discovery on: HTTPS is seen in plaintext).
+- summary_low: `qtap run --level summary --cpu-priority low` (nice 19: nginx runs first on a shared core).
 ref_wake_each (the reference woken for every record) runs with --modes.
 Interleaved in one run: the modes in order, then the reverse order; the median of the repetitions
 is reported. CPU: nginx worker, load client and consumer, in % of one core over the load's duration, and the
@@ -34,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import Consumer, Nginx, run_load, write_result
 
-MODES = ("none", "ref", "ref_tls", "summary", "details")
+MODES = ("none", "ref", "ref_tls", "summary", "details", "summary_low")
 #: offered loads in req/s (h2load --rps), per protocol; "wrk" is saturation
 RATES = {"http": (2000, 10000), "https": (2000, 5000, 10000, 20000)}
 

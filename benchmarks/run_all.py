@@ -109,7 +109,8 @@ def report(run_meta: dict[str, Any]) -> str:
                f"interleaved repetitions ({', '.join(modes)}, then reversed). CPU in % of one core.",
                "ref: the C reference consumer with the socket and process hooks; ref_tls: the same plus exactly",
                "the TLS uprobes the agent attaches to nginx's libraries (the hooks alone); summary/details: `qtap run`",
-               "at that level. nginx µs/req = nginx worker CPU per request (the hooks run in its context); consumer",
+               "at that level; summary_low: summary at `--cpu-priority low`. nginx µs/req = nginx worker CPU per",
+               "request (the hooks run in its context); consumer",
                "µs/req = the consumer's own CPU per request.", ""]
         rows = []
         for load in loads:
@@ -241,6 +242,9 @@ def targets(rp: dict[str, Any], lv: dict[str, Any], mem: dict[str, Any]) -> list
          _num(lv.get("https_10k_summary_consumer_cpu_us_per_req")), "<= 10", None),
         ("p99 at 10k req/s HTTPS, agent summary / reference with TLS probes",
          ratio(_num(lv.get("https_10k_summary_p99_ms")), _num(lv.get("https_10k_ref_tls_p99_ms"))), "<= 1.2", None),
+        ("the same, the agent at --cpu-priority low",
+         ratio(_num(lv.get("https_10k_summary_low_p99_ms")), _num(lv.get("https_10k_ref_tls_p99_ms"))), "<= 1.2",
+         None),
         (f"{n} idle connections (KiB each)", _num(mem.get(idle[0])) if idle else None, "<= 2", None),
         (f"RSS above start after the {n} connections closed (MiB)", returned,
          f"<= {near:.1f} (a tenth of what they held)" if near is not None else "near baseline",
@@ -298,6 +302,17 @@ def findings(rp: dict[str, Any], dr: dict[str, Any], mem: dict[str, Any], ov: di
                       "time (its backlog, worked off after the clients stopped, included)"
                       + (f" ({per_req} µs per request)" if per_req is not None else "")
                       + f", nginx {lv.get(f'{k}_nginx_cpu_us_per_req')} µs per request.")
+    p99 = {m: _num(lv.get(f"https_10k_{m}_p99_ms")) for m in ("ref_tls", "summary", "summary_low")}
+    if all(v is not None for v in p99.values()):
+        ref, norm, low = p99["ref_tls"], p99["summary"], p99["summary_low"]
+        assert ref is not None and norm is not None and low is not None
+        drops = lv.get("https_wrk_summary_low_session_kernel_drops")
+        md.append(f"- CPU priority, HTTPS 10k req/s: nginx's p99 is {norm} ms with the agent at normal priority and "
+                  f"{low} ms at `--cpu-priority low` ({ref} ms with the hooks alone: {norm / ref:.2f}x and "
+                  f"{low / ref:.2f}x); at saturation the low-priority agent keeps "
+                  f"{lv.get('https_wrk_summary_low_throughput_vs_none')} of no-probe throughput against "
+                  f"{lv.get('https_wrk_summary_throughput_vs_none')} at normal, its session dropping {drops} records "
+                  "in the kernel.")
     if dr:
         md.append(f"- Per record, the agent spends {dr.get('agent_summary_vs_ref_cpu_per_record_ratio')}x "
                   f"(summary) / {dr.get('agent_full_vs_ref_cpu_per_record_ratio')}x (full) the CPU of the C "

@@ -99,6 +99,10 @@ def run(
     idle_timeout: Annotated[
         float, typer.Option(metavar="SECONDS", help=f"seconds without traffic before a connection is evicted ({_CFG})")
     ] = 300.0,
+    cpu_priority: Annotated[str, typer.Option("--cpu-priority", metavar="PRIORITY",
+        help="normal | low (nice 19) | idle (SCHED_IDLE): how the agent's user space yields the CPU to the "
+             f"workloads it traces; low and idle keep their latency, a host with no idle CPU drops records ({_CFG})")
+    ] = "normal",
     metrics_interval: Annotated[float, typer.Option(metavar="SECONDS",
         help=f"log counters to stderr every N s, 0: off ({_CFG})")] = 0.0,
     stats: Annotated[bool, typer.Option("--stats", help="at stop, also print every counter as JSON on stderr")] = False,
@@ -147,7 +151,7 @@ def run(
                      containers=container or [], control=control, registration_token=registration_token,
                      control_state=control_state, status_listen=status_listen, state_dir=state_dir,
                      hold_exec=hold_exec, no_preattach=no_preattach, show_secrets=show_secrets, java=java,
-                     allocator_reexec=_CONSOLE_SCRIPT)
+                     cpu_priority=cpu_priority, allocator_reexec=_CONSOLE_SCRIPT)
     try:
         code = run_command(flags)
     except ConfigError as exc:

@@ -66,6 +66,7 @@ class RunFlags:
     java: bool = False  # the Java agent into running JVMs (tap.tls.java)
     no_preattach: bool = False
     show_secrets: bool = False  # credentials in clear in every output (a warning is logged at start)
+    cpu_priority: str = "normal"  # qtap_async.cpu_priority: normal | low | idle
     allocator_reexec: bool = False  # the console script: re-execute onto mimalloc (qtap_async.telemetry.allocator)
 
 
@@ -77,6 +78,9 @@ def check_flags(f: RunFlags) -> None:
         raise ConfigError(f"--ring-buffer-mib {f.ring_buffer_mib}: expected a power of two >= 1 (1, 2, 4, ... 16)")
     if f.ring_buffer_mib > 1024:
         raise ConfigError(f"--ring-buffer-mib {f.ring_buffer_mib}: at most 1024 (1 GiB of locked kernel memory)")
+    from qtap_async import cpu_priority
+
+    cpu_priority.check(f.cpu_priority)
     if f.level is not None and f.level not in LEVELS:
         raise ConfigError(f"--level {f.level}: expected summary, details or full")
     if f.format is not None and f.format not in FORMATS:
@@ -235,6 +239,12 @@ def run_command(f: RunFlags) -> int:
         log.warning("allocator: %s (%s)", active(), allocator_note)
     else:
         log.info("allocator: %s", active())
+    from qtap_async import cpu_priority
+
+    # Before the agent starts a thread: new threads inherit the creating thread's nice value and policy.
+    priority = cpu_priority.check(f.cpu_priority)
+    if priority != "normal":
+        log.info("cpu priority: %s", cpu_priority.apply(priority))
     from qtap_async.telemetry.server import DEFAULT_LISTEN
 
     for fs in ensure():  # tracefs/bpffs: mounted here when missing, else an error naming the fix

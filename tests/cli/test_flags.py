@@ -30,6 +30,7 @@ BAD = [
     (["run", "--pid", "999999"], "--pid 999999: no such process"),
     (["run", "--pid", "abc"], "--pid"),
     (["run", "--level", "everything"], "--level everything"),
+    (["run", "--cpu-priority", "realtime"], "--cpu-priority realtime: expected one of normal, low, idle"),
     (["run", "--format", "yaml"], "--format yaml"),
     (["run", "--max-connections", "0"], "--max-connections 0"),
     (["run", "--idle-timeout", "0"], "--idle-timeout"),

@@ -235,3 +235,36 @@ def test_plain_qtap_run_prints_the_readme_json_lines(server: int, tmp_path: Path
     assert close["reason"] == "closed" and close["protocol"] and close["bytes_received"] > 0
     assert close.get("transport", "tcp") == "tcp" and close["user"] and close["uid"] >= 0  # tcp: the default
     assert close["src_port"] == client["src_port"] and close["pid"] == client["pid"]
+
+
+def _thread_scheduling(pid: int) -> list[tuple[int, int, int]]:
+    """(tid, nice, policy) of every thread of ``pid`` (nice is field 19 of /proc/PID/task/TID/stat)."""
+    import os
+
+    out = []
+    for tid in sorted(int(t) for t in os.listdir(f"/proc/{pid}/task")):
+        stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+        fields = stat[stat.rindex(")") + 2:].split()  # after "(comm)": field 3 onwards
+        out.append((tid, int(fields[16]), os.sched_getscheduler(tid)))
+    return out
+
+
+@pytest.mark.parametrize("priority", ["low", "idle"])
+def test_cpu_priority_covers_every_thread_and_capture_goes_on(priority: str, server: int, tmp_path: Path) -> None:
+    import os
+
+    run = AgentRun(["run", "--no-tls", "--port", str(server), "--cpu-priority", priority,
+                    "--log-level", "info"], tmp_path)
+    try:
+        curl(f"http://127.0.0.1:{server}/bytes?n=9")
+        assert wait_until(lambda: len(_tx(_json_lines(run.out()), server)) >= 2, 30), run.out()
+        threads = _thread_scheduling(run.proc.pid)
+    finally:
+        assert run.stop() == 0
+    assert len(threads) > 1, threads  # the agent's worker threads were started after the priority was set
+    if priority == "low":
+        assert {(nice, policy) for _, nice, policy in threads} == {(19, os.SCHED_OTHER)}, threads
+        assert "cpu priority: low (nice 19)" in run.log()
+    else:
+        assert {policy for _, _, policy in threads} == {os.SCHED_IDLE}, threads
+        assert "cpu priority: idle (SCHED_IDLE)" in run.log()
