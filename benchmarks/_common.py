@@ -385,7 +385,7 @@ class Consumer:
             if not tls:
                 cmd.append("--no-tls")
             if max_connections:  # an option `qtap run` does not expose: the same Agent via _agent_proc.py
-                cmd = [sys.executable, str(ROOT / "benchmarks" / "_agent_proc.py"), "--level", mode,
+                cmd = [sys.executable, str(ROOT / "benchmarks" / "_agent_proc.py"), "--level", level,
                        "--max-connections", str(max_connections), "--pid", str(target_tgid)]
                 if not tls:
                     cmd.append("--no-tls")

@@ -302,10 +302,8 @@ def findings(rp: dict[str, Any], dr: dict[str, Any], mem: dict[str, Any], ov: di
                       "time (its backlog, worked off after the clients stopped, included)"
                       + (f" ({per_req} µs per request)" if per_req is not None else "")
                       + f", nginx {lv.get(f'{k}_nginx_cpu_us_per_req')} µs per request.")
-    p99 = {m: _num(lv.get(f"https_10k_{m}_p99_ms")) for m in ("ref_tls", "summary", "summary_low")}
-    if all(v is not None for v in p99.values()):
-        ref, norm, low = p99["ref_tls"], p99["summary"], p99["summary_low"]
-        assert ref is not None and norm is not None and low is not None
+    ref, norm, low = (_num(lv.get(f"https_10k_{m}_p99_ms")) for m in ("ref_tls", "summary", "summary_low"))
+    if ref is not None and norm is not None and low is not None:
         drops = lv.get("https_wrk_summary_low_session_kernel_drops")
         md.append(f"- CPU priority, HTTPS 10k req/s: nginx's p99 is {norm} ms with the agent at normal priority and "
                   f"{low} ms at `--cpu-priority low` ({ref} ms with the hooks alone: {norm / ref:.2f}x and "

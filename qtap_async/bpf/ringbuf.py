@@ -57,7 +57,6 @@ class RingBuffer:
         self.records = 0
         #: The last consume() stopped at the batch bounds: more records are likely waiting.
         self.cut = False
-        self._closed = False
         self._max_batch = max_batch
         self._max_batch_bytes = max_batch_bytes
         self._map_fd = bpf_map.fd
@@ -71,9 +70,10 @@ class RingBuffer:
         #: How consume() reads: "mmap" (the ring's memory) or "libbpf" (a callback per record).
         self.reader = "mmap" if self._mapped is not None else "libbpf"
         if self._mapped is None:
-            self._open_libbpf(max_batch, max_batch_bytes)
+            self._open_libbpf()
 
-    def _open_libbpf(self, max_batch: int, max_batch_bytes: int) -> None:
+    def _open_libbpf(self) -> None:
+        max_batch, max_batch_bytes = self._max_batch, self._max_batch_bytes
         self._batch: list[bytes] = []
         batch = self._batch
         append = batch.append
@@ -90,7 +90,7 @@ class RingBuffer:
         self._ptr = check_ptr(ptr, f"ring buffer {self.name}", "ring_buffer__new")
 
     def _check_open(self) -> None:
-        if self._closed:
+        if self._mapped is None and self._ptr is None:  # open, exactly one of them is set
             raise BpfError(f"ring buffer {self.name}", 9, "closed")
 
     def fileno(self) -> int:
@@ -139,7 +139,6 @@ class RingBuffer:
         return batch
 
     def close(self) -> None:
-        self._closed = True
         mapped, self._mapped = self._mapped, None
         if mapped is not None:
             mapped.close()
