@@ -307,7 +307,8 @@ int BPF_KPROBE(uprobe_go_read_ret)
  * already held. */
 #define SIGSTOP_NR 19
 
-/* Hold only processes whose parent is this tgid (0: any). Lets tests use the mode on a shared machine. */
+/* Hold only processes whose parent is this tgid (0: any but the agent's own children). Lets tests use the
+ * mode on a shared machine, on clients they start from the agent's own process. */
 const volatile __u32 hold_parent_tgid = 0;
 
 struct {
@@ -336,13 +337,16 @@ int BPF_PROG(tp_btf_hold_exec, struct task_struct *p, pid_t old_pid, struct linu
 	struct qtap_file_key key = {};
 	struct qtap_hold_ctl *ctl;
 	struct qtap_exec_hold *rec;
-	__u32 zero = 0;
+	__u32 zero = 0, parent;
 	__u64 now;
 	dev_t dev;
 
 	if (skip_task(pid_tgid >> 32))
 		return 0;
-	if (hold_parent_tgid && BPF_CORE_READ(p, real_parent, tgid) != hold_parent_tgid)
+	parent = BPF_CORE_READ(p, real_parent, tgid);
+	/* The agent waits for some of its helpers (a TLS library scan's subprocess, a Java attach): one held
+	 * here would wait for the agent that waits for it. */
+	if (hold_parent_tgid ? parent != hold_parent_tgid : parent == self_tgid)
 		return 0;
 	ctl = bpf_map_lookup_elem(&hold_ctl, &zero);
 	now = bpf_ktime_get_ns();

@@ -8,7 +8,6 @@ NULL with errno set; `check_ptr`/`check_int` turn both into typed exceptions.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 import os
 import threading
@@ -27,6 +26,7 @@ from ctypes import (
 from typing import Any
 
 from qtap_async.errors import BpfError, LibbpfMissingError
+from qtap_async.libc import libc
 
 BTF_KIND_DATASEC = 15
 _logger = logging.getLogger("qtap.bpf")
@@ -131,7 +131,7 @@ class Libbpf:
         self.version = (self.lib.libbpf_major_version(), self.lib.libbpf_minor_version())
         if self.version < (1, 0):
             raise LibbpfMissingError(f"libbpf {self.version[0]}.{self.version[1]} found; >= 1.0 is required")
-        self._libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        self._libc = libc()
         self._libc.vsnprintf.argtypes = [c_char_p, c_size_t, c_char_p, c_void_p]
         self._libc.vsnprintf.restype = c_int
         self._log_lock = threading.Lock()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import os
 import platform
@@ -17,6 +16,7 @@ from qtap_async.bpf.loader import objects_dir
 from qtap_async.bpf.object import BpfObject
 from qtap_async.capabilities import report as capability_report
 from qtap_async.errors import BpfError, QtapError
+from qtap_async.libc import libc
 
 # libbpf/kernel ABI numbers (enum bpf_prog_type, enum bpf_attach_type in linux/bpf.h).
 _PROG_TYPE_TRACING, _PROG_TYPE_LSM = 26, 29
@@ -105,14 +105,14 @@ def security() -> tuple[str, str]:
     lockdown, lsm = _read_securityfs(SECURITYFS)
     if (lockdown != "unknown" and lsm) or os.geteuid() != 0:
         return lockdown, lsm
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    c = libc(use_errno=True)
     with tempfile.TemporaryDirectory(prefix="qtap-securityfs-") as tmp:
-        if libc.mount(b"securityfs", tmp.encode(), b"securityfs", ctypes.c_ulong(0), None) != 0:
+        if c.mount(b"securityfs", tmp.encode(), b"securityfs", ctypes.c_ulong(0), None) != 0:
             return lockdown, lsm
         try:
             return _read_securityfs(Path(tmp))
         finally:
-            libc.umount2(tmp.encode(), 2)  # MNT_DETACH
+            c.umount2(tmp.encode(), 2)  # MNT_DETACH
 
 
 def _probe(path: Path, probe: _Probe, attach: bool) -> tuple[bool, bool | None, str, int]:

@@ -8,13 +8,13 @@ is missing when we are root and, when we cannot, names what is missing and the c
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 from pathlib import Path
 
 import msgspec
 
 from qtap_async.errors import KernelFsError
+from qtap_async.libc import libc
 
 MOUNTS = Path("/proc/self/mounts")
 
@@ -75,10 +75,10 @@ def find(fs: KernelFs) -> str:
 
 
 def _mount(fs: KernelFs) -> None:
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    c = libc(use_errno=True)
     source = b"bpf" if fs.fstype == "bpf" else b"nodev"
     data = b"mode=0700" if fs.fstype == "bpf" else None
-    if libc.mount(source, fs.path.encode(), fs.fstype.encode(), ctypes.c_ulong(0), data) != 0:
+    if c.mount(source, fs.path.encode(), fs.fstype.encode(), ctypes.c_ulong(0), data) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
 

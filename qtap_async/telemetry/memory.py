@@ -13,12 +13,12 @@ Without either (musl, other platforms) trimming is a no-op.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import gc
 import logging
 import time
 from collections.abc import Callable
 
+from qtap_async.libc import libc
 from qtap_async.telemetry.allocator import load_mimalloc_collect
 
 __all__ = ["HeapTrimmer", "load_malloc_trim"]
@@ -31,13 +31,11 @@ TRIM_AFTER_CLOSES = 256
 TRIM_AFTER_BYTES = 64 << 20
 
 
-def load_malloc_trim(libc_name: str | None = "c") -> Callable[[], None] | None:
-    """glibc's ``malloc_trim(0)`` as a callable, or None when the C library has no such function."""
-    path = ctypes.util.find_library(libc_name) if libc_name else None
-    if path is None:
-        return None
+def load_malloc_trim(lib: str | None = None) -> Callable[[], None] | None:
+    """glibc's ``malloc_trim(0)`` as a callable, or None when the C library has no such function.
+    ``lib``: a library to take it from; by default the C library the process runs on (qtap_async.libc)."""
     try:
-        fn = ctypes.CDLL(path).malloc_trim
+        fn = (libc() if lib is None else ctypes.CDLL(lib)).malloc_trim
     except (OSError, AttributeError):  # not loadable, or not glibc (musl has no malloc_trim)
         return None
     fn.argtypes = [ctypes.c_size_t]

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from qtap_async.events.kernel import Data
+from qtap_async.tls.exec_hold import kernel_key_of
 from qtap_async.tls.manager import TlsOptions
 from qtap_async.topology import AgentOptions
 from tests.integration.harness import PEERS, AgentHarness, free_port, wait_port
@@ -151,21 +152,29 @@ def _events_of(h: AgentHarness, tap: PlaintextByPid, pid: int) -> list[Any]:
     return [e for e in h.events() if (e.get("conn_id") if isinstance(e, dict) else getattr(e, "conn_id", None)) in ids]
 
 
+def _frame_kinds(data: bytes) -> list[int]:
+    """The frame types after the client preface, in order (a frame cut short at the end counts)."""
+    pos, kinds = len(H2_PREFACE), []
+    while pos + 9 <= len(data):
+        kinds.append(data[pos + 3])
+        pos += 9 + int.from_bytes(data[pos:pos + 3], "big")
+    return kinds
+
+
 def _check_all_captured(h: AgentHarness, port: int, runs: list[tuple[int, int]], tap: PlaintextByPid) -> None:
     pids = {pid for pid, _ in runs}
     # 1. The probes saw each process's first TLS write: its plaintext starts with the HTTP/2 preface and
-    # the HEADERS frame of stream 1 follows (after SETTINGS and maybe WINDOW_UPDATE).
-    assert h.wait_for(lambda: all(len(tap.sent.get(p, b"")) > len(H2_PREFACE) + 9 for p in pids)), (
-        f"no plaintext from pids {sorted(p for p in pids if p not in tap.sent)}")
+    # the HEADERS frame of stream 1 follows (after SETTINGS and maybe WINDOW_UPDATE). Go writes the
+    # HEADERS frame in a write of its own after the preface, so the wait is for the frame, not for bytes.
+    def headers_seen(pid: int) -> bool:
+        return 1 in _frame_kinds(bytes(tap.sent.get(pid, b"")))
+
+    assert h.wait_for(lambda: all(headers_seen(p) for p in pids)), (
+        f"no plaintext from pids {sorted(p for p in pids if p not in tap.sent)}; frame kinds seen: "
+        f"{ {p: _frame_kinds(bytes(tap.sent[p])) for p in sorted(pids) if p in tap.sent and not headers_seen(p)} }")
     for pid in pids:
         data = bytes(tap.sent[pid])
         assert data.startswith(H2_PREFACE), (pid, data[:64])
-        pos, kinds = len(H2_PREFACE), []
-        while pos + 9 <= len(data):
-            length = int.from_bytes(data[pos:pos + 3], "big")
-            kinds.append(data[pos + 3])
-            pos += 9 + length
-        assert 1 in kinds, (pid, kinds)  # a HEADERS frame
     # 2. The agent's output: one h2 transaction per pid, headers complete (HPACK decoded from the start).
     def reported() -> set[int]:
         return {e["pid"] for e in _http(h, dst_port=port, direction="egress")}
@@ -261,3 +270,30 @@ def test_restarted_agent_attaches_from_the_disk_cache(goh2: str, h2_server: int,
         tap = PlaintextByPid(h)
         runs = [_run_client("go", exe, h2_server, i, tmp_path) for i in range(3)]
         _check_all_captured(h, h2_server, runs, tap)
+
+
+def test_held_exec_never_holds_the_agents_own_children(tmp_path: Path) -> None:
+    """With no parent filter (as in production), an exec whose parent is the agent's process runs untouched:
+    the agent waits for some of its helpers, and one held would wait for it in turn. The same kind of file
+    run from a shell (a grandchild) is held as usual."""
+    own = _fresh_copy("/bin/true", tmp_path)
+    via_shell = str(tmp_path / "fresh-true-in-shell")
+    shutil.copy2("/bin/true", via_shell)
+    opts = AgentOptions(tls_options=TlsOptions(state_dir=str(tmp_path / "state"), preattach_path=False,
+                                               hold_exec=True))
+    with AgentHarness(opts, record=False) as h:
+        assert h.agent.tls is not None and h.agent.tls.hold is not None
+        hold = h.agent.tls.hold
+        held: list[tuple[int, int]] = []
+        inner = hold.on_held
+
+        async def on_held(pid: int, kdev: int, ino: int) -> None:
+            held.append((kdev, ino))
+            await inner(pid, kdev, ino)
+
+        hold.on_held = on_held  # type: ignore[method-assign]
+        subprocess.run([own], check=True, timeout=30)
+        # "; true" keeps the shell from exec'ing its last command in place: it stays the parent.
+        subprocess.run(["sh", "-c", f'"{via_shell}"; true'], check=True, timeout=30)
+        assert h.wait_for(lambda: kernel_key_of(via_shell) in held), held
+        assert kernel_key_of(own) not in held, held
