@@ -5,6 +5,7 @@ Not a benchmark itself (the Justfile runs benchmarks/bench_*.py only).
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -24,6 +25,23 @@ if str(ROOT) not in sys.path:
 
 SMALL_BODY = b'{"id": 42, "name": "widget", "tags": ["a", "b"], "ok": true}\n'
 LARGE_BODY_BYTES = 256 * 1024
+
+
+#: The --quick flag most benchmarks take.
+QUICK = {"--quick": "shorter loads, fewer repetitions (a smoke run, not for RESULTS.md)"}
+
+
+def arguments(doc: str | None, *, flags: dict[str, str] | None = None,
+              values: dict[str, tuple[type, str]] | None = None) -> argparse.Namespace:
+    """A benchmark's command line: its docstring for --help, the given flags (``--quick``: help) and valued
+    options (``--reps``: (int, help)), and an error for anything else, instead of running the whole
+    benchmark with an argument it does not know."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for flag, text in (flags or {}).items():
+        p.add_argument(flag, action="store_true", help=text)
+    for name, (kind, text) in (values or {}).items():
+        p.add_argument(name, type=kind, help=text)
+    return p.parse_args()
 
 
 def machine() -> dict[str, Any]:

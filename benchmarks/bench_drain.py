@@ -27,13 +27,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import Consumer, Nginx, run_load, write_result
+from _common import QUICK, Consumer, Nginx, arguments, run_load, write_result
 
 MODES = ("ref", "ref_wake_each", "summary", "full")
 
 
 def main() -> None:
-    quick = "--quick" in sys.argv
+    quick = arguments(__doc__, flags=QUICK).quick
     t0 = time.monotonic()
     runs: dict[str, list[dict[str, Any]]] = {m: [] for m in MODES}
     with Nginx() as ng:

@@ -33,7 +33,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import Consumer, Nginx, run_load, write_result
+from _common import QUICK, Consumer, Nginx, arguments, run_load, write_result
 
 MODES = ("none", "ref", "ref_tls", "summary", "details", "summary_low")
 #: offered loads in req/s (h2load --rps), per protocol; "wrk" is saturation
@@ -137,17 +137,20 @@ def profile(ng: Nginx, duration: float, level: str = "summary") -> dict[str, Any
 
 
 def main() -> None:
-    quick = "--quick" in sys.argv
+    args = arguments(__doc__, flags={**QUICK, "--no-profile": "skip the py-spy profile of the agent"},
+                     values={"--modes": (str, "comma-separated consumers, none first (default: all)"),
+                              "--reps": (int, "interleaved repetitions (default 2, 1 with --quick)")})
+    quick = args.quick
     modes: tuple[str, ...] = MODES
-    if "--modes" in sys.argv:
-        modes = tuple(sys.argv[sys.argv.index("--modes") + 1].split(","))
+    if args.modes:
+        modes = tuple(args.modes.split(","))
         if modes[0] != "none":
             raise SystemExit("--modes: the first mode must be none (the ratios are to it)")
     duration = 2.0 if quick else 3.0
     t0 = time.monotonic()
     runs: dict[str, list[dict[str, dict[str, float]]]] = {m: [] for m in modes}
     with Nginx() as ng:
-        reps = int(sys.argv[sys.argv.index("--reps") + 1]) if "--reps" in sys.argv else (1 if quick else 2)
+        reps = args.reps or (1 if quick else 2)
         order = [m for r in range(reps) for m in (modes if r % 2 == 0 else tuple(reversed(modes)))]
         for mode in order:
             runs[mode].append(session(ng, mode, duration))
@@ -168,7 +171,7 @@ def main() -> None:
         for mode in modes[1:]:
             if base:
                 result[f"{load}_{mode}_throughput_vs_none"] = round(result[f"{load}_{mode}_req_per_s"] / base, 3)
-    if "--no-profile" not in sys.argv:
+    if not args.no_profile:
         with Nginx() as ng:
             result.update(profile(ng, 6.0 if quick else 10.0))
     result["bench_seconds"] = round(time.monotonic() - t0, 1)

@@ -34,7 +34,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import Consumer, Nginx, run_load, write_result
+from _common import QUICK, Consumer, Nginx, arguments, run_load, write_result
 
 IDLE = Path(__file__).with_name("_idle_clients.py")
 # RSS "after" is read this long after the load ends: the agent trims its heap after large releases
@@ -185,7 +185,7 @@ def configured_bound_mib(conns: int, base_mib: float) -> float:
 
 
 def main() -> None:
-    quick = "--quick" in sys.argv
+    quick = arguments(__doc__, flags=QUICK).quick
     n = 2000 if quick else 10000
     t0 = time.monotonic()
     result: dict[str, Any] = {}

@@ -23,13 +23,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import write_result
+from _common import QUICK, arguments, write_result
 
 from tests.perf.accounting import run_accounted
 
 
 def main() -> None:
-    quick = "--quick" in sys.argv
+    quick = arguments(__doc__, flags=QUICK).quick
     t0 = time.monotonic()
     result: dict[str, Any] = {}
     n = 20000 if quick else 60000

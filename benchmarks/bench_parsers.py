@@ -33,6 +33,9 @@ sys.path.insert(0, str(ROOT))
 from qtap_async.protocols import HttpTransaction, Limits, ProtocolSession  # noqa: E402
 from tests.protocols import h2build as hb  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import QUICK, arguments  # noqa: E402
+
 REQ = (b"GET /api/v1/items?id=42 HTTP/1.1\r\nHost: api.example.test:8080\r\nUser-Agent: curl/7.88.1\r\n"
        b"Accept: */*\r\n\r\n")
 BODY = b'{"id": 42, "name": "widget", "tags": ["a", "b"]}'
@@ -217,7 +220,7 @@ def grpc_unary(n: int) -> tuple[float, int]:
 
 
 def main() -> None:
-    quick = "--quick" in sys.argv
+    quick = arguments(__doc__, flags=QUICK).quick
     scale = 1 if not quick else 10
     res: dict[str, Any] = {"python": platform.python_version(), "machine": platform.machine(), "quick": quick,
                            "clock": "process_time"}

@@ -15,7 +15,7 @@ With --fixtures, the committed tests/data/*.qrec are replayed instead of recordi
 The parsers run compiled when built (python -m qtap_async.native_cli build), else from source; the result says
 which (``native``), and QTAP_PURE_PYTHON=1 measures the fallback.
 Writes benchmarks/results/replay.json and replay_profile.txt.
-Usage: python benchmarks/bench_replay.py [--fixtures]
+Usage: python benchmarks/bench_replay.py [--fixtures] [--quick: best of 1]
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import RESULTS, ROOT, Nginx, record_run, run_quiet, write_result
+from _common import QUICK, RESULTS, ROOT, Nginx, arguments, record_run, run_quiet, write_result
 
 from qtap_async import native
 from qtap_async.replay import RecordFile, replay
@@ -145,7 +145,9 @@ def profile(rf: RecordFile, top: int = 15) -> list[tuple[str, float]]:
 
 
 def main() -> None:
-    use_fixtures = "--fixtures" in sys.argv
+    args = arguments(__doc__, flags={
+        **QUICK, "--fixtures": "replay the committed tests/data/*.qrec instead of recording (no root)"})
+    use_fixtures = args.fixtures
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="qtap-bench-replay-") as tmp:
         inputs = fixture_inputs() if use_fixtures else record_inputs(Path(tmp))
@@ -160,7 +162,7 @@ def main() -> None:
                 result[f"{name}_recording_kernel_drops"] = snap.get("qtap_kernel_drop_ringbuf_total", 0)
                 result[f"{name}_recording_queue_drops"] = snap.get("qtap_source_dropped_records_total", 0)
             for level in LEVELS:
-                r = best_replay(rf, level)
+                r = best_replay(rf, level, 1 if args.quick else 3)
                 tx = max(1, r["transactions"])
                 key = f"{name}_{level}"
                 result[f"{key}_transactions"] = r["transactions"]

@@ -22,6 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._common import arguments  # noqa: E402
 from benchmarks.bench_tls_probes import _Drain, _nginx_pids, _start_nginx, _wrk  # noqa: E402
 from qtap_async.bpf import socket_path  # noqa: E402
 from qtap_async.bpf._libbpf import libbpf  # noqa: E402
@@ -75,6 +76,7 @@ def run_path(path: str, port: int, pids: list[int]) -> dict[str, float]:
 
 
 def main() -> None:
+    arguments(__doc__)  # --help, and an error for an argument it does not take
     if os.geteuid() != 0:
         raise SystemExit("run as root")
     paths = [socket_path.SOCK, socket_path.SYSCALLS]

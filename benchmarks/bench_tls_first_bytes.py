@@ -33,7 +33,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._common import AgentThread, write_result  # noqa: E402
+from benchmarks._common import (  # noqa: E402
+    AgentThread,
+    arguments,
+    write_result,
+)
 from qtap_async.tls.cache import AnalysisCache  # noqa: E402
 from qtap_async.tls.discover import Scanner  # noqa: E402
 from qtap_async.tls.manager import TlsOptions  # noqa: E402
@@ -245,6 +249,7 @@ def path_prescan(tmp: Path) -> dict[str, Any]:
 
 
 def main() -> None:
+    arguments(__doc__)  # --help, and an error for an argument it does not take
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         bins = _build(tmp)

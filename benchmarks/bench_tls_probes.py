@@ -30,6 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._common import arguments  # noqa: E402
 from qtap_async.bpf.loader import Capture, CaptureSettings  # noqa: E402
 from qtap_async.bpf.object import BpfObject  # noqa: E402
 from qtap_async.tls import FileKey, analyze_file  # noqa: E402
@@ -219,6 +220,7 @@ def run_mode(mode: str, port: int, pids: list[int], libssl: str) -> dict[str, fl
 
 
 def main() -> None:
+    arguments(__doc__)  # --help, and an error for an argument it does not take
     if os.geteuid() != 0:
         raise SystemExit("run as root")
     libssl = _libssl()

@@ -13,12 +13,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import ROOT, Nginx, record_run, run_quiet
+from _common import ROOT, Nginx, arguments, record_run, run_quiet
 
 DATA = ROOT / "tests" / "data"
 
 
 def main() -> None:
+    arguments(__doc__)  # --help, and an error for an argument it does not take
     with Nginx() as ng:
         worker = ng.pids()[-1]
         base = f"http://127.0.0.1:{ng.http_port}"

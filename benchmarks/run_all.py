@@ -379,18 +379,20 @@ def findings(rp: dict[str, Any], dr: dict[str, Any], mem: dict[str, Any], ov: di
 
 
 def main() -> None:
-    quick = "--quick" in sys.argv
+    sys.path.insert(0, str(HERE))
+    from _common import QUICK, arguments, objects_id
+
+    args = arguments(__doc__, flags={**QUICK, "--report-only": "regenerate RESULTS.md from results/*.json only"})
+    quick = args.quick
     meta: dict[str, Any] = {}
     meta_path = RESULTS / "run_all_meta.json"
-    if "--report-only" in sys.argv:
+    if args.report_only:
         meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
     else:
         t0 = time.monotonic()
         meta["started"] = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
         meta["load_before"] = _load()
         meta["uptime_before"] = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-        sys.path.insert(0, str(HERE))
-        from _common import objects_id
 
         build = objects_id()
         meta["bpf_objects"] = build
