@@ -45,9 +45,21 @@ static __always_inline void set_u64(void *map, const void *key, __u64 value)
 	bpf_map_update_elem(map, key, &value, BPF_ANY);
 }
 
-static __always_inline __u64 rb_flags(void)
+/* Wake the consumer each time the bytes waiting pass a multiple of wakeup_bytes: once as a batch fills,
+ * then once per wakeup_bytes more while the consumer lags. Waking for every record while at least
+ * wakeup_bytes waited (the rule before) raised an irq_work, a self-IPI, in the traced program's call for
+ * every record once the consumer fell behind (a saturated server, or the agent at --cpu-priority low):
+ * in a VM each is an exit, and it was a third of nginx's CPU there. A crossing two CPUs race past is
+ * caught at the next multiple, or by the consumer's timer. `size`: the record's, before the ring's
+ * 8-byte header. */
+static __always_inline __u64 rb_flags(__u64 size)
 {
-	if (!wakeup_bytes || bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes)
+	__u64 before;
+
+	if (!wakeup_bytes)
+		return BPF_RB_FORCE_WAKEUP;
+	before = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
+	if (before / wakeup_bytes != (before + size + 8) / wakeup_bytes)
 		return BPF_RB_FORCE_WAKEUP;
 	return BPF_RB_NO_WAKEUP;
 }
@@ -170,7 +182,7 @@ static __always_inline void emit_conn_open(struct sock *sk, __u64 conn_id, __u8 
 		BPF_CORE_READ_INTO(&ev.raddr, sk, __sk_common.skc_v6_daddr);
 	}
 	bpf_get_current_comm(&ev.comm, sizeof(ev.comm));
-	if (bpf_ringbuf_output(&events, &ev, sizeof(ev), rb_flags()))
+	if (bpf_ringbuf_output(&events, &ev, sizeof(ev), rb_flags(sizeof(ev))))
 		count(QTAP_CNT_DROP_RINGBUF, 1);
 	else
 		count(QTAP_CNT_RECORDS, 1);
@@ -241,7 +253,7 @@ static __always_inline bool end_conn(__u64 key, __u32 reason)
 		if (__sync_fetch_and_or(&si->flags, QTAP_SOCK_ENDED) & QTAP_SOCK_ENDED)
 			return false; /* another CPU got here first */
 	}
-	if (!bpf_ringbuf_output(&events, &ev, sizeof(ev), rb_flags()))
+	if (!bpf_ringbuf_output(&events, &ev, sizeof(ev), rb_flags(sizeof(ev))))
 		count(QTAP_CNT_RECORDS, 1);
 	else if (!bpf_map_update_elem(&pending_closes, &ev.h.conn_id, &ev, BPF_NOEXIST))
 		count(QTAP_CNT_CLOSE_DEFERRED, 1);
@@ -339,7 +351,8 @@ static __always_inline void flush_record(struct qtap_data_scratch *s)
 	ev->len = n;
 	ev->skipped = 0;
 	ev->flags = st->xflags;
-	if (bpf_ringbuf_output(&events, ev, offsetof(struct qtap_data, payload) + (n & (2 * QTAP_CHUNK_SIZE - 1)), rb_flags())) {
+	if (bpf_ringbuf_output(&events, ev, offsetof(struct qtap_data, payload) + (n & (2 * QTAP_CHUNK_SIZE - 1)),
+			       rb_flags(offsetof(struct qtap_data, payload) + n))) {
 		count(QTAP_CNT_DROP_RINGBUF, 1);
 		count(QTAP_CNT_DROP_BYTES, n);
 	} else {
@@ -438,7 +451,8 @@ static __always_inline void emit_data_flags(__u64 conn_id, __u64 offset, __u8 di
 		if (ev->flags == QTAP_DATA_TRUNCATED)
 			count(QTAP_CNT_TRUNCATED_BYTES, st->remaining);
 		ev->flags |= xflags;
-		if (bpf_ringbuf_output(&events, ev, offsetof(struct qtap_data, payload), rb_flags()))
+		if (bpf_ringbuf_output(&events, ev, offsetof(struct qtap_data, payload),
+				       rb_flags(offsetof(struct qtap_data, payload))))
 			count(QTAP_CNT_DROP_RINGBUF, 1);
 		else
 			count(QTAP_CNT_RECORDS, 1);
@@ -469,7 +483,8 @@ static __always_inline void emit_unseen(__u64 conn_id, __u64 offset, __u8 dir, i
 	ev->len = 0;
 	ev->skipped = total > 0xffffffff ? 0xffffffff : total;
 	ev->flags = flags;
-	if (bpf_ringbuf_output(&events, ev, offsetof(struct qtap_data, payload), rb_flags()))
+	if (bpf_ringbuf_output(&events, ev, offsetof(struct qtap_data, payload),
+			       rb_flags(offsetof(struct qtap_data, payload))))
 		count(QTAP_CNT_DROP_RINGBUF, 1);
 	else
 		count(QTAP_CNT_RECORDS, 1);
@@ -526,7 +541,7 @@ static __always_inline void tls_bind(__u64 ssl, __u64 sk, struct qtap_sock_info 
 	ev.gen = p->gen;
 	bpf_map_delete_elem(&tls_pending, &ssl);
 	ev.base = __sync_fetch_and_add(&si->tls_off[QTAP_DIR_SEND], ev.bytes);
-	if (bpf_ringbuf_output(&events, &ev, sizeof(ev), rb_flags()))
+	if (bpf_ringbuf_output(&events, &ev, sizeof(ev), rb_flags(sizeof(ev))))
 		count(QTAP_CNT_DROP_RINGBUF, 1);
 	else
 		count(QTAP_CNT_RECORDS, 1);

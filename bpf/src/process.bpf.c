@@ -37,7 +37,7 @@ int BPF_PROG(tp_sched_process_exec, struct task_struct *task, pid_t old_pid, str
 	ev->exe_ino = BPF_CORE_READ(task, mm, exe_file, f_inode, i_ino);
 	ev->exe_dev = BPF_CORE_READ(task, mm, exe_file, f_inode, i_sb, s_dev);
 	ev->_pad = 0;
-	if (bpf_ringbuf_output(&events, ev, sizeof(*ev), rb_flags()))
+	if (bpf_ringbuf_output(&events, ev, sizeof(*ev), rb_flags(sizeof(*ev))))
 		count(QTAP_CNT_DROP_RINGBUF, 1);
 	else
 		count(QTAP_CNT_RECORDS, 1);
@@ -60,7 +60,7 @@ int BPF_PROG(tp_sched_process_fork, struct task_struct *parent, struct task_stru
 	ev.ppid = ptgid;
 	ev.cgroup_id = bpf_get_current_cgroup_id();
 	ev.uid = (__u32)bpf_get_current_uid_gid();
-	if (bpf_ringbuf_output(&events, &ev, sizeof(ev), rb_flags()))
+	if (bpf_ringbuf_output(&events, &ev, sizeof(ev), rb_flags(sizeof(ev))))
 		count(QTAP_CNT_DROP_RINGBUF, 1);
 	else
 		count(QTAP_CNT_RECORDS, 1);
@@ -79,7 +79,7 @@ int BPF_PROG(tp_sched_process_exit, struct task_struct *task)
 		return 0;
 	fill_hdr(&ev.h, QTAP_REC_PROC_EXIT, 0);
 	ev.exit_code = BPF_CORE_READ(task, exit_code);
-	if (bpf_ringbuf_output(&events, &ev, sizeof(ev), rb_flags()))
+	if (bpf_ringbuf_output(&events, &ev, sizeof(ev), rb_flags(sizeof(ev))))
 		count(QTAP_CNT_DROP_RINGBUF, 1);
 	else
 		count(QTAP_CNT_RECORDS, 1);

@@ -721,7 +721,7 @@ static long sweep_one(struct bpf_map *map, __u64 *key, struct qtap_sock_info *si
 /* A close the full ring refused, sent now; the walk stops while the ring is still full. */
 static long resend_one(struct bpf_map *map, __u64 *conn_id, struct qtap_conn_close *ev, void *ctx)
 {
-	if (bpf_ringbuf_output(&events, ev, sizeof(*ev), rb_flags()))
+	if (bpf_ringbuf_output(&events, ev, sizeof(*ev), rb_flags(sizeof(*ev))))
 		return 1;
 	bpf_map_delete_elem(&pending_closes, conn_id);
 	count(QTAP_CNT_RECORDS, 1);

@@ -37,8 +37,8 @@ class CaptureSettings:
     max_chunks: int = abi.MAX_CHUNKS
     ring_buffer_bytes: int = 16 << 20
     tls_hello_bytes: int = abi.TLS_HELLO_BYTES
-    # The kernel wakes the drain only once this much is waiting (0: every record); see wakeup_bytes in
-    # bpf/src/common.bpf.h. The drain's timer (RingBufferSource.poll_interval_s) bounds the delay.
+    # The kernel wakes the drain each time the bytes waiting pass a multiple of this (0: every record); see
+    # rb_flags in bpf/src/common.bpf.h. The drain's timer (RingBufferSource.poll_interval_s) bounds the delay.
     wakeup_bytes: int = 64 * 1024
     # Which programs capture socket I/O: "auto", "sock" or "syscalls" (qtap_async/bpf/socket_path.py);
     # $QTAP_SOCKET_PATH when not given.
