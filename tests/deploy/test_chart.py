@@ -63,6 +63,19 @@ def test_rendered_daemonset(tools: None) -> None:
     assert ("Deployment", "qtap-async-pulse") in objs and ("Service", "qtap-async-pulse") in objs
 
 
+def test_cpu_priority_reaches_the_agent(tools: None) -> None:
+    def agent_args(*sets: str) -> list[str]:
+        out = chart("helm", "template", "qtap-async", str(CHART), *sets).stdout
+        ds = next(d for d in docs(out) if d["kind"] == "DaemonSet")
+        args: list[str] = ds["spec"]["template"]["spec"]["containers"][0]["args"]
+        return args
+
+    default = agent_args()
+    assert default[default.index("--cpu-priority") + 1] == "normal"
+    low = agent_args("--set", "agent.cpuPriority=low")
+    assert low[low.index("--cpu-priority") + 1] == "low"
+
+
 def test_capabilities_instead_of_privileged(tools: None) -> None:
     r = chart("helm", "template", "x", str(CHART), "--set", "agent.privileged=false")
     ds = next(d for d in docs(r.stdout) if d["kind"] == "DaemonSet")
@@ -98,6 +111,7 @@ def test_secrets_reach_the_agent_through_env(tools: None, tmp_path: Path) -> Non
 @pytest.mark.parametrize(("setting", "why"), [
     ("agent.statusPort=99999", "statusPort"),
     ("agent.privilegd=true", "privilegd"),
+    ("agent.cpuPriority=lowest", "cpuPriority"),
     ("image.pullPolicy=Sometimes", "pullPolicy"),
     # The database URL carries a password: it goes to a Secret, never into the settings ConfigMap.
     ("control.settings.database_url=postgresql://u:p@db/c", "/control/settings/database_url"),
