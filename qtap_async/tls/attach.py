@@ -100,7 +100,7 @@ def _loader_cache() -> list[tuple[str, str]]:
     except ldcache.LdCacheError as e:
         log.debug("%s: %s; asking ldconfig -p", ldcache.CACHE, e)
     except OSError:
-        return []  # no cache (musl, a minimal image): no system TLS libraries to pre-attach
+        return []  # no cache (musl, a minimal image): nothing for ldconfig -p to list either
     try:
         out = subprocess.run(["ldconfig", "-p"], capture_output=True, text=True, timeout=10).stdout
     except (OSError, subprocess.SubprocessError):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import struct
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -38,10 +40,10 @@ def test_an_old_format_table_in_front_is_skipped() -> None:
     (lambda d: d[:30], "header cut short"),
     (lambda d: d[:200], "entries do not fit"),
 ])
-def test_a_broken_cache_says_what_is_wrong(cut: object, reason: str) -> None:
+def test_a_broken_cache_says_what_is_wrong(cut: Callable[[bytes], bytes], reason: str) -> None:
     data = Path(ldcache.CACHE).read_bytes()
     with pytest.raises(ldcache.LdCacheError, match=reason):
-        ldcache.parse(cut(data))  # type: ignore[operator]
+        ldcache.parse(cut(data))
 
 
 def test_a_string_offset_outside_the_file_is_refused() -> None:
@@ -66,6 +68,5 @@ def test_system_tls_libraries_start_no_process(monkeypatch: pytest.MonkeyPatch) 
 def test_an_unreadable_cache_falls_back_to_ldconfig(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     bogus = tmp_path / "ld.so.cache"
     bogus.write_bytes(b"something else entirely" * 4)
-    monkeypatch.setattr(ldcache, "CACHE", str(bogus))
-    monkeypatch.setattr(ldcache.entries, "__defaults__", (str(bogus),))
+    monkeypatch.setattr(ldcache, "entries", functools.partial(ldcache.entries, str(bogus)))
     assert attach._loader_cache() == _ldconfig()
