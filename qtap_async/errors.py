@@ -26,6 +26,7 @@ classes, so it stays true:
     ├── SinkError
     ├── SinkTransientError
     ├── ElfFormatError               [tls.elf]
+    ├── LdCacheError                 [tls.ldcache]
     ├── GoBinaryError
     ├── JavaAttachError
     ├── BoringSslSignatureError

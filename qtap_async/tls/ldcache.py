@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import struct
 
+from qtap_async.errors import QtapError
+
 __all__ = ["CACHE", "LdCacheError", "entries", "parse"]
 
 CACHE = "/etc/ld.so.cache"
@@ -25,7 +27,7 @@ _ENTRY = struct.Struct("<iIIIQ")  # flags, key, value, osversion, hwcap
 _OLD_ENTRY_SIZE = 12  # flags, key, value
 
 
-class LdCacheError(ValueError):
+class LdCacheError(QtapError):
     """The file is not a loader cache this module can read (the caller falls back to ``ldconfig -p``)."""
 
 
