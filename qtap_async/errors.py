@@ -26,7 +26,7 @@ classes, so it stays true:
     ├── SinkError
     ├── SinkTransientError
     ├── ElfFormatError               [tls.elf]
-    ├── LdCacheError                 [tls.ldcache]
+    ├── LdCacheError                 [ldcache]
     ├── GoBinaryError
     ├── JavaAttachError
     ├── BoringSslSignatureError

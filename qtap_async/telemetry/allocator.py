@@ -21,7 +21,6 @@ is not installed).
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import glob
 import json
 import os
@@ -29,6 +28,7 @@ import sys
 from collections.abc import Callable, MutableMapping
 from typing import Any
 
+from qtap_async import ldcache
 from qtap_async.errors import ConfigError
 
 __all__ = ["CHOICES", "ENV", "active", "choice", "find_mimalloc", "load_mimalloc_collect", "planned",
@@ -56,7 +56,8 @@ def find_mimalloc() -> str | None:
         found = sorted(glob.glob(pattern))
         if found:
             return found[0]
-    return ctypes.util.find_library("mimalloc")  # elsewhere on the loader's path (ldconfig)
+    # Elsewhere on the loader's path: its cache, read in place (no ldconfig child).
+    return next((path for name, path in ldcache.loader_entries() if name == "libmimalloc.so.2"), None)
 
 
 def _mimalloc_symbol(name: str) -> Any:  # a ctypes function, or None

@@ -12,17 +12,16 @@ from __future__ import annotations
 
 import logging
 import os
-import subprocess
 from dataclasses import dataclass, field
 
 import msgspec
 
+from qtap_async import ldcache
 from qtap_async.bpf import abi
 from qtap_async.bpf.link import Link
 from qtap_async.bpf.loader import Capture
 from qtap_async.bpf.object import BpfObject
 from qtap_async.errors import BpfError, QtapError
-from qtap_async.tls import ldcache
 from qtap_async.tls.model import Attachment, FileKey, ProbePlan, TlsLibrary
 
 
@@ -92,27 +91,10 @@ def go_cookie(lib: TlsLibrary) -> int:
     return parts[0] | parts[1] << 16 | parts[2] << 32 | parts[3] << 48
 
 
-def _loader_cache() -> list[tuple[str, str]]:
-    """(soname, path) of the loader's cache: read from the file; ``ldconfig -p`` only when the file is in a
-    format ldcache does not know (the child process is what reading the file avoids)."""
-    try:
-        return ldcache.entries()
-    except ldcache.LdCacheError as e:
-        log.debug("%s: %s; asking ldconfig -p", ldcache.CACHE, e)
-    except OSError:
-        return []  # no cache (musl, a minimal image): nothing for ldconfig -p to list either
-    try:
-        out = subprocess.run(["ldconfig", "-p"], capture_output=True, text=True, timeout=10).stdout
-    except (OSError, subprocess.SubprocessError):
-        return []
-    return [(line.strip().split(" ", 1)[0], line.rsplit("=>", 1)[1].strip()) for line in out.splitlines()
-            if "=>" in line]
-
-
 def system_tls_libraries() -> list[str]:
     """Paths of the TLS libraries in the ld.so cache (what any new process would load)."""
     paths: list[str] = []
-    for name, path in _loader_cache():
+    for name, path in ldcache.loader_entries():
         if (name.startswith(_SYSTEM_LIB_PREFIXES) and os.path.exists(path)
                 and os.path.realpath(path) not in {os.path.realpath(p) for p in paths}):
             paths.append(path)

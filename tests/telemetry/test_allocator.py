@@ -4,7 +4,6 @@ checked, and the heap trim on mimalloc."""
 
 from __future__ import annotations
 
-import ctypes.util
 import json
 import os
 import subprocess
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from qtap_async import ldcache
 from qtap_async.errors import ConfigError
 from qtap_async.telemetry import allocator
 from qtap_async.telemetry.memory import HeapTrimmer
@@ -97,7 +97,7 @@ def test_a_bad_setting_names_the_variable() -> None:
 
 def test_mimalloc_asked_for_but_missing_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(allocator, "_SEARCH", ("/nonexistent/libmimalloc.so.2",))
-    monkeypatch.setattr(ctypes.util, "find_library", lambda name: None)
+    monkeypatch.setattr(ldcache, "loader_entries", lambda: [])
     execs: list[list[str]] = []
 
     def execve(path: str, argv: list[str], env: dict[str, str]) -> None:
@@ -141,3 +141,11 @@ def test_qtap_run_on_mimalloc_says_so(tmp_path: Path, monkeypatch: pytest.Monkey
     finally:
         assert agent.stop() == 0
     assert "allocator: mimalloc" in agent.err.read_text()
+
+
+@needs_mimalloc
+def test_mimalloc_outside_the_usual_directories_comes_from_the_loader_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(allocator, "_SEARCH", ("/nonexistent/libmimalloc.so.2",))
+    found = allocator.find_mimalloc()
+    assert found is not None and Path(found).name == "libmimalloc.so.2"
+    assert ("libmimalloc.so.2", found) in ldcache.entries()

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from qtap_async.tls import attach, ldcache
+from qtap_async import ldcache
+from qtap_async.tls import attach
 
 
 def _ldconfig() -> list[tuple[str, str]]:
@@ -69,4 +70,4 @@ def test_an_unreadable_cache_falls_back_to_ldconfig(monkeypatch: pytest.MonkeyPa
     bogus = tmp_path / "ld.so.cache"
     bogus.write_bytes(b"something else entirely" * 4)
     monkeypatch.setattr(ldcache, "entries", functools.partial(ldcache.entries, str(bogus)))
-    assert attach._loader_cache() == _ldconfig()
+    assert ldcache.loader_entries() == _ldconfig()

@@ -2,7 +2,9 @@
 
 ``ldconfig -p`` prints the same list, but it is a child process: the agent would fork and exec for it, and
 in held-exec mode a program the agent starts has to be kept out of its own hold (see bpf/src/tls.bpf.c).
-Reading the file costs a few hundred microseconds and starts nothing.
+Reading the file costs a few hundred microseconds and starts nothing. ``loader_entries`` is what callers
+use (the system TLS libraries, mimalloc): the file, and ``ldconfig -p`` only for a format this module
+does not know.
 
 The format (glibc >= 2.32 writes only this one; older versions put it after an old-format table):
 a 48-byte header (``glibc-ld.so.cache1.1``, the entry count, the string table's length, flags, an extension
@@ -12,11 +14,15 @@ header, OS version, hwcap); key is the soname, value the path.
 
 from __future__ import annotations
 
+import logging
 import struct
+import subprocess
 
 from qtap_async.errors import QtapError
 
-__all__ = ["CACHE", "LdCacheError", "entries", "parse"]
+__all__ = ["CACHE", "LdCacheError", "entries", "loader_entries", "parse"]
+
+log = logging.getLogger("qtap.ldcache")
 
 CACHE = "/etc/ld.so.cache"
 _OLD_MAGIC = b"ld.so-1.7.0"
@@ -66,3 +72,20 @@ def entries(path: str = CACHE) -> list[tuple[str, str]]:
     """The cache's entries; OSError when it cannot be read, LdCacheError when it cannot be parsed."""
     with open(path, "rb") as f:
         return parse(f.read())
+
+
+def loader_entries() -> list[tuple[str, str]]:
+    """(soname, path) of the loader's cache: read from the file; ``ldconfig -p`` only when the file is in a
+    format this module does not know (the child process is what reading the file avoids); [] without one."""
+    try:
+        return entries()
+    except LdCacheError as e:
+        log.debug("%s: %s; asking ldconfig -p", CACHE, e)
+    except OSError:
+        return []  # no cache (musl, a minimal image): nothing for ldconfig -p to list either
+    try:
+        out = subprocess.run(["ldconfig", "-p"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [(line.strip().split(" ", 1)[0], line.rsplit("=>", 1)[1].strip()) for line in out.splitlines()
+            if "=>" in line]
